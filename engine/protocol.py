@@ -1,0 +1,98 @@
+"""The small interface the gateway sees: generate as an async stream of deltas, abort, tokenizer access,
+adapters. Only ``engine.vllm_engine`` knows vLLM; everything here is plain Python."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+FinishReason = Literal["stop", "length"]
+
+
+class EngineError(RuntimeError):
+    """The engine failed while serving a request (not the caller's fault)."""
+
+
+class RequestRejected(ValueError):
+    """The engine refused the request's parameters or prompt (the caller's fault)."""
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """What to generate; validated by the gateway before it gets here."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None
+    """None: no logprobs. k >= 0: the sampled token's logprob plus the k most likely alternatives."""
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass
+class CompletionDelta:
+    """New output of one of the ``n`` completions since the previous delta."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    running: int
+    waiting: int
+    kv_cache_usage: float
+
+
+class Tokenizer(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, token_ids: Sequence[int]) -> str: ...
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+
+class Engine(Protocol):
+    """A loaded model that streams completions for token prompts."""
+
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+
+    @property
+    def max_model_len(self) -> int: ...
+
+    def generate(
+        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
+    ) -> AsyncIterator[list[CompletionDelta]]:
+        """Yield batches of deltas until every completion finished. Closing the iterator aborts the
+        request in the engine and frees its KV cache."""
+        ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    def load(self) -> EngineLoad: ...
+
+    def unfinished_requests(self) -> int: ...
+
+    async def check_health(self) -> None: ...
+
+    def shutdown(self) -> None: ...

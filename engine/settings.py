@@ -1,0 +1,41 @@
+"""Engine settings, read from the environment with the ``LLMAAS_`` prefix (pydantic-settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_ID = "smollm2-135m-instruct"
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "llmaas"
+
+
+class EngineSettings(BaseSettings):
+    """How the model is found and how vLLM runs it."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMAAS_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    model_path: Path | None = Field(
+        default=None,
+        description="A local Hugging Face model dir to serve; unset serves the default SmolLM2 model, "
+        "converted once into <data_dir>/models.",
+    )
+    served_model_name: str = DEFAULT_MODEL_ID
+    max_model_len: int = Field(default=2048, ge=16)
+    max_num_seqs: int = Field(default=64, ge=1)
+    max_num_batched_tokens: int | None = Field(default=None, ge=16)
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    enforce_eager: bool = Field(default=True, description="Skip torch.compile / CUDA graphs: fast start.")
+    kv_cache_space_gib: int = Field(default=2, ge=1, description="CPU backend: KV cache size in GiB.")
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="GPU backend only.")
+    seed: int = 0
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"

@@ -1,0 +1,31 @@
+"""The model's own tokenizer and chat template (Hugging Face ``transformers``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+class HFTokenizer:
+    """Wraps a Hugging Face tokenizer loaded from a model dir."""
+
+    def __init__(self, model_dir: Path) -> None:
+        from transformers import AutoTokenizer
+
+        self._tok: Any = AutoTokenizer.from_pretrained(str(model_dir))
+        if not self._tok.chat_template:
+            raise ValueError(f"{model_dir} has no chat template")
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=False))
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return str(self._tok.decode(list(token_ids), skip_special_tokens=True))
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        return str(self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._tok)

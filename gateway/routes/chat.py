@@ -1,0 +1,106 @@
+"""``POST /v1/chat/completions``: messages rendered with the model's own chat template."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from gateway.api_types import ChatCompletionRequest
+from gateway.deps import CatalogDep, MetricsDep, RequestIdDep, unless_disconnected
+from gateway.errors import InvalidRequestError
+from gateway.generation import GenerationRun, fit_max_tokens, sampling_options
+from gateway.logprobs import chat_logprobs
+from gateway.sse import EventStreamResponse, sse_frames
+
+router = APIRouter()
+
+
+def _render_prompt(body: ChatCompletionRequest, run_tokenizer: Any) -> list[int]:
+    # Our template knows system/user/assistant; "developer" is the newer name for "system".
+    messages = [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages
+    ]
+    try:
+        text = run_tokenizer.render_chat(messages)
+    except Exception as exc:  # the model's Jinja template rejected the conversation
+        raise InvalidRequestError(f"The messages could not be rendered: {exc}", param="messages") from exc
+    return list(run_tokenizer.encode(text))
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def create_chat_completion(
+    body: ChatCompletionRequest,
+    request: Request,
+    catalog: CatalogDep,
+    metrics: MetricsDep,
+    request_id: RequestIdDep,
+) -> dict[str, Any] | EventStreamResponse:
+    body.check()
+    served = catalog.get(body.model)
+    prompt = _render_prompt(body, served.engine.tokenizer)
+    max_tokens = fit_max_tokens(len(prompt), body.requested_max_tokens, served.engine.max_model_len)
+    options = sampling_options(body, max_tokens, logprobs=body.logprobs_k)
+    completion_id = f"chatcmpl-{request_id.removeprefix('req_')}"
+    run = GenerationRun(served.engine, served.id, [prompt], options, completion_id, metrics.observe_run)
+    header = {
+        "id": completion_id,
+        "created": int(time.time()),
+        "model": served.id,
+        "system_fingerprint": None,
+    }
+    if body.stream:
+        return EventStreamResponse(sse_frames(_chunks(run, header, body)))
+
+    choices = await unless_disconnected(request, run.collect())
+    return {
+        **header,
+        "object": "chat.completion",
+        "choices": [
+            {
+                "index": index,
+                "message": {"role": "assistant", "content": choice.text, "refusal": None},
+                "logprobs": chat_logprobs(choice.logprobs) if body.logprobs else None,
+                "finish_reason": choice.finish_reason,
+            }
+            for index, choice in enumerate(choices)
+        ],
+        "usage": run.usage.as_dict(),
+    }
+
+
+async def _chunks(
+    run: GenerationRun, header: dict[str, Any], body: ChatCompletionRequest
+) -> AsyncIterator[dict[str, Any]]:
+    usage_field = {"usage": None} if body.include_usage else {}
+
+    def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {**header, "object": "chat.completion.chunk", "choices": choices, **usage_field}
+
+    yield chunk(
+        [
+            {
+                "index": i,
+                "delta": {"role": "assistant", "content": ""},
+                "logprobs": None,
+                "finish_reason": None,
+            }
+            for i in range(run.num_choices)
+        ]
+    )
+    async for index, delta in run.deltas():
+        if delta.text or delta.logprobs or delta.finish_reason:
+            yield chunk(
+                [
+                    {
+                        "index": index,
+                        "delta": {"content": delta.text} if delta.text else {},
+                        "logprobs": chat_logprobs(delta.logprobs) if body.logprobs else None,
+                        "finish_reason": delta.finish_reason,
+                    }
+                ]
+            )
+    if body.include_usage:
+        yield {**header, "object": "chat.completion.chunk", "choices": [], "usage": run.usage.as_dict()}

@@ -1,0 +1,34 @@
+"""Liveness (``/health``), readiness (``/ready``: the engine is loaded and answers) and ``/metrics``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from engine.protocol import EngineError
+from gateway.deps import CatalogDep, MetricsDep
+from gateway.errors import EngineUnavailable
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health() -> dict[str, Any]:
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(request: Request, catalog: CatalogDep) -> dict[str, Any]:
+    for model in catalog.all():
+        try:
+            await model.engine.check_health()
+        except EngineError as exc:
+            raise EngineUnavailable(str(exc)) from exc
+    return {"status": "ready", "models": [model.id for model in catalog.all()]}
+
+
+@router.get("/metrics")
+async def metrics(metrics: MetricsDep) -> Response:
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
