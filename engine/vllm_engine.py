@@ -166,9 +166,7 @@ def _delta(completion: Any, top_k: int | None) -> CompletionDelta:
         # vLLM returns the k most likely tokens plus the sampled one when it ranks lower.
         ranked = sorted((lp for lp in candidates.values() if lp.rank <= (top_k or 0)), key=lambda lp: lp.rank)
         top = [(lp.decoded_token or "", lp.logprob) for lp in ranked]
-        logprobs.append(
-            TokenLogprob(token=chosen.decoded_token or "", logprob=chosen.logprob, top=tuple(top))
-        )
+        logprobs.append(TokenLogprob(token=chosen.decoded_token or "", logprob=chosen.logprob, top=tuple(top)))
     return CompletionDelta(
         index=completion.index,
         text=completion.text,

@@ -59,9 +59,7 @@ class _SamplingFields(_Request):
 
     def check(self) -> None:
         if self.stream_options is not None and not self.stream:
-            raise InvalidRequestError(
-                "stream_options is only allowed when stream is true", param="stream_options"
-            )
+            raise InvalidRequestError("stream_options is only allowed when stream is true", param="stream_options")
 
     @property
     def stop_sequences(self) -> tuple[str, ...]:
@@ -158,10 +156,6 @@ class CompletionRequest(_SamplingFields):
     def check(self) -> None:
         super().check()
         if self.best_of is not None and self.best_of != self.n:
-            raise InvalidRequestError(
-                "best_of is not supported; leave it unset or equal to n", param="best_of"
-            )
+            raise InvalidRequestError("best_of is not supported; leave it unset or equal to n", param="best_of")
         if self.echo and self.logprobs is not None:
-            raise InvalidRequestError(
-                "echo together with logprobs is not supported by this server", param="echo"
-            )
+            raise InvalidRequestError("echo together with logprobs is not supported by this server", param="echo")

@@ -35,9 +35,7 @@ def create_app(engine_settings: EngineSettings, engine_factory: EngineFactory = 
         engine = engine_factory(engine_settings)
         try:
             metrics.watch_engine(engine)
-            served = ServedModel(
-                id=engine_settings.served_model_name, engine=engine, created=int(time.time())
-            )
+            served = ServedModel(id=engine_settings.served_model_name, engine=engine, created=int(time.time()))
             app.state.catalog = ModelCatalog([served])
             yield
         finally:

@@ -61,9 +61,7 @@ class ModelNotFound(NotFoundError):
     code = "model_not_found"
 
     def __init__(self, model: str) -> None:
-        super().__init__(
-            f"The model '{model}' does not exist or you do not have access to it.", param="model"
-        )
+        super().__init__(f"The model '{model}' does not exist or you do not have access to it.", param="model")
 
 
 class EngineUnavailable(APIError):
@@ -124,9 +122,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return JSONResponse(
-        error_body("The server had an error while processing your request.", "server_error"), 500
-    )
+    return JSONResponse(error_body("The server had an error while processing your request.", "server_error"), 500)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -56,9 +56,7 @@ def fit_max_tokens(prompt_len: int, requested: int | None, max_model_len: int) -
         return room
     if requested is not None and requested <= room:
         return requested
-    asked = f"{prompt_len} in the prompt" + (
-        f" + {requested} requested for the completion" if requested else ""
-    )
+    asked = f"{prompt_len} in the prompt" + (f" + {requested} requested for the completion" if requested else "")
     raise ContextLengthExceeded(
         f"This model's maximum context length is {max_model_len} tokens, but you asked for {asked}. "
         "Shorten the prompt or lower max_tokens.",

@@ -19,9 +19,7 @@ class _EngineCollector(Collector):
 
     def collect(self):  # type: ignore[no-untyped-def]
         load = self._engine.load()
-        yield GaugeMetricFamily(
-            "llmaas_engine_requests_running", "Requests the engine is decoding.", load.running
-        )
+        yield GaugeMetricFamily("llmaas_engine_requests_running", "Requests the engine is decoding.", load.running)
         yield GaugeMetricFamily(
             "llmaas_engine_requests_waiting", "Requests queued in the engine (queue depth).", load.waiting
         )
@@ -30,9 +28,7 @@ class _EngineCollector(Collector):
             "Requests the engine holds (running, waiting or being detokenized).",
             self._engine.unfinished_requests(),
         )
-        yield GaugeMetricFamily(
-            "llmaas_engine_kv_cache_usage", "KV cache in use (0..1).", load.kv_cache_usage
-        )
+        yield GaugeMetricFamily("llmaas_engine_kv_cache_usage", "KV cache in use (0..1).", load.kv_cache_usage)
 
 
 class Metrics:

@@ -20,9 +20,7 @@ router = APIRouter()
 
 def _render_prompt(body: ChatCompletionRequest, run_tokenizer: Any) -> list[int]:
     # Our template knows system/user/assistant; "developer" is the newer name for "system".
-    messages = [
-        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages
-    ]
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
     try:
         text = run_tokenizer.render_chat(messages)
     except Exception as exc:  # the model's Jinja template rejected the conversation

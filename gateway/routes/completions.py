@@ -30,9 +30,7 @@ def _tokenize_prompts(prompt: PromptField, tokenizer: Tokenizer) -> list[list[in
         token_lists = [list(item) for item in prompt]
     for ids in token_lists:
         if any(not 0 <= token < tokenizer.vocab_size for token in ids):
-            raise InvalidRequestError(
-                f"prompt token ids must lie in [0, {tokenizer.vocab_size})", param="prompt"
-            )
+            raise InvalidRequestError(f"prompt token ids must lie in [0, {tokenizer.vocab_size})", param="prompt")
     return token_lists
 
 

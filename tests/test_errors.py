@@ -1,0 +1,127 @@
+"""Bad input gets an OpenAI-style error body and the status the SDK maps to the right exception."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import MODEL
+
+HELLO = [{"role": "user", "content": "Hello"}]
+
+
+def _assert_error_shape(body: dict[str, Any]) -> dict[str, Any]:
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and error["message"]
+    return error
+
+
+def test_malformed_json_is_400(http: httpx.Client) -> None:
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        response = http.post(
+            path, content=b'{"model": "x", "messages": [', headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 400
+        assert _assert_error_shape(response.json())["type"] == "invalid_request_error"
+
+
+def test_body_not_an_object_is_400(http: httpx.Client) -> None:
+    response = http.post("/v1/chat/completions", json=[1, 2, 3])
+    assert response.status_code == 400
+    _assert_error_shape(response.json())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "param"),
+    [
+        ({"max_tokens": "5"}, "max_tokens"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"messages": "hello"}, "messages"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+        ({"n": 0}, "n"),
+        ({"temperature": -0.5}, "temperature"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"presence_penalty": 3}, "presence_penalty"),
+        ({"frequency_penalty": -3}, "frequency_penalty"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_completion_tokens": -1}, "max_completion_tokens"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"stream": "yes"}, "stream"),
+    ],
+)
+def test_bad_chat_parameters_are_400_naming_param(client: openai.OpenAI, overrides: dict[str, Any], param: str) -> None:
+    body = {"model": MODEL, "messages": HELLO, "max_tokens": 4, **overrides}
+    with pytest.raises(openai.BadRequestError) as info:
+        client.post("/chat/completions", body=body, cast_to=object)
+    assert info.value.status_code == 400
+    error = _assert_error_shape(info.value.response.json())
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+
+
+def test_missing_required_fields_are_400(http: httpx.Client) -> None:
+    response = http.post("/v1/chat/completions", json={"model": MODEL})
+    assert response.status_code == 400
+    assert _assert_error_shape(response.json())["param"] == "messages"
+    response = http.post("/v1/completions", json={"prompt": "hi"})
+    assert response.status_code == 400
+    assert _assert_error_shape(response.json())["param"] == "model"
+
+
+@pytest.mark.parametrize("prompt", ["", [], [""], [[]], [-1], [10**9]])
+def test_bad_completion_prompts_are_400(http: httpx.Client, prompt: Any) -> None:
+    response = http.post("/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 2})
+    assert response.status_code == 400
+    assert _assert_error_shape(response.json())["param"] == "prompt"
+
+
+def test_unknown_model_is_404_model_not_found(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="gpt-17", messages=HELLO)
+    assert info.value.code == "model_not_found"
+    assert info.value.body["param"] == "model"
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="gpt-17", prompt="hi")
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-17")
+
+
+def test_context_length_exceeded(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=5000)
+    assert info.value.code == "context_length_exceeded"
+    long_prompt = "word " * 3000
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=MODEL, prompt=long_prompt, max_tokens=5)
+    assert info.value.code == "context_length_exceeded"
+    # Streaming requests are refused before the stream starts.
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": long_prompt}], stream=True)
+    assert info.value.code == "context_length_exceeded"
+
+
+def test_unknown_route_and_method_use_error_shape(http: httpx.Client) -> None:
+    response = http.get("/v1/nope")
+    assert response.status_code == 404
+    _assert_error_shape(response.json())
+    response = http.get("/v1/chat/completions")
+    assert response.status_code == 405
+    _assert_error_shape(response.json())
+
+
+def test_every_response_has_a_request_id(http: httpx.Client) -> None:
+    assert http.get("/v1/models").headers["x-request-id"]
+    assert http.get("/v1/models", headers={"x-request-id": "mine-1"}).headers["x-request-id"] == "mine-1"
+    assert http.post("/v1/completions", content=b"{").headers["x-request-id"]
