@@ -4,6 +4,7 @@
     ├── InvalidRequestError       400 invalid_request_error
     │   └── ContextLengthExceeded 400 code=context_length_exceeded
     │   (engine.protocol.RequestRejected: the engine refused the parameters, also a 400)
+    │   (engine.protocol.EngineError: the engine failed, a 500 with code=engine_error)
     ├── NotFoundError             404 invalid_request_error
     │   └── ModelNotFound         404 code=model_not_found
     └── EngineUnavailable         503 server_error
@@ -22,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine.protocol import RequestRejected
+from engine.protocol import EngineError, RequestRejected
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,11 @@ async def _engine_rejected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(str(exc), "invalid_request_error"), status_code=400)
 
 
+async def _engine_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("engine failed on %s: %s", request.url.path, exc)
+    return JSONResponse(error_body(str(exc), "server_error", code="engine_error"), status_code=500)
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     message, param = _validation_message(exc)
@@ -128,6 +134,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestRejected, _engine_rejected)
+    app.add_exception_handler(EngineError, _engine_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,76 @@
+"""A deterministic, instant engine for tests of gateway logic and the gateway-overhead benchmark.
+
+It speaks the same interface as the vLLM engine: a byte-level tokenizer (one token per UTF-8 byte), and a
+generator that spells out a fixed text, one token per step, optionally pausing between steps."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+from engine.protocol import CompletionDelta, EngineLoad, SamplingOptions, TokenLogprob
+
+_REPLY = "The quick brown fox jumps over the lazy dog. "
+
+
+class ByteTokenizer:
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return bytes(token_ids).decode("utf-8", errors="replace")
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        turns = "".join(f"<{m['role']}>{m['content']}\n" for m in messages)
+        return turns + "<assistant>"
+
+    @property
+    def vocab_size(self) -> int:
+        return 256
+
+
+class FakeEngine:
+    def __init__(self, max_model_len: int = 2048, seconds_per_token: float = 0.0) -> None:
+        self._tokenizer = ByteTokenizer()
+        self._max_model_len = max_model_len
+        self._seconds_per_token = seconds_per_token
+        self._active: set[str] = set()
+
+    @property
+    def tokenizer(self) -> ByteTokenizer:
+        return self._tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
+    async def generate(
+        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
+    ) -> AsyncIterator[list[CompletionDelta]]:
+        self._active.add(request_id)
+        try:
+            reply = _REPLY.encode()
+            for step in range(options.max_tokens):
+                await asyncio.sleep(self._seconds_per_token)
+                token = reply[step % len(reply)]
+                text = chr(token)
+                finish = "length" if step == options.max_tokens - 1 else None
+                logprobs = [TokenLogprob(text, 0.0, ((text, 0.0),))] if options.logprobs is not None else []
+                yield [CompletionDelta(i, text, [token], logprobs, finish) for i in range(options.n)]
+        finally:
+            self._active.discard(request_id)
+
+    async def abort(self, request_id: str) -> None:
+        self._active.discard(request_id)
+
+    def load(self) -> EngineLoad:
+        return EngineLoad(running=len(self._active), waiting=0, kv_cache_usage=0.0)
+
+    def unfinished_requests(self) -> int:
+        return len(self._active)
+
+    async def check_health(self) -> None:
+        return None
+
+    def shutdown(self) -> None:
+        self._active.clear()

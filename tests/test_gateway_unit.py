@@ -1,0 +1,81 @@
+"""Gateway logic that the real engine cannot be made to show on demand: failures in the middle of a
+stream, and stream merging. Runs the real app in process with a fake engine."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import openai
+import pytest
+from fastapi.testclient import TestClient
+
+from engine.fake import FakeEngine
+from engine.protocol import CompletionDelta, EngineError, SamplingOptions
+from engine.settings import EngineSettings
+from gateway.app import create_app
+from gateway.generation import merge_streams
+
+
+class FailingEngine(FakeEngine):
+    """Streams two tokens, then breaks."""
+
+    async def generate(
+        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
+    ) -> AsyncIterator[list[CompletionDelta]]:
+        yield [CompletionDelta(0, "o", [111])]
+        yield [CompletionDelta(0, "k", [107])]
+        raise EngineError("engine core died")
+
+
+@pytest.fixture
+def failing_client() -> Iterator[openai.OpenAI]:
+    app = create_app(EngineSettings(served_model_name="fake"), engine_factory=lambda _: FailingEngine())
+    with TestClient(app) as http:
+        yield openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=http, max_retries=0)
+
+
+def test_mid_stream_failure_is_sent_as_an_error_event(failing_client: openai.OpenAI) -> None:
+    stream = failing_client.chat.completions.create(
+        model="fake", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    received = []
+    with pytest.raises(openai.APIError, match="engine core died"):
+        for chunk in stream:
+            received.append(chunk.choices[0].delta.content)
+    assert received == ["", "o", "k"]
+
+
+def test_failure_before_a_non_stream_reply_is_a_500_in_openai_shape(failing_client: openai.OpenAI) -> None:
+    with pytest.raises(openai.InternalServerError) as info:
+        failing_client.completions.create(model="fake", prompt="hi", max_tokens=4)
+    assert info.value.body["type"] == "server_error"
+
+
+def test_merge_streams_interleaves_and_closes_all() -> None:
+    closed: list[int] = []
+
+    async def numbers(tag: int, delay: float) -> AsyncIterator[int]:
+        try:
+            for i in range(3):
+                await asyncio.sleep(delay)
+                yield tag * 10 + i
+        finally:
+            closed.append(tag)
+
+    async def run() -> list[tuple[int, int]]:
+        return [item async for item in merge_streams([numbers(1, 0.001), numbers(2, 0.0015)])]
+
+    items = asyncio.run(run())
+    assert sorted(items) == [(0, 10), (0, 11), (0, 12), (1, 20), (1, 21), (1, 22)]
+    assert sorted(closed) == [1, 2]
+
+    async def first_only() -> None:
+        merged = merge_streams([numbers(3, 0.001), numbers(4, 1.0)])
+        async for _ in merged:
+            break
+        await merged.aclose()
+
+    closed.clear()
+    asyncio.run(first_only())
+    assert sorted(closed) == [3, 4]
