@@ -1,12 +1,53 @@
-"""The ``llmaas`` command line (typer): ``serve`` and ``prepare-model``."""
+"""The ``llmaas`` command line (typer): serve, prepare the model, and manage tenants, keys and usage.
+
+The management commands work on the database directly (``LLMAAS_DATABASE_URL`` or the data dir's SQLite),
+so they need no running server; a running gateway sees their changes within its key-cache TTL (≤ 5 s)."""
 
 from __future__ import annotations
 
+import json
 import logging
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
 
 import typer
+from pydantic import BaseModel
 
 app = typer.Typer(help="LLMaaS: a self-hosted, OpenAI-compatible LLM service.", no_args_is_help=True)
+tenants_app = typer.Typer(help="Create and manage tenants and their quotas.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list and revoke a tenant's API keys.", no_args_is_help=True)
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(keys_app, name="keys")
+
+
+def _service() -> Any:
+    from gateway.app import open_database
+    from gateway.settings import GatewaySettings
+    from gateway.tenancy.service import TenancyService
+
+    return TenancyService(open_database(GatewaySettings()))
+
+
+def _print(value: Any) -> None:
+    def default(obj: Any) -> Any:
+        if isinstance(obj, BaseModel):
+            return obj.model_dump(mode="json")
+        if isinstance(obj, datetime | Decimal):
+            return str(obj)
+        raise TypeError(type(obj))
+
+    typer.echo(json.dumps(value, default=default, indent=2))
+
+
+def _run(action: Any) -> None:
+    from gateway.errors import APIError
+
+    try:
+        _print(action())
+    except APIError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
 
 
 @app.command("prepare-model")
@@ -39,12 +80,165 @@ def serve(
     base_url = f"http://{host}:{port}/v1"
     typer.echo(
         f"LLMaaS starting: model '{engine_settings.served_model_name}' at {base_url}\n"
-        f"  from openai import OpenAI\n"
-        f"  client = OpenAI(base_url='{base_url}', api_key='any')\n"
-        f"  client.chat.completions.create(model='{engine_settings.served_model_name}', "
+        f"  1. create a tenant and a key (admin key: LLMAAS_ADMIN_KEY or {settings.data_dir}/admin_key):\n"
+        f"       llmaas tenants create acme && llmaas keys create acme\n"
+        f"  2. from openai import OpenAI\n"
+        f"     client = OpenAI(base_url='{base_url}', api_key='sk-...')\n"
+        f"     client.chat.completions.create(model='{engine_settings.served_model_name}', "
         f"messages=[{{'role': 'user', 'content': 'Hello!'}}])"
     )
-    uvicorn.run(create_app(engine_settings), host=host, port=port, log_level=settings.log_level)
+    uvicorn.run(create_app(settings, engine_settings), host=host, port=port, log_level=settings.log_level)
+
+
+_QUOTA_HELP = {
+    "rpm": "requests per minute",
+    "tpm": "tokens per minute",
+    "max_concurrent": "concurrent requests",
+    "monthly_tokens": "token budget per calendar month",
+    "monthly_cost": "cost budget per calendar month, USD",
+    "max_tokens_cap": "cap on max_tokens",
+}
+
+
+def _quota_fields(
+    rpm: int | None,
+    tpm: int | None,
+    max_concurrent: int | None,
+    monthly_tokens: int | None,
+    monthly_cost: str | None,
+    max_tokens_cap: int | None,
+) -> dict[str, Any]:
+    given = {
+        "requests_per_minute": rpm,
+        "tokens_per_minute": tpm,
+        "max_concurrent_requests": max_concurrent,
+        "monthly_token_budget": monthly_tokens,
+        "monthly_cost_budget": monthly_cost,
+        "max_tokens_cap": max_tokens_cap,
+    }
+    return {name: value for name, value in given.items() if value is not None}
+
+
+RPM = typer.Option(None, "--rpm", help=_QUOTA_HELP["rpm"])
+TPM = typer.Option(None, "--tpm", help=_QUOTA_HELP["tpm"])
+CONCURRENT = typer.Option(None, "--max-concurrent", help=_QUOTA_HELP["max_concurrent"])
+MONTHLY_TOKENS = typer.Option(None, "--monthly-tokens", help=_QUOTA_HELP["monthly_tokens"])
+MONTHLY_COST = typer.Option(None, "--monthly-cost", help=_QUOTA_HELP["monthly_cost"])
+CAP = typer.Option(None, "--max-tokens-cap", help=_QUOTA_HELP["max_tokens_cap"])
+
+
+@tenants_app.command("create")
+def tenants_create(
+    name: str,
+    rpm: int | None = RPM,
+    tpm: int | None = TPM,
+    max_concurrent: int | None = CONCURRENT,
+    monthly_tokens: int | None = MONTHLY_TOKENS,
+    monthly_cost: str | None = MONTHLY_COST,
+    max_tokens_cap: int | None = CAP,
+) -> None:
+    """Create a tenant with optional quotas."""
+    from gateway.tenancy.models import TenantCreate
+
+    fields = _quota_fields(rpm, tpm, max_concurrent, monthly_tokens, monthly_cost, max_tokens_cap)
+    _run(lambda: _service().create_tenant(TenantCreate(name=name, **fields)))
+
+
+@tenants_app.command("update")
+def tenants_update(
+    tenant: str,
+    rpm: int | None = RPM,
+    tpm: int | None = TPM,
+    max_concurrent: int | None = CONCURRENT,
+    monthly_tokens: int | None = MONTHLY_TOKENS,
+    monthly_cost: str | None = MONTHLY_COST,
+    max_tokens_cap: int | None = CAP,
+) -> None:
+    """Change a tenant's quotas (only the options given)."""
+    from gateway.tenancy.models import TenantUpdate
+
+    fields = _quota_fields(rpm, tpm, max_concurrent, monthly_tokens, monthly_cost, max_tokens_cap)
+    _run(lambda: _service().update_tenant(tenant, TenantUpdate(**fields)))
+
+
+@tenants_app.command("list")
+def tenants_list() -> None:
+    _run(lambda: _service().list_tenants())
+
+
+@tenants_app.command("show")
+def tenants_show(tenant: str) -> None:
+    _run(lambda: _service().get_tenant(tenant))
+
+
+@tenants_app.command("suspend")
+def tenants_suspend(tenant: str) -> None:
+    from gateway.tenancy.models import TenantUpdate
+
+    _run(lambda: _service().update_tenant(tenant, TenantUpdate(status="suspended")))
+
+
+@tenants_app.command("resume")
+def tenants_resume(tenant: str) -> None:
+    from gateway.tenancy.models import TenantUpdate
+
+    _run(lambda: _service().update_tenant(tenant, TenantUpdate(status="active")))
+
+
+@tenants_app.command("delete")
+def tenants_delete(tenant: str) -> None:
+    _run(lambda: {"id": _service().delete_tenant(tenant), "deleted": True})
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: str,
+    name: str = typer.Option("", help="A label for the key."),
+    expires_in_days: float | None = typer.Option(None, help="The key stops working after this many days."),
+    model: list[str] | None = typer.Option(None, "--model", help="Restrict the key to this model (repeatable)."),
+) -> None:
+    """Create an API key; the secret is printed once and never stored."""
+    from gateway.tenancy.models import KeyCreate
+
+    body = KeyCreate(name=name, expires_in_days=expires_in_days, allowed_models=model or None)
+    _run(lambda: _service().create_key(tenant, body))
+
+
+@keys_app.command("list")
+def keys_list(tenant: str) -> None:
+    _run(lambda: _service().list_keys(tenant))
+
+
+@keys_app.command("revoke")
+def keys_revoke(tenant: str, key_id: str) -> None:
+    _run(lambda: _service().revoke_key(tenant, key_id))
+
+
+@app.command()
+def usage(
+    tenant: str | None = typer.Argument(None, help="A tenant's name or id; all tenants if omitted."),
+    since: datetime | None = typer.Option(None, help="From this UTC date/time (inclusive)."),
+    until: datetime | None = typer.Option(None, help="Until this UTC date/time (exclusive)."),
+    bucket: str = typer.Option("day", help="hour, day, month or none."),
+    group_by: str = typer.Option("tenant,key,model", help="Comma-separated: tenant, key, model."),
+    csv: bool = typer.Option(False, "--csv", help="CSV instead of JSON."),
+) -> None:
+    """Usage by tenant, key, model and period."""
+    from gateway.routes.admin import parse_group_by
+    from gateway.tenancy.service import usage_csv
+
+    if bucket not in ("hour", "day", "month", "none"):
+        raise typer.BadParameter("bucket is one of hour, day, month, none")
+
+    def report() -> Any:
+        return _service().usage(
+            tenant=tenant, since=since, until=until, group_by=parse_group_by(group_by), bucket=bucket
+        )
+
+    if csv:
+        typer.echo(usage_csv(report()), nl=False)
+    else:
+        _run(report)
 
 
 def main() -> None:

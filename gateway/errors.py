@@ -1,12 +1,17 @@
 """One exception tree for the OpenAI surface, and the one place it is mapped to HTTP.
 
-    APIError                      -> {"error": {message, type, param, code}}
+    APIError                      -> {"error": {message, type, param, code}} (+ optional headers)
     ├── InvalidRequestError       400 invalid_request_error
     │   └── ContextLengthExceeded 400 code=context_length_exceeded
     │   (engine.protocol.RequestRejected: the engine refused the parameters, also a 400)
     │   (engine.protocol.EngineError: the engine failed, a 500 with code=engine_error)
+    ├── AuthenticationError       401 code=invalid_api_key
+    ├── PermissionDenied          403 permission_error
     ├── NotFoundError             404 invalid_request_error
     │   └── ModelNotFound         404 code=model_not_found
+    ├── ConflictError             409 invalid_request_error
+    ├── RateLimited               429 code=rate_limit_exceeded (retry-after, retry-after-ms)
+    ├── QuotaExceeded             429 insufficient_quota (x-should-retry: false)
     └── EngineUnavailable         503 server_error
 
 Request validation errors (bad JSON, wrong types, out-of-range values) are 400s naming the ``param``;
@@ -33,10 +38,18 @@ class APIError(Exception):
     type = "server_error"
     code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.headers = headers or {}
         if code is not None:
             self.code = code
 
@@ -51,6 +64,39 @@ class InvalidRequestError(APIError):
 
 class ContextLengthExceeded(InvalidRequestError):
     code = "context_length_exceeded"
+
+
+class AuthenticationError(APIError):
+    status_code = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(APIError):
+    status_code = 403
+    type = "permission_error"
+
+
+class ConflictError(APIError):
+    status_code = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class RateLimited(APIError):
+    status_code = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+
+class QuotaExceeded(APIError):
+    status_code = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        # The official SDKs retry 429s unless told not to; a spent budget does not come back by retrying.
+        super().__init__(message, headers={**(headers or {}), "x-should-retry": "false"})
 
 
 class NotFoundError(APIError):
@@ -100,7 +146,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, APIError)
-    return JSONResponse(exc.body(), status_code=exc.status_code)
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
 
 async def _engine_rejected(request: Request, exc: Exception) -> JSONResponse:

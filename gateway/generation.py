@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar
 
@@ -40,8 +40,9 @@ class Usage:
 
 @dataclass
 class RunReport:
-    """What a finished run tells metrics (and, later, metering)."""
+    """What a finished run tells its observers (metrics, metering)."""
 
+    request_id: str
     model: str
     usage: Usage
     outcome: Outcome
@@ -49,7 +50,7 @@ class RunReport:
     duration: float
 
 
-def fit_max_tokens(prompt_len: int, requested: int | None, max_model_len: int) -> int:
+def fit_max_tokens(prompt_len: int, requested: int | None, max_model_len: int, prompt_param: str) -> int:
     """The number of tokens to generate, or ``ContextLengthExceeded`` when the prompt does not leave room."""
     room = max_model_len - prompt_len
     if requested is None and room > 0:
@@ -60,7 +61,7 @@ def fit_max_tokens(prompt_len: int, requested: int | None, max_model_len: int) -
     raise ContextLengthExceeded(
         f"This model's maximum context length is {max_model_len} tokens, but you asked for {asked}. "
         "Shorten the prompt or lower max_tokens.",
-        param="messages" if requested is None else "max_tokens",
+        param=prompt_param if requested is None else "max_tokens",
     )
 
 
@@ -101,7 +102,7 @@ class GenerationRun:
         prompts: list[list[int]],
         options: SamplingOptions,
         request_id: str,
-        on_finish: Callable[[RunReport], None],
+        observers: Sequence[Callable[[RunReport], None]],
     ) -> None:
         self._engine = engine
         self.model = model
@@ -114,7 +115,9 @@ class GenerationRun:
         self._prompts = prompts
         self._options = options
         self._request_id = request_id
-        self._on_finish = on_finish
+        self._observers = observers
+        self._reported = False
+        self._started = time.perf_counter()
 
     @property
     def num_choices(self) -> int:
@@ -122,7 +125,7 @@ class GenerationRun:
 
     async def deltas(self) -> AsyncIterator[tuple[int, CompletionDelta]]:
         """Every delta with its choice index. Closing this early aborts the engine requests."""
-        started = time.perf_counter()
+        started = self._started = time.perf_counter()
         first_token: float | None = None
         outcome: Outcome = "failed"
         try:
@@ -137,8 +140,20 @@ class GenerationRun:
             outcome = "aborted"
             raise
         finally:
-            duration = time.perf_counter() - started
-            self._on_finish(RunReport(self.model, self.usage, outcome, first_token, duration))
+            self._report(outcome, first_token)
+
+    def close(self) -> None:
+        """Report the run as abandoned if it never got to run (the client left before it started)."""
+        self._report("aborted", None)
+
+    def _report(self, outcome: Outcome, first_token: float | None) -> None:
+        if self._reported:
+            return
+        self._reported = True
+        duration = time.perf_counter() - self._started
+        report = RunReport(self._request_id, self.model, self.usage, outcome, first_token, duration)
+        for observer in self._observers:
+            observer(report)
 
     async def collect(self) -> list[ChoiceResult]:
         results = [ChoiceResult() for _ in range(self.num_choices)]

@@ -1,4 +1,5 @@
-"""Plain ASGI middleware (outermost first): request id on every response, and HTTP metrics per route."""
+"""Plain ASGI middleware: request id on every response, headers that dependencies left for the response
+(rate-limit headers), and HTTP metrics per route."""
 
 from __future__ import annotations
 
@@ -26,14 +27,18 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming[:128] or f"req_{uuid.uuid4().hex}"
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
         status = 500
 
         async def send_with_context(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)["x-request-id"] = request_id
+                headers = MutableHeaders(scope=message)
+                headers["x-request-id"] = request_id
+                for name, value in state.get("response_headers", {}).items():
+                    headers.setdefault(name, value)
             await send(message)
 
         try:

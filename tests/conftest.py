@@ -21,6 +21,7 @@ from engine.settings import DEFAULT_MODEL_ID, EngineSettings
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = DEFAULT_MODEL_ID
+ADMIN_KEY = "sk-admin-test-0123456789abcdef"
 STARTUP_TIMEOUT_S = 300
 
 
@@ -55,6 +56,7 @@ def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "LLMAAS_MODEL_PATH": str(model_dir),
         "LLMAAS_KV_CACHE_SPACE_GIB": "1",
         "LLMAAS_LOG_LEVEL": "warning",
+        "LLMAAS_ADMIN_KEY": ADMIN_KEY,
     }
     log_path = data_dir / "server.log"
     with log_path.open("wb") as log:
@@ -92,13 +94,42 @@ def _wait_ready(base: str, proc: subprocess.Popen[bytes], log_path: Path) -> Non
 
 
 @pytest.fixture(scope="session")
-def client(server: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server}/v1", api_key="sk-test", max_retries=0, timeout=120)
+def admin(server: str) -> Iterator[httpx.Client]:
+    """The operator's HTTP client (admin key)."""
+    with httpx.Client(base_url=server, timeout=60, headers={"authorization": f"Bearer {ADMIN_KEY}"}) as session:
+        yield session
+
+
+def create_tenant(admin: httpx.Client, name: str, **quotas: Any) -> tuple[dict[str, Any], str]:
+    """A new tenant (name made unique) and a fresh API key for it."""
+    unique = f"{name}-{os.urandom(3).hex()}"
+    response = admin.post("/admin/v1/tenants", json={"name": unique, **quotas})
+    assert response.status_code == 201, response.text
+    tenant = response.json()
+    key = admin.post(f"/admin/v1/tenants/{tenant['id']}/keys", json={"name": "tests"})
+    assert key.status_code == 201, key.text
+    return tenant, key.json()["key"]
+
+
+def openai_client(server: str, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=key, max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="session")
-def http(server: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server, timeout=120) as session:
+def api_key(admin: httpx.Client) -> str:
+    """A key of a tenant without limits, for the API tests."""
+    return create_tenant(admin, "api-tests")[1]
+
+
+@pytest.fixture(scope="session")
+def client(server: str, api_key: str) -> openai.OpenAI:
+    return openai_client(server, api_key)
+
+
+@pytest.fixture(scope="session")
+def http(server: str, api_key: str) -> Iterator[httpx.Client]:
+    """Plain HTTP with a tenant key."""
+    with httpx.Client(base_url=server, timeout=120, headers={"authorization": f"Bearer {api_key}"}) as session:
         yield session
 
 

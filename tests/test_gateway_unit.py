@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import openai
 import pytest
@@ -15,6 +16,8 @@ from engine.protocol import CompletionDelta, EngineError, SamplingOptions
 from engine.settings import EngineSettings
 from gateway.app import create_app
 from gateway.generation import merge_streams
+from gateway.settings import GatewaySettings
+from gateway.tenancy.models import KeyCreate, TenantCreate
 
 
 class FailingEngine(FakeEngine):
@@ -29,10 +32,13 @@ class FailingEngine(FakeEngine):
 
 
 @pytest.fixture
-def failing_client() -> Iterator[openai.OpenAI]:
-    app = create_app(EngineSettings(served_model_name="fake"), engine_factory=lambda _: FailingEngine())
+def failing_client(tmp_path: Path) -> Iterator[openai.OpenAI]:
+    settings = GatewaySettings(data_dir=tmp_path, admin_key="sk-admin-unit-0123456789")
+    app = create_app(settings, EngineSettings(served_model_name="fake"), engine_factory=lambda _: FailingEngine())
     with TestClient(app) as http:
-        yield openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=http, max_retries=0)
+        tenant = app.state.tenancy.create_tenant(TenantCreate(name="unit"))
+        key = app.state.tenancy.create_key(tenant.id, KeyCreate()).key
+        yield openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=http, max_retries=0)
 
 
 def test_mid_stream_failure_is_sent_as_an_error_event(failing_client: openai.OpenAI) -> None:

@@ -58,7 +58,7 @@ def _wait_engine_idle(http: httpx.Client, timeout: float = 10.0) -> str:
     raise AssertionError("the engine still holds the request after the client left")
 
 
-def test_client_disconnect_mid_stream_aborts_generation(server: str, http: httpx.Client) -> None:
+def test_client_disconnect_mid_stream_aborts_generation(server: str, http: httpx.Client, api_key: str) -> None:
     before = http.get("/metrics").text
     body = {
         "model": MODEL,
@@ -68,7 +68,11 @@ def test_client_disconnect_mid_stream_aborts_generation(server: str, http: httpx
         "ignore_eos": True,
         "stream": True,
     }
-    with httpx.Client(base_url=server, timeout=60) as own, own.stream("POST", "/v1/chat/completions", json=body) as r:
+    auth = {"authorization": f"Bearer {api_key}"}
+    with (
+        httpx.Client(base_url=server, timeout=60, headers=auth) as own,
+        own.stream("POST", "/v1/chat/completions", json=body) as r,
+    ):
         assert r.status_code == 200
         lines = r.iter_lines()
         content_chunks = 0
@@ -96,7 +100,9 @@ def test_client_disconnect_mid_stream_aborts_generation(server: str, http: httpx
     )
 
 
-def test_client_disconnect_while_waiting_for_a_non_stream_reply_aborts(server: str, http: httpx.Client) -> None:
+def test_client_disconnect_while_waiting_for_a_non_stream_reply_aborts(
+    server: str, http: httpx.Client, api_key: str
+) -> None:
     before = http.get("/metrics").text
     body = {
         "model": MODEL,
@@ -105,7 +111,7 @@ def test_client_disconnect_while_waiting_for_a_non_stream_reply_aborts(server: s
         "ignore_eos": True,
     }
     try:
-        httpx.post(f"{server}/v1/completions", json=body, timeout=1.5)
+        httpx.post(f"{server}/v1/completions", json=body, timeout=1.5, headers={"authorization": f"Bearer {api_key}"})
         raise AssertionError("1500 tokens cannot be generated within 1.5 s here")
     except httpx.ReadTimeout:
         pass

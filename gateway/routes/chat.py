@@ -9,10 +9,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from gateway.api_types import ChatCompletionRequest
-from gateway.deps import CatalogDep, MetricsDep, RequestIdDep, unless_disconnected
+from gateway.deps import CatalogDep, MetricsDep, RequestIdDep
 from gateway.errors import InvalidRequestError
-from gateway.generation import GenerationRun, fit_max_tokens, sampling_options
+from gateway.generation import GenerationRun
 from gateway.logprobs import chat_logprobs
+from gateway.quota import QuotaDep
+from gateway.serving import admit_run, collect
 from gateway.sse import EventStreamResponse, sse_frames
 
 router = APIRouter()
@@ -35,24 +37,29 @@ async def create_chat_completion(
     catalog: CatalogDep,
     metrics: MetricsDep,
     request_id: RequestIdDep,
+    quota: QuotaDep,
 ) -> dict[str, Any] | EventStreamResponse:
     body.check()
     served = catalog.get(body.model)
-    prompt = _render_prompt(body, served.engine.tokenizer)
-    max_tokens = fit_max_tokens(len(prompt), body.requested_max_tokens, served.engine.max_model_len)
-    options = sampling_options(body, max_tokens, logprobs=body.logprobs_k)
+    quota.principal.check_model(served.id)
     completion_id = f"chatcmpl-{request_id.removeprefix('req_')}"
-    run = GenerationRun(served.engine, served.id, [prompt], options, completion_id, metrics.observe_run)
-    header = {
-        "id": completion_id,
-        "created": int(time.time()),
-        "model": served.id,
-        "system_fingerprint": None,
-    }
+    run = await admit_run(
+        body=body,
+        served=served,
+        prompts=[_render_prompt(body, served.engine.tokenizer)],
+        requested_max_tokens=body.requested_max_tokens,
+        max_tokens_param="max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens",
+        prompt_param="messages",
+        logprobs=body.logprobs_k,
+        quota=quota,
+        metrics=metrics,
+        run_id=completion_id,
+    )
+    header = {"id": completion_id, "created": int(time.time()), "model": served.id, "system_fingerprint": None}
     if body.stream:
-        return EventStreamResponse(sse_frames(_chunks(run, header, body)))
+        return EventStreamResponse(sse_frames(_chunks(run, header, body)), on_close=run.close)
 
-    choices = await unless_disconnected(request, run.collect())
+    choices = await collect(request, run)
     return {
         **header,
         "object": "chat.completion",

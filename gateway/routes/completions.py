@@ -10,10 +10,12 @@ from fastapi import APIRouter, Request
 
 from engine.protocol import Tokenizer
 from gateway.api_types import CompletionRequest, PromptField
-from gateway.deps import CatalogDep, MetricsDep, RequestIdDep, unless_disconnected
+from gateway.deps import CatalogDep, MetricsDep, RequestIdDep
 from gateway.errors import InvalidRequestError
-from gateway.generation import GenerationRun, fit_max_tokens, sampling_options
+from gateway.generation import GenerationRun
 from gateway.logprobs import completion_logprobs
+from gateway.quota import QuotaDep
+from gateway.serving import admit_run, collect
 from gateway.sse import EventStreamResponse, sse_frames
 
 router = APIRouter()
@@ -41,16 +43,26 @@ async def create_completion(
     catalog: CatalogDep,
     metrics: MetricsDep,
     request_id: RequestIdDep,
+    quota: QuotaDep,
 ) -> dict[str, Any] | EventStreamResponse:
     body.check()
     served = catalog.get(body.model)
+    quota.principal.check_model(served.id)
     tokenizer = served.engine.tokenizer
     prompts = _tokenize_prompts(body.prompt, tokenizer)
-    longest = max(len(ids) for ids in prompts)
-    max_tokens = fit_max_tokens(longest, body.max_tokens, served.engine.max_model_len)
-    options = sampling_options(body, max_tokens, logprobs=body.logprobs)
     completion_id = f"cmpl-{request_id.removeprefix('req_')}"
-    run = GenerationRun(served.engine, served.id, prompts, options, completion_id, metrics.observe_run)
+    run = await admit_run(
+        body=body,
+        served=served,
+        prompts=prompts,
+        requested_max_tokens=body.max_tokens,
+        max_tokens_param="max_tokens",
+        prompt_param="prompt",
+        logprobs=body.logprobs,
+        quota=quota,
+        metrics=metrics,
+        run_id=completion_id,
+    )
     echoes = [tokenizer.decode(ids) if body.echo else "" for ids in prompts for _ in range(body.n)]
     header = {
         "id": completion_id,
@@ -59,9 +71,9 @@ async def create_completion(
         "system_fingerprint": None,
     }
     if body.stream:
-        return EventStreamResponse(sse_frames(_chunks(run, header, body, echoes)))
+        return EventStreamResponse(sse_frames(_chunks(run, header, body, echoes)), on_close=run.close)
 
-    choices = await unless_disconnected(request, run.collect())
+    choices = await collect(request, run)
     return {
         **header,
         "object": "text_completion",

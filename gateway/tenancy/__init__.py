@@ -1,0 +1,1 @@
+"""Tenants, their API keys and quotas, and usage reports: the operations behind the admin API and CLI."""

@@ -1,0 +1,109 @@
+"""Admin API shapes for tenants, quotas and keys (pydantic), and the ``Quotas`` the limiter enforces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TenantName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="lowercase, [a-z0-9_-]")]
+Positive = Annotated[int, Field(ge=1)]
+
+
+class ModelPrice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    input: Decimal = Field(ge=0, description="USD per 1M prompt tokens")
+    output: Decimal = Field(ge=0, description="USD per 1M completion tokens")
+
+
+class QuotaFields(BaseModel):
+    """Per-tenant limits. ``null`` means unlimited."""
+
+    model_config = ConfigDict(extra="forbid")
+    requests_per_minute: Positive | None = None
+    tokens_per_minute: Positive | None = None
+    max_concurrent_requests: Positive | None = None
+    monthly_token_budget: Annotated[int, Field(ge=0)] | None = None
+    monthly_cost_budget: Annotated[Decimal, Field(ge=0, description="USD per calendar month")] | None = None
+    max_tokens_cap: Positive | None = None
+    model_prices: dict[str, ModelPrice] = Field(default_factory=dict)
+
+
+class TenantCreate(QuotaFields):
+    name: TenantName
+
+
+class TenantUpdate(QuotaFields):
+    """Only the fields present in the body change (``null`` sets a limit to unlimited)."""
+
+    name: TenantName | None = None
+    status: Literal["active", "suspended"] | None = None
+
+
+class TenantOut(QuotaFields):
+    id: str
+    object: Literal["tenant"] = "tenant"
+    name: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(max_length=128)] = ""
+    expires_at: datetime | None = None
+    expires_in_days: Annotated[float, Field(gt=0)] | None = None
+    allowed_models: list[str] | None = Field(default=None, description="null: every model")
+
+
+class KeyOut(BaseModel):
+    id: str
+    object: Literal["api_key"] = "api_key"
+    tenant_id: str
+    name: str
+    prefix: str
+    allowed_models: list[str] | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    status: Literal["active", "revoked", "expired"]
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="The secret. Shown once, never stored.")
+
+
+@dataclass(frozen=True)
+class Quotas:
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    max_concurrent_requests: int | None = None
+    monthly_token_budget: int | None = None
+    monthly_cost_budget_nanos: int | None = None
+    max_tokens_cap: int | None = None
+    # model -> (USD per 1M prompt tokens, USD per 1M completion tokens)
+    prices: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict)
+
+    def cost_nanos(self, model: str, prompt_tokens: int, completion_tokens: int) -> int:
+        """Cost in nano-USD (1e-9), rounded up."""
+        per_input, per_output = self.prices.get(model, (Decimal(0), Decimal(0)))
+        # USD per 1M tokens * tokens = micro-USD; * 1000 = nano-USD.
+        return int(
+            ((prompt_tokens * per_input + completion_tokens * per_output) * 1000).to_integral_value("ROUND_CEILING")
+        )
+
+    @property
+    def has_budget(self) -> bool:
+        return self.monthly_token_budget is not None or self.monthly_cost_budget_nanos is not None
+
+
+def usd_to_nanos(value: Decimal) -> int:
+    return int((value * 1_000_000_000).to_integral_value())
+
+
+def nanos_to_usd(value: int) -> Decimal:
+    return Decimal(value) / 1_000_000_000
