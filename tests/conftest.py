@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ ADMIN_KEY = "sk-admin-test-0123456789abcdef"
 STARTUP_TIMEOUT_S = 300
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -46,10 +47,15 @@ def hf_tokenizer(model_dir: Path) -> Any:
 
 
 @pytest.fixture(scope="session")
-def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gateway-data")
+
+
+@pytest.fixture(scope="session")
+def server(model_dir: Path, server_data_dir: Path) -> Iterator[str]:
     """``llmaas serve`` in its own process; yields the base URL (without /v1)."""
-    port = _free_port()
-    data_dir = tmp_path_factory.mktemp("gateway-data")
+    port = free_port()
+    data_dir = server_data_dir
     env = {
         **os.environ,
         "LLMAAS_DATA_DIR": str(data_dir),
@@ -58,19 +64,20 @@ def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "LLMAAS_LOG_LEVEL": "warning",
         "LLMAAS_ADMIN_KEY": ADMIN_KEY,
     }
-    log_path = data_dir / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        base = f"http://127.0.0.1:{port}"
+    with running([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)], env, data_dir / "server.log"):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def running(command: list[str], env: dict[str, str], log_path: Path, port: int | None = None) -> Iterator[None]:
+    """A server process, ready (``/ready`` answers 200) on entry and stopped gracefully on exit."""
+    if port is None:
+        port = int(command[command.index("--port") + 1])
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            _wait_ready(base, proc, log_path)
-            yield base
+            _wait_ready(f"http://127.0.0.1:{port}", proc, log_path)
+            yield
         finally:
             proc.terminate()
             try:

@@ -1,0 +1,41 @@
+"""The real gateway (auth, limits, metering, routes) in front of the instant fake engine.
+
+Used by the gateway-overhead benchmark and by tests that need several gateway processes without loading
+several models. Settings come from the usual ``LLMAAS_`` environment variables.
+
+    python bench/fake_gateway.py --port 8100 [--seconds-per-token 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    import uvicorn
+
+    from engine.fake import FakeEngine
+    from engine.settings import EngineSettings
+    from gateway.app import create_app
+    from gateway.settings import GatewaySettings
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--seconds-per-token", type=float, default=0.0)
+    args = parser.parse_args()
+    settings = GatewaySettings()
+    app = create_app(
+        settings,
+        EngineSettings(),
+        engine_factory=lambda _: FakeEngine(seconds_per_token=args.seconds_per_token),
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Tenants, keys and the usage ledger on both databases: SQLite (WAL, the embedded default) and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, text
+
+from gateway.db import Base, Database
+from gateway.errors import ConflictError, InvalidRequestError, NotFoundError
+from gateway.tenancy.keys import key_hash
+from gateway.tenancy.models import KeyCreate, ModelPrice, TenantCreate, TenantUpdate
+from gateway.tenancy.service import TenancyService, UsageEntry, month_start, usage_csv, utcnow
+
+POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    if request.param == "sqlite":
+        db = Database(f"sqlite:///{tmp_path / 'llmaas.db'}")
+        db.migrate()
+        yield db
+        db.dispose()
+        return
+    name = f"llmaas_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    db = Database(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
+    db.migrate()
+    try:
+        yield db
+    finally:
+        db.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def service(database: Database) -> TenancyService:
+    return TenancyService(database)
+
+
+def test_migrations_match_the_models(database: Database) -> None:
+    with database.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    database.migrate()  # idempotent
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'x.db'}")
+    with db.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    db.dispose()
+
+
+def test_tenant_lifecycle(service: TenancyService) -> None:
+    created = service.create_tenant(
+        TenantCreate(
+            name="acme",
+            requests_per_minute=60,
+            monthly_cost_budget=Decimal("12.5"),
+            model_prices={"m": ModelPrice(input=Decimal("0.15"), output=Decimal("0.6"))},
+        )
+    )
+    assert created.status == "active"
+    assert service.get_tenant("acme").id == created.id
+    assert service.get_tenant(created.id).name == "acme"
+    with pytest.raises(ConflictError):
+        service.create_tenant(TenantCreate(name="acme"))
+    updated = service.update_tenant("acme", TenantUpdate(requests_per_minute=None, tokens_per_minute=1000))
+    assert updated.requests_per_minute is None
+    assert updated.tokens_per_minute == 1000
+    assert updated.monthly_cost_budget == Decimal("12.5")  # untouched fields stay
+    assert service.update_tenant("acme", TenantUpdate(status="suspended")).status == "suspended"
+    with pytest.raises(InvalidRequestError):
+        service.update_tenant("acme", TenantUpdate(name=None))
+    assert [t.name for t in service.list_tenants()] == ["acme"]
+    service.delete_tenant("acme")
+    with pytest.raises(NotFoundError):
+        service.get_tenant("acme")
+
+
+def test_keys_are_stored_as_hashes_only(service: TenancyService, database: Database) -> None:
+    service.create_tenant(TenantCreate(name="acme"))
+    created = service.create_key("acme", KeyCreate(name="ci", allowed_models=["m1"]))
+    assert created.key.startswith("sk-")
+    assert created.key.startswith(created.prefix)
+    identity = service.identify(key_hash(created.key))
+    assert identity is not None
+    assert identity.tenant_name == "acme"
+    assert identity.allowed_models == ("m1",)
+    listed = service.list_keys("acme")
+    assert [k.id for k in listed] == [created.id]
+    assert "key" not in listed[0].model_dump()
+    with database.engine.connect() as conn:
+        rows = conn.execute(text("SELECT * FROM api_keys")).all()
+    dumped = repr(rows)
+    assert created.key not in dumped
+    assert created.key[len(created.prefix) :] not in dumped
+
+
+def test_key_revocation_and_expiry(service: TenancyService) -> None:
+    service.create_tenant(TenantCreate(name="acme"))
+    key = service.create_key("acme", KeyCreate(expires_in_days=1))
+    assert key.status == "active"
+    assert key.expires_at is not None
+    revoked = service.revoke_key("acme", key.id)
+    assert revoked.status == "revoked"
+    identity = service.identify(key_hash(key.key))
+    assert identity is not None and identity.revoked
+    with pytest.raises(InvalidRequestError):
+        service.create_key("acme", KeyCreate(expires_at=datetime(2000, 1, 1)))
+    service.create_tenant(TenantCreate(name="other"))
+    with pytest.raises(NotFoundError):  # another tenant's key is not found, not forbidden
+        service.revoke_key("other", key.id)
+
+
+def _entry(tenant_id: str, key_id: str, model: str, prompt: int, completion: int, at: datetime) -> UsageEntry:
+    return UsageEntry(
+        request_id=uuid.uuid4().hex,
+        tenant_id=tenant_id,
+        key_id=key_id,
+        model=model,
+        kind="inference",
+        outcome="completed",
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cost_nanos=prompt * 150 + completion * 600,
+        created_at=at,
+    )
+
+
+def test_usage_breakdown_and_csv(service: TenancyService) -> None:
+    acme = service.create_tenant(TenantCreate(name="acme"))
+    other = service.create_tenant(TenantCreate(name="other"))
+    k1 = service.create_key("acme", KeyCreate()).id
+    k2 = service.create_key("acme", KeyCreate()).id
+    day = datetime(2026, 11, 2, 10, 30)
+    service.record_usage(
+        [
+            _entry(acme.id, k1, "a", 10, 5, day),
+            _entry(acme.id, k1, "a", 20, 5, day + timedelta(minutes=10)),
+            _entry(acme.id, k2, "b", 1, 1, day + timedelta(hours=2)),
+            _entry(acme.id, k1, "a", 7, 7, day + timedelta(days=1)),
+            _entry(other.id, "k-other", "a", 1000, 1000, day),
+        ]
+    )
+    by_day = service.usage(tenant="acme", group_by=("key", "model"), bucket="day")
+    rows = {(r["key_id"], r["model"], r["period_start"]): r for r in by_day["data"]}
+    assert rows[(k1, "a", "2026-11-02")]["prompt_tokens"] == 30
+    assert rows[(k1, "a", "2026-11-02")]["requests"] == 2
+    assert rows[(k1, "a", "2026-11-03")]["total_tokens"] == 14
+    assert by_day["totals"]["total_tokens"] == 30 + 10 + 2 + 14
+    assert Decimal(rows[(k1, "a", "2026-11-02")]["cost"]) == Decimal(30 * 150 + 10 * 600) / 10**9
+    by_hour = service.usage(tenant="acme", group_by=(), bucket="hour", until=day + timedelta(hours=23))
+    assert [r["period_start"] for r in by_hour["data"]] == ["2026-11-02T10:00:00", "2026-11-02T12:00:00"]
+    windowed = service.usage(tenant="acme", group_by=("model",), bucket="none", since=day + timedelta(hours=1))
+    assert {r["model"]: r["total_tokens"] for r in windowed["data"]} == {"a": 14, "b": 2}
+    everyone = service.usage(group_by=("tenant",), bucket="none")
+    assert {r["tenant_id"]: r["requests"] for r in everyone["data"]} == {acme.id: 4, other.id: 1}
+    csv_text = usage_csv(by_day)
+    assert csv_text.splitlines()[0].startswith("key_id,model,period_start,requests")
+    assert len(csv_text.splitlines()) == 1 + len(by_day["data"])
+
+
+def test_month_to_date_counts_only_this_month(service: TenancyService) -> None:
+    acme = service.create_tenant(TenantCreate(name="acme"))
+    now = utcnow()
+    service.record_usage(
+        [
+            _entry(acme.id, "k", "a", 10, 5, now),
+            _entry(acme.id, "k", "a", 100, 100, month_start(now) - timedelta(seconds=1)),
+        ]
+    )
+    tokens, cost = service.month_to_date(acme.id, now)
+    assert tokens == 15
+    assert cost == 10 * 150 + 5 * 600
