@@ -52,6 +52,20 @@ REQUEST_TIMEOUT_S = 900.0
 STOP_TIMEOUT_S = 60.0
 KV_CACHE_SPACE_GIB = 2
 RESERVED_PORTS = {8011}  # another server may be running there; never use it
+BENCH_ADMIN_KEY = "sk-admin-bench-0123456789abcdef"
+
+
+def api_key_for(name: str, base_url: str) -> str:
+    """Our gateway serves tenants only: make one (no limits; auth, admission and metering still run)."""
+    if name != "ours":
+        return "none"
+    admin = {"authorization": f"Bearer {BENCH_ADMIN_KEY}"}
+    tenant = httpx.post(f"{base_url}/admin/v1/tenants", json={"name": "bench"}, headers=admin, timeout=30)
+    tenant.raise_for_status()
+    key = httpx.post(f"{base_url}/admin/v1/tenants/{tenant.json()['id']}/keys", json={}, headers=admin, timeout=30)
+    key.raise_for_status()
+    return str(key.json()["key"])
+
 
 PROMPTS = [
     "What is the capital of France?",
@@ -148,6 +162,7 @@ def server_command(name: str, model_dir: Path, port: int, data_dir: Path) -> tup
             LLMAAS_MODEL_PATH=str(model_dir),
             LLMAAS_DATA_DIR=str(data_dir),
             LLMAAS_KV_CACHE_SPACE_GIB=str(KV_CACHE_SPACE_GIB),
+            LLMAAS_ADMIN_KEY=BENCH_ADMIN_KEY,
         )
         return [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)], env
     if name == "vllm":
@@ -199,9 +214,12 @@ def wait_until_ready(proc: subprocess.Popen[bytes], base_url: str, path: str, ti
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with code {proc.returncode} before it was ready")
             try:
-                if client.get(base_url + path).status_code == 200:
-                    models = client.get(base_url + "/v1/models").json()
-                    ids = [m["id"] for m in models.get("data", [])]
+                ready = client.get(base_url + path)
+                if ready.status_code == 200:
+                    if path == "/ready":  # our gateway: /v1/models needs a tenant key, /ready names the models
+                        ids = ready.json()["models"]
+                    else:
+                        ids = [m["id"] for m in client.get(base_url + "/v1/models").json().get("data", [])]
                     if MODEL_ID not in ids:
                         raise RuntimeError(f"/v1/models lists {ids}, not {MODEL_ID!r}")
                     return
@@ -289,12 +307,13 @@ async def stream_chat(client: httpx.AsyncClient, url: str, body: dict[str, Any])
     return RequestResult(error is None, latency, ttft, tokens, usage_tokens is not None, error)
 
 
-async def run_load(base_url: str, clients: int, max_tokens: int) -> tuple[list[RequestResult], float]:
+async def run_load(base_url: str, api_key: str, clients: int, max_tokens: int) -> tuple[list[RequestResult], float]:
     """``clients`` concurrent streaming requests, all sent at once; their results and the wall time."""
     url = base_url + "/v1/chat/completions"
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=30.0)
-    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+    headers = {"authorization": f"Bearer {api_key}"}
+    async with httpx.AsyncClient(limits=limits, timeout=timeout, headers=headers) as client:
         bodies = [chat_body(PROMPTS[i % len(PROMPTS)], max_tokens) for i in range(clients)]
         start = time.perf_counter()
         results = await asyncio.gather(*(stream_chat(client, url, body) for body in bodies))
@@ -302,8 +321,9 @@ async def run_load(base_url: str, clients: int, max_tokens: int) -> tuple[list[R
     return list(results), wall
 
 
-async def warm_up(base_url: str, max_tokens: int) -> RequestResult:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=30.0)) as client:
+async def warm_up(base_url: str, api_key: str, max_tokens: int) -> RequestResult:
+    timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=30.0)
+    async with httpx.AsyncClient(timeout=timeout, headers={"authorization": f"Bearer {api_key}"}) as client:
         return await stream_chat(client, base_url + "/v1/chat/completions", chat_body("Hello!", max_tokens))
 
 
@@ -349,11 +369,12 @@ def bench_server(name: str, model_dir: Path, results_dir: Path, clients: int, ma
             wait_until_ready(proc, base_url, ready_path(name), READY_TIMEOUT_S)
             startup_s = time.perf_counter() - started
             print(f"[{name}] ready after {startup_s:.1f} s; warming up", flush=True)
-            warm = asyncio.run(warm_up(base_url, max_tokens))
+            api_key = api_key_for(name, base_url)
+            warm = asyncio.run(warm_up(base_url, api_key, max_tokens))
             if not warm.ok:
                 raise RuntimeError(f"warm-up request failed: {warm.error}")
             print(f"[{name}] load: {clients} clients x {max_tokens} tokens", flush=True)
-            results, wall = asyncio.run(run_load(base_url, clients, max_tokens))
+            results, wall = asyncio.run(run_load(base_url, api_key, clients, max_tokens))
         finally:
             stop_server(proc)
         print(f"[{name}] stopped", flush=True)
