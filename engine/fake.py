@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
-from engine.protocol import CompletionDelta, EngineLoad, SamplingOptions, TokenLogprob
+from engine.protocol import AdapterRef, CompletionDelta, EngineLoad, SamplingOptions, TokenLogprob
 
 _REPLY = "The quick brown fox jumps over the lazy dog. "
 
@@ -45,7 +45,11 @@ class FakeEngine:
         return self._max_model_len
 
     async def generate(
-        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
+        self,
+        prompt_token_ids: list[int],
+        options: SamplingOptions,
+        request_id: str,
+        adapter: AdapterRef | None = None,
     ) -> AsyncIterator[list[CompletionDelta]]:
         self._active.add(request_id)
         try:
@@ -59,6 +63,9 @@ class FakeEngine:
                 yield [CompletionDelta(i, text, [token], logprobs, finish) for i in range(options.n)]
         finally:
             self._active.discard(request_id)
+
+    async def remove_adapter(self, adapter: AdapterRef) -> None:
+        return None
 
     async def abort(self, request_id: str) -> None:
         self._active.discard(request_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol
 
 FinishReason = Literal["stop", "length"]
@@ -33,6 +34,15 @@ class SamplingOptions:
     logprobs: int | None = None
     """None: no logprobs. k >= 0: the sampled token's logprob plus the k most likely alternatives."""
     ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """A LoRA adapter to apply to a request: a unique name, a stable positive int id, its peft dir."""
+
+    name: str
+    int_id: int
+    path: Path
 
 
 @dataclass(frozen=True)
@@ -81,10 +91,19 @@ class Engine(Protocol):
     def max_model_len(self) -> int: ...
 
     def generate(
-        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
+        self,
+        prompt_token_ids: list[int],
+        options: SamplingOptions,
+        request_id: str,
+        adapter: AdapterRef | None = None,
     ) -> AsyncIterator[list[CompletionDelta]]:
         """Yield batches of deltas until every completion finished. Closing the iterator aborts the
-        request in the engine and frees its KV cache."""
+        request in the engine and frees its KV cache. With ``adapter``, the LoRA adapter is loaded on first
+        use (bounded LRU) and applied to this request only; requests with different adapters share batches."""
+        ...
+
+    async def remove_adapter(self, adapter: AdapterRef) -> None:
+        """Unload an adapter that is being deleted."""
         ...
 
     async def abort(self, request_id: str) -> None: ...

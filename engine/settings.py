@@ -35,6 +35,10 @@ class EngineSettings(BaseSettings):
     kv_cache_space_gib: int = Field(default=2, ge=1, description="CPU backend: KV cache size in GiB.")
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="GPU backend only.")
     seed: int = 0
+    enable_lora: bool = Field(default=True, description="Serve fine-tuned LoRA adapters beside the base model.")
+    max_loras: int = Field(default=4, ge=1, description="Distinct adapters in one batch.")
+    max_lora_rank: Literal[8, 16, 32, 64] = 16
+    max_cpu_loras: int = Field(default=8, ge=1, description="Adapters kept loaded (LRU); others load on demand.")
 
     @property
     def models_dir(self) -> Path:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.protocol import (
+    AdapterRef,
     CompletionDelta,
     EngineError,
     EngineLoad,
@@ -79,7 +80,18 @@ class VLLMEngine:
             enforce_eager=settings.enforce_eager,
             seed=settings.seed,
             **({"gpu_memory_utilization": settings.gpu_memory_utilization} if on_gpu else {}),
+            **(
+                {
+                    "enable_lora": True,
+                    "max_loras": settings.max_loras,
+                    "max_lora_rank": settings.max_lora_rank,
+                    "max_cpu_loras": max(settings.max_cpu_loras, settings.max_loras),
+                }
+                if settings.enable_lora
+                else {}
+            ),
         )
+        self._lora_enabled = settings.enable_lora
         self._recorder = _LoadRecorder()
         self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._recorder.factory])
         self._tokenizer = HFTokenizer(model_dir)
@@ -94,7 +106,11 @@ class VLLMEngine:
         return self._max_model_len
 
     async def generate(
-        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
+        self,
+        prompt_token_ids: list[int],
+        options: SamplingOptions,
+        request_id: str,
+        adapter: AdapterRef | None = None,
     ) -> AsyncIterator[list[CompletionDelta]]:
         from vllm.inputs import tokens_input
 
@@ -102,7 +118,9 @@ class VLLMEngine:
             params = self._sampling_params(options)
         except ValueError as exc:  # vLLM's own validation (VLLMValidationError is a ValueError)
             raise RequestRejected(str(exc)) from exc
-        stream = self._llm.generate(tokens_input(prompt_token_ids), params, request_id)
+        stream = self._llm.generate(
+            tokens_input(prompt_token_ids), params, request_id, lora_request=self._lora_request(adapter)
+        )
         produced = False
         try:
             # vLLM aborts the request (and frees its KV cache) when this consumer is cancelled or closed.
@@ -133,6 +151,19 @@ class VLLMEngine:
             ignore_eos=options.ignore_eos,
             output_kind=RequestOutputKind.DELTA,
         )
+
+    def _lora_request(self, adapter: AdapterRef | None) -> Any:
+        if adapter is None:
+            return None
+        if not self._lora_enabled:
+            raise RequestRejected("this engine runs without LoRA (LLMAAS_ENABLE_LORA=false)")
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(adapter.name, adapter.int_id, str(adapter.path))
+
+    async def remove_adapter(self, adapter: AdapterRef) -> None:
+        if self._lora_enabled:
+            await self._llm.remove_lora(adapter.int_id)
 
     async def abort(self, request_id: str) -> None:
         await self._llm.abort(request_id)

@@ -7,6 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -87,7 +93,56 @@ def serve(
         f"     client.chat.completions.create(model='{engine_settings.served_model_name}', "
         f"messages=[{{'role': 'user', 'content': 'Hello!'}}])"
     )
-    uvicorn.run(create_app(settings, engine_settings), host=host, port=port, log_level=settings.log_level)
+    worker = _start_embedded_worker() if settings.embedded_worker else None
+    try:
+        uvicorn.run(create_app(settings, engine_settings), host=host, port=port, log_level=settings.log_level)
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=60)
+
+
+def _start_embedded_worker() -> subprocess.Popen[bytes]:
+    """The fine-tuning worker beside the gateway (LLMAAS_EMBEDDED_WORKER=false to run workers apart)."""
+    return subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker", "--exit-with-parent"])
+
+
+@app.command()
+def worker(
+    exit_with_parent: bool = typer.Option(False, help="Stop when the process that started this one exits."),
+) -> None:
+    """Run a fine-tuning worker: claims queued jobs from the database and trains them (LoRA)."""
+    from adapters.worker import Worker
+    from engine.model_prep import resolve_model_dir
+    from engine.settings import EngineSettings
+    from gateway.app import adapter_registry, file_store, open_database
+    from gateway.settings import GatewaySettings
+
+    settings = GatewaySettings()
+    logging.basicConfig(level=settings.log_level.upper())
+    engine_settings = EngineSettings()
+    database = open_database(settings)
+    base_models = {engine_settings.served_model_name: resolve_model_dir(engine_settings)}
+    runner = Worker(
+        database.sessions, adapter_registry(database, settings), file_store(database, settings).read, base_models
+    )
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: runner.stop())
+    if exit_with_parent:
+        _stop_with_parent(runner.stop)
+    runner.run()
+
+
+def _stop_with_parent(stop: Any) -> None:
+    """uvicorn ends `serve` by re-raising the signal it caught, so `serve` cannot always stop us itself."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        stop()
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 _QUOTA_HELP = {
@@ -220,7 +275,7 @@ def usage(
     since: datetime | None = typer.Option(None, help="From this UTC date/time (inclusive)."),
     until: datetime | None = typer.Option(None, help="Until this UTC date/time (exclusive)."),
     bucket: str = typer.Option("day", help="hour, day, month or none."),
-    group_by: str = typer.Option("tenant,key,model", help="Comma-separated: tenant, key, model."),
+    group_by: str = typer.Option("tenant,key,model,kind", help="Comma-separated: tenant, key, model, kind."),
     csv: bool = typer.Option(False, "--csv", help="CSV instead of JSON."),
 ) -> None:
     """Usage by tenant, key, model and period."""

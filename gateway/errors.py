@@ -5,6 +5,7 @@
     │   └── ContextLengthExceeded 400 code=context_length_exceeded
     │   (engine.protocol.RequestRejected: the engine refused the parameters, also a 400)
     │   (engine.protocol.EngineError: the engine failed, a 500 with code=engine_error)
+    │   (adapters.errors.InvalidJobRequest: 400; adapters.errors.NotFound: 404)
     ├── AuthenticationError       401 code=invalid_api_key
     ├── PermissionDenied          403 permission_error
     ├── NotFoundError             404 invalid_request_error
@@ -28,6 +29,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from adapters.errors import InvalidJobRequest
+from adapters.errors import NotFound as AdapterNotFound
 from engine.protocol import EngineError, RequestRejected
 
 logger = logging.getLogger(__name__)
@@ -149,6 +152,12 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
 
+async def _fine_tuning_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, InvalidJobRequest | AdapterNotFound)
+    status = 404 if isinstance(exc, AdapterNotFound) else 400
+    return JSONResponse(error_body(exc.message, "invalid_request_error", exc.param, exc.code), status_code=status)
+
+
 async def _engine_rejected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(str(exc), "invalid_request_error"), status_code=400)
 
@@ -179,6 +188,8 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(InvalidJobRequest, _fine_tuning_error)
+    app.add_exception_handler(AdapterNotFound, _fine_tuning_error)
     app.add_exception_handler(RequestRejected, _engine_rejected)
     app.add_exception_handler(EngineError, _engine_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

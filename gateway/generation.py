@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar
 
-from engine.protocol import CompletionDelta, Engine, FinishReason, SamplingOptions, TokenLogprob
+from engine.protocol import AdapterRef, CompletionDelta, Engine, FinishReason, SamplingOptions, TokenLogprob
 from gateway.api_types import ChatCompletionRequest, CompletionRequest
 from gateway.errors import ContextLengthExceeded
 
@@ -103,8 +103,10 @@ class GenerationRun:
         options: SamplingOptions,
         request_id: str,
         observers: Sequence[Callable[[RunReport], None]],
+        adapter: AdapterRef | None = None,
     ) -> None:
         self._engine = engine
+        self._adapter = adapter
         self.model = model
         self.usage = Usage(prompt_tokens=sum(len(p) for p in prompts))
         if options.temperature == 0 and options.n > 1:
@@ -166,7 +168,7 @@ class GenerationRun:
 
     def _engine_streams(self) -> AsyncIterator[tuple[int, list[CompletionDelta]]]:
         streams = [
-            self._engine.generate(prompt, self._options, f"{self._request_id}-{i}")
+            self._engine.generate(prompt, self._options, f"{self._request_id}-{i}", self._adapter)
             for i, prompt in enumerate(self._prompts)
         ]
         return merge_streams(streams)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
+from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -127,6 +128,25 @@ class QuotaGate:
         grant = await self.limiter.admit(tenant_id, quotas, demand, month_to_date)
         self.request.state.response_headers = grant.headers
         return Reservation(self, model, demand)
+
+    async def admit_training(self, model: str, job_id: str, estimated_tokens: int) -> None:
+        """Reserve a fine-tuning job's estimated tokens against the monthly budgets (not the per-minute
+        limits); ``training_billing`` settles the real count when the job ends."""
+        quotas = self.principal.identity.quotas
+        budget_only = replace(quotas, requests_per_minute=None, tokens_per_minute=None, max_concurrent_requests=None)
+        now = utcnow()
+        demand = Demand(
+            request_id=job_id,
+            tokens=estimated_tokens,
+            cost_nanos=quotas.cost_nanos(model, estimated_tokens, 0),
+            month=now.strftime("%Y-%m"),
+        )
+        tenant_id = self.principal.tenant_id
+
+        async def month_to_date() -> tuple[int, int]:
+            return await run_in_threadpool(self.service.month_to_date, tenant_id, now)
+
+        await self.limiter.admit(tenant_id, budget_only, demand, month_to_date)
 
 
 async def get_quota_gate(request: Request, principal: PrincipalDep) -> QuotaGate:

@@ -39,7 +39,8 @@ async def admit_run(
         prompt_tokens=sum(len(prompt) for prompt in prompts),
         max_completion_tokens=max_tokens * body.n * len(prompts),
     )
-    return GenerationRun(served.engine, served.id, prompts, options, run_id, [metrics.observe_run, reservation.settle])
+    observers = [metrics.observe_run, reservation.settle]
+    return GenerationRun(served.engine, served.id, prompts, options, run_id, observers, adapter=served.adapter)
 
 
 async def collect(request: Request, run: GenerationRun) -> list[ChoiceResult]:

@@ -30,6 +30,8 @@ class GatewaySettings(BaseSettings):
     meter_flush_interval_seconds: float = Field(
         default=0.5, gt=0, le=1, description="Usage records are written in batches this often."
     )
+    max_upload_bytes: int = Field(default=64 * 1024 * 1024, ge=1, description="Largest file accepted by /v1/files.")
+    embedded_worker: bool = Field(default=True, description="`llmaas serve` also runs a fine-tuning worker.")
     reservation_lease_seconds: float = Field(
         default=900, gt=0, description="Redis: a crashed gateway's reservations and slots are freed after this."
     )

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from engine.fake import FakeEngine
-from engine.protocol import CompletionDelta, EngineError, SamplingOptions
+from engine.protocol import AdapterRef, CompletionDelta, EngineError, SamplingOptions
 from engine.settings import EngineSettings
 from gateway.app import create_app
 from gateway.generation import merge_streams
@@ -24,7 +24,11 @@ class FailingEngine(FakeEngine):
     """Streams two tokens, then breaks."""
 
     async def generate(
-        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
+        self,
+        prompt_token_ids: list[int],
+        options: SamplingOptions,
+        request_id: str,
+        adapter: AdapterRef | None = None,
     ) -> AsyncIterator[list[CompletionDelta]]:
         yield [CompletionDelta(0, "o", [111])]
         yield [CompletionDelta(0, "k", [107])]

@@ -139,7 +139,7 @@ def test_cli_manages_tenants_keys_and_usage(tmp_path: Path) -> None:
     usage = _cli(env, "usage", "acme", "--bucket", "none", "--group-by", "model")
     assert isinstance(usage, dict) and usage["totals"]["requests"] == 3
     csv_text = _cli(env, "usage", "acme", "--csv")
-    assert isinstance(csv_text, str) and csv_text.startswith("tenant_id,key_id,model,period_start")
+    assert isinstance(csv_text, str) and csv_text.startswith("tenant_id,key_id,model,kind,period_start")
     revoked = _cli(env, "keys", "revoke", "acme", key["id"])
     assert isinstance(revoked, dict) and revoked["status"] == "revoked"
     failed = subprocess.run(

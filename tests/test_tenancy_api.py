@@ -270,7 +270,7 @@ def test_ledger_equals_client_visible_usage_over_a_mixed_run(server: str, admin:
     csv_text = httpx.get(
         f"{server}/v1/usage", params={"format": "csv"}, headers={"authorization": f"Bearer {key}"}
     ).text
-    assert csv_text.splitlines()[0].startswith("key_id,model,period_start")
+    assert csv_text.splitlines()[0].startswith("key_id,model,kind,period_start")
 
 
 def test_usage_is_tenant_scoped(server: str, admin: httpx.Client) -> None:

@@ -13,6 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, text
 
+from adapters.store import AdaptersBase
 from gateway.db import Base, Database
 from gateway.errors import ConflictError, InvalidRequestError, NotFoundError
 from gateway.tenancy.keys import key_hash
@@ -52,7 +53,7 @@ def service(database: Database) -> TenancyService:
 
 def test_migrations_match_the_models(database: Database) -> None:
     with database.engine.connect() as conn:
-        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        assert compare_metadata(MigrationContext.configure(conn), [Base.metadata, AdaptersBase.metadata]) == []
     database.migrate()  # idempotent
 
 

@@ -2,6 +2,6 @@
 production) and Alembic migrations applied at start."""
 
 from gateway.db.engine import Database
-from gateway.db.schema import ApiKey, Base, Tenant, UsageRecord
+from gateway.db.schema import ApiKey, Base, File, Tenant, UsageRecord
 
-__all__ = ["ApiKey", "Base", "Database", "Tenant", "UsageRecord"]
+__all__ = ["ApiKey", "Base", "Database", "File", "Tenant", "UsageRecord"]

@@ -67,3 +67,17 @@ class UsageRecord(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer)
     cost: Mapped[Any] = mapped_column(Numeric(20, 9), default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class File(Base):
+    """An uploaded file; its bytes live in the data dir under the file's id (never a client-given name)."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_tenant_created", "tenant_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    filename: Mapped[str] = mapped_column(String(256))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime)

@@ -27,6 +27,7 @@ class _Budget:
     used_cost: int
     reserved_tokens: int = 0
     reserved_cost: int = 0
+    reservations: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -97,6 +98,7 @@ class MemoryLimiter:
             _check_budget(quotas, budget, demand, headers)
             budget.reserved_tokens += demand.tokens
             budget.reserved_cost += demand.cost_nanos
+            budget.reservations.add(demand.request_id)
 
         state.requests[demand.request_id] = now
         state.tokens[demand.request_id] = (now, demand.tokens)
@@ -114,8 +116,10 @@ class MemoryLimiter:
             state.tokens[demand.request_id] = (at, tokens)
         budget = state.budgets.get(demand.month)
         if budget is not None:
-            budget.reserved_tokens -= demand.tokens
-            budget.reserved_cost -= demand.cost_nanos
+            if demand.request_id in budget.reservations:  # absent if made before this process started
+                budget.reservations.discard(demand.request_id)
+                budget.reserved_tokens -= demand.tokens
+                budget.reserved_cost -= demand.cost_nanos
             budget.used_tokens += tokens
             budget.used_cost += cost_nanos
 

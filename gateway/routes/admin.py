@@ -81,9 +81,11 @@ def revoke_key(tenant: str, key_id: str, request: Request) -> KeyOut:
 
 def parse_group_by(value: str) -> tuple[GroupField, ...]:
     fields = tuple(part.strip() for part in value.split(",") if part.strip())
-    unknown = [f for f in fields if f not in ("tenant", "key", "model")]
+    unknown = [f for f in fields if f not in ("tenant", "key", "model", "kind")]
     if unknown:
-        raise InvalidRequestError(f"group_by takes tenant, key and model; not {', '.join(unknown)}", param="group_by")
+        raise InvalidRequestError(
+            f"group_by takes tenant, key, model, kind; not {', '.join(unknown)}", param="group_by"
+        )
     return fields  # type: ignore[return-value]
 
 
@@ -105,7 +107,7 @@ def usage(
     model: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
-    group_by: Annotated[str, Query(description="comma-separated: tenant,key,model")] = "tenant,key,model",
+    group_by: Annotated[str, Query(description="comma-separated: tenant,key,model,kind")] = "tenant,key,model,kind",
     bucket: Bucket = "day",
     format: Literal["json", "csv"] = "json",
 ) -> Response | dict[str, Any]:

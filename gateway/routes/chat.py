@@ -40,7 +40,7 @@ async def create_chat_completion(
     quota: QuotaDep,
 ) -> dict[str, Any] | EventStreamResponse:
     body.check()
-    served = catalog.get(body.model)
+    served = await catalog.resolve(body.model, quota.principal.tenant_id)
     quota.principal.check_model(served.id)
     completion_id = f"chatcmpl-{request_id.removeprefix('req_')}"
     run = await admit_run(

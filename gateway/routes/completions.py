@@ -46,7 +46,7 @@ async def create_completion(
     quota: QuotaDep,
 ) -> dict[str, Any] | EventStreamResponse:
     body.check()
-    served = catalog.get(body.model)
+    served = await catalog.resolve(body.model, quota.principal.tenant_id)
     quota.principal.check_model(served.id)
     tokenizer = served.engine.tokenizer
     prompts = _tokenize_prompts(body.prompt, tokenizer)

@@ -21,12 +21,11 @@ async def health() -> dict[str, Any]:
 
 @router.get("/ready")
 async def ready(request: Request, catalog: CatalogDep) -> dict[str, Any]:
-    for model in catalog.all():
-        try:
-            await model.engine.check_health()
-        except EngineError as exc:
-            raise EngineUnavailable(str(exc)) from exc
-    return {"status": "ready", "models": [model.id for model in catalog.all()]}
+    try:
+        await catalog.check_health()
+    except EngineError as exc:
+        raise EngineUnavailable(str(exc)) from exc
+    return {"status": "ready", "models": catalog.base_ids()}
 
 
 @router.get("/metrics")

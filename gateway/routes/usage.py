@@ -23,7 +23,7 @@ async def own_usage(
     model: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
-    group_by: Annotated[str, Query(description="comma-separated: key,model")] = "key,model",
+    group_by: Annotated[str, Query(description="comma-separated: key,model,kind")] = "key,model,kind",
     bucket: Bucket = "day",
     format: Literal["json", "csv"] = "json",
 ) -> Response | dict[str, Any]:

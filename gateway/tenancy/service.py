@@ -30,7 +30,7 @@ from gateway.tenancy.models import (
 )
 
 Bucket = Literal["hour", "day", "month", "none"]
-GroupField = Literal["tenant", "key", "model"]
+GroupField = Literal["tenant", "key", "model", "kind"]
 QUOTA_FIELDS = (
     "requests_per_minute",
     "tokens_per_minute",
@@ -252,10 +252,10 @@ class TenancyService:
                 quotas=quotas_of(tenant),
             )
 
-    def key_hash_of(self, key_id: str) -> str | None:
+    def quotas_of_tenant(self, tenant_id: str) -> Quotas | None:
         with self.db.session() as session:
-            key = session.get(ApiKey, key_id)
-            return key.key_hash if key else None
+            tenant = session.get(Tenant, tenant_id)
+            return quotas_of(tenant) if tenant else None
 
     # -- usage -----------------------------------------------------------------------------------------
     def record_usage(self, entries: Iterable[UsageEntry]) -> None:
@@ -298,7 +298,7 @@ class TenancyService:
         model: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
-        group_by: tuple[GroupField, ...] = ("tenant", "key", "model"),
+        group_by: tuple[GroupField, ...] = ("tenant", "key", "model", "kind"),
         bucket: Bucket = "day",
     ) -> dict[str, Any]:
         with self.db.session() as session:
@@ -311,6 +311,8 @@ class TenancyService:
                 columns.append(UsageRecord.key_id.label("key_id"))
             if "model" in group_by:
                 columns.append(UsageRecord.model.label("model"))
+            if "kind" in group_by:
+                columns.append(UsageRecord.kind.label("kind"))
             if bucket != "none":
                 columns.append(_bucket_expr(dialect, bucket).label("period_start"))
             sums = [

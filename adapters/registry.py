@@ -1,0 +1,94 @@
+"""The adapter registry: which fine-tuned models exist, whose they are, and where their weights lie.
+
+Weights live under ``<store>/<job id>/``; the job id is ours (``ftjob-`` + hex), so no path ever comes from
+user input. Names follow OpenAI: ``ft:<base>:<tenant>:<suffix>:<short id>``."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from adapters.store import Adapter, utcnow
+from engine.protocol import AdapterRef
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    id: int
+    name: str
+    tenant_id: str
+    base_model: str
+    job_id: str
+    path: Path
+    created_at: datetime
+
+    @property
+    def ref(self) -> AdapterRef:
+        return AdapterRef(name=self.name, int_id=self.id, path=self.path)
+
+
+def model_name(base_model: str, tenant_name: str, suffix: str | None, job_id: str) -> str:
+    return f"ft:{base_model}:{tenant_name}:{suffix or ''}:{job_id.removeprefix('ftjob-')[:8]}"
+
+
+class AdapterRegistry:
+    def __init__(self, sessions: sessionmaker[Session], store_dir: Path) -> None:
+        self._sessions = sessions
+        self.store_dir = store_dir
+
+    def job_dir(self, job_id: str) -> Path:
+        if not job_id.startswith("ftjob-") or not job_id[6:].isalnum():
+            raise ValueError(f"not a job id: {job_id!r}")
+        return self.store_dir / job_id
+
+    def _record(self, row: Adapter) -> AdapterRecord:
+        return AdapterRecord(
+            id=row.id,
+            name=row.name,
+            tenant_id=row.tenant_id,
+            base_model=row.base_model,
+            job_id=row.job_id,
+            path=self.store_dir / row.path,
+            created_at=row.created_at,
+        )
+
+    def register(self, *, name: str, tenant_id: str, base_model: str, job_id: str, adapter_dir: Path) -> AdapterRecord:
+        relative = adapter_dir.relative_to(self.store_dir)
+        with self._sessions.begin() as session:
+            row = Adapter(
+                name=name,
+                tenant_id=tenant_id,
+                base_model=base_model,
+                job_id=job_id,
+                path=str(relative),
+                created_at=utcnow(),
+            )
+            session.add(row)
+            session.flush()
+            return self._record(row)
+
+    def get(self, name: str, tenant_id: str) -> AdapterRecord | None:
+        """The tenant's adapter of that name; another tenant's is as absent as a missing one."""
+        with self._sessions() as session:
+            row = session.scalar(select(Adapter).where(Adapter.name == name, Adapter.tenant_id == tenant_id))
+            return self._record(row) if row else None
+
+    def for_tenant(self, tenant_id: str) -> list[AdapterRecord]:
+        with self._sessions() as session:
+            rows = session.scalars(select(Adapter).where(Adapter.tenant_id == tenant_id).order_by(Adapter.id))
+            return [self._record(row) for row in rows]
+
+    def delete(self, name: str, tenant_id: str) -> AdapterRecord | None:
+        with self._sessions.begin() as session:
+            row = session.scalar(select(Adapter).where(Adapter.name == name, Adapter.tenant_id == tenant_id))
+            if row is None:
+                return None
+            record = self._record(row)
+            session.delete(row)
+        shutil.rmtree(record.path, ignore_errors=True)
+        return record

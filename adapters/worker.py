@@ -1,0 +1,303 @@
+"""The fine-tuning worker: claims queued jobs from the database, trains them with ``adapters.training`` in
+this process (never in the gateway's event loop), heartbeats, honours cancellation within seconds, and
+registers the result as a servable adapter.
+
+Claiming is safe with any number of workers: ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, a
+compare-and-set ``UPDATE`` on SQLite. A job whose worker stops heartbeating for ``dead_after`` seconds is
+marked ``failed`` (code ``worker_died``) by any live worker: it is not requeued, because a job that
+crashed its worker would crash the next one too; the tenant can create it again."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from adapters.datasets import Dataset, DatasetError, parse_jsonl
+from adapters.jobs import add_event
+from adapters.registry import AdapterRegistry, model_name
+from adapters.store import FineTuningJob, JobCheckpoint, utcnow
+from adapters.training import (
+    Checkpoint,
+    LoraSpec,
+    StepMetrics,
+    TrainingCancelled,
+    TrainingResult,
+    TrainingSpec,
+    train_lora,
+)
+
+logger = logging.getLogger(__name__)
+
+BASE_LEARNING_RATE = 2e-4
+"""OpenAI's ``learning_rate_multiplier`` multiplies this."""
+
+FileReader = Callable[[str, str], bytes | None]
+"""(tenant id, file id) -> the file's bytes, or None when it is gone."""
+
+
+class JobFailed(Exception):
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.error = {"code": code, "message": message, "param": param}
+
+
+class Worker:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        registry: AdapterRegistry,
+        read_file: FileReader,
+        base_models: dict[str, Path],
+        *,
+        heartbeat_seconds: float = 2.0,
+        dead_after_seconds: float = 30.0,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        self._sessions = sessions
+        self._registry = registry
+        self._read_file = read_file
+        self._base_models = base_models
+        self._heartbeat = heartbeat_seconds
+        self._dead_after = dead_after_seconds
+        self._poll = poll_seconds
+        self.worker_id = f"{socket.gethostname()}-{secrets.token_hex(4)}"
+        self._stop = threading.Event()
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Until ``stop()``: a job being trained when it comes goes back to the queue."""
+        logger.info("fine-tuning worker %s started", self.worker_id)
+        while not self._stop.is_set():
+            self.fail_dead_jobs()
+            job_id = self.claim()
+            if job_id is None:
+                self._stop.wait(self._poll)
+                continue
+            self.process(job_id)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run_once(self) -> str | None:
+        """Claim and process one job, if any (tests)."""
+        self.fail_dead_jobs()
+        job_id = self.claim()
+        if job_id is not None:
+            self.process(job_id)
+        return job_id
+
+    # -- claiming ---------------------------------------------------------------------------------------------
+    def claim(self) -> str | None:
+        waiting = FineTuningJob.status.in_(("validating_files", "queued"))
+        with self._sessions.begin() as session:
+            now = utcnow()
+            if session.get_bind().dialect.name == "postgresql":
+                query = (
+                    select(FineTuningJob)
+                    .where(waiting, FineTuningJob.worker_id.is_(None))
+                    .order_by(FineTuningJob.created_at)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
+                )
+                job = session.scalar(query)
+                if job is None:
+                    return None
+                job.worker_id, job.heartbeat_at = self.worker_id, now
+                return job.id
+            candidates = session.scalars(
+                select(FineTuningJob.id)
+                .where(waiting, FineTuningJob.worker_id.is_(None))
+                .order_by(FineTuningJob.created_at)
+                .limit(5)
+            ).all()
+            for job_id in candidates:
+                claimed = session.execute(
+                    update(FineTuningJob)
+                    .where(FineTuningJob.id == job_id, FineTuningJob.worker_id.is_(None), waiting)
+                    .values(worker_id=self.worker_id, heartbeat_at=now)
+                )
+                if claimed.rowcount:
+                    return job_id
+        return None
+
+    def fail_dead_jobs(self) -> None:
+        horizon = utcnow() - timedelta(seconds=self._dead_after)
+        with self._sessions.begin() as session:
+            dead = session.scalars(
+                select(FineTuningJob).where(
+                    FineTuningJob.status.in_(("validating_files", "queued", "running")),
+                    FineTuningJob.worker_id.is_not(None),
+                    FineTuningJob.heartbeat_at < horizon,
+                )
+            ).all()
+            for job in dead:
+                job.status = "failed"
+                job.finished_at = utcnow()
+                job.error = {
+                    "code": "worker_died",
+                    "message": "The worker running this job stopped responding; create the job again.",
+                    "param": None,
+                }
+                add_event(session, job.id, "The worker running this job stopped responding", level="error")
+
+    # -- one job ----------------------------------------------------------------------------------------------
+    def process(self, job_id: str) -> None:
+        cancel = threading.Event()
+        done = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(job_id, cancel, done), daemon=True)
+        beat.start()
+        try:
+            self._process(job_id, cancel)
+        finally:
+            done.set()
+            beat.join()
+
+    def _beat(self, job_id: str, cancel: threading.Event, done: threading.Event) -> None:
+        while not done.wait(self._heartbeat):
+            with self._sessions.begin() as session:
+                job = session.get(FineTuningJob, job_id)
+                if job is None:
+                    cancel.set()
+                    return
+                job.heartbeat_at = utcnow()
+                if job.cancel_requested or job.status == "cancelled":
+                    cancel.set()
+
+    def _set(self, job_id: str, message: str | None = None, **values: object) -> FineTuningJob:
+        with self._sessions.begin() as session:
+            job = session.get(FineTuningJob, job_id)
+            assert job is not None
+            for name, value in values.items():
+                setattr(job, name, value)
+            if message:
+                add_event(session, job_id, message, level="error" if values.get("status") == "failed" else "info")
+            session.flush()
+            session.expunge(job)
+            return job
+
+    def _process(self, job_id: str, cancel: threading.Event) -> None:
+        with self._sessions() as session:
+            job = session.get(FineTuningJob, job_id)
+            assert job is not None
+            session.expunge(job)
+        if job.status == "cancelled" or job.cancel_requested:
+            self._set(job_id, "Fine-tuning job cancelled", status="cancelled", finished_at=utcnow())
+            return
+        try:
+            train, validation = self._load_files(job)
+            self._set(job_id, "Files validated, moving job to queued state", status="queued")
+            base_dir = self._base_models.get(job.model)
+            if base_dir is None:
+                raise JobFailed("model_not_available", f"The base model '{job.model}' is not served here.", "model")
+            self._set(job_id, "Fine-tuning job started", status="running", started_at=utcnow())
+            result = self._train(job, base_dir, train, validation, cancel)
+        except TrainingCancelled:
+            if cancel.is_set():
+                self._set(job_id, "Fine-tuning job cancelled", status="cancelled", finished_at=utcnow())
+            else:  # the worker is stopping: another one takes the job from the start
+                self._set(job_id, "The worker stopped; job requeued", status="queued", worker_id=None, started_at=None)
+            return
+        except JobFailed as exc:
+            self._set(job_id, exc.error["message"], status="failed", finished_at=utcnow(), error=exc.error)
+            return
+        except Exception as exc:
+            logger.exception("fine-tuning job %s failed", job_id)
+            error = {"code": "training_failed", "message": f"Training failed: {exc}", "param": None}
+            self._set(job_id, error["message"], status="failed", finished_at=utcnow(), error=error)
+            return
+        name = model_name(job.model, job.tenant_name, job.suffix, job.id)
+        self._registry.register(
+            name=name, tenant_id=job.tenant_id, base_model=job.model, job_id=job.id, adapter_dir=result.adapter_dir
+        )
+        self._set(
+            job_id,
+            f"The job has successfully completed; new model: {name}",
+            status="succeeded",
+            finished_at=utcnow(),
+            fine_tuned_model=name,
+            trained_tokens=result.trained_tokens,
+        )
+
+    def _load_files(self, job: FineTuningJob) -> tuple[Dataset, Dataset | None]:
+        def load(file_id: str, param: str) -> Dataset:
+            data = self._read_file(job.tenant_id, file_id)
+            if data is None:
+                raise JobFailed("file_not_found", f"File '{file_id}' no longer exists.", param)
+            try:
+                return parse_jsonl(data)
+            except DatasetError as exc:
+                raise JobFailed("invalid_file", f"File '{file_id}' is invalid: {exc}", param) from exc
+
+        train = load(job.training_file, "training_file")
+        validation = load(job.validation_file, "validation_file") if job.validation_file else None
+        return train, validation
+
+    def _train(
+        self, job: FineTuningJob, base_dir: Path, train: Dataset, validation: Dataset | None, cancel: threading.Event
+    ) -> TrainingResult:
+        hyper = job.hyperparameters
+        lora = job.lora
+        job_dir = self._registry.job_dir(job.id)
+        spec = TrainingSpec(
+            base_model_dir=base_dir,
+            train=train,
+            validation=validation,
+            output_dir=job_dir,
+            n_epochs=int(hyper["n_epochs"]),
+            batch_size=int(hyper["batch_size"]),
+            learning_rate=BASE_LEARNING_RATE * float(hyper["learning_rate_multiplier"]),
+            seed=job.seed,
+            lora=LoraSpec(
+                rank=int(lora["rank"]), alpha=int(lora["alpha"]), target_modules=tuple(lora["target_modules"])
+            ),
+        )
+
+        def on_metrics(metrics: StepMetrics) -> None:
+            data = {
+                "step": metrics.step,
+                "total_steps": metrics.total_steps,
+                "epoch": metrics.epoch,
+                "train_loss": metrics.train_loss,
+                "valid_loss": metrics.valid_loss,
+            }
+            message = f"Step {metrics.step}/{metrics.total_steps}: training loss={metrics.train_loss:.4f}"
+            if metrics.valid_loss is not None:
+                message += f", validation loss={metrics.valid_loss:.4f}"
+            with self._sessions.begin() as session:
+                add_event(session, job.id, message, type_="metrics", data=data)
+
+        def on_checkpoint(checkpoint: Checkpoint) -> None:
+            name = model_name(job.model, job.tenant_name, job.suffix, job.id) + f":ckpt-step-{checkpoint.step}"
+            with self._sessions.begin() as session:
+                session.add(
+                    JobCheckpoint(
+                        id=f"ftckpt_{secrets.token_hex(12)}",
+                        job_id=job.id,
+                        step_number=checkpoint.step,
+                        metrics={
+                            "step": checkpoint.step,
+                            "train_loss": checkpoint.train_loss,
+                            "valid_loss": checkpoint.valid_loss,
+                        },
+                        fine_tuned_model_checkpoint=name,
+                        created_at=utcnow(),
+                    )
+                )
+
+        started = time.perf_counter()
+
+        def should_stop() -> bool:
+            return cancel.is_set() or self._stop.is_set()
+
+        result = train_lora(spec, on_metrics=on_metrics, on_checkpoint=on_checkpoint, should_stop=should_stop)
+        logger.info("job %s trained %d tokens in %.1f s", job.id, result.trained_tokens, time.perf_counter() - started)
+        return result
