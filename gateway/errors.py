@@ -127,8 +127,10 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
 def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
     """('body', 'messages', 0, 'role') -> 'messages[0].role'."""
     parts = [p for p in loc if p not in ("body", "query", "path", "header")]
-    # pydantic adds the union member's type name (e.g. 'str', 'list[int]') to the location: drop it.
-    parts = [p for p in parts if not (isinstance(p, str) and ("[" in p or p in {"str", "int", "float"}))]
+    # pydantic adds the union member's type to the location ('str', 'list[int]', 'constrained-int',
+    # "literal['auto']"): keep field names and indexes only.
+    type_names = {"str", "int", "float", "bool", "list", "dict"}
+    parts = [p for p in parts if isinstance(p, int) or (p.isidentifier() and p not in type_names)]
     param = ""
     for part in parts:
         param += f"[{part}]" if isinstance(part, int) else (f".{part}" if param else str(part))

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from adapters.datasets import Dataset, parse_jsonl
+from adapters.datasets import ChatExample, Dataset, parse_jsonl
 from adapters.jobs import JobRequest, JobService, new_job_id
 from engine.protocol import Tokenizer
 from gateway.deps import CatalogDep
@@ -99,11 +99,11 @@ def estimate_tokens(tokenizer: Tokenizer, dataset: Dataset) -> int:
     """Tokens of one pass over the dataset (an upper-bound estimate for the budget reservation)."""
     total = 0
     for example in dataset.examples:
-        messages = getattr(example, "messages", None)
-        if messages is not None:
-            total += len(tokenizer.encode(tokenizer.render_chat([{"role": r, "content": c} for r, c in messages])))
+        if isinstance(example, ChatExample):
+            messages = [{"role": m.role, "content": m.content} for m in example.messages]
+            total += len(tokenizer.encode(tokenizer.render_chat(messages)))
         else:
-            total += len(tokenizer.encode(example.prompt + example.completion)) + 1  # type: ignore[union-attr]
+            total += len(tokenizer.encode(example.prompt + example.completion)) + 1
     return total
 
 
