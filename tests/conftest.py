@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,9 +17,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from sqlalchemy import create_engine, text
 
 from engine.model_prep import prepare_default_model
 from engine.settings import DEFAULT_MODEL_ID, EngineSettings
+from gateway.db import Database
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = DEFAULT_MODEL_ID
@@ -138,6 +141,32 @@ def http(server: str, api_key: str) -> Iterator[httpx.Client]:
     """Plain HTTP with a tenant key."""
     with httpx.Client(base_url=server, timeout=120, headers={"authorization": f"Bearer {api_key}"}) as session:
         yield session
+
+
+POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    if request.param == "sqlite":
+        db = Database(f"sqlite:///{tmp_path / 'llmaas.db'}")
+        db.migrate()
+        yield db
+        db.dispose()
+        return
+    name = f"llmaas_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    db = Database(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
+    db.migrate()
+    try:
+        yield db
+    finally:
+        db.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

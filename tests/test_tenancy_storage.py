@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from adapters.store import AdaptersBase
 from gateway.db import Base, Database
@@ -19,31 +18,6 @@ from gateway.errors import ConflictError, InvalidRequestError, NotFoundError
 from gateway.tenancy.keys import key_hash
 from gateway.tenancy.models import KeyCreate, ModelPrice, TenantCreate, TenantUpdate
 from gateway.tenancy.service import TenancyService, UsageEntry, month_start, usage_csv, utcnow
-
-POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        db = Database(f"sqlite:///{tmp_path / 'llmaas.db'}")
-        db.migrate()
-        yield db
-        db.dispose()
-        return
-    name = f"llmaas_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    db = Database(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
-    db.migrate()
-    try:
-        yield db
-    finally:
-        db.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture
