@@ -33,6 +33,9 @@ from typing import Any
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.loadgen import create_tenant_key, free_port, percentile
+
 REPO = Path(__file__).resolve().parents[1]
 ADMIN_KEY = "sk-admin-bench-0123456789abcdef"
 MODEL = "smollm2-135m-instruct"
@@ -53,19 +56,6 @@ async def chat(request: Request):
             "usage": {"prompt_tokens": 20, "completion_tokens": 16, "total_tokens": 36}}
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
 """
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
 def start(name: str, port: int, data_dir: Path) -> subprocess.Popen[bytes]:
@@ -91,17 +81,18 @@ def start(name: str, port: int, data_dir: Path) -> subprocess.Popen[bytes]:
 
 
 def tenant_key(base: str) -> str:
-    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
-    quotas = {
-        "requests_per_minute": 10_000_000,
-        "tokens_per_minute": 1_000_000_000,
-        "max_concurrent_requests": 10_000,
-        "monthly_token_budget": 10**15,
-        "monthly_cost_budget": "1000000",
-        "model_prices": {MODEL: {"input": "0.1", "output": "0.2"}},
-    }
-    tenant = httpx.post(f"{base}/admin/v1/tenants", json={"name": "bench", **quotas}, headers=admin).json()
-    return str(httpx.post(f"{base}/admin/v1/tenants/{tenant['id']}/keys", json={}, headers=admin).json()["key"])
+    """A tenant with every limit set (high), so that every check runs."""
+    return create_tenant_key(
+        base,
+        ADMIN_KEY,
+        "bench",
+        requests_per_minute=10_000_000,
+        tokens_per_minute=1_000_000_000,
+        max_concurrent_requests=10_000,
+        monthly_token_budget=10**15,
+        monthly_cost_budget="1000000",
+        model_prices={MODEL: {"input": "0.1", "output": "0.2"}},
+    )
 
 
 async def sequential(base: str, key: str, requests: int) -> list[float]:
@@ -152,8 +143,8 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
             proc.wait(timeout=30)
     return {
         "server": name,
-        "p50_ms": percentile(latencies, 50) * 1000,
-        "p99_ms": percentile(latencies, 99) * 1000,
+        "p50_ms": (percentile(latencies, 50) or 0) * 1000,
+        "p99_ms": (percentile(latencies, 99) or 0) * 1000,
         "mean_ms": statistics.fmean(latencies) * 1000,
         "requests_per_s": rps,
         "errors": errors,

@@ -25,13 +25,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import math
 import os
 import platform
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,78 +35,36 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.loadgen import (
+    PROMPTS,
+    REQUEST_TIMEOUT_S,
+    RequestResult,
+    chat_body,
+    create_tenant_key,
+    free_port,
+    percentile,
+    run_load,
+    stop_server,
+    stream_chat,
+    wait_until_ready,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_ID = "smollm2-135m-instruct"
 SERVERS = ("ours", "vllm", "naive")
 LABELS = {"ours": "LLMaaS gateway", "vllm": "bare vLLM server", "naive": "naive transformers"}
 READY_TIMEOUT_S = 300.0
-REQUEST_TIMEOUT_S = 900.0
-STOP_TIMEOUT_S = 60.0
 KV_CACHE_SPACE_GIB = 2
-RESERVED_PORTS = {8011}  # another server may be running there; never use it
 BENCH_ADMIN_KEY = "sk-admin-bench-0123456789abcdef"
 
 
 def api_key_for(name: str, base_url: str) -> str:
     """Our gateway serves tenants only: make one (no limits; auth, admission and metering still run)."""
-    if name != "ours":
-        return "none"
-    admin = {"authorization": f"Bearer {BENCH_ADMIN_KEY}"}
-    tenant = httpx.post(f"{base_url}/admin/v1/tenants", json={"name": "bench"}, headers=admin, timeout=30)
-    tenant.raise_for_status()
-    key = httpx.post(f"{base_url}/admin/v1/tenants/{tenant.json()['id']}/keys", json={}, headers=admin, timeout=30)
-    key.raise_for_status()
-    return str(key.json()["key"])
-
-
-PROMPTS = [
-    "What is the capital of France?",
-    "Why is the sky blue?",
-    "How do plants make food?",
-    "What is a prime number?",
-    "Who wrote Romeo and Juliet?",
-    "How far away is the Moon?",
-    "What does a CPU do?",
-    "Why do cats purr?",
-    "What is the boiling point of water?",
-    "How does a rainbow form?",
-    "What is machine learning?",
-    "Name three primary colors.",
-    "What causes the seasons on Earth?",
-    "How many legs does a spider have?",
-    "What is photosynthesis?",
-    "Why is the ocean salty?",
-    "What is the speed of light?",
-    "How do airplanes stay in the air?",
-    "What is an atom made of?",
-    "Why do leaves change color in autumn?",
-    "What is the largest planet in the solar system?",
-    "How does a vaccine work?",
-    "What is gravity?",
-    "Who painted the Mona Lisa?",
-    "What is the difference between weather and climate?",
-    "How do bees make honey?",
-    "What is a black hole?",
-    "Why do we need sleep?",
-    "What is the Pythagorean theorem?",
-    "How does the internet work?",
-    "What is DNA?",
-    "Why does ice float on water?",
-]
-
-
-@dataclass
-class RequestResult:
-    ok: bool
-    latency_s: float
-    ttft_s: float | None
-    completion_tokens: int
-    usage_reported: bool
-    error: str | None = None
+    return create_tenant_key(base_url, BENCH_ADMIN_KEY, "bench") if name == "ours" else "none"
 
 
 @dataclass
@@ -131,25 +85,6 @@ class ServerResult:
     ttft_p50_s: float | None
     ttft_p99_s: float | None
     errors: list[str] = field(default_factory=list)
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in RESERVED_PORTS:
-            return port
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0-100), linearly interpolated between the closest ranks."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    low, high = math.floor(pos), math.ceil(pos)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def server_command(name: str, model_dir: Path, port: int, data_dir: Path) -> tuple[list[str], dict[str, str]]:
@@ -194,6 +129,9 @@ def server_command(name: str, model_dir: Path, port: int, data_dir: Path) -> tup
         ]
         if defaults.enforce_eager:
             command.append("--enforce-eager")
+        if defaults.enable_lora:  # our gateway serves adapters: the same LoRA-enabled engine for both
+            command += ["--enable-lora", "--max-loras", str(defaults.max_loras)]
+            command += ["--max-lora-rank", str(defaults.max_lora_rank), "--max-cpu-loras", str(defaults.max_cpu_loras)]
         return command, env
     if name == "naive":
         script = REPO / "bench" / "naive_server.py"
@@ -207,124 +145,10 @@ def ready_path(name: str) -> str:
     return "/ready" if name == "ours" else "/health"
 
 
-def wait_until_ready(proc: subprocess.Popen[bytes], base_url: str, path: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    with httpx.Client(timeout=5.0) as client:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with code {proc.returncode} before it was ready")
-            try:
-                ready = client.get(base_url + path)
-                if ready.status_code == 200:
-                    if path == "/ready":  # our gateway: /v1/models needs a tenant key, /ready names the models
-                        ids = ready.json()["models"]
-                    else:
-                        ids = [m["id"] for m in client.get(base_url + "/v1/models").json().get("data", [])]
-                    if MODEL_ID not in ids:
-                        raise RuntimeError(f"/v1/models lists {ids}, not {MODEL_ID!r}")
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1.0)
-    raise TimeoutError(f"server not ready at {base_url}{path} after {timeout_s:.0f} s")
-
-
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server, wait for it, then make sure nothing of its process group is left."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    # vLLM's engine core is a child process: it must be gone before the next server starts.
-    deadline = time.monotonic() + 10.0
-    while time.monotonic() < deadline and _group_alive(proc.pid):
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-def chat_body(prompt: str, max_tokens: int) -> dict[str, Any]:
-    return {
-        "model": MODEL_ID,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": max_tokens,
-        "temperature": 0.0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        "ignore_eos": True,
-    }
-
-
-async def stream_chat(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> RequestResult:
-    """One streaming chat request: its latency, TTFT and completion tokens (usage chunk, else chunks)."""
-    start = time.perf_counter()
-    ttft: float | None = None
-    content_chunks = 0
-    usage_tokens: int | None = None
-    error: str | None = None
-    done = False
-    try:
-        async with client.stream("POST", url, json=body) as response:
-            if response.status_code != 200:
-                text = (await response.aread()).decode(errors="replace")
-                error = f"HTTP {response.status_code}: {text[:300]}"
-                return RequestResult(False, time.perf_counter() - start, None, 0, False, error)
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    done = True
-                    break
-                payload = json.loads(data)
-                if "error" in payload:
-                    error = f"error frame: {json.dumps(payload['error'])[:300]}"
-                    continue
-                for choice in payload.get("choices") or []:
-                    if (choice.get("delta") or {}).get("content"):
-                        content_chunks += 1
-                        if ttft is None:
-                            ttft = time.perf_counter() - start
-                if payload.get("usage"):
-                    usage_tokens = int(payload["usage"]["completion_tokens"])
-    except (httpx.HTTPError, json.JSONDecodeError, KeyError, ValueError) as exc:
-        error = f"{type(exc).__name__}: {exc}"
-    latency = time.perf_counter() - start
-    if error is None and not done:
-        error = "stream ended without data: [DONE]"
-    tokens = usage_tokens if usage_tokens is not None else content_chunks
-    return RequestResult(error is None, latency, ttft, tokens, usage_tokens is not None, error)
-
-
-async def run_load(base_url: str, api_key: str, clients: int, max_tokens: int) -> tuple[list[RequestResult], float]:
-    """``clients`` concurrent streaming requests, all sent at once; their results and the wall time."""
-    url = base_url + "/v1/chat/completions"
-    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
-    timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=30.0)
-    headers = {"authorization": f"Bearer {api_key}"}
-    async with httpx.AsyncClient(limits=limits, timeout=timeout, headers=headers) as client:
-        bodies = [chat_body(PROMPTS[i % len(PROMPTS)], max_tokens) for i in range(clients)]
-        start = time.perf_counter()
-        results = await asyncio.gather(*(stream_chat(client, url, body) for body in bodies))
-        wall = time.perf_counter() - start
-    return list(results), wall
-
-
 async def warm_up(base_url: str, api_key: str, max_tokens: int) -> RequestResult:
     timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=30.0)
     async with httpx.AsyncClient(timeout=timeout, headers={"authorization": f"Bearer {api_key}"}) as client:
-        return await stream_chat(client, base_url + "/v1/chat/completions", chat_body("Hello!", max_tokens))
+        return await stream_chat(client, base_url + "/v1/chat/completions", chat_body("Hello!", max_tokens, MODEL_ID))
 
 
 def summarize(
@@ -366,7 +190,7 @@ def bench_server(name: str, model_dir: Path, results_dir: Path, clients: int, ma
             command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            wait_until_ready(proc, base_url, ready_path(name), READY_TIMEOUT_S)
+            wait_until_ready(proc, base_url, ready_path(name), READY_TIMEOUT_S, MODEL_ID)
             startup_s = time.perf_counter() - started
             print(f"[{name}] ready after {startup_s:.1f} s; warming up", flush=True)
             api_key = api_key_for(name, base_url)
@@ -374,7 +198,8 @@ def bench_server(name: str, model_dir: Path, results_dir: Path, clients: int, ma
             if not warm.ok:
                 raise RuntimeError(f"warm-up request failed: {warm.error}")
             print(f"[{name}] load: {clients} clients x {max_tokens} tokens", flush=True)
-            results, wall = asyncio.run(run_load(base_url, api_key, clients, max_tokens))
+            bodies = [chat_body(PROMPTS[i % len(PROMPTS)], max_tokens, MODEL_ID) for i in range(clients)]
+            results, wall = asyncio.run(run_load(base_url, api_key, bodies))
         finally:
             stop_server(proc)
         print(f"[{name}] stopped", flush=True)
