@@ -84,13 +84,19 @@ def serve(
     engine_settings = EngineSettings()
     logging.basicConfig(level=settings.log_level.upper())
     base_url = f"http://{host}:{port}/v1"
+    first_key = _first_run_key()
+    key_note = (
+        f"  a key of tenant 'default' (shown once): {first_key}\n"
+        if first_key
+        else "  keys: llmaas tenants create acme && llmaas keys create acme\n"
+    )
     typer.echo(
         f"LLMaaS starting: model '{engine_settings.served_model_name}' at {base_url}\n"
-        f"  1. create a tenant and a key (admin key: LLMAAS_ADMIN_KEY or {settings.data_dir}/admin_key):\n"
-        f"       llmaas tenants create acme && llmaas keys create acme\n"
-        f"  2. from openai import OpenAI\n"
-        f"     client = OpenAI(base_url='{base_url}', api_key='sk-...')\n"
-        f"     client.chat.completions.create(model='{engine_settings.served_model_name}', "
+        f"{key_note}"
+        f"  admin key: LLMAAS_ADMIN_KEY or {settings.data_dir / 'admin_key'}\n"
+        f"  from openai import OpenAI\n"
+        f"  client = OpenAI(base_url='{base_url}', api_key='{first_key or 'sk-...'}')\n"
+        f"  client.chat.completions.create(model='{engine_settings.served_model_name}', "
         f"messages=[{{'role': 'user', 'content': 'Hello!'}}])"
     )
     worker = _start_embedded_worker() if settings.embedded_worker else None
@@ -100,6 +106,17 @@ def serve(
         if worker is not None:
             worker.terminate()
             worker.wait(timeout=60)
+
+
+def _first_run_key() -> str | None:
+    """On a fresh install (no tenant yet), a tenant 'default' and a key for it, so the first call works."""
+    from gateway.tenancy.models import KeyCreate, TenantCreate
+
+    service = _service()
+    if service.list_tenants():
+        return None
+    service.create_tenant(TenantCreate(name="default"))
+    return str(service.create_key("default", KeyCreate(name="first-run")).key)
 
 
 def _start_embedded_worker() -> subprocess.Popen[bytes]:
