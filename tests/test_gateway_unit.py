@@ -89,3 +89,15 @@ def test_merge_streams_interleaves_and_closes_all() -> None:
     closed.clear()
     asyncio.run(first_only())
     assert sorted(closed) == [3, 4]
+
+
+def test_admin_key_is_generated_once_and_kept_private(tmp_path: Path) -> None:
+    from gateway.admin_key import admin_key_path, load_or_create_admin_key
+
+    settings = GatewaySettings(data_dir=tmp_path)
+    key, generated = load_or_create_admin_key(settings)
+    assert generated and key.startswith("sk-admin-")
+    assert admin_key_path(tmp_path).stat().st_mode & 0o777 == 0o600
+    assert load_or_create_admin_key(settings) == (key, False)
+    explicit = GatewaySettings(data_dir=tmp_path, admin_key="sk-admin-from-the-environment")
+    assert load_or_create_admin_key(explicit) == ("sk-admin-from-the-environment", False)
