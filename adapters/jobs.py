@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapters.errors import InvalidJobRequest, NotFound
 from adapters.store import FineTuningJob, JobCheckpoint, JobEvent, utcnow
 
-ACTIVE = ("validating_files", "queued", "running")
 FINAL = ("succeeded", "failed", "cancelled")
 
 

@@ -48,10 +48,11 @@ class BackgroundTasks:
 
 
 class Reservation:
-    def __init__(self, gate: QuotaGate, model: str, demand: Demand) -> None:
+    def __init__(self, gate: QuotaGate, model: str, demand: Demand, end_user: str | None) -> None:
         self._gate = gate
         self._model = model
         self._demand = demand
+        self._end_user = end_user
         self._settled = False
 
     def settle(self, report: RunReport) -> None:
@@ -74,6 +75,7 @@ class Reservation:
                 completion_tokens=usage.completion_tokens,
                 cost_nanos=cost,
                 created_at=utcnow(),
+                end_user=self._end_user,
             )
         )
         gate.background.spawn(gate.limiter.settle(gate.principal.tenant_id, self._demand, usage.total_tokens, cost))
@@ -111,7 +113,9 @@ class QuotaGate:
         cap = self.principal.identity.quotas.max_tokens_cap
         return max_tokens if cap is None else min(max_tokens, cap)
 
-    async def admit(self, model: str, request_id: str, prompt_tokens: int, max_completion_tokens: int) -> Reservation:
+    async def admit(
+        self, model: str, request_id: str, prompt_tokens: int, max_completion_tokens: int, end_user: str | None = None
+    ) -> Reservation:
         quotas = self.principal.identity.quotas
         now: datetime = utcnow()
         demand = Demand(
@@ -127,7 +131,7 @@ class QuotaGate:
 
         grant = await self.limiter.admit(tenant_id, quotas, demand, month_to_date)
         self.request.state.response_headers = grant.headers
-        return Reservation(self, model, demand)
+        return Reservation(self, model, demand, end_user)
 
     async def admit_training(self, model: str, job_id: str, estimated_tokens: int) -> None:
         """Reserve a fine-tuning job's estimated tokens against the monthly budgets (not the per-minute

@@ -38,6 +38,7 @@ async def admit_run(
         run_id,
         prompt_tokens=sum(len(prompt) for prompt in prompts),
         max_completion_tokens=max_tokens * body.n * len(prompts),
+        end_user=body.user,
     )
     observers = [metrics.observe_run, reservation.settle]
     return GenerationRun(served.engine, served.id, prompts, options, run_id, observers, adapter=served.adapter)

@@ -292,3 +292,14 @@ def test_database_holds_no_plaintext_key(server: str, admin: httpx.Client, serve
     assert raw
     assert key.encode() not in raw
     assert key[12:].encode() not in raw
+
+
+def test_the_user_field_is_kept_with_the_usage_record(server: str, admin: httpx.Client, server_data_dir: Path) -> None:
+    import sqlite3
+
+    tenant, key = create_tenant(admin, "enduser")
+    openai_client(server, key).chat.completions.create(model=MODEL, messages=HI, max_tokens=2, user="end-user-42")
+    wait_for_ledger(admin, tenant["id"], 1)
+    with sqlite3.connect(server_data_dir / "llmaas.db") as db:
+        rows = db.execute("SELECT end_user FROM usage_records WHERE tenant_id = ?", (tenant["id"],)).fetchall()
+    assert rows == [("end-user-42",)]

@@ -67,6 +67,8 @@ class UsageRecord(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer)
     cost: Mapped[Any] = mapped_column(Numeric(20, 9), default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    end_user: Mapped[str | None] = mapped_column(String(256))
+    """The request's ``user`` field: the tenant's own end-user id, kept for its abuse monitoring."""
 
 
 class File(Base):

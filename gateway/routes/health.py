@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from engine.protocol import EngineError
@@ -20,7 +20,7 @@ async def health() -> dict[str, Any]:
 
 
 @router.get("/ready")
-async def ready(request: Request, catalog: CatalogDep) -> dict[str, Any]:
+async def ready(catalog: CatalogDep) -> dict[str, Any]:
     try:
         await catalog.check_health()
     except EngineError as exc:

@@ -80,6 +80,7 @@ class UsageEntry:
     completion_tokens: int
     cost_nanos: int
     created_at: datetime
+    end_user: str | None = None
 
 
 def tenant_out(tenant: Tenant) -> TenantOut:
@@ -271,6 +272,7 @@ class TenancyService:
                 "completion_tokens": e.completion_tokens,
                 "cost": nanos_to_usd(e.cost_nanos),
                 "created_at": e.created_at,
+                "end_user": e.end_user,
             }
             for e in entries
         ]
