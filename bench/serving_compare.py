@@ -55,8 +55,13 @@ from bench.loadgen import (
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_ID = "smollm2-135m-instruct"
-SERVERS = ("ours", "vllm", "naive")
-LABELS = {"ours": "LLMaaS gateway", "vllm": "bare vLLM server", "naive": "naive transformers"}
+SERVERS = ("ours", "vllm", "vllm-nolora", "naive")
+LABELS = {
+    "ours": "LLMaaS gateway",
+    "vllm": "bare vLLM server, LoRA enabled like ours",
+    "vllm-nolora": "bare vLLM server, LoRA disabled",
+    "naive": "naive transformers",
+}
 READY_TIMEOUT_S = 300.0
 KV_CACHE_SPACE_GIB = 2
 BENCH_ADMIN_KEY = "sk-admin-bench-0123456789abcdef"
@@ -100,12 +105,14 @@ def server_command(name: str, model_dir: Path, port: int, data_dir: Path) -> tup
             LLMAAS_ADMIN_KEY=BENCH_ADMIN_KEY,
         )
         return [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)], env
-    if name == "vllm":
+    if name in ("vllm", "vllm-nolora"):
         from engine.settings import EngineSettings
 
         # Our gateway's defaults, not the environment's: the same engine for both.
         defaults = EngineSettings.model_construct()
         env["VLLM_CPU_KVCACHE_SPACE"] = str(KV_CACHE_SPACE_GIB)
+        # vLLM as it ships: our LoRA-kernel plugin (installed in this venv) stays out of its processes.
+        env["LLMAAS_LORA_KERNELS"] = "vllm"
         command = [
             sys.executable,
             "-m",
@@ -129,7 +136,7 @@ def server_command(name: str, model_dir: Path, port: int, data_dir: Path) -> tup
         ]
         if defaults.enforce_eager:
             command.append("--enforce-eager")
-        if defaults.enable_lora:  # our gateway serves adapters: the same LoRA-enabled engine for both
+        if defaults.enable_lora and name == "vllm":  # our gateway serves adapters: the same engine for both
             command += ["--enable-lora", "--max-loras", str(defaults.max_loras)]
             command += ["--max-lora-rank", str(defaults.max_lora_rank), "--max-cpu-loras", str(defaults.max_cpu_loras)]
         return command, env
@@ -216,7 +223,7 @@ def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
 def ratios(results: dict[str, ServerResult]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     ours = results.get("ours")
-    for other in ("vllm", "naive"):
+    for other in ("vllm", "vllm-nolora", "naive"):
         base = results.get(other)
         if ours is not None and base is not None:
             key = f"ours/{other}"
