@@ -39,6 +39,10 @@ class EngineSettings(BaseSettings):
     max_loras: int = Field(default=4, ge=1, description="Distinct adapters in one batch.")
     max_lora_rank: Literal[8, 16, 32, 64] = 16
     max_cpu_loras: int = Field(default=8, ge=1, description="Adapters kept loaded (LRU); others load on demand.")
+    lora_kernels: Literal["llmaas", "vllm"] = Field(
+        default="llmaas",
+        description="CPU backend: LoRA arithmetic by our C++ kernels (engine/kernels/) or by vLLM's own ops.",
+    )
 
     @property
     def models_dir(self) -> Path:

@@ -70,6 +70,8 @@ class VLLMEngine:
         on_gpu = _has_cuda()
         if not on_gpu:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.kv_cache_space_gib)
+        # Read by our vLLM plugin (engine/kernels/vllm_plugin.py) in the engine processes vLLM spawns.
+        os.environ["LLMAAS_LORA_KERNELS"] = settings.lora_kernels
         args = AsyncEngineArgs(
             model=str(model_dir),
             served_model_name=settings.served_model_name,

@@ -1,0 +1,249 @@
+"""LoRA on the CPU engine: a LoRA-disabled engine vs LoRA-enabled with vLLM's own ops vs with our C++ kernels.
+
+Run it (on a quiet machine: the engines run one after another and share its cores with nothing else)::
+
+    .venv/bin/python bench/lora_kernels.py
+
+Three offline vLLM engines (``LLM.generate``), each in its own subprocess so that every engine starts from a
+clean process and our vLLM plugin reads its ``LLMAAS_LORA_KERNELS`` choice in vLLM's spawned processes:
+
+* ``off``: LoRA disabled;
+* ``vllm``: LoRA enabled, vLLM's own CPU LoRA ops (``LLMAAS_LORA_KERNELS=vllm``);
+* ``llmaas``: LoRA enabled, our kernels (``engine/kernels/``, ``LLMAAS_LORA_KERNELS=llmaas``).
+
+All use our engine defaults (``engine/settings.py``: bf16, max_model_len 2048, max_num_seqs 64, enforce_eager,
+seed 0, 2 GiB KV cache; with LoRA: max_loras 4, max_lora_rank 16). Each loads ``--prompts`` distinct chat
+prompts at once, greedy with ``ignore_eos`` and ``--max-tokens`` output tokens each, for three workloads: base
+requests only, every request on 1 adapter, and requests spread round-robin over 4 adapters (the LoRA-disabled
+engine runs base only). The adapters are random rank-8 peft adapters on every projection (q/k/v/o, gate/up/down)
+with non-zero B, made once into ``--results-dir``: speed does not depend on what they learned. After a warm-up
+pass of every workload, each workload runs ``--repeats`` times; the table shows the median output tok/s and its
+ratio to the LoRA-disabled engine's base throughput. Everything is also written to ``lora_kernels.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+ENGINES = ("off", "vllm", "llmaas")
+LABELS = {"off": "LoRA disabled", "vllm": "LoRA enabled, vLLM's ops", "llmaas": "LoRA enabled, LLMaaS kernels"}
+WORKLOADS = ("base", "1 adapter", "4 adapters")
+RESULT_PREFIX = "LORA_BENCH_RESULT "
+ADAPTER_RANK = 8
+N_ADAPTERS = 4
+KV_CACHE_SPACE_GIB = 2
+TOPICS = (
+    "the moon", "volcanoes", "honey bees", "the ocean", "trains", "chess", "coffee", "rainbows",
+    "glaciers", "owls", "bread", "the internet", "deserts", "whales", "bicycles", "clocks",
+)  # fmt: skip
+QUESTIONS = ("Tell me a fact about {}.", "Write two sentences about {}.")
+
+
+def prompts(n: int) -> list[str]:
+    """``n`` distinct short chat questions."""
+    pool = [q.format(topic) for q in QUESTIONS for topic in TOPICS]
+    return [pool[i % len(pool)] + ("" if i < len(pool) else f" ({i})") for i in range(n)]
+
+
+def make_adapters(model_dir: Path, root: Path) -> list[Path]:
+    """``N_ADAPTERS`` random rank-8 peft adapters (A and B both random), made once and reused."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    dirs = [root / f"adapter-{i}" for i in range(N_ADAPTERS)]
+    if all((d / "adapter_config.json").exists() for d in dirs):
+        return dirs
+    for i, target in enumerate(dirs):
+        torch.manual_seed(i)
+        base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        config = LoraConfig(
+            r=ADAPTER_RANK,
+            lora_alpha=2 * ADAPTER_RANK,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            init_lora_weights=False,  # random B as well as A: the adapter changes every projection
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(base, config)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_" in name:
+                    param.mul_(0.1)  # keep the outputs sane: the model still produces ordinary tokens
+        model.save_pretrained(str(target))
+    return dirs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One engine (runs in a subprocess: ``--worker``).
+
+
+def run_engine(
+    engine: str, model_dir: Path, adapters: list[Path], n_prompts: int, max_tokens: int, repeats: int
+) -> dict:
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(KV_CACHE_SPACE_GIB)
+    from transformers import AutoTokenizer
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+    from vllm.lora.request import LoRARequest
+
+    from engine.settings import EngineSettings
+
+    settings = EngineSettings.model_construct()  # our defaults, not the environment's
+    lora = engine != "off"
+    kwargs: dict[str, Any] = {}
+    if lora:
+        kwargs = {
+            "enable_lora": True,
+            "max_loras": settings.max_loras,
+            "max_lora_rank": settings.max_lora_rank,
+            "max_cpu_loras": max(settings.max_cpu_loras, settings.max_loras),
+        }
+    started = time.perf_counter()
+    llm = LLM(
+        model=str(model_dir),
+        dtype=settings.dtype,
+        max_model_len=settings.max_model_len,
+        max_num_seqs=settings.max_num_seqs,
+        enforce_eager=settings.enforce_eager,
+        seed=settings.seed,
+        **kwargs,
+    )
+    startup_s = time.perf_counter() - started
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    batch = [
+        TokensPrompt(
+            prompt_token_ids=tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, return_dict=False
+            )
+        )
+        for text in prompts(n_prompts)
+    ]
+    requests = [LoRARequest(f"bench-{i}", i + 1, str(path)) for i, path in enumerate(adapters)]
+    plans: dict[str, list[Any]] = {"base": [None] * n_prompts}
+    if lora:
+        plans["1 adapter"] = [requests[0]] * n_prompts
+        plans["4 adapters"] = [requests[i % len(requests)] for i in range(n_prompts)]
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+
+    def once(loras: list[Any]) -> tuple[float, int]:
+        t0 = time.perf_counter()
+        outputs = llm.generate(batch, params, lora_request=loras, use_tqdm=False)
+        wall = time.perf_counter() - t0
+        return wall, sum(len(out.outputs[0].token_ids) for out in outputs)
+
+    for loras in plans.values():  # warm-up: loads the adapters, first-touches buffers
+        once(loras)
+    samples: dict[str, list[float]] = {name: [] for name in plans}
+    for _ in range(repeats):  # interleaved, so that a noisy moment does not hit one workload only
+        for name, loras in plans.items():
+            wall, tokens = once(loras)
+            samples[name].append(tokens / wall)
+    return {"engine": engine, "startup_s": startup_s, "tok_s": samples}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The driver.
+
+
+def run_in_subprocess(engine: str, args: argparse.Namespace, adapters: list[Path], log_dir: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_") or k == "LLMAAS_KERNEL_CACHE_DIR"}
+    env["PYTHONUNBUFFERED"] = "1"
+    env["LLMAAS_LORA_KERNELS"] = "vllm" if engine == "vllm" else "llmaas"
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", engine, "--model-dir", str(args.model_dir)]
+    command += ["--prompts", str(args.prompts), "--max-tokens", str(args.max_tokens), "--repeats", str(args.repeats)]
+    command += ["--adapters", *map(str, adapters)]
+    log_path = log_dir / f"lora_kernels-{engine}.log"
+    print(f"[{engine}] {LABELS[engine]} ... (log: {log_path})", flush=True)
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    log_path.write_text(proc.stdout + proc.stderr)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX) :])
+    raise RuntimeError(f"engine {engine} failed (exit {proc.returncode}); see {log_path}")
+
+
+def table(results: dict[str, dict]) -> str:
+    reference = statistics.median(results["off"]["tok_s"]["base"])
+    lines = ["| engine | " + " | ".join(WORKLOADS) + " |", "|---" * (len(WORKLOADS) + 1) + "|"]
+    for engine in ENGINES:
+        cells = []
+        for workload in WORKLOADS:
+            values = results[engine]["tok_s"].get(workload)
+            if not values:
+                cells.append("-")
+                continue
+            median = statistics.median(values)
+            cells.append(f"{median:.1f} tok/s ({median / reference:.2f}x)")
+        lines.append(f"| {LABELS[engine]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, default=None, help="default: our default model (converted once)")
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
+    parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
+    parser.add_argument("--adapters", nargs="*", type=Path, default=[], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        result = run_engine(args.worker, args.model_dir, args.adapters, args.prompts, args.max_tokens, args.repeats)
+        print(RESULT_PREFIX + json.dumps(result), flush=True)
+        return
+
+    if args.model_dir is None:
+        from engine.model_prep import prepare_default_model
+        from engine.settings import EngineSettings
+
+        args.model_dir = prepare_default_model(EngineSettings())
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    adapters = make_adapters(args.model_dir, args.results_dir / "lora_kernels_adapters")
+    engines = list(dict.fromkeys(["off", *args.engines]))  # the reference is always measured
+    results = {engine: run_in_subprocess(engine, args, adapters, args.results_dir) for engine in engines}
+    for engine in ENGINES:
+        results.setdefault(engine, {"engine": engine, "tok_s": {}})
+
+    print()
+    print(f"{args.prompts} prompts x {args.max_tokens} tokens, median of {args.repeats}; ratios vs LoRA disabled, base")
+    print(table(results))
+    reference = statistics.median(results["off"]["tok_s"]["base"])
+    ours = results["llmaas"]["tok_s"]
+    if ours:
+        base_ratio = statistics.median(ours["base"]) / reference
+        mixed_ratio = statistics.median(ours["4 adapters"]) / reference
+        print(f"\nbase on the LoRA engine (ours): {base_ratio:.2f}x (target >= 0.97)")
+        print(f"4 adapters mixed (ours): {mixed_ratio:.2f}x (target >= 0.9)")
+    out = args.results_dir / "lora_kernels.json"
+    out.write_text(
+        json.dumps(
+            {
+                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
+                "prompts": args.prompts,
+                "max_tokens": args.max_tokens,
+                "repeats": args.repeats,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

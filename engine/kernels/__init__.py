@@ -1,0 +1,210 @@
+"""Our C++ multi-LoRA kernels for vLLM's CPU backend (``lora_cpu.cpp``): the JIT build into a per-machine cache
+dir, loading the library once per process, and thin typed wrappers over its ``torch.ops.llmaas`` ops.
+
+The build is a JIT compile with ``torch.utils.cpp_extension.load`` (system g++, ninja from the venv) the first
+time an engine process needs the kernels; later processes (and later starts) load the cached ``.so`` in
+milliseconds. JIT rather than a ``pip`` build step so that no isolated build env can pull a CUDA torch, and
+because ``-march=native`` ties the binary to the CPU it was built on: the cache dir is keyed by the CPU's model
+and flags, the compiler and the torch version. ``LLMAAS_KERNEL_CACHE_DIR`` overrides the cache root
+(default ``$XDG_CACHE_HOME/llmaas/kernels`` or ``~/.cache/llmaas/kernels``).
+
+This module imports torch, never vLLM (the vLLM wiring is ``engine.kernels.vllm_plugin``)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("lora_cpu.cpp")
+LIBRARY_NAME = "llmaas_lora_cpu"
+CACHE_ENV = "LLMAAS_KERNEL_CACHE_DIR"
+CFLAGS = ("-O3", "-march=native", "-fopenmp", "-Wno-unused-function")
+LDFLAGS = ("-fopenmp",)
+# A build lock older than this was left by a process killed mid-build (torch's lock never expires).
+STALE_LOCK_S = 600.0
+
+_lock = threading.Lock()
+_loaded = False
+_error: str | None = None
+
+
+class KernelBuildError(RuntimeError):
+    """The kernels could not be compiled or loaded on this machine."""
+
+
+def machine_key() -> str:
+    """What a ``-march=native`` binary depends on: CPU model and flags, compiler, torch version, Python ABI."""
+    cpu = ""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = "\n".join(sorted({ln for ln in lines if ln.startswith(("model name", "flags", "vendor_id"))}))
+    except OSError:
+        cpu = platform.processor()
+    compiler = os.environ.get("CXX", "c++")
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = "unknown"
+    material = "\n".join([platform.machine(), cpu, compiler, version, torch.__version__, sys.version])
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    """Where this machine's build lives."""
+    root = os.environ.get(CACHE_ENV)
+    if root:
+        base = Path(root)
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llmaas" / "kernels"
+    return base / f"{LIBRARY_NAME}-{machine_key()}"
+
+
+def _ensure_ninja_on_path() -> None:
+    """torch runs ``ninja`` from PATH; a venv's ninja is not on it unless the venv is activated."""
+    if shutil.which("ninja"):
+        return
+    candidates = [Path(sys.executable).parent]
+    try:
+        import ninja  # type: ignore[import-untyped]
+
+        candidates.insert(0, Path(ninja.BIN_DIR))
+    except (ImportError, AttributeError):
+        pass
+    for directory in candidates:
+        if (directory / "ninja").exists():
+            os.environ["PATH"] = f"{directory}{os.pathsep}{os.environ.get('PATH', '')}"
+            return
+
+
+def _clear_stale_lock(build_dir: Path) -> None:
+    lock = build_dir / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            lock.unlink()
+    except OSError:
+        pass
+
+
+def _register_fakes() -> None:
+    """Shape-only implementations, so that ``torch.compile`` can trace through the ops (they return nothing)."""
+    for op in ("lora_shrink", "lora_expand", "lora_linear"):
+        # an older/newer torch without this API, or already registered: eager calls still work
+        with contextlib.suppress(Exception):
+            torch.library.register_fake(f"llmaas::{op}")(lambda *args, **kwargs: None)
+
+
+def load() -> None:
+    """Builds (first time on this machine) and loads the kernels into this process; raises KernelBuildError."""
+    global _loaded, _error
+    with _lock:
+        if _loaded:
+            return
+        if _error is not None:
+            raise KernelBuildError(_error)
+        try:
+            from torch.utils.cpp_extension import load as jit_load
+
+            build_dir = cache_dir()
+            build_dir.mkdir(parents=True, exist_ok=True)
+            _ensure_ninja_on_path()
+            _clear_stale_lock(build_dir)
+            jit_load(
+                name=LIBRARY_NAME,
+                sources=[str(SOURCE)],
+                extra_cflags=list(CFLAGS),
+                extra_ldflags=list(LDFLAGS),
+                build_directory=str(build_dir),
+                is_python_module=False,
+                verbose=False,
+            )
+            _register_fakes()
+        except Exception as exc:
+            _error = f"{type(exc).__name__}: {exc}".strip()
+            raise KernelBuildError(_error) from exc
+        _loaded = True
+
+
+def available() -> bool:
+    """Whether the kernels are loaded (building them first if needed); never raises."""
+    try:
+        load()
+    except KernelBuildError:
+        return False
+    return True
+
+
+def load_error() -> str | None:
+    """Why the last ``load()`` failed, if it did."""
+    return _error
+
+
+def isa() -> str:
+    """The instruction set the loaded build was compiled for: ``avx512+bf16``, ``avx512``, ``avx2`` or ``scalar``."""
+    return str(torch.ops.llmaas.isa())
+
+
+def cache_stats() -> dict[str, int]:
+    """The per-slot weight cache (effective ranks, packed B): hits, misses, uncached preparations, entries."""
+    hits, misses, uncached, entries = (int(v) for v in torch.ops.llmaas.cache_stats())
+    return {"hits": hits, "misses": misses, "uncached": uncached, "entries": entries}
+
+
+def cache_clear() -> None:
+    """Forgets every prepared weight (the next calls prepare them again)."""
+    torch.ops.llmaas.cache_clear()
+
+
+def lora_shrink(
+    x: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    outputs: Sequence[torch.Tensor],
+    indices: torch.Tensor,
+    scale: float,
+) -> None:
+    """``outputs[i][t, :r] = scale * x[t] @ weights[i][indices[t]].T`` for tokens with ``indices[t] >= 0``.
+
+    ``x``: (tokens, in); ``weights[i]``: (slots, [1,] r, in); ``outputs[i]``: (tokens, >= r), fp32 or bf16.
+    Rows of tokens without an adapter are left untouched."""
+    torch.ops.llmaas.lora_shrink.default(x, weights, outputs, indices, scale)
+
+
+def lora_expand(
+    inputs: Sequence[torch.Tensor],
+    weights: Sequence[torch.Tensor],
+    output: torch.Tensor,
+    indices: torch.Tensor,
+    offset_start: int,
+    slice_sizes: Sequence[int],
+    add_inputs: bool,
+) -> None:
+    """``output[t, o_i : o_i + n_i] (+)= inputs[i][t] @ weights[i][indices[t], :n_i].T`` for adapter tokens, where
+    ``o_0 = offset_start``, ``o_{i+1} = o_i + n_i`` and ``n_i = slice_sizes[i]``.
+
+    ``inputs[i]``: (tokens, r); ``weights[i]``: (slots, [1,] >= n_i, r); ``output``: (tokens, width)."""
+    torch.ops.llmaas.lora_expand.default(inputs, weights, output, indices, offset_start, slice_sizes, add_inputs)
+
+
+def lora_linear(
+    output: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: Sequence[torch.Tensor],
+    lora_b: Sequence[torch.Tensor],
+    indices: torch.Tensor,
+    scale: float,
+    slice_sizes: Sequence[int],
+    offset_start: int = 0,
+) -> None:
+    """Shrink and expand of a whole (merged) linear layer in one call, with an fp32 intermediate:
+    ``output[t, o_i : o_i + n_i] += (x[t] @ lora_a[i][s].T * scale) @ lora_b[i][s, :n_i].T``, ``s = indices[t]``."""
+    torch.ops.llmaas.lora_linear.default(output, x, lora_a, lora_b, indices, scale, offset_start, slice_sizes)

@@ -1,0 +1,85 @@
+"""The vLLM general plugin that puts our LoRA kernels on vLLM's CPU LoRA path.
+
+Declared in ``pyproject.toml`` under the entry-point group ``vllm.general_plugins`` (``llmaas_lora_cpu``), so vLLM
+calls :func:`register` in every process it starts (front end, engine core, workers). ``register`` patches the
+CPU platform's ``get_punica_wrapper`` to name ``engine.kernels.punica_wrapper.LLMaaSPunicaWrapperCPU`` instead of
+vLLM's ``PunicaWrapperCPU``; the kernels are built/loaded lazily when a LoRA-enabled model asks for its wrapper.
+
+Off switch: ``LLMAAS_LORA_KERNELS=vllm`` (``EngineSettings.lora_kernels``; ``engine.vllm_engine`` exports it before
+the engine starts so that vLLM's spawned processes inherit it). It does nothing on GPU hosts or non-CPU platforms,
+and never raises: if the kernels cannot be built or loaded, the process logs it once and vLLM's own ops serve."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+MODE_ENV = "LLMAAS_LORA_KERNELS"
+MODES = ("llmaas", "vllm")
+CPU_WRAPPER = "vllm.lora.punica_wrapper.punica_cpu.PunicaWrapperCPU"
+OUR_WRAPPER = "engine.kernels.punica_wrapper.LLMaaSPunicaWrapperCPU"
+
+# Under vLLM's logger tree: engine processes print these through vLLM's handler, in its format.
+logger = logging.getLogger("vllm.llmaas_lora_kernels")
+
+_ready: bool | None = None
+
+
+def mode() -> str:
+    """``llmaas`` (our kernels, the default) or ``vllm`` (vLLM's own CPU LoRA ops)."""
+    value = os.environ.get(MODE_ENV, "llmaas").strip().lower() or "llmaas"
+    if value not in MODES:
+        logger.warning("%s=%r is not one of %s; using vLLM's own LoRA ops", MODE_ENV, value, MODES)
+        return "vllm"
+    return value
+
+
+def register() -> None:
+    """vLLM's plugin hook; safe to call many times, in any process."""
+    try:
+        _register()
+    except Exception:
+        logger.warning("LLMaaS LoRA kernels: plugin setup failed; vLLM's own LoRA ops serve", exc_info=True)
+
+
+def _register() -> None:
+    if mode() != "llmaas":
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return  # GPU host: vLLM's Triton/CUDA LoRA kernels stay in charge
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    platform_cls = type(current_platform)
+    if getattr(platform_cls, "_llmaas_lora_kernels", False):
+        return
+    if platform_cls.get_punica_wrapper() != CPU_WRAPPER:
+        logger.info("LLMaaS LoRA kernels: this platform uses its own punica wrapper; leaving it alone")
+        return
+
+    def get_punica_wrapper(cls: type) -> str:
+        return OUR_WRAPPER if kernels_ready() else CPU_WRAPPER
+
+    platform_cls.get_punica_wrapper = classmethod(get_punica_wrapper)  # type: ignore[method-assign]
+    platform_cls._llmaas_lora_kernels = True  # type: ignore[attr-defined]
+
+
+def kernels_ready() -> bool:
+    """Builds/loads the kernels once per process; logs the outcome once."""
+    global _ready
+
+    if _ready is None:
+        from engine import kernels
+
+        _ready = kernels.available()
+        if _ready:
+            logger.info("LLMaaS LoRA kernels enabled (%s build in %s)", kernels.isa(), kernels.cache_dir())
+        else:
+            logger.warning(
+                "LLMaaS LoRA kernels unavailable, vLLM's own CPU LoRA ops serve adapters instead: %s",
+                kernels.load_error(),
+            )
+    return _ready
