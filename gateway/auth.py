@@ -7,6 +7,7 @@ The admin key is compared in constant time."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ class KeyCache:
         self._service = service
         self._ttl = ttl_seconds
         self._entries: dict[str, tuple[float, KeyIdentity]] = {}
+        self._lookups: dict[str, asyncio.Future[KeyIdentity | None]] = {}
 
     async def identify(self, key: str) -> KeyIdentity | None:
         hashed = key_hash(key)
@@ -35,6 +37,16 @@ class KeyCache:
         now = time.monotonic()
         if cached is not None and now - cached[0] < self._ttl:
             return cached[1]
+        # One database lookup per key however many requests with it arrive while it runs (a burst after
+        # the TTL expired would otherwise queue one lookup per request in the thread pool).
+        pending = self._lookups.get(hashed)
+        if pending is None:
+            pending = asyncio.ensure_future(self._lookup(hashed, now))
+            self._lookups[hashed] = pending
+            pending.add_done_callback(lambda _: self._lookups.pop(hashed, None))
+        return await asyncio.shield(pending)
+
+    async def _lookup(self, hashed: str, now: float) -> KeyIdentity | None:
         identity = await run_in_threadpool(self._service.identify, hashed)
         if identity is None:
             self._entries.pop(hashed, None)
@@ -45,6 +57,7 @@ class KeyCache:
         return identity
 
     def forget_tenant(self, tenant_id: str) -> None:
+        self._lookups.clear()  # a lookup under way may have read the old state
         for hashed in [h for h, (_, ident) in self._entries.items() if ident.tenant_id == tenant_id]:
             self._entries.pop(hashed, None)
 

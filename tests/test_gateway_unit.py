@@ -101,3 +101,21 @@ def test_admin_key_is_generated_once_and_kept_private(tmp_path: Path) -> None:
     assert load_or_create_admin_key(settings) == (key, False)
     explicit = GatewaySettings(data_dir=tmp_path, admin_key="sk-admin-from-the-environment")
     assert load_or_create_admin_key(explicit) == ("sk-admin-from-the-environment", False)
+
+
+def test_a_burst_with_one_uncached_key_makes_one_database_lookup() -> None:
+    from gateway.auth import KeyCache
+
+    calls = 0
+
+    class CountingService:
+        def identify(self, hashed: str) -> None:
+            nonlocal calls
+            calls += 1
+
+    async def burst() -> list[object]:
+        cache = KeyCache(CountingService(), ttl_seconds=5)  # type: ignore[arg-type]
+        return await asyncio.gather(*(cache.identify("sk-unknown") for _ in range(50)))
+
+    assert asyncio.run(burst()) == [None] * 50
+    assert calls == 1
