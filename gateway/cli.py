@@ -296,8 +296,8 @@ def usage(
     csv: bool = typer.Option(False, "--csv", help="CSV instead of JSON."),
 ) -> None:
     """Usage by tenant, key, model and period."""
-    from gateway.routes.admin import parse_group_by
     from gateway.tenancy.service import usage_csv
+    from gateway.usage_reports import parse_group_by
 
     if bucket not in ("hour", "day", "month", "none"):
         raise typer.BadParameter("bucket is one of hour, day, month, none")

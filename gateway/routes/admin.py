@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from gateway.auth import AdminDep, KeyCache
-from gateway.errors import InvalidRequestError
 from gateway.tenancy.models import KeyCreate, KeyCreated, KeyOut, TenantCreate, TenantOut, TenantUpdate
-from gateway.tenancy.service import Bucket, GroupField, TenancyService, usage_csv
+from gateway.tenancy.service import TenancyService
+from gateway.usage_reports import UsageFilters, usage_report
 
 router = APIRouter(prefix="/admin/v1", dependencies=[AdminDep], tags=["admin"])
 
@@ -79,45 +78,11 @@ def revoke_key(tenant: str, key_id: str, request: Request) -> KeyOut:
     return revoked
 
 
-def parse_group_by(value: str) -> tuple[GroupField, ...]:
-    fields = tuple(part.strip() for part in value.split(",") if part.strip())
-    unknown = [f for f in fields if f not in ("tenant", "key", "model", "kind")]
-    if unknown:
-        raise InvalidRequestError(
-            f"group_by takes tenant, key, model, kind; not {', '.join(unknown)}", param="group_by"
-        )
-    return fields  # type: ignore[return-value]
-
-
-def usage_response(report: dict[str, Any], fmt: str) -> Response | dict[str, Any]:
-    if fmt == "csv":
-        return Response(
-            usage_csv(report),
-            media_type="text/csv",
-            headers={"content-disposition": 'attachment; filename="usage.csv"'},
-        )
-    return report
-
-
 @router.get("/usage", response_model=None)
 def usage(
     request: Request,
+    filters: Annotated[UsageFilters, Depends()],
     tenant: str | None = None,
-    key_id: str | None = None,
-    model: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
     group_by: Annotated[str, Query(description="comma-separated: tenant,key,model,kind")] = "tenant,key,model,kind",
-    bucket: Bucket = "day",
-    format: Literal["json", "csv"] = "json",
 ) -> Response | dict[str, Any]:
-    report = _service(request).usage(
-        tenant=tenant,
-        key_id=key_id,
-        model=model,
-        since=since,
-        until=until,
-        group_by=parse_group_by(group_by),
-        bucket=bucket,
-    )
-    return usage_response(report, format)
+    return usage_report(_service(request), tenant, filters, group_by)

@@ -2,39 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from gateway.quota import QuotaDep
-from gateway.routes.admin import parse_group_by, usage_response
-from gateway.tenancy.service import Bucket
+from gateway.usage_reports import UsageFilters, usage_report
 
 router = APIRouter()
 
 
 @router.get("/v1/usage", response_model=None)
 async def own_usage(
-    request: Request,
     quota: QuotaDep,
-    key_id: str | None = None,
-    model: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    filters: Annotated[UsageFilters, Depends()],
     group_by: Annotated[str, Query(description="comma-separated: key,model,kind")] = "key,model,kind",
-    bucket: Bucket = "day",
-    format: Literal["json", "csv"] = "json",
 ) -> Response | dict[str, Any]:
-    report = await run_in_threadpool(
-        quota.service.usage,
-        tenant=quota.principal.tenant_id,
-        key_id=key_id,
-        model=model,
-        since=since,
-        until=until,
-        group_by=parse_group_by(group_by),
-        bucket=bucket,
-    )
-    return usage_response(report, format)
+    return await run_in_threadpool(usage_report, quota.service, quota.principal.tenant_id, filters, group_by)
