@@ -10,7 +10,6 @@ import asyncio
 import logging
 from collections.abc import Coroutine
 from dataclasses import replace
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -19,8 +18,9 @@ from starlette.concurrency import run_in_threadpool
 from gateway.auth import Principal, PrincipalDep
 from gateway.errors import InvalidRequestError
 from gateway.generation import RunReport
-from gateway.limits import Demand, Limiter
+from gateway.limits import Demand, Grant, Limiter
 from gateway.metering import Meter
+from gateway.tenancy.models import Quotas
 from gateway.tenancy.service import TenancyService, UsageEntry, utcnow
 
 logger = logging.getLogger(__name__)
@@ -117,19 +117,8 @@ class QuotaGate:
         self, model: str, request_id: str, prompt_tokens: int, max_completion_tokens: int, end_user: str | None = None
     ) -> Reservation:
         quotas = self.principal.identity.quotas
-        now: datetime = utcnow()
-        demand = Demand(
-            request_id=request_id,
-            tokens=prompt_tokens + max_completion_tokens,
-            cost_nanos=quotas.cost_nanos(model, prompt_tokens, max_completion_tokens),
-            month=now.strftime("%Y-%m"),
-        )
-        tenant_id = self.principal.tenant_id
-
-        async def month_to_date() -> tuple[int, int]:
-            return await run_in_threadpool(self.service.month_to_date, tenant_id, now)
-
-        grant = await self.limiter.admit(tenant_id, quotas, demand, month_to_date)
+        cost = quotas.cost_nanos(model, prompt_tokens, max_completion_tokens)
+        demand, grant = await self._reserve(quotas, request_id, prompt_tokens + max_completion_tokens, cost)
         self.request.state.response_headers = grant.headers
         return Reservation(self, model, demand, end_user)
 
@@ -138,19 +127,17 @@ class QuotaGate:
         limits); ``training_billing`` settles the real count when the job ends."""
         quotas = self.principal.identity.quotas
         budget_only = replace(quotas, requests_per_minute=None, tokens_per_minute=None, max_concurrent_requests=None)
+        await self._reserve(budget_only, job_id, estimated_tokens, quotas.cost_nanos(model, estimated_tokens, 0))
+
+    async def _reserve(self, quotas: Quotas, request_id: str, tokens: int, cost_nanos: int) -> tuple[Demand, Grant]:
         now = utcnow()
-        demand = Demand(
-            request_id=job_id,
-            tokens=estimated_tokens,
-            cost_nanos=quotas.cost_nanos(model, estimated_tokens, 0),
-            month=now.strftime("%Y-%m"),
-        )
+        demand = Demand(request_id=request_id, tokens=tokens, cost_nanos=cost_nanos, month=now.strftime("%Y-%m"))
         tenant_id = self.principal.tenant_id
 
         async def month_to_date() -> tuple[int, int]:
             return await run_in_threadpool(self.service.month_to_date, tenant_id, now)
 
-        await self.limiter.admit(tenant_id, budget_only, demand, month_to_date)
+        return demand, await self.limiter.admit(tenant_id, quotas, demand, month_to_date)
 
 
 async def get_quota_gate(request: Request, principal: PrincipalDep) -> QuotaGate:
