@@ -8,6 +8,10 @@ because ``-march=native`` ties the binary to the CPU it was built on: the cache 
 and flags, the compiler and the torch version. ``LLMAAS_KERNEL_CACHE_DIR`` overrides the cache root
 (default ``$XDG_CACHE_HOME/llmaas/kernels`` or ``~/.cache/llmaas/kernels``).
 
+The build is a Python module: eager callers (vLLM's engine runs eagerly by default) call its functions directly,
+which costs a fraction of a call through the dispatcher; under ``torch.compile`` the wrappers below call the same
+kernels as ``torch.ops.llmaas`` ops, which the module registers when it loads.
+
 This module imports torch, never vLLM (the vLLM wiring is ``engine.kernels.vllm_plugin``)."""
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -35,7 +40,7 @@ LDFLAGS = ("-fopenmp",)
 STALE_LOCK_S = 600.0
 
 _lock = threading.Lock()
-_loaded = False
+_module: ModuleType | None = None
 _error: str | None = None
 
 
@@ -104,12 +109,12 @@ def _register_fakes() -> None:
             torch.library.register_fake(f"llmaas::{op}")(lambda *args, **kwargs: None)
 
 
-def load() -> None:
+def load() -> ModuleType:
     """Builds (first time on this machine) and loads the kernels into this process; raises KernelBuildError."""
-    global _loaded, _error
+    global _module, _error
     with _lock:
-        if _loaded:
-            return
+        if _module is not None:
+            return _module
         if _error is not None:
             raise KernelBuildError(_error)
         try:
@@ -119,20 +124,25 @@ def load() -> None:
             build_dir.mkdir(parents=True, exist_ok=True)
             _ensure_ninja_on_path()
             _clear_stale_lock(build_dir)
-            jit_load(
+            module = jit_load(
                 name=LIBRARY_NAME,
                 sources=[str(SOURCE)],
                 extra_cflags=list(CFLAGS),
                 extra_ldflags=list(LDFLAGS),
                 build_directory=str(build_dir),
-                is_python_module=False,
+                is_python_module=True,
                 verbose=False,
             )
             _register_fakes()
         except Exception as exc:
             _error = f"{type(exc).__name__}: {exc}".strip()
             raise KernelBuildError(_error) from exc
-        _loaded = True
+        _module = module
+        return module
+
+
+def _eager() -> ModuleType:
+    return _module if _module is not None else load()
 
 
 def available() -> bool:
@@ -176,7 +186,10 @@ def lora_shrink(
 
     ``x``: (tokens, in); ``weights[i]``: (slots, [1,] r, in); ``outputs[i]``: (tokens, >= r), fp32 or bf16.
     Rows of tokens without an adapter are left untouched."""
-    torch.ops.llmaas.lora_shrink.default(x, weights, outputs, indices, scale)
+    if torch.compiler.is_compiling():
+        torch.ops.llmaas.lora_shrink.default(x, weights, outputs, indices, scale)
+    else:
+        _eager().lora_shrink(x, weights, outputs, indices, scale)
 
 
 def lora_expand(
@@ -192,7 +205,10 @@ def lora_expand(
     ``o_0 = offset_start``, ``o_{i+1} = o_i + n_i`` and ``n_i = slice_sizes[i]``.
 
     ``inputs[i]``: (tokens, r); ``weights[i]``: (slots, [1,] >= n_i, r); ``output``: (tokens, width)."""
-    torch.ops.llmaas.lora_expand.default(inputs, weights, output, indices, offset_start, slice_sizes, add_inputs)
+    if torch.compiler.is_compiling():
+        torch.ops.llmaas.lora_expand.default(inputs, weights, output, indices, offset_start, slice_sizes, add_inputs)
+    else:
+        _eager().lora_expand(inputs, weights, output, indices, offset_start, slice_sizes, add_inputs)
 
 
 def lora_linear(
@@ -207,4 +223,7 @@ def lora_linear(
 ) -> None:
     """Shrink and expand of a whole (merged) linear layer in one call, with an fp32 intermediate:
     ``output[t, o_i : o_i + n_i] += (x[t] @ lora_a[i][s].T * scale) @ lora_b[i][s, :n_i].T``, ``s = indices[t]``."""
-    torch.ops.llmaas.lora_linear.default(output, x, lora_a, lora_b, indices, scale, offset_start, slice_sizes)
+    if torch.compiler.is_compiling():
+        torch.ops.llmaas.lora_linear.default(output, x, lora_a, lora_b, indices, scale, offset_start, slice_sizes)
+    else:
+        _eager().lora_linear(output, x, lora_a, lora_b, indices, scale, offset_start, slice_sizes)
