@@ -97,11 +97,18 @@ inline __m512i bf16_bits(vec v) {  // the bf16 (RNE) of each lane, in the low 16
   __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
   return _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0x7fc0));
 }
+#if defined(__AVX512BF16__)
+// One instruction (VCVTNEPS2BF16, round to nearest even). It treats denormal inputs as zero, where torch keeps
+// them: the results differ only for |v| < 1.2e-38.
+inline __m256i bf16_pack(vec v) { return (__m256i)_mm512_cvtneps_pbh(v); }
+#else
+inline __m256i bf16_pack(vec v) { return _mm512_cvtepi32_epi16(bf16_bits(v)); }
+#endif
 inline void vstore(float* p, vec v) { _mm512_storeu_ps(p, v); }
-inline void vstore(bf16_t* p, vec v) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(bf16_bits(v)));
+inline void vstore(bf16_t* p, vec v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), bf16_pack(v)); }
+inline vec vround_bf16(vec v) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bf16_pack(v)), 16));
 }
-inline vec vround_bf16(vec v) { return _mm512_castsi512_ps(_mm512_slli_epi32(bf16_bits(v), 16)); }
 inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
 inline vec vadd(vec a, vec b) { return _mm512_add_ps(a, b); }
 inline float vsum(vec v) { return _mm512_reduce_add_ps(v); }
