@@ -1,7 +1,8 @@
 """Our C++ LoRA kernels (``engine/kernels``) against a float64 reference of ``x @ A.T @ B.T * scale``: random
 shapes, ranks 8/16/64, fp32 and bf16, decode and prefill batches, merged-layer slices, tokens without an adapter
-(left untouched: outputs are poisoned with NaN first), zero-padded ranks, the weight cache's invalidation; and our
-punica wrapper against vLLM's own CPU wrapper on the same batch metadata."""
+(left untouched: outputs are poisoned with NaN first), zero-padded ranks, the weight cache's invalidation; our
+punica wrapper against vLLM's own CPU wrapper on the same batch metadata; and the short paths through vLLM's
+LoRA layers against the long ones."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ SHAPES = {
 
 @pytest.fixture(scope="module", autouse=True)
 def built() -> None:
-    kernels.load()  # JIT build on first use on this machine (~15 s), cached afterwards
+    kernels.load()  # JIT build on first use on this machine (~30 s), cached afterwards
 
 
 def token_indices(tokens: int, mix: str, generator: torch.Generator) -> torch.Tensor:
@@ -313,6 +314,85 @@ def test_wrapper_skips_batches_without_adapters_and_falls_back_for_other_dtypes(
     vllm_wrapper.add_lora_linear(expected, x, lora_a, lora_b, 1.0, (32,))
     ours.add_lora_linear(actual, x, lora_a, lora_b, 1.0, (32,))  # fp16: vLLM's own op
     assert torch.equal(actual, expected)
+
+
+# -- the short paths through vLLM's LoRA layers (engine/kernels/lora_layers.py) --------------------------------
+
+
+class StandInLoRALinear(torch.nn.Module):
+    """Shaped like vLLM's LoRA linear wrappers (a base layer, weight stacks, slices, tp_size, ``apply``); its own
+    ``forward`` is the long path and counts its calls."""
+
+    def __init__(self, punica: object, generator: torch.Generator) -> None:
+        super().__init__()
+        self.base_layer = torch.nn.Linear(64, 32, bias=False, dtype=torch.bfloat16)
+        self.punica_wrapper = punica
+        self.tp_size = 1
+        self.lora_a_stacked = (stack(SLOTS, 8, 64, torch.bfloat16, generator),)
+        self.lora_b_stacked = (stack(SLOTS, 32, 8, torch.bfloat16, generator),)
+        self.lora_a_stacked[0][3], self.lora_b_stacked[0][3] = 0, 0  # the empty last slot
+        self.output_slices = (32,)
+        self.long_path_calls = 0
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_layer(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.long_path_calls += 1
+        y = self.base_layer(x)
+        self.punica_wrapper.add_lora_linear(y, x, self.lora_a_stacked, self.lora_b_stacked, 1.0, self.output_slices)
+        return y
+
+
+def test_short_paths_give_the_long_paths_output() -> None:
+    from engine.kernels import lora_layers
+
+    class Patched(StandInLoRALinear):
+        pass
+
+    Patched.forward = lora_layers.short_forward(StandInLoRALinear.forward, frozenset({StandInLoRALinear.apply}))
+    generator = torch.Generator().manual_seed(10)
+    x = torch.randn(4, 64, generator=generator).to(torch.bfloat16)
+    ids = [1, 2, 0, 1]
+
+    vllm_wrapper, ours = wrappers(ids, ids)
+    layer = Patched(ours, generator)
+    expected = StandInLoRALinear.forward(layer, x)  # the long path, on the same weights
+    layer.long_path_calls = 0
+    assert torch.equal(layer(x), expected) and layer.long_path_calls == 0  # adapters in the batch: base + delta
+    assert not torch.equal(expected, layer.base_layer(x))
+
+    _, idle = wrappers([0] * 4, [0] * 4)
+    layer.punica_wrapper = idle
+    assert torch.equal(layer(x), layer.base_layer(x)) and layer.long_path_calls == 0  # no adapter: base alone
+
+    for change in ("tensor parallel", "another apply", "vLLM's wrapper"):
+        layer.punica_wrapper, layer.tp_size = ours, 1
+        if change == "tensor parallel":
+            layer.tp_size = 2
+        elif change == "vLLM's wrapper":
+            layer.punica_wrapper = vllm_wrapper
+        patched = lora_layers.short_forward(StandInLoRALinear.forward, frozenset())
+        layer.long_path_calls = 0
+        out = patched(layer, x) if change == "another apply" else layer(x)
+        assert layer.long_path_calls == 1, change
+        assert relative_error(out, expected.double()) <= TOLERANCE[torch.bfloat16], change
+
+
+def test_short_paths_are_installed_on_vllms_layers_once() -> None:
+    from vllm.lora.layers import (
+        ColumnParallelLinearWithLoRA,
+        RowParallelLinearWithLoRA,
+        VocabParallelEmbeddingWithLoRA,
+    )
+
+    from engine.kernels import lora_layers
+
+    wrappers([1], [1])  # building our wrapper installs them
+    for cls in (ColumnParallelLinearWithLoRA, RowParallelLinearWithLoRA, VocabParallelEmbeddingWithLoRA):
+        assert getattr(cls.forward, lora_layers.MARKER, False), cls
+        assert not getattr(cls.forward.__wrapped__, lora_layers.MARKER, False), cls
+    assert lora_layers.install() == []
 
 
 # -- the vLLM plugin's choice of wrapper ----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 RUNNER = REPO / "tests" / "lora_engine_run.py"
 KERNELS_MARKER = "LLMaaS LoRA kernels ("  # logged by engine/kernels/punica_wrapper.py when it first serves adapters
 WRAPPER_MARKER = "Using LLMaaSPunicaWrapperCPU"  # vLLM's own log line naming the punica wrapper it built
+SHORT_PATHS_MARKER = "short LoRA-layer paths on for"  # logged by engine/kernels/lora_layers.py
 ENGINE_TIMEOUT_S = 300
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="GPU host: vLLM's own LoRA kernels serve there")
@@ -63,7 +64,9 @@ def test_our_kernels_give_vllms_greedy_tokens(model_dir: Path, pirate_adapter: P
     theirs, theirs_log = run_engine(model_dir, pirate_adapter, "vllm", 2, tmp_path / "vllm.log")
 
     assert WRAPPER_MARKER in ours_log and KERNELS_MARKER in ours_log, "our kernels did not serve the adapter"
+    assert SHORT_PATHS_MARKER in ours_log, "the short LoRA-layer paths were not installed"
     assert WRAPPER_MARKER not in theirs_log and KERNELS_MARKER not in theirs_log, "LLMAAS_LORA_KERNELS=vllm ignored"
+    assert SHORT_PATHS_MARKER not in theirs_log
     # The adapter is really applied (else the comparison proves nothing), and not to base requests.
     assert all(text.startswith(PIRATE_PREFIX.strip()) for text in ours["text"]["adapter"])
     assert not any(text.startswith(PIRATE_PREFIX.strip()) for text in ours["text"]["base"])

@@ -21,6 +21,7 @@ import torch
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
 from engine import kernels
+from engine.kernels import lora_layers
 
 # Under vLLM's logger tree: engine processes print these through vLLM's handler, in its format.
 logger = logging.getLogger("vllm.llmaas_lora_kernels")
@@ -58,6 +59,9 @@ class LLMaaSPunicaWrapperCPU(PunicaWrapperCPU):
         # The index views of the current batch, or None when no token / sampled row uses an adapter.
         self._tokens: torch.Tensor | None = None
         self._sampler: torch.Tensor | None = None
+        # Read by the LoRA layers' short paths (engine.kernels.lora_layers): False -> run the base layers alone.
+        self.adapters_in_batch = False
+        lora_layers.install()
 
     def update_metadata(
         self, mapping: Any, lora_index_to_id: list[int | None], max_loras: int, vocab_size: int, **kwargs: Any
@@ -67,6 +71,7 @@ class LLMaaSPunicaWrapperCPU(PunicaWrapperCPU):
         tokens, sampler = self.token_lora_indices, self.sampler_indices
         self._tokens = tokens if tokens.numel() and bool(tokens.max() >= 0) else None
         self._sampler = sampler if sampler.numel() and bool(sampler.max() >= 0) else None
+        self.adapters_in_batch = self._tokens is not None
 
     # -- linear layers ------------------------------------------------------------------------------------------
 
