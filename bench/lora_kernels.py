@@ -1,11 +1,11 @@
 """LoRA on the CPU engine: a LoRA-disabled engine vs LoRA-enabled with vLLM's own ops vs with our C++ kernels.
 
-Run it (on a quiet machine: the engines run one after another and share its cores with nothing else)::
+Run it (on a quiet machine: the engines take turns on its cores and share them with nothing else)::
 
     .venv/bin/python bench/lora_kernels.py
 
-Three offline vLLM engines (``LLM.generate``), each in its own subprocess so that every engine starts from a
-clean process and our vLLM plugin reads its ``LLMAAS_LORA_KERNELS`` choice in vLLM's spawned processes:
+Three offline vLLM engines (``LLM.generate``), each in a subprocess of its own so that our vLLM plugin reads its
+``LLMAAS_LORA_KERNELS`` choice there:
 
 * ``off``: LoRA disabled;
 * ``vllm``: LoRA enabled, vLLM's own CPU LoRA ops (``LLMAAS_LORA_KERNELS=vllm``);
@@ -16,9 +16,16 @@ seed 0, 2 GiB KV cache; with LoRA: max_loras 4, max_lora_rank 16). Each loads ``
 prompts at once, greedy with ``ignore_eos`` and ``--max-tokens`` output tokens each, for three workloads: base
 requests only, every request on 1 adapter, and requests spread round-robin over 4 adapters (the LoRA-disabled
 engine runs base only). The adapters are random rank-8 peft adapters on every projection (q/k/v/o, gate/up/down)
-with non-zero B, made once into ``--results-dir``: speed does not depend on what they learned. After a warm-up
-pass of every workload, each workload runs ``--repeats`` times; the table shows the median output tok/s and its
-ratio to the LoRA-disabled engine's base throughput. Everything is also written to ``lora_kernels.json``.
+with non-zero B, made once into ``--results-dir``: speed does not depend on what they learned.
+
+How it measures, so that one run can be trusted on a small shared machine whose speed drifts by several percent
+from minute to minute: the engines run in-process in their subprocess (``VLLM_ENABLE_V1_MULTIPROCESSING=0``: no
+engine-core or worker processes busy-polling beside the one that computes, so the numbers are the engine's own
+compute) and are all started before any measurement. Then ``--repeats`` rounds each run every workload of the
+LoRA-enabled engines once (the order rotates between rounds), one at a time, each between two runs of the
+LoRA-disabled engine's base workload: its ratio is taken to the mean of the two runs around it, so that the
+machine's drift cancels out of the ratio. The table shows the median over rounds of the tok/s and of those
+ratios. Everything is also written to ``lora_kernels.json``.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ ENGINES = ("off", "vllm", "llmaas")
 LABELS = {"off": "LoRA disabled", "vllm": "LoRA enabled, vLLM's ops", "llmaas": "LoRA enabled, LLMaaS kernels"}
 WORKLOADS = ("base", "1 adapter", "4 adapters")
 RESULT_PREFIX = "LORA_BENCH_RESULT "
+PAUSE_S = 0.5
 ADAPTER_RANK = 8
 N_ADAPTERS = 4
 KV_CACHE_SPACE_GIB = 2
@@ -86,13 +94,12 @@ def make_adapters(model_dir: Path, root: Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# One engine (runs in a subprocess: ``--worker``).
+# One engine (runs in a subprocess: ``--worker``), serving "run <workload>" lines on stdin.
 
 
-def run_engine(
-    engine: str, model_dir: Path, adapters: list[Path], n_prompts: int, max_tokens: int, repeats: int
-) -> dict:
+def serve_engine(engine: str, model_dir: Path, adapters: list[Path], n_prompts: int, max_tokens: int) -> None:
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(KV_CACHE_SPACE_GIB)
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     from transformers import AutoTokenizer
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
@@ -137,45 +144,107 @@ def run_engine(
         plans["4 adapters"] = [requests[i % len(requests)] for i in range(n_prompts)]
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
 
-    def once(loras: list[Any]) -> tuple[float, int]:
+    def tok_s(workload: str) -> float:
         t0 = time.perf_counter()
-        outputs = llm.generate(batch, params, lora_request=loras, use_tqdm=False)
+        outputs = llm.generate(batch, params, lora_request=plans[workload], use_tqdm=False)
         wall = time.perf_counter() - t0
-        return wall, sum(len(out.outputs[0].token_ids) for out in outputs)
+        return sum(len(out.outputs[0].token_ids) for out in outputs) / wall
 
-    for loras in plans.values():  # warm-up: loads the adapters, first-touches buffers
-        once(loras)
-    samples: dict[str, list[float]] = {name: [] for name in plans}
-    for _ in range(repeats):  # interleaved, so that a noisy moment does not hit one workload only
-        for name, loras in plans.items():
-            wall, tokens = once(loras)
-            samples[name].append(tokens / wall)
-    return {"engine": engine, "startup_s": startup_s, "tok_s": samples}
+    for workload in plans:  # warm-up: loads the adapters, first-touches buffers
+        tok_s(workload)
+    reply({"ready": True, "startup_s": startup_s, "workloads": list(plans)})
+    for line in sys.stdin:
+        command, _, workload = line.strip().partition(" ")
+        if command != "run":
+            break
+        reply({"tok_s": tok_s(workload)})
+
+
+def reply(message: dict[str, Any]) -> None:
+    print(RESULT_PREFIX + json.dumps(message), flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The driver.
 
 
-def run_in_subprocess(engine: str, args: argparse.Namespace, adapters: list[Path], log_dir: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_") or k == "LLMAAS_KERNEL_CACHE_DIR"}
-    env["PYTHONUNBUFFERED"] = "1"
-    env["LLMAAS_LORA_KERNELS"] = "vllm" if engine == "vllm" else "llmaas"
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", engine, "--model-dir", str(args.model_dir)]
-    command += ["--prompts", str(args.prompts), "--max-tokens", str(args.max_tokens), "--repeats", str(args.repeats)]
-    command += ["--adapters", *map(str, adapters)]
-    log_path = log_dir / f"lora_kernels-{engine}.log"
-    print(f"[{engine}] {LABELS[engine]} ... (log: {log_path})", flush=True)
-    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
-    log_path.write_text(proc.stdout + proc.stderr)
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX) :])
-    raise RuntimeError(f"engine {engine} failed (exit {proc.returncode}); see {log_path}")
+class EngineProcess:
+    """One ``--worker`` subprocess: started once, then asked for one workload at a time."""
+
+    def __init__(self, engine: str, args: argparse.Namespace, adapters: list[Path], log_dir: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_") or k == "LLMAAS_KERNEL_CACHE_DIR"}
+        env["PYTHONUNBUFFERED"] = "1"
+        env["LLMAAS_LORA_KERNELS"] = "vllm" if engine == "vllm" else "llmaas"
+        command = [sys.executable, str(Path(__file__).resolve()), "--worker", engine]
+        command += ["--model-dir", str(args.model_dir), "--prompts", str(args.prompts)]
+        command += ["--max-tokens", str(args.max_tokens), "--adapters", *map(str, adapters)]
+        self.engine = engine
+        self.log_path = log_dir / f"lora_kernels-{engine}.log"
+        print(f"[{engine}] starting: {LABELS[engine]} (log: {self.log_path})", flush=True)
+        self._log = self.log_path.open("w")
+        self._proc = subprocess.Popen(
+            command, cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True
+        )
+        hello = self._receive()
+        self.startup_s: float = hello["startup_s"]
+        self.workloads: list[str] = hello["workloads"]
+
+    def run(self, workload: str) -> float:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(f"run {workload}\n")
+        self._proc.stdin.flush()
+        return float(self._receive()["tok_s"])
+
+    def _receive(self) -> dict[str, Any]:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            if line.startswith(RESULT_PREFIX):
+                return json.loads(line[len(RESULT_PREFIX) :])
+            self._log.write(line)
+        raise RuntimeError(f"engine {self.engine} stopped (exit {self._proc.wait()}); see {self.log_path}")
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        self._log.close()
+
+
+def measure(engines: dict[str, EngineProcess], repeats: int) -> dict[str, dict[str, Any]]:
+    """``repeats`` rounds; in each, every (engine, workload) runs once between two runs of the LoRA-disabled
+    engine's base workload, and its ratio is taken to the mean of those two (the machine's drift cancels)."""
+    names = list(engines)
+    tok_s: dict[str, dict[str, list[float]]] = {n: {w: [] for w in engines[n].workloads} for n in names}
+    ratio: dict[str, dict[str, list[float]]] = {n: {w: [] for w in engines[n].workloads} for n in names}
+    subjects = [(n, w) for n in names if n != "off" for w in engines[n].workloads]
+
+    def run(name: str, workload: str) -> float:
+        time.sleep(PAUSE_S)  # the previous engine's idle OpenMP threads stop spinning
+        value = engines[name].run(workload)
+        tok_s[name][workload].append(value)
+        return value
+
+    for round_no in range(repeats):
+        shift = round_no % max(len(subjects), 1)
+        before = run("off", "base")
+        ratio["off"]["base"].append(1.0)
+        line = [f"off/base {before:.0f} tok/s"]
+        for name, workload in subjects[shift:] + subjects[:shift]:
+            value = run(name, workload)
+            after = run("off", "base")
+            ratio["off"]["base"].append(1.0)
+            ratio[name][workload].append(value / ((before + after) / 2))
+            line.append(f"{name}/{workload} {value:.0f} ({ratio[name][workload][-1]:.2f}x), off/base {after:.0f}")
+            before = after
+        print(f"round {round_no + 1}/{repeats}: " + ", ".join(line), flush=True)
+    return {n: {"engine": n, "startup_s": engines[n].startup_s, "tok_s": tok_s[n], "ratio": ratio[n]} for n in names}
 
 
 def table(results: dict[str, dict]) -> str:
-    reference = statistics.median(results["off"]["tok_s"]["base"])
     lines = ["| engine | " + " | ".join(WORKLOADS) + " |", "|---" * (len(WORKLOADS) + 1) + "|"]
     for engine in ENGINES:
         cells = []
@@ -184,8 +253,8 @@ def table(results: dict[str, dict]) -> str:
             if not values:
                 cells.append("-")
                 continue
-            median = statistics.median(values)
-            cells.append(f"{median:.1f} tok/s ({median / reference:.2f}x)")
+            ratio = statistics.median(results[engine]["ratio"][workload])
+            cells.append(f"{statistics.median(values):.1f} tok/s ({ratio:.2f}x)")
         lines.append(f"| {LABELS[engine]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -195,7 +264,7 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=None, help="default: our default model (converted once)")
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="measurement rounds (default 5)")
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
     parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
@@ -203,8 +272,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.worker:
-        result = run_engine(args.worker, args.model_dir, args.adapters, args.prompts, args.max_tokens, args.repeats)
-        print(RESULT_PREFIX + json.dumps(result), flush=True)
+        serve_engine(args.worker, args.model_dir, args.adapters, args.prompts, args.max_tokens)
         return
 
     if args.model_dir is None:
@@ -214,21 +282,27 @@ def main() -> None:
         args.model_dir = prepare_default_model(EngineSettings())
     args.results_dir.mkdir(parents=True, exist_ok=True)
     adapters = make_adapters(args.model_dir, args.results_dir / "lora_kernels_adapters")
-    engines = list(dict.fromkeys(["off", *args.engines]))  # the reference is always measured
-    results = {engine: run_in_subprocess(engine, args, adapters, args.results_dir) for engine in engines}
+    engines: dict[str, EngineProcess] = {}
+    try:
+        for name in dict.fromkeys(["off", *args.engines]):  # the reference is always measured
+            engines[name] = EngineProcess(name, args, adapters, args.results_dir)
+        results = measure(engines, args.repeats)
+    finally:
+        for process in engines.values():
+            process.close()
     for engine in ENGINES:
-        results.setdefault(engine, {"engine": engine, "tok_s": {}})
+        results.setdefault(engine, {"engine": engine, "tok_s": {}, "ratio": {}})
 
     print()
-    print(f"{args.prompts} prompts x {args.max_tokens} tokens, median of {args.repeats}; ratios vs LoRA disabled, base")
+    print(
+        f"{args.prompts} prompts x {args.max_tokens} tokens, {args.repeats} rounds; median tok/s and median "
+        "ratio to the LoRA-disabled engine's base throughput around it"
+    )
     print(table(results))
-    reference = statistics.median(results["off"]["tok_s"]["base"])
-    ours = results["llmaas"]["tok_s"]
+    ours = results["llmaas"]["ratio"]
     if ours:
-        base_ratio = statistics.median(ours["base"]) / reference
-        mixed_ratio = statistics.median(ours["4 adapters"]) / reference
-        print(f"\nbase on the LoRA engine (ours): {base_ratio:.2f}x (target >= 0.97)")
-        print(f"4 adapters mixed (ours): {mixed_ratio:.2f}x (target >= 0.9)")
+        print(f"\nbase on the LoRA engine (ours): {statistics.median(ours['base']):.2f}x (target >= 0.97)")
+        print(f"4 adapters mixed (ours): {statistics.median(ours['4 adapters']):.2f}x (target >= 0.9)")
     out = args.results_dir / "lora_kernels.json"
     out.write_text(
         json.dumps(
