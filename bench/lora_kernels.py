@@ -18,13 +18,18 @@ requests only, every request on 1 adapter, and requests spread round-robin over 
 engine runs base only). The adapters are random rank-8 peft adapters on every projection (q/k/v/o, gate/up/down)
 with non-zero B, made once into ``--results-dir``: speed does not depend on what they learned.
 
-How it measures, so that one run can be trusted on a small shared machine whose speed drifts by several percent
-from minute to minute: the engines run in-process in their subprocess (``VLLM_ENABLE_V1_MULTIPROCESSING=0``: no
-engine-core or worker processes busy-polling beside the one that computes, so the numbers are the engine's own
-compute) and are all started before any measurement. Then ``--repeats`` rounds each run every workload of the
-LoRA-enabled engines once (the order rotates between rounds), one at a time, each between two runs of the
-LoRA-disabled engine's base workload: its ratio is taken to the mean of the two runs around it, so that the
-machine's drift cancels out of the ratio. The table shows the median over rounds of the tok/s and of those
+How it measures, so that one run can be trusted on a small shared machine whose speed drifts by 10-20 % over
+minutes: all engines are started before any measurement and stay up side by side (an idle one sleeps). Then
+``--repeats`` rounds each run every workload of the LoRA-enabled engines once (the order rotates between rounds),
+one at a time, each between two runs of the LoRA-disabled engine's base workload: its ratio is taken to the mean
+of the two runs around it, so that the machine's drift cancels out of the ratio. The table shows the median over
+rounds of the tok/s and of those ratios.
+
+Two topologies: by default each engine is what ``LLM(...)`` builds, as vLLM (and our gateway's ``AsyncLLM``)
+runs it: a front-end process, an engine-core process and a worker process, which on two cores busy-poll beside
+the one that computes (a fixed share of every step that dilutes any ratio). ``--in-process`` runs each engine
+inside its subprocess (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): the numbers are the engine's own compute, the
+strictest ratio. Everything is also written to ``lora_kernels.json`` (or ``lora_kernels-in-process.json``).
 ratios. Everything is also written to ``lora_kernels.json``.
 """
 
@@ -99,7 +104,6 @@ def make_adapters(model_dir: Path, root: Path) -> list[Path]:
 
 def serve_engine(engine: str, model_dir: Path, adapters: list[Path], n_prompts: int, max_tokens: int) -> None:
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(KV_CACHE_SPACE_GIB)
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     from transformers import AutoTokenizer
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
@@ -175,6 +179,8 @@ class EngineProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_") or k == "LLMAAS_KERNEL_CACHE_DIR"}
         env["PYTHONUNBUFFERED"] = "1"
         env["LLMAAS_LORA_KERNELS"] = "vllm" if engine == "vllm" else "llmaas"
+        if args.in_process:
+            env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", engine]
         command += ["--model-dir", str(args.model_dir), "--prompts", str(args.prompts)]
         command += ["--max-tokens", str(args.max_tokens), "--adapters", *map(str, adapters)]
@@ -267,6 +273,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="measurement rounds (default 5)")
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
+    parser.add_argument("--in-process", action="store_true", help="engine core and worker inside the engine's process")
     parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--adapters", nargs="*", type=Path, default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -294,16 +301,17 @@ def main() -> None:
         results.setdefault(engine, {"engine": engine, "tok_s": {}, "ratio": {}})
 
     print()
+    topology = "engines in-process" if args.in_process else "vLLM's default engine processes"
     print(
-        f"{args.prompts} prompts x {args.max_tokens} tokens, {args.repeats} rounds; median tok/s and median "
-        "ratio to the LoRA-disabled engine's base throughput around it"
+        f"{args.prompts} prompts x {args.max_tokens} tokens, {topology}, {args.repeats} rounds; median tok/s and "
+        "median ratio to the LoRA-disabled engine's base throughput around it"
     )
     print(table(results))
     ours = results["llmaas"]["ratio"]
     if ours:
         print(f"\nbase on the LoRA engine (ours): {statistics.median(ours['base']):.2f}x (target >= 0.97)")
         print(f"4 adapters mixed (ours): {statistics.median(ours['4 adapters']):.2f}x (target >= 0.9)")
-    out = args.results_dir / "lora_kernels.json"
+    out = args.results_dir / ("lora_kernels-in-process.json" if args.in_process else "lora_kernels.json")
     out.write_text(
         json.dumps(
             {
@@ -311,6 +319,7 @@ def main() -> None:
                 "prompts": args.prompts,
                 "max_tokens": args.max_tokens,
                 "repeats": args.repeats,
+                "in_process": args.in_process,
                 "results": results,
             },
             indent=2,
