@@ -344,7 +344,7 @@ class StandInLoRALinear(torch.nn.Module):
         return y
 
 
-def test_short_paths_give_the_long_paths_output() -> None:
+def test_short_paths_give_the_long_paths_output(monkeypatch: pytest.MonkeyPatch) -> None:
     from engine.kernels import lora_layers
 
     class Patched(StandInLoRALinear):
@@ -366,12 +366,14 @@ def test_short_paths_give_the_long_paths_output() -> None:
     layer.punica_wrapper = idle
     assert torch.equal(layer(x), layer.base_layer(x)) and layer.long_path_calls == 0  # no adapter: base alone
 
-    for change in ("tensor parallel", "another apply", "vLLM's wrapper"):
+    for change in ("tensor parallel", "another apply", "vLLM's wrapper", "torch.compile tracing"):
         layer.punica_wrapper, layer.tp_size = ours, 1
         if change == "tensor parallel":
             layer.tp_size = 2
         elif change == "vLLM's wrapper":
             layer.punica_wrapper = vllm_wrapper
+        elif change == "torch.compile tracing":
+            monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
         patched = lora_layers.short_forward(StandInLoRALinear.forward, frozenset())
         layer.long_path_calls = 0
         out = patched(layer, x) if change == "another apply" else layer(x)

@@ -13,8 +13,8 @@ bookkeeping costs several percent of a small model's step on two cores. The patc
   (not the fully-sharded variants), runs the base layer's ``forward`` and adds the delta in place through the
   punica wrapper's ``add_lora_linear``, which is what vLLM's own path computes (it takes this very route itself
   for unsharded layers with a custom base ``forward``), minus the detour;
-* in every other case (tensor parallelism, sharded LoRA, the embedding with adapters, any other punica wrapper)
-  runs vLLM's forward unchanged.
+* in every other case (tensor parallelism, sharded LoRA, the embedding with adapters, any other punica wrapper,
+  tracing under ``torch.compile``) runs vLLM's forward unchanged.
 
 Installed by ``LLMaaSPunicaWrapperCPU`` when vLLM builds it (so only in engine processes, only with our kernels
 on); ``install`` is idempotent and leaves alone any class that no longer defines ``forward`` itself."""
@@ -26,6 +26,8 @@ import importlib
 import logging
 from collections.abc import Callable
 from typing import Any
+
+import torch
 
 logger = logging.getLogger("vllm.llmaas_lora_kernels")
 
@@ -53,7 +55,8 @@ def short_forward(lora_forward: Callable[..., Any], plain_apply: frozenset[Any])
     @functools.wraps(lora_forward)
     def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
         punica = self.__dict__.get("punica_wrapper")
-        if not isinstance(punica, LLMaaSPunicaWrapperCPU):
+        # Under torch.compile a traced branch would outlive the batch it was traced for (vLLM drops the guards).
+        if not isinstance(punica, LLMaaSPunicaWrapperCPU) or torch.compiler.is_compiling():
             return lora_forward(self, *args, **kwargs)
         if not punica.adapters_in_batch:
             return self._modules["base_layer"].forward(*args, **kwargs)
