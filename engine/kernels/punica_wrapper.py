@@ -10,7 +10,9 @@ adapter (index -1) are left untouched, as vLLM's GPU kernels do; vLLM's CPU fall
 stack with -1 and applies the *last* slot's adapter to them when that slot is in use.
 
 Anything the kernels do not cover (a dtype other than fp32/bf16, unexpected shapes) goes to vLLM's own
-implementation. Imported by vLLM (through ``engine.kernels.vllm_plugin``) inside engine processes only."""
+implementation. Building the wrapper also installs the short paths through vLLM's LoRA layers
+(``engine.kernels.lora_layers``), which read ``adapters_in_batch``. Imported by vLLM (through
+``engine.kernels.vllm_plugin``) inside engine processes only."""
 
 from __future__ import annotations
 
