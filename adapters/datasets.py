@@ -12,8 +12,9 @@ Blank lines are skipped. Every problem raises :class:`DatasetError` naming the (
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, TypeAlias
+from typing import Any, BinaryIO, Literal, NamedTuple, TypeAlias
 
 Role: TypeAlias = Literal["system", "user", "assistant"]
 Format: TypeAlias = Literal["chat", "prompt_completion"]
@@ -21,6 +22,8 @@ Format: TypeAlias = Literal["chat", "prompt_completion"]
 ROLES: tuple[Role, ...] = ("system", "user", "assistant")
 _MESSAGE_KEYS = ("role", "content", "weight")
 _FORMAT_NAMES: dict[Format, str] = {"chat": "chat (messages)", "prompt_completion": "prompt/completion"}
+MAX_LINE_BYTES = 1024 * 1024
+"""An uploaded example may be this long; training sees at most a few thousand tokens of it anyway."""
 
 
 class DatasetError(ValueError):
@@ -65,20 +68,40 @@ class Dataset:
 
 def parse_jsonl(data: bytes, *, max_examples: int | None = None) -> Dataset:
     """The examples of a JSONL training file, all in one format; raises :class:`DatasetError`."""
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DatasetError(data[: exc.start].count(b"\n") + 1, "not valid UTF-8") from None
+    examples = list(iter_examples(data.split(b"\n"), max_examples=max_examples))
+    return Dataset(format=_format_of(examples[0]), examples=tuple(examples))
 
+
+def check_jsonl(handle: BinaryIO, *, max_line_bytes: int = MAX_LINE_BYTES) -> int:
+    """Validate a training file as it is read, one line in memory at a time; returns the number of examples."""
+
+    def lines() -> Iterator[bytes]:
+        number = 0
+        while line := handle.readline(max_line_bytes + 1):
+            number += 1
+            if len(line.rstrip(b"\r\n")) > max_line_bytes:
+                raise DatasetError(number, f"longer than {max_line_bytes} bytes")
+            yield line
+
+    return sum(1 for _ in iter_examples(lines()))
+
+
+def iter_examples(lines: Iterable[bytes], *, max_examples: int | None = None) -> Iterator[Example]:
+    """Parse and check line by line: every line one example (blank lines skipped), all in one format."""
     file_format: Format | None = None
     first_line = 0
-    examples: list[Example] = []
-    for number, raw in enumerate(text.split("\n"), start=1):
-        if not raw.strip():
+    count = 0
+    for number, raw in enumerate(lines, start=1):
+        try:
+            text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError:
+            raise DatasetError(number, "not valid UTF-8") from None
+        if not text.strip():
             continue
-        if max_examples is not None and len(examples) >= max_examples:
+        if max_examples is not None and count >= max_examples:
             raise DatasetError(number, f"too many examples (at most {max_examples})")
-        line_format, example = _parse_line(number, raw)
+        example = _parse_line(number, text)
+        line_format = _format_of(example)
         if file_format is None:
             file_format, first_line = line_format, number
         elif line_format != file_format:
@@ -87,14 +110,17 @@ def parse_jsonl(data: bytes, *, max_examples: int | None = None) -> Dataset:
                 f"uses the {_FORMAT_NAMES[line_format]} format but line {first_line} uses the "
                 f"{_FORMAT_NAMES[file_format]} format; all lines must use the same format",
             )
-        examples.append(example)
-
+        count += 1
+        yield example
     if file_format is None:
         raise DatasetError(None, "the file has no examples")
-    return Dataset(format=file_format, examples=tuple(examples))
 
 
-def _parse_line(number: int, raw: str) -> tuple[Format, Example]:
+def _format_of(example: Example) -> Format:
+    return "chat" if isinstance(example, ChatExample) else "prompt_completion"
+
+
+def _parse_line(number: int, raw: str) -> Example:
     try:
         obj = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -103,12 +129,12 @@ def _parse_line(number: int, raw: str) -> tuple[Format, Example]:
         raise DatasetError(number, f"must be a JSON object (got {_type_name(obj)})")
     if "messages" in obj:
         _check_keys(number, "the example", obj, allowed=("messages",), required=("messages",))
-        return "chat", ChatExample(messages=_parse_messages(number, obj["messages"]))
+        return ChatExample(messages=_parse_messages(number, obj["messages"]))
     if "prompt" in obj or "completion" in obj:
         _check_keys(number, "the example", obj, allowed=("prompt", "completion"), required=("prompt", "completion"))
         prompt = _string(number, "prompt", obj["prompt"], allow_empty=True)
         completion = _string(number, "completion", obj["completion"], allow_empty=False)
-        return "prompt_completion", PromptCompletionExample(prompt=prompt, completion=completion)
+        return PromptCompletionExample(prompt=prompt, completion=completion)
     raise DatasetError(number, "must have either a 'messages' key or 'prompt' and 'completion' keys")
 
 
@@ -157,6 +183,10 @@ def _string(number: int, where: str, value: Any, *, allow_empty: bool) -> str:
         raise DatasetError(number, f"{where} must be a string (got {_type_name(value)})")
     if not allow_empty and not value.strip():
         raise DatasetError(number, f"{where} must not be empty")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DatasetError(number, f"{where} holds a lone surrogate escape (not valid text)") from None
     return value
 
 

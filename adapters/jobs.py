@@ -1,20 +1,29 @@
 """Fine-tuning jobs as the API sees them: create, list, get, cancel, events and checkpoints, always scoped
-to one tenant (another tenant's job is simply not found), in OpenAI's object shapes."""
+to one tenant (another tenant's job is simply not found), in OpenAI's object shapes.
+
+Every change of a job's status, here and in the worker, is a compare-and-set on the status it expects
+(``transition``): a job in a final status is never moved again, and the move into a final status runs the
+``OnFinal`` hook in the same transaction (the gateway charges the job there, exactly once)."""
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.errors import InvalidJobRequest, NotFound
 from adapters.store import FineTuningJob, JobCheckpoint, JobEvent, utcnow
 
 FINAL = ("succeeded", "failed", "cancelled")
+WAITING = ("validating_files", "queued")
+
+OnFinal = Callable[[Session, "FineTuningJob"], None]
+"""Runs in the transaction that moves a job into a final status, with the job as it is then."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,7 @@ class JobRequest:
     lora_alpha: int
     lora_target_modules: tuple[str, ...]
     estimated_tokens: int
+    reserved_cost_nanos: int
     metadata: dict[str, str] | None
 
 
@@ -104,9 +114,43 @@ def new_job_id() -> str:
     return f"ftjob-{secrets.token_hex(12)}"
 
 
+def transition(
+    session: Session,
+    job_id: str,
+    *,
+    expected: tuple[str, ...],
+    on_final: OnFinal,
+    message: str | None = None,
+    level: str = "info",
+    where: tuple[ColumnElement[bool], ...] = (),
+    **values: Any,
+) -> bool:
+    """Set ``values`` on the job if its status is one of ``expected`` (and ``where`` holds); False if it was not.
+    Entering a final status stamps ``finished_at`` and runs ``on_final`` in this transaction."""
+    final = values.get("status") in FINAL
+    if final:
+        values.setdefault("finished_at", utcnow())
+    changed = session.execute(
+        update(FineTuningJob)
+        .where(FineTuningJob.id == job_id, FineTuningJob.status.in_(expected), *where)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if not changed.rowcount:
+        return False
+    if message:
+        add_event(session, job_id, message, level=level)
+    if final:
+        job = session.get(FineTuningJob, job_id, populate_existing=True)
+        assert job is not None
+        on_final(session, job)
+    return True
+
+
 class JobService:
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], on_final: OnFinal) -> None:
         self._sessions = sessions
+        self._on_final = on_final
 
     def create(self, request: JobRequest) -> dict[str, Any]:
         hyperparameters = {
@@ -132,6 +176,7 @@ class JobService:
             method="supervised",
             status="validating_files",
             estimated_tokens=request.estimated_tokens,
+            reserved_cost_nanos=request.reserved_cost_nanos,
             user_metadata=request.metadata,
             created_at=utcnow(),
             cancel_requested=False,
@@ -172,22 +217,32 @@ class JobService:
             job = self._own(session, tenant_id, job_id)
             if job.status in FINAL:
                 raise InvalidJobRequest(f"Job {job_id} has already {job.status}.", param="fine_tuning_job_id")
-            if job.status == "running":
-                job.cancel_requested = True
-                add_event(session, job.id, "Cancellation requested")
-            else:
-                job.status = "cancelled"
-                job.finished_at = utcnow()
-                add_event(session, job.id, "Fine-tuning job cancelled")
-            session.flush()
+            cancelled = transition(
+                session,
+                job_id,
+                expected=WAITING,
+                on_final=self._on_final,
+                message="Fine-tuning job cancelled",
+                status="cancelled",
+            )
+            if not cancelled:  # running (or a worker just started it): its worker stops it within seconds
+                transition(
+                    session,
+                    job_id,
+                    expected=("running",),
+                    on_final=self._on_final,
+                    message="Cancellation requested",
+                    cancel_requested=True,
+                )
+            session.refresh(job)
             return job_object(job)
 
     def events(self, tenant_id: str, job_id: str, after: str | None, limit: int) -> dict[str, Any]:
         with self._sessions() as session:
             self._own(session, tenant_id, job_id)
             query = select(JobEvent).where(JobEvent.job_id == job_id)
-            if after:
-                query = query.where(JobEvent.id < int(after.removeprefix("ftevent-") or 0))
+            if after:  # "ftevent-<n>" (the route checked the form)
+                query = query.where(JobEvent.id < int(after.removeprefix("ftevent-")))
             events = list(session.scalars(query.order_by(JobEvent.id.desc()).limit(limit + 1)))
         return {"object": "list", "data": [event_object(e) for e in events[:limit]], "has_more": len(events) > limit}
 
@@ -207,21 +262,3 @@ class JobService:
             "first_id": data[0]["id"] if data else None,
             "last_id": data[-1]["id"] if data else None,
         }
-
-    # -- charging: the gateway settles each finished job's tokens once ------------------------------------
-    def unsettled_finished(self, limit: int = 50) -> list[dict[str, Any]]:
-        with self._sessions() as session:
-            query = select(FineTuningJob).where(FineTuningJob.status.in_(FINAL), FineTuningJob.settled_at.is_(None))
-            return [
-                job_object(j) | {"estimated_tokens": j.estimated_tokens} for j in session.scalars(query.limit(limit))
-            ]
-
-    def mark_settled(self, job_id: str) -> bool:
-        """True for the one caller that settles this job (compare-and-set)."""
-        with self._sessions.begin() as session:
-            result = session.execute(
-                update(FineTuningJob)
-                .where(FineTuningJob.id == job_id, FineTuningJob.settled_at.is_(None))
-                .values(settled_at=utcnow())
-            )
-            return bool(result.rowcount)

@@ -57,20 +57,21 @@ class AdapterRegistry:
             created_at=row.created_at,
         )
 
-    def register(self, *, name: str, tenant_id: str, base_model: str, job_id: str, adapter_dir: Path) -> AdapterRecord:
-        relative = adapter_dir.relative_to(self.store_dir)
-        with self._sessions.begin() as session:
-            row = Adapter(
-                name=name,
-                tenant_id=tenant_id,
-                base_model=base_model,
-                job_id=job_id,
-                path=str(relative),
-                created_at=utcnow(),
-            )
-            session.add(row)
-            session.flush()
-            return self._record(row)
+    def register(
+        self, session: Session, *, name: str, tenant_id: str, base_model: str, job_id: str, adapter_dir: Path
+    ) -> AdapterRecord:
+        """Add the adapter in the caller's transaction (the one that marks its job succeeded)."""
+        row = Adapter(
+            name=name,
+            tenant_id=tenant_id,
+            base_model=base_model,
+            job_id=job_id,
+            path=str(adapter_dir.relative_to(self.store_dir)),
+            created_at=utcnow(),
+        )
+        session.add(row)
+        session.flush()
+        return self._record(row)
 
     def get(self, name: str, tenant_id: str) -> AdapterRecord | None:
         """The tenant's adapter of that name; another tenant's is as absent as a missing one."""

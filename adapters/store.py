@@ -41,6 +41,8 @@ class FineTuningJob(AdaptersBase):
     fine_tuned_model: Mapped[str | None] = mapped_column(String(256))
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger)
     estimated_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Reserved against the tenant's budget when the job was created (with ``reserved_cost_nanos``)."""
+    reserved_cost_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
     user_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
@@ -49,6 +51,9 @@ class FineTuningJob(AdaptersBase):
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     settled_at: Mapped[datetime | None] = mapped_column(DateTime)
+    """When the job was charged to the ledger: in the same transaction as its final status."""
+    budget_released_at: Mapped[datetime | None] = mapped_column(DateTime)
+    """When a gateway replaced the job's budget reservation by its charge in the limiter."""
 
 
 class JobEvent(AdaptersBase):

@@ -76,7 +76,11 @@ class TrainingResult:
 
 
 class TrainingCancelled(Exception):
-    """``should_stop()`` asked the run to stop."""
+    """``should_stop()`` asked the run to stop; ``trained_tokens`` were trained until then."""
+
+    def __init__(self, message: str, trained_tokens: int) -> None:
+        super().__init__(message)
+        self.trained_tokens = trained_tokens
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,7 @@ def train_lora(
         loss_sum, loss_tokens = 0.0, 0
         for start in range(0, len(order), spec.batch_size):
             if should_stop():
-                raise TrainingCancelled(f"cancelled before step {step + 1} of {total_steps}")
+                raise TrainingCancelled(f"cancelled before step {step + 1} of {total_steps}", trained_tokens)
             batch = [train[index] for index in order[start : start + spec.batch_size]]
             input_ids, attention_mask, labels = collate(batch, pad_id)
             summed, count = _loss_sum(model, input_ids, attention_mask, labels)

@@ -5,16 +5,23 @@ registers the result as a servable adapter.
 Claiming is safe with any number of workers: ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, a
 compare-and-set ``UPDATE`` on SQLite. A job whose worker stops heartbeating for ``dead_after`` seconds is
 marked ``failed`` (code ``worker_died``) by any live worker: it is not requeued, because a job that
-crashed its worker would crash the next one too; the tenant can create it again."""
+crashed its worker would crash the next one too; the tenant can create it again.
+
+Every status change is a compare-and-set on the status this worker expects, as the owner it claimed
+(``adapters.jobs.transition``): a job that was cancelled, or failed as dead while this worker could not reach
+the database, is never moved again; the worker drops its result instead. The move into a final status
+registers the adapter (on success) and charges the job (``on_final``) in one transaction. Database errors
+anywhere are logged and retried with backoff; the loop never dies of one."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,7 +29,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.datasets import Dataset, DatasetError, parse_jsonl
-from adapters.jobs import add_event
+from adapters.jobs import FINAL, WAITING, OnFinal, add_event, transition
 from adapters.registry import AdapterRegistry, model_name
 from adapters.store import FineTuningJob, JobCheckpoint, utcnow
 from adapters.training import (
@@ -57,18 +64,22 @@ class Worker:
         registry: AdapterRegistry,
         read_file: FileReader,
         base_models: dict[str, Path],
+        on_final: OnFinal,
         *,
         heartbeat_seconds: float = 2.0,
         dead_after_seconds: float = 30.0,
         poll_seconds: float = 1.0,
+        max_backoff_seconds: float = 30.0,
     ) -> None:
         self._sessions = sessions
         self._registry = registry
         self._read_file = read_file
         self._base_models = base_models
+        self._on_final = on_final
         self._heartbeat = heartbeat_seconds
         self._dead_after = dead_after_seconds
         self._poll = poll_seconds
+        self._max_backoff = max_backoff_seconds
         self.worker_id = f"{socket.gethostname()}-{secrets.token_hex(4)}"
         self._stop = threading.Event()
 
@@ -76,19 +87,23 @@ class Worker:
     def run(self) -> None:
         """Until ``stop()``: a job being trained when it comes goes back to the queue."""
         logger.info("fine-tuning worker %s started", self.worker_id)
+        backoff = self._poll
         while not self._stop.is_set():
-            self.fail_dead_jobs()
-            job_id = self.claim()
-            if job_id is None:
-                self._stop.wait(self._poll)
-                continue
-            self.process(job_id)
+            try:
+                worked = self.run_once() is not None
+                backoff = self._poll
+            except Exception:
+                logger.exception("the fine-tuning worker's loop failed; retrying in %.0f s", backoff)
+                worked = False
+                backoff = min(backoff * 2, self._max_backoff)
+            if not worked:
+                self._stop.wait(backoff)
 
     def stop(self) -> None:
         self._stop.set()
 
     def run_once(self) -> str | None:
-        """Claim and process one job, if any (tests)."""
+        """Claim and process one job, if any."""
         self.fail_dead_jobs()
         job_id = self.claim()
         if job_id is not None:
@@ -97,7 +112,7 @@ class Worker:
 
     # -- claiming ---------------------------------------------------------------------------------------------
     def claim(self) -> str | None:
-        waiting = FineTuningJob.status.in_(("validating_files", "queued"))
+        waiting = FineTuningJob.status.in_(WAITING)
         with self._sessions.begin() as session:
             now = utcnow()
             if session.get_bind().dialect.name == "postgresql":
@@ -131,23 +146,27 @@ class Worker:
 
     def fail_dead_jobs(self) -> None:
         horizon = utcnow() - timedelta(seconds=self._dead_after)
+        unfinished = (*WAITING, "running")
+        stale = (FineTuningJob.worker_id.is_not(None), FineTuningJob.heartbeat_at < horizon)
         with self._sessions.begin() as session:
-            dead = session.scalars(
-                select(FineTuningJob).where(
-                    FineTuningJob.status.in_(("validating_files", "queued", "running")),
-                    FineTuningJob.worker_id.is_not(None),
-                    FineTuningJob.heartbeat_at < horizon,
+            dead = session.scalars(select(FineTuningJob.id).where(FineTuningJob.status.in_(unfinished), *stale)).all()
+        for job_id in dead:
+            with self._sessions.begin() as session:
+                transition(
+                    session,
+                    job_id,
+                    expected=unfinished,
+                    where=stale,  # a heartbeat that came meanwhile wins
+                    on_final=self._on_final,
+                    message="The worker running this job stopped responding",
+                    level="error",
+                    status="failed",
+                    error={
+                        "code": "worker_died",
+                        "message": "The worker running this job stopped responding; create the job again.",
+                        "param": None,
+                    },
                 )
-            ).all()
-            for job in dead:
-                job.status = "failed"
-                job.finished_at = utcnow()
-                job.error = {
-                    "code": "worker_died",
-                    "message": "The worker running this job stopped responding; create the job again.",
-                    "param": None,
-                }
-                add_event(session, job.id, "The worker running this job stopped responding", level="error")
 
     # -- one job ----------------------------------------------------------------------------------------------
     def process(self, job_id: str) -> None:
@@ -163,69 +182,116 @@ class Worker:
 
     def _beat(self, job_id: str, cancel: threading.Event, done: threading.Event) -> None:
         while not done.wait(self._heartbeat):
-            with self._sessions.begin() as session:
-                job = session.get(FineTuningJob, job_id)
-                if job is None:
-                    cancel.set()
-                    return
-                job.heartbeat_at = utcnow()
-                if job.cancel_requested or job.status == "cancelled":
-                    cancel.set()
+            try:
+                with self._sessions.begin() as session:
+                    job = session.get(FineTuningJob, job_id)
+                    if job is None or job.status in FINAL or job.worker_id != self.worker_id or job.cancel_requested:
+                        cancel.set()  # cancelled, failed as dead by another worker, or deleted: stop training
+                        return
+                    job.heartbeat_at = utcnow()
+            except Exception:  # the next beat tries again; too long without one and the job fails as dead
+                logger.warning("heartbeat of %s failed", job_id, exc_info=True)
 
-    def _set(self, job_id: str, message: str | None = None, **values: object) -> FineTuningJob:
+    def _move(self, job_id: str, expected: tuple[str, ...], message: str, **values: object) -> bool:
+        """Compare-and-set the job as its owner; False when it was changed under us (we then stop)."""
         with self._sessions.begin() as session:
-            job = session.get(FineTuningJob, job_id)
-            assert job is not None
-            for name, value in values.items():
-                setattr(job, name, value)
-            if message:
-                add_event(session, job_id, message, level="error" if values.get("status") == "failed" else "info")
-            session.flush()
-            session.expunge(job)
-            return job
+            moved = transition(
+                session,
+                job_id,
+                expected=expected,
+                where=(FineTuningJob.worker_id == self.worker_id,),
+                on_final=self._on_final,
+                message=message,
+                level="error" if values.get("status") == "failed" else "info",
+                **values,
+            )
+        if not moved:
+            logger.info("job %s was changed by someone else (cancelled or failed); leaving it", job_id)
+        return moved
 
     def _process(self, job_id: str, cancel: threading.Event) -> None:
         with self._sessions() as session:
             job = session.get(FineTuningJob, job_id)
-            assert job is not None
+            if job is None:
+                return
             session.expunge(job)
-        if job.status == "cancelled" or job.cancel_requested:
-            self._set(job_id, "Fine-tuning job cancelled", status="cancelled", finished_at=utcnow())
-            return
+        unfinished = (*WAITING, "running")
         try:
+            if job.cancel_requested:
+                self._move(job_id, unfinished, "Fine-tuning job cancelled", status="cancelled")
+                return
             train, validation = self._load_files(job)
-            self._set(job_id, "Files validated, moving job to queued state", status="queued")
+            if not self._move(job_id, WAITING, "Files validated, moving job to queued state", status="queued"):
+                return
             base_dir = self._base_models.get(job.model)
             if base_dir is None:
                 raise JobFailed("model_not_available", f"The base model '{job.model}' is not served here.", "model")
-            self._set(job_id, "Fine-tuning job started", status="running", started_at=utcnow())
+            if not self._move(job_id, ("queued",), "Fine-tuning job started", status="running", started_at=utcnow()):
+                return
             result = self._train(job, base_dir, train, validation, cancel)
-        except TrainingCancelled:
+        except TrainingCancelled as stopped:
             if cancel.is_set():
-                self._set(job_id, "Fine-tuning job cancelled", status="cancelled", finished_at=utcnow())
+                self._move(
+                    job_id,
+                    unfinished,
+                    "Fine-tuning job cancelled",
+                    status="cancelled",
+                    trained_tokens=stopped.trained_tokens,
+                )
             else:  # the worker is stopping: another one takes the job from the start
-                self._set(job_id, "The worker stopped; job requeued", status="queued", worker_id=None, started_at=None)
+                self._move(
+                    job_id,
+                    unfinished,
+                    "The worker stopped; job requeued",
+                    status="queued",
+                    worker_id=None,
+                    started_at=None,
+                )
             return
         except JobFailed as exc:
-            self._set(job_id, exc.error["message"], status="failed", finished_at=utcnow(), error=exc.error)
+            self._move(job_id, unfinished, exc.error["message"], status="failed", error=exc.error)
             return
         except Exception as exc:
             logger.exception("fine-tuning job %s failed", job_id)
             error = {"code": "training_failed", "message": f"Training failed: {exc}", "param": None}
-            self._set(job_id, error["message"], status="failed", finished_at=utcnow(), error=error)
+            self._move(job_id, unfinished, error["message"], status="failed", error=error)
             return
+        self._succeed(job, result)
+
+    def _succeed(self, job: FineTuningJob, result: TrainingResult) -> None:
+        """Register the adapter, mark the job succeeded and charge it: one transaction, or nothing."""
         name = model_name(job.model, job.tenant_name, job.suffix, job.id)
-        self._registry.register(
-            name=name, tenant_id=job.tenant_id, base_model=job.model, job_id=job.id, adapter_dir=result.adapter_dir
-        )
-        self._set(
-            job_id,
-            f"The job has successfully completed; new model: {name}",
-            status="succeeded",
-            finished_at=utcnow(),
-            fine_tuned_model=name,
-            trained_tokens=result.trained_tokens,
-        )
+        with self._sessions.begin() as session:
+            succeeded = transition(
+                session,
+                job.id,
+                expected=("running",),
+                where=(FineTuningJob.worker_id == self.worker_id,),
+                on_final=self._on_final,
+                message=f"The job has successfully completed; new model: {name}",
+                status="succeeded",
+                fine_tuned_model=name,
+                trained_tokens=result.trained_tokens,
+            )
+            if succeeded:
+                self._registry.register(
+                    session,
+                    name=name,
+                    tenant_id=job.tenant_id,
+                    base_model=job.model,
+                    job_id=job.id,
+                    adapter_dir=result.adapter_dir,
+                )
+        if not succeeded:
+            logger.info("job %s was changed by someone else while it trained; its result is dropped", job.id)
+
+    @contextlib.contextmanager
+    def _tolerated(self, what: str) -> Iterator[None]:
+        """A database error while recording progress is logged; training goes on."""
+        try:
+            yield
+        except Exception:
+            logger.warning("writing %s failed; training goes on", what, exc_info=True)
 
     def _load_files(self, job: FineTuningJob) -> tuple[Dataset, Dataset | None]:
         def load(file_id: str, param: str) -> Dataset:
@@ -272,12 +338,12 @@ class Worker:
             message = f"Step {metrics.step}/{metrics.total_steps}: training loss={metrics.train_loss:.4f}"
             if metrics.valid_loss is not None:
                 message += f", validation loss={metrics.valid_loss:.4f}"
-            with self._sessions.begin() as session:
+            with self._tolerated("a metrics event"), self._sessions.begin() as session:
                 add_event(session, job.id, message, type_="metrics", data=data)
 
         def on_checkpoint(checkpoint: Checkpoint) -> None:
             name = model_name(job.model, job.tenant_name, job.suffix, job.id) + f":ckpt-step-{checkpoint.step}"
-            with self._sessions.begin() as session:
+            with self._tolerated("a checkpoint row"), self._sessions.begin() as session:
                 session.add(
                     JobCheckpoint(
                         id=f"ftckpt_{secrets.token_hex(12)}",

@@ -16,6 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:
+    import logging
+
     import uvicorn
 
     from engine.fake import FakeEngine
@@ -29,12 +31,13 @@ def main() -> None:
     parser.add_argument("--seconds-per-token", type=float, default=0.0)
     args = parser.parse_args()
     settings = GatewaySettings()
+    logging.basicConfig(level=settings.log_level.upper())
     app = create_app(
         settings,
         EngineSettings(),
         engine_factory=lambda _: FakeEngine(seconds_per_token=args.seconds_per_token),
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level, access_log=False)
 
 
 if __name__ == "__main__":

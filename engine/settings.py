@@ -26,7 +26,7 @@ class EngineSettings(BaseSettings):
         description="A local Hugging Face model dir to serve; unset serves the default SmolLM2 model, "
         "converted once into <data_dir>/models.",
     )
-    served_model_name: str = DEFAULT_MODEL_ID
+    served_model_name: str = Field(default=DEFAULT_MODEL_ID, pattern=r"^[A-Za-z0-9._/-]{1,96}$")
     max_model_len: int = Field(default=2048, ge=16)
     max_num_seqs: int = Field(default=64, ge=1)
     max_num_batched_tokens: int | None = Field(default=None, ge=16)

@@ -120,14 +120,15 @@ class VLLMEngine:
             params = self._sampling_params(options)
         except ValueError as exc:  # vLLM's own validation (VLLMValidationError is a ValueError)
             raise RequestRejected(str(exc)) from exc
-        stream = self._llm.generate(
-            tokens_input(prompt_token_ids), params, request_id, lora_request=self._lora_request(adapter)
-        )
-        produced = False
+        lora_request = self._lora_request(adapter)
+        produced = finished = False
         try:
             # vLLM aborts the request (and frees its KV cache) when this consumer is cancelled or closed.
-            async for output in stream:
+            async for output in self._llm.generate(
+                tokens_input(prompt_token_ids), params, request_id, lora_request=lora_request
+            ):
                 deltas = [_delta(completion, options.logprobs) for completion in output.outputs]
+                finished = output.finished
                 if deltas:
                     produced = True
                     yield deltas
@@ -135,6 +136,17 @@ class VLLMEngine:
             if produced:
                 raise EngineError(str(exc)) from exc
             raise RequestRejected(str(exc)) from exc
+        finally:
+            if not finished:
+                # A failure may leave the request registered (vLLM only aborts on cancellation, and not when
+                # adding the request itself failed): abort it by its id, which is a no-op if it is gone.
+                await self._release(request_id)
+
+    async def _release(self, request_id: str) -> None:
+        try:
+            await self._llm.abort(request_id)
+        except Exception:  # the engine is dead or shutting down: nothing left to free
+            logger.debug("abort of %s after a failure did not complete", request_id, exc_info=True)
 
     @staticmethod
     def _sampling_params(options: SamplingOptions) -> Any:

@@ -1,5 +1,10 @@
-"""The app factory: settings in, a FastAPI app out. Every resource (database, limiter, meter, engine) is
-built in the lifespan, never at import, and released in reverse order when the app stops."""
+"""The app factory: settings in, a FastAPI app out. Every resource (database, ledger writer, limiter, engine) is
+built in the lifespan, never at import, and released in reverse order when the app stops.
+
+A request passes, outermost first: ``RequestContextMiddleware`` (server-minted id, client id check, access
+log, HTTP metrics) → ``AuthenticationMiddleware`` (bearer token → principal, before any body is read) →
+``BodyLimitMiddleware`` (413 past the route's cap) → the route (typed dependencies: principal, admission,
+catalog) → the engine → the settlement of its reservation → the ledger."""
 
 from __future__ import annotations
 
@@ -17,22 +22,34 @@ from adapters.jobs import JobService
 from adapters.registry import AdapterRegistry
 from engine.protocol import Engine
 from engine.settings import EngineSettings
-from gateway.admin_key import admin_key_path, load_or_create_admin_key
-from gateway.auth import KeyCache
-from gateway.catalog import ModelCatalog, ServedModel
+from gateway.accounting import routes as usage_routes
+from gateway.accounting.admission import Admission
+from gateway.accounting.ledger import LedgerWriter
+from gateway.accounting.limits import Limiter, MemoryLimiter, RedisLimiter
+from gateway.accounting.records import UsageLedger
+from gateway.accounting.tasks import SettlementTasks
+from gateway.accounting.training_billing import TrainingBilling, charge_job
+from gateway.accounting.usage import UsageReports
 from gateway.db import Database
-from gateway.db.engine import sqlite_url
+from gateway.db.database import sqlite_url
+from gateway.edge.authentication import AuthenticationMiddleware
+from gateway.edge.body_limits import BodyLimitMiddleware
+from gateway.edge.request_context import RequestContextMiddleware
 from gateway.errors import install_error_handlers
-from gateway.files import FileStore
-from gateway.limits import Limiter, MemoryLimiter, RedisLimiter
-from gateway.metering import Meter
-from gateway.metrics import Metrics
-from gateway.middleware import RequestContextMiddleware
-from gateway.quota import BackgroundTasks
-from gateway.routes import admin, chat, completions, files, fine_tuning, health, models, usage
+from gateway.fine_tuning import files_routes, jobs_routes
+from gateway.fine_tuning.files import FileStore
+from gateway.inference import chat, completions, models
+from gateway.inference.catalog import ModelCatalog, ServedModel
+from gateway.inference.runs import RequestCaps
+from gateway.ops import routes as ops_routes
+from gateway.ops.metrics import Metrics
 from gateway.settings import GatewaySettings
+from gateway.state import AppState, state_of
+from gateway.tenancy import routes as admin_routes
+from gateway.tenancy.admin_key import admin_key_path, load_or_create_admin_key
+from gateway.tenancy.key_cache import KeyCache
+from gateway.tenancy.principal import Authenticator
 from gateway.tenancy.service import TenancyService
-from gateway.training_billing import TrainingBilling
 
 logger = logging.getLogger(__name__)
 EngineFactory = Callable[[EngineSettings], Engine]
@@ -60,6 +77,10 @@ def file_store(database: Database, settings: GatewaySettings) -> FileStore:
     return FileStore(database, settings.data_dir / "files")
 
 
+def job_service(database: Database) -> JobService:
+    return JobService(database.sessions, on_final=charge_job)
+
+
 def build_limiter(settings: GatewaySettings) -> Limiter:
     if settings.redis_url:
         return RedisLimiter(settings.redis_url, lease_seconds=settings.reservation_lease_seconds)
@@ -79,50 +100,68 @@ def create_app(
             database = await run_in_threadpool(open_database, settings)
             stack.callback(database.dispose)
             admin_key, generated = load_or_create_admin_key(settings)
-            if generated:
-                logger.warning(
-                    "Generated the admin key (shown once, kept 0600 in %s): %s",
-                    admin_key_path(settings.data_dir),
-                    admin_key,
-                )
+            if generated:  # the key itself is never logged; `llmaas serve` shows it on the terminal
+                logger.warning("generated the admin key into %s (0600)", admin_key_path(settings.data_dir))
             tenancy = TenancyService(database)
+            usage_ledger = UsageLedger(database)
+            ledger = LedgerWriter(
+                usage_ledger.write,
+                settings.data_dir / "ledger",
+                flush_interval=settings.meter_flush_interval_seconds,
+                capacity=settings.ledger_queue_capacity,
+                shutdown_seconds=settings.ledger_shutdown_seconds,
+                on_dead_letter=metrics.dead_letters.inc,
+            )
+            stack.callback(ledger.close)
+            await run_in_threadpool(ledger.replay_spool)
+            metrics.watch_ledger(lambda: ledger.backlog)
             limiter = build_limiter(settings)
             stack.push_async_callback(limiter.close)
-            meter = Meter(tenancy, settings.meter_flush_interval_seconds)
-            stack.callback(meter.close)
-            background = BackgroundTasks()
-            stack.push_async_callback(background.drain)
-
-            jobs = JobService(database.sessions)
-            billing = TrainingBilling(jobs, tenancy, limiter, meter)
-            stack.push_async_callback(billing.settle_finished)  # a last pass at shutdown
+            tasks = SettlementTasks()
+            stack.push_async_callback(tasks.drain)
+            billing = TrainingBilling(database, limiter)
+            stack.push_async_callback(billing.run_once)  # a last pass at shutdown
 
             engine = engine_factory(engine_settings)
             stack.callback(engine.shutdown)
             metrics.watch_engine(engine)
             served = ServedModel(id=engine_settings.served_model_name, engine=engine, created=int(time.time()))
+            stack.push_async_callback(_cancel, asyncio.create_task(billing.run()))
 
-            billing_task = asyncio.create_task(billing.run())
-            stack.push_async_callback(_cancel, billing_task)
-
-            app.state.settings = settings
-            app.state.engine_settings = engine_settings
-            app.state.admin_key = admin_key
-            app.state.tenancy = tenancy
-            app.state.key_cache = KeyCache(tenancy, settings.key_cache_ttl_seconds)
-            app.state.limiter = limiter
-            app.state.meter = meter
-            app.state.background = background
-            app.state.catalog = ModelCatalog([served], adapter_registry(database, settings))
-            app.state.files = file_store(database, settings)
-            app.state.jobs = jobs
+            key_cache = KeyCache(tenancy.identify, settings.key_cache_ttl_seconds)
+            metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+            app.state.llmaas = AppState(
+                settings=settings,
+                engine_settings=engine_settings,
+                metrics=metrics,
+                tenancy=tenancy,
+                key_cache=key_cache,
+                authenticator=Authenticator(key_cache, admin_key, metrics_token),
+                admission=Admission(
+                    limiter,
+                    ledger,
+                    usage_ledger,
+                    tasks,
+                    training_lease_seconds=settings.training_reservation_lease_seconds,
+                ),
+                usage=UsageReports(database),
+                catalog=ModelCatalog([served], adapter_registry(database, settings)),
+                caps=RequestCaps.from_settings(settings, engine.max_model_len),
+                files=file_store(database, settings),
+                jobs=job_service(database),
+            )
             yield
 
     app = FastAPI(title="LLMaaS", version="0.1.0", lifespan=lifespan)
-    app.state.metrics = metrics
     install_error_handlers(app)
-    for module in (models, chat, completions, files, fine_tuning, usage, health, admin):
+    for module in (models, chat, completions, files_routes, jobs_routes, usage_routes, ops_routes, admin_routes):
         app.include_router(module.router)
+    app.include_router(usage_routes.admin_router)
+    # Added innermost first: a request meets them in the reverse order.
+    app.add_middleware(
+        BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes
+    )
+    app.add_middleware(AuthenticationMiddleware, authenticator=lambda: state_of(app).authenticator)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app
 

@@ -74,9 +74,11 @@ def serve(
     """Prepare the model if needed, start the engine and serve the OpenAI API."""
     import uvicorn
 
+    from engine.model_prep import resolve_model_dir
     from engine.settings import EngineSettings
     from gateway.app import create_app
     from gateway.settings import GatewaySettings
+    from gateway.tenancy.admin_key import admin_key_path, load_or_create_admin_key
 
     settings = GatewaySettings()
     host = host or settings.host
@@ -84,28 +86,39 @@ def serve(
     engine_settings = EngineSettings()
     logging.basicConfig(level=settings.log_level.upper())
     base_url = f"http://{host}:{port}/v1"
+    admin_key, generated = load_or_create_admin_key(settings)
     first_key = _first_run_key()
-    key_note = (
-        f"  a key of tenant 'default' (shown once): {first_key}\n"
-        if first_key
-        else "  keys: llmaas tenants create acme && llmaas keys create acme\n"
+    # Secrets go to a terminal only, never to a log: without a terminal, say where to get them instead.
+    on_terminal = sys.stdout.isatty()
+    if first_key and on_terminal:
+        key_note = f"  a key of tenant 'default' (shown once): {first_key}\n"
+    elif first_key:
+        key_note = "  created tenant 'default'; make a key with: llmaas keys create default\n"
+    else:
+        key_note = "  keys: llmaas tenants create acme && llmaas keys create acme\n"
+    admin_note = (
+        f"  admin key (shown once, kept 0600 in {admin_key_path(settings.data_dir)}): {admin_key}\n"
+        if generated and on_terminal
+        else f"  admin key: LLMAAS_ADMIN_KEY or {admin_key_path(settings.data_dir)}\n"
     )
     typer.echo(
         f"LLMaaS starting: model '{engine_settings.served_model_name}' at {base_url}\n"
-        f"{key_note}"
-        f"  admin key: LLMAAS_ADMIN_KEY or {settings.data_dir / 'admin_key'}\n"
+        f"{key_note}{admin_note}"
         f"  from openai import OpenAI\n"
-        f"  client = OpenAI(base_url='{base_url}', api_key='{first_key or 'sk-...'}')\n"
+        f"  client = OpenAI(base_url='{base_url}', api_key='{first_key if on_terminal and first_key else 'sk-...'}')\n"
         f"  client.chat.completions.create(model='{engine_settings.served_model_name}', "
         f"messages=[{{'role': 'user', 'content': 'Hello!'}}])"
     )
-    worker = _start_embedded_worker() if settings.embedded_worker else None
+    resolve_model_dir(engine_settings)  # once, before the worker and the engine both look for it
+    supervisor = WorkerSupervisor() if settings.embedded_worker else None
+    if supervisor is not None:
+        supervisor.start()
     try:
-        uvicorn.run(create_app(settings, engine_settings), host=host, port=port, log_level=settings.log_level)
+        app_ = create_app(settings, engine_settings)
+        uvicorn.run(app_, host=host, port=port, log_level=settings.log_level, access_log=False)
     finally:
-        if worker is not None:
-            worker.terminate()
-            worker.wait(timeout=60)
+        if supervisor is not None:
+            supervisor.stop()
 
 
 def _first_run_key() -> str | None:
@@ -119,9 +132,46 @@ def _first_run_key() -> str | None:
     return str(service.create_key("default", KeyCreate(name="first-run")).key)
 
 
-def _start_embedded_worker() -> subprocess.Popen[bytes]:
-    """The fine-tuning worker beside the gateway (LLMAAS_EMBEDDED_WORKER=false to run workers apart)."""
-    return subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker", "--exit-with-parent"])
+WORKER_COMMAND = [sys.executable, "-m", "gateway.cli", "worker", "--exit-with-parent"]
+
+
+class WorkerSupervisor:
+    """The fine-tuning worker beside the gateway (``LLMAAS_EMBEDDED_WORKER=false`` to run workers apart): a
+    child process, started again with backoff whenever it dies, until the gateway stops."""
+
+    def __init__(self, command: list[str] = WORKER_COMMAND, max_backoff_seconds: float = 60.0) -> None:
+        self._command = command
+        self._max_backoff = max_backoff_seconds
+        self.starts = 0
+        self._stopping = threading.Event()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._thread = threading.Thread(target=self._supervise, name="llmaas-worker-supervisor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _supervise(self) -> None:
+        backoff = 1.0
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            self._process = subprocess.Popen(self._command)
+            self.starts += 1
+            code = self._process.wait()
+            if self._stopping.is_set():
+                return
+            backoff = 1.0 if time.monotonic() - started > 60 else min(backoff * 2, self._max_backoff)
+            logging.getLogger(__name__).error("the fine-tuning worker exited (%s); restarting in %.0f s", code, backoff)
+            self._stopping.wait(backoff)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+        self._thread.join(timeout=5)
 
 
 @app.command()
@@ -132,6 +182,7 @@ def worker(
     from adapters.worker import Worker
     from engine.model_prep import resolve_model_dir
     from engine.settings import EngineSettings
+    from gateway.accounting.training_billing import charge_job
     from gateway.app import adapter_registry, file_store, open_database
     from gateway.settings import GatewaySettings
 
@@ -141,7 +192,11 @@ def worker(
     database = open_database(settings)
     base_models = {engine_settings.served_model_name: resolve_model_dir(engine_settings)}
     runner = Worker(
-        database.sessions, adapter_registry(database, settings), file_store(database, settings).read, base_models
+        database.sessions,
+        adapter_registry(database, settings),
+        file_store(database, settings).read,
+        base_models,
+        on_final=charge_job,
     )
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: runner.stop())
@@ -296,16 +351,16 @@ def usage(
     csv: bool = typer.Option(False, "--csv", help="CSV instead of JSON."),
 ) -> None:
     """Usage by tenant, key, model and period."""
-    from gateway.tenancy.service import usage_csv
-    from gateway.usage_reports import parse_group_by
+    from gateway.accounting.usage import UsageFilters, UsageReports, parse_group_by, usage_csv
 
     if bucket not in ("hour", "day", "month", "none"):
         raise typer.BadParameter("bucket is one of hour, day, month, none")
 
     def report() -> Any:
-        return _service().usage(
-            tenant=tenant, since=since, until=until, group_by=parse_group_by(group_by), bucket=bucket
-        )
+        service = _service()
+        tenant_id = service.get_tenant(tenant).id if tenant else None
+        filters = UsageFilters(since=since, until=until, bucket=bucket)  # type: ignore[arg-type]
+        return UsageReports(service.db).report(tenant_id, filters, parse_group_by(group_by))
 
     if csv:
         typer.echo(usage_csv(report()), nl=False)

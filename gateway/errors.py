@@ -1,22 +1,23 @@
-"""One exception tree for the OpenAI surface, and the one place it is mapped to HTTP.
+"""One exception tree for the OpenAI surface, and the one place any exception becomes an OpenAI error.
 
     APIError                      -> {"error": {message, type, param, code}} (+ optional headers)
     ├── InvalidRequestError       400 invalid_request_error
     │   └── ContextLengthExceeded 400 code=context_length_exceeded
-    │   (engine.protocol.RequestRejected: the engine refused the parameters, also a 400)
-    │   (engine.protocol.EngineError: the engine failed, a 500 with code=engine_error)
-    │   (adapters.errors.InvalidJobRequest: 400; adapters.errors.NotFound: 404)
     ├── AuthenticationError       401 code=invalid_api_key
     ├── PermissionDenied          403 permission_error
     ├── NotFoundError             404 invalid_request_error
     │   └── ModelNotFound         404 code=model_not_found
     ├── ConflictError             409 invalid_request_error
+    ├── PayloadTooLarge           413 code=request_too_large
     ├── RateLimited               429 code=rate_limit_exceeded (retry-after, retry-after-ms)
     ├── QuotaExceeded             429 insufficient_quota (x-should-retry: false)
-    └── EngineUnavailable         503 server_error
+    ├── InternalError             500 server_error
+    └── ServiceUnavailable        503 server_error (retry-after)
 
-Request validation errors (bad JSON, wrong types, out-of-range values) are 400s naming the ``param``;
-anything unexpected is a 500 in the same shape, never a stack trace.
+``as_api_error`` maps everything else: the engine's ``RequestRejected`` (400) and ``EngineError`` (500,
+code=engine_error), the fine-tuning side's ``InvalidJobRequest`` (400) and ``NotFound`` (404), FastAPI's
+validation errors (400 naming the ``param``), Starlette's HTTP errors, and anything unexpected (a 500 in the
+same shape, never a stack trace). JSON responses, SSE error events and the ASGI middleware all use it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from adapters.errors import InvalidJobRequest
 from adapters.errors import NotFound as AdapterNotFound
@@ -57,7 +59,10 @@ class APIError(Exception):
             self.code = code
 
     def body(self) -> dict[str, Any]:
-        return error_body(self.message, self.type, self.param, self.code)
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status_code, headers=self.headers)
 
 
 class InvalidRequestError(APIError):
@@ -80,10 +85,29 @@ class PermissionDenied(APIError):
     type = "permission_error"
 
 
+class NotFoundError(APIError):
+    status_code = 404
+    type = "invalid_request_error"
+
+
+class ModelNotFound(NotFoundError):
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        shown = model if len(model) <= 100 else model[:100] + "..."
+        super().__init__(f"The model '{shown}' does not exist or you do not have access to it.", param="model")
+
+
 class ConflictError(APIError):
     status_code = 409
     type = "invalid_request_error"
     code = "conflict"
+
+
+class PayloadTooLarge(APIError):
+    status_code = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
 
 
 class RateLimited(APIError):
@@ -97,31 +121,20 @@ class QuotaExceeded(APIError):
     type = "insufficient_quota"
     code = "insufficient_quota"
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None) -> None:
         # The official SDKs retry 429s unless told not to; a spent budget does not come back by retrying.
-        super().__init__(message, headers={**(headers or {}), "x-should-retry": "false"})
+        super().__init__(message, param=param, headers={**(headers or {}), "x-should-retry": "false"})
 
 
-class NotFoundError(APIError):
-    status_code = 404
-    type = "invalid_request_error"
+class InternalError(APIError):
+    status_code = 500
+    type = "server_error"
 
 
-class ModelNotFound(NotFoundError):
-    code = "model_not_found"
-
-    def __init__(self, model: str) -> None:
-        super().__init__(f"The model '{model}' does not exist or you do not have access to it.", param="model")
-
-
-class EngineUnavailable(APIError):
+class ServiceUnavailable(APIError):
     status_code = 503
     type = "server_error"
-    code = "engine_unavailable"
-
-
-def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    code = "service_unavailable"
 
 
 def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
@@ -137,63 +150,55 @@ def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
     return param or None
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+def _validation_error(exc: RequestValidationError) -> InvalidRequestError:
     first = exc.errors()[0]
     if first.get("type") == "json_invalid":
-        return "We could not parse the JSON body of your request. Send valid JSON.", None
+        reason = (first.get("ctx") or {}).get("error")
+        detail = f" ({reason})" if reason else ""
+        return InvalidRequestError(f"We could not parse the JSON body of your request{detail}. Send valid JSON.")
     param = _param_from_loc(tuple(first.get("loc", ())))
-    message = str(first.get("msg", "invalid value"))
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     if param is None and first.get("type") == "missing":
-        return "The request body is missing or not a JSON object.", None
-    message = message.removeprefix("Value error, ")
-    return (f"Invalid value for '{param}': {message}" if param else message), param
+        return InvalidRequestError("The request body is missing or not a JSON object.")
+    return InvalidRequestError(f"Invalid value for '{param}': {message}" if param else message, param=param)
 
 
-async def _api_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, APIError)
-    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+def _http_error(exc: StarletteHTTPException) -> APIError:
+    error = APIError(str(exc.detail), headers=dict(exc.headers or {}))
+    error.status_code = exc.status_code
+    error.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return error
 
 
-async def _fine_tuning_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, InvalidJobRequest | AdapterNotFound)
-    status = 404 if isinstance(exc, AdapterNotFound) else 400
-    return JSONResponse(error_body(exc.message, "invalid_request_error", exc.param, exc.code), status_code=status)
+def as_api_error(exc: BaseException) -> APIError:
+    """The OpenAI error a client sees for ``exc``: the one mapping, for JSON bodies and stream events alike."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, RequestRejected):
+        return InvalidRequestError(str(exc))
+    if isinstance(exc, InvalidJobRequest):
+        return InvalidRequestError(exc.message, param=exc.param, code=exc.code)
+    if isinstance(exc, AdapterNotFound):
+        return NotFoundError(exc.message, param=exc.param, code=exc.code)
+    if isinstance(exc, RequestValidationError):
+        return _validation_error(exc)
+    if isinstance(exc, StarletteHTTPException):
+        return _http_error(exc)
+    if isinstance(exc, ClientDisconnect):  # nobody reads the answer (or the body cap cut the body off)
+        return InvalidRequestError("The client disconnected before the request body was complete.")
+    if isinstance(exc, EngineError):
+        logger.error("engine failed: %s", exc)
+        return InternalError(str(exc), code="engine_error")
+    logger.error("unhandled error", exc_info=exc)
+    return InternalError("The server had an error while processing your request.")
 
 
-async def _engine_rejected(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(error_body(str(exc), "invalid_request_error"), status_code=400)
-
-
-async def _engine_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.error("engine failed on %s: %s", request.url.path, exc)
-    return JSONResponse(error_body(str(exc), "server_error", code="engine_error"), status_code=500)
-
-
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    message, param = _validation_message(exc)
-    return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
-
-
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    return JSONResponse(
-        error_body(str(exc.detail), type_), status_code=exc.status_code, headers=getattr(exc, "headers", None)
-    )
-
-
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return JSONResponse(error_body("The server had an error while processing your request.", "server_error"), 500)
+async def _handle(request: Request, exc: Exception) -> JSONResponse:
+    return as_api_error(exc).response()
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(APIError, _api_error)
-    app.add_exception_handler(InvalidJobRequest, _fine_tuning_error)
-    app.add_exception_handler(AdapterNotFound, _fine_tuning_error)
-    app.add_exception_handler(RequestRejected, _engine_rejected)
-    app.add_exception_handler(EngineError, _engine_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    # Named classes are answered inside the app; ``Exception`` by Starlette's outermost handler (which logs it).
+    expected = (APIError, RequestValidationError, StarletteHTTPException, ClientDisconnect)
+    for kind in (*expected, RequestRejected, EngineError, InvalidJobRequest, AdapterNotFound, Exception):
+        app.add_exception_handler(kind, _handle)

@@ -9,6 +9,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.settings import default_data_dir
 
+MiB = 1024 * 1024
+
 
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLMAAS_", extra="ignore")
@@ -24,14 +26,44 @@ class GatewaySettings(BaseSettings):
     admin_key: SecretStr | None = Field(
         default=None, min_length=16, description="Unset: generated on first start into <data_dir>/admin_key (0600)."
     )
+    metrics_token: SecretStr | None = Field(
+        default=None, min_length=16, description="A bearer token that may read /metrics (the admin key always may)."
+    )
     key_cache_ttl_seconds: float = Field(
         default=5.0, ge=0, le=5, description="How long a key lookup is cached; revocation elsewhere takes this long."
     )
-    meter_flush_interval_seconds: float = Field(
-        default=0.5, gt=0, le=1, description="Usage records are written in batches this often."
-    )
-    max_upload_bytes: int = Field(default=64 * 1024 * 1024, ge=1, description="Largest file accepted by /v1/files.")
     embedded_worker: bool = Field(default=True, description="`llmaas serve` also runs a fine-tuning worker.")
     reservation_lease_seconds: float = Field(
         default=900, gt=0, description="Redis: a crashed gateway's reservations and slots are freed after this."
+    )
+    training_reservation_lease_seconds: float = Field(
+        default=7 * 24 * 3600, gt=0, description="Redis: how long a fine-tuning job's budget reservation may live."
+    )
+
+    # -- the ledger -------------------------------------------------------------------------------------------
+    meter_flush_interval_seconds: float = Field(
+        default=0.5, gt=0, le=1, description="Usage records are written in batches this often."
+    )
+    ledger_queue_capacity: int = Field(
+        default=10_000,
+        ge=1,
+        description="Usage records admitted but not yet written; beyond it requests get 503 (nothing is dropped).",
+    )
+    ledger_shutdown_seconds: float = Field(
+        default=10, ge=0, description="At shutdown, how long to keep writing before the rest is spooled to disk."
+    )
+
+    # -- what one request may ask for (refused before any expensive work) ---------------------------------------
+    max_body_bytes: int = Field(default=2 * MiB, ge=1024, description="Largest JSON body of any route.")
+    max_upload_bytes: int = Field(default=64 * MiB, ge=1, description="Largest file accepted by /v1/files.")
+    max_prompt_chars: int | None = Field(
+        default=None, ge=1, description="Characters of prompt per request; unset: 16 x the model's context length."
+    )
+    max_prompts_per_request: int = Field(default=32, ge=1, description="Prompts in one /v1/completions request.")
+    max_choices_per_request: int = Field(default=64, ge=1, description="Prompts x n of one request.")
+    max_generated_tokens_per_request: int = Field(
+        default=65_536, ge=1, description="Prompts x n x max_tokens of one request."
+    )
+    default_max_storage_bytes: int = Field(
+        default=1024 * MiB, ge=0, description="A tenant's file storage when its own quota is not set."
     )

@@ -72,7 +72,9 @@ def server(model_dir: Path, server_data_dir: Path) -> Iterator[str]:
 
 
 @contextmanager
-def running(command: list[str], env: dict[str, str], log_path: Path, port: int | None = None) -> Iterator[None]:
+def running(
+    command: list[str], env: dict[str, str], log_path: Path, port: int | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """A server process, ready (``/ready`` answers 200) on entry and stopped gracefully on exit."""
     if port is None:
         port = int(command[command.index("--port") + 1])
@@ -80,7 +82,7 @@ def running(command: list[str], env: dict[str, str], log_path: Path, port: int |
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait_ready(f"http://127.0.0.1:{port}", proc, log_path)
-            yield
+            yield proc
         finally:
             proc.terminate()
             try:
@@ -144,6 +146,22 @@ def http(server: str, api_key: str) -> Iterator[httpx.Client]:
 
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+FAKE_GATEWAY = [sys.executable, str(REPO / "bench" / "fake_gateway.py")]
+
+
+@contextmanager
+def fresh_postgres_database(prefix: str = "llmaas_test") -> Iterator[str]:
+    """A new, empty PostgreSQL database (its URL), dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -154,19 +172,13 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
         yield db
         db.dispose()
         return
-    name = f"llmaas_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    db = Database(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
-    db.migrate()
-    try:
-        yield db
-    finally:
-        db.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_postgres_database() as url:
+        db = Database(url)
+        db.migrate()
+        try:
+            yield db
+        finally:
+            db.dispose()
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL
+from tests.conftest import MODEL, metric_value
 
 HELLO = [{"role": "user", "content": "Hello"}]
 
@@ -121,7 +122,34 @@ def test_unknown_route_and_method_use_error_shape(http: httpx.Client) -> None:
     _assert_error_shape(response.json())
 
 
-def test_every_response_has_a_request_id(http: httpx.Client) -> None:
-    assert http.get("/v1/models").headers["x-request-id"]
-    assert http.get("/v1/models", headers={"x-request-id": "mine-1"}).headers["x-request-id"] == "mine-1"
-    assert http.post("/v1/completions", content=b"{").headers["x-request-id"]
+def test_every_response_has_the_servers_request_id_and_echoes_the_clients(http: httpx.Client) -> None:
+    minted = re.compile(r"req_[0-9a-f]{32}")
+    ids = {http.get("/v1/models").headers["x-request-id"] for _ in range(3)}
+    assert len(ids) == 3 and all(minted.fullmatch(i) for i in ids)
+    for header in ("x-request-id", "X-Client-Request-Id"):
+        reply = http.get("/v1/models", headers={header: "mine-1"})
+        assert minted.fullmatch(reply.headers["x-request-id"])
+        assert reply.headers["x-client-request-id"] == "mine-1"
+    assert minted.fullmatch(http.post("/v1/completions", content=b"{").headers["x-request-id"])
+
+
+@pytest.mark.parametrize("value", ["x" * 129, "has space", "tab\there", "ünïcode"])
+def test_a_malformed_client_request_id_is_400(http: httpx.Client, value: str) -> None:
+    response = http.post(
+        "/v1/completions",
+        json={"model": MODEL, "prompt": "hi", "max_tokens": 1},
+        headers={"x-request-id": value.encode()},
+    )
+    assert response.status_code == 400
+    assert _assert_error_shape(response.json())["param"] == "x-request-id"
+
+
+def test_seeds_outside_int64_are_400_and_leave_no_engine_request(client: openai.OpenAI, admin: httpx.Client) -> None:
+    for seed in (2**63, -(2**63) - 1, 2**64):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, seed=seed)
+        assert info.value.body["param"] == "seed"
+    for seed in (2**63 - 1, -(2**63), 0):
+        reply = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, seed=seed)
+        assert reply.usage is not None and reply.usage.completion_tokens >= 1
+    assert metric_value(admin.get("/metrics").text, "llmaas_engine_requests_unfinished") == 0

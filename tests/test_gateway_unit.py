@@ -4,6 +4,8 @@ stream, and stream merging. Runs the real app in process with a fake engine."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -15,8 +17,9 @@ from engine.fake import FakeEngine
 from engine.protocol import AdapterRef, CompletionDelta, EngineError, SamplingOptions
 from engine.settings import EngineSettings
 from gateway.app import create_app
-from gateway.generation import merge_streams
+from gateway.inference.generation import merge_streams
 from gateway.settings import GatewaySettings
+from gateway.state import state_of
 from gateway.tenancy.models import KeyCreate, TenantCreate
 
 
@@ -40,8 +43,9 @@ def failing_client(tmp_path: Path) -> Iterator[openai.OpenAI]:
     settings = GatewaySettings(data_dir=tmp_path, admin_key="sk-admin-unit-0123456789")
     app = create_app(settings, EngineSettings(served_model_name="fake"), engine_factory=lambda _: FailingEngine())
     with TestClient(app) as http:
-        tenant = app.state.tenancy.create_tenant(TenantCreate(name="unit"))
-        key = app.state.tenancy.create_key(tenant.id, KeyCreate()).key
+        tenancy = state_of(app).tenancy
+        tenant = tenancy.create_tenant(TenantCreate(name="unit"))
+        key = tenancy.create_key(tenant.id, KeyCreate()).key
         yield openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=http, max_retries=0)
 
 
@@ -92,7 +96,7 @@ def test_merge_streams_interleaves_and_closes_all() -> None:
 
 
 def test_admin_key_is_generated_once_and_kept_private(tmp_path: Path) -> None:
-    from gateway.admin_key import admin_key_path, load_or_create_admin_key
+    from gateway.tenancy.admin_key import admin_key_path, load_or_create_admin_key
 
     settings = GatewaySettings(data_dir=tmp_path)
     key, generated = load_or_create_admin_key(settings)
@@ -104,18 +108,99 @@ def test_admin_key_is_generated_once_and_kept_private(tmp_path: Path) -> None:
 
 
 def test_a_burst_with_one_uncached_key_makes_one_database_lookup() -> None:
-    from gateway.auth import KeyCache
+    from gateway.tenancy.key_cache import KeyCache
 
     calls = 0
 
-    class CountingService:
-        def identify(self, hashed: str) -> None:
-            nonlocal calls
-            calls += 1
+    def lookup(hashed: str) -> None:
+        nonlocal calls
+        calls += 1
 
     async def burst() -> list[object]:
-        cache = KeyCache(CountingService(), ttl_seconds=5)  # type: ignore[arg-type]
+        cache = KeyCache(lookup, ttl_seconds=5)
         return await asyncio.gather(*(cache.identify("sk-unknown") for _ in range(50)))
 
     assert asyncio.run(burst()) == [None] * 50
     assert calls == 1
+
+
+def test_a_lookup_in_flight_cannot_bring_back_a_revoked_key() -> None:
+    from gateway.tenancy.key_cache import KeyCache
+    from gateway.tenancy.models import Quotas
+    from gateway.tenancy.service import KeyIdentity
+
+    revoked = False
+    reading = threading.Event()
+    release = threading.Event()
+
+    def lookup(hashed: str) -> KeyIdentity:
+        state = revoked  # what the database said when the read started
+        reading.set()
+        release.wait(5)
+        return KeyIdentity("key_1", "ten_1", "acme", "active", None, None, state, Quotas())
+
+    async def race() -> tuple[bool, bool]:
+        nonlocal revoked
+        cache = KeyCache(lookup, ttl_seconds=5)
+        in_flight = asyncio.ensure_future(cache.identify("sk-x"))
+        await asyncio.get_running_loop().run_in_executor(None, reading.wait)
+        revoked = True  # the admin route commits the revocation, then tells the cache
+        cache.invalidate_tenant("ten_1")
+        release.set()
+        stale = await in_flight  # started before the revocation: it may still say active
+        fresh = await cache.identify("sk-x")  # but it was not cached: this one reads again
+        return stale.revoked, fresh.revoked  # type: ignore[union-attr]
+
+    assert asyncio.run(race()) == (False, True)
+
+
+def test_the_embedded_worker_is_started_again_when_it_dies() -> None:
+    import sys
+    import time
+
+    from gateway.cli import WorkerSupervisor
+
+    dying = WorkerSupervisor([sys.executable, "-c", "raise SystemExit(3)"], max_backoff_seconds=0.05)
+    dying.start()
+    deadline = time.monotonic() + 20
+    while dying.starts < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    dying.stop()
+    assert dying.starts >= 3
+    stopped_at = dying.starts
+    time.sleep(0.3)
+    assert dying.starts == stopped_at  # stopping ends the restarts
+
+    running = WorkerSupervisor([sys.executable, "-c", "import time; time.sleep(60)"])
+    running.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    running.stop()  # terminates the worker it runs
+    assert running.starts == 1 and time.monotonic() - started < 10
+
+
+def test_the_default_model_is_converted_once_whoever_asks_at_the_same_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine import model_prep
+
+    conversions = 0
+
+    def slow_convert(gguf_file: Path, target: Path) -> None:
+        nonlocal conversions
+        conversions += 1
+        time.sleep(0.5)
+        (target / "config.json").write_text("{}")
+
+    monkeypatch.setattr(model_prep, "convert_gguf", slow_convert)
+    monkeypatch.setattr(model_prep, "find_default_gguf", lambda: tmp_path / "model.gguf")
+    settings = EngineSettings(data_dir=tmp_path)
+    results: list[Path] = []
+    threads = [threading.Thread(target=lambda: results.append(model_prep.prepare_default_model(settings)))]
+    threads.append(threading.Thread(target=lambda: results.append(model_prep.prepare_default_model(settings))))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert conversions == 1
+    assert len(set(results)) == 1 and (results[0] / "config.json").exists()

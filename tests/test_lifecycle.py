@@ -26,12 +26,12 @@ def test_health_and_ready(http: httpx.Client) -> None:
     assert ready.json()["models"] == [MODEL]
 
 
-def test_metrics_count_requests_tokens_and_latency(client: openai.OpenAI, http: httpx.Client) -> None:
-    before = http.get("/metrics").text
+def test_metrics_count_requests_tokens_and_latency(client: openai.OpenAI, admin: httpx.Client) -> None:
+    before = admin.get("/metrics").text
     reply = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=5, temperature=0
     )
-    after = http.get("/metrics")
+    after = admin.get("/metrics")
     assert after.headers["content-type"].startswith("text/plain")
     text = after.text
     route = {"route": "/v1/chat/completions"}
@@ -48,18 +48,18 @@ def test_metrics_count_requests_tokens_and_latency(client: openai.OpenAI, http: 
         assert f"\n{gauge} " in text
 
 
-def _wait_engine_idle(http: httpx.Client, timeout: float = 10.0) -> str:
+def _wait_engine_idle(admin: httpx.Client, timeout: float = 10.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        text = http.get("/metrics").text
+        text = admin.get("/metrics").text
         if metric_value(text, "llmaas_engine_requests_unfinished") == 0:
             return text
         time.sleep(0.1)
     raise AssertionError("the engine still holds the request after the client left")
 
 
-def test_client_disconnect_mid_stream_aborts_generation(server: str, http: httpx.Client, api_key: str) -> None:
-    before = http.get("/metrics").text
+def test_client_disconnect_mid_stream_aborts_generation(server: str, admin: httpx.Client, api_key: str) -> None:
+    before = admin.get("/metrics").text
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "Write a very long essay about rivers."}],
@@ -82,9 +82,9 @@ def test_client_disconnect_mid_stream_aborts_generation(server: str, http: httpx
                 if content_chunks == 3:
                     break
         # Leaving the block closes the connection mid-stream.
-        running = metric_value(http.get("/metrics").text, "llmaas_engine_requests_unfinished")
+        running = metric_value(admin.get("/metrics").text, "llmaas_engine_requests_unfinished")
         assert running == 1
-    after = _wait_engine_idle(http)
+    after = _wait_engine_idle(admin)
     aborted = metric_value(after, "llmaas_generations_total", outcome="aborted") - metric_value(
         before, "llmaas_generations_total", outcome="aborted"
     )
@@ -95,15 +95,15 @@ def test_client_disconnect_mid_stream_aborts_generation(server: str, http: httpx
     assert 0 < generated < 1500
     # The engine is free: a new request is served at once.
     time.sleep(1)
-    assert metric_value(http.get("/metrics").text, "llmaas_completion_tokens_total") == metric_value(
+    assert metric_value(admin.get("/metrics").text, "llmaas_completion_tokens_total") == metric_value(
         after, "llmaas_completion_tokens_total"
     )
 
 
 def test_client_disconnect_while_waiting_for_a_non_stream_reply_aborts(
-    server: str, http: httpx.Client, api_key: str
+    server: str, admin: httpx.Client, api_key: str
 ) -> None:
-    before = http.get("/metrics").text
+    before = admin.get("/metrics").text
     body = {
         "model": MODEL,
         "prompt": "Rivers are",
@@ -115,7 +115,7 @@ def test_client_disconnect_while_waiting_for_a_non_stream_reply_aborts(
         raise AssertionError("1500 tokens cannot be generated within 1.5 s here")
     except httpx.ReadTimeout:
         pass
-    after = _wait_engine_idle(http)
+    after = _wait_engine_idle(admin)
     aborted = metric_value(after, "llmaas_generations_total", outcome="aborted") - metric_value(
         before, "llmaas_generations_total", outcome="aborted"
     )

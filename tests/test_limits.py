@@ -9,20 +9,39 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from gateway.accounting.limits import (
+    BudgetDemand,
+    BudgetSnapshot,
+    Demand,
+    Limiter,
+    MemoryLimiter,
+    OpenReservation,
+    RateDemand,
+    RedisLimiter,
+    Settlement,
+)
 from gateway.errors import QuotaExceeded, RateLimited
-from gateway.limits import Demand, Limiter, MemoryLimiter, RedisLimiter
 from gateway.tenancy.models import Quotas
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 MONTH = "2026-11"
 
 
-async def nothing_used() -> tuple[int, int]:
-    return 0, 0
+async def nothing_used(month: str) -> BudgetSnapshot:
+    return BudgetSnapshot(0, 0)
 
 
-def demand(tokens: int = 10, cost: int = 0) -> Demand:
-    return Demand(request_id=uuid.uuid4().hex, tokens=tokens, cost_nanos=cost, month=MONTH)
+def demand(tokens: int = 10, cost: int = 0, requests: int = 1) -> Demand:
+    """An inference request: rate and budget."""
+    return Demand(
+        uuid.uuid4().hex,
+        rate=RateDemand(requests=requests, tokens=tokens),
+        budget=BudgetDemand(tokens, cost, MONTH),
+    )
+
+
+def spent(tokens: int, cost: int = 0) -> Settlement:
+    return Settlement(tokens, cost)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -81,7 +100,7 @@ async def test_tpm_reserves_then_settles_to_the_real_count(limiters: Callable[[]
     await limiter.admit(tenant_id, quotas, first, nothing_used)
     with pytest.raises(RateLimited):
         await limiter.admit(tenant_id, quotas, demand(tokens=60), nothing_used)
-    await limiter.settle(tenant_id, first, tokens=20, cost_nanos=0)  # it used 20 of its 60
+    await limiter.settle(tenant_id, first, spent(20))  # it used 20 of its 60
     grant = await limiter.admit(tenant_id, quotas, demand(tokens=60), nothing_used)
     assert grant.headers["x-ratelimit-remaining-tokens"] == "20"
     with pytest.raises(RateLimited) as too_large:
@@ -102,7 +121,7 @@ async def test_concurrency_slots_free_on_settle(limiters: Callable[[], Limiter])
         await limiter.admit(tenant_id, quotas, d, nothing_used)
     with pytest.raises(RateLimited):
         await limiter.admit(tenant_id, quotas, demand(), nothing_used)
-    await limiter.settle(tenant_id, held[0], tokens=5, cost_nanos=0)
+    await limiter.settle(tenant_id, held[0], spent(5))
     await limiter.admit(tenant_id, quotas, demand(), nothing_used)
 
 
@@ -110,8 +129,8 @@ async def test_token_budget_never_exceeded_under_concurrency(limiters: Callable[
     pool = [limiters(), limiters()]
     tenant_id, quotas = tenant(), Quotas(monthly_token_budget=1000)
 
-    async def already_used() -> tuple[int, int]:
-        return 300, 0
+    async def already_used(month: str) -> BudgetSnapshot:
+        return BudgetSnapshot(300, 0)
 
     async def one(i: int) -> int:
         d = demand(tokens=50)
@@ -121,7 +140,7 @@ async def test_token_budget_never_exceeded_under_concurrency(limiters: Callable[
             assert exc.headers["x-should-retry"] == "false"
             return 0
         await asyncio.sleep(0.01)
-        await pool[i % 2].settle(tenant_id, d, tokens=30, cost_nanos=0)
+        await pool[i % 2].settle(tenant_id, d, spent(30))
         return 30
 
     used = sum(await asyncio.gather(*(one(i) for i in range(100))))
@@ -138,7 +157,7 @@ async def test_cost_budget(limiters: Callable[[], Limiter]) -> None:
     with pytest.raises(QuotaExceeded) as info:
         await limiter.admit(tenant_id, quotas, demand(cost=600), nothing_used)
     assert info.value.code == "insufficient_quota"
-    await limiter.settle(tenant_id, first, tokens=10, cost_nanos=100)
+    await limiter.settle(tenant_id, first, spent(10, 100))
     await limiter.admit(tenant_id, quotas, demand(cost=600), nothing_used)
 
 
@@ -146,10 +165,11 @@ async def test_budget_starts_from_the_ledger(limiters: Callable[[], Limiter]) ->
     limiter, tenant_id, quotas = limiters(), tenant(), Quotas(monthly_token_budget=100)
     calls = 0
 
-    async def ledger() -> tuple[int, int]:
+    async def ledger(month: str) -> BudgetSnapshot:
         nonlocal calls
         calls += 1
-        return 95, 0
+        assert month == MONTH
+        return BudgetSnapshot(95, 0)
 
     await limiter.admit(tenant_id, quotas, demand(tokens=5), ledger)
     with pytest.raises(QuotaExceeded):
@@ -173,3 +193,66 @@ async def test_redis_reservation_of_a_dead_gateway_expires() -> None:
     await alive.admit(tenant_id, quotas, demand(tokens=50), nothing_used)
     await dead.close()
     await alive.close()
+
+
+async def test_one_request_counts_once_per_prompt_against_rpm(limiters: Callable[[], Limiter]) -> None:
+    limiter, tenant_id, quotas = limiters(), tenant(), Quotas(requests_per_minute=10)
+    await limiter.admit(tenant_id, quotas, demand(requests=8), nothing_used)
+    with pytest.raises(RateLimited) as info:
+        await limiter.admit(tenant_id, quotas, demand(requests=3), nothing_used)
+    assert "used 8, requested 3" in info.value.message
+    with pytest.raises(RateLimited) as too_large:
+        await limiter.admit(tenant_id, quotas, demand(requests=11), nothing_used)
+    assert too_large.value.headers["x-should-retry"] == "false"
+    await limiter.admit(tenant_id, quotas, demand(requests=2), nothing_used)
+
+
+async def test_a_budget_only_demand_takes_no_slot_and_no_tpm(limiters: Callable[[], Limiter]) -> None:
+    """A fine-tuning job reserves budget only: the tenant's inference keeps its slots and its TPM window."""
+    limiter, tenant_id = limiters(), tenant()
+    quotas = Quotas(max_concurrent_requests=1, tokens_per_minute=100, monthly_token_budget=10_000)
+    job = Demand("ftjob-1", budget=BudgetDemand(5_000, 0, MONTH), lease_seconds=3600)
+    grant = await limiter.admit(tenant_id, quotas, job, nothing_used)
+    assert grant.headers["x-ratelimit-remaining-tokens"] == "100"
+    await limiter.admit(tenant_id, quotas, demand(tokens=90), nothing_used)  # the one slot, most of the TPM
+    with pytest.raises(QuotaExceeded):  # but the job's reservation counts against the budget
+        await limiter.admit(tenant_id, quotas, Demand("ftjob-2", budget=BudgetDemand(4_950, 0, MONTH)), nothing_used)
+
+
+async def test_an_upload_takes_one_rpm_unit_and_no_slot(limiters: Callable[[], Limiter]) -> None:
+    limiter, tenant_id = limiters(), tenant()
+    quotas = Quotas(requests_per_minute=2, max_concurrent_requests=1)
+    upload = Demand(uuid.uuid4().hex, rate=RateDemand(requests=1, tokens=0, slot=False))
+    await limiter.admit(tenant_id, quotas, upload, nothing_used)
+    await limiter.admit(tenant_id, quotas, demand(), nothing_used)  # the slot is still free
+    with pytest.raises(RateLimited):
+        await limiter.admit(tenant_id, quotas, Demand(uuid.uuid4().hex, rate=RateDemand(1, 0, False)), nothing_used)
+
+
+async def test_open_reservations_from_the_database_count_and_are_released(limiters: Callable[[], Limiter]) -> None:
+    """A limiter that starts a month (a restarted gateway) takes over the reservations of running jobs."""
+    limiter, tenant_id, quotas = limiters(), tenant(), Quotas(monthly_token_budget=1_000)
+    job_id = f"ftjob-{uuid.uuid4().hex[:8]}"
+
+    async def snapshot(month: str) -> BudgetSnapshot:
+        return BudgetSnapshot(100, 0, (OpenReservation(job_id, 800, 0),))
+
+    with pytest.raises(QuotaExceeded):
+        await limiter.admit(tenant_id, quotas, demand(tokens=150), snapshot)
+    job = Demand(job_id, budget=BudgetDemand(800, 0, MONTH))
+    await limiter.settle(tenant_id, job, Settlement(300, 0))  # the job ended, charged 300
+    await limiter.admit(tenant_id, quotas, demand(tokens=600), snapshot)  # 100 + 300 + 600 = 1000
+    with pytest.raises(QuotaExceeded):
+        await limiter.admit(tenant_id, quotas, demand(tokens=1), snapshot)
+
+
+async def test_a_charge_lands_in_its_own_month(limiters: Callable[[], Limiter]) -> None:
+    limiter, tenant_id, quotas = limiters(), tenant(), Quotas(monthly_token_budget=1_000)
+    job = Demand(f"ftjob-{uuid.uuid4().hex[:8]}", budget=BudgetDemand(500, 0, "2026-10"))
+    await limiter.admit(tenant_id, quotas, job, nothing_used)
+    await limiter.admit(tenant_id, quotas, demand(tokens=1), nothing_used)  # starts November's budget
+    await limiter.settle(tenant_id, job, Settlement(700, 0, month=MONTH))  # reserved in October, ends now
+    with pytest.raises(QuotaExceeded):
+        await limiter.admit(tenant_id, quotas, demand(tokens=300), nothing_used)  # 1 + 700 + 300 > 1000
+    october = Demand(uuid.uuid4().hex, budget=BudgetDemand(1_000, 0, "2026-10"))
+    await limiter.admit(tenant_id, quotas, october, nothing_used)  # October's reservation was given back

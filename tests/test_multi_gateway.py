@@ -17,25 +17,15 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import ADMIN_KEY, REPO, free_port, running
+from tests.conftest import ADMIN_KEY, FAKE_GATEWAY, REPO, free_port, fresh_postgres_database, running
 
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432"
-FAKE_GATEWAY = [sys.executable, str(REPO / "bench" / "fake_gateway.py")]
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
-    name = f"llmaas_multi_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(f"{POSTGRES}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{POSTGRES}/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_postgres_database("llmaas_multi") as url:
+        yield url
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -171,20 +171,18 @@ def test_200_concurrent_requests_against_rpm_50_admit_exactly_50(server: str, ad
     assert wait_for_ledger(admin, tenant["id"], 50)["totals"]["requests"] == 50
 
 
-def test_budget_exhausted_is_429_insufficient_quota_without_retries(
-    server: str, admin: httpx.Client, http: httpx.Client
-) -> None:
+def test_budget_exhausted_is_429_insufficient_quota_without_retries(server: str, admin: httpx.Client) -> None:
     from tests.conftest import metric_value
 
     _, key = create_tenant(admin, "budget", monthly_token_budget=10)
     retrying = openai.OpenAI(base_url=f"{server}/v1", api_key=key, max_retries=2)
-    before = metric_value(http.get("/metrics").text, "llmaas_http_requests_total", status="429")
+    before = metric_value(admin.get("/metrics").text, "llmaas_http_requests_total", status="429")
     with pytest.raises(openai.RateLimitError) as info:
         retrying.chat.completions.create(model=MODEL, messages=HI, max_tokens=5)
     assert info.value.code == "insufficient_quota"
     assert info.value.body["type"] == "insufficient_quota"
     assert info.value.response.headers["x-should-retry"] == "false"
-    after = metric_value(http.get("/metrics").text, "llmaas_http_requests_total", status="429")
+    after = metric_value(admin.get("/metrics").text, "llmaas_http_requests_total", status="429")
     assert after - before == 1  # the SDK did not retry
 
 

@@ -13,16 +13,28 @@ from alembic.migration import MigrationContext
 from sqlalchemy import text
 
 from adapters.store import AdaptersBase
+from gateway.accounting.records import UsageEntry, UsageLedger
+from gateway.accounting.usage import UsageFilters, UsageReports, usage_csv
 from gateway.db import Base, Database
 from gateway.errors import ConflictError, InvalidRequestError, NotFoundError
 from gateway.tenancy.keys import key_hash
 from gateway.tenancy.models import KeyCreate, ModelPrice, TenantCreate, TenantUpdate
-from gateway.tenancy.service import TenancyService, UsageEntry, month_start, usage_csv, utcnow
+from gateway.tenancy.service import TenancyService, utcnow
 
 
 @pytest.fixture
 def service(database: Database) -> TenancyService:
     return TenancyService(database)
+
+
+@pytest.fixture
+def ledger(database: Database) -> UsageLedger:
+    return UsageLedger(database)
+
+
+@pytest.fixture
+def reports(database: Database) -> UsageReports:
+    return UsageReports(database)
 
 
 def test_migrations_match_the_models(database: Database) -> None:
@@ -115,13 +127,13 @@ def _entry(tenant_id: str, key_id: str, model: str, prompt: int, completion: int
     )
 
 
-def test_usage_breakdown_and_csv(service: TenancyService) -> None:
+def test_usage_breakdown_and_csv(service: TenancyService, ledger: UsageLedger, reports: UsageReports) -> None:
     acme = service.create_tenant(TenantCreate(name="acme"))
     other = service.create_tenant(TenantCreate(name="other"))
     k1 = service.create_key("acme", KeyCreate()).id
     k2 = service.create_key("acme", KeyCreate()).id
     day = datetime(2026, 11, 2, 10, 30)
-    service.record_usage(
+    ledger.write(
         [
             _entry(acme.id, k1, "a", 10, 5, day),
             _entry(acme.id, k1, "a", 20, 5, day + timedelta(minutes=10)),
@@ -130,33 +142,85 @@ def test_usage_breakdown_and_csv(service: TenancyService) -> None:
             _entry(other.id, "k-other", "a", 1000, 1000, day),
         ]
     )
-    by_day = service.usage(tenant="acme", group_by=("key", "model"), bucket="day")
+    by_day = reports.report(acme.id, UsageFilters(bucket="day"), ("key", "model"))
     rows = {(r["key_id"], r["model"], r["period_start"]): r for r in by_day["data"]}
     assert rows[(k1, "a", "2026-11-02")]["prompt_tokens"] == 30
     assert rows[(k1, "a", "2026-11-02")]["requests"] == 2
     assert rows[(k1, "a", "2026-11-03")]["total_tokens"] == 14
     assert by_day["totals"]["total_tokens"] == 30 + 10 + 2 + 14
     assert Decimal(rows[(k1, "a", "2026-11-02")]["cost"]) == Decimal(30 * 150 + 10 * 600) / 10**9
-    by_hour = service.usage(tenant="acme", group_by=(), bucket="hour", until=day + timedelta(hours=23))
+    by_hour = reports.report(acme.id, UsageFilters(bucket="hour", until=day + timedelta(hours=23)), ())
     assert [r["period_start"] for r in by_hour["data"]] == ["2026-11-02T10:00:00", "2026-11-02T12:00:00"]
-    windowed = service.usage(tenant="acme", group_by=("model",), bucket="none", since=day + timedelta(hours=1))
+    windowed = reports.report(acme.id, UsageFilters(bucket="none", since=day + timedelta(hours=1)), ("model",))
     assert {r["model"]: r["total_tokens"] for r in windowed["data"]} == {"a": 14, "b": 2}
-    everyone = service.usage(group_by=("tenant",), bucket="none")
+    everyone = reports.report(None, UsageFilters(bucket="none"), ("tenant",))
     assert {r["tenant_id"]: r["requests"] for r in everyone["data"]} == {acme.id: 4, other.id: 1}
     csv_text = usage_csv(by_day)
     assert csv_text.splitlines()[0].startswith("key_id,model,period_start,requests")
     assert len(csv_text.splitlines()) == 1 + len(by_day["data"])
 
 
-def test_month_to_date_counts_only_this_month(service: TenancyService) -> None:
+def test_a_record_written_twice_counts_once(service: TenancyService, ledger: UsageLedger) -> None:
+    acme = service.create_tenant(TenantCreate(name="acme"))
+    entry = _entry(acme.id, "k", "a", 10, 5, utcnow())
+    ledger.write([entry])
+    ledger.write([entry, _entry(acme.id, "k", "a", 1, 1, utcnow())])  # a retried batch, a replayed spool
+    assert ledger.budget_snapshot(acme.id, utcnow().strftime("%Y-%m")).used_tokens == 15 + 2
+
+
+def test_the_budget_snapshot_counts_only_this_month(service: TenancyService, ledger: UsageLedger) -> None:
     acme = service.create_tenant(TenantCreate(name="acme"))
     now = utcnow()
-    service.record_usage(
+    month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    ledger.write(
         [
             _entry(acme.id, "k", "a", 10, 5, now),
-            _entry(acme.id, "k", "a", 100, 100, month_start(now) - timedelta(seconds=1)),
+            _entry(acme.id, "k", "a", 100, 100, month_start - timedelta(seconds=1)),
         ]
     )
-    tokens, cost = service.month_to_date(acme.id, now)
-    assert tokens == 15
-    assert cost == 10 * 150 + 5 * 600
+    snapshot = ledger.budget_snapshot(acme.id, now.strftime("%Y-%m"))
+    assert snapshot.used_tokens == 15
+    assert snapshot.used_cost_nanos == 10 * 150 + 5 * 600
+    assert snapshot.open_reservations == ()
+
+
+def test_the_budget_snapshot_holds_open_jobs_as_reservations(
+    service: TenancyService, ledger: UsageLedger, database: Database
+) -> None:
+    """A job whose reservation is not released yet is a reservation, and its charge (if written) is not yet
+    counted as used: a limiter starting from the snapshot counts it once, when the release comes."""
+    from adapters.jobs import JobService
+    from gateway.accounting.training_billing import charge_job
+    from tests.test_worker import job_request
+
+    acme = service.create_tenant(TenantCreate(name="acme"))
+    jobs = JobService(database.sessions, on_final=charge_job)
+    running = jobs.create(job_request(tenant_id=acme.id, estimated_tokens=500, reserved_cost_nanos=7))["id"]
+    finished = jobs.create(job_request(tenant_id=acme.id, estimated_tokens=300))["id"]
+    jobs.cancel(acme.id, finished)  # charged now (0 tokens), released later by a gateway
+    ledger.write([_entry(acme.id, "k", "a", 10, 5, utcnow())])
+    snapshot = ledger.budget_snapshot(acme.id, utcnow().strftime("%Y-%m"))
+    assert snapshot.used_tokens == 15
+    assert {(r.id, r.tokens, r.cost_nanos) for r in snapshot.open_reservations} == {
+        (running, 500, 7),
+        (finished, 300, 0),
+    }
+
+
+def test_every_bounded_client_string_fits_its_column() -> None:
+    from adapters.store import FineTuningJob
+    from gateway import bounds
+    from gateway.db import ApiKey, File, Tenant, UsageRecord
+
+    def length(column: object) -> int:
+        return column.type.length  # type: ignore[attr-defined, no-any-return]
+
+    assert length(UsageRecord.__table__.c.end_user) >= bounds.USER
+    assert length(UsageRecord.__table__.c.client_request_id) >= bounds.CLIENT_REQUEST_ID
+    assert length(UsageRecord.__table__.c.model) >= bounds.MODEL
+    assert length(File.__table__.c.filename) >= bounds.FILENAME
+    assert length(ApiKey.__table__.c.name) >= bounds.KEY_NAME
+    assert length(Tenant.__table__.c.name) >= bounds.TENANT_NAME
+    assert length(FineTuningJob.__table__.c.suffix) >= bounds.SUFFIX
+    longest_checkpoint = f"ft:{'m' * 96}:{'t' * 64}:{'s' * 64}:{'h' * 8}:ckpt-step-{10**7 - 1}"
+    assert len(longest_checkpoint) <= bounds.MODEL

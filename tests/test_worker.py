@@ -1,17 +1,26 @@
 """The fine-tuning worker's bookkeeping on both databases: claiming without double claims, dead workers,
-cancellation before training starts, and jobs whose files vanished."""
+cancellation before training starts, jobs whose files vanished, database errors, and billing exactly once (the
+gateway's real ``charge_job`` hook writes the ledger in the job's final transition)."""
 
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.jobs import JobRequest, JobService, new_job_id
 from adapters.registry import AdapterRegistry
-from adapters.store import FineTuningJob, utcnow
+from adapters.store import Adapter, FineTuningJob, utcnow
+from adapters.training import TrainingResult
 from adapters.worker import Worker
-from gateway.db import Database
+from gateway.accounting.training_billing import charge_job
+from gateway.db import Database, UsageRecord
 
 
 def job_request(**overrides: object) -> JobRequest:
@@ -31,6 +40,7 @@ def job_request(**overrides: object) -> JobRequest:
         "lora_alpha": 16,
         "lora_target_modules": ("q_proj",),
         "estimated_tokens": 10,
+        "reserved_cost_nanos": 0,
         "metadata": None,
     }
     values.update(overrides)
@@ -40,11 +50,24 @@ def job_request(**overrides: object) -> JobRequest:
 def make_worker(database: Database, tmp_path: Path, files: dict[str, bytes] | None = None) -> Worker:
     registry = AdapterRegistry(database.sessions, tmp_path / "adapters")
     store = files or {}
-    return Worker(database.sessions, registry, lambda tenant, file_id: store.get(file_id), {"base": tmp_path})
+    return Worker(
+        database.sessions, registry, lambda tenant, file_id: store.get(file_id), {"base": tmp_path}, charge_job
+    )
+
+
+def service(database: Database) -> JobService:
+    return JobService(database.sessions, on_final=charge_job)
+
+
+def charges(database: Database, job_id: str) -> list[tuple[str, int]]:
+    """The job's ledger records: (outcome, tokens)."""
+    with database.sessions() as session:
+        rows = session.scalars(select(UsageRecord).where(UsageRecord.request_id == job_id)).all()
+        return [(row.outcome, row.prompt_tokens) for row in rows]
 
 
 def test_concurrent_workers_never_claim_the_same_job(database: Database, tmp_path: Path) -> None:
-    jobs = JobService(database.sessions)
+    jobs = service(database)
     created = {jobs.create(job_request())["id"] for _ in range(12)}
     workers = [make_worker(database, tmp_path) for _ in range(4)]
     claimed: list[str] = []
@@ -67,7 +90,7 @@ def test_concurrent_workers_never_claim_the_same_job(database: Database, tmp_pat
 
 
 def test_a_dead_workers_job_is_failed_not_left_running(database: Database, tmp_path: Path) -> None:
-    jobs = JobService(database.sessions)
+    jobs = service(database)
     job_id = jobs.create(job_request())["id"]
     dead = make_worker(database, tmp_path)
     assert dead.claim() == job_id
@@ -81,18 +104,34 @@ def test_a_dead_workers_job_is_failed_not_left_running(database: Database, tmp_p
     assert failed["status"] == "failed"
     assert failed["error"]["code"] == "worker_died"
     assert failed["finished_at"] is not None
+    assert charges(database, job_id) == [("failed", 0)]
+    make_worker(database, tmp_path).fail_dead_jobs()
+    assert charges(database, job_id) == [("failed", 0)]
 
 
 def test_a_job_cancelled_while_queued_never_trains(database: Database, tmp_path: Path) -> None:
-    jobs = JobService(database.sessions)
+    jobs = service(database)
     job_id = jobs.create(job_request())["id"]
     assert jobs.cancel("ten_1", job_id)["status"] == "cancelled"
     assert make_worker(database, tmp_path).run_once() is None  # nothing left to claim
     assert jobs.get("ten_1", job_id)["status"] == "cancelled"
+    assert charges(database, job_id) == [("cancelled", 0)]
+
+
+def test_a_job_cancelled_after_a_worker_claimed_it_is_not_resurrected(database: Database, tmp_path: Path) -> None:
+    jobs = service(database)
+    good = b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
+    job_id = jobs.create(job_request())["id"]
+    worker = make_worker(database, tmp_path, {"file-abc": good})
+    assert worker.claim() == job_id
+    jobs.cancel("ten_1", job_id)  # between the claim and the worker's first move
+    worker.process(job_id)
+    assert jobs.get("ten_1", job_id)["status"] == "cancelled"
+    assert charges(database, job_id) == [("cancelled", 0)]
 
 
 def test_a_job_whose_file_vanished_fails_with_the_reason(database: Database, tmp_path: Path) -> None:
-    jobs = JobService(database.sessions)
+    jobs = service(database)
     job_id = jobs.create(job_request(training_file="file-gone"))["id"]
     assert make_worker(database, tmp_path).run_once() == job_id
     job = jobs.get("ten_1", job_id)
@@ -107,8 +146,112 @@ def test_a_job_whose_file_vanished_fails_with_the_reason(database: Database, tmp
 
 
 def test_an_unknown_base_model_fails_the_job(database: Database, tmp_path: Path) -> None:
-    jobs = JobService(database.sessions)
+    jobs = service(database)
     good = b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
     job_id = jobs.create(job_request(model="retired-model"))["id"]
     assert make_worker(database, tmp_path, {"file-abc": good}).run_once() == job_id
     assert jobs.get("ten_1", job_id)["error"]["code"] == "model_not_available"
+
+
+class SlowTrainingWorker(Worker):
+    """Trains nothing: waits until released, then returns an adapter dir (the bookkeeping is what is tested)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.training = threading.Event()
+        self.release = threading.Event()
+
+    def _train(self, job, base_dir, train, validation, cancel):  # type: ignore[no-untyped-def]
+        self.training.set()
+        self.release.wait(30)
+        adapter_dir = self._registry.job_dir(job.id) / "adapter"
+        adapter_dir.mkdir(parents=True)
+        return TrainingResult(adapter_dir, trained_tokens=123, steps=1, train_loss=0.5, valid_loss=None)
+
+
+def test_a_job_failed_as_dead_while_training_stays_failed_and_charged_once(database: Database, tmp_path: Path) -> None:
+    jobs = service(database)
+    good = b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
+    job_id = jobs.create(job_request())["id"]
+    registry = AdapterRegistry(database.sessions, tmp_path / "adapters")
+    slow = SlowTrainingWorker(
+        database.sessions, registry, lambda t, f: good, {"base": tmp_path}, charge_job, heartbeat_seconds=60
+    )
+    runner = threading.Thread(target=slow.run_once)
+    runner.start()
+    assert slow.training.wait(10)
+    with database.sessions.begin() as session:  # its heartbeats stopped reaching the database
+        session.get(FineTuningJob, job_id).heartbeat_at = utcnow() - timedelta(minutes=5)  # type: ignore[union-attr]
+    make_worker(database, tmp_path).fail_dead_jobs()
+    slow.release.set()  # the slow worker comes back with a trained adapter
+    runner.join(10)
+    job = jobs.get("ten_1", job_id)
+    assert (job["status"], job["error"]["code"], job["fine_tuned_model"]) == ("failed", "worker_died", None)
+    assert charges(database, job_id) == [("failed", 0)]
+    with database.sessions() as session:
+        assert session.scalars(select(Adapter).where(Adapter.job_id == job_id)).all() == []
+
+
+def test_a_succeeding_job_is_registered_and_charged_in_one_transition(database: Database, tmp_path: Path) -> None:
+    jobs = service(database)
+    good = b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
+    job_id = jobs.create(job_request())["id"]
+    registry = AdapterRegistry(database.sessions, tmp_path / "adapters")
+    worker = SlowTrainingWorker(database.sessions, registry, lambda t, f: good, {"base": tmp_path}, charge_job)
+    worker.release.set()
+    assert worker.run_once() == job_id
+    job = jobs.get("ten_1", job_id)
+    assert job["status"] == "succeeded" and job["trained_tokens"] == 123
+    assert registry.get(job["fine_tuned_model"], "ten_1") is not None
+    assert charges(database, job_id) == [("succeeded", 123)]
+
+
+class FlakySessions:
+    """The worker's session factory, failing its first ``failures`` uses as an unreachable database does."""
+
+    def __init__(self, sessions: sessionmaker[Session], failures: int) -> None:
+        self._sessions = sessions
+        self.failures = failures
+
+    def _maybe_fail(self) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+    def __call__(self) -> Session:
+        self._maybe_fail()
+        return self._sessions()
+
+    def begin(self) -> Any:
+        self._maybe_fail()
+        return self._sessions.begin()
+
+
+def test_database_errors_do_not_stop_the_worker(database: Database, tmp_path: Path) -> None:
+    jobs = service(database)
+    job_id = jobs.create(job_request(model="retired-model"))["id"]
+    flaky = FlakySessions(database.sessions, failures=5)
+    good = b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
+    registry = AdapterRegistry(database.sessions, tmp_path / "adapters")
+    worker = Worker(
+        flaky,  # type: ignore[arg-type]
+        registry,
+        lambda t, f: good,
+        {"base": tmp_path},
+        charge_job,
+        poll_seconds=0.01,
+        max_backoff_seconds=0.05,
+    )
+    runner = threading.Thread(target=worker.run)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 20
+        while jobs.get("ten_1", job_id)["status"] != "failed" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+        runner.join(10)
+    assert not runner.is_alive()
+    assert flaky.failures == 0
+    assert jobs.get("ten_1", job_id)["error"]["code"] == "model_not_available"
+    assert charges(database, job_id) == [("failed", 0)]

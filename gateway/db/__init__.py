@@ -1,7 +1,7 @@
 """Persistence: SQLAlchemy 2 tables, the database engine (SQLite in WAL mode by default, PostgreSQL in
 production) and Alembic migrations applied at start."""
 
-from gateway.db.engine import Database
+from gateway.db.database import Database
 from gateway.db.schema import ApiKey, Base, File, Tenant, UsageRecord
 
 __all__ = ["ApiKey", "Base", "Database", "File", "Tenant", "UsageRecord"]

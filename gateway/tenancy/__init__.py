@@ -1,1 +1,2 @@
-"""Tenants, their API keys and quotas, and usage reports: the operations behind the admin API and CLI."""
+"""Tenants and their keys: who a request acts for (``principal``, ``key_cache``), the tenants/keys table
+operations (``service``, ``models``, ``keys``), the admin API for them (``routes``) and the admin key."""

@@ -9,14 +9,20 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway import bounds
+from gateway.bounds import UtcDateTime
+
 TenantName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="lowercase, [a-z0-9_-]")]
-Positive = Annotated[int, Field(ge=1)]
+Positive = Annotated[int, Field(ge=1, le=bounds.INT32_MAX)]
+Count64 = Annotated[int, Field(ge=0, le=bounds.INT64_MAX)]
+Price = Annotated[Decimal, Field(ge=0, le=1_000_000, decimal_places=9)]
+ModelId = Annotated[str, Field(min_length=1, max_length=bounds.MODEL)]
 
 
 class ModelPrice(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    input: Decimal = Field(ge=0, description="USD per 1M prompt tokens")
-    output: Decimal = Field(ge=0, description="USD per 1M completion tokens")
+    input: Price = Field(description="USD per 1M prompt tokens")
+    output: Price = Field(description="USD per 1M completion tokens")
 
 
 class QuotaFields(BaseModel):
@@ -26,10 +32,15 @@ class QuotaFields(BaseModel):
     requests_per_minute: Positive | None = None
     tokens_per_minute: Positive | None = None
     max_concurrent_requests: Positive | None = None
-    monthly_token_budget: Annotated[int, Field(ge=0)] | None = None
-    monthly_cost_budget: Annotated[Decimal, Field(ge=0, description="USD per calendar month")] | None = None
+    monthly_token_budget: Count64 | None = None
+    monthly_cost_budget: (
+        Annotated[Decimal, Field(ge=0, lt=10**11, decimal_places=9, description="USD per calendar month")] | None
+    ) = None
     max_tokens_cap: Positive | None = None
-    model_prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    max_storage_bytes: Count64 | None = Field(
+        default=None, description="Bytes of uploaded files; null: the server's default"
+    )
+    model_prices: Annotated[dict[ModelId, ModelPrice], Field(max_length=1000)] = Field(default_factory=dict)
 
 
 class TenantCreate(QuotaFields):
@@ -54,10 +65,12 @@ class TenantOut(QuotaFields):
 
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: Annotated[str, Field(max_length=128)] = ""
-    expires_at: datetime | None = None
-    expires_in_days: Annotated[float, Field(gt=0)] | None = None
-    allowed_models: list[str] | None = Field(default=None, description="null: every model")
+    name: Annotated[str, Field(max_length=bounds.KEY_NAME)] = ""
+    expires_at: UtcDateTime | None = None
+    expires_in_days: Annotated[float, Field(gt=0, le=36_500)] | None = None
+    allowed_models: Annotated[list[ModelId], Field(max_length=1000)] | None = Field(
+        default=None, description="null: every model"
+    )
 
 
 class KeyOut(BaseModel):
@@ -85,6 +98,7 @@ class Quotas:
     monthly_token_budget: int | None = None
     monthly_cost_budget_nanos: int | None = None
     max_tokens_cap: int | None = None
+    max_storage_bytes: int | None = None
     # model -> (USD per 1M prompt tokens, USD per 1M completion tokens)
     prices: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict)
 

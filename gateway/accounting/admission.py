@@ -1,0 +1,179 @@
+"""Admission: the one server-owned object through which every billable thing a tenant asks for is let in, and
+through which what it used is settled.
+
+* An inference request reserves its rate (one RPM unit per prompt, prompt + most completion tokens in the TPM
+  window, a concurrency slot) and its budget (those tokens and their cost), and room for its ledger record.
+  The returned ``InferenceReservation`` settles exactly once when the run ends (completed, failed or
+  abandoned): the ledger gets one record, and the limiter replaces the reservation by the real count.
+* An upload takes one unit of the RPM window and nothing else.
+* A fine-tuning job reserves budget only (never a slot or the TPM window); it is charged in the transaction
+  that moves the job to its final status, and its reservation is released by ``training_billing``.
+
+Everything is keyed by ids the server minted (the request's context id, the job id), never a client value."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from starlette.concurrency import run_in_threadpool
+
+from gateway.accounting.ledger import LedgerWriter
+from gateway.accounting.limits import (
+    BudgetDemand,
+    BudgetSnapshot,
+    Demand,
+    Limiter,
+    MonthToDate,
+    RateDemand,
+    Settlement,
+)
+from gateway.accounting.records import UsageEntry, UsageLedger
+from gateway.accounting.tasks import SettlementTasks
+from gateway.edge.request_context import RequestContext
+from gateway.tenancy.principal import TenantPrincipal
+from gateway.tenancy.service import utcnow
+
+logger = logging.getLogger(__name__)
+_SETTLE_ATTEMPTS = 3
+
+
+def current_month() -> str:
+    return utcnow().strftime("%Y-%m")
+
+
+class Admission:
+    def __init__(
+        self,
+        limiter: Limiter,
+        ledger: LedgerWriter,
+        usage: UsageLedger,
+        tasks: SettlementTasks,
+        *,
+        training_lease_seconds: float,
+    ) -> None:
+        self._limiter = limiter
+        self._ledger = ledger
+        self._usage = usage
+        self._tasks = tasks
+        self._training_lease = training_lease_seconds
+
+    def _month_to_date(self, tenant_id: str) -> MonthToDate:
+        async def read(month: str) -> BudgetSnapshot:
+            return await run_in_threadpool(self._usage.budget_snapshot, tenant_id, month)
+
+        return read
+
+    async def rate_headers(self, context: RequestContext, tenant: TenantPrincipal) -> None:
+        """Put the tenant's current rate-limit headers on the response."""
+        context.response_headers.update(await self._limiter.headers(tenant.tenant_id, tenant.identity.quotas))
+
+    async def admit_inference(
+        self,
+        context: RequestContext,
+        tenant: TenantPrincipal,
+        model: str,
+        *,
+        prompts: int,
+        prompt_tokens: int,
+        max_completion_tokens: int,
+        end_user: str | None,
+    ) -> InferenceReservation:
+        quotas = tenant.identity.quotas
+        tokens = prompt_tokens + max_completion_tokens
+        demand = Demand(
+            context.id,
+            rate=RateDemand(requests=prompts, tokens=tokens, slot=True),
+            budget=BudgetDemand(
+                tokens, quotas.cost_nanos(model, prompt_tokens, max_completion_tokens), current_month()
+            ),
+        )
+        self._ledger.claim()
+        try:
+            grant = await self._limiter.admit(tenant.tenant_id, quotas, demand, self._month_to_date(tenant.tenant_id))
+        except BaseException:
+            self._ledger.unclaim()
+            raise
+        context.response_headers.update(grant.headers)
+        return InferenceReservation(self, context, tenant, model, demand, end_user)
+
+    async def admit_upload(self, context: RequestContext, tenant: TenantPrincipal) -> None:
+        demand = Demand(context.id, rate=RateDemand(requests=1, tokens=0, slot=False))
+        quotas = tenant.identity.quotas
+        grant = await self._limiter.admit(tenant.tenant_id, quotas, demand, self._month_to_date(tenant.tenant_id))
+        context.response_headers.update(grant.headers)
+
+    async def admit_training(
+        self, tenant: TenantPrincipal, job_id: str, model: str, estimated_tokens: int
+    ) -> BudgetDemand:
+        """Reserve a fine-tuning job's estimated tokens against the monthly budgets (nothing else); the job
+        keeps the returned amounts so that its release gives back exactly what was reserved."""
+        quotas = tenant.identity.quotas
+        budget = BudgetDemand(estimated_tokens, quotas.cost_nanos(model, estimated_tokens, 0), current_month())
+        demand = Demand(job_id, budget=budget, lease_seconds=self._training_lease)
+        await self._limiter.admit(tenant.tenant_id, quotas, demand, self._month_to_date(tenant.tenant_id))
+        return budget
+
+    async def release_training(self, tenant: TenantPrincipal, job_id: str, reserved: BudgetDemand) -> None:
+        """Give back the reservation of a job that could not be created."""
+        await self._limiter.settle(tenant.tenant_id, Demand(job_id, budget=reserved), Settlement(0, 0))
+
+    def settle(self, tenant_id: str, demand: Demand, used: Settlement, entry: UsageEntry) -> None:
+        """Record what an admitted request used (its claimed ledger room) and settle it in the limiter."""
+        self._ledger.record(entry)
+        self._tasks.spawn(self._settle_limiter(tenant_id, demand, used))
+
+    async def _settle_limiter(self, tenant_id: str, demand: Demand, used: Settlement) -> None:
+        for attempt in range(1, _SETTLE_ATTEMPTS + 1):
+            try:
+                await self._limiter.settle(tenant_id, demand, used)
+                return
+            except Exception:
+                if attempt == _SETTLE_ATTEMPTS:
+                    raise  # its lease frees the slot and the reservation
+                logger.warning("settling %s failed (attempt %d); retrying", demand.id, attempt, exc_info=True)
+                await asyncio.sleep(0.2 * attempt)
+
+
+class InferenceReservation:
+    """What one admitted inference request holds, until ``settle``."""
+
+    def __init__(
+        self,
+        admission: Admission,
+        context: RequestContext,
+        tenant: TenantPrincipal,
+        model: str,
+        demand: Demand,
+        end_user: str | None,
+    ) -> None:
+        self._admission = admission
+        self._context = context
+        self._tenant = tenant
+        self._model = model
+        self._demand = demand
+        self._end_user = end_user
+        self._settled = False
+
+    def settle(self, prompt_tokens: int, completion_tokens: int, outcome: str) -> None:
+        """Called once when the run ends; later calls do nothing (safe from a ``finally``)."""
+        if self._settled:
+            return
+        self._settled = True
+        cost = self._tenant.identity.quotas.cost_nanos(self._model, prompt_tokens, completion_tokens)
+        entry = UsageEntry(
+            request_id=self._context.id,
+            tenant_id=self._tenant.tenant_id,
+            key_id=self._tenant.key_id,
+            model=self._model,
+            kind="inference",
+            outcome=outcome,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost_nanos=cost,
+            created_at=utcnow(),
+            end_user=self._end_user,
+            client_request_id=self._context.client_request_id,
+        )
+        used = Settlement(tokens=prompt_tokens + completion_tokens, cost_nanos=cost)
+        self._admission.settle(self._tenant.tenant_id, self._demand, used, entry)

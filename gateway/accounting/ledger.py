@@ -1,0 +1,209 @@
+"""The ledger writer: usage records are queued on the request path (no I/O there) and written in batches by a
+background thread every ``flush_interval`` seconds (at most 1 s). It never stops and never loses a record:
+
+* **Room first.** Admission claims room for the record a request will leave (``claim``); when the records
+  admitted but not yet written reach ``capacity``, new requests are refused with a 503 before they start, so
+  a record never has to be dropped.
+* **Bad rows are set aside.** A batch the database refuses is split in halves until the refused rows are
+  alone; each is appended to ``dead-letter.jsonl`` in the ledger dir, counted in a metric and logged, and the
+  rest are written. A database that is unreachable is retried with backoff, nothing split.
+* **Writes are idempotent.** Each record's ``request_id`` is unique in the ledger, so a batch retried after an
+  unclear failure, or a spool replayed, is counted once.
+* **Shutdown** writes what is queued for at most ``shutdown_seconds``; what is still unwritten then is spooled
+  to ``spool-*.jsonl`` and written at the next start (``replay_spool``). A ``kill -9`` loses at most the
+  records of the last interval.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from gateway.accounting.records import UsageEntry
+from gateway.errors import ServiceUnavailable
+
+logger = logging.getLogger(__name__)
+
+BATCH_LIMIT = 1000
+_MAX_BACKOFF_SECONDS = 5.0
+
+Write = Callable[[list[UsageEntry]], None]
+
+
+def _unreachable(exc: Exception) -> bool:
+    """The database itself failed (down, connection lost, locked), not the rows."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+class LedgerFull(ServiceUnavailable):
+    def __init__(self) -> None:
+        super().__init__(
+            "The server is writing usage records slower than they arrive; retry shortly.",
+            code="ledger_backlog",
+            headers={"retry-after": "1"},
+        )
+
+
+class LedgerWriter:
+    def __init__(
+        self,
+        write: Write,
+        directory: Path,
+        *,
+        flush_interval: float = 0.5,
+        capacity: int = 10_000,
+        shutdown_seconds: float = 10.0,
+        on_dead_letter: Callable[[int], None] = lambda _: None,
+    ) -> None:
+        self._write_batch = write
+        self._dir = directory
+        self._interval = flush_interval
+        self._capacity = capacity
+        self._shutdown_seconds = shutdown_seconds
+        self._on_dead_letter = on_dead_letter
+        self._queue: deque[UsageEntry] = deque()
+        self._retry: list[UsageEntry] = []
+        self._claimed = 0  # admitted requests whose record is not written yet (queued ones included)
+        self._writing = False
+        self._lock = threading.Condition()
+        self._stop = threading.Event()
+        directory.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._run, name="llmaas-ledger", daemon=True)
+        self._thread.start()
+
+    # -- the request path ----------------------------------------------------------------------------------------
+    def claim(self) -> None:
+        """Room for one future record, or ``LedgerFull`` (a 503) when the backlog is at capacity."""
+        with self._lock:
+            if self._claimed >= self._capacity:
+                raise LedgerFull()
+            self._claimed += 1
+
+    def unclaim(self) -> None:
+        """Give back a claim whose request was refused before it ran (it leaves no record)."""
+        with self._lock:
+            self._claimed -= 1
+            self._lock.notify_all()
+
+    def record(self, entry: UsageEntry) -> None:
+        """Queue the record of a claimed request; never blocks, never drops."""
+        with self._lock:
+            self._queue.append(entry)
+
+    @property
+    def backlog(self) -> int:
+        with self._lock:
+            return self._claimed
+
+    def wait_flushed(self, timeout: float = 10.0) -> bool:
+        """Block until every record queued so far is written (tests)."""
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._queue and not self._retry and not self._writing, timeout)
+
+    # -- the writer thread ---------------------------------------------------------------------------------------
+    def _take(self) -> list[UsageEntry]:
+        with self._lock:
+            batch = self._retry + [self._queue.popleft() for _ in range(min(len(self._queue), BATCH_LIMIT))]
+            self._retry = []
+            self._writing = bool(batch)
+            return batch
+
+    def _done(self, written: int, retry: list[UsageEntry]) -> None:
+        with self._lock:
+            self._claimed -= written
+            self._retry = retry
+            self._writing = False
+            self._lock.notify_all()
+
+    def _run(self) -> None:
+        backoff = self._interval
+        while not self._stop.wait(backoff):
+            batch = self._take()
+            try:
+                retry = self._write_or_split(batch)
+            except Exception:  # e.g. the dead-letter file cannot be written: keep everything, try again
+                logger.exception("writing %d usage records failed; retrying", len(batch))
+                retry = batch
+            self._done(len(batch) - len(retry), retry)
+            backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS) if retry else self._interval
+
+    def _write_or_split(self, batch: list[UsageEntry]) -> list[UsageEntry]:
+        """Write the batch; returns what must be retried later (the database was unreachable)."""
+        if not batch:
+            return []
+        try:
+            self._write_batch(batch)
+            return []
+        except Exception as exc:
+            if _unreachable(exc):
+                logger.warning("the ledger's database is unreachable (%s); %d records wait", exc, len(batch))
+                return batch
+            if len(batch) == 1:
+                self._dead_letter(batch[0], exc)
+                return []
+        middle = len(batch) // 2
+        return self._write_or_split(batch[:middle]) + self._write_or_split(batch[middle:])
+
+    def _dead_letter(self, entry: UsageEntry, exc: Exception) -> None:
+        reason = str(exc).splitlines()[0][:500]
+        logger.error("usage record %s refused by the database, set aside: %s", entry.request_id, reason)
+        _append_jsonl(self._dir / "dead-letter.jsonl", [{"entry": entry.to_json(), "error": reason}])
+        self._on_dead_letter(1)
+
+    # -- start and shutdown --------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the thread, write what is queued within the deadline, spool the rest to disk."""
+        self._stop.set()
+        self._thread.join()
+        deadline = time.monotonic() + self._shutdown_seconds
+        while time.monotonic() < deadline:
+            batch = self._take()
+            if not batch:
+                return
+            retry = self._write_or_split(batch)
+            self._done(len(batch) - len(retry), retry)
+            if retry:
+                time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
+        left = self._take()
+        if left:
+            path = self._dir / f"spool-{time.time_ns()}-{os.getpid()}.jsonl"
+            _append_jsonl(path, [entry.to_json() for entry in left])
+            logger.error("the ledger's database did not take %d usage records in time; spooled to %s", len(left), path)
+            self._done(len(left), [])
+
+    def replay_spool(self) -> int:
+        """Write the records spooled by an earlier shutdown (skipping any already written); returns how many."""
+        replayed = 0
+        for path in sorted(self._dir.glob("spool-*.jsonl")):
+            entries = [UsageEntry.from_json(json.loads(line)) for line in _lines(path)]
+            for start in range(0, len(entries), BATCH_LIMIT):
+                retry = self._write_or_split(entries[start : start + BATCH_LIMIT])
+                if retry:
+                    raise RuntimeError(f"the database is unreachable; {path} is kept for the next start")
+            path.unlink()
+            replayed += len(entries)
+            logger.info("replayed %d spooled usage records from %s", len(entries), path.name)
+        return replayed
+
+
+def _append_jsonl(path: Path, items: list[dict[str, object]]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        for item in items:
+            handle.write(json.dumps(item, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _lines(path: Path) -> Iterator[str]:
+    with path.open(encoding="utf-8") as handle:
+        yield from (line for line in handle if line.strip())

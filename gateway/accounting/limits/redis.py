@@ -1,0 +1,310 @@
+"""The Redis limiter: the same rules as the in-process one, shared by every gateway process on one Redis.
+
+Each admission and settlement is one Lua script, so concurrent requests on any number of gateways are
+checked and recorded atomically. Time comes from Redis (``TIME``), not from the gateways' clocks.
+Reservations and concurrency slots carry a lease: a gateway killed mid-request frees them after the lease.
+
+Keys per tenant (hash-tagged so one tenant's keys share a cluster slot):
+    llmaas:{t}:req       zset  demand id -> admitted at             (RPM window)
+    llmaas:{t}:reqv      hash  demand id -> requests it counts
+    llmaas:{t}:tok       zset  demand id -> admitted at             (TPM window)
+    llmaas:{t}:tokv      hash  demand id -> tokens (reserved, then actual)
+    llmaas:{t}:inflight  zset  demand id -> lease expiry            (concurrency slots)
+    llmaas:{t}:resv      hash  demand id -> "tokens cost expiry budget-key"   (budget reservations)
+    llmaas:{t}:budget:M  hash  used_t, used_c, resv_t, resv_c        (month M)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+
+from gateway.accounting.limits.base import (
+    BudgetDemand,
+    Demand,
+    Grant,
+    MonthToDate,
+    RateDemand,
+    Settlement,
+    WindowState,
+    budget_exceeded,
+    rate_headers,
+    too_many_concurrent,
+    window_exceeded,
+)
+from gateway.errors import APIError
+from gateway.tenancy.models import Quotas
+
+_COMMON = """
+local function int(x) return string.format('%d', x) end
+
+local function now_seconds()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+-- drop entries older than the window from a (zset of times, hash of weights) pair
+local function prune_window(zset, weights, now, window)
+  local old = redis.call('ZRANGEBYSCORE', zset, '-inf', now - window)
+  for _, id in ipairs(old) do
+    redis.call('ZREM', zset, id)
+    redis.call('HDEL', weights, id)
+  end
+end
+
+local function window_used(weights)
+  local used = 0
+  for _, v in ipairs(redis.call('HVALS', weights)) do used = used + tonumber(v) end
+  return used
+end
+
+local function oldest_age_left(zset, now, window)
+  local first = redis.call('ZRANGE', zset, 0, 0, 'WITHSCORES')
+  if #first == 0 then return 0 end
+  return tonumber(first[2]) + window - now
+end
+
+-- seconds until enough of the window's weight has left it for `needed` more to fit under `limit`
+local function wait_until_fits(zset, weights, used, limit, needed, now, window)
+  local entries = redis.call('ZRANGE', zset, 0, -1, 'WITHSCORES')
+  for i = 1, #entries, 2 do
+    used = used - tonumber(redis.call('HGET', weights, entries[i]) or '0')
+    if used + needed <= limit then return tonumber(entries[i + 1]) + window - now end
+  end
+  return window
+end
+
+local function window_state(req, reqv, tok, tokv, now, window)
+  return {window_used(reqv), tostring(oldest_age_left(req, now, window)),
+          window_used(tokv), tostring(oldest_age_left(tok, now, window))}
+end
+
+-- give back one budget reservation (to the month it was made in), if it is still held
+local function release(resv, id)
+  local r = redis.call('HGET', resv, id)
+  if not r then return end
+  local rt, rc, _, month_key = string.match(r, '(%S+) (%S+) (%S+) (%S+)')
+  if redis.call('EXISTS', month_key) == 1 then
+    redis.call('HINCRBY', month_key, 'resv_t', int(0 - tonumber(rt)))
+    redis.call('HINCRBY', month_key, 'resv_c', int(0 - tonumber(rc)))
+  end
+  redis.call('HDEL', resv, id)
+end
+"""
+
+_ADMIT = (
+    _COMMON
+    + """
+-- KEYS: req, reqv, tok, tokv, inflight, resv, budget
+-- ARGV: id, has_rate, requests, tokens, slot, has_budget, budget_tokens, budget_cost,
+--       rpm, tpm, concurrent, budget_token_limit, budget_cost_limit, lease, window       (-1: unlimited)
+local req, reqv, tok, tokv, inflight, resv, budget = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local id = ARGV[1]
+local has_rate, requests, tokens, slot = ARGV[2] == '1', tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] == '1'
+local has_budget, btokens, bcost = ARGV[6] == '1', tonumber(ARGV[7]), tonumber(ARGV[8])
+local rpm, tpm, conc = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local btok_limit, bcost_limit = tonumber(ARGV[12]), tonumber(ARGV[13])
+local lease, window = tonumber(ARGV[14]), tonumber(ARGV[15])
+local now = now_seconds()
+prune_window(req, reqv, now, window)
+prune_window(tok, tokv, now, window)
+redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now)
+
+local checks_budget = has_budget and (btok_limit >= 0 or bcost_limit >= 0)
+if checks_budget and redis.call('EXISTS', budget) == 0 then return {'init'} end
+
+local state = window_state(req, reqv, tok, tokv, now, window)
+local req_used, tok_used = state[1], state[3]
+if has_rate then
+  if slot and conc >= 0 and redis.call('ZCARD', inflight) >= conc then return {'concurrency', state} end
+  if rpm >= 0 and req_used + requests > rpm then
+    return {'rpm', state, tostring(wait_until_fits(req, reqv, req_used, rpm, requests, now, window))}
+  end
+  if tpm >= 0 and tok_used + tokens > tpm then
+    return {'tpm', state, tostring(wait_until_fits(tok, tokv, tok_used, tpm, tokens, now, window))}
+  end
+end
+
+if checks_budget then
+  -- expired reservations of gateways that died holding them
+  local held = redis.call('HGETALL', resv)
+  for i = 1, #held, 2 do
+    local expiry = tonumber(string.match(held[i + 1], '%S+ %S+ (%S+)'))
+    if expiry < now then release(resv, held[i]) end
+  end
+  local b = redis.call('HMGET', budget, 'used_t', 'used_c', 'resv_t', 'resv_c')
+  local committed_t = tonumber(b[1] or 0) + tonumber(b[3] or 0)
+  local committed_c = tonumber(b[2] or 0) + tonumber(b[4] or 0)
+  if btok_limit >= 0 and committed_t + btokens > btok_limit then return {'budget_tokens', state, int(committed_t)} end
+  if bcost_limit >= 0 and committed_c + bcost > bcost_limit then return {'budget_cost', state, int(committed_c)} end
+  redis.call('HINCRBY', budget, 'resv_t', ARGV[7])
+  redis.call('HINCRBY', budget, 'resv_c', ARGV[8])
+  redis.call('HSET', resv, id, ARGV[7] .. ' ' .. ARGV[8] .. ' ' .. tostring(now + lease) .. ' ' .. budget)
+  if redis.call('TTL', resv) < math.ceil(lease) + 5 then redis.call('EXPIRE', resv, math.ceil(lease) + 5) end
+end
+
+if not has_rate then return {'ok', state} end
+redis.call('ZADD', req, now, id)
+redis.call('HSET', reqv, id, requests)
+redis.call('ZADD', tok, now, id)
+redis.call('HSET', tokv, id, tokens)
+if slot then redis.call('ZADD', inflight, now + lease, id) end
+for _, key in ipairs({req, reqv, tok, tokv}) do redis.call('EXPIRE', key, math.ceil(window) + 5) end
+redis.call('EXPIRE', inflight, math.ceil(lease) + 5)
+return {'ok', window_state(req, reqv, tok, tokv, now, window)}
+"""
+)
+
+_INIT_BUDGET = """
+-- KEYS: budget, resv; ARGV: used tokens, used cost, ttl, lease, then (id, tokens, cost) per open reservation
+local budget, resv = KEYS[1], KEYS[2]
+if redis.call('HSETNX', budget, 'used_t', ARGV[1]) == 0 then return 0 end
+redis.call('HSET', budget, 'used_c', ARGV[2], 'resv_t', 0, 'resv_c', 0)
+redis.call('EXPIRE', budget, ARGV[3])
+local t = redis.call('TIME')
+local expiry = tonumber(t[1]) + tonumber(ARGV[4])
+for i = 5, #ARGV, 3 do
+  if redis.call('HEXISTS', resv, ARGV[i]) == 0 then
+    redis.call('HINCRBY', budget, 'resv_t', ARGV[i + 1])
+    redis.call('HINCRBY', budget, 'resv_c', ARGV[i + 2])
+    redis.call('HSET', resv, ARGV[i], ARGV[i + 1] .. ' ' .. ARGV[i + 2] .. ' ' .. tostring(expiry) .. ' ' .. budget)
+  end
+end
+if redis.call('TTL', resv) < tonumber(ARGV[4]) + 5 then redis.call('EXPIRE', resv, math.ceil(tonumber(ARGV[4])) + 5) end
+return 1
+"""
+
+_SETTLE = (
+    _COMMON
+    + """
+-- KEYS: tokv, inflight, resv, charged budget (may not exist); ARGV: id, tokens, cost
+local tokv, inflight, resv, charged = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local id = ARGV[1]
+redis.call('ZREM', inflight, id)
+if redis.call('HEXISTS', tokv, id) == 1 then redis.call('HSET', tokv, id, ARGV[2]) end
+release(resv, id)
+if redis.call('EXISTS', charged) == 1 then
+  redis.call('HINCRBY', charged, 'used_t', ARGV[2])
+  redis.call('HINCRBY', charged, 'used_c', ARGV[3])
+end
+return 1
+"""
+)
+
+_PEEK = (
+    _COMMON
+    + """
+-- KEYS: req, reqv, tok, tokv; ARGV: window
+local window = tonumber(ARGV[1])
+local now = now_seconds()
+prune_window(KEYS[1], KEYS[2], now, window)
+prune_window(KEYS[3], KEYS[4], now, window)
+return window_state(KEYS[1], KEYS[2], KEYS[3], KEYS[4], now, window)
+"""
+)
+
+
+def _rejection(status: str, result: list[Any], quotas: Quotas, demand: Demand, headers: dict[str, str]) -> APIError:
+    """The error for what the admission script refused."""
+    rate = demand.rate or RateDemand(0, 0, False)
+    budget = demand.budget or BudgetDemand(0, 0, "-")
+    if status == "concurrency":
+        return too_many_concurrent(quotas.max_concurrent_requests or 0, headers)
+    if status == "rpm":
+        used, wait = int(result[1][0]), float(result[2])
+        return window_exceeded("rpm", quotas.requests_per_minute or 0, used, rate.requests, wait, headers)
+    if status == "tpm":
+        used, wait = int(result[1][2]), float(result[2])
+        return window_exceeded("tpm", quotas.tokens_per_minute or 0, used, rate.tokens, wait, headers)
+    committed = int(float(result[2]))
+    if status == "budget_tokens":
+        return budget_exceeded("token", quotas.monthly_token_budget or 0, committed, budget.tokens, headers)
+    return budget_exceeded("cost", quotas.monthly_cost_budget_nanos or 0, committed, budget.cost_nanos, headers)
+
+
+_UNLIMITED = -1
+_BUDGET_TTL_SECONDS = 40 * 24 * 3600
+
+
+def _limit(value: int | None) -> int:
+    return _UNLIMITED if value is None else value
+
+
+class RedisLimiter:
+    def __init__(self, url: str, *, lease_seconds: float = 900.0, window_seconds: float = 60.0) -> None:
+        self._redis: Redis = Redis.from_url(url)
+        self._lease = lease_seconds
+        self._window = window_seconds
+        self._admit = self._redis.register_script(_ADMIT)
+        self._init_budget = self._redis.register_script(_INIT_BUDGET)
+        self._settle = self._redis.register_script(_SETTLE)
+        self._peek = self._redis.register_script(_PEEK)
+
+    @staticmethod
+    def _key(tenant_id: str, name: str) -> str:
+        return f"llmaas:{{{tenant_id}}}:{name}"
+
+    def _window_keys(self, tenant_id: str) -> list[str]:
+        return [self._key(tenant_id, name) for name in ("req", "reqv", "tok", "tokv")]
+
+    def _headers(self, quotas: Quotas, state: list[Any]) -> dict[str, str]:
+        req_used, req_reset, tok_used, tok_reset = int(state[0]), float(state[1]), int(state[2]), float(state[3])
+        rpm, tpm = quotas.requests_per_minute, quotas.tokens_per_minute
+        requests = None if rpm is None else WindowState(rpm, req_used, req_reset)
+        tokens = None if tpm is None else WindowState(tpm, tok_used, tok_reset)
+        return rate_headers(requests, tokens)
+
+    async def admit(self, tenant_id: str, quotas: Quotas, demand: Demand, month_to_date: MonthToDate) -> Grant:
+        rate, budget = demand.rate, demand.budget
+        month = budget.month if budget is not None else "-"
+        budget_key = self._key(tenant_id, f"budget:{month}")
+        resv = self._key(tenant_id, "resv")
+        lease = demand.lease_seconds or self._lease
+        keys = [*self._window_keys(tenant_id), self._key(tenant_id, "inflight"), resv, budget_key]
+        args = [
+            demand.id,
+            int(rate is not None),
+            rate.requests if rate else 0,
+            rate.tokens if rate else 0,
+            int(bool(rate and rate.slot)),
+            int(budget is not None),
+            budget.tokens if budget else 0,
+            budget.cost_nanos if budget else 0,
+            _limit(quotas.requests_per_minute),
+            _limit(quotas.tokens_per_minute),
+            _limit(quotas.max_concurrent_requests),
+            _limit(quotas.monthly_token_budget),
+            _limit(quotas.monthly_cost_budget_nanos),
+            lease,
+            self._window,
+        ]
+        result = await self._admit(keys=keys, args=args)
+        if result[0] == b"init":
+            snapshot = await month_to_date(month)
+            opened = [value for r in snapshot.open_reservations for value in (r.id, r.tokens, r.cost_nanos)]
+            init_args = [snapshot.used_tokens, snapshot.used_cost_nanos, _BUDGET_TTL_SECONDS, lease, *opened]
+            await self._init_budget(keys=[budget_key, resv], args=init_args)
+            result = await self._admit(keys=keys, args=args)
+        status = result[0].decode()
+        headers = self._headers(quotas, result[1])
+        if status == "ok":
+            return Grant(headers)
+        raise _rejection(status, result, quotas, demand, headers)
+
+    async def settle(self, tenant_id: str, demand: Demand, used: Settlement) -> None:
+        month = used.month or (demand.budget.month if demand.budget else "-")
+        keys = [
+            self._key(tenant_id, "tokv"),
+            self._key(tenant_id, "inflight"),
+            self._key(tenant_id, "resv"),
+            self._key(tenant_id, f"budget:{month}"),
+        ]
+        await self._settle(keys=keys, args=[demand.id, used.tokens, used.cost_nanos])
+
+    async def headers(self, tenant_id: str, quotas: Quotas) -> dict[str, str]:
+        state = await self._peek(keys=self._window_keys(tenant_id), args=[self._window])
+        return self._headers(quotas, state)
+
+    async def close(self) -> None:
+        await self._redis.aclose()

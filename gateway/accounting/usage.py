@@ -1,0 +1,130 @@
+"""Usage reports from the ledger, as the admin API, ``GET /v1/usage`` and the CLI serve them: the query's
+filters, the ``group_by`` list, sums per period, and the JSON or CSV response."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from fastapi import Query, Response
+from sqlalchemy import func, select
+
+from gateway import bounds
+from gateway.bounds import UtcDateTime
+from gateway.db import Database, UsageRecord
+from gateway.errors import InvalidRequestError
+
+Bucket = Literal["hour", "day", "month", "none"]
+GroupField = Literal["tenant", "key", "model", "kind"]
+GROUP_FIELDS: tuple[GroupField, ...] = ("tenant", "key", "model", "kind")
+_COLUMNS = {
+    "tenant": UsageRecord.tenant_id.label("tenant_id"),
+    "key": UsageRecord.key_id.label("key_id"),
+    "model": UsageRecord.model.label("model"),
+    "kind": UsageRecord.kind.label("kind"),
+}
+
+
+@dataclass
+class UsageFilters:
+    """Query parameters both usage routes take (FastAPI reads them from the query string)."""
+
+    key_id: Annotated[str | None, Query(max_length=40)] = None
+    model: Annotated[str | None, Query(max_length=bounds.MODEL)] = None
+    since: UtcDateTime | None = None
+    until: UtcDateTime | None = None
+    bucket: Bucket = "day"
+    format: Literal["json", "csv"] = "json"
+
+
+def parse_group_by(value: str) -> tuple[GroupField, ...]:
+    fields = tuple(part.strip() for part in value.split(",") if part.strip())
+    unknown = [f for f in fields if f not in GROUP_FIELDS]
+    if unknown:
+        shown = ", ".join(part[:20] for part in unknown[:5])
+        raise InvalidRequestError(f"group_by takes {', '.join(GROUP_FIELDS)}; not {shown}", param="group_by")
+    return tuple(f for f in GROUP_FIELDS if f in fields)
+
+
+class UsageReports:
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    def report(self, tenant_id: str | None, filters: UsageFilters, group_by: tuple[GroupField, ...]) -> dict[str, Any]:
+        """Requests, tokens and cost per group and period (``tenant_id`` None: every tenant)."""
+        with self._db.session() as session:
+            columns: list[Any] = [_COLUMNS[name] for name in group_by]
+            if filters.bucket != "none":
+                columns.append(_bucket_expr(session.get_bind().dialect.name, filters.bucket).label("period_start"))
+            sums = [
+                func.count().label("requests"),
+                func.coalesce(func.sum(UsageRecord.prompt_tokens), 0).label("prompt_tokens"),
+                func.coalesce(func.sum(UsageRecord.completion_tokens), 0).label("completion_tokens"),
+                func.coalesce(func.sum(UsageRecord.cost), 0).label("cost"),
+            ]
+            query = select(*columns, *sums)
+            for column, value in (
+                (UsageRecord.tenant_id, tenant_id),
+                (UsageRecord.key_id, filters.key_id),
+                (UsageRecord.model, filters.model),
+            ):
+                if value:
+                    query = query.where(column == value)
+            if filters.since:
+                query = query.where(UsageRecord.created_at >= filters.since)
+            if filters.until:
+                query = query.where(UsageRecord.created_at < filters.until)
+            if columns:
+                query = query.group_by(*columns).order_by(*columns)
+            rows = [dict(row._mapping) for row in session.execute(query)]
+        data = [_usage_row(row) for row in rows if row["requests"]]
+        totals: dict[str, Any] = {
+            name: sum(row[name] for row in data)
+            for name in ("requests", "prompt_tokens", "completion_tokens", "total_tokens")
+        }
+        totals["cost"] = str(sum((Decimal(row["cost"]) for row in data), Decimal(0)))
+        return {"object": "list", "data": data, "totals": totals}
+
+
+def usage_response(report: dict[str, Any], format: Literal["json", "csv"]) -> Response | dict[str, Any]:
+    if format == "csv":
+        return Response(
+            usage_csv(report),
+            media_type="text/csv",
+            headers={"content-disposition": 'attachment; filename="usage.csv"'},
+        )
+    return report
+
+
+def _bucket_expr(dialect: str, bucket: Bucket) -> Any:
+    column = UsageRecord.created_at
+    if dialect == "postgresql":
+        fmt = {"hour": 'YYYY-MM-DD"T"HH24:00:00', "day": "YYYY-MM-DD", "month": "YYYY-MM"}[bucket]
+        return func.to_char(func.date_trunc(bucket, column), fmt)
+    fmt = {"hour": "%Y-%m-%dT%H:00:00", "day": "%Y-%m-%d", "month": "%Y-%m"}[bucket]
+    return func.strftime(fmt, column)
+
+
+def _usage_row(row: dict[str, Any]) -> dict[str, Any]:
+    row = dict(row)
+    row["prompt_tokens"] = int(row["prompt_tokens"])
+    row["completion_tokens"] = int(row["completion_tokens"])
+    row["total_tokens"] = row["prompt_tokens"] + row["completion_tokens"]
+    row["requests"] = int(row["requests"])
+    row["cost"] = str(Decimal(row["cost"]).normalize() if row["cost"] else Decimal(0))
+    return row
+
+
+def usage_csv(report: dict[str, Any]) -> str:
+    rows = report["data"]
+    out = io.StringIO()
+    fields = (
+        list(rows[0].keys()) if rows else ["requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost"]
+    )
+    writer = csv.DictWriter(out, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()

@@ -1,0 +1,51 @@
+"""What client-supplied values may be: how long each string, how large each number, which dates. One
+definition, read both by the API's request types (a value outside it is a 400 naming the param) and by the
+database columns that keep it, so whatever the API accepts fits its column by construction."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import AfterValidator
+
+USER = 256
+"""The ``user`` field of a request (the tenant's end-user id), kept with each usage record."""
+CLIENT_REQUEST_ID = 128
+"""A client's own correlation id (``X-Client-Request-Id`` or ``x-request-id``), kept with each usage record."""
+CLIENT_REQUEST_ID_PATTERN = re.compile(r"^[\x21-\x7e]{1,128}$")
+"""Printable ASCII without spaces: nothing that could split a log line or a header."""
+MODEL = 256
+"""A model id in a request or the ledger. A served base model's name is at most 96 characters (``engine.settings``),
+so ``ft:<base>:<tenant 64>:<suffix 64>:<8 hex>:ckpt-step-<n>`` fits too."""
+SUFFIX = 64
+"""A fine-tuned model's suffix (OpenAI: up to 64 characters); ``fine_tuning_jobs.suffix`` is as long."""
+METADATA_PAIRS = 16
+METADATA_KEY = 64
+METADATA_VALUE = 512
+"""OpenAI's ``metadata``: at most 16 pairs, keys up to 64 characters, values up to 512."""
+FILENAME = 256
+KEY_NAME = 128
+TENANT_NAME = 64
+
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+"""Integer columns: quotas kept in ``Integer`` columns stay under ``INT32_MAX``, token and byte counts under
+``INT64_MAX``; a request's ``seed`` is an int64 as in OpenAI's API."""
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    """Naive UTC (as stored), refusing what cannot be stored or compared (years before 1970 or past 9999)."""
+    if moment.tzinfo is not None:
+        try:
+            moment = moment.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:
+            raise ValueError("the date is out of range") from None
+    if not 1970 <= moment.year <= 9999:
+        raise ValueError("the date must lie between the years 1970 and 9999")
+    return moment
+
+
+UtcDateTime = Annotated[datetime, AfterValidator(_naive_utc)]
+"""A client-supplied date and time: any ISO 8601 form or Unix seconds, kept as naive UTC."""

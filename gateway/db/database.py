@@ -1,0 +1,73 @@
+"""Database connection and migration: ``LLMAAS_DATABASE_URL`` or SQLite (WAL) in the data dir. Migrations run at
+every start, one process at a time (an advisory lock on PostgreSQL, a lock file beside the SQLite file)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+_MIGRATION_LOCK_ID = 0x4C4C4D41  # "LLMA": pg_advisory_xact_lock key
+
+
+def sqlite_url(data_dir: Path) -> str:
+    return f"sqlite:///{data_dir / 'llmaas.db'}"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+class Database:
+    """An engine plus a session factory; ``migrate()`` brings the schema to the latest revision."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("sqlite"):
+            self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False})
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def migrate(self) -> None:
+        from alembic import command
+        from alembic.config import Config
+
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        database_file = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
+        on_disk = database_file not in (None, "", ":memory:")
+        with (
+            FileLock(f"{database_file}.migrate.lock") if on_disk else contextlib.nullcontext(),
+            self.engine.begin() as connection,
+        ):
+            if self.engine.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_ID})
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in a transaction: committed on success, rolled back on error."""
+        with self.sessions() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,206 @@
+"""Uploaded files: rows in the ``files`` table, bytes in ``<data dir>/files/<file id>`` (the id is ours, so no
+client-given name reaches the filesystem).
+
+Everything here is blocking I/O, meant for a worker thread: an upload is copied to disk in chunks with its size
+limit enforced while copying (a fine-tuning file is then checked line by line), so no file is ever held in
+memory whole; the tenant's storage quota is checked in the same transaction that adds the row."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sqlalchemy import delete, func, select
+
+from adapters.datasets import Dataset as TrainingSet
+from adapters.datasets import DatasetError, check_jsonl, parse_jsonl
+from gateway import bounds
+from gateway.db import Database, File, Tenant
+from gateway.errors import InvalidRequestError, NotFoundError, PayloadTooLarge, QuotaExceeded
+from gateway.tenancy.service import utcnow
+
+PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+_CHUNK = 1024 * 1024
+
+
+def file_object(row: File) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "object": "file",
+        "bytes": row.bytes,
+        "created_at": int(row.created_at.timestamp()),
+        "filename": row.filename,
+        "purpose": row.purpose,
+        "status": "processed",
+        "status_details": None,
+        "expires_at": None,
+    }
+
+
+def clean_filename(name: str) -> str:
+    """Kept as metadata only: any directory part and control characters dropped; too long a name is a 400."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    cleaned = "".join(ch for ch in base if ch.isprintable()) or "upload"
+    if len(cleaned) > bounds.FILENAME:
+        raise InvalidRequestError(f"The file name must be at most {bounds.FILENAME} characters.", param="file")
+    return cleaned
+
+
+class FileStore:
+    def __init__(self, db: Database, root: Path) -> None:
+        self._db = db
+        self._root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, file_id: str) -> Path:
+        if not file_id.startswith("file-") or not file_id[5:].isalnum() or len(file_id) > 40:
+            raise NotFoundError(f"No such File object: {file_id[:40]}", param="file_id")
+        return self._root / file_id
+
+    # -- storage quota ---------------------------------------------------------------------------------------------
+    def _used_bytes(self, session: Any, tenant_id: str) -> int:
+        return int(session.scalar(select(func.coalesce(func.sum(File.bytes), 0)).where(File.tenant_id == tenant_id)))
+
+    def check_room(self, tenant_id: str, quota: int, incoming: int) -> None:
+        """Refuse an upload that cannot fit before its body is read (``incoming``: its Content-Length)."""
+        with self._db.session() as session:
+            used = self._used_bytes(session, tenant_id)
+        _check_quota(used, incoming, quota)
+
+    # -- create ----------------------------------------------------------------------------------------------------
+    def create(
+        self, tenant_id: str, filename: str, purpose: str, source: BinaryIO, *, max_bytes: int, quota: int
+    ) -> dict[str, Any]:
+        if purpose not in PURPOSES:
+            raise InvalidRequestError(f"purpose must be one of {', '.join(PURPOSES)}", param="purpose")
+        name = clean_filename(filename)
+        if purpose == "fine-tune" and not name.lower().endswith(".jsonl"):
+            raise InvalidRequestError("Fine-tuning files must be .jsonl files.", param="file")
+        file_id = f"file-{secrets.token_hex(12)}"
+        path = self._path(file_id)
+        staging = path.with_suffix(".part")
+        try:
+            size = _copy(source, staging, max_bytes)
+            if purpose == "fine-tune":
+                with staging.open("rb") as handle:
+                    try:
+                        check_jsonl(handle)
+                    except DatasetError as exc:
+                        raise InvalidRequestError(
+                            f"Invalid file format: {exc}", param="file", code="invalid_file_format"
+                        ) from exc
+            row = File(id=file_id, tenant_id=tenant_id, filename=name, purpose=purpose, bytes=size, created_at=utcnow())
+            with self._db.session() as session:
+                # One upload at a time per tenant gets to compare against the quota (PostgreSQL row lock;
+                # SQLite has one writer anyway).
+                session.scalar(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+                _check_quota(self._used_bytes(session, tenant_id), size, quota)
+                session.add(row)
+                session.flush()
+                os.replace(staging, path)
+        finally:
+            staging.unlink(missing_ok=True)
+        return file_object(row)
+
+    # -- read ------------------------------------------------------------------------------------------------------
+    def _own(self, tenant_id: str, file_id: str) -> File:
+        self._path(file_id)  # refuses malformed ids before any query
+        with self._db.session() as session:
+            row = session.get(File, file_id)
+        if row is None or row.tenant_id != tenant_id:
+            raise NotFoundError(f"No such File object: {file_id}", param="file_id")
+        return row
+
+    def get(self, tenant_id: str, file_id: str) -> dict[str, Any]:
+        return file_object(self._own(tenant_id, file_id))
+
+    def open(self, tenant_id: str, file_id: str) -> tuple[BinaryIO, int]:
+        """The file's bytes as an open handle (still readable if the file is deleted meanwhile) and its size."""
+        self._own(tenant_id, file_id)
+        try:
+            handle = self._path(file_id).open("rb")
+            return handle, os.fstat(handle.fileno()).st_size
+        except FileNotFoundError:
+            raise NotFoundError(f"No such File object: {file_id}", param="file_id") from None
+
+    def purpose_of(self, tenant_id: str, file_id: str) -> str:
+        return self._own(tenant_id, file_id).purpose
+
+    def training_set(self, tenant_id: str, file_id: str) -> TrainingSet | None:
+        """The tenant's training file, parsed (it was checked on upload), or None when it is gone."""
+        try:
+            self._own(tenant_id, file_id)
+            return parse_jsonl(self._path(file_id).read_bytes())
+        except (NotFoundError, FileNotFoundError):
+            return None
+
+    def read(self, tenant_id: str, file_id: str) -> bytes | None:
+        """The bytes of the tenant's file, or None (missing, deleted, or someone else's): the worker's reader."""
+        try:
+            self._own(tenant_id, file_id)
+            return self._path(file_id).read_bytes()
+        except (NotFoundError, FileNotFoundError):
+            return None
+
+    def list(self, tenant_id: str, purpose: str | None, limit: int, order: str, after: str | None) -> dict[str, Any]:
+        with self._db.session() as session:
+            query = select(File).where(File.tenant_id == tenant_id)
+            if purpose:
+                query = query.where(File.purpose == purpose)
+            descending = order == "desc"
+            if after:
+                cursor = session.get(File, after)
+                if cursor is None or cursor.tenant_id != tenant_id:
+                    raise NotFoundError(f"No such File object: {after}", param="after")
+                key = (File.created_at, File.id)
+                if descending:
+                    query = query.where(
+                        (key[0] < cursor.created_at) | ((key[0] == cursor.created_at) & (key[1] < cursor.id))
+                    )
+                else:
+                    query = query.where(
+                        (key[0] > cursor.created_at) | ((key[0] == cursor.created_at) & (key[1] > cursor.id))
+                    )
+            ordering = (File.created_at.desc(), File.id.desc()) if descending else (File.created_at, File.id)
+            rows = list(session.scalars(query.order_by(*ordering).limit(limit + 1)))
+        data = [file_object(row) for row in rows[:limit]]
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": len(rows) > limit,
+        }
+
+    def delete(self, tenant_id: str, file_id: str) -> dict[str, Any]:
+        self._own(tenant_id, file_id)
+        with self._db.session() as session:
+            session.execute(delete(File).where(File.id == file_id, File.tenant_id == tenant_id))
+        self._path(file_id).unlink(missing_ok=True)
+        return {"id": file_id, "object": "file", "deleted": True}
+
+
+def _copy(source: BinaryIO, target: Path, max_bytes: int) -> int:
+    size = 0
+    with target.open("wb") as out:
+        while chunk := source.read(_CHUNK):
+            size += len(chunk)
+            if size > max_bytes:
+                raise PayloadTooLarge(
+                    f"The file is larger than this server's limit of {max_bytes} bytes.",
+                    param="file",
+                    code="file_too_large",
+                )
+            out.write(chunk)
+    return size
+
+
+def _check_quota(used: int, incoming: int, quota: int) -> None:
+    if used + incoming > quota:
+        raise QuotaExceeded(
+            f"This upload needs {incoming} bytes but your organization's files already take {used} of its "
+            f"{quota}-byte storage quota. Delete files or ask your operator for more.",
+            param="file",
+        )

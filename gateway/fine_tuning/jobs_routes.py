@@ -1,0 +1,210 @@
+"""``/v1/fine_tuning/jobs``: create (validated and charged against the budget), list, retrieve, cancel,
+events and checkpoints. Training itself runs in the worker process (``llmaas worker``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from adapters.datasets import ChatExample, Dataset
+from adapters.jobs import JobRequest, new_job_id
+from engine.protocol import Tokenizer
+from gateway import bounds
+from gateway.accounting.routes import RateLimitHeaders
+from gateway.edge.strict_json import StrictJSONRoute
+from gateway.errors import InvalidRequestError, NotFoundError
+from gateway.fine_tuning.files import FileStore
+from gateway.state import AdmissionDep, CatalogDep, EngineSettingsDep, FilesDep, JobsDep
+from gateway.tenancy.principal import TenantDep
+
+router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
+
+DEFAULTS = {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 1.0}
+DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+FileRef = Annotated[str, Field(min_length=1, max_length=40)]
+
+
+def _metadata_fits(value: dict[str, str]) -> dict[str, str]:
+    for key, item in value.items():
+        if len(key) > bounds.METADATA_KEY or len(item) > bounds.METADATA_VALUE:
+            raise ValueError(f"keys may be {bounds.METADATA_KEY} characters and values {bounds.METADATA_VALUE} at most")
+    return value
+
+
+Metadata = Annotated[dict[str, str], Field(max_length=bounds.METADATA_PAIRS), AfterValidator(_metadata_fits)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class Hyperparameters(_Body):
+    n_epochs: Annotated[int, Field(ge=1, le=50)] | Literal["auto"] = "auto"
+    batch_size: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = "auto"
+    learning_rate_multiplier: Annotated[float, Field(gt=0, le=10)] | Literal["auto"] = "auto"
+
+
+class Supervised(_Body):
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+
+
+class Method(_Body):
+    type: Literal["supervised"]
+    supervised: Supervised = Field(default_factory=Supervised)
+
+
+class LoraOptions(_Body):
+    """Our extension: the LoRA adapter's shape."""
+
+    rank: Annotated[int, Field(ge=1, le=64)] = 8
+    alpha: Annotated[int, Field(ge=1, le=1024)] = 16
+    target_modules: Annotated[
+        list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_]{1,64}$")]], Field(min_length=1, max_length=32)
+    ] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
+
+
+class FineTuningJobCreate(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: Annotated[str, Field(min_length=1, max_length=bounds.MODEL)]
+    training_file: FileRef
+    validation_file: FileRef | None = None
+    suffix: Annotated[str, Field(pattern=rf"^[A-Za-z0-9_-]{{1,{bounds.SUFFIX}}}$")] | None = None
+    seed: Annotated[int, Field(ge=0, le=bounds.INT32_MAX)] | None = None
+    hyperparameters: Hyperparameters | None = None
+    method: Method | None = None
+    lora: LoraOptions = Field(default_factory=LoraOptions)
+    metadata: Metadata | None = None
+
+    def resolved_hyperparameters(self) -> dict[str, Any]:
+        if self.hyperparameters is not None and self.method is not None:
+            raise InvalidRequestError("Give hyperparameters or method, not both.", param="hyperparameters")
+        chosen = self.method.supervised.hyperparameters if self.method else self.hyperparameters or Hyperparameters()
+        return {name: DEFAULTS[name] if value == "auto" else value for name, value in chosen.model_dump().items()}
+
+
+def _dataset(files: FileStore, tenant_id: str, file_id: str, param: str) -> Dataset:
+    try:
+        purpose = files.purpose_of(tenant_id, file_id)
+    except NotFoundError as exc:
+        raise InvalidRequestError(f"File '{file_id}' not found.", param=param, code="file_not_found") from exc
+    if purpose != "fine-tune":
+        raise InvalidRequestError(
+            f"File '{file_id}' has purpose '{purpose}', not 'fine-tune'.", param=param, code="invalid_file_purpose"
+        )
+    dataset = files.training_set(tenant_id, file_id)
+    if dataset is None:
+        raise InvalidRequestError(f"File '{file_id}' not found.", param=param, code="file_not_found")
+    return dataset
+
+
+def estimate_tokens(tokenizer: Tokenizer, dataset: Dataset) -> int:
+    """Tokens of one pass over the dataset (an upper-bound estimate for the budget reservation)."""
+    total = 0
+    for example in dataset.examples:
+        if isinstance(example, ChatExample):
+            messages = [{"role": m.role, "content": m.content} for m in example.messages]
+            total += len(tokenizer.encode(tokenizer.render_chat(messages)))
+        else:
+            total += len(tokenizer.encode(example.prompt + example.completion)) + 1
+    return total
+
+
+def _check_files_and_estimate(files: FileStore, tenant_id: str, body: FineTuningJobCreate, tokenizer: Tokenizer) -> int:
+    """Blocking: read the files, check them, and count one epoch's tokens (runs in a worker thread)."""
+    train = _dataset(files, tenant_id, body.training_file, "training_file")
+    if body.validation_file:
+        _dataset(files, tenant_id, body.validation_file, "validation_file")
+    return estimate_tokens(tokenizer, train)
+
+
+@router.post("/v1/fine_tuning/jobs")
+async def create_job(
+    body: FineTuningJobCreate,
+    tenant: TenantDep,
+    catalog: CatalogDep,
+    admission: AdmissionDep,
+    files: FilesDep,
+    jobs: JobsDep,
+    engine_settings: EngineSettingsDep,
+) -> dict[str, Any]:
+    if body.model not in catalog.base_ids():
+        raise InvalidRequestError(
+            f"That model cannot be fine-tuned here; base models: {', '.join(catalog.base_ids())}.",
+            param="model",
+            code="model_not_available",
+        )
+    tenant.check_model(body.model)
+    hyper = body.resolved_hyperparameters()
+    if body.lora.rank > engine_settings.max_lora_rank:
+        raise InvalidRequestError(
+            f"lora.rank must be at most {engine_settings.max_lora_rank} on this server.", param="lora.rank"
+        )
+    base = await catalog.resolve(body.model, tenant.tenant_id)
+    per_epoch = await run_in_threadpool(_check_files_and_estimate, files, tenant.tenant_id, body, base.engine.tokenizer)
+    estimated = per_epoch * int(hyper["n_epochs"])
+    job_id = new_job_id()
+    reserved = await admission.admit_training(tenant, job_id, body.model, estimated)
+    job_request = JobRequest(
+        job_id=job_id,
+        tenant_id=tenant.tenant_id,
+        tenant_name=tenant.identity.tenant_name,
+        model=body.model,
+        training_file=body.training_file,
+        validation_file=body.validation_file,
+        suffix=body.suffix,
+        seed=body.seed,
+        n_epochs=int(hyper["n_epochs"]),
+        batch_size=int(hyper["batch_size"]),
+        learning_rate_multiplier=float(hyper["learning_rate_multiplier"]),
+        lora_rank=body.lora.rank,
+        lora_alpha=body.lora.alpha,
+        lora_target_modules=tuple(body.lora.target_modules),
+        estimated_tokens=reserved.tokens,
+        reserved_cost_nanos=reserved.cost_nanos,
+        metadata=body.metadata,
+    )
+    try:
+        return await run_in_threadpool(jobs.create, job_request)
+    except BaseException:
+        await admission.release_training(tenant, job_id, reserved)
+        raise
+
+
+Limit = Annotated[int, Query(ge=1, le=100)]
+JobId = Annotated[str, Path(max_length=40)]
+EventCursor = Annotated[str | None, Query(pattern=r"^ftevent-[0-9]{1,18}$")]
+CheckpointCursor = Annotated[str | None, Query(max_length=40)]
+JobCursor = Annotated[str | None, Query(max_length=40)]
+
+
+@router.get("/v1/fine_tuning/jobs")
+async def list_jobs(jobs: JobsDep, tenant: TenantDep, after: JobCursor = None, limit: Limit = 20) -> dict[str, Any]:
+    return await run_in_threadpool(jobs.list, tenant.tenant_id, after, limit)
+
+
+@router.get("/v1/fine_tuning/jobs/{job_id}")
+async def retrieve_job(job_id: JobId, jobs: JobsDep, tenant: TenantDep) -> dict[str, Any]:
+    return await run_in_threadpool(jobs.get, tenant.tenant_id, job_id)
+
+
+@router.post("/v1/fine_tuning/jobs/{job_id}/cancel")
+async def cancel_job(job_id: JobId, jobs: JobsDep, tenant: TenantDep) -> dict[str, Any]:
+    return await run_in_threadpool(jobs.cancel, tenant.tenant_id, job_id)
+
+
+@router.get("/v1/fine_tuning/jobs/{job_id}/events")
+async def job_events(
+    job_id: JobId, jobs: JobsDep, tenant: TenantDep, after: EventCursor = None, limit: Limit = 20
+) -> dict[str, Any]:
+    return await run_in_threadpool(jobs.events, tenant.tenant_id, job_id, after, limit)
+
+
+@router.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
+async def job_checkpoints(
+    job_id: JobId, jobs: JobsDep, tenant: TenantDep, after: CheckpointCursor = None, limit: Limit = 10
+) -> dict[str, Any]:
+    return await run_in_threadpool(jobs.checkpoints, tenant.tenant_id, job_id, after, limit)

@@ -1,0 +1,2 @@
+"""Inference: the OpenAI routes that run a model (``chat``, ``completions``, ``models``), their request types,
+the model catalog (base and ``ft:`` models), prompts to tokens, runs on the engine, and streaming."""

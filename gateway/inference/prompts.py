@@ -1,0 +1,75 @@
+"""Prompts to token ids, refused cheaply first: the number of prompts and the characters they hold are checked
+before anything is tokenized, and tokenizing (and chat-template rendering) runs in a worker thread, so a large
+prompt never stalls the event loop that streams everyone else's tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from engine.protocol import Tokenizer
+from gateway.errors import InvalidRequestError
+from gateway.inference.api_types import ChatCompletionRequest, PromptField
+
+MESSAGE_OVERHEAD_CHARS = 16
+"""What each chat message adds to the character count besides its content (its share of the template)."""
+
+
+@dataclass(frozen=True)
+class PromptLimits:
+    max_chars: int
+    max_prompts: int
+
+
+def _check_chars(chars: int, limits: PromptLimits, param: str) -> None:
+    if chars > limits.max_chars:
+        raise InvalidRequestError(
+            f"The {param} hold {chars} characters; this server takes at most {limits.max_chars} per request.",
+            param=param,
+            code="prompt_too_long",
+        )
+
+
+async def chat_prompt(body: ChatCompletionRequest, tokenizer: Tokenizer, limits: PromptLimits) -> list[int]:
+    # Our template knows system/user/assistant; "developer" is the newer name for "system".
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+    _check_chars(sum(len(m["content"]) + MESSAGE_OVERHEAD_CHARS for m in messages), limits, "messages")
+
+    def render() -> list[int]:
+        try:
+            text = tokenizer.render_chat(messages)
+        except Exception as exc:  # the model's Jinja template rejected the conversation
+            raise InvalidRequestError(f"The messages could not be rendered: {exc}", param="messages") from exc
+        return list(tokenizer.encode(text))
+
+    return await run_in_threadpool(render)
+
+
+async def completion_prompts(prompt: PromptField, tokenizer: Tokenizer, limits: PromptLimits) -> list[list[int]]:
+    """A string, strings, token ids, or lists of token ids -> one token list per prompt."""
+    items: list[Any] = [prompt] if isinstance(prompt, str) else list(prompt)
+    if all(isinstance(item, str) for item in items):
+        _check_count(len(items), limits)
+        _check_chars(sum(len(text) for text in items), limits, "prompt")
+        return await run_in_threadpool(lambda: [list(tokenizer.encode(text)) for text in items])
+    token_lists: list[list[int]] = [items] if all(isinstance(item, int) for item in items) else items
+    _check_count(len(token_lists), limits)
+
+    def check_ids() -> list[list[int]]:
+        vocab = tokenizer.vocab_size
+        if any(not 0 <= token < vocab for ids in token_lists for token in ids):
+            raise InvalidRequestError(f"prompt token ids must lie in [0, {vocab})", param="prompt")
+        return token_lists
+
+    return await run_in_threadpool(check_ids)
+
+
+def _check_count(count: int, limits: PromptLimits) -> None:
+    if count > limits.max_prompts:
+        raise InvalidRequestError(
+            f"This request holds {count} prompts; this server takes at most {limits.max_prompts} per request.",
+            param="prompt",
+            code="too_many_prompts",
+        )

@@ -1,0 +1,162 @@
+"""What chat and completions share between parsing and shaping the response: the per-request caps, the
+max-tokens policy, admission (the quota reservation), and running the prompts on the engine."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from fastapi import Request
+
+from gateway.accounting.admission import Admission
+from gateway.edge.request_context import RequestContext
+from gateway.errors import InvalidRequestError
+from gateway.inference.api_types import ChatCompletionRequest, CompletionRequest
+from gateway.inference.catalog import ModelCatalog, ServedModel
+from gateway.inference.generation import ChoiceResult, GenerationRun, RunReport, fit_max_tokens, sampling_options
+from gateway.inference.prompts import PromptLimits
+from gateway.ops.metrics import Metrics
+from gateway.settings import GatewaySettings
+from gateway.tenancy.principal import TenantPrincipal
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RequestCaps:
+    """What one request may ask of the engine (``LLMAAS_MAX_*`` settings), checked before admission."""
+
+    prompts: PromptLimits
+    max_choices: int
+    max_generated_tokens: int
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings, max_model_len: int) -> RequestCaps:
+        max_chars = settings.max_prompt_chars or 16 * max_model_len
+        return cls(
+            prompts=PromptLimits(max_chars=max_chars, max_prompts=settings.max_prompts_per_request),
+            max_choices=settings.max_choices_per_request,
+            max_generated_tokens=settings.max_generated_tokens_per_request,
+        )
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What a generation route works with (one request's worth, from ``gateway.state.ServingDep``)."""
+
+    context: RequestContext
+    tenant: TenantPrincipal
+    catalog: ModelCatalog
+    admission: Admission
+    caps: RequestCaps
+    metrics: Metrics
+
+    async def model(self, model_id: str) -> ServedModel:
+        """The model the request names, if the tenant has it and its key may use it."""
+        served = await self.catalog.resolve(model_id, self.tenant.tenant_id)
+        self.tenant.check_model(served.id)
+        return served
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    body: ChatCompletionRequest | CompletionRequest
+    served: ServedModel
+    prompts: list[list[int]]
+    requested_max_tokens: int | None
+    max_tokens_param: str
+    prompt_param: str
+    logprobs: int | None
+
+
+def _max_tokens(run: RunRequest, tenant: TenantPrincipal, caps: RequestCaps) -> int:
+    """Tokens to generate per choice: what was asked, within the context window, the tenant's cap and the
+    request's share of ``max_generated_tokens``; an open-ended request gets what is left of all three."""
+    choices = len(run.prompts) * run.body.n
+    if choices > caps.max_choices:
+        raise InvalidRequestError(
+            f"This request asks for {choices} choices (prompts x n); this server allows {caps.max_choices}.",
+            param="n",
+            code="too_many_choices",
+        )
+    requested = run.requested_max_tokens
+    tenant_cap = tenant.identity.quotas.max_tokens_cap
+    if tenant_cap is not None and requested is not None and requested > tenant_cap:
+        raise InvalidRequestError(
+            f"{run.max_tokens_param} is {requested}, above this organization's cap of {tenant_cap}.",
+            param=run.max_tokens_param,
+            code="max_tokens_above_cap",
+        )
+    if requested is not None and requested * choices > caps.max_generated_tokens:
+        raise InvalidRequestError(
+            f"This request may generate {requested * choices} tokens ({run.max_tokens_param} x {choices} choices); "
+            f"this server allows {caps.max_generated_tokens} per request.",
+            param=run.max_tokens_param,
+            code="too_many_tokens_requested",
+        )
+    longest = max(len(prompt) for prompt in run.prompts)
+    max_tokens = fit_max_tokens(longest, requested, run.served.engine.max_model_len, run.prompt_param)
+    ceilings = [max_tokens, max(caps.max_generated_tokens // choices, 1)]
+    if tenant_cap is not None:
+        ceilings.append(tenant_cap)
+    return min(ceilings)
+
+
+async def admit_run(run: RunRequest, serving: Serving) -> GenerationRun:
+    """Check the request against the caps, the context window and the tenant's quotas, reserve its tokens, and
+    return the run (not started yet). The reservation settles when the run reports its end."""
+    max_tokens = _max_tokens(run, serving.tenant, serving.caps)
+    options = sampling_options(run.body, max_tokens, run.logprobs)
+    reservation = await serving.admission.admit_inference(
+        serving.context,
+        serving.tenant,
+        run.served.id,
+        prompts=len(run.prompts),
+        prompt_tokens=sum(len(prompt) for prompt in run.prompts),
+        max_completion_tokens=max_tokens * run.body.n * len(run.prompts),
+        end_user=run.body.user,
+    )
+
+    def settle(report: RunReport) -> None:
+        reservation.settle(report.usage.prompt_tokens, report.usage.completion_tokens, report.outcome)
+
+    def observe(report: RunReport) -> None:
+        serving.metrics.observe_run(report, model=run.served.base, fine_tuned=run.served.adapter is not None)
+
+    served = run.served
+    observers = [observe, settle]
+    return GenerationRun(served.engine, served.id, run.prompts, options, serving.context.id, observers, served.adapter)
+
+
+async def collect(request: Request, run: GenerationRun) -> list[ChoiceResult]:
+    """The whole run for a non-streaming reply; aborted if the client leaves first."""
+    try:
+        return await unless_disconnected(request, run.collect())
+    finally:
+        run.close()
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work``; if the client disconnects first, cancel it (which aborts engine requests) and raise
+    ``asyncio.CancelledError``."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        raise asyncio.CancelledError("client disconnected")
+    return task.result()
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

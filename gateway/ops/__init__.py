@@ -1,0 +1,1 @@
+"""Operations: Prometheus metrics (no tenant-identifying labels), liveness, readiness."""

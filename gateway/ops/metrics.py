@@ -1,0 +1,107 @@
+"""Prometheus metrics of one app instance: HTTP requests and latency, tokens in/out, time to first token, the
+engine's queue (read at scrape time) and the ledger writer's backlog and set-aside records.
+
+No label names a tenant: routes are labelled by their template, models by their base model (a fine-tuned model
+counts under its base, with ``fine_tuned="true"``; its ``ft:`` name carries the tenant's)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from engine.protocol import Engine
+from gateway.inference.generation import RunReport
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class _EngineCollector(Collector):
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        load = self._engine.load()
+        yield GaugeMetricFamily("llmaas_engine_requests_running", "Requests the engine is decoding.", load.running)
+        yield GaugeMetricFamily(
+            "llmaas_engine_requests_waiting", "Requests queued in the engine (queue depth).", load.waiting
+        )
+        yield GaugeMetricFamily(
+            "llmaas_engine_requests_unfinished",
+            "Requests the engine holds (running, waiting or being detokenized).",
+            self._engine.unfinished_requests(),
+        )
+        yield GaugeMetricFamily("llmaas_engine_kv_cache_usage", "KV cache in use (0..1).", load.kv_cache_usage)
+
+
+class _LedgerCollector(Collector):
+    def __init__(self, backlog: Callable[[], int]) -> None:
+        self._backlog = backlog
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        yield GaugeMetricFamily(
+            "llmaas_ledger_backlog", "Usage records admitted but not yet written to the ledger.", self._backlog()
+        )
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.http_requests = Counter(
+            "llmaas_http_requests",
+            "HTTP requests served.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.http_latency = Histogram(
+            "llmaas_http_request_duration_seconds",
+            "Time from request to the end of the response.",
+            ["method", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        by_model = ["model", "fine_tuned"]
+        self.prompt_tokens = Counter(
+            "llmaas_prompt_tokens", "Prompt tokens processed.", by_model, registry=self.registry
+        )
+        self.completion_tokens = Counter(
+            "llmaas_completion_tokens", "Completion tokens generated.", by_model, registry=self.registry
+        )
+        self.generations = Counter(
+            "llmaas_generations", "Generation runs by outcome.", [*by_model, "outcome"], registry=self.registry
+        )
+        self.ttft = Histogram(
+            "llmaas_time_to_first_token_seconds",
+            "Time from admission to the first generated token.",
+            by_model,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.dead_letters = Counter(
+            "llmaas_ledger_dead_letter_records",
+            "Usage records the database refused, set aside in the ledger's dead-letter file.",
+            registry=self.registry,
+        )
+
+    def watch_engine(self, engine: Engine) -> None:
+        self.registry.register(_EngineCollector(engine))
+
+    def watch_ledger(self, backlog: Callable[[], int]) -> None:
+        self.registry.register(_LedgerCollector(backlog))
+
+    def observe_run(self, report: RunReport, *, model: str, fine_tuned: bool) -> None:
+        labels = (model, "true" if fine_tuned else "false")
+        self.prompt_tokens.labels(*labels).inc(report.usage.prompt_tokens)
+        self.completion_tokens.labels(*labels).inc(report.usage.completion_tokens)
+        self.generations.labels(*labels, report.outcome).inc()
+        if report.time_to_first_token is not None:
+            self.ttft.labels(*labels).observe(report.time_to_first_token)
+
+    def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.http_requests.labels(method, route, str(status)).inc()
+        self.http_latency.labels(method, route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,35 @@
+"""Liveness (``/health``), readiness (``/ready``: the engine is loaded and answers) and ``/metrics`` (the admin
+key or the metrics token)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from engine.protocol import EngineError
+from gateway.errors import ServiceUnavailable
+from gateway.state import CatalogDep, MetricsDep
+from gateway.tenancy.principal import MetricsReaderDep
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health() -> dict[str, Any]:
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(catalog: CatalogDep) -> dict[str, Any]:
+    try:
+        await catalog.check_health()
+    except EngineError as exc:
+        raise ServiceUnavailable(str(exc), code="engine_unavailable") from exc
+    return {"status": "ready", "models": catalog.base_ids()}
+
+
+@router.get("/metrics", dependencies=[MetricsReaderDep])
+async def metrics(metrics: MetricsDep) -> Response:
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

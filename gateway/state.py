@@ -1,0 +1,83 @@
+"""The app's typed state (every resource the lifespan built) and the ``Annotated`` dependencies that hand its
+parts to routes, so no route reaches into an untyped ``app.state``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, FastAPI, Request
+
+from adapters.jobs import JobService
+from engine.settings import EngineSettings
+from gateway.accounting.admission import Admission
+from gateway.accounting.usage import UsageReports
+from gateway.edge.request_context import RequestContext
+from gateway.fine_tuning.files import FileStore
+from gateway.inference.catalog import ModelCatalog
+from gateway.inference.runs import RequestCaps, Serving
+from gateway.ops.metrics import Metrics
+from gateway.settings import GatewaySettings
+from gateway.tenancy.key_cache import KeyCache
+from gateway.tenancy.principal import Authenticator, TenantDep
+from gateway.tenancy.service import TenancyService
+
+T = TypeVar("T")
+
+
+@dataclass
+class AppState:
+    settings: GatewaySettings
+    engine_settings: EngineSettings
+    metrics: Metrics
+    tenancy: TenancyService
+    key_cache: KeyCache
+    authenticator: Authenticator
+    admission: Admission
+    usage: UsageReports
+    catalog: ModelCatalog
+    caps: RequestCaps
+    files: FileStore
+    jobs: JobService
+
+
+def state_of(app: FastAPI) -> AppState:
+    state: AppState = app.state.llmaas
+    return state
+
+
+def get_context(request: Request) -> RequestContext:
+    context: RequestContext = request.state.context
+    return context
+
+
+def _part(pick: Callable[[AppState], T]) -> Any:
+    """A dependency that hands a route one part of the app's state."""
+
+    def part(request: Request) -> T:
+        return pick(state_of(request.app))
+
+    return Depends(part)
+
+
+ContextDep = Annotated[RequestContext, Depends(get_context)]
+SettingsDep = Annotated[GatewaySettings, _part(lambda state: state.settings)]
+EngineSettingsDep = Annotated[EngineSettings, _part(lambda state: state.engine_settings)]
+MetricsDep = Annotated[Metrics, _part(lambda state: state.metrics)]
+TenancyDep = Annotated[TenancyService, _part(lambda state: state.tenancy)]
+KeyCacheDep = Annotated[KeyCache, _part(lambda state: state.key_cache)]
+AdmissionDep = Annotated[Admission, _part(lambda state: state.admission)]
+UsageDep = Annotated[UsageReports, _part(lambda state: state.usage)]
+CatalogDep = Annotated[ModelCatalog, _part(lambda state: state.catalog)]
+FilesDep = Annotated[FileStore, _part(lambda state: state.files)]
+JobsDep = Annotated[JobService, _part(lambda state: state.jobs)]
+
+
+def get_serving(request: Request, context: ContextDep, tenant: TenantDep) -> Serving:
+    state = state_of(request.app)
+    return Serving(context, tenant, state.catalog, state.admission, state.caps, state.metrics)
+
+
+ServingDep = Annotated[Serving, Depends(get_serving)]
+"""What a generation route needs: the request's context and tenant, the catalog, admission, caps, metrics."""

@@ -1,0 +1,158 @@
+"""Who a request acts for: a tenant (an API key), the operator (the admin key) or a metrics scraper (the
+metrics token), from ``Authorization: Bearer <token>``; and the typed dependencies routes declare for it.
+
+Which realm a path belongs to decides what it needs: ``/v1/...`` a tenant's key, ``/admin/...`` the admin key,
+``/metrics`` the admin key or the metrics token; anything else is public. The edge resolves the principal
+before any body is read (``gateway.edge.authentication``); the dependencies only read what it found."""
+
+from __future__ import annotations
+
+import enum
+import hmac
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from gateway.errors import AuthenticationError, PermissionDenied
+from gateway.tenancy.key_cache import KeyCache
+from gateway.tenancy.service import KeyIdentity, utcnow
+
+
+class Realm(enum.Enum):
+    PUBLIC = "public"
+    TENANT = "tenant"
+    OPERATOR = "operator"
+    METRICS = "metrics"
+
+
+def realm_of(path: str) -> Realm:
+    if path.startswith("/v1/") or path == "/v1":
+        return Realm.TENANT
+    if path.startswith("/admin/") or path == "/admin":
+        return Realm.OPERATOR
+    if path == "/metrics":
+        return Realm.METRICS
+    return Realm.PUBLIC
+
+
+@dataclass(frozen=True)
+class TenantPrincipal:
+    """The tenant (and key) a request acts for."""
+
+    identity: KeyIdentity
+
+    @property
+    def tenant_id(self) -> str:
+        return self.identity.tenant_id
+
+    @property
+    def key_id(self) -> str:
+        return self.identity.key_id
+
+    def check_model(self, model: str) -> None:
+        allowed = self.identity.allowed_models
+        if allowed is not None and model not in allowed:
+            raise PermissionDenied("This API key may not use that model.", param="model", code="model_not_allowed")
+
+
+@dataclass(frozen=True)
+class Operator:
+    """The holder of the admin key."""
+
+
+@dataclass(frozen=True)
+class MetricsReader:
+    """The holder of the metrics token."""
+
+
+Principal = TenantPrincipal | Operator | MetricsReader
+
+_MISSING = {
+    Realm.TENANT: "You didn't provide an API key. Send it in the Authorization header: 'Authorization: Bearer sk-...'.",
+    Realm.OPERATOR: "The admin API needs the admin key: 'Authorization: Bearer sk-admin-...'.",
+    Realm.METRICS: "/metrics needs the admin key or the metrics token: 'Authorization: Bearer ...'.",
+}
+
+
+def bearer_token(authorization: str) -> str | None:
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def _mask(key: str) -> str:
+    return key[:4] + "..." if len(key) < 12 else f"{key[:6]}...{key[-4:]}"
+
+
+def _same(token: str, secret: str | None) -> bool:
+    return secret is not None and hmac.compare_digest(token.encode(), secret.encode())
+
+
+def _check_active(identity: KeyIdentity, now: datetime) -> None:
+    if identity.revoked:
+        raise AuthenticationError("This API key has been revoked.")
+    if identity.expires_at is not None and identity.expires_at <= now:
+        raise AuthenticationError("This API key has expired.")
+    if identity.tenant_status != "active":
+        raise PermissionDenied("Your organization is suspended. Contact your operator.", code="tenant_suspended")
+
+
+class Authenticator:
+    """Tokens to principals for one realm; raises ``AuthenticationError`` (401) or ``PermissionDenied`` (403)."""
+
+    def __init__(self, keys: KeyCache, admin_key: str, metrics_token: str | None) -> None:
+        self._keys = keys
+        self._admin_key = admin_key
+        self._metrics_token = metrics_token
+
+    async def authenticate(self, authorization: str, realm: Realm) -> Principal:
+        token = bearer_token(authorization)
+        if token is None or len(token) > 512:
+            raise AuthenticationError(_MISSING[realm] if token is None else "Incorrect API key provided.")
+        if _same(token, self._admin_key):
+            if realm is Realm.TENANT:
+                raise PermissionDenied(
+                    "The admin key cannot call the OpenAI API; use a tenant's API key.", code="admin_key_not_allowed"
+                )
+            return Operator()
+        if realm is Realm.METRICS and _same(token, self._metrics_token):
+            return MetricsReader()
+        identity = await self._keys.identify(token)
+        if identity is None:
+            raise AuthenticationError(f"Incorrect API key provided: {_mask(token)}.")
+        if realm is not Realm.TENANT:
+            raise PermissionDenied("Tenant API keys cannot use this route.", code="admin_key_required")
+        _check_active(identity, utcnow())
+        return TenantPrincipal(identity)
+
+
+def _principal(request: Request) -> Principal:
+    principal: Principal | None = request.state.context.principal
+    if principal is None:
+        raise AuthenticationError(_MISSING[Realm.TENANT])
+    return principal
+
+
+def current_tenant(request: Request) -> TenantPrincipal:
+    principal = _principal(request)
+    if not isinstance(principal, TenantPrincipal):
+        raise PermissionDenied("This route needs a tenant's API key.", code="tenant_key_required")
+    return principal
+
+
+def require_operator(request: Request) -> None:
+    if not isinstance(_principal(request), Operator):
+        raise PermissionDenied("This route needs the admin key.", code="admin_key_required")
+
+
+def require_metrics_reader(request: Request) -> None:
+    if not isinstance(_principal(request), Operator | MetricsReader):
+        raise PermissionDenied("/metrics needs the admin key or the metrics token.", code="metrics_token_required")
+
+
+TenantDep = Annotated[TenantPrincipal, Depends(current_tenant)]
+OperatorDep = Depends(require_operator)
+MetricsReaderDep = Depends(require_metrics_reader)
