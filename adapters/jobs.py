@@ -47,6 +47,8 @@ class JobRequest:
     estimated_tokens: int
     reserved_cost_nanos: int
     metadata: dict[str, str] | None
+    created_at: datetime
+    """When the gateway reserved the job's budget: the reservation's month is this one's."""
 
 
 def _epoch(moment: datetime | None) -> int | None:
@@ -144,6 +146,7 @@ def transition(
         job = session.get(FineTuningJob, job_id, populate_existing=True)
         assert job is not None
         on_final(session, job)
+        session.flush()  # what the hook changed on the job is written with the move, whatever the caller does next
     return True
 
 
@@ -178,7 +181,7 @@ class JobService:
             estimated_tokens=request.estimated_tokens,
             reserved_cost_nanos=request.reserved_cost_nanos,
             user_metadata=request.metadata,
-            created_at=utcnow(),
+            created_at=request.created_at,
             cancel_requested=False,
         )
         with self._sessions.begin() as session:

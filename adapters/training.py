@@ -52,6 +52,8 @@ class StepMetrics:
     epoch: int
     train_loss: float
     valid_loss: float | None
+    trained_tokens: int = 0
+    """Tokens trained on so far (what the job is charged if it ends now)."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,7 @@ def train_lora(
                     epoch=epoch,
                     train_loss=float(summed.detach()) / max(count, 1),
                     valid_loss=valid_loss if last_of_epoch else None,
+                    trained_tokens=trained_tokens,
                 )
             )
         checkpoint_dir = spec.output_dir / "checkpoints" / f"step-{step}"

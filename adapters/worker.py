@@ -70,6 +70,7 @@ class Worker:
         dead_after_seconds: float = 30.0,
         poll_seconds: float = 1.0,
         max_backoff_seconds: float = 30.0,
+        move_attempts: int = 6,
     ) -> None:
         self._sessions = sessions
         self._registry = registry
@@ -80,6 +81,7 @@ class Worker:
         self._dead_after = dead_after_seconds
         self._poll = poll_seconds
         self._max_backoff = max_backoff_seconds
+        self._move_attempts = move_attempts
         self.worker_id = f"{socket.gethostname()}-{secrets.token_hex(4)}"
         self._stop = threading.Event()
 
@@ -192,19 +194,36 @@ class Worker:
             except Exception:  # the next beat tries again; too long without one and the job fails as dead
                 logger.warning("heartbeat of %s failed", job_id, exc_info=True)
 
+    def _persist(self, change: Callable[[], bool], what: str) -> bool:
+        """Run a status change, retrying a failing database with backoff (the compare-and-set makes a retry
+        safe): a job's final status and charge should not wait for the reaper to decide them."""
+        for attempt in range(self._move_attempts):
+            try:
+                return change()
+            except Exception:
+                if attempt + 1 == self._move_attempts:
+                    raise
+                logger.warning("%s failed (attempt %d); retrying", what, attempt + 1, exc_info=True)
+                self._stop.wait(min(0.5 * 2**attempt, self._max_backoff))
+        return False
+
     def _move(self, job_id: str, expected: tuple[str, ...], message: str, **values: object) -> bool:
         """Compare-and-set the job as its owner; False when it was changed under us (we then stop)."""
-        with self._sessions.begin() as session:
-            moved = transition(
-                session,
-                job_id,
-                expected=expected,
-                where=(FineTuningJob.worker_id == self.worker_id,),
-                on_final=self._on_final,
-                message=message,
-                level="error" if values.get("status") == "failed" else "info",
-                **values,
-            )
+
+        def change() -> bool:
+            with self._sessions.begin() as session:
+                return transition(
+                    session,
+                    job_id,
+                    expected=expected,
+                    where=(FineTuningJob.worker_id == self.worker_id,),
+                    on_final=self._on_final,
+                    message=message,
+                    level="error" if values.get("status") == "failed" else "info",
+                    **values,
+                )
+
+        moved = self._persist(change, f"moving job {job_id} to {values.get('status')}")
         if not moved:
             logger.info("job %s was changed by someone else (cancelled or failed); leaving it", job_id)
         return moved
@@ -261,28 +280,32 @@ class Worker:
     def _succeed(self, job: FineTuningJob, result: TrainingResult) -> None:
         """Register the adapter, mark the job succeeded and charge it: one transaction, or nothing."""
         name = model_name(job.model, job.tenant_name, job.suffix, job.id)
-        with self._sessions.begin() as session:
-            succeeded = transition(
-                session,
-                job.id,
-                expected=("running",),
-                where=(FineTuningJob.worker_id == self.worker_id,),
-                on_final=self._on_final,
-                message=f"The job has successfully completed; new model: {name}",
-                status="succeeded",
-                fine_tuned_model=name,
-                trained_tokens=result.trained_tokens,
-            )
-            if succeeded:
-                self._registry.register(
+
+        def change() -> bool:
+            with self._sessions.begin() as session:
+                succeeded = transition(
                     session,
-                    name=name,
-                    tenant_id=job.tenant_id,
-                    base_model=job.model,
-                    job_id=job.id,
-                    adapter_dir=result.adapter_dir,
+                    job.id,
+                    expected=("running",),
+                    where=(FineTuningJob.worker_id == self.worker_id,),
+                    on_final=self._on_final,
+                    message=f"The job has successfully completed; new model: {name}",
+                    status="succeeded",
+                    fine_tuned_model=name,
+                    trained_tokens=result.trained_tokens,
                 )
-        if not succeeded:
+                if succeeded:
+                    self._registry.register(
+                        session,
+                        name=name,
+                        tenant_id=job.tenant_id,
+                        base_model=job.model,
+                        job_id=job.id,
+                        adapter_dir=result.adapter_dir,
+                    )
+                return succeeded
+
+        if not self._persist(change, f"completing job {job.id}"):
             logger.info("job %s was changed by someone else while it trained; its result is dropped", job.id)
 
     @contextlib.contextmanager
@@ -340,6 +363,12 @@ class Worker:
                 message += f", validation loss={metrics.valid_loss:.4f}"
             with self._tolerated("a metrics event"), self._sessions.begin() as session:
                 add_event(session, job.id, message, type_="metrics", data=data)
+                # So far trained: what the job is charged if it ends without this worker (failed as dead).
+                session.execute(
+                    update(FineTuningJob)
+                    .where(FineTuningJob.id == job.id, FineTuningJob.worker_id == self.worker_id)
+                    .values(trained_tokens=metrics.trained_tokens)
+                )
 
         def on_checkpoint(checkpoint: Checkpoint) -> None:
             name = model_name(job.model, job.tenant_name, job.suffix, job.id) + f":ckpt-step-{checkpoint.step}"

@@ -35,6 +35,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.loadgen import create_tenant_key, free_port, percentile
+from bench.machine import describe, machine
 
 REPO = Path(__file__).resolve().parents[1]
 ADMIN_KEY = "sk-admin-bench-0123456789abcdef"
@@ -158,9 +159,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
+    facts = machine()
     rows = [measure(name, args) for name in ("baseline", "gateway", "gateway+redis")]
     base = rows[0]
-    print(f"\n## Gateway overhead ({os.cpu_count()} CPUs, fake engine, 16-token non-streaming chat)\n")
+    print(f"\n## Gateway overhead ({describe(facts)}; fake engine, 16-token non-streaming chat)\n")
     print("| server | p50 (ms) | p99 (ms) | added p50 (ms) | added p99 (ms) | requests/s | errors |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
@@ -171,7 +173,7 @@ def main() -> None:
             f"| {row['requests_per_s']:.0f} | {row['errors']} |"
         )
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / "gateway_overhead.json").write_text(json.dumps(rows, indent=2))
+    (args.results_dir / "gateway_overhead.json").write_text(json.dumps({"machine": facts, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

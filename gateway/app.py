@@ -83,7 +83,11 @@ def job_service(database: Database) -> JobService:
 
 def build_limiter(settings: GatewaySettings) -> Limiter:
     if settings.redis_url:
-        return RedisLimiter(settings.redis_url, lease_seconds=settings.reservation_lease_seconds)
+        return RedisLimiter(
+            settings.redis_url,
+            lease_seconds=settings.reservation_lease_seconds,
+            open_reservation_lease_seconds=settings.training_reservation_lease_seconds,
+        )
     return MemoryLimiter()
 
 
@@ -128,6 +132,11 @@ def create_app(
             served = ServedModel(id=engine_settings.served_model_name, engine=engine, created=int(time.time()))
             stack.push_async_callback(_cancel, asyncio.create_task(billing.run()))
 
+            admission = Admission(
+                limiter, ledger, usage_ledger, tasks, training_lease_seconds=settings.training_reservation_lease_seconds
+            )
+            leases = asyncio.create_task(admission.keep_leases(settings.reservation_lease_seconds / 3))
+            stack.push_async_callback(_cancel, leases)
             key_cache = KeyCache(tenancy.identify, settings.key_cache_ttl_seconds)
             metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
             app.state.llmaas = AppState(
@@ -137,13 +146,7 @@ def create_app(
                 tenancy=tenancy,
                 key_cache=key_cache,
                 authenticator=Authenticator(key_cache, admin_key, metrics_token),
-                admission=Admission(
-                    limiter,
-                    ledger,
-                    usage_ledger,
-                    tasks,
-                    training_lease_seconds=settings.training_reservation_lease_seconds,
-                ),
+                admission=admission,
                 usage=UsageReports(database),
                 catalog=ModelCatalog([served], adapter_registry(database, settings)),
                 caps=RequestCaps.from_settings(settings, engine.max_model_len),

@@ -17,6 +17,7 @@ from engine.fake import FakeEngine
 from engine.protocol import AdapterRef, CompletionDelta, EngineError, SamplingOptions
 from engine.settings import EngineSettings
 from gateway.app import create_app
+from gateway.errors import AuthenticationError
 from gateway.inference.generation import merge_streams
 from gateway.settings import GatewaySettings
 from gateway.state import state_of
@@ -122,6 +123,25 @@ def test_a_burst_with_one_uncached_key_makes_one_database_lookup() -> None:
 
     assert asyncio.run(burst()) == [None] * 50
     assert calls == 1
+
+
+def test_keys_that_cannot_be_ours_cost_no_database_lookup_and_unknown_ones_one() -> None:
+    from gateway.tenancy.key_cache import KeyCache
+    from gateway.tenancy.keys import new_key
+    from gateway.tenancy.principal import Authenticator, Realm
+
+    lookups: list[str] = []
+    cache = KeyCache(lambda hashed: lookups.append(hashed), ttl_seconds=5)  # type: ignore[arg-type, func-returns-value]
+    authenticator = Authenticator(cache, "sk-admin-unit-0123456789", None)
+    unknown = new_key()
+
+    async def attempts() -> None:
+        for token in ["sk-short", "not-a-key", "x" * 200, unknown, unknown, unknown]:
+            with pytest.raises(AuthenticationError):
+                await authenticator.authenticate(f"Bearer {token}", Realm.TENANT)
+
+    asyncio.run(attempts())
+    assert len(lookups) == 1
 
 
 def test_a_lookup_in_flight_cannot_bring_back_a_revoked_key() -> None:

@@ -256,3 +256,48 @@ async def test_a_charge_lands_in_its_own_month(limiters: Callable[[], Limiter]) 
         await limiter.admit(tenant_id, quotas, demand(tokens=300), nothing_used)  # 1 + 700 + 300 > 1000
     october = Demand(uuid.uuid4().hex, budget=BudgetDemand(1_000, 0, "2026-10"))
     await limiter.admit(tenant_id, quotas, october, nothing_used)  # October's reservation was given back
+
+
+async def test_a_redis_script_run_again_does_nothing_twice() -> None:
+    """redis-py retries a command whose reply was lost: the admission and the settlement must count once."""
+    limiter, tenant_id = RedisLimiter(REDIS_URL), tenant()
+    quotas = Quotas(max_concurrent_requests=1, monthly_token_budget=100)
+    held = demand(tokens=60)
+    await limiter.admit(tenant_id, quotas, held, nothing_used)
+    await limiter.admit(tenant_id, quotas, held, nothing_used)  # the retry: its slot and budget are its own
+    await limiter.settle(tenant_id, held, spent(30))
+    await limiter.settle(tenant_id, held, spent(30))  # the retry: charged once
+    await limiter.admit(tenant_id, quotas, demand(tokens=70), nothing_used)  # 30 used + 70 = 100
+    with pytest.raises(QuotaExceeded):
+        await limiter.admit(tenant_id, Quotas(monthly_token_budget=100), demand(tokens=1), nothing_used)
+    await limiter.close()
+
+
+async def test_a_running_request_keeps_its_redis_slot_while_its_lease_is_renewed() -> None:
+    limiter, tenant_id, quotas = RedisLimiter(REDIS_URL, lease_seconds=0.3), tenant(), Quotas(max_concurrent_requests=1)
+    long_stream = demand()
+    await limiter.admit(tenant_id, quotas, long_stream, nothing_used)
+    for _ in range(6):  # 0.6 s: twice the lease
+        await asyncio.sleep(0.1)
+        await limiter.renew(tenant_id, [long_stream])
+    with pytest.raises(RateLimited):
+        await limiter.admit(tenant_id, quotas, demand(), nothing_used)
+    await asyncio.sleep(0.5)  # no renewal: the lease of a dead gateway's request runs out
+    await limiter.admit(tenant_id, quotas, demand(), nothing_used)
+    await limiter.close()
+
+
+async def test_a_rebuilt_redis_budget_keeps_open_jobs_for_their_own_lease() -> None:
+    """The budget key is gone mid-month (evicted, Redis restarted): rebuilt from the ledger, the running jobs'
+    reservations keep the training lease, not the lease of the inference request that rebuilt it."""
+    limiter = RedisLimiter(REDIS_URL, lease_seconds=0.2, open_reservation_lease_seconds=3600)
+    tenant_id, quotas = tenant(), Quotas(monthly_token_budget=1_000)
+
+    async def snapshot(month: str) -> BudgetSnapshot:
+        return BudgetSnapshot(0, 0, (OpenReservation("ftjob-running", 900, 0),))
+
+    await limiter.admit(tenant_id, quotas, demand(tokens=50), snapshot)
+    await asyncio.sleep(0.4)  # the inference request's lease has run out; the job's has not
+    with pytest.raises(QuotaExceeded):
+        await limiter.admit(tenant_id, quotas, demand(tokens=101), snapshot)  # 900 + 101 > 1000
+    await limiter.close()

@@ -42,6 +42,7 @@ def job_request(**overrides: object) -> JobRequest:
         "estimated_tokens": 10,
         "reserved_cost_nanos": 0,
         "metadata": None,
+        "created_at": utcnow(),
     }
     values.update(overrides)
     return JobRequest(**values)  # type: ignore[arg-type]
@@ -113,6 +114,8 @@ def test_a_job_cancelled_while_queued_never_trains(database: Database, tmp_path:
     jobs = service(database)
     job_id = jobs.create(job_request())["id"]
     assert jobs.cancel("ten_1", job_id)["status"] == "cancelled"
+    with database.sessions() as session:
+        assert session.get(FineTuningJob, job_id).settled_at is not None  # type: ignore[union-attr]
     assert make_worker(database, tmp_path).run_once() is None  # nothing left to claim
     assert jobs.get("ten_1", job_id)["status"] == "cancelled"
     assert charges(database, job_id) == [("cancelled", 0)]

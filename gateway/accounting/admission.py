@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
 
 from starlette.concurrency import run_in_threadpool
 
@@ -57,6 +58,7 @@ class Admission:
         self._usage = usage
         self._tasks = tasks
         self._training_lease = training_lease_seconds
+        self._running: dict[str, tuple[str, Demand]] = {}  # demand id -> (tenant id, demand), until settled
 
     def _month_to_date(self, tenant_id: str) -> MonthToDate:
         async def read(month: str) -> BudgetSnapshot:
@@ -95,6 +97,7 @@ class Admission:
             self._ledger.unclaim()
             raise
         context.response_headers.update(grant.headers)
+        self._running[demand.id] = (tenant.tenant_id, demand)
         return InferenceReservation(self, context, tenant, model, demand, end_user)
 
     async def admit_upload(self, context: RequestContext, tenant: TenantPrincipal) -> None:
@@ -104,12 +107,13 @@ class Admission:
         context.response_headers.update(grant.headers)
 
     async def admit_training(
-        self, tenant: TenantPrincipal, job_id: str, model: str, estimated_tokens: int
+        self, tenant: TenantPrincipal, job_id: str, model: str, estimated_tokens: int, created_at: datetime
     ) -> BudgetDemand:
-        """Reserve a fine-tuning job's estimated tokens against the monthly budgets (nothing else); the job
-        keeps the returned amounts so that its release gives back exactly what was reserved."""
+        """Reserve a fine-tuning job's estimated tokens against the budgets of the month it is created in (nothing
+        else); the job keeps the amounts and its ``created_at``, so its release gives back exactly this."""
         quotas = tenant.identity.quotas
-        budget = BudgetDemand(estimated_tokens, quotas.cost_nanos(model, estimated_tokens, 0), current_month())
+        cost = quotas.cost_nanos(model, estimated_tokens, 0)
+        budget = BudgetDemand(estimated_tokens, cost, created_at.strftime("%Y-%m"))
         demand = Demand(job_id, budget=budget, lease_seconds=self._training_lease)
         await self._limiter.admit(tenant.tenant_id, quotas, demand, self._month_to_date(tenant.tenant_id))
         return budget
@@ -120,6 +124,7 @@ class Admission:
 
     def settle(self, tenant_id: str, demand: Demand, used: Settlement, entry: UsageEntry) -> None:
         """Record what an admitted request used (its claimed ledger room) and settle it in the limiter."""
+        self._running.pop(demand.id, None)
         self._ledger.record(entry)
         self._tasks.spawn(self._settle_limiter(tenant_id, demand, used))
 
@@ -133,6 +138,19 @@ class Admission:
                     raise  # its lease frees the slot and the reservation
                 logger.warning("settling %s failed (attempt %d); retrying", demand.id, attempt, exc_info=True)
                 await asyncio.sleep(0.2 * attempt)
+
+    async def keep_leases(self, every_seconds: float) -> None:
+        """Renew the leases of requests still running (a long stream keeps its slot and its reservation)."""
+        while True:
+            await asyncio.sleep(every_seconds)
+            by_tenant: dict[str, list[Demand]] = {}
+            for tenant_id, demand in list(self._running.values()):
+                by_tenant.setdefault(tenant_id, []).append(demand)
+            for tenant_id, demands in by_tenant.items():
+                try:
+                    await self._limiter.renew(tenant_id, demands)
+                except Exception:
+                    logger.warning("renewing %d leases of %s failed", len(demands), tenant_id, exc_info=True)
 
 
 class InferenceReservation:
@@ -175,5 +193,6 @@ class InferenceReservation:
             end_user=self._end_user,
             client_request_id=self._context.client_request_id,
         )
-        used = Settlement(tokens=prompt_tokens + completion_tokens, cost_nanos=cost)
+        # Charged to the month of its ledger record (a stream may end in the month after it began).
+        used = Settlement(prompt_tokens + completion_tokens, cost, month=entry.created_at.strftime("%Y-%m"))
         self._admission.settle(self._tenant.tenant_id, self._demand, used, entry)

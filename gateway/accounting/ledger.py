@@ -126,8 +126,8 @@ class LedgerWriter:
             self._lock.notify_all()
 
     def _run(self) -> None:
-        backoff = self._interval
-        while not self._stop.wait(backoff):
+        wait = self._interval
+        while not self._stop.wait(wait):
             batch = self._take()
             try:
                 retry = self._write_or_split(batch)
@@ -135,7 +135,10 @@ class LedgerWriter:
                 logger.exception("writing %d usage records failed; retrying", len(batch))
                 retry = batch
             self._done(len(batch) - len(retry), retry)
-            backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS) if retry else self._interval
+            if retry:
+                wait = min(max(wait, self._interval) * 2, _MAX_BACKOFF_SECONDS)
+            else:  # more than a batch queued: write on without waiting
+                wait = 0 if len(batch) == BATCH_LIMIT else self._interval
 
     def _write_or_split(self, batch: list[UsageEntry]) -> list[UsageEntry]:
         """Write the batch; returns what must be retried later (the database was unreachable)."""
@@ -170,14 +173,20 @@ class LedgerWriter:
             batch = self._take()
             if not batch:
                 return
-            retry = self._write_or_split(batch)
+            try:
+                retry = self._write_or_split(batch)
+            except Exception:  # what could not be written or set aside is spooled below
+                logger.exception("writing %d usage records at shutdown failed", len(batch))
+                retry = batch
             self._done(len(batch) - len(retry), retry)
             if retry:
                 time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
         left = self._take()
         if left:
             path = self._dir / f"spool-{time.time_ns()}-{os.getpid()}.jsonl"
-            _append_jsonl(path, [entry.to_json() for entry in left])
+            staging = path.with_suffix(".part")
+            _append_jsonl(staging, [entry.to_json() for entry in left])
+            os.replace(staging, path)  # a replay never sees a spool half written
             logger.error("the ledger's database did not take %d usage records in time; spooled to %s", len(left), path)
             self._done(len(left), [])
 
@@ -185,7 +194,13 @@ class LedgerWriter:
         """Write the records spooled by an earlier shutdown (skipping any already written); returns how many."""
         replayed = 0
         for path in sorted(self._dir.glob("spool-*.jsonl")):
-            entries = [UsageEntry.from_json(json.loads(line)) for line in _lines(path)]
+            entries = []
+            for number, line in enumerate(_lines(path), start=1):
+                try:
+                    entries.append(UsageEntry.from_json(json.loads(line)))
+                except (ValueError, TypeError, KeyError) as exc:  # a line cut short by a crash: set it aside
+                    logger.error("line %d of %s is not a usage record (%s); set aside", number, path.name, exc)
+                    _append_jsonl(self._dir / "dead-letter.jsonl", [{"spooled": line, "error": str(exc)}])
             for start in range(0, len(entries), BATCH_LIMIT):
                 retry = self._write_or_split(entries[start : start + BATCH_LIMIT])
                 if retry:

@@ -14,15 +14,14 @@ from gateway.edge.strict_json import StrictJSONRoute
 from gateway.state import AdmissionDep, ContextDep, TenancyDep, UsageDep
 from gateway.tenancy.principal import OperatorDep, TenantDep
 
-router = APIRouter(route_class=StrictJSONRoute)
-admin_router = APIRouter(prefix="/admin/v1", dependencies=[OperatorDep], route_class=StrictJSONRoute, tags=["admin"])
-
 
 async def rate_limit_headers(context: ContextDep, tenant: TenantDep, admission: AdmissionDep) -> None:
     await admission.rate_headers(context, tenant)
 
 
 RateLimitHeaders = Depends(rate_limit_headers)
+router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
+admin_router = APIRouter(prefix="/admin/v1", dependencies=[OperatorDep], route_class=StrictJSONRoute, tags=["admin"])
 
 
 @router.get("/v1/usage", response_model=None)

@@ -67,50 +67,62 @@ class TrainingBilling:
             for job in jobs:
                 charge_job(session, job)
 
-    def _claim_releases(self) -> list[tuple[FineTuningJob, UsageRecord | None]]:
-        """Final, charged jobs whose reservation this gateway now releases (each claimed by compare-and-set)."""
+    def _candidates(self) -> list[str]:
         with self._db.session() as session:
-            candidates = session.scalars(
-                select(FineTuningJob.id)
-                .where(FineTuningJob.settled_at.is_not(None), FineTuningJob.budget_released_at.is_(None))
-                .limit(50)
-            ).all()
-        claimed: list[tuple[FineTuningJob, UsageRecord | None]] = []
-        for job_id in candidates:
-            with self._db.session() as session:
-                taken = session.execute(
-                    update(FineTuningJob)
-                    .where(FineTuningJob.id == job_id, FineTuningJob.budget_released_at.is_(None))
-                    .values(budget_released_at=utcnow())
+            return list(
+                session.scalars(
+                    select(FineTuningJob.id)
+                    .where(FineTuningJob.settled_at.is_not(None), FineTuningJob.budget_released_at.is_(None))
+                    .limit(50)
                 )
-                if not taken.rowcount:
-                    continue  # another gateway took it
-                job = session.get(FineTuningJob, job_id)
-                charge = session.scalar(select(UsageRecord).where(UsageRecord.request_id == job_id))
-                session.expunge_all()
-            if job is not None:
-                claimed.append((job, charge))
-        return claimed
+            )
+
+    def _claim(self, job_id: str) -> tuple[FineTuningJob, UsageRecord | None] | None:
+        """The job and its charge, if this gateway is the one to release it (compare-and-set); else None."""
+        with self._db.session() as session:
+            taken = session.execute(
+                update(FineTuningJob)
+                .where(FineTuningJob.id == job_id, FineTuningJob.budget_released_at.is_(None))
+                .values(budget_released_at=utcnow())
+            )
+            if not taken.rowcount:
+                return None  # another gateway took it
+            job = session.get(FineTuningJob, job_id)
+            charge = session.scalar(select(UsageRecord).where(UsageRecord.request_id == job_id))
+            session.expunge_all()
+        return (job, charge) if job is not None else None
+
+    def _unclaim(self, job_id: str) -> None:
+        with self._db.session() as session:
+            session.execute(update(FineTuningJob).where(FineTuningJob.id == job_id).values(budget_released_at=None))
+
+    async def _release(self, job: FineTuningJob, charge: UsageRecord | None) -> None:
+        demand = Demand(
+            job.id, budget=BudgetDemand(job.estimated_tokens, job.reserved_cost_nanos, job.created_at.strftime("%Y-%m"))
+        )
+        used = Settlement(0, 0)
+        if charge is not None:
+            tokens = charge.prompt_tokens + charge.completion_tokens
+            used = Settlement(tokens, usd_to_nanos(charge.cost), charge.created_at.strftime("%Y-%m"))
+        await self._limiter.settle(job.tenant_id, demand, used)
 
     async def run_once(self) -> int:
+        """Charge what an older worker left unsettled, then release charged jobs' reservations, one at a time:
+        a job whose release fails is given back to the next pass."""
         await run_in_threadpool(self._charge_unsettled)
-        released = await run_in_threadpool(self._claim_releases)
-        for job, charge in released:
-            demand = Demand(
-                job.id,
-                budget=BudgetDemand(job.estimated_tokens, job.reserved_cost_nanos, job.created_at.strftime("%Y-%m")),
-            )
-            used = (
-                Settlement(
-                    charge.prompt_tokens + charge.completion_tokens,
-                    usd_to_nanos(charge.cost),
-                    charge.created_at.strftime("%Y-%m"),
-                )
-                if charge is not None
-                else Settlement(0, 0)
-            )
-            await self._limiter.settle(job.tenant_id, demand, used)
-        return len(released)
+        released = 0
+        for job_id in await run_in_threadpool(self._candidates):
+            claimed = await run_in_threadpool(self._claim, job_id)
+            if claimed is None:
+                continue
+            try:
+                await asyncio.shield(self._release(*claimed))
+            except Exception:
+                logger.exception("releasing the reservation of %s failed; it is tried again", job_id)
+                await run_in_threadpool(self._unclaim, job_id)
+                continue
+            released += 1
+        return released
 
     async def run(self) -> None:
         while True:

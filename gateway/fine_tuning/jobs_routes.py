@@ -19,6 +19,7 @@ from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.fine_tuning.files import FileStore
 from gateway.state import AdmissionDep, CatalogDep, EngineSettingsDep, FilesDep, JobsDep
 from gateway.tenancy.principal import TenantDep
+from gateway.tenancy.service import utcnow
 
 router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
 
@@ -146,8 +147,8 @@ async def create_job(
     base = await catalog.resolve(body.model, tenant.tenant_id)
     per_epoch = await run_in_threadpool(_check_files_and_estimate, files, tenant.tenant_id, body, base.engine.tokenizer)
     estimated = per_epoch * int(hyper["n_epochs"])
-    job_id = new_job_id()
-    reserved = await admission.admit_training(tenant, job_id, body.model, estimated)
+    job_id, created_at = new_job_id(), utcnow()
+    reserved = await admission.admit_training(tenant, job_id, body.model, estimated, created_at)
     job_request = JobRequest(
         job_id=job_id,
         tenant_id=tenant.tenant_id,
@@ -166,10 +167,11 @@ async def create_job(
         estimated_tokens=reserved.tokens,
         reserved_cost_nanos=reserved.cost_nanos,
         metadata=body.metadata,
+        created_at=created_at,
     )
     try:
         return await run_in_threadpool(jobs.create, job_request)
-    except BaseException:
+    except Exception:  # not created: give the reservation back (a cancelled request may still have created it)
         await admission.release_training(tenant, job_id, reserved)
         raise
 

@@ -4,6 +4,7 @@ deltas for one or several prompts, exact usage, and the outcome reported once wh
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -13,6 +14,7 @@ from engine.protocol import AdapterRef, CompletionDelta, Engine, FinishReason, S
 from gateway.errors import ContextLengthExceeded
 from gateway.inference.api_types import ChatCompletionRequest, CompletionRequest
 
+logger = logging.getLogger(__name__)
 Outcome = Literal["completed", "aborted", "failed"]
 T = TypeVar("T")
 # vLLM needs top_p > 0; OpenAI accepts 0 meaning "only the most likely token".
@@ -155,7 +157,10 @@ class GenerationRun:
         duration = time.perf_counter() - self._started
         report = RunReport(self._request_id, self.model, self.usage, outcome, first_token, duration)
         for observer in self._observers:
-            observer(report)
+            try:
+                observer(report)
+            except Exception:  # one observer's failure must not keep the others (the settlement) from the report
+                logger.exception("an observer of run %s failed", self._request_id)
 
     async def collect(self) -> list[ChoiceResult]:
         results = [ChoiceResult() for _ in range(self.num_choices)]

@@ -126,7 +126,7 @@ async def admit_run(run: RunRequest, serving: Serving) -> GenerationRun:
         serving.metrics.observe_run(report, model=run.served.base, fine_tuned=run.served.adapter is not None)
 
     served = run.served
-    observers = [observe, settle]
+    observers = [settle, observe]  # the settlement first: it must never depend on the metrics
     return GenerationRun(served.engine, served.id, run.prompts, options, serving.context.id, observers, served.adapter)
 
 

@@ -1,10 +1,12 @@
 """API keys to identities through a short-lived cache (``LLMAAS_KEY_CACHE_TTL_SECONDS``, at most 5 s).
 
 Keys are looked up by their SHA-256 digest, so lookup timing says nothing about the key. A burst of requests
-with one uncached key makes one database lookup (single flight). ``invalidate_tenant`` bumps a generation
-counter: a lookup that started before it can neither be joined by later requests nor write its (possibly
-stale) result into the cache, so a revocation or suspension done through this gateway holds at once; done
-through another gateway or the CLI, it holds within the TTL. Runs on the event loop only."""
+with one uncached key makes one database lookup (single flight); an unknown key is remembered as unknown for
+the TTL too (keys are random: a key that was unknown cannot have been issued meanwhile).
+``invalidate_tenant`` bumps a generation counter: a lookup that started before it can neither be joined by
+later requests nor write its (possibly stale) result into the cache, so a revocation or suspension done
+through this gateway holds at once; done through another gateway or the CLI, it holds within the TTL. Runs on
+the event loop only."""
 
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ class KeyCache:
         self._lookup = lookup
         self._ttl = ttl_seconds
         self._generation = 0
-        self._entries: dict[str, tuple[float, KeyIdentity]] = {}
+        self._entries: dict[str, tuple[float, KeyIdentity | None]] = {}
         self._flights: dict[str, _Flight] = {}
 
     async def identify(self, key: str) -> KeyIdentity | None:
@@ -55,12 +57,9 @@ class KeyCache:
         identity = await run_in_threadpool(self._lookup, hashed)
         if generation != self._generation:  # invalidated while we read: this result may predate the change
             return identity
-        if identity is None:
-            self._entries.pop(hashed, None)
-        else:
-            if len(self._entries) >= _MAX_CACHED:
-                self._entries.pop(next(iter(self._entries)))
-            self._entries[hashed] = (started, identity)
+        if len(self._entries) >= _MAX_CACHED:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[hashed] = (started, identity)
         return identity
 
     def _land(self, hashed: str, flight: _Flight) -> None:
@@ -70,5 +69,5 @@ class KeyCache:
     def invalidate_tenant(self, tenant_id: str) -> None:
         """Forget the tenant's keys at once, including lookups under way."""
         self._generation += 1
-        for hashed in [h for h, (_, ident) in self._entries.items() if ident.tenant_id == tenant_id]:
+        for hashed in [h for h, (_, ident) in self._entries.items() if ident and ident.tenant_id == tenant_id]:
             self._entries.pop(hashed, None)

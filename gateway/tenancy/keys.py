@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 
 KEY_PREFIX = "sk-"
 DISPLAY_CHARS = 12
+_KEY_SHAPE = re.compile(r"sk-[A-Za-z0-9_-]{48}")
 
 
 def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(36)
+
+
+def has_key_shape(token: str) -> bool:
+    """Whether ``token`` could be a key we issued: anything else is refused without a database lookup."""
+    return _KEY_SHAPE.fullmatch(token) is not None
 
 
 def key_hash(key: str) -> str:

@@ -17,6 +17,7 @@ from fastapi import Depends, Request
 
 from gateway.errors import AuthenticationError, PermissionDenied
 from gateway.tenancy.key_cache import KeyCache
+from gateway.tenancy.keys import has_key_shape
 from gateway.tenancy.service import KeyIdentity, utcnow
 
 
@@ -120,7 +121,7 @@ class Authenticator:
             return Operator()
         if realm is Realm.METRICS and _same(token, self._metrics_token):
             return MetricsReader()
-        identity = await self._keys.identify(token)
+        identity = await self._keys.identify(token) if has_key_shape(token) else None
         if identity is None:
             raise AuthenticationError(f"Incorrect API key provided: {_mask(token)}.")
         if realm is not Realm.TENANT:

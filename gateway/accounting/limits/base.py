@@ -102,6 +102,10 @@ class Limiter(Protocol):
         limiter never admitted (made before a restart) still frees what it can find and counts its use."""
         ...
 
+    async def renew(self, tenant_id: str, demands: list[Demand]) -> None:
+        """Extend the leases of demands still running (where leases exist)."""
+        ...
+
     async def headers(self, tenant_id: str, quotas: Quotas) -> dict[str, str]:
         """Current rate-limit headers without admitting anything."""
         ...

@@ -126,6 +126,9 @@ class MemoryLimiter:
                 charged_to.used_tokens += used.tokens
                 charged_to.used_cost += used.cost_nanos
 
+    async def renew(self, tenant_id: str, demands: list[Demand]) -> None:
+        """Nothing to do: in one process, a slot lives exactly as long as its request."""
+
     async def headers(self, tenant_id: str, quotas: Quotas) -> dict[str, str]:
         return rate_headers(*self._state(tenant_id).windows(quotas, time.monotonic()))
 

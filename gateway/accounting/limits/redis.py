@@ -12,6 +12,10 @@ Keys per tenant (hash-tagged so one tenant's keys share a cluster slot):
     llmaas:{t}:inflight  zset  demand id -> lease expiry            (concurrency slots)
     llmaas:{t}:resv      hash  demand id -> "tokens cost expiry budget-key"   (budget reservations)
     llmaas:{t}:budget:M  hash  used_t, used_c, resv_t, resv_c        (month M)
+    llmaas:{t}:settled:D string  set once demand D is settled (for an hour): a retried settlement counts once
+
+A script the client retries because its reply was lost does nothing twice: an admission finds its demand
+recorded, a settlement its marker. A running request's lease is renewed (``renew``) while it runs.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from gateway.accounting.limits.base import (
     too_many_concurrent,
     window_exceeded,
 )
-from gateway.errors import APIError
+from gateway.errors import APIError, ServiceUnavailable
 from gateway.tenancy.models import Quotas
 
 _COMMON = """
@@ -86,8 +90,11 @@ local function release(resv, id)
   if not r then return end
   local rt, rc, _, month_key = string.match(r, '(%S+) (%S+) (%S+) (%S+)')
   if redis.call('EXISTS', month_key) == 1 then
-    redis.call('HINCRBY', month_key, 'resv_t', int(0 - tonumber(rt)))
-    redis.call('HINCRBY', month_key, 'resv_c', int(0 - tonumber(rc)))
+    for field, amount in pairs({resv_t = rt, resv_c = rc}) do
+      if redis.call('HINCRBY', month_key, field, int(0 - tonumber(amount))) < 0 then
+        redis.call('HSET', month_key, field, 0)
+      end
+    end
   end
   redis.call('HDEL', resv, id)
 end
@@ -110,6 +117,10 @@ local now = now_seconds()
 prune_window(req, reqv, now, window)
 prune_window(tok, tokv, now, window)
 redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now)
+
+-- the same demand again (the client retried a script whose reply was lost): it holds what it holds already
+local recorded = has_rate and redis.call('HEXISTS', reqv, id) or redis.call('HEXISTS', resv, id)
+if recorded == 1 then return {'ok', window_state(req, reqv, tok, tokv, now, window)} end
 
 local checks_budget = has_budget and (btok_limit >= 0 or bcost_limit >= 0)
 if checks_budget and redis.call('EXISTS', budget) == 0 then return {'init'} end
@@ -156,37 +167,74 @@ return {'ok', window_state(req, reqv, tok, tokv, now, window)}
 """
 )
 
-_INIT_BUDGET = """
--- KEYS: budget, resv; ARGV: used tokens, used cost, ttl, lease, then (id, tokens, cost) per open reservation
+_INIT_BUDGET = (
+    _COMMON
+    + """
+-- KEYS: budget, resv; ARGV: used tokens, used cost, ttl, lease of open reservations,
+--       then (id, tokens, cost) per open reservation (fine-tuning jobs not yet released)
 local budget, resv = KEYS[1], KEYS[2]
 if redis.call('HSETNX', budget, 'used_t', ARGV[1]) == 0 then return 0 end
-redis.call('HSET', budget, 'used_c', ARGV[2], 'resv_t', 0, 'resv_c', 0)
+redis.call('HSET', budget, 'used_c', ARGV[2])
 redis.call('EXPIRE', budget, ARGV[3])
-local t = redis.call('TIME')
-local expiry = tonumber(t[1]) + tonumber(ARGV[4])
+local now = now_seconds()
+local lease = tonumber(ARGV[4])
 for i = 5, #ARGV, 3 do
   if redis.call('HEXISTS', resv, ARGV[i]) == 0 then
-    redis.call('HINCRBY', budget, 'resv_t', ARGV[i + 1])
-    redis.call('HINCRBY', budget, 'resv_c', ARGV[i + 2])
-    redis.call('HSET', resv, ARGV[i], ARGV[i + 1] .. ' ' .. ARGV[i + 2] .. ' ' .. tostring(expiry) .. ' ' .. budget)
+    local entry = ARGV[i + 1] .. ' ' .. ARGV[i + 2] .. ' ' .. tostring(now + lease) .. ' ' .. budget
+    redis.call('HSET', resv, ARGV[i], entry)
   end
 end
-if redis.call('TTL', resv) < tonumber(ARGV[4]) + 5 then redis.call('EXPIRE', resv, math.ceil(tonumber(ARGV[4])) + 5) end
+-- what this month has reserved: every live reservation that names it (also ones that outlived a lost key)
+local rt, rc = 0, 0
+local held = redis.call('HGETALL', resv)
+for i = 1, #held, 2 do
+  local tokens, cost, expiry, month_key = string.match(held[i + 1], '(%S+) (%S+) (%S+) (%S+)')
+  if month_key == budget and tonumber(expiry) >= now then
+    rt, rc = rt + tonumber(tokens), rc + tonumber(cost)
+  end
+end
+redis.call('HSET', budget, 'resv_t', string.format('%d', rt), 'resv_c', string.format('%d', rc))
+if redis.call('TTL', resv) < lease + 5 then redis.call('EXPIRE', resv, math.ceil(lease) + 5) end
 return 1
 """
+)
 
 _SETTLE = (
     _COMMON
     + """
--- KEYS: tokv, inflight, resv, charged budget (may not exist); ARGV: id, tokens, cost
+-- KEYS: tokv, inflight, resv, charged budget (may not exist), settled marker; ARGV: id, tokens, cost
 local tokv, inflight, resv, charged = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id = ARGV[1]
+-- settled once: a retried script (its reply lost) must not charge twice
+if not redis.call('SET', KEYS[5], '1', 'NX', 'EX', 3600) then return 0 end
 redis.call('ZREM', inflight, id)
 if redis.call('HEXISTS', tokv, id) == 1 then redis.call('HSET', tokv, id, ARGV[2]) end
 release(resv, id)
 if redis.call('EXISTS', charged) == 1 then
   redis.call('HINCRBY', charged, 'used_t', ARGV[2])
   redis.call('HINCRBY', charged, 'used_c', ARGV[3])
+end
+return 1
+"""
+)
+
+_RENEW = (
+    _COMMON
+    + """
+-- KEYS: inflight, resv; ARGV: lease, then the ids of demands still running
+local inflight, resv = KEYS[1], KEYS[2]
+local expiry = now_seconds() + tonumber(ARGV[1])
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  if redis.call('ZSCORE', inflight, id) then redis.call('ZADD', inflight, expiry, id) end
+  local r = redis.call('HGET', resv, id)
+  if r then
+    local tokens, cost, _, month_key = string.match(r, '(%S+) (%S+) (%S+) (%S+)')
+    redis.call('HSET', resv, id, tokens .. ' ' .. cost .. ' ' .. tostring(expiry) .. ' ' .. month_key)
+  end
+end
+for _, key in ipairs({inflight, resv}) do
+  if redis.call('TTL', key) < tonumber(ARGV[1]) + 5 then redis.call('EXPIRE', key, math.ceil(tonumber(ARGV[1])) + 5) end
 end
 return 1
 """
@@ -232,14 +280,27 @@ def _limit(value: int | None) -> int:
 
 
 class RedisLimiter:
-    def __init__(self, url: str, *, lease_seconds: float = 900.0, window_seconds: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        lease_seconds: float = 900.0,
+        open_reservation_lease_seconds: float = 7 * 24 * 3600,
+        window_seconds: float = 60.0,
+    ) -> None:
         self._redis: Redis = Redis.from_url(url)
         self._lease = lease_seconds
+        self._open_lease = open_reservation_lease_seconds
         self._window = window_seconds
         self._admit = self._redis.register_script(_ADMIT)
         self._init_budget = self._redis.register_script(_INIT_BUDGET)
         self._settle = self._redis.register_script(_SETTLE)
+        self._renew = self._redis.register_script(_RENEW)
         self._peek = self._redis.register_script(_PEEK)
+
+    @property
+    def lease_seconds(self) -> float:
+        return self._lease
 
     @staticmethod
     def _key(tenant_id: str, name: str) -> str:
@@ -280,11 +341,15 @@ class RedisLimiter:
             self._window,
         ]
         result = await self._admit(keys=keys, args=args)
-        if result[0] == b"init":
+        loads = 0
+        while result[0] == b"init":  # the month's budget is not in Redis (yet, or any more): load it from the ledger
+            if loads == 3:
+                raise ServiceUnavailable("The budget could not be loaded; retry shortly.", code="budget_unavailable")
+            loads += 1
             snapshot = await month_to_date(month)
             opened = [value for r in snapshot.open_reservations for value in (r.id, r.tokens, r.cost_nanos)]
-            init_args = [snapshot.used_tokens, snapshot.used_cost_nanos, _BUDGET_TTL_SECONDS, lease, *opened]
-            await self._init_budget(keys=[budget_key, resv], args=init_args)
+            init_args = [snapshot.used_tokens, snapshot.used_cost_nanos, _BUDGET_TTL_SECONDS, self._open_lease]
+            await self._init_budget(keys=[budget_key, resv], args=[*init_args, *opened])
             result = await self._admit(keys=keys, args=args)
         status = result[0].decode()
         headers = self._headers(quotas, result[1])
@@ -299,8 +364,13 @@ class RedisLimiter:
             self._key(tenant_id, "inflight"),
             self._key(tenant_id, "resv"),
             self._key(tenant_id, f"budget:{month}"),
+            self._key(tenant_id, f"settled:{demand.id}"),
         ]
         await self._settle(keys=keys, args=[demand.id, used.tokens, used.cost_nanos])
+
+    async def renew(self, tenant_id: str, demands: list[Demand]) -> None:
+        keys = [self._key(tenant_id, "inflight"), self._key(tenant_id, "resv")]
+        await self._renew(keys=keys, args=[self._lease, *(demand.id for demand in demands)])
 
     async def headers(self, tenant_id: str, quotas: Quotas) -> dict[str, str]:
         state = await self._peek(keys=self._window_keys(tenant_id), args=[self._window])
