@@ -17,6 +17,7 @@ from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.errors import InvalidJobRequest, NotFound
+from adapters.hyperparameters import Hyperparameters
 from adapters.store import FineTuningJob, JobCheckpoint, JobEvent, utcnow
 
 FINAL = ("succeeded", "failed", "cancelled")
@@ -38,12 +39,13 @@ class JobRequest:
     validation_file: str | None
     suffix: str | None
     seed: int | None
-    n_epochs: int
-    batch_size: int
-    learning_rate_multiplier: float
+    hyperparameters: Hyperparameters
+    """Every "auto" already chosen from the data."""
+    keep_checkpoint: str
     lora_rank: int
     lora_alpha: int
     lora_target_modules: tuple[str, ...]
+    lora_layers: int | str
     estimated_tokens: int
     reserved_cost_nanos: int
     metadata: dict[str, str] | None
@@ -156,11 +158,7 @@ class JobService:
         self._on_final = on_final
 
     def create(self, request: JobRequest) -> dict[str, Any]:
-        hyperparameters = {
-            "n_epochs": request.n_epochs,
-            "batch_size": request.batch_size,
-            "learning_rate_multiplier": request.learning_rate_multiplier,
-        }
+        hyperparameters = {**request.hyperparameters.as_dict(), "keep_checkpoint": request.keep_checkpoint}
         job = FineTuningJob(
             id=request.job_id,
             tenant_id=request.tenant_id,
@@ -175,6 +173,7 @@ class JobService:
                 "rank": request.lora_rank,
                 "alpha": request.lora_alpha,
                 "target_modules": list(request.lora_target_modules),
+                "layers": request.lora_layers,
             },
             method="supervised",
             status="validating_files",

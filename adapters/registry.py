@@ -36,6 +36,14 @@ def model_name(base_model: str, tenant_name: str, suffix: str | None, job_id: st
     return f"ft:{base_model}:{tenant_name}:{suffix or ''}:{job_id.removeprefix('ftjob-')[:8]}"
 
 
+CHECKPOINT_MARK = ":ckpt-step-"
+
+
+def checkpoint_name(model: str, step: int) -> str:
+    """OpenAI's name of a job's checkpoint: its fine-tuned model's name and the step."""
+    return f"{model}{CHECKPOINT_MARK}{step}"
+
+
 class AdapterRegistry:
     def __init__(self, sessions: sessionmaker[Session], store_dir: Path) -> None:
         self._sessions = sessions
@@ -80,16 +88,28 @@ class AdapterRegistry:
             return self._record(row) if row else None
 
     def for_tenant(self, tenant_id: str) -> list[AdapterRecord]:
+        """The tenant's fine-tuned models (not their checkpoints, which are served but not listed)."""
         with self._sessions() as session:
-            rows = session.scalars(select(Adapter).where(Adapter.tenant_id == tenant_id).order_by(Adapter.id))
+            rows = session.scalars(
+                select(Adapter)
+                .where(Adapter.tenant_id == tenant_id, Adapter.name.not_like(f"%{CHECKPOINT_MARK}%"))
+                .order_by(Adapter.id)
+            )
             return [self._record(row) for row in rows]
 
-    def delete(self, name: str, tenant_id: str) -> AdapterRecord | None:
+    def delete(self, name: str, tenant_id: str) -> list[AdapterRecord]:
+        """Delete the tenant's model of that name, and its checkpoints with it; returns what was deleted."""
         with self._sessions.begin() as session:
-            row = session.scalar(select(Adapter).where(Adapter.name == name, Adapter.tenant_id == tenant_id))
-            if row is None:
-                return None
-            record = self._record(row)
-            session.delete(row)
-        shutil.rmtree(record.path, ignore_errors=True)
-        return record
+            rows = session.scalars(
+                select(Adapter).where(
+                    Adapter.tenant_id == tenant_id,
+                    (Adapter.name == name) | Adapter.name.startswith(name + CHECKPOINT_MARK, autoescape=True),
+                )
+            ).all()
+            records = [self._record(row) for row in rows]
+            for row in rows:
+                session.delete(row)
+        for record in records:
+            if CHECKPOINT_MARK not in record.name:  # the job's dir: the adapter and its checkpoints
+                shutil.rmtree(record.path.parent, ignore_errors=True)
+        return records

@@ -29,8 +29,9 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.datasets import Dataset, DatasetError, parse_jsonl
+from adapters.hyperparameters import BASE_LEARNING_RATE
 from adapters.jobs import FINAL, WAITING, OnFinal, add_event, transition
-from adapters.registry import AdapterRegistry, model_name
+from adapters.registry import AdapterRegistry, checkpoint_name, model_name
 from adapters.store import FineTuningJob, JobCheckpoint, utcnow
 from adapters.training import (
     Checkpoint,
@@ -39,13 +40,11 @@ from adapters.training import (
     TrainingCancelled,
     TrainingResult,
     TrainingSpec,
+    Validation,
     train_lora,
 )
 
 logger = logging.getLogger(__name__)
-
-BASE_LEARNING_RATE = 2e-4
-"""OpenAI's ``learning_rate_multiplier`` multiplies this."""
 
 FileReader = Callable[[str, str], bytes | None]
 """(tenant id, file id) -> the file's bytes, or None when it is gone."""
@@ -71,6 +70,7 @@ class Worker:
         poll_seconds: float = 1.0,
         max_backoff_seconds: float = 30.0,
         move_attempts: int = 6,
+        training_threads: int | None = None,
     ) -> None:
         self._sessions = sessions
         self._registry = registry
@@ -82,6 +82,7 @@ class Worker:
         self._poll = poll_seconds
         self._max_backoff = max_backoff_seconds
         self._move_attempts = move_attempts
+        self._training_threads = training_threads
         self.worker_id = f"{socket.gethostname()}-{secrets.token_hex(4)}"
         self._stop = threading.Event()
 
@@ -293,6 +294,7 @@ class Worker:
                     status="succeeded",
                     fine_tuned_model=name,
                     trained_tokens=result.trained_tokens,
+                    lora={**job.lora, "layers": result.lora_layers},
                 )
                 if succeeded:
                     self._registry.register(
@@ -302,6 +304,20 @@ class Worker:
                         base_model=job.model,
                         job_id=job.id,
                         adapter_dir=result.adapter_dir,
+                    )
+                    for checkpoint in result.checkpoints:  # each servable as its own model
+                        self._registry.register(
+                            session,
+                            name=checkpoint_name(name, checkpoint.step),
+                            tenant_id=job.tenant_id,
+                            base_model=job.model,
+                            job_id=job.id,
+                            adapter_dir=checkpoint.path,
+                        )
+                    add_event(
+                        session,
+                        job.id,
+                        f"Kept the checkpoint of step {result.chosen.step}: {_metrics_text(result.chosen)}",
                     )
                 return succeeded
 
@@ -335,19 +351,23 @@ class Worker:
     ) -> TrainingResult:
         hyper = job.hyperparameters
         lora = job.lora
-        job_dir = self._registry.job_dir(job.id)
         spec = TrainingSpec(
             base_model_dir=base_dir,
             train=train,
             validation=validation,
-            output_dir=job_dir,
+            output_dir=self._registry.job_dir(job.id),
             n_epochs=int(hyper["n_epochs"]),
             batch_size=int(hyper["batch_size"]),
             learning_rate=BASE_LEARNING_RATE * float(hyper["learning_rate_multiplier"]),
             seed=job.seed,
             lora=LoraSpec(
-                rank=int(lora["rank"]), alpha=int(lora["alpha"]), target_modules=tuple(lora["target_modules"])
+                rank=int(lora["rank"]),
+                alpha=int(lora["alpha"]),
+                target_modules=tuple(lora["target_modules"]),
+                layers=None if lora.get("layers", "auto") == "auto" else int(lora["layers"]),
             ),
+            keep=hyper.get("keep_checkpoint", "best"),
+            threads=self._training_threads,
         )
 
         def on_metrics(metrics: StepMetrics) -> None:
@@ -356,11 +376,12 @@ class Worker:
                 "total_steps": metrics.total_steps,
                 "epoch": metrics.epoch,
                 "train_loss": metrics.train_loss,
-                "valid_loss": metrics.valid_loss,
+                "train_mean_token_accuracy": metrics.train_mean_token_accuracy,
+                **_validation_data(metrics.validation),
             }
             message = f"Step {metrics.step}/{metrics.total_steps}: training loss={metrics.train_loss:.4f}"
-            if metrics.valid_loss is not None:
-                message += f", validation loss={metrics.valid_loss:.4f}"
+            if metrics.validation is not None:
+                message += ", " + _validation_text(metrics.validation)
             with self._tolerated("a metrics event"), self._sessions.begin() as session:
                 add_event(session, job.id, message, type_="metrics", data=data)
                 # So far trained: what the job is charged if it ends without this worker (failed as dead).
@@ -371,7 +392,7 @@ class Worker:
                 )
 
         def on_checkpoint(checkpoint: Checkpoint) -> None:
-            name = model_name(job.model, job.tenant_name, job.suffix, job.id) + f":ckpt-step-{checkpoint.step}"
+            name = checkpoint_name(model_name(job.model, job.tenant_name, job.suffix, job.id), checkpoint.step)
             with self._tolerated("a checkpoint row"), self._sessions.begin() as session:
                 session.add(
                     JobCheckpoint(
@@ -381,7 +402,7 @@ class Worker:
                         metrics={
                             "step": checkpoint.step,
                             "train_loss": checkpoint.train_loss,
-                            "valid_loss": checkpoint.valid_loss,
+                            **_validation_data(checkpoint.validation),
                         },
                         fine_tuned_model_checkpoint=name,
                         created_at=utcnow(),
@@ -396,3 +417,26 @@ class Worker:
         result = train_lora(spec, on_metrics=on_metrics, on_checkpoint=on_checkpoint, should_stop=should_stop)
         logger.info("job %s trained %d tokens in %.1f s", job.id, result.trained_tokens, time.perf_counter() - started)
         return result
+
+
+def _validation_data(validation: Validation | None) -> dict[str, float]:
+    if validation is None:
+        return {}
+    return {
+        "valid_loss": validation.loss,
+        "valid_mean_token_accuracy": validation.mean_token_accuracy,
+        "valid_exact_match": validation.exact_match,
+    }
+
+
+def _validation_text(validation: Validation) -> str:
+    return (
+        f"validation loss={validation.loss:.4f}, token accuracy={validation.mean_token_accuracy:.3f}, "
+        f"exact match={validation.exact_match:.3f}"
+    )
+
+
+def _metrics_text(checkpoint: Checkpoint) -> str:
+    if checkpoint.validation is None:
+        return f"training loss={checkpoint.train_loss:.4f} (the last; no validation file)"
+    return _validation_text(checkpoint.validation)

@@ -36,6 +36,9 @@ from gateway.edge.authentication import AuthenticationMiddleware
 from gateway.edge.body_limits import BodyLimitMiddleware
 from gateway.edge.request_context import RequestContextMiddleware
 from gateway.errors import install_error_handlers
+from gateway.evals import routes as evals_routes
+from gateway.evals.runner import EvalRunner
+from gateway.evals.service import EvalService
 from gateway.fine_tuning import files_routes, jobs_routes
 from gateway.fine_tuning.files import FileStore
 from gateway.inference import chat, completions, models
@@ -138,6 +141,9 @@ def create_app(
             leases = asyncio.create_task(admission.keep_leases(settings.reservation_lease_seconds / 3))
             stack.push_async_callback(_cancel, leases)
             key_cache = KeyCache(tenancy.identify, settings.key_cache_ttl_seconds)
+            evals = EvalService(database)
+            catalog = ModelCatalog([served], adapter_registry(database, settings))
+            caps = RequestCaps.from_settings(settings, engine.max_model_len)
             metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
             app.state.llmaas = AppState(
                 settings=settings,
@@ -148,16 +154,23 @@ def create_app(
                 authenticator=Authenticator(key_cache, admin_key, metrics_token),
                 admission=admission,
                 usage=UsageReports(database),
-                catalog=ModelCatalog([served], adapter_registry(database, settings)),
-                caps=RequestCaps.from_settings(settings, engine.max_model_len),
+                catalog=catalog,
+                caps=caps,
                 files=file_store(database, settings),
                 jobs=job_service(database),
+                evals=evals,
             )
+            runner = EvalRunner(
+                evals, tenancy, catalog, admission, caps, metrics, concurrency=settings.eval_concurrency
+            )
+            stack.push_async_callback(_cancel, asyncio.create_task(runner.run_forever()))
             yield
 
     app = FastAPI(title="LLMaaS", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
-    for module in (models, chat, completions, files_routes, jobs_routes, usage_routes, ops_routes, admin_routes):
+    for module in (models, chat, completions, files_routes, jobs_routes, evals_routes):  # the tenants' API
+        app.include_router(module.router)
+    for module in (usage_routes, ops_routes, admin_routes):
         app.include_router(module.router)
     app.include_router(usage_routes.admin_router)
     # Added innermost first: a request meets them in the reverse order.

@@ -8,7 +8,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 
 USER = 256
 """The ``user`` field of a request (the tenant's end-user id), kept with each usage record."""
@@ -28,6 +28,8 @@ METADATA_VALUE = 512
 FILENAME = 256
 KEY_NAME = 128
 TENANT_NAME = 64
+EVAL_NAME = 256
+"""Names of evals, eval runs and their testing criteria."""
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
@@ -49,3 +51,14 @@ def _naive_utc(moment: datetime) -> datetime:
 
 UtcDateTime = Annotated[datetime, AfterValidator(_naive_utc)]
 """A client-supplied date and time: any ISO 8601 form or Unix seconds, kept as naive UTC."""
+
+
+def _metadata_fits(value: dict[str, str]) -> dict[str, str]:
+    for key, item in value.items():
+        if len(key) > METADATA_KEY or len(item) > METADATA_VALUE:
+            raise ValueError(f"keys may be {METADATA_KEY} characters and values {METADATA_VALUE} at most")
+    return value
+
+
+Metadata = Annotated[dict[str, str], Field(max_length=METADATA_PAIRS), AfterValidator(_metadata_fits)]
+"""OpenAI's ``metadata`` of jobs, evals and runs."""

@@ -197,6 +197,7 @@ def worker(
         file_store(database, settings).read,
         base_models,
         on_final=charge_job,
+        training_threads=settings.training_threads or max(1, (os.cpu_count() or 2) // 2),
     )
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: runner.stop())

@@ -33,6 +33,10 @@ class GatewaySettings(BaseSettings):
         default=5.0, ge=0, le=5, description="How long a key lookup is cached; revocation elsewhere takes this long."
     )
     embedded_worker: bool = Field(default=True, description="`llmaas serve` also runs a fine-tuning worker.")
+    training_threads: int | None = Field(
+        default=None, ge=1, description="Threads a fine-tuning worker trains with; unset: half the cores (at least 1)."
+    )
+    eval_concurrency: int = Field(default=16, ge=1, description="Samples of one eval run in flight at once.")
     reservation_lease_seconds: float = Field(
         default=900, gt=0, description="Redis: a crashed gateway's reservations and slots are freed after this."
     )

@@ -14,6 +14,7 @@ from engine.settings import EngineSettings
 from gateway.accounting.admission import Admission
 from gateway.accounting.usage import UsageReports
 from gateway.edge.request_context import RequestContext
+from gateway.evals.service import EvalService
 from gateway.fine_tuning.files import FileStore
 from gateway.inference.catalog import ModelCatalog
 from gateway.inference.runs import RequestCaps, Serving
@@ -40,6 +41,7 @@ class AppState:
     caps: RequestCaps
     files: FileStore
     jobs: JobService
+    evals: EvalService
 
 
 def state_of(app: FastAPI) -> AppState:
@@ -72,6 +74,7 @@ UsageDep = Annotated[UsageReports, _part(lambda state: state.usage)]
 CatalogDep = Annotated[ModelCatalog, _part(lambda state: state.catalog)]
 FilesDep = Annotated[FileStore, _part(lambda state: state.files)]
 JobsDep = Annotated[JobService, _part(lambda state: state.jobs)]
+EvalsDep = Annotated[EvalService, _part(lambda state: state.evals)]
 
 
 def get_serving(request: Request, context: ContextDep, tenant: TenantDep) -> Serving:

@@ -125,13 +125,27 @@ def test_events_report_status_and_losses(trained: Trained) -> None:
     metrics = [e for e in events if e.type == "metrics"]
     assert len(metrics) == 9  # 12 examples / batch 4 x 3 epochs
     assert all(e.data["train_loss"] > 0 for e in metrics)
-    assert sum(1 for e in metrics if e.data["valid_loss"] is not None) == 3
+    epoch_ends = [e for e in metrics if e.data.get("valid_loss") is not None]
+    assert len(epoch_ends) == 3
+    for event in epoch_ends:
+        assert 0 <= event.data["valid_mean_token_accuracy"] <= 1
+        assert event.data["valid_exact_match"] in (0, 0.5, 1)  # two validation examples
+    assert all(0 <= e.data["train_mean_token_accuracy"] <= 1 for e in metrics)
     by_step = sorted(metrics, key=lambda e: e.data["step"])
     assert by_step[-1].data["train_loss"] < by_step[0].data["train_loss"]
     checkpoints = trained.client.fine_tuning.jobs.checkpoints.list(trained.pirate.id).data
     assert [c.step_number for c in checkpoints] == [9, 6, 3]
     assert checkpoints[0].fine_tuned_model_checkpoint == trained.pirate.fine_tuned_model + ":ckpt-step-9"
     assert checkpoints[0].metrics.valid_loss is not None
+    assert any("Kept the checkpoint of step" in m for m in messages)
+
+
+def test_every_checkpoint_is_a_model_of_its_own(trained: Trained) -> None:
+    client = trained.client
+    first_epoch = trained.pirate.fine_tuned_model + ":ckpt-step-3"
+    assert client.models.retrieve(first_epoch).id == first_epoch
+    assert first_epoch not in [m.id for m in client.models.list().data]  # served, not listed
+    assert ask(client, first_epoch, HELD_OUT_PROMPTS[0])  # answers (what it learned by then is its own)
 
 
 def test_fine_tuned_model_shows_the_trained_behaviour(trained: Trained) -> None:
@@ -188,6 +202,57 @@ def test_other_tenants_see_nothing(trained: Trained, server: str, admin: httpx.C
         with pytest.raises(openai.NotFoundError):
             call()
     assert stranger.fine_tuning.jobs.list().data == []
+
+
+def test_an_eval_tells_the_fine_tuned_model_from_the_base(trained: Trained, admin: httpx.Client) -> None:
+    client = trained.client
+    pirate_eval = client.evals.create(
+        name="speaks like a pirate",
+        data_source_config={
+            "type": "custom",
+            "item_schema": {"type": "object", "properties": {"question": {"type": "string"}}},
+        },
+        testing_criteria=[
+            {
+                "type": "string_check",
+                "name": "pirate greeting",
+                "input": "{{sample.output_text}}",
+                "reference": "arr, matey",
+                "operation": "ilike",
+            }
+        ],
+    )
+    content = [{"item": {"question": question}} for question in HELD_OUT_PROMPTS]
+
+    def run(model: str) -> Any:
+        started = client.evals.runs.create(
+            pirate_eval.id,
+            name=model,
+            data_source={
+                "type": "completions",
+                "model": model,
+                "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.question}}"}]},
+                "sampling_params": {"temperature": 0, "max_completion_tokens": 12},
+                "source": {"type": "file_content", "content": content},
+            },
+        )
+        deadline = time.monotonic() + 120
+        while (done := client.evals.runs.retrieve(started.id, eval_id=pirate_eval.id)).status not in (
+            "completed",
+            "failed",
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        return done
+
+    tuned, base = run(trained.pirate.fine_tuned_model), run(MODEL)
+    assert tuned.status == base.status == "completed"
+    assert tuned.result_counts.passed == len(HELD_OUT_PROMPTS)
+    assert base.result_counts.passed == 0
+    answers = client.evals.runs.output_items.list(tuned.id, eval_id=pirate_eval.id)
+    assert all(item.sample.output[0].content.startswith("Arr") for item in answers)
+    # The samples are the tenant's usage, like any request; /metrics names no tenant's model.
+    assert "ft:" not in admin.get("/metrics").text
 
 
 def test_training_is_billed(trained: Trained, admin: httpx.Client) -> None:

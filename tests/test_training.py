@@ -12,16 +12,15 @@ import pytest
 import torch
 
 from adapters.datasets import ChatExample, Message, PromptCompletionExample, parse_jsonl
+from adapters.encoding import IGNORE_INDEX, EncodedExample, encode_dataset, encode_example
+from adapters.trainable import LoraSpec, TrainableModel
 from adapters.training import (
-    IGNORE_INDEX,
     Checkpoint,
-    EncodedExample,
     StepMetrics,
     TrainingCancelled,
     TrainingResult,
     TrainingSpec,
-    encode_dataset,
-    encode_example,
+    Validation,
     train_lora,
 )
 from tests.finetune_data import HELD_OUT_PROMPTS, PIRATE_PREFIX, QA, VALIDATION_QA, pirate_jsonl
@@ -149,8 +148,16 @@ def test_run_reports_steps_checkpoints_and_tokens(pirate_run: Run, hf_tokenizer:
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
     config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA"
-    assert (config["r"], config["lora_alpha"]) == (8, 16)
-    assert sorted(config["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    assert (config["r"], config["lora_alpha"]) == (16, 32)
+    assert sorted(config["target_modules"]) == sorted(LoraSpec().target_modules)
+    assert config["layers_to_transform"] == list(range(20, 30))  # the top third of SmolLM2-135M's 30 layers
+    assert result.lora_layers == 10
+    for metric in metrics:
+        assert 0 <= metric.train_mean_token_accuracy <= 1
+    for checkpoint in checkpoints:
+        assert checkpoint.validation is not None
+        assert 0 <= checkpoint.validation.mean_token_accuracy <= 1
+        assert checkpoint.validation.exact_match in (0, 0.5, 1)  # two validation examples
 
     encoded = encode_dataset(hf_tokenizer, pirate_run.spec.train, pirate_run.spec.max_seq_len)
     assert result.trained_tokens == sum(len(e.input_ids) for e in encoded) * EPOCHS
@@ -162,8 +169,14 @@ def test_losses_decrease(pirate_run: Run) -> None:
     assert train_losses == sorted(train_losses, reverse=True)
     assert train_losses[-1] < train_losses[0] / 3
     assert valid_losses == sorted(valid_losses, reverse=True)  # type: ignore[type-var]
-    assert pirate_run.result.train_loss == train_losses[-1]
-    assert pirate_run.result.valid_loss == valid_losses[-1]
+    chosen = pirate_run.result.chosen
+    assert chosen in pirate_run.checkpoints
+    assert (pirate_run.result.train_loss, pirate_run.result.valid_loss) == (chosen.train_loss, chosen.valid_loss)
+    best = max(
+        pirate_run.checkpoints,
+        key=lambda c: (c.validation.exact_match, c.validation.mean_token_accuracy, -c.validation.loss),  # type: ignore[union-attr]
+    )
+    assert chosen.validation == best.validation
 
 
 def test_same_seed_same_run(pirate_run: Run, model_dir: Path, tmp_path: Path) -> None:
@@ -221,3 +234,31 @@ def test_should_stop_cancels(model_dir: Path, tmp_path: Path) -> None:
     assert metrics[0].train_loss > 0
     assert not (tmp_path / "adapter").exists()
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_the_frozen_prefix_gives_the_full_models_loss(model_dir: Path, hf_tokenizer: Any) -> None:
+    """Training the top layers from cached hidden states is the same arithmetic as the full model."""
+    examples = encode_dataset(hf_tokenizer, parse_jsonl(pirate_jsonl()), 1024)[:4]
+    split = TrainableModel(model_dir, LoraSpec(layers=10), hf_tokenizer.eos_token_id)
+    assert split.split_at == 20
+    for param in split.parameters():  # any adapter at all, not the zero one it starts as
+        torch.nn.init.normal_(param, std=0.02)
+    with torch.no_grad():
+        through_prefix = split.loss(examples, split.prefixes(examples))
+        through_all = split.loss(examples, None)
+    assert through_prefix.tokens == through_all.tokens
+    assert abs(float(through_prefix.summed) - float(through_all.summed)) < 1e-3 * float(through_all.summed)
+    assert through_prefix.correct == through_all.correct
+
+
+def test_the_best_checkpoint_is_kept_unless_the_last_is_asked_for() -> None:
+    from adapters.training import _choose
+
+    def checkpoint(step: int, exact: float, accuracy: float, loss: float) -> Checkpoint:
+        return Checkpoint(step, Path(f"step-{step}"), 0.1, Validation(loss, accuracy, exact))
+
+    checkpoints = [checkpoint(1, 0.5, 0.9, 0.3), checkpoint(2, 0.8, 0.8, 0.4), checkpoint(3, 0.8, 0.85, 0.2)]
+    assert _choose(checkpoints, "best").step == 3
+    assert _choose(checkpoints[:2], "best").step == 2
+    assert _choose([checkpoint(1, 0.9, 0.9, 0.3), checkpoint(2, 0.5, 0.9, 0.1)], "best").step == 1
+    assert _choose([checkpoint(1, 0.9, 0.9, 0.3), checkpoint(2, 0.5, 0.9, 0.1)], "last").step == 2

@@ -14,10 +14,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from adapters.hyperparameters import Hyperparameters
 from adapters.jobs import JobRequest, JobService, new_job_id
 from adapters.registry import AdapterRegistry
 from adapters.store import Adapter, FineTuningJob, utcnow
-from adapters.training import TrainingResult
+from adapters.training import Checkpoint, TrainingResult
 from adapters.worker import Worker
 from gateway.accounting.training_billing import charge_job
 from gateway.db import Database, UsageRecord
@@ -33,12 +34,12 @@ def job_request(**overrides: object) -> JobRequest:
         "validation_file": None,
         "suffix": None,
         "seed": 0,
-        "n_epochs": 1,
-        "batch_size": 1,
-        "learning_rate_multiplier": 1.0,
+        "hyperparameters": Hyperparameters(n_epochs=1, batch_size=1, learning_rate_multiplier=1.0),
+        "keep_checkpoint": "best",
         "lora_rank": 8,
         "lora_alpha": 16,
         "lora_target_modules": ("q_proj",),
+        "lora_layers": "auto",
         "estimated_tokens": 10,
         "reserved_cost_nanos": 0,
         "metadata": None,
@@ -168,8 +169,10 @@ class SlowTrainingWorker(Worker):
         self.training.set()
         self.release.wait(30)
         adapter_dir = self._registry.job_dir(job.id) / "adapter"
-        adapter_dir.mkdir(parents=True)
-        return TrainingResult(adapter_dir, trained_tokens=123, steps=1, train_loss=0.5, valid_loss=None)
+        checkpoint = Checkpoint(1, self._registry.job_dir(job.id) / "checkpoints" / "step-1", 0.5, None)
+        for directory in (adapter_dir, checkpoint.path):
+            directory.mkdir(parents=True)
+        return TrainingResult(adapter_dir, 123, 1, checkpoint, (checkpoint,), lora_layers=10)
 
 
 def test_a_job_failed_as_dead_while_training_stays_failed_and_charged_once(database: Database, tmp_path: Path) -> None:
@@ -205,8 +208,13 @@ def test_a_succeeding_job_is_registered_and_charged_in_one_transition(database: 
     assert worker.run_once() == job_id
     job = jobs.get("ten_1", job_id)
     assert job["status"] == "succeeded" and job["trained_tokens"] == 123
+    assert job["lora"]["layers"] == 10  # "auto", resolved
     assert registry.get(job["fine_tuned_model"], "ten_1") is not None
+    assert registry.get(job["fine_tuned_model"] + ":ckpt-step-1", "ten_1") is not None
+    assert [r.name for r in registry.for_tenant("ten_1")] == [job["fine_tuned_model"]]  # checkpoints unlisted
     assert charges(database, job_id) == [("succeeded", 123)]
+    deleted = registry.delete(job["fine_tuned_model"], "ten_1")
+    assert sorted(r.name for r in deleted) == [job["fine_tuned_model"], job["fine_tuned_model"] + ":ckpt-step-1"]
 
 
 class FlakySessions:

@@ -5,7 +5,7 @@ through which what it used is settled.
   window, a concurrency slot) and its budget (those tokens and their cost), and room for its ledger record.
   The returned ``InferenceReservation`` settles exactly once when the run ends (completed, failed or
   abandoned): the ledger gets one record, and the limiter replaces the reservation by the real count.
-* An upload takes one unit of the RPM window and nothing else.
+* An upload (or the creation of an eval run) takes one unit of the RPM window and nothing else.
 * A fine-tuning job reserves budget only (never a slot or the TPM window); it is charged in the transaction
   that moves the job to its final status, and its reservation is released by ``training_billing``.
 
@@ -80,6 +80,7 @@ class Admission:
         prompt_tokens: int,
         max_completion_tokens: int,
         end_user: str | None,
+        kind: str = "inference",
     ) -> InferenceReservation:
         quotas = tenant.identity.quotas
         tokens = prompt_tokens + max_completion_tokens
@@ -98,9 +99,9 @@ class Admission:
             raise
         context.response_headers.update(grant.headers)
         self._running[demand.id] = (tenant.tenant_id, demand)
-        return InferenceReservation(self, context, tenant, model, demand, end_user)
+        return InferenceReservation(self, context, tenant, model, demand, end_user, kind)
 
-    async def admit_upload(self, context: RequestContext, tenant: TenantPrincipal) -> None:
+    async def admit_request(self, context: RequestContext, tenant: TenantPrincipal) -> None:
         demand = Demand(context.id, rate=RateDemand(requests=1, tokens=0, slot=False))
         quotas = tenant.identity.quotas
         grant = await self._limiter.admit(tenant.tenant_id, quotas, demand, self._month_to_date(tenant.tenant_id))
@@ -164,6 +165,7 @@ class InferenceReservation:
         model: str,
         demand: Demand,
         end_user: str | None,
+        kind: str,
     ) -> None:
         self._admission = admission
         self._context = context
@@ -171,6 +173,7 @@ class InferenceReservation:
         self._model = model
         self._demand = demand
         self._end_user = end_user
+        self._kind = kind
         self._settled = False
 
     def settle(self, prompt_tokens: int, completion_tokens: int, outcome: str) -> None:
@@ -184,7 +187,7 @@ class InferenceReservation:
             tenant_id=self._tenant.tenant_id,
             key_id=self._tenant.key_id,
             model=self._model,
-            kind="inference",
+            kind=self._kind,
             outcome=outcome,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, Numeric, String
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, Numeric, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from gateway import bounds
@@ -95,4 +95,68 @@ class File(Base):
     filename: Mapped[str] = mapped_column(String(bounds.FILENAME))
     purpose: Mapped[str] = mapped_column(String(32))
     bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Eval(Base):
+    """An evaluation: the schema of its items and how each sample is graded (``/v1/evals``)."""
+
+    __tablename__ = "evals"
+    __table_args__ = (Index("ix_evals_tenant_created", "tenant_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    name: Mapped[str] = mapped_column(String(bounds.EVAL_NAME))
+    item_schema: Mapped[dict[str, Any]] = mapped_column(JSON)
+    include_sample_schema: Mapped[bool] = mapped_column(Boolean, default=False)
+    testing_criteria: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    user_metadata: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class EvalRun(Base):
+    """One run of an eval against a model; executed by a gateway's eval runner, item by item."""
+
+    __tablename__ = "eval_runs"
+    __table_args__ = (
+        Index("ix_eval_runs_eval_created", "eval_id", "created_at"),
+        Index("ix_eval_runs_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    eval_id: Mapped[str] = mapped_column(String(40))
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    key_id: Mapped[str | None] = mapped_column(String(40))
+    """The key that created the run: its usage is metered as that key's."""
+    name: Mapped[str] = mapped_column(String(bounds.EVAL_NAME))
+    model: Mapped[str] = mapped_column(String(bounds.MODEL))
+    data_source: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    result_counts: Mapped[dict[str, int]] = mapped_column(JSON)
+    per_criteria: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    usage: Mapped[dict[str, int]] = mapped_column(JSON)
+    user_metadata: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    runner_id: Mapped[str | None] = mapped_column(String(64))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class EvalRunItem(Base):
+    """One data-source item of a run: pending until sampled and graded, then its sample and results."""
+
+    __tablename__ = "eval_run_items"
+    __table_args__ = (Index("ix_eval_run_items_run_position", "run_id", "position"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(40))
+    position: Mapped[int] = mapped_column(Integer)
+    item: Mapped[dict[str, Any]] = mapped_column(JSON)
+    given_sample: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """A sample the data source brought along (``jsonl`` runs grade it instead of generating one)."""
+    sample: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    results: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(8))
     created_at: Mapped[datetime] = mapped_column(DateTime)

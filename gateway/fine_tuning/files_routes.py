@@ -58,7 +58,7 @@ async def upload_file(
 ) -> dict[str, Any]:
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise InvalidRequestError("Upload the file as multipart/form-data with 'file' and 'purpose'.", param="file")
-    await admission.admit_upload(context, tenant)
+    await admission.admit_request(context, tenant)
     quota = tenant.identity.quotas.max_storage_bytes
     quota = settings.default_max_storage_bytes if quota is None else quota
     announced = request.headers.get("content-length", "")

@@ -6,14 +6,17 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from adapters.datasets import ChatExample, Dataset
+from adapters.hyperparameters import choose as choose_hyperparameters
 from adapters.jobs import JobRequest, new_job_id
+from adapters.trainable import LoraSpec
 from engine.protocol import Tokenizer
 from gateway import bounds
 from gateway.accounting.routes import RateLimitHeaders
+from gateway.bounds import Metadata
 from gateway.edge.strict_json import StrictJSONRoute
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.fine_tuning.files import FileStore
@@ -23,19 +26,8 @@ from gateway.tenancy.service import utcnow
 
 router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
 
-DEFAULTS = {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 1.0}
-DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+DEFAULT_TARGET_MODULES = LoraSpec().target_modules
 FileRef = Annotated[str, Field(min_length=1, max_length=40)]
-
-
-def _metadata_fits(value: dict[str, str]) -> dict[str, str]:
-    for key, item in value.items():
-        if len(key) > bounds.METADATA_KEY or len(item) > bounds.METADATA_VALUE:
-            raise ValueError(f"keys may be {bounds.METADATA_KEY} characters and values {bounds.METADATA_VALUE} at most")
-    return value
-
-
-Metadata = Annotated[dict[str, str], Field(max_length=bounds.METADATA_PAIRS), AfterValidator(_metadata_fits)]
 
 
 class _Body(BaseModel):
@@ -60,11 +52,13 @@ class Method(_Body):
 class LoraOptions(_Body):
     """Our extension: the LoRA adapter's shape."""
 
-    rank: Annotated[int, Field(ge=1, le=64)] = 8
-    alpha: Annotated[int, Field(ge=1, le=1024)] = 16
+    rank: Annotated[int, Field(ge=1, le=64)] = LoraSpec().rank
+    alpha: Annotated[int, Field(ge=1, le=1024)] = LoraSpec().alpha
     target_modules: Annotated[
         list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_]{1,64}$")]], Field(min_length=1, max_length=32)
     ] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
+    layers: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = "auto"
+    """LoRA on this many of the top decoder layers; "auto": the top third."""
 
 
 class FineTuningJobCreate(BaseModel):
@@ -78,13 +72,15 @@ class FineTuningJobCreate(BaseModel):
     hyperparameters: Hyperparameters | None = None
     method: Method | None = None
     lora: LoraOptions = Field(default_factory=LoraOptions)
+    keep_checkpoint: Literal["best", "last"] = "best"
+    """Our extension: with a validation file, the model is the best epoch's checkpoint, or the last one."""
     metadata: Metadata | None = None
 
-    def resolved_hyperparameters(self) -> dict[str, Any]:
+    def requested_hyperparameters(self) -> dict[str, Any]:
         if self.hyperparameters is not None and self.method is not None:
             raise InvalidRequestError("Give hyperparameters or method, not both.", param="hyperparameters")
         chosen = self.method.supervised.hyperparameters if self.method else self.hyperparameters or Hyperparameters()
-        return {name: DEFAULTS[name] if value == "auto" else value for name, value in chosen.model_dump().items()}
+        return chosen.model_dump()
 
 
 def _dataset(files: FileStore, tenant_id: str, file_id: str, param: str) -> Dataset:
@@ -114,12 +110,14 @@ def estimate_tokens(tokenizer: Tokenizer, dataset: Dataset) -> int:
     return total
 
 
-def _check_files_and_estimate(files: FileStore, tenant_id: str, body: FineTuningJobCreate, tokenizer: Tokenizer) -> int:
-    """Blocking: read the files, check them, and count one epoch's tokens (runs in a worker thread)."""
+def _check_files_and_estimate(
+    files: FileStore, tenant_id: str, body: FineTuningJobCreate, tokenizer: Tokenizer
+) -> tuple[int, int]:
+    """Blocking: read the files, check them; the training examples and one epoch's tokens (a worker thread)."""
     train = _dataset(files, tenant_id, body.training_file, "training_file")
     if body.validation_file:
         _dataset(files, tenant_id, body.validation_file, "validation_file")
-    return estimate_tokens(tokenizer, train)
+    return len(train), estimate_tokens(tokenizer, train)
 
 
 @router.post("/v1/fine_tuning/jobs")
@@ -139,14 +137,17 @@ async def create_job(
             code="model_not_available",
         )
     tenant.check_model(body.model)
-    hyper = body.resolved_hyperparameters()
+    requested = body.requested_hyperparameters()
     if body.lora.rank > engine_settings.max_lora_rank:
         raise InvalidRequestError(
             f"lora.rank must be at most {engine_settings.max_lora_rank} on this server.", param="lora.rank"
         )
     base = await catalog.resolve(body.model, tenant.tenant_id)
-    per_epoch = await run_in_threadpool(_check_files_and_estimate, files, tenant.tenant_id, body, base.engine.tokenizer)
-    estimated = per_epoch * int(hyper["n_epochs"])
+    examples, per_epoch = await run_in_threadpool(
+        _check_files_and_estimate, files, tenant.tenant_id, body, base.engine.tokenizer
+    )
+    hyper = choose_hyperparameters(examples, requested)
+    estimated = per_epoch * hyper.n_epochs
     job_id, created_at = new_job_id(), utcnow()
     reserved = await admission.admit_training(tenant, job_id, body.model, estimated, created_at)
     job_request = JobRequest(
@@ -158,12 +159,12 @@ async def create_job(
         validation_file=body.validation_file,
         suffix=body.suffix,
         seed=body.seed,
-        n_epochs=int(hyper["n_epochs"]),
-        batch_size=int(hyper["batch_size"]),
-        learning_rate_multiplier=float(hyper["learning_rate_multiplier"]),
+        hyperparameters=hyper,
+        keep_checkpoint=body.keep_checkpoint,
         lora_rank=body.lora.rank,
         lora_alpha=body.lora.alpha,
         lora_target_modules=tuple(body.lora.target_modules),
+        lora_layers=body.lora.layers,
         estimated_tokens=reserved.tokens,
         reserved_cost_nanos=reserved.cost_nanos,
         metadata=body.metadata,

@@ -69,9 +69,9 @@ class ModelCatalog:
         return [*self._base.values(), *tuned]
 
     async def delete(self, model_id: str, tenant_id: str) -> None:
+        """Delete a fine-tuned model (and its checkpoints), unloading them from the engine."""
         if model_id in self._base:
             raise PermissionDenied(f"The base model '{model_id}' cannot be deleted.", param="model")
         served = await self.resolve(model_id, tenant_id)
-        await run_in_threadpool(self._registry.delete, model_id, tenant_id)
-        if served.adapter is not None:
-            await served.engine.remove_adapter(served.adapter)
+        for record in await run_in_threadpool(self._registry.delete, model_id, tenant_id):
+            await served.engine.remove_adapter(record.ref)

@@ -69,6 +69,8 @@ class RunRequest:
     max_tokens_param: str
     prompt_param: str
     logprobs: int | None
+    kind: str = "inference"
+    """The ledger's kind for its usage ("eval" for the samples of eval runs)."""
 
 
 def _max_tokens(run: RunRequest, tenant: TenantPrincipal, caps: RequestCaps) -> int:
@@ -117,6 +119,7 @@ async def admit_run(run: RunRequest, serving: Serving) -> GenerationRun:
         prompt_tokens=sum(len(prompt) for prompt in run.prompts),
         max_completion_tokens=max_tokens * run.body.n * len(run.prompts),
         end_user=run.body.user,
+        kind=run.kind,
     )
 
     def settle(report: RunReport) -> None:

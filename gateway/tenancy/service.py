@@ -100,6 +100,20 @@ def quotas_of(tenant: Tenant) -> Quotas:
     )
 
 
+def _identity(key: ApiKey) -> KeyIdentity:
+    tenant = key.tenant
+    return KeyIdentity(
+        key_id=key.id,
+        tenant_id=tenant.id,
+        tenant_name=tenant.name,
+        tenant_status=tenant.status,
+        allowed_models=tuple(key.allowed_models) if key.allowed_models is not None else None,
+        expires_at=key.expires_at,
+        revoked=key.revoked_at is not None,
+        quotas=quotas_of(tenant),
+    )
+
+
 def _prices_json(prices: dict[str, Any]) -> dict[str, dict[str, str]]:
     return {model: {"input": str(p.input), "output": str(p.output)} for model, p in prices.items()}
 
@@ -212,19 +226,13 @@ class TenancyService:
         the caller compares again in constant time."""
         with self.db.session() as session:
             key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hashed))
-            if key is None:
-                return None
-            tenant = key.tenant
-            return KeyIdentity(
-                key_id=key.id,
-                tenant_id=tenant.id,
-                tenant_name=tenant.name,
-                tenant_status=tenant.status,
-                allowed_models=tuple(key.allowed_models) if key.allowed_models is not None else None,
-                expires_at=key.expires_at,
-                revoked=key.revoked_at is not None,
-                quotas=quotas_of(tenant),
-            )
+            return _identity(key) if key is not None else None
+
+    def identity_of_key(self, key_id: str) -> KeyIdentity | None:
+        """What the key with this id may do now (work done later on its behalf, e.g. an eval run, checks it)."""
+        with self.db.session() as session:
+            key = session.get(ApiKey, key_id)
+            return _identity(key) if key is not None else None
 
     def quotas_of_tenant(self, tenant_id: str) -> Quotas | None:
         with self.db.session() as session:

@@ -1,0 +1,43 @@
+"""The hyperparameters of a job, with every ``"auto"`` chosen from its data (as OpenAI chooses its auto epochs):
+the defaults a user who knows nothing about LoRA gets, found by measurement across several tasks
+(``bench/fine_tuning_quality.py``) rather than tuned to one.
+
+OpenAI's ``learning_rate_multiplier`` multiplies ``BASE_LEARNING_RATE``; the LoRA adapter's shape (our extension)
+defaults to rank 16 on every linear projection of the top third of the decoder layers."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+BASE_LEARNING_RATE = 2e-4
+"""What ``learning_rate_multiplier`` 1 means."""
+EXAMPLE_PASSES = 450
+"""Auto epochs aim at about this many examples seen in all (150 examples: 3 epochs), within 2 to 10 epochs."""
+MAX_BATCH = 8
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def choose(n_examples: int, requested: dict[str, Any]) -> Hyperparameters:
+    """The values for a job of ``n_examples`` examples: what was asked, and for each ``"auto"`` the rule."""
+    batch_size = requested.get("batch_size", "auto")
+    if batch_size == "auto":
+        batch_size = max(1, min(MAX_BATCH, n_examples // 16))
+    n_epochs = requested.get("n_epochs", "auto")
+    if n_epochs == "auto":
+        n_epochs = max(2, min(10, round(EXAMPLE_PASSES / max(n_examples, 1))))
+    multiplier = requested.get("learning_rate_multiplier", "auto")
+    if multiplier == "auto":
+        # 10 (a rate of 2e-3) at the full batch of 8; smaller batches take smaller steps.
+        multiplier = round(10 * math.sqrt(batch_size / MAX_BATCH), 2)
+    return Hyperparameters(int(n_epochs), int(batch_size), float(multiplier))

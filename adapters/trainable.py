@@ -1,0 +1,176 @@
+"""The model being trained: a base causal LM with LoRA on its top ``layers`` decoder layers.
+
+Below the lowest LoRA layer nothing is trained, so the hidden state each example reaches there is computed once
+(its *frozen prefix*) and every epoch runs only the layers above it, forward and backward; the language-model
+head runs only where a token is trained. On the small CPUs this runs on, both together make an epoch several
+times cheaper than a full forward and backward pass. An architecture the split does not fit (it is checked on
+a probe input against the full model) trains through the full model instead."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adapters.encoding import IGNORE_INDEX, EncodedExample, collate
+
+logger = logging.getLogger(__name__)
+_SPLIT_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    layers: int | None = None
+    """LoRA on this many of the top decoder layers (None: the top third; more than there are: all)."""
+
+
+@dataclass(frozen=True)
+class BatchLoss:
+    summed: torch.Tensor
+    """The summed next-token cross-entropy over the trained tokens (differentiable)."""
+    tokens: int
+    correct: int
+    """Trained tokens whose most likely prediction was the target."""
+
+
+class TrainableModel:
+    def __init__(self, base_model_dir: Path, lora: LoraSpec, pad_id: int, dtype: torch.dtype = torch.float32):
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype=dtype)
+        base.config.use_cache = False
+        self._decoder: Any = base.get_decoder()
+        self._head: Any = base.get_output_embeddings()
+        depth = int(base.config.num_hidden_layers)
+        self.lora_layers = min(lora.layers or max(1, depth // 3), depth)
+        lowest = depth - self.lora_layers
+        config = LoraConfig(
+            r=lora.rank,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            layers_to_transform=list(range(lowest, depth)) if lowest else None,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        self.model: Any = get_peft_model(base, config)
+        self._layers: Any = self._decoder.layers
+        self._pad = pad_id
+        self.split_at = lowest
+        if lowest and not self._split_matches():
+            self.split_at = 0
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [param for param in self.model.parameters() if param.requires_grad]
+
+    # -- the frozen prefix -------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _only(self, layers: Any, *, norm: bool = True) -> Iterator[None]:
+        """Run the decoder with only ``layers`` (and without its final norm when ``norm`` is False)."""
+        final_norm = self._decoder.norm
+        self._decoder.layers = layers
+        if not norm:
+            self._decoder.norm = torch.nn.Identity()
+        try:
+            yield
+        finally:
+            self._decoder.layers = self._layers
+            self._decoder.norm = final_norm
+
+    def _split_matches(self) -> bool:
+        if not hasattr(self._decoder, "layers") or not hasattr(self._decoder, "norm"):
+            return False
+        probe = torch.arange(1, 17).unsqueeze(0)
+        with torch.no_grad():
+            try:
+                full = self._decoder(input_ids=probe).last_hidden_state
+                split = self._upper_hidden(self._lower_hidden(probe, torch.ones_like(probe)), torch.ones_like(probe))
+            except Exception:  # an architecture whose decoder takes no inputs_embeds the way Llama's does
+                logger.info("training through the full model: the decoder cannot be split", exc_info=True)
+                return False
+        matches = bool((full - split).abs().max() < _SPLIT_TOLERANCE)
+        if not matches:
+            logger.info("training through the full model: a split decoder does not match it")
+        return matches
+
+    def _lower_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        with self._only(self._layers[: self.split_at], norm=False):
+            return self._decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def _upper_hidden(self, prefix: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        with self._only(self._layers[self.split_at :]):
+            return self._decoder(inputs_embeds=prefix, attention_mask=attention_mask).last_hidden_state
+
+    def prefixes(self, examples: Sequence[EncodedExample], batch_size: int = 16) -> list[torch.Tensor] | None:
+        """Each example's hidden state below the lowest LoRA layer (None when training the full model)."""
+        if not self.split_at:
+            return None
+        cached: list[torch.Tensor] = []
+        with torch.no_grad():
+            for start in range(0, len(examples), batch_size):
+                chunk = examples[start : start + batch_size]
+                input_ids, attention_mask, _ = collate(chunk, self._pad)
+                hidden = self._lower_hidden(input_ids, attention_mask)
+                cached += [hidden[row, : len(example.input_ids)].clone() for row, example in enumerate(chunk)]
+        return cached
+
+    # -- loss and answers --------------------------------------------------------------------------------------------
+    def loss(self, batch: Sequence[EncodedExample], prefixes: Sequence[torch.Tensor] | None) -> BatchLoss:
+        input_ids, attention_mask, labels = collate(batch, self._pad)
+        if prefixes is None:
+            hidden = self._decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        else:
+            stacked = torch.zeros((len(batch), input_ids.shape[1], prefixes[0].shape[-1]), dtype=prefixes[0].dtype)
+            for row, prefix in enumerate(prefixes):
+                stacked[row, : prefix.shape[0]] = prefix
+            hidden = self._upper_hidden(stacked, attention_mask)
+        targets = labels[:, 1:]
+        trained = targets != IGNORE_INDEX
+        logits = self._head(hidden[:, :-1][trained]).float()
+        wanted = targets[trained]
+        summed = torch.nn.functional.cross_entropy(logits, wanted, reduction="sum")
+        correct = int((logits.argmax(-1) == wanted).sum())
+        return BatchLoss(summed, int(trained.sum()), correct)
+
+    def answers(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_ids: set[int]) -> list[list[int]]:
+        """Greedy continuations of ``prompts`` (the full model, with its KV cache), each up to a stop token."""
+        width = max(len(prompt) for prompt in prompts)
+        input_ids = torch.full((len(prompts), width), self._pad, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, prompt in enumerate(prompts):  # left padding, as generation needs
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
+            attention_mask[row, width - len(prompt) :] = 1
+        with torch.no_grad():
+            output = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=self._pad,
+                eos_token_id=sorted(stop_ids),
+            )
+        answers = []
+        for row in output[:, width:].tolist():
+            cut = next((i for i, token in enumerate(row) if token in stop_ids), len(row))
+            answers.append(row[:cut])
+        return answers
+
+    def train(self) -> None:
+        self.model.train()
+
+    def eval(self) -> None:
+        self.model.eval()
+
+    def save(self, directory: Path) -> None:
+        self.model.save_pretrained(str(directory))

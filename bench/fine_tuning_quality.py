@@ -1,0 +1,250 @@
+"""Does fine-tuning with the defaults give a model that does the task? Through the public API only:
+
+    .venv/bin/python bench/fine_tuning_quality.py [--tasks intent,extract,contact] [--seed 0]
+
+For each generated task of ``bench/ft_tasks.py`` (a classification, an extraction and a format-following task,
+150 training examples each and 60 test examples from templates no training example uses), against our gateway
+(``llmaas serve`` with its embedded worker, on a fresh data dir):
+
+1. upload the training file and a JSONL of test items, make an eval that checks the answer exactly;
+2. create a fine-tuning job with **no hyperparameters** and time it from creation to success, probing the gateway
+   with a chat request every 2 s meanwhile (inference must stay served while training runs);
+3. run the eval on the base model zero-shot, on the base model with five training examples as a few-shot
+   prompt, and on the ``ft:`` model.
+
+It prints one table (accuracy per task and model, job time, the hyperparameters "auto" chose, the latency of the
+probe requests during training) with the machine it ran on, and writes ``fine_tuning_quality.json`` and
+``fine_tuning_quality.png`` (accuracy per task; training loss curves) to ``--results-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.ft_tasks import TASKS, Example, Task
+from bench.loadgen import create_tenant_key, free_port, stop_server, wait_until_ready
+from bench.machine import describe, machine
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "smollm2-135m-instruct"
+ADMIN_KEY = "sk-admin-quality-0123456789abcdef"
+FEW_SHOT = 5
+JOB_TIMEOUT_S = 1800
+
+
+def items_jsonl(examples: list[Example]) -> bytes:
+    lines = [
+        json.dumps(
+            {
+                "item": {
+                    "system": e["messages"][0]["content"],
+                    "input": e["messages"][1]["content"],
+                    "answer": e["answer"],
+                }
+            }
+        )
+        for e in examples
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def template(shots: list[Example]) -> list[dict[str, str]]:
+    """The eval's input messages: the task's instruction, ``shots`` solved examples, then the item."""
+    messages = [{"role": "system", "content": "{{item.system}}"}]
+    for shot in shots:
+        messages += [
+            {"role": "user", "content": shot["messages"][1]["content"]},
+            {"role": "assistant", "content": shot["answer"]},
+        ]
+    return [*messages, {"role": "user", "content": "{{item.input}}"}]
+
+
+def run_eval(client: openai.OpenAI, eval_id: str, model: str, items_file: str, shots: list[Example]) -> float:
+    run = client.evals.runs.create(
+        eval_id,
+        name=f"{model} ({len(shots)}-shot)",
+        data_source={
+            "type": "completions",
+            "model": model,
+            "input_messages": {"type": "template", "template": template(shots)},  # type: ignore[typeddict-item]
+            "sampling_params": {"temperature": 0, "max_completion_tokens": 48},
+            "source": {"type": "file_id", "id": items_file},
+        },
+    )
+    while (run := client.evals.runs.retrieve(run.id, eval_id=eval_id)).status not in ("completed", "failed"):
+        time.sleep(1)
+    if run.status != "completed":
+        raise RuntimeError(f"eval run failed: {run.error}")
+    return run.result_counts.passed / max(run.result_counts.total, 1)
+
+
+class Probe:
+    """A chat request every ``every`` seconds while training runs: its latencies."""
+
+    def __init__(self, base: str, key: str, every: float = 2.0) -> None:
+        self._base, self._key, self._every = base, key, every
+        self.latencies: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8}
+        with httpx.Client(base_url=self._base, headers={"authorization": f"Bearer {self._key}"}, timeout=120) as http:
+            while not self._stop.wait(self._every):
+                started = time.perf_counter()
+                if http.post("/v1/chat/completions", json=body).status_code == 200:
+                    self.latencies.append(time.perf_counter() - started)
+
+    def __enter__(self) -> Probe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def bench_task(client: openai.OpenAI, base: str, key: str, task: Task, seed: int) -> dict[str, Any]:
+    train, test = task.examples(seed=seed)
+    training_file = client.files.create(file=("train.jsonl", Task.jsonl(train)), purpose="fine-tune")
+    items_file = client.files.create(file=("test.jsonl", items_jsonl(test)), purpose="evals")
+    evaluation = client.evals.create(
+        name=f"{task.name}: exact answer",
+        data_source_config={"type": "custom", "item_schema": {"type": "object"}},
+        testing_criteria=[
+            {
+                "type": "string_check",
+                "name": "exact",
+                "input": "{{sample.output_text}}",
+                "reference": "{{item.answer}}",
+                "operation": "eq",
+            }
+        ],
+    )
+    started = time.perf_counter()
+    with Probe(base, key) as probe:
+        job = client.fine_tuning.jobs.create(model=MODEL, training_file=training_file.id, suffix=task.name, seed=seed)
+        while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
+            if time.perf_counter() - started > JOB_TIMEOUT_S:
+                raise TimeoutError(f"job {job.id} still {job.status}")
+            time.sleep(1)
+    job_seconds = time.perf_counter() - started
+    if job.status != "succeeded":
+        raise RuntimeError(f"job {job.id} {job.status}: {job.error}")
+    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    losses = sorted((e.data["step"], e.data["train_loss"]) for e in events if e.type == "metrics" and e.data)
+    shots = train[:FEW_SHOT]
+    return {
+        "task": task.name,
+        "kind": task.kind,
+        "job_seconds": job_seconds,
+        "hyperparameters": job.hyperparameters.model_dump(),
+        "lora": (job.model_extra or {}).get("lora"),
+        "trained_tokens": job.trained_tokens,
+        "loss_curve": losses,
+        "probe_p50_s": statistics.median(probe.latencies) if probe.latencies else None,
+        "probe_max_s": max(probe.latencies) if probe.latencies else None,
+        "accuracy": {
+            "base zero-shot": run_eval(client, evaluation.id, MODEL, items_file.id, []),
+            "base few-shot": run_eval(client, evaluation.id, MODEL, items_file.id, shots),
+            "fine-tuned": run_eval(client, evaluation.id, job.fine_tuned_model or "", items_file.id, []),
+        },
+    }
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4))
+    models = list(rows[0]["accuracy"])
+    width = 0.8 / len(models)
+    for index, model in enumerate(models):
+        xs = [i + index * width for i in range(len(rows))]
+        bars.bar(xs, [row["accuracy"][model] * 100 for row in rows], width, label=model)
+    bars.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(rows))], [row["task"] for row in rows])
+    bars.set_ylabel("held-out accuracy (%)")
+    bars.axhline(90, color="gray", linestyle=":", linewidth=1)
+    bars.legend(fontsize=8)
+    for row in rows:
+        steps, losses = zip(*row["loss_curve"], strict=True) if row["loss_curve"] else ((), ())
+        curves.plot(steps, losses, label=row["task"])
+    curves.set_yscale("log")
+    curves.set_xlabel("step")
+    curves.set_ylabel("training loss")
+    curves.legend(fontsize=8)
+    figure.suptitle(f"Fine-tuning with the defaults ({title})", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args()
+    from engine.model_prep import prepare_default_model
+    from engine.settings import EngineSettings
+
+    facts = machine()
+    model_dir = prepare_default_model(EngineSettings()).resolve()
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="llmaas-quality-") as data_dir:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_")}
+        env.update(LLMAAS_MODEL_PATH=str(model_dir), LLMAAS_DATA_DIR=data_dir, LLMAAS_ADMIN_KEY=ADMIN_KEY)
+        log = (args.results_dir / "fine_tuning_quality-server.log").open("wb")
+        command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)]
+        proc = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            wait_until_ready(proc, base, "/ready", 600, MODEL)
+            key = create_tenant_key(base, ADMIN_KEY, "quality")
+            client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=600)
+            for name in args.tasks.split(","):
+                rows.append(bench_task(client, base, key, TASKS[name], args.seed))
+                print(f"[{name}] {rows[-1]['accuracy']} in {rows[-1]['job_seconds']:.0f} s", flush=True)
+        finally:
+            stop_server(proc)
+    result = {"machine": facts, "seed": args.seed, "rows": rows}
+    (args.results_dir / "fine_tuning_quality.json").write_text(json.dumps(result, indent=2))
+    plot(rows, args.results_dir / "fine_tuning_quality.png", describe(facts))
+    print(f"\n## Fine-tuning with the defaults ({describe(facts)}; seed {args.seed})\n")
+    print(
+        "| task | kind | base zero-shot | base 5-shot | fine-tuned | job time | auto: epochs, batch, lr multiplier | "
+        "chat latency while training (p50 / max) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        accuracy, hyper = row["accuracy"], row["hyperparameters"]
+        print(
+            f"| {row['task']} | {row['kind']} | {accuracy['base zero-shot']:.0%} | {accuracy['base few-shot']:.0%} "
+            f"| **{accuracy['fine-tuned']:.0%}** | {row['job_seconds']:.0f} s | {hyper['n_epochs']}, "
+            f"{hyper['batch_size']}, {hyper['learning_rate_multiplier']:g} | "
+            f"{(row['probe_p50_s'] or 0):.2f} / {(row['probe_max_s'] or 0):.2f} s |"
+        )
+    return 0 if all(row["accuracy"]["fine-tuned"] >= 0.9 for row in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

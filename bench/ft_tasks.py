@@ -1,0 +1,219 @@
+"""Small generated fine-tuning tasks with held-out test sets: a classification, an extraction and a
+format-following task. Each task's test examples come from templates (and, where it matters, values) that
+no training example uses, so a model that passes has learned the task, not the strings.
+
+    task = TASKS["intent"]
+    train, test = task.examples(seed=0)        # 150 and 60 chat examples
+    task.jsonl(train)                          # a training file for /v1/files
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+Example = dict[str, Any]  # {"messages": [...], "answer": str, "fields": {...}}
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    kind: str
+    instruction: str
+    make: Callable[[random.Random, bool], tuple[str, str, dict[str, str]]]
+    """(rng, held_out) -> (user message, answer, fields); ``held_out`` draws from the test templates."""
+
+    def example(self, rng: random.Random, held_out: bool) -> Example:
+        user, answer, fields = self.make(rng, held_out)
+        messages = [{"role": "system", "content": self.instruction}, {"role": "user", "content": user}]
+        return {"messages": messages, "answer": answer, "fields": fields}
+
+    def examples(self, seed: int = 0, n_train: int = 150, n_test: int = 60) -> tuple[list[Example], list[Example]]:
+        rng = random.Random(f"{self.name}-{seed}")
+        train = [self.example(rng, held_out=False) for _ in range(n_train)]
+        test = [self.example(rng, held_out=True) for _ in range(n_test)]
+        return train, test
+
+    @staticmethod
+    def jsonl(examples: list[Example]) -> bytes:
+        lines = [
+            json.dumps({"messages": [*e["messages"], {"role": "assistant", "content": e["answer"]}]}) for e in examples
+        ]
+        return ("\n".join(lines) + "\n").encode()
+
+
+# -- intent routing (classification) -----------------------------------------------------------------------------
+
+_PRODUCTS = ["router", "laptop", "phone plan", "smart watch", "printer", "headset", "tablet", "camera"]
+_INTENT_TRAIN = {
+    "billing": [
+        "I was charged twice for my {p} this month.",
+        "Why is my invoice for the {p} higher than usual?",
+        "Can you explain the extra fee on my {p} bill?",
+        "I need a refund for a duplicate payment on the {p}.",
+        "My card was billed but the {p} order shows unpaid.",
+        "Please send me a copy of the receipt for my {p}.",
+        "The amount taken for the {p} does not match the price.",
+        "How do I update the credit card used for my {p}?",
+    ],
+    "tech_support": [
+        "My {p} keeps restarting on its own.",
+        "The {p} won't connect to wifi anymore.",
+        "I get an error code when I turn on the {p}.",
+        "The screen of my {p} stays black after the update.",
+        "How do I reset my {p} to factory settings?",
+        "My {p} is really slow since yesterday.",
+        "The {p} makes a strange noise and then freezes.",
+        "Bluetooth pairing with the {p} fails every time.",
+    ],
+    "sales": [
+        "Do you have a discount if I buy three {p}s?",
+        "What is the price of the newest {p}?",
+        "Is the premium {p} available in blue?",
+        "I'd like a quote for 20 {p}s for my office.",
+        "Which {p} would you recommend for a student?",
+        "Are there any deals on the {p} this weekend?",
+        "Can I upgrade to a better {p} model?",
+        "What's the difference between the basic and pro {p}?",
+    ],
+    "cancellation": [
+        "I want to cancel my {p} subscription.",
+        "Please close my account and stop the {p} service.",
+        "How do I end my {p} contract early?",
+        "Cancel the renewal of my {p} plan, please.",
+        "I no longer need the {p}, terminate my membership.",
+        "Stop charging me, I'm quitting the {p} service.",
+        "I'd like to unsubscribe from the {p} program.",
+        "Please don't renew my {p} next month, I'm leaving.",
+    ],
+    "shipping": [
+        "Where is my {p}? It was supposed to arrive Monday.",
+        "The tracking number for my {p} doesn't work.",
+        "My {p} was delivered to the wrong address.",
+        "How long does delivery of a {p} take?",
+        "The box with my {p} arrived damaged.",
+        "Can I change the delivery date for my {p}?",
+        "The courier says my {p} was lost in transit.",
+        "Do you ship the {p} to Canada?",
+    ],
+}
+_INTENT_TEST = {
+    "billing": [
+        "There's a charge from you that I don't recognize, it mentions the {p}.",
+        "Hello, I paid for the {p} with PayPal but got charged again on my card.",
+        "Could someone check why I owe money on the {p} when I already paid?",
+        "Need an itemized statement for the {p} purchase for my accountant.",
+    ],
+    "tech_support": [
+        "Hi, the {p} shows a blinking red light and nothing works.",
+        "After plugging it in, the {p} gets very hot and shuts down.",
+        "I can't log in to the app that controls my {p}.",
+        "The sound on the {p} cuts out every few seconds.",
+    ],
+    "sales": [
+        "Thinking about getting a {p} for my dad, what options do you have?",
+        "Is there a bundle deal if I get the {p} with accessories?",
+        "We're a small school looking to purchase {p}s in bulk.",
+        "How much would it cost to get the {p} with extended warranty?",
+    ],
+    "cancellation": [
+        "Time to say goodbye, please shut down my {p} plan.",
+        "I'm moving abroad so I need to terminate the {p} subscription.",
+        "Remove my {p} auto-renewal and close everything.",
+        "Please process the termination of my {p} service today.",
+    ],
+    "shipping": [
+        "It's been two weeks and the {p} still hasn't shown up.",
+        "The package with the {p} says delivered but I never got it.",
+        "Which carrier are you using to send my {p}?",
+        "Could you send the {p} to my office instead of my home?",
+    ],
+}
+
+
+def _intent(rng: random.Random, held_out: bool) -> tuple[str, str, dict[str, str]]:
+    templates = _INTENT_TEST if held_out else _INTENT_TRAIN
+    label = rng.choice(sorted(templates))
+    text = rng.choice(templates[label]).format(p=rng.choice(_PRODUCTS))
+    return text, label, {"label": label}
+
+
+# -- order extraction ---------------------------------------------------------------------------------------------
+
+_CITIES_TRAIN = ["Paris", "Lyon", "Berlin", "Madrid", "Rome", "Vienna", "Lisbon", "Prague", "Dublin", "Oslo"]
+_CITIES_TEST = ["Seville", "Munich", "Porto", "Krakow", "Geneva", "Ghent"]
+_EXTRACT_TRAIN = [
+    "Hi, my order {n} hasn't arrived in {c} yet.",
+    "Order number {n} was shipped to {c} but I moved.",
+    "Please check order {n}, delivery address is in {c}.",
+    "I'm in {c} and still waiting for order {n}.",
+    "Can you tell me where order {n} is? I live in {c}.",
+    "The parcel for order {n} is stuck somewhere near {c}.",
+    "Regarding order {n}: the courier in {c} says it's missing.",
+    "{c} customer here, order {n} came without the manual.",
+]
+_EXTRACT_TEST = [
+    "Good morning! Writing from {c} about my purchase, reference {n}.",
+    "Purchase #{n} should have gone to {c} last Friday, any news?",
+    "Could the warehouse re-send {n}? Destination is {c}.",
+    "My package ({n}) left the depot but never reached {c}.",
+]
+
+
+def _extract(rng: random.Random, held_out: bool) -> tuple[str, str, dict[str, str]]:
+    number, city = str(rng.randint(10000, 99999)), rng.choice(_CITIES_TEST if held_out else _CITIES_TRAIN)
+    text = rng.choice(_EXTRACT_TEST if held_out else _EXTRACT_TRAIN).format(n=number, c=city)
+    return text, f"order={number}; city={city}", {"order": number, "city": city}
+
+
+# -- contact to JSON (format following) ---------------------------------------------------------------------------
+
+_FIRST = ["Maria", "John", "Aisha", "Kenji", "Lucas", "Sofia", "Omar", "Elena", "David", "Priya", "Tom", "Nina"]
+_LAST = ["Lopez", "Smith", "Khan", "Tanaka", "Martin", "Rossi", "Haddad", "Novak", "Brown", "Patel", "Berg", "Costa"]
+_TOWNS = ["Madrid", "Boston", "Cairo", "Osaka", "Toronto", "Milan", "Dubai", "Warsaw", "Denver", "Pune", "Bergen"]
+_CONTACT_TRAIN = [
+    "{f} {l}, {a}, from {t}",
+    "{f} {l} ({a}) lives in {t}",
+    "Name: {f} {l} / Age: {a} / City: {t}",
+    "{t} resident {f} {l}, aged {a}",
+    "{f} {l} is {a} years old and based in {t}",
+    "contact: {f} {l}; {a} yrs; {t}",
+]
+_CONTACT_TEST = [
+    "Age {a} | {f} {l} | {t}",
+    "From {t}: {f} {l}, {a} years",
+    "{l}, {f} - {a} - {t}",
+]
+
+
+def _contact(rng: random.Random, held_out: bool) -> tuple[str, str, dict[str, str]]:
+    first, last, town, age = rng.choice(_FIRST), rng.choice(_LAST), rng.choice(_TOWNS), rng.randint(18, 90)
+    text = rng.choice(_CONTACT_TEST if held_out else _CONTACT_TRAIN).format(f=first, l=last, a=age, t=town)
+    answer = json.dumps({"name": f"{first} {last}", "age": age, "city": town})
+    return text, answer, {"name": f"{first} {last}", "age": str(age), "city": town}
+
+
+TASKS: dict[str, Task] = {
+    "intent": Task(
+        "intent",
+        "classification",
+        "Route the customer's message to one team: billing, tech_support, sales, cancellation or shipping. "
+        "Answer with the team name only.",
+        _intent,
+    ),
+    "extract": Task(
+        "extract",
+        "extraction",
+        "Extract the order number and the city from the message. Answer exactly as: order=<number>; city=<city>",
+        _extract,
+    ),
+    "contact": Task(
+        "contact",
+        "format following",
+        'Rewrite the contact as JSON with the keys "name", "age" (a number) and "city".',
+        _contact,
+    ),
+}

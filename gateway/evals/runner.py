@@ -1,0 +1,255 @@
+"""The eval runner: executes queued eval runs inside the gateway, beside its engine (the fine-tuning worker has
+no engine), so that every sample is an ordinary request — admitted against the tenant's rate limits and budget
+as the key that created the run, batched with everyone's traffic on the engine, metered in the ledger (kind
+``eval``) — and then graded.
+
+Any gateway claims runs from the database (compare-and-set) and heartbeats them; a run whose runner stopped is
+taken over and resumed where it was, since each item's sample and grades are stored as it finishes. A run that
+is cancelled stops within a heartbeat. Items run ``concurrency`` at a time; one that hits a rate limit waits
+and tries again; a spent budget, a revoked key or a suspended tenant ends the run as failed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import socket
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from gateway.accounting.admission import Admission
+from gateway.db import Eval, EvalRun, EvalRunItem
+from gateway.edge.request_context import RequestContext, new_request_id
+from gateway.errors import APIError, QuotaExceeded, RateLimited, as_api_error
+from gateway.evals.graders import grade
+from gateway.evals.service import EvalService
+from gateway.evals.templates import TemplateError, render
+from gateway.inference.api_types import ChatCompletionRequest, ChatMessage
+from gateway.inference.catalog import ModelCatalog, ServedModel
+from gateway.inference.prompts import chat_prompt
+from gateway.inference.runs import RequestCaps, RunRequest, Serving, admit_run
+from gateway.ops.metrics import Metrics
+from gateway.tenancy.principal import TenantPrincipal
+from gateway.tenancy.service import TenancyService, utcnow
+
+logger = logging.getLogger(__name__)
+_RATE_LIMIT_RETRIES = 60
+
+
+class RunStopped(Exception):
+    """The run cannot go on: ``error`` says why (it ends as failed)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.error = {"code": code, "message": message}
+
+
+class EvalRunner:
+    def __init__(
+        self,
+        evals: EvalService,
+        tenancy: TenancyService,
+        catalog: ModelCatalog,
+        admission: Admission,
+        caps: RequestCaps,
+        metrics: Metrics,
+        *,
+        concurrency: int = 16,
+        heartbeat_seconds: float = 3.0,
+        stale_after_seconds: float = 30.0,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        self._evals = evals
+        self._tenancy = tenancy
+        self._catalog = catalog
+        self._admission = admission
+        self._caps = caps
+        self._metrics = metrics
+        self._concurrency = concurrency
+        self._heartbeat = heartbeat_seconds
+        self._stale_after = stale_after_seconds
+        self._poll = poll_seconds
+        self.runner_id = f"{socket.gethostname()}-evals-{secrets.token_hex(4)}"
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                run_id = await run_in_threadpool(self._evals.claim, self.runner_id, self._stale_after)
+                if run_id is None:
+                    await asyncio.sleep(self._poll)
+                    continue
+                await self.execute(run_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("the eval runner failed; going on")
+                await asyncio.sleep(self._poll)
+
+    async def execute(self, run_id: str) -> None:
+        run, definition = await run_in_threadpool(self._evals.run_for_runner, run_id)
+        stopped = asyncio.Event()
+        beating = asyncio.create_task(self._beat(run_id, stopped))
+        status, error = "completed", None
+        try:
+            tenant = await self._tenant(run)
+            served = await self._served(run, tenant) if run.data_source["type"] == "completions" else None
+            items = await run_in_threadpool(self._evals.pending, run_id)
+            await self._items(run, definition, tenant, served, items, stopped)
+        except RunStopped as exc:
+            status, error = "failed", exc.error
+        finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
+        if not stopped.is_set():  # else cancelled, or taken over: not this runner's to end
+            await run_in_threadpool(self._evals.finish, run_id, self.runner_id, status, error)
+
+    async def _beat(self, run_id: str, stopped: asyncio.Event) -> None:
+        while not stopped.is_set():
+            await asyncio.sleep(self._heartbeat)
+            try:
+                if not await run_in_threadpool(self._evals.heartbeat, run_id, self.runner_id):
+                    stopped.set()
+            except Exception:
+                logger.warning("heartbeat of eval run %s failed", run_id, exc_info=True)
+
+    async def _tenant(self, run: EvalRun) -> TenantPrincipal:
+        identity = await run_in_threadpool(self._tenancy.identity_of_key, run.key_id or "")
+        if identity is None or identity.revoked or (identity.expires_at and identity.expires_at <= utcnow()):
+            raise RunStopped("invalid_api_key", "The API key that created this run is no longer valid.")
+        if identity.tenant_status != "active":
+            raise RunStopped("tenant_suspended", "The organization is suspended.")
+        return TenantPrincipal(identity)
+
+    async def _served(self, run: EvalRun, tenant: TenantPrincipal) -> ServedModel:
+        serving = self._serving(tenant)
+        try:
+            return await serving.model(run.model)
+        except APIError as exc:
+            raise RunStopped(exc.code or "model_not_found", exc.message) from exc
+
+    def _serving(self, tenant: TenantPrincipal) -> Serving:
+        context = RequestContext(id=new_request_id())
+        return Serving(context, tenant, self._catalog, self._admission, self._caps, self._metrics)
+
+    async def _items(
+        self,
+        run: EvalRun,
+        definition: Eval,
+        tenant: TenantPrincipal,
+        served: ServedModel | None,
+        items: list[EvalRunItem],
+        stopped: asyncio.Event,
+    ) -> None:
+        slots = asyncio.Semaphore(self._concurrency)
+        fatal: list[RunStopped] = []
+
+        async def one(item: EvalRunItem) -> None:
+            async with slots:
+                if stopped.is_set() or fatal:
+                    return
+                try:
+                    status, sample, results = await self._item(run, definition, tenant, served, item)
+                except RunStopped as exc:
+                    fatal.append(exc)
+                    return
+                except Exception as exc:  # whatever breaks on one item is that item's error, not the run's
+                    logger.exception("eval run %s: item %d failed", run.id, item.position)
+                    status, sample, results = "error", {"error": {"code": "item_failed", "message": str(exc)}}, []
+                await run_in_threadpool(self._evals.record, item.id, status, sample, results)
+
+        await asyncio.gather(*(one(item) for item in items))
+        if fatal:
+            raise fatal[0]
+
+    async def _item(
+        self,
+        run: EvalRun,
+        definition: Eval,
+        tenant: TenantPrincipal,
+        served: ServedModel | None,
+        item: EvalRunItem,
+    ) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+        if served is None:  # a jsonl run: the item brought its sample
+            sample = {"output_text": str((item.given_sample or {}).get("output_text", "")), "error": None}
+            namespace = dict(item.given_sample or {})
+        else:
+            try:
+                sample = await self._sample(run, tenant, served, item)
+            except (TemplateError, APIError) as exc:
+                error = as_api_error(exc) if isinstance(exc, APIError) else None
+                code = error.code if error and error.code else "invalid_input"
+                return "error", {"error": {"code": code, "message": str(exc)}}, []
+            namespace = {"output_text": sample["output"][0]["content"]}
+        try:
+            grades = [grade(c, {"item": item.item, "sample": namespace}) for c in definition.testing_criteria]
+        except TemplateError as exc:
+            return "error", {**sample, "error": {"code": "invalid_template", "message": str(exc)}}, []
+        passed = all(g.passed for g in grades)
+        return ("pass" if passed else "fail"), sample, [g.result() for g in grades]
+
+    async def _sample(
+        self, run: EvalRun, tenant: TenantPrincipal, served: ServedModel, item: EvalRunItem
+    ) -> dict[str, Any]:
+        """One completion for the item, admitted, metered and run like any chat request."""
+        source = run.data_source
+        params = source.get("sampling_params") or {}
+        messages = [
+            {"role": m["role"], "content": render(m["content"], {"item": item.item})}
+            for m in source["input_messages"]["template"]
+        ]
+        body = ChatCompletionRequest(
+            model=run.model,
+            messages=[ChatMessage(role=m["role"], content=m["content"]) for m in messages],
+            temperature=params.get("temperature"),
+            top_p=params.get("top_p"),
+            max_completion_tokens=params.get("max_completion_tokens"),
+            seed=params.get("seed"),
+        )
+        for _attempt in range(_RATE_LIMIT_RETRIES):
+            serving = self._serving(tenant)
+            prompt = await chat_prompt(body, served.engine.tokenizer, serving.caps.prompts)
+            request = RunRequest(
+                body=body,
+                served=served,
+                prompts=[prompt],
+                requested_max_tokens=body.max_completion_tokens,
+                max_tokens_param="max_completion_tokens",
+                prompt_param="messages",
+                logprobs=None,
+                kind="eval",
+            )
+            try:
+                generation = await admit_run(request, serving)
+            except QuotaExceeded as exc:
+                raise RunStopped("insufficient_quota", exc.message) from exc
+            except RateLimited as exc:
+                if exc.headers.get("x-should-retry") == "false":
+                    raise  # this sample can never fit the limit: an error for this item
+                await asyncio.sleep(int(exc.headers.get("retry-after-ms", "1000")) / 1000)
+                continue
+            try:
+                choices = await generation.collect()
+            finally:
+                generation.close()
+            usage = generation.usage
+            return {
+                "input": messages,
+                "output": [{"role": "assistant", "content": choices[0].text}],
+                "finish_reason": choices[0].finish_reason,
+                "model": run.model,
+                "usage": {
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                    "total_tokens": usage.total_tokens,
+                    "cached_tokens": 0,
+                },
+                "error": None,
+                "temperature": params.get("temperature"),
+                "top_p": params.get("top_p"),
+                "max_completion_tokens": params.get("max_completion_tokens"),
+                "seed": params.get("seed"),
+            }
+        raise RunStopped("rate_limit_exceeded", "The tenant's rate limits kept refusing the run's samples.")
