@@ -43,11 +43,14 @@ class BatchLoss:
 
 
 class TrainableModel:
-    def __init__(self, base_model_dir: Path, lora: LoraSpec, pad_id: int, dtype: torch.dtype = torch.float32):
+    """``bf16``: compute in bf16 (autocast; the weights and the optimizer stay fp32), for CPUs with native bf16."""
+
+    def __init__(self, base_model_dir: Path, lora: LoraSpec, pad_id: int, *, bf16: bool = False):
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM
 
-        base = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype=dtype)
+        base = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype=torch.float32)
+        self._bf16 = bf16
         base.config.use_cache = False
         self._decoder: Any = base.get_decoder()
         self._head: Any = base.get_output_embeddings()
@@ -93,22 +96,29 @@ class TrainableModel:
         probe = torch.arange(1, 17).unsqueeze(0)
         with torch.no_grad():
             try:
-                full = self._decoder(input_ids=probe).last_hidden_state
-                split = self._upper_hidden(self._lower_hidden(probe, torch.ones_like(probe)), torch.ones_like(probe))
+                with self._compute():
+                    full = self._decoder(input_ids=probe).last_hidden_state.float()
+                ones = torch.ones_like(probe)
+                split = self._upper_hidden(self._lower_hidden(probe, ones), ones).float()
             except Exception:  # an architecture whose decoder takes no inputs_embeds the way Llama's does
                 logger.info("training through the full model: the decoder cannot be split", exc_info=True)
                 return False
-        matches = bool((full - split).abs().max() < _SPLIT_TOLERANCE)
+        tolerance = _SPLIT_TOLERANCE * (50 if self._bf16 else 1)  # bf16 rounds the hidden state at the split
+        matches = bool((full - split).abs().max() < tolerance)
         if not matches:
             logger.info("training through the full model: a split decoder does not match it")
         return matches
 
+    def _compute(self) -> Any:
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._bf16)
+
     def _lower_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        with self._only(self._layers[: self.split_at], norm=False):
-            return self._decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        with self._only(self._layers[: self.split_at], norm=False), self._compute():
+            hidden = self._decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return hidden.float()
 
     def _upper_hidden(self, prefix: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        with self._only(self._layers[self.split_at :]):
+        with self._only(self._layers[self.split_at :]), self._compute():
             return self._decoder(inputs_embeds=prefix, attention_mask=attention_mask).last_hidden_state
 
     def prefixes(self, examples: Sequence[EncodedExample], batch_size: int = 16) -> list[torch.Tensor] | None:
@@ -128,7 +138,8 @@ class TrainableModel:
     def loss(self, batch: Sequence[EncodedExample], prefixes: Sequence[torch.Tensor] | None) -> BatchLoss:
         input_ids, attention_mask, labels = collate(batch, self._pad)
         if prefixes is None:
-            hidden = self._decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            with self._compute():
+                hidden = self._decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         else:
             stacked = torch.zeros((len(batch), input_ids.shape[1], prefixes[0].shape[-1]), dtype=prefixes[0].dtype)
             for row, prefix in enumerate(prefixes):
@@ -136,7 +147,8 @@ class TrainableModel:
             hidden = self._upper_hidden(stacked, attention_mask)
         targets = labels[:, 1:]
         trained = targets != IGNORE_INDEX
-        logits = self._head(hidden[:, :-1][trained]).float()
+        with self._compute():
+            logits = self._head(hidden[:, :-1][trained]).float()
         wanted = targets[trained]
         summed = torch.nn.functional.cross_entropy(logits, wanted, reduction="sum")
         correct = int((logits.argmax(-1) == wanted).sum())
@@ -150,7 +162,7 @@ class TrainableModel:
         for row, prompt in enumerate(prompts):  # left padding, as generation needs
             input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
             attention_mask[row, width - len(prompt) :] = 1
-        with torch.no_grad():
+        with torch.no_grad(), self._compute():
             output = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,

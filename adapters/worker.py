@@ -71,6 +71,7 @@ class Worker:
         max_backoff_seconds: float = 30.0,
         move_attempts: int = 6,
         training_threads: int | None = None,
+        bf16: bool = False,
     ) -> None:
         self._sessions = sessions
         self._registry = registry
@@ -83,6 +84,7 @@ class Worker:
         self._max_backoff = max_backoff_seconds
         self._move_attempts = move_attempts
         self._training_threads = training_threads
+        self._bf16 = bf16
         self.worker_id = f"{socket.gethostname()}-{secrets.token_hex(4)}"
         self._stop = threading.Event()
 
@@ -368,6 +370,7 @@ class Worker:
             ),
             keep=hyper.get("keep_checkpoint", "best"),
             threads=self._training_threads,
+            bf16=self._bf16,
         )
 
         def on_metrics(metrics: StepMetrics) -> None:

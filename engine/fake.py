@@ -70,6 +70,10 @@ class FakeEngine:
     async def abort(self, request_id: str) -> None:
         self._active.discard(request_id)
 
+    @property
+    def info(self) -> dict[str, str]:
+        return {"dtype": "none", "hardware": "an instant fake engine"}
+
     def load(self) -> EngineLoad:
         return EngineLoad(running=len(self._active), waiting=0, kv_cache_usage=0.0)
 

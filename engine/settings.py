@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from engine.hardware import Dtype
+
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 
 
@@ -30,7 +32,10 @@ class EngineSettings(BaseSettings):
     max_model_len: int = Field(default=2048, ge=16)
     max_num_seqs: int = Field(default=64, ge=1)
     max_num_batched_tokens: int | None = Field(default=None, ge=16)
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    dtype: Dtype = Field(
+        default="auto",
+        description="auto: bf16 where the CPU has native bf16 (AVX512-BF16, AMX), else fp32; the model's own on GPU.",
+    )
     enforce_eager: bool = Field(default=True, description="Skip torch.compile / CUDA graphs: fast start.")
     kv_cache_space_gib: int = Field(default=2, ge=1, description="CPU backend: KV cache size in GiB.")
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="GPU backend only.")

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from engine.hardware import detect, resolve_dtype
 from engine.protocol import (
     AdapterRef,
     CompletionDelta,
@@ -23,12 +24,6 @@ from engine.settings import EngineSettings
 from engine.tokenizer import HFTokenizer
 
 logger = logging.getLogger(__name__)
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
 
 
 class _LoadRecorder:
@@ -67,7 +62,9 @@ class VLLMEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        on_gpu = _has_cuda()
+        hardware = detect()
+        on_gpu = hardware.gpu
+        dtype = resolve_dtype(settings.dtype, hardware)
         if not on_gpu:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.kv_cache_space_gib)
         # Read by our vLLM plugin (engine/kernels/vllm_plugin.py) in the engine processes vLLM spawns.
@@ -75,7 +72,7 @@ class VLLMEngine:
         args = AsyncEngineArgs(
             model=str(model_dir),
             served_model_name=settings.served_model_name,
-            dtype=settings.dtype,
+            dtype=dtype,
             max_model_len=settings.max_model_len,
             max_num_seqs=settings.max_num_seqs,
             max_num_batched_tokens=settings.max_num_batched_tokens,
@@ -93,6 +90,8 @@ class VLLMEngine:
                 else {}
             ),
         )
+        self._info = {"dtype": dtype, "hardware": hardware.describe()}
+        logger.info("engine: %s on %s", dtype, hardware.describe())
         self._lora_enabled = settings.enable_lora
         self._recorder = _LoadRecorder()
         self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._recorder.factory])
@@ -106,6 +105,10 @@ class VLLMEngine:
     @property
     def max_model_len(self) -> int:
         return self._max_model_len
+
+    @property
+    def info(self) -> dict[str, str]:
+        return self._info
 
     async def generate(
         self,

@@ -180,6 +180,7 @@ def worker(
 ) -> None:
     """Run a fine-tuning worker: claims queued jobs from the database and trains them (LoRA)."""
     from adapters.worker import Worker
+    from engine.hardware import detect, resolve_dtype
     from engine.model_prep import resolve_model_dir
     from engine.settings import EngineSettings
     from gateway.accounting.training_billing import charge_job
@@ -198,6 +199,7 @@ def worker(
         base_models,
         on_final=charge_job,
         training_threads=settings.training_threads or max(1, (os.cpu_count() or 2) // 2),
+        bf16=resolve_dtype(engine_settings.dtype, detect()) == "bfloat16",  # the engine's choice, for the same CPU
     )
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: runner.stop())

@@ -24,6 +24,11 @@ def test_health_and_ready(http: httpx.Client) -> None:
     ready = http.get("/ready")
     assert ready.status_code == 200
     assert ready.json()["models"] == [MODEL]
+    from engine.hardware import detect, resolve_dtype
+
+    engine = ready.json()["engines"][MODEL]  # the dtype chosen for this machine, and what it is
+    assert engine["dtype"] == resolve_dtype("auto", detect())
+    assert detect().isa in engine["hardware"]
 
 
 def test_metrics_count_requests_tokens_and_latency(client: openai.OpenAI, admin: httpx.Client) -> None:

@@ -424,3 +424,23 @@ def test_plugin_picks_the_wrapper(mode: str, broken_compiler: bool, wrapper: str
     assert f"WRAPPER {wrapper}" in proc.stdout
     if broken_compiler:
         assert (proc.stdout + proc.stderr).count("LLMaaS LoRA kernels unavailable") == 1
+
+
+def test_the_build_runs_the_isa_it_was_built_for() -> None:
+    flags = next(
+        (line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), ""
+    ).split()
+    forced = os.environ.get(kernels.MARCH_ENV)
+    expected = "avx2" if forced == "haswell" or "avx512f" not in flags else "avx512"
+    assert kernels.isa() == expected
+
+
+def test_the_avx2_path_matches_the_reference_on_any_cpu(tmp_path: Path) -> None:
+    """The AVX2 build (what AVX2-only CPUs run) checked here too when this CPU has AVX-512: a separate build with
+    ``-march=haswell`` in its own cache dir, in another process, through the reference tests above."""
+    env = {**os.environ, kernels.MARCH_ENV: "haswell", kernels.CACHE_ENV: str(tmp_path)}
+    selection = "fused_linear_matches_reference or shrink_then_expand or runs_the_isa"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", selection]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout

@@ -34,7 +34,14 @@ import torch
 SOURCE = Path(__file__).with_name("lora_cpu.cpp")
 LIBRARY_NAME = "llmaas_lora_cpu"
 CACHE_ENV = "LLMAAS_KERNEL_CACHE_DIR"
-CFLAGS = ("-O3", "-march=native", "-fopenmp", "-Wno-unused-function")
+MARCH_ENV = "LLMAAS_KERNEL_MARCH"
+"""The ``-march`` to build for (default ``native``; ``haswell`` builds the AVX2 path on any x86-64 CPU)."""
+
+
+def cflags() -> tuple[str, ...]:
+    return ("-O3", f"-march={os.environ.get(MARCH_ENV, 'native')}", "-fopenmp", "-Wno-unused-function")
+
+
 LDFLAGS = ("-fopenmp",)
 # A build lock older than this was left by a process killed mid-build (torch's lock never expires).
 STALE_LOCK_S = 600.0
@@ -61,7 +68,8 @@ def machine_key() -> str:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         version = "unknown"
-    material = "\n".join([platform.machine(), cpu, compiler, version, torch.__version__, sys.version])
+    march = os.environ.get(MARCH_ENV, "native")
+    material = "\n".join([platform.machine(), cpu, compiler, version, torch.__version__, sys.version, march])
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
@@ -127,7 +135,7 @@ def load() -> ModuleType:
             module = jit_load(
                 name=LIBRARY_NAME,
                 sources=[str(SOURCE)],
-                extra_cflags=list(CFLAGS),
+                extra_cflags=list(cflags()),
                 extra_ldflags=list(LDFLAGS),
                 build_directory=str(build_dir),
                 is_python_module=True,

@@ -40,6 +40,10 @@ class ModelCatalog:
     def base_ids(self) -> list[str]:
         return list(self._base)
 
+    def engines(self) -> dict[str, dict[str, str]]:
+        """How each base model's engine runs (dtype, hardware)."""
+        return {model_id: model.engine.info for model_id, model in self._base.items()}
+
     async def check_health(self) -> None:
         for model in self._base.values():
             await model.engine.check_health()

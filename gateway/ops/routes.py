@@ -27,7 +27,7 @@ async def ready(catalog: CatalogDep) -> dict[str, Any]:
         await catalog.check_health()
     except EngineError as exc:
         raise ServiceUnavailable(str(exc), code="engine_unavailable") from exc
-    return {"status": "ready", "models": catalog.base_ids()}
+    return {"status": "ready", "models": catalog.base_ids(), "engines": catalog.engines()}
 
 
 @router.get("/metrics", dependencies=[MetricsReaderDep])
