@@ -189,6 +189,8 @@ def worker(
 
     settings = GatewaySettings()
     logging.basicConfig(level=settings.log_level.upper())
+    # Training takes whatever CPU the engine leaves: every core when nobody is served, little when they are.
+    os.nice(settings.training_nice)
     engine_settings = EngineSettings()
     database = open_database(settings)
     base_models = {engine_settings.served_model_name: resolve_model_dir(engine_settings)}
@@ -198,7 +200,7 @@ def worker(
         file_store(database, settings).read,
         base_models,
         on_final=charge_job,
-        training_threads=settings.training_threads or max(1, (os.cpu_count() or 2) // 2),
+        training_threads=settings.training_threads,
         bf16=resolve_dtype(engine_settings.dtype, detect()) == "bfloat16",  # the engine's choice, for the same CPU
     )
     for signum in (signal.SIGTERM, signal.SIGINT):

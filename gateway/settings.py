@@ -34,7 +34,10 @@ class GatewaySettings(BaseSettings):
     )
     embedded_worker: bool = Field(default=True, description="`llmaas serve` also runs a fine-tuning worker.")
     training_threads: int | None = Field(
-        default=None, ge=1, description="Threads a fine-tuning worker trains with; unset: half the cores (at least 1)."
+        default=None, ge=1, description="Threads a fine-tuning worker trains with; unset: every core."
+    )
+    training_nice: int = Field(
+        default=10, ge=0, le=19, description="How much lower the worker's CPU priority is than the gateway's."
     )
     eval_concurrency: int = Field(default=16, ge=1, description="Samples of one eval run in flight at once.")
     reservation_lease_seconds: float = Field(

@@ -32,11 +32,14 @@ def main() -> None:
     parser.add_argument("--max-loras", type=int, default=2)
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    rank = json.loads((args.adapter_dir / "adapter_config.json").read_text())["r"]
 
     from transformers import AutoTokenizer
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
     from vllm.lora.request import LoRARequest
+
+    from engine.hardware import detect, resolve_dtype
 
     tokenizer = AutoTokenizer.from_pretrained(str(args.model_dir))
     prompts = [
@@ -50,10 +53,10 @@ def main() -> None:
     llm = LLM(
         model=str(args.model_dir),
         enable_lora=True,
-        max_lora_rank=8,
+        max_lora_rank=max(8, rank),
         max_loras=args.max_loras,
         enforce_eager=True,
-        dtype="bfloat16",
+        dtype=resolve_dtype("auto", detect()),  # the dtype this machine serves
         max_model_len=1024,
         seed=0,
     )
