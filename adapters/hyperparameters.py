@@ -13,8 +13,8 @@ from typing import Any
 
 BASE_LEARNING_RATE = 2e-4
 """What ``learning_rate_multiplier`` 1 means."""
-EXAMPLE_PASSES = 450
-"""Auto epochs aim at about this many examples seen in all (150 examples: 3 epochs), within 2 to 10 epochs."""
+EXAMPLE_PASSES = 600
+"""Auto epochs aim at about this many examples seen in all (150 examples: 4 epochs), within 2 to 10 epochs."""
 MAX_BATCH = 8
 
 

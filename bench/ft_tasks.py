@@ -143,7 +143,22 @@ def _intent(rng: random.Random, held_out: bool) -> tuple[str, str, dict[str, str
 
 # -- order extraction ---------------------------------------------------------------------------------------------
 
-_CITIES_TRAIN = ["Paris", "Lyon", "Berlin", "Madrid", "Rome", "Vienna", "Lisbon", "Prague", "Dublin", "Oslo"]
+# As varied as a real support inbox (150 orders come from many places); the test cities are none of these.
+_CITIES_TRAIN = [
+    "Paris", "Lyon", "Berlin", "Madrid", "Rome", "Vienna", "Lisbon", "Prague", "Dublin", "Oslo", "Hamburg",
+    "Naples", "Zurich", "Antwerp", "Bordeaux", "Valencia", "Milan", "Gdansk", "Bergen", "Turin", "Leeds",
+    "Cork", "Malaga", "Bilbao", "Lille", "Graz", "Brno", "Utrecht", "Aarhus", "Tampere", "Athens", "Sofia",
+    "Bucharest", "Budapest", "Warsaw", "Vilnius", "Riga", "Tallinn", "Helsinki", "Stockholm", "Gothenburg",
+    "Copenhagen", "Amsterdam", "Rotterdam", "Brussels", "Luxembourg", "Basel", "Lausanne", "Innsbruck",
+    "Salzburg", "Ljubljana", "Zagreb", "Split", "Belgrade", "Skopje", "Tirana", "Valletta", "Nicosia",
+    "Marseille", "Toulouse", "Nantes", "Strasbourg", "Nice", "Grenoble", "Montpellier", "Rennes", "Dijon",
+    "Frankfurt", "Cologne", "Stuttgart", "Dresden", "Leipzig", "Bremen", "Hanover", "Nuremberg", "Bonn",
+    "Florence", "Venice", "Bologna", "Genoa", "Palermo", "Verona", "Pisa", "Bari", "Granada", "Cordoba",
+    "Zaragoza", "Alicante", "Murcia", "Coimbra", "Braga", "Faro", "Edinburgh", "Glasgow", "Manchester",
+    "Liverpool", "Bristol", "Cardiff", "Belfast", "Galway", "Limerick", "Reykjavik", "Trondheim", "Malmo",
+    "Uppsala", "Odense", "Turku", "Tartu", "Kaunas", "Lodz", "Poznan", "Wroclaw", "Ostrava", "Kosice",
+    "Bratislava", "Debrecen", "Cluj", "Varna", "Plovdiv", "Thessaloniki", "Patras", "Izmir", "Ankara",
+]  # fmt: skip
 _CITIES_TEST = ["Seville", "Munich", "Porto", "Krakow", "Geneva", "Ghent"]
 _EXTRACT_TRAIN = [
     "Hi, my order {n} hasn't arrived in {c} yet.",
