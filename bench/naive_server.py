@@ -3,8 +3,8 @@
 Deliberately naive, it is the baseline that ``bench/serving_compare.py`` measures our gateway against:
 every request runs its own ``model.generate`` (no batching across requests, no paged KV cache, no
 scheduler), streamed through a ``TextIteratorStreamer`` filled by a thread per request. The weights are
-loaded in bf16, the dtype our gateway and the bare vLLM server use too (fp32 would be the other choice on
-CPU; bf16 keeps the comparison like for like).
+loaded in ``--dtype``: the benchmark passes the dtype our gateway chose for this CPU, so that all servers
+compute alike.
 
 Only what the benchmark needs: ``POST /v1/chat/completions`` (``stream`` true or false, ``max_tokens``,
 ``temperature``, ``top_p``, ``stream_options.include_usage`` and vLLM's ``ignore_eos`` extension, done
@@ -52,9 +52,9 @@ class ChatRequest(BaseModel):
     ignore_eos: bool = False
 
 
-def create_app(model_dir: Path, model_id: str) -> FastAPI:
+def create_app(model_dir: Path, model_id: str, dtype: str) -> FastAPI:
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=getattr(torch, dtype))
     model.eval()
     app = FastAPI(title="naive transformers server")
 
@@ -178,8 +178,9 @@ def main() -> None:
     parser.add_argument("--served-model-name", default="smollm2-135m-instruct")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="float32")
     args = parser.parse_args()
-    uvicorn.run(create_app(args.model, args.served_model_name), host=args.host, port=args.port)
+    uvicorn.run(create_app(args.model, args.served_model_name, args.dtype), host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

@@ -1,24 +1,29 @@
-"""Serving benchmark: our gateway vs. bare vLLM vs. a naive transformers server, same model, same load.
+"""Serving benchmark: our gateway vs. bare vLLM vs. a naive transformers server, same model, same dtype,
+same load, at several concurrencies.
 
 Run it (on a quiet machine: the servers run one after another and share its cores with nothing else)::
 
-    .venv/bin/python bench/serving_compare.py
+    .venv/bin/python bench/serving_compare.py                 # 1, 4 and 32 concurrent streams
 
 It serves one model three ways, one server at a time:
 
-* ``ours``: our gateway, ``python -m gateway.cli serve`` (vLLM's in-process ``AsyncLLM`` behind FastAPI);
-* ``vllm``: vLLM's own OpenAI server, ``python -m vllm.entrypoints.openai.api_server``, given the engine
-  settings our gateway uses by default (``engine/settings.py``: bf16, max_model_len 2048, max_num_seqs 64,
-  enforce_eager, seed 0, a 2 GiB CPU KV cache);
-* ``naive``: ``bench/naive_server.py``, transformers ``generate`` per request (the tutorial baseline).
+* ``ours``: our gateway, ``python -m gateway.cli serve`` (vLLM's in-process ``AsyncLLM`` behind FastAPI),
+  with its defaults: the dtype and thread layout it chooses for this machine (``engine/hardware.py``);
+* ``vllm``: vLLM's own OpenAI server, ``python -m vllm.entrypoints.openai.api_server``, given our gateway's
+  engine settings (``engine/settings.py``: the same resolved dtype, max_model_len 2048, max_num_seqs 64,
+  enforce_eager, seed 0, a 2 GiB CPU KV cache) and vLLM's own thread layout; ``vllm-nolora`` without LoRA;
+* ``naive``: ``bench/naive_server.py``, transformers ``generate`` per request (the tutorial baseline), in the
+  same dtype.
 
-Each server is started, waited for until ready, sent one warm-up request, then loaded with ``--clients``
-concurrent streaming chat requests (one distinct short question each, greedy, ``max_tokens`` output
-tokens forced with ``ignore_eos``), then stopped before the next one starts. For each it measures output
-tokens/s (completion tokens from the streams' final usage chunks / wall time of the whole load), p50/p99
-end-to-end request latency and p50/p99 time to first content token (TTFT). It prints a Markdown table and
-the throughput ratios ours/vllm and ours/naive, and writes ``serving_compare.json``, ``serving_compare.png``
-and one server log per server into ``--results-dir`` (default ``bench/results/``).
+Each server is started, waited for until ready and sent one warm-up request; then, for each concurrency
+``c`` of ``--concurrency``, it gets ``c`` concurrent streaming chat requests (one distinct short question each,
+greedy, ``max_tokens`` output tokens forced with ``ignore_eos``), repeated in rounds until at least
+``--min-requests`` requests were served (so 1 stream is measured over 8 requests in a row). For each server
+and concurrency it measures output tokens/s (completion tokens from the streams' final usage chunks / wall
+time of the rounds), p50/p99 end-to-end latency and p50/p99 time to first content token (TTFT). It prints
+the machine (CPU model, ISA, native bf16, cores, dtype, thread layout), a Markdown table and the ratios
+ours/naive and ours/vllm per concurrency, and writes ``serving_compare.json``, ``serving_compare.png`` and
+one server log per server into ``--results-dir`` (default ``bench/results/``).
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -35,6 +40,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -52,6 +58,8 @@ from bench.loadgen import (
     stream_chat,
     wait_until_ready,
 )
+from bench.machine import describe, machine
+from engine.hardware import detect, resolve_dtype
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_ID = "smollm2-135m-instruct"
@@ -65,6 +73,8 @@ LABELS = {
 READY_TIMEOUT_S = 300.0
 KV_CACHE_SPACE_GIB = 2
 BENCH_ADMIN_KEY = "sk-admin-bench-0123456789abcdef"
+RATIOS = (("naive", 1), ("vllm", 4), ("vllm", 32), ("vllm-nolora", 32))
+"""(other server, concurrency): the comparisons the README quotes, where both were measured."""
 
 
 def api_key_for(name: str, base_url: str) -> str:
@@ -73,11 +83,10 @@ def api_key_for(name: str, base_url: str) -> str:
 
 
 @dataclass
-class ServerResult:
+class LoadResult:
     server: str
     label: str
-    startup_s: float
-    clients: int
+    concurrency: int
     max_tokens: int
     ok: int
     failed: int
@@ -92,7 +101,18 @@ class ServerResult:
     errors: list[str] = field(default_factory=list)
 
 
-def server_command(name: str, model_dir: Path, port: int, data_dir: Path) -> tuple[list[str], dict[str, str]]:
+@dataclass
+class ServerRun:
+    server: str
+    startup_s: float
+    engine: dict[str, Any]
+    """What the server says of its engine (ours: dtype, hardware and thread layout from ``/ready``)."""
+    loads: list[LoadResult]
+
+
+def server_command(
+    name: str, model_dir: Path, port: int, data_dir: Path, dtype: str
+) -> tuple[list[str], dict[str, str]]:
     """The command line and environment that start server ``name`` on ``port``."""
     # No stray LLMAAS_* setting may change our gateway's defaults: both vLLM engines must match.
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_")}
@@ -122,7 +142,7 @@ def server_command(name: str, model_dir: Path, port: int, data_dir: Path) -> tup
             "--served-model-name",
             MODEL_ID,
             "--dtype",
-            defaults.dtype,
+            dtype,
             "--max-model-len",
             str(defaults.max_model_len),
             "--max-num-seqs",
@@ -142,7 +162,7 @@ def server_command(name: str, model_dir: Path, port: int, data_dir: Path) -> tup
         return command, env
     if name == "naive":
         script = REPO / "bench" / "naive_server.py"
-        command = [sys.executable, str(script), "--model", str(model_dir), "--port", str(port)]
+        command = [sys.executable, str(script), "--model", str(model_dir), "--port", str(port), "--dtype", dtype]
         command += ["--served-model-name", MODEL_ID]
         return command, env
     raise ValueError(f"unknown server {name!r}")
@@ -152,24 +172,28 @@ def ready_path(name: str) -> str:
     return "/ready" if name == "ours" else "/health"
 
 
+def engine_facts(name: str, base_url: str, dtype: str) -> dict[str, Any]:
+    if name != "ours":
+        return {"dtype": dtype, "threads": "vLLM's default" if name.startswith("vllm") else "torch's default"}
+    engines = httpx.get(base_url + "/ready", timeout=10.0).json()["engines"]
+    return dict(engines.get(MODEL_ID, {}))
+
+
 async def warm_up(base_url: str, api_key: str, max_tokens: int) -> RequestResult:
     timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=30.0)
     async with httpx.AsyncClient(timeout=timeout, headers={"authorization": f"Bearer {api_key}"}) as client:
         return await stream_chat(client, base_url + "/v1/chat/completions", chat_body("Hello!", max_tokens, MODEL_ID))
 
 
-def summarize(
-    name: str, startup_s: float, results: list[RequestResult], wall: float, clients: int, max_tokens: int
-) -> ServerResult:
+def summarize(name: str, results: list[RequestResult], wall: float, concurrency: int, max_tokens: int) -> LoadResult:
     ok = [r for r in results if r.ok]
     tokens = sum(r.completion_tokens for r in ok)
     ttfts = [r.ttft_s for r in ok if r.ttft_s is not None]
     errors = sorted({r.error for r in results if r.error})
-    return ServerResult(
+    return LoadResult(
         server=name,
         label=LABELS[name],
-        startup_s=round(startup_s, 2),
-        clients=clients,
+        concurrency=concurrency,
         max_tokens=max_tokens,
         ok=len(ok),
         failed=len(results) - len(ok),
@@ -185,12 +209,28 @@ def summarize(
     )
 
 
-def bench_server(name: str, model_dir: Path, results_dir: Path, clients: int, max_tokens: int) -> ServerResult:
+def run_level(
+    base_url: str, api_key: str, concurrency: int, max_tokens: int, min_requests: int
+) -> tuple[list[RequestResult], float]:
+    """``concurrency`` streams at once, in rounds until ``min_requests`` were sent; the rounds' walls add up."""
+    results: list[RequestResult] = []
+    wall = 0.0
+    for round_ in range(math.ceil(min_requests / concurrency)):
+        first = round_ * concurrency
+        bodies = [chat_body(PROMPTS[(first + i) % len(PROMPTS)], max_tokens, MODEL_ID) for i in range(concurrency)]
+        round_results, round_wall = asyncio.run(run_load(base_url, api_key, bodies))
+        results += round_results
+        wall += round_wall
+    return results, wall
+
+
+def bench_server(name: str, model_dir: Path, results_dir: Path, args: argparse.Namespace, dtype: str) -> ServerRun:
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     log_path = results_dir / f"serving_compare-{name}.log"
+    loads: list[LoadResult] = []
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as data_dir, log_path.open("wb") as log:
-        command, env = server_command(name, model_dir, port, Path(data_dir))
+        command, env = server_command(name, model_dir, port, Path(data_dir), dtype)
         print(f"[{name}] starting on port {port} (log: {log_path})", flush=True)
         started = time.perf_counter()
         proc = subprocess.Popen(
@@ -199,86 +239,92 @@ def bench_server(name: str, model_dir: Path, results_dir: Path, clients: int, ma
         try:
             wait_until_ready(proc, base_url, ready_path(name), READY_TIMEOUT_S, MODEL_ID)
             startup_s = time.perf_counter() - started
-            print(f"[{name}] ready after {startup_s:.1f} s; warming up", flush=True)
+            engine = engine_facts(name, base_url, dtype)
+            print(f"[{name}] ready after {startup_s:.1f} s ({engine}); warming up", flush=True)
             api_key = api_key_for(name, base_url)
-            warm = asyncio.run(warm_up(base_url, api_key, max_tokens))
+            warm = asyncio.run(warm_up(base_url, api_key, args.max_tokens))
             if not warm.ok:
                 raise RuntimeError(f"warm-up request failed: {warm.error}")
-            print(f"[{name}] load: {clients} clients x {max_tokens} tokens", flush=True)
-            bodies = [chat_body(PROMPTS[i % len(PROMPTS)], max_tokens, MODEL_ID) for i in range(clients)]
-            results, wall = asyncio.run(run_load(base_url, api_key, bodies))
+            for concurrency in args.concurrency:
+                print(f"[{name}] load: {concurrency} streams x {args.max_tokens} tokens", flush=True)
+                results, wall = run_level(base_url, api_key, concurrency, args.max_tokens, args.min_requests)
+                loads.append(summarize(name, results, wall, concurrency, args.max_tokens))
+                for error in loads[-1].errors:
+                    print(f"[{name}] request error: {error}", flush=True)
         finally:
             stop_server(proc)
         print(f"[{name}] stopped", flush=True)
-    result = summarize(name, startup_s, results, wall, clients, max_tokens)
-    for error in result.errors:
-        print(f"[{name}] request error: {error}", flush=True)
-    return result
+    return ServerRun(name, round(startup_s, 2), engine, loads)
 
 
 def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value * scale:.{digits}f}"
 
 
-def ratios(results: dict[str, ServerResult]) -> dict[str, float | None]:
-    out: dict[str, float | None] = {}
-    ours = results.get("ours")
-    for other in ("vllm", "vllm-nolora", "naive"):
-        base = results.get(other)
-        if ours is not None and base is not None:
-            key = f"ours/{other}"
-            out[key] = ours.throughput_tok_s / base.throughput_tok_s if base.throughput_tok_s else None
+def _load(runs: dict[str, ServerRun], server: str, concurrency: int) -> LoadResult | None:
+    run = runs.get(server)
+    return next((load for load in run.loads if load.concurrency == concurrency), None) if run else None
+
+
+def ratios(runs: dict[str, ServerRun]) -> dict[str, dict[str, float | None]]:
+    """Per comparison of ``RATIOS`` that was measured: ours/other output tok/s and TTFT p50."""
+    out: dict[str, dict[str, float | None]] = {}
+    for other, concurrency in RATIOS:
+        ours, base = _load(runs, "ours", concurrency), _load(runs, other, concurrency)
+        if ours is None or base is None:
+            continue
+        out[f"ours/{other} at {concurrency}"] = {
+            "throughput": ours.throughput_tok_s / base.throughput_tok_s if base.throughput_tok_s else None,
+            "ttft_p50": ours.ttft_p50_s / base.ttft_p50_s if ours.ttft_p50_s and base.ttft_p50_s else None,
+        }
     return out
 
 
-def markdown_table(results: dict[str, ServerResult], ratio: dict[str, float | None]) -> str:
+def markdown_table(runs: dict[str, ServerRun], ratio: dict[str, dict[str, float | None]]) -> str:
     lines = [
-        "| server | ok/total | completion tokens | wall (s) | output tok/s | latency p50 (s) | "
-        "latency p99 (s) | TTFT p50 (ms) | TTFT p99 (ms) | startup (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| streams | server | ok/total | output tok/s | latency p50 (s) | latency p99 (s) | "
+        "TTFT p50 (ms) | TTFT p99 (ms) | startup (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results.values():
-        lines.append(
-            f"| {r.label} (`{r.server}`) | {r.ok}/{r.ok + r.failed} | {r.completion_tokens} | "
-            f"{r.wall_s:.2f} | {r.throughput_tok_s:.1f} | {_fmt(r.latency_p50_s)} | {_fmt(r.latency_p99_s)} | "
-            f"{_fmt(r.ttft_p50_s, 1000, 0)} | {_fmt(r.ttft_p99_s, 1000, 0)} | {r.startup_s:.1f} |"
-        )
+    levels = sorted({load.concurrency for run in runs.values() for load in run.loads})
+    for concurrency in levels:
+        for run in runs.values():
+            r = _load(runs, run.server, concurrency)
+            if r is None:
+                continue
+            lines.append(
+                f"| {concurrency} | {r.label} (`{r.server}`) | {r.ok}/{r.ok + r.failed} | "
+                f"{r.throughput_tok_s:.1f} | {_fmt(r.latency_p50_s)} | {_fmt(r.latency_p99_s)} | "
+                f"{_fmt(r.ttft_p50_s, 1000, 0)} | {_fmt(r.ttft_p99_s, 1000, 0)} | {run.startup_s:.1f} |"
+            )
     if ratio:
         lines.append("")
         for key, value in ratio.items():
-            lines.append(f"- throughput {key}: {_fmt(value)}x")
+            lines.append(f"- {key}: output tok/s {_fmt(value['throughput'])}x, TTFT p50 {_fmt(value['ttft_p50'])}x")
     return "\n".join(lines)
 
 
-def plot(results: dict[str, ServerResult], title: str, path: Path) -> None:
+def plot(runs: dict[str, ServerRun], title: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r.label for r in results.values()]
-    rows = list(results.values())
-    colors = ["tab:blue", "tab:orange", "tab:gray"][: len(rows)]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    bars = axes[0].bar(names, [r.throughput_tok_s for r in rows], color=colors)
-    axes[0].bar_label(bars, fmt="%.0f")
-    axes[0].set_title("output tokens/s (higher is better)")
-    for ax, (key, title_) in zip(
-        axes[1:], [("latency", "end-to-end latency (s)"), ("ttft", "time to first token (s)")], strict=True
-    ):
-        width = 0.38
-        xs = range(len(rows))
-        p50 = [getattr(r, f"{key}_p50_s") or 0.0 for r in rows]
-        p99 = [getattr(r, f"{key}_p99_s") or 0.0 for r in rows]
-        b50 = ax.bar([x - width / 2 for x in xs], p50, width, label="p50")
-        b99 = ax.bar([x + width / 2 for x in xs], p99, width, label="p99")
-        ax.bar_label(b50, fmt="%.2f", fontsize=8)
-        ax.bar_label(b99, fmt="%.2f", fontsize=8)
-        ax.set_xticks(list(xs), names)
-        ax.set_title(f"{title_} (lower is better)")
-        ax.legend()
-    for ax in axes:
-        ax.tick_params(axis="x", labelsize=8)
+    levels = sorted({load.concurrency for run in runs.values() for load in run.loads})
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
+    width = 0.8 / max(len(runs), 1)
+    for index, run in enumerate(runs.values()):
+        xs = [level + 0.0 for level in range(len(levels))]
+        loads = [_load(runs, run.server, level) for level in levels]
+        offset = [x - 0.4 + width * (index + 0.5) for x in xs]
+        tok = axes[0].bar(offset, [r.throughput_tok_s if r else 0.0 for r in loads], width, label=run.server)
+        axes[0].bar_label(tok, fmt="%.0f", fontsize=7)
+        ttft = axes[1].bar(offset, [(r.ttft_p50_s or 0.0) if r else 0.0 for r in loads], width, label=run.server)
+        axes[1].bar_label(ttft, fmt="%.2f", fontsize=7)
+    for ax, heading in zip(axes, ("output tokens/s (higher is better)", "TTFT p50, s (lower is better)"), strict=True):
+        ax.set_xticks(range(len(levels)), [f"{level} streams" for level in levels])
+        ax.set_title(heading)
+        ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -293,7 +339,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="A Hugging Face model dir (default: the prepared default model, engine.model_prep).",
     )
-    parser.add_argument("--clients", type=int, default=32, help="Concurrent streaming requests.")
+    parser.add_argument("--concurrency", default="1,4,32", help="Comma-separated numbers of concurrent streams.")
+    parser.add_argument("--min-requests", type=int, default=8, help="Requests per concurrency at least (rounds).")
     parser.add_argument("--max-tokens", type=int, default=64, help="Output tokens per request (ignore_eos).")
     parser.add_argument(
         "--only",
@@ -306,8 +353,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = [s for s in args.only if s not in SERVERS]
     if unknown or not args.only:
         parser.error(f"--only: unknown server(s) {unknown}; choose from {','.join(SERVERS)}")
-    if args.clients < 1 or args.max_tokens < 1:
-        parser.error("--clients and --max-tokens must be at least 1")
+    try:
+        args.concurrency = sorted({int(level) for level in args.concurrency.split(",") if level.strip()})
+    except ValueError:
+        parser.error("--concurrency: comma-separated whole numbers")
+    if not args.concurrency or min(args.concurrency) < 1 or args.max_tokens < 1 or args.min_requests < 1:
+        parser.error("--concurrency, --min-requests and --max-tokens must be at least 1")
     return args
 
 
@@ -323,48 +374,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_dir = model_dir.resolve()
     results_dir: Path = args.results_dir.resolve()
     results_dir.mkdir(parents=True, exist_ok=True)
+    facts = machine()
+    dtype = resolve_dtype("auto", detect())
+    dtype = "bfloat16" if dtype == "auto" else dtype  # a GPU: the model's own dtype, which is bf16 here
+    print(f"machine: {describe(facts)}; dtype {dtype}", flush=True)
 
-    results: dict[str, ServerResult] = {}
+    runs: dict[str, ServerRun] = {}
     failures: dict[str, str] = {}
     for name in args.only:
         try:
-            results[name] = bench_server(name, model_dir, results_dir, args.clients, args.max_tokens)
+            runs[name] = bench_server(name, model_dir, results_dir, args, dtype)
         except Exception as exc:  # report it and go on with the next server
             failures[name] = f"{type(exc).__name__}: {exc}"
             print(f"[{name}] FAILED: {failures[name]}", flush=True)
 
-    ratio = ratios(results)
+    ratio = ratios(runs)
+    heading = f"{model_dir.name}, {args.max_tokens} output tokens per stream (ignore_eos), {dtype}"
     print()
-    print(
-        f"## Serving comparison: {model_dir.name}, {args.clients} concurrent streaming clients x "
-        f"{args.max_tokens} output tokens (ignore_eos), {os.cpu_count()} CPUs"
-    )
+    print(f"## Serving comparison: {heading}")
+    print(f"machine: {describe(facts)}")
+    for run in runs.values():
+        print(f"- `{run.server}` engine: {run.engine}")
     print()
-    print(markdown_table(results, ratio))
+    print(markdown_table(runs, ratio))
     for name, failure in failures.items():
         print(f"- `{name}` failed: {failure}")
 
     report = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model_dir": str(model_dir),
-        "clients": args.clients,
+        "concurrency": args.concurrency,
         "max_tokens": args.max_tokens,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
-        "results": {name: asdict(r) for name, r in results.items()},
-        "throughput_ratios": ratio,
+        "dtype": dtype,
+        "machine": facts,
+        "runs": {name: asdict(run) for name, run in runs.items()},
+        "ratios": ratio,
         "failures": failures,
     }
     json_path = results_dir / "serving_compare.json"
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     png_path = results_dir / "serving_compare.png"
-    if results:
-        plot(
-            results,
-            f"{model_dir.name}: {args.clients} concurrent streams x {args.max_tokens} tokens, {os.cpu_count()} CPUs",
-            png_path,
-        )
-    print(f"\nwrote {json_path}" + (f" and {png_path}" if results else ""))
-    return 1 if failures or any(r.failed for r in results.values()) else 0
+    if runs:
+        plot(runs, f"{heading}; {describe(facts)}", png_path)
+    print(f"\nwrote {json_path}" + (f" and {png_path}" if runs else ""))
+    failed = any(load.failed for run in runs.values() for load in run.loads)
+    return 1 if failures or failed else 0
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """What this machine is good at: the ISA level torch dispatches to, whether the CPU computes bf16 natively, and
 from that the fastest dtype that keeps the model's quality — bf16 only where the CPU has native bf16
 (AVX512-BF16 or AMX), fp32 otherwise (on an AVX2-only CPU a bf16 matmul is ~50x slower than fp32), the model's
-own dtype on a GPU. Serving, training and our LoRA kernels all follow the same choice."""
+own dtype on a GPU. Serving, training and our LoRA kernels all follow the same choice. And the thread layout of
+vLLM's CPU worker for the machine's size (``choose_layout``)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -66,3 +68,37 @@ def resolve_dtype(requested: Dtype, hardware: Hardware) -> Dtype:
     if hardware.gpu:
         return "auto"  # vLLM takes the model's own dtype
     return "bfloat16" if hardware.native_bf16 else "float32"
+
+
+SMALL_MACHINE_CORES = 4
+"""Up to this many cores, every core does model work (``choose_layout``)."""
+
+
+@dataclass(frozen=True)
+class ThreadLayout:
+    """How vLLM's CPU worker lays its OpenMP threads on the cores, in vLLM's own settings."""
+
+    reserved_cores: int
+    """Cores kept free of model threads, for the front end and the engine-core process
+    (``VLLM_CPU_NUM_OF_RESERVED_CPU``; vLLM itself keeps one)."""
+    bind: str
+    """``VLLM_CPU_OMP_THREADS_BIND``: "auto" (one thread pinned per core) or "nobind"."""
+
+    def environment(self) -> dict[str, str]:
+        return {"VLLM_CPU_NUM_OF_RESERVED_CPU": str(self.reserved_cores), "VLLM_CPU_OMP_THREADS_BIND": self.bind}
+
+    def describe(self, cores: int) -> str:
+        if self.bind == "nobind":
+            return f"model threads unpinned, torch's count, on {cores} cores"
+        return f"{max(cores - self.reserved_cores, 1)} of {cores} cores run the model (OMP bind {self.bind})"
+
+
+def choose_layout(hardware: Hardware, reserved_cores: int | None, environ: Mapping[str, str]) -> ThreadLayout:
+    """``reserved_cores`` as asked, or for None: on a small machine none (at low load the front end and the
+    engine core are mostly idle, and a reserved core is half the machine), on a larger one vLLM's single core.
+    vLLM's own variables, where the operator set them in ``environ``, win."""
+    if reserved_cores is None:
+        reserved_cores = 0 if hardware.cores <= SMALL_MACHINE_CORES else 1
+    reserved_cores = int(environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", reserved_cores))
+    bind = environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")
+    return ThreadLayout(reserved_cores=max(0, min(reserved_cores, hardware.cores - 1)), bind=bind)

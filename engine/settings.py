@@ -38,6 +38,11 @@ class EngineSettings(BaseSettings):
     )
     enforce_eager: bool = Field(default=True, description="Skip torch.compile / CUDA graphs: fast start.")
     kv_cache_space_gib: int = Field(default=2, ge=1, description="CPU backend: KV cache size in GiB.")
+    cpu_reserved_cores: int | None = Field(
+        default=None,
+        ge=0,
+        description="CPU backend: cores kept free of model threads; unset: none on up to 4 cores, else 1.",
+    )
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="GPU backend only.")
     seed: int = 0
     enable_lora: bool = Field(default=True, description="Serve fine-tuned LoRA adapters beside the base model.")

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from engine.hardware import detect, resolve_dtype
+from engine.hardware import choose_layout, detect, resolve_dtype
 from engine.protocol import (
     AdapterRef,
     CompletionDelta,
@@ -65,8 +65,12 @@ class VLLMEngine:
         hardware = detect()
         on_gpu = hardware.gpu
         dtype = resolve_dtype(settings.dtype, hardware)
+        threads = "GPU"
         if not on_gpu:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.kv_cache_space_gib)
+            layout = choose_layout(hardware, settings.cpu_reserved_cores, os.environ)
+            os.environ.update(layout.environment())  # read by vLLM's engine processes, spawned below
+            threads = layout.describe(hardware.cores)
         # Read by our vLLM plugin (engine/kernels/vllm_plugin.py) in the engine processes vLLM spawns.
         os.environ["LLMAAS_LORA_KERNELS"] = settings.lora_kernels
         args = AsyncEngineArgs(
@@ -90,8 +94,8 @@ class VLLMEngine:
                 else {}
             ),
         )
-        self._info = {"dtype": dtype, "hardware": hardware.describe()}
-        logger.info("engine: %s on %s", dtype, hardware.describe())
+        self._info = {"dtype": dtype, "hardware": hardware.describe(), "threads": threads}
+        logger.info("engine: %s on %s; %s", dtype, hardware.describe(), threads)
         self._lora_enabled = settings.enable_lora
         self._recorder = _LoadRecorder()
         self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._recorder.factory])

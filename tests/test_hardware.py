@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.hardware import Hardware, detect, resolve_dtype
+from engine.hardware import Hardware, choose_layout, detect, resolve_dtype
 
 
 def machine(*, native_bf16: bool = False, gpu: bool = False, isa: str = "AVX2") -> Hardware:
@@ -49,3 +49,24 @@ def test_this_machine() -> None:
     assert here.native_bf16 == bool({"avx512_bf16", "amx_bf16"} & set(flags))
     assert resolve_dtype("auto", here) == ("bfloat16" if here.native_bf16 else "float32")
     assert here.isa in here.describe()
+
+
+def sized(cores: int) -> Hardware:
+    return Hardware(cpu="test CPU", cores=cores, isa="AVX2", native_bf16=False, gpu=False)
+
+
+@pytest.mark.parametrize(("cores", "reserved"), [(1, 0), (2, 0), (4, 0), (8, 1), (64, 1)])
+def test_small_machines_run_the_model_on_every_core(cores: int, reserved: int) -> None:
+    layout = choose_layout(sized(cores), None, {})
+    assert layout.reserved_cores == reserved
+    assert layout.environment() == {"VLLM_CPU_NUM_OF_RESERVED_CPU": str(reserved), "VLLM_CPU_OMP_THREADS_BIND": "auto"}
+    assert f"{cores - reserved} of {cores} cores" in layout.describe(cores)
+
+
+def test_the_layout_asked_for_and_vllms_own_variables_win() -> None:
+    assert choose_layout(sized(8), 3, {}).reserved_cores == 3
+    assert choose_layout(sized(2), 5, {}).reserved_cores == 1  # never every core
+    operator = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    layout = choose_layout(sized(2), None, operator)
+    assert (layout.reserved_cores, layout.bind) == (1, "nobind")
+    assert "unpinned" in layout.describe(2)
