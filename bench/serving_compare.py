@@ -111,7 +111,7 @@ class ServerRun:
 
 
 def server_command(
-    name: str, model_dir: Path, port: int, data_dir: Path, dtype: str
+    name: str, model_dir: Path, port: int, data_dir: Path, dtype: str, ours_settings: dict[str, str]
 ) -> tuple[list[str], dict[str, str]]:
     """The command line and environment that start server ``name`` on ``port``."""
     # No stray LLMAAS_* setting may change our gateway's defaults: both vLLM engines must match.
@@ -123,7 +123,9 @@ def server_command(
             LLMAAS_DATA_DIR=str(data_dir),
             LLMAAS_KV_CACHE_SPACE_GIB=str(KV_CACHE_SPACE_GIB),
             LLMAAS_ADMIN_KEY=BENCH_ADMIN_KEY,
+            LLMAAS_DTYPE=dtype,
         )
+        env.update(ours_settings)
         return [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)], env
     if name in ("vllm", "vllm-nolora"):
         from engine.settings import EngineSettings
@@ -230,7 +232,7 @@ def bench_server(name: str, model_dir: Path, results_dir: Path, args: argparse.N
     log_path = results_dir / f"serving_compare-{name}.log"
     loads: list[LoadResult] = []
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as data_dir, log_path.open("wb") as log:
-        command, env = server_command(name, model_dir, port, Path(data_dir), dtype)
+        command, env = server_command(name, model_dir, port, Path(data_dir), dtype, args.ours_setting)
         print(f"[{name}] starting on port {port} (log: {log_path})", flush=True)
         started = time.perf_counter()
         proc = subprocess.Popen(
@@ -343,12 +345,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-requests", type=int, default=8, help="Requests per concurrency at least (rounds).")
     parser.add_argument("--max-tokens", type=int, default=64, help="Output tokens per request (ignore_eos).")
     parser.add_argument(
+        "--dtype",
+        choices=("auto", "bfloat16", "float32"),
+        default="auto",
+        help="Every server's dtype (auto: what our gateway chooses for this machine).",
+    )
+    parser.add_argument(
         "--only",
         default=",".join(SERVERS),
         help=f"Comma-separated subset of {','.join(SERVERS)}, run in that order.",
     )
+    parser.add_argument(
+        "--ours-setting",
+        action="append",
+        default=[],
+        metavar="LLMAAS_NAME=VALUE",
+        help="A setting for our gateway (repeatable), to measure an option against the defaults.",
+    )
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
+    settings = [item.partition("=") for item in args.ours_setting]
+    if any(not name.startswith("LLMAAS_") or not sep for name, sep, _ in settings):
+        parser.error("--ours-setting: LLMAAS_NAME=VALUE")
+    args.ours_setting = {name: value for name, _, value in settings}
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in args.only if s not in SERVERS]
     if unknown or not args.only:
@@ -375,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results_dir: Path = args.results_dir.resolve()
     results_dir.mkdir(parents=True, exist_ok=True)
     facts = machine()
-    dtype = resolve_dtype("auto", detect())
+    dtype = resolve_dtype(args.dtype, detect())
     dtype = "bfloat16" if dtype == "auto" else dtype  # a GPU: the model's own dtype, which is bf16 here
     print(f"machine: {describe(facts)}; dtype {dtype}", flush=True)
 
@@ -395,6 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"machine: {describe(facts)}")
     for run in runs.values():
         print(f"- `{run.server}` engine: {run.engine}")
+    if args.ours_setting:
+        print(f"- `ours` settings: {args.ours_setting}")
     print()
     print(markdown_table(runs, ratio))
     for name, failure in failures.items():
@@ -406,6 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "concurrency": args.concurrency,
         "max_tokens": args.max_tokens,
         "dtype": dtype,
+        "ours_settings": args.ours_setting,
         "machine": facts,
         "runs": {name: asdict(run) for name, run in runs.items()},
         "ratios": ratio,

@@ -7,7 +7,6 @@ vLLM's CPU worker for the machine's size (``choose_layout``)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -71,34 +70,44 @@ def resolve_dtype(requested: Dtype, hardware: Hardware) -> Dtype:
 
 
 SMALL_MACHINE_CORES = 4
-"""Up to this many cores, every core does model work (``choose_layout``)."""
+"""Up to this many cores, the model runs in the engine-core process on every core (``choose_layout``)."""
 
 
 @dataclass(frozen=True)
 class ThreadLayout:
-    """How vLLM's CPU worker lays its OpenMP threads on the cores, in vLLM's own settings."""
+    """Where vLLM's CPU backend runs the model, in vLLM's own settings."""
 
+    worker_process: bool
+    """True: in a worker process of its own (vLLM's multiprocess executor: the engine-core process schedules,
+    hands each step to the worker through shared memory and polls for its result), its OpenMP threads pinned one
+    per core. False: in the engine-core process itself (vLLM's single-process executor: one process and one
+    hand-off fewer per step), on torch's threads, one per core."""
     reserved_cores: int
-    """Cores kept free of model threads, for the front end and the engine-core process
-    (``VLLM_CPU_NUM_OF_RESERVED_CPU``; vLLM itself keeps one)."""
-    bind: str
-    """``VLLM_CPU_OMP_THREADS_BIND``: "auto" (one thread pinned per core) or "nobind"."""
+    """With a worker process: cores kept free of its threads, for the front end and the engine core."""
 
     def environment(self) -> dict[str, str]:
-        return {"VLLM_CPU_NUM_OF_RESERVED_CPU": str(self.reserved_cores), "VLLM_CPU_OMP_THREADS_BIND": self.bind}
+        if not self.worker_process:
+            return {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+        return {
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "1",
+            "VLLM_CPU_NUM_OF_RESERVED_CPU": str(self.reserved_cores),
+            "VLLM_CPU_OMP_THREADS_BIND": "auto",
+        }
 
     def describe(self, cores: int) -> str:
-        if self.bind == "nobind":
-            return f"model threads unpinned, torch's count, on {cores} cores"
-        return f"{max(cores - self.reserved_cores, 1)} of {cores} cores run the model (OMP bind {self.bind})"
+        if not self.worker_process:
+            return f"model in the engine-core process, on all {cores} cores"
+        return f"model in a worker process, on {max(cores - self.reserved_cores, 1)} of {cores} cores (pinned)"
 
 
-def choose_layout(hardware: Hardware, reserved_cores: int | None, environ: Mapping[str, str]) -> ThreadLayout:
-    """``reserved_cores`` as asked, or for None: on a small machine none (at low load the front end and the
-    engine core are mostly idle, and a reserved core is half the machine), on a larger one vLLM's single core.
-    vLLM's own variables, where the operator set them in ``environ``, win."""
+def choose_layout(hardware: Hardware, worker_process: bool | None, reserved_cores: int | None) -> ThreadLayout:
+    """What was asked, and for each None what measured best for the machine's size (README, Benchmarks): on a
+    small machine the model in the engine-core process on every core (at 32 streams on 2 cores: 706 output tok/s,
+    against 564 for a worker pinned to both cores, 459 unpinned, and 484 for vLLM's own layout, which keeps one
+    core free); on a larger one vLLM's own layout."""
+    small = hardware.cores <= SMALL_MACHINE_CORES
+    if worker_process is None:
+        worker_process = not small
     if reserved_cores is None:
-        reserved_cores = 0 if hardware.cores <= SMALL_MACHINE_CORES else 1
-    reserved_cores = int(environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", reserved_cores))
-    bind = environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")
-    return ThreadLayout(reserved_cores=max(0, min(reserved_cores, hardware.cores - 1)), bind=bind)
+        reserved_cores = 0 if small else 1
+    return ThreadLayout(worker_process=worker_process, reserved_cores=max(0, min(reserved_cores, hardware.cores - 1)))

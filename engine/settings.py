@@ -38,10 +38,16 @@ class EngineSettings(BaseSettings):
     )
     enforce_eager: bool = Field(default=True, description="Skip torch.compile / CUDA graphs: fast start.")
     kv_cache_space_gib: int = Field(default=2, ge=1, description="CPU backend: KV cache size in GiB.")
+    cpu_worker_process: bool | None = Field(
+        default=None,
+        description="CPU backend: the model in a worker process of its own rather than in the engine-core process; "
+        "unset: only on more than 4 cores.",
+    )
     cpu_reserved_cores: int | None = Field(
         default=None,
         ge=0,
-        description="CPU backend: cores kept free of model threads; unset: none on up to 4 cores, else 1.",
+        description="CPU backend, with a worker process: cores kept free of its threads; unset: none on up to 4 "
+        "cores, else 1.",
     )
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="GPU backend only.")
     seed: int = 0

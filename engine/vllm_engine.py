@@ -68,7 +68,7 @@ class VLLMEngine:
         threads = "GPU"
         if not on_gpu:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.kv_cache_space_gib)
-            layout = choose_layout(hardware, settings.cpu_reserved_cores, os.environ)
+            layout = choose_layout(hardware, settings.cpu_worker_process, settings.cpu_reserved_cores)
             os.environ.update(layout.environment())  # read by vLLM's engine processes, spawned below
             threads = layout.describe(hardware.cores)
         # Read by our vLLM plugin (engine/kernels/vllm_plugin.py) in the engine processes vLLM spawns.

@@ -55,18 +55,29 @@ def sized(cores: int) -> Hardware:
     return Hardware(cpu="test CPU", cores=cores, isa="AVX2", native_bf16=False, gpu=False)
 
 
-@pytest.mark.parametrize(("cores", "reserved"), [(1, 0), (2, 0), (4, 0), (8, 1), (64, 1)])
-def test_small_machines_run_the_model_on_every_core(cores: int, reserved: int) -> None:
-    layout = choose_layout(sized(cores), None, {})
-    assert layout.reserved_cores == reserved
-    assert layout.environment() == {"VLLM_CPU_NUM_OF_RESERVED_CPU": str(reserved), "VLLM_CPU_OMP_THREADS_BIND": "auto"}
-    assert f"{cores - reserved} of {cores} cores" in layout.describe(cores)
+@pytest.mark.parametrize("cores", [1, 2, 4])
+def test_small_machines_run_the_model_in_the_engine_core_on_every_core(cores: int) -> None:
+    layout = choose_layout(sized(cores), None, None)
+    assert not layout.worker_process
+    assert layout.environment() == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    assert f"engine-core process, on all {cores} cores" in layout.describe(cores)
 
 
-def test_the_layout_asked_for_and_vllms_own_variables_win() -> None:
-    assert choose_layout(sized(8), 3, {}).reserved_cores == 3
-    assert choose_layout(sized(2), 5, {}).reserved_cores == 1  # never every core
-    operator = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
-    layout = choose_layout(sized(2), None, operator)
-    assert (layout.reserved_cores, layout.bind) == (1, "nobind")
-    assert "unpinned" in layout.describe(2)
+@pytest.mark.parametrize("cores", [8, 64])
+def test_larger_machines_keep_vllms_own_layout(cores: int) -> None:
+    layout = choose_layout(sized(cores), None, None)
+    assert (layout.worker_process, layout.reserved_cores) == (True, 1)
+    assert layout.environment() == {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "1",
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "1",
+        "VLLM_CPU_OMP_THREADS_BIND": "auto",
+    }
+    assert f"{cores - 1} of {cores} cores" in layout.describe(cores)
+
+
+def test_the_layout_asked_for_wins() -> None:
+    layout = choose_layout(sized(2), True, None)
+    assert (layout.worker_process, layout.reserved_cores) == (True, 0)  # a small machine reserves nothing
+    assert choose_layout(sized(8), None, 3).reserved_cores == 3
+    assert choose_layout(sized(2), True, 5).reserved_cores == 1  # never every core
+    assert not choose_layout(sized(64), False, None).worker_process

@@ -1,4 +1,5 @@
-"""Models listing, health/readiness, Prometheus metrics, and aborting generation when a client leaves."""
+"""Models listing, health/readiness (with the dtype and thread layout chosen for this machine), Prometheus metrics,
+and aborting generation when a client leaves."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import time
 
 import httpx
 import openai
+import psutil
 
+from engine.hardware import choose_layout, detect, resolve_dtype
 from tests.conftest import MODEL, metric_value
 
 
@@ -24,11 +27,25 @@ def test_health_and_ready(http: httpx.Client) -> None:
     ready = http.get("/ready")
     assert ready.status_code == 200
     assert ready.json()["models"] == [MODEL]
-    from engine.hardware import detect, resolve_dtype
-
     engine = ready.json()["engines"][MODEL]  # the dtype chosen for this machine, and what it is
     assert engine["dtype"] == resolve_dtype("auto", detect())
     assert detect().isa in engine["hardware"]
+    assert engine["threads"] == choose_layout(detect(), None, None).describe(detect().cores)
+
+
+def test_the_engine_runs_in_the_processes_its_layout_says(server: str) -> None:
+    """The layout is not just reported: on a small machine vLLM's engine core runs the model itself (no worker
+    process beside it); on a larger one a worker process does."""
+    port = server.rsplit(":", 1)[1]
+    gateway = next(
+        proc
+        for proc in psutil.process_iter(["cmdline"])
+        if "gateway.cli" in (cmdline := proc.info["cmdline"] or []) and port in cmdline
+    )
+    titles = [" ".join(child.cmdline()) for child in gateway.children(recursive=True)]
+    assert any("EngineCore" in title for title in titles), titles
+    has_worker = any("Worker" in title for title in titles)
+    assert has_worker == choose_layout(detect(), None, None).worker_process, titles
 
 
 def test_metrics_count_requests_tokens_and_latency(client: openai.OpenAI, admin: httpx.Client) -> None:
