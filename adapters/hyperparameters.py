@@ -38,6 +38,6 @@ def choose(n_examples: int, requested: dict[str, Any]) -> Hyperparameters:
         n_epochs = max(2, min(10, round(EXAMPLE_PASSES / max(n_examples, 1))))
     multiplier = requested.get("learning_rate_multiplier", "auto")
     if multiplier == "auto":
-        # 10 (a rate of 2e-3) at the full batch of 8; smaller batches take smaller steps.
-        multiplier = round(10 * math.sqrt(batch_size / MAX_BATCH), 2)
+        # 15 (a peak rate of 3e-3, falling linearly to 0) at the full batch of 8; smaller batches take smaller steps.
+        multiplier = round(15 * math.sqrt(batch_size / MAX_BATCH), 2)
     return Hyperparameters(int(n_epochs), int(batch_size), float(multiplier))

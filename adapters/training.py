@@ -1,5 +1,6 @@
 """LoRA supervised fine-tuning on CPU (``peft`` + ``transformers``, a plain seeded PyTorch loop over a
-``TrainableModel``): the loss on the assistant / completion tokens only, a checkpoint at every epoch end, and
+``TrainableModel``, the rate falling linearly to 0): the loss on the assistant / completion tokens only, a
+checkpoint at every epoch end, and
 with a validation set, each epoch's validation loss, mean token accuracy and exact match of the answers the
 model generates greedily. The final adapter is the best checkpoint by those (exact match, then token accuracy,
 then loss) unless the last is asked for; in peft's format, which vLLM loads as a ``LoRARequest``."""
@@ -171,9 +172,11 @@ def train_lora(
     train_prefixes = model.prefixes(train)
     valid_prefixes = model.prefixes(valid) if valid else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=0.0)
+    total_steps = math.ceil(len(train) / spec.batch_size) * spec.n_epochs
+    # The rate falls linearly from spec.learning_rate towards 0 over the run: the last epochs settle.
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: 1 - done / total_steps)
     shuffler = torch.Generator().manual_seed(spec.seed)
 
-    total_steps = math.ceil(len(train) / spec.batch_size) * spec.n_epochs
     step = trained_tokens = 0
     checkpoints: list[Checkpoint] = []
     for epoch in range(1, spec.n_epochs + 1):
@@ -191,6 +194,7 @@ def train_lora(
             if loss.tokens:
                 (loss.summed / loss.tokens).backward()
                 optimizer.step()
+            schedule.step()
             step += 1
             trained_tokens += sum(len(train[i].input_ids) for i in indexes)
             epoch_loss += float(loss.summed.detach())

@@ -196,6 +196,7 @@ _CONTACT_TRAIN = [
     "{t} resident {f} {l}, aged {a}",
     "{f} {l} is {a} years old and based in {t}",
     "contact: {f} {l}; {a} yrs; {t}",
+    "{t} office: {l}, {f} (age {a})",  # surname first, as many address books write it
 ]
 _CONTACT_TEST = [
     "Age {a} | {f} {l} | {t}",
