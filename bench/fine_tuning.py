@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import openai
 
 from bench.loadgen import PROMPTS, chat_body, create_tenant_key, free_port, run_load, stop_server, wait_until_ready
+from bench.machine import describe, machine
 from tests.finetune_data import pirate_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,8 +132,9 @@ def main() -> None:
         "relative_to_base": {name: tps / throughput["base"] for name, tps in throughput.items()},
         "clients": args.clients,
         "max_tokens": args.max_tokens,
+        "machine": machine(),
     }
-    print(f"\n## Fine-tuning ({os.cpu_count()} CPUs, SmolLM2-135M, 12 examples x 3 epochs, LoRA r=8)\n")
+    print(f"\n## Fine-tuning (SmolLM2-135M, 12 examples x 3 epochs; {describe(result['machine'])})\n")
     print("| upload → first ft: answer (s) | trained tokens | training tokens/s |")
     print("|---|---|---|")
     print(f"| {upload_to_answer:.1f} | {job.trained_tokens} | {result['training_tokens_per_s']:.0f} |")

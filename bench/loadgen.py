@@ -121,6 +121,17 @@ def wait_until_ready(proc: subprocess.Popen[bytes], base_url: str, path: str, ti
     raise TimeoutError(f"server not ready at {base_url}{path} after {timeout_s:.0f} s")
 
 
+def wait_until_quiet(max_wait_s: float = 60.0, busy_percent: float = 15.0) -> float:
+    """Until the machine's CPUs are idle for a second (a server's start-up work, such as the embedded fine-tuning
+    worker importing its libraries, must not land in the first measurements); the seconds waited."""
+    import psutil
+
+    started = time.monotonic()
+    while time.monotonic() - started < max_wait_s and psutil.cpu_percent(interval=1.0) > busy_percent:
+        pass
+    return time.monotonic() - started
+
+
 def stop_server(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM the server, wait for it, then make sure nothing of its process group is left."""
     if proc.poll() is None:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.machine import describe, machine  # noqa: E402
+from engine.hardware import detect, resolve_dtype  # noqa: E402
 
 ENGINES = ("off", "vllm", "llmaas")
 LABELS = {"off": "LoRA disabled", "vllm": "LoRA enabled, vLLM's ops", "llmaas": "LoRA enabled, LLMaaS kernels"}
@@ -124,7 +125,7 @@ def serve_engine(engine: str, model_dir: Path, adapters: list[Path], n_prompts: 
     started = time.perf_counter()
     llm = LLM(
         model=str(model_dir),
-        dtype=settings.dtype,
+        dtype=resolve_dtype(settings.dtype, detect()),
         max_model_len=settings.max_model_len,
         max_num_seqs=settings.max_num_seqs,
         enforce_eager=settings.enforce_eager,
@@ -306,6 +307,7 @@ def main() -> None:
         f"{args.prompts} prompts x {args.max_tokens} tokens, {topology}, {args.repeats} rounds; median tok/s and "
         "median ratio to the LoRA-disabled engine's base throughput around it"
     )
+    print(f"machine: {describe(machine())}")
     print(table(results))
     ours = results["llmaas"]["ratio"]
     if ours:
@@ -315,7 +317,7 @@ def main() -> None:
     out.write_text(
         json.dumps(
             {
-                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
+                "machine": machine(),
                 "prompts": args.prompts,
                 "max_tokens": args.max_tokens,
                 "repeats": args.repeats,

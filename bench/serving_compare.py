@@ -15,7 +15,8 @@ It serves one model three ways, one server at a time:
 * ``naive``: ``bench/naive_server.py``, transformers ``generate`` per request (the tutorial baseline), in the
   same dtype.
 
-Each server is started, waited for until ready and sent one warm-up request; then, for each concurrency
+Each server is started, waited for until ready, sent one warm-up request and given until the CPUs are idle
+(our gateway's embedded fine-tuning worker imports its libraries at start); then, for each concurrency
 ``c`` of ``--concurrency``, it gets ``c`` concurrent streaming chat requests (one distinct short question each,
 greedy, ``max_tokens`` output tokens forced with ``ignore_eos``), repeated in rounds until at least
 ``--min-requests`` requests were served (so 1 stream is measured over 8 requests in a row). For each server
@@ -56,6 +57,7 @@ from bench.loadgen import (
     run_load,
     stop_server,
     stream_chat,
+    wait_until_quiet,
     wait_until_ready,
 )
 from bench.machine import describe, machine
@@ -247,6 +249,7 @@ def bench_server(name: str, model_dir: Path, results_dir: Path, args: argparse.N
             warm = asyncio.run(warm_up(base_url, api_key, args.max_tokens))
             if not warm.ok:
                 raise RuntimeError(f"warm-up request failed: {warm.error}")
+            print(f"[{name}] machine quiet after {wait_until_quiet():.0f} s", flush=True)
             for concurrency in args.concurrency:
                 print(f"[{name}] load: {concurrency} streams x {args.max_tokens} tokens", flush=True)
                 results, wall = run_level(base_url, api_key, concurrency, args.max_tokens, args.min_requests)
