@@ -58,6 +58,10 @@ _INTENT_TRAIN = {
         "Please send me a copy of the receipt for my {p}.",
         "The amount taken for the {p} does not match the price.",
         "How do I update the credit card used for my {p}?",
+        "You billed me for a {p} I returned last month.",
+        "Is there a late fee if I pay the {p} invoice next week?",
+        "The {p} payment failed, can I try another card?",
+        "I see two identical transactions for the {p} on my statement.",
     ],
     "tech_support": [
         "My {p} keeps restarting on its own.",
@@ -68,6 +72,10 @@ _INTENT_TRAIN = {
         "My {p} is really slow since yesterday.",
         "The {p} makes a strange noise and then freezes.",
         "Bluetooth pairing with the {p} fails every time.",
+        "The battery of my {p} drains in an hour.",
+        "My {p} doesn't turn on even when charging.",
+        "The touchscreen on the {p} stopped responding.",
+        "Software update for the {p} is stuck at 50 percent.",
     ],
     "sales": [
         "Do you have a discount if I buy three {p}s?",
@@ -78,6 +86,10 @@ _INTENT_TRAIN = {
         "Are there any deals on the {p} this weekend?",
         "Can I upgrade to a better {p} model?",
         "What's the difference between the basic and pro {p}?",
+        "Do you offer student pricing on the {p}?",
+        "I want to order two more {p}s for my team.",
+        "When will the new {p} be in stock?",
+        "Can I trade in my old {p} for a new one?",
     ],
     "cancellation": [
         "I want to cancel my {p} subscription.",
@@ -88,6 +100,10 @@ _INTENT_TRAIN = {
         "Stop charging me, I'm quitting the {p} service.",
         "I'd like to unsubscribe from the {p} program.",
         "Please don't renew my {p} next month, I'm leaving.",
+        "I'm switching providers, cancel my {p} line.",
+        "End my {p} plan at the end of this billing cycle.",
+        "How do I delete my {p} account for good?",
+        "I'd like to opt out of the {p} service entirely.",
     ],
     "shipping": [
         "Where is my {p}? It was supposed to arrive Monday.",
@@ -98,6 +114,10 @@ _INTENT_TRAIN = {
         "Can I change the delivery date for my {p}?",
         "The courier says my {p} was lost in transit.",
         "Do you ship the {p} to Canada?",
+        "Is express shipping available for the {p}?",
+        "Can I pick up the {p} at a store instead?",
+        "The parcel with my {p} is stuck at customs.",
+        "Nobody was home, how do I reschedule the {p} delivery?",
     ],
 }
 _INTENT_TEST = {
