@@ -20,6 +20,8 @@ from tests.finetune_data import HELD_OUT_PROMPTS, PIRATE_PREFIX, VALIDATION_QA, 
 ROBOT_PREFIX = "Beep boop! "
 TRAINING_TIMEOUT_S = 240
 FAST = {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 10}
+# A smaller adapter (rank 8) than the default: a fourth epoch at the default's peak rate, as the rate decays.
+ROBOT = {"n_epochs": 4, "batch_size": 4, "learning_rate_multiplier": 15}
 
 
 @dataclass
@@ -73,7 +75,7 @@ def trained(server: str, admin: httpx.Client) -> Trained:
         training_file=upload(client, pirate_jsonl(prefix=ROBOT_PREFIX)),
         suffix="robot",
         seed=0,
-        method={"type": "supervised", "supervised": {"hyperparameters": FAST}},
+        method={"type": "supervised", "supervised": {"hyperparameters": ROBOT}},
         extra_body={"lora": {"rank": 8, "alpha": 16}},
     )
     long_job = client.fine_tuning.jobs.create(
