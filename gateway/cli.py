@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -109,16 +110,35 @@ def serve(
         f"  client.chat.completions.create(model='{engine_settings.served_model_name}', "
         f"messages=[{{'role': 'user', 'content': 'Hello!'}}])"
     )
+    # The port is ours from now: uvicorn binds only after the engine has started (~20 s), and meanwhile the
+    # engine's own processes may take any free port (and a port in use should fail now, not then).
+    listener = _listen(host, port)
     resolve_model_dir(engine_settings)  # once, before the worker and the engine both look for it
     supervisor = WorkerSupervisor() if settings.embedded_worker else None
     if supervisor is not None:
         supervisor.start()
     try:
         app_ = create_app(settings, engine_settings)
-        uvicorn.run(app_, host=host, port=port, log_level=settings.log_level, access_log=False)
+        config = uvicorn.Config(app_, log_level=settings.log_level, access_log=False)
+        uvicorn.Server(config).run(sockets=[listener])
     finally:
+        listener.close()
         if supervisor is not None:
             supervisor.stop()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (IPv4 or IPv6, as the host resolves); exits with a message if taken."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    listener = socket.socket(family, kind, proto)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(address)
+    except OSError as exc:
+        listener.close()
+        typer.echo(f"cannot listen on {host}:{port}: {exc.strerror}", err=True)
+        raise typer.Exit(1) from exc
+    return listener
 
 
 def _first_run_key() -> str | None:

@@ -4,6 +4,7 @@ stream, and stream merging. Runs the real app in process with a fake engine."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -224,3 +225,30 @@ def test_the_default_model_is_converted_once_whoever_asks_at_the_same_time(
         thread.join()
     assert conversions == 1
     assert len(set(results)) == 1 and (results[0] / "config.json").exists()
+
+
+def test_serve_claims_its_port_before_the_engine_starts(tmp_path: Path) -> None:
+    """A port in use fails `llmaas serve` at once with a message (the engine never starts): the port is bound
+    before the engine, so that none of the engine's own processes can take it meanwhile."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "LLMAAS_DATA_DIR": str(tmp_path), "LLMAAS_EMBEDDED_WORKER": "false"}
+        started = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert proc.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
+    assert "EngineCore" not in proc.stdout + proc.stderr
+    assert time.monotonic() - started < 60
