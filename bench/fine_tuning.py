@@ -19,8 +19,6 @@ import argparse
 import asyncio
 import io
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import openai
 
-from bench.loadgen import PROMPTS, chat_body, create_tenant_key, free_port, run_load, stop_server, wait_until_ready
+from bench.loadgen import PROMPTS, chat_body, create_tenant_key, run_load, running_gateway
 from bench.machine import describe, machine
 from tests.finetune_data import pirate_jsonl
 
@@ -82,18 +80,10 @@ def main() -> None:
     from engine.settings import EngineSettings
 
     model_dir = prepare_default_model(EngineSettings())
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="bench-ft-") as data_dir:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_")}
-        env.update(LLMAAS_DATA_DIR=data_dir, LLMAAS_MODEL_PATH=str(model_dir), LLMAAS_ADMIN_KEY=ADMIN_KEY)
-        log = (Path(data_dir) / "server.log").open("wb")
-        command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)]
-        proc = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            wait_until_ready(proc, base, "/ready", 300, MODEL)
+        settings = {"LLMAAS_DATA_DIR": data_dir, "LLMAAS_MODEL_PATH": str(model_dir), "LLMAAS_ADMIN_KEY": ADMIN_KEY}
+        with running_gateway(settings, Path(data_dir) / "server.log", MODEL, ready_timeout_s=300) as gateway:
+            base = gateway.base_url
             key = create_tenant_key(base, ADMIN_KEY, "bench")
             client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=600)
 
@@ -120,8 +110,6 @@ def main() -> None:
                 "1 adapter": serve_load(base, key, adapters[:1], args.clients, args.max_tokens),
                 "4 adapters": serve_load(base, key, adapters, args.clients, args.max_tokens),
             }
-        finally:
-            stop_server(proc)
 
     result = {
         "upload_to_first_answer_s": upload_to_answer,

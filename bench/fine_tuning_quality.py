@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,7 +34,7 @@ import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.ft_tasks import TASKS, Example, Task
-from bench.loadgen import create_tenant_key, free_port, stop_server, wait_until_ready
+from bench.loadgen import create_tenant_key, running_gateway
 from bench.machine import describe, machine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -206,26 +204,17 @@ def main() -> int:
     facts = machine()
     model_dir = prepare_default_model(EngineSettings()).resolve()
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="llmaas-quality-") as data_dir:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_")}
-        env.update(LLMAAS_MODEL_PATH=str(model_dir), LLMAAS_DATA_DIR=data_dir, LLMAAS_ADMIN_KEY=ADMIN_KEY)
-        log = (args.results_dir / "fine_tuning_quality-server.log").open("wb")
-        command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)]
-        proc = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            wait_until_ready(proc, base, "/ready", 600, MODEL)
+        settings = {"LLMAAS_MODEL_PATH": str(model_dir), "LLMAAS_DATA_DIR": data_dir, "LLMAAS_ADMIN_KEY": ADMIN_KEY}
+        log_path = args.results_dir / "fine_tuning_quality-server.log"
+        with running_gateway(settings, log_path, MODEL) as gateway:
+            base = gateway.base_url
             key = create_tenant_key(base, ADMIN_KEY, "quality")
             client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=600)
             for name in args.tasks.split(","):
                 rows.append(bench_task(client, base, key, TASKS[name], args.seed))
                 print(f"[{name}] {rows[-1]['accuracy']} in {rows[-1]['job_seconds']:.0f} s", flush=True)
-        finally:
-            stop_server(proc)
     result = {"machine": facts, "seed": args.seed, "rows": rows}
     (args.results_dir / "fine_tuning_quality.json").write_text(json.dumps(result, indent=2))
     plot(rows, args.results_dir / "fine_tuning_quality.png", describe(facts))

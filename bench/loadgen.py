@@ -11,13 +11,16 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+REPO = Path(__file__).resolve().parents[1]
 REQUEST_TIMEOUT_S = 900.0
 STOP_TIMEOUT_S = 60.0
 RESERVED_PORTS = {8011}  # another server may be running there; never use it
@@ -147,6 +150,34 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class Gateway:
+    base_url: str
+    proc: subprocess.Popen[bytes]
+
+
+@contextlib.contextmanager
+def running_gateway(
+    settings: Mapping[str, str], log_path: Path, model: str, ready_timeout_s: float = 600.0
+) -> Iterator[Gateway]:
+    """Our gateway (``llmaas serve``) on a free port, with ``settings`` as its only ``LLMAAS_`` environment (no
+    stray setting of the caller's changes its defaults), once ready; stopped with its engine on exit."""
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_")}
+    env.update(settings)
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            wait_until_ready(proc, base_url, "/ready", ready_timeout_s, model)
+            yield Gateway(base_url, proc)
+        finally:
+            stop_server(proc)
 
 
 def _group_alive(pgid: int) -> bool:

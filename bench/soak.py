@@ -22,11 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +38,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import contextlib
 
-from bench.loadgen import PROMPTS, create_tenant_key, free_port, stop_server, wait_until_ready
+from bench.loadgen import PROMPTS, create_tenant_key, running_gateway
 from bench.machine import describe, machine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,26 +159,18 @@ def main() -> int:
     facts = machine()
     model_dir = prepare_default_model(EngineSettings()).resolve()
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="llmaas-soak-") as data_dir:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_")}
-        env.update(
-            LLMAAS_MODEL_PATH=str(model_dir),
-            LLMAAS_DATA_DIR=data_dir,
-            LLMAAS_ADMIN_KEY=ADMIN_KEY,
-            LLMAAS_EMBEDDED_WORKER="false",
-            LLMAAS_LOG_LEVEL="warning",
-        )
+        settings = {
+            "LLMAAS_MODEL_PATH": str(model_dir),
+            "LLMAAS_DATA_DIR": data_dir,
+            "LLMAAS_ADMIN_KEY": ADMIN_KEY,
+            "LLMAAS_EMBEDDED_WORKER": "false",
+            "LLMAAS_LOG_LEVEL": "warning",
+        }
         if args.dtype:
-            env["LLMAAS_DTYPE"] = args.dtype
-        log = (args.results_dir / "soak-server.log").open("wb")
-        command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)]
-        proc = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            wait_until_ready(proc, base, "/ready", 600, MODEL_ID)
+            settings["LLMAAS_DTYPE"] = args.dtype
+        with running_gateway(settings, args.results_dir / "soak-server.log", MODEL_ID) as gateway:
+            base, proc = gateway.base_url, gateway.proc
             key = create_tenant_key(base, ADMIN_KEY, "soak", max_concurrent_requests=args.streams)
             tally, samples = Tally(), list[Sample]()
 
@@ -199,8 +189,6 @@ def main() -> int:
             time.sleep(1.5)  # the ledger writes every 0.5 s
             backlog = metric(base, "llmaas_ledger_backlog")
             after = asyncio.run(burst(base, key, args.streams))
-        finally:
-            stop_server(proc)
         connection = sqlite3.connect(Path(data_dir) / "llmaas.db")
         ledger = dict(
             connection.execute(
