@@ -1,9 +1,9 @@
 """LoRA supervised fine-tuning on CPU (``peft`` + ``transformers``, a plain seeded PyTorch loop over a
 ``TrainableModel``, the rate falling linearly to 0): the loss on the assistant / completion tokens only, a
-checkpoint at every epoch end, and
-with a validation set, each epoch's validation loss, mean token accuracy and exact match of the answers the
-model generates greedily. The final adapter is the best checkpoint by those (exact match, then token accuracy,
-then loss) unless the last is asked for; in peft's format, which vLLM loads as a ``LoRARequest``."""
+checkpoint at every epoch end, and with a validation set, each epoch's validation loss, mean token accuracy and
+exact match of the answers the model generates greedily. The final adapter is the best checkpoint by those
+(exact match, then token accuracy, then loss) unless the last is asked for; in peft's format, which vLLM loads
+as a ``LoRARequest``."""
 
 from __future__ import annotations
 

@@ -129,13 +129,15 @@ def serve(
 
 def _listen(host: str, port: int) -> socket.socket:
     """A TCP socket bound to ``host:port`` (IPv4 or IPv6, as the host resolves); exits with a message if taken."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    listener = socket.socket(family, kind, proto)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener: socket.socket | None = None
     try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        listener = socket.socket(family, kind, proto)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(address)
-    except OSError as exc:
-        listener.close()
+    except OSError as exc:  # the port is taken, or the host does not resolve
+        if listener is not None:
+            listener.close()
         typer.echo(f"cannot listen on {host}:{port}: {exc.strerror}", err=True)
         raise typer.Exit(1) from exc
     return listener
