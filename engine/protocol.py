@@ -15,6 +15,10 @@ class EngineError(RuntimeError):
     """The engine failed while serving a request (not the caller's fault)."""
 
 
+class EngineUnavailable(EngineError):
+    """No engine can take the request now (every upstream replica down or ejected); worth retrying later."""
+
+
 class RequestRejected(ValueError):
     """The engine refused the request's parameters or prompt (the caller's fault)."""
 

@@ -22,6 +22,11 @@ class EngineSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="LLMAAS_", extra="ignore")
 
+    engine: Literal["vllm", "upstream"] = Field(
+        default="vllm",
+        description="vllm: the model in this process (zero setup); upstream: in front of vLLM servers "
+        "(LLMAAS_UPSTREAM_* settings).",
+    )
     data_dir: Path = Field(default_factory=default_data_dir)
     model_path: Path | None = Field(
         default=None,

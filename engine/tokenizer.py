@@ -8,9 +8,9 @@ from typing import Any
 
 
 class HFTokenizer:
-    """Wraps a Hugging Face tokenizer loaded from a model dir."""
+    """Wraps a Hugging Face tokenizer loaded from a model dir (or a hub id, where the hub is reachable)."""
 
-    def __init__(self, model_dir: Path) -> None:
+    def __init__(self, model_dir: Path | str) -> None:
         from transformers import AutoTokenizer
 
         self._tok: Any = AutoTokenizer.from_pretrained(str(model_dir))

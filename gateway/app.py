@@ -11,17 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from adapters.adapter_store import SharedDirectory
 from adapters.jobs import JobService
 from adapters.registry import AdapterRegistry
 from engine.protocol import Engine
 from engine.settings import EngineSettings
+from engine.upstream.pool import UpstreamPool
+from engine.upstream.settings import UpstreamSettings
 from gateway.accounting import routes as usage_routes
 from gateway.accounting.admission import Admission
 from gateway.accounting.ledger import LedgerWriter
@@ -42,7 +44,7 @@ from gateway.evals.service import EvalService
 from gateway.fine_tuning import files_routes, jobs_routes
 from gateway.fine_tuning.files import FileStore
 from gateway.inference import chat, completions, models
-from gateway.inference.catalog import ModelCatalog, ServedModel
+from gateway.inference.catalog import ModelCatalog
 from gateway.inference.runs import RequestCaps
 from gateway.ops import routes as ops_routes
 from gateway.ops.metrics import Metrics
@@ -129,10 +131,8 @@ def create_app(
             billing = TrainingBilling(database, limiter)
             stack.push_async_callback(billing.run_once)  # a last pass at shutdown
 
-            engine = engine_factory(engine_settings)
-            stack.callback(engine.shutdown)
-            metrics.watch_engine(engine)
-            served = ServedModel(id=engine_settings.served_model_name, engine=engine, created=int(time.time()))
+            registry = adapter_registry(database, settings)
+            engines = await stack.enter_async_context(_engines(engine_settings, engine_factory, registry, metrics))
             stack.push_async_callback(_cancel, asyncio.create_task(billing.run()))
 
             admission = Admission(
@@ -142,8 +142,11 @@ def create_app(
             stack.push_async_callback(_cancel, leases)
             key_cache = KeyCache(tenancy.identify, settings.key_cache_ttl_seconds)
             evals = EvalService(database)
-            catalog = ModelCatalog([served], adapter_registry(database, settings))
-            caps = RequestCaps.from_settings(settings, engine.max_model_len)
+            catalog = ModelCatalog(engines, registry)
+            longest = max(
+                (engine.max_model_len for engine in engines().values()), default=engine_settings.max_model_len
+            )
+            caps = RequestCaps.from_settings(settings, longest)
             metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
             app.state.llmaas = AppState(
                 settings=settings,
@@ -180,6 +183,30 @@ def create_app(
     app.add_middleware(AuthenticationMiddleware, authenticator=lambda: state_of(app).authenticator)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app
+
+
+@asynccontextmanager
+async def _engines(
+    engine_settings: EngineSettings, engine_factory: EngineFactory, registry: AdapterRegistry, metrics: Metrics
+) -> AsyncIterator[Callable[[], Mapping[str, Engine]]]:
+    """The base models' engines, by id: the one in this process, or those of the upstream pool's replicas."""
+    if engine_settings.engine == "upstream":
+        upstream = UpstreamSettings()
+        pool = UpstreamPool(upstream, SharedDirectory(registry.store_dir, upstream.adapter_root).location_for_replicas)
+        await pool.start()
+        metrics.watch_engine(pool)
+        metrics.watch_replicas(pool.status)
+        try:
+            yield pool.engines
+        finally:
+            await pool.close()
+        return
+    engine = engine_factory(engine_settings)
+    metrics.watch_engine(engine)
+    try:
+        yield lambda: {engine_settings.served_model_name: engine}
+    finally:
+        engine.shutdown()
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

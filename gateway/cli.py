@@ -86,6 +86,7 @@ def serve(
     port = port if port is not None else settings.port
     engine_settings = EngineSettings()
     logging.basicConfig(level=settings.log_level.upper())
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call otherwise
     base_url = f"http://{host}:{port}/v1"
     admin_key, generated = load_or_create_admin_key(settings)
     first_key = _first_run_key()
@@ -102,8 +103,13 @@ def serve(
         if generated and on_terminal
         else f"  admin key: LLMAAS_ADMIN_KEY or {admin_key_path(settings.data_dir)}\n"
     )
+    serving = (
+        "the models of the upstream vLLM servers (LLMAAS_UPSTREAM_*)"
+        if engine_settings.engine == "upstream"
+        else f"model '{engine_settings.served_model_name}'"
+    )
     typer.echo(
-        f"LLMaaS starting: model '{engine_settings.served_model_name}' at {base_url}\n"
+        f"LLMaaS starting: {serving} at {base_url}\n"
         f"{key_note}{admin_note}"
         f"  from openai import OpenAI\n"
         f"  client = OpenAI(base_url='{base_url}', api_key='{first_key if on_terminal and first_key else 'sk-...'}')\n"
@@ -113,7 +119,8 @@ def serve(
     # The port is ours from now: uvicorn binds only after the engine has started (~20 s), and meanwhile the
     # engine's own processes may take any free port (and a port in use should fail now, not then).
     listener = _listen(host, port)
-    resolve_model_dir(engine_settings)  # once, before the worker and the engine both look for it
+    if engine_settings.engine == "vllm" or settings.embedded_worker:
+        resolve_model_dir(engine_settings)  # once, before the worker and the engine both look for it
     supervisor = WorkerSupervisor() if settings.embedded_worker else None
     if supervisor is not None:
         supervisor.start()

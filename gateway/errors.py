@@ -33,7 +33,7 @@ from starlette.requests import ClientDisconnect
 
 from adapters.errors import InvalidJobRequest
 from adapters.errors import NotFound as AdapterNotFound
-from engine.protocol import EngineError, RequestRejected
+from engine.protocol import EngineError, EngineUnavailable, RequestRejected
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +186,9 @@ def as_api_error(exc: BaseException) -> APIError:
         return _http_error(exc)
     if isinstance(exc, ClientDisconnect):  # nobody reads the answer (or the body cap cut the body off)
         return InvalidRequestError("The client disconnected before the request body was complete.")
+    if isinstance(exc, EngineUnavailable):
+        logger.warning("engine unavailable: %s", exc)
+        return ServiceUnavailable(str(exc), code="engine_unavailable")
     if isinstance(exc, EngineError):
         logger.error("engine failed: %s", exc)
         return InternalError(str(exc), code="engine_error")

@@ -1,15 +1,18 @@
-"""The models a tenant can call, by the id clients put in ``model``: the served base models, plus the
-tenant's own fine-tuned adapters (``ft:...``) from the adapter registry. Another tenant's adapter is as
-absent as a missing one."""
+"""The models a tenant can call, by the id clients put in ``model``: the served base models (one in-process
+engine, or whatever the upstream pool's replicas serve now), plus the tenant's own fine-tuned adapters
+(``ft:...``) from the adapter registry whose base is served. Another tenant's adapter is as absent as a
+missing one."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
 
 from adapters.registry import AdapterRecord, AdapterRegistry
-from engine.protocol import AdapterRef, Engine
+from engine.protocol import AdapterRef, Engine, EngineUnavailable
 from gateway.errors import ModelNotFound, PermissionDenied
 
 
@@ -33,23 +36,35 @@ class ServedModel:
 
 
 class ModelCatalog:
-    def __init__(self, base_models: list[ServedModel], registry: AdapterRegistry) -> None:
-        self._base = {model.id: model for model in base_models}
+    def __init__(self, engines: Callable[[], Mapping[str, Engine]], registry: AdapterRegistry) -> None:
+        """``engines``: the base models served now, by id (read on every request: the pool's change)."""
+        self._engines = engines
         self._registry = registry
+        self._first_seen: dict[str, int] = {}
+
+    def _base_models(self) -> dict[str, ServedModel]:
+        served = {}
+        for model_id, engine in self._engines().items():
+            created = self._first_seen.setdefault(model_id, int(time.time()))
+            served[model_id] = ServedModel(model_id, engine, created)
+        return served
 
     def base_ids(self) -> list[str]:
-        return list(self._base)
+        return list(self._engines())
 
     def engines(self) -> dict[str, dict[str, str]]:
-        """How each base model's engine runs (dtype, hardware)."""
-        return {model_id: model.engine.info for model_id, model in self._base.items()}
+        """How each base model's engine runs (dtype, hardware; or its replicas)."""
+        return {model_id: engine.info for model_id, engine in self._engines().items()}
 
     async def check_health(self) -> None:
-        for model in self._base.values():
-            await model.engine.check_health()
+        engines = self._engines()
+        if not engines:
+            raise EngineUnavailable("No model is being served yet.")
+        for engine in engines.values():
+            await engine.check_health()
 
-    def _fine_tuned(self, record: AdapterRecord) -> ServedModel | None:
-        base = self._base.get(record.base_model)
+    def _fine_tuned(self, record: AdapterRecord, base_models: dict[str, ServedModel]) -> ServedModel | None:
+        base = base_models.get(record.base_model)
         if base is None:
             return None
         created = int(record.created_at.timestamp())
@@ -58,23 +73,25 @@ class ModelCatalog:
         )
 
     async def resolve(self, model_id: str, tenant_id: str) -> ServedModel:
-        if model_id in self._base:
-            return self._base[model_id]
+        base_models = self._base_models()
+        if model_id in base_models:
+            return base_models[model_id]
         if model_id.startswith("ft:"):
             record = await run_in_threadpool(self._registry.get, model_id, tenant_id)
-            served = self._fine_tuned(record) if record else None
+            served = self._fine_tuned(record, base_models) if record else None
             if served is not None:
                 return served
         raise ModelNotFound(model_id)
 
     async def for_tenant(self, tenant_id: str) -> list[ServedModel]:
         records = await run_in_threadpool(self._registry.for_tenant, tenant_id)
-        tuned = [m for m in (self._fine_tuned(r) for r in records) if m is not None]
-        return [*self._base.values(), *tuned]
+        base_models = self._base_models()
+        tuned = [m for m in (self._fine_tuned(r, base_models) for r in records) if m is not None]
+        return [*base_models.values(), *tuned]
 
     async def delete(self, model_id: str, tenant_id: str) -> None:
         """Delete a fine-tuned model (and its checkpoints), unloading them from the engine."""
-        if model_id in self._base:
+        if model_id in self._engines():
             raise PermissionDenied(f"The base model '{model_id}' cannot be deleted.", param="model")
         served = await self.resolve(model_id, tenant_id)
         for record in await run_in_threadpool(self._registry.delete, model_id, tenant_id):

@@ -1,0 +1,64 @@
+"""Settings of the upstream backend, read from the environment with the ``LLMAAS_UPSTREAM_`` prefix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+RoutingPolicy = Literal["adapter-aware", "least-busy", "round-robin"]
+
+
+class UpstreamSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMAAS_UPSTREAM_", extra="ignore")
+
+    urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Static replicas: base URLs, comma-separated (http://host:8000)."
+    )
+    file: Path | None = Field(
+        default=None,
+        description='A JSON file {"upstreams": [{"url": ..., "api_key": ...}]}, re-read when it changes: the '
+        "seam for Kubernetes or Ray discovery (a sidecar writes it).",
+    )
+    api_key: SecretStr | None = Field(default=None, description="Bearer token for replicas without their own.")
+    routing: RoutingPolicy = "adapter-aware"
+    scrape_interval_seconds: float = Field(
+        default=1.0, ge=0.1, le=10, description="How often each replica's /health, /metrics, /v1/models are read."
+    )
+    connect_timeout_seconds: float = Field(default=2.0, gt=0)
+    read_timeout_seconds: float = Field(default=120.0, gt=0, description="Longest silence within one answer.")
+    request_deadline_seconds: float = Field(default=900.0, gt=0, description="Longest one request may take.")
+    max_attempts: int = Field(
+        default=3, ge=1, le=10, description="Replicas one request tries before its first byte (connect errors, 5xx)."
+    )
+    eject_seconds: float = Field(
+        default=5.0, gt=0, description="How long a replica that failed a request is left out (passive ejection)."
+    )
+    max_adapters_per_replica: int = Field(
+        default=8, ge=1, description="Adapters the gateway keeps loaded in one replica; the least recently used goes."
+    )
+    adapter_root: str | None = Field(
+        default=None,
+        description="Where replicas see the adapter store (the shared directory); unset: the same path as here.",
+    )
+    tokenizers: dict[str, str] = Field(
+        default_factory=dict,
+        description='JSON {"model": "dir or hub id"}: the tokenizer of a model; unset: the replica\'s model root.',
+    )
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("urls")
+    @classmethod
+    def _check_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"an upstream URL must start with http:// or https://: {url!r}")
+        return [url.rstrip("/") for url in value]

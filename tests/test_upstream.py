@@ -1,0 +1,239 @@
+"""The upstream backend against instant stand-ins for vLLM servers (``bench/fake_upstream.py``), through a real
+gateway process and the official client: routing over replicas, adapters loaded where they are used (and
+unloaded least recently used, and everywhere on delete), failover and ejection when a replica dies and its
+return, discovery from a file that changes, and 503 when no replica is there. ``test_upstream_vllm.py`` runs
+the same backend against real vLLM servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from adapters.registry import AdapterRegistry
+from gateway.app import adapter_registry, open_database
+from gateway.settings import GatewaySettings
+from tests.conftest import ADMIN_KEY, MODEL, REPO, free_port, metric_value, running
+
+ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
+FAKE_UPSTREAM = [sys.executable, str(REPO / "bench" / "fake_upstream.py")]
+
+
+@contextmanager
+def fake_upstream(port: int, model_dir: Path, log: Path, **options: str) -> Iterator[subprocess.Popen[bytes]]:
+    command = [*FAKE_UPSTREAM, "--port", str(port), "--root", str(model_dir)]
+    for name, value in options.items():
+        command += [f"--{name.replace('_', '-')}", value]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait(lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200)
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _wait(condition: object, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if condition():  # type: ignore[operator]
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+def gateway_env(data_dir: Path, model_dir: Path, **extra: str) -> dict[str, str]:
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_")},
+        "LLMAAS_DATA_DIR": str(data_dir),
+        "LLMAAS_ADMIN_KEY": ADMIN_KEY,
+        "LLMAAS_ENGINE": "upstream",
+        "LLMAAS_EMBEDDED_WORKER": "false",
+        "LLMAAS_MODEL_PATH": str(model_dir),
+        "LLMAAS_UPSTREAM_SCRAPE_INTERVAL_SECONDS": "0.5",
+        "LLMAAS_UPSTREAM_EJECT_SECONDS": "2",
+        **extra,
+    }
+
+
+def tenant_key(base: str) -> tuple[str, str]:
+    tenant = httpx.post(f"{base}/admin/v1/tenants", json={"name": f"t-{uuid.uuid4().hex[:8]}"}, headers=ADMIN)
+    assert tenant.status_code == 201, tenant.text
+    key = httpx.post(f"{base}/admin/v1/tenants/{tenant.json()['id']}/keys", json={}, headers=ADMIN)
+    return tenant.json()["id"], key.json()["key"]
+
+
+def register_adapter(data_dir: Path, tenant_id: str) -> str:
+    """A fine-tuned model in the registry, as the worker leaves it (the fake upstream never reads its files)."""
+    settings = GatewaySettings(data_dir=data_dir)
+    database = open_database(settings)
+    registry: AdapterRegistry = adapter_registry(database, settings)
+    job_id = f"ftjob-{uuid.uuid4().hex}"
+    adapter_dir = registry.job_dir(job_id) / "adapter"
+    adapter_dir.mkdir(parents=True)
+    name = f"ft:{MODEL}:t:{job_id[6:14]}:{job_id[6:14]}"
+    with database.sessions.begin() as session:
+        registry.register(
+            session, name=name, tenant_id=tenant_id, base_model=MODEL, job_id=job_id, adapter_dir=adapter_dir
+        )
+    database.dispose()
+    return name
+
+
+def stats(port: int) -> dict[str, object]:
+    result: dict[str, object] = httpx.get(f"http://127.0.0.1:{port}/stats").json()
+    return result
+
+
+def chat(client: openai.OpenAI, model: str = MODEL) -> str:
+    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    assert reply.usage is not None and reply.usage.completion_tokens == 3
+    return reply.choices[0].message.content or ""
+
+
+@pytest.fixture
+def pool(tmp_path: Path, model_dir: Path) -> Iterator[tuple[str, list[int], Path]]:
+    """Two fake replicas (max 2 adapters each in the gateway's view... the fake's max_lora is 2) and a gateway."""
+    ports = [free_port(), free_port()]
+    gateway_port = free_port()
+    env = gateway_env(
+        tmp_path,
+        model_dir,
+        LLMAAS_UPSTREAM_URLS=",".join(f"http://127.0.0.1:{p}" for p in ports),
+        LLMAAS_UPSTREAM_MAX_ADAPTERS_PER_REPLICA="1",
+    )
+    serve = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(gateway_port)]
+    with (
+        fake_upstream(ports[0], model_dir, tmp_path / "a.log"),
+        fake_upstream(ports[1], model_dir, tmp_path / "b.log"),
+        running(serve, env, tmp_path / "gateway.log"),
+    ):
+        yield f"http://127.0.0.1:{gateway_port}", ports, tmp_path
+
+
+def test_requests_spread_over_replicas_and_usage_is_the_replicas_count(pool: tuple[str, list[int], Path]) -> None:
+    base, ports, _ = pool
+    _, key = tenant_key(base)
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+    for _ in range(6):
+        assert chat(client) == "xxx"
+    stream = client.completions.create(
+        model=MODEL, prompt="hello", max_tokens=4, n=2, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == "x" * 8
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
+    served = [sum(stats(port)["served"].values()) for port in ports]  # type: ignore[union-attr]
+    assert sum(served) == 7 and min(served) >= 2, served
+    ready = httpx.get(f"{base}/ready").json()
+    assert ready["engines"][MODEL]["replicas"] == "2/2 available"
+
+
+def test_adapters_load_where_used_least_recently_used_go_and_delete_unloads(
+    pool: tuple[str, list[int], Path],
+) -> None:
+    base, ports, data_dir = pool
+    tenant_id, key = tenant_key(base)
+    names = [register_adapter(data_dir, tenant_id) for _ in range(3)]
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+    assert {m.id for m in client.models.list()} == {MODEL, *names}
+    for name in names:
+        assert chat(client, name) == "xxx"
+    assert chat(client, names[0]) == "xxx"  # sticks to where it is (or is loaded again)
+    loaded = [stats(port)["adapters"] for port in ports]
+    assert all(len(adapters) <= 1 for adapters in loaded), loaded  # LLMAAS_UPSTREAM_MAX_ADAPTERS_PER_REPLICA=1
+    assert sum(stats(port)["loads"] for port in ports) >= 3  # type: ignore[misc]
+    target = next(name for name in names if any(name in adapters for adapters in loaded))
+    deleted = httpx.delete(f"{base}/v1/models/{target}", headers={"authorization": f"Bearer {key}"})
+    assert deleted.status_code == 200, deleted.text
+    assert all(target not in stats(port)["adapters"] for port in ports)  # type: ignore[operator]
+    with pytest.raises(openai.NotFoundError):
+        chat(client, target)
+
+
+def test_a_dead_replica_is_ejected_its_requests_go_elsewhere_and_it_comes_back(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    ports = [free_port(), free_port()]
+    gateway_port = free_port()
+    base = f"http://127.0.0.1:{gateway_port}"
+    env = gateway_env(tmp_path, model_dir, LLMAAS_UPSTREAM_URLS=",".join(f"http://127.0.0.1:{p}" for p in ports))
+    serve = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(gateway_port)]
+    with (
+        fake_upstream(ports[0], model_dir, tmp_path / "a.log"),
+        running(serve, env, tmp_path / "gateway.log"),
+    ):
+        tenant_id, key = tenant_key(base)
+        adapter = register_adapter(tmp_path, tenant_id)
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+        with fake_upstream(ports[1], model_dir, tmp_path / "b.log") as doomed:
+            _wait(lambda: httpx.get(f"{base}/ready").json()["engines"][MODEL]["replicas"] == "2/2 available")
+            doomed.send_signal(signal.SIGKILL)
+            doomed.wait()
+            for _ in range(8):  # every one succeeds: a refused connection is retried on the other replica
+                assert chat(client) == "xxx"
+                assert chat(client, adapter) == "xxx"
+        metrics = httpx.get(f"{base}/metrics", headers=ADMIN).text
+        assert metric_value(metrics, "llmaas_upstream_available", replica=f"http://127.0.0.1:{ports[1]}") == 0
+        assert httpx.get(f"{base}/ready").json()["engines"][MODEL]["replicas"] == "1/2 available"
+        with fake_upstream(ports[1], model_dir, tmp_path / "b2.log"):  # back, empty: adapters are loaded anew
+            _wait(lambda: httpx.get(f"{base}/ready").json()["engines"][MODEL]["replicas"] == "2/2 available")
+            for _ in range(8):
+                chat(client)
+            assert sum(stats(ports[1])["served"].values()) > 0  # type: ignore[union-attr]
+
+
+def test_discovery_follows_the_file_and_no_replica_means_503(tmp_path: Path, model_dir: Path) -> None:
+    ports = [free_port(), free_port()]
+    gateway_port = free_port()
+    base = f"http://127.0.0.1:{gateway_port}"
+    listing = tmp_path / "upstreams.json"
+
+    def publish(*chosen: int) -> None:
+        draft = tmp_path / "upstreams.json.new"
+        draft.write_text(json.dumps({"upstreams": [{"url": f"http://127.0.0.1:{p}"} for p in chosen]}))
+        draft.replace(listing)  # written, then renamed: the gateway never reads half a file
+
+    publish(ports[0])
+    env = gateway_env(tmp_path, model_dir, LLMAAS_UPSTREAM_FILE=str(listing))
+    serve = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(gateway_port)]
+    with (
+        fake_upstream(ports[0], model_dir, tmp_path / "a.log"),
+        fake_upstream(ports[1], model_dir, tmp_path / "b.log"),
+        running(serve, env, tmp_path / "gateway.log"),
+    ):
+        _, key = tenant_key(base)
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+        assert httpx.get(f"{base}/ready").json()["engines"][MODEL]["replicas"] == "1/1 available"
+        publish(ports[0], ports[1])
+        _wait(lambda: httpx.get(f"{base}/ready").json()["engines"][MODEL]["replicas"] == "2/2 available")
+        listing.write_text("{not json")  # a broken file keeps the last good list
+        time.sleep(1.5)
+        assert httpx.get(f"{base}/ready").json()["engines"][MODEL]["replicas"] == "2/2 available"
+        publish(ports[1])
+        _wait(lambda: httpx.get(f"{base}/ready").json()["engines"][MODEL]["replicas"] == "1/1 available")
+        before = sum(stats(ports[0])["served"].values())  # type: ignore[union-attr]
+        for _ in range(3):
+            chat(client)
+        assert sum(stats(ports[0])["served"].values()) == before  # type: ignore[union-attr]
+        publish()
+        _wait(lambda: httpx.get(f"{base}/ready").status_code == 503)
+        with pytest.raises(openai.InternalServerError) as refused:
+            chat(client)
+        assert refused.value.status_code == 503
+        assert refused.value.body["code"] == "engine_unavailable"  # type: ignore[index]
