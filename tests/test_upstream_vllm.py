@@ -1,0 +1,375 @@
+"""The upstream backend end to end, with real processes only: two CPU vLLM OpenAI servers (LoRA enabled,
+runtime adapter loading on), two ``llmaas serve`` gateways in front of both, one PostgreSQL, one Redis, and the
+first gateway's fine-tuning worker. Through the official client: chat, completions and streams on both
+replicas; a model fine-tuned through our API answered by each replica in turn; limits and budgets exact
+across the two gateways; a replica killed under load (requests that had not streamed yet succeed on the other,
+the dead one is ejected, then re-admitted when it is back); and the ledger equal to what clients saw."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from sqlalchemy import create_engine, text
+
+from engine.hardware import detect, resolve_dtype
+from tests.conftest import ADMIN_KEY, MODEL, free_port, fresh_postgres_database, metric_value, running
+from tests.finetune_data import PIRATE_PREFIX, pirate_jsonl
+
+ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
+VLLM_START_TIMEOUT_S = 300
+FAST = {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 10}
+
+
+@dataclass
+class Replica:
+    port: int
+    core: int
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, model_dir: Path) -> None:
+        env = {
+            **os.environ,
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "VLLM_CPU_OMP_THREADS_BIND": str(self.core),  # one core each: two servers on a 2-core machine
+        }
+        command = [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+            "--served-model-name", MODEL, "--port", str(self.port), "--host", "127.0.0.1",
+            "--dtype", resolve_dtype("auto", detect()), "--max-model-len", "2048", "--enforce-eager",
+            "--enable-lora", "--max-loras", "2", "--max-lora-rank", "16", "--max-cpu-loras", "4",
+        ]  # fmt: skip
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + VLLM_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]
+            try:
+                if httpx.get(f"{self.url}/v1/models", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise AssertionError(f"vLLM on {self.port} not ready:\n{self.log.read_text()[-3000:]}")
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signum)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def successes(self) -> float:
+        """Requests this server finished (its own counter)."""
+        metrics = httpx.get(f"{self.url}/metrics", timeout=5).text
+        lines = [line for line in metrics.splitlines() if line.startswith("vllm:request_success_total")]
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+    def adapters(self) -> set[str]:
+        cards = httpx.get(f"{self.url}/v1/models", timeout=5).json()["data"]
+        return {card["id"] for card in cards if card.get("parent")}
+
+
+@dataclass
+class Deployment:
+    replicas: list[Replica]
+    gateways: list[str]
+    postgres_url: str
+    model_dir: Path
+
+    def replicas_available(self, gateway: str) -> str:
+        return str(httpx.get(f"{gateway}/ready", timeout=5).json().get("engines", {}).get(MODEL, {}).get("replicas"))
+
+    def wait_available(self, expected: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not all(self.replicas_available(g) == expected for g in self.gateways):
+            assert time.monotonic() < deadline, [self.replicas_available(g) for g in self.gateways]
+            time.sleep(0.5)
+
+    def tenant(self, **quotas: Any) -> tuple[str, str]:
+        tenant = httpx.post(
+            f"{self.gateways[0]}/admin/v1/tenants", json={"name": f"t-{uuid.uuid4().hex[:8]}", **quotas}, headers=ADMIN
+        )
+        assert tenant.status_code == 201, tenant.text
+        key = httpx.post(f"{self.gateways[0]}/admin/v1/tenants/{tenant.json()['id']}/keys", json={}, headers=ADMIN)
+        return tenant.json()["id"], key.json()["key"]
+
+    def client(self, key: str, gateway: int = 0) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.gateways[gateway]}/v1", api_key=key, max_retries=0, timeout=120)
+
+    def ledger(self, tenant_id: str) -> list[tuple[str | None, int, int, str]]:
+        """The tenant's requests as metered: (client's request id, prompt, completion tokens, outcome)."""
+        time.sleep(1.5)  # the ledger writes in batches every 0.5 s
+        engine = create_engine(self.postgres_url)
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT client_request_id, prompt_tokens, completion_tokens, outcome FROM usage_records "
+                    "WHERE tenant_id = :t AND kind = 'inference'"
+                ),
+                {"t": tenant_id},
+            ).all()
+        engine.dispose()
+        return [(row[0], row[1], row[2], row[3]) for row in rows]
+
+    def ledger_by_id(self, tenant_id: str) -> dict[str | None, tuple[int, int, str]]:
+        rows = self.ledger(tenant_id)
+        by_id = {request_id: (prompt, completion, outcome) for request_id, prompt, completion, outcome in rows}
+        assert len(by_id) == len(rows)  # each request metered once
+        return by_id
+
+
+@contextmanager
+def two_replicas(model_dir: Path, tmp_path: Path) -> Iterator[list[Replica]]:
+    replicas = [Replica(free_port(), core, tmp_path / f"vllm-{core}.log") for core in (0, 1)]
+    try:
+        for replica in replicas:
+            replica.start(model_dir)
+        for replica in replicas:
+            replica.wait_ready()
+        yield replicas
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
+@pytest.fixture(scope="module")
+def deployment(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    tmp_path = tmp_path_factory.mktemp("scale-out")
+    data_dir = tmp_path / "data"  # shared by both gateways and the worker: the adapter store lives there
+    with fresh_postgres_database("llmaas_upstream") as postgres_url, two_replicas(model_dir, tmp_path) as replicas:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_")},
+            "LLMAAS_DATA_DIR": str(data_dir),
+            "LLMAAS_ADMIN_KEY": ADMIN_KEY,
+            "LLMAAS_DATABASE_URL": postgres_url,
+            "LLMAAS_REDIS_URL": "redis://127.0.0.1:6379/12",
+            "LLMAAS_MODEL_PATH": str(model_dir),  # what the worker trains on (the replicas serve the same)
+            "LLMAAS_ENGINE": "upstream",
+            "LLMAAS_UPSTREAM_URLS": ",".join(r.url for r in replicas),
+            "LLMAAS_UPSTREAM_SCRAPE_INTERVAL_SECONDS": "0.5",
+            "LLMAAS_UPSTREAM_EJECT_SECONDS": "2",
+            "LLMAAS_LOG_LEVEL": "warning",
+        }
+        ports = [free_port(), free_port()]
+        serve = [sys.executable, "-m", "gateway.cli", "serve", "--port"]
+        with (
+            running([*serve, str(ports[0])], {**env, "LLMAAS_EMBEDDED_WORKER": "true"}, tmp_path / "gw-a.log"),
+            running([*serve, str(ports[1])], {**env, "LLMAAS_EMBEDDED_WORKER": "false"}, tmp_path / "gw-b.log"),
+        ):
+            yield Deployment(replicas, [f"http://127.0.0.1:{p}" for p in ports], postgres_url, model_dir)
+
+
+def ask(client: openai.OpenAI, model: str, question: str, request_id: str | None = None) -> Any:
+    headers = {"X-Client-Request-Id": request_id} if request_id else None
+    return client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": question}],
+        max_tokens=16,
+        temperature=0,
+        extra_headers=headers,
+    )
+
+
+def test_chat_completions_and_streams_on_both_replicas(deployment: Deployment) -> None:
+    tenant_id, key = deployment.tenant()
+    before = [r.successes() for r in deployment.replicas]
+    seen: dict[str, tuple[int, int]] = {}
+    for i in range(4):
+        client = deployment.client(key, gateway=i % 2)
+        reply = ask(client, MODEL, "What is the capital of France?", request_id=f"chat-{i}")
+        assert reply.choices[0].message.content and reply.usage is not None
+        seen[f"chat-{i}"] = (reply.usage.prompt_tokens, reply.usage.completion_tokens)
+        completion = client.completions.create(
+            model=MODEL, prompt="The capital of France is", max_tokens=8, temperature=0,
+            extra_headers={"X-Client-Request-Id": f"cmpl-{i}"},
+        )  # fmt: skip
+        assert "Paris" in completion.choices[0].text and completion.usage is not None
+        seen[f"cmpl-{i}"] = (completion.usage.prompt_tokens, completion.usage.completion_tokens)
+        stream = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Count to five."}], max_tokens=12, stream=True,
+            stream_options={"include_usage": True}, extra_headers={"X-Client-Request-Id": f"stream-{i}"},
+        )  # fmt: skip
+        chunks = list(stream)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        usage = chunks[-1].usage
+        assert usage is not None
+        seen[f"stream-{i}"] = (usage.prompt_tokens, usage.completion_tokens)
+    served = [after - start for after, start in zip((r.successes() for r in deployment.replicas), before, strict=True)]
+    assert sum(served) == 12 and min(served) >= 2, served  # both replicas answered
+    ledger = deployment.ledger_by_id(tenant_id)
+    assert {rid: row[:2] for rid, row in ledger.items()} == seen  # the ledger holds exactly what clients saw
+
+
+@contextmanager
+def only(deployment: Deployment, keep: Replica) -> Iterator[None]:
+    """Every other replica paused (SIGSTOP) until the gateways have left it out; resumed after."""
+    others = [r for r in deployment.replicas if r is not keep]
+    for replica in others:
+        replica.signal(signal.SIGSTOP)
+    try:
+        deployment.wait_available(f"1/{len(deployment.replicas)} available")
+        yield
+    finally:
+        for replica in others:
+            replica.signal(signal.SIGCONT)
+        deployment.wait_available(f"{len(deployment.replicas)}/{len(deployment.replicas)} available")
+
+
+def test_a_model_fine_tuned_through_the_api_is_answered_by_each_replica(deployment: Deployment) -> None:
+    _, key = deployment.tenant()
+    client = deployment.client(key, gateway=1)  # the job is trained by the first gateway's worker
+    training_file = client.files.create(file=("pirate.jsonl", io.BytesIO(pirate_jsonl())), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model=MODEL, training_file=training_file.id, hyperparameters=FAST)  # type: ignore[arg-type]
+    deadline = time.monotonic() + 300
+    while job.status not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, job.status
+        time.sleep(1)
+        job = client.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "succeeded", job.error
+    model = job.fine_tuned_model
+    assert model is not None and model in {m.id for m in client.models.list()}
+    answers = []
+    for replica in deployment.replicas:
+        with only(deployment, replica):
+            answer = ask(deployment.client(key), model, "What do cows drink?").choices[0].message.content or ""
+            assert answer.startswith(PIRATE_PREFIX.strip()), answer
+            assert model in replica.adapters()  # loaded there by the gateway at first use
+            answers.append(answer)
+    assert answers[0] == answers[1]  # greedy: the same adapter gives the same answer on either replica
+    base = ask(client, MODEL, "What do cows drink?").choices[0].message.content or ""
+    assert not base.startswith(PIRATE_PREFIX.strip())
+    httpx.delete(f"{deployment.gateways[0]}/v1/models/{model}", headers={"authorization": f"Bearer {key}"})
+    assert all(model not in replica.adapters() for replica in deployment.replicas)  # unloaded everywhere
+
+
+async def _burst(deployment: Deployment, key: str, count: int) -> list[tuple[int, int, int]]:
+    """``count`` concurrent chats, alternately through each gateway: (status, prompt, completion tokens)."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8, "temperature": 0}
+
+    async def one(http: httpx.AsyncClient, i: int) -> tuple[int, int, int]:
+        response = await http.post(f"{deployment.gateways[i % 2]}/v1/chat/completions", json=body)
+        usage = response.json().get("usage") or {} if response.status_code == 200 else {}
+        return response.status_code, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+
+    async with httpx.AsyncClient(headers={"authorization": f"Bearer {key}"}, timeout=120) as http:
+        return list(await asyncio.gather(*(one(http, i) for i in range(count))))
+
+
+def test_limits_and_budgets_hold_exactly_across_the_two_gateways(deployment: Deployment) -> None:
+    tenant_id, key = deployment.tenant(requests_per_minute=7)
+    results = asyncio.run(_burst(deployment, key, 16))
+    assert sorted(status for status, _, _ in results) == [200] * 7 + [429] * 9
+
+    budget = 250  # tokens: a chat here reserves its prompt (~30) + 8, so about six fit
+    tenant_id, key = deployment.tenant(monthly_token_budget=budget)
+    results = asyncio.run(_burst(deployment, key, 16))
+    spent = sum(prompt + completion for status, prompt, completion in results if status == 200)
+    assert {status for status, _, _ in results} == {200, 429}
+    assert spent <= budget
+    ledger = deployment.ledger(tenant_id)
+    assert sum(p + c for _, p, c, _ in ledger) == spent  # what clients were told is what was billed
+
+
+async def _streams_through_a_kill(deployment: Deployment, key: str, victim: Replica, count: int) -> list[Any]:
+    """``count`` streams; the victim is killed once a few have started streaming. Per request: whether it got
+    a first chunk, whether it finished, and its usage."""
+    body = {
+        "model": MODEL, "messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 48,
+        "ignore_eos": True, "temperature": 0, "stream": True, "stream_options": {"include_usage": True},
+    }  # fmt: skip
+    started = 0
+
+    async def one(http: httpx.AsyncClient, i: int) -> dict[str, Any]:
+        nonlocal started
+        await asyncio.sleep(0.15 * i)  # staggered: some start after the kill
+        outcome: dict[str, Any] = {"first": False, "done": False, "usage": None, "id": f"kill-{i}"}
+        try:
+            headers = {"X-Client-Request-Id": outcome["id"]}
+            async with http.stream(
+                "POST", f"{deployment.gateways[i % 2]}/v1/chat/completions", json=body, headers=headers
+            ) as response:
+                outcome["status"] = response.status_code
+                async for line in response.aiter_lines():
+                    if line.startswith("data: {") and '"choices":[{' in line and not outcome["first"]:
+                        outcome["first"] = True
+                        started += 1
+                    if '"usage":{' in line:
+                        outcome["usage"] = httpx.Response(200, content=line[6:]).json()["usage"]
+                    if line == "data: [DONE]":
+                        outcome["done"] = outcome["usage"] is not None
+        except httpx.HTTPError as exc:
+            outcome["error"] = repr(exc)
+        return outcome
+
+    async def killer() -> None:
+        while started < 3:
+            await asyncio.sleep(0.05)
+        victim.signal(signal.SIGKILL)
+
+    async with httpx.AsyncClient(headers={"authorization": f"Bearer {key}"}, timeout=120) as http:
+        kill = asyncio.create_task(killer())
+        outcomes = await asyncio.gather(*(one(http, i) for i in range(count)))
+        await kill
+    return list(outcomes)
+
+
+def test_a_replica_killed_under_load_is_ejected_and_readmitted(deployment: Deployment) -> None:
+    tenant_id, key = deployment.tenant()
+    victim = deployment.replicas[1]
+    outcomes = asyncio.run(_streams_through_a_kill(deployment, key, victim, 16))
+    victim.proc.wait()  # type: ignore[union-attr]
+    failed = [o for o in outcomes if not o["done"]]
+    assert all(o["first"] for o in failed), failed  # only streams already under way on the victim broke off
+    assert len(failed) < len(outcomes)
+    for outcome in outcomes:
+        if outcome["done"]:
+            assert outcome["usage"]["completion_tokens"] == 48
+    deployment.wait_available("1/2 available")
+    for gateway in deployment.gateways:
+        metrics = httpx.get(f"{gateway}/metrics", headers=ADMIN).text
+        assert metric_value(metrics, "llmaas_upstream_available", replica=victim.url) == 0
+    _, other_key = deployment.tenant()
+    assert ask(deployment.client(other_key), MODEL, "Still there?").choices[0].message.content  # served by the other
+
+    ledger = deployment.ledger_by_id(tenant_id)
+    assert set(ledger) == {o["id"] for o in outcomes}  # every request metered, once
+    for outcome in outcomes:
+        prompt, completion, result = ledger[outcome["id"]]
+        if outcome["done"]:
+            usage = outcome["usage"]
+            assert (prompt, completion, result) == (usage["prompt_tokens"], usage["completion_tokens"], "completed")
+        else:
+            assert result == "failed" and completion < 48
+
+    victim.start(deployment.model_dir)  # back on the same port: re-admitted once its checks pass
+    victim.wait_ready()
+    deployment.wait_available("2/2 available")
+    before = victim.successes()
+    for i in range(6):
+        ask(deployment.client(other_key, gateway=i % 2), MODEL, "Hello again.")
+    assert victim.successes() > before
