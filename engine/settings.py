@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.hardware import Dtype
@@ -64,6 +64,12 @@ class EngineSettings(BaseSettings):
         default="llmaas",
         description="CPU backend: LoRA arithmetic by our C++ kernels (engine/kernels/) or by vLLM's own ops.",
     )
+
+    @field_validator("max_lora_rank", mode="before")
+    @classmethod
+    def _rank_from_text(cls, value: Any) -> Any:
+        """The environment gives text; a Literal of ints does not take "16" by itself."""
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
 
     @property
     def models_dir(self) -> Path:

@@ -151,13 +151,18 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def _first_run_key() -> str | None:
-    """On a fresh install (no tenant yet), a tenant 'default' and a key for it, so the first call works."""
+    """On a fresh install (no tenant yet), a tenant 'default' and a key for it, so the first call works. Of
+    several gateways starting together on one empty database, one creates it; the others go on without."""
+    from gateway.errors import ConflictError
     from gateway.tenancy.models import KeyCreate, TenantCreate
 
     service = _service()
     if service.list_tenants():
         return None
-    service.create_tenant(TenantCreate(name="default"))
+    try:
+        service.create_tenant(TenantCreate(name="default"))
+    except ConflictError:
+        return None
     return str(service.create_key("default", KeyCreate(name="first-run")).key)
 
 

@@ -166,9 +166,7 @@ def test_adapters_load_where_used_least_recently_used_go_and_delete_unloads(
         chat(client, target)
 
 
-def test_a_dead_replica_is_ejected_its_requests_go_elsewhere_and_it_comes_back(
-    tmp_path: Path, model_dir: Path
-) -> None:
+def test_a_dead_replica_is_ejected_its_requests_go_elsewhere_and_it_comes_back(tmp_path: Path, model_dir: Path) -> None:
     ports = [free_port(), free_port()]
     gateway_port = free_port()
     base = f"http://127.0.0.1:{gateway_port}"

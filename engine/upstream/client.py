@@ -67,8 +67,9 @@ async def _raise_for(response: httpx.Response, replica: Replica) -> None:
 
 
 class ReplicaClient:
-    def __init__(self, http: httpx.AsyncClient) -> None:
+    def __init__(self, http: httpx.AsyncClient, fallback_max_model_len: int) -> None:
         self._http = http
+        self._fallback_max_model_len = fallback_max_model_len
 
     async def _call(self, replica: Replica, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -79,19 +80,33 @@ class ReplicaClient:
         return response
 
     async def scrape(self, replica: Replica) -> tuple[ReplicaSignals, dict[str, ModelCard], list[str]]:
-        """Its health, load, base models and loaded adapters (one active check)."""
-        await self._call(replica, "GET", "/health")
-        metrics = await self._call(replica, "GET", "/metrics")
+        """Its health, load, base models and loaded adapters (one active check). A server in front of vLLM
+        (Ray Serve LLM, a production-stack router) may have no ``/health`` or ``/metrics`` and may not say a
+        model's context length: its ``/v1/models`` answering is then the check, the router counts only its own
+        requests on it, and ``fallback_max_model_len`` stands in (the server still refuses what is too long)."""
+        await self._optional(replica, "/health")
+        metrics = await self._optional(replica, "/metrics")
         listing = (await self._call(replica, "GET", "/v1/models")).json()
         models: dict[str, ModelCard] = {}
         adapters: list[str] = []
         for card in listing.get("data", []):
             if card.get("parent"):
                 adapters.append(str(card["id"]))
-            else:
-                model_id = str(card["id"])
-                models[model_id] = ModelCard(model_id, str(card.get("root") or model_id), int(card["max_model_len"]))
-        return parse_metrics(metrics.text), models, adapters
+                continue
+            model_id = str(card["id"])
+            length = card.get("max_model_len") or (card.get("metadata") or {}).get("max_request_context_length")
+            models[model_id] = ModelCard(
+                model_id, str(card.get("root") or model_id), int(length or self._fallback_max_model_len)
+            )
+        signals = parse_metrics(metrics.text) if metrics is not None else ReplicaSignals()
+        return signals, models, adapters
+
+    async def _optional(self, replica: Replica, path: str) -> httpx.Response | None:
+        """``GET path``, or None where the server has no such route."""
+        try:
+            return await self._call(replica, "GET", path)
+        except ModelMissing:  # a 404
+            return None
 
     async def load_adapter(self, replica: Replica, name: str, path: str) -> None:
         try:

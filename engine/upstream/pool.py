@@ -51,7 +51,7 @@ class UpstreamPool:
             timeout=httpx.Timeout(settings.read_timeout_seconds, connect=settings.connect_timeout_seconds),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
         )
-        self.client = ReplicaClient(self._http)
+        self.client = ReplicaClient(self._http, settings.fallback_max_model_len)
         self.router = Router(settings.routing)
         self.placement = AdapterPlacement(self.client, adapter_location, settings.max_adapters_per_replica)
         self.replicas: dict[str, Replica] = {}

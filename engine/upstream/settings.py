@@ -43,6 +43,11 @@ class UpstreamSettings(BaseSettings):
         default=None,
         description="Where replicas see the adapter store (the shared directory); unset: the same path as here.",
     )
+    fallback_max_model_len: int = Field(
+        default=4096,
+        ge=16,
+        description="Context length assumed where a server's /v1/models does not say (Ray Serve, production-stack).",
+    )
     tokenizers: dict[str, str] = Field(
         default_factory=dict,
         description='JSON {"model": "dir or hub id"}: the tokenizer of a model; unset: the replica\'s model root.',
