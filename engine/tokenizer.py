@@ -16,8 +16,12 @@ class HFTokenizer:
         self._tok: Any = AutoTokenizer.from_pretrained(str(model_dir))
         if not self._tok.chat_template:
             raise ValueError(f"{model_dir} has no chat template")
+        # A fast tokenizer's Rust core gives the same ids for half the per-call cost of the Python wrapper.
+        self._rust: Any = self._tok.backend_tokenizer if self._tok.is_fast else None
 
     def encode(self, text: str) -> list[int]:
+        if self._rust is not None:
+            return list(self._rust.encode(text, add_special_tokens=False).ids)
         return list(self._tok.encode(text, add_special_tokens=False))
 
     def decode(self, token_ids: Sequence[int]) -> str:

@@ -1,5 +1,6 @@
 """The app's typed state (every resource the lifespan built) and the ``Annotated`` dependencies that hand its
-parts to routes, so no route reaches into an untyped ``app.state``."""
+parts to routes, so no route reaches into an untyped ``app.state``. Dependencies are ``async def``: FastAPI
+runs a plain ``def`` dependency in a worker thread, a hop that costs more than these lookups."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def state_of(app: FastAPI) -> AppState:
     return state
 
 
-def get_context(request: Request) -> RequestContext:
+async def get_context(request: Request) -> RequestContext:
     context: RequestContext = request.state.context
     return context
 
@@ -57,7 +58,7 @@ def get_context(request: Request) -> RequestContext:
 def _part(pick: Callable[[AppState], T]) -> Any:
     """A dependency that hands a route one part of the app's state."""
 
-    def part(request: Request) -> T:
+    async def part(request: Request) -> T:
         return pick(state_of(request.app))
 
     return Depends(part)
@@ -77,7 +78,7 @@ JobsDep = Annotated[JobService, _part(lambda state: state.jobs)]
 EvalsDep = Annotated[EvalService, _part(lambda state: state.evals)]
 
 
-def get_serving(request: Request, context: ContextDep, tenant: TenantDep) -> Serving:
+async def get_serving(request: Request, context: ContextDep, tenant: TenantDep) -> Serving:
     state = state_of(request.app)
     return Serving(context, tenant, state.catalog, state.admission, state.caps, state.metrics)
 

@@ -1,21 +1,27 @@
 """The HTTP calls to one replica (vLLM's OpenAI server): its checks, its adapters, and a streamed completion.
-Every call raises ``ReplicaFailed`` (the replica's fault: try another) or ``RequestRejected`` (the request's)."""
+Every call raises ``ReplicaFailed`` (the replica's fault: try another) or ``RequestRejected`` (the request's).
+
+On aiohttp rather than httpx: this is the gateway's hot path (one upstream stream per request), and aiohttp's
+C parser and connection pool cost a fraction of httpx's per request (``bench/proxy_overhead.py``)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
+import aiohttp
+import pydantic_core
 
 from engine.protocol import RequestRejected
 from engine.upstream.replica import ModelCard, Replica
 from engine.upstream.signals import ReplicaSignals, parse_metrics
 
 ERROR_BODY_LIMIT = 4096
+TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
 
 
 class ReplicaFailed(Exception):
@@ -38,12 +44,7 @@ def _headers(replica: Replica) -> dict[str, str]:
     return {"Authorization": f"Bearer {replica.spec.api_key}"} if replica.spec.api_key else {}
 
 
-async def _error_text(response: httpx.Response) -> str:
-    body = b""
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) >= ERROR_BODY_LIMIT:
-            break
+def _error_message(body: bytes) -> str:
     text = body[:ERROR_BODY_LIMIT].decode("utf-8", errors="replace")
     try:
         error = json.loads(text)
@@ -52,32 +53,32 @@ async def _error_text(response: httpx.Response) -> str:
         return text
 
 
-async def _raise_for(response: httpx.Response, replica: Replica) -> None:
-    if response.status_code < 400:
+def _raise_for(status: int, body: bytes, replica: Replica) -> None:
+    if status < 400:
         return
-    message = await _error_text(response)
-    if response.status_code == 404:
+    message = _error_message(body)
+    if status == 404:
         raise ModelMissing(f"{replica.url}: {message}")
-    if response.status_code in (408, 429) or response.status_code >= 500:
+    if status in (408, 429) or status >= 500:
         # Overload and unreachable-behind-a-proxy say "this replica"; another 5xx may be this request's doing,
         # so it counts towards ejection rather than ejecting at once (one tenant must not eject every replica).
-        eject = response.status_code in (429, 502, 503, 504)
-        raise ReplicaFailed(f"{replica.url} answered {response.status_code}: {message}", eject=eject)
+        raise ReplicaFailed(f"{replica.url} answered {status}: {message}", eject=status in (429, 502, 503, 504))
     raise RequestRejected(message)
 
 
 class ReplicaClient:
-    def __init__(self, http: httpx.AsyncClient, fallback_max_model_len: int) -> None:
-        self._http = http
+    def __init__(self, session: aiohttp.ClientSession, fallback_max_model_len: int) -> None:
+        self._session = session
         self._fallback_max_model_len = fallback_max_model_len
 
-    async def _call(self, replica: Replica, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _call(self, replica: Replica, method: str, path: str, body: dict[str, Any] | None = None) -> bytes:
         try:
-            response = await self._http.request(method, replica.url + path, headers=_headers(replica), **kwargs)
-        except httpx.HTTPError as exc:
+            async with self._session.request(method, replica.url + path, json=body, headers=_headers(replica)) as r:
+                content = await r.read()
+        except TRANSPORT_ERRORS as exc:
             raise ReplicaFailed(f"{replica.url}{path}: {exc!r}") from exc
-        await _raise_for(response, replica)
-        return response
+        _raise_for(r.status, content, replica)
+        return content
 
     async def scrape(self, replica: Replica) -> tuple[ReplicaSignals, dict[str, ModelCard], list[str]]:
         """Its health, load, base models and loaded adapters (one active check). A server in front of vLLM
@@ -86,7 +87,7 @@ class ReplicaClient:
         requests on it, and ``fallback_max_model_len`` stands in (the server still refuses what is too long)."""
         await self._optional(replica, "/health")
         metrics = await self._optional(replica, "/metrics")
-        listing = (await self._call(replica, "GET", "/v1/models")).json()
+        listing = json.loads(await self._call(replica, "GET", "/v1/models"))
         models: dict[str, ModelCard] = {}
         adapters: list[str] = []
         for card in listing.get("data", []):
@@ -98,10 +99,10 @@ class ReplicaClient:
             models[model_id] = ModelCard(
                 model_id, str(card.get("root") or model_id), int(length or self._fallback_max_model_len)
             )
-        signals = parse_metrics(metrics.text) if metrics is not None else ReplicaSignals()
+        signals = parse_metrics(metrics.decode("utf-8", errors="replace")) if metrics is not None else ReplicaSignals()
         return signals, models, adapters
 
-    async def _optional(self, replica: Replica, path: str) -> httpx.Response | None:
+    async def _optional(self, replica: Replica, path: str) -> bytes | None:
         """``GET path``, or None where the server has no such route."""
         try:
             return await self._call(replica, "GET", path)
@@ -110,47 +111,56 @@ class ReplicaClient:
 
     async def load_adapter(self, replica: Replica, name: str, path: str) -> None:
         try:
-            await self._call(replica, "POST", "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+            await self._call(replica, "POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
         except RequestRejected as exc:
             if "already" not in str(exc):  # loaded by another gateway meanwhile: as good as our load
                 raise ReplicaFailed(f"{replica.url} could not load adapter {name}: {exc}") from exc
 
     async def unload_adapter(self, replica: Replica, name: str) -> None:
         with contextlib.suppress(RequestRejected, ModelMissing):  # not loaded there (any more): nothing to undo
-            await self._call(replica, "POST", "/v1/unload_lora_adapter", json={"lora_name": name})
+            await self._call(replica, "POST", "/v1/unload_lora_adapter", {"lora_name": name})
 
     @asynccontextmanager
     async def stream_completion(
-        self, replica: Replica, body: dict[str, Any], timeout: httpx.Timeout
+        self, replica: Replica, body: dict[str, Any], read_timeout: float
     ) -> AsyncIterator[AsyncIterator[Any]]:
-        """The chunks of a streamed ``/v1/completions`` (``data:`` lines, parsed). Leaving the context closes the
-        connection, which makes vLLM abort the request."""
-        request = self._http.build_request(
-            "POST", replica.url + "/v1/completions", json=body, headers=_headers(replica), timeout=timeout
+        """The chunks of a streamed ``/v1/completions`` (``data:`` lines, parsed). Leaving the context before the
+        end closes the connection, which makes vLLM abort the request."""
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._session.timeout.sock_connect, sock_read=read_timeout
         )
         try:
-            response = await self._http.send(request, stream=True)
-        except httpx.HTTPError as exc:
+            response = await self._session.post(
+                replica.url + "/v1/completions", json=body, headers=_headers(replica), timeout=timeout
+            )
+        except TRANSPORT_ERRORS as exc:
             raise ReplicaFailed(f"{replica.url}: {exc!r}") from exc
         try:
-            await _raise_for(response, replica)
+            if response.status >= 400:
+                _raise_for(response.status, await response.content.read(ERROR_BODY_LIMIT), replica)
             yield _chunks(response, replica)
         finally:
-            await response.aclose()
+            if response.content.is_eof():
+                response.release()  # read to the end: the connection goes back to the pool
+            else:
+                response.close()  # cut short: the connection is closed, and the replica aborts the request
 
 
-async def _chunks(response: httpx.Response, replica: Replica) -> AsyncIterator[Any]:
+async def _chunks(response: aiohttp.ClientResponse, replica: Replica) -> AsyncIterator[Any]:
+    done = False
     try:
-        async for line in response.aiter_lines():
-            if not line.startswith("data:"):
+        async for raw in response.content:  # to the end, past [DONE]: a connection read to the end is kept
+            if done or not raw.startswith(b"data:"):
                 continue
-            data = line[5:].strip()
-            if data == "[DONE]":
-                return
-            chunk = json.loads(data)
+            data = raw[5:].strip()
+            if data == b"[DONE]":
+                done = True
+                continue
+            chunk = pydantic_core.from_json(data)  # Rust: a fraction of json.loads's cost, once per token
             if "error" in chunk:  # vLLM reports a failure mid-stream as an error event
                 raise ReplicaFailed(f"{replica.url}: {chunk['error'].get('message', chunk['error'])}")
             yield chunk
-    except httpx.HTTPError as exc:
+    except TRANSPORT_ERRORS as exc:
         raise ReplicaFailed(f"{replica.url} broke off the stream: {exc!r}") from exc
-    raise ReplicaFailed(f"{replica.url} ended the stream without [DONE]")
+    if not done:
+        raise ReplicaFailed(f"{replica.url} ended the stream without [DONE]")

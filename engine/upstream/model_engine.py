@@ -13,8 +13,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-import httpx
-
 from engine.protocol import (
     AdapterRef,
     CompletionDelta,
@@ -103,12 +101,8 @@ class UpstreamEngine:
         try:
             if adapter is not None:
                 await self._pool.placement.ensure_loaded(replica, adapter)
-            remaining = deadline - time.monotonic()
-            timeout = httpx.Timeout(
-                min(self._pool.settings.read_timeout_seconds, remaining),
-                connect=self._pool.settings.connect_timeout_seconds,
-            )
-            async with self._pool.client.stream_completion(replica, body, timeout) as chunks:
+            read_timeout = min(self._pool.settings.read_timeout_seconds, deadline - time.monotonic())
+            async with self._pool.client.stream_completion(replica, body, read_timeout) as chunks:
                 async for chunk in chunks:
                     if time.monotonic() > deadline:
                         raise EngineError("The request ran past its deadline and was stopped.")

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 from starlette.concurrency import run_in_threadpool
 
 from engine.protocol import AdapterRef, EngineLoad, Tokenizer
@@ -47,11 +47,13 @@ class UpstreamPool:
         self.settings = settings
         api_key = settings.api_key.get_secret_value() if settings.api_key else None
         self._discovery = Discovery(settings.urls, settings.file, api_key)
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.read_timeout_seconds, connect=settings.connect_timeout_seconds),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=settings.connect_timeout_seconds, sock_read=settings.read_timeout_seconds
+            ),
         )
-        self.client = ReplicaClient(self._http, settings.fallback_max_model_len)
+        self.client = ReplicaClient(self._session, settings.fallback_max_model_len)
         self.router = Router(settings.routing)
         self.placement = AdapterPlacement(self.client, adapter_location, settings.max_adapters_per_replica)
         self.replicas: dict[str, Replica] = {}
@@ -75,7 +77,7 @@ class UpstreamPool:
             self._loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
-        await self._http.aclose()
+        await self._session.close()
 
     def engines(self) -> dict[str, UpstreamEngine]:
         """One engine per base model some replica has served (requests fail over among those serving it now)."""

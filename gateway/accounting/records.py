@@ -37,7 +37,7 @@ class UsageEntry:
     client_request_id: str | None = None
 
     def row(self) -> dict[str, Any]:
-        values = dataclasses.asdict(self)
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}  # shallow: cheap
         values["cost"] = nanos_to_usd(values.pop("cost_nanos"))
         return values
 
@@ -55,7 +55,8 @@ def insert_usage(session: Session, entries: list[UsageEntry]) -> None:
         return
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(UsageRecord).on_conflict_do_nothing(index_elements=["request_id"])
+    # On the table, not the ORM class: a plain executemany, without the ORM's bulk-insert machinery per row.
+    statement = insert(UsageRecord.__table__).on_conflict_do_nothing(index_elements=["request_id"])
     session.execute(statement, [entry.row() for entry in entries])
 
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 
 from gateway.accounting.routes import RateLimitHeaders
 from gateway.edge.strict_json import StrictJSONRoute
@@ -26,7 +27,7 @@ async def create_chat_completion(
     body: ChatCompletionRequest,
     request: Request,
     serving: ServingDep,
-) -> dict[str, Any] | EventStreamResponse:
+) -> JSONResponse | EventStreamResponse:
     body.check()
     served = await serving.model(body.model)
     prompt = await chat_prompt(body, served.engine.tokenizer, serving.caps.prompts)
@@ -46,20 +47,22 @@ async def create_chat_completion(
         return EventStreamResponse(sse_frames(_chunks(run, header, body)), on_close=run.close)
 
     choices = await collect(request, run)
-    return {
-        **header,
-        "object": "chat.completion",
-        "choices": [
-            {
-                "index": index,
-                "message": {"role": "assistant", "content": choice.text, "refusal": None},
-                "logprobs": chat_logprobs(choice.logprobs) if body.logprobs else None,
-                "finish_reason": choice.finish_reason,
-            }
-            for index, choice in enumerate(choices)
-        ],
-        "usage": run.usage.as_dict(),
-    }
+    return JSONResponse(
+        {
+            **header,
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": index,
+                    "message": {"role": "assistant", "content": choice.text, "refusal": None},
+                    "logprobs": chat_logprobs(choice.logprobs) if body.logprobs else None,
+                    "finish_reason": choice.finish_reason,
+                }
+                for index, choice in enumerate(choices)
+            ],
+            "usage": run.usage.as_dict(),
+        }
+    )  # a response of our own making: FastAPI's encoder would only walk it again
 
 
 async def _chunks(

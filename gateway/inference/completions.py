@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from gateway.accounting.routes import RateLimitHeaders
@@ -27,7 +28,7 @@ async def create_completion(
     body: CompletionRequest,
     request: Request,
     serving: ServingDep,
-) -> dict[str, Any] | EventStreamResponse:
+) -> JSONResponse | EventStreamResponse:
     body.check()
     served = await serving.model(body.model)
     tokenizer = served.engine.tokenizer
@@ -58,20 +59,22 @@ async def create_completion(
         return EventStreamResponse(sse_frames(_chunks(run, header, body, echoes)), on_close=run.close)
 
     choices = await collect(request, run)
-    return {
-        **header,
-        "object": "text_completion",
-        "choices": [
-            {
-                "index": index,
-                "text": echoes[index] + choice.text,
-                "logprobs": completion_logprobs(choice.logprobs, 0) if body.logprobs is not None else None,
-                "finish_reason": choice.finish_reason,
-            }
-            for index, choice in enumerate(choices)
-        ],
-        "usage": run.usage.as_dict(),
-    }
+    return JSONResponse(
+        {
+            **header,
+            "object": "text_completion",
+            "choices": [
+                {
+                    "index": index,
+                    "text": echoes[index] + choice.text,
+                    "logprobs": completion_logprobs(choice.logprobs, 0) if body.logprobs is not None else None,
+                    "finish_reason": choice.finish_reason,
+                }
+                for index, choice in enumerate(choices)
+            ],
+            "usage": run.usage.as_dict(),
+        }
+    )  # a response of our own making: FastAPI's encoder would only walk it again
 
 
 async def _chunks(

@@ -142,20 +142,27 @@ async def collect(request: Request, run: GenerationRun) -> list[ChoiceResult]:
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Run ``work``; if the client disconnects first, cancel it (which aborts engine requests) and raise
-    ``asyncio.CancelledError``."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    """Await ``work``; if the client disconnects first, cancel it (which aborts engine requests) and raise
+    ``asyncio.CancelledError``. One watcher task beside the request's own, which cancels it on a disconnect."""
+    request_task = asyncio.current_task()
+    assert request_task is not None
+    disconnected = False
+
+    async def watch() -> None:
+        nonlocal disconnected
+        await _wait_for_disconnect(request)
+        disconnected = True
+        request_task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if disconnected:
+            raise asyncio.CancelledError("client disconnected") from None
+        raise
     finally:
         watcher.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-    if task.cancelled():
-        raise asyncio.CancelledError("client disconnected")
-    return task.result()
 
 
 async def _wait_for_disconnect(request: Request) -> None:

@@ -137,19 +137,19 @@ def _principal(request: Request) -> Principal:
     return principal
 
 
-def current_tenant(request: Request) -> TenantPrincipal:
+async def current_tenant(request: Request) -> TenantPrincipal:
     principal = _principal(request)
     if not isinstance(principal, TenantPrincipal):
         raise PermissionDenied("This route needs a tenant's API key.", code="tenant_key_required")
     return principal
 
 
-def require_operator(request: Request) -> None:
+async def require_operator(request: Request) -> None:
     if not isinstance(_principal(request), Operator):
         raise PermissionDenied("This route needs the admin key.", code="admin_key_required")
 
 
-def require_metrics_reader(request: Request) -> None:
+async def require_metrics_reader(request: Request) -> None:
     if not isinstance(_principal(request), Operator | MetricsReader):
         raise PermissionDenied("/metrics needs the admin key or the metrics token.", code="metrics_token_required")
 
