@@ -11,7 +11,6 @@ import asyncio
 import io
 import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -26,77 +25,17 @@ import openai
 import pytest
 from sqlalchemy import create_engine, text
 
-from engine.hardware import detect, resolve_dtype
+from bench.vllm_replicas import VLLMReplica
 from tests.conftest import ADMIN_KEY, MODEL, free_port, fresh_postgres_database, metric_value, running
 from tests.finetune_data import PIRATE_PREFIX, pirate_jsonl
 
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
-VLLM_START_TIMEOUT_S = 300
 FAST = {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 10}
 
 
 @dataclass
-class Replica:
-    port: int
-    core: int
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, model_dir: Path) -> None:
-        env = {
-            **os.environ,
-            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
-            "VLLM_CPU_KVCACHE_SPACE": "1",
-            "VLLM_CPU_OMP_THREADS_BIND": str(self.core),  # one core each: two servers on a 2-core machine
-        }
-        command = [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-            "--served-model-name", MODEL, "--port", str(self.port), "--host", "127.0.0.1",
-            "--dtype", resolve_dtype("auto", detect()), "--max-model-len", "2048", "--enforce-eager",
-            "--enable-lora", "--max-loras", "2", "--max-lora-rank", "16", "--max-cpu-loras", "4",
-        ]  # fmt: skip
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + VLLM_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/v1/models", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        raise AssertionError(f"vLLM on {self.port} not ready:\n{self.log.read_text()[-3000:]}")
-
-    def signal(self, signum: int) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signum)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def successes(self) -> float:
-        """Requests this server finished (its own counter)."""
-        metrics = httpx.get(f"{self.url}/metrics", timeout=5).text
-        lines = [line for line in metrics.splitlines() if line.startswith("vllm:request_success_total")]
-        return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
-
-    def adapters(self) -> set[str]:
-        cards = httpx.get(f"{self.url}/v1/models", timeout=5).json()["data"]
-        return {card["id"] for card in cards if card.get("parent")}
-
-
-@dataclass
 class Deployment:
-    replicas: list[Replica]
+    replicas: list[VLLMReplica]
     gateways: list[str]
     postgres_url: str
     model_dir: Path
@@ -144,8 +83,8 @@ class Deployment:
 
 
 @contextmanager
-def two_replicas(model_dir: Path, tmp_path: Path) -> Iterator[list[Replica]]:
-    replicas = [Replica(free_port(), core, tmp_path / f"vllm-{core}.log") for core in (0, 1)]
+def two_replicas(model_dir: Path, tmp_path: Path) -> Iterator[list[VLLMReplica]]:
+    replicas = [VLLMReplica(free_port(), core, tmp_path / f"vllm-{core}.log", MODEL) for core in (0, 1)]
     try:
         for replica in replicas:
             replica.start(model_dir)
@@ -226,7 +165,7 @@ def test_chat_completions_and_streams_on_both_replicas(deployment: Deployment) -
 
 
 @contextmanager
-def only(deployment: Deployment, keep: Replica) -> Iterator[None]:
+def only(deployment: Deployment, keep: VLLMReplica) -> Iterator[None]:
     """Every other replica paused (SIGSTOP) until the gateways have left it out; resumed after."""
     others = [r for r in deployment.replicas if r is not keep]
     for replica in others:
@@ -295,7 +234,7 @@ def test_limits_and_budgets_hold_exactly_across_the_two_gateways(deployment: Dep
     assert sum(p + c for _, p, c, _ in ledger) == spent  # what clients were told is what was billed
 
 
-async def _streams_through_a_kill(deployment: Deployment, key: str, victim: Replica, count: int) -> list[Any]:
+async def _streams_through_a_kill(deployment: Deployment, key: str, victim: VLLMReplica, count: int) -> list[Any]:
     """``count`` streams; the victim is killed once a few have started streaming. Per request: whether it got
     a first chunk, whether it finished, and its usage."""
     body = {
@@ -373,3 +312,23 @@ def test_a_replica_killed_under_load_is_ejected_and_readmitted(deployment: Deplo
     for i in range(6):
         ask(deployment.client(other_key, gateway=i % 2), MODEL, "Hello again.")
     assert victim.successes() > before
+
+
+def test_a_client_that_leaves_mid_stream_stops_the_replica(deployment: Deployment) -> None:
+    _, key = deployment.tenant()
+    body = {
+        "model": MODEL, "messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 1500,
+        "ignore_eos": True, "stream": True,
+    }  # fmt: skip
+    http = httpx.Client(timeout=60, headers={"authorization": f"Bearer {key}"})
+    with http, http.stream("POST", f"{deployment.gateways[0]}/v1/chat/completions", json=body) as response:
+        lines = response.iter_lines()
+        assert any(line.startswith("data: {") and '"content"' in line for line in lines)
+        deadline = time.monotonic() + 5
+        while not sum(replica.running() for replica in deployment.replicas):  # 1500 tokens: a while yet
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    deadline = time.monotonic() + 10
+    while sum(replica.running() for replica in deployment.replicas):  # the gateway closed its upstream stream
+        assert time.monotonic() < deadline, "the replica kept generating for a client that left"
+        time.sleep(0.2)

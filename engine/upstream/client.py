@@ -40,6 +40,14 @@ class ModelMissing(ReplicaFailed):
         super().__init__(message, eject=False)
 
 
+class AdapterLoadFailed(ReplicaFailed):
+    """The replica refused to load an adapter (its files missing or unreadable there): this adapter's trouble,
+    not the replica's, so it ejects nothing (a tenant's broken model must not take replicas out)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, eject=False)
+
+
 def _headers(replica: Replica) -> dict[str, str]:
     return {"Authorization": f"Bearer {replica.spec.api_key}"} if replica.spec.api_key else {}
 
@@ -60,8 +68,9 @@ def _raise_for(status: int, body: bytes, replica: Replica) -> None:
     if status == 404:
         raise ModelMissing(f"{replica.url}: {message}")
     if status in (408, 429) or status >= 500:
-        # Overload and unreachable-behind-a-proxy say "this replica"; another 5xx may be this request's doing,
-        # so it counts towards ejection rather than ejecting at once (one tenant must not eject every replica).
+        # Overload and unreachable-behind-a-proxy say "this replica"; another 5xx may be this request's doing:
+        # retried elsewhere, but it ejects nothing (one tenant's odd request must not take replicas out; a replica
+        # that is really sick fails its checks).
         raise ReplicaFailed(f"{replica.url} answered {status}: {message}", eject=status in (429, 502, 503, 504))
     raise RequestRejected(message)
 
@@ -114,7 +123,7 @@ class ReplicaClient:
             await self._call(replica, "POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
         except RequestRejected as exc:
             if "already" not in str(exc):  # loaded by another gateway meanwhile: as good as our load
-                raise ReplicaFailed(f"{replica.url} could not load adapter {name}: {exc}") from exc
+                raise AdapterLoadFailed(f"{replica.url} could not load adapter {name}: {exc}") from exc
 
     async def unload_adapter(self, replica: Replica, name: str) -> None:
         with contextlib.suppress(RequestRejected, ModelMissing):  # not loaded there (any more): nothing to undo

@@ -2,7 +2,8 @@
 
 A request goes to the best replica for it (``routing``), with its adapter loaded there first (``placement``).
 Connect errors, timeouts, 5xx and overload before the first delta are retried on another replica (at most
-``max_attempts`` replicas); once a delta went out, a failure ends the stream. The replica's own token ids
+``max_attempts`` replicas); once a delta went out, a failure ends the stream. Only a replica's own trouble
+(unreachable, cut off, overloaded, 502-504) ejects it. The replica's own token ids
 are what the gateway counts, so the ledger holds the upstream's counts. Closing the stream closes the
 connection, and vLLM aborts the request."""
 
@@ -22,7 +23,7 @@ from engine.protocol import (
     SamplingOptions,
     Tokenizer,
 )
-from engine.upstream.client import ModelMissing, ReplicaFailed
+from engine.upstream.client import AdapterLoadFailed, ModelMissing, ReplicaFailed
 from engine.upstream.replica import Replica
 from engine.upstream.translate import chunk_deltas, completion_body
 
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
     from engine.upstream.pool import UpstreamPool
 
 logger = logging.getLogger(__name__)
-FAILURES_TO_EJECT = 3
-"""Consecutive 5xx answers that eject a replica (a connect error or a broken stream ejects at once)."""
 
 
 class UpstreamEngine:
@@ -84,6 +83,8 @@ class UpstreamEngine:
                 if isinstance(exc, ModelMissing) and adapter is not None:
                     tried.discard(replica.url)  # it may take the request once the adapter is loaded again
                 last_failure = exc
+        if isinstance(last_failure, AdapterLoadFailed):
+            raise EngineError(f"The fine-tuned model '{adapter.name if adapter else ''}' could not be loaded.")
         reason = f" (last: {last_failure})" if last_failure else ""
         raise EngineUnavailable(f"No server for model '{self.model}' could take the request now{reason}.")
 
@@ -110,7 +111,6 @@ class UpstreamEngine:
                     deltas = chunk_deltas(chunk, options.logprobs)
                     if deltas:
                         yield deltas
-            replica.consecutive_failures = 0
         finally:
             replica.in_flight -= 1
             if adapter is not None:
@@ -121,8 +121,7 @@ class UpstreamEngine:
             if adapter is not None:  # it restarted and lost the adapter: load it again, there or elsewhere
                 replica.adapters.pop(adapter.name, None)
             return
-        replica.consecutive_failures += 1
-        if exc.eject or replica.consecutive_failures >= FAILURES_TO_EJECT:
+        if exc.eject:
             logger.warning("ejecting upstream %s for %.0f s: %s", replica.url, self._pool.settings.eject_seconds, exc)
             replica.eject(self._pool.settings.eject_seconds)
 

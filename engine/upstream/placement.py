@@ -53,6 +53,7 @@ class AdapterPlacement:
         for attempt in range(LOAD_TRIES):
             try:
                 await self._client.load_adapter(replica, adapter.name, self._location(adapter))
+                replica.adapter_loads += 1
                 logger.info("loaded adapter %s into %s", adapter.name, replica.url)
                 return
             except ReplicaFailed:

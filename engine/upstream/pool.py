@@ -40,6 +40,7 @@ class ReplicaStatus:
     waiting: int
     kv_cache_usage: float
     adapters_loaded: int
+    adapter_loads: int
 
 
 class UpstreamPool:
@@ -169,6 +170,7 @@ class UpstreamPool:
                 waiting=r.signals.waiting,
                 kv_cache_usage=r.signals.kv_cache_usage,
                 adapters_loaded=len(r.adapters),
+                adapter_loads=r.adapter_loads,
             )
             for r in self.replicas.values()
         ]

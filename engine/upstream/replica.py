@@ -32,10 +32,10 @@ class Replica:
         self.models: dict[str, ModelCard] = {}
         self.adapters: OrderedDict[str, None] = OrderedDict()
         """Adapters loaded in it, least recently used first (its ``/v1/models`` children, and our loads)."""
-        self.consecutive_failures = 0
-        """Failed requests in a row (reset by a success): enough of them eject it."""
         self.in_flight = 0
         self.in_flight_by_adapter: Counter[str] = Counter()
+        self.adapter_loads = 0
+        """Adapters this gateway loaded into it (a measure of churn: each costs a read of the adapter's files)."""
         self.loading: dict[str, asyncio.Task[None]] = {}
         """Adapter loads under way: one per adapter and replica at a time; others wait on it."""
 

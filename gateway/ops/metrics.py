@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from engine.protocol import EngineLoad
@@ -69,10 +69,15 @@ class _ReplicaCollector(Collector):
                 "llmaas_upstream_adapters_loaded", "Adapters loaded in the replica.", labels=["replica"]
             ),
         }
+        loads = CounterMetricFamily(
+            "llmaas_upstream_adapter_loads", "Adapters this gateway loaded into the replica.", labels=["replica"]
+        )
         for replica in self._status():
             for field, gauge in gauges.items():
                 gauge.add_metric([replica.url], float(getattr(replica, field)))
+            loads.add_metric([replica.url], float(replica.adapter_loads))
         yield from gauges.values()
+        yield loads
 
 
 class _LedgerCollector(Collector):
