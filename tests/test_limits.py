@@ -301,3 +301,24 @@ async def test_a_rebuilt_redis_budget_keeps_open_jobs_for_their_own_lease() -> N
     with pytest.raises(QuotaExceeded):
         await limiter.admit(tenant_id, quotas, demand(tokens=101), snapshot)  # 900 + 101 > 1000
     await limiter.close()
+
+
+async def test_a_redis_window_written_before_running_totals_is_counted_whole() -> None:
+    """Windows keep their sum beside their entries; a window a gateway of an older version wrote (entries, no
+    sum) gets its sum once, so an upgrade in the middle of a minute neither forgets nor doubles a request."""
+
+    from redis.asyncio import Redis
+
+    limiter, tenant_id = RedisLimiter(REDIS_URL), tenant()
+    redis = Redis.from_url(REDIS_URL)
+    now = float((await redis.time())[0])
+    for index in range(3):  # three requests of 20 tokens, admitted a moment ago by the old scripts
+        await redis.zadd(f"llmaas:{{{tenant_id}}}:tok", {f"old-{index}": now - 1})
+        await redis.hset(f"llmaas:{{{tenant_id}}}:tokv", f"old-{index}", 20)
+    quotas = Quotas(tokens_per_minute=100)
+    grant = await limiter.admit(tenant_id, quotas, demand(tokens=30), nothing_used)
+    assert grant.headers["x-ratelimit-remaining-tokens"] == "10"  # 100 - 60 - 30
+    with pytest.raises(RateLimited):
+        await limiter.admit(tenant_id, quotas, demand(tokens=11), nothing_used)
+    await redis.aclose()
+    await limiter.close()

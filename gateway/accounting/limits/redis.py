@@ -6,9 +6,9 @@ Reservations and concurrency slots carry a lease: a gateway killed mid-request f
 
 Keys per tenant (hash-tagged so one tenant's keys share a cluster slot):
     llmaas:{t}:req       zset  demand id -> admitted at             (RPM window)
-    llmaas:{t}:reqv      hash  demand id -> requests it counts
+    llmaas:{t}:reqv      hash  demand id -> requests it counts; "~total" -> their sum (kept as entries come and go)
     llmaas:{t}:tok       zset  demand id -> admitted at             (TPM window)
-    llmaas:{t}:tokv      hash  demand id -> tokens (reserved, then actual)
+    llmaas:{t}:tokv      hash  demand id -> tokens (reserved, then actual); "~total" -> their sum
     llmaas:{t}:inflight  zset  demand id -> lease expiry            (concurrency slots)
     llmaas:{t}:resv      hash  demand id -> "tokens cost expiry budget-key"   (budget reservations)
     llmaas:{t}:budget:M  hash  used_t, used_c, resv_t, resv_c        (month M)
@@ -48,19 +48,38 @@ local function now_seconds()
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 
+-- a window's weights carry their running sum under TOTAL, so a check costs the same at any traffic; a hash
+-- written before the sum existed gets it once
+local TOTAL = '~total'
+local function ensure_total(weights)
+  if redis.call('HEXISTS', weights, TOTAL) == 1 or redis.call('EXISTS', weights) == 0 then return end
+  local used = 0
+  for _, v in ipairs(redis.call('HVALS', weights)) do used = used + tonumber(v) end
+  redis.call('HSET', weights, TOTAL, int(used))
+end
+
+local function set_weight(weights, id, amount)
+  local old = tonumber(redis.call('HGET', weights, id) or '0')
+  redis.call('HSET', weights, id, amount)
+  redis.call('HINCRBY', weights, TOTAL, int(tonumber(amount) - old))
+end
+
 -- drop entries older than the window from a (zset of times, hash of weights) pair
 local function prune_window(zset, weights, now, window)
+  ensure_total(weights)
   local old = redis.call('ZRANGEBYSCORE', zset, '-inf', now - window)
   for _, id in ipairs(old) do
     redis.call('ZREM', zset, id)
-    redis.call('HDEL', weights, id)
+    local amount = redis.call('HGET', weights, id)
+    if amount then
+      redis.call('HDEL', weights, id)
+      redis.call('HINCRBY', weights, TOTAL, int(0 - tonumber(amount)))
+    end
   end
 end
 
 local function window_used(weights)
-  local used = 0
-  for _, v in ipairs(redis.call('HVALS', weights)) do used = used + tonumber(v) end
-  return used
+  return tonumber(redis.call('HGET', weights, TOTAL) or '0')
 end
 
 local function oldest_age_left(zset, now, window)
@@ -157,9 +176,9 @@ end
 
 if not has_rate then return {'ok', state} end
 redis.call('ZADD', req, now, id)
-redis.call('HSET', reqv, id, requests)
+set_weight(reqv, id, requests)
 redis.call('ZADD', tok, now, id)
-redis.call('HSET', tokv, id, tokens)
+set_weight(tokv, id, tokens)
 if slot then redis.call('ZADD', inflight, now + lease, id) end
 for _, key in ipairs({req, reqv, tok, tokv}) do redis.call('EXPIRE', key, math.ceil(window) + 5) end
 redis.call('EXPIRE', inflight, math.ceil(lease) + 5)
@@ -208,7 +227,10 @@ local id = ARGV[1]
 -- settled once: a retried script (its reply lost) must not charge twice
 if not redis.call('SET', KEYS[5], '1', 'NX', 'EX', 3600) then return 0 end
 redis.call('ZREM', inflight, id)
-if redis.call('HEXISTS', tokv, id) == 1 then redis.call('HSET', tokv, id, ARGV[2]) end
+if redis.call('HEXISTS', tokv, id) == 1 then
+  ensure_total(tokv)
+  set_weight(tokv, id, ARGV[2])
+end
 release(resv, id)
 if redis.call('EXISTS', charged) == 1 then
   redis.call('HINCRBY', charged, 'used_t', ARGV[2])
