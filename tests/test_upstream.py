@@ -235,3 +235,49 @@ def test_discovery_follows_the_file_and_no_replica_means_503(tmp_path: Path, mod
             chat(client)
         assert refused.value.status_code == 503
         assert refused.value.body["code"] == "engine_unavailable"  # type: ignore[index]
+
+
+def test_models_across_the_pool_are_their_union_and_go_only_where_served(tmp_path: Path, model_dir: Path) -> None:
+    ports = [free_port(), free_port()]
+    gateway_port = free_port()
+    base = f"http://127.0.0.1:{gateway_port}"
+    env = gateway_env(tmp_path, model_dir, LLMAAS_UPSTREAM_URLS=",".join(f"http://127.0.0.1:{p}" for p in ports))
+    serve = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(gateway_port)]
+    with (
+        fake_upstream(ports[0], model_dir, tmp_path / "a.log"),
+        fake_upstream(ports[1], model_dir, tmp_path / "b.log", model="other-model"),
+        running(serve, env, tmp_path / "gateway.log"),
+    ):
+        _wait(lambda: len(httpx.get(f"{base}/ready").json()["models"]) == 2)
+        _, key = tenant_key(base)
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+        assert {m.id for m in client.models.list()} == {MODEL, "other-model"}
+        for _ in range(4):
+            chat(client, "other-model")
+            chat(client)
+        assert stats(ports[0])["served"] == {MODEL: 4}
+        assert stats(ports[1])["served"] == {"other-model": 4}
+
+
+def test_a_request_past_its_deadline_is_stopped(tmp_path: Path, model_dir: Path) -> None:
+    port, gateway_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{gateway_port}"
+    env = gateway_env(
+        tmp_path,
+        model_dir,
+        LLMAAS_UPSTREAM_URLS=f"http://127.0.0.1:{port}",
+        LLMAAS_UPSTREAM_REQUEST_DEADLINE_SECONDS="1",
+    )
+    serve = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(gateway_port)]
+    with (
+        fake_upstream(port, model_dir, tmp_path / "a.log", seconds_per_token="0.05"),
+        running(serve, env, tmp_path / "gateway.log"),
+    ):
+        _, key = tenant_key(base)
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+        started = time.monotonic()
+        with pytest.raises(openai.InternalServerError) as stopped:
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=200)
+        assert time.monotonic() - started < 5  # 200 tokens would take 10 s
+        assert "deadline" in str(stopped.value)
+        assert chat(client) == "xxx"  # short requests still fit
