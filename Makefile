@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 ACCEL := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP := $(VENV)/.installed-$(ACCEL)
 
-.PHONY: install serve prepare-model test lint bench clean
+.PHONY: install browser serve prepare-model test lint bench clean
 
 install: $(STAMP)
 
@@ -30,7 +30,11 @@ prepare-model: install
 serve: install
 	$(BIN)/llmaas serve
 
-test: install
+# The browser tests drive Debian's Chromium (never a browser a test tool downloads).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

@@ -1,7 +1,8 @@
 """The app factory: settings in, a FastAPI app out. Every resource (database, ledger writer, limiter, engine) is
 built in the lifespan, never at import, and released in reverse order when the app stops.
 
-A request passes, outermost first: ``RequestContextMiddleware`` (server-minted id, client id check, access
+A request passes, outermost first: ``CORSMiddleware`` (only with ``LLMAAS_CORS_ORIGINS``: answers browsers'
+preflights) → ``RequestContextMiddleware`` (server-minted id, client id check, access
 log, HTTP metrics) → ``AuthenticationMiddleware`` (bearer token → principal, before any body is read) →
 ``BodyLimitMiddleware`` (413 past the route's cap) → the route (typed dependencies: principal, admission,
 catalog) → the engine → the settlement of its reservation → the ledger."""
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from adapters.adapter_store import SharedDirectory
@@ -57,6 +59,19 @@ from gateway.tenancy.principal import Authenticator
 from gateway.tenancy.service import TenancyService
 
 logger = logging.getLogger(__name__)
+EXPOSED_HEADERS = [
+    "x-request-id",
+    "x-client-request-id",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+    "retry-after",
+    "retry-after-ms",
+]
+"""Response headers a page on another origin may read (a browser hides all others)."""
 EngineFactory = Callable[[EngineSettings], Engine]
 
 
@@ -182,6 +197,15 @@ def create_app(
     )
     app.add_middleware(AuthenticationMiddleware, authenticator=lambda: state_of(app).authenticator)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    if settings.cors_origins:  # outermost: a browser's preflight carries no key and must not meet authentication
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["*"],  # Authorization, Content-Type, and the SDKs' own (x-stainless-*, OpenAI-Beta)
+            expose_headers=EXPOSED_HEADERS,
+            max_age=600,
+        )
     return app
 
 

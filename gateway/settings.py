@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from engine.settings import default_data_dir
 
@@ -25,6 +26,11 @@ class GatewaySettings(BaseSettings):
     redis_url: str | None = Field(default=None, description="Share limits across gateway processes through Redis.")
     admin_key: SecretStr | None = Field(
         default=None, min_length=16, description="Unset: generated on first start into <data_dir>/admin_key (0600)."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Web origins whose pages may call the API from the browser (CORS), comma-separated, e.g. "
+        "https://chat.example.com; '*' for any. Unset: none (server-side clients need no CORS).",
     )
     metrics_token: SecretStr | None = Field(
         default=None, min_length=16, description="A bearer token that may read /metrics (the admin key always may)."
@@ -74,3 +80,18 @@ class GatewaySettings(BaseSettings):
     default_max_storage_bytes: int = Field(
         default=1024 * MiB, ge=0, description="A tenant's file storage when its own quota is not set."
     )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(f"a CORS origin is '*' or starts with http:// or https://: {origin!r}")
+        return value
