@@ -78,15 +78,17 @@ class UpstreamEngine:
                 return
             except ReplicaFailed as exc:
                 if sent_any:
-                    raise EngineError(f"the model server failed mid-answer: {exc}") from exc
+                    logger.warning("upstream %s failed mid-answer: %s", replica.url, exc)
+                    raise EngineError("The model server failed in the middle of the answer.") from exc
+                logger.warning("upstream %s failed before answering, trying another: %s", replica.url, exc)
                 self._note_failure(replica, exc, adapter)
                 if isinstance(exc, ModelMissing) and adapter is not None:
                     tried.discard(replica.url)  # it may take the request once the adapter is loaded again
                 last_failure = exc
         if isinstance(last_failure, AdapterLoadFailed):
             raise EngineError(f"The fine-tuned model '{adapter.name if adapter else ''}' could not be loaded.")
-        reason = f" (last: {last_failure})" if last_failure else ""
-        raise EngineUnavailable(f"No server for model '{self.model}' could take the request now{reason}.")
+        # What went wrong where is in the log: a client learns nothing of the servers behind the gateway.
+        raise EngineUnavailable(f"No server for model '{self.model}' could take the request now.")
 
     async def _on(
         self,
