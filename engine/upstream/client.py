@@ -166,8 +166,8 @@ async def _chunks(response: aiohttp.ClientResponse, replica: Replica) -> AsyncIt
                 done = True
                 continue
             chunk = pydantic_core.from_json(data)  # Rust: a fraction of json.loads's cost, once per token
-            if "error" in chunk:  # vLLM reports a failure mid-stream as an error event
-                raise ReplicaFailed(f"{replica.url}: {chunk['error'].get('message', chunk['error'])}")
+            if "error" in chunk:  # vLLM reports this request's failure mid-stream as an error event
+                raise ReplicaFailed(f"{replica.url}: {chunk['error'].get('message', chunk['error'])}", eject=False)
             yield chunk
     except TRANSPORT_ERRORS as exc:
         raise ReplicaFailed(f"{replica.url} broke off the stream: {exc!r}") from exc

@@ -104,7 +104,10 @@ class UpstreamEngine:
         try:
             if adapter is not None:
                 await self._pool.placement.ensure_loaded(replica, adapter)
-            read_timeout = min(self._pool.settings.read_timeout_seconds, deadline - time.monotonic())
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise EngineError("The request ran past its deadline and was stopped.")
+            read_timeout = min(self._pool.settings.read_timeout_seconds, remaining)
             async with self._pool.client.stream_completion(replica, body, read_timeout) as chunks:
                 async for chunk in chunks:
                     if time.monotonic() > deadline:
