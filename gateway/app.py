@@ -14,9 +14,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from adapters.adapter_store import SharedDirectory
@@ -34,6 +36,9 @@ from gateway.accounting.records import UsageLedger
 from gateway.accounting.tasks import SettlementTasks
 from gateway.accounting.training_billing import TrainingBilling, charge_job
 from gateway.accounting.usage import UsageReports
+from gateway.console import routes as console_routes
+from gateway.console.routes import install_console_handlers
+from gateway.console.sessions import SessionCodec
 from gateway.db import Database
 from gateway.db.database import sqlite_url
 from gateway.edge.authentication import AuthenticationMiddleware
@@ -177,6 +182,7 @@ def create_app(
                 files=file_store(database, settings),
                 jobs=job_service(database),
                 evals=evals,
+                console_sessions=SessionCodec(admin_key),
             )
             runner = EvalRunner(
                 evals, tenancy, catalog, admission, caps, metrics, concurrency=settings.eval_concurrency
@@ -191,6 +197,9 @@ def create_app(
     for module in (usage_routes, ops_routes, admin_routes):
         app.include_router(module.router)
     app.include_router(usage_routes.admin_router)
+    app.include_router(console_routes.router)
+    app.mount("/console/static", StaticFiles(directory=Path(console_routes.__file__).parent / "static"), "console")
+    install_console_handlers(app)
     # Added innermost first: a request meets them in the reverse order.
     app.add_middleware(
         BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes

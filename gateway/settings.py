@@ -32,6 +32,9 @@ class GatewaySettings(BaseSettings):
         description="Web origins whose pages may call the API from the browser (CORS), comma-separated, e.g. "
         "https://chat.example.com; '*' for any. Unset: none (server-side clients need no CORS).",
     )
+    console_tenant_keys: bool = Field(
+        default=True, description="Tenants may create and revoke their own API keys in the console."
+    )
     metrics_token: SecretStr | None = Field(
         default=None, min_length=16, description="A bearer token that may read /metrics (the admin key always may)."
     )

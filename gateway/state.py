@@ -14,6 +14,7 @@ from adapters.jobs import JobService
 from engine.settings import EngineSettings
 from gateway.accounting.admission import Admission
 from gateway.accounting.usage import UsageReports
+from gateway.console.sessions import SessionCodec
 from gateway.edge.request_context import RequestContext
 from gateway.evals.service import EvalService
 from gateway.fine_tuning.files import FileStore
@@ -43,6 +44,7 @@ class AppState:
     files: FileStore
     jobs: JobService
     evals: EvalService
+    console_sessions: SessionCodec
 
 
 def state_of(app: FastAPI) -> AppState:

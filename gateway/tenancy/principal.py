@@ -130,6 +130,25 @@ class Authenticator:
         return TenantPrincipal(identity)
 
 
+async def sign_in(authenticator: Authenticator, token: str) -> TenantPrincipal | Operator:
+    """The console's sign-in: the admin key is the operator, an active tenant key its tenant."""
+    try:
+        principal = await authenticator.authenticate(f"Bearer {token}", Realm.OPERATOR)
+    except PermissionDenied:  # a valid tenant key, refused by the operator's realm: the tenant's, if active
+        principal = await authenticator.authenticate(f"Bearer {token}", Realm.TENANT)
+    if isinstance(principal, MetricsReader):
+        raise AuthenticationError("The metrics token cannot sign in to the console.")
+    return principal
+
+
+def tenant_of_identity(identity: KeyIdentity | None) -> TenantPrincipal:
+    """A console session's tenant, from its key as it is now (revoked, expired or suspended: refused)."""
+    if identity is None:
+        raise AuthenticationError("This API key no longer exists.")
+    _check_active(identity, utcnow())
+    return TenantPrincipal(identity)
+
+
 def _principal(request: Request) -> Principal:
     principal: Principal | None = request.state.context.principal
     if principal is None:

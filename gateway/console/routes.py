@@ -1,0 +1,234 @@
+"""The console's pages. Sign-in exchanges a pasted key (a tenant's, or the admin key) for a session cookie
+(``gateway.console.sessions``); every page reads the session, checks the key behind it again, and shows what
+the same services behind the admin and OpenAI APIs return (no second source of truth). Every form that
+changes something carries the session's CSRF token; sign-in itself only takes a same-origin form."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path as FilePath
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, Path, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
+
+from gateway import bounds
+from gateway.accounting.usage import UsageFilters, usage_csv
+from gateway.console.sessions import COOKIE, OPERATOR, ConsoleSession
+from gateway.errors import APIError, PermissionDenied
+from gateway.state import state_of
+from gateway.tenancy.models import KeyCreate
+from gateway.tenancy.principal import Operator, TenantPrincipal, sign_in, tenant_of_identity
+
+templates = Jinja2Templates(directory=FilePath(__file__).parent / "templates")
+router = APIRouter(prefix="/console", include_in_schema=False)
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "same-origin",
+    "cache-control": "no-store",
+}
+
+
+class SignInRequired(Exception):
+    """No valid session: the page sends the browser to sign in."""
+
+
+def _page(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    response = templates.TemplateResponse(request, template, context, status_code=status_code)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+async def console_session(request: Request) -> tuple[ConsoleSession, TenantPrincipal | Operator]:
+    state = state_of(request.app)
+    session = state.console_sessions.read(request.cookies.get(COOKIE))
+    if session is None:
+        raise SignInRequired
+    if session.is_operator:
+        return session, Operator()
+    try:
+        identity = await run_in_threadpool(state.tenancy.identity_of_key, session.subject)
+        return session, tenant_of_identity(identity)
+    except APIError as exc:  # revoked, expired, suspended: the session ends
+        raise SignInRequired from exc
+
+
+SessionDep = Annotated[tuple[ConsoleSession, TenantPrincipal | Operator], Depends(console_session)]
+
+
+def _tenant(principal: TenantPrincipal | Operator) -> TenantPrincipal:
+    if not isinstance(principal, TenantPrincipal):
+        raise PermissionDenied("This page is a tenant's; the operator's pages are under /console/admin.")
+    return principal
+
+
+def _operator(principal: TenantPrincipal | Operator) -> Operator:
+    if not isinstance(principal, Operator):
+        raise PermissionDenied("This page needs the admin key.", code="admin_key_required")
+    return principal
+
+
+def _check_csrf(session: ConsoleSession, token: str | None) -> None:
+    if not session.csrf_matches(token):
+        raise PermissionDenied("The form's CSRF token is missing or wrong; reload the page.", code="csrf_failed")
+
+
+@router.get("/login")
+async def login_page(request: Request) -> HTMLResponse:
+    return _page(request, "login.html", error=None)
+
+
+@router.post("/login")
+async def login(request: Request, key: Annotated[str, Form(max_length=512)]) -> Response:
+    # A session cookie is only ever set for a form posted from the console's own page.
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        raise PermissionDenied("Sign in from the console's own page.", code="csrf_failed")
+    state = state_of(request.app)
+    try:
+        principal = await sign_in(state.authenticator, key.strip())
+    except APIError as exc:
+        return _page(request, "login.html", status_code=exc.status_code, error=exc.message)
+    subject = OPERATOR if isinstance(principal, Operator) else principal.key_id
+    cookie, _ = state.console_sessions.issue(subject)
+    response = RedirectResponse("/console/admin/tenants" if subject == OPERATOR else "/console/usage", 303)
+    response.set_cookie(
+        COOKIE,
+        cookie,
+        max_age=state.console_sessions.max_age_seconds,
+        path="/console",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.post("/logout")
+async def logout(current: SessionDep, csrf: Annotated[str | None, Form(max_length=128)] = None) -> Response:
+    _check_csrf(current[0], csrf)
+    response = RedirectResponse("/console/login", 303)
+    response.delete_cookie(COOKIE, path="/console")
+    return response
+
+
+@router.get("")
+async def home(current: SessionDep) -> Response:
+    return RedirectResponse("/console/admin/tenants" if current[0].is_operator else "/console/usage", 303)
+
+
+def _month_start(now: datetime) -> datetime:
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
+
+
+@router.get("/usage")
+async def usage_page(request: Request, current: SessionDep) -> HTMLResponse:
+    tenant = _tenant(current[1])
+    state = state_of(request.app)
+    now = datetime.now(UTC)
+    filters = UsageFilters(since=_month_start(now), bucket="day")
+    by_model = await run_in_threadpool(state.usage.report, tenant.tenant_id, filters, ("model",))
+    by_key = await run_in_threadpool(state.usage.report, tenant.tenant_id, filters, ("key",))
+    budget = tenant.identity.quotas.monthly_token_budget
+    chart = {
+        "by_model": by_model["data"],
+        "budget": budget,
+        "first_day": _month_start(now).date().isoformat(),
+        "last_day": now.date().isoformat(),
+    }
+    return _page(
+        request,
+        "usage.html",
+        session=current[0],
+        tenant=tenant,
+        by_model=by_model,
+        by_key=by_key,
+        budget=budget,
+        chart_json=_script_json(chart),
+    )
+
+
+def _script_json(value: Any) -> str:
+    """JSON safe inside a ``<script>`` element: no ``</script>`` (or ``<!--``) can close it early."""
+    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+@router.get("/usage.csv")
+async def usage_csv_download(request: Request, current: SessionDep) -> Response:
+    tenant = _tenant(current[1])
+    filters = UsageFilters(since=_month_start(datetime.now(UTC)), bucket="day")
+    report = await run_in_threadpool(state_of(request.app).usage.report, tenant.tenant_id, filters, ("model", "key"))
+    return Response(
+        usage_csv(report),
+        media_type="text/csv",
+        headers={"content-disposition": 'attachment; filename="usage.csv"', **SECURITY_HEADERS},
+    )
+
+
+async def _keys_page(request: Request, current: tuple[ConsoleSession, Any], **context: Any) -> HTMLResponse:
+    tenant = _tenant(current[1])
+    state = state_of(request.app)
+    keys = await run_in_threadpool(state.tenancy.list_keys, tenant.tenant_id)
+    may_manage = state.settings.console_tenant_keys
+    return _page(request, "keys.html", session=current[0], keys=keys, may_manage=may_manage, **context)
+
+
+@router.get("/keys")
+async def keys_page(request: Request, current: SessionDep) -> HTMLResponse:
+    return await _keys_page(request, current, created=None)
+
+
+def _check_may_manage_keys(request: Request) -> None:
+    if not state_of(request.app).settings.console_tenant_keys:
+        raise PermissionDenied("Your operator manages this organization's keys.", code="keys_managed_by_operator")
+
+
+@router.post("/keys")
+async def create_key(
+    request: Request,
+    current: SessionDep,
+    name: Annotated[str, Form(max_length=bounds.KEY_NAME)] = "",
+    csrf: Annotated[str | None, Form(max_length=128)] = None,
+) -> HTMLResponse:
+    _check_csrf(current[0], csrf)
+    _check_may_manage_keys(request)
+    tenant = _tenant(current[1])
+    created = await run_in_threadpool(state_of(request.app).tenancy.create_key, tenant.tenant_id, KeyCreate(name=name))
+    return await _keys_page(request, current, created=created)
+
+
+@router.post("/keys/{key_id}/revoke")
+async def revoke_key(
+    request: Request,
+    current: SessionDep,
+    key_id: Annotated[str, Path(max_length=40)],
+    csrf: Annotated[str | None, Form(max_length=128)] = None,
+) -> Response:
+    _check_csrf(current[0], csrf)
+    _check_may_manage_keys(request)
+    tenant = _tenant(current[1])
+    state = state_of(request.app)
+    revoked = await run_in_threadpool(state.tenancy.revoke_key, tenant.tenant_id, key_id)
+    state.key_cache.invalidate_tenant(revoked.tenant_id)
+    return RedirectResponse("/console/keys", 303)
+
+
+@router.get("/admin/tenants")
+async def tenants_page(request: Request, current: SessionDep) -> HTMLResponse:
+    _operator(current[1])
+    tenants = await run_in_threadpool(state_of(request.app).tenancy.list_tenants)
+    return _page(request, "tenants.html", session=current[0], tenants=tenants)
+
+
+def install_console_handlers(app: Any) -> None:
+    """A page without a valid session sends the browser to sign in; a refusal is shown as a page."""
+
+    async def to_login(request: Request, exc: Exception) -> Response:
+        return RedirectResponse("/console/login", 303)
+
+    app.add_exception_handler(SignInRequired, to_login)

@@ -1,0 +1,187 @@
+"""The web console in a real headless Chromium (Debian's ``/usr/bin/chromium``, driven by Playwright), against a
+gateway process (the instant fake engine stands in for vLLM: the console is what is tested): signing in with a
+tenant's key or the admin key and out, usage appearing after API requests (tables and charts), keys created
+(shown once, working) and revoked (refused at once), the session cookie out of the page's reach, CSRF, and
+tenants kept from each other's pages and from the operator's. With ``LLMAAS_SCREENSHOTS=<dir>`` the tests also
+save the screenshots the README shows."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests.conftest import ADMIN_KEY, FAKE_GATEWAY, MODEL, free_port, running
+
+CHROMIUM = "/usr/bin/chromium"
+ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    data_dir = tmp_path_factory.mktemp("console")
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_")},
+        "LLMAAS_DATA_DIR": str(data_dir),
+        "LLMAAS_ADMIN_KEY": ADMIN_KEY,
+    }
+    with running([*FAKE_GATEWAY, "--port", str(port)], env, data_dir / "gateway.log"):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--no-first-run"]
+        )
+        yield launched
+        launched.close()
+
+
+def tenant(base: str, **quotas: Any) -> tuple[str, str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    created = httpx.post(f"{base}/admin/v1/tenants", json={"name": name, **quotas}, headers=ADMIN)
+    key = httpx.post(f"{base}/admin/v1/tenants/{created.json()['id']}/keys", json={"name": "first"}, headers=ADMIN)
+    return created.json()["id"], key.json()["key"]
+
+
+def chat(base: str, key: str) -> httpx.Response:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    return httpx.post(f"{base}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
+
+
+def sign_in(page: Page, base: str, key: str) -> None:
+    page.goto(f"{base}/console")
+    assert page.url.endswith("/console/login")
+    page.fill("#key", key)
+    page.click("button[type=submit]")
+
+
+def screenshot(page: Page, name: str) -> None:
+    target = os.environ.get("LLMAAS_SCREENSHOTS")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(target) / f"{name}.png"), full_page=True)
+
+
+def test_a_tenant_signs_in_sees_its_usage_and_signs_out(base: str, browser: Browser) -> None:
+    _, key = tenant(base, monthly_token_budget=2000)
+    for _ in range(3):
+        assert chat(base, key).status_code == 200
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    sign_in(page, base, key)
+    page.wait_for_url("**/console/usage")
+    row = page.locator("#by-model tbody tr").first
+    assert row.locator("td").nth(1).inner_text() == MODEL
+    assert row.locator("td").nth(2).inner_text() == "3"  # the three requests, from the ledger
+    page.wait_for_function("document.body.dataset.chartsDrawn === 'true'")
+    assert page.locator("#chart-daily canvas").count() == 1 and page.locator("#chart-cumulative canvas").count() == 1
+    assert "llmaas_console" not in page.evaluate("document.cookie")  # HttpOnly: no script reads the session
+    screenshot(page, "console-usage")
+    with page.expect_download() as download:
+        page.click("text=Download CSV")
+    assert MODEL in Path(download.value.path()).read_text()
+    page.click("text=Sign out")
+    page.wait_for_url("**/console/login")
+    page.goto(f"{base}/console/usage")
+    assert page.url.endswith("/console/login")  # the session is gone
+    page.close()
+
+
+def test_a_wrong_key_is_refused_with_a_message(base: str, browser: Browser) -> None:
+    page = browser.new_page()
+    sign_in(page, base, "sk-not-a-key-0123456789")
+    assert "Incorrect API key" in page.locator(".error").inner_text()
+    assert page.context.cookies() == []
+    page.close()
+
+
+def test_keys_are_created_once_shown_and_revoked(base: str, browser: Browser) -> None:
+    _, key = tenant(base)
+    page = browser.new_page(viewport={"width": 390, "height": 844})  # phone width
+    sign_in(page, base, key)
+    page.goto(f"{base}/console/keys")
+    page.fill("#name", "ci")
+    page.click("text=Create key")
+    new_key = page.locator("#new-key").inner_text()
+    assert new_key.startswith("sk-") and chat(base, new_key).status_code == 200
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
+    screenshot(page, "console-keys-phone")
+    page.goto(f"{base}/console/keys")
+    assert page.locator("#new-key").count() == 0  # shown once
+    row = page.locator("#keys tbody tr", has_text="ci")
+    row.locator("text=Revoke").click()
+    page.wait_for_url("**/console/keys")
+    assert page.locator("#keys tbody tr", has_text="ci").locator("td").nth(2).inner_text() == "revoked"
+    assert chat(base, new_key).status_code == 401  # refused at once, on this gateway
+    page.close()
+
+
+def test_forms_need_the_sessions_csrf_token_and_sign_in_its_own_page(base: str, browser: Browser) -> None:
+    _, key = tenant(base)
+    page = browser.new_page()
+    sign_in(page, base, key)
+    page.wait_for_url("**/console/usage")
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    with httpx.Client(base_url=base, cookies=cookies) as http:
+        assert http.post("/console/keys", data={"name": "forged"}).status_code == 403
+        assert http.post("/console/keys", data={"name": "forged", "csrf": "guess"}).status_code == 403
+        assert http.get("/console/keys").status_code == 200
+    cross_site = httpx.post(f"{base}/console/login", data={"key": key}, headers={"sec-fetch-site": "cross-site"})
+    assert cross_site.status_code == 403 and "set-cookie" not in cross_site.headers
+    page.close()
+
+
+def test_tenants_see_only_their_own_pages(base: str, browser: Browser) -> None:
+    _, key_a = tenant(base)
+    tenant_b, key_b = tenant(base)
+    b_keys = httpx.get(f"{base}/admin/v1/tenants/{tenant_b}/keys", headers=ADMIN).json()["data"]
+    page = browser.new_page()
+    sign_in(page, base, key_a)
+    page.wait_for_url("**/console/usage")
+    page.goto(f"{base}/console/keys")
+    shown = page.locator("#keys tbody").inner_text()
+    assert all(k["prefix"] not in shown for k in b_keys)
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    with httpx.Client(base_url=base, cookies=cookies) as http:
+        assert http.get("/console/admin/tenants").status_code == 403
+        csrf_page = http.get("/console/keys").text
+        csrf = csrf_page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        revoke = http.post(f"/console/keys/{b_keys[0]['id']}/revoke", data={"csrf": csrf})
+        assert revoke.status_code == 404  # another tenant's key is as absent as a missing one
+    assert chat(base, key_b).status_code == 200
+    page.close()
+
+
+def test_a_revoked_key_ends_its_session(base: str, browser: Browser) -> None:
+    tenant_id, key = tenant(base)
+    page = browser.new_page()
+    sign_in(page, base, key)
+    page.wait_for_url("**/console/usage")
+    key_id = httpx.get(f"{base}/admin/v1/tenants/{tenant_id}/keys", headers=ADMIN).json()["data"][0]["id"]
+    assert httpx.delete(f"{base}/admin/v1/tenants/{tenant_id}/keys/{key_id}", headers=ADMIN).status_code == 200
+    page.goto(f"{base}/console/usage")
+    assert page.url.endswith("/console/login")
+    page.close()
+
+
+def test_the_operator_signs_in_with_the_admin_key(base: str, browser: Browser) -> None:
+    tenant(base, requests_per_minute=60)
+    page = browser.new_page(viewport={"width": 1100, "height": 700})
+    sign_in(page, base, ADMIN_KEY)
+    page.wait_for_url("**/console/admin/tenants")
+    assert page.locator("#tenants tbody tr").count() >= 1
+    page.click("#tenants th:has-text('RPM')")  # sortable
+    assert page.locator("#tenants th:has-text('RPM')").get_attribute("aria-sort") == "ascending"
+    screenshot(page, "console-tenants")
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    assert httpx.get(f"{base}/console/usage", cookies=cookies).status_code == 403  # a tenant's page
+    page.close()
