@@ -174,7 +174,7 @@ def create_app(
                 metrics=metrics,
                 tenancy=tenancy,
                 key_cache=key_cache,
-                authenticator=Authenticator(key_cache, admin_key, metrics_token),
+                authenticator=Authenticator(key_cache, admin_key, metrics_token, tenancy.identity_of_key),
                 admission=admission,
                 usage=UsageReports(database),
                 catalog=catalog,
@@ -204,7 +204,11 @@ def create_app(
     app.add_middleware(
         BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes
     )
-    app.add_middleware(AuthenticationMiddleware, authenticator=lambda: state_of(app).authenticator)
+    app.add_middleware(
+        AuthenticationMiddleware,
+        authenticator=lambda: state_of(app).authenticator,
+        console_sessions=lambda: state_of(app).console_sessions,
+    )
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     if settings.cors_origins:  # outermost: a browser's preflight carries no key and must not meet authentication
         app.add_middleware(

@@ -8,6 +8,7 @@ save the screenshots the README shows."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,7 +83,7 @@ def test_a_tenant_signs_in_sees_its_usage_and_signs_out(base: str, browser: Brow
     row = page.locator("#by-model tbody tr").first
     assert row.locator("td").nth(1).inner_text() == MODEL
     assert row.locator("td").nth(2).inner_text() == "3"  # the three requests, from the ledger
-    page.wait_for_function("document.body.dataset.chartsDrawn === 'true'")
+    page.wait_for_selector("body[data-charts-drawn='true']")
     assert page.locator("#chart-daily canvas").count() == 1 and page.locator("#chart-cumulative canvas").count() == 1
     assert "llmaas_console" not in page.evaluate("document.cookie")  # HttpOnly: no script reads the session
     screenshot(page, "console-usage")
@@ -185,3 +186,56 @@ def test_the_operator_signs_in_with_the_admin_key(base: str, browser: Browser) -
     cookies = {c["name"]: c["value"] for c in page.context.cookies()}
     assert httpx.get(f"{base}/console/usage", cookies=cookies).status_code == 403  # a tenant's page
     page.close()
+
+
+def test_the_playground_streams_an_answer_and_shows_its_usage(base: str, browser: Browser) -> None:
+    _, key = tenant(base)
+    page = browser.new_page(viewport={"width": 1000, "height": 700})
+    sign_in(page, base, key)
+    page.wait_for_url("**/console/usage")
+    page.click("text=Playground")
+    page.wait_for_selector("body[data-models-loaded='true']")
+    assert MODEL in page.locator("#model").inner_text()
+    page.fill("#prompt", "Say something.")
+    page.fill("#max-tokens", "9")
+    page.click("#send")
+    page.wait_for_selector("body[data-answered='true']")
+    assert page.locator("#error").inner_text() == ""
+    assert page.locator("#answer").inner_text() == "The quick"  # the fake engine's first 9 tokens, streamed
+    assert "+ 9 completion" in page.locator("#usage").inner_text()
+    screenshot(page, "console-playground")
+    deadline = time.monotonic() + 5  # the ledger writes every 0.5 s
+    while (usage := httpx.get(f"{base}/v1/usage", headers={"authorization": f"Bearer {key}"}).json())["data"] == []:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert usage["totals"]["completion_tokens"] == 9  # metered like any API request, on the session's key
+    page.close()
+
+
+def test_the_console_api_bridge_needs_the_session_and_its_csrf_token(base: str, browser: Browser) -> None:
+    _, key = tenant(base)
+    page = browser.new_page()
+    sign_in(page, base, key)
+    page.wait_for_url("**/console/usage")
+    tenant_cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    page.goto(f"{base}/console/playground")
+    csrf = page.locator("meta[name=csrf-token]").get_attribute("content")
+    page.close()
+    operator_page = browser.new_page()
+    sign_in(operator_page, base, ADMIN_KEY)
+    operator_page.wait_for_url("**/console/admin/tenants")
+    operator_cookies = {c["name"]: c["value"] for c in operator_page.context.cookies()}
+    operator_csrf = operator_page.locator("input[name=csrf]").first.get_attribute("value")
+    operator_page.close()
+    bridge = f"{base}/console/api"
+    assert httpx.get(f"{bridge}/v1/models").status_code == 401
+    assert httpx.get(f"{bridge}/v1/models", cookies=tenant_cookies).status_code == 403  # no CSRF header
+    with httpx.Client(cookies=tenant_cookies, headers={"x-csrf-token": csrf or ""}) as http:
+        assert http.get(f"{bridge}/v1/models").json()["data"][0]["id"] == MODEL
+        assert http.get(f"{bridge}/admin/v1/tenants").status_code == 403
+        assert http.get(f"{bridge}/metrics").status_code == 403
+    with httpx.Client(cookies=operator_cookies, headers={"x-csrf-token": operator_csrf or ""}) as http:
+        assert http.get(f"{bridge}/admin/v1/tenants").status_code == 200
+        assert http.get(f"{bridge}/v1/models").status_code == 403
+        mixed = http.get(f"{bridge}/v1/models", headers={"x-csrf-token": csrf or ""})
+        assert mixed.status_code == 403  # one session's token does not pass for another's

@@ -218,6 +218,12 @@ async def revoke_key(
     return RedirectResponse("/console/keys", 303)
 
 
+@router.get("/playground")
+async def playground_page(request: Request, current: SessionDep) -> HTMLResponse:
+    _tenant(current[1])
+    return _page(request, "playground.html", session=current[0])
+
+
 @router.get("/admin/tenants")
 async def tenants_page(request: Request, current: SessionDep) -> HTMLResponse:
     _operator(current[1])

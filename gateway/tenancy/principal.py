@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import enum
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from gateway.errors import AuthenticationError, PermissionDenied
 from gateway.tenancy.key_cache import KeyCache
@@ -104,10 +106,28 @@ def _check_active(identity: KeyIdentity, now: datetime) -> None:
 class Authenticator:
     """Tokens to principals for one realm; raises ``AuthenticationError`` (401) or ``PermissionDenied`` (403)."""
 
-    def __init__(self, keys: KeyCache, admin_key: str, metrics_token: str | None) -> None:
+    def __init__(
+        self,
+        keys: KeyCache,
+        admin_key: str,
+        metrics_token: str | None,
+        key_by_id: Callable[[str], KeyIdentity | None] | None = None,
+    ) -> None:
         self._keys = keys
         self._admin_key = admin_key
         self._metrics_token = metrics_token
+        self._key_by_id = key_by_id
+
+    async def of_console_session(self, subject: str, realm: Realm) -> Principal:
+        """The principal of a console session (``operator`` or a key id), for a request of ``realm``: the key is
+        read as it is now, so a revoked key, or a suspended tenant, ends the session at once."""
+        if subject == "operator":
+            if realm is Realm.TENANT:
+                raise PermissionDenied("The operator's console session cannot call the OpenAI API.")
+            return Operator()
+        if realm is not Realm.TENANT or self._key_by_id is None:
+            raise PermissionDenied("A tenant's console session cannot use this route.", code="admin_key_required")
+        return tenant_of_identity(await run_in_threadpool(self._key_by_id, subject))
 
     async def authenticate(self, authorization: str, realm: Realm) -> Principal:
         token = bearer_token(authorization)
