@@ -8,6 +8,8 @@ save the screenshots the README shows."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,15 +20,20 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.conftest import ADMIN_KEY, FAKE_GATEWAY, MODEL, free_port, running
+from tests.conftest import ADMIN_KEY, FAKE_GATEWAY, MODEL, REPO, free_port, running
+from tests.finetune_data import pirate_jsonl
 
 CHROMIUM = "/usr/bin/chromium"
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    data_dir = tmp_path_factory.mktemp("console")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("console")
+
+
+@pytest.fixture(scope="module")
+def base(data_dir: Path) -> Iterator[str]:
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_")},
@@ -239,3 +246,47 @@ def test_the_console_api_bridge_needs_the_session_and_its_csrf_token(base: str, 
         assert http.get(f"{bridge}/v1/models").status_code == 403
         mixed = http.get(f"{bridge}/v1/models", headers={"x-csrf-token": csrf or ""})
         assert mixed.status_code == 403  # one session's token does not pass for another's
+
+
+def test_a_fine_tuning_job_is_started_and_its_loss_curve_drawn(
+    base: str, data_dir: Path, browser: Browser, model_dir: Path, tmp_path: Path
+) -> None:
+    """A worker trains the real model beside the gateway (on its database); the page follows the job live."""
+    _, key = tenant(base)
+    bad, good = tmp_path / "bad.jsonl", tmp_path / "pirate.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "no answer"}]}\n')
+    good.write_bytes(pirate_jsonl())
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_")},
+        "LLMAAS_DATA_DIR": str(data_dir),
+        "LLMAAS_MODEL_PATH": str(model_dir),
+    }
+    with (tmp_path / "worker.log").open("wb") as log:
+        command = [sys.executable, "-m", "gateway.cli", "worker"]
+        worker = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log)
+    try:
+        page = browser.new_page(viewport={"width": 1100, "height": 1000})
+        sign_in(page, base, key)
+        page.wait_for_url("**/console/usage")
+        page.click("text=Fine-tuning")
+        page.wait_for_selector("body[data-ready='true']")
+        page.set_input_files("#file", str(bad))
+        page.click("#upload button")
+        page.wait_for_selector("#upload-result.error")
+        assert "Invalid file format" in page.locator("#upload-result").inner_text()  # the validation result
+        page.set_input_files("#file", str(good))
+        page.click("#upload button")
+        page.wait_for_selector("#upload-result:not(.error):has-text('valid')")
+        page.fill("#epochs", "3")
+        page.click("#start button")
+        page.wait_for_selector("#job:not([hidden])")
+        page.wait_for_selector("body[data-job-status='succeeded']", timeout=240_000)
+        assert int(page.locator("body").get_attribute("data-loss-points") or 0) >= 3
+        assert page.locator("#loss-chart canvas").count() == 1  # the loss curve, drawn from the job's events
+        assert page.locator("#checkpoints tbody tr").count() >= 1
+        assert page.locator("#jobs tbody tr").first.locator("td").nth(3).inner_text().startswith("ft:")
+        screenshot(page, "console-fine-tuning")
+        page.close()
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)

@@ -1,0 +1,134 @@
+// Fine-tuning: upload a file (its validation result), start a job, and watch it live: status, the loss curve
+// from the job's metrics events, checkpoints, cancel. Everything through the OpenAI fine-tuning API.
+"use strict";
+(function () {
+  const csrf = document.querySelector("meta[name=csrf-token]").content;
+  const api = async (path, init = {}) => {
+    const response = await fetch("/console/api/v1" + path, { ...init, headers: { "X-CSRF-Token": csrf, ...(init.headers || {}) } });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error((body.error && body.error.message) || response.statusText);
+    return body;
+  };
+  const json = (body) => ({ method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" } });
+  const $ = (id) => document.getElementById(id);
+  const cell = (row, text) => { const td = row.insertCell(); td.textContent = text; return td; };
+  const FINAL = new Set(["succeeded", "failed", "cancelled"]);
+  let watched = null, timer = null, chart = null;
+
+  async function loadChoices() {
+    const models = await api("/models");
+    $("base-model").replaceChildren(...models.data.filter((m) => !m.id.startsWith("ft:")).map((m) => new Option(m.id, m.id)));
+    const files = await api("/files?purpose=fine-tune");
+    $("training-file").replaceChildren(...files.data.map((f) => new Option(`${f.filename} (${f.id})`, f.id)));
+  }
+
+  async function loadJobs() {
+    const jobs = await api("/fine_tuning/jobs?limit=20");
+    const body = $("jobs").tBodies[0];
+    body.replaceChildren();
+    for (const job of jobs.data) {
+      const row = body.insertRow();
+      row.dataset.jobId = job.id;
+      const link = document.createElement("a");
+      link.href = "#"; link.textContent = job.id;
+      link.addEventListener("click", (event) => { event.preventDefault(); watch(job.id); });
+      row.insertCell().appendChild(link);
+      cell(row, job.status); cell(row, job.model); cell(row, job.fine_tuned_model || "–");
+      cell(row, new Date(job.created_at * 1000).toISOString().slice(0, 16).replace("T", " "));
+    }
+  }
+
+  function drawLoss(points) {
+    const steps = points.map((p) => p.step);
+    const series = [{ label: "step" }, { label: "training loss", stroke: "#1f6feb", width: 2 }];
+    const values = [steps, points.map((p) => p.train_loss)];
+    if (points.some((p) => p.valid_loss !== undefined)) {
+      series.push({ label: "validation loss", stroke: "#cf222e", width: 2 });
+      values.push(points.map((p) => (p.valid_loss === undefined ? null : p.valid_loss)));
+    }
+    const box = $("loss-chart");
+    if (chart) chart.destroy();
+    box.replaceChildren();
+    if (!points.length) { box.textContent = "No training steps yet."; return; }
+    chart = new uPlot({ width: Math.max(280, box.clientWidth), height: 240, series,
+      scales: { x: { time: false } }, axes: [{ label: "step" }, { size: 60 }] }, values, box);
+  }
+
+  async function refresh() {
+    if (!watched) return;
+    const job = await api(`/fine_tuning/jobs/${watched}`);
+    $("job-status").textContent = job.status;
+    $("cancel").hidden = FINAL.has(job.status);
+    const events = await api(`/fine_tuning/jobs/${watched}/events?limit=100`);
+    const ordered = events.data.slice().reverse();
+    $("events").replaceChildren(...ordered.map((e) => {
+      const item = document.createElement("li");
+      item.textContent = `${new Date(e.created_at * 1000).toISOString().slice(11, 19)} ${e.message}`;
+      return item;
+    }));
+    const points = ordered.filter((e) => e.type === "metrics" && e.data).map((e) => e.data);
+    drawLoss(points);
+    const last = points[points.length - 1];
+    $("job-progress").textContent = last ? `step ${last.step} of ${last.total_steps}` : "";
+    const checkpoints = await api(`/fine_tuning/jobs/${watched}/checkpoints`);
+    $("checkpoints").tBodies[0].replaceChildren(...checkpoints.data.map((c) => {
+      const row = document.createElement("tr");
+      cell(row, c.step_number); cell(row, c.fine_tuned_model_checkpoint);
+      cell(row, c.metrics.train_loss !== undefined ? c.metrics.train_loss.toFixed(4) : "–").className = "num";
+      cell(row, c.metrics.valid_loss !== undefined ? c.metrics.valid_loss.toFixed(4) : "–").className = "num";
+      return row;
+    }));
+    document.body.dataset.jobStatus = job.status;
+    document.body.dataset.lossPoints = String(points.length);
+    if (FINAL.has(job.status)) { clearInterval(timer); timer = null; loadJobs(); }
+  }
+
+  function watch(jobId) {
+    watched = jobId;
+    $("job").hidden = false;
+    $("job-id").textContent = jobId;
+    if (timer) clearInterval(timer);
+    timer = setInterval(() => refresh().catch((e) => ($("job-progress").textContent = e.message)), 1000);
+    refresh();
+  }
+
+  $("upload").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const form = new FormData();
+    form.append("purpose", "fine-tune");
+    form.append("file", $("file").files[0]);
+    try {
+      const file = await api("/files", { method: "POST", body: form });
+      $("upload-result").className = "";
+      $("upload-result").textContent = `${file.filename}: valid, ${file.bytes} bytes (${file.id})`;
+      await loadChoices();
+      $("training-file").value = file.id;
+    } catch (error) {
+      $("upload-result").className = "error";
+      $("upload-result").textContent = error.message;
+    }
+    document.body.dataset.uploaded = "true";
+  });
+
+  $("start").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    $("start-result").textContent = "";
+    const body = { model: $("base-model").value, training_file: $("training-file").value };
+    if ($("suffix").value) body.suffix = $("suffix").value;
+    if ($("epochs").value) body.hyperparameters = { n_epochs: Number($("epochs").value) };
+    try {
+      const job = await api("/fine_tuning/jobs", json(body));
+      await loadJobs();
+      watch(job.id);
+    } catch (error) {
+      $("start-result").textContent = error.message;
+    }
+  });
+
+  $("cancel").addEventListener("click", async () => {
+    if (watched) await api(`/fine_tuning/jobs/${watched}/cancel`, { method: "POST" });
+    refresh();
+  });
+
+  Promise.all([loadChoices(), loadJobs()]).then(() => (document.body.dataset.ready = "true"));
+})();
