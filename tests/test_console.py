@@ -286,6 +286,11 @@ def test_a_fine_tuning_job_is_started_and_its_loss_curve_drawn(
         assert page.locator("#checkpoints tbody tr").count() >= 1
         assert page.locator("#jobs tbody tr").first.locator("td").nth(3).inner_text().startswith("ft:")
         screenshot(page, "console-fine-tuning")
+        page.fill("#epochs", "50")  # a long job, cancelled while it trains
+        page.click("#start button")
+        page.wait_for_selector("body[data-job-status='running']", timeout=120_000)
+        page.click("#cancel")
+        page.wait_for_selector("body[data-job-status='cancelled']", timeout=60_000)
         page.close()
     finally:
         worker.terminate()
