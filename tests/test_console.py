@@ -295,3 +295,34 @@ def test_a_fine_tuning_job_is_started_and_its_loss_curve_drawn(
     finally:
         worker.terminate()
         worker.wait(timeout=30)
+
+
+def test_the_operator_creates_a_tenant_sets_its_quotas_and_suspends_it(base: str, browser: Browser) -> None:
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    sign_in(page, base, ADMIN_KEY)
+    page.wait_for_url("**/console/admin/tenants")
+    name = f"made-{uuid.uuid4().hex[:6]}"
+    page.fill("#tenant-name", name)
+    page.fill("#new-rpm", "30")
+    page.click("#create-tenant button")
+    row = page.locator(f"#tenants tbody tr[data-name='{name}']")
+    row.wait_for()
+    assert row.locator("[data-field=requests_per_minute]").inner_text() == "30"
+    row.locator(".edit").click()
+    page.fill("#quota-form input[name=monthly_token_budget]", "5000")
+    page.fill("#quota-form input[name=requests_per_minute]", "")
+    page.click("#quota-form button[value=save]")
+    page.wait_for_load_state()
+    row = page.locator(f"#tenants tbody tr[data-name='{name}']")
+    assert row.locator("[data-field=monthly_token_budget]").inner_text() == "5000"
+    assert row.locator("[data-field=requests_per_minute]").inner_text() == "\u2013"  # emptied: unlimited (a dash)
+    tenant_id = row.get_attribute("data-tenant-id")
+    key = httpx.post(f"{base}/admin/v1/tenants/{tenant_id}/keys", json={}, headers=ADMIN).json()["key"]
+    assert chat(base, key).status_code == 200
+    row.locator(".suspend").click()
+    page.wait_for_selector(f"#tenants tbody tr[data-name='{name}'] .resume")
+    assert chat(base, key).status_code == 403  # what the admin API says, the page did
+    page.locator(f"#tenants tbody tr[data-name='{name}'] .resume").click()
+    page.wait_for_selector(f"#tenants tbody tr[data-name='{name}'] .suspend")
+    assert chat(base, key).status_code == 200
+    page.close()

@@ -1,0 +1,55 @@
+// The operator's tenants: create, change quotas, suspend and resume, through the admin API.
+"use strict";
+(function () {
+  const csrf = document.querySelector("meta[name=csrf-token]").content;
+  const admin = async (path, method, body) => {
+    const response = await fetch("/console/api/admin/v1" + path, {
+      method, headers: { "X-CSRF-Token": csrf, "Content-Type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const answer = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error((answer.error && answer.error.message) || response.statusText);
+    return answer;
+  };
+  const $ = (id) => document.getElementById(id);
+  const number = (value) => (value === "" ? null : Number(value));
+
+  $("create-tenant").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = { name: $("tenant-name").value };
+    for (const [id, field] of [["new-rpm", "requests_per_minute"], ["new-tpm", "tokens_per_minute"], ["new-budget", "monthly_token_budget"]]) {
+      if ($(id).value !== "") body[field] = Number($(id).value);
+    }
+    try { await admin("/tenants", "POST", body); location.reload(); }
+    catch (error) { $("tenant-error").textContent = error.message; }
+  });
+
+  let editing = null;
+  for (const row of document.querySelectorAll("#tenants tbody tr")) {
+    const id = row.dataset.tenantId;
+    const act = (selector, path) => {
+      const button = row.querySelector(selector);
+      if (button) button.addEventListener("click", async () => { await admin(`/tenants/${id}/${path}`, "POST"); location.reload(); });
+    };
+    act(".suspend", "suspend");
+    act(".resume", "resume");
+    row.querySelector(".edit").addEventListener("click", () => {
+      editing = id;
+      $("quota-tenant").textContent = row.dataset.name;
+      for (const cell of row.querySelectorAll("[data-field]")) {
+        const value = cell.textContent.trim();
+        $("quota-form").elements[cell.dataset.field].value = value === "–" ? "" : value;
+      }
+      $("quota-error").textContent = "";
+      $("quotas").showModal();
+    });
+  }
+  $("quota-form").addEventListener("submit", async (event) => {
+    if (event.submitter && event.submitter.value !== "save") return;
+    event.preventDefault();
+    const body = {};
+    for (const input of $("quota-form").querySelectorAll("input")) body[input.name] = number(input.value);
+    try { await admin(`/tenants/${editing}`, "PATCH", body); location.reload(); }
+    catch (error) { $("quota-error").textContent = error.message; }
+  });
+})();
