@@ -291,6 +291,15 @@ def test_a_fine_tuning_job_is_started_and_its_loss_curve_drawn(
         page.wait_for_selector("body[data-job-status='running']", timeout=120_000)
         page.click("#cancel")
         page.wait_for_selector("body[data-job-status='cancelled']", timeout=60_000)
+        tuned = page.locator("#jobs tbody tr td:nth-child(4):has-text('ft:')").first.inner_text()
+        page.click("text=Models")
+        page.wait_for_selector("body[data-models-loaded='true']")
+        assert page.locator(f"#models tbody tr[data-model='{tuned}']").count() == 1
+        page.on("dialog", lambda dialog: dialog.accept())
+        page.locator(f"#models tbody tr[data-model='{tuned}'] button").click()
+        page.wait_for_selector(f"#models tbody tr[data-model='{tuned}']", state="detached")
+        gone = httpx.get(f"{base}/v1/models/{tuned}", headers={"authorization": f"Bearer {key}"})
+        assert gone.status_code == 404
         page.close()
     finally:
         worker.terminate()

@@ -224,6 +224,12 @@ async def playground_page(request: Request, current: SessionDep) -> HTMLResponse
     return _page(request, "playground.html", session=current[0])
 
 
+@router.get("/models")
+async def models_page(request: Request, current: SessionDep) -> HTMLResponse:
+    _tenant(current[1])
+    return _page(request, "models.html", session=current[0])
+
+
 @router.get("/fine-tuning")
 async def fine_tuning_page(request: Request, current: SessionDep) -> HTMLResponse:
     _tenant(current[1])

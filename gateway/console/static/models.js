@@ -1,0 +1,37 @@
+// The tenant's models (the OpenAI models API): base models, and fine-tuned ones that can be deleted.
+"use strict";
+(function () {
+  const csrf = document.querySelector("meta[name=csrf-token]").content;
+  const api = async (path, method = "GET") => {
+    const response = await fetch("/console/api/v1" + path, { method, headers: { "X-CSRF-Token": csrf } });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error((body.error && body.error.message) || response.statusText);
+    return body;
+  };
+  const body = document.querySelector("#models tbody");
+  async function load() {
+    const models = await api("/models");
+    body.replaceChildren();
+    for (const model of models.data) {
+      const row = body.insertRow();
+      row.dataset.model = model.id;
+      const fineTuned = model.id.startsWith("ft:");
+      for (const text of [model.id, fineTuned ? "fine-tuned" : "base", new Date(model.created * 1000).toISOString().slice(0, 10)]) {
+        row.insertCell().textContent = text;
+      }
+      const actions = row.insertCell();
+      if (fineTuned) {
+        const button = document.createElement("button");
+        button.className = "danger"; button.textContent = "Delete";
+        button.addEventListener("click", async () => {
+          if (!confirm(`Delete ${model.id}? Its checkpoints go with it.`)) return;
+          try { await api(`/models/${encodeURIComponent(model.id)}`, "DELETE"); await load(); }
+          catch (error) { document.getElementById("models-error").textContent = error.message; }
+        });
+        actions.appendChild(button);
+      }
+    }
+    document.body.dataset.modelsLoaded = "true";
+  }
+  load();
+})();
