@@ -212,6 +212,18 @@ class JobService:
             jobs = list(session.scalars(query))
         return {"object": "list", "data": [job_object(j) for j in jobs[:limit]], "has_more": len(jobs) > limit}
 
+    def queue(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Every tenant's unfinished jobs, oldest first, with their tenant's name: what the workers have before
+        them (the operator's view)."""
+        with self._sessions() as session:
+            jobs = session.scalars(
+                select(FineTuningJob)
+                .where(FineTuningJob.status.in_(("validating_files", "queued", "running")))
+                .order_by(FineTuningJob.created_at, FineTuningJob.id)
+                .limit(limit)
+            )
+            return [{**job_object(job), "tenant_name": job.tenant_name, "worker_id": job.worker_id} for job in jobs]
+
     def cancel(self, tenant_id: str, job_id: str) -> dict[str, Any]:
         """Jobs not yet running are cancelled at once; a running job is stopped by its worker within
         seconds (the returned job may still say ``running``)."""

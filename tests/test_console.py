@@ -321,8 +321,8 @@ def test_the_operator_creates_a_tenant_sets_its_quotas_and_suspends_it(base: str
     page.fill("#quota-form input[name=monthly_token_budget]", "5000")
     page.fill("#quota-form input[name=requests_per_minute]", "")
     page.click("#quota-form button[value=save]")
-    page.wait_for_load_state()
     row = page.locator(f"#tenants tbody tr[data-name='{name}']")
+    row.locator("[data-field=monthly_token_budget]:text-is('5000')").wait_for()  # the page reloaded
     assert row.locator("[data-field=monthly_token_budget]").inner_text() == "5000"
     assert row.locator("[data-field=requests_per_minute]").inner_text() == "\u2013"  # emptied: unlimited (a dash)
     tenant_id = row.get_attribute("data-tenant-id")
@@ -335,3 +335,37 @@ def test_the_operator_creates_a_tenant_sets_its_quotas_and_suspends_it(base: str
     page.wait_for_selector(f"#tenants tbody tr[data-name='{name}'] .suspend")
     assert chat(base, key).status_code == 200
     page.close()
+
+
+def test_the_operator_sees_every_tenants_usage_the_service_and_the_queue(base: str, browser: Browser) -> None:
+    _, key = tenant(base)
+    for _ in range(2):
+        assert chat(base, key).status_code == 200
+    tuner = httpx.Client(base_url=base, headers={"authorization": f"Bearer {key}"})
+    training_file = tuner.post("/v1/files", data={"purpose": "fine-tune"}, files={"file": ("p.jsonl", pirate_jsonl())})
+    job = tuner.post("/v1/fine_tuning/jobs", json={"model": MODEL, "training_file": training_file.json()["id"]}).json()
+    try:
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        sign_in(page, base, ADMIN_KEY)
+        page.wait_for_url("**/console/admin/tenants")
+        page.click("nav >> text=Service")
+        page.wait_for_selector("body[data-refreshed]")
+        assert int(page.locator("#requests").inner_text()) >= 2
+        assert page.locator("#latency").inner_text().endswith("ms")
+        assert page.locator("#queue tbody tr", has_text=job["id"]).count() == 1  # queued: no worker runs here
+        screenshot(page, "console-service")
+        page.click("nav >> text=Usage")
+        assert page.locator("#all-usage tbody tr").count() >= 1
+        cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+        assert httpx.get(f"{base}/console/admin/service.json", cookies=cookies).status_code == 200
+        page.close()
+        tenant_page = browser.new_page()
+        sign_in(tenant_page, base, key)
+        tenant_page.wait_for_url("**/console/usage")
+        tenant_cookies = {c["name"]: c["value"] for c in tenant_page.context.cookies()}
+        assert httpx.get(f"{base}/console/admin/service.json", cookies=tenant_cookies).status_code == 403
+        assert httpx.get(f"{base}/console/admin/usage", cookies=tenant_cookies).status_code == 403
+        tenant_page.close()
+    finally:
+        tuner.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
+        tuner.close()

@@ -19,6 +19,7 @@ from gateway import bounds
 from gateway.accounting.usage import UsageFilters, usage_csv
 from gateway.console.sessions import COOKIE, OPERATOR, ConsoleSession
 from gateway.errors import APIError, PermissionDenied
+from gateway.ops.snapshot import service_snapshot
 from gateway.state import state_of
 from gateway.tenancy.models import KeyCreate
 from gateway.tenancy.principal import Operator, TenantPrincipal, sign_in, tenant_of_identity
@@ -241,6 +242,31 @@ async def tenants_page(request: Request, current: SessionDep) -> HTMLResponse:
     _operator(current[1])
     tenants = await run_in_threadpool(state_of(request.app).tenancy.list_tenants)
     return _page(request, "tenants.html", session=current[0], tenants=tenants)
+
+
+@router.get("/admin/service")
+async def service_page(request: Request, current: SessionDep) -> HTMLResponse:
+    _operator(current[1])
+    return _page(request, "service.html", session=current[0])
+
+
+@router.get("/admin/service.json")
+async def service_state(request: Request, current: SessionDep) -> Response:
+    """What the service page polls: the metrics registry's snapshot and the fine-tuning queue."""
+    _operator(current[1])
+    state = state_of(request.app)
+    snapshot = service_snapshot(state.metrics.registry)
+    snapshot["fine_tuning_queue"] = await run_in_threadpool(state.jobs.queue)
+    return Response(json.dumps(snapshot), media_type="application/json", headers=SECURITY_HEADERS)
+
+
+@router.get("/admin/usage")
+async def all_usage_page(request: Request, current: SessionDep) -> HTMLResponse:
+    _operator(current[1])
+    filters = UsageFilters(since=_month_start(datetime.now(UTC)), bucket="none")
+    report = await run_in_threadpool(state_of(request.app).usage.report, None, filters, ("tenant", "model"))
+    tenants = {t.id: t.name for t in await run_in_threadpool(state_of(request.app).tenancy.list_tenants)}
+    return _page(request, "all_usage.html", session=current[0], report=report, tenant_names=tenants)
 
 
 def install_console_handlers(app: Any) -> None:
