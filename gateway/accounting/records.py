@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from adapters.store import FineTuningJob
 from gateway.accounting.limits import BudgetSnapshot, OpenReservation
-from gateway.db import Database, UsageRecord
+from gateway.db import Database, UsageDaily, UsageRecord
 from gateway.tenancy.models import nanos_to_usd, usd_to_nanos
 
 
@@ -50,14 +50,54 @@ class UsageEntry:
 
 
 def insert_usage(session: Session, entries: list[UsageEntry]) -> None:
-    """Insert the entries in the session's transaction; entries whose ``request_id`` is already there are skipped."""
+    """Insert the entries in the session's transaction; entries whose ``request_id`` is already there are skipped.
+    The daily sums (``usage_daily``) grow by exactly the rows inserted, in the same transaction."""
     if not entries:
         return
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     # On the table, not the ORM class: a plain executemany, without the ORM's bulk-insert machinery per row.
-    statement = insert(UsageRecord.__table__).on_conflict_do_nothing(index_elements=["request_id"])
-    session.execute(statement, [entry.row() for entry in entries])
+    table = UsageRecord.__table__
+    statement = insert(table).on_conflict_do_nothing(index_elements=["request_id"]).returning(table.c.request_id)
+    inserted = set(session.scalars(statement, [entry.row() for entry in entries]))
+    sums: dict[tuple[str, str, str, str, str], list[Any]] = {}
+    for entry in entries:
+        if entry.request_id not in inserted:
+            continue
+        inserted.discard(entry.request_id)  # one entry per id, should a batch hold the same id twice
+        group = (entry.tenant_id, entry.created_at.strftime("%Y-%m-%d"), entry.key_id or "", entry.model, entry.kind)
+        total = sums.setdefault(group, [0, 0, 0, 0])
+        total[0] += 1
+        total[1] += entry.prompt_tokens
+        total[2] += entry.completion_tokens
+        total[3] += entry.cost_nanos
+    if not sums:
+        return
+    daily = insert(UsageDaily.__table__)
+    upsert = daily.on_conflict_do_update(
+        index_elements=["tenant_id", "day", "key_id", "model", "kind"],
+        set_={
+            column: getattr(UsageDaily.__table__.c, column) + getattr(daily.excluded, column)
+            for column in ("requests", "prompt_tokens", "completion_tokens", "cost")
+        },
+    )
+    session.execute(
+        upsert,
+        [
+            {
+                "tenant_id": tenant_id,
+                "day": day,
+                "key_id": key_id,
+                "model": model,
+                "kind": kind,
+                "requests": requests,
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "cost": nanos_to_usd(cost),
+            }
+            for (tenant_id, day, key_id, model, kind), (requests, prompt, completion, cost) in sums.items()
+        ],
+    )
 
 
 def month_bounds(month: str) -> tuple[datetime, datetime]:

@@ -6,15 +6,16 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
+from datetime import time
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import Query, Response
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
 from gateway import bounds
 from gateway.bounds import UtcDateTime
-from gateway.db import Database, UsageRecord
+from gateway.db import Database, UsageDaily, UsageRecord
 from gateway.errors import InvalidRequestError
 
 Bucket = Literal["hour", "day", "month", "none"]
@@ -54,31 +55,13 @@ class UsageReports:
         self._db = database
 
     def report(self, tenant_id: str | None, filters: UsageFilters, group_by: tuple[GroupField, ...]) -> dict[str, Any]:
-        """Requests, tokens and cost per group and period (``tenant_id`` None: every tenant)."""
+        """Requests, tokens and cost per group and period (``tenant_id`` None: every tenant). Whole days (no hour
+        buckets, bounds at midnight) are read from the daily sums; anything finer from the ledger itself."""
         with self._db.session() as session:
-            columns: list[Any] = [_COLUMNS[name] for name in group_by]
-            if filters.bucket != "none":
-                columns.append(_bucket_expr(session.get_bind().dialect.name, filters.bucket).label("period_start"))
-            sums = [
-                func.count().label("requests"),
-                func.coalesce(func.sum(UsageRecord.prompt_tokens), 0).label("prompt_tokens"),
-                func.coalesce(func.sum(UsageRecord.completion_tokens), 0).label("completion_tokens"),
-                func.coalesce(func.sum(UsageRecord.cost), 0).label("cost"),
-            ]
-            query = select(*columns, *sums)
-            for column, value in (
-                (UsageRecord.tenant_id, tenant_id),
-                (UsageRecord.key_id, filters.key_id),
-                (UsageRecord.model, filters.model),
-            ):
-                if value:
-                    query = query.where(column == value)
-            if filters.since:
-                query = query.where(UsageRecord.created_at >= filters.since)
-            if filters.until:
-                query = query.where(UsageRecord.created_at < filters.until)
-            if columns:
-                query = query.group_by(*columns).order_by(*columns)
+            if _whole_days(filters):
+                query = _daily_query(tenant_id, filters, group_by)
+            else:
+                query = _ledger_query(session.get_bind().dialect.name, tenant_id, filters, group_by)
             rows = [dict(row._mapping) for row in session.execute(query)]
         data = [_usage_row(row) for row in rows if row["requests"]]
         totals: dict[str, Any] = {
@@ -87,6 +70,59 @@ class UsageReports:
         }
         totals["cost"] = str(sum((Decimal(row["cost"]) for row in data), Decimal(0)))
         return {"object": "list", "data": data, "totals": totals}
+
+
+def _whole_days(filters: UsageFilters) -> bool:
+    at_midnight = (bound is None or bound.time() == time(0) for bound in (filters.since, filters.until))
+    return filters.bucket != "hour" and all(at_midnight)
+
+
+def _sums(records: Any) -> list[Any]:
+    return [
+        func.count().label("requests") if records is UsageRecord else func.sum(records.requests).label("requests"),
+        func.coalesce(func.sum(records.prompt_tokens), 0).label("prompt_tokens"),
+        func.coalesce(func.sum(records.completion_tokens), 0).label("completion_tokens"),
+        func.coalesce(func.sum(records.cost), 0).label("cost"),
+    ]
+
+
+def _ledger_query(dialect: str, tenant_id: str | None, filters: UsageFilters, group_by: tuple[GroupField, ...]) -> Any:
+    columns: list[Any] = [_COLUMNS[name] for name in group_by]
+    if filters.bucket != "none":
+        columns.append(_bucket_expr(dialect, filters.bucket).label("period_start"))
+    query = select(*columns, *_sums(UsageRecord))
+    for column, value in (
+        (UsageRecord.tenant_id, tenant_id),
+        (UsageRecord.key_id, filters.key_id),
+        (UsageRecord.model, filters.model),
+    ):
+        if value:
+            query = query.where(column == value)
+    if filters.since:
+        query = query.where(UsageRecord.created_at >= filters.since)
+    if filters.until:
+        query = query.where(UsageRecord.created_at < filters.until)
+    return query.group_by(*columns).order_by(*columns) if columns else query
+
+
+def _daily_query(tenant_id: str | None, filters: UsageFilters, group_by: tuple[GroupField, ...]) -> Any:
+    daily = UsageDaily
+    key = case((daily.key_id == "", None), else_=daily.key_id)
+    by_name = {"tenant": daily.tenant_id, "key": key, "model": daily.model, "kind": daily.kind}
+    columns: list[Any] = [by_name[name].label(_COLUMNS[name].name) for name in group_by]
+    if filters.bucket == "day":
+        columns.append(daily.day.label("period_start"))
+    elif filters.bucket == "month":
+        columns.append(func.substr(daily.day, 1, 7).label("period_start"))
+    query = select(*columns, *_sums(daily))
+    for column, value in ((daily.tenant_id, tenant_id), (daily.key_id, filters.key_id), (daily.model, filters.model)):
+        if value:
+            query = query.where(column == value)
+    if filters.since:
+        query = query.where(daily.day >= filters.since.date().isoformat())
+    if filters.until:
+        query = query.where(daily.day < filters.until.date().isoformat())
+    return query.group_by(*columns).order_by(*columns) if columns else query
 
 
 def usage_response(report: dict[str, Any], format: Literal["json", "csv"]) -> Response | dict[str, Any]:

@@ -2,6 +2,17 @@
 production) and Alembic migrations applied at start."""
 
 from gateway.db.database import Database
-from gateway.db.schema import ApiKey, Base, Eval, EvalRun, EvalRunItem, File, Tenant, UsageRecord
+from gateway.db.schema import ApiKey, Base, Eval, EvalRun, EvalRunItem, File, Tenant, UsageDaily, UsageRecord
 
-__all__ = ["ApiKey", "Base", "Database", "Eval", "EvalRun", "EvalRunItem", "File", "Tenant", "UsageRecord"]
+__all__ = [
+    "ApiKey",
+    "Base",
+    "Database",
+    "Eval",
+    "EvalRun",
+    "EvalRunItem",
+    "File",
+    "Tenant",
+    "UsageDaily",
+    "UsageRecord",
+]

@@ -44,7 +44,7 @@ class Database:
             self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
-    def migrate(self) -> None:
+    def migrate(self, revision: str = "head") -> None:
         from alembic import command
         from alembic.config import Config
 
@@ -61,7 +61,7 @@ class Database:
             if self.engine.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_ID})
             config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+            command.upgrade(config, revision)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -84,6 +84,26 @@ class UsageRecord(Base):
     """The request's ``user`` field: the tenant's own end-user id, kept for its abuse monitoring."""
 
 
+class UsageDaily(Base):
+    """The ledger summed per tenant, day (UTC), key, model and kind: what usage pages and reports read, so they
+    cost the same with millions of ledger rows as with a hundred. Kept in the ledger writer's transaction, from
+    the rows it actually inserted (a record written twice is summed once)."""
+
+    __tablename__ = "usage_daily"
+
+    tenant_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)
+    """``YYYY-MM-DD``."""
+    key_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    """The key's id, or ``""`` for usage without one (fine-tuning jobs)."""
+    model: Mapped[str] = mapped_column(String(bounds.MODEL), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost: Mapped[Any] = mapped_column(Numeric(24, 9))
+
+
 class File(Base):
     """An uploaded file; its bytes live in the data dir under the file's id (never a client-given name)."""
 
