@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.conftest import ADMIN_KEY, FAKE_GATEWAY, MODEL, REPO, free_port, running
 from tests.finetune_data import pirate_jsonl
+from tests.test_evals import ITEMS, completions_source, finished, make_eval
 
 CHROMIUM = "/usr/bin/chromium"
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
@@ -352,6 +354,7 @@ def test_the_operator_sees_every_tenants_usage_the_service_and_the_queue(base: s
         page.wait_for_selector("body[data-refreshed]")
         assert int(page.locator("#requests").inner_text()) >= 2
         assert page.locator("#latency").inner_text().endswith("ms")
+        assert page.locator("#latency-chart canvas").count() == 1
         assert page.locator("#queue tbody tr", has_text=job["id"]).count() == 1  # queued: no worker runs here
         screenshot(page, "console-service")
         page.click("nav >> text=Usage")
@@ -369,3 +372,30 @@ def test_the_operator_sees_every_tenants_usage_the_service_and_the_queue(base: s
     finally:
         tuner.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
         tuner.close()
+
+
+def test_evaluation_runs_are_shown_side_by_side_with_their_accuracy(base: str, browser: Browser) -> None:
+    _, key = tenant(base)
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+    created = make_eval(client)
+    content = [{"item": item} for item in ITEMS]
+    runs = [
+        client.evals.runs.create(
+            created.id, name=name, data_source=completions_source({"type": "file_content", "content": content}, tokens)
+        )
+        for name, tokens in (("nine tokens", 9), ("three tokens", 3))
+    ]
+    done = [finished(client, created.id, run.id) for run in runs]
+    assert all(run.status == "completed" for run in done)
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    sign_in(page, base, key)
+    page.wait_for_url("**/console/usage")
+    page.click("text=Evaluations")
+    page.wait_for_selector("body[data-runs-shown='2']")
+    rows = page.locator("#runs tbody tr")
+    for index, run in enumerate(done):
+        accuracy = 100 * run.result_counts.passed / run.result_counts.total
+        assert rows.nth(index).locator("td").nth(3).inner_text() == f"{accuracy:.1f} %"
+    assert page.locator("#accuracy-chart canvas").count() == 1
+    screenshot(page, "console-evaluations")
+    page.close()

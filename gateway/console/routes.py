@@ -231,6 +231,12 @@ async def models_page(request: Request, current: SessionDep) -> HTMLResponse:
     return _page(request, "models.html", session=current[0])
 
 
+@router.get("/evaluations")
+async def evaluations_page(request: Request, current: SessionDep) -> HTMLResponse:
+    _tenant(current[1])
+    return _page(request, "evaluations.html", session=current[0])
+
+
 @router.get("/fine-tuning")
 async def fine_tuning_page(request: Request, current: SessionDep) -> HTMLResponse:
     _tenant(current[1])

@@ -8,6 +8,27 @@
     for (const text of cells) tr.insertCell().textContent = text;
     return tr;
   };
+  // The percentiles are since start; a chart of them sampled every 2 s shows where they go.
+  const samples = [[], [], [], []];
+  let chart = null;
+  function plot(s) {
+    samples[0].push(Date.now() / 1000);
+    samples[1].push(s.latency_p50_seconds === null ? null : s.latency_p50_seconds * 1000);
+    samples[2].push(s.latency_p99_seconds === null ? null : s.latency_p99_seconds * 1000);
+    samples[3].push(s.ttft_p50_seconds === null ? null : s.ttft_p50_seconds * 1000);
+    if (samples[0].length > 300) samples.forEach((series) => series.shift());
+    const box = $("latency-chart");
+    if (!chart) {
+      chart = new uPlot({
+        width: Math.max(280, box.clientWidth), height: 220,
+        series: [{}, { label: "latency p50 (ms)", stroke: "#1f6feb", width: 2 },
+                 { label: "latency p99 (ms)", stroke: "#cf222e", width: 2 }, { label: "TTFT p50 (ms)", stroke: "#2da44e", width: 2 }],
+        axes: [{}, { size: 60 }],
+      }, samples, box);
+    } else {
+      chart.setData(samples);
+    }
+  }
   async function refresh() {
     const response = await fetch("/console/admin/service.json");
     if (!response.ok) return;
@@ -28,6 +49,7 @@
     $("queue").tBodies[0].replaceChildren(...s.fine_tuning_queue.map((j) => row("queue", [
       j.id, j.tenant_name, j.status, j.model, new Date(j.created_at * 1000).toISOString().slice(0, 16).replace("T", " "),
     ])));
+    plot(s);
     document.body.dataset.refreshed = String(Number(document.body.dataset.refreshed || 0) + 1);
   }
   refresh();
