@@ -399,3 +399,21 @@ def test_evaluation_runs_are_shown_side_by_side_with_their_accuracy(base: str, b
     assert page.locator("#accuracy-chart canvas").count() == 1
     screenshot(page, "console-evaluations")
     page.close()
+
+
+def test_every_page_fits_a_phone(base: str, browser: Browser) -> None:
+    _, key = tenant(base)
+    assert chat(base, key).status_code == 200
+    for credential, pages in (
+        (key, ["usage", "keys", "models", "fine-tuning", "evaluations", "playground"]),
+        (ADMIN_KEY, ["admin/tenants", "admin/usage", "admin/service"]),
+    ):
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        sign_in(page, base, credential)
+        page.wait_for_load_state()
+        for name in pages:
+            page.goto(f"{base}/console/{name}")
+            page.wait_for_load_state("networkidle")
+            assert page.url.endswith(f"/console/{name}")
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390, name  # wide tables scroll inside
+        page.close()
