@@ -1,12 +1,7 @@
 // Evaluations (the Evals API): an eval's runs side by side, with the accuracy of each model.
 "use strict";
 (function () {
-  const csrf = document.querySelector("meta[name=csrf-token]").content;
-  const api = async (path) => {
-    const response = await fetch("/console/api/v1" + path, { headers: { "X-CSRF-Token": csrf } });
-    if (!response.ok) throw new Error(response.statusText);
-    return response.json();
-  };
+  const api = (path) => llmaas.call("/v1" + path);
   const $ = (id) => document.getElementById(id);
   let chart = null;
   const percent = (passed, total) => (total ? (100 * passed) / total : 0);

@@ -2,14 +2,8 @@
 // from the job's metrics events, checkpoints, cancel. Everything through the OpenAI fine-tuning API.
 "use strict";
 (function () {
-  const csrf = document.querySelector("meta[name=csrf-token]").content;
-  const api = async (path, init = {}) => {
-    const response = await fetch("/console/api/v1" + path, { ...init, headers: { "X-CSRF-Token": csrf, ...(init.headers || {}) } });
-    const body = await response.json().catch(() => ({}));
-    if (!response.ok) throw new Error((body.error && body.error.message) || response.statusText);
-    return body;
-  };
-  const json = (body) => ({ method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" } });
+  const api = (path, init) => llmaas.call("/v1" + path, init);
+  const json = (body) => ({ method: "POST", body });
   const $ = (id) => document.getElementById(id);
   const cell = (row, text) => { const td = row.insertCell(); td.textContent = text; return td; };
   const FINAL = new Set(["succeeded", "failed", "cancelled"]);

@@ -1,13 +1,7 @@
 // The tenant's models (the OpenAI models API): base models, and fine-tuned ones that can be deleted.
 "use strict";
 (function () {
-  const csrf = document.querySelector("meta[name=csrf-token]").content;
-  const api = async (path, method = "GET") => {
-    const response = await fetch("/console/api/v1" + path, { method, headers: { "X-CSRF-Token": csrf } });
-    const body = await response.json().catch(() => ({}));
-    if (!response.ok) throw new Error((body.error && body.error.message) || response.statusText);
-    return body;
-  };
+  const api = (path, method = "GET") => llmaas.call("/v1" + path, { method });
   const body = document.querySelector("#models tbody");
   async function load() {
     const models = await api("/models");

@@ -1,14 +1,10 @@
 // The playground: chat with any of the tenant's models through the same OpenAI API, streamed, with usage.
 "use strict";
 (function () {
-  const csrf = document.querySelector("meta[name=csrf-token]").content;
-  const api = (path, init = {}) => fetch("/console/api/v1" + path, {
-    ...init, headers: { "X-CSRF-Token": csrf, "Content-Type": "application/json", ...(init.headers || {}) },
-  });
   const $ = (id) => document.getElementById(id);
   let controller = null;
 
-  api("/models").then((r) => r.json()).then((list) => {
+  llmaas.call("/v1/models").then((list) => {
     for (const model of list.data) $("model").add(new Option(model.id, model.id));
     document.body.dataset.modelsLoaded = "true";
   });
@@ -28,7 +24,7 @@
     controller = new AbortController();
     $("send").disabled = true; $("stop").disabled = false;
     try {
-      const response = await api("/chat/completions", { method: "POST", body: JSON.stringify(body), signal: controller.signal });
+      const response = await llmaas.fetch("/v1/chat/completions", { method: "POST", body, signal: controller.signal });
       if (!response.ok) {
         const failure = await response.json().catch(() => ({}));
         throw new Error((failure.error && failure.error.message) || response.statusText);

@@ -1,16 +1,7 @@
 // The operator's tenants: create, change quotas, suspend and resume, through the admin API.
 "use strict";
 (function () {
-  const csrf = document.querySelector("meta[name=csrf-token]").content;
-  const admin = async (path, method, body) => {
-    const response = await fetch("/console/api/admin/v1" + path, {
-      method, headers: { "X-CSRF-Token": csrf, "Content-Type": "application/json" },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    const answer = await response.json().catch(() => ({}));
-    if (!response.ok) throw new Error((answer.error && answer.error.message) || response.statusText);
-    return answer;
-  };
+  const admin = (path, method, body) => llmaas.call("/admin/v1" + path, { method, body });
   const $ = (id) => document.getElementById(id);
   const number = (value) => (value === "" ? null : Number(value));
 
