@@ -71,6 +71,19 @@ def gateway_env(data_dir: Path, model_dir: Path, **extra: str) -> dict[str, str]
     }
 
 
+def urls(ports: list[int]) -> str:
+    return ",".join(f"http://127.0.0.1:{port}" for port in ports)
+
+
+@contextmanager
+def upstream_gateway(tmp_path: Path, model_dir: Path, **env: str) -> Iterator[str]:
+    """``llmaas serve`` with the upstream backend and ``env`` (the replicas, other settings); its base URL."""
+    port = free_port()
+    serve = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)]
+    with running(serve, gateway_env(tmp_path, model_dir, **env), tmp_path / "gateway.log"):
+        yield f"http://127.0.0.1:{port}"
+
+
 def tenant_key(base: str) -> tuple[str, str]:
     tenant = httpx.post(f"{base}/admin/v1/tenants", json={"name": f"t-{uuid.uuid4().hex[:8]}"}, headers=ADMIN)
     assert tenant.status_code == 201, tenant.text
@@ -110,20 +123,14 @@ def chat(client: openai.OpenAI, model: str = MODEL) -> str:
 def pool(tmp_path: Path, model_dir: Path) -> Iterator[tuple[str, list[int], Path]]:
     """Two fake replicas (max 2 adapters each in the gateway's view... the fake's max_lora is 2) and a gateway."""
     ports = [free_port(), free_port()]
-    gateway_port = free_port()
-    env = gateway_env(
-        tmp_path,
-        model_dir,
-        LLMAAS_UPSTREAM_URLS=",".join(f"http://127.0.0.1:{p}" for p in ports),
-        LLMAAS_UPSTREAM_MAX_ADAPTERS_PER_REPLICA="1",
-    )
-    serve = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(gateway_port)]
     with (
         fake_upstream(ports[0], model_dir, tmp_path / "a.log"),
         fake_upstream(ports[1], model_dir, tmp_path / "b.log"),
-        running(serve, env, tmp_path / "gateway.log"),
+        upstream_gateway(
+            tmp_path, model_dir, LLMAAS_UPSTREAM_URLS=urls(ports), LLMAAS_UPSTREAM_MAX_ADAPTERS_PER_REPLICA="1"
+        ) as base,
     ):
-        yield f"http://127.0.0.1:{gateway_port}", ports, tmp_path
+        yield base, ports, tmp_path
 
 
 def test_requests_spread_over_replicas_and_usage_is_the_replicas_count(pool: tuple[str, list[int], Path]) -> None:
@@ -168,13 +175,9 @@ def test_adapters_load_where_used_least_recently_used_go_and_delete_unloads(
 
 def test_a_dead_replica_is_ejected_its_requests_go_elsewhere_and_it_comes_back(tmp_path: Path, model_dir: Path) -> None:
     ports = [free_port(), free_port()]
-    gateway_port = free_port()
-    base = f"http://127.0.0.1:{gateway_port}"
-    env = gateway_env(tmp_path, model_dir, LLMAAS_UPSTREAM_URLS=",".join(f"http://127.0.0.1:{p}" for p in ports))
-    serve = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(gateway_port)]
     with (
         fake_upstream(ports[0], model_dir, tmp_path / "a.log"),
-        running(serve, env, tmp_path / "gateway.log"),
+        upstream_gateway(tmp_path, model_dir, LLMAAS_UPSTREAM_URLS=urls(ports)) as base,
     ):
         tenant_id, key = tenant_key(base)
         adapter = register_adapter(tmp_path, tenant_id)
@@ -198,8 +201,6 @@ def test_a_dead_replica_is_ejected_its_requests_go_elsewhere_and_it_comes_back(t
 
 def test_discovery_follows_the_file_and_no_replica_means_503(tmp_path: Path, model_dir: Path) -> None:
     ports = [free_port(), free_port()]
-    gateway_port = free_port()
-    base = f"http://127.0.0.1:{gateway_port}"
     listing = tmp_path / "upstreams.json"
 
     def publish(*chosen: int) -> None:
@@ -208,12 +209,10 @@ def test_discovery_follows_the_file_and_no_replica_means_503(tmp_path: Path, mod
         draft.replace(listing)  # written, then renamed: the gateway never reads half a file
 
     publish(ports[0])
-    env = gateway_env(tmp_path, model_dir, LLMAAS_UPSTREAM_FILE=str(listing))
-    serve = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(gateway_port)]
     with (
         fake_upstream(ports[0], model_dir, tmp_path / "a.log"),
         fake_upstream(ports[1], model_dir, tmp_path / "b.log"),
-        running(serve, env, tmp_path / "gateway.log"),
+        upstream_gateway(tmp_path, model_dir, LLMAAS_UPSTREAM_FILE=str(listing)) as base,
     ):
         _, key = tenant_key(base)
         client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
@@ -239,14 +238,10 @@ def test_discovery_follows_the_file_and_no_replica_means_503(tmp_path: Path, mod
 
 def test_models_across_the_pool_are_their_union_and_go_only_where_served(tmp_path: Path, model_dir: Path) -> None:
     ports = [free_port(), free_port()]
-    gateway_port = free_port()
-    base = f"http://127.0.0.1:{gateway_port}"
-    env = gateway_env(tmp_path, model_dir, LLMAAS_UPSTREAM_URLS=",".join(f"http://127.0.0.1:{p}" for p in ports))
-    serve = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(gateway_port)]
     with (
         fake_upstream(ports[0], model_dir, tmp_path / "a.log"),
         fake_upstream(ports[1], model_dir, tmp_path / "b.log", model="other-model"),
-        running(serve, env, tmp_path / "gateway.log"),
+        upstream_gateway(tmp_path, model_dir, LLMAAS_UPSTREAM_URLS=urls(ports)) as base,
     ):
         _wait(lambda: len(httpx.get(f"{base}/ready").json()["models"]) == 2)
         _, key = tenant_key(base)
@@ -260,18 +255,12 @@ def test_models_across_the_pool_are_their_union_and_go_only_where_served(tmp_pat
 
 
 def test_a_request_past_its_deadline_is_stopped(tmp_path: Path, model_dir: Path) -> None:
-    port, gateway_port = free_port(), free_port()
-    base = f"http://127.0.0.1:{gateway_port}"
-    env = gateway_env(
-        tmp_path,
-        model_dir,
-        LLMAAS_UPSTREAM_URLS=f"http://127.0.0.1:{port}",
-        LLMAAS_UPSTREAM_REQUEST_DEADLINE_SECONDS="1",
-    )
-    serve = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(gateway_port)]
+    port = free_port()
     with (
         fake_upstream(port, model_dir, tmp_path / "a.log", seconds_per_token="0.05"),
-        running(serve, env, tmp_path / "gateway.log"),
+        upstream_gateway(
+            tmp_path, model_dir, LLMAAS_UPSTREAM_URLS=urls([port]), LLMAAS_UPSTREAM_REQUEST_DEADLINE_SECONDS="1"
+        ) as base,
     ):
         _, key = tenant_key(base)
         client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
