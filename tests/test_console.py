@@ -83,7 +83,9 @@ def screenshot(page: Page, name: str) -> None:
 
 
 def test_a_tenant_signs_in_sees_its_usage_and_signs_out(base: str, browser: Browser) -> None:
-    _, key = tenant(base, monthly_token_budget=2000)
+    _, key = tenant(
+        base, monthly_token_budget=2000, monthly_cost_budget="5", model_prices={MODEL: {"input": "1", "output": "2"}}
+    )
     for _ in range(3):
         assert chat(base, key).status_code == 200
     page = browser.new_page(viewport={"width": 1100, "height": 900})
@@ -93,7 +95,8 @@ def test_a_tenant_signs_in_sees_its_usage_and_signs_out(base: str, browser: Brow
     assert row.locator("td").nth(1).inner_text() == MODEL
     assert row.locator("td").nth(2).inner_text() == "3"  # the three requests, from the ledger
     page.wait_for_selector("body[data-charts-drawn='true']")
-    assert page.locator("#chart-daily canvas").count() == 1 and page.locator("#chart-cumulative canvas").count() == 1
+    for chart in ("daily", "cumulative", "cost"):
+        assert page.locator(f"#chart-{chart} canvas").count() == 1
     assert "llmaas_console" not in page.evaluate("document.cookie")  # HttpOnly: no script reads the session
     screenshot(page, "console-usage")
     with page.expect_download() as download:

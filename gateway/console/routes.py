@@ -136,9 +136,11 @@ async def usage_page(request: Request, current: SessionDep) -> HTMLResponse:
     by_model = await run_in_threadpool(state.usage.report, tenant.tenant_id, filters, ("model",))
     by_key = await run_in_threadpool(state.usage.report, tenant.tenant_id, filters, ("key",))
     budget = tenant.identity.quotas.monthly_token_budget
+    cost_budget = tenant.identity.quotas.monthly_cost_budget_nanos
     chart = {
         "by_model": by_model["data"],
         "budget": budget,
+        "cost_budget": None if cost_budget is None else cost_budget / 1e9,
         "first_day": _month_start(now).date().isoformat(),
         "last_day": now.date().isoformat(),
     }

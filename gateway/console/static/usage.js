@@ -10,8 +10,9 @@
   const models = Array.from(new Set(rows.map((r) => r.model))).sort();
   const daily = document.getElementById("chart-daily");
   const cumulative = document.getElementById("chart-cumulative");
+  const costBox = document.getElementById("chart-cost");
   if (!rows.length) {
-    daily.textContent = cumulative.textContent = "No requests yet this month.";
+    daily.textContent = cumulative.textContent = costBox.textContent = "No requests yet this month.";
     return;
   }
   const x = days.map((d) => Date.parse(d + "T00:00:00Z") / 1000);
@@ -37,9 +38,17 @@
     values.push(days.map(() => data.budget));
   }
   const cumulativePlot = new uPlot({ width: width(), height: 240, series, axes: [{}, { size: 70 }] }, values, cumulative);
+  let spent = 0;
+  const costs = days.map((d) => (spent += rows.filter((r) => r.period_start === d).reduce((sum, r) => sum + Number(r.cost), 0)));
+  const costSeries = [{}, { label: "cost (USD)", stroke: "#2da44e", width: 2 }];
+  const costValues = [x, costs];
+  if (data.cost_budget !== null) {
+    costSeries.push({ label: "budget (USD)", stroke: "#cf222e", dash: [6, 4] });
+    costValues.push(days.map(() => data.cost_budget));
+  }
+  const costPlot = new uPlot({ width: width(), height: 240, series: costSeries, axes: [{}, { size: 70 }] }, costValues, costBox);
   window.addEventListener("resize", () => {
-    dailyPlot.setSize({ width: width(), height: 240 });
-    cumulativePlot.setSize({ width: width(), height: 240 });
+    for (const plot of [dailyPlot, cumulativePlot, costPlot]) plot.setSize({ width: width(), height: 240 });
   });
   document.body.dataset.chartsDrawn = "true";
 })();
