@@ -165,7 +165,9 @@ def test_tenants_see_only_their_own_pages(base: str, browser: Browser) -> None:
     assert all(k["prefix"] not in shown for k in b_keys)
     cookies = {c["name"]: c["value"] for c in page.context.cookies()}
     with httpx.Client(base_url=base, cookies=cookies) as http:
-        assert http.get("/console/admin/tenants").status_code == 403
+        refused = http.get("/console/admin/tenants")
+        assert refused.status_code == 403 and "needs the admin key" in refused.text  # a page saying why
+        assert refused.headers["content-type"].startswith("text/html")
         csrf_page = http.get("/console/keys").text
         csrf = csrf_page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
         revoke = http.post(f"/console/keys/{b_keys[0]['id']}/revoke", data={"csrf": csrf})

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from gateway import bounds
 from gateway.accounting.usage import UsageFilters, usage_csv
 from gateway.console.sessions import COOKIE, OPERATOR, ConsoleSession
-from gateway.errors import APIError, PermissionDenied
+from gateway.errors import APIError
 from gateway.ops.snapshot import service_snapshot
 from gateway.state import state_of
 from gateway.tenancy.models import KeyCreate
@@ -38,6 +38,10 @@ SECURITY_HEADERS = {
 
 class SignInRequired(Exception):
     """No valid session: the page sends the browser to sign in."""
+
+
+class Refused(Exception):
+    """The session may not see this page or do this: answered with a page saying why (403)."""
 
 
 def _page(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
@@ -65,19 +69,19 @@ SessionDep = Annotated[tuple[ConsoleSession, TenantPrincipal | Operator], Depend
 
 def _tenant(principal: TenantPrincipal | Operator) -> TenantPrincipal:
     if not isinstance(principal, TenantPrincipal):
-        raise PermissionDenied("This page is a tenant's; the operator's pages are under /console/admin.")
+        raise Refused("This page is a tenant's; the operator's pages are under /console/admin.")
     return principal
 
 
 def _operator(principal: TenantPrincipal | Operator) -> Operator:
     if not isinstance(principal, Operator):
-        raise PermissionDenied("This page needs the admin key.", code="admin_key_required")
+        raise Refused("This page needs the admin key.")
     return principal
 
 
 def _check_csrf(session: ConsoleSession, token: str | None) -> None:
     if not session.csrf_matches(token):
-        raise PermissionDenied("The form's CSRF token is missing or wrong; reload the page.", code="csrf_failed")
+        raise Refused("The form's CSRF token is missing or wrong; reload the page and try again.")
 
 
 @router.get("/login")
@@ -89,7 +93,7 @@ async def login_page(request: Request) -> HTMLResponse:
 async def login(request: Request, key: Annotated[str, Form(max_length=512)]) -> Response:
     # A session cookie is only ever set for a form posted from the console's own page.
     if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
-        raise PermissionDenied("Sign in from the console's own page.", code="csrf_failed")
+        raise Refused("Sign in from the console's own page.")
     state = state_of(request.app)
     try:
         principal = await sign_in(state.authenticator, key.strip())
@@ -188,7 +192,7 @@ async def keys_page(request: Request, current: SessionDep) -> HTMLResponse:
 
 def _check_may_manage_keys(request: Request) -> None:
     if not state_of(request.app).settings.console_tenant_keys:
-        raise PermissionDenied("Your operator manages this organization's keys.", code="keys_managed_by_operator")
+        raise Refused("Your operator manages this organization's keys.")
 
 
 @router.post("/keys")
@@ -283,4 +287,9 @@ def install_console_handlers(app: Any) -> None:
     async def to_login(request: Request, exc: Exception) -> Response:
         return RedirectResponse("/console/login", 303)
 
+    async def refused(request: Request, exc: Exception) -> Response:
+        session = state_of(request.app).console_sessions.read(request.cookies.get(COOKIE))
+        return _page(request, "refused.html", status_code=403, session=session, reason=str(exc))
+
     app.add_exception_handler(SignInRequired, to_login)
+    app.add_exception_handler(Refused, refused)
