@@ -75,6 +75,11 @@ def sign_in(page: Page, base: str, key: str) -> None:
     page.click("button[type=submit]")
 
 
+def cookies_of(page: Page) -> dict[str, str]:
+    """The page's cookies (its session), for calls made beside the browser."""
+    return {cookie["name"]: cookie["value"] for cookie in page.context.cookies()}
+
+
 def screenshot(page: Page, name: str) -> None:
     target = os.environ.get("LLMAAS_SCREENSHOTS")
     if target:
@@ -143,7 +148,7 @@ def test_forms_need_the_sessions_csrf_token_and_sign_in_its_own_page(base: str, 
     page = browser.new_page()
     sign_in(page, base, key)
     page.wait_for_url("**/console/usage")
-    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    cookies = cookies_of(page)
     with httpx.Client(base_url=base, cookies=cookies) as http:
         assert http.post("/console/keys", data={"name": "forged"}).status_code == 403
         assert http.post("/console/keys", data={"name": "forged", "csrf": "guess"}).status_code == 403
@@ -163,7 +168,7 @@ def test_tenants_see_only_their_own_pages(base: str, browser: Browser) -> None:
     page.goto(f"{base}/console/keys")
     shown = page.locator("#keys tbody").inner_text()
     assert all(k["prefix"] not in shown for k in b_keys)
-    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    cookies = cookies_of(page)
     with httpx.Client(base_url=base, cookies=cookies) as http:
         refused = http.get("/console/admin/tenants")
         assert refused.status_code == 403 and "needs the admin key" in refused.text  # a page saying why
@@ -197,7 +202,7 @@ def test_the_operator_signs_in_with_the_admin_key(base: str, browser: Browser) -
     page.click("#tenants th:has-text('RPM')")  # sortable
     assert page.locator("#tenants th:has-text('RPM')").get_attribute("aria-sort") == "ascending"
     screenshot(page, "console-tenants")
-    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    cookies = cookies_of(page)
     assert httpx.get(f"{base}/console/usage", cookies=cookies).status_code == 403  # a tenant's page
     page.close()
 
@@ -231,14 +236,14 @@ def test_the_console_api_bridge_needs_the_session_and_its_csrf_token(base: str, 
     page = browser.new_page()
     sign_in(page, base, key)
     page.wait_for_url("**/console/usage")
-    tenant_cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    tenant_cookies = cookies_of(page)
     page.goto(f"{base}/console/playground")
     csrf = page.locator("meta[name=csrf-token]").get_attribute("content")
     page.close()
     operator_page = browser.new_page()
     sign_in(operator_page, base, ADMIN_KEY)
     operator_page.wait_for_url("**/console/admin/tenants")
-    operator_cookies = {c["name"]: c["value"] for c in operator_page.context.cookies()}
+    operator_cookies = cookies_of(operator_page)
     operator_csrf = operator_page.locator("input[name=csrf]").first.get_attribute("value")
     operator_page.close()
     bridge = f"{base}/console/api"
@@ -364,13 +369,13 @@ def test_the_operator_sees_every_tenants_usage_the_service_and_the_queue(base: s
         screenshot(page, "console-service")
         page.click("nav >> text=Usage")
         assert page.locator("#all-usage tbody tr").count() >= 1
-        cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+        cookies = cookies_of(page)
         assert httpx.get(f"{base}/console/admin/service.json", cookies=cookies).status_code == 200
         page.close()
         tenant_page = browser.new_page()
         sign_in(tenant_page, base, key)
         tenant_page.wait_for_url("**/console/usage")
-        tenant_cookies = {c["name"]: c["value"] for c in tenant_page.context.cookies()}
+        tenant_cookies = cookies_of(tenant_page)
         assert httpx.get(f"{base}/console/admin/service.json", cookies=tenant_cookies).status_code == 403
         assert httpx.get(f"{base}/console/admin/usage", cookies=tenant_cookies).status_code == 403
         tenant_page.close()

@@ -35,7 +35,7 @@ def test_vllm_metrics_are_summed_over_engines_and_the_newest_lora_series_wins() 
     signals = parse_metrics(VLLM_METRICS)
     assert (signals.running, signals.waiting, signals.kv_cache_usage) == (4, 2, 0.5)
     assert signals.running_adapters == {"ft:a", "ft:b"} and signals.waiting_adapters == {"ft:c"}
-    assert signals.max_loras == 2 and signals.started_at == 1.79600976357e09
+    assert signals.max_loras == 2
 
 
 def replica(name: str, running: int = 0, waiting: int = 0, adapters: tuple[str, ...] = (), **kw: object) -> Replica:

@@ -15,8 +15,6 @@ class ReplicaSignals:
     running_adapters: frozenset[str] = field(default_factory=frozenset)
     waiting_adapters: frozenset[str] = field(default_factory=frozenset)
     max_loras: int | None = None
-    started_at: float | None = None
-    """The server process's start time: a change means it restarted (and lost its loaded adapters)."""
 
 
 def _names(label: str) -> frozenset[str]:
@@ -29,7 +27,6 @@ def parse_metrics(text: str) -> ReplicaSignals:
     kv: list[float] = []
     lora_labels: dict[str, str] | None = None
     lora_stamp = float("-inf")
-    started_at: float | None = None
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             name = sample.name
@@ -41,8 +38,6 @@ def parse_metrics(text: str) -> ReplicaSignals:
                 kv.append(sample.value)
             elif name == "vllm:lora_requests_info" and sample.value >= lora_stamp:
                 lora_stamp, lora_labels = sample.value, sample.labels
-            elif name == "process_start_time_seconds" and started_at is None:
-                started_at = sample.value
     max_loras: int | None = None
     if lora_labels and lora_labels.get("max_lora", "").isdigit():
         max_loras = int(lora_labels["max_lora"])
@@ -53,5 +48,4 @@ def parse_metrics(text: str) -> ReplicaSignals:
         running_adapters=_names((lora_labels or {}).get("running_lora_adapters", "")),
         waiting_adapters=_names((lora_labels or {}).get("waiting_lora_adapters", "")),
         max_loras=max_loras,
-        started_at=started_at,
     )

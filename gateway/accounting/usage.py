@@ -77,9 +77,10 @@ def _whole_days(filters: UsageFilters) -> bool:
     return filters.bucket != "hour" and all(at_midnight)
 
 
-def _sums(records: Any) -> list[Any]:
+def _sums(records: Any, requests: Any) -> list[Any]:
+    """The summed columns of a report, from the ledger's rows or the daily sums (``requests``: how to count)."""
     return [
-        func.count().label("requests") if records is UsageRecord else func.sum(records.requests).label("requests"),
+        requests.label("requests"),
         func.coalesce(func.sum(records.prompt_tokens), 0).label("prompt_tokens"),
         func.coalesce(func.sum(records.completion_tokens), 0).label("completion_tokens"),
         func.coalesce(func.sum(records.cost), 0).label("cost"),
@@ -90,7 +91,7 @@ def _ledger_query(dialect: str, tenant_id: str | None, filters: UsageFilters, gr
     columns: list[Any] = [_COLUMNS[name] for name in group_by]
     if filters.bucket != "none":
         columns.append(_bucket_expr(dialect, filters.bucket).label("period_start"))
-    query = select(*columns, *_sums(UsageRecord))
+    query = select(*columns, *_sums(UsageRecord, func.count()))
     for column, value in (
         (UsageRecord.tenant_id, tenant_id),
         (UsageRecord.key_id, filters.key_id),
@@ -114,7 +115,7 @@ def _daily_query(tenant_id: str | None, filters: UsageFilters, group_by: tuple[G
         columns.append(daily.day.label("period_start"))
     elif filters.bucket == "month":
         columns.append(func.substr(daily.day, 1, 7).label("period_start"))
-    query = select(*columns, *_sums(daily))
+    query = select(*columns, *_sums(daily, func.sum(daily.requests)))
     for column, value in ((daily.tenant_id, tenant_id), (daily.key_id, filters.key_id), (daily.model, filters.model)):
         if value:
             query = query.where(column == value)

@@ -6,6 +6,7 @@ changes something carries the session's CSRF token; sign-in itself only takes a 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path as FilePath
 from typing import Annotated, Any
@@ -16,13 +17,13 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from gateway import bounds
-from gateway.accounting.usage import UsageFilters, usage_csv
-from gateway.console.sessions import COOKIE, OPERATOR, ConsoleSession
+from gateway.accounting.usage import Bucket, UsageFilters, usage_csv
+from gateway.console.sessions import COOKIE, ConsoleSession
 from gateway.errors import APIError
 from gateway.ops.snapshot import service_snapshot
 from gateway.state import state_of
 from gateway.tenancy.models import KeyCreate
-from gateway.tenancy.principal import Operator, TenantPrincipal, sign_in, tenant_of_identity
+from gateway.tenancy.principal import CONSOLE_OPERATOR, Operator, TenantPrincipal, sign_in
 
 templates = Jinja2Templates(directory=FilePath(__file__).parent / "templates")
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -55,11 +56,8 @@ async def console_session(request: Request) -> tuple[ConsoleSession, TenantPrinc
     session = state.console_sessions.read(request.cookies.get(COOKIE))
     if session is None:
         raise SignInRequired
-    if session.is_operator:
-        return session, Operator()
     try:
-        identity = await run_in_threadpool(state.tenancy.identity_of_key, session.subject)
-        return session, tenant_of_identity(identity)
+        return session, await state.authenticator.console_principal(session.subject)
     except APIError as exc:  # revoked, expired, suspended: the session ends
         raise SignInRequired from exc
 
@@ -99,9 +97,9 @@ async def login(request: Request, key: Annotated[str, Form(max_length=512)]) -> 
         principal = await sign_in(state.authenticator, key.strip())
     except APIError as exc:
         return _page(request, "login.html", status_code=exc.status_code, error=exc.message)
-    subject = OPERATOR if isinstance(principal, Operator) else principal.key_id
-    cookie, _ = state.console_sessions.issue(subject)
-    response = RedirectResponse("/console/admin/tenants" if subject == OPERATOR else "/console/usage", 303)
+    subject = CONSOLE_OPERATOR if isinstance(principal, Operator) else principal.key_id
+    cookie, session = state.console_sessions.issue(subject)
+    response = RedirectResponse(_home(session), 303)
     response.set_cookie(
         COOKIE,
         cookie,
@@ -122,13 +120,21 @@ async def logout(current: SessionDep, csrf: Annotated[str | None, Form(max_lengt
     return response
 
 
+def _home(session: ConsoleSession) -> str:
+    return "/console/admin/tenants" if session.is_operator else "/console/usage"
+
+
 @router.get("")
 async def home(current: SessionDep) -> Response:
-    return RedirectResponse("/console/admin/tenants" if current[0].is_operator else "/console/usage", 303)
+    return RedirectResponse(_home(current[0]), 303)
 
 
 def _month_start(now: datetime) -> datetime:
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
+
+
+def _this_month(bucket: Bucket, now: datetime | None = None) -> UsageFilters:
+    return UsageFilters(since=_month_start(now or datetime.now(UTC)), bucket=bucket)
 
 
 @router.get("/usage")
@@ -136,7 +142,7 @@ async def usage_page(request: Request, current: SessionDep) -> HTMLResponse:
     tenant = _tenant(current[1])
     state = state_of(request.app)
     now = datetime.now(UTC)
-    filters = UsageFilters(since=_month_start(now), bucket="day")
+    filters = _this_month("day", now)
     by_model = await run_in_threadpool(state.usage.report, tenant.tenant_id, filters, ("model",))
     by_key = await run_in_threadpool(state.usage.report, tenant.tenant_id, filters, ("key",))
     budget = tenant.identity.quotas.monthly_token_budget
@@ -168,7 +174,7 @@ def _script_json(value: Any) -> str:
 @router.get("/usage.csv")
 async def usage_csv_download(request: Request, current: SessionDep) -> Response:
     tenant = _tenant(current[1])
-    filters = UsageFilters(since=_month_start(datetime.now(UTC)), bucket="day")
+    filters = _this_month("day")
     report = await run_in_threadpool(state_of(request.app).usage.report, tenant.tenant_id, filters, ("model", "key"))
     return Response(
         usage_csv(report),
@@ -225,28 +231,24 @@ async def revoke_key(
     return RedirectResponse("/console/keys", 303)
 
 
-@router.get("/playground")
-async def playground_page(request: Request, current: SessionDep) -> HTMLResponse:
-    _tenant(current[1])
-    return _page(request, "playground.html", session=current[0])
+def _shell_page(template: str, may_see: Callable[[TenantPrincipal | Operator], object]) -> Any:
+    """A page whose data its own script reads from the APIs: the route only checks who may see it."""
+
+    async def page(request: Request, current: SessionDep) -> HTMLResponse:
+        may_see(current[1])
+        return _page(request, template, session=current[0])
+
+    return page
 
 
-@router.get("/models")
-async def models_page(request: Request, current: SessionDep) -> HTMLResponse:
-    _tenant(current[1])
-    return _page(request, "models.html", session=current[0])
-
-
-@router.get("/evaluations")
-async def evaluations_page(request: Request, current: SessionDep) -> HTMLResponse:
-    _tenant(current[1])
-    return _page(request, "evaluations.html", session=current[0])
-
-
-@router.get("/fine-tuning")
-async def fine_tuning_page(request: Request, current: SessionDep) -> HTMLResponse:
-    _tenant(current[1])
-    return _page(request, "fine_tuning.html", session=current[0])
+for _path, _template in (
+    ("/playground", "playground.html"),
+    ("/models", "models.html"),
+    ("/evaluations", "evaluations.html"),
+    ("/fine-tuning", "fine_tuning.html"),
+):
+    router.add_api_route(_path, _shell_page(_template, _tenant), methods=["GET"])
+router.add_api_route("/admin/service", _shell_page("service.html", _operator), methods=["GET"])
 
 
 @router.get("/admin/tenants")
@@ -254,12 +256,6 @@ async def tenants_page(request: Request, current: SessionDep) -> HTMLResponse:
     _operator(current[1])
     tenants = await run_in_threadpool(state_of(request.app).tenancy.list_tenants)
     return _page(request, "tenants.html", session=current[0], tenants=tenants)
-
-
-@router.get("/admin/service")
-async def service_page(request: Request, current: SessionDep) -> HTMLResponse:
-    _operator(current[1])
-    return _page(request, "service.html", session=current[0])
 
 
 @router.get("/admin/service.json")
@@ -275,7 +271,7 @@ async def service_state(request: Request, current: SessionDep) -> Response:
 @router.get("/admin/usage")
 async def all_usage_page(request: Request, current: SessionDep) -> HTMLResponse:
     _operator(current[1])
-    filters = UsageFilters(since=_month_start(datetime.now(UTC)), bucket="none")
+    filters = _this_month("none")
     report = await run_in_threadpool(state_of(request.app).usage.report, None, filters, ("tenant", "model"))
     tenants = {t.id: t.name for t in await run_in_threadpool(state_of(request.app).tenancy.list_tenants)}
     return _page(request, "all_usage.html", session=current[0], report=report, tenant_names=tenants)

@@ -14,20 +14,21 @@ from dataclasses import dataclass
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from gateway.tenancy.principal import CONSOLE_OPERATOR
+
 COOKIE = "llmaas_console"
 MAX_AGE_SECONDS = 8 * 3600
-OPERATOR = "operator"
 
 
 @dataclass(frozen=True)
 class ConsoleSession:
     subject: str
-    """``operator``, or the id of the tenant key signed in with."""
+    """``CONSOLE_OPERATOR``, or the id of the tenant key signed in with."""
     csrf: str
 
     @property
     def is_operator(self) -> bool:
-        return self.subject == OPERATOR
+        return self.subject == CONSOLE_OPERATOR
 
     def csrf_matches(self, token: str | None) -> bool:
         return token is not None and hmac.compare_digest(token.encode(), self.csrf.encode())

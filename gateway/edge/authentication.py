@@ -55,7 +55,7 @@ class AuthenticationMiddleware:
         headers = Headers(scope=scope)
         session = self.console_sessions().read(cookie_parser(headers.get("cookie", "")).get(COOKIE))
         try:
-            if realm is not Realm.TENANT and realm is not Realm.OPERATOR:
+            if realm not in (Realm.TENANT, Realm.OPERATOR):
                 raise PermissionDenied("The console's API bridge only reaches /v1 and /admin.")
             if session is None:
                 raise AuthenticationError("Sign in to the console first.")

@@ -22,6 +22,9 @@ from gateway.tenancy.key_cache import KeyCache
 from gateway.tenancy.keys import has_key_shape
 from gateway.tenancy.service import KeyIdentity, utcnow
 
+CONSOLE_OPERATOR = "operator"
+"""The subject of the operator's console sessions (a tenant's session names its key's id)."""
+
 
 class Realm(enum.Enum):
     PUBLIC = "public"
@@ -118,16 +121,25 @@ class Authenticator:
         self._metrics_token = metrics_token
         self._key_by_id = key_by_id
 
-    async def of_console_session(self, subject: str, realm: Realm) -> Principal:
-        """The principal of a console session (``operator`` or a key id), for a request of ``realm``: the key is
-        read as it is now, so a revoked key, or a suspended tenant, ends the session at once."""
-        if subject == "operator":
-            if realm is Realm.TENANT:
-                raise PermissionDenied("The operator's console session cannot call the OpenAI API.")
+    async def console_principal(self, subject: str) -> TenantPrincipal | Operator:
+        """The principal of a console session (``CONSOLE_OPERATOR`` or a key id). The key is read as it is now,
+        so a revoked or expired key, or a suspended tenant, ends the session at once."""
+        if subject == CONSOLE_OPERATOR:
             return Operator()
-        if realm is not Realm.TENANT or self._key_by_id is None:
+        identity = await run_in_threadpool(self._key_by_id, subject) if self._key_by_id else None
+        if identity is None:
+            raise AuthenticationError("This API key no longer exists.")
+        _check_active(identity, utcnow())
+        return TenantPrincipal(identity)
+
+    async def of_console_session(self, subject: str, realm: Realm) -> Principal:
+        """A console session's principal for an API request of ``realm``: tenants reach /v1, the operator /admin."""
+        principal = await self.console_principal(subject)
+        if isinstance(principal, Operator) and realm is Realm.TENANT:
+            raise PermissionDenied("The operator's console session cannot call the OpenAI API.")
+        if isinstance(principal, TenantPrincipal) and realm is not Realm.TENANT:
             raise PermissionDenied("A tenant's console session cannot use this route.", code="admin_key_required")
-        return tenant_of_identity(await run_in_threadpool(self._key_by_id, subject))
+        return principal
 
     async def authenticate(self, authorization: str, realm: Realm) -> Principal:
         token = bearer_token(authorization)
@@ -159,14 +171,6 @@ async def sign_in(authenticator: Authenticator, token: str) -> TenantPrincipal |
     if isinstance(principal, MetricsReader):
         raise AuthenticationError("The metrics token cannot sign in to the console.")
     return principal
-
-
-def tenant_of_identity(identity: KeyIdentity | None) -> TenantPrincipal:
-    """A console session's tenant, from its key as it is now (revoked, expired or suspended: refused)."""
-    if identity is None:
-        raise AuthenticationError("This API key no longer exists.")
-    _check_active(identity, utcnow())
-    return TenantPrincipal(identity)
 
 
 def _principal(request: Request) -> Principal:

@@ -3,7 +3,6 @@
 "use strict";
 (function () {
   const api = (path, init) => llmaas.call("/v1" + path, init);
-  const json = (body) => ({ method: "POST", body });
   const $ = (id) => document.getElementById(id);
   const cell = (row, text) => { const td = row.insertCell(); td.textContent = text; return td; };
   const FINAL = new Set(["succeeded", "failed", "cancelled"]);
@@ -111,7 +110,7 @@
     if ($("suffix").value) body.suffix = $("suffix").value;
     if ($("epochs").value) body.hyperparameters = { n_epochs: Number($("epochs").value) };
     try {
-      const job = await api("/fine_tuning/jobs", json(body));
+      const job = await api("/fine_tuning/jobs", { method: "POST", body });
       await loadJobs();
       watch(job.id);
     } catch (error) {
