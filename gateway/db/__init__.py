@@ -2,11 +2,25 @@
 production) and Alembic migrations applied at start."""
 
 from gateway.db.database import Database
-from gateway.db.schema import ApiKey, Base, Eval, EvalRun, EvalRunItem, File, Tenant, UsageDaily, UsageRecord
+from gateway.db.schema import (
+    ApiKey,
+    AuditEntry,
+    Base,
+    ConsoleSession,
+    Eval,
+    EvalRun,
+    EvalRunItem,
+    File,
+    Tenant,
+    UsageDaily,
+    UsageRecord,
+)
 
 __all__ = [
     "ApiKey",
+    "AuditEntry",
     "Base",
+    "ConsoleSession",
     "Database",
     "Eval",
     "EvalRun",

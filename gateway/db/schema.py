@@ -51,6 +51,8 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+    key_manager: Mapped[bool] = mapped_column(Boolean, default=False)
+    """A key manager may revoke the tenant's other keys; any key may only create keys no broader than itself."""
 
     tenant: Mapped[Tenant] = relationship(back_populates="keys")
 
@@ -180,3 +182,43 @@ class EvalRunItem(Base):
     results: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(8))
     created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class ConsoleSession(Base):
+    """A console sign-in, kept server-side: the cookie names the row, and a page or bridge call is served only
+    while the row is neither ended (sign-out, key revoked, tenant suspended or deleted) nor expired."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """A hash of the random session id the cookie carries (a database read reveals no usable session)."""
+    subject: Mapped[str] = mapped_column(String(40), index=True)
+    """``operator``, or the id of the tenant key signed in with."""
+    tenant_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime)
+    client_address: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditEntry(Base):
+    """Who did what to tenants, keys, models, files and sessions. Append-only: the API never updates or deletes
+    a row, and rows are kept when their tenant is deleted (they hold ids, never content)."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_at", "at"), Index("ix_audit_log_tenant_at", "tenant_id", "at"))
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime)
+    actor: Mapped[str] = mapped_column(String(64))
+    """``operator``, ``system``, or the id of the tenant key (or console session's key) that acted."""
+    actor_tenant_id: Mapped[str | None] = mapped_column(String(40))
+    action: Mapped[str] = mapped_column(String(64))
+    """``tenant.create``, ``key.revoke``, ``session.end``, ``file.delete``, ..."""
+    target_type: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[str | None] = mapped_column(String(256))
+    tenant_id: Mapped[str | None] = mapped_column(String(40))
+    """The tenant the target belongs to."""
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    client_address: Mapped[str | None] = mapped_column(String(64))
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
