@@ -1,6 +1,8 @@
-"""Property-based fuzzing of every route in the app's own OpenAPI schema (schemathesis), ``/admin/v1``
-included, against a real gateway process with real tenants on PostgreSQL (the instant fake engine stands in for
-vLLM): valid and invalid inputs alike must never get a 5xx, and every error must have OpenAI's shape.
+"""Property-based fuzzing of every route in the app's own OpenAPI schema (schemathesis), ``/admin/v1``,
+multipart uploads and evals included, against a real gateway process with real tenants on PostgreSQL (the
+instant fake engine stands in for vLLM): valid and invalid inputs alike must never get a 5xx, and every error
+must have OpenAI's shape. While the campaign runs, ``/health`` is probed every 50 ms: no input may stall the
+event loop for seconds, and the gateway's RSS may grow by at most ``RSS_GROWTH_BOUND`` over the campaign.
 
 ``LLMAAS_FUZZ_EXAMPLES`` sets the examples per route (default 25, a couple of minutes here); for a long run:
 
@@ -9,13 +11,17 @@ vLLM): valid and invalid inputs alike must never get a 5xx, and every error must
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 import schemathesis
 from schemathesis import Case
@@ -26,12 +32,37 @@ from gateway.settings import GatewaySettings
 from tests.conftest import ADMIN_KEY, FAKE_GATEWAY, create_tenant, free_port, fresh_postgres_database, running
 
 EXAMPLES = int(os.environ.get("LLMAAS_FUZZ_EXAMPLES", "25"))
+STALL_BOUND_S = 2.0
+"""The slowest ``/health`` answer allowed during the campaign (a stall of seconds is a bug; the 200 ms target
+under hostile load is measured by ``bench/hostile_load.py``, not asserted here)."""
+RSS_GROWTH_BOUND = 256 * 1024 * 1024
 
 
-@dataclass(frozen=True)
+class HealthProbe(threading.Thread):
+    """Asks ``/health`` every 50 ms and keeps the slowest answer (a request that times out counts as its wait)."""
+
+    def __init__(self, base: str) -> None:
+        super().__init__(daemon=True)
+        self.base = base
+        self.slowest = 0.0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.base, timeout=30) as http:
+            while not self.stopped.wait(0.05):
+                started = time.perf_counter()
+                with contextlib.suppress(httpx.HTTPError):
+                    http.get("/health")
+                self.slowest = max(self.slowest, time.perf_counter() - started)
+
+
+@dataclass
 class Target:
     base: str
     tenant_key: str
+    process: psutil.Process
+    probe: HealthProbe
+    rss_at_start: int = field(default=0)
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +71,18 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     port = free_port()
     with fresh_postgres_database("llmaas_fuzz") as url:
         env = {**os.environ, "LLMAAS_DATA_DIR": str(data), "LLMAAS_DATABASE_URL": url, "LLMAAS_ADMIN_KEY": ADMIN_KEY}
-        with running([*FAKE_GATEWAY, "--port", str(port)], env, data / "gateway.log"):
+        with running([*FAKE_GATEWAY, "--port", str(port)], env, data / "gateway.log") as proc:
             base = f"http://127.0.0.1:{port}"
             with httpx.Client(base_url=base, headers={"authorization": f"Bearer {ADMIN_KEY}"}) as admin:
                 _, key = create_tenant(admin, "fuzzed", requests_per_minute=100_000, max_storage_bytes=10**8)
-            yield Target(base, key)
+            process = psutil.Process(proc.pid)
+            target = Target(base, key, process, HealthProbe(base), process.memory_info().rss)
+            target.probe.start()
+            try:
+                yield target
+            finally:
+                target.probe.stopped.set()
+                target.probe.join()
 
 
 def _app_schema() -> dict[str, Any]:
@@ -71,3 +109,10 @@ def test_no_input_reaches_a_5xx_and_every_error_has_openai_shape(case: Case, tar
         assert set(body) == {"error"}, body
         assert set(body["error"]) == {"message", "type", "param", "code"}, body
         assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+
+
+def test_the_campaign_stalled_nothing_and_grew_rss_within_its_bound(target: Target) -> None:
+    """Runs after the fuzzed routes (pytest keeps the file's order)."""
+    assert target.probe.slowest < STALL_BOUND_S, f"/health took {target.probe.slowest:.2f} s during the campaign"
+    growth = target.process.memory_info().rss - target.rss_at_start
+    assert growth < RSS_GROWTH_BOUND, f"RSS grew by {growth / 2**20:.0f} MiB"
