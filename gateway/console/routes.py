@@ -254,8 +254,14 @@ router.add_api_route("/admin/service", _shell_page("service.html", _operator), m
 @router.get("/admin/tenants")
 async def tenants_page(request: Request, current: SessionDep) -> HTMLResponse:
     _operator(current[1])
-    tenants = await run_in_threadpool(state_of(request.app).tenancy.list_tenants)
-    return _page(request, "tenants.html", session=current[0], tenants=tenants)
+    state = state_of(request.app)
+    tenants = await run_in_threadpool(state.tenancy.list_tenants)
+    unpriced = {  # models a tenant is billed 0 for: the operator should price them
+        tenant.name: models
+        for tenant in tenants
+        if (models := state.prices.unpriced(tenant.model_prices, state.catalog.base_ids()))
+    }
+    return _page(request, "tenants.html", session=current[0], tenants=tenants, unpriced=unpriced)
 
 
 @router.get("/admin/service.json")
