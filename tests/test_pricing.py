@@ -21,6 +21,7 @@ import openai
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 from sqlalchemy import select, update
 
 from adapters.jobs import JobService
@@ -114,6 +115,14 @@ def test_an_unpriced_model_costs_0_with_one_warning(caplog: pytest.LogCaptureFix
 def test_a_cost_is_in_nanos_rounded_up() -> None:
     assert Price(Decimal("0.15"), Decimal("0.6")).cost_nanos(1, 1) == 750  # 0.15 + 0.6 micro-USD
     assert Price(Decimal("0.0000001"), Decimal(0)).cost_nanos(1, 0) == 1
+
+
+def test_the_default_list_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMAAS_DEFAULT_MODEL_PRICES", '{"m": {"input": "0.1", "output": 0.2, "training": "1"}}')
+    assert GatewaySettings().default_model_prices == {"m": price("0.1", "0.2", training="1")}
+    monkeypatch.setenv("LLMAAS_DEFAULT_MODEL_PRICES", '{"m": {"input": "-1", "output": "0"}}')
+    with pytest.raises(ValidationError, match="input"):
+        GatewaySettings()
 
 
 # -- through the gateway ------------------------------------------------------------------------------------------
@@ -321,5 +330,5 @@ def test_the_operators_tenants_page_names_models_billed_0(gateways: Callable[...
     page = gateway.http.get("/console/admin/tenants")
     assert page.status_code == 200
     warning = page.text.split('id="unpriced"', 1)[1].split("</section>", 1)[0]
-    assert f"{free}: model <code>{BASE}</code> has no price: billed 0" in warning
+    assert f"model <code>{BASE}</code> has no price: billed 0 for {free}" in warning
     assert priced not in warning

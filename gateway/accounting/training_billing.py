@@ -3,8 +3,7 @@
 ``charge_job`` runs inside the transaction that moves a job to its final status (the worker's, or the API's
 when a job is cancelled before it runs): the ledger gets one ``fine_tune`` record for the tokens trained (its
 ``request_id`` is the job id, so it cannot be written twice), priced by ``pricing`` as its reservation was, and
-the job is marked settled. Nothing the
-worker does later can charge it again or resurrect it.
+the job is marked settled. Nothing the worker does later can charge it again or resurrect it.
 
 ``TrainingBilling`` then releases the job's budget reservation in the limiter (exactly one gateway does it, by
 a compare-and-set on the job row), replacing it by the charge. It also charges any final job that a worker

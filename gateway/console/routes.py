@@ -256,11 +256,10 @@ async def tenants_page(request: Request, current: SessionDep) -> HTMLResponse:
     _operator(current[1])
     state = state_of(request.app)
     tenants = await run_in_threadpool(state.tenancy.list_tenants)
-    unpriced = {  # models a tenant is billed 0 for: the operator should price them
-        tenant.name: models
-        for tenant in tenants
-        if (models := state.prices.unpriced(tenant.model_prices, state.catalog.base_ids()))
-    }
+    unpriced: dict[str, list[str]] = {}  # model -> the tenants billed 0 for it: the operator should price it
+    for tenant in tenants:
+        for model in state.prices.unpriced(tenant.model_prices, state.catalog.base_ids()):
+            unpriced.setdefault(model, []).append(tenant.name)
     return _page(request, "tenants.html", session=current[0], tenants=tenants, unpriced=unpriced)
 
 
