@@ -44,6 +44,22 @@ def checkpoint_name(model: str, step: int) -> str:
     return f"{model}{CHECKPOINT_MARK}{step}"
 
 
+def lineage(name: str) -> list[str]:
+    """The model a name denotes and what it was made from, nearest first: a checkpoint, its fine-tuned model, its
+    base model (the inverse of ``model_name`` and ``checkpoint_name``; tenant names, suffixes and short ids hold no
+    ``:``, so a base model's id may). Any other name is its own lineage."""
+    names = [name]
+    model, mark, step = name.rpartition(CHECKPOINT_MARK)
+    if mark and step.isdigit() and model.startswith("ft:"):
+        names.append(model)
+    else:
+        model = name
+    parts = model.removeprefix("ft:").rsplit(":", 3)
+    if model.startswith("ft:") and len(parts) == 4 and parts[0]:
+        names.append(parts[0])
+    return names
+
+
 class AdapterRegistry:
     def __init__(self, sessions: sessionmaker[Session], store_dir: Path) -> None:
         self._sessions = sessions

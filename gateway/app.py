@@ -32,9 +32,10 @@ from gateway.accounting import routes as usage_routes
 from gateway.accounting.admission import Admission
 from gateway.accounting.ledger import LedgerWriter
 from gateway.accounting.limits import Limiter, MemoryLimiter, RedisLimiter
+from gateway.accounting.pricing import PriceBook
 from gateway.accounting.records import UsageLedger
 from gateway.accounting.tasks import SettlementTasks
-from gateway.accounting.training_billing import TrainingBilling, charge_job
+from gateway.accounting.training_billing import TrainingBilling, job_charger
 from gateway.accounting.usage import UsageReports
 from gateway.console import routes as console_routes
 from gateway.console.routes import install_console_handlers
@@ -102,8 +103,12 @@ def file_store(database: Database, settings: GatewaySettings) -> FileStore:
     return FileStore(database, settings.data_dir / "files")
 
 
-def job_service(database: Database) -> JobService:
-    return JobService(database.sessions, on_final=charge_job)
+def price_book(settings: GatewaySettings) -> PriceBook:
+    return PriceBook(settings.default_model_prices)
+
+
+def job_service(database: Database, prices: PriceBook) -> JobService:
+    return JobService(database.sessions, on_final=job_charger(prices))
 
 
 def build_limiter(settings: GatewaySettings) -> Limiter:
@@ -155,8 +160,14 @@ def create_app(
             engines = await stack.enter_async_context(_engines(engine_settings, engine_factory, registry, metrics))
             stack.push_async_callback(_cancel, asyncio.create_task(billing.run()))
 
+            prices = price_book(settings)
             admission = Admission(
-                limiter, ledger, usage_ledger, tasks, training_lease_seconds=settings.training_reservation_lease_seconds
+                limiter,
+                ledger,
+                usage_ledger,
+                tasks,
+                prices,
+                training_lease_seconds=settings.training_reservation_lease_seconds,
             )
             leases = asyncio.create_task(admission.keep_leases(settings.reservation_lease_seconds / 3))
             stack.push_async_callback(_cancel, leases)
@@ -180,7 +191,8 @@ def create_app(
                 catalog=catalog,
                 caps=caps,
                 files=file_store(database, settings),
-                jobs=job_service(database),
+                jobs=job_service(database, prices),
+                prices=prices,
                 evals=evals,
                 console_sessions=SessionCodec(admin_key),
             )

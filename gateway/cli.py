@@ -229,8 +229,8 @@ def worker(
     from engine.hardware import detect, resolve_dtype
     from engine.model_prep import resolve_model_dir
     from engine.settings import EngineSettings
-    from gateway.accounting.training_billing import charge_job
-    from gateway.app import adapter_registry, file_store, open_database
+    from gateway.accounting.training_billing import job_charger
+    from gateway.app import adapter_registry, file_store, open_database, price_book
     from gateway.settings import GatewaySettings
 
     settings = GatewaySettings()
@@ -245,7 +245,7 @@ def worker(
         adapter_registry(database, settings),
         file_store(database, settings).read,
         base_models,
-        on_final=charge_job,
+        on_final=job_charger(price_book(settings)),
         training_threads=settings.training_threads,
         bf16=resolve_dtype(engine_settings.dtype, detect()) == "bfloat16",  # the engine's choice, for the same CPU
     )

@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from engine.settings import default_data_dir
+from gateway.tenancy.models import ModelId, ModelPrice
 
 MiB = 1024 * 1024
 
@@ -82,6 +83,11 @@ class GatewaySettings(BaseSettings):
     )
     default_max_storage_bytes: int = Field(
         default=1024 * MiB, ge=0, description="A tenant's file storage when its own quota is not set."
+    )
+    default_model_prices: dict[ModelId, ModelPrice] = Field(
+        default_factory=dict,
+        description='Prices for tenants whose own list has none for a model (nor its base): JSON {"model": '
+        '{"input": USD per 1M prompt tokens, "output": ..., "training": ... (optional)}}.',
     )
 
     @field_validator("cors_origins", mode="before")

@@ -13,6 +13,7 @@ from fastapi import Depends, FastAPI, Request
 from adapters.jobs import JobService
 from engine.settings import EngineSettings
 from gateway.accounting.admission import Admission
+from gateway.accounting.pricing import PriceBook
 from gateway.accounting.usage import UsageReports
 from gateway.console.sessions import SessionCodec
 from gateway.edge.request_context import RequestContext
@@ -45,6 +46,7 @@ class AppState:
     jobs: JobService
     evals: EvalService
     console_sessions: SessionCodec
+    prices: PriceBook
 
 
 def state_of(app: FastAPI) -> AppState:

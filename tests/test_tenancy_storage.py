@@ -190,8 +190,7 @@ def test_the_budget_snapshot_holds_open_jobs_as_reservations(
     """A job whose reservation is not released yet is a reservation, and its charge (if written) is not yet
     counted as used: a limiter starting from the snapshot counts it once, when the release comes."""
     from adapters.jobs import JobService
-    from gateway.accounting.training_billing import charge_job
-    from tests.test_worker import job_request
+    from tests.test_worker import charge_job, job_request
 
     acme = service.create_tenant(TenantCreate(name="acme"))
     jobs = JobService(database.sessions, on_final=charge_job)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from adapters.jobs import JobService
 from adapters.store import FineTuningJob
 from gateway.accounting.limits import Demand, MemoryLimiter, Settlement
-from gateway.accounting.training_billing import TrainingBilling, charge_job
+from gateway.accounting.training_billing import TrainingBilling
 from gateway.db import Database
-from tests.test_worker import job_request
+from tests.test_worker import charge_job, job_request
 
 
 class FlakyLimiter(MemoryLimiter):

@@ -20,8 +20,11 @@ from adapters.registry import AdapterRegistry
 from adapters.store import Adapter, FineTuningJob, utcnow
 from adapters.training import Checkpoint, TrainingResult
 from adapters.worker import Worker
-from gateway.accounting.training_billing import charge_job
+from gateway.accounting.pricing import PriceBook
+from gateway.accounting.training_billing import job_charger
 from gateway.db import Database, UsageRecord
+
+charge_job = job_charger(PriceBook({}))  # no prices: these tests are about when a job is charged
 
 
 def job_request(**overrides: object) -> JobRequest:

@@ -2,7 +2,8 @@
 through which what it used is settled.
 
 * An inference request reserves its rate (one RPM unit per prompt, prompt + most completion tokens in the TPM
-  window, a concurrency slot) and its budget (those tokens and their cost), and room for its ledger record.
+  window, a concurrency slot) and its budget (those tokens and their cost at the price ``pricing`` finds for its
+  model, which its settlement charges too), and room for its ledger record.
   The returned ``InferenceReservation`` settles exactly once when the run ends (completed, failed or
   abandoned): the ledger gets one record, and the limiter replaces the reservation by the real count.
 * An upload (or the creation of an eval run) takes one unit of the RPM window and nothing else.
@@ -29,6 +30,7 @@ from gateway.accounting.limits import (
     RateDemand,
     Settlement,
 )
+from gateway.accounting.pricing import Price, PriceBook
 from gateway.accounting.records import UsageEntry, UsageLedger
 from gateway.accounting.tasks import SettlementTasks
 from gateway.edge.request_context import RequestContext
@@ -50,10 +52,12 @@ class Admission:
         ledger: LedgerWriter,
         usage: UsageLedger,
         tasks: SettlementTasks,
+        prices: PriceBook,
         *,
         training_lease_seconds: float,
     ) -> None:
         self._limiter = limiter
+        self._prices = prices
         self._ledger = ledger
         self._usage = usage
         self._tasks = tasks
@@ -83,13 +87,12 @@ class Admission:
         kind: str = "inference",
     ) -> InferenceReservation:
         quotas = tenant.identity.quotas
+        price = self._prices.price_for(quotas.prices, model, "inference")
         tokens = prompt_tokens + max_completion_tokens
         demand = Demand(
             context.id,
             rate=RateDemand(requests=prompts, tokens=tokens, slot=True),
-            budget=BudgetDemand(
-                tokens, quotas.cost_nanos(model, prompt_tokens, max_completion_tokens), current_month()
-            ),
+            budget=BudgetDemand(tokens, price.cost_nanos(prompt_tokens, max_completion_tokens), current_month()),
         )
         self._ledger.claim()
         try:
@@ -99,7 +102,7 @@ class Admission:
             raise
         context.response_headers.update(grant.headers)
         self._running[demand.id] = (tenant.tenant_id, demand)
-        return InferenceReservation(self, context, tenant, model, demand, end_user, kind)
+        return InferenceReservation(self, context, tenant, model, price, demand, end_user, kind)
 
     async def admit_request(self, context: RequestContext, tenant: TenantPrincipal) -> None:
         demand = Demand(context.id, rate=RateDemand(requests=1, tokens=0, slot=False))
@@ -113,7 +116,7 @@ class Admission:
         """Reserve a fine-tuning job's estimated tokens against the budgets of the month it is created in (nothing
         else); the job keeps the amounts and its ``created_at``, so its release gives back exactly this."""
         quotas = tenant.identity.quotas
-        cost = quotas.cost_nanos(model, estimated_tokens, 0)
+        cost = self._prices.price_for(quotas.prices, model, "training").cost_nanos(estimated_tokens, 0)
         budget = BudgetDemand(estimated_tokens, cost, created_at.strftime("%Y-%m"))
         demand = Demand(job_id, budget=budget, lease_seconds=self._training_lease)
         await self._limiter.admit(tenant.tenant_id, quotas, demand, self._month_to_date(tenant.tenant_id))
@@ -163,6 +166,7 @@ class InferenceReservation:
         context: RequestContext,
         tenant: TenantPrincipal,
         model: str,
+        price: Price,
         demand: Demand,
         end_user: str | None,
         kind: str,
@@ -171,6 +175,7 @@ class InferenceReservation:
         self._context = context
         self._tenant = tenant
         self._model = model
+        self._price = price
         self._demand = demand
         self._end_user = end_user
         self._kind = kind
@@ -181,7 +186,7 @@ class InferenceReservation:
         if self._settled:
             return
         self._settled = True
-        cost = self._tenant.identity.quotas.cost_nanos(self._model, prompt_tokens, completion_tokens)
+        cost = self._price.cost_nanos(prompt_tokens, completion_tokens)
         entry = UsageEntry(
             request_id=self._context.id,
             tenant_id=self._tenant.tenant_id,

@@ -2,8 +2,8 @@
 
 ``charge_job`` runs inside the transaction that moves a job to its final status (the worker's, or the API's
 when a job is cancelled before it runs): the ledger gets one ``fine_tune`` record for the tokens trained (its
-``request_id`` is the job id, so it cannot be written twice) and the job is marked settled. Nothing the
-worker does later can charge it again or resurrect it.
+``request_id`` is the job id, so it cannot be written twice), priced by ``pricing`` as its reservation was, and
+the job is marked settled. Nothing the worker does later can charge it again or resurrect it.
 
 ``TrainingBilling`` then releases the job's budget reservation in the limiter (exactly one gateway does it, by
 a compare-and-set on the job row), replacing it by the charge. It also charges any final job that a worker
@@ -12,7 +12,9 @@ of an older version left unsettled."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Callable
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -21,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from adapters.jobs import FINAL
 from adapters.store import FineTuningJob
 from gateway.accounting.limits import BudgetDemand, Demand, Limiter, Settlement
+from gateway.accounting.pricing import PriceBook
 from gateway.accounting.records import UsageEntry, insert_usage
 from gateway.db import Database, Tenant, UsageRecord
 from gateway.tenancy.models import Quotas, usd_to_nanos
@@ -29,11 +32,17 @@ from gateway.tenancy.service import quotas_of, utcnow
 logger = logging.getLogger(__name__)
 
 
-def charge_job(session: Session, job: FineTuningJob) -> None:
+def job_charger(prices: PriceBook) -> Callable[[Session, FineTuningJob], None]:
+    """The job service's ``on_final`` hook: ``charge_job`` at these prices."""
+    return functools.partial(charge_job, prices)
+
+
+def charge_job(prices: PriceBook, session: Session, job: FineTuningJob) -> None:
     """Charge a job that is entering its final status, in the caller's transaction."""
     tenant = session.get(Tenant, job.tenant_id)
     quotas = quotas_of(tenant) if tenant is not None else Quotas()
     trained = int(job.trained_tokens or 0)
+    price = prices.price_for(quotas.prices, job.model, "training")
     entry = UsageEntry(
         request_id=job.id,
         tenant_id=job.tenant_id,
@@ -43,7 +52,7 @@ def charge_job(session: Session, job: FineTuningJob) -> None:
         outcome=job.status,
         prompt_tokens=trained,
         completion_tokens=0,
-        cost_nanos=quotas.cost_nanos(job.model, trained, 0),
+        cost_nanos=price.cost_nanos(trained, 0),
         created_at=utcnow(),
     )
     insert_usage(session, [entry])

@@ -254,8 +254,13 @@ router.add_api_route("/admin/service", _shell_page("service.html", _operator), m
 @router.get("/admin/tenants")
 async def tenants_page(request: Request, current: SessionDep) -> HTMLResponse:
     _operator(current[1])
-    tenants = await run_in_threadpool(state_of(request.app).tenancy.list_tenants)
-    return _page(request, "tenants.html", session=current[0], tenants=tenants)
+    state = state_of(request.app)
+    tenants = await run_in_threadpool(state.tenancy.list_tenants)
+    unpriced: dict[str, list[str]] = {}  # model -> the tenants billed 0 for it: the operator should price it
+    for tenant in tenants:
+        for model in state.prices.unpriced(tenant.model_prices, state.catalog.base_ids()):
+            unpriced.setdefault(model, []).append(tenant.name)
+    return _page(request, "tenants.html", session=current[0], tenants=tenants, unpriced=unpriced)
 
 
 @router.get("/admin/service.json")

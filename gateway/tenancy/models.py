@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -23,6 +24,7 @@ class ModelPrice(BaseModel):
     model_config = ConfigDict(extra="forbid")
     input: Price = Field(description="USD per 1M prompt tokens")
     output: Price = Field(description="USD per 1M completion tokens")
+    training: Price | None = Field(default=None, description="USD per 1M trained tokens; null: the input price")
 
 
 class QuotaFields(BaseModel):
@@ -99,16 +101,8 @@ class Quotas:
     monthly_cost_budget_nanos: int | None = None
     max_tokens_cap: int | None = None
     max_storage_bytes: int | None = None
-    # model -> (USD per 1M prompt tokens, USD per 1M completion tokens)
-    prices: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict)
-
-    def cost_nanos(self, model: str, prompt_tokens: int, completion_tokens: int) -> int:
-        """Cost in nano-USD (1e-9), rounded up."""
-        per_input, per_output = self.prices.get(model, (Decimal(0), Decimal(0)))
-        # USD per 1M tokens * tokens = micro-USD; * 1000 = nano-USD.
-        return int(
-            ((prompt_tokens * per_input + completion_tokens * per_output) * 1000).to_integral_value("ROUND_CEILING")
-        )
+    prices: Mapping[str, ModelPrice] = field(default_factory=dict)
+    """The tenant's own price list (``gateway.accounting.pricing`` says how a price is found)."""
 
     @property
     def has_budget(self) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -18,6 +17,7 @@ from gateway.tenancy.models import (
     KeyCreate,
     KeyCreated,
     KeyOut,
+    ModelPrice,
     Quotas,
     TenantCreate,
     TenantOut,
@@ -93,10 +93,7 @@ def quotas_of(tenant: Tenant) -> Quotas:
         monthly_cost_budget_nanos=None if cost is None else usd_to_nanos(Decimal(cost)),
         max_tokens_cap=tenant.max_tokens_cap,
         max_storage_bytes=tenant.max_storage_bytes,
-        prices={
-            model: (Decimal(str(p["input"])), Decimal(str(p["output"])))
-            for model, p in (tenant.model_prices or {}).items()
-        },
+        prices={model: ModelPrice.model_validate(p) for model, p in (tenant.model_prices or {}).items()},
     )
 
 
@@ -114,8 +111,8 @@ def _identity(key: ApiKey) -> KeyIdentity:
     )
 
 
-def _prices_json(prices: dict[str, Any]) -> dict[str, dict[str, str]]:
-    return {model: {"input": str(p.input), "output": str(p.output)} for model, p in prices.items()}
+def _prices_json(prices: dict[str, ModelPrice]) -> dict[str, dict[str, str]]:
+    return {model: p.model_dump(mode="json", exclude_none=True) for model, p in prices.items()}
 
 
 class TenancyService:
