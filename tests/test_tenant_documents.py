@@ -21,13 +21,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
 import psutil
 import pytest
+from starlette.concurrency import run_in_threadpool
 
-from adapters.datasets import DatasetError, check_jsonl
+from adapters.datasets import ChatExample, DatasetError, Message, check_jsonl
+from engine.tokenizer import HFTokenizer
 from gateway import bounds, documents
 from gateway.db import Database
 from gateway.errors import InvalidRequestError, NotFoundError
@@ -36,6 +39,7 @@ from gateway.evals.items import checked_items
 from gateway.evals.models import EvalCreate, RunCreate
 from gateway.evals.service import EvalService
 from gateway.fine_tuning.files import FileStore
+from gateway.fine_tuning.jobs_routes import estimate_tokens
 from gateway.workers import Workers
 from tests.conftest import ADMIN_KEY, FAKE_GATEWAY, MODEL, create_tenant, free_port, fresh_postgres_database, running
 
@@ -459,3 +463,36 @@ def test_a_job_over_a_large_training_file_does_not_stall_the_gateway(gateway: Ga
         job = client.post("/v1/fine_tuning/jobs", json={"model": MODEL, "training_file": file_id})
     assert job.status_code in (200, 429), job.text  # a budget may refuse it; the estimate ran either way
     assert max(latencies, default=0) < STALL_BOUND_S
+
+
+def test_the_token_estimate_never_holds_the_event_loop_for_long(model_dir: Path) -> None:
+    """The real tokenizer holds the GIL for a whole call: a megabyte-long example, encoded whole, froze the loop
+    for seconds; encoded a piece at a time, the loop keeps running, and the estimate hardly moves."""
+    tokenizer = HFTokenizer(model_dir)
+    text = "word " * 200_000
+    examples = [ChatExample((Message("user", text), Message("assistant", "x")))] * 2
+
+    async def longest_gap() -> tuple[float, tuple[int, int]]:
+        gaps: list[float] = []
+
+        async def tick() -> None:
+            last = time.monotonic()
+            while True:
+                await asyncio.sleep(0.005)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        ticker = asyncio.create_task(tick())
+        estimate = await run_in_threadpool(estimate_tokens, tokenizer, examples)
+        ticker.cancel()
+        return max(gaps), estimate
+
+    gap, (count, tokens) = asyncio.run(longest_gap())
+    assert gap < STALL_BOUND_S
+    whole = len(
+        tokenizer.encode(
+            tokenizer.render_chat([{"role": "user", "content": text}, {"role": "assistant", "content": "x"}])
+        )
+    )
+    assert count == 2 and abs(tokens - 2 * whole) <= 0.01 * 2 * whole
