@@ -177,8 +177,8 @@ def check_schema(schema: dict[str, Any]) -> dict[str, Any]:
     check_shape(schema, max_nodes=bounds.SCHEMA_NODES, what="The schema")
     if len(json.dumps(schema, ensure_ascii=False)) > bounds.SCHEMA_BYTES:
         raise DocumentError(f"The schema is longer than {bounds.SCHEMA_BYTES} characters.")
-    try:
-        Draft202012Validator.check_schema(schema)
+    try:  # no format checks here: the metaschema's "regex" format would compile patterns in Python's re
+        Draft202012Validator.check_schema(schema, format_checker=None)
     except SchemaError as exc:
         raise DocumentError(f"not a valid JSON schema: {exc.message[:300]}") from None
     resolver = _registry(schema).resolver(base_uri=referencing.jsonschema.DRAFT202012.id_of(schema) or "")

@@ -417,6 +417,10 @@ class EvalService:
             )
 
 
+_TAG_BYTES = 12
+_OUTPUT_ITEM_ID = re.compile(rf"outputitem_([0-9a-f]{{{2 * _TAG_BYTES}}})([0-9a-f]{{1,8}})")
+
+
 def output_item_id(run_id: str, position: int) -> str:
     """An output item's id: its position in its run under a tag only the run's own (random) id yields, so it is as
     unguessable as the run's id and tells nothing of other runs or tenants (no global sequence)."""
@@ -425,10 +429,6 @@ def output_item_id(run_id: str, position: int) -> str:
 
 def _tag(run_id: str, position: int) -> str:
     return hashlib.blake2b(f"{run_id}/{position}".encode(), digest_size=_TAG_BYTES).hexdigest()
-
-
-_TAG_BYTES = 12
-_OUTPUT_ITEM_ID = re.compile(rf"outputitem_([0-9a-f]{{{2 * _TAG_BYTES}}})([0-9a-f]{{1,8}})")
 
 
 def _item_position(value: str, run_id: str, param: str) -> int:

@@ -140,7 +140,7 @@ def _check_files_and_estimate(
     memory at a time."""
     if body.validation_file:
         with _training_file(files, tenant_id, body.validation_file, "validation_file"):
-            pass
+            pass  # it exists and is for fine-tuning; its lines were checked on upload
     with _training_file(files, tenant_id, body.training_file, "training_file") as handle:
         try:
             return estimate_tokens(tokenizer, iter_examples(handle))
