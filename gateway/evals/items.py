@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import pydantic_core
-from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool
 
 from gateway import bounds, documents
 from gateway.errors import InvalidRequestError, NotFoundError
@@ -118,14 +118,22 @@ def _batches(body: RunCreate, files: FileStore, tenant_id: str, run: _Run) -> It
             handle.close()
 
 
+async def checked_schema(workers: Workers, schema: dict[str, Any], param: str) -> dict[str, Any]:
+    """``schema`` if ``gateway.documents`` accepts it (checked in a worker: a metaschema check of a large schema
+    takes a while), else a 400 naming ``param``."""
+    try:
+        return await workers.call(documents.check_schema, schema, budget=bounds.VALIDATION_SECONDS)
+    except documents.DocumentError as exc:
+        raise InvalidRequestError(str(exc), param=param) from None
+    except (WorkTimedOut, WorkFailed):
+        raise InvalidRequestError("The schema could not be checked.", param=param, code="invalid_schema") from None
+
+
 async def checked_items(
     body: RunCreate, files: FileStore, workers: Workers, tenant_id: str, item_schema: dict[str, Any]
 ) -> list[Item]:
     """The run's items (and samples), each checked against the eval's item schema."""
-    try:  # evals created before these rules are held to them too
-        schema = await run_in_threadpool(documents.check_schema, item_schema)
-    except documents.DocumentError as exc:
-        raise InvalidRequestError(f"The eval's item schema cannot be used: {exc}", param="eval_id") from None
+    schema = await checked_schema(workers, item_schema, "eval_id")  # evals stored before these rules too
     param = "data_source.source.id" if body.data_source.source.type == "file_id" else "data_source.source.content"
     deadline = time.monotonic() + bounds.VALIDATION_SECONDS
     items: list[Item] = []

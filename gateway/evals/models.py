@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from gateway import bounds, documents
+from gateway import bounds
 from gateway.bounds import Metadata
 from gateway.inference.api_types import ModelId, Seed
 
@@ -24,8 +24,9 @@ class _Body(BaseModel):
 
 class CustomDataSourceConfig(_Body):
     type: Literal["custom"]
-    item_schema: Annotated[dict[str, Any], AfterValidator(documents.check_schema)]
-    """Bounded, refers only into itself, regexes on RE2 (``gateway.documents``)."""
+    item_schema: dict[str, Any]
+    """Checked by ``gateway.documents`` in a worker process (``items.checked_schema``): bounded, referring only
+    into itself, with regexes RE2 runs."""
     include_sample_schema: bool = False
 
 

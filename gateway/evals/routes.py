@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.accounting.routes import RateLimitHeaders
 from gateway.edge.strict_json import StrictJSONRoute
-from gateway.evals.items import checked_items
+from gateway.evals.items import checked_items, checked_schema
 from gateway.evals.models import EvalCreate, EvalUpdate, RunCreate
 from gateway.state import AdmissionDep, ContextDep, EvalsDep, FilesDep, ServingDep, WorkersDep
 from gateway.tenancy.principal import TenantDep
@@ -26,7 +26,8 @@ Cursor = Annotated[str | None, Query(max_length=40)]
 
 
 @router.post("/v1/evals")
-async def create_eval(body: EvalCreate, tenant: TenantDep, evals: EvalsDep) -> dict[str, Any]:
+async def create_eval(body: EvalCreate, tenant: TenantDep, evals: EvalsDep, workers: WorkersDep) -> dict[str, Any]:
+    await checked_schema(workers, body.data_source_config.item_schema, "data_source_config.item_schema")
     return await run_in_threadpool(evals.create, tenant.tenant_id, body)
 
 
