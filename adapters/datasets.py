@@ -125,6 +125,8 @@ def _parse_line(number: int, raw: str) -> Example:
         obj = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise DatasetError(number, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:  # the parser's own bound on nesting; what parses is then checked shape by shape
+        raise DatasetError(number, "nested too deeply (an example is an object of strings and messages)") from None
     if not isinstance(obj, dict):
         raise DatasetError(number, f"must be a JSON object (got {_type_name(obj)})")
     if "messages" in obj:

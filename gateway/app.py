@@ -63,6 +63,7 @@ from gateway.tenancy.admin_key import admin_key_path, load_or_create_admin_key
 from gateway.tenancy.key_cache import KeyCache
 from gateway.tenancy.principal import Authenticator
 from gateway.tenancy.service import TenancyService
+from gateway.workers import Workers
 
 logger = logging.getLogger(__name__)
 EXPOSED_HEADERS = [
@@ -173,6 +174,8 @@ def create_app(
             stack.push_async_callback(_cancel, leases)
             key_cache = KeyCache(tenancy.identify, settings.key_cache_ttl_seconds)
             evals = EvalService(database)
+            workers = Workers(settings.tenant_work_processes)
+            stack.callback(workers.close)
             catalog = ModelCatalog(engines, registry)
             longest = max(
                 (engine.max_model_len for engine in engines().values()), default=engine_settings.max_model_len
@@ -194,10 +197,11 @@ def create_app(
                 jobs=job_service(database, prices),
                 prices=prices,
                 evals=evals,
+                workers=workers,
                 console_sessions=SessionCodec(admin_key),
             )
             runner = EvalRunner(
-                evals, tenancy, catalog, admission, caps, metrics, concurrency=settings.eval_concurrency
+                evals, tenancy, catalog, admission, caps, metrics, workers, concurrency=settings.eval_concurrency
             )
             stack.push_async_callback(_cancel, asyncio.create_task(runner.run_forever()))
             yield

@@ -62,3 +62,27 @@ def _metadata_fits(value: dict[str, str]) -> dict[str, str]:
 
 Metadata = Annotated[dict[str, str], Field(max_length=METADATA_PAIRS), AfterValidator(_metadata_fits)]
 """OpenAI's ``metadata`` of jobs, evals and runs."""
+
+# -- documents tenants send: JSON schemas, eval items and samples, training and eval JSONL lines ---------------------
+DOCUMENT_DEPTH = 32
+"""Nesting of any JSON value a tenant hands us inside a body or a file line (objects and arrays in objects and
+arrays); deeper is a 400, long before a parser or a validator could recurse out of stack."""
+SCHEMA_BYTES = 64 * 1024
+SCHEMA_NODES = 4_000
+"""An eval's item schema: its JSON text and its values (each object, array, string, number counts one)."""
+EVAL_ITEM_BYTES = 1024 * 1024
+EVAL_ITEM_NODES = 20_000
+"""One eval item with its sample: a JSONL line of an items file, or one inline entry."""
+EVAL_RUN_ITEMS = 10_000
+EVAL_RUN_BYTES = 32 * 1024 * 1024
+EVAL_RUN_NODES = 1_000_000
+"""A run's items all together (read one at a time and refused as soon as they pass a bound)."""
+GRADED_TEXT_CHARS = 32_768
+"""A grader's rendered input and reference may each be this long; a longer one is that item's error (fuzzy
+matching is quadratic in the text's length)."""
+VALIDATION_SECONDS = 10.0
+"""Checking a run's items against the eval's item schema, all items together."""
+GRADING_SECONDS = 2.0
+"""Grading one item by all the eval's testing criteria."""
+TRAINING_LINE_BYTES = 1024 * 1024
+"""One example of a fine-tuning file; training sees at most a few thousand tokens of it anyway."""

@@ -50,6 +50,9 @@ class GatewaySettings(BaseSettings):
         default=10, ge=0, le=19, description="How much lower the worker's CPU priority is than the gateway's."
     )
     eval_concurrency: int = Field(default=16, ge=1, description="Samples of one eval run in flight at once.")
+    tenant_work_processes: int = Field(
+        default=2, ge=1, description="Worker processes that check eval items against schemas and grade them."
+    )
     reservation_lease_seconds: float = Field(
         default=900, gt=0, description="Redis: a crashed gateway's reservations and slots are freed after this."
     )

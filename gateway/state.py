@@ -26,6 +26,7 @@ from gateway.settings import GatewaySettings
 from gateway.tenancy.key_cache import KeyCache
 from gateway.tenancy.principal import Authenticator, TenantDep
 from gateway.tenancy.service import TenancyService
+from gateway.workers import Workers
 
 T = TypeVar("T")
 
@@ -45,6 +46,7 @@ class AppState:
     files: FileStore
     jobs: JobService
     evals: EvalService
+    workers: Workers
     console_sessions: SessionCodec
     prices: PriceBook
 
@@ -80,6 +82,7 @@ CatalogDep = Annotated[ModelCatalog, _part(lambda state: state.catalog)]
 FilesDep = Annotated[FileStore, _part(lambda state: state.files)]
 JobsDep = Annotated[JobService, _part(lambda state: state.jobs)]
 EvalsDep = Annotated[EvalService, _part(lambda state: state.evals)]
+WorkersDep = Annotated[Workers, _part(lambda state: state.workers)]
 
 
 async def get_serving(request: Request, context: ContextDep, tenant: TenantDep) -> Serving:

@@ -80,6 +80,9 @@ def test_error_message_format() -> None:
         pytest.param(jsonl(GOOD_CHAT) + b'{"prompt": "\xff"}\n', 2, "not valid UTF-8", id="not-utf8"),
         pytest.param(jsonl(GOOD_CHAT, "{not json"), 2, "not valid JSON", id="not-json"),
         pytest.param(jsonl(GOOD_CHAT, GOOD_CHAT, "[1, 2]"), 3, "must be a JSON object (got array)", id="array"),
+        pytest.param(
+            jsonl(GOOD_CHAT, '{"messages": ' + "[" * 5_000 + "]" * 5_000 + "}"), 2, "nested too deeply", id="deep"
+        ),
         pytest.param(jsonl('"text"'), 1, "must be a JSON object (got string)", id="string"),
         pytest.param(
             jsonl(json.dumps({"text": "x"})),

@@ -6,7 +6,9 @@ as the key that created the run, batched with everyone's traffic on the engine, 
 Any gateway claims runs from the database (compare-and-set) and heartbeats them; a run whose runner stopped is
 taken over and resumed where it was, since each item's sample and grades are stored as it finishes. A run that
 is cancelled stops within a heartbeat. Items run ``concurrency`` at a time; one that hits a rate limit waits
-and tries again; a spent budget, a revoked key or a suspended tenant ends the run as failed."""
+and tries again; a spent budget, a revoked key or a suspended tenant ends the run as failed. Grading runs in the
+worker processes (``gateway.workers``) under a time budget; an item that overruns it, or whose text is too long
+to compare, is that item's error with a code and a message of ours (never an exception's own text)."""
 
 from __future__ import annotations
 
@@ -19,11 +21,12 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from gateway import bounds
 from gateway.accounting.admission import Admission
 from gateway.db import Eval, EvalRun, EvalRunItem
 from gateway.edge.request_context import RequestContext, new_request_id
 from gateway.errors import APIError, QuotaExceeded, RateLimited, as_api_error
-from gateway.evals.graders import grade
+from gateway.evals.graders import GradingError, grade_item
 from gateway.evals.service import EvalService
 from gateway.evals.templates import TemplateError, render
 from gateway.inference.api_types import ChatCompletionRequest, ChatMessage
@@ -33,6 +36,7 @@ from gateway.inference.runs import RequestCaps, RunRequest, Serving, admit_run
 from gateway.ops.metrics import Metrics
 from gateway.tenancy.principal import TenantPrincipal
 from gateway.tenancy.service import TenancyService, utcnow
+from gateway.workers import Workers, WorkFailed, WorkTimedOut
 
 logger = logging.getLogger(__name__)
 _RATE_LIMIT_RETRIES = 60
@@ -55,6 +59,7 @@ class EvalRunner:
         admission: Admission,
         caps: RequestCaps,
         metrics: Metrics,
+        workers: Workers,
         *,
         concurrency: int = 16,
         heartbeat_seconds: float = 3.0,
@@ -67,6 +72,7 @@ class EvalRunner:
         self._admission = admission
         self._caps = caps
         self._metrics = metrics
+        self._workers = workers
         self._concurrency = concurrency
         self._heartbeat = heartbeat_seconds
         self._stale_after = stale_after_seconds
@@ -155,9 +161,11 @@ class EvalRunner:
                 except RunStopped as exc:
                     fatal.append(exc)
                     return
-                except Exception as exc:  # whatever breaks on one item is that item's error, not the run's
+                except Exception:  # whatever breaks on one item is that item's error, not the run's (the detail is
+                    # logged here; the tenant sees the category only)
                     logger.exception("eval run %s: item %d failed", run.id, item.position)
-                    status, sample, results = "error", {"error": {"code": "item_failed", "message": str(exc)}}, []
+                    failed = {"code": "item_failed", "message": "This item could not be sampled or graded."}
+                    status, sample, results = "error", {"error": failed}, []
                 await run_in_threadpool(self._evals.record, item.id, status, sample, results)
 
         await asyncio.gather(*(one(item) for item in items))
@@ -184,9 +192,23 @@ class EvalRunner:
                 return "error", {"error": {"code": code, "message": str(exc)}}, []
             namespace = {"output_text": sample["output"][0]["content"]}
         try:
-            grades = [grade(c, {"item": item.item, "sample": namespace}) for c in definition.testing_criteria]
+            grades = await self._workers.call(
+                grade_item,
+                definition.testing_criteria,
+                {"item": item.item, "sample": namespace},
+                bounds.GRADING_SECONDS,
+                budget=bounds.GRADING_SECONDS,
+            )
         except TemplateError as exc:
             return "error", {**sample, "error": {"code": "invalid_template", "message": str(exc)}}, []
+        except GradingError as exc:
+            return "error", {**sample, "error": {"code": exc.code, "message": str(exc)}}, []
+        except WorkTimedOut:
+            timed_out = f"Grading this item took longer than {bounds.GRADING_SECONDS:g} seconds."
+            return "error", {**sample, "error": {"code": "grading_timeout", "message": timed_out}}, []
+        except WorkFailed:
+            failed = {"code": "grading_failed", "message": "This item could not be graded."}
+            return "error", {**sample, "error": failed}, []
         passed = all(g.passed for g in grades)
         return ("pass" if passed else "fail"), sample, [g.result() for g in grades]
 

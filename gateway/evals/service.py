@@ -5,7 +5,8 @@ item's sample and grades, and the run's end."""
 
 from __future__ import annotations
 
-import secrets
+import hashlib
+import re
 from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 from gateway.db import Database, Eval, EvalRun, EvalRunItem
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.evals.models import EvalCreate, EvalUpdate, RunCreate
+from gateway.tenancy.keys import new_id
 from gateway.tenancy.service import utcnow
 
 FINAL = ("completed", "failed", "canceled")
@@ -24,10 +26,6 @@ PENDING = "pending"
 
 def _epoch(moment: datetime | None) -> int | None:
     return None if moment is None else int(moment.timestamp())
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(12)}"
 
 
 def eval_object(row: Eval) -> dict[str, Any]:
@@ -84,7 +82,7 @@ def run_object(row: EvalRun, counts: dict[str, int], per_criteria: list[dict[str
 def output_item_object(row: EvalRunItem, run: EvalRun) -> dict[str, Any]:
     return {
         "object": "eval.run.output_item",
-        "id": f"outputitem_{row.id}",
+        "id": output_item_id(run.id, row.position),
         "run_id": run.id,
         "eval_id": run.eval_id,
         "created_at": _epoch(row.created_at),
@@ -310,15 +308,18 @@ class EvalService:
             query = select(EvalRunItem).where(EvalRunItem.run_id == run_id, EvalRunItem.status != PENDING)
             if status:
                 query = query.where(EvalRunItem.status == status)
-            cursor = _item_number(after, "after") if after else None
-            rows, more = _page(session, query, EvalRunItem.id, cursor, limit, order == "desc")
+            cursor = _item_position(after, run_id, "after") if after else None
+            rows, more = _page(session, query, EvalRunItem.position, cursor, limit, order == "desc")
             return _listing([output_item_object(row, run) for row in rows], more)
 
     def output_item(self, tenant_id: str, eval_id: str, run_id: str, item_id: str) -> dict[str, Any]:
         with self._db.session() as session:
             run = self._own_run(session, tenant_id, eval_id, run_id)
-            row = session.get(EvalRunItem, _item_number(item_id, "output_item_id"))
-            if row is None or row.run_id != run_id or row.status == PENDING:
+            position = _item_position(item_id, run_id, "output_item_id")
+            row = session.scalar(
+                select(EvalRunItem).where(EvalRunItem.run_id == run_id, EvalRunItem.position == position)
+            )
+            if row is None or row.status == PENDING:
                 raise NotFoundError(f"No output item found with id '{item_id}'.", param="output_item_id")
             return output_item_object(row, run)
 
@@ -416,11 +417,27 @@ class EvalService:
             )
 
 
-def _item_number(value: str, param: str) -> int:
-    digits = value.removeprefix("outputitem_")
-    if not digits.isdigit() or len(digits) > 18:
-        raise InvalidRequestError(f"'{value[:60]}' is not an output item id.", param=param)
-    return int(digits)
+_TAG_BYTES = 12
+_OUTPUT_ITEM_ID = re.compile(rf"outputitem_([0-9a-f]{{{2 * _TAG_BYTES}}})([0-9a-f]{{1,8}})")
+
+
+def output_item_id(run_id: str, position: int) -> str:
+    """An output item's id: its position in its run under a tag only the run's own (random) id yields, so it is as
+    unguessable as the run's id and tells nothing of other runs or tenants (no global sequence)."""
+    return f"outputitem_{_tag(run_id, position)}{position:x}"
+
+
+def _tag(run_id: str, position: int) -> str:
+    return hashlib.blake2b(f"{run_id}/{position}".encode(), digest_size=_TAG_BYTES).hexdigest()
+
+
+def _item_position(value: str, run_id: str, param: str) -> int:
+    """The position an output item id of this run names; any other id is a 404 (``after``: a 400)."""
+    match = _OUTPUT_ITEM_ID.fullmatch(value)
+    if match is None or match.group(1) != _tag(run_id, int(match.group(2), 16)):
+        error = NotFoundError if param == "output_item_id" else InvalidRequestError
+        raise error(f"No output item of this run has the id '{value[:60]}'.", param=param)
+    return int(match.group(2), 16)
 
 
 def _source_summary(body: RunCreate) -> dict[str, Any]:

@@ -14,8 +14,7 @@ from typing import Any, BinaryIO
 
 from sqlalchemy import delete, func, select
 
-from adapters.datasets import Dataset as TrainingSet
-from adapters.datasets import DatasetError, check_jsonl, parse_jsonl
+from adapters.datasets import DatasetError, check_jsonl
 from gateway import bounds
 from gateway.db import Database, File, Tenant
 from gateway.errors import InvalidRequestError, NotFoundError, PayloadTooLarge, QuotaExceeded
@@ -127,14 +126,6 @@ class FileStore:
 
     def purpose_of(self, tenant_id: str, file_id: str) -> str:
         return self._own(tenant_id, file_id).purpose
-
-    def training_set(self, tenant_id: str, file_id: str) -> TrainingSet | None:
-        """The tenant's training file, parsed (it was checked on upload), or None when it is gone."""
-        try:
-            self._own(tenant_id, file_id)
-            return parse_jsonl(self._path(file_id).read_bytes())
-        except (NotFoundError, FileNotFoundError):
-            return None
 
     def read(self, tenant_id: str, file_id: str) -> bytes | None:
         """The bytes of the tenant's file, or None (missing, deleted, or someone else's): the worker's reader."""

@@ -3,13 +3,15 @@ events and checkpoints. Training itself runs in the worker process (``llmaas wor
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, BinaryIO, Literal
 
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from adapters.datasets import ChatExample, Dataset
+from adapters.datasets import ChatExample, DatasetError, Example, iter_examples
 from adapters.hyperparameters import choose as choose_hyperparameters
 from adapters.jobs import JobRequest, new_job_id
 from adapters.trainable import LoraSpec
@@ -84,41 +86,68 @@ class FineTuningJobCreate(BaseModel):
         return chosen.model_dump()
 
 
-def _dataset(files: FileStore, tenant_id: str, file_id: str, param: str) -> Dataset:
+@contextmanager
+def _training_file(files: FileStore, tenant_id: str, file_id: str, param: str) -> Iterator[BinaryIO]:
+    """The tenant's fine-tuning file, open (a 400 naming ``param`` when it is missing or not for fine-tuning)."""
     try:
         purpose = files.purpose_of(tenant_id, file_id)
+        if purpose != "fine-tune":
+            raise InvalidRequestError(
+                f"File '{file_id}' has purpose '{purpose}', not 'fine-tune'.", param=param, code="invalid_file_purpose"
+            )
+        handle, _ = files.open(tenant_id, file_id)
     except NotFoundError as exc:
         raise InvalidRequestError(f"File '{file_id}' not found.", param=param, code="file_not_found") from exc
-    if purpose != "fine-tune":
-        raise InvalidRequestError(
-            f"File '{file_id}' has purpose '{purpose}', not 'fine-tune'.", param=param, code="invalid_file_purpose"
-        )
-    dataset = files.training_set(tenant_id, file_id)
-    if dataset is None:
-        raise InvalidRequestError(f"File '{file_id}' not found.", param=param, code="file_not_found")
-    return dataset
+    with handle:
+        yield handle
 
 
-def estimate_tokens(tokenizer: Tokenizer, dataset: Dataset) -> int:
-    """Tokens of one pass over the dataset (an upper-bound estimate for the budget reservation)."""
-    total = 0
-    for example in dataset.examples:
+ENCODE_CHARS = 4096
+"""Text is encoded this much at a time (cut at a space), so that no single tokenizer call, which holds the GIL,
+keeps the event loop waiting: an example may be a megabyte of text."""
+
+
+def count_tokens(tokenizer: Tokenizer, text: str) -> int:
+    """The tokens of ``text``, encoded a piece at a time (an estimate: a cut may split what would be one token)."""
+    total = start = 0
+    while start < len(text):
+        end = start + ENCODE_CHARS
+        cut = text.rfind(" ", start + 1, end) if end < len(text) else -1
+        end = cut if cut > start else end
+        total += len(tokenizer.encode(text[start:end]))
+        start = end
+    return total
+
+
+def estimate_tokens(tokenizer: Tokenizer, examples: Iterable[Example]) -> tuple[int, int]:
+    """The examples and the tokens of one pass over them (an estimate for the budget reservation), read as they
+    stream in."""
+    count = total = 0
+    for example in examples:
+        count += 1
         if isinstance(example, ChatExample):
             messages = [{"role": m.role, "content": m.content} for m in example.messages]
-            total += len(tokenizer.encode(tokenizer.render_chat(messages)))
+            total += count_tokens(tokenizer, tokenizer.render_chat(messages))
         else:
-            total += len(tokenizer.encode(example.prompt + example.completion)) + 1
-    return total
+            total += count_tokens(tokenizer, example.prompt + example.completion) + 1
+    return count, total
 
 
 def _check_files_and_estimate(
     files: FileStore, tenant_id: str, body: FineTuningJobCreate, tokenizer: Tokenizer
 ) -> tuple[int, int]:
-    """Blocking: read the files, check them; the training examples and one epoch's tokens (a worker thread)."""
-    train = _dataset(files, tenant_id, body.training_file, "training_file")
+    """Blocking (a worker thread): check the files; the training examples and one epoch's tokens, one example in
+    memory at a time."""
     if body.validation_file:
-        _dataset(files, tenant_id, body.validation_file, "validation_file")
-    return len(train), estimate_tokens(tokenizer, train)
+        with _training_file(files, tenant_id, body.validation_file, "validation_file"):
+            pass  # it exists and is for fine-tuning; its lines were checked on upload
+    with _training_file(files, tenant_id, body.training_file, "training_file") as handle:
+        try:
+            return estimate_tokens(tokenizer, iter_examples(handle))
+        except DatasetError as exc:  # checked on upload, but by the rules of its day
+            raise InvalidRequestError(
+                f"Invalid file format: {exc}", param="training_file", code="invalid_file_format"
+            ) from exc
 
 
 @router.post("/v1/fine_tuning/jobs")
