@@ -14,7 +14,8 @@ from adapters.jobs import JobService
 from engine.settings import EngineSettings
 from gateway.accounting.admission import Admission
 from gateway.accounting.usage import UsageReports
-from gateway.console.sessions import SessionCodec
+from gateway.console.sessions import ConsoleSessions
+from gateway.console.throttle import SignInThrottle
 from gateway.edge.request_context import RequestContext
 from gateway.evals.service import EvalService
 from gateway.fine_tuning.files import FileStore
@@ -44,7 +45,8 @@ class AppState:
     files: FileStore
     jobs: JobService
     evals: EvalService
-    console_sessions: SessionCodec
+    console_sessions: ConsoleSessions
+    sign_in_throttle: SignInThrottle
 
 
 def state_of(app: FastAPI) -> AppState:
