@@ -159,6 +159,7 @@ def _keys(base: str, tenant_id: str) -> dict[str, dict[str, Any]]:
 def test_the_console_makes_no_key_broader_than_the_sessions(base: str, browser: Browser) -> None:
     tenant_id, key = tenant(base, key={"allowed_models": [MODEL], "expires_in_days": 1})
     sibling = httpx.post(f"{base}/admin/v1/tenants/{tenant_id}/keys", json={"name": "sibling"}, headers=ADMIN)
+    assert sibling.json()["key_manager"] is False  # the operator's choice, false unless asked
     page = browser.new_page()
     sign_in(page, base, key)
     page.wait_for_url("**/console/usage")
