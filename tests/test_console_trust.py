@@ -188,6 +188,8 @@ def test_the_console_makes_no_key_broader_than_the_sessions(base: str, browser: 
     csrf = page.locator("input[name=csrf]").first.get_attribute("value") or ""
     revoke = httpx.post(f"{base}/console/keys/{sibling.json()['id']}/revoke", data={"csrf": csrf}, cookies=cookies)
     assert revoke.status_code == 403 and "Only a key manager" in revoke.text
+    negative = httpx.post(f"{base}/console/keys", data={"expires_in_days": "-1", "csrf": csrf}, cookies=cookies)
+    assert negative.status_code == 400 and "Invalid value for &#39;expires_in_days&#39;" in negative.text
     page.close()
 
 

@@ -279,9 +279,11 @@ async def create_key(
         )
     except PermissionDenied as exc:
         raise Refused(exc.message) from exc
-    except (APIError, ValidationError) as exc:
-        error = as_api_error(RequestValidationError(exc.errors()) if isinstance(exc, ValidationError) else exc)
-        return await _keys_page(request, current, error.status_code, error=error.message)
+    except ValidationError as exc:  # a form value out of bounds: said as the API would say it
+        invalid = as_api_error(RequestValidationError(exc.errors()))
+        return await _keys_page(request, current, invalid.status_code, error=invalid.message)
+    except APIError as exc:
+        return await _keys_page(request, current, exc.status_code, error=exc.message)
     return await _keys_page(request, current, created=created)
 
 
