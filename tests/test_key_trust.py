@@ -65,6 +65,10 @@ def test_a_key_makes_no_key_broader_than_itself(service: TenancyService, databas
     assert manager.key_manager
     assert service.create_key("acme", KeyCreate(key_manager=True), by_key=manager.id).key_manager
 
+    service.update_tenant("acme", TenantUpdate(status="suspended"))
+    with pytest.raises(PermissionDenied):  # nor does a suspended tenant's key
+        service.create_key("acme", KeyCreate(), by_key=unlimited.id)
+    service.update_tenant("acme", TenantUpdate(status="active"))
     service.revoke_key("acme", limited.id)
     with pytest.raises(PermissionDenied):  # a revoked key makes nothing more
         service.create_key("acme", KeyCreate(), by_key=limited.id)

@@ -126,9 +126,9 @@ def _identity(key: ApiKey) -> KeyIdentity:
 
 def _acting_key(session: Session, tenant: Tenant, key_id: str, now: datetime) -> ApiKey:
     """The tenant's key acting for a request, read (and locked) in this transaction: a key revoked or expired
-    meanwhile acts no more."""
+    meanwhile, or of a tenant suspended meanwhile, acts no more."""
     key = session.get(ApiKey, key_id, with_for_update=True)
-    if key is None or key.tenant_id != tenant.id or key.revoked_at is not None:
+    if key is None or key.tenant_id != tenant.id or key.revoked_at is not None or tenant.status != "active":
         raise PermissionDenied("The key you act with is no longer active.", code="key_inactive")
     if key.expires_at is not None and key.expires_at <= now:
         raise PermissionDenied("The key you act with has expired.", code="key_inactive")
