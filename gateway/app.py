@@ -39,7 +39,8 @@ from gateway.accounting.training_billing import TrainingBilling, job_charger
 from gateway.accounting.usage import UsageReports
 from gateway.console import routes as console_routes
 from gateway.console.routes import install_console_handlers
-from gateway.console.sessions import SessionCodec
+from gateway.console.sessions import ConsoleSessions
+from gateway.console.throttle import sign_in_throttle
 from gateway.db import Database
 from gateway.db.database import sqlite_url
 from gateway.edge.authentication import AuthenticationMiddleware
@@ -55,6 +56,7 @@ from gateway.inference import chat, completions, models
 from gateway.inference.catalog import ModelCatalog
 from gateway.inference.runs import RequestCaps
 from gateway.ops import routes as ops_routes
+from gateway.ops.api_docs import install_api_docs
 from gateway.ops.metrics import Metrics
 from gateway.settings import GatewaySettings
 from gateway.state import AppState, state_of
@@ -182,6 +184,12 @@ def create_app(
             )
             caps = RequestCaps.from_settings(settings, longest)
             metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+            throttle = sign_in_throttle(
+                settings.redis_url,
+                settings.console_sign_in_failures_per_address,
+                settings.console_sign_in_failures_per_key_prefix,
+            )
+            stack.push_async_callback(throttle.close)
             app.state.llmaas = AppState(
                 settings=settings,
                 engine_settings=engine_settings,
@@ -198,7 +206,8 @@ def create_app(
                 prices=prices,
                 evals=evals,
                 workers=workers,
-                console_sessions=SessionCodec(admin_key),
+                console_sessions=ConsoleSessions(database, admin_key),
+                sign_in_throttle=throttle,
             )
             runner = EvalRunner(
                 evals, tenancy, catalog, admission, caps, metrics, workers, concurrency=settings.eval_concurrency
@@ -206,7 +215,8 @@ def create_app(
             stack.push_async_callback(_cancel, asyncio.create_task(runner.run_forever()))
             yield
 
-    app = FastAPI(title="LLMaaS", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="LLMaaS", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_api_docs(app)
     install_error_handlers(app)
     for module in (models, chat, completions, files_routes, jobs_routes, evals_routes):  # the tenants' API
         app.include_router(module.router)

@@ -128,7 +128,9 @@ def serve(
     try:
         app_ = create_app(settings, engine_settings)
         _tune_garbage_collector()
-        config = uvicorn.Config(app_, log_level=settings.log_level, access_log=False)
+        config = uvicorn.Config(
+            app_, log_level=settings.log_level, access_log=False, forwarded_allow_ips=settings.forwarded_allow_ips
+        )
         uvicorn.Server(config).run(sockets=[listener])
     finally:
         listener.close()
@@ -374,12 +376,14 @@ def keys_create(
     name: str = typer.Option("", help="A label for the key."),
     expires_in_days: float | None = typer.Option(None, help="The key stops working after this many days."),
     model: list[str] | None = typer.Option(None, "--model", help="Restrict the key to this model (repeatable)."),
+    key_manager: bool = typer.Option(False, "--key-manager", help="The key may revoke the tenant's other keys."),
 ) -> None:
     """Create an API key; the secret is printed once and never stored."""
+    from gateway.audit import OPERATOR, Actor
     from gateway.tenancy.models import KeyCreate
 
-    body = KeyCreate(name=name, expires_in_days=expires_in_days, allowed_models=model or None)
-    _run(lambda: _service().create_key(tenant, body))
+    body = KeyCreate(name=name, expires_in_days=expires_in_days, allowed_models=model or None, key_manager=key_manager)
+    _run(lambda: _service().create_key(tenant, body, actor=Actor(OPERATOR)))
 
 
 @keys_app.command("list")
@@ -389,7 +393,9 @@ def keys_list(tenant: str) -> None:
 
 @keys_app.command("revoke")
 def keys_revoke(tenant: str, key_id: str) -> None:
-    _run(lambda: _service().revoke_key(tenant, key_id))
+    from gateway.audit import OPERATOR, Actor
+
+    _run(lambda: _service().revoke_key(tenant, key_id, actor=Actor(OPERATOR)))
 
 
 @app.command()

@@ -15,7 +15,8 @@ from engine.settings import EngineSettings
 from gateway.accounting.admission import Admission
 from gateway.accounting.pricing import PriceBook
 from gateway.accounting.usage import UsageReports
-from gateway.console.sessions import SessionCodec
+from gateway.console.sessions import ConsoleSessions
+from gateway.console.throttle import SignInThrottle
 from gateway.edge.request_context import RequestContext
 from gateway.evals.service import EvalService
 from gateway.fine_tuning.files import FileStore
@@ -47,8 +48,9 @@ class AppState:
     jobs: JobService
     evals: EvalService
     workers: Workers
-    console_sessions: SessionCodec
     prices: PriceBook
+    console_sessions: ConsoleSessions
+    sign_in_throttle: SignInThrottle
 
 
 def state_of(app: FastAPI) -> AppState:

@@ -56,11 +56,13 @@ def browser() -> Iterator[Browser]:
         launched.close()
 
 
-def tenant(base: str, **quotas: Any) -> tuple[str, str]:
+def tenant(base: str, key: dict[str, Any] | None = None, **quotas: Any) -> tuple[str, str]:
+    """A new tenant and a key of it (``key``: the key's other fields, e.g. ``key_manager``)."""
     name = f"t-{uuid.uuid4().hex[:8]}"
     created = httpx.post(f"{base}/admin/v1/tenants", json={"name": name, **quotas}, headers=ADMIN)
-    key = httpx.post(f"{base}/admin/v1/tenants/{created.json()['id']}/keys", json={"name": "first"}, headers=ADMIN)
-    return created.json()["id"], key.json()["key"]
+    body = {"name": "first", **(key or {})}
+    made = httpx.post(f"{base}/admin/v1/tenants/{created.json()['id']}/keys", json=body, headers=ADMIN)
+    return created.json()["id"], made.json()["key"]
 
 
 def chat(base: str, key: str) -> httpx.Response:
@@ -123,7 +125,7 @@ def test_a_wrong_key_is_refused_with_a_message(base: str, browser: Browser) -> N
 
 
 def test_keys_are_created_once_shown_and_revoked(base: str, browser: Browser) -> None:
-    _, key = tenant(base)
+    _, key = tenant(base, key={"key_manager": True})
     page = browser.new_page(viewport={"width": 390, "height": 844})  # phone width
     sign_in(page, base, key)
     page.goto(f"{base}/console/keys")

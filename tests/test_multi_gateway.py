@@ -117,7 +117,9 @@ def test_cli_manages_tenants_keys_and_usage(tmp_path: Path) -> None:
     assert tenant["requests_per_minute"] == 5
     key = _cli(env, "keys", "create", "acme", "--name", "ci", "--model", "smollm2-135m-instruct")
     assert isinstance(key, dict)
-    assert key["key"].startswith("sk-")
+    assert key["key"].startswith("sk-") and key["key_manager"] is False
+    manager = _cli(env, "keys", "create", "acme", "--key-manager")
+    assert isinstance(manager, dict) and manager["key_manager"] is True
     listed = _cli(env, "keys", "list", "acme")
     assert isinstance(listed, list) and "key" not in listed[0]
     updated = _cli(env, "tenants", "update", "acme", "--tpm", "900")

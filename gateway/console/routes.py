@@ -1,7 +1,10 @@
-"""The console's pages. Sign-in exchanges a pasted key (a tenant's, or the admin key) for a session cookie
-(``gateway.console.sessions``); every page reads the session, checks the key behind it again, and shows what
-the same services behind the admin and OpenAI APIs return (no second source of truth). Every form that
-changes something carries the session's CSRF token; sign-in itself only takes a same-origin form."""
+"""The console's pages. Sign-in exchanges a pasted key (a tenant's, or the admin key) for a server-side session
+and its cookie (``gateway.console.sessions``); every page reads the session's row, checks the key behind it
+again, and shows what the same services behind the admin and OpenAI APIs return (no second source of truth).
+Every form that changes something carries the session's CSRF token, and every state-changing request from
+another site is refused (``gateway.console.origin``); sign-in takes only a browser's same-origin form and is
+throttled after failures (``gateway.console.throttle``). A key made here is never broader than the session's
+key, and only a key manager revokes other keys (``gateway.tenancy.service``)."""
 
 from __future__ import annotations
 
@@ -12,21 +15,24 @@ from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Path, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from gateway import bounds
 from gateway.accounting.usage import Bucket, UsageFilters, usage_csv
+from gateway.audit import OPERATOR, Actor, actor_of
+from gateway.console.origin import cross_site, from_a_browser
 from gateway.console.sessions import COOKIE, ConsoleSession
-from gateway.errors import APIError
+from gateway.errors import APIError, PermissionDenied, as_api_error
 from gateway.ops.snapshot import service_snapshot
 from gateway.state import state_of
 from gateway.tenancy.models import KeyCreate
 from gateway.tenancy.principal import CONSOLE_OPERATOR, Operator, TenantPrincipal, sign_in
 
 templates = Jinja2Templates(directory=FilePath(__file__).parent / "templates")
-router = APIRouter(prefix="/console", include_in_schema=False)
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
@@ -45,6 +51,15 @@ class Refused(Exception):
     """The session may not see this page or do this: answered with a page saying why (403)."""
 
 
+async def same_origin(request: Request) -> None:
+    reason = cross_site(request.scope)
+    if reason is not None:
+        raise Refused(reason)
+
+
+router = APIRouter(prefix="/console", include_in_schema=False, dependencies=[Depends(same_origin)])
+
+
 def _page(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     response = templates.TemplateResponse(request, template, context, status_code=status_code)
     response.headers.update(SECURITY_HEADERS)
@@ -53,7 +68,7 @@ def _page(request: Request, template: str, status_code: int = 200, **context: An
 
 async def console_session(request: Request) -> tuple[ConsoleSession, TenantPrincipal | Operator]:
     state = state_of(request.app)
-    session = state.console_sessions.read(request.cookies.get(COOKIE))
+    session = await state.console_sessions.check(request.cookies.get(COOKIE))
     if session is None:
         raise SignInRequired
     try:
@@ -77,6 +92,12 @@ def _operator(principal: TenantPrincipal | Operator) -> Operator:
     return principal
 
 
+def _actor(request: Request, principal: TenantPrincipal | Operator) -> Actor:
+    if isinstance(principal, TenantPrincipal):
+        return actor_of(request, principal.key_id, principal.tenant_id)
+    return actor_of(request, OPERATOR)
+
+
 def _check_csrf(session: ConsoleSession, token: str | None) -> None:
     if not session.csrf_matches(token):
         raise Refused("The form's CSRF token is missing or wrong; reload the page and try again.")
@@ -89,16 +110,29 @@ async def login_page(request: Request) -> HTMLResponse:
 
 @router.post("/login")
 async def login(request: Request, key: Annotated[str, Form(max_length=512)]) -> Response:
-    # A session cookie is only ever set for a form posted from the console's own page.
-    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
-        raise Refused("Sign in from the console's own page.")
+    # A session cookie is only ever set for a form a browser posted from the console's own page.
+    if not from_a_browser(request.scope):
+        raise Refused("Sign in from the console's own page (the request carried neither Origin nor Sec-Fetch-Site).")
     state = state_of(request.app)
+    address = request.client.host if request.client else ""
+    key = key.strip()
     try:
-        principal = await sign_in(state.authenticator, key.strip())
+        await state.sign_in_throttle.check(address, key)
+        try:
+            principal = await sign_in(state.authenticator, key)
+        except APIError:
+            await state.sign_in_throttle.failed(address, key)
+            raise
     except APIError as exc:
-        return _page(request, "login.html", status_code=exc.status_code, error=exc.message)
-    subject = CONSOLE_OPERATOR if isinstance(principal, Operator) else principal.key_id
-    cookie, session = state.console_sessions.issue(subject)
+        page = _page(request, "login.html", status_code=exc.status_code, error=exc.message)
+        page.headers.update(exc.headers)
+        return page
+    if isinstance(principal, Operator):
+        cookie, session = await state.console_sessions.start(CONSOLE_OPERATOR, None, None, _actor(request, principal))
+    else:
+        cookie, session = await state.console_sessions.start(
+            principal.key_id, principal.tenant_id, principal.identity.expires_at, _actor(request, principal)
+        )
     response = RedirectResponse(_home(session), 303)
     response.set_cookie(
         COOKIE,
@@ -113,8 +147,11 @@ async def login(request: Request, key: Annotated[str, Form(max_length=512)]) -> 
 
 
 @router.post("/logout")
-async def logout(current: SessionDep, csrf: Annotated[str | None, Form(max_length=128)] = None) -> Response:
+async def logout(
+    request: Request, current: SessionDep, csrf: Annotated[str | None, Form(max_length=128)] = None
+) -> Response:
     _check_csrf(current[0], csrf)
+    await state_of(request.app).console_sessions.end(current[0], _actor(request, current[1]))
     response = RedirectResponse("/console/login", 303)
     response.delete_cookie(COOKIE, path="/console")
     return response
@@ -183,17 +220,27 @@ async def usage_csv_download(request: Request, current: SessionDep) -> Response:
     )
 
 
-async def _keys_page(request: Request, current: tuple[ConsoleSession, Any], **context: Any) -> HTMLResponse:
+async def _keys_page(
+    request: Request, current: tuple[ConsoleSession, Any], status_code: int = 200, **context: Any
+) -> HTMLResponse:
     tenant = _tenant(current[1])
     state = state_of(request.app)
     keys = await run_in_threadpool(state.tenancy.list_keys, tenant.tenant_id)
-    may_manage = state.settings.console_tenant_keys
-    return _page(request, "keys.html", session=current[0], keys=keys, may_manage=may_manage, **context)
+    return _page(
+        request,
+        "keys.html",
+        status_code,
+        session=current[0],
+        keys=keys,
+        may_manage=state.settings.console_tenant_keys,
+        me=tenant.identity,
+        **{"created": None, "error": None, **context},
+    )
 
 
 @router.get("/keys")
 async def keys_page(request: Request, current: SessionDep) -> HTMLResponse:
-    return await _keys_page(request, current, created=None)
+    return await _keys_page(request, current)
 
 
 def _check_may_manage_keys(request: Request) -> None:
@@ -206,12 +253,37 @@ async def create_key(
     request: Request,
     current: SessionDep,
     name: Annotated[str, Form(max_length=bounds.KEY_NAME)] = "",
+    models: Annotated[str, Form(max_length=16_384)] = "",
+    expires_in_days: Annotated[float | None, Form()] = None,
+    key_manager: Annotated[bool, Form()] = False,
     csrf: Annotated[str | None, Form(max_length=128)] = None,
 ) -> HTMLResponse:
+    """A new key, never broader than the session's: no models named means the session key's models, no expiry
+    its expiry."""
     _check_csrf(current[0], csrf)
     _check_may_manage_keys(request)
     tenant = _tenant(current[1])
-    created = await run_in_threadpool(state_of(request.app).tenancy.create_key, tenant.tenant_id, KeyCreate(name=name))
+    try:
+        body = KeyCreate(
+            name=name,
+            allowed_models=models.replace(",", " ").split() or None,
+            expires_in_days=expires_in_days,
+            key_manager=key_manager,
+        )
+        created = await run_in_threadpool(
+            state_of(request.app).tenancy.create_key,
+            tenant.tenant_id,
+            body,
+            actor=_actor(request, tenant),
+            by_key=tenant.key_id,
+        )
+    except PermissionDenied as exc:
+        raise Refused(exc.message) from exc
+    except ValidationError as exc:  # a form value out of bounds: said as the API would say it
+        invalid = as_api_error(RequestValidationError(exc.errors()))
+        return await _keys_page(request, current, invalid.status_code, error=invalid.message)
+    except APIError as exc:
+        return await _keys_page(request, current, exc.status_code, error=exc.message)
     return await _keys_page(request, current, created=created)
 
 
@@ -226,7 +298,12 @@ async def revoke_key(
     _check_may_manage_keys(request)
     tenant = _tenant(current[1])
     state = state_of(request.app)
-    revoked = await run_in_threadpool(state.tenancy.revoke_key, tenant.tenant_id, key_id)
+    try:
+        revoked = await run_in_threadpool(
+            state.tenancy.revoke_key, tenant.tenant_id, key_id, actor=_actor(request, tenant), by_key=tenant.key_id
+        )
+    except PermissionDenied as exc:
+        raise Refused(exc.message) from exc
     state.key_cache.invalidate_tenant(revoked.tenant_id)
     return RedirectResponse("/console/keys", 303)
 
@@ -289,7 +366,7 @@ def install_console_handlers(app: Any) -> None:
         return RedirectResponse("/console/login", 303)
 
     async def refused(request: Request, exc: Exception) -> Response:
-        session = state_of(request.app).console_sessions.read(request.cookies.get(COOKIE))
+        session = await state_of(request.app).console_sessions.check(request.cookies.get(COOKIE))
         return _page(request, "refused.html", status_code=403, session=session, reason=str(exc))
 
     app.add_exception_handler(SignInRequired, to_login)

@@ -4,7 +4,9 @@ finds goes into the request's context for the route's dependencies (``gateway.te
 
 The console's pages call the same APIs from the browser under ``/console/api`` (``/console/api/v1/models`` is
 ``/v1/models``): there the session cookie stands for the bearer token, with the session's CSRF token in the
-``X-CSRF-Token`` header, and the path is handed on without the prefix."""
+``X-CSRF-Token`` header, and the path is handed on without the prefix. The session's row is read on every call
+(a session ended anywhere is refused at once), and a state-changing call from another site is refused
+(``gateway.console.origin``)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.console.sessions import COOKIE, SessionCodec
+from gateway.console.origin import cross_site
+from gateway.console.sessions import COOKIE, ConsoleSessions
 from gateway.errors import APIError, AuthenticationError, PermissionDenied
 from gateway.tenancy.principal import Authenticator, Realm, realm_of
 
@@ -26,7 +29,7 @@ class AuthenticationMiddleware:
         self,
         app: ASGIApp,
         authenticator: Callable[[], Authenticator],
-        console_sessions: Callable[[], SessionCodec],
+        console_sessions: Callable[[], ConsoleSessions],
     ) -> None:
         self.app = app
         self.authenticator = authenticator  # built in the lifespan, after this middleware
@@ -53,10 +56,13 @@ class AuthenticationMiddleware:
         path = scope["path"][len(CONSOLE_API) :]
         realm = realm_of(path)
         headers = Headers(scope=scope)
-        session = self.console_sessions().read(cookie_parser(headers.get("cookie", "")).get(COOKIE))
         try:
             if realm not in (Realm.TENANT, Realm.OPERATOR):
                 raise PermissionDenied("The console's API bridge only reaches /v1 and /admin.")
+            reason = cross_site(scope)
+            if reason is not None:
+                raise PermissionDenied(reason, code="cross_site_request")
+            session = await self.console_sessions().check(cookie_parser(headers.get("cookie", "")).get(COOKIE))
             if session is None:
                 raise AuthenticationError("Sign in to the console first.")
             if not session.csrf_matches(headers.get("x-csrf-token")):

@@ -71,7 +71,10 @@ class KeyCreate(BaseModel):
     expires_at: UtcDateTime | None = None
     expires_in_days: Annotated[float, Field(gt=0, le=36_500)] | None = None
     allowed_models: Annotated[list[ModelId], Field(max_length=1000)] | None = Field(
-        default=None, description="null: every model"
+        default=None, description="null: every model (a key made by a tenant's key: that key's models)"
+    )
+    key_manager: bool = Field(
+        default=False, description="The key may revoke the tenant's other keys and make key managers."
     )
 
 
@@ -86,6 +89,7 @@ class KeyOut(BaseModel):
     expires_at: datetime | None
     revoked_at: datetime | None
     status: Literal["active", "revoked", "expired"]
+    key_manager: bool = False
 
 
 class KeyCreated(KeyOut):

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
 from starlette.concurrency import run_in_threadpool
 
 from gateway import bounds
+from gateway.audit import OPERATOR, actor_of
 from gateway.edge.strict_json import StrictJSONRoute
 from gateway.state import KeyCacheDep, TenancyDep
 from gateway.tenancy.models import KeyCreate, KeyCreated, KeyOut, TenantCreate, TenantOut, TenantUpdate
@@ -38,32 +39,34 @@ async def get_tenant(tenant: TenantRef, tenancy: TenancyDep) -> TenantOut:
 
 
 @router.patch("/tenants/{tenant}")
-async def update_tenant(tenant: TenantRef, body: TenantUpdate, tenancy: TenancyDep, keys: KeyCacheDep) -> TenantOut:
-    updated = await run_in_threadpool(tenancy.update_tenant, tenant, body)
+async def update_tenant(
+    request: Request, tenant: TenantRef, body: TenantUpdate, tenancy: TenancyDep, keys: KeyCacheDep
+) -> TenantOut:
+    updated = await run_in_threadpool(tenancy.update_tenant, tenant, body, actor=actor_of(request, OPERATOR))
     keys.invalidate_tenant(updated.id)
     return updated
 
 
 @router.post("/tenants/{tenant}/suspend")
-async def suspend_tenant(tenant: TenantRef, tenancy: TenancyDep, keys: KeyCacheDep) -> TenantOut:
-    return await update_tenant(tenant, TenantUpdate(status="suspended"), tenancy, keys)
+async def suspend_tenant(request: Request, tenant: TenantRef, tenancy: TenancyDep, keys: KeyCacheDep) -> TenantOut:
+    return await update_tenant(request, tenant, TenantUpdate(status="suspended"), tenancy, keys)
 
 
 @router.post("/tenants/{tenant}/resume")
-async def resume_tenant(tenant: TenantRef, tenancy: TenancyDep, keys: KeyCacheDep) -> TenantOut:
-    return await update_tenant(tenant, TenantUpdate(status="active"), tenancy, keys)
+async def resume_tenant(request: Request, tenant: TenantRef, tenancy: TenancyDep, keys: KeyCacheDep) -> TenantOut:
+    return await update_tenant(request, tenant, TenantUpdate(status="active"), tenancy, keys)
 
 
 @router.delete("/tenants/{tenant}")
-async def delete_tenant(tenant: TenantRef, tenancy: TenancyDep, keys: KeyCacheDep) -> dict[str, Any]:
-    tenant_id = await run_in_threadpool(tenancy.delete_tenant, tenant)
+async def delete_tenant(request: Request, tenant: TenantRef, tenancy: TenancyDep, keys: KeyCacheDep) -> dict[str, Any]:
+    tenant_id = await run_in_threadpool(tenancy.delete_tenant, tenant, actor=actor_of(request, OPERATOR))
     keys.invalidate_tenant(tenant_id)
     return {"id": tenant_id, "object": "tenant", "deleted": True}
 
 
 @router.post("/tenants/{tenant}/keys", status_code=201)
-async def create_key(tenant: TenantRef, body: KeyCreate, tenancy: TenancyDep) -> KeyCreated:
-    return await run_in_threadpool(tenancy.create_key, tenant, body)
+async def create_key(request: Request, tenant: TenantRef, body: KeyCreate, tenancy: TenancyDep) -> KeyCreated:
+    return await run_in_threadpool(tenancy.create_key, tenant, body, actor=actor_of(request, OPERATOR))
 
 
 @router.get("/tenants/{tenant}/keys")
@@ -72,7 +75,9 @@ async def list_keys(tenant: TenantRef, tenancy: TenancyDep) -> dict[str, Any]:
 
 
 @router.delete("/tenants/{tenant}/keys/{key_id}")
-async def revoke_key(tenant: TenantRef, key_id: KeyId, tenancy: TenancyDep, keys: KeyCacheDep) -> KeyOut:
-    revoked = await run_in_threadpool(tenancy.revoke_key, tenant, key_id)
+async def revoke_key(
+    request: Request, tenant: TenantRef, key_id: KeyId, tenancy: TenancyDep, keys: KeyCacheDep
+) -> KeyOut:
+    revoked = await run_in_threadpool(tenancy.revoke_key, tenant, key_id, actor=actor_of(request, OPERATOR))
     keys.invalidate_tenant(revoked.tenant_id)
     return revoked

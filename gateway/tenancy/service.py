@@ -1,4 +1,9 @@
-"""Tenant and key operations on the database; the admin API and the CLI both call these."""
+"""Tenant and key operations on the database; the admin API, the console and the CLI all call these.
+
+A key made by a tenant's key (``by_key``) is never broader than that key: the same or fewer models, an expiry
+no later than its own, and key management only from a key manager. Only the operator and key managers revoke
+a tenant's other keys; any key may revoke itself. Revoking a key ends its console sessions, suspending or
+deleting a tenant ends all of the tenant's, in the same transaction; key changes are audited there too."""
 
 from __future__ import annotations
 
@@ -10,8 +15,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gateway.db import ApiKey, Database, Tenant
-from gateway.errors import ConflictError, InvalidRequestError, NotFoundError
+from gateway.audit import SYSTEM_ACTOR, Actor, record
+from gateway.db import ApiKey, ConsoleSession, Database, Tenant
+from gateway.errors import ConflictError, InvalidRequestError, NotFoundError, PermissionDenied
 from gateway.tenancy.keys import display_prefix, key_hash, new_id, new_key
 from gateway.tenancy.models import (
     KeyCreate,
@@ -24,6 +30,7 @@ from gateway.tenancy.models import (
     TenantUpdate,
     usd_to_nanos,
 )
+from gateway.tenancy.sessions import end_sessions
 
 QUOTA_FIELDS = (
     "requests_per_minute",
@@ -53,6 +60,7 @@ class KeyIdentity:
     expires_at: datetime | None
     revoked: bool
     quotas: Quotas
+    key_manager: bool = False
 
 
 def tenant_out(tenant: Tenant) -> TenantOut:
@@ -80,6 +88,7 @@ def key_out(key: ApiKey, now: datetime | None = None) -> KeyOut:
         expires_at=key.expires_at,
         revoked_at=key.revoked_at,
         status=status,
+        key_manager=key.key_manager,
     )
 
 
@@ -108,7 +117,50 @@ def _identity(key: ApiKey) -> KeyIdentity:
         expires_at=key.expires_at,
         revoked=key.revoked_at is not None,
         quotas=quotas_of(tenant),
+        key_manager=key.key_manager,
     )
+
+
+def _acting_key(session: Session, tenant: Tenant, key_id: str, now: datetime) -> ApiKey:
+    """The tenant's key acting for a request, read (and locked) in this transaction: a key revoked or expired
+    meanwhile, or of a tenant suspended meanwhile, acts no more."""
+    key = session.get(ApiKey, key_id, with_for_update=True)
+    if key is None or key.tenant_id != tenant.id or key.revoked_at is not None or tenant.status != "active":
+        raise PermissionDenied("The key you act with is no longer active.", code="key_inactive")
+    if key.expires_at is not None and key.expires_at <= now:
+        raise PermissionDenied("The key you act with has expired.", code="key_inactive")
+    return key
+
+
+def _no_broader_than(
+    creator: ApiKey, data: KeyCreate, expires_at: datetime | None
+) -> tuple[list[str] | None, datetime | None]:
+    """The models and expiry of a key ``creator`` makes: what was asked, within the creator's own (unasked: the
+    creator's). Asking for more is refused."""
+    models = data.allowed_models
+    if creator.allowed_models is not None:
+        if models is None:
+            models = list(creator.allowed_models)
+        elif not set(models) <= set(creator.allowed_models):
+            raise PermissionDenied(
+                "allowed_models names a model your key may not use; a key you make may only use models yours may.",
+                param="allowed_models",
+                code="key_broader_than_creator",
+            )
+    if creator.expires_at is not None:
+        if expires_at is None:
+            expires_at = creator.expires_at
+        elif expires_at > creator.expires_at:
+            raise PermissionDenied(
+                f"A key you make may not outlive yours (it expires at {creator.expires_at.isoformat()}Z).",
+                param="expires_at",
+                code="key_broader_than_creator",
+            )
+    if data.key_manager and not creator.key_manager:
+        raise PermissionDenied(
+            "Only a key manager may make a key manager.", param="key_manager", code="key_broader_than_creator"
+        )
+    return models, expires_at
 
 
 def _prices_json(prices: dict[str, ModelPrice]) -> dict[str, dict[str, str]]:
@@ -146,10 +198,13 @@ class TenancyService:
         with self.db.session() as session:
             return tenant_out(self._find(session, ref))
 
-    def update_tenant(self, ref: str, update: TenantUpdate) -> TenantOut:
+    def update_tenant(self, ref: str, update: TenantUpdate, *, actor: Actor = SYSTEM_ACTOR) -> TenantOut:
         try:
             with self.db.session() as session:
                 tenant = self._find(session, ref)
+                if update.status == "suspended":
+                    where = ConsoleSession.tenant_id == tenant.id
+                    end_sessions(session, actor, "tenant_suspended", where, utcnow())
                 for name in update.model_fields_set:
                     value = getattr(update, name)
                     if name == "model_prices":
@@ -164,9 +219,10 @@ class TenancyService:
         except IntegrityError as exc:
             raise ConflictError(f"A tenant named '{update.name}' already exists.", param="name") from exc
 
-    def delete_tenant(self, ref: str) -> str:
+    def delete_tenant(self, ref: str, *, actor: Actor = SYSTEM_ACTOR) -> str:
         with self.db.session() as session:
             tenant = self._find(session, ref)
+            end_sessions(session, actor, "tenant_deleted", ConsoleSession.tenant_id == tenant.id, utcnow())
             session.delete(tenant)
             return tenant.id
 
@@ -178,7 +234,10 @@ class TenancyService:
         return tenant
 
     # -- keys ------------------------------------------------------------------------------------------
-    def create_key(self, ref: str, data: KeyCreate) -> KeyCreated:
+    def create_key(
+        self, ref: str, data: KeyCreate, *, actor: Actor = SYSTEM_ACTOR, by_key: str | None = None
+    ) -> KeyCreated:
+        """A new key of the tenant; ``by_key``: made by that key of the tenant (never broader than it)."""
         now = utcnow()
         if data.expires_at is not None and data.expires_in_days is not None:
             raise InvalidRequestError("Give expires_at or expires_in_days, not both.", param="expires_at")
@@ -190,17 +249,25 @@ class TenancyService:
         secret = new_key()
         with self.db.session() as session:
             tenant = self._find(session, ref)
+            allowed_models = data.allowed_models
+            if by_key is not None:
+                allowed_models, expires_at = _no_broader_than(
+                    _acting_key(session, tenant, by_key, now), data, expires_at
+                )
             key = ApiKey(
                 id=new_id("key"),
                 tenant_id=tenant.id,
                 name=data.name,
                 prefix=display_prefix(secret),
                 key_hash=key_hash(secret),
-                allowed_models=data.allowed_models,
+                allowed_models=allowed_models,
                 created_at=now,
                 expires_at=expires_at,
+                key_manager=data.key_manager,
             )
             session.add(key)
+            details = {"name": data.name, "key_manager": data.key_manager, "by_key": by_key}
+            record(session, actor, "key.create", "api_key", key.id, tenant.id, details)
         return KeyCreated(**key_out(key, now).model_dump(), key=secret)
 
     def list_keys(self, ref: str) -> list[KeyOut]:
@@ -209,14 +276,26 @@ class TenancyService:
             keys = session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant.id).order_by(ApiKey.created_at))
             return [key_out(k) for k in keys]
 
-    def revoke_key(self, ref: str, key_id: str) -> KeyOut:
+    def revoke_key(self, ref: str, key_id: str, *, actor: Actor = SYSTEM_ACTOR, by_key: str | None = None) -> KeyOut:
+        """Revoke a key of the tenant and end its console sessions; ``by_key``: asked by that key of the tenant
+        (itself, or a key manager)."""
+        now = utcnow()
         with self.db.session() as session:
             tenant = self._find(session, ref)
             key = session.get(ApiKey, key_id)
             if key is None or key.tenant_id != tenant.id:
                 raise NotFoundError(f"No key '{key_id}' for tenant '{ref}'.", param="key_id")
-            key.revoked_at = key.revoked_at or utcnow()
-            return key_out(key)
+            if by_key is not None and by_key != key.id and not _acting_key(session, tenant, by_key, now).key_manager:
+                raise PermissionDenied(
+                    "Only a key manager may revoke the organization's other keys; a key may revoke itself.",
+                    param="key_id",
+                    code="key_manager_required",
+                )
+            if key.revoked_at is None:
+                key.revoked_at = now
+                record(session, actor, "key.revoke", "api_key", key.id, tenant.id, {"by_key": by_key})
+                end_sessions(session, actor, "key_revoked", ConsoleSession.subject == key.id, now)
+            return key_out(key, now)
 
     def identify(self, hashed: str) -> KeyIdentity | None:
         """The key with this hash and its tenant, or None. The hash is compared in the database index;
