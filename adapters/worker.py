@@ -1,6 +1,7 @@
 """The fine-tuning worker: claims queued jobs from the database, trains them with ``adapters.training`` in
 this process (never in the gateway's event loop), heartbeats, honours cancellation within seconds, and
-registers the result as a servable adapter.
+registers the result as a servable adapter. What a job that does not succeed wrote (its adapter, checkpoints) is
+removed: a cancelled job, a failed one, or one whose tenant was deleted while it trained leaves nothing behind.
 
 Claiming is safe with any number of workers: ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, a
 compare-and-set ``UPDATE`` on SQLite. A job whose worker stops heartbeating for ``dead_after`` seconds is
@@ -252,7 +253,7 @@ class Worker:
                 return
             result = self._train(job, base_dir, train, validation, cancel)
         except TrainingCancelled as stopped:
-            if cancel.is_set():
+            if cancel.is_set():  # cancelled, or its tenant deleted: nothing it wrote is kept
                 self._move(
                     job_id,
                     unfinished,
@@ -260,6 +261,7 @@ class Worker:
                     status="cancelled",
                     trained_tokens=stopped.trained_tokens,
                 )
+                self._registry.remove_job_dirs([job_id])
             else:  # the worker is stopping: another one takes the job from the start
                 self._move(
                     job_id,
@@ -272,11 +274,13 @@ class Worker:
             return
         except JobFailed as exc:
             self._move(job_id, unfinished, exc.error["message"], status="failed", error=exc.error)
+            self._registry.remove_job_dirs([job_id])
             return
         except Exception as exc:
             logger.exception("fine-tuning job %s failed", job_id)
             error = {"code": "training_failed", "message": f"Training failed: {exc}", "param": None}
             self._move(job_id, unfinished, error["message"], status="failed", error=error)
+            self._registry.remove_job_dirs([job_id])
             return
         self._succeed(job, result)
 
@@ -325,6 +329,7 @@ class Worker:
 
         if not self._persist(change, f"completing job {job.id}"):
             logger.info("job %s was changed by someone else while it trained; its result is dropped", job.id)
+            self._registry.remove_job_dirs([job.id])
 
     @contextlib.contextmanager
     def _tolerated(self, what: str) -> Iterator[None]:

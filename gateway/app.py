@@ -36,6 +36,7 @@ from gateway.accounting.records import UsageLedger
 from gateway.accounting.tasks import SettlementTasks
 from gateway.accounting.training_billing import TrainingBilling, charge_job
 from gateway.accounting.usage import UsageReports
+from gateway.audit_log import AuditLog
 from gateway.console import routes as console_routes
 from gateway.console.routes import install_console_handlers
 from gateway.console.sessions import SessionCodec
@@ -55,10 +56,13 @@ from gateway.inference.catalog import ModelCatalog
 from gateway.inference.runs import RequestCaps
 from gateway.ops import routes as ops_routes
 from gateway.ops.metrics import Metrics
+from gateway.private_files import keep_private, private_dir
 from gateway.settings import GatewaySettings
 from gateway.state import AppState, state_of
 from gateway.tenancy import routes as admin_routes
 from gateway.tenancy.admin_key import admin_key_path, load_or_create_admin_key
+from gateway.tenancy.erasure import TenantEraser
+from gateway.tenancy.export import TenantExport
 from gateway.tenancy.key_cache import KeyCache
 from gateway.tenancy.principal import Authenticator
 from gateway.tenancy.service import TenancyService
@@ -88,14 +92,14 @@ def build_vllm_engine(settings: EngineSettings) -> Engine:
 
 
 def open_database(settings: GatewaySettings) -> Database:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     database = Database(settings.database_url or sqlite_url(settings.data_dir))
     database.migrate()
     return database
 
 
 def adapter_registry(database: Database, settings: GatewaySettings) -> AdapterRegistry:
-    return AdapterRegistry(database.sessions, settings.data_dir / "adapters")
+    return AdapterRegistry(database.sessions, private_dir(settings.data_dir / "adapters"))
 
 
 def file_store(database: Database, settings: GatewaySettings) -> FileStore:
@@ -125,6 +129,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        keep_private()
         async with AsyncExitStack() as stack:
             database = await run_in_threadpool(open_database, settings)
             stack.callback(database.dispose)
@@ -152,6 +157,7 @@ def create_app(
             stack.push_async_callback(billing.run_once)  # a last pass at shutdown
 
             registry = adapter_registry(database, settings)
+            files = file_store(database, settings)
             engines = await stack.enter_async_context(_engines(engine_settings, engine_factory, registry, metrics))
             stack.push_async_callback(_cancel, asyncio.create_task(billing.run()))
 
@@ -179,10 +185,13 @@ def create_app(
                 usage=UsageReports(database),
                 catalog=catalog,
                 caps=caps,
-                files=file_store(database, settings),
+                files=files,
                 jobs=job_service(database),
                 evals=evals,
                 console_sessions=SessionCodec(admin_key),
+                eraser=TenantEraser(database, files, registry),
+                exports=TenantExport(database, files, registry),
+                audit_log=AuditLog(database),
             )
             runner = EvalRunner(
                 evals, tenancy, catalog, admission, caps, metrics, concurrency=settings.eval_concurrency

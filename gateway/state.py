@@ -14,6 +14,7 @@ from adapters.jobs import JobService
 from engine.settings import EngineSettings
 from gateway.accounting.admission import Admission
 from gateway.accounting.usage import UsageReports
+from gateway.audit_log import AuditLog
 from gateway.console.sessions import SessionCodec
 from gateway.edge.request_context import RequestContext
 from gateway.evals.service import EvalService
@@ -22,6 +23,8 @@ from gateway.inference.catalog import ModelCatalog
 from gateway.inference.runs import RequestCaps, Serving
 from gateway.ops.metrics import Metrics
 from gateway.settings import GatewaySettings
+from gateway.tenancy.erasure import TenantEraser
+from gateway.tenancy.export import TenantExport
 from gateway.tenancy.key_cache import KeyCache
 from gateway.tenancy.principal import Authenticator, TenantDep
 from gateway.tenancy.service import TenancyService
@@ -45,6 +48,9 @@ class AppState:
     jobs: JobService
     evals: EvalService
     console_sessions: SessionCodec
+    eraser: TenantEraser
+    exports: TenantExport
+    audit_log: AuditLog
 
 
 def state_of(app: FastAPI) -> AppState:
@@ -78,6 +84,9 @@ CatalogDep = Annotated[ModelCatalog, _part(lambda state: state.catalog)]
 FilesDep = Annotated[FileStore, _part(lambda state: state.files)]
 JobsDep = Annotated[JobService, _part(lambda state: state.jobs)]
 EvalsDep = Annotated[EvalService, _part(lambda state: state.evals)]
+EraserDep = Annotated[TenantEraser, _part(lambda state: state.eraser)]
+ExportDep = Annotated[TenantExport, _part(lambda state: state.exports)]
+AuditLogDep = Annotated[AuditLog, _part(lambda state: state.audit_log)]
 
 
 async def get_serving(request: Request, context: ContextDep, tenant: TenantDep) -> Serving:

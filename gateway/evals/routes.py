@@ -7,11 +7,12 @@ from __future__ import annotations
 from typing import Annotated, Any, BinaryIO, Literal
 
 import pydantic_core
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from jsonschema import Draft202012Validator
 from starlette.concurrency import run_in_threadpool
 
 from gateway.accounting.routes import RateLimitHeaders
+from gateway.audit import actor_of
 from gateway.edge.strict_json import StrictJSONRoute
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.evals.models import EvalCreate, EvalUpdate, RunCreate
@@ -54,8 +55,9 @@ async def update_eval(eval_id: EvalId, body: EvalUpdate, tenant: TenantDep, eval
 
 
 @router.delete("/v1/evals/{eval_id}")
-async def delete_eval(eval_id: EvalId, tenant: TenantDep, evals: EvalsDep) -> dict[str, Any]:
-    return await run_in_threadpool(evals.delete, tenant.tenant_id, eval_id)
+async def delete_eval(request: Request, eval_id: EvalId, tenant: TenantDep, evals: EvalsDep) -> dict[str, Any]:
+    actor = actor_of(request, tenant.key_id, tenant.tenant_id)
+    return await run_in_threadpool(evals.delete, tenant.tenant_id, eval_id, actor)
 
 
 @router.post("/v1/evals/{eval_id}/runs")

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from gateway import audit
 from gateway.db import ApiKey, Database, Tenant
 from gateway.errors import ConflictError, InvalidRequestError, NotFoundError
 from gateway.tenancy.keys import display_prefix, key_hash, new_id, new_key
@@ -123,7 +124,7 @@ class TenancyService:
         self.db = db
 
     # -- tenants ---------------------------------------------------------------------------------------
-    def create_tenant(self, data: TenantCreate) -> TenantOut:
+    def create_tenant(self, data: TenantCreate, actor: audit.Actor = audit.SYSTEM_ACTOR) -> TenantOut:
         now = utcnow()
         tenant = Tenant(
             id=new_id("ten"),
@@ -137,6 +138,8 @@ class TenancyService:
         try:
             with self.db.session() as session:
                 session.add(tenant)
+                session.flush()  # a taken name fails here, before the audit entry
+                audit.record(session, actor, "tenant.create", "tenant", tenant.id, tenant.id, {"name": tenant.name})
         except IntegrityError as exc:
             raise ConflictError(f"A tenant named '{data.name}' already exists.", param="name") from exc
         return tenant_out(tenant)
@@ -149,10 +152,13 @@ class TenancyService:
         with self.db.session() as session:
             return tenant_out(self._find(session, ref))
 
-    def update_tenant(self, ref: str, update: TenantUpdate) -> TenantOut:
+    def update_tenant(self, ref: str, update: TenantUpdate, actor: audit.Actor = audit.SYSTEM_ACTOR) -> TenantOut:
+        """Change the fields present in ``update``; audited as ``tenant.suspend`` or ``tenant.resume`` when the
+        status changes, else ``tenant.update`` (naming the fields, not their values)."""
         try:
             with self.db.session() as session:
                 tenant = self._find(session, ref)
+                status_before = tenant.status
                 for name in update.model_fields_set:
                     value = getattr(update, name)
                     if name == "model_prices":
@@ -163,15 +169,14 @@ class TenancyService:
                         setattr(tenant, name, value)
                 tenant.updated_at = utcnow()
                 session.flush()
+                action = "tenant.update"
+                if tenant.status != status_before:
+                    action = "tenant.suspend" if tenant.status == "suspended" else "tenant.resume"
+                fields = sorted(update.model_fields_set)
+                audit.record(session, actor, action, "tenant", tenant.id, tenant.id, {"fields": fields})
                 return tenant_out(tenant)
         except IntegrityError as exc:
             raise ConflictError(f"A tenant named '{update.name}' already exists.", param="name") from exc
-
-    def delete_tenant(self, ref: str) -> str:
-        with self.db.session() as session:
-            tenant = self._find(session, ref)
-            session.delete(tenant)
-            return tenant.id
 
     @staticmethod
     def _find(session: Session, ref: str) -> Tenant:
