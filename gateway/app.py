@@ -57,6 +57,7 @@ from gateway.inference.runs import RequestCaps
 from gateway.ops import routes as ops_routes
 from gateway.ops.metrics import Metrics
 from gateway.private_files import keep_private, private_dir
+from gateway.retention import Retention
 from gateway.settings import GatewaySettings
 from gateway.state import AppState, state_of
 from gateway.tenancy import routes as admin_routes
@@ -197,6 +198,15 @@ def create_app(
                 evals, tenancy, catalog, admission, caps, metrics, concurrency=settings.eval_concurrency
             )
             stack.push_async_callback(_cancel, asyncio.create_task(runner.run_forever()))
+            retention = Retention(
+                database,
+                files,
+                files_days=settings.retention_days_files,
+                eval_items_days=settings.retention_days_eval_items,
+            )
+            if retention.enabled:
+                purging = asyncio.create_task(retention.run(settings.retention_interval_seconds))
+                stack.push_async_callback(_cancel, purging)
             yield
 
     app = FastAPI(title="LLMaaS", version="0.1.0", lifespan=lifespan)
