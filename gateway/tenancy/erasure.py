@@ -64,7 +64,7 @@ class TenantEraser:
             session.execute(delete(Tenant).where(Tenant.id == tenant_id))
             audit.record(session, actor, "tenant.delete", "tenant", tenant_id, tenant_id, {"name": name, **counts})
         self._files.remove_bytes(file_ids)
-        self._registry.remove_job_dirs(job_ids)
+        self._registry.remove_job_dirs({*job_ids, *(adapter.job_id for adapter in adapters)})
         return Erased(tenant_id, adapters, counts)
 
 
