@@ -264,11 +264,16 @@ def test_deleting_a_file_or_an_eval_removes_its_content_and_is_audited(stores: S
         stores.files.delete("someone-else", file_id, OPERATOR)
     stores.files.delete(acme, file_id, Actor("key_1", acme))
     assert not stores.files.path_of(file_id).exists() and stores.count(File) == 0
-    eval_id, _ = stores.eval_with_items(acme)
-    EvalService(stores.db).delete(acme, eval_id, Actor("key_1", acme))
+    evals = EvalService(stores.db)
+    eval_id, run_id = stores.eval_with_items(acme)
+    evals.delete_run(acme, eval_id, run_id, Actor("key_1", acme))
     assert stores.count(EvalRunItem) == 0 and stores.count(EvalRun) == 0
+    stores.eval_with_items(acme)
+    other_eval, _ = stores.eval_with_items(acme)
+    evals.delete(acme, other_eval, Actor("key_1", acme))
+    assert stores.count(EvalRunItem) == 2 and stores.count(EvalRun) == 1 and stores.count(Eval) == 2
     actions = [e["action"] for e in AuditLog(stores.db).page(AuditFilters(actor="key_1"))["data"]]
-    assert actions == ["eval.delete", "file.delete"]
+    assert actions == ["eval.delete", "eval_run.delete", "file.delete"]
 
 
 def test_an_upload_racing_the_deletion_of_its_tenant_is_refused(stores: Stores) -> None:

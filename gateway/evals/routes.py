@@ -106,8 +106,11 @@ async def cancel_run(eval_id: EvalId, run_id: RunId, tenant: TenantDep, evals: E
 
 
 @router.delete("/v1/evals/{eval_id}/runs/{run_id}")
-async def delete_run(eval_id: EvalId, run_id: RunId, tenant: TenantDep, evals: EvalsDep) -> dict[str, Any]:
-    return await run_in_threadpool(evals.delete_run, tenant.tenant_id, eval_id, run_id)
+async def delete_run(
+    request: Request, eval_id: EvalId, run_id: RunId, tenant: TenantDep, evals: EvalsDep
+) -> dict[str, Any]:
+    actor = actor_of(request, tenant.key_id, tenant.tenant_id)
+    return await run_in_threadpool(evals.delete_run, tenant.tenant_id, eval_id, run_id, actor)
 
 
 @router.get("/v1/evals/{eval_id}/runs/{run_id}/output_items")

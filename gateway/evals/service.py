@@ -291,11 +291,13 @@ class EvalService:
             session.refresh(run)
             return self._run_object(session, run)
 
-    def delete_run(self, tenant_id: str, eval_id: str, run_id: str) -> dict[str, Any]:
+    def delete_run(self, tenant_id: str, eval_id: str, run_id: str, actor: audit.Actor) -> dict[str, Any]:
+        """The run and its items (with their samples)."""
         with self._db.session() as session:
             self._own_run(session, tenant_id, eval_id, run_id)
             session.execute(delete(EvalRunItem).where(EvalRunItem.run_id == run_id))
             session.execute(delete(EvalRun).where(EvalRun.id == run_id))
+            audit.record(session, actor, "eval_run.delete", "eval_run", run_id, tenant_id, {"eval_id": eval_id})
         return {"object": "eval.run.deleted", "deleted": True, "run_id": run_id}
 
     def output_items(
