@@ -158,7 +158,7 @@ class Worker:
             dead = session.scalars(select(FineTuningJob.id).where(FineTuningJob.status.in_(unfinished), *stale)).all()
         for job_id in dead:
             with self._sessions.begin() as session:
-                transition(
+                failed = transition(
                     session,
                     job_id,
                     expected=unfinished,
@@ -173,6 +173,8 @@ class Worker:
                         "param": None,
                     },
                 )
+            if failed:  # what the dead worker wrote is of no use
+                self._registry.remove_job_dirs([job_id])
 
     # -- one job ----------------------------------------------------------------------------------------------
     def process(self, job_id: str) -> None:

@@ -55,14 +55,11 @@ class FileStore:
         self._db = db
         self._root = private_dir(root)
 
-    def _path(self, file_id: str) -> Path:
+    def path_of(self, file_id: str) -> Path:
+        """Where the file's bytes lie (a malformed id is refused first)."""
         if not file_id.startswith("file-") or not file_id[5:].isalnum() or len(file_id) > 40:
             raise NotFoundError(f"No such File object: {file_id[:40]}", param="file_id")
         return self._root / file_id
-
-    def path_of(self, file_id: str) -> Path:
-        """Where the file's bytes lie (its id checked first)."""
-        return self._path(file_id)
 
     # -- storage quota ---------------------------------------------------------------------------------------------
     def _used_bytes(self, session: Any, tenant_id: str) -> int:
@@ -84,7 +81,7 @@ class FileStore:
         if purpose == "fine-tune" and not name.lower().endswith(".jsonl"):
             raise InvalidRequestError("Fine-tuning files must be .jsonl files.", param="file")
         file_id = f"file-{secrets.token_hex(12)}"
-        path = self._path(file_id)
+        path = self.path_of(file_id)
         staging = path.with_suffix(".part")
         try:
             size = _copy(source, staging, max_bytes)
@@ -112,7 +109,7 @@ class FileStore:
 
     # -- read ------------------------------------------------------------------------------------------------------
     def _own(self, tenant_id: str, file_id: str) -> File:
-        self._path(file_id)  # refuses malformed ids before any query
+        self.path_of(file_id)  # refuses malformed ids before any query
         with self._db.session() as session:
             row = session.get(File, file_id)
         if row is None or row.tenant_id != tenant_id:
@@ -126,7 +123,7 @@ class FileStore:
         """The file's bytes as an open handle (still readable if the file is deleted meanwhile) and its size."""
         self._own(tenant_id, file_id)
         try:
-            handle = self._path(file_id).open("rb")
+            handle = self.path_of(file_id).open("rb")
             return handle, os.fstat(handle.fileno()).st_size
         except FileNotFoundError:
             raise NotFoundError(f"No such File object: {file_id}", param="file_id") from None
@@ -138,7 +135,7 @@ class FileStore:
         """The tenant's training file, parsed (it was checked on upload), or None when it is gone."""
         try:
             self._own(tenant_id, file_id)
-            return parse_jsonl(self._path(file_id).read_bytes())
+            return parse_jsonl(self.path_of(file_id).read_bytes())
         except (NotFoundError, FileNotFoundError):
             return None
 
@@ -146,7 +143,7 @@ class FileStore:
         """The bytes of the tenant's file, or None (missing, deleted, or someone else's): the worker's reader."""
         try:
             self._own(tenant_id, file_id)
-            return self._path(file_id).read_bytes()
+            return self.path_of(file_id).read_bytes()
         except (NotFoundError, FileNotFoundError):
             return None
 
@@ -182,7 +179,7 @@ class FileStore:
 
     def delete(self, tenant_id: str, file_id: str, actor: audit.Actor) -> dict[str, Any]:
         """The row (with its audit entry), then the bytes."""
-        self._path(file_id)
+        self.path_of(file_id)
         with self._db.session() as session:
             deleted = session.execute(delete(File).where(File.id == file_id, File.tenant_id == tenant_id))
             if not deleted.rowcount:
@@ -194,7 +191,7 @@ class FileStore:
     def remove_bytes(self, file_ids: Iterable[str]) -> None:
         """Remove the bytes of files whose rows are gone."""
         for file_id in file_ids:
-            self._path(file_id).unlink(missing_ok=True)
+            self.path_of(file_id).unlink(missing_ok=True)
 
 
 def _copy(source: BinaryIO, target: Path, max_bytes: int) -> int:
