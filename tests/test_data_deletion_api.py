@@ -91,7 +91,8 @@ def test_a_deleted_tenants_content_is_gone_and_its_usage_stays(
         assert time.monotonic() < deadline
         time.sleep(0.2)
     # Private: the data dir, the database and its WAL, the upload.
-    assert mode(data_dir) == 0o700 and mode(data_dir / "files") == 0o700
+    for directory in (data_dir, data_dir / "files", data_dir / "adapters", data_dir / "ledger"):
+        assert mode(directory) == 0o700, directory
     for path in (data_dir / "llmaas.db", data_dir / "llmaas.db-wal", stored):
         assert mode(path) == 0o600, path
 
