@@ -200,6 +200,12 @@ class Worker:
             except Exception:  # the next beat tries again; too long without one and the job fails as dead
                 logger.warning("heartbeat of %s failed", job_id, exc_info=True)
 
+    def _still_mine(self, session: Session, job_id: str) -> bool:
+        """Whether the job still exists as this worker's, its row locked until the caller commits: progress is
+        never written for a job deleted meanwhile (its tenant's deletion locks the row first, or waits)."""
+        query = select(FineTuningJob.id).where(FineTuningJob.id == job_id, FineTuningJob.worker_id == self.worker_id)
+        return session.scalar(query.with_for_update()) is not None
+
     def _persist(self, change: Callable[[], bool], what: str) -> bool:
         """Run a status change, retrying a failing database with backoff (the compare-and-set makes a retry
         safe): a job's final status and charge should not wait for the reaper to decide them."""
@@ -393,6 +399,8 @@ class Worker:
             if metrics.validation is not None:
                 message += ", " + _validation_text(metrics.validation)
             with self._tolerated("a metrics event"), self._sessions.begin() as session:
+                if not self._still_mine(session, job.id):
+                    return
                 add_event(session, job.id, message, type_="metrics", data=data)
                 # So far trained: what the job is charged if it ends without this worker (failed as dead).
                 session.execute(
@@ -404,6 +412,8 @@ class Worker:
         def on_checkpoint(checkpoint: Checkpoint) -> None:
             name = checkpoint_name(model_name(job.model, job.tenant_name, job.suffix, job.id), checkpoint.step)
             with self._tolerated("a checkpoint row"), self._sessions.begin() as session:
+                if not self._still_mine(session, job.id):
+                    return
                 session.add(
                     JobCheckpoint(
                         id=f"ftckpt_{secrets.token_hex(12)}",

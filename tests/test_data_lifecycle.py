@@ -21,9 +21,12 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text
 
+from adapters import worker as worker_module
 from adapters.jobs import JobService
 from adapters.registry import AdapterRegistry, checkpoint_name
 from adapters.store import Adapter, FineTuningJob, JobCheckpoint, JobEvent
+from adapters.training import Checkpoint, StepMetrics, TrainingCancelled
+from adapters.worker import Worker
 from gateway.accounting.ledger import LedgerWriter
 from gateway.accounting.records import UsageEntry, UsageLedger
 from gateway.accounting.training_billing import charge_job
@@ -240,6 +243,38 @@ def test_a_running_job_of_a_deleted_tenant_stops_and_leaves_nothing(stores: Stor
     assert stores.count(Adapter) == 0 and stores.count(FineTuningJob) == 0
     assert not stores.registry.job_dir(job_id).exists()
     assert stores.count(UsageRecord, UsageRecord.request_id == job_id, UsageRecord.outcome == "cancelled") == 1
+
+
+def test_a_job_deleted_while_training_gets_no_more_progress_rows(
+    stores: Stores, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's real progress callbacks, after its tenant's deletion: no event or checkpoint row appears."""
+    deleted, resume = threading.Event(), threading.Event()
+
+    def train_lora(spec: Any, on_metrics: Any, on_checkpoint: Any, should_stop: Any) -> Any:
+        on_metrics(StepMetrics(1, 2, 1, 0.5, 0.5, None, trained_tokens=10))
+        deleted.set()
+        assert resume.wait(10)
+        on_metrics(StepMetrics(2, 2, 1, 0.4, 0.6, None, trained_tokens=20))  # before its heartbeat noticed
+        on_checkpoint(Checkpoint(2, spec.output_dir / "checkpoints" / "step-2", 0.4, None))
+        raise TrainingCancelled("stopped", 20)
+
+    monkeypatch.setattr(worker_module, "train_lora", train_lora)
+    acme = stores.tenancy.create_tenant(TenantCreate(name="acme")).id
+    job_id = stores.jobs.create(job_request(tenant_id=acme))["id"]
+    worker = Worker(
+        stores.db.sessions, stores.registry, lambda t, f: TRAINING, {"base": tmp_path}, charge_job, heartbeat_seconds=60
+    )
+    runner = threading.Thread(target=worker.run_once)
+    runner.start()
+    assert deleted.wait(10)
+    assert stores.count(JobEvent, JobEvent.job_id == job_id, JobEvent.type == "metrics") == 1
+    stores.eraser.erase("acme", SYSTEM_ACTOR)
+    resume.set()
+    runner.join(10)
+    assert stores.count(JobEvent, JobEvent.job_id == job_id) == 0
+    assert stores.count(JobCheckpoint, JobCheckpoint.job_id == job_id) == 0
+    assert stores.count(UsageRecord, UsageRecord.request_id == job_id) == 1  # charged once, at the deletion
 
 
 async def test_deleting_a_model_or_a_checkpoint_removes_its_weights(stores: Stores) -> None:
