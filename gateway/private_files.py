@@ -34,6 +34,9 @@ def private_file(path: Path) -> None:
 
 
 def open_private(path: Path, mode: str = "wb") -> int:
-    """A descriptor of ``path`` opened for writing (``"wb"``: truncated, ``"ab"``: appended), created 0600."""
+    """A descriptor of ``path`` opened for writing (``"wb"``: truncated, ``"ab"``: appended), 0600 (also when it
+    existed before with another mode)."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "ab" else os.O_TRUNC)
-    return os.open(path, flags, FILE_MODE)
+    descriptor = os.open(path, flags, FILE_MODE)
+    os.fchmod(descriptor, FILE_MODE)
+    return descriptor

@@ -183,6 +183,8 @@ def test_the_cli_exports_deletes_and_reads_the_audit_log(gateway: str, admin: ht
     client = openai.OpenAI(base_url=f"{gateway}/v1", api_key=key, max_retries=0)
     uploaded = client.files.create(file=("a.jsonl", io.BytesIO(TRAINING)), purpose="fine-tune")
     archive = data_dir.parent / "by-cli.tar.gz"
+    archive.write_bytes(b"an older file, readable by all")
+    archive.chmod(0o644)
     done = cli(data_dir, "tenants", "export", tenant["name"], "-o", str(archive))
     assert done.returncode == 0, done.stderr
     assert mode(archive) == 0o600
