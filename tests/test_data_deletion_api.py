@@ -142,12 +142,22 @@ def test_a_tenants_deletes_are_audited_with_its_key(gateway: str, admin: httpx.C
         data_source_config={"type": "custom", "item_schema": ITEM_SCHEMA},
         testing_criteria=CRITERIA,  # type: ignore[arg-type]
     )
+    content = [{"item": item} for item in ITEMS]
+    run = client.evals.runs.create(
+        created.id, data_source=completions_source({"type": "file_content", "content": content})
+    )
+    finished(client, created.id, run.id)
+    client.evals.runs.delete(run.id, eval_id=created.id)
     client.evals.delete(created.id)
     with pytest.raises(openai.NotFoundError):
         client.models.delete("ft:nope")
     key_id = admin.get(f"/admin/v1/tenants/{tenant['id']}/keys").json()["data"][0]["id"]
     log = admin.get("/admin/v1/audit", params={"actor": key_id}).json()["data"]
-    assert [(e["action"], e["target_id"]) for e in log] == [("eval.delete", created.id), ("file.delete", uploaded.id)]
+    assert [(e["action"], e["target_id"]) for e in log] == [
+        ("eval.delete", created.id),
+        ("eval_run.delete", run.id),
+        ("file.delete", uploaded.id),
+    ]
     assert all(e["actor_tenant_id"] == tenant["id"] for e in log)
 
 
