@@ -6,11 +6,12 @@ user input. Names follow OpenAI: ``ft:<base>:<tenant>:<suffix>:<short id>``."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.store import Adapter, utcnow
@@ -113,8 +114,12 @@ class AdapterRegistry:
             )
             return [self._record(row) for row in rows]
 
-    def delete(self, name: str, tenant_id: str) -> list[AdapterRecord]:
-        """Delete the tenant's model of that name, and its checkpoints with it; returns what was deleted."""
+    def delete(
+        self, name: str, tenant_id: str, in_transaction: Callable[[Session, list[AdapterRecord]], None] | None = None
+    ) -> list[AdapterRecord]:
+        """Delete the tenant's model of that name, and its checkpoints with it (a checkpoint's name: that checkpoint
+        alone), rows and weights; returns what was deleted. ``in_transaction`` runs in the deleting transaction
+        (the gateway's audit entry)."""
         with self._sessions.begin() as session:
             rows = session.scalars(
                 select(Adapter).where(
@@ -125,7 +130,24 @@ class AdapterRegistry:
             records = [self._record(row) for row in rows]
             for row in rows:
                 session.delete(row)
+            if records and in_transaction is not None:
+                in_transaction(session, records)
         for record in records:
-            if CHECKPOINT_MARK not in record.name:  # the job's dir: the adapter and its checkpoints
-                shutil.rmtree(record.path.parent, ignore_errors=True)
+            if CHECKPOINT_MARK in record.name:
+                shutil.rmtree(record.path, ignore_errors=True)
+            else:  # the job's dir: the adapter, its checkpoints, and what training left there
+                self.remove_job_dirs([record.job_id])
         return records
+
+    def remove_for_tenant(self, session: Session, tenant_id: str) -> list[AdapterRecord]:
+        """Delete every adapter row of the tenant in the caller's transaction; the caller then removes the
+        weights (``remove_job_dirs``) once it has committed."""
+        rows = session.scalars(select(Adapter).where(Adapter.tenant_id == tenant_id)).all()
+        records = [self._record(row) for row in rows]
+        session.execute(delete(Adapter).where(Adapter.tenant_id == tenant_id))
+        return records
+
+    def remove_job_dirs(self, job_ids: Iterable[str]) -> None:
+        """Remove what these jobs wrote to the store (adapters, checkpoints, staging)."""
+        for job_id in job_ids:
+            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)

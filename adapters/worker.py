@@ -1,6 +1,7 @@
 """The fine-tuning worker: claims queued jobs from the database, trains them with ``adapters.training`` in
 this process (never in the gateway's event loop), heartbeats, honours cancellation within seconds, and
-registers the result as a servable adapter.
+registers the result as a servable adapter. What a job that does not succeed wrote (its adapter, checkpoints) is
+removed: a cancelled job, a failed one, or one whose tenant was deleted while it trained leaves nothing behind.
 
 Claiming is safe with any number of workers: ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, a
 compare-and-set ``UPDATE`` on SQLite. A job whose worker stops heartbeating for ``dead_after`` seconds is
@@ -157,7 +158,7 @@ class Worker:
             dead = session.scalars(select(FineTuningJob.id).where(FineTuningJob.status.in_(unfinished), *stale)).all()
         for job_id in dead:
             with self._sessions.begin() as session:
-                transition(
+                failed = transition(
                     session,
                     job_id,
                     expected=unfinished,
@@ -172,6 +173,8 @@ class Worker:
                         "param": None,
                     },
                 )
+            if failed:  # what the dead worker wrote is of no use
+                self._registry.remove_job_dirs([job_id])
 
     # -- one job ----------------------------------------------------------------------------------------------
     def process(self, job_id: str) -> None:
@@ -196,6 +199,12 @@ class Worker:
                     job.heartbeat_at = utcnow()
             except Exception:  # the next beat tries again; too long without one and the job fails as dead
                 logger.warning("heartbeat of %s failed", job_id, exc_info=True)
+
+    def _still_mine(self, session: Session, job_id: str) -> bool:
+        """Whether the job still exists as this worker's, its row locked until the caller commits: progress is
+        never written for a job deleted meanwhile (its tenant's deletion locks the row first, or waits)."""
+        query = select(FineTuningJob.id).where(FineTuningJob.id == job_id, FineTuningJob.worker_id == self.worker_id)
+        return session.scalar(query.with_for_update()) is not None
 
     def _persist(self, change: Callable[[], bool], what: str) -> bool:
         """Run a status change, retrying a failing database with backoff (the compare-and-set makes a retry
@@ -252,7 +261,7 @@ class Worker:
                 return
             result = self._train(job, base_dir, train, validation, cancel)
         except TrainingCancelled as stopped:
-            if cancel.is_set():
+            if cancel.is_set():  # cancelled, or its tenant deleted: nothing it wrote is kept
                 self._move(
                     job_id,
                     unfinished,
@@ -260,6 +269,7 @@ class Worker:
                     status="cancelled",
                     trained_tokens=stopped.trained_tokens,
                 )
+                self._registry.remove_job_dirs([job_id])
             else:  # the worker is stopping: another one takes the job from the start
                 self._move(
                     job_id,
@@ -272,11 +282,13 @@ class Worker:
             return
         except JobFailed as exc:
             self._move(job_id, unfinished, exc.error["message"], status="failed", error=exc.error)
+            self._registry.remove_job_dirs([job_id])
             return
         except Exception as exc:
             logger.exception("fine-tuning job %s failed", job_id)
             error = {"code": "training_failed", "message": f"Training failed: {exc}", "param": None}
             self._move(job_id, unfinished, error["message"], status="failed", error=error)
+            self._registry.remove_job_dirs([job_id])
             return
         self._succeed(job, result)
 
@@ -325,6 +337,7 @@ class Worker:
 
         if not self._persist(change, f"completing job {job.id}"):
             logger.info("job %s was changed by someone else while it trained; its result is dropped", job.id)
+            self._registry.remove_job_dirs([job.id])
 
     @contextlib.contextmanager
     def _tolerated(self, what: str) -> Iterator[None]:
@@ -386,6 +399,8 @@ class Worker:
             if metrics.validation is not None:
                 message += ", " + _validation_text(metrics.validation)
             with self._tolerated("a metrics event"), self._sessions.begin() as session:
+                if not self._still_mine(session, job.id):
+                    return
                 add_event(session, job.id, message, type_="metrics", data=data)
                 # So far trained: what the job is charged if it ends without this worker (failed as dead).
                 session.execute(
@@ -397,6 +412,8 @@ class Worker:
         def on_checkpoint(checkpoint: Checkpoint) -> None:
             name = checkpoint_name(model_name(job.model, job.tenant_name, job.suffix, job.id), checkpoint.step)
             with self._tolerated("a checkpoint row"), self._sessions.begin() as session:
+                if not self._still_mine(session, job.id):
+                    return
                 session.add(
                     JobCheckpoint(
                         id=f"ftckpt_{secrets.token_hex(12)}",

@@ -37,6 +37,7 @@ from gateway.accounting.records import UsageLedger
 from gateway.accounting.tasks import SettlementTasks
 from gateway.accounting.training_billing import TrainingBilling, job_charger
 from gateway.accounting.usage import UsageReports
+from gateway.audit_log import AuditLog
 from gateway.console import routes as console_routes
 from gateway.console.routes import install_console_handlers
 from gateway.console.sessions import ConsoleSessions
@@ -58,10 +59,14 @@ from gateway.inference.runs import RequestCaps
 from gateway.ops import routes as ops_routes
 from gateway.ops.api_docs import install_api_docs
 from gateway.ops.metrics import Metrics
+from gateway.private_files import keep_private, private_dir
+from gateway.retention import Retention
 from gateway.settings import GatewaySettings
 from gateway.state import AppState, state_of
 from gateway.tenancy import routes as admin_routes
 from gateway.tenancy.admin_key import admin_key_path, load_or_create_admin_key
+from gateway.tenancy.erasure import TenantEraser
+from gateway.tenancy.export import TenantExport
 from gateway.tenancy.key_cache import KeyCache
 from gateway.tenancy.principal import Authenticator
 from gateway.tenancy.service import TenancyService
@@ -92,14 +97,14 @@ def build_vllm_engine(settings: EngineSettings) -> Engine:
 
 
 def open_database(settings: GatewaySettings) -> Database:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     database = Database(settings.database_url or sqlite_url(settings.data_dir))
     database.migrate()
     return database
 
 
 def adapter_registry(database: Database, settings: GatewaySettings) -> AdapterRegistry:
-    return AdapterRegistry(database.sessions, settings.data_dir / "adapters")
+    return AdapterRegistry(database.sessions, private_dir(settings.data_dir / "adapters"))
 
 
 def file_store(database: Database, settings: GatewaySettings) -> FileStore:
@@ -133,6 +138,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        keep_private()
         async with AsyncExitStack() as stack:
             database = await run_in_threadpool(open_database, settings)
             stack.callback(database.dispose)
@@ -160,6 +166,7 @@ def create_app(
             stack.push_async_callback(billing.run_once)  # a last pass at shutdown
 
             registry = adapter_registry(database, settings)
+            files = file_store(database, settings)
             engines = await stack.enter_async_context(_engines(engine_settings, engine_factory, registry, metrics))
             stack.push_async_callback(_cancel, asyncio.create_task(billing.run()))
 
@@ -201,18 +208,30 @@ def create_app(
                 usage=UsageReports(database),
                 catalog=catalog,
                 caps=caps,
-                files=file_store(database, settings),
+                files=files,
                 jobs=job_service(database, prices),
                 prices=prices,
                 evals=evals,
                 workers=workers,
                 console_sessions=ConsoleSessions(database, admin_key),
                 sign_in_throttle=throttle,
+                eraser=TenantEraser(database, files, registry, prices),
+                exports=TenantExport(database, files, registry),
+                audit_log=AuditLog(database),
             )
             runner = EvalRunner(
                 evals, tenancy, catalog, admission, caps, metrics, workers, concurrency=settings.eval_concurrency
             )
             stack.push_async_callback(_cancel, asyncio.create_task(runner.run_forever()))
+            retention = Retention(
+                database,
+                files,
+                files_days=settings.retention_days_files,
+                eval_items_days=settings.retention_days_eval_items,
+            )
+            if retention.enabled:
+                purging = asyncio.create_task(retention.run(settings.retention_interval_seconds))
+                stack.push_async_callback(_cancel, purging)
             yield
 
     app = FastAPI(title="LLMaaS", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)

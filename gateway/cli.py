@@ -17,6 +17,7 @@ import threading
 import time
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -79,9 +80,11 @@ def serve(
     from engine.model_prep import resolve_model_dir
     from engine.settings import EngineSettings
     from gateway.app import create_app
+    from gateway.private_files import keep_private
     from gateway.settings import GatewaySettings
     from gateway.tenancy.admin_key import admin_key_path, load_or_create_admin_key
 
+    keep_private()
     settings = GatewaySettings()
     host = host or settings.host
     port = port if port is not None else settings.port
@@ -233,8 +236,10 @@ def worker(
     from engine.settings import EngineSettings
     from gateway.accounting.training_billing import job_charger
     from gateway.app import adapter_registry, file_store, open_database, price_book
+    from gateway.private_files import keep_private
     from gateway.settings import GatewaySettings
 
+    keep_private()
     settings = GatewaySettings()
     logging.basicConfig(level=settings.log_level.upper())
     # Training takes whatever CPU the engine leaves: every core when nobody is served, little when they are.
@@ -365,9 +370,49 @@ def tenants_resume(tenant: str) -> None:
     _run(lambda: _service().update_tenant(tenant, TenantUpdate(status="active")))
 
 
+def _content_services() -> tuple[Any, Any]:
+    """The tenant eraser and exporter, on the database and the data dir's files and adapters."""
+    from gateway.app import adapter_registry, file_store, open_database, price_book
+    from gateway.settings import GatewaySettings
+    from gateway.tenancy.erasure import TenantEraser
+    from gateway.tenancy.export import TenantExport
+
+    settings = GatewaySettings()
+    database = open_database(settings)
+    files, registry = file_store(database, settings), adapter_registry(database, settings)
+    return TenantEraser(database, files, registry, price_book(settings)), TenantExport(database, files, registry)
+
+
 @tenants_app.command("delete")
 def tenants_delete(tenant: str) -> None:
-    _run(lambda: {"id": _service().delete_tenant(tenant), "deleted": True})
+    """Delete a tenant and everything it owns (files, fine-tuning jobs, adapters, evals, sessions, keys); its
+    usage records and audit entries stay. Adapters a running gateway has loaded are unloaded when it evicts
+    them; deleting through the admin API unloads them at once."""
+    from gateway.audit import SYSTEM_ACTOR
+
+    def erase() -> dict[str, Any]:
+        erased = _content_services()[0].erase(tenant, SYSTEM_ACTOR)
+        return {"id": erased.tenant_id, "deleted": True, "removed": erased.counts}
+
+    _run(erase)
+
+
+@tenants_app.command("export")
+def tenants_export(
+    tenant: str, output: str = typer.Option(..., "--output", "-o", help="The archive to write (tar.gz, 0600).")
+) -> None:
+    """Write everything a tenant owns (files, adapters, jobs, evals, usage, keys without secrets) to a tar.gz."""
+    from gateway.audit import SYSTEM_ACTOR
+    from gateway.private_files import open_private
+
+    def export() -> dict[str, Any]:
+        exports = _content_services()[1]
+        tenant_id, _ = exports.begin(tenant, SYSTEM_ACTOR)
+        with os.fdopen(open_private(Path(output)), "wb") as out:
+            exports.write(tenant_id, out)
+        return {"id": tenant_id, "archive": output, "bytes": os.path.getsize(output)}
+
+    _run(export)
 
 
 @keys_app.command("create")
@@ -423,6 +468,25 @@ def usage(
         typer.echo(usage_csv(report()), nl=False)
     else:
         _run(report)
+
+
+@app.command("audit")
+def audit_log(
+    tenant: str | None = typer.Option(None, help="A tenant's name or id (a deleted tenant's id)."),
+    actor: str | None = typer.Option(None, help="operator, system, or a key's id."),
+    action: str | None = typer.Option(None, help="An action (tenant.delete), or its prefix ending in '.'."),
+    since: datetime | None = typer.Option(None, help="From this UTC date/time (inclusive)."),
+    until: datetime | None = typer.Option(None, help="Until this UTC date/time (exclusive)."),
+    limit: int = typer.Option(100, min=1, max=1000, help="Entries per page."),
+    after: int | None = typer.Option(None, help="Entries older than this id (the previous page's last_id)."),
+) -> None:
+    """The audit log, newest first: who did what to tenants, keys, models, files and sessions."""
+    from gateway.audit_log import AuditFilters, AuditLog
+
+    filters = AuditFilters(
+        tenant=tenant, actor=actor, action=action, since=since, until=until, after=after, limit=limit
+    )
+    _run(lambda: AuditLog(_service().db).page(filters))
 
 
 def main() -> None:

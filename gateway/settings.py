@@ -104,6 +104,17 @@ class GatewaySettings(BaseSettings):
         '{"input": USD per 1M prompt tokens, "output": ..., "training": ... (optional)}}.',
     )
 
+    # -- retention (unset: kept until deleted) ------------------------------------------------------------------
+    retention_days_files: float | None = Field(
+        default=None, gt=0, description="Uploaded files older than this many days are deleted; unset: kept."
+    )
+    retention_days_eval_items: float | None = Field(
+        default=None,
+        gt=0,
+        description="Items and samples of eval runs finished this many days ago are deleted; unset: kept.",
+    )
+    retention_interval_seconds: float = Field(default=3600, gt=0, description="How often retention runs.")
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:

@@ -15,6 +15,7 @@ from engine.settings import EngineSettings
 from gateway.accounting.admission import Admission
 from gateway.accounting.pricing import PriceBook
 from gateway.accounting.usage import UsageReports
+from gateway.audit_log import AuditLog
 from gateway.console.sessions import ConsoleSessions
 from gateway.console.throttle import SignInThrottle
 from gateway.edge.request_context import RequestContext
@@ -24,6 +25,8 @@ from gateway.inference.catalog import ModelCatalog
 from gateway.inference.runs import RequestCaps, Serving
 from gateway.ops.metrics import Metrics
 from gateway.settings import GatewaySettings
+from gateway.tenancy.erasure import TenantEraser
+from gateway.tenancy.export import TenantExport
 from gateway.tenancy.key_cache import KeyCache
 from gateway.tenancy.principal import Authenticator, TenantDep
 from gateway.tenancy.service import TenancyService
@@ -51,6 +54,9 @@ class AppState:
     prices: PriceBook
     console_sessions: ConsoleSessions
     sign_in_throttle: SignInThrottle
+    eraser: TenantEraser
+    exports: TenantExport
+    audit_log: AuditLog
 
 
 def state_of(app: FastAPI) -> AppState:
@@ -85,6 +91,9 @@ FilesDep = Annotated[FileStore, _part(lambda state: state.files)]
 JobsDep = Annotated[JobService, _part(lambda state: state.jobs)]
 EvalsDep = Annotated[EvalService, _part(lambda state: state.evals)]
 WorkersDep = Annotated[Workers, _part(lambda state: state.workers)]
+EraserDep = Annotated[TenantEraser, _part(lambda state: state.eraser)]
+ExportDep = Annotated[TenantExport, _part(lambda state: state.exports)]
+AuditLogDep = Annotated[AuditLog, _part(lambda state: state.audit_log)]
 
 
 async def get_serving(request: Request, context: ContextDep, tenant: TenantDep) -> Serving:

@@ -209,6 +209,22 @@ def test_the_operator_signs_in_with_the_admin_key(base: str, browser: Browser) -
     page.close()
 
 
+def test_the_operator_reads_the_audit_log(base: str, browser: Browser) -> None:
+    tenant_id, _ = tenant(base)
+    httpx.post(f"{base}/admin/v1/tenants/{tenant_id}/suspend", headers=ADMIN)
+    page = browser.new_page(viewport={"width": 1100, "height": 700})
+    sign_in(page, base, ADMIN_KEY)
+    page.wait_for_url("**/console/admin/tenants")
+    page.click("text=Audit log")
+    page.wait_for_url("**/console/admin/audit")
+    page.fill("input[name=tenant]", tenant_id)
+    page.click("#audit-filters button")
+    page.wait_for_url("**/console/admin/audit?*")
+    actions = page.locator("#audit tbody tr td:nth-child(3)").all_inner_texts()
+    assert actions == ["tenant.suspend", "tenant.create"]
+    page.close()
+
+
 def test_the_playground_streams_an_answer_and_shows_its_usage(base: str, browser: Browser) -> None:
     _, key = tenant(base)
     page = browser.new_page(viewport={"width": 1000, "height": 700})
@@ -418,7 +434,7 @@ def test_every_page_fits_a_phone(base: str, browser: Browser) -> None:
     assert chat(base, key).status_code == 200
     for credential, pages in (
         (key, ["usage", "keys", "models", "fine-tuning", "evaluations", "playground"]),
-        (ADMIN_KEY, ["admin/tenants", "admin/usage", "admin/service"]),
+        (ADMIN_KEY, ["admin/tenants", "admin/usage", "admin/service", "admin/audit"]),
     ):
         page = browser.new_page(viewport={"width": 390, "height": 844})
         sign_in(page, base, credential)

@@ -8,15 +8,20 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
+from adapters.registry import AdapterRegistry
+from gateway.accounting.pricing import PriceBook
 from gateway.audit import OPERATOR, Actor
 from gateway.console.sessions import ConsoleSessions
 from gateway.console.throttle import MemoryFailures, RedisFailures, SignInThrottle
 from gateway.db import AuditEntry, Database
 from gateway.errors import NotFoundError, PermissionDenied, RateLimited
+from gateway.fine_tuning.files import FileStore
+from gateway.tenancy.erasure import TenantEraser
 from gateway.tenancy.models import KeyCreate, TenantCreate, TenantUpdate
 from gateway.tenancy.principal import CONSOLE_OPERATOR
 from gateway.tenancy.service import TenancyService, utcnow
@@ -104,7 +109,7 @@ def test_only_key_managers_revoke_other_keys(service: TenancyService, database: 
 
 
 def test_sessions_end_at_sign_out_revocation_suspension_and_deletion(
-    service: TenancyService, database: Database
+    service: TenancyService, database: Database, tmp_path: Path
 ) -> None:
     sessions = ConsoleSessions(database, ADMIN_KEY)
     acme = service.create_tenant(TenantCreate(name="acme"))
@@ -134,7 +139,8 @@ def test_sessions_end_at_sign_out_revocation_suspension_and_deletion(
         assert await sessions.check(by_second) is None
         service.update_tenant("acme", TenantUpdate(status="active"))
         assert await sessions.check(by_second) is None  # resuming does not bring an ended session back
-        service.delete_tenant("other", actor=Actor(OPERATOR))
+        files, registry = FileStore(database, tmp_path / "files"), AdapterRegistry(database.sessions, tmp_path)
+        TenantEraser(database, files, registry, PriceBook({})).erase("other", Actor(OPERATOR))
         assert await sessions.check(by_stranger) is None
         assert await sessions.check(by_operator) is not None  # the operator's session is the operator's
         assert await sessions.check("forged") is None

@@ -12,11 +12,16 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 
+from adapters.registry import AdapterRegistry
 from adapters.store import AdaptersBase
+from gateway.accounting.pricing import PriceBook
 from gateway.accounting.records import UsageEntry, UsageLedger
 from gateway.accounting.usage import UsageFilters, UsageReports, usage_csv
+from gateway.audit import SYSTEM_ACTOR
 from gateway.db import Base, Database
 from gateway.errors import ConflictError, InvalidRequestError, NotFoundError
+from gateway.fine_tuning.files import FileStore
+from gateway.tenancy.erasure import TenantEraser
 from gateway.tenancy.keys import key_hash
 from gateway.tenancy.models import KeyCreate, ModelPrice, TenantCreate, TenantUpdate
 from gateway.tenancy.service import TenancyService, utcnow
@@ -50,7 +55,7 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
     db.dispose()
 
 
-def test_tenant_lifecycle(service: TenancyService) -> None:
+def test_tenant_lifecycle(service: TenancyService, database: Database, tmp_path: Path) -> None:
     created = service.create_tenant(
         TenantCreate(
             name="acme",
@@ -72,7 +77,8 @@ def test_tenant_lifecycle(service: TenancyService) -> None:
     with pytest.raises(InvalidRequestError):
         service.update_tenant("acme", TenantUpdate(name=None))
     assert [t.name for t in service.list_tenants()] == ["acme"]
-    service.delete_tenant("acme")
+    files, registry = FileStore(database, tmp_path / "files"), AdapterRegistry(database.sessions, tmp_path)
+    TenantEraser(database, files, registry, PriceBook({})).erase("acme", SYSTEM_ACTOR)
     with pytest.raises(NotFoundError):
         service.get_tenant("acme")
 

@@ -1,8 +1,8 @@
 """The upstream backend against instant stand-ins for vLLM servers (``bench/fake_upstream.py``), through a real
 gateway process and the official client: routing over replicas, adapters loaded where they are used (and
-unloaded least recently used, and everywhere on delete), failover and ejection when a replica dies and its
-return, discovery from a file that changes, and 503 when no replica is there. ``test_upstream_vllm.py`` runs
-the same backend against real vLLM servers."""
+unloaded least recently used, and everywhere on delete, of a model or of its tenant), failover and ejection
+when a replica dies and its return, discovery from a file that changes, and 503 when no replica is there.
+``test_upstream_vllm.py`` runs the same backend against real vLLM servers."""
 
 from __future__ import annotations
 
@@ -171,6 +171,20 @@ def test_adapters_load_where_used_least_recently_used_go_and_delete_unloads(
     assert all(target not in stats(port)["adapters"] for port in ports)  # type: ignore[operator]
     with pytest.raises(openai.NotFoundError):
         chat(client, target)
+
+
+def test_deleting_a_tenant_unloads_its_adapters_from_every_replica(pool: tuple[str, list[int], Path]) -> None:
+    base, ports, data_dir = pool
+    tenant_id, key = tenant_key(base)
+    names = [register_adapter(data_dir, tenant_id) for _ in range(2)]
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+    for name in names:
+        assert chat(client, name) == "xxx"
+    assert any(set(names) & set(stats(port)["adapters"]) for port in ports)  # type: ignore[call-overload]
+    deleted = httpx.delete(f"{base}/admin/v1/tenants/{tenant_id}", headers=ADMIN)
+    assert deleted.status_code == 200, deleted.text
+    assert not any(set(names) & set(stats(port)["adapters"]) for port in ports)  # type: ignore[call-overload]
+    assert list((data_dir / "adapters").iterdir()) == []  # the weights too
 
 
 def test_a_dead_replica_is_ejected_its_requests_go_elsewhere_and_it_comes_back(tmp_path: Path, model_dir: Path) -> None:

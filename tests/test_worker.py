@@ -104,7 +104,10 @@ def test_a_dead_workers_job_is_failed_not_left_running(database: Database, tmp_p
         assert job is not None
         job.status = "running"
         job.heartbeat_at = utcnow() - timedelta(minutes=5)
+    partial = AdapterRegistry(database.sessions, tmp_path / "adapters").job_dir(job_id) / "checkpoints" / "step-1"
+    partial.mkdir(parents=True)  # what the dead worker had written
     make_worker(database, tmp_path).fail_dead_jobs()
+    assert not partial.parent.parent.exists()
     failed = jobs.get("ten_1", job_id)
     assert failed["status"] == "failed"
     assert failed["error"]["code"] == "worker_died"
@@ -199,6 +202,7 @@ def test_a_job_failed_as_dead_while_training_stays_failed_and_charged_once(datab
     assert charges(database, job_id) == [("failed", 0)]
     with database.sessions() as session:
         assert session.scalars(select(Adapter).where(Adapter.job_id == job_id)).all() == []
+    assert not registry.job_dir(job_id).exists()  # what it wrote is removed, not left on disk
 
 
 def test_a_succeeding_job_is_registered_and_charged_in_one_transition(database: Database, tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from gateway.accounting.records import UsageEntry
 from gateway.errors import ServiceUnavailable
+from gateway.private_files import open_private, private_dir
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class LedgerWriter:
         self._writing = False
         self._lock = threading.Condition()
         self._stop = threading.Event()
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dir(directory)
         self._thread = threading.Thread(target=self._run, name="llmaas-ledger", daemon=True)
         self._thread.start()
 
@@ -212,7 +213,7 @@ class LedgerWriter:
 
 
 def _append_jsonl(path: Path, items: list[dict[str, object]]) -> None:
-    with path.open("a", encoding="utf-8") as handle:
+    with os.fdopen(open_private(path, "ab"), "a", encoding="utf-8") as handle:
         for item in items:
             handle.write(json.dumps(item, ensure_ascii=False) + "\n")
         handle.flush()

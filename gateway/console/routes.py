@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path as FilePath
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -24,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from gateway import bounds
 from gateway.accounting.usage import Bucket, UsageFilters, usage_csv
 from gateway.audit import OPERATOR, Actor, actor_of
+from gateway.audit_log import AuditFilters
 from gateway.console.origin import cross_site, from_a_browser
 from gateway.console.sessions import COOKIE, ConsoleSession
 from gateway.errors import APIError, PermissionDenied, as_api_error
@@ -357,6 +360,26 @@ async def all_usage_page(request: Request, current: SessionDep) -> HTMLResponse:
     report = await run_in_threadpool(state_of(request.app).usage.report, None, filters, ("tenant", "model"))
     tenants = {t.id: t.name for t in await run_in_threadpool(state_of(request.app).tenancy.list_tenants)}
     return _page(request, "all_usage.html", session=current[0], report=report, tenant_names=tenants)
+
+
+@router.get("/admin/audit")
+async def audit_page(
+    request: Request, current: SessionDep, filters: Annotated[AuditFilters, Depends()]
+) -> HTMLResponse:
+    """The audit log, newest first, a page at a time (read only, as everywhere)."""
+    _operator(current[1])
+    state = state_of(request.app)
+    page = await run_in_threadpool(state.audit_log.page, filters)
+    tenants = {t.id: t.name for t in await run_in_threadpool(state.tenancy.list_tenants)}
+    query = {
+        name: value.isoformat() if isinstance(value, datetime) else value
+        for name, value in asdict(filters).items()
+        if value not in (None, "")
+    }
+    older_url = f"/console/admin/audit?{urlencode({**query, 'after': page['last_id']})}"
+    return _page(
+        request, "audit.html", session=current[0], page=page, filters=filters, tenant_names=tenants, older_url=older_url
+    )
 
 
 def install_console_handlers(app: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +15,8 @@ from filelock import FileLock
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.private_files import FILE_MODE, private_file
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK_ID = 0x4C4C4D41  # "LLMA": pg_advisory_xact_lock key
@@ -32,6 +35,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _keep_sqlite_private(database_file: str | None) -> None:
+    """The database file made 0600 before SQLite opens it (SQLite creates its -wal and -shm with the
+    database file's mode), and an existing install's files brought to 0600 too."""
+    if database_file in (None, "", ":memory:") or database_file.startswith("file:"):
+        return
+    path = Path(database_file)
+    private_file(path)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{path}{suffix}", FILE_MODE)
+
+
 class Database:
     """An engine plus a session factory; ``migrate()`` brings the schema to the latest revision."""
 
@@ -40,6 +55,7 @@ class Database:
         if url.startswith("sqlite"):
             self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False})
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            _keep_sqlite_private(self.engine.url.database)
         else:
             self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from gateway.accounting.routes import RateLimitHeaders
+from gateway.audit import actor_of
 from gateway.edge.strict_json import StrictJSONRoute
 from gateway.evals.items import checked_items, checked_schema
 from gateway.evals.models import EvalCreate, EvalUpdate, RunCreate
@@ -49,8 +50,9 @@ async def update_eval(eval_id: EvalId, body: EvalUpdate, tenant: TenantDep, eval
 
 
 @router.delete("/v1/evals/{eval_id}")
-async def delete_eval(eval_id: EvalId, tenant: TenantDep, evals: EvalsDep) -> dict[str, Any]:
-    return await run_in_threadpool(evals.delete, tenant.tenant_id, eval_id)
+async def delete_eval(request: Request, eval_id: EvalId, tenant: TenantDep, evals: EvalsDep) -> dict[str, Any]:
+    actor = actor_of(request, tenant.key_id, tenant.tenant_id)
+    return await run_in_threadpool(evals.delete, tenant.tenant_id, eval_id, actor)
 
 
 @router.post("/v1/evals/{eval_id}/runs")
@@ -100,8 +102,11 @@ async def cancel_run(eval_id: EvalId, run_id: RunId, tenant: TenantDep, evals: E
 
 
 @router.delete("/v1/evals/{eval_id}/runs/{run_id}")
-async def delete_run(eval_id: EvalId, run_id: RunId, tenant: TenantDep, evals: EvalsDep) -> dict[str, Any]:
-    return await run_in_threadpool(evals.delete_run, tenant.tenant_id, eval_id, run_id)
+async def delete_run(
+    request: Request, eval_id: EvalId, run_id: RunId, tenant: TenantDep, evals: EvalsDep
+) -> dict[str, Any]:
+    actor = actor_of(request, tenant.key_id, tenant.tenant_id)
+    return await run_in_threadpool(evals.delete_run, tenant.tenant_id, eval_id, run_id, actor)
 
 
 @router.get("/v1/evals/{eval_id}/runs/{run_id}/output_items")

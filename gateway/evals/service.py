@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from gateway import audit
 from gateway.db import Database, Eval, EvalRun, EvalRunItem
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.evals.models import EvalCreate, EvalUpdate, RunCreate
@@ -182,13 +183,15 @@ class EvalService:
             session.flush()
             return eval_object(row)
 
-    def delete(self, tenant_id: str, eval_id: str) -> dict[str, Any]:
+    def delete(self, tenant_id: str, eval_id: str, actor: audit.Actor) -> dict[str, Any]:
+        """The eval, its runs and their items (the tenant's content: items and samples)."""
         with self._db.session() as session:
             self._own(session, tenant_id, eval_id)
             runs = select(EvalRun.id).where(EvalRun.eval_id == eval_id)
             session.execute(delete(EvalRunItem).where(EvalRunItem.run_id.in_(runs)))
             session.execute(delete(EvalRun).where(EvalRun.eval_id == eval_id))
             session.execute(delete(Eval).where(Eval.id == eval_id))
+            audit.record(session, actor, "eval.delete", "eval", eval_id, tenant_id)
         return {"object": "eval.deleted", "deleted": True, "eval_id": eval_id}
 
     # -- runs ------------------------------------------------------------------------------------------------------
@@ -286,11 +289,13 @@ class EvalService:
             session.refresh(run)
             return self._run_object(session, run)
 
-    def delete_run(self, tenant_id: str, eval_id: str, run_id: str) -> dict[str, Any]:
+    def delete_run(self, tenant_id: str, eval_id: str, run_id: str, actor: audit.Actor) -> dict[str, Any]:
+        """The run and its items (with their samples)."""
         with self._db.session() as session:
             self._own_run(session, tenant_id, eval_id, run_id)
             session.execute(delete(EvalRunItem).where(EvalRunItem.run_id == run_id))
             session.execute(delete(EvalRun).where(EvalRun.id == run_id))
+            audit.record(session, actor, "eval_run.delete", "eval_run", run_id, tenant_id, {"eval_id": eval_id})
         return {"object": "eval.run.deleted", "deleted": True, "run_id": run_id}
 
     def output_items(

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from sqlalchemy import delete, func, select
 
 from adapters.datasets import DatasetError, check_jsonl
-from gateway import bounds
+from gateway import audit, bounds
 from gateway.db import Database, File, Tenant
 from gateway.errors import InvalidRequestError, NotFoundError, PayloadTooLarge, QuotaExceeded
+from gateway.private_files import open_private, private_dir
 from gateway.tenancy.service import utcnow
 
 PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
@@ -50,10 +52,10 @@ def clean_filename(name: str) -> str:
 class FileStore:
     def __init__(self, db: Database, root: Path) -> None:
         self._db = db
-        self._root = root
-        root.mkdir(parents=True, exist_ok=True)
+        self._root = private_dir(root)
 
-    def _path(self, file_id: str) -> Path:
+    def path_of(self, file_id: str) -> Path:
+        """Where the file's bytes lie (a malformed id is refused first)."""
         if not file_id.startswith("file-") or not file_id[5:].isalnum() or len(file_id) > 40:
             raise NotFoundError(f"No such File object: {file_id[:40]}", param="file_id")
         return self._root / file_id
@@ -78,7 +80,7 @@ class FileStore:
         if purpose == "fine-tune" and not name.lower().endswith(".jsonl"):
             raise InvalidRequestError("Fine-tuning files must be .jsonl files.", param="file")
         file_id = f"file-{secrets.token_hex(12)}"
-        path = self._path(file_id)
+        path = self.path_of(file_id)
         staging = path.with_suffix(".part")
         try:
             size = _copy(source, staging, max_bytes)
@@ -94,7 +96,8 @@ class FileStore:
             with self._db.session() as session:
                 # One upload at a time per tenant gets to compare against the quota (PostgreSQL row lock;
                 # SQLite has one writer anyway).
-                session.scalar(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+                if session.scalar(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update()) is None:
+                    raise NotFoundError("This organization no longer exists.", param="file")  # deleted meanwhile
                 _check_quota(self._used_bytes(session, tenant_id), size, quota)
                 session.add(row)
                 session.flush()
@@ -105,7 +108,7 @@ class FileStore:
 
     # -- read ------------------------------------------------------------------------------------------------------
     def _own(self, tenant_id: str, file_id: str) -> File:
-        self._path(file_id)  # refuses malformed ids before any query
+        self.path_of(file_id)  # refuses malformed ids before any query
         with self._db.session() as session:
             row = session.get(File, file_id)
         if row is None or row.tenant_id != tenant_id:
@@ -119,7 +122,7 @@ class FileStore:
         """The file's bytes as an open handle (still readable if the file is deleted meanwhile) and its size."""
         self._own(tenant_id, file_id)
         try:
-            handle = self._path(file_id).open("rb")
+            handle = self.path_of(file_id).open("rb")
             return handle, os.fstat(handle.fileno()).st_size
         except FileNotFoundError:
             raise NotFoundError(f"No such File object: {file_id}", param="file_id") from None
@@ -131,7 +134,7 @@ class FileStore:
         """The bytes of the tenant's file, or None (missing, deleted, or someone else's): the worker's reader."""
         try:
             self._own(tenant_id, file_id)
-            return self._path(file_id).read_bytes()
+            return self.path_of(file_id).read_bytes()
         except (NotFoundError, FileNotFoundError):
             return None
 
@@ -165,17 +168,26 @@ class FileStore:
             "has_more": len(rows) > limit,
         }
 
-    def delete(self, tenant_id: str, file_id: str) -> dict[str, Any]:
-        self._own(tenant_id, file_id)
+    def delete(self, tenant_id: str, file_id: str, actor: audit.Actor) -> dict[str, Any]:
+        """The row (with its audit entry), then the bytes."""
+        self.path_of(file_id)
         with self._db.session() as session:
-            session.execute(delete(File).where(File.id == file_id, File.tenant_id == tenant_id))
-        self._path(file_id).unlink(missing_ok=True)
+            deleted = session.execute(delete(File).where(File.id == file_id, File.tenant_id == tenant_id))
+            if not deleted.rowcount:
+                raise NotFoundError(f"No such File object: {file_id}", param="file_id")
+            audit.record(session, actor, "file.delete", "file", file_id, tenant_id)
+        self.remove_bytes([file_id])
         return {"id": file_id, "object": "file", "deleted": True}
+
+    def remove_bytes(self, file_ids: Iterable[str]) -> None:
+        """Remove the bytes of files whose rows are gone."""
+        for file_id in file_ids:
+            self.path_of(file_id).unlink(missing_ok=True)
 
 
 def _copy(source: BinaryIO, target: Path, max_bytes: int) -> int:
     size = 0
-    with target.open("wb") as out:
+    with os.fdopen(open_private(target), "wb") as out:
         while chunk := source.read(_CHUNK):
             size += len(chunk)
             if size > max_bytes:

@@ -15,6 +15,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import StreamingResponse
 
 from gateway.accounting.routes import RateLimitHeaders
+from gateway.audit import actor_of
 from gateway.edge.body_limits import MULTIPART_ALLOWANCE
 from gateway.edge.strict_json import StrictJSONRoute
 from gateway.errors import InvalidRequestError
@@ -115,5 +116,6 @@ def _chunks(handle: BinaryIO) -> Iterator[bytes]:
 
 
 @router.delete("/v1/files/{file_id}")
-async def delete_file(file_id: FileId, files: FilesDep, tenant: TenantDep) -> dict[str, Any]:
-    return await run_in_threadpool(files.delete, tenant.tenant_id, file_id)
+async def delete_file(request: Request, file_id: FileId, files: FilesDep, tenant: TenantDep) -> dict[str, Any]:
+    actor = actor_of(request, tenant.key_id, tenant.tenant_id)
+    return await run_in_threadpool(files.delete, tenant.tenant_id, file_id, actor)

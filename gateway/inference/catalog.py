@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from adapters.registry import AdapterRecord, AdapterRegistry
@@ -89,10 +90,27 @@ class ModelCatalog:
         tuned = [m for m in (self._fine_tuned(r, base_models) for r in records) if m is not None]
         return [*base_models.values(), *tuned]
 
-    async def delete(self, model_id: str, tenant_id: str) -> None:
-        """Delete a fine-tuned model (and its checkpoints), unloading them from the engine."""
+    async def delete(
+        self,
+        model_id: str,
+        tenant_id: str,
+        in_transaction: Callable[[Session, list[AdapterRecord]], None] | None = None,
+    ) -> None:
+        """Delete a fine-tuned model (and its checkpoints): rows and weights, and unload them from every engine
+        that serves their base (every replica). Works whether or not the base model is served right now."""
         if model_id in self._engines():
             raise PermissionDenied(f"The base model '{model_id}' cannot be deleted.", param="model")
-        served = await self.resolve(model_id, tenant_id)
-        for record in await run_in_threadpool(self._registry.delete, model_id, tenant_id):
-            await served.engine.remove_adapter(record.ref)
+        deleted = []
+        if model_id.startswith("ft:"):
+            deleted = await run_in_threadpool(self._registry.delete, model_id, tenant_id, in_transaction)
+        if not deleted:
+            raise ModelNotFound(model_id)
+        await self.unload(deleted)
+
+    async def unload(self, records: list[AdapterRecord]) -> None:
+        """Unload deleted adapters from the engines of their base models (the upstream pool: from every replica)."""
+        engines = self._engines()
+        for record in records:
+            engine = engines.get(record.base_model)
+            if engine is not None:
+                await engine.remove_adapter(record.ref)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
+from sqlalchemy.orm import Session
 
-from gateway import bounds
+from adapters.registry import AdapterRecord
+from gateway import audit, bounds
 from gateway.accounting.routes import RateLimitHeaders
 from gateway.edge.strict_json import StrictJSONRoute
 from gateway.state import CatalogDep
@@ -31,7 +33,13 @@ async def retrieve_model(model: ModelPath, catalog: CatalogDep, tenant: TenantDe
 
 
 @router.delete("/v1/models/{model:path}")
-async def delete_model(model: ModelPath, catalog: CatalogDep, tenant: TenantDep) -> dict[str, Any]:
+async def delete_model(request: Request, model: ModelPath, catalog: CatalogDep, tenant: TenantDep) -> dict[str, Any]:
     tenant.check_model(model)
-    await catalog.delete(model, tenant.tenant_id)
+    actor = audit.actor_of(request, tenant.key_id, tenant.tenant_id)
+
+    def audited(session: Session, deleted: list[AdapterRecord]) -> None:
+        names = [record.name for record in deleted]
+        audit.record(session, actor, "model.delete", "model", model, tenant.tenant_id, {"deleted": names})
+
+    await catalog.delete(model, tenant.tenant_id, audited)
     return {"id": model, "object": "model", "deleted": True}

@@ -1,19 +1,23 @@
-"""The operator's API under ``/admin/v1``: tenants, quotas and API keys. Needs the admin key.
+"""The operator's API under ``/admin/v1``: tenants, quotas and API keys, a tenant's export, and the audit log
+(read only: it has no route that changes it). Needs the admin key.
 
 Database work runs in a worker thread; the key cache is told of a change on the event loop, after the change
 is committed, so no lookup in flight can bring back what was just revoked or suspended."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Depends, Path, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import StreamingResponse
 
-from gateway import bounds
-from gateway.audit import OPERATOR, actor_of
+from gateway import audit, bounds
+from gateway.audit_log import AuditFilters
 from gateway.edge.strict_json import StrictJSONRoute
-from gateway.state import KeyCacheDep, TenancyDep
+from gateway.state import AuditLogDep, CatalogDep, EraserDep, ExportDep, KeyCacheDep, TenancyDep
+from gateway.tenancy.export import archive_name
 from gateway.tenancy.models import KeyCreate, KeyCreated, KeyOut, TenantCreate, TenantOut, TenantUpdate
 from gateway.tenancy.principal import OperatorDep
 
@@ -23,9 +27,13 @@ TenantRef = Annotated[str, Path(max_length=bounds.TENANT_NAME, description="a te
 KeyId = Annotated[str, Path(max_length=40)]
 
 
+def _operator(request: Request) -> audit.Actor:
+    return audit.actor_of(request, audit.OPERATOR)
+
+
 @router.post("/tenants", status_code=201)
-async def create_tenant(body: TenantCreate, tenancy: TenancyDep) -> TenantOut:
-    return await run_in_threadpool(tenancy.create_tenant, body)
+async def create_tenant(request: Request, body: TenantCreate, tenancy: TenancyDep) -> TenantOut:
+    return await run_in_threadpool(tenancy.create_tenant, body, _operator(request))
 
 
 @router.get("/tenants")
@@ -42,7 +50,7 @@ async def get_tenant(tenant: TenantRef, tenancy: TenancyDep) -> TenantOut:
 async def update_tenant(
     request: Request, tenant: TenantRef, body: TenantUpdate, tenancy: TenancyDep, keys: KeyCacheDep
 ) -> TenantOut:
-    updated = await run_in_threadpool(tenancy.update_tenant, tenant, body, actor=actor_of(request, OPERATOR))
+    updated = await run_in_threadpool(tenancy.update_tenant, tenant, body, _operator(request))
     keys.invalidate_tenant(updated.id)
     return updated
 
@@ -58,15 +66,32 @@ async def resume_tenant(request: Request, tenant: TenantRef, tenancy: TenancyDep
 
 
 @router.delete("/tenants/{tenant}")
-async def delete_tenant(request: Request, tenant: TenantRef, tenancy: TenancyDep, keys: KeyCacheDep) -> dict[str, Any]:
-    tenant_id = await run_in_threadpool(tenancy.delete_tenant, tenant, actor=actor_of(request, OPERATOR))
-    keys.invalidate_tenant(tenant_id)
-    return {"id": tenant_id, "object": "tenant", "deleted": True}
+async def delete_tenant(
+    request: Request, tenant: TenantRef, eraser: EraserDep, catalog: CatalogDep, keys: KeyCacheDep
+) -> dict[str, Any]:
+    """The tenant and everything it owns (files, fine-tuning jobs, adapters, evals, sessions, keys); its usage
+    records and audit entries stay."""
+    erased = await run_in_threadpool(eraser.erase, tenant, _operator(request))
+    keys.invalidate_tenant(erased.tenant_id)
+    await catalog.unload(erased.adapters)
+    return {"id": erased.tenant_id, "object": "tenant", "deleted": True, "removed": erased.counts}
+
+
+@router.get("/tenants/{tenant}/export", response_class=StreamingResponse)
+async def export_tenant(request: Request, tenant: TenantRef, exports: ExportDep) -> StreamingResponse:
+    """Everything the tenant owns as one tar.gz archive, streamed (see ``gateway.tenancy.export``)."""
+    tenant_id, name = await run_in_threadpool(exports.begin, tenant, _operator(request))
+    filename = archive_name(name, datetime.now(UTC))
+    return StreamingResponse(
+        exports.stream(tenant_id),
+        media_type="application/gzip",
+        headers={"content-disposition": f'attachment; filename="{filename}"'},
+    )
 
 
 @router.post("/tenants/{tenant}/keys", status_code=201)
 async def create_key(request: Request, tenant: TenantRef, body: KeyCreate, tenancy: TenancyDep) -> KeyCreated:
-    return await run_in_threadpool(tenancy.create_key, tenant, body, actor=actor_of(request, OPERATOR))
+    return await run_in_threadpool(tenancy.create_key, tenant, body, actor=_operator(request))
 
 
 @router.get("/tenants/{tenant}/keys")
@@ -78,6 +103,12 @@ async def list_keys(tenant: TenantRef, tenancy: TenancyDep) -> dict[str, Any]:
 async def revoke_key(
     request: Request, tenant: TenantRef, key_id: KeyId, tenancy: TenancyDep, keys: KeyCacheDep
 ) -> KeyOut:
-    revoked = await run_in_threadpool(tenancy.revoke_key, tenant, key_id, actor=actor_of(request, OPERATOR))
+    revoked = await run_in_threadpool(tenancy.revoke_key, tenant, key_id, actor=_operator(request))
     keys.invalidate_tenant(revoked.tenant_id)
     return revoked
+
+
+@router.get("/audit")
+async def audit_log(log: AuditLogDep, filters: Annotated[AuditFilters, Depends()]) -> dict[str, Any]:
+    """Who did what, newest first (``after``: the previous page's ``last_id``). The log cannot be changed here."""
+    return await run_in_threadpool(log.page, filters)

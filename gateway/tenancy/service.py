@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from gateway import audit
 from gateway.audit import SYSTEM_ACTOR, Actor, record
 from gateway.db import ApiKey, ConsoleSession, Database, Tenant
 from gateway.errors import ConflictError, InvalidRequestError, NotFoundError, PermissionDenied
@@ -172,7 +173,7 @@ class TenancyService:
         self.db = db
 
     # -- tenants ---------------------------------------------------------------------------------------
-    def create_tenant(self, data: TenantCreate) -> TenantOut:
+    def create_tenant(self, data: TenantCreate, actor: audit.Actor = audit.SYSTEM_ACTOR) -> TenantOut:
         now = utcnow()
         tenant = Tenant(
             id=new_id("ten"),
@@ -186,6 +187,8 @@ class TenancyService:
         try:
             with self.db.session() as session:
                 session.add(tenant)
+                session.flush()  # a taken name fails here, before the audit entry
+                audit.record(session, actor, "tenant.create", "tenant", tenant.id, tenant.id, {"name": tenant.name})
         except IntegrityError as exc:
             raise ConflictError(f"A tenant named '{data.name}' already exists.", param="name") from exc
         return tenant_out(tenant)
@@ -198,10 +201,14 @@ class TenancyService:
         with self.db.session() as session:
             return tenant_out(self._find(session, ref))
 
-    def update_tenant(self, ref: str, update: TenantUpdate, *, actor: Actor = SYSTEM_ACTOR) -> TenantOut:
+    def update_tenant(self, ref: str, update: TenantUpdate, actor: Actor = SYSTEM_ACTOR) -> TenantOut:
+        """Change the fields present in ``update``; audited as ``tenant.suspend`` or ``tenant.resume`` when the
+        status changes, else ``tenant.update`` (naming the fields, not their values). Suspending ends the
+        tenant's console sessions in the same transaction."""
         try:
             with self.db.session() as session:
                 tenant = self._find(session, ref)
+                status_before = tenant.status
                 if update.status == "suspended":
                     where = ConsoleSession.tenant_id == tenant.id
                     end_sessions(session, actor, "tenant_suspended", where, utcnow())
@@ -215,16 +222,14 @@ class TenancyService:
                         setattr(tenant, name, value)
                 tenant.updated_at = utcnow()
                 session.flush()
+                action = "tenant.update"
+                if tenant.status != status_before:
+                    action = "tenant.suspend" if tenant.status == "suspended" else "tenant.resume"
+                fields = sorted(update.model_fields_set)
+                audit.record(session, actor, action, "tenant", tenant.id, tenant.id, {"fields": fields})
                 return tenant_out(tenant)
         except IntegrityError as exc:
             raise ConflictError(f"A tenant named '{update.name}' already exists.", param="name") from exc
-
-    def delete_tenant(self, ref: str, *, actor: Actor = SYSTEM_ACTOR) -> str:
-        with self.db.session() as session:
-            tenant = self._find(session, ref)
-            end_sessions(session, actor, "tenant_deleted", ConsoleSession.tenant_id == tenant.id, utcnow())
-            session.delete(tenant)
-            return tenant.id
 
     @staticmethod
     def _find(session: Session, ref: str) -> Tenant:

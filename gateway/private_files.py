@@ -1,0 +1,42 @@
+"""Data at rest is the service user's alone: the data dir and every directory under it 0700, every file 0600
+(uploads, adapters, the ledger's spool and dead letters, the SQLite database with its -wal and -shm).
+
+Two layers: each process that writes data (``serve``, ``worker``, the app's lifespan) runs with umask 077, so
+whatever a library creates (an adapter's weights, a temp file) is private; and the places we create ourselves
+ask for the private mode explicitly, and fix an existing path's mode, whatever the umask was."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PRIVATE_UMASK = 0o077
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def keep_private() -> None:
+    """From now on this process creates files 0600 and directories 0700."""
+    os.umask(PRIVATE_UMASK)
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory (made if missing, with its parents) that only this user may enter."""
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    os.chmod(path, DIR_MODE)
+    return path
+
+
+def private_file(path: Path) -> None:
+    """``path`` as a file only this user may read (created empty if missing)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+    os.chmod(path, FILE_MODE)
+
+
+def open_private(path: Path, mode: str = "wb") -> int:
+    """A descriptor of ``path`` opened for writing (``"wb"``: truncated, ``"ab"``: appended), 0600 (also when it
+    existed before with another mode)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "ab" else os.O_TRUNC)
+    descriptor = os.open(path, flags, FILE_MODE)
+    os.fchmod(descriptor, FILE_MODE)
+    return descriptor

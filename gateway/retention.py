@@ -1,0 +1,85 @@
+"""Retention: uploads and eval items older than the operator's limit are deleted, on every gateway, periodically.
+
+``LLMAAS_RETENTION_DAYS_FILES``: uploaded files (rows and bytes) older than this many days go.
+``LLMAAS_RETENTION_DAYS_EVAL_ITEMS``: the items and samples of eval runs that finished this many days ago go
+(the run keeps its result counts). Unset (the default): kept until their owner deletes them.
+
+A pass deletes rows by their age in batches and then the bytes of what it deleted, so any number of gateways
+may run it at once (a row is deleted once; a second pass finds nothing). Each pass that deleted something
+appends an audit entry by ``system`` with the counts. Prompts of inference requests are never stored."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select
+from starlette.concurrency import run_in_threadpool
+
+from gateway import audit
+from gateway.db import Database, EvalRun, EvalRunItem, File
+from gateway.evals.service import FINAL
+from gateway.fine_tuning.files import FileStore
+from gateway.tenancy.service import utcnow
+
+logger = logging.getLogger(__name__)
+_BATCH = 500
+
+
+class Retention:
+    def __init__(
+        self, db: Database, files: FileStore, *, files_days: float | None, eval_items_days: float | None
+    ) -> None:
+        self._db = db
+        self._files = files
+        self._files_days = files_days
+        self._eval_items_days = eval_items_days
+
+    @property
+    def enabled(self) -> bool:
+        return self._files_days is not None or self._eval_items_days is not None
+
+    def purge_once(self, now: datetime | None = None) -> dict[str, int]:
+        """One pass (blocking): how many files and eval items it deleted."""
+        now = now or utcnow()
+        purged = {"files": 0, "eval_items": 0}
+        if self._files_days is not None:
+            purged["files"] = self._purge_files(now - timedelta(days=self._files_days))
+        if self._eval_items_days is not None:
+            purged["eval_items"] = self._purge_eval_items(now - timedelta(days=self._eval_items_days))
+        return purged
+
+    def _purge_files(self, before: datetime) -> int:
+        total = 0
+        while True:
+            with self._db.session() as session:
+                ids = list(session.scalars(select(File.id).where(File.created_at < before).limit(_BATCH)))
+                if not ids:
+                    return total
+                deleted = session.execute(delete(File).where(File.id.in_(ids), File.created_at < before)).rowcount
+                if deleted:
+                    details = {"files": deleted, "created_before": before.isoformat()}
+                    audit.record(session, audit.SYSTEM_ACTOR, "retention.purge", "file", None, None, details)
+            self._files.remove_bytes(ids)
+            total += deleted
+
+    def _purge_eval_items(self, before: datetime) -> int:
+        old_runs = select(EvalRun.id).where(EvalRun.status.in_(FINAL), EvalRun.finished_at < before)
+        with self._db.session() as session:
+            deleted = session.execute(delete(EvalRunItem).where(EvalRunItem.run_id.in_(old_runs))).rowcount
+            if deleted:
+                details = {"eval_items": deleted, "finished_before": before.isoformat()}
+                audit.record(session, audit.SYSTEM_ACTOR, "retention.purge", "eval_item", None, None, details)
+        return int(deleted or 0)
+
+    async def run(self, interval_seconds: float) -> None:
+        """A pass now and then every ``interval_seconds``, until cancelled; a failed pass is tried again."""
+        while True:
+            try:
+                purged = await run_in_threadpool(self.purge_once)
+                if any(purged.values()):
+                    logger.info("retention deleted %d files and %d eval items", purged["files"], purged["eval_items"])
+            except Exception:
+                logger.exception("the retention pass failed; it runs again in %.0f s", interval_seconds)
+            await asyncio.sleep(interval_seconds)
