@@ -127,7 +127,7 @@ def test_a_deleted_tenants_content_is_gone_and_its_usage_stays(
     assert rows(data_dir, "SELECT count(*) FROM usage_daily WHERE tenant_id = ?", tenant_id)[0][0] > 0
 
     log = admin.get("/admin/v1/audit", params={"tenant": tenant_id}).json()["data"]
-    assert [e["action"] for e in log] == ["tenant.delete", "tenant.export", "tenant.create"]
+    assert [e["action"] for e in log] == ["tenant.delete", "tenant.export", "key.create", "tenant.create"]
     assert all(e["actor"] == "operator" and e["client_address"] == "127.0.0.1" and e["request_id"] for e in log)
     assert deleted.headers["x-request-id"] == log[0]["request_id"]
 
@@ -209,5 +209,6 @@ def test_the_cli_exports_deletes_and_reads_the_audit_log(gateway: str, admin: ht
     assert [(e["action"], e["actor"]) for e in entries] == [
         ("tenant.delete", "system"),
         ("tenant.export", "system"),
+        ("key.create", "operator"),
         ("tenant.create", "operator"),
     ]
