@@ -1,6 +1,7 @@
 """``/v1/evals``: evals (an item schema and testing criteria), their runs (a model sampled on items, each sample
 graded) and the runs' output items, in OpenAI's shapes. Runs are queued here and executed by the eval runner
-(``gateway.evals.runner``); creating one checks its model and items first and counts as one request."""
+(``gateway.evals.runner``); creating an eval or a run counts as one request of the RPM window, and creating a
+run checks its model and items first."""
 
 from __future__ import annotations
 
@@ -32,7 +33,10 @@ Items = list[tuple[dict[str, Any], dict[str, Any] | None]]
 
 
 @router.post("/v1/evals")
-async def create_eval(body: EvalCreate, tenant: TenantDep, evals: EvalsDep) -> dict[str, Any]:
+async def create_eval(
+    body: EvalCreate, context: ContextDep, tenant: TenantDep, admission: AdmissionDep, evals: EvalsDep
+) -> dict[str, Any]:
+    await admission.admit_request(context, tenant)
     return await run_in_threadpool(evals.create, tenant.tenant_id, body)
 
 

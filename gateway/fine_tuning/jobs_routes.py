@@ -1,5 +1,5 @@
-"""``/v1/fine_tuning/jobs``: create (validated and charged against the budget), list, retrieve, cancel,
-events and checkpoints. Training itself runs in the worker process (``llmaas worker``)."""
+"""``/v1/fine_tuning/jobs``: create (one request of the RPM window, validated and charged against the budget),
+list, retrieve, cancel, events and checkpoints. Training itself runs in the worker process (``llmaas worker``)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from gateway.bounds import Metadata
 from gateway.edge.strict_json import StrictJSONRoute
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.fine_tuning.files import FileStore
-from gateway.state import AdmissionDep, CatalogDep, EngineSettingsDep, FilesDep, JobsDep
+from gateway.state import AdmissionDep, CatalogDep, ContextDep, EngineSettingsDep, FilesDep, JobsDep
 from gateway.tenancy.principal import TenantDep
 from gateway.tenancy.service import utcnow
 
@@ -124,6 +124,7 @@ def _check_files_and_estimate(
 @router.post("/v1/fine_tuning/jobs")
 async def create_job(
     body: FineTuningJobCreate,
+    context: ContextDep,
     tenant: TenantDep,
     catalog: CatalogDep,
     admission: AdmissionDep,
@@ -131,6 +132,7 @@ async def create_job(
     jobs: JobsDep,
     engine_settings: EngineSettingsDep,
 ) -> dict[str, Any]:
+    await admission.admit_request(context, tenant)  # one unit of the RPM window, before any file is read
     if body.model not in catalog.base_ids():
         raise InvalidRequestError(
             f"That model cannot be fine-tuned here; base models: {', '.join(catalog.base_ids())}.",
