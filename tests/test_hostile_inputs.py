@@ -319,9 +319,7 @@ def test_creating_jobs_and_evals_counts_against_rpm(gateway: Gateway, admin: htt
     _, evaluator = tenant_client(gateway, admin, "rpm-evals", requests_per_minute=1)
     definition = {
         "data_source_config": {"type": "custom", "item_schema": {"type": "object"}},
-        "testing_criteria": [
-            {"type": "string_check", "name": "eq", "input": "a", "reference": "a", "operation": "eq"}
-        ],
+        "testing_criteria": [{"type": "string_check", "name": "eq", "input": "a", "reference": "a", "operation": "eq"}],
     }
     assert evaluator.post("/v1/evals", json=definition).status_code == 200
     refused = evaluator.post("/v1/evals", json=definition)
