@@ -4,6 +4,7 @@ gateway's real ``charge_job`` hook writes the ledger in the job's final transiti
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from datetime import timedelta
@@ -15,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.hyperparameters import Hyperparameters
-from adapters.jobs import JobRequest, JobService, new_job_id
+from adapters.jobs import JobRequest, JobService, add_event, new_job_id
 from adapters.registry import AdapterRegistry
 from adapters.store import Adapter, FineTuningJob, utcnow
 from adapters.training import Checkpoint, TrainingResult
@@ -147,6 +148,26 @@ def test_a_job_whose_file_vanished_fails_with_the_reason(database: Database, tmp
     }
     messages = [e["message"] for e in jobs.events("ten_1", job_id, None, 20)["data"]]
     assert messages[0] == "File 'file-gone' no longer exists."
+
+
+def test_event_ids_are_random_and_page_newest_first(database: Database) -> None:
+    jobs = service(database)
+    job_id = jobs.create(job_request())["id"]
+    other = jobs.create(job_request())["id"]
+    with database.sessions.begin() as session:
+        for step in range(5):
+            add_event(session, job_id, f"step {step}")
+            add_event(session, other, f"other {step}")
+    first = jobs.events("ten_1", job_id, None, 3)
+    assert [e["message"] for e in first["data"]] == ["step 4", "step 3", "step 2"] and first["has_more"]
+    ids = [e["id"] for e in first["data"]]
+    assert all(re.fullmatch(r"ftevent-[0-9a-f]{24}", event_id) for event_id in ids)
+    rest = jobs.events("ten_1", job_id, ids[-1], 10)
+    assert [e["message"] for e in rest["data"]][:2] == ["step 1", "step 0"] and not rest["has_more"]
+    # Another job's event is no cursor here, nor is an id never minted.
+    other_id = jobs.events("ten_1", other, None, 1)["data"][0]["id"]
+    for cursor in (other_id, "ftevent-" + "0" * 24):
+        assert jobs.events("ten_1", job_id, cursor, 10) == {"object": "list", "data": [], "has_more": False}
 
 
 def test_an_unknown_base_model_fails_the_job(database: Database, tmp_path: Path) -> None:

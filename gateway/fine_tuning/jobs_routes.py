@@ -182,7 +182,7 @@ async def create_job(
 
 Limit = Annotated[int, Query(ge=1, le=100)]
 JobId = Annotated[str, Path(max_length=40)]
-EventCursor = Annotated[str | None, Query(pattern=r"^ftevent-[0-9]{1,18}$")]
+EventCursor = Annotated[str | None, Query(pattern=r"^ftevent-[0-9a-f]{24}$")]
 CheckpointCursor = Annotated[str | None, Query(max_length=40)]
 JobCursor = Annotated[str | None, Query(max_length=40)]
 
