@@ -16,8 +16,9 @@
 
 ``as_api_error`` maps everything else: the engine's ``RequestRejected`` (400) and ``EngineError`` (500,
 code=engine_error), the fine-tuning side's ``InvalidJobRequest`` (400) and ``NotFound`` (404), FastAPI's
-validation errors (400 naming the ``param``), Starlette's HTTP errors, and anything unexpected (a 500 in the
-same shape, never a stack trace). JSON responses, SSE error events and the ASGI middleware all use it.
+validation errors (400 naming the ``param``; unknown fields all named at once, code=unknown_parameter),
+Starlette's HTTP errors, and anything unexpected (a 500 in the same shape, never a stack trace). JSON responses,
+SSE error events and the ASGI middleware all use it.
 """
 
 from __future__ import annotations
@@ -151,6 +152,13 @@ def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
 
 
 def _validation_error(exc: RequestValidationError) -> InvalidRequestError:
+    unknown = [_param_from_loc(tuple(e.get("loc", ()))) for e in exc.errors() if e.get("type") == "extra_forbidden"]
+    if unknown:  # named all at once: a client learns every field to drop from one answer
+        names = ", ".join(name for name in unknown if name)
+        plural = "s" if len(unknown) > 1 else ""
+        return InvalidRequestError(
+            f"Unrecognized request argument{plural} supplied: {names}", param=unknown[0], code="unknown_parameter"
+        )
     first = exc.errors()[0]
     if first.get("type") == "json_invalid":
         reason = (first.get("ctx") or {}).get("error")

@@ -20,6 +20,7 @@ from gateway.bounds import Metadata
 from gateway.edge.strict_json import StrictJSONRoute
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.fine_tuning.files import FileStore
+from gateway.inference.api_types import refused_unless
 from gateway.state import AdmissionDep, CatalogDep, ContextDep, EngineSettingsDep, FilesDep, JobsDep
 from gateway.tenancy.principal import TenantDep
 from gateway.tenancy.service import utcnow
@@ -62,8 +63,7 @@ class LoraOptions(_Body):
     """LoRA on this many of the top decoder layers; "auto": the top third."""
 
 
-class FineTuningJobCreate(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+class FineTuningJobCreate(_Body):
 
     model: Annotated[str, Field(min_length=1, max_length=bounds.MODEL)]
     training_file: FileRef
@@ -76,6 +76,8 @@ class FineTuningJobCreate(BaseModel):
     keep_checkpoint: Literal["best", "last"] = "best"
     """Our extension: with a validation file, the model is the best epoch's checkpoint, or the last one."""
     metadata: Metadata | None = None
+    integrations: Annotated[Any, refused_unless([])] = None
+    """Weights & Biases reporting: not available here."""
 
     def requested_hyperparameters(self) -> dict[str, Any]:
         if self.hyperparameters is not None and self.method is not None:
