@@ -7,6 +7,7 @@
     ├── PermissionDenied          403 permission_error
     ├── NotFoundError             404 invalid_request_error
     │   └── ModelNotFound         404 code=model_not_found
+    ├── RequestTimeout            408 code=request_timeout (the body did not arrive in time)
     ├── ConflictError             409 invalid_request_error
     ├── PayloadTooLarge           413 code=request_too_large
     ├── RateLimited               429 code=rate_limit_exceeded (retry-after, retry-after-ms)
@@ -97,6 +98,12 @@ class ModelNotFound(NotFoundError):
     def __init__(self, model: str) -> None:
         shown = model if len(model) <= 100 else model[:100] + "..."
         super().__init__(f"The model '{shown}' does not exist or you do not have access to it.", param="model")
+
+
+class RequestTimeout(APIError):
+    status_code = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
 
 
 class ConflictError(APIError):

@@ -64,7 +64,6 @@ class LoraOptions(_Body):
 
 
 class FineTuningJobCreate(_Body):
-
     model: Annotated[str, Field(min_length=1, max_length=bounds.MODEL)]
     training_file: FileRef
     validation_file: FileRef | None = None
