@@ -177,6 +177,24 @@ def test_unknown_fields_are_400s_naming_them_on_every_route(http: httpx.Client) 
     assert http.get("/v1/files").json()["data"] == []
 
 
+def test_unknown_query_parameters_are_400s_naming_them(http: httpx.Client, client: openai.OpenAI) -> None:
+    for path, params in (
+        ("/v1/models", {"limit": "5"}),
+        ("/v1/files", {"purpose": "fine-tune", "cache_buster": "1"}),
+        ("/v1/fine_tuning/jobs", {"metadata[team]": "search"}),  # a filter we do not have: not all jobs instead
+        ("/v1/evals", {"order_by": "updated_at"}),
+    ):
+        response = http.get(path, params=params)
+        assert response.status_code == 400, (path, response.text)
+        error = response.json()["error"]
+        assert error["code"] == "unknown_parameter" and error["param"] in params and error["param"] in error["message"]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.evals.list(order_by="updated_at")
+    assert info.value.param == "order_by"
+    assert http.get("/v1/files", params={"purpose": "fine-tune", "limit": 2, "order": "asc"}).status_code == 200
+    assert http.get("/v1/evals", params={"limit": 2, "order": "desc"}).status_code == 200
+
+
 def test_the_official_client_gets_a_400_for_what_it_cannot_have(client: openai.OpenAI) -> None:
     functions = [{"name": "lookup", "parameters": {"type": "object", "properties": {}}}]
     for kwargs, param in (
