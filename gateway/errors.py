@@ -12,6 +12,7 @@
     ├── PayloadTooLarge           413 code=request_too_large
     ├── RateLimited               429 code=rate_limit_exceeded (retry-after, retry-after-ms)
     ├── QuotaExceeded             429 insufficient_quota (x-should-retry: false)
+    ├── HeadersTooLarge           431 code=request_header_fields_too_large (answered below the app)
     ├── InternalError             500 server_error
     └── ServiceUnavailable        503 server_error (retry-after)
 
@@ -122,6 +123,12 @@ class RateLimited(APIError):
     status_code = 429
     type = "requests"
     code = "rate_limit_exceeded"
+
+
+class HeadersTooLarge(APIError):
+    status_code = 431
+    type = "invalid_request_error"
+    code = "request_header_fields_too_large"
 
 
 class QuotaExceeded(APIError):

@@ -21,14 +21,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.errors import APIError, RateLimited
+from gateway.errors import APIError, HeadersTooLarge, RateLimited
 from gateway.settings import GatewaySettings
-
-
-class HeadersTooLarge(APIError):
-    status_code = 431
-    type = "invalid_request_error"
-    code = "request_header_fields_too_large"
 
 
 class LimitedHttpProtocol(HttpToolsProtocol):
