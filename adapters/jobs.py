@@ -86,7 +86,7 @@ def job_object(job: FineTuningJob) -> dict[str, Any]:
 
 def event_object(event: JobEvent) -> dict[str, Any]:
     return {
-        "id": f"ftevent-{event.id}",
+        "id": event.public_id,
         "object": "fine_tuning.job.event",
         "created_at": _epoch(event.created_at),
         "level": event.level,
@@ -111,7 +111,17 @@ def checkpoint_object(checkpoint: JobCheckpoint) -> dict[str, Any]:
 def add_event(
     session: Session, job_id: str, message: str, *, level: str = "info", type_: str = "message", data: Any = None
 ) -> None:
-    session.add(JobEvent(job_id=job_id, created_at=utcnow(), level=level, type=type_, message=message, data=data))
+    session.add(
+        JobEvent(
+            public_id=f"ftevent-{secrets.token_hex(12)}",
+            job_id=job_id,
+            created_at=utcnow(),
+            level=level,
+            type=type_,
+            message=message,
+            data=data,
+        )
+    )
 
 
 def new_job_id() -> str:
@@ -255,8 +265,9 @@ class JobService:
         with self._sessions() as session:
             self._own(session, tenant_id, job_id)
             query = select(JobEvent).where(JobEvent.job_id == job_id)
-            if after:  # "ftevent-<n>" (the route checked the form)
-                query = query.where(JobEvent.id < int(after.removeprefix("ftevent-")))
+            if after:  # newest first: the events older than the cursor (none if it is not one of this job's)
+                cursor = select(JobEvent.id).where(JobEvent.job_id == job_id, JobEvent.public_id == after)
+                query = query.where(JobEvent.id < cursor.scalar_subquery())
             events = list(session.scalars(query.order_by(JobEvent.id.desc()).limit(limit + 1)))
         return {"object": "list", "data": [event_object(e) for e in events[:limit]], "has_more": len(events) > limit}
 

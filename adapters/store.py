@@ -58,8 +58,12 @@ class FineTuningJob(AdaptersBase):
 
 class JobEvent(AdaptersBase):
     __tablename__ = "fine_tuning_events"
+    __table_args__ = (Index("ux_fine_tuning_events_public_id", "public_id", unique=True),)
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    """Internal: its order is the events' order; never shown (it would count every tenant's events)."""
+    public_id: Mapped[str] = mapped_column(String(40))
+    """``ftevent-`` + 24 random hex digits: the id the API shows and pages by."""
     job_id: Mapped[str] = mapped_column(String(40), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     level: Mapped[str] = mapped_column(String(8))

@@ -51,7 +51,16 @@ FileReader = Callable[[str, str], bytes | None]
 """(tenant id, file id) -> the file's bytes, or None when it is gone."""
 
 
+TRAINING_FAILED = (
+    "Training failed because of an error on the server (logged there with this job's id). Create the job again, "
+    "or ask the operator if it keeps failing."
+)
+"""What a tenant sees of an unexpected failure: a category and this message, never the exception's own text."""
+
+
 class JobFailed(Exception):
+    """A failure the tenant should see as it is: its ``code`` and ``message`` are ours, written for tenants."""
+
     def __init__(self, code: str, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.error = {"code": code, "message": message, "param": param}
@@ -284,10 +293,10 @@ class Worker:
             self._move(job_id, unfinished, exc.error["message"], status="failed", error=exc.error)
             self._registry.remove_job_dirs([job_id])
             return
-        except Exception as exc:
-            logger.exception("fine-tuning job %s failed", job_id)
-            error = {"code": "training_failed", "message": f"Training failed: {exc}", "param": None}
-            self._move(job_id, unfinished, error["message"], status="failed", error=error)
+        except Exception:
+            logger.exception("fine-tuning job %s failed", job_id)  # the details stay in the server's log
+            error = {"code": "training_failed", "message": TRAINING_FAILED, "param": None}
+            self._move(job_id, unfinished, TRAINING_FAILED, status="failed", error=error)
             self._registry.remove_job_dirs([job_id])
             return
         self._succeed(job, result)
@@ -354,8 +363,12 @@ class Worker:
                 raise JobFailed("file_not_found", f"File '{file_id}' no longer exists.", param)
             try:
                 return parse_jsonl(data)
-            except DatasetError as exc:
-                raise JobFailed("invalid_file", f"File '{file_id}' is invalid: {exc}", param) from exc
+            except DatasetError as exc:  # its text is ours: the line and what is wrong with it
+                raise JobFailed("invalid_training_file", f"File '{file_id}' is invalid: {exc}", param) from exc
+            except Exception as exc:  # a file the parser could not cope with, whatever the reason: logged here
+                logger.warning("reading file %s of job %s failed", file_id, job.id, exc_info=True)
+                message = f"File '{file_id}' could not be read as training data."
+                raise JobFailed("invalid_training_file", message, param) from exc
 
         train = load(job.training_file, "training_file")
         validation = load(job.validation_file, "validation_file") if job.validation_file else None

@@ -23,6 +23,7 @@ def main() -> None:
     from engine.fake import FakeEngine
     from engine.settings import EngineSettings
     from gateway.app import create_app
+    from gateway.edge.connections import uvicorn_options
     from gateway.settings import GatewaySettings
 
     parser = argparse.ArgumentParser(description=__doc__)
@@ -37,7 +38,9 @@ def main() -> None:
         EngineSettings(),
         engine_factory=lambda _: FakeEngine(seconds_per_token=args.seconds_per_token),
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level, access_log=False)
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level=settings.log_level, access_log=False, **uvicorn_options(settings)
+    )
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ built in the lifespan, never at import, and released in reverse order when the a
 A request passes, outermost first: ``CORSMiddleware`` (only with ``LLMAAS_CORS_ORIGINS``: answers browsers'
 preflights) → ``RequestContextMiddleware`` (server-minted id, client id check, access
 log, HTTP metrics) → ``AuthenticationMiddleware`` (bearer token → principal, before any body is read) →
-``BodyLimitMiddleware`` (413 past the route's cap) → the route (typed dependencies: principal, admission,
-catalog) → the engine → the settlement of its reservation → the ledger."""
+``BodyLimitMiddleware`` (413 past the route's cap) → ``BodyReadTimeoutMiddleware`` (408 for a body that does not
+arrive in time) → the route (typed dependencies: principal, admission, catalog) → the engine → the settlement of
+its reservation → the ledger. Below the app, uvicorn's HTTP protocol limits connections
+(``gateway.edge.connections``: header timeout and size, connections per address)."""
 
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ from gateway.db import Database
 from gateway.db.database import sqlite_url
 from gateway.edge.authentication import AuthenticationMiddleware
 from gateway.edge.body_limits import BodyLimitMiddleware
+from gateway.edge.body_timeout import BodyReadTimeoutMiddleware
 from gateway.edge.request_context import RequestContextMiddleware
 from gateway.errors import install_error_handlers
 from gateway.evals import routes as evals_routes
@@ -246,6 +249,7 @@ def create_app(
     app.mount("/console/static", StaticFiles(directory=Path(console_routes.__file__).parent / "static"), "console")
     install_console_handlers(app)
     # Added innermost first: a request meets them in the reverse order.
+    app.add_middleware(BodyReadTimeoutMiddleware, timeout_seconds=settings.body_read_timeout_seconds)
     app.add_middleware(
         BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes
     )

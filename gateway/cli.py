@@ -80,6 +80,7 @@ def serve(
     from engine.model_prep import resolve_model_dir
     from engine.settings import EngineSettings
     from gateway.app import create_app
+    from gateway.edge.connections import uvicorn_options
     from gateway.private_files import keep_private
     from gateway.settings import GatewaySettings
     from gateway.tenancy.admin_key import admin_key_path, load_or_create_admin_key
@@ -131,9 +132,7 @@ def serve(
     try:
         app_ = create_app(settings, engine_settings)
         _tune_garbage_collector()
-        config = uvicorn.Config(
-            app_, log_level=settings.log_level, access_log=False, forwarded_allow_ips=settings.forwarded_allow_ips
-        )
+        config = uvicorn.Config(app_, log_level=settings.log_level, access_log=False, **uvicorn_options(settings))
         uvicorn.Server(config).run(sockets=[listener])
     finally:
         listener.close()

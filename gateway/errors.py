@@ -7,17 +7,20 @@
     ├── PermissionDenied          403 permission_error
     ├── NotFoundError             404 invalid_request_error
     │   └── ModelNotFound         404 code=model_not_found
+    ├── RequestTimeout            408 code=request_timeout (the body did not arrive in time)
     ├── ConflictError             409 invalid_request_error
     ├── PayloadTooLarge           413 code=request_too_large
     ├── RateLimited               429 code=rate_limit_exceeded (retry-after, retry-after-ms)
     ├── QuotaExceeded             429 insufficient_quota (x-should-retry: false)
+    ├── HeadersTooLarge           431 code=request_header_fields_too_large (answered below the app)
     ├── InternalError             500 server_error
     └── ServiceUnavailable        503 server_error (retry-after)
 
 ``as_api_error`` maps everything else: the engine's ``RequestRejected`` (400) and ``EngineError`` (500,
 code=engine_error), the fine-tuning side's ``InvalidJobRequest`` (400) and ``NotFound`` (404), FastAPI's
-validation errors (400 naming the ``param``), Starlette's HTTP errors, and anything unexpected (a 500 in the
-same shape, never a stack trace). JSON responses, SSE error events and the ASGI middleware all use it.
+validation errors (400 naming the ``param``; unknown fields all named at once, code=unknown_parameter),
+Starlette's HTTP errors, and anything unexpected (a 500 in the same shape, never a stack trace). JSON responses,
+SSE error events and the ASGI middleware all use it.
 """
 
 from __future__ import annotations
@@ -98,6 +101,12 @@ class ModelNotFound(NotFoundError):
         super().__init__(f"The model '{shown}' does not exist or you do not have access to it.", param="model")
 
 
+class RequestTimeout(APIError):
+    status_code = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class ConflictError(APIError):
     status_code = 409
     type = "invalid_request_error"
@@ -114,6 +123,12 @@ class RateLimited(APIError):
     status_code = 429
     type = "requests"
     code = "rate_limit_exceeded"
+
+
+class HeadersTooLarge(APIError):
+    status_code = 431
+    type = "invalid_request_error"
+    code = "request_header_fields_too_large"
 
 
 class QuotaExceeded(APIError):
@@ -151,6 +166,13 @@ def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
 
 
 def _validation_error(exc: RequestValidationError) -> InvalidRequestError:
+    unknown = [_param_from_loc(tuple(e.get("loc", ()))) for e in exc.errors() if e.get("type") == "extra_forbidden"]
+    if unknown:  # named all at once: a client learns every field to drop from one answer
+        names = ", ".join(name for name in unknown if name)
+        plural = "s" if len(unknown) > 1 else ""
+        return InvalidRequestError(
+            f"Unrecognized request argument{plural} supplied: {names}", param=unknown[0], code="unknown_parameter"
+        )
     first = exc.errors()[0]
     if first.get("type") == "json_invalid":
         reason = (first.get("ctx") or {}).get("error")

@@ -115,6 +115,23 @@ class GatewaySettings(BaseSettings):
     )
     retention_interval_seconds: float = Field(default=3600, gt=0, description="How often retention runs.")
 
+    # -- slow and greedy clients (connection limits: gateway/edge/connections.py) ----------------------------
+    body_read_timeout_seconds: float = Field(
+        default=120, gt=0, description="A request body not fully received this long after its headers: 408."
+    )
+    header_read_timeout_seconds: float = Field(
+        default=30, gt=0, description="A connection that has not sent a request's headers this long is closed."
+    )
+    keep_alive_timeout_seconds: float = Field(
+        default=5, gt=0, description="An idle connection between two requests is closed after this (uvicorn's)."
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=4096, description="A request's line and headers beyond this: 431, connection closed."
+    )
+    max_connections_per_address: int | None = Field(
+        default=1024, ge=1, description="Open connections from one client address; beyond it 429. Unset: no cap."
+    )
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:

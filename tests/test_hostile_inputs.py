@@ -308,6 +308,26 @@ def test_uploads_count_against_rpm_and_the_storage_quota(gateway: Gateway, admin
     assert sorted(item["bytes"] for item in listed) == [400, 1000]
 
 
+def test_creating_jobs_and_evals_counts_against_rpm(gateway: Gateway, admin: httpx.Client) -> None:
+    _, trainer = tenant_client(gateway, admin, "rpm-jobs", requests_per_minute=2)
+    upload = trainer.post("/v1/files", files={"file": ("t.jsonl", GOOD_CHAT)}, data={"purpose": "fine-tune"}).json()
+    job = {"model": MODEL, "training_file": upload["id"]}
+    assert trainer.post("/v1/fine_tuning/jobs", json=job).status_code == 200  # the second request of the minute
+    refused = trainer.post("/v1/fine_tuning/jobs", json=job)
+    assert refused.status_code == 429 and error_of(refused)["code"] == "rate_limit_exceeded"
+    assert len(trainer.get("/v1/fine_tuning/jobs").json()["data"]) == 1
+    _, evaluator = tenant_client(gateway, admin, "rpm-evals", requests_per_minute=1)
+    definition = {
+        "data_source_config": {"type": "custom", "item_schema": {"type": "object"}},
+        "testing_criteria": [{"type": "string_check", "name": "eq", "input": "a", "reference": "a", "operation": "eq"}],
+    }
+    assert evaluator.post("/v1/evals", json=definition).status_code == 200
+    refused = evaluator.post("/v1/evals", json=definition)
+    assert refused.status_code == 429 and error_of(refused)["code"] == "rate_limit_exceeded"
+    assert refused.headers["retry-after"]
+    assert len(evaluator.get("/v1/evals").json()["data"]) == 1
+
+
 # -- no input reaches a 500 ------------------------------------------------------------------------------------------
 
 
@@ -323,15 +343,33 @@ def test_inputs_that_used_to_give_500_are_400(gateway: Gateway, admin: httpx.Cli
     assert chat(client, seed=2**63 - 1).status_code == 200
     upload = client.post("/v1/files", files={"file": ("t.jsonl", GOOD_CHAT)}, data={"purpose": "fine-tune"}).json()
     job = client.post("/v1/fine_tuning/jobs", json={"model": MODEL, "training_file": upload["id"]}).json()
-    for after in ("abc", "ftevent-99999999999999999999", "ftevent-"):
+    for after in ("abc", "ftevent-1", "ftevent-" + "0" * 25, "ftevent-"):
         events = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events", params={"after": after})
         assert events.status_code == 400 and error_of(events)["param"] == "after"
-    assert client.get(f"/v1/fine_tuning/jobs/{job['id']}/events", params={"after": "ftevent-1"}).status_code == 200
+    assert (
+        client.get(f"/v1/fine_tuning/jobs/{job['id']}/events", params={"after": "ftevent-" + "0" * 24}).status_code
+        == 200
+    )
     tenant = admin.get("/admin/v1/tenants").json()["data"][0]["id"]
     assert admin.post(f"/admin/v1/tenants/{tenant}/keys", json={"expires_in_days": 1e9}).status_code == 400
     for since in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "1e30"):
         assert client.get("/v1/usage", params={"since": since}).status_code == 400
     assert admin.post("/admin/v1/tenants", json={"name": "huge", "requests_per_minute": 2**40}).status_code == 400
+
+
+def test_a_tenant_may_not_be_named_like_an_id(gateway: Gateway, admin: httpx.Client) -> None:
+    victim, _ = create_tenant(admin, "victim")
+    assert victim["id"].startswith("ten_")
+    for name in (victim["id"], "ten_0123456789abcdef0123", "ftjob-0123456789abcdef0123", "key_" + "a" * 24):
+        created = admin.post("/admin/v1/tenants", json={"name": name})
+        assert created.status_code == 400 and error_of(created)["param"] == "name", name
+    other, _ = create_tenant(admin, "renamed")
+    renamed = admin.patch(f"/admin/v1/tenants/{other['id']}", json={"name": victim["id"]})
+    assert renamed.status_code == 400 and error_of(renamed)["param"] == "name"
+    assert admin.get(f"/admin/v1/tenants/{victim['id']}").json()["name"] == victim["name"]
+    # Names that merely contain hex or a prefix stay fine.
+    for name in ("ten_team", f"team-{os.urandom(4).hex()}", f"ten_{os.urandom(7).hex()}x"):
+        assert admin.post("/admin/v1/tenants", json={"name": name}).status_code == 201, name
 
 
 # -- observability without leaks -------------------------------------------------------------------------------------
@@ -350,10 +388,10 @@ def test_metrics_need_the_admin_key_or_the_metrics_token(gateway: Gateway, admin
 def test_secrets_never_reach_the_log(gateway: Gateway, admin: httpx.Client) -> None:
     _, client = tenant_client(gateway, admin, "leaky")
     secret = "sk-in-the-query-string-0123456789"
-    assert client.get("/v1/models", params={"api_key": secret, "limit": "5"}).status_code == 200
+    assert client.get("/v1/models", params={"api_key": secret, "limit": "5"}).status_code == 400  # unknown params
     time.sleep(0.2)
     log = gateway.log.read_text()
-    assert "GET /v1/models?api_key=%2A%2A%2A&limit=5 200" in log
+    assert "GET /v1/models?api_key=%2A%2A%2A&limit=5 400" in log
     assert secret not in log
     assert gateway.admin_key not in log
     assert "generated the admin key" in log

@@ -4,22 +4,26 @@ gateway's real ``charge_job`` hook writes the ledger in the job's final transiti
 
 from __future__ import annotations
 
+import json
+import logging
+import re
 import threading
 import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.hyperparameters import Hyperparameters
-from adapters.jobs import JobRequest, JobService, new_job_id
+from adapters.jobs import JobRequest, JobService, add_event, new_job_id
 from adapters.registry import AdapterRegistry
 from adapters.store import Adapter, FineTuningJob, utcnow
 from adapters.training import Checkpoint, TrainingResult
-from adapters.worker import Worker
+from adapters.worker import TRAINING_FAILED, Worker
 from gateway.accounting.pricing import PriceBook
 from gateway.accounting.training_billing import job_charger
 from gateway.db import Database, UsageRecord
@@ -153,6 +157,66 @@ def test_a_job_whose_file_vanished_fails_with_the_reason(database: Database, tmp
     }
     messages = [e["message"] for e in jobs.events("ten_1", job_id, None, 20)["data"]]
     assert messages[0] == "File 'file-gone' no longer exists."
+
+
+def test_event_ids_are_random_and_page_newest_first(database: Database) -> None:
+    jobs = service(database)
+    job_id = jobs.create(job_request())["id"]
+    other = jobs.create(job_request())["id"]
+    with database.sessions.begin() as session:
+        for step in range(5):
+            add_event(session, job_id, f"step {step}")
+            add_event(session, other, f"other {step}")
+    first = jobs.events("ten_1", job_id, None, 3)
+    assert [e["message"] for e in first["data"]] == ["step 4", "step 3", "step 2"] and first["has_more"]
+    ids = [e["id"] for e in first["data"]]
+    assert all(re.fullmatch(r"ftevent-[0-9a-f]{24}", event_id) for event_id in ids)
+    rest = jobs.events("ten_1", job_id, ids[-1], 10)
+    assert [e["message"] for e in rest["data"]][:2] == ["step 1", "step 0"] and not rest["has_more"]
+    # Another job's event is no cursor here, nor is an id never minted.
+    other_id = jobs.events("ten_1", other, None, 1)["data"][0]["id"]
+    for cursor in (other_id, "ftevent-" + "0" * 24):
+        assert jobs.events("ten_1", job_id, cursor, 10) == {"object": "list", "data": [], "has_more": False}
+
+
+class ExplodingWorker(Worker):
+    def _train(self, job, base_dir, train, validation, cancel):  # type: ignore[no-untyped-def]
+        raise RuntimeError("CUDA error at /srv/secret/path/kernels.cu:42 (tenant ten_other's batch)")
+
+
+def test_a_training_failure_shows_a_category_and_never_the_exception_text(
+    database: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    jobs = service(database)
+    good = b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
+    job_id = jobs.create(job_request())["id"]
+    registry = AdapterRegistry(database.sessions, tmp_path / "adapters")
+    worker = ExplodingWorker(database.sessions, registry, lambda t, f: good, {"base": tmp_path}, charge_job)
+    with caplog.at_level(logging.ERROR, logger="adapters.worker"):
+        assert worker.run_once() == job_id
+    job = jobs.get("ten_1", job_id)
+    assert job["status"] == "failed"
+    assert job["error"] == {"code": "training_failed", "message": TRAINING_FAILED, "param": None}
+    shown = json.dumps([job, jobs.events("ten_1", job_id, None, 100)])
+    assert "secret" not in shown and "CUDA" not in shown
+    assert "CUDA error at /srv/secret/path" in caplog.text  # the operator's log has it
+
+
+def test_a_file_the_parser_cannot_read_is_an_invalid_training_file(database: Database, tmp_path: Path) -> None:
+    jobs = service(database)
+    bad = jobs.create(job_request(training_file="file-bad"))["id"]
+    odd = jobs.create(job_request(training_file="file-odd"))["id"]
+    deep = b'{"messages": ' + b"[" * 5000 + b"]" * 5000 + b"}\n"  # too deep for the JSON parser
+    files = {"file-bad": b'{"messages": 1}\n', "file-odd": deep}
+    worker = make_worker(database, tmp_path, files)
+    assert {worker.run_once(), worker.run_once()} == {bad, odd}
+    assert jobs.get("ten_1", bad)["error"] == {
+        "code": "invalid_training_file",
+        "message": "File 'file-bad' is invalid: line 1: messages must be a list (got number)",
+        "param": "training_file",
+    }
+    error = jobs.get("ten_1", odd)["error"]
+    assert error["code"] == "invalid_training_file" and "recursion" not in error["message"].lower()
 
 
 def test_an_unknown_base_model_fails_the_job(database: Database, tmp_path: Path) -> None:

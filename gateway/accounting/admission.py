@@ -6,7 +6,8 @@ through which what it used is settled.
   model, which its settlement charges too), and room for its ledger record.
   The returned ``InferenceReservation`` settles exactly once when the run ends (completed, failed or
   abandoned): the ledger gets one record, and the limiter replaces the reservation by the real count.
-* An upload (or the creation of an eval run) takes one unit of the RPM window and nothing else.
+* An upload, and the creation of an eval, an eval run or a fine-tuning job, takes one unit of the RPM window
+  (a job also reserves budget: below).
 * A fine-tuning job reserves budget only (never a slot or the TPM window); it is charged in the transaction
   that moves the job to its final status, and its reservation is released by ``training_billing``.
 

@@ -2,7 +2,10 @@
 instead of the standard library's, so a body carrying a lone UTF-16 surrogate (``"\\ud800"``, which no UTF-8
 text can hold and which would break the tokenizer and the database later), ``NaN`` or ``Infinity`` is a 400
 naming the problem instead of reaching a handler. So is a string holding a NUL character (``"\\u0000"``),
-which PostgreSQL cannot store or compare."""
+which PostgreSQL cannot store or compare.
+
+Query parameters are strict too: one the route does not declare is a 400 naming it (``code=unknown_parameter``),
+never silently dropped (a list filter we do not have would otherwise answer as if it held)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,10 @@ from typing import Any
 
 import pydantic_core
 from fastapi import Request, Response
+from fastapi.dependencies.utils import get_flat_dependant
 from fastapi.routing import APIRoute
+
+from gateway.errors import InvalidRequestError
 
 
 class StrictJSONRequest(Request):
@@ -55,8 +61,17 @@ def _reason(exc: ValueError) -> str:
 class StrictJSONRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        known = {param.alias for param in get_flat_dependant(self.dependant).query_params}
 
         async def strict_handler(request: Request) -> Response:
+            unknown = sorted({name for name in request.query_params if name not in known})
+            if unknown:
+                plural = "s" if len(unknown) > 1 else ""
+                raise InvalidRequestError(
+                    f"Unrecognized query parameter{plural} supplied: {', '.join(unknown)}",
+                    param=unknown[0],
+                    code="unknown_parameter",
+                )
             return await handler(StrictJSONRequest(request.scope, request.receive))
 
         return strict_handler

@@ -58,8 +58,6 @@ def _unique_names(criteria: list[Any]) -> list[Any]:
 
 
 class EvalCreate(_Body):
-    model_config = ConfigDict(strict=True, extra="ignore")
-
     name: Name | None = None
     data_source_config: CustomDataSourceConfig
     testing_criteria: Annotated[
@@ -69,8 +67,6 @@ class EvalCreate(_Body):
 
 
 class EvalUpdate(_Body):
-    model_config = ConfigDict(strict=True, extra="ignore")
-
     name: Name | None = None
     metadata: Metadata | None = None
 
@@ -132,8 +128,6 @@ DataSource = Annotated[CompletionsDataSource | JsonlDataSource, Field(discrimina
 
 
 class RunCreate(_Body):
-    model_config = ConfigDict(strict=True, extra="ignore")
-
     name: Name | None = None
     data_source: DataSource
     metadata: Metadata | None = None

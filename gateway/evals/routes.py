@@ -1,6 +1,7 @@
 """``/v1/evals``: evals (an item schema and testing criteria), their runs (a model sampled on items, each sample
 graded) and the runs' output items, in OpenAI's shapes. Runs are queued here and executed by the eval runner
-(``gateway.evals.runner``); creating one checks its model and items first and counts as one request."""
+(``gateway.evals.runner``); creating an eval or a run counts as one request of the RPM window, and creating a
+run checks its model and items first."""
 
 from __future__ import annotations
 
@@ -27,7 +28,15 @@ Cursor = Annotated[str | None, Query(max_length=40)]
 
 
 @router.post("/v1/evals")
-async def create_eval(body: EvalCreate, tenant: TenantDep, evals: EvalsDep, workers: WorkersDep) -> dict[str, Any]:
+async def create_eval(
+    body: EvalCreate,
+    context: ContextDep,
+    tenant: TenantDep,
+    admission: AdmissionDep,
+    evals: EvalsDep,
+    workers: WorkersDep,
+) -> dict[str, Any]:
+    await admission.admit_request(context, tenant)
     await checked_schema(workers, body.data_source_config.item_schema, "data_source_config.item_schema")
     return await run_in_threadpool(evals.create, tenant.tenant_id, body)
 

@@ -66,6 +66,11 @@ async def upload_file(
     file_bytes_at_least = max(int(announced) - MULTIPART_ALLOWANCE, 0) if announced.isdigit() else 0
     await run_in_threadpool(files.check_room, tenant.tenant_id, quota, file_bytes_at_least)
     async with request.form(max_files=1, max_fields=4, max_part_size=4096) as form:
+        unknown = sorted(set(form.keys()) - {"file", "purpose"})
+        if unknown:  # e.g. expires_after[anchor]: files are kept until deleted here
+            raise InvalidRequestError(
+                f"Unrecognized form fields supplied: {', '.join(unknown)}", param=unknown[0], code="unknown_parameter"
+            )
         upload, purpose = form.get("file"), form.get("purpose")
         if not isinstance(upload, UploadFile):
             raise InvalidRequestError("The form must have a 'file' part with the file's bytes.", param="file")

@@ -1,5 +1,5 @@
-"""``/v1/fine_tuning/jobs``: create (validated and charged against the budget), list, retrieve, cancel,
-events and checkpoints. Training itself runs in the worker process (``llmaas worker``)."""
+"""``/v1/fine_tuning/jobs``: create (one request of the RPM window, validated and charged against the budget),
+list, retrieve, cancel, events and checkpoints. Training itself runs in the worker process (``llmaas worker``)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from gateway.bounds import Metadata
 from gateway.edge.strict_json import StrictJSONRoute
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.fine_tuning.files import FileStore
-from gateway.state import AdmissionDep, CatalogDep, EngineSettingsDep, FilesDep, JobsDep
+from gateway.inference.api_types import refused_unless
+from gateway.state import AdmissionDep, CatalogDep, ContextDep, EngineSettingsDep, FilesDep, JobsDep
 from gateway.tenancy.principal import TenantDep
 from gateway.tenancy.service import utcnow
 
@@ -64,9 +65,7 @@ class LoraOptions(_Body):
     """LoRA on this many of the top decoder layers; "auto": the top third."""
 
 
-class FineTuningJobCreate(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-
+class FineTuningJobCreate(_Body):
     model: Annotated[str, Field(min_length=1, max_length=bounds.MODEL)]
     training_file: FileRef
     validation_file: FileRef | None = None
@@ -78,6 +77,8 @@ class FineTuningJobCreate(BaseModel):
     keep_checkpoint: Literal["best", "last"] = "best"
     """Our extension: with a validation file, the model is the best epoch's checkpoint, or the last one."""
     metadata: Metadata | None = None
+    integrations: Annotated[Any, refused_unless([])] = None
+    """Weights & Biases reporting: not available here."""
 
     def requested_hyperparameters(self) -> dict[str, Any]:
         if self.hyperparameters is not None and self.method is not None:
@@ -153,6 +154,7 @@ def _check_files_and_estimate(
 @router.post("/v1/fine_tuning/jobs")
 async def create_job(
     body: FineTuningJobCreate,
+    context: ContextDep,
     tenant: TenantDep,
     catalog: CatalogDep,
     admission: AdmissionDep,
@@ -160,6 +162,7 @@ async def create_job(
     jobs: JobsDep,
     engine_settings: EngineSettingsDep,
 ) -> dict[str, Any]:
+    await admission.admit_request(context, tenant)  # one unit of the RPM window, before any file is read
     if body.model not in catalog.base_ids():
         raise InvalidRequestError(
             f"That model cannot be fine-tuned here; base models: {', '.join(catalog.base_ids())}.",
@@ -209,7 +212,7 @@ async def create_job(
 
 Limit = Annotated[int, Query(ge=1, le=100)]
 JobId = Annotated[str, Path(max_length=40)]
-EventCursor = Annotated[str | None, Query(pattern=r"^ftevent-[0-9]{1,18}$")]
+EventCursor = Annotated[str | None, Query(pattern=r"^ftevent-[0-9a-f]{24}$")]
 CheckpointCursor = Annotated[str | None, Query(max_length=40)]
 JobCursor = Annotated[str | None, Query(max_length=40)]
 

@@ -1,16 +1,19 @@
 """Request bodies of the OpenAI surface (pydantic, strict types: a string where a number belongs is a 400).
 
-Unknown fields are ignored, as OpenAI-compatible servers commonly do; known fields we cannot honour are
-rejected with a clear error instead of being silently dropped. Checks that span several fields live in
-``check()``, which raises ``InvalidRequestError`` naming the offending ``param``."""
+Nothing a client sends is silently dropped: an unknown field is a 400 naming it (``extra="forbid"``), and a
+known OpenAI field we cannot honour is declared ``refused_unless(...)``: null, or a value that asks for
+nothing (``tools: []``, ``tool_choice: "none"``), passes, anything else is a 400 naming it. The few fields
+accepted and ignored (they change nothing we answer) are listed in ``ACCEPTED_AND_IGNORED``. Checks that span
+several fields live in ``check()``, which raises ``InvalidRequestError`` naming the offending ``param``."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from gateway import bounds
+from gateway.bounds import Metadata
 from gateway.errors import InvalidRequestError
 
 ModelId = Annotated[str, Field(min_length=1, max_length=bounds.MODEL)]
@@ -23,8 +26,37 @@ MaxTokens = Annotated[int, Field(ge=1, le=bounds.INT32_MAX)]
 StopField = str | Annotated[list[str], Field(max_length=4)] | None
 
 
+ACCEPTED_AND_IGNORED = frozenset(
+    {
+        "metadata",
+        "parallel_tool_calls",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "prompt_cache_options",
+        "safety_identifier",
+    }
+)
+"""Chat fields OpenAI clients send that change nothing we answer: ``metadata`` (labels for OpenAI's stored
+completions, checked against OpenAI's bounds), ``parallel_tool_calls`` (no tools are accepted), the prompt
+cache hints (our prefix cache is automatic) and ``safety_identifier`` (OpenAI's abuse monitoring id)."""
+
+
+def refused_unless(*harmless: Any) -> AfterValidator:
+    """A known OpenAI field we cannot honour: null or one of ``harmless`` passes, anything else is a 400."""
+
+    def refuse(value: Any, info: ValidationInfo) -> Any:
+        if value is None or any(value == allowed for allowed in harmless):
+            return value
+        raise ValueError(f"{info.field_name} is not supported by this server")
+
+    return AfterValidator(refuse)
+
+
+Refused = Annotated[Any, refused_unless()]
+
+
 class _Request(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
 
 class StreamOptions(_Request):
@@ -43,7 +75,7 @@ class _SamplingFields(_Request):
     user: EndUser | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: Annotated[Any, refused_unless({})] = None
     ignore_eos: bool = False
     """vLLM extension, used by benchmarks: keep generating past the end-of-sequence token."""
 
@@ -52,13 +84,6 @@ class _SamplingFields(_Request):
     def _no_empty_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
         if value == "" or (isinstance(value, list) and "" in value):
             raise ValueError("stop sequences must not be empty")
-        return value
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _no_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value:
-            raise ValueError("logit_bias is not supported by this server")
         return value
 
     def check(self) -> None:
@@ -85,6 +110,13 @@ class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: Annotated[str, Field(max_length=64)] | None = None
+    # What an assistant message sent back as we answered it may carry (null or empty), and tool messages.
+    refusal: Refused = None
+    tool_calls: Annotated[Any, refused_unless([])] = None
+    tool_call_id: Refused = None
+    function_call: Refused = None
+    audio: Refused = None
+    annotations: Annotated[Any, refused_unless([])] = None
 
     def text(self) -> str:
         if self.content is None:
@@ -100,15 +132,28 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: MaxTokens | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    tools: list[dict[str, Any]] | None = None
     response_format: dict[str, Any] | None = None
-
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        if value:
-            raise ValueError("tool calling is not supported by this server")
-        return value
+    store: Annotated[Any, refused_unless(False)] = None
+    """Stored completions are not kept here: ``store: true`` is refused."""
+    tools: Annotated[Any, refused_unless([])] = None
+    tool_choice: Annotated[Any, refused_unless("none")] = None
+    functions: Refused = None
+    function_call: Annotated[Any, refused_unless("none")] = None
+    modalities: Annotated[Any, refused_unless(["text"])] = None
+    audio: Refused = None
+    prediction: Refused = None
+    web_search_options: Refused = None
+    reasoning_effort: Refused = None
+    verbosity: Refused = None
+    moderation: Refused = None
+    service_tier: Annotated[Any, refused_unless("auto", "default")] = None
+    # ACCEPTED_AND_IGNORED:
+    metadata: Metadata | None = None
+    parallel_tool_calls: bool | None = None
+    prompt_cache_key: Annotated[str, Field(max_length=bounds.USER)] | None = None
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    safety_identifier: EndUser | None = None
 
     @field_validator("response_format")
     @classmethod

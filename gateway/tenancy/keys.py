@@ -1,4 +1,5 @@
-"""API key material: generation, the stored hash, the display prefix. Plaintext keys are never stored."""
+"""API key material: generation, the stored hash, the display prefix (plaintext keys are never stored); and the
+shape of the ids we mint."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import secrets
 KEY_PREFIX = "sk-"
 DISPLAY_CHARS = 12
 _KEY_SHAPE = re.compile(r"sk-[A-Za-z0-9_-]{48}")
+_ID_SHAPE = re.compile(r"[a-z]+[_-][0-9a-f]{16,}")
+"""What the ids we mint look like (``ten_`` + 24 hex, ``ftjob-`` + 24 hex, ``req_`` + 32 hex, ...)."""
 
 
 def new_key() -> str:
@@ -31,3 +34,8 @@ def display_prefix(key: str) -> str:
 
 def new_id(kind: str) -> str:
     return f"{kind}_{secrets.token_hex(12)}"
+
+
+def has_id_shape(text: str) -> bool:
+    """Whether ``text`` could be an id we minted (a name of that shape could be taken for another's id)."""
+    return _ID_SHAPE.fullmatch(text) is not None

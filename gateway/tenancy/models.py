@@ -8,12 +8,25 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from gateway import bounds
 from gateway.bounds import UtcDateTime
+from gateway.tenancy.keys import has_id_shape
 
-TenantName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="lowercase, [a-z0-9_-]")]
+
+def _not_id_shaped(name: str) -> str:
+    # Routes take a tenant's name or id: a name shaped like an id could be taken for another tenant's id.
+    if has_id_shape(name):
+        raise ValueError("a tenant name may not have the shape of an id (letters, '_' or '-', then 16+ hex digits)")
+    return name
+
+
+TenantName = Annotated[
+    str,
+    Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="lowercase, [a-z0-9_-]; not shaped like an id"),
+    AfterValidator(_not_id_shaped),
+]
 Positive = Annotated[int, Field(ge=1, le=bounds.INT32_MAX)]
 Count64 = Annotated[int, Field(ge=0, le=bounds.INT64_MAX)]
 Price = Annotated[Decimal, Field(ge=0, le=1_000_000, decimal_places=9)]
