@@ -142,7 +142,7 @@ def create_app(
                 on_dead_letter=metrics.dead_letters.inc,
             )
             stack.callback(ledger.close)
-            await run_in_threadpool(ledger.replay_spool)
+            await run_in_threadpool(ledger.replay)
             metrics.watch_ledger(lambda: ledger.backlog)
             limiter = build_limiter(settings)
             stack.push_async_callback(limiter.close)
