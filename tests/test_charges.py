@@ -1,17 +1,21 @@
 """The one billing rule for requests that do not finish (``gateway/accounting/charges.py``): the client pays
 for exactly what it received. Through the real app (in process, fake engines that break on demand): a stream
 our engine breaks after two tokens is billed for the prompt and those two, a failure before any output (a
-stream's or a non-streamed request's) is billed nothing, and each leaves its one ledger record."""
+stream's or a non-streamed request's) is billed nothing, and each leaves its one ledger record; through a real
+gateway process, a stream the client leaves is billed for its prompt and the tokens that went out."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import create_engine, select, text
 
 from engine.fake import FakeEngine
 from engine.protocol import AdapterRef, CompletionDelta, EngineError, SamplingOptions
@@ -22,6 +26,7 @@ from gateway.db import UsageRecord
 from gateway.settings import GatewaySettings
 from gateway.state import state_of
 from gateway.tenancy.models import KeyCreate, TenantCreate
+from tests.conftest import ADMIN_KEY, FAKE_GATEWAY, MODEL, free_port, running
 
 
 def test_the_rule() -> None:
@@ -97,3 +102,36 @@ def test_a_failure_before_any_output_is_billed_nothing(
     response = http.post("/v1/chat/completions", json=body, headers=client.auth_headers)
     assert response.status_code == (200 if stream else 500)
     assert ledger_of(http, response.headers["x-request-id"]) == (0, 0, "failed")
+
+
+def test_a_stream_the_client_leaves_is_billed_the_prompt_and_what_was_streamed(tmp_path: Path) -> None:
+    """Through a real gateway process and a real socket: what went out before the client left, no more."""
+    port = free_port()
+    env = {**os.environ, "LLMAAS_DATA_DIR": str(tmp_path), "LLMAAS_ADMIN_KEY": ADMIN_KEY}
+    command = [*FAKE_GATEWAY, "--port", str(port), "--seconds-per-token", "0.05"]
+    base = f"http://127.0.0.1:{port}"
+    with running(command, env, tmp_path / "gateway.log"):
+        admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+        tenant = httpx.post(f"{base}/admin/v1/tenants", json={"name": "leaves"}, headers=admin).json()
+        key = httpx.post(f"{base}/admin/v1/tenants/{tenant['id']}/keys", json={}, headers=admin).json()["key"]
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 200, "stream": True}
+        received = 0
+        with (
+            httpx.Client(base_url=base, headers={"authorization": f"Bearer {key}"}) as http,
+            http.stream("POST", "/v1/chat/completions", json=body, headers={"x-client-request-id": "leaves"}) as r,
+        ):
+            for line in r.iter_lines():
+                received += '"content":"' in line and '"content":""' not in line
+                if received == 5:
+                    break  # and the connection closes
+        time.sleep(1)
+    engine = create_engine(f"sqlite:///{tmp_path / 'llmaas.db'}")
+    with engine.connect() as conn:
+        prompt, completion, outcome = conn.execute(
+            text(
+                "SELECT prompt_tokens, completion_tokens, outcome FROM usage_records WHERE client_request_id = 'leaves'"
+            )
+        ).one()
+    engine.dispose()
+    assert outcome == "aborted" and prompt > 0
+    assert 5 <= completion <= 6  # the 5 read, and at most the one frame on its way when the client left
