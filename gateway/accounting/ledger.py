@@ -3,8 +3,9 @@ batches by a background thread every ``flush_interval`` seconds (at most 1 s). I
 record:
 
 * **Durable first.** Each record is also appended to this process's journal (``journal``), which makes it
-  durable in group commits before the request's answer is finished (``durable``); a record leaves the journal
-  only once the database has it. A ``kill -9`` loses no record a client was answered with.
+  durable in group commits before the request's answer is finished (``durable``; ``in_flight``, the requests
+  still running, tells it when waiting for more records is worth it); a record leaves the journal only once the
+  database has it. A ``kill -9`` loses no record a client was answered with.
 * **Room first.** Admission claims room for the record a request will leave (``claim``); when the records
   admitted but not yet written reach ``capacity``, or the journal cannot be written, new requests are refused
   with a 503 before they start, so a record never has to be dropped.
@@ -77,6 +78,7 @@ class LedgerWriter:
         capacity: int = 10_000,
         shutdown_seconds: float = 10.0,
         on_dead_letter: Callable[[int], None] = lambda _: None,
+        in_flight: Callable[[], int] = lambda: 0,
     ) -> None:
         self._write_batch = write
         self._dir = directory
@@ -90,7 +92,7 @@ class LedgerWriter:
         self._writing = False
         self._lock = threading.Condition()
         self._stop = threading.Event()
-        self._journal = Journal(directory)
+        self._journal = Journal(directory, siblings=in_flight)
         self._thread = threading.Thread(target=self._run, name="llmaas-ledger", daemon=True)
         self._thread.start()
 

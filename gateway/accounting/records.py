@@ -42,7 +42,8 @@ class UsageEntry:
         return values
 
     def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "created_at": self.created_at.isoformat()}
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}  # shallow: cheap
+        return {**values, "created_at": self.created_at.isoformat()}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> UsageEntry:
