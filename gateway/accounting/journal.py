@@ -7,8 +7,8 @@ has it, so that a crash (``kill -9``, an OOM kill, a power cut) loses no record 
 * **Group commit.** The writer takes every record pending, writes them in one ``write`` and makes them durable
   with one ``fdatasync``; records that arrive meanwhile wait for the next group, so many concurrent requests
   share one sync. While other requests are running (``siblings``), the writer first gathers their records for
-  at most ``GATHER_SECONDS`` (PostgreSQL's ``commit_delay``): fewer syncs under load, none delayed for a lone
-  client.
+  at most ``GATHER_SECONDS`` (PostgreSQL's ``commit_delay``): fewer syncs under load. A request running alone
+  writes and syncs its record itself instead, without the hand-over to the thread and back.
 * **One journal per process.** A journal is ``journal-<id>-<segment>.jsonl`` files (one ``UsageEntry`` JSON a
   line) under the ledger directory, owned by the process holding ``journal-<id>.lock`` (an ``flock``, released
   by the kernel when the process dies). Gateways sharing a data dir never share a journal.
@@ -50,6 +50,8 @@ SEGMENT_RECORDS = 4096
 GATHER_SECONDS = 0.002
 """How long a group waits for the records of requests still running (only while some are)."""
 _GROUP_MAX = 256
+_POLL_SECONDS = 0.02
+"""How soon the writer takes up a record no request waits for (that of a request its client left)."""
 _RETRY_SECONDS = (0.05, 1.0)
 
 
@@ -68,12 +70,13 @@ class Journal:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.id = uuid.uuid4().hex[:12]
-        self._owner = FileLock(directory / f"journal-{self.id}.lock")
+        self._owner = FileLock(directory / f"journal-{self.id}.lock", thread_local=False)
         self._owner.acquire(timeout=0)
         self._segment_records = segment_records
         self._siblings = siblings
         self._target = 1  # pending records that wake the writer
         self._cond = threading.Condition()
+        self._io = threading.Lock()  # one writer of the files at a time: the thread, or a lone request inline
         self._pending: list[tuple[int, int, UsageEntry]] = []  # (seq, segment, entry), in seq order
         self._appended = 0  # the last seq handed out
         self._durable = 0  # the last seq on disk
@@ -104,13 +107,16 @@ class Journal:
             self._pending.append((self._appended, self._segment, entry))
             self._open[self._segment] += 1
             self._segment_of[id(entry)] = self._segment
-            if len(self._pending) >= self._target:
-                self._cond.notify()
+            if len(self._pending) >= self._target and self._siblings():
+                self._cond.notify()  # alone, the request syncs its record itself (``durable``), or the writer's poll
             return self._appended
 
     async def durable(self, seq: int) -> None:
-        """Return once record ``seq`` is on disk."""
+        """Return once record ``seq`` is on disk. A request running alone writes its group itself (blocking the
+        event loop for one sync, which no other request is waiting on): no hand-over to the writer thread."""
         if seq <= self._durable:  # an int read: atomic, and it only grows
+            return
+        if not self._siblings() and self._commit_inline() and seq <= self._durable:
             return
         future = asyncio.get_running_loop().create_future()
         with self._cond:
@@ -118,6 +124,15 @@ class Journal:
                 return
             self._waiters.append((seq, future))
         await future
+
+    def _commit_inline(self) -> bool:
+        """Write and sync what is pending, here and now, unless the writer thread is at it."""
+        if not self._io.acquire(blocking=False):
+            return False
+        try:
+            return self._commit_pending()
+        finally:
+            self._io.release()
 
     def wait_durable(self, seq: int, timeout: float = 10.0) -> bool:
         """``durable`` for a caller outside the event loop (tests, shutdown)."""
@@ -147,34 +162,45 @@ class Journal:
         delay = _RETRY_SECONDS[0]
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._pending or self._cleanup or self._stopping)
+                self._cond.wait_for(lambda: self._pending or self._cleanup or self._stopping, _POLL_SECONDS)
                 others = self._siblings() if self._pending and not self._stopping else 0
                 if others:  # requests still running: their records will want a sync too, share this one
                     self._target = min(len(self._pending) + others, _GROUP_MAX)
                     self._cond.wait_for(lambda: len(self._pending) >= self._target or self._stopping, GATHER_SECONDS)
                     self._target = 1
-                group, self._pending = self._pending, []
+                if self._stopping and not self._pending and not self._cleanup:
+                    return
                 cleanup, self._cleanup = self._cleanup, False
-                if not group and not cleanup and self._stopping:
-                    return
-            if cleanup:
-                self._remove_complete_segments()
-            if not group:
-                continue
-            try:
-                self._write(group)
-            except OSError:
-                logger.exception("the usage journal could not write %d records; retrying", len(group))
-                if self._stopping:  # they are still on their way to the database; the closing ledger says if not
-                    return
-                with self._cond:
-                    self.failing = True
-                    self._pending = group + self._pending
-                    self._cond.wait(delay)  # woken early by a close
-                delay = min(delay * 2, _RETRY_SECONDS[1])
-                continue
-            delay = _RETRY_SECONDS[0]
-            self._committed(group[-1][0], group[-1][1])
+            with self._io:  # groups are taken under it, so they reach the disk in order
+                if cleanup:
+                    self._remove_complete_segments()
+                if self._commit_pending():
+                    delay = _RETRY_SECONDS[0]
+                    continue
+            if self._stopping:  # the rest is still on its way to the database; the closing ledger says if not
+                return
+            with self._cond:
+                self._cond.wait(delay)  # woken early by a close
+            delay = min(delay * 2, _RETRY_SECONDS[1])
+
+    def _commit_pending(self) -> bool:
+        """Write and sync the records pending (the caller holds ``_io``); False if the disk refused them, which
+        are pending again, and the journal ``failing`` until a write succeeds."""
+        with self._cond:
+            group, self._pending = self._pending, []
+        if not group:
+            return True
+        try:
+            self._write(group)
+        except OSError:
+            logger.exception("the usage journal could not write %d records; retrying", len(group))
+            with self._cond:
+                self.failing = True
+                self._pending = group + self._pending
+                self._cond.notify()  # the writer thread retries them
+            return False
+        self._committed(group[-1][0], group[-1][1])
+        return True
 
     def _write(self, group: list[tuple[int, int, UsageEntry]]) -> None:
         """Append the group to its segment file(s) and sync them; a failed write leaves no partial line."""
@@ -200,6 +226,11 @@ class Journal:
         if segment not in self._files:
             path = _segment_path(self.directory, self.id, segment)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            directory = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(directory)  # the new file's name is durable too, not only what it will hold
+            finally:
+                os.close(directory)
             self._files[segment] = (fd, os.fstat(fd).st_size)
         return self._files[segment]
 
@@ -289,7 +320,7 @@ def orphans(directory: Path) -> Iterator[Orphan]:
     journal_ids = {path.name.split("-")[1] for path in directory.glob("journal-*-*.jsonl")}
     journal_ids |= {path.name[len("journal-") : -len(".lock")] for path in directory.glob("journal-*.lock")}
     for journal_id in sorted(journal_ids):
-        lock = FileLock(directory / f"journal-{journal_id}.lock")
+        lock = FileLock(directory / f"journal-{journal_id}.lock", thread_local=False)
         try:
             lock.acquire(timeout=0)
         except Timeout:  # its gateway is alive (this one included)
