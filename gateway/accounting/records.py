@@ -1,5 +1,5 @@
 """The usage ledger's rows: one ``UsageEntry`` per admitted request or fine-tuning job, written idempotently
-(a ``request_id`` already in the ledger is skipped, so a retried batch or a replayed spool never counts twice),
+(a ``request_id`` already in the ledger is skipped, so a retried batch or a replayed journal never counts twice),
 and the month-to-date totals a limiter starts a budget from."""
 
 from __future__ import annotations
