@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 ACCEL := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP := $(VENV)/.installed-$(ACCEL)
 
-.PHONY: install browser serve prepare-model test lint bench clean
+.PHONY: install browser serve prepare-model test test-slow lint bench clean
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ browser:
 test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The long runs (e.g. 24 gateways killed at random moments): `pytest -m slow`.
+test-slow: install
+	$(BIN)/python -m pytest -m slow
 
 bench: install
 	$(BIN)/python bench/serving_compare.py

@@ -1,7 +1,8 @@
 """The real gateway (auth, limits, metering, routes) in front of the instant fake engine.
 
 Used by the gateway-overhead benchmark and by tests that need several gateway processes without loading
-several models. Settings come from the usual ``LLMAAS_`` environment variables.
+several models, served as ``llmaas serve`` serves (SIGTERM drains). Settings come from the usual ``LLMAAS_``
+environment variables.
 
     python bench/fake_gateway.py --port 8100 [--seconds-per-token 0]
 """
@@ -18,12 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     import logging
 
-    import uvicorn
-
     from engine.fake import FakeEngine
     from engine.settings import EngineSettings
     from gateway.app import create_app
     from gateway.edge.connections import uvicorn_options
+    from gateway.ops import drain
     from gateway.settings import GatewaySettings
 
     parser = argparse.ArgumentParser(description=__doc__)
@@ -38,8 +38,14 @@ def main() -> None:
         EngineSettings(),
         engine_factory=lambda _: FakeEngine(seconds_per_token=args.seconds_per_token),
     )
-    uvicorn.run(
-        app, host=args.host, port=args.port, log_level=settings.log_level, access_log=False, **uvicorn_options(settings)
+    drain.serve(
+        app,
+        settings.drain_seconds,
+        host=args.host,
+        port=args.port,
+        log_level=settings.log_level,
+        access_log=False,
+        **uvicorn_options(settings),
     )
 
 

@@ -157,9 +157,10 @@ def create_app(
                 capacity=settings.ledger_queue_capacity,
                 shutdown_seconds=settings.ledger_shutdown_seconds,
                 on_dead_letter=metrics.dead_letters.inc,
+                in_flight=lambda: admission.in_flight,  # read only once requests run: admission exists by then
             )
             stack.callback(ledger.close)
-            await run_in_threadpool(ledger.replay_spool)
+            await run_in_threadpool(ledger.replay)
             metrics.watch_ledger(lambda: ledger.backlog)
             limiter = build_limiter(settings)
             stack.push_async_callback(limiter.close)

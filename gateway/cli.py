@@ -74,13 +74,12 @@ def serve(
     host: str | None = typer.Option(None, help="Interface to bind (default LLMAAS_HOST or 127.0.0.1)."),
     port: int | None = typer.Option(None, help="Port (default LLMAAS_PORT or 8000)."),
 ) -> None:
-    """Prepare the model if needed, start the engine and serve the OpenAI API."""
-    import uvicorn
-
+    """Prepare the model if needed, start the engine and serve the OpenAI API (SIGTERM drains it first)."""
     from engine.model_prep import resolve_model_dir
     from engine.settings import EngineSettings
     from gateway.app import create_app
     from gateway.edge.connections import uvicorn_options
+    from gateway.ops import drain
     from gateway.private_files import keep_private
     from gateway.settings import GatewaySettings
     from gateway.tenancy.admin_key import admin_key_path, load_or_create_admin_key
@@ -132,8 +131,14 @@ def serve(
     try:
         app_ = create_app(settings, engine_settings)
         _tune_garbage_collector()
-        config = uvicorn.Config(app_, log_level=settings.log_level, access_log=False, **uvicorn_options(settings))
-        uvicorn.Server(config).run(sockets=[listener])
+        drain.serve(
+            app_,
+            settings.drain_seconds,
+            [listener],
+            log_level=settings.log_level,
+            access_log=False,
+            **uvicorn_options(settings),
+        )
     finally:
         listener.close()
         if supervisor is not None:

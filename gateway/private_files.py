@@ -1,5 +1,5 @@
 """Data at rest is the service user's alone: the data dir and every directory under it 0700, every file 0600
-(uploads, adapters, the ledger's spool and dead letters, the SQLite database with its -wal and -shm).
+(uploads, adapters, the ledger's journal and dead letters, the SQLite database with its -wal and -shm).
 
 Two layers: each process that writes data (``serve``, ``worker``, the app's lifespan) runs with umask 077, so
 whatever a library creates (an adapter's weights, a temp file) is private; and the places we create ourselves

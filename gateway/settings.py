@@ -81,7 +81,10 @@ class GatewaySettings(BaseSettings):
         description="Usage records admitted but not yet written; beyond it requests get 503 (nothing is dropped).",
     )
     ledger_shutdown_seconds: float = Field(
-        default=10, ge=0, description="At shutdown, how long to keep writing before the rest is spooled to disk."
+        default=10, ge=0, description="At shutdown, how long to keep writing before the rest is left to the journal."
+    )
+    drain_seconds: float = Field(
+        default=15, ge=0, description="On SIGTERM, how long admitted requests may run on before they are cut."
     )
 
     # -- what one request may ask for (refused before any expensive work) ---------------------------------------

@@ -449,8 +449,8 @@ def test_data_files_and_directories_are_private(tmp_path: Path) -> None:
         ledger = LedgerWriter(lambda entries: None, data / "ledger", shutdown_seconds=0)
         ledger.claim()
         ledger.record(usage(acme, "r"))
-        ledger.close()  # nothing is written in 0 s: the record is spooled
-        spooled = list((data / "ledger").glob("spool-*.jsonl"))
+        ledger.close()  # nothing is written to the database in 0 s: the record stays in the journal
+        spooled = list((data / "ledger").glob("journal-*"))
         assert spooled
         for directory in (data, data / "files", data / "ledger"):
             assert mode(directory) == 0o700, directory

@@ -1,6 +1,6 @@
 """The ledger writer on both databases: a poisoned batch does not stop later rows, an unreachable database
 loses nothing, a full backlog refuses new requests instead of dropping records, and a shutdown that cannot
-write spools what is left for the next start, which writes it once."""
+write leaves what is left in the journal for the next start, which writes it once."""
 
 from __future__ import annotations
 
@@ -120,17 +120,19 @@ def test_a_full_backlog_refuses_new_requests_instead_of_dropping_records(databas
     assert rows(database) == 5
 
 
-def test_a_shutdown_that_cannot_write_spools_and_the_next_start_writes_once(database: Database, tmp_path: Path) -> None:
+def test_a_shutdown_that_cannot_write_leaves_the_journal_and_the_next_start_writes_once(
+    database: Database, tmp_path: Path
+) -> None:
     write = Unreachable(UsageLedger(database).write)
     writer = LedgerWriter(write, tmp_path, flush_interval=10, shutdown_seconds=0.3)
     entries = [entry() for _ in range(7)]
     write_all(writer, entries)
     writer.close()
-    spooled = list(tmp_path.glob("spool-*.jsonl"))
-    assert len(spooled) == 1 and len(spooled[0].read_text().splitlines()) == 7
-    shutil.copy(spooled[0], tmp_path / "spool-0-copy.jsonl")  # as if replayed twice
+    journals = list(tmp_path.glob("journal-*.jsonl"))
+    assert len(journals) == 1 and len(journals[0].read_text().splitlines()) == 7
+    shutil.copy(journals[0], tmp_path / "spool-0-copy.jsonl")  # as if replayed twice (an older version's spool)
     restarted = LedgerWriter(UsageLedger(database).write, tmp_path)
-    assert restarted.replay_spool() == 14
+    assert restarted.replay() == 14
     restarted.close()
-    assert list(tmp_path.glob("spool-*.jsonl")) == []
+    assert list(tmp_path.glob("spool-*.jsonl")) == [] and list(tmp_path.glob("journal-*")) == []
     assert rows(database) == 7

@@ -5,11 +5,15 @@ through which what it used is settled.
   window, a concurrency slot) and its budget (those tokens and their cost at the price ``pricing`` finds for its
   model, which its settlement charges too), and room for its ledger record.
   The returned ``InferenceReservation`` settles exactly once when the run ends (completed, failed or
-  abandoned): the ledger gets one record, and the limiter replaces the reservation by the real count.
+  abandoned), charged by the one rule of ``charges``: the ledger gets one record (durable, ``durable``, before
+  the answer's last bytes go), and the limiter replaces the reservation by the charged count.
 * An upload, and the creation of an eval, an eval run or a fine-tuning job, takes one unit of the RPM window
   (a job also reserves budget: below).
 * A fine-tuning job reserves budget only (never a slot or the TPM window); it is charged in the transaction
   that moves the job to its final status, and its reservation is released by ``training_billing``.
+
+A draining gateway (``stop_admitting``, on SIGTERM) refuses whatever is new with a 503 and ``retry-after``;
+requests it has to cut at the drain's deadline (``interrupt``) are charged as failures of ours.
 
 Everything is keyed by ids the server minted (the request's context id, the job id), never a client value."""
 
@@ -21,6 +25,7 @@ from datetime import datetime
 
 from starlette.concurrency import run_in_threadpool
 
+from gateway.accounting.charges import charged_tokens
 from gateway.accounting.ledger import LedgerWriter
 from gateway.accounting.limits import (
     BudgetDemand,
@@ -35,6 +40,7 @@ from gateway.accounting.pricing import Price, PriceBook
 from gateway.accounting.records import UsageEntry, UsageLedger
 from gateway.accounting.tasks import SettlementTasks
 from gateway.edge.request_context import RequestContext
+from gateway.errors import ServiceUnavailable
 from gateway.tenancy.principal import TenantPrincipal
 from gateway.tenancy.service import utcnow
 
@@ -44,6 +50,15 @@ _SETTLE_ATTEMPTS = 3
 
 def current_month() -> str:
     return utcnow().strftime("%Y-%m")
+
+
+class Draining(ServiceUnavailable):
+    def __init__(self) -> None:
+        super().__init__(
+            "This server is shutting down and takes no new requests; retry (another server will answer).",
+            code="server_draining",
+            headers={"retry-after": "1"},
+        )
 
 
 class Admission:
@@ -64,6 +79,25 @@ class Admission:
         self._tasks = tasks
         self._training_lease = training_lease_seconds
         self._running: dict[str, tuple[str, Demand]] = {}  # demand id -> (tenant id, demand), until settled
+        self.draining = False
+        self._interrupted = False
+
+    def stop_admitting(self) -> None:
+        """From now on, refuse everything new (a 503 with ``retry-after``): the gateway is draining."""
+        self.draining = True
+
+    def interrupt(self) -> None:
+        """The requests still running are about to be cut by us: charge them as our failures, not the client's."""
+        self._interrupted = True
+
+    @property
+    def in_flight(self) -> int:
+        """Admitted inference requests not settled yet."""
+        return len(self._running)
+
+    def _check_open(self) -> None:
+        if self.draining:
+            raise Draining()
 
     def _month_to_date(self, tenant_id: str) -> MonthToDate:
         async def read(month: str) -> BudgetSnapshot:
@@ -95,6 +129,7 @@ class Admission:
             rate=RateDemand(requests=prompts, tokens=tokens, slot=True),
             budget=BudgetDemand(tokens, price.cost_nanos(prompt_tokens, max_completion_tokens), current_month()),
         )
+        self._check_open()
         self._ledger.claim()
         try:
             grant = await self._limiter.admit(tenant.tenant_id, quotas, demand, self._month_to_date(tenant.tenant_id))
@@ -106,6 +141,7 @@ class Admission:
         return InferenceReservation(self, context, tenant, model, price, demand, end_user, kind)
 
     async def admit_request(self, context: RequestContext, tenant: TenantPrincipal) -> None:
+        self._check_open()
         demand = Demand(context.id, rate=RateDemand(requests=1, tokens=0, slot=False))
         quotas = tenant.identity.quotas
         grant = await self._limiter.admit(tenant.tenant_id, quotas, demand, self._month_to_date(tenant.tenant_id))
@@ -116,6 +152,7 @@ class Admission:
     ) -> BudgetDemand:
         """Reserve a fine-tuning job's estimated tokens against the budgets of the month it is created in (nothing
         else); the job keeps the amounts and its ``created_at``, so its release gives back exactly this."""
+        self._check_open()
         quotas = tenant.identity.quotas
         cost = self._prices.price_for(quotas.prices, model, "training").cost_nanos(estimated_tokens, 0)
         budget = BudgetDemand(estimated_tokens, cost, created_at.strftime("%Y-%m"))
@@ -127,11 +164,21 @@ class Admission:
         """Give back the reservation of a job that could not be created."""
         await self._limiter.settle(tenant.tenant_id, Demand(job_id, budget=reserved), Settlement(0, 0))
 
-    def settle(self, tenant_id: str, demand: Demand, used: Settlement, entry: UsageEntry) -> None:
-        """Record what an admitted request used (its claimed ledger room) and settle it in the limiter."""
+    def settle(self, tenant_id: str, demand: Demand, used: Settlement, entry: UsageEntry) -> int:
+        """Record what an admitted request used (its claimed ledger room) and settle it in the limiter; returns
+        the record's number for ``durable``."""
         self._running.pop(demand.id, None)
-        self._ledger.record(entry)
+        seq = self._ledger.record(entry)
         self._tasks.spawn(self._settle_limiter(tenant_id, demand, used))
+        return seq
+
+    async def durable(self, seq: int) -> None:
+        """Return once the ledger record numbered ``seq`` is durable."""
+        await self._ledger.durable(seq)
+
+    @property
+    def interrupted(self) -> bool:
+        return self._interrupted
 
     async def _settle_limiter(self, tenant_id: str, demand: Demand, used: Settlement) -> None:
         for attempt in range(1, _SETTLE_ATTEMPTS + 1):
@@ -181,12 +228,17 @@ class InferenceReservation:
         self._end_user = end_user
         self._kind = kind
         self._settled = False
+        self._seq = 0
 
-    def settle(self, prompt_tokens: int, completion_tokens: int, outcome: str) -> None:
-        """Called once when the run ends; later calls do nothing (safe from a ``finally``)."""
+    def settle(self, prompt_tokens: int, delivered_tokens: int, outcome: str) -> None:
+        """Called once when the run ends, with the completion tokens that reached the client; charged by the one
+        rule of ``charges``. Later calls do nothing (safe from a ``finally``)."""
         if self._settled:
             return
         self._settled = True
+        if outcome == "aborted" and self._admission.interrupted:
+            outcome = "failed"  # cut by our shutdown, not left by the client
+        prompt_tokens, completion_tokens = charged_tokens(outcome, prompt_tokens, delivered_tokens)
         cost = self._price.cost_nanos(prompt_tokens, completion_tokens)
         entry = UsageEntry(
             request_id=self._context.id,
@@ -204,4 +256,9 @@ class InferenceReservation:
         )
         # Charged to the month of its ledger record (a stream may end in the month after it began).
         used = Settlement(prompt_tokens + completion_tokens, cost, month=entry.created_at.strftime("%Y-%m"))
-        self._admission.settle(self._tenant.tenant_id, self._demand, used, entry)
+        self._seq = self._admission.settle(self._tenant.tenant_id, self._demand, used, entry)
+
+    async def durable(self) -> None:
+        """Return once the settled record is durable (at once if not settled yet)."""
+        if self._seq:
+            await self._admission.durable(self._seq)

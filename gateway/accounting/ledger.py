@@ -1,17 +1,21 @@
-"""The ledger writer: usage records are queued on the request path (no I/O there) and written in batches by a
-background thread every ``flush_interval`` seconds (at most 1 s). It never stops and never loses a record:
+"""The ledger writer: usage records are queued on the request path (no database I/O there) and written in
+batches by a background thread every ``flush_interval`` seconds (at most 1 s). It never stops and never loses a
+record:
 
+* **Durable first.** Each record is also appended to this process's journal (``journal``), which makes it
+  durable in group commits before the request's answer is finished (``durable``; ``in_flight``, the requests
+  still running, tells it when waiting for more records is worth it); a record leaves the journal only once the
+  database has it. A ``kill -9`` loses no record a client was answered with.
 * **Room first.** Admission claims room for the record a request will leave (``claim``); when the records
-  admitted but not yet written reach ``capacity``, new requests are refused with a 503 before they start, so
-  a record never has to be dropped.
+  admitted but not yet written reach ``capacity``, or the journal cannot be written, new requests are refused
+  with a 503 before they start, so a record never has to be dropped.
 * **Bad rows are set aside.** A batch the database refuses is split in halves until the refused rows are
   alone; each is appended to ``dead-letter.jsonl`` in the ledger dir, counted in a metric and logged, and the
   rest are written. A database that is unreachable is retried with backoff, nothing split.
 * **Writes are idempotent.** Each record's ``request_id`` is unique in the ledger, so a batch retried after an
-  unclear failure, or a spool replayed, is counted once.
-* **Shutdown** writes what is queued for at most ``shutdown_seconds``; what is still unwritten then is spooled
-  to ``spool-*.jsonl`` and written at the next start (``replay_spool``). A ``kill -9`` loses at most the
-  records of the last interval.
+  unclear failure, or a journal replayed, is counted once.
+* **Shutdown** writes what is queued for at most ``shutdown_seconds``; what is still unwritten then stays in
+  the journal, and the next start writes it (``replay``), as it does the journals of processes that died.
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from gateway.accounting.journal import Journal, orphans
 from gateway.accounting.records import UsageEntry
 from gateway.errors import ServiceUnavailable
 from gateway.private_files import open_private, private_dir
@@ -55,6 +60,15 @@ class LedgerFull(ServiceUnavailable):
         )
 
 
+class JournalFailing(ServiceUnavailable):
+    def __init__(self) -> None:
+        super().__init__(
+            "The server cannot record usage durably right now; retry shortly.",
+            code="ledger_unavailable",
+            headers={"retry-after": "1"},
+        )
+
+
 class LedgerWriter:
     def __init__(
         self,
@@ -65,6 +79,7 @@ class LedgerWriter:
         capacity: int = 10_000,
         shutdown_seconds: float = 10.0,
         on_dead_letter: Callable[[int], None] = lambda _: None,
+        in_flight: Callable[[], int] = lambda: 0,
     ) -> None:
         self._write_batch = write
         self._dir = directory
@@ -79,12 +94,15 @@ class LedgerWriter:
         self._lock = threading.Condition()
         self._stop = threading.Event()
         private_dir(directory)
+        self._journal = Journal(directory, siblings=in_flight)
         self._thread = threading.Thread(target=self._run, name="llmaas-ledger", daemon=True)
         self._thread.start()
 
     # -- the request path ----------------------------------------------------------------------------------------
     def claim(self) -> None:
         """Room for one future record, or ``LedgerFull`` (a 503) when the backlog is at capacity."""
+        if self._journal.failing:
+            raise JournalFailing()
         with self._lock:
             if self._claimed >= self._capacity:
                 raise LedgerFull()
@@ -96,10 +114,21 @@ class LedgerWriter:
             self._claimed -= 1
             self._lock.notify_all()
 
-    def record(self, entry: UsageEntry) -> None:
-        """Queue the record of a claimed request; never blocks, never drops."""
+    def record(self, entry: UsageEntry) -> int:
+        """Queue the record of a claimed request, for the journal and the database; never blocks, never drops.
+        Returns its number in the journal, for ``durable``."""
+        seq = self._journal.append(entry)  # first: the database must never have a record the journal does not know
         with self._lock:
             self._queue.append(entry)
+        return seq
+
+    async def durable(self, seq: int) -> None:
+        """Return once the record numbered ``seq`` is durable (in the journal, on disk)."""
+        await self._journal.durable(seq)
+
+    @property
+    def journal(self) -> Journal:
+        return self._journal
 
     @property
     def backlog(self) -> int:
@@ -119,9 +148,12 @@ class LedgerWriter:
             self._writing = bool(batch)
             return batch
 
-    def _done(self, written: int, retry: list[UsageEntry]) -> None:
+    def _done(self, batch: list[UsageEntry], retry: list[UsageEntry]) -> None:
+        """The batch is written (or set aside) but for ``retry``: its records may leave the journal."""
+        kept = {id(entry) for entry in retry}
+        self._journal.handled(entry for entry in batch if id(entry) not in kept)
         with self._lock:
-            self._claimed -= written
+            self._claimed -= len(batch) - len(retry)
             self._retry = retry
             self._writing = False
             self._lock.notify_all()
@@ -135,7 +167,7 @@ class LedgerWriter:
             except Exception:  # e.g. the dead-letter file cannot be written: keep everything, try again
                 logger.exception("writing %d usage records failed; retrying", len(batch))
                 retry = batch
-            self._done(len(batch) - len(retry), retry)
+            self._done(batch, retry)
             if retry:
                 wait = min(max(wait, self._interval) * 2, _MAX_BACKOFF_SECONDS)
             else:  # more than a batch queued: write on without waiting
@@ -166,49 +198,51 @@ class LedgerWriter:
 
     # -- start and shutdown --------------------------------------------------------------------------------------
     def close(self) -> None:
-        """Stop the thread, write what is queued within the deadline, spool the rest to disk."""
+        """Stop the thread and write what is queued within the deadline; the rest stays in the journal."""
         self._stop.set()
         self._thread.join()
         deadline = time.monotonic() + self._shutdown_seconds
         while time.monotonic() < deadline:
             batch = self._take()
             if not batch:
-                return
+                break
             try:
                 retry = self._write_or_split(batch)
-            except Exception:  # what could not be written or set aside is spooled below
+            except Exception:  # what could not be written or set aside stays in the journal
                 logger.exception("writing %d usage records at shutdown failed", len(batch))
                 retry = batch
-            self._done(len(batch) - len(retry), retry)
+            self._done(batch, retry)
             if retry:
                 time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
-        left = self._take()
+        left = self._journal.close()
         if left:
-            path = self._dir / f"spool-{time.time_ns()}-{os.getpid()}.jsonl"
-            staging = path.with_suffix(".part")
-            _append_jsonl(staging, [entry.to_json() for entry in left])
-            os.replace(staging, path)  # a replay never sees a spool half written
-            logger.error("the ledger's database did not take %d usage records in time; spooled to %s", len(left), path)
-            self._done(len(left), [])
+            logger.error(
+                "the ledger's database did not take %d usage records in time; they stay in the journal in %s for "
+                "the next start",
+                left,
+                self._dir,
+            )
 
-    def replay_spool(self) -> int:
-        """Write the records spooled by an earlier shutdown (skipping any already written); returns how many."""
+    def replay(self) -> int:
+        """Write the records of journals whose process is gone (and of older versions' spools), skipping any
+        already written, then delete them; returns how many records they held."""
         replayed = 0
-        for path in sorted(self._dir.glob("spool-*.jsonl")):
+        for orphan in orphans(self._dir):
             entries = []
-            for number, line in enumerate(_lines(path), start=1):
+            for number, line in enumerate(orphan.lines(), start=1):
                 try:
                     entries.append(UsageEntry.from_json(json.loads(line)))
                 except (ValueError, TypeError, KeyError) as exc:  # a line cut short by a crash: set it aside
-                    logger.error("line %d of %s is not a usage record (%s); set aside", number, path.name, exc)
+                    logger.error("line %d of a journal is not a usage record (%s); set aside", number, exc)
                     _append_jsonl(self._dir / "dead-letter.jsonl", [{"spooled": line, "error": str(exc)}])
             for start in range(0, len(entries), BATCH_LIMIT):
-                retry = self._write_or_split(entries[start : start + BATCH_LIMIT])
-                if retry:
-                    raise RuntimeError(f"the database is unreachable; {path} is kept for the next start")
-            path.unlink()
+                if self._write_or_split(entries[start : start + BATCH_LIMIT]):
+                    orphan.release()
+                    raise RuntimeError(f"the database is unreachable; {orphan.paths} are kept for the next start")
+            orphan.remove()
             replayed += len(entries)
-            logger.info("replayed %d spooled usage records from %s", len(entries), path.name)
+            if entries:
+                logger.info("replayed %d usage records from %d journal file(s)", len(entries), len(orphan.paths))
         return replayed
 
 
@@ -218,8 +252,3 @@ def _append_jsonl(path: Path, items: list[dict[str, object]]) -> None:
             handle.write(json.dumps(item, ensure_ascii=False) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _lines(path: Path) -> Iterator[str]:
-    with path.open(encoding="utf-8") as handle:
-        yield from (line for line in handle if line.strip())

@@ -1,5 +1,5 @@
 """The usage ledger's rows: one ``UsageEntry`` per admitted request or fine-tuning job, written idempotently
-(a ``request_id`` already in the ledger is skipped, so a retried batch or a replayed spool never counts twice),
+(a ``request_id`` already in the ledger is skipped, so a retried batch or a replayed journal never counts twice),
 and the month-to-date totals a limiter starts a budget from."""
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ class UsageEntry:
         return values
 
     def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "created_at": self.created_at.isoformat()}
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}  # shallow: cheap
+        return {**values, "created_at": self.created_at.isoformat()}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> UsageEntry:

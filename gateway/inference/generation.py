@@ -1,12 +1,13 @@
 """Runs one API request on the engine: context checks, sampling options, the merged stream of choice
-deltas for one or several prompts, exact usage, and the outcome reported once when the run ends."""
+deltas for one or several prompts, exact usage, what reached the client, and the outcome reported once when the
+run ends (whose record is made durable before the run lets its caller finish the answer)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar
 
@@ -48,6 +49,9 @@ class RunReport:
     model: str
     usage: Usage
     outcome: Outcome
+    delivered_tokens: int
+    """Completion tokens that reached the client: all of a completed run, those streamed of a stream that
+    ended early, none of a non-streamed run that did not complete."""
     time_to_first_token: float | None
     duration: float
 
@@ -106,6 +110,9 @@ class GenerationRun:
         request_id: str,
         observers: Sequence[Callable[[RunReport], None]],
         adapter: AdapterRef | None = None,
+        *,
+        streaming: bool = False,
+        durable: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._engine = engine
         self._adapter = adapter
@@ -120,6 +127,9 @@ class GenerationRun:
         self._options = options
         self._request_id = request_id
         self._observers = observers
+        self._streaming = streaming
+        self._durable = durable
+        self._streamed = 0  # completion tokens whose chunk was handed to the client
         self._reported = False
         self._started = time.perf_counter()
 
@@ -128,10 +138,12 @@ class GenerationRun:
         return len(self._prompts) * self._options.n
 
     async def deltas(self) -> AsyncIterator[tuple[int, CompletionDelta]]:
-        """Every delta with its choice index. Closing this early aborts the engine requests."""
+        """Every delta with its choice index. Closing this early aborts the engine requests. A run that completes
+        or fails returns (or raises) only once its report's record is durable: its caller sends the answer's
+        last bytes after that."""
         started = self._started = time.perf_counter()
         first_token: float | None = None
-        outcome: Outcome = "failed"
+        outcome: Outcome = "aborted"
         try:
             async for prompt_index, batch in self._engine_streams():
                 for delta in batch:
@@ -139,12 +151,15 @@ class GenerationRun:
                         first_token = time.perf_counter() - started
                     self.usage.completion_tokens += len(delta.token_ids)
                     yield prompt_index * self._options.n + delta.index, delta
+                    self._streamed += len(delta.token_ids)  # asked for more: this one went out
             outcome = "completed"
-        except (asyncio.CancelledError, GeneratorExit):
-            outcome = "aborted"
+        except Exception:
+            outcome = "failed"
             raise
-        finally:
+        finally:  # "aborted" also when the client left (CancelledError, GeneratorExit): nothing to wait for
             self._report(outcome, first_token)
+            if outcome != "aborted" and self._durable is not None:
+                await self._durable()
 
     def close(self) -> None:
         """Report the run as abandoned if it never got to run (the client left before it started)."""
@@ -155,7 +170,8 @@ class GenerationRun:
             return
         self._reported = True
         duration = time.perf_counter() - self._started
-        report = RunReport(self._request_id, self.model, self.usage, outcome, first_token, duration)
+        delivered = self._streamed if self._streaming or outcome == "completed" else 0  # a body goes out whole
+        report = RunReport(self._request_id, self.model, self.usage, outcome, delivered, first_token, duration)
         for observer in self._observers:
             try:
                 observer(report)

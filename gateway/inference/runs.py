@@ -123,14 +123,24 @@ async def admit_run(run: RunRequest, serving: Serving) -> GenerationRun:
     )
 
     def settle(report: RunReport) -> None:
-        reservation.settle(report.usage.prompt_tokens, report.usage.completion_tokens, report.outcome)
+        reservation.settle(report.usage.prompt_tokens, report.delivered_tokens, report.outcome)
 
     def observe(report: RunReport) -> None:
         serving.metrics.observe_run(report, model=run.served.base, fine_tuned=run.served.adapter is not None)
 
     served = run.served
     observers = [settle, observe]  # the settlement first: it must never depend on the metrics
-    return GenerationRun(served.engine, served.id, run.prompts, options, serving.context.id, observers, served.adapter)
+    return GenerationRun(
+        served.engine,
+        served.id,
+        run.prompts,
+        options,
+        serving.context.id,
+        observers,
+        served.adapter,
+        streaming=bool(run.body.stream),
+        durable=reservation.durable,
+    )
 
 
 async def collect(request: Request, run: GenerationRun) -> list[ChoiceResult]:

@@ -1,5 +1,5 @@
-"""Liveness (``/health``), readiness (``/ready``: the engine is loaded and answers) and ``/metrics`` (the admin
-key or the metrics token)."""
+"""Liveness (``/health``), readiness (``/ready``: the engine is loaded and answers, and the gateway is not
+draining) and ``/metrics`` (the admin key or the metrics token)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from engine.protocol import EngineError
+from gateway.accounting.admission import Draining
 from gateway.errors import ServiceUnavailable
-from gateway.state import CatalogDep, MetricsDep
+from gateway.state import AdmissionDep, CatalogDep, MetricsDep
 from gateway.tenancy.principal import MetricsReaderDep
 
 router = APIRouter()
@@ -22,7 +23,9 @@ async def health() -> dict[str, Any]:
 
 
 @router.get("/ready")
-async def ready(catalog: CatalogDep) -> dict[str, Any]:
+async def ready(catalog: CatalogDep, admission: AdmissionDep) -> dict[str, Any]:
+    if admission.draining:
+        raise Draining()
     try:
         await catalog.check_health()
     except EngineError as exc:
