@@ -70,7 +70,7 @@ class Journal:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.id = uuid.uuid4().hex[:12]
-        self._owner = FileLock(directory / f"journal-{self.id}.lock", thread_local=False)
+        self._owner = FileLock(directory / f"journal-{self.id}.lock", mode=0o600, thread_local=False)
         self._owner.acquire(timeout=0)
         self._segment_records = segment_records
         self._siblings = siblings
@@ -320,7 +320,7 @@ def orphans(directory: Path) -> Iterator[Orphan]:
     journal_ids = {path.name.split("-")[1] for path in directory.glob("journal-*-*.jsonl")}
     journal_ids |= {path.name[len("journal-") : -len(".lock")] for path in directory.glob("journal-*.lock")}
     for journal_id in sorted(journal_ids):
-        lock = FileLock(directory / f"journal-{journal_id}.lock", thread_local=False)
+        lock = FileLock(directory / f"journal-{journal_id}.lock", mode=0o600, thread_local=False)
         try:
             lock.acquire(timeout=0)
         except Timeout:  # its gateway is alive (this one included)
