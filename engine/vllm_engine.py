@@ -140,8 +140,9 @@ class VLLMEngine:
                     produced = True
                     yield deltas
         except ValueError as exc:
-            if produced:
-                raise EngineError(str(exc)) from exc
+            if produced:  # vLLM's own words stay in our log: the client learns only that the engine failed
+                logger.error("engine failed during request %s: %s", request_id, exc)
+                raise EngineError("The engine failed while generating the answer.") from exc
             raise RequestRejected(str(exc)) from exc
         finally:
             if not finished:
@@ -202,7 +203,8 @@ class VLLMEngine:
         try:
             await self._llm.check_health()
         except Exception as exc:
-            raise EngineError(f"engine is unhealthy: {exc}") from exc
+            logger.error("engine health check failed: %s", exc)
+            raise EngineError("The engine is not healthy.") from exc
 
     def shutdown(self) -> None:
         self._llm.shutdown()

@@ -1,8 +1,10 @@
 """Property-based fuzzing of every route in the app's own OpenAPI schema (schemathesis), ``/admin/v1``,
 multipart uploads and evals included, against a real gateway process with real tenants on PostgreSQL (the
 instant fake engine stands in for vLLM): valid and invalid inputs alike must never get a 5xx, and every error
-must have OpenAI's shape. While the campaign runs, ``/health`` is probed every 50 ms: no input may stall the
-event loop for seconds, and the gateway's RSS may grow by at most ``RSS_GROWTH_BOUND`` over the campaign.
+must have OpenAI's shape. The same cases go through the console's ``/console/api`` bridge too, with a tenant's
+and the operator's console sessions (cookie, CSRF token, same-origin headers). While the campaign runs,
+``/health`` is probed every 50 ms: no input may stall the event loop for seconds, and the gateway's RSS may grow
+by at most ``RSS_GROWTH_BOUND`` over the campaign.
 
 ``LLMAAS_FUZZ_EXAMPLES`` sets the examples per route (default 25, a couple of minutes here); for a long run:
 
@@ -57,12 +59,28 @@ class HealthProbe(threading.Thread):
 
 
 @dataclass
+class ConsoleSession:
+    cookies: dict[str, str]
+    headers: dict[str, str]
+
+
+@dataclass
 class Target:
     base: str
     tenant_key: str
     process: psutil.Process
     probe: HealthProbe
+    consoles: dict[str, ConsoleSession] = field(default_factory=dict)
+    """Signed-in console sessions: ``tenant`` and ``operator``."""
     rss_at_start: int = field(default=0)
+
+
+def console_session(base: str, key: str, page: str) -> ConsoleSession:
+    """Signed in as a browser would (a same-origin form), with the CSRF token its pages carry."""
+    with httpx.Client(base_url=base, headers={"origin": base}) as browser:
+        assert browser.post("/console/login", data={"key": key}).status_code == 303
+        csrf = browser.get(page).text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        return ConsoleSession(dict(browser.cookies), {"origin": base, "x-csrf-token": csrf})
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +94,11 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
             with httpx.Client(base_url=base, headers={"authorization": f"Bearer {ADMIN_KEY}"}) as admin:
                 _, key = create_tenant(admin, "fuzzed", requests_per_minute=100_000, max_storage_bytes=10**8)
             process = psutil.Process(proc.pid)
-            target = Target(base, key, process, HealthProbe(base), process.memory_info().rss)
+            consoles = {
+                "tenant": console_session(base, key, "/console/keys"),
+                "operator": console_session(base, ADMIN_KEY, "/console/admin/tenants"),
+            }
+            target = Target(base, key, process, HealthProbe(base), consoles, process.memory_info().rss)
             target.probe.start()
             try:
                 yield target
@@ -99,16 +121,30 @@ def _key_for(path: str, target: Target) -> str:
     return ADMIN_KEY if path.startswith(("/admin/", "/metrics")) else target.tenant_key
 
 
-@schema.parametrize()
-def test_no_input_reaches_a_5xx_and_every_error_has_openai_shape(case: Case, target: Target) -> None:
-    auth = {"authorization": f"Bearer {_key_for(case.path, target)}"}
-    response = case.call(base_url=target.base, headers=auth, timeout=30)
+def _assert_no_5xx_and_openai_errors(case: Case, response: Any) -> None:
     assert response.status_code < 500, f"{case.method} {case.formatted_path}: {response.status_code} {response.text}"
     if response.status_code >= 400:
         body = response.json()
         assert set(body) == {"error"}, body
         assert set(body["error"]) == {"message", "type", "param", "code"}, body
         assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+
+
+@schema.parametrize()
+def test_no_input_reaches_a_5xx_and_every_error_has_openai_shape(case: Case, target: Target) -> None:
+    auth = {"authorization": f"Bearer {_key_for(case.path, target)}"}
+    _assert_no_5xx_and_openai_errors(case, case.call(base_url=target.base, headers=auth, timeout=30))
+
+
+@schema.parametrize()
+def test_the_console_bridge_answers_the_same_inputs_without_a_5xx(case: Case, target: Target) -> None:
+    """The bridge hands the request on under the session's principal: a tenant's session reaches /v1, the
+    operator's /admin; anything else is a 403 in OpenAI's shape."""
+    console = target.consoles["operator" if case.path.startswith("/admin/") else "tenant"]
+    response = case.call(
+        base_url=f"{target.base}/console/api", headers=console.headers, cookies=console.cookies, timeout=30
+    )
+    _assert_no_5xx_and_openai_errors(case, response)
 
 
 def test_the_campaign_stalled_nothing_and_grew_rss_within_its_bound(target: Target) -> None:
