@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("adapter_dir", type=Path)
     parser.add_argument("--max-loras", type=int, default=2)
+    parser.add_argument("--dtype", default="auto", help="auto: the dtype this machine serves")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     rank = json.loads((args.adapter_dir / "adapter_config.json").read_text())["r"]
@@ -56,7 +57,7 @@ def main() -> None:
         max_lora_rank=max(8, rank),
         max_loras=args.max_loras,
         enforce_eager=True,
-        dtype=resolve_dtype("auto", detect()),  # the dtype this machine serves
+        dtype=resolve_dtype(args.dtype, detect()),
         max_model_len=1024,
         seed=0,
     )

@@ -221,7 +221,7 @@ def test_the_operator_reads_the_audit_log(base: str, browser: Browser) -> None:
     page.click("#audit-filters button")
     page.wait_for_url("**/console/admin/audit?*")
     actions = page.locator("#audit tbody tr td:nth-child(3)").all_inner_texts()
-    assert actions == ["tenant.suspend", "tenant.create"]
+    assert actions == ["tenant.suspend", "key.create", "tenant.create"]
     page.close()
 
 

@@ -27,8 +27,8 @@ def test_health_and_ready(http: httpx.Client) -> None:
     ready = http.get("/ready")
     assert ready.status_code == 200
     assert ready.json()["models"] == [MODEL]
-    engine = ready.json()["engines"][MODEL]  # the dtype chosen for this machine, and what it is
-    assert engine["dtype"] == resolve_dtype("auto", detect())
+    engine = ready.json()["engines"][MODEL]  # the dtype it serves (the suite's server asks for fp32), and the machine
+    assert engine["dtype"] == resolve_dtype("float32", detect())
     assert detect().isa in engine["hardware"]
     assert engine["threads"] == choose_layout(detect(), None, None).describe(detect().cores)
 
