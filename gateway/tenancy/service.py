@@ -15,7 +15,6 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gateway import audit
 from gateway.audit import SYSTEM_ACTOR, Actor, record
 from gateway.db import ApiKey, ConsoleSession, Database, Tenant
 from gateway.errors import ConflictError, InvalidRequestError, NotFoundError, PermissionDenied
@@ -173,7 +172,7 @@ class TenancyService:
         self.db = db
 
     # -- tenants ---------------------------------------------------------------------------------------
-    def create_tenant(self, data: TenantCreate, actor: audit.Actor = audit.SYSTEM_ACTOR) -> TenantOut:
+    def create_tenant(self, data: TenantCreate, actor: Actor = SYSTEM_ACTOR) -> TenantOut:
         now = utcnow()
         tenant = Tenant(
             id=new_id("ten"),
@@ -188,7 +187,7 @@ class TenancyService:
             with self.db.session() as session:
                 session.add(tenant)
                 session.flush()  # a taken name fails here, before the audit entry
-                audit.record(session, actor, "tenant.create", "tenant", tenant.id, tenant.id, {"name": tenant.name})
+                record(session, actor, "tenant.create", "tenant", tenant.id, tenant.id, {"name": tenant.name})
         except IntegrityError as exc:
             raise ConflictError(f"A tenant named '{data.name}' already exists.", param="name") from exc
         return tenant_out(tenant)
@@ -226,7 +225,7 @@ class TenancyService:
                 if tenant.status != status_before:
                     action = "tenant.suspend" if tenant.status == "suspended" else "tenant.resume"
                 fields = sorted(update.model_fields_set)
-                audit.record(session, actor, action, "tenant", tenant.id, tenant.id, {"fields": fields})
+                record(session, actor, action, "tenant", tenant.id, tenant.id, {"fields": fields})
                 return tenant_out(tenant)
         except IntegrityError as exc:
             raise ConflictError(f"A tenant named '{update.name}' already exists.", param="name") from exc
