@@ -212,13 +212,16 @@ def _check_reference(resolver: referencing.Resolver[Any], keyword: str, target: 
         )
     try:
         resolver.lookup(target)
-    except referencing.exceptions.Unresolvable:
+    except (referencing.exceptions.Unresolvable, ValueError, LookupError, TypeError):  # "#/allOf/x" into a list
         raise DocumentError(f"{keyword} {shown!r} does not resolve to anything in the schema.") from None
 
 
 @lru_cache(maxsize=64)
 def _validator(schema_text: str) -> Validator:
     schema = json.loads(schema_text)
+    # A root $schema (only 2020-12 passes the check) would make jsonschema switch, on a "$ref": "#" back to the
+    # root, to its stock validator for that dialect: Python's re and no deadline. The dialect is ours already.
+    schema.pop("$schema", None)
     return TenantValidator(schema, registry=_registry(schema))
 
 
@@ -229,7 +232,10 @@ def validate_items(schema: dict[str, Any], items: list[Any], seconds: float) -> 
     token = _deadline.set(time.monotonic() + seconds)
     try:
         for index, item in enumerate(items):
-            problem = next(iter(validator.iter_errors(item)), None)
+            try:
+                problem = next(iter(validator.iter_errors(item)), None)
+            except RecursionError:  # {"$ref": "#"}: a schema that refers to itself without consuming the item
+                return index, "the schema refers to itself without end"
             if problem is not None:
                 return index, problem.message[:300]
         return None

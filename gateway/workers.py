@@ -3,8 +3,10 @@ loop in a small pool of worker processes: spawned, so they inherit no engine, so
 they hold is not the gateway's, so ``/health`` and every other tenant's requests go on meanwhile.
 
 Each call carries a time budget that the callee keeps (it stops and raises when it runs out); the caller waits a
-little longer than the budget and then gives up on the result (:class:`WorkTimedOut`), so no overrun holds a
-request or a run. A worker that dies (killed, out of memory) fails its call and the pool is made anew."""
+little longer than the budget and then gives up on the result (:class:`WorkTimedOut`) and kills the pool's
+processes (a callee that overran its budget, inside one keyword's work, must not go on holding a worker that every
+tenant shares), so no overrun holds a request, a run or a worker. A worker that dies (killed, out of memory) fails
+its call, and the pool is made anew in both cases: calls in flight on the old one fail too (:class:`WorkFailed`)."""
 
 from __future__ import annotations
 
@@ -46,13 +48,25 @@ class Workers:
                 asyncio.get_running_loop().run_in_executor(pool, function, *args), budget + GRACE_SECONDS
             )
         except TimeoutError:
+            logger.error("a worker overran its budget of %.1f s; its processes are killed", budget)
+            self._replace(pool)
             raise WorkTimedOut from None
         except BrokenProcessPool:
             logger.error("a worker process died; starting the pool anew")
-            if self._pool is pool:
-                self._pool = self._new_pool()
-                pool.shutdown(wait=False, cancel_futures=True)
+            self._replace(pool)
             raise WorkFailed from None
 
+    def _replace(self, pool: ProcessPoolExecutor) -> None:
+        if self._pool is pool:
+            self._pool = self._new_pool()
+            _kill(pool)
+
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        _kill(self._pool)
+
+
+def _kill(pool: ProcessPoolExecutor) -> None:
+    """Stop the pool's processes now, busy or not (``shutdown`` alone waits for a busy one, even at exit)."""
+    for process in list((pool._processes or {}).values()):  # the executor offers no public kill
+        process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)

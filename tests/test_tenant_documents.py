@@ -40,7 +40,7 @@ from gateway.evals.models import EvalCreate, RunCreate
 from gateway.evals.service import EvalService
 from gateway.fine_tuning.files import FileStore
 from gateway.fine_tuning.jobs_routes import estimate_tokens
-from gateway.workers import Workers
+from gateway.workers import Workers, WorkTimedOut
 from tests.conftest import ADMIN_KEY, FAKE_GATEWAY, MODEL, create_tenant, free_port, fresh_postgres_database, running
 
 SECRET = "leaked-secret-4f1c"
@@ -312,6 +312,55 @@ def test_validation_that_multiplies_stops_at_its_budget() -> None:
     with pytest.raises(documents.BudgetExceeded):
         documents.validate_items(schema, [deep], seconds=0.5)
     assert time.monotonic() - started < 5
+
+
+def test_a_root_dialect_does_not_switch_validation_back_to_python_re() -> None:
+    """jsonschema re-picks its validator by $schema when a $ref lands on the root: ours must stay in charge."""
+    schema = documents.check_schema(
+        {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "properties": {"x": {"type": "string", "pattern": CATASTROPHIC}, "r": {"$ref": "#"}},
+        }
+    )
+    started = time.monotonic()
+    problem = documents.validate_items(schema, [{"r": {"x": "a" * 27 + "!"}}], seconds=5)
+    assert problem is not None and time.monotonic() - started < 1
+
+
+def test_a_schema_that_refers_to_itself_forever_or_into_nothing_is_refused_not_a_500() -> None:
+    assert documents.validate_items(documents.check_schema({"$ref": "#"}), [{}], seconds=5) == (
+        0,
+        "the schema refers to itself without end",
+    )
+    with pytest.raises(documents.DocumentError):
+        documents.check_schema({"$ref": "#/allOf/x", "allOf": [{}]})
+
+
+def _sleep_past_its_budget(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_worker_that_overruns_its_budget_is_killed_and_the_pool_serves_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.workers.GRACE_SECONDS", 0.5)
+    workers = Workers(1)
+
+    async def scenario() -> None:
+        assert await workers.call(_sleep_past_its_budget, 0.0, budget=30) == 0.0  # the pool is up
+        overrunning = list(workers._pool._processes.values())  # type: ignore[union-attr]
+        with pytest.raises(WorkTimedOut):
+            await workers.call(_sleep_past_its_budget, 60.0, budget=0.1)
+        deadline = time.monotonic() + 5
+        while any(process.is_alive() for process in overrunning) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not any(process.is_alive() for process in overrunning)
+        assert await workers.call(_sleep_past_its_budget, 0.0, budget=30) == 0.0  # an innocent call is served
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        workers.close()
 
 
 # -- bounds ----------------------------------------------------------------------------------------------------------
