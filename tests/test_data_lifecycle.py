@@ -47,6 +47,7 @@ from gateway.db import (
     UsageRecord,
 )
 from gateway.errors import ModelNotFound, NotFoundError
+from gateway.evals.models import EvalCreate
 from gateway.evals.service import EvalService
 from gateway.fine_tuning.files import FileStore
 from gateway.inference.catalog import ModelCatalog
@@ -317,10 +318,21 @@ def test_deleting_a_file_or_an_eval_removes_its_content_and_is_audited(stores: S
     assert actions == ["eval.delete", "eval_run.delete", "file.delete"]
 
 
-def test_an_upload_racing_the_deletion_of_its_tenant_is_refused(stores: Stores) -> None:
+def test_an_upload_or_an_eval_racing_the_deletion_of_its_tenant_is_refused(stores: Stores) -> None:
     with pytest.raises(NotFoundError):
         stores.upload("ten_gone")
     assert stores.count(File) == 0
+    body = EvalCreate.model_validate(
+        {
+            "data_source_config": {"type": "custom", "item_schema": {"type": "object"}},
+            "testing_criteria": [
+                {"type": "string_check", "name": "eq", "input": "a", "reference": "a", "operation": "eq"}
+            ],
+        }
+    )
+    with pytest.raises(NotFoundError):  # its request was admitted before the deletion, its body came after
+        EvalService(stores.db).create("ten_gone", body)
+    assert stores.count(Eval) == 0
 
 
 def test_retention_purges_old_uploads_and_eval_items_only(stores: Stores) -> None:

@@ -19,7 +19,7 @@ from gateway.db import Database, Eval, EvalRun, EvalRunItem
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.evals.models import EvalCreate, EvalUpdate, RunCreate
 from gateway.tenancy.keys import new_id
-from gateway.tenancy.service import utcnow
+from gateway.tenancy.service import lock_live_tenant, utcnow
 
 FINAL = ("completed", "failed", "canceled")
 PENDING = "pending"
@@ -154,6 +154,7 @@ class EvalService:
             created_at=utcnow(),
         )
         with self._db.session() as session:
+            lock_live_tenant(session, tenant_id, "eval")
             session.add(row)
         return eval_object(row)
 
@@ -221,6 +222,7 @@ class EvalService:
             created_at=now,
         )
         with self._db.session() as session:
+            lock_live_tenant(session, tenant_id, "eval_id")
             self._own(session, tenant_id, eval_id)
             session.add(run)
             session.execute(

@@ -17,10 +17,10 @@ from sqlalchemy import delete, func, select
 
 from adapters.datasets import DatasetError, check_jsonl
 from gateway import audit, bounds
-from gateway.db import Database, File, Tenant
+from gateway.db import Database, File
 from gateway.errors import InvalidRequestError, NotFoundError, PayloadTooLarge, QuotaExceeded
 from gateway.private_files import open_private, private_dir
-from gateway.tenancy.service import utcnow
+from gateway.tenancy.service import lock_live_tenant, utcnow
 
 PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 _CHUNK = 1024 * 1024
@@ -96,8 +96,7 @@ class FileStore:
             with self._db.session() as session:
                 # One upload at a time per tenant gets to compare against the quota (PostgreSQL row lock;
                 # SQLite has one writer anyway).
-                if session.scalar(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update()) is None:
-                    raise NotFoundError("This organization no longer exists.", param="file")  # deleted meanwhile
+                lock_live_tenant(session, tenant_id, "file")
                 _check_quota(self._used_bytes(session, tenant_id), size, quota)
                 session.add(row)
                 session.flush()
