@@ -93,6 +93,29 @@ def test_twenty_half_sent_bodies_are_cut_with_408(gateway: str, key: str) -> Non
         ).is_success
 
 
+def test_a_body_that_trickles_on_after_an_early_answer_is_cut_too(gateway: str) -> None:
+    """No key: the 401 goes out before the body is read, so the app's body deadline never runs; the connection's
+    does."""
+    request = head("/v1/chat/completions", **{"content-type": "application/json", "content-length": "1000000"})
+    with ExitStack() as stack:
+        sock = connect(gateway, stack)
+        sock.sendall(request)
+        sock.settimeout(EOF_WITHIN)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 401")
+        started, closed = time.monotonic(), False
+        # The body deadline here is 1 s (+1 s of grace): cut within 6 s, where nothing else would cut it so soon.
+        while not closed and time.monotonic() - started < 6:  # a byte a second until the server closes
+            try:
+                sock.send(b" ")
+                time.sleep(1)
+                closed = sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b""
+            except BlockingIOError:
+                pass
+            except OSError:  # reset: closed
+                closed = True
+        assert closed and time.monotonic() - started < 6
+
+
 def test_headers_that_never_complete_and_silent_connections_are_closed(gateway: str) -> None:
     with ExitStack() as stack:
         trickling = [connect(gateway, stack) for _ in range(20)]
@@ -126,8 +149,7 @@ def test_one_address_may_hold_only_so_many_connections(gateway: str) -> None:
     with ExitStack() as stack:
         held = [connect(gateway, stack) for _ in range(CAP)]
         excess = connect(gateway, stack)
-        excess.sendall(b"GET /health HTTP/1.1\r\nhost: test\r\n\r\n")
-        answer = read_to_eof(excess)
+        answer = read_to_eof(excess)  # answered and closed at once, before it sends anything
         assert status_of(answer) == 429
         error = json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
         assert error["code"] == "too_many_connections" and str(CAP) in error["message"]
