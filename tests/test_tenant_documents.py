@@ -40,6 +40,8 @@ from gateway.evals.models import EvalCreate, RunCreate
 from gateway.evals.service import EvalService
 from gateway.fine_tuning.files import FileStore
 from gateway.fine_tuning.jobs_routes import estimate_tokens
+from gateway.tenancy.models import TenantCreate
+from gateway.tenancy.service import TenancyService
 from gateway.workers import Workers, WorkTimedOut
 from tests.conftest import ADMIN_KEY, FAKE_GATEWAY, MODEL, create_tenant, free_port, fresh_postgres_database, running
 
@@ -446,15 +448,16 @@ OUTPUT_ITEM_ID = re.compile(r"outputitem_[0-9a-f]{24}[0-9a-f]+")
 
 def test_output_item_ids_are_unguessable_and_stored_lookups_work(database: Database) -> None:
     evals = EvalService(database)
+    tenant = TenancyService(database).create_tenant(TenantCreate(name="tenant-a")).id
     body = EvalCreate.model_validate(
         {"data_source_config": {"type": "custom", "item_schema": {}}, "testing_criteria": [STRING_CHECK]}
     )
-    created = evals.create("tenant-a", body)
+    created = evals.create(tenant, body)
     run_body = RunCreate.model_validate(
         {"data_source": {"type": "jsonl", "source": inline(*[{"item": {"n": n}} for n in range(3)])}}
     )
     runs = [
-        evals.create_run("tenant-a", "key-a", created["id"], run_body, "jsonl", [({"n": n}, None) for n in range(3)])
+        evals.create_run(tenant, "key-a", created["id"], run_body, "jsonl", [({"n": n}, None) for n in range(3)])
         for _ in range(2)
     ]
     ids: list[list[str]] = []
@@ -464,19 +467,19 @@ def test_output_item_ids_are_unguessable_and_stored_lookups_work(database: Datab
         ids.append(
             [
                 item["id"]
-                for item in evals.output_items("tenant-a", created["id"], run["id"], None, 10, "asc", None)["data"]
+                for item in evals.output_items(tenant, created["id"], run["id"], None, 10, "asc", None)["data"]
             ]
         )
     flat = [item_id for run_ids in ids for item_id in run_ids]
     assert all(OUTPUT_ITEM_ID.fullmatch(item_id) for item_id in flat) and len(set(flat)) == 6
     assert len({item_id[11:35] for item_id in flat}) == 6  # no shared prefix or counter between items and runs
     first, second = runs[0]["id"], runs[1]["id"]
-    assert evals.output_item("tenant-a", created["id"], first, ids[0][1])["datasource_item_id"] == 1
-    page = evals.output_items("tenant-a", created["id"], first, ids[0][0], 10, "asc", None)["data"]
+    assert evals.output_item(tenant, created["id"], first, ids[0][1])["datasource_item_id"] == 1
+    page = evals.output_items(tenant, created["id"], first, ids[0][0], 10, "asc", None)["data"]
     assert [item["id"] for item in page] == ids[0][1:]
     for wrong in (ids[1][1], ids[0][1][:-1] + "f", "outputitem_2"):  # another run's, tampered, sequential
         with pytest.raises(NotFoundError):
-            evals.output_item("tenant-a", created["id"], first, wrong)
+            evals.output_item(tenant, created["id"], first, wrong)
     with pytest.raises(NotFoundError):
         evals.output_item("tenant-b", created["id"], second, ids[1][0])
 

@@ -25,7 +25,7 @@ from gateway import bounds
 from gateway.accounting.admission import Admission
 from gateway.db import Eval, EvalRun, EvalRunItem
 from gateway.edge.request_context import RequestContext, new_request_id
-from gateway.errors import APIError, QuotaExceeded, RateLimited, as_api_error
+from gateway.errors import APIError, QuotaExceeded, RateLimited, ServiceUnavailable, as_api_error
 from gateway.evals.graders import GradingError, grade_item
 from gateway.evals.service import EvalService
 from gateway.evals.templates import TemplateError, render
@@ -82,6 +82,9 @@ class EvalRunner:
     async def run_forever(self) -> None:
         while True:
             try:
+                if self._admission.draining:  # a gateway going away takes no new run
+                    await asyncio.sleep(self._poll)
+                    continue
                 run_id = await run_in_threadpool(self._evals.claim, self.runner_id, self._stale_after)
                 if run_id is None:
                     await asyncio.sleep(self._poll)
@@ -251,6 +254,11 @@ class EvalRunner:
                 if exc.headers.get("x-should-retry") == "false":
                     raise  # this sample can never fit the limit: an error for this item
                 await asyncio.sleep(int(exc.headers.get("retry-after-ms", "1000")) / 1000)
+                continue
+            except ServiceUnavailable:
+                # Draining, or usage cannot be made durable for now: the item is not the problem. Wait; if this
+                # gateway is going away, the run's heartbeat lapses and another runner resumes the item.
+                await asyncio.sleep(1)
                 continue
             try:
                 choices = await generation.collect()
