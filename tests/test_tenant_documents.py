@@ -465,10 +465,7 @@ def test_output_item_ids_are_unguessable_and_stored_lookups_work(database: Datab
         for row in evals.pending(run["id"]):
             evals.record(row.id, "pass", {"output_text": "x"}, [])
         ids.append(
-            [
-                item["id"]
-                for item in evals.output_items(tenant, created["id"], run["id"], None, 10, "asc", None)["data"]
-            ]
+            [item["id"] for item in evals.output_items(tenant, created["id"], run["id"], None, 10, "asc", None)["data"]]
         )
     flat = [item_id for run_ids in ids for item_id in run_ids]
     assert all(OUTPUT_ITEM_ID.fullmatch(item_id) for item_id in flat) and len(set(flat)) == 6

@@ -48,12 +48,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-
 def lock_live_tenant(session: Session, tenant_id: str, param: str) -> None:
     """Lock the tenant's row for ``session``'s transaction, so that content added there and the tenant's deletion
     (which takes the same lock) happen one after the other; a tenant deleted meanwhile is a 404 naming ``param``."""
     if session.scalar(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update()) is None:
         raise NotFoundError("This organization no longer exists.", param=param)
+
 
 @dataclass(frozen=True)
 class KeyIdentity:
