@@ -126,6 +126,19 @@ def create_tenant(admin: httpx.Client, name: str, **quotas: Any) -> tuple[dict[s
     return tenant, key.json()["key"]
 
 
+def console(base: str, key: str, **headers: str) -> httpx.Client:
+    """A client signed in to the console as a browser would be (same-origin form)."""
+    client = httpx.Client(base_url=base, headers={"origin": base, **headers})
+    signed = client.post("/console/login", data={"key": key})
+    assert signed.status_code == 303, signed.text
+    return client
+
+
+def csrf_of(client: httpx.Client, page: str) -> str:
+    text = client.get(page).text
+    return text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+
+
 def openai_client(server: str, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server}/v1", api_key=key, max_retries=0, timeout=120)
 

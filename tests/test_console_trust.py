@@ -14,25 +14,12 @@ import httpx
 from playwright.sync_api import Browser
 
 from tests import test_console
-from tests.conftest import ADMIN_KEY, MODEL
+from tests.conftest import ADMIN_KEY, MODEL, console, csrf_of
 from tests.test_console import ADMIN, sign_in, tenant
 
 data_dir, base, browser = test_console.data_dir, test_console.base, test_console.browser  # its fixtures, here too
 
 EVIL = "https://evil.example"
-
-
-def console(base: str, key: str, **headers: str) -> httpx.Client:
-    """A client signed in to the console as a browser would be (same-origin form)."""
-    client = httpx.Client(base_url=base, headers={"origin": base, **headers})
-    signed = client.post("/console/login", data={"key": key})
-    assert signed.status_code == 303, signed.text
-    return client
-
-
-def csrf_of(client: httpx.Client, page: str) -> str:
-    text = client.get(page).text
-    return text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
 
 
 def refused_everywhere(base: str, cookies: dict[str, str], page: str, csrf: str, bridge: str) -> bool:

@@ -31,7 +31,16 @@ from schemathesis import Case
 from engine.settings import EngineSettings
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from tests.conftest import ADMIN_KEY, FAKE_GATEWAY, create_tenant, free_port, fresh_postgres_database, running
+from tests.conftest import (
+    ADMIN_KEY,
+    FAKE_GATEWAY,
+    console,
+    create_tenant,
+    csrf_of,
+    free_port,
+    fresh_postgres_database,
+    running,
+)
 
 EXAMPLES = int(os.environ.get("LLMAAS_FUZZ_EXAMPLES", "25"))
 STALL_BOUND_S = 2.0
@@ -77,10 +86,11 @@ class Target:
 
 def console_session(base: str, key: str, page: str) -> ConsoleSession:
     """Signed in as a browser would (a same-origin form), with the CSRF token its pages carry."""
-    with httpx.Client(base_url=base, headers={"origin": base}) as browser:
-        assert browser.post("/console/login", data={"key": key}).status_code == 303
-        csrf = browser.get(page).text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
-        return ConsoleSession(dict(browser.cookies), {"origin": base, "x-csrf-token": csrf})
+    browser = console(base, key)
+    try:
+        return ConsoleSession(dict(browser.cookies), {"origin": base, "x-csrf-token": csrf_of(browser, page)})
+    finally:
+        browser.close()
 
 
 @pytest.fixture(scope="module")
