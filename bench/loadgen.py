@@ -160,18 +160,24 @@ class Gateway:
 
 @contextlib.contextmanager
 def running_gateway(
-    settings: Mapping[str, str], log_path: Path, model: str, ready_timeout_s: float = 600.0
+    settings: Mapping[str, str],
+    log_path: Path,
+    model: str,
+    ready_timeout_s: float = 600.0,
+    checkout: Path = REPO,
 ) -> Iterator[Gateway]:
     """Our gateway (``llmaas serve``) on a free port, with ``settings`` as its only ``LLMAAS_`` environment (no
-    stray setting of the caller's changes its defaults), once ready; stopped with its engine on exit."""
+    stray setting of the caller's changes its defaults), once ready; stopped with its engine on exit. Run from
+    ``checkout`` (another worktree of this repository, for a before/after comparison) with this interpreter."""
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_")}
     env.update(settings)
+    env["PYTHONPATH"] = str(checkout)
     command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=checkout, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
             wait_until_ready(proc, base_url, "/ready", ready_timeout_s, model)

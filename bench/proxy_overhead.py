@@ -13,7 +13,12 @@ Two paths to the same fake server, one after another:
   ledger (SQLite, in-process limits; ``--redis`` for limits in Redis).
 
 Per path: latency p50/p99 of ``--requests`` sequential requests (1 client), the requests/s ``--clients``
-concurrent clients sustain for ``--seconds``, and the server process's CPU time per request meanwhile. Prints a
+concurrent clients sustain for ``--seconds``, and the server process's CPU time per request meanwhile.
+
+``--compare DIR`` adds a second gateway run from another checkout of this repository (``git worktree add DIR
+REV``: the code before a change), same settings and interpreter: the sequential requests then alternate between
+the two gateways (one to each, in turn), so that both see the same moments of a noisy machine and the difference
+of their latencies is the change's cost; throughput is measured one gateway after the other. Prints a
 Markdown table (added latency = gateway - direct) and
 writes ``proxy_overhead.json`` into ``--results-dir``. Client, gateway and fake server share this machine's
 cores, so requests/s are a floor.
@@ -30,6 +35,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,38 +65,57 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def measure(
-    url: str, body: dict[str, Any], headers: dict[str, str], server_pid: int, args: argparse.Namespace
-) -> dict[str, Any]:
-    """Sequential latency, then the throughput of concurrent clients and the server's CPU time per request
-    meanwhile (steadier than requests/s on a machine whose cores the client and the servers share)."""
+@dataclass
+class Target:
+    name: str
+    url: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    pid: int
+
+
+async def _throughput(session: aiohttp.ClientSession, target: Target, args: argparse.Namespace) -> tuple[float, float]:
+    """Requests/s of ``--clients`` concurrent clients for ``--seconds``, and the server's CPU µs per request."""
+    done = 0
+    deadline = time.perf_counter() + args.seconds
+
+    async def client() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            await _one(session, target.url, target.body, target.headers)
+            done += 1
+
+    started, cpu_before = time.perf_counter(), cpu_seconds(target.pid)
+    await asyncio.gather(*(client() for _ in range(args.clients)))
+    elapsed, cpu = time.perf_counter() - started, cpu_seconds(target.pid) - cpu_before
+    return done / elapsed, cpu / done * 1e6
+
+
+async def measure(targets: list[Target], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Sequential latency (the targets in turn, one request each), then for each target alone the throughput of
+    concurrent clients and the server's CPU time per request meanwhile (steadier than requests/s on a machine
+    whose cores the client and the servers share)."""
     connector = aiohttp.TCPConnector(limit=args.clients, force_close=False)
+    latencies: dict[str, list[float]] = {target.name: [] for target in targets}
+    rows: dict[str, dict[str, Any]] = {}
     async with aiohttp.ClientSession(connector=connector) as session:
-        for _ in range(50):  # warm up: connections, caches, the first tokenizer calls
-            await _one(session, url, body, headers)
-        latencies = []
+        for target in targets:
+            for _ in range(50):  # warm up: connections, caches, the first tokenizer calls
+                await _one(session, target.url, target.body, target.headers)
         for _ in range(args.requests):
-            start = time.perf_counter()
-            await _one(session, url, body, headers)
-            latencies.append((time.perf_counter() - start) * 1000)
-        done = 0
-        deadline = time.perf_counter() + args.seconds
-
-        async def client() -> None:
-            nonlocal done
-            while time.perf_counter() < deadline:
-                await _one(session, url, body, headers)
-                done += 1
-
-        started, cpu_before = time.perf_counter(), cpu_seconds(server_pid)
-        await asyncio.gather(*(client() for _ in range(args.clients)))
-        elapsed, cpu = time.perf_counter() - started, cpu_seconds(server_pid) - cpu_before
-    return {
-        "p50_ms": statistics.median(latencies),
-        "p99_ms": percentile(latencies, 99),
-        "requests_per_s": done / elapsed,
-        "server_cpu_us_per_request": cpu / done * 1e6,
-    }
+            for target in targets:
+                start = time.perf_counter()
+                await _one(session, target.url, target.body, target.headers)
+                latencies[target.name].append((time.perf_counter() - start) * 1000)
+        for target in targets:
+            requests_per_s, cpu_us = await _throughput(session, target, args)
+            rows[target.name] = {
+                "p50_ms": statistics.median(latencies[target.name]),
+                "p99_ms": percentile(latencies[target.name], 99),
+                "requests_per_s": requests_per_s,
+                "server_cpu_us_per_request": cpu_us,
+            }
+    return rows
 
 
 def main() -> None:
@@ -100,6 +126,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--redis", action="store_true", help="limits in Redis (LLMAAS_REDIS_URL)")
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--compare", type=Path, help="another checkout's gateway, measured beside this one's")
     args = parser.parse_args()
 
     from engine.model_prep import prepare_default_model
@@ -127,26 +154,33 @@ def main() -> None:
         cwd=REPO,
         start_new_session=True,
     )
-    rows: dict[str, dict[str, Any]] = {}
     try:
         direct_body = {
             "model": MODEL, "prompt": prompt_ids, "max_tokens": args.max_tokens, "stream": True,
             "stream_options": {"include_usage": True}, "return_token_ids": True,
         }  # fmt: skip
         time.sleep(2)
-        rows["direct"] = asyncio.run(measure(f"{upstream_url}/v1/completions", direct_body, {}, fake.pid, args))
-        with tempfile.TemporaryDirectory() as data_dir:
-            settings = {
-                "LLMAAS_DATA_DIR": data_dir,
-                "LLMAAS_ADMIN_KEY": ADMIN_KEY,
-                "LLMAAS_ENGINE": "upstream",
-                "LLMAAS_UPSTREAM_URLS": upstream_url,
-                "LLMAAS_EMBEDDED_WORKER": "false",
-                "LLMAAS_LOG_LEVEL": "warning",
-            }
-            if args.redis:
-                settings["LLMAAS_REDIS_URL"] = "redis://127.0.0.1:6379/13"
-            with running_gateway(settings, results_dir / "proxy_overhead-gateway.log", MODEL, 120) as gateway:
+        direct = Target("direct", f"{upstream_url}/v1/completions", direct_body, {}, fake.pid)
+        rows = asyncio.run(measure([direct], args))
+        checkouts = {"gateway": REPO}
+        if args.compare:
+            checkouts[f"gateway @ {args.compare.name}"] = args.compare.resolve()
+        with ExitStack() as stack:
+            targets = []
+            for name, checkout in checkouts.items():
+                data_dir = stack.enter_context(tempfile.TemporaryDirectory())
+                settings = {
+                    "LLMAAS_DATA_DIR": data_dir,
+                    "LLMAAS_ADMIN_KEY": ADMIN_KEY,
+                    "LLMAAS_ENGINE": "upstream",
+                    "LLMAAS_UPSTREAM_URLS": upstream_url,
+                    "LLMAAS_EMBEDDED_WORKER": "false",
+                    "LLMAAS_LOG_LEVEL": "warning",
+                }
+                if args.redis:
+                    settings["LLMAAS_REDIS_URL"] = "redis://127.0.0.1:6379/13"
+                log = results_dir / f"proxy_overhead-{checkout.name}.log"
+                gateway = stack.enter_context(running_gateway(settings, log, MODEL, 120, checkout=checkout))
                 key = create_tenant_key(
                     gateway.base_url, ADMIN_KEY, "bench",
                     requests_per_minute=10_000_000, tokens_per_minute=1_000_000_000, max_concurrent_requests=10_000,
@@ -154,10 +188,9 @@ def main() -> None:
                     model_prices={MODEL: {"input": "0.1", "output": "0.2"}},
                 )  # fmt: skip
                 body = {"model": MODEL, "messages": MESSAGES, "max_tokens": args.max_tokens}
-                headers = {"authorization": f"Bearer {key}"}
-                rows["gateway"] = asyncio.run(
-                    measure(f"{gateway.base_url}/v1/chat/completions", body, headers, gateway.proc.pid, args)
-                )
+                url = f"{gateway.base_url}/v1/chat/completions"
+                targets.append(Target(name, url, body, {"authorization": f"Bearer {key}"}, gateway.proc.pid))
+            rows |= asyncio.run(measure(targets, args))
     finally:
         stop_server(fake)
 
@@ -178,7 +211,7 @@ def main() -> None:
         print("| " + " | ".join(cells) + " |")
     output = results_dir / "proxy_overhead.json"
     output.write_text(
-        json.dumps({"machine": facts, "args": vars(args) | {"results_dir": str(results_dir)}, "rows": rows}, indent=2)
+        json.dumps({"machine": facts, "args": vars(args), "rows": rows}, indent=2, default=str)
     )
     print(f"\nwrote {output}")
 

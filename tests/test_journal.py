@@ -11,22 +11,30 @@ import os
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
-from gateway.accounting.journal import Journal, orphans
+from gateway.accounting.journal import SEGMENT_BYTES_PER_RECORD, Journal, encode, replayable
+from gateway.accounting.journal_files import orphans, read_lines
 from gateway.accounting.ledger import JournalFailing, LedgerWriter
-from gateway.accounting.records import UsageLedger
-from gateway.db import Database
+from gateway.accounting.records import UsageEntry, UsageLedger
+from gateway.db import Database, UsageRecord
 from tests.conftest import REPO
 from tests.test_ledger import Unreachable, entry, rows, write_all
 
 
 def journal_lines(directory: Path) -> list[dict[str, object]]:
     return [
-        json.loads(line) for path in sorted(directory.glob("journal-*.jsonl")) for line in path.read_text().splitlines()
+        json.loads(line) for path in sorted(directory.glob("journal-*.jsonl")) for line in read_lines(path)
     ]
+
+
+def written_segments(directory: Path) -> list[str]:
+    """The names of the journal's segment files that hold records (the next one is created ahead, empty)."""
+    return sorted(path.name for path in directory.glob("journal-*.jsonl") if read_lines(path))
 
 
 def test_a_record_is_on_disk_when_durable_returns(tmp_path: Path) -> None:
@@ -59,11 +67,11 @@ def test_segments_go_only_once_the_database_has_every_record_in_them(tmp_path: P
     entries = [entry() for _ in range(10)]  # segments 0, 1 (4 each) and 2 (2)
     seqs = [journal.append(item) for item in entries]
     assert journal.wait_durable(seqs[-1])
-    assert len(list(tmp_path.glob("journal-*.jsonl"))) == 3
+    assert len(written_segments(tmp_path)) == 3
     journal.handled(entries[:7])  # segment 0 complete, segment 1 not
     journal.append(entry())  # the writer runs again: it removes what is complete
     assert journal.wait_durable(seqs[-1] + 1)
-    names = sorted(path.name.rsplit("-", 1)[1] for path in tmp_path.glob("journal-*.jsonl"))
+    names = [name.rsplit("-", 1)[1] for name in written_segments(tmp_path)]
     assert names == ["00000001.jsonl", "00000002.jsonl"]
     assert journal.close() == 4  # entries[7:] and the last one
     assert len(journal_lines(tmp_path)) == 7  # segments 1 and 2, kept whole
@@ -91,7 +99,7 @@ def test_every_process_has_its_own_journal_and_a_live_one_is_never_replayed(tmp_
     assert first.id != second.id
     first.wait_durable(first.append(entry()))
     second.wait_durable(second.append(entry()))
-    assert len(list(tmp_path.glob("journal-*.jsonl"))) == 2
+    assert len(written_segments(tmp_path)) == 2
     assert list(orphans(tmp_path)) == []  # both owners are alive
     first.close()
     found = list(orphans(tmp_path))
@@ -163,6 +171,63 @@ def test_a_journal_that_cannot_be_written_refuses_new_requests(tmp_path: Path, m
     assert writer.journal.wait_durable(seq, timeout=5)
     writer.claim()
     writer.unclaim()
-    lines = [json.loads(line) for path in tmp_path.glob("journal-*.jsonl") for line in path.read_text().splitlines()]
-    assert len(lines) == 1
+    assert len(journal_lines(tmp_path)) == 1
     writer.close()
+
+
+def test_a_streams_interim_records_stand_for_it_until_superseded_and_a_cut_stream_is_replayed_as_sent(
+    database: Database, tmp_path: Path
+) -> None:
+    journal = Journal(tmp_path, segment_records=4)
+    finished, cut = f"req_{uuid.uuid4().hex}", f"req_{uuid.uuid4().hex}"
+
+    def interim(request_id: str, sent: int) -> UsageEntry:
+        return entry(request_id=request_id, outcome="failed", completion_tokens=sent)
+
+    for sent in range(1, 4):  # each batch durable before it goes out, one after the other
+        for request_id in (finished, cut):
+            assert journal.wait_durable(journal.append(interim(request_id, sent), interim=True))
+    final = entry(request_id=finished, completion_tokens=3)
+    last = journal.append(final)
+    assert journal.wait_durable(last)
+    assert journal.unhandled == 2  # the finished stream's final record, the cut one's last interim record
+    journal.handled([final])
+    journal.append(entry())  # the writer runs again: it removes the segments nothing stands for any more
+    assert journal.wait_durable(last + 1)
+    # 8 records, 4 a segment: the first segment held only superseded interim records, and went
+    assert [name.rsplit("-", 1)[1] for name in written_segments(tmp_path)] == ["00000001.jsonl"]
+    assert journal.close() == 2  # the cut stream's last interim record and the last final one
+    writer = LedgerWriter(UsageLedger(database).write, tmp_path)
+    assert writer.replay() == 3  # what the kept segment holds: the two final records, the cut stream's last interim
+    writer.close()
+    with database.sessions() as session:
+        billed = {row.request_id: (row.outcome, row.completion_tokens) for row in session.scalars(select(UsageRecord))}
+    assert billed[finished] == ("completed", 3)  # its final record, never one of its interim ones
+    assert billed[cut] == ("failed", 3)
+    assert len(billed) == 3
+
+
+def test_replay_prefers_a_final_record_and_ignores_a_record_cut_while_it_was_written(tmp_path: Path) -> None:
+    request_id = f"req_{uuid.uuid4().hex}"
+    lines = [
+        encode(entry(request_id=request_id, outcome="failed", completion_tokens=1), interim=True),
+        encode(entry(request_id=request_id, completion_tokens=2)),
+        encode(entry(request_id=request_id, outcome="failed", completion_tokens=2), interim=True),  # cannot follow
+    ]
+    torn = encode(entry())[:50]
+    path = tmp_path / "journal-0123456789ab-00000000.jsonl"
+    path.write_bytes(b"".join(lines) + torn + bytes(4096))  # a preallocated segment, cut mid-record by a crash
+    records = list(replayable(read_lines(path)))
+    assert [(r.request_id, r.outcome, r.completion_tokens) for r in records] == [(request_id, "completed", 2)]
+
+
+def test_segments_are_written_in_place_over_preallocated_zeros(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, segment_records=8)
+    first = next(iter(tmp_path.glob("journal-*.jsonl")))
+    size = first.stat().st_size
+    assert size == 8 * SEGMENT_BYTES_PER_RECORD and first.read_bytes() == bytes(size)
+    for _ in range(3):
+        assert journal.wait_durable(journal.append(entry()))
+    assert first.stat().st_size == size  # no file growth to make durable on each sync
+    assert len(read_lines(first)) == 3
+    journal.close()

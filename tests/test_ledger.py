@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
+from gateway.accounting.journal_files import read_lines
 from gateway.accounting.ledger import LedgerFull, LedgerWriter
 from gateway.accounting.records import UsageEntry, UsageLedger
 from gateway.db import Database, UsageRecord
@@ -129,7 +130,7 @@ def test_a_shutdown_that_cannot_write_leaves_the_journal_and_the_next_start_writ
     write_all(writer, entries)
     writer.close()
     journals = list(tmp_path.glob("journal-*.jsonl"))
-    assert len(journals) == 1 and len(journals[0].read_text().splitlines()) == 7
+    assert len(journals) == 1 and len(read_lines(journals[0])) == 7
     shutil.copy(journals[0], tmp_path / "spool-0-copy.jsonl")  # as if replayed twice (an older version's spool)
     restarted = LedgerWriter(UsageLedger(database).write, tmp_path)
     assert restarted.replay() == 14

@@ -172,6 +172,11 @@ class Admission:
         self._tasks.spawn(self._settle_limiter(tenant_id, demand, used))
         return seq
 
+    def record_interim(self, entry: UsageEntry) -> int:
+        """Journal what a running stream would be charged if it were cut now; returns its number for
+        ``durable``."""
+        return self._ledger.record_interim(entry)
+
     async def durable(self, seq: int) -> None:
         """Return once the ledger record numbered ``seq`` is durable."""
         await self._ledger.durable(seq)
@@ -238,9 +243,24 @@ class InferenceReservation:
         self._settled = True
         if outcome == "aborted" and self._admission.interrupted:
             outcome = "failed"  # cut by our shutdown, not left by the client
+        entry = self._entry(outcome, prompt_tokens, delivered_tokens)
+        # Charged to the month of its ledger record (a stream may end in the month after it began).
+        used = Settlement(
+            entry.prompt_tokens + entry.completion_tokens, entry.cost_nanos, month=entry.created_at.strftime("%Y-%m")
+        )
+        self._seq = self._admission.settle(self._tenant.tenant_id, self._demand, used, entry)
+
+    async def delivering(self, prompt_tokens: int, delivered_tokens: int) -> None:
+        """A stream is about to send tokens, ``delivered_tokens`` with those already sent: return once what it
+        would be charged if it were cut right after them (our failure) is durable, so a crash bills it."""
+        if self._settled:
+            return
+        entry = self._entry("failed", prompt_tokens, delivered_tokens)
+        await self._admission.durable(self._admission.record_interim(entry))
+
+    def _entry(self, outcome: str, prompt_tokens: int, delivered_tokens: int) -> UsageEntry:
         prompt_tokens, completion_tokens = charged_tokens(outcome, prompt_tokens, delivered_tokens)
-        cost = self._price.cost_nanos(prompt_tokens, completion_tokens)
-        entry = UsageEntry(
+        return UsageEntry(
             request_id=self._context.id,
             tenant_id=self._tenant.tenant_id,
             key_id=self._tenant.key_id,
@@ -249,14 +269,11 @@ class InferenceReservation:
             outcome=outcome,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
-            cost_nanos=cost,
+            cost_nanos=self._price.cost_nanos(prompt_tokens, completion_tokens),
             created_at=utcnow(),
             end_user=self._end_user,
             client_request_id=self._context.client_request_id,
         )
-        # Charged to the month of its ledger record (a stream may end in the month after it began).
-        used = Settlement(prompt_tokens + completion_tokens, cost, month=entry.created_at.strftime("%Y-%m"))
-        self._seq = self._admission.settle(self._tenant.tenant_id, self._demand, used, entry)
 
     async def durable(self) -> None:
         """Return once the settled record is durable (at once if not settled yet)."""

@@ -31,7 +31,8 @@ from pathlib import Path
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from gateway.accounting.journal import Journal, orphans
+from gateway.accounting.journal import Journal, replayable
+from gateway.accounting.journal_files import orphans
 from gateway.accounting.records import UsageEntry
 from gateway.errors import ServiceUnavailable
 from gateway.private_files import open_private, private_dir
@@ -121,6 +122,12 @@ class LedgerWriter:
         with self._lock:
             self._queue.append(entry)
         return seq
+
+    def record_interim(self, entry: UsageEntry) -> int:
+        """Journal what a running stream would be charged if it were cut now (never written to the database by
+        this process: only a replay after a crash writes the last one of a stream that has no final record).
+        Returns its number in the journal, for ``durable``."""
+        return self._journal.append(entry, interim=True)
 
     async def durable(self, seq: int) -> None:
         """Return once the record numbered ``seq`` is durable (in the journal, on disk)."""
@@ -229,12 +236,12 @@ class LedgerWriter:
         replayed = 0
         for orphan in orphans(self._dir):
             entries = []
-            for number, line in enumerate(orphan.lines(), start=1):
-                try:
-                    entries.append(UsageEntry.from_json(json.loads(line)))
-                except (ValueError, TypeError, KeyError) as exc:  # a line cut short by a crash: set it aside
-                    logger.error("line %d of a journal is not a usage record (%s); set aside", number, exc)
-                    _append_jsonl(self._dir / "dead-letter.jsonl", [{"spooled": line, "error": str(exc)}])
+            for record in replayable(orphan.lines()):
+                if isinstance(record, UsageEntry):
+                    entries.append(record)
+                    continue
+                logger.error("a journal line is not a usage record; set aside: %s", str(record)[:300])
+                _append_jsonl(self._dir / "dead-letter.jsonl", [{"spooled": str(record), "error": "not a record"}])
             for start in range(0, len(entries), BATCH_LIMIT):
                 if self._write_or_split(entries[start : start + BATCH_LIMIT]):
                     orphan.release()

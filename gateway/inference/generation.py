@@ -1,6 +1,7 @@
 """Runs one API request on the engine: context checks, sampling options, the merged stream of choice
 deltas for one or several prompts, exact usage, what reached the client, and the outcome reported once when the
-run ends (whose record is made durable before the run lets its caller finish the answer)."""
+run ends (whose record is made durable before the run lets its caller finish the answer; a stream also makes
+durable, before each batch of tokens goes out, what it would be charged if it were cut after them)."""
 
 from __future__ import annotations
 
@@ -113,6 +114,7 @@ class GenerationRun:
         *,
         streaming: bool = False,
         durable: Callable[[], Awaitable[None]] | None = None,
+        delivering: Callable[[int, int], Awaitable[None]] | None = None,
     ) -> None:
         self._engine = engine
         self._adapter = adapter
@@ -129,6 +131,7 @@ class GenerationRun:
         self._observers = observers
         self._streaming = streaming
         self._durable = durable
+        self._delivering = delivering if streaming else None
         self._streamed = 0  # completion tokens whose chunk was handed to the client
         self._reported = False
         self._started = time.perf_counter()
@@ -146,6 +149,9 @@ class GenerationRun:
         outcome: Outcome = "aborted"
         try:
             async for prompt_index, batch in self._engine_streams():
+                tokens = sum(len(delta.token_ids) for delta in batch)
+                if tokens and self._delivering is not None:  # what a crash would bill, durable before it goes out
+                    await self._delivering(self.usage.prompt_tokens, self._streamed + tokens)
                 for delta in batch:
                     if first_token is None and delta.token_ids:
                         first_token = time.perf_counter() - started

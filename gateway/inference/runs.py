@@ -140,6 +140,7 @@ async def admit_run(run: RunRequest, serving: Serving) -> GenerationRun:
         served.adapter,
         streaming=bool(run.body.stream),
         durable=reservation.durable,
+        delivering=reservation.delivering,
     )
 
 
