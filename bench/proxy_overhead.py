@@ -210,9 +210,7 @@ def main() -> None:
         cells.append(f"{row['server_cpu_us_per_request']:.0f}")
         print("| " + " | ".join(cells) + " |")
     output = results_dir / "proxy_overhead.json"
-    output.write_text(
-        json.dumps({"machine": facts, "args": vars(args), "rows": rows}, indent=2, default=str)
-    )
+    output.write_text(json.dumps({"machine": facts, "args": vars(args), "rows": rows}, indent=2, default=str))
     print(f"\nwrote {output}")
 
 

@@ -27,9 +27,7 @@ from tests.test_ledger import Unreachable, entry, rows, write_all
 
 
 def journal_lines(directory: Path) -> list[dict[str, object]]:
-    return [
-        json.loads(line) for path in sorted(directory.glob("journal-*.jsonl")) for line in read_lines(path)
-    ]
+    return [json.loads(line) for path in sorted(directory.glob("journal-*.jsonl")) for line in read_lines(path)]
 
 
 def written_segments(directory: Path) -> list[str]:
