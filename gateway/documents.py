@@ -107,7 +107,7 @@ def _pattern_properties(
     for pattern, subschema in patterns.items():
         for key, value in instance.items():
             if regex(pattern).search(key):
-                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)  # type: ignore[attr-defined]  # the stubs' Validator lacks descend
 
 
 def _additional_properties(
@@ -120,7 +120,7 @@ def _additional_properties(
     extras = [key for key in instance if key not in known and not any(p.search(key) for p in patterns)]
     if validator.is_type(additional, "object"):
         for extra in extras:
-            yield from validator.descend(instance[extra], additional, path=extra)
+            yield from validator.descend(instance[extra], additional, path=extra)  # type: ignore[attr-defined]  # the stubs' Validator lacks descend
     elif not additional and extras:
         names = ", ".join(repr(extra[:100]) for extra in sorted(extras)[:10])
         yield ValidationError(f"Additional properties are not allowed ({names} unexpected)")
@@ -141,7 +141,9 @@ _KEYWORDS = {
     "patternProperties": _pattern_properties,
     "additionalProperties": _additional_properties,
 }
-TenantValidator = extend(Draft202012Validator, {name: _timed(keyword) for name, keyword in _KEYWORDS.items()})
+TenantValidator = extend(  # type: ignore[no-untyped-call]
+    Draft202012Validator, {name: _timed(keyword) for name, keyword in _KEYWORDS.items()}
+)
 """Draft 2020-12 with RE2 for every regex and a deadline on every keyword."""
 
 
@@ -149,13 +151,14 @@ TenantValidator = extend(Draft202012Validator, {name: _timed(keyword) for name, 
 
 
 def _retrieve_nothing(uri: str) -> referencing.Resource[Any]:
-    raise referencing.exceptions.NoSuchResource(ref=uri)
+    raise referencing.exceptions.NoSuchResource(ref=uri)  # type: ignore[call-arg]
 
 
 def _registry(schema: dict[str, Any]) -> referencing.jsonschema.SchemaRegistry:
     """Only the schema itself; anything else is unresolvable, and nothing is ever retrieved."""
     resource = referencing.jsonschema.DRAFT202012.create_resource(schema)
-    return referencing.Registry(retrieve=_retrieve_nothing).with_resource(resource.id() or "", resource)
+    registry = referencing.Registry(retrieve=_retrieve_nothing)  # type: ignore[call-arg]
+    return registry.with_resource(resource.id() or "", resource)  # type: ignore[no-any-return]
 
 
 def _objects(schema: Any) -> Iterator[tuple[dict[str, Any], bool]]:
@@ -178,7 +181,7 @@ def check_schema(schema: dict[str, Any]) -> dict[str, Any]:
     if len(json.dumps(schema, ensure_ascii=False)) > bounds.SCHEMA_BYTES:
         raise DocumentError(f"The schema is longer than {bounds.SCHEMA_BYTES} characters.")
     try:  # no format checks here: the metaschema's "regex" format would compile patterns in Python's re
-        Draft202012Validator.check_schema(schema, format_checker=None)
+        Draft202012Validator.check_schema(schema, format_checker=None)  # type: ignore[arg-type]
     except SchemaError as exc:
         raise DocumentError(f"not a valid JSON schema: {exc.message[:300]}") from None
     resolver = _registry(schema).resolver(base_uri=referencing.jsonschema.DRAFT202012.id_of(schema) or "")
@@ -203,7 +206,7 @@ def check_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def _check_reference(resolver: referencing.Resolver[Any], keyword: str, target: str) -> None:
+def _check_reference(resolver: referencing._core.Resolver[Any], keyword: str, target: str) -> None:
     shown = target[:100]
     if not target.startswith("#"):
         raise DocumentError(
@@ -222,7 +225,8 @@ def _validator(schema_text: str) -> Validator:
     # A root $schema (only 2020-12 passes the check) would make jsonschema switch, on a "$ref": "#" back to the
     # root, to its stock validator for that dialect: Python's re and no deadline. The dialect is ours already.
     schema.pop("$schema", None)
-    return TenantValidator(schema, registry=_registry(schema))
+    validator: Validator = TenantValidator(schema, registry=_registry(schema))
+    return validator
 
 
 def validate_items(schema: dict[str, Any], items: list[Any], seconds: float) -> tuple[int, str] | None:

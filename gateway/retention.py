@@ -18,7 +18,7 @@ from sqlalchemy import delete, select
 from starlette.concurrency import run_in_threadpool
 
 from gateway import audit
-from gateway.db import Database, EvalRun, EvalRunItem, File
+from gateway.db import Database, EvalRun, EvalRunItem, File, affected_rows
 from gateway.evals.service import FINAL
 from gateway.fine_tuning.files import FileStore
 from gateway.tenancy.service import utcnow
@@ -57,7 +57,7 @@ class Retention:
                 ids = list(session.scalars(select(File.id).where(File.created_at < before).limit(_BATCH)))
                 if not ids:
                     return total
-                deleted = session.execute(delete(File).where(File.id.in_(ids), File.created_at < before)).rowcount
+                deleted = affected_rows(session.execute(delete(File).where(File.id.in_(ids), File.created_at < before)))
                 if deleted:
                     details = {"files": deleted, "created_before": before.isoformat()}
                     audit.record(session, audit.SYSTEM_ACTOR, "retention.purge", "file", None, None, details)
@@ -67,7 +67,7 @@ class Retention:
     def _purge_eval_items(self, before: datetime) -> int:
         old_runs = select(EvalRun.id).where(EvalRun.status.in_(FINAL), EvalRun.finished_at < before)
         with self._db.session() as session:
-            deleted = session.execute(delete(EvalRunItem).where(EvalRunItem.run_id.in_(old_runs))).rowcount
+            deleted = affected_rows(session.execute(delete(EvalRunItem).where(EvalRunItem.run_id.in_(old_runs))))
             if deleted:
                 details = {"eval_items": deleted, "finished_before": before.isoformat()}
                 audit.record(session, audit.SYSTEM_ACTOR, "retention.purge", "eval_item", None, None, details)

@@ -8,9 +8,9 @@ import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -58,7 +58,7 @@ def insert_usage(session: Session, entries: list[UsageEntry]) -> None:
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     # On the table, not the ORM class: a plain executemany, without the ORM's bulk-insert machinery per row.
-    table = UsageRecord.__table__
+    table = cast(Table, UsageRecord.__table__)
     statement = insert(table).on_conflict_do_nothing(index_elements=["request_id"]).returning(table.c.request_id)
     inserted = set(session.scalars(statement, [entry.row() for entry in entries]))
     sums: dict[tuple[str, str, str, str, str], list[Any]] = {}
@@ -74,7 +74,7 @@ def insert_usage(session: Session, entries: list[UsageEntry]) -> None:
         total[3] += entry.cost_nanos
     if not sums:
         return
-    daily = insert(UsageDaily.__table__)
+    daily = insert(cast(Table, UsageDaily.__table__))
     upsert = daily.on_conflict_do_update(
         index_elements=["tenant_id", "day", "key_id", "model", "kind"],
         set_={

@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import Query, Response
-from sqlalchemy import case, func, select
+from sqlalchemy import Label, case, func, select
 
 from gateway import bounds
 from gateway.bounds import UtcDateTime
@@ -21,7 +21,7 @@ from gateway.errors import InvalidRequestError
 Bucket = Literal["hour", "day", "month", "none"]
 GroupField = Literal["tenant", "key", "model", "kind"]
 GROUP_FIELDS: tuple[GroupField, ...] = ("tenant", "key", "model", "kind")
-_COLUMNS = {
+_COLUMNS: dict[str, Label[Any]] = {
     "tenant": UsageRecord.tenant_id.label("tenant_id"),
     "key": UsageRecord.key_id.label("key_id"),
     "model": UsageRecord.model.label("model"),

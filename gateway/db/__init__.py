@@ -1,7 +1,7 @@
 """Persistence: SQLAlchemy 2 tables, the database engine (SQLite in WAL mode by default, PostgreSQL in
 production) and Alembic migrations applied at start."""
 
-from gateway.db.database import Database
+from gateway.db.database import Database, affected_rows
 from gateway.db.schema import (
     ApiKey,
     AuditEntry,
@@ -29,4 +29,5 @@ __all__ = [
     "Tenant",
     "UsageDaily",
     "UsageRecord",
+    "affected_rows",
 ]

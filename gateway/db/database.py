@@ -9,10 +9,10 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from filelock import FileLock
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import CursorResult, Result, create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -20,6 +20,11 @@ from gateway.private_files import FILE_MODE, private_file
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK_ID = 0x4C4C4D41  # "LLMA": pg_advisory_xact_lock key
+
+
+def affected_rows(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE changed (its result is a ``CursorResult``, which the session's typing hides)."""
+    return cast("CursorResult[Any]", result).rowcount
 
 
 def sqlite_url(data_dir: Path) -> str:

@@ -164,7 +164,7 @@ class GenerationRun:
             raise
         finally:  # "aborted" also when the client left (CancelledError, GeneratorExit): nothing to wait for
             self._report(outcome, first_token)
-            if outcome != "aborted" and self._durable is not None:
+            if _leaves_answer(outcome) and self._durable is not None:
                 await self._durable()
 
     def close(self) -> None:
@@ -201,11 +201,17 @@ class GenerationRun:
         return merge_streams(streams)
 
 
+def _leaves_answer(outcome: Outcome) -> bool:
+    """Whether the caller goes on to finish an answer (whose record must be durable first): not for a client that
+    left."""
+    return outcome != "aborted"
+
+
 async def merge_streams(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
     """Interleave several async iterators as items arrive; closing the merge cancels them all."""
     if len(streams) == 1:
-        async for item in streams[0]:
-            yield 0, item
+        async for only in streams[0]:
+            yield 0, only
         return
     queue: asyncio.Queue[tuple[int, T | None, BaseException | None]] = asyncio.Queue()
 

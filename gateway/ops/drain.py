@@ -22,7 +22,7 @@ from gateway.accounting.admission import Admission
 from gateway.state import state_of
 
 logger = logging.getLogger(__name__)
-_CUT_GRACE_SECONDS = 1.0
+_CUT_GRACE_SECONDS = 1
 """After the deadline: how long the requests cut get to end their responses and settle."""
 
 

@@ -345,7 +345,7 @@ class RedisLimiter:
         resv = self._key(tenant_id, "resv")
         lease = demand.lease_seconds or self._lease
         keys = [*self._window_keys(tenant_id), self._key(tenant_id, "inflight"), resv, budget_key]
-        args = [
+        args: list[str | int | float] = [
             demand.id,
             int(rate is not None),
             rate.requests if rate else 0,
