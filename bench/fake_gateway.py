@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     import logging
 
-    from engine.fake import FakeEngine
+    from engine.fake import FakeEngine, fake_backend
     from engine.settings import EngineSettings
     from gateway.app import create_app
     from gateway.edge.connections import uvicorn_options
@@ -36,7 +36,7 @@ def main() -> None:
     app = create_app(
         settings,
         EngineSettings(),
-        engine_factory=lambda _: FakeEngine(seconds_per_token=args.seconds_per_token),
+        backend_factory=fake_backend(FakeEngine(seconds_per_token=args.seconds_per_token)),
     )
     drain.serve(
         app,

@@ -54,7 +54,7 @@ def convert_gguf(gguf_file: Path, target: Path) -> None:
     )
     # The weights are dense now: drop the GGUF quantization marker so the dir loads as a plain model.
     model.config.__dict__.pop("quantization_config", None)
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # torch types unknown attributes as submodules
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
 

@@ -1,5 +1,7 @@
-"""The small interface the gateway sees: generate as an async stream of deltas, abort, tokenizer access,
-adapters. Only ``engine.vllm_engine`` knows vLLM; everything here is plain Python."""
+"""The per-model interface the gateway sees (``Engine``: its tokenizer, its context length, generate as an async
+stream of deltas, adapters) and the plain values that cross it. An engine knows nothing of processes: what runs
+the models (starts, stops, reports load) is a backend (``engine.backend``). Only ``engine.vllm_engine`` knows
+vLLM; everything here is plain Python."""
 
 from __future__ import annotations
 
@@ -67,13 +69,6 @@ class CompletionDelta:
     finish_reason: FinishReason | None = None
 
 
-@dataclass(frozen=True)
-class EngineLoad:
-    running: int
-    waiting: int
-    kv_cache_usage: float
-
-
 class Tokenizer(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
@@ -86,7 +81,7 @@ class Tokenizer(Protocol):
 
 
 class Engine(Protocol):
-    """A loaded model that streams completions for token prompts."""
+    """One served model that streams completions for token prompts."""
 
     @property
     def tokenizer(self) -> Tokenizer: ...
@@ -109,18 +104,3 @@ class Engine(Protocol):
     async def remove_adapter(self, adapter: AdapterRef) -> None:
         """Unload an adapter that is being deleted."""
         ...
-
-    async def abort(self, request_id: str) -> None: ...
-
-    def load(self) -> EngineLoad: ...
-
-    @property
-    def info(self) -> dict[str, str]:
-        """How it runs (dtype, hardware): shown by ``/ready`` and logged at start."""
-        ...
-
-    def unfinished_requests(self) -> int: ...
-
-    async def check_health(self) -> None: ...
-
-    def shutdown(self) -> None: ...

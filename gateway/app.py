@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -26,10 +27,9 @@ from starlette.concurrency import run_in_threadpool
 from adapters.adapter_store import SharedDirectory
 from adapters.jobs import JobService
 from adapters.registry import AdapterRegistry
-from engine.protocol import Engine
+from engine.backend import BackendFactory
+from engine.factory import build_backend
 from engine.settings import EngineSettings
-from engine.upstream.pool import UpstreamPool
-from engine.upstream.settings import UpstreamSettings
 from gateway.accounting import routes as usage_routes
 from gateway.accounting.admission import Admission
 from gateway.accounting.ledger import LedgerWriter
@@ -89,14 +89,6 @@ EXPOSED_HEADERS = [
     "retry-after-ms",
 ]
 """Response headers a page on another origin may read (a browser hides all others)."""
-EngineFactory = Callable[[EngineSettings], Engine]
-
-
-def build_vllm_engine(settings: EngineSettings) -> Engine:
-    from engine.model_prep import resolve_model_dir
-    from engine.vllm_engine import VLLMEngine
-
-    return VLLMEngine(settings, resolve_model_dir(settings))
 
 
 def open_database(settings: GatewaySettings) -> Database:
@@ -135,7 +127,7 @@ def build_limiter(settings: GatewaySettings) -> Limiter:
 def create_app(
     settings: GatewaySettings,
     engine_settings: EngineSettings,
-    engine_factory: EngineFactory = build_vllm_engine,
+    backend_factory: BackendFactory = build_backend,
 ) -> FastAPI:
     metrics = Metrics()
 
@@ -171,7 +163,10 @@ def create_app(
 
             registry = adapter_registry(database, settings)
             files = file_store(database, settings)
-            engines = await stack.enter_async_context(_engines(engine_settings, engine_factory, registry, metrics))
+            backend = backend_factory(engine_settings, partial(SharedDirectory, registry.store_dir))
+            stack.push_async_callback(backend.close)
+            await backend.start()
+            metrics.watch_backend(backend.status)
             stack.push_async_callback(_cancel, asyncio.create_task(billing.run()))
 
             prices = price_book(settings)
@@ -189,9 +184,10 @@ def create_app(
             evals = EvalService(database)
             workers = Workers(settings.tenant_work_processes)
             stack.callback(workers.close)
-            catalog = ModelCatalog(engines, registry)
+            catalog = ModelCatalog(backend, registry)
             longest = max(
-                (engine.max_model_len for engine in engines().values()), default=engine_settings.max_model_len
+                (offer.engine.max_model_len for offer in backend.models().values()),
+                default=engine_settings.max_model_len,
             )
             caps = RequestCaps.from_settings(settings, longest)
             metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
@@ -270,30 +266,6 @@ def create_app(
             max_age=600,
         )
     return app
-
-
-@asynccontextmanager
-async def _engines(
-    engine_settings: EngineSettings, engine_factory: EngineFactory, registry: AdapterRegistry, metrics: Metrics
-) -> AsyncIterator[Callable[[], Mapping[str, Engine]]]:
-    """The base models' engines, by id: the one in this process, or those of the upstream pool's replicas."""
-    if engine_settings.engine == "upstream":
-        upstream = UpstreamSettings()
-        pool = UpstreamPool(upstream, SharedDirectory(registry.store_dir, upstream.adapter_root).location_for_replicas)
-        await pool.start()
-        metrics.watch_engine(pool)
-        metrics.watch_replicas(pool.status)
-        try:
-            yield pool.engines
-        finally:
-            await pool.close()
-        return
-    engine = engine_factory(engine_settings)
-    metrics.watch_engine(engine)
-    try:
-        yield lambda: {engine_settings.served_model_name: engine}
-    finally:
-        engine.shutdown()
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select, text
 
-from engine.fake import FakeEngine
+from engine.fake import FakeEngine, fake_backend
 from engine.protocol import AdapterRef, CompletionDelta, EngineError, SamplingOptions
 from engine.settings import EngineSettings
 from gateway.accounting.charges import charged_tokens
@@ -60,7 +60,7 @@ class BreakingEngine(FakeEngine):
 def gateway(tmp_path: Path) -> Iterator[tuple[TestClient, BreakingEngine, openai.OpenAI]]:
     engine = BreakingEngine(2)
     settings = GatewaySettings(data_dir=tmp_path, admin_key="sk-admin-unit-0123456789")
-    app = create_app(settings, EngineSettings(served_model_name="fake"), engine_factory=lambda _: engine)
+    app = create_app(settings, EngineSettings(served_model_name="fake"), backend_factory=fake_backend(engine))
     with TestClient(app) as http:
         tenancy = state_of(app).tenancy
         tenant = tenancy.create_tenant(TenantCreate(name="charges"))

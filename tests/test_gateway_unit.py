@@ -14,7 +14,7 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from engine.fake import FakeEngine
+from engine.fake import FakeEngine, fake_backend
 from engine.protocol import AdapterRef, CompletionDelta, EngineError, SamplingOptions
 from engine.settings import EngineSettings
 from gateway.app import create_app
@@ -43,7 +43,7 @@ class FailingEngine(FakeEngine):
 @pytest.fixture
 def failing_client(tmp_path: Path) -> Iterator[openai.OpenAI]:
     settings = GatewaySettings(data_dir=tmp_path, admin_key="sk-admin-unit-0123456789")
-    app = create_app(settings, EngineSettings(served_model_name="fake"), engine_factory=lambda _: FailingEngine())
+    app = create_app(settings, EngineSettings(served_model_name="fake"), backend_factory=fake_backend(FailingEngine()))
     with TestClient(app) as http:
         tenancy = state_of(app).tenancy
         tenant = tenancy.create_tenant(TenantCreate(name="unit"))

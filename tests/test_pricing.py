@@ -27,7 +27,7 @@ from sqlalchemy import select, update
 from adapters.jobs import JobService
 from adapters.registry import AdapterRegistry, checkpoint_name, lineage, model_name
 from adapters.store import FineTuningJob
-from engine.fake import FakeEngine
+from engine.fake import FakeEngine, fake_backend
 from engine.settings import EngineSettings
 from gateway.accounting.pricing import UNPRICED, Price, PriceBook
 from gateway.accounting.records import UsageEntry, UsageLedger
@@ -194,7 +194,7 @@ def gateways(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callabl
                 default_model_prices=default_model_prices or {},
             )
             engine = FakeEngine()
-            app = create_app(settings, EngineSettings(served_model_name=BASE), engine_factory=lambda _: engine)
+            app = create_app(settings, EngineSettings(served_model_name=BASE), backend_factory=fake_backend(engine))
             http = stack.enter_context(TestClient(app))
             database = Database(url or sqlite_url(tmp_path))
             stack.callback(database.dispose)

@@ -89,7 +89,7 @@ def _ensure_ninja_on_path() -> None:
         return
     candidates = [Path(sys.executable).parent]
     try:
-        import ninja  # type: ignore[import-untyped]
+        import ninja
 
         candidates.insert(0, Path(ninja.BIN_DIR))
     except (ImportError, AttributeError):
@@ -132,7 +132,7 @@ def load() -> ModuleType:
             build_dir.mkdir(parents=True, exist_ok=True)
             _ensure_ninja_on_path()
             _clear_stale_lock(build_dir)
-            module = jit_load(
+            module: ModuleType = jit_load(
                 name=LIBRARY_NAME,
                 sources=[str(SOURCE)],
                 extra_cflags=list(cflags()),

@@ -63,7 +63,7 @@ def _register() -> None:
     def get_punica_wrapper(cls: type) -> str:
         return OUR_WRAPPER if kernels_ready() else CPU_WRAPPER
 
-    platform_cls.get_punica_wrapper = classmethod(get_punica_wrapper)  # type: ignore[method-assign]
+    platform_cls.get_punica_wrapper = classmethod(get_punica_wrapper)  # type: ignore[assignment]  # patches vLLM
     platform_cls._llmaas_lora_kernels = True  # type: ignore[attr-defined]
 
 

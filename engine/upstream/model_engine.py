@@ -1,9 +1,9 @@
-"""One base model served by the pool, behind the engine interface the gateway already speaks.
+"""One base model served by the pool, behind the per-model engine interface.
 
-A request goes to the best replica for it (``routing``), with its adapter loaded there first (``placement``).
-Connect errors, timeouts, 5xx and overload before the first delta are retried on another replica (at most
-``max_attempts`` replicas); once a delta went out, a failure ends the stream. Only a replica's own trouble
-(unreachable, cut off, overloaded, 502-504) ejects it. The replica's own token ids
+A request goes to the best replica for it (``UpstreamPool.ranked``), with its adapter loaded there first
+(``UpstreamPool.attempt``). Connect errors, timeouts, 5xx and overload before the first delta are retried on
+another replica (at most ``max_attempts`` replicas); once a delta went out, a failure ends the stream. Only a
+replica's own trouble (unreachable, cut off, overloaded, 502-504) ejects it. The replica's own token ids
 are what the gateway counts, so the ledger holds the upstream's counts. Closing the stream closes the
 connection, and vLLM aborts the request."""
 
@@ -12,32 +12,34 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine.protocol import (
     AdapterRef,
     CompletionDelta,
     EngineError,
-    EngineLoad,
     EngineUnavailable,
     SamplingOptions,
     Tokenizer,
 )
+from engine.translate import chunk_deltas, completion_body
 from engine.upstream.client import AdapterLoadFailed, ModelMissing, ReplicaFailed
 from engine.upstream.replica import Replica
-from engine.upstream.translate import chunk_deltas, completion_body
+from engine.upstream.settings import UpstreamSettings
 
 if TYPE_CHECKING:
     from engine.upstream.pool import UpstreamPool
 
 logger = logging.getLogger(__name__)
+PAST_DEADLINE = "The request ran past its deadline and was stopped."
 
 
 class UpstreamEngine:
-    def __init__(self, model: str, tokenizer: Tokenizer, pool: UpstreamPool) -> None:
+    def __init__(self, model: str, tokenizer: Tokenizer, pool: UpstreamPool, settings: UpstreamSettings) -> None:
         self.model = model
         self._tokenizer = tokenizer
         self._pool = pool
+        self._settings = settings
         self._max_model_len = 0
 
     @property
@@ -47,9 +49,7 @@ class UpstreamEngine:
     @property
     def max_model_len(self) -> int:
         """The shortest context among the replicas that serve it (while none does: the last one known)."""
-        lengths = [r.models[self.model].max_model_len for r in self._pool.all_replicas() if r.serves(self.model)]
-        if lengths:
-            self._max_model_len = min(lengths)
+        self._max_model_len = self._pool.context_length(self.model) or self._max_model_len
         return self._max_model_len
 
     async def generate(
@@ -59,16 +59,15 @@ class UpstreamEngine:
         request_id: str,
         adapter: AdapterRef | None = None,
     ) -> AsyncIterator[list[CompletionDelta]]:
-        settings = self._pool.settings
-        deadline = time.monotonic() + settings.request_deadline_seconds
+        deadline = time.monotonic() + self._settings.request_deadline_seconds
         body = completion_body(adapter.name if adapter else self.model, prompt_token_ids, options)
         tried: set[str] = set()
         last_failure: Exception | None = None
-        for _ in range(settings.max_attempts):
-            candidates = [r for r in self._pool.serving(self.model) if r.url not in tried]
+        for _ in range(self._settings.max_attempts):
+            candidates = self._pool.ranked(self.model, adapter, exclude=tried)
             if not candidates:
                 break
-            replica = self._pool.router.rank(candidates, adapter.name if adapter else None)[0]
+            replica = candidates[0]
             tried.add(replica.url)
             sent_any = False
             try:
@@ -81,7 +80,7 @@ class UpstreamEngine:
                     logger.warning("upstream %s failed mid-answer: %s", replica.url, exc)
                     raise EngineError("The model server failed in the middle of the answer.") from exc
                 logger.warning("upstream %s failed before answering, trying another: %s", replica.url, exc)
-                self._note_failure(replica, exc, adapter)
+                self._pool.note_failure(replica, exc, adapter)
                 if isinstance(exc, ModelMissing) and adapter is not None:
                     tried.discard(replica.url)  # it may take the request once the adapter is loaded again
                 last_failure = exc
@@ -93,74 +92,26 @@ class UpstreamEngine:
     async def _on(
         self,
         replica: Replica,
-        body: dict[str, object],
+        body: dict[str, Any],
         options: SamplingOptions,
         adapter: AdapterRef | None,
         deadline: float,
     ) -> AsyncIterator[list[CompletionDelta]]:
-        replica.in_flight += 1
-        if adapter is not None:
-            replica.in_flight_by_adapter[adapter.name] += 1
-        try:
-            if adapter is not None:
-                await self._pool.placement.ensure_loaded(replica, adapter)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise EngineError("The request ran past its deadline and was stopped.")
-            read_timeout = min(self._pool.settings.read_timeout_seconds, remaining)
-            async with self._pool.client.stream_completion(replica, body, read_timeout) as chunks:
-                async for chunk in chunks:
-                    if time.monotonic() > deadline:
-                        raise EngineError("The request ran past its deadline and was stopped.")
-                    self._check_usage(chunk, body)
-                    deltas = chunk_deltas(chunk, options.logprobs)
-                    if deltas:
-                        yield deltas
-        finally:
-            replica.in_flight -= 1
-            if adapter is not None:
-                replica.in_flight_by_adapter[adapter.name] -= 1
-
-    def _note_failure(self, replica: Replica, exc: ReplicaFailed, adapter: AdapterRef | None) -> None:
-        if isinstance(exc, ModelMissing):
-            if adapter is not None:  # it restarted and lost the adapter: load it again, there or elsewhere
-                replica.adapters.pop(adapter.name, None)
-            return
-        if exc.eject:
-            logger.warning("ejecting upstream %s for %.0f s: %s", replica.url, self._pool.settings.eject_seconds, exc)
-            replica.eject(self._pool.settings.eject_seconds)
-
-    def _check_usage(self, chunk: dict[str, object], body: dict[str, object]) -> None:
-        usage = chunk.get("usage")
-        prompt = body["prompt"]
-        if isinstance(usage, dict) and isinstance(prompt, list) and usage.get("prompt_tokens") != len(prompt):
-            logger.warning("upstream counted %s prompt tokens for %d sent", usage.get("prompt_tokens"), len(prompt))
+        async with self._pool.attempt(replica, body, adapter, deadline) as chunks:
+            async for chunk in chunks:
+                if time.monotonic() > deadline:
+                    raise EngineError(PAST_DEADLINE)
+                _check_usage(chunk, body)
+                deltas = chunk_deltas(chunk, options.logprobs)
+                if deltas:
+                    yield deltas
 
     async def remove_adapter(self, adapter: AdapterRef) -> None:
-        await self._pool.placement.remove_everywhere(self._pool.all_replicas(), adapter)
+        await self._pool.remove_adapter(adapter)
 
-    async def abort(self, request_id: str) -> None:
-        """Nothing to do: closing a request's stream closes its connection, and the replica aborts it."""
 
-    def load(self) -> EngineLoad:
-        return self._pool.load()
-
-    @property
-    def info(self) -> dict[str, str]:
-        serving = [r for r in self._pool.all_replicas() if r.serves(self.model)]
-        available = self._pool.serving(self.model)
-        return {
-            "backend": "upstream",
-            "replicas": f"{len(available)}/{len(serving)} available",
-            "routing": self._pool.settings.routing,
-        }
-
-    def unfinished_requests(self) -> int:
-        return self._pool.unfinished_requests()
-
-    async def check_health(self) -> None:
-        if not self._pool.serving(self.model):
-            raise EngineUnavailable(f"No server for model '{self.model}' is available.")
-
-    def shutdown(self) -> None:
-        """The pool owns the connections and closes them."""
+def _check_usage(chunk: dict[str, Any], body: dict[str, Any]) -> None:
+    usage = chunk.get("usage")
+    prompt = body["prompt"]
+    if isinstance(usage, dict) and isinstance(prompt, list) and usage.get("prompt_tokens") != len(prompt):
+        logger.warning("upstream counted %s prompt tokens for %d sent", usage.get("prompt_tokens"), len(prompt))

@@ -1,6 +1,8 @@
-"""The replicas behind the gateway: kept in step with discovery, checked every scrape interval (``/health``,
-``/metrics``, ``/v1/models``), and offered as one engine per base model they serve (``UpstreamEngine``).
-Several base models across the pool are fine: each request only goes to the replicas that serve its model."""
+"""The upstream backend: the replicas behind the gateway, kept in step with discovery, checked every scrape
+interval (``/health``, ``/metrics``, ``/v1/models``), and offered as one engine per base model they serve
+(``UpstreamEngine``). Several base models across the pool are fine: each request only goes to the replicas that
+serve its model. Its engines reach the replicas through its small public API: ``ranked``, ``attempt``,
+``note_failure``, ``context_length`` and ``remove_adapter``."""
 
 from __future__ import annotations
 
@@ -8,17 +10,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
 
 import aiohttp
 from starlette.concurrency import run_in_threadpool
 
-from engine.protocol import AdapterRef, EngineLoad, Tokenizer
+from engine.backend import BackendStatus, EngineLoad, ModelOffer, ReplicaStatus
+from engine.protocol import AdapterRef, EngineError, EngineUnavailable, Tokenizer
 from engine.tokenizer import HFTokenizer
-from engine.upstream.client import ReplicaClient, ReplicaFailed
+from engine.upstream.client import ModelMissing, ReplicaClient, ReplicaFailed
 from engine.upstream.discovery import Discovery
-from engine.upstream.model_engine import UpstreamEngine
+from engine.upstream.model_engine import PAST_DEADLINE, UpstreamEngine
 from engine.upstream.placement import AdapterPlacement
 from engine.upstream.replica import Replica
 from engine.upstream.routing import Router
@@ -28,24 +32,9 @@ logger = logging.getLogger(__name__)
 TOKENIZER_RETRY_SECONDS = 60.0
 
 
-@dataclass(frozen=True)
-class ReplicaStatus:
-    """One replica as ``/ready`` and ``/metrics`` show it."""
-
-    url: str
-    available: bool
-    models: tuple[str, ...]
-    in_flight: int
-    running: int
-    waiting: int
-    kv_cache_usage: float
-    adapters_loaded: int
-    adapter_loads: int
-
-
 class UpstreamPool:
     def __init__(self, settings: UpstreamSettings, adapter_location: Callable[[AdapterRef], str]) -> None:
-        self.settings = settings
+        self._settings = settings
         api_key = settings.api_key.get_secret_value() if settings.api_key else None
         self._discovery = Discovery(settings.urls, settings.file, api_key)
         self._session = aiohttp.ClientSession(
@@ -54,11 +43,11 @@ class UpstreamPool:
                 total=None, sock_connect=settings.connect_timeout_seconds, sock_read=settings.read_timeout_seconds
             ),
         )
-        self.client = ReplicaClient(self._session, settings.fallback_max_model_len)
-        self.router = Router(settings.routing)
-        self.placement = AdapterPlacement(self.client, adapter_location, settings.max_adapters_per_replica)
-        self.replicas: dict[str, Replica] = {}
-        self._engines: dict[str, UpstreamEngine] = {}
+        self._client = ReplicaClient(self._session, settings.fallback_max_model_len)
+        self._placement = AdapterPlacement(self._client, adapter_location, settings.max_adapters_per_replica)
+        self._router = Router(settings.routing)
+        self._replicas: dict[str, Replica] = {}
+        self._models: dict[str, ModelOffer] = {}
         self._tokenizer_failed: dict[str, float] = {}
         self._loop: asyncio.Task[None] | None = None
 
@@ -66,10 +55,10 @@ class UpstreamPool:
         """Check the replicas once (waiting up to ``wait_seconds`` for one to answer), then keep checking."""
         deadline = time.monotonic() + wait_seconds
         await self.refresh()
-        while not self._engines and time.monotonic() < deadline:
-            await asyncio.sleep(self.settings.scrape_interval_seconds)
+        while not self._models and time.monotonic() < deadline:
+            await asyncio.sleep(self._settings.scrape_interval_seconds)
             await self.refresh()
-        if not self._engines:
+        if not self._models:
             logger.error("no upstream replica answered within %.0f s; serving 503 until one does", wait_seconds)
         self._loop = asyncio.create_task(self._keep_refreshing())
 
@@ -80,20 +69,63 @@ class UpstreamPool:
                 await self._loop
         await self._session.close()
 
-    def engines(self) -> dict[str, UpstreamEngine]:
+    def models(self) -> Mapping[str, ModelOffer]:
         """One engine per base model some replica has served (requests fail over among those serving it now)."""
-        return dict(self._engines)
+        return dict(self._models)
 
-    def serving(self, model: str) -> list[Replica]:
+    def _serving(self, model: str) -> list[Replica]:
         now = time.monotonic()
-        return [r for r in self.replicas.values() if r.available(now) and r.serves(model)]
+        return [r for r in self._replicas.values() if r.available(now) and r.serves(model)]
 
-    def all_replicas(self) -> list[Replica]:
-        return list(self.replicas.values())
+    def ranked(self, model: str, adapter: AdapterRef | None, exclude: set[str]) -> list[Replica]:
+        """The available replicas that serve ``model``, but those in ``exclude`` (by URL), best first."""
+        candidates = [r for r in self._serving(model) if r.url not in exclude]
+        return self._router.rank(candidates, adapter.name if adapter else None)
+
+    def context_length(self, model: str) -> int | None:
+        """The shortest context among the replicas that serve ``model``; None while none does."""
+        return min((r.models[model].max_model_len for r in self._replicas.values() if r.serves(model)), default=None)
+
+    @asynccontextmanager
+    async def attempt(
+        self, replica: Replica, body: dict[str, Any], adapter: AdapterRef | None, deadline: float
+    ) -> AsyncIterator[AsyncIterator[Any]]:
+        """One try of a request on ``replica`` (counted in flight there): its adapter loaded there first, then the
+        chunks of its streamed completion. Raises ``ReplicaFailed`` where another replica may do better."""
+        replica.in_flight += 1
+        if adapter is not None:
+            replica.in_flight_by_adapter[adapter.name] += 1
+        try:
+            if adapter is not None:
+                await self._placement.ensure_loaded(replica, adapter)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise EngineError(PAST_DEADLINE)
+            read_timeout = min(self._settings.read_timeout_seconds, remaining)
+            async with self._client.stream_completion(replica, body, read_timeout) as chunks:
+                yield chunks
+        finally:
+            replica.in_flight -= 1
+            if adapter is not None:
+                replica.in_flight_by_adapter[adapter.name] -= 1
+
+    def note_failure(self, replica: Replica, exc: ReplicaFailed, adapter: AdapterRef | None) -> None:
+        """A try failed before its first delta: eject a replica in trouble; forget an adapter it lost."""
+        if isinstance(exc, ModelMissing):
+            if adapter is not None:  # it restarted and lost the adapter: load it again, there or elsewhere
+                replica.adapters.pop(adapter.name, None)
+            return
+        if exc.eject:
+            logger.warning("ejecting upstream %s for %.0f s: %s", replica.url, self._settings.eject_seconds, exc)
+            replica.eject(self._settings.eject_seconds)
+
+    async def remove_adapter(self, adapter: AdapterRef) -> None:
+        """Unload a deleted adapter from every replica."""
+        await self._placement.remove_everywhere(list(self._replicas.values()), adapter)
 
     async def _keep_refreshing(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.scrape_interval_seconds)
+            await asyncio.sleep(self._settings.scrape_interval_seconds)
             try:
                 await self.refresh()
             except Exception:  # a bad round must not end the checks
@@ -101,25 +133,25 @@ class UpstreamPool:
 
     async def refresh(self) -> None:
         specs = {spec.url: spec for spec in self._discovery.current()}
-        for url in list(self.replicas):
+        for url in list(self._replicas):
             if url not in specs:
                 logger.info("upstream %s left the pool", url)
-                del self.replicas[url]
+                del self._replicas[url]
         for url, spec in specs.items():
-            replica = self.replicas.get(url)
+            replica = self._replicas.get(url)
             if replica is None or replica.spec != spec:
-                self.replicas[url] = Replica(spec)
-        await asyncio.gather(*(self._check(replica) for replica in self.replicas.values()))
-        for replica in self.replicas.values():
+                self._replicas[url] = Replica(spec)
+        await asyncio.gather(*(self._check(replica) for replica in self._replicas.values()))
+        for replica in self._replicas.values():
             for card in replica.models.values():
-                if card.id not in self._engines:
+                if card.id not in self._models:
                     await self._add_model(card.id, card.root)
 
     async def _check(self, replica: Replica) -> None:
-        timeout = self.settings.connect_timeout_seconds + self.settings.scrape_interval_seconds
+        timeout = self._settings.connect_timeout_seconds + self._settings.scrape_interval_seconds
         was_available = replica.available()
         try:
-            signals, models, loaded = await asyncio.wait_for(self.client.scrape(replica), timeout)
+            signals, models, loaded = await asyncio.wait_for(self._client.scrape(replica), timeout)
         except (ReplicaFailed, ValueError, KeyError, TypeError, TimeoutError) as exc:
             if was_available or replica.healthy:
                 logger.warning("upstream %s failed its check: %s", replica.url, exc)
@@ -133,7 +165,7 @@ class UpstreamPool:
         failed_at = self._tokenizer_failed.get(model)
         if failed_at is not None and time.monotonic() - failed_at < TOKENIZER_RETRY_SECONDS:
             return
-        source = self.settings.tokenizers.get(model, root)
+        source = self._settings.tokenizers.get(model, root)
         try:
             tokenizer: Tokenizer = await run_in_threadpool(HFTokenizer, source)
         except Exception as exc:  # no tokenizer, no exact token counts: the model is not offered
@@ -145,32 +177,42 @@ class UpstreamPool:
                 exc,
             )
             return
-        self._engines[model] = UpstreamEngine(model, tokenizer, self)
+        self._models[model] = ModelOffer(UpstreamEngine(model, tokenizer, self, self._settings))
         logger.info("serving model %s through the upstream pool", model)
 
-    def load(self) -> EngineLoad:
-        replicas = [r for r in self.replicas.values() if r.available()]
-        return EngineLoad(
-            running=sum(r.signals.running for r in replicas),
-            waiting=sum(r.signals.waiting for r in replicas),
-            kv_cache_usage=max((r.signals.kv_cache_usage for r in replicas), default=0.0),
+    async def check_health(self) -> None:
+        for model in self._models:
+            if not self._serving(model):
+                raise EngineUnavailable(f"No server for model '{model}' is available.")
+
+    def status(self) -> BackendStatus:
+        replicas = list(self._replicas.values())
+        available = [r for r in replicas if r.available()]
+        models = {
+            model: {
+                "backend": "upstream",
+                "replicas": f"{len(self._serving(model))}/{sum(r.serves(model) for r in replicas)} available",
+                "routing": self._settings.routing,
+            }
+            for model in self._models
+        }
+        load = EngineLoad(
+            running=sum(r.signals.running for r in available),
+            waiting=sum(r.signals.waiting for r in available),
+            kv_cache_usage=max((r.signals.kv_cache_usage for r in available), default=0.0),
         )
+        return BackendStatus(models, load, sum(r.in_flight for r in replicas), tuple(map(_replica_status, replicas)))
 
-    def unfinished_requests(self) -> int:
-        return sum(r.in_flight for r in self.replicas.values())
 
-    def status(self) -> list[ReplicaStatus]:
-        return [
-            ReplicaStatus(
-                url=r.url,
-                available=r.available(),
-                models=tuple(r.models),
-                in_flight=r.in_flight,
-                running=r.signals.running,
-                waiting=r.signals.waiting,
-                kv_cache_usage=r.signals.kv_cache_usage,
-                adapters_loaded=len(r.adapters),
-                adapter_loads=r.adapter_loads,
-            )
-            for r in self.replicas.values()
-        ]
+def _replica_status(replica: Replica) -> ReplicaStatus:
+    return ReplicaStatus(
+        url=replica.url,
+        available=replica.available(),
+        models=tuple(replica.models),
+        in_flight=replica.in_flight,
+        running=replica.signals.running,
+        waiting=replica.signals.waiting,
+        kv_cache_usage=replica.signals.kv_cache_usage,
+        adapters_loaded=len(replica.adapters),
+        adapter_loads=replica.adapter_loads,
+    )

@@ -1,7 +1,7 @@
-"""The models a tenant can call, by the id clients put in ``model``: the served base models (one in-process
-engine, or whatever the upstream pool's replicas serve now), plus the tenant's own fine-tuned adapters
-(``ft:...``) from the adapter registry whose base is served. Another tenant's adapter is as absent as a
-missing one."""
+"""The models a tenant can call, by the id clients put in ``model``: the base models the backend serves now (one
+in-process engine, or whatever the upstream pool's replicas serve) that can do what the routes ask, plus the
+tenant's own fine-tuned adapters (``ft:...``) from the adapter registry whose base is served. Another tenant's
+adapter is as absent as a missing one."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from adapters.registry import AdapterRecord, AdapterRegistry
+from engine.backend import Backend, Capability, ModelOffer
 from engine.protocol import AdapterRef, Engine, EngineUnavailable
 from gateway.errors import ModelNotFound, PermissionDenied
 
@@ -37,32 +38,38 @@ class ServedModel:
 
 
 class ModelCatalog:
-    def __init__(self, engines: Callable[[], Mapping[str, Engine]], registry: AdapterRegistry) -> None:
-        """``engines``: the base models served now, by id (read on every request: the pool's change)."""
-        self._engines = engines
+    def __init__(self, backend: Backend, registry: AdapterRegistry) -> None:
+        self._backend = backend
         self._registry = registry
         self._first_seen: dict[str, int] = {}
 
+    def _offers(self) -> Mapping[str, ModelOffer]:
+        """The base models served now that generate (read on every request: the pool's change). A model of
+        another kind (embeddings) would be offered beside them, with its own interface."""
+        return {
+            model_id: offer
+            for model_id, offer in self._backend.models().items()
+            if Capability.GENERATE in offer.capabilities
+        }
+
     def _base_models(self) -> dict[str, ServedModel]:
         served = {}
-        for model_id, engine in self._engines().items():
+        for model_id, offer in self._offers().items():
             created = self._first_seen.setdefault(model_id, int(time.time()))
-            served[model_id] = ServedModel(model_id, engine, created)
+            served[model_id] = ServedModel(model_id, offer.engine, created)
         return served
 
     def base_ids(self) -> list[str]:
-        return list(self._engines())
+        return list(self._offers())
 
     def engines(self) -> dict[str, dict[str, str]]:
         """How each base model's engine runs (dtype, hardware; or its replicas)."""
-        return {model_id: engine.info for model_id, engine in self._engines().items()}
+        return {model_id: dict(info) for model_id, info in self._backend.status().models.items()}
 
     async def check_health(self) -> None:
-        engines = self._engines()
-        if not engines:
+        if not self._offers():
             raise EngineUnavailable("No model is being served yet.")
-        for engine in engines.values():
-            await engine.check_health()
+        await self._backend.check_health()
 
     def _fine_tuned(self, record: AdapterRecord, base_models: dict[str, ServedModel]) -> ServedModel | None:
         base = base_models.get(record.base_model)
@@ -98,7 +105,7 @@ class ModelCatalog:
     ) -> None:
         """Delete a fine-tuned model (and its checkpoints): rows and weights, and unload them from every engine
         that serves their base (every replica). Works whether or not the base model is served right now."""
-        if model_id in self._engines():
+        if model_id in self._offers():
             raise PermissionDenied(f"The base model '{model_id}' cannot be deleted.", param="model")
         deleted = []
         if model_id.startswith("ft:"):
@@ -109,8 +116,8 @@ class ModelCatalog:
 
     async def unload(self, records: list[AdapterRecord]) -> None:
         """Unload deleted adapters from the engines of their base models (the upstream pool: from every replica)."""
-        engines = self._engines()
+        offers = self._offers()
         for record in records:
-            engine = engines.get(record.base_model)
-            if engine is not None:
-                await engine.remove_adapter(record.ref)
+            offer = offers.get(record.base_model)
+            if offer is not None:
+                await offer.engine.remove_adapter(record.ref)

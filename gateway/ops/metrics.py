@@ -1,40 +1,31 @@
 """Prometheus metrics of one app instance: HTTP requests and latency, tokens in/out, time to first token, the
-engine's queue (read at scrape time; with the upstream backend, summed over the replicas and each replica's
-state besides) and the ledger writer's backlog and set-aside records.
+backend's queue (read from its status at scrape time; with several replicas, summed over them and each
+replica's state besides) and the ledger writer's backlog and set-aside records.
 
 No label names a tenant: routes are labelled by their template, models by their base model (a fine-tuned model
 counts under its base, with ``fine_tuned="true"``; its ``ft:`` name carries the tenant's)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from engine.protocol import EngineLoad
-from engine.upstream.pool import ReplicaStatus
+from engine.backend import BackendStatus, ReplicaStatus
 from gateway.inference.generation import RunReport
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
-class LoadSource(Protocol):
-    """An engine, or the upstream pool."""
+class _BackendCollector(Collector):
+    def __init__(self, status: Callable[[], BackendStatus]) -> None:
+        self._status = status
 
-    def load(self) -> EngineLoad: ...
-
-    def unfinished_requests(self) -> int: ...
-
-
-class _EngineCollector(Collector):
-    def __init__(self, engine: LoadSource) -> None:
-        self._engine = engine
-
-    def collect(self):  # type: ignore[no-untyped-def]
-        load = self._engine.load()
+    def collect(self) -> Iterator[Metric]:
+        status = self._status()
+        load = status.load
         yield GaugeMetricFamily("llmaas_engine_requests_running", "Requests the engine is decoding.", load.running)
         yield GaugeMetricFamily(
             "llmaas_engine_requests_waiting", "Requests queued in the engine (queue depth).", load.waiting
@@ -42,49 +33,47 @@ class _EngineCollector(Collector):
         yield GaugeMetricFamily(
             "llmaas_engine_requests_unfinished",
             "Requests the engine holds (running, waiting or being detokenized).",
-            self._engine.unfinished_requests(),
+            status.unfinished_requests,
         )
         yield GaugeMetricFamily("llmaas_engine_kv_cache_usage", "KV cache in use (0..1).", load.kv_cache_usage)
+        if status.replicas:
+            yield from _replica_metrics(status.replicas)
 
 
-class _ReplicaCollector(Collector):
-    def __init__(self, status: Callable[[], list[ReplicaStatus]]) -> None:
-        self._status = status
-
-    def collect(self):  # type: ignore[no-untyped-def]
-        gauges = {
-            "available": GaugeMetricFamily(
-                "llmaas_upstream_available", "1: the replica takes requests (healthy, not ejected).", labels=["replica"]
-            ),
-            "in_flight": GaugeMetricFamily(
-                "llmaas_upstream_requests_in_flight", "This gateway's requests on the replica.", labels=["replica"]
-            ),
-            "waiting": GaugeMetricFamily(
-                "llmaas_upstream_requests_waiting", "The replica's queue, as last scraped.", labels=["replica"]
-            ),
-            "kv_cache_usage": GaugeMetricFamily(
-                "llmaas_upstream_kv_cache_usage", "The replica's KV cache in use (0..1).", labels=["replica"]
-            ),
-            "adapters_loaded": GaugeMetricFamily(
-                "llmaas_upstream_adapters_loaded", "Adapters loaded in the replica.", labels=["replica"]
-            ),
-        }
-        loads = CounterMetricFamily(
-            "llmaas_upstream_adapter_loads", "Adapters this gateway loaded into the replica.", labels=["replica"]
-        )
-        for replica in self._status():
-            for field, gauge in gauges.items():
-                gauge.add_metric([replica.url], float(getattr(replica, field)))
-            loads.add_metric([replica.url], float(replica.adapter_loads))
-        yield from gauges.values()
-        yield loads
+def _replica_metrics(replicas: tuple[ReplicaStatus, ...]) -> Iterator[Metric]:
+    gauges = {
+        "available": GaugeMetricFamily(
+            "llmaas_upstream_available", "1: the replica takes requests (healthy, not ejected).", labels=["replica"]
+        ),
+        "in_flight": GaugeMetricFamily(
+            "llmaas_upstream_requests_in_flight", "This gateway's requests on the replica.", labels=["replica"]
+        ),
+        "waiting": GaugeMetricFamily(
+            "llmaas_upstream_requests_waiting", "The replica's queue, as last scraped.", labels=["replica"]
+        ),
+        "kv_cache_usage": GaugeMetricFamily(
+            "llmaas_upstream_kv_cache_usage", "The replica's KV cache in use (0..1).", labels=["replica"]
+        ),
+        "adapters_loaded": GaugeMetricFamily(
+            "llmaas_upstream_adapters_loaded", "Adapters loaded in the replica.", labels=["replica"]
+        ),
+    }
+    loads = CounterMetricFamily(
+        "llmaas_upstream_adapter_loads", "Adapters this gateway loaded into the replica.", labels=["replica"]
+    )
+    for replica in replicas:
+        for field, gauge in gauges.items():
+            gauge.add_metric([replica.url], float(getattr(replica, field)))
+        loads.add_metric([replica.url], float(replica.adapter_loads))
+    yield from gauges.values()
+    yield loads
 
 
 class _LedgerCollector(Collector):
     def __init__(self, backlog: Callable[[], int]) -> None:
         self._backlog = backlog
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
             "llmaas_ledger_backlog", "Usage records admitted but not yet written to the ledger.", self._backlog()
         )
@@ -129,11 +118,8 @@ class Metrics:
             registry=self.registry,
         )
 
-    def watch_engine(self, engine: LoadSource) -> None:
-        self.registry.register(_EngineCollector(engine))
-
-    def watch_replicas(self, status: Callable[[], list[ReplicaStatus]]) -> None:
-        self.registry.register(_ReplicaCollector(status))
+    def watch_backend(self, status: Callable[[], BackendStatus]) -> None:
+        self.registry.register(_BackendCollector(status))
 
     def watch_ledger(self, backlog: Callable[[], int]) -> None:
         self.registry.register(_LedgerCollector(backlog))

@@ -1,0 +1,18 @@
+"""``build_backend``: the one place that turns the engine settings into the backend that serves the models."""
+
+from __future__ import annotations
+
+from engine.backend import AdapterStoreAt, Backend
+from engine.settings import EngineSettings
+from engine.upstream.pool import UpstreamPool
+from engine.upstream.settings import UpstreamSettings
+from engine.vllm_engine import VLLMBackend
+
+
+def build_backend(settings: EngineSettings, adapter_store: AdapterStoreAt) -> Backend:
+    """``engine=vllm``: the model in this process; ``engine=upstream``: the models of the vLLM servers that the
+    ``LLMAAS_UPSTREAM_*`` settings name, which load fine-tuned adapters from ``adapter_store`` as they mount it."""
+    if settings.engine == "upstream":
+        upstream = UpstreamSettings()
+        return UpstreamPool(upstream, adapter_store(upstream.adapter_root).location_for_replicas)
+    return VLLMBackend(settings)

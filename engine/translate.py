@@ -1,0 +1,117 @@
+"""Our engine values in vLLM's two dialects and back, for both backends: sampling options → the fields vLLM
+takes (as ``SamplingParams`` in process, as a streamed ``/v1/completions`` body on token ids upstream), and
+vLLM's outputs (``CompletionOutput`` in process, a stream chunk upstream) → ``CompletionDelta``.
+
+vLLM's types are named for the type checker only: ``engine.vllm_engine`` stays the one module that runs vLLM."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
+
+from engine.protocol import CompletionDelta, EngineError, FinishReason, SamplingOptions, TokenLogprob
+
+if TYPE_CHECKING:
+    from vllm.outputs import CompletionOutput
+
+
+class SamplingFields(TypedDict):
+    """What to generate, under the names both ``SamplingParams`` and the OpenAI server take."""
+
+    n: int
+    max_tokens: int
+    temperature: float
+    top_p: float
+    presence_penalty: float
+    frequency_penalty: float
+    ignore_eos: bool
+    stop: NotRequired[list[str]]
+    seed: NotRequired[int]
+    logprobs: NotRequired[int]
+
+
+def sampling_fields(options: SamplingOptions) -> SamplingFields:
+    """The options set; those left unset are left out (each side's own default applies)."""
+    fields = SamplingFields(
+        n=options.n,
+        max_tokens=options.max_tokens,
+        temperature=options.temperature,
+        top_p=options.top_p,
+        presence_penalty=options.presence_penalty,
+        frequency_penalty=options.frequency_penalty,
+        ignore_eos=options.ignore_eos,
+    )
+    if options.stop:
+        fields["stop"] = list(options.stop)
+    if options.seed is not None:
+        fields["seed"] = options.seed
+    if options.logprobs is not None:
+        fields["logprobs"] = options.logprobs
+    return fields
+
+
+def completion_body(model: str, prompt_token_ids: list[int], options: SamplingOptions) -> dict[str, Any]:
+    """A streamed ``/v1/completions`` on token ids, always with usage and the sampled token ids."""
+    return {
+        "model": model,
+        "prompt": prompt_token_ids,
+        **sampling_fields(options),
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "return_token_ids": True,  # the exact tokens, counted as the replica counts them
+    }
+
+
+def _finish_reason(finish: str | None) -> FinishReason | None:
+    if finish is None:
+        return None
+    if finish == "stop":
+        return "stop"
+    if finish == "length":
+        return "length"
+    raise EngineError(f"generation ended unexpectedly ({finish})")
+
+
+def _most_likely(alternatives: Iterable[tuple[str, float]], top_k: int | None) -> tuple[tuple[str, float], ...]:
+    """vLLM lists the k most likely tokens plus the sampled one when it ranks lower: keep the k most likely."""
+    return tuple(sorted(alternatives, key=lambda item: -item[1])[: top_k or 0])
+
+
+def output_delta(completion: CompletionOutput, top_k: int | None) -> CompletionDelta:
+    """One completion of an in-process ``RequestOutput`` (delta output kind)."""
+    logprobs = []
+    for token_id, candidates in zip(completion.token_ids, completion.logprobs or [], strict=False):
+        if candidates is None:
+            raise EngineError("the engine returned a token without its logprobs")
+        chosen = candidates[token_id]
+        top = _most_likely(((lp.decoded_token or "", lp.logprob) for lp in candidates.values()), top_k)
+        logprobs.append(TokenLogprob(chosen.decoded_token or "", chosen.logprob, top))
+    finish = _finish_reason(completion.finish_reason)
+    return CompletionDelta(completion.index, completion.text, list(completion.token_ids), logprobs, finish)
+
+
+def _chunk_logprobs(raw: dict[str, Any] | None, top_k: int | None) -> list[TokenLogprob]:
+    if not raw:
+        return []
+    tokens = raw.get("tokens") or []
+    chosen = raw.get("token_logprobs") or []
+    tops = raw.get("top_logprobs") or [None] * len(tokens)
+    result = []
+    for token, logprob, top in zip(tokens, chosen, tops, strict=False):
+        chosen_logprob = float("-inf") if logprob is None else float(logprob)
+        result.append(TokenLogprob(token, chosen_logprob, _most_likely((top or {}).items(), top_k)))
+    return result
+
+
+def chunk_deltas(chunk: dict[str, Any], top_k: int | None) -> list[CompletionDelta]:
+    """The choices of one upstream stream chunk (none in the closing usage chunk)."""
+    return [
+        CompletionDelta(
+            index=int(choice.get("index", 0)),
+            text=choice.get("text") or "",
+            token_ids=list(choice.get("token_ids") or []),
+            logprobs=_chunk_logprobs(choice.get("logprobs"), top_k),
+            finish_reason=_finish_reason(choice.get("finish_reason")),
+        )
+        for choice in chunk.get("choices") or []
+    ]
