@@ -166,7 +166,7 @@ def create_app(
             stack.push_async_callback(limiter.close)
             tasks = SettlementTasks()
             stack.push_async_callback(tasks.drain)
-            billing = TrainingBilling(database, limiter)
+            billing = TrainingBilling(database, limiter, price_book(settings))
             stack.push_async_callback(billing.run_once)  # a last pass at shutdown
 
             registry = adapter_registry(database, settings)
