@@ -23,9 +23,7 @@ router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
 async def get_job_creator(
     jobs: JobsDep, files: FilesDep, catalog: CatalogDep, admission: AdmissionDep, engine_settings: EngineSettingsDep
 ) -> JobCreator:
-    return JobCreator(
-        jobs, files, catalog, admission, trainable_models(engine_settings), engine_settings.max_lora_rank
-    )
+    return JobCreator(jobs, files, catalog, admission, trainable_models(engine_settings), engine_settings.max_lora_rank)
 
 
 JobCreatorDep = Annotated[JobCreator, Depends(get_job_creator)]
