@@ -26,14 +26,7 @@ FINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 WAITING = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED)
 UNFINISHED = (*WAITING, JobStatus.RUNNING)
 
-JOB_LEASE = Lease(
-    FineTuningJob,
-    id=FineTuningJob.id,
-    status=FineTuningJob.status,
-    owner=FineTuningJob.worker_id,
-    heartbeat=FineTuningJob.heartbeat_at,
-    order=FineTuningJob.created_at,
-)
+JOB_LEASE = Lease.on(FineTuningJob, owner=FineTuningJob.worker_id)
 """A job is leased by the worker training it (``worker_id``, ``heartbeat_at``)."""
 
 OnFinal = Callable[[Session, "FineTuningJob"], None]

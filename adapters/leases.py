@@ -43,6 +43,12 @@ class Lease:
     order: InstrumentedAttribute[datetime]
     """Claims take the oldest row first by this column."""
 
+    @classmethod
+    def on(cls, entity: type[Any], owner: InstrumentedAttribute[str | None]) -> Lease:
+        """A lease on ``entity``'s rows held in ``owner``, by the usual columns: ``id``, ``status``,
+        ``heartbeat_at``, and the oldest ``created_at`` claimed first."""
+        return cls(entity, entity.id, entity.status, owner, entity.heartbeat_at, entity.created_at)
+
     def expired(self, stale_before: datetime) -> tuple[ColumnElement[bool], ...]:
         """An owned row whose owner has not heartbeaten since ``stale_before``."""
         return self.owner.is_not(None), self.heartbeat < stale_before

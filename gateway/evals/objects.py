@@ -14,6 +14,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from gateway.db import Eval, EvalRun, EvalRunItem
 from gateway.errors import InvalidRequestError, NotFoundError
+from gateway.evals.recipe import ItemStatus
 
 
 def _epoch(moment: datetime | None) -> int | None:
@@ -93,9 +94,9 @@ def tally(
     statuses = Counter(status for status, _ in rows)
     counts = {
         "total": sum(statuses.values()),
-        "passed": statuses["pass"],
-        "failed": statuses["fail"],
-        "errored": statuses["error"],
+        "passed": statuses[ItemStatus.PASS],
+        "failed": statuses[ItemStatus.FAIL],
+        "errored": statuses[ItemStatus.ERROR],
     }
     passed: Counter[str] = Counter()
     failed: Counter[str] = Counter()

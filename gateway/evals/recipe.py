@@ -36,14 +36,7 @@ class ItemStatus(StrEnum):
 FINAL = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED)
 PENDING = ItemStatus.PENDING
 
-RUN_LEASE = Lease(
-    EvalRun,
-    id=EvalRun.id,
-    status=EvalRun.status,
-    owner=EvalRun.runner_id,
-    heartbeat=EvalRun.heartbeat_at,
-    order=EvalRun.created_at,
-)
+RUN_LEASE = Lease.on(EvalRun, owner=EvalRun.runner_id)
 """A run is leased by the runner executing it (``runner_id``, ``heartbeat_at``)."""
 
 

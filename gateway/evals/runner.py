@@ -192,7 +192,6 @@ class EvalRunner:
         served: ServedModel | None,
         item: EvalRunItem,
     ) -> Outcome:
-        error = ItemStatus.ERROR
         if served is None or not isinstance(recipe, CompletionsRecipe):  # a jsonl run: the item brought its sample
             sample: dict[str, Any] = {
                 "output_text": str((item.given_sample or {}).get("output_text", "")),
@@ -203,9 +202,9 @@ class EvalRunner:
             try:
                 sample = await self._sample(run, recipe, tenant, served, item)
             except (TemplateError, APIError) as exc:
-                refused = as_api_error(exc) if isinstance(exc, APIError) else None
-                code = refused.code if refused and refused.code else "invalid_input"
-                return error, {"error": {"code": code, "message": str(exc)}}, []
+                error = as_api_error(exc) if isinstance(exc, APIError) else None
+                code = error.code if error and error.code else "invalid_input"
+                return ItemStatus.ERROR, {"error": {"code": code, "message": str(exc)}}, []
             namespace = {"output_text": sample["output"][0]["content"]}
         try:
             grades = await self._workers.call(
@@ -216,15 +215,15 @@ class EvalRunner:
                 budget=bounds.GRADING_SECONDS,
             )
         except TemplateError as exc:
-            return error, {**sample, "error": {"code": "invalid_template", "message": str(exc)}}, []
+            return ItemStatus.ERROR, {**sample, "error": {"code": "invalid_template", "message": str(exc)}}, []
         except GradingError as exc:
-            return error, {**sample, "error": {"code": exc.code, "message": str(exc)}}, []
+            return ItemStatus.ERROR, {**sample, "error": {"code": exc.code, "message": str(exc)}}, []
         except WorkTimedOut:
             timed_out = f"Grading this item took longer than {bounds.GRADING_SECONDS:g} seconds."
-            return error, {**sample, "error": {"code": "grading_timeout", "message": timed_out}}, []
+            return ItemStatus.ERROR, {**sample, "error": {"code": "grading_timeout", "message": timed_out}}, []
         except WorkFailed:
             failed = {"code": "grading_failed", "message": "This item could not be graded."}
-            return error, {**sample, "error": failed}, []
+            return ItemStatus.ERROR, {**sample, "error": failed}, []
         passed = all(g.passed for g in grades)
         return (ItemStatus.PASS if passed else ItemStatus.FAIL), sample, [g.result() for g in grades]
 
