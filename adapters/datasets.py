@@ -160,7 +160,7 @@ def _parse_messages(number: int, value: Any) -> tuple[Message, ...]:
             raise DatasetError(number, f"{where}.weight is only allowed on assistant messages")
         if type(weight) is not int or weight not in (0, 1):
             raise DatasetError(number, f"{where}.weight must be 0 or 1 (got {weight!r})")
-        messages.append(Message(role=role, content=content, weight=weight))
+        messages.append(Message(role=role, content=content, weight=1 if weight else 0))
     assistant_weights = [message.weight for message in messages if message.role == "assistant"]
     if not assistant_weights:
         raise DatasetError(number, "messages must contain at least one assistant message")

@@ -7,21 +7,27 @@ Every change of a job's status, here and in the worker, is a compare-and-set on 
 
 from __future__ import annotations
 
+import builtins
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.errors import InvalidJobRequest, NotFound
-from adapters.hyperparameters import Hyperparameters
-from adapters.store import FineTuningJob, JobCheckpoint, JobEvent, utcnow
+from adapters.leases import Lease
+from adapters.recipe import TrainingRecipe
+from adapters.store import FineTuningJob, JobCheckpoint, JobEvent, JobStatus, utcnow
 
-FINAL = ("succeeded", "failed", "cancelled")
-WAITING = ("validating_files", "queued")
+FINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+WAITING = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED)
+UNFINISHED = (*WAITING, JobStatus.RUNNING)
+
+JOB_LEASE = Lease.on(FineTuningJob, owner=FineTuningJob.worker_id)
+"""A job is leased by the worker training it (``worker_id``, ``heartbeat_at``)."""
 
 OnFinal = Callable[[Session, "FineTuningJob"], None]
 """Runs in the transaction that moves a job into a final status, with the job as it is then."""
@@ -38,14 +44,8 @@ class JobRequest:
     training_file: str
     validation_file: str | None
     suffix: str | None
-    seed: int | None
-    hyperparameters: Hyperparameters
-    """Every "auto" already chosen from the data."""
-    keep_checkpoint: str
-    lora_rank: int
-    lora_alpha: int
-    lora_target_modules: tuple[str, ...]
-    lora_layers: int | str
+    recipe: TrainingRecipe
+    """Every "auto" already chosen from the data (the LoRA layers excepted: the worker chooses them)."""
     estimated_tokens: int
     reserved_cost_nanos: int
     metadata: dict[str, str] | None
@@ -132,25 +132,20 @@ def transition(
     session: Session,
     job_id: str,
     *,
-    expected: tuple[str, ...],
+    expected: Collection[str],
     on_final: OnFinal,
     message: str | None = None,
     level: str = "info",
-    where: tuple[ColumnElement[bool], ...] = (),
+    owner: str | None = None,
+    where: Collection[ColumnElement[bool]] = (),
     **values: Any,
 ) -> bool:
-    """Set ``values`` on the job if its status is one of ``expected`` (and ``where`` holds); False if it was not.
-    Entering a final status stamps ``finished_at`` and runs ``on_final`` in this transaction."""
+    """Set ``values`` on the job if its status is one of ``expected`` (as ``owner``'s, and ``where`` holds); False
+    if it was not. Entering a final status stamps ``finished_at`` and runs ``on_final`` in this transaction."""
     final = values.get("status") in FINAL
     if final:
         values.setdefault("finished_at", utcnow())
-    changed = session.execute(
-        update(FineTuningJob)
-        .where(FineTuningJob.id == job_id, FineTuningJob.status.in_(expected), *where)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    if not changed.rowcount:
+    if not JOB_LEASE.move(session, job_id, expected=expected, owner=owner, where=where, **values):
         return False
     if message:
         add_event(session, job_id, message, level=level)
@@ -168,7 +163,6 @@ class JobService:
         self._on_final = on_final
 
     def create(self, request: JobRequest) -> dict[str, Any]:
-        hyperparameters = {**request.hyperparameters.as_dict(), "keep_checkpoint": request.keep_checkpoint}
         job = FineTuningJob(
             id=request.job_id,
             tenant_id=request.tenant_id,
@@ -177,16 +171,9 @@ class JobService:
             training_file=request.training_file,
             validation_file=request.validation_file,
             suffix=request.suffix,
-            seed=request.seed if request.seed is not None else secrets.randbelow(2**31),
-            hyperparameters=hyperparameters,
-            lora={
-                "rank": request.lora_rank,
-                "alpha": request.lora_alpha,
-                "target_modules": list(request.lora_target_modules),
-                "layers": request.lora_layers,
-            },
+            **request.recipe.columns(),
             method="supervised",
-            status="validating_files",
+            status=JobStatus.VALIDATING_FILES,
             estimated_tokens=request.estimated_tokens,
             reserved_cost_nanos=request.reserved_cost_nanos,
             user_metadata=request.metadata,
@@ -222,13 +209,13 @@ class JobService:
             jobs = list(session.scalars(query))
         return {"object": "list", "data": [job_object(j) for j in jobs[:limit]], "has_more": len(jobs) > limit}
 
-    def queue(self, limit: int = 50) -> list[dict[str, Any]]:
+    def queue(self, limit: int = 50) -> builtins.list[dict[str, Any]]:
         """Every tenant's unfinished jobs, oldest first, with their tenant's name: what the workers have before
         them (the operator's view)."""
         with self._sessions() as session:
             jobs = session.scalars(
                 select(FineTuningJob)
-                .where(FineTuningJob.status.in_(("validating_files", "queued", "running")))
+                .where(FineTuningJob.status.in_(UNFINISHED))
                 .order_by(FineTuningJob.created_at, FineTuningJob.id)
                 .limit(limit)
             )
@@ -247,13 +234,13 @@ class JobService:
                 expected=WAITING,
                 on_final=self._on_final,
                 message="Fine-tuning job cancelled",
-                status="cancelled",
+                status=JobStatus.CANCELLED,
             )
             if not cancelled:  # running (or a worker just started it): its worker stops it within seconds
                 transition(
                     session,
                     job_id,
-                    expected=("running",),
+                    expected=(JobStatus.RUNNING,),
                     on_final=self._on_final,
                     message="Cancellation requested",
                     cancel_requested=True,

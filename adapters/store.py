@@ -4,6 +4,7 @@ own declarative base; the gateway's Alembic migrations create them beside its ow
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Index, Integer, String, Text
@@ -16,6 +17,17 @@ class AdaptersBase(DeclarativeBase):
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+class JobStatus(StrEnum):
+    """A fine-tuning job's ``status``, as OpenAI names them."""
+
+    VALIDATING_FILES = "validating_files"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class FineTuningJob(AdaptersBase):

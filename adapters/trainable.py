@@ -49,7 +49,7 @@ class TrainableModel:
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM
 
-        base = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype=torch.float32)
+        base: Any = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype=torch.float32)
         self._bf16 = bf16
         base.config.use_cache = False
         self._decoder: Any = base.get_decoder()
@@ -114,12 +114,13 @@ class TrainableModel:
 
     def _lower_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         with self._only(self._layers[: self.split_at], norm=False), self._compute():
-            hidden = self._decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden: torch.Tensor = self._decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return hidden.float()
 
     def _upper_hidden(self, prefix: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         with self._only(self._layers[self.split_at :]), self._compute():
-            return self._decoder(inputs_embeds=prefix, attention_mask=attention_mask).last_hidden_state
+            hidden: torch.Tensor = self._decoder(inputs_embeds=prefix, attention_mask=attention_mask).last_hidden_state
+        return hidden
 
     def prefixes(self, examples: Sequence[EncodedExample], batch_size: int = 16) -> list[torch.Tensor] | None:
         """Each example's hidden state below the lowest LoRA layer (None when training the full model)."""

@@ -192,7 +192,7 @@ def train_lora(
             )
             optimizer.zero_grad(set_to_none=True)
             if loss.tokens:
-                (loss.summed / loss.tokens).backward()
+                torch.autograd.backward(loss.summed / loss.tokens)
                 optimizer.step()
             schedule.step()
             step += 1

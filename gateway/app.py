@@ -52,6 +52,7 @@ from gateway.edge.body_timeout import BodyReadTimeoutMiddleware
 from gateway.edge.request_context import RequestContextMiddleware
 from gateway.errors import install_error_handlers
 from gateway.evals import routes as evals_routes
+from gateway.evals.queue import RunQueue
 from gateway.evals.runner import EvalRunner
 from gateway.evals.service import EvalService
 from gateway.fine_tuning import files_routes, jobs_routes
@@ -158,7 +159,7 @@ def create_app(
             stack.push_async_callback(limiter.close)
             tasks = SettlementTasks()
             stack.push_async_callback(tasks.drain)
-            billing = TrainingBilling(database, limiter)
+            billing = TrainingBilling(database, limiter, price_book(settings))
             stack.push_async_callback(billing.run_once)  # a last pass at shutdown
 
             registry = adapter_registry(database, settings)
@@ -219,8 +220,9 @@ def create_app(
                 exports=TenantExport(database, files, registry),
                 audit_log=AuditLog(database),
             )
+            queue = RunQueue(database)
             runner = EvalRunner(
-                evals, tenancy, catalog, admission, caps, metrics, workers, concurrency=settings.eval_concurrency
+                queue, tenancy, catalog, admission, caps, metrics, workers, concurrency=settings.eval_concurrency
             )
             stack.push_async_callback(_cancel, asyncio.create_task(runner.run_forever()))
             retention = Retention(

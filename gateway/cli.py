@@ -234,9 +234,9 @@ def worker(
     exit_with_parent: bool = typer.Option(False, help="Stop when the process that started this one exits."),
 ) -> None:
     """Run a fine-tuning worker: claims queued jobs from the database and trains them (LoRA)."""
+    from adapters.base_models import trainable_model_dirs
     from adapters.worker import Worker
     from engine.hardware import detect, resolve_dtype
-    from engine.model_prep import resolve_model_dir
     from engine.settings import EngineSettings
     from gateway.accounting.training_billing import job_charger
     from gateway.app import adapter_registry, file_store, open_database, price_book
@@ -250,12 +250,11 @@ def worker(
     os.nice(settings.training_nice)
     engine_settings = EngineSettings()
     database = open_database(settings)
-    base_models = {engine_settings.served_model_name: resolve_model_dir(engine_settings)}
     runner = Worker(
         database.sessions,
         adapter_registry(database, settings),
         file_store(database, settings).read,
-        base_models,
+        trainable_model_dirs(engine_settings),
         on_final=job_charger(price_book(settings)),
         training_threads=settings.training_threads,
         bf16=resolve_dtype(engine_settings.dtype, detect()) == "bfloat16",  # the engine's choice, for the same CPU

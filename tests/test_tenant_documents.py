@@ -37,9 +37,11 @@ from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.evals.graders import GradingTimedOut, TextTooLong, grade, grade_item
 from gateway.evals.items import checked_items
 from gateway.evals.models import EvalCreate, RunCreate
+from gateway.evals.queue import RunQueue
+from gateway.evals.recipe import ItemStatus
 from gateway.evals.service import EvalService
+from gateway.fine_tuning.creation import estimate_tokens
 from gateway.fine_tuning.files import FileStore
-from gateway.fine_tuning.jobs_routes import estimate_tokens
 from gateway.tenancy.models import TenantCreate
 from gateway.tenancy.service import TenancyService
 from gateway.workers import Workers, WorkTimedOut
@@ -462,8 +464,8 @@ def test_output_item_ids_are_unguessable_and_stored_lookups_work(database: Datab
     ]
     ids: list[list[str]] = []
     for run in runs:
-        for row in evals.pending(run["id"]):
-            evals.record(row.id, "pass", {"output_text": "x"}, [])
+        for row in RunQueue(database).pending(run["id"]):
+            RunQueue(database).record(row.id, ItemStatus.PASS, {"output_text": "x"}, [])
         ids.append(
             [item["id"] for item in evals.output_items(tenant, created["id"], run["id"], None, 10, "asc", None)["data"]]
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from adapters.jobs import JobService
 from adapters.store import FineTuningJob
 from gateway.accounting.limits import Demand, MemoryLimiter, Settlement
+from gateway.accounting.pricing import PriceBook
 from gateway.accounting.training_billing import TrainingBilling
 from gateway.db import Database
 from tests.test_worker import charge_job, job_request
@@ -35,7 +36,7 @@ async def test_a_release_the_limiter_failed_is_tried_again_and_done_once(databas
     job_id = jobs.create(job_request(estimated_tokens=500))["id"]
     jobs.cancel("ten_1", job_id)  # final: charged in that transaction
     limiter = FlakyLimiter(failures=1)
-    billing = TrainingBilling(database, limiter)
+    billing = TrainingBilling(database, limiter, PriceBook({}))
     assert await billing.run_once() == 0
     assert released_at(database, job_id) is None  # given back for the next pass
     assert await billing.run_once() == 1
@@ -47,4 +48,16 @@ async def test_a_release_the_limiter_failed_is_tried_again_and_done_once(databas
 async def test_a_running_job_is_not_released(database: Database) -> None:
     jobs = JobService(database.sessions, on_final=charge_job)
     jobs.create(job_request())
-    assert await TrainingBilling(database, MemoryLimiter()).run_once() == 0
+    assert await TrainingBilling(database, MemoryLimiter(), PriceBook({})).run_once() == 0
+
+
+async def test_a_final_job_an_older_worker_left_unsettled_is_charged_then_released(database: Database) -> None:
+    jobs = JobService(database.sessions, on_final=charge_job)
+    job_id = jobs.create(job_request())["id"]
+    with database.sessions.begin() as session:  # final without the hook, as a worker of an older version left it
+        job = session.get(FineTuningJob, job_id)
+        assert job is not None
+        job.status, job.trained_tokens = "failed", 7
+    limiter = FlakyLimiter(failures=0)
+    assert await TrainingBilling(database, limiter, PriceBook({})).run_once() == 1
+    assert [(job, used.tokens) for job, used in limiter.settled] == [(job_id, 7)]

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.hyperparameters import Hyperparameters
 from adapters.jobs import JobRequest, JobService, add_event, new_job_id
+from adapters.recipe import LoraShape, TrainingRecipe
 from adapters.registry import AdapterRegistry
 from adapters.store import Adapter, FineTuningJob, utcnow
 from adapters.training import Checkpoint, TrainingResult
@@ -40,13 +41,11 @@ def job_request(**overrides: object) -> JobRequest:
         "training_file": "file-abc",
         "validation_file": None,
         "suffix": None,
-        "seed": 0,
-        "hyperparameters": Hyperparameters(n_epochs=1, batch_size=1, learning_rate_multiplier=1.0),
-        "keep_checkpoint": "best",
-        "lora_rank": 8,
-        "lora_alpha": 16,
-        "lora_target_modules": ("q_proj",),
-        "lora_layers": "auto",
+        "recipe": TrainingRecipe(
+            hyperparameters=Hyperparameters(n_epochs=1, batch_size=1, learning_rate_multiplier=1.0),
+            lora=LoraShape(rank=8, alpha=16, target_modules=("q_proj",)),
+            seed=0,
+        ),
         "estimated_tokens": 10,
         "reserved_cost_nanos": 0,
         "metadata": None,

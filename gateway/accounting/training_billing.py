@@ -6,8 +6,8 @@ when a job is cancelled before it runs): the ledger gets one ``fine_tune`` recor
 the job is marked settled. Nothing the worker does later can charge it again or resurrect it.
 
 ``TrainingBilling`` then releases the job's budget reservation in the limiter (exactly one gateway does it, by
-a compare-and-set on the job row), replacing it by the charge. It also charges any final job that a worker
-of an older version left unsettled."""
+a compare-and-set on the job row, ``adapters.leases``), replacing it by the charge. It also charges any final
+job that a worker of an older version left unsettled."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ import functools
 import logging
 from collections.abc import Callable
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from adapters.jobs import FINAL
+from adapters.leases import compare_and_set
 from adapters.store import FineTuningJob
 from gateway.accounting.limits import BudgetDemand, Demand, Limiter, Settlement
 from gateway.accounting.pricing import PriceBook
@@ -60,9 +61,10 @@ def charge_job(prices: PriceBook, session: Session, job: FineTuningJob) -> None:
 
 
 class TrainingBilling:
-    def __init__(self, database: Database, limiter: Limiter, interval: float = 2.0) -> None:
+    def __init__(self, database: Database, limiter: Limiter, prices: PriceBook, interval: float = 2.0) -> None:
         self._db = database
         self._limiter = limiter
+        self._prices = prices
         self._interval = interval
 
     def _charge_unsettled(self) -> None:
@@ -74,7 +76,7 @@ class TrainingBilling:
                 .limit(50)
             ).all()
             for job in jobs:
-                charge_job(session, job)
+                charge_job(self._prices, session, job)
 
     def _candidates(self) -> list[str]:
         with self._db.session() as session:
@@ -89,12 +91,8 @@ class TrainingBilling:
     def _claim(self, job_id: str) -> tuple[FineTuningJob, UsageRecord | None] | None:
         """The job and its charge, if this gateway is the one to release it (compare-and-set); else None."""
         with self._db.session() as session:
-            taken = session.execute(
-                update(FineTuningJob)
-                .where(FineTuningJob.id == job_id, FineTuningJob.budget_released_at.is_(None))
-                .values(budget_released_at=utcnow())
-            )
-            if not taken.rowcount:
+            unreleased = (FineTuningJob.id == job_id, FineTuningJob.budget_released_at.is_(None))
+            if not compare_and_set(session, FineTuningJob, unreleased, {"budget_released_at": utcnow()}):
                 return None  # another gateway took it
             job = session.get(FineTuningJob, job_id)
             charge = session.scalar(select(UsageRecord).where(UsageRecord.request_id == job_id))
@@ -103,7 +101,7 @@ class TrainingBilling:
 
     def _unclaim(self, job_id: str) -> None:
         with self._db.session() as session:
-            session.execute(update(FineTuningJob).where(FineTuningJob.id == job_id).values(budget_released_at=None))
+            compare_and_set(session, FineTuningJob, (FineTuningJob.id == job_id,), {"budget_released_at": None})
 
     async def _release(self, job: FineTuningJob, charge: UsageRecord | None) -> None:
         demand = Demand(

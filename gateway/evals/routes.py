@@ -15,6 +15,7 @@ from gateway.audit import actor_of
 from gateway.edge.strict_json import StrictJSONRoute
 from gateway.evals.items import checked_items, checked_schema
 from gateway.evals.models import EvalCreate, EvalUpdate, RunCreate
+from gateway.evals.recipe import RunStatus
 from gateway.state import AdmissionDep, ContextDep, EvalsDep, FilesDep, ServingDep, WorkersDep
 from gateway.tenancy.principal import TenantDep
 
@@ -25,6 +26,8 @@ RunId = Annotated[str, Path(max_length=40)]
 Limit = Annotated[int, Query(ge=1, le=100)]
 Order = Annotated[Literal["asc", "desc"], Query()]
 Cursor = Annotated[str | None, Query(max_length=40)]
+OutputStatus = Literal["pass", "fail", "error"]
+"""An output item's status (``ItemStatus`` but pending: a pending item is no output item yet)."""
 
 
 @router.post("/v1/evals")
@@ -94,7 +97,7 @@ async def list_runs(
     after: Cursor = None,
     limit: Limit = 20,
     order: Order = "asc",
-    status: Literal["queued", "in_progress", "completed", "canceled", "failed"] | None = None,
+    status: RunStatus | None = None,
 ) -> dict[str, Any]:
     return await run_in_threadpool(evals.list_runs, tenant.tenant_id, eval_id, after, limit, order, status)
 
@@ -127,7 +130,7 @@ async def list_output_items(
     after: Cursor = None,
     limit: Limit = 20,
     order: Order = "asc",
-    status: Literal["pass", "fail", "error"] | None = None,
+    status: OutputStatus | None = None,
 ) -> dict[str, Any]:
     return await run_in_threadpool(evals.output_items, tenant.tenant_id, eval_id, run_id, after, limit, order, status)
 

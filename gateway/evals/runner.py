@@ -27,7 +27,8 @@ from gateway.db import Eval, EvalRun, EvalRunItem
 from gateway.edge.request_context import RequestContext, new_request_id
 from gateway.errors import APIError, QuotaExceeded, RateLimited, ServiceUnavailable, as_api_error
 from gateway.evals.graders import GradingError, grade_item
-from gateway.evals.service import EvalService
+from gateway.evals.queue import RunQueue
+from gateway.evals.recipe import CompletionsRecipe, ItemStatus, JsonlRecipe, RunStatus, run_recipe
 from gateway.evals.templates import TemplateError, render
 from gateway.inference.api_types import ChatCompletionRequest, ChatMessage
 from gateway.inference.catalog import ModelCatalog, ServedModel
@@ -50,10 +51,15 @@ class RunStopped(Exception):
         self.error = {"code": code, "message": message}
 
 
+Recipe = CompletionsRecipe | JsonlRecipe
+Outcome = tuple[ItemStatus, dict[str, Any], list[dict[str, Any]]]
+"""An item's status, sample and grades."""
+
+
 class EvalRunner:
     def __init__(
         self,
-        evals: EvalService,
+        queue: RunQueue,
         tenancy: TenancyService,
         catalog: ModelCatalog,
         admission: Admission,
@@ -66,7 +72,7 @@ class EvalRunner:
         stale_after_seconds: float = 30.0,
         poll_seconds: float = 1.0,
     ) -> None:
-        self._evals = evals
+        self._queue = queue
         self._tenancy = tenancy
         self._catalog = catalog
         self._admission = admission
@@ -85,7 +91,7 @@ class EvalRunner:
                 if self._admission.draining:  # a gateway going away takes no new run
                     await asyncio.sleep(self._poll)
                     continue
-                run_id = await run_in_threadpool(self._evals.claim, self.runner_id, self._stale_after)
+                run_id = await run_in_threadpool(self._queue.claim, self.runner_id, self._stale_after)
                 if run_id is None:
                     await asyncio.sleep(self._poll)
                     continue
@@ -97,29 +103,30 @@ class EvalRunner:
                 await asyncio.sleep(self._poll)
 
     async def execute(self, run_id: str) -> None:
-        run, definition = await run_in_threadpool(self._evals.run_for_runner, run_id)
+        run, definition = await run_in_threadpool(self._queue.run_for_runner, run_id)
+        recipe = run_recipe(run)
         stopped = asyncio.Event()
         beating = asyncio.create_task(self._beat(run_id, stopped))
-        status, error = "completed", None
+        status, error = RunStatus.COMPLETED, None
         try:
             tenant = await self._tenant(run)
-            served = await self._served(run, tenant) if run.data_source["type"] == "completions" else None
-            items = await run_in_threadpool(self._evals.pending, run_id)
-            await self._items(run, definition, tenant, served, items, stopped)
+            served = await self._served(run, tenant) if isinstance(recipe, CompletionsRecipe) else None
+            items = await run_in_threadpool(self._queue.pending, run_id)
+            await self._items(run, recipe, definition, tenant, served, items, stopped)
         except RunStopped as exc:
-            status, error = "failed", exc.error
+            status, error = RunStatus.FAILED, exc.error
         finally:
             beating.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beating
         if not stopped.is_set():  # else cancelled, or taken over: not this runner's to end
-            await run_in_threadpool(self._evals.finish, run_id, self.runner_id, status, error)
+            await run_in_threadpool(self._queue.finish, run_id, self.runner_id, status, error)
 
     async def _beat(self, run_id: str, stopped: asyncio.Event) -> None:
         while not stopped.is_set():
             await asyncio.sleep(self._heartbeat)
             try:
-                if not await run_in_threadpool(self._evals.heartbeat, run_id, self.runner_id):
+                if not await run_in_threadpool(self._queue.heartbeat, run_id, self.runner_id):
                     stopped.set()
             except Exception:
                 logger.warning("heartbeat of eval run %s failed", run_id, exc_info=True)
@@ -146,6 +153,7 @@ class EvalRunner:
     async def _items(
         self,
         run: EvalRun,
+        recipe: Recipe,
         definition: Eval,
         tenant: TenantPrincipal,
         served: ServedModel | None,
@@ -160,7 +168,7 @@ class EvalRunner:
                 if stopped.is_set() or fatal:
                     return
                 try:
-                    status, sample, results = await self._item(run, definition, tenant, served, item)
+                    status, sample, results = await self._item(run, recipe, definition, tenant, served, item)
                 except RunStopped as exc:
                     fatal.append(exc)
                     return
@@ -168,8 +176,8 @@ class EvalRunner:
                     # logged here; the tenant sees the category only)
                     logger.exception("eval run %s: item %d failed", run.id, item.position)
                     failed = {"code": "item_failed", "message": "This item could not be sampled or graded."}
-                    status, sample, results = "error", {"error": failed}, []
-                await run_in_threadpool(self._evals.record, item.id, status, sample, results)
+                    status, sample, results = ItemStatus.ERROR, {"error": failed}, []
+                await run_in_threadpool(self._queue.record, item.id, status, sample, results)
 
         await asyncio.gather(*(one(item) for item in items))
         if fatal:
@@ -178,21 +186,25 @@ class EvalRunner:
     async def _item(
         self,
         run: EvalRun,
+        recipe: Recipe,
         definition: Eval,
         tenant: TenantPrincipal,
         served: ServedModel | None,
         item: EvalRunItem,
-    ) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
-        if served is None:  # a jsonl run: the item brought its sample
-            sample = {"output_text": str((item.given_sample or {}).get("output_text", "")), "error": None}
+    ) -> Outcome:
+        if served is None or not isinstance(recipe, CompletionsRecipe):  # a jsonl run: the item brought its sample
+            sample: dict[str, Any] = {
+                "output_text": str((item.given_sample or {}).get("output_text", "")),
+                "error": None,
+            }
             namespace = dict(item.given_sample or {})
         else:
             try:
-                sample = await self._sample(run, tenant, served, item)
+                sample = await self._sample(run, recipe, tenant, served, item)
             except (TemplateError, APIError) as exc:
                 error = as_api_error(exc) if isinstance(exc, APIError) else None
                 code = error.code if error and error.code else "invalid_input"
-                return "error", {"error": {"code": code, "message": str(exc)}}, []
+                return ItemStatus.ERROR, {"error": {"code": code, "message": str(exc)}}, []
             namespace = {"output_text": sample["output"][0]["content"]}
         try:
             grades = await self._workers.call(
@@ -203,35 +215,32 @@ class EvalRunner:
                 budget=bounds.GRADING_SECONDS,
             )
         except TemplateError as exc:
-            return "error", {**sample, "error": {"code": "invalid_template", "message": str(exc)}}, []
+            return ItemStatus.ERROR, {**sample, "error": {"code": "invalid_template", "message": str(exc)}}, []
         except GradingError as exc:
-            return "error", {**sample, "error": {"code": exc.code, "message": str(exc)}}, []
+            return ItemStatus.ERROR, {**sample, "error": {"code": exc.code, "message": str(exc)}}, []
         except WorkTimedOut:
             timed_out = f"Grading this item took longer than {bounds.GRADING_SECONDS:g} seconds."
-            return "error", {**sample, "error": {"code": "grading_timeout", "message": timed_out}}, []
+            return ItemStatus.ERROR, {**sample, "error": {"code": "grading_timeout", "message": timed_out}}, []
         except WorkFailed:
             failed = {"code": "grading_failed", "message": "This item could not be graded."}
-            return "error", {**sample, "error": failed}, []
+            return ItemStatus.ERROR, {**sample, "error": failed}, []
         passed = all(g.passed for g in grades)
-        return ("pass" if passed else "fail"), sample, [g.result() for g in grades]
+        return (ItemStatus.PASS if passed else ItemStatus.FAIL), sample, [g.result() for g in grades]
 
     async def _sample(
-        self, run: EvalRun, tenant: TenantPrincipal, served: ServedModel, item: EvalRunItem
+        self, run: EvalRun, recipe: CompletionsRecipe, tenant: TenantPrincipal, served: ServedModel, item: EvalRunItem
     ) -> dict[str, Any]:
         """One completion for the item, admitted, metered and run like any chat request."""
-        source = run.data_source
-        params = source.get("sampling_params") or {}
-        messages = [
-            {"role": m["role"], "content": render(m["content"], {"item": item.item})}
-            for m in source["input_messages"]["template"]
-        ]
+        params = recipe.sampling_params
+        rendered = [(m.role, render(m.content, {"item": item.item})) for m in recipe.input_messages.template]
+        messages = [{"role": role, "content": content} for role, content in rendered]
         body = ChatCompletionRequest(
             model=run.model,
-            messages=[ChatMessage(role=m["role"], content=m["content"]) for m in messages],
-            temperature=params.get("temperature"),
-            top_p=params.get("top_p"),
-            max_completion_tokens=params.get("max_completion_tokens"),
-            seed=params.get("seed"),
+            messages=[ChatMessage(role=role, content=content) for role, content in rendered],
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_completion_tokens=params.max_completion_tokens,
+            seed=params.seed,
         )
         for _attempt in range(_RATE_LIMIT_RETRIES):
             serving = self._serving(tenant)
@@ -277,9 +286,9 @@ class EvalRunner:
                     "cached_tokens": 0,
                 },
                 "error": None,
-                "temperature": params.get("temperature"),
-                "top_p": params.get("top_p"),
-                "max_completion_tokens": params.get("max_completion_tokens"),
-                "seed": params.get("seed"),
+                "temperature": params.temperature,
+                "top_p": params.top_p,
+                "max_completion_tokens": params.max_completion_tokens,
+                "seed": params.seed,
             }
         raise RunStopped("rate_limit_exceeded", "The tenant's rate limits kept refusing the run's samples.")

@@ -11,9 +11,9 @@ import os
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import CursorResult, delete, func, select
 
 from adapters.datasets import DatasetError, check_jsonl
 from gateway import audit, bounds
@@ -171,7 +171,10 @@ class FileStore:
         """The row (with its audit entry), then the bytes."""
         self.path_of(file_id)
         with self._db.session() as session:
-            deleted = session.execute(delete(File).where(File.id == file_id, File.tenant_id == tenant_id))
+            deleted = cast(
+                "CursorResult[Any]",
+                session.execute(delete(File).where(File.id == file_id, File.tenant_id == tenant_id)),
+            )
             if not deleted.rowcount:
                 raise NotFoundError(f"No such File object: {file_id}", param="file_id")
             audit.record(session, actor, "file.delete", "file", file_id, tenant_id)

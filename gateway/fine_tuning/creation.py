@@ -1,0 +1,159 @@
+"""Creating a fine-tuning job, the domain side of ``POST /v1/fine_tuning/jobs``: check the model (trainable
+here, served, allowed to the key) and the LoRA shape, read the training file once to count its examples and
+estimate its tokens, choose every "auto" from that, reserve the estimate against the tenant's budget, and record
+the job with its recipe; the reservation is given back if the job cannot be recorded."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Collection, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, BinaryIO
+
+from starlette.concurrency import run_in_threadpool
+
+from adapters.datasets import ChatExample, DatasetError, Example, iter_examples
+from adapters.hyperparameters import choose as choose_hyperparameters
+from adapters.jobs import JobRequest, JobService, new_job_id
+from adapters.recipe import TrainingRecipe
+from engine.protocol import Tokenizer
+from gateway.accounting.admission import Admission
+from gateway.errors import InvalidRequestError, NotFoundError
+from gateway.fine_tuning.files import FileStore
+from gateway.fine_tuning.models import FineTuningJobCreate
+from gateway.inference.catalog import ModelCatalog
+from gateway.tenancy.principal import TenantPrincipal
+from gateway.tenancy.service import utcnow
+
+ENCODE_CHARS = 4096
+"""Text is encoded this much at a time (cut at a space), so that no single tokenizer call, which holds the GIL,
+keeps the event loop waiting: an example may be a megabyte of text."""
+
+
+def count_tokens(tokenizer: Tokenizer, text: str) -> int:
+    """The tokens of ``text``, encoded a piece at a time (an estimate: a cut may split what would be one token)."""
+    total = start = 0
+    while start < len(text):
+        end = start + ENCODE_CHARS
+        cut = text.rfind(" ", start + 1, end) if end < len(text) else -1
+        end = cut if cut > start else end
+        total += len(tokenizer.encode(text[start:end]))
+        start = end
+    return total
+
+
+def estimate_tokens(tokenizer: Tokenizer, examples: Iterable[Example]) -> tuple[int, int]:
+    """The examples and the tokens of one pass over them (an estimate for the budget reservation), read as they
+    stream in."""
+    count = total = 0
+    for example in examples:
+        count += 1
+        if isinstance(example, ChatExample):
+            messages = [{"role": m.role, "content": m.content} for m in example.messages]
+            total += count_tokens(tokenizer, tokenizer.render_chat(messages))
+        else:
+            total += count_tokens(tokenizer, example.prompt + example.completion) + 1
+    return count, total
+
+
+@contextmanager
+def _training_file(files: FileStore, tenant_id: str, file_id: str, param: str) -> Iterator[BinaryIO]:
+    """The tenant's fine-tuning file, open (a 400 naming ``param`` when it is missing or not for fine-tuning)."""
+    try:
+        purpose = files.purpose_of(tenant_id, file_id)
+        if purpose != "fine-tune":
+            raise InvalidRequestError(
+                f"File '{file_id}' has purpose '{purpose}', not 'fine-tune'.", param=param, code="invalid_file_purpose"
+            )
+        handle, _ = files.open(tenant_id, file_id)
+    except NotFoundError as exc:
+        raise InvalidRequestError(f"File '{file_id}' not found.", param=param, code="file_not_found") from exc
+    with handle:
+        yield handle
+
+
+def _check_files_and_estimate(
+    files: FileStore, tenant_id: str, body: FineTuningJobCreate, tokenizer: Tokenizer
+) -> tuple[int, int]:
+    """Blocking (a worker thread): check the files; the training examples and one epoch's tokens, one example in
+    memory at a time."""
+    if body.validation_file:
+        with _training_file(files, tenant_id, body.validation_file, "validation_file"):
+            pass  # it exists and is for fine-tuning; its lines were checked on upload
+    with _training_file(files, tenant_id, body.training_file, "training_file") as handle:
+        try:
+            return estimate_tokens(tokenizer, iter_examples(handle))
+        except DatasetError as exc:  # checked on upload, but by the rules of its day
+            raise InvalidRequestError(
+                f"Invalid file format: {exc}", param="training_file", code="invalid_file_format"
+            ) from exc
+
+
+class JobCreator:
+    """``trainable``: the base models the worker can train (``adapters.base_models``)."""
+
+    def __init__(
+        self,
+        jobs: JobService,
+        files: FileStore,
+        catalog: ModelCatalog,
+        admission: Admission,
+        trainable: Collection[str],
+        max_lora_rank: int,
+    ) -> None:
+        self._jobs = jobs
+        self._files = files
+        self._catalog = catalog
+        self._admission = admission
+        self._trainable = trainable
+        self._max_lora_rank = max_lora_rank
+
+    def _check_model(self, tenant: TenantPrincipal, body: FineTuningJobCreate) -> None:
+        bases = [model for model in self._catalog.base_ids() if model in self._trainable]
+        if body.model not in bases:
+            raise InvalidRequestError(
+                f"That model cannot be fine-tuned here; base models: {', '.join(bases)}.",
+                param="model",
+                code="model_not_available",
+            )
+        tenant.check_model(body.model)
+
+    async def create(self, tenant: TenantPrincipal, body: FineTuningJobCreate) -> dict[str, Any]:
+        self._check_model(tenant, body)
+        requested = body.requested_hyperparameters()
+        if body.lora.rank > self._max_lora_rank:
+            message = f"lora.rank must be at most {self._max_lora_rank} on this server."
+            raise InvalidRequestError(message, param="lora.rank")
+        base = await self._catalog.resolve(body.model, tenant.tenant_id)
+        examples, per_epoch = await run_in_threadpool(
+            _check_files_and_estimate, self._files, tenant.tenant_id, body, base.engine.tokenizer
+        )
+        hyperparameters = choose_hyperparameters(examples, requested)
+        job_id, created_at = new_job_id(), utcnow()
+        estimated = per_epoch * hyperparameters.n_epochs
+        reserved = await self._admission.admit_training(tenant, job_id, body.model, estimated, created_at)
+        recipe = TrainingRecipe(
+            hyperparameters=hyperparameters,
+            lora=body.lora.shape(),
+            keep_checkpoint=body.keep_checkpoint,
+            seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
+        )
+        request = JobRequest(
+            job_id=job_id,
+            tenant_id=tenant.tenant_id,
+            tenant_name=tenant.identity.tenant_name,
+            model=body.model,
+            training_file=body.training_file,
+            validation_file=body.validation_file,
+            suffix=body.suffix,
+            recipe=recipe,
+            estimated_tokens=reserved.tokens,
+            reserved_cost_nanos=reserved.cost_nanos,
+            metadata=body.metadata,
+            created_at=created_at,
+        )
+        try:
+            return await run_in_threadpool(self._jobs.create, request)
+        except Exception:  # not created: give the reservation back (a cancelled request may still have created it)
+            await self._admission.release_training(tenant, job_id, reserved)
+            raise

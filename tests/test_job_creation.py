@@ -1,0 +1,32 @@
+"""Creating a fine-tuning job (``gateway.fine_tuning.creation``): a model the worker cannot train is refused at
+creation with a 400 naming ``model``, even when it is served (an upstream pool may serve more than the worker
+trains), instead of being accepted and failing later."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from adapters.base_models import trainable_models
+from engine.settings import EngineSettings
+from gateway.errors import InvalidRequestError
+from gateway.fine_tuning.creation import JobCreator
+from gateway.fine_tuning.models import FineTuningJobCreate
+from gateway.inference.catalog import ModelCatalog
+
+
+def test_one_setting_names_the_trainable_models() -> None:
+    assert trainable_models(EngineSettings(served_model_name="org/base")) == ("org/base",)
+
+
+@pytest.mark.parametrize("model", ["served-elsewhere", "never-heard-of"])
+async def test_a_model_the_worker_cannot_train_is_refused_at_creation(model: str) -> None:
+    served: dict[str, Any] = {"base": object(), "served-elsewhere": object()}
+    catalog = ModelCatalog(lambda: served, registry=None)  # type: ignore[arg-type]
+    creator = JobCreator(None, None, catalog, None, ("base",), 16)  # type: ignore[arg-type]
+    body = FineTuningJobCreate(model=model, training_file="file-abc")
+    with pytest.raises(InvalidRequestError) as info:
+        await creator.create(None, body)  # type: ignore[arg-type]
+    assert (info.value.param, info.value.code) == ("model", "model_not_available")
+    assert "base models: base." in info.value.message
