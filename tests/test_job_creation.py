@@ -4,11 +4,13 @@ trains), instead of being accepted and failing later."""
 
 from __future__ import annotations
 
-from typing import Any
+from types import SimpleNamespace
 
 import pytest
 
 from adapters.base_models import trainable_models
+from engine.backend import ModelOffer
+from engine.fake import FakeEngine
 from engine.settings import EngineSettings
 from gateway.errors import InvalidRequestError
 from gateway.fine_tuning.creation import JobCreator
@@ -22,8 +24,8 @@ def test_one_setting_names_the_trainable_models() -> None:
 
 @pytest.mark.parametrize("model", ["served-elsewhere", "never-heard-of"])
 async def test_a_model_the_worker_cannot_train_is_refused_at_creation(model: str) -> None:
-    served: dict[str, Any] = {"base": object(), "served-elsewhere": object()}
-    catalog = ModelCatalog(lambda: served, registry=None)  # type: ignore[arg-type]
+    served = {name: ModelOffer(FakeEngine()) for name in ("base", "served-elsewhere")}
+    catalog = ModelCatalog(SimpleNamespace(models=lambda: served), registry=None)  # type: ignore[arg-type]
     creator = JobCreator(None, None, catalog, None, ("base",), 16)  # type: ignore[arg-type]
     body = FineTuningJobCreate(model=model, training_file="file-abc")
     with pytest.raises(InvalidRequestError) as info:
