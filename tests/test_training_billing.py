@@ -32,7 +32,7 @@ def released_at(database: Database, job_id: str) -> object:
 
 async def test_a_release_the_limiter_failed_is_tried_again_and_done_once(database: Database) -> None:
     jobs = JobService(database.sessions, on_final=charge_job)
-    job_id = jobs.create(job_request(estimated_tokens=500))["id"]
+    job_id = jobs.create(job_request(estimated_tokens=500)).id
     jobs.cancel("ten_1", job_id)  # final: charged in that transaction
     limiter = FlakyLimiter(failures=1)
     billing = TrainingBilling(database, limiter)

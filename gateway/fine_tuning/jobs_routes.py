@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from adapters.datasets import ChatExample, DatasetError, Example, iter_examples
 from adapters.hyperparameters import choose as choose_hyperparameters
+from adapters.job_objects import CheckpointList, EventList, FineTuningJobOut, JobList
 from adapters.jobs import JobRequest, new_job_id
 from adapters.trainable import LoraSpec
 from engine.protocol import Tokenizer
@@ -20,14 +21,14 @@ from gateway import bounds
 from gateway.accounting.routes import RateLimitHeaders
 from gateway.bounds import Metadata
 from gateway.edge.strict_json import StrictJSONRoute
-from gateway.errors import InvalidRequestError, NotFoundError
+from gateway.errors import ERROR_RESPONSES, InvalidRequestError, NotFoundError
 from gateway.fine_tuning.files import FileStore
 from gateway.inference.api_types import refused_unless
 from gateway.state import AdmissionDep, CatalogDep, ContextDep, EngineSettingsDep, FilesDep, JobsDep
 from gateway.tenancy.principal import TenantDep
 from gateway.tenancy.service import utcnow
 
-router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
+router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders], responses=ERROR_RESPONSES)
 
 DEFAULT_TARGET_MODULES = LoraSpec().target_modules
 FileRef = Annotated[str, Field(min_length=1, max_length=40)]
@@ -161,7 +162,7 @@ async def create_job(
     files: FilesDep,
     jobs: JobsDep,
     engine_settings: EngineSettingsDep,
-) -> dict[str, Any]:
+) -> FineTuningJobOut:
     await admission.admit_request(context, tenant)  # one unit of the RPM window, before any file is read
     if body.model not in catalog.base_ids():
         raise InvalidRequestError(
@@ -218,29 +219,29 @@ JobCursor = Annotated[str | None, Query(max_length=40)]
 
 
 @router.get("/v1/fine_tuning/jobs")
-async def list_jobs(jobs: JobsDep, tenant: TenantDep, after: JobCursor = None, limit: Limit = 20) -> dict[str, Any]:
+async def list_jobs(jobs: JobsDep, tenant: TenantDep, after: JobCursor = None, limit: Limit = 20) -> JobList:
     return await run_in_threadpool(jobs.list, tenant.tenant_id, after, limit)
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}")
-async def retrieve_job(job_id: JobId, jobs: JobsDep, tenant: TenantDep) -> dict[str, Any]:
+async def retrieve_job(job_id: JobId, jobs: JobsDep, tenant: TenantDep) -> FineTuningJobOut:
     return await run_in_threadpool(jobs.get, tenant.tenant_id, job_id)
 
 
 @router.post("/v1/fine_tuning/jobs/{job_id}/cancel")
-async def cancel_job(job_id: JobId, jobs: JobsDep, tenant: TenantDep) -> dict[str, Any]:
+async def cancel_job(job_id: JobId, jobs: JobsDep, tenant: TenantDep) -> FineTuningJobOut:
     return await run_in_threadpool(jobs.cancel, tenant.tenant_id, job_id)
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/events")
 async def job_events(
     job_id: JobId, jobs: JobsDep, tenant: TenantDep, after: EventCursor = None, limit: Limit = 20
-) -> dict[str, Any]:
+) -> EventList:
     return await run_in_threadpool(jobs.events, tenant.tenant_id, job_id, after, limit)
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
 async def job_checkpoints(
     job_id: JobId, jobs: JobsDep, tenant: TenantDep, after: CheckpointCursor = None, limit: Limit = 10
-) -> dict[str, Any]:
+) -> CheckpointList:
     return await run_in_threadpool(jobs.checkpoints, tenant.tenant_id, job_id, after, limit)
