@@ -5,7 +5,7 @@ run checks its model and items first."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
@@ -13,12 +13,23 @@ from starlette.concurrency import run_in_threadpool
 from gateway.accounting.routes import RateLimitHeaders
 from gateway.audit import actor_of
 from gateway.edge.strict_json import StrictJSONRoute
+from gateway.errors import ERROR_RESPONSES
 from gateway.evals.items import checked_items, checked_schema
 from gateway.evals.models import EvalCreate, EvalUpdate, RunCreate
+from gateway.evals.schemas import (
+    EvalDeleted,
+    EvalList,
+    EvalOut,
+    EvalRunOut,
+    OutputItemList,
+    OutputItemOut,
+    RunDeleted,
+    RunList,
+)
 from gateway.state import AdmissionDep, ContextDep, EvalsDep, FilesDep, ServingDep, WorkersDep
 from gateway.tenancy.principal import TenantDep
 
-router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
+router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders], responses=ERROR_RESPONSES)
 
 EvalId = Annotated[str, Path(max_length=40)]
 RunId = Annotated[str, Path(max_length=40)]
@@ -35,7 +46,7 @@ async def create_eval(
     admission: AdmissionDep,
     evals: EvalsDep,
     workers: WorkersDep,
-) -> dict[str, Any]:
+) -> EvalOut:
     await admission.admit_request(context, tenant)
     await checked_schema(workers, body.data_source_config.item_schema, "data_source_config.item_schema")
     return await run_in_threadpool(evals.create, tenant.tenant_id, body)
@@ -44,22 +55,22 @@ async def create_eval(
 @router.get("/v1/evals")
 async def list_evals(
     tenant: TenantDep, evals: EvalsDep, after: Cursor = None, limit: Limit = 20, order: Order = "asc"
-) -> dict[str, Any]:
+) -> EvalList:
     return await run_in_threadpool(evals.list, tenant.tenant_id, after, limit, order)
 
 
 @router.get("/v1/evals/{eval_id}")
-async def retrieve_eval(eval_id: EvalId, tenant: TenantDep, evals: EvalsDep) -> dict[str, Any]:
+async def retrieve_eval(eval_id: EvalId, tenant: TenantDep, evals: EvalsDep) -> EvalOut:
     return await run_in_threadpool(evals.get, tenant.tenant_id, eval_id)
 
 
 @router.post("/v1/evals/{eval_id}")
-async def update_eval(eval_id: EvalId, body: EvalUpdate, tenant: TenantDep, evals: EvalsDep) -> dict[str, Any]:
+async def update_eval(eval_id: EvalId, body: EvalUpdate, tenant: TenantDep, evals: EvalsDep) -> EvalOut:
     return await run_in_threadpool(evals.update, tenant.tenant_id, eval_id, body)
 
 
 @router.delete("/v1/evals/{eval_id}")
-async def delete_eval(request: Request, eval_id: EvalId, tenant: TenantDep, evals: EvalsDep) -> dict[str, Any]:
+async def delete_eval(request: Request, eval_id: EvalId, tenant: TenantDep, evals: EvalsDep) -> EvalDeleted:
     actor = actor_of(request, tenant.key_id, tenant.tenant_id)
     return await run_in_threadpool(evals.delete, tenant.tenant_id, eval_id, actor)
 
@@ -74,7 +85,7 @@ async def create_run(
     evals: EvalsDep,
     files: FilesDep,
     workers: WorkersDep,
-) -> dict[str, Any]:
+) -> EvalRunOut:
     tenant = serving.tenant
     await admission.admit_request(context, tenant)
     definition = await run_in_threadpool(evals.definition, tenant.tenant_id, eval_id)
@@ -95,25 +106,25 @@ async def list_runs(
     limit: Limit = 20,
     order: Order = "asc",
     status: Literal["queued", "in_progress", "completed", "canceled", "failed"] | None = None,
-) -> dict[str, Any]:
+) -> RunList:
     return await run_in_threadpool(evals.list_runs, tenant.tenant_id, eval_id, after, limit, order, status)
 
 
 @router.get("/v1/evals/{eval_id}/runs/{run_id}")
-async def retrieve_run(eval_id: EvalId, run_id: RunId, tenant: TenantDep, evals: EvalsDep) -> dict[str, Any]:
+async def retrieve_run(eval_id: EvalId, run_id: RunId, tenant: TenantDep, evals: EvalsDep) -> EvalRunOut:
     return await run_in_threadpool(evals.get_run, tenant.tenant_id, eval_id, run_id)
 
 
 @router.post("/v1/evals/{eval_id}/runs/{run_id}")
 @router.post("/v1/evals/{eval_id}/runs/{run_id}/cancel")
-async def cancel_run(eval_id: EvalId, run_id: RunId, tenant: TenantDep, evals: EvalsDep) -> dict[str, Any]:
+async def cancel_run(eval_id: EvalId, run_id: RunId, tenant: TenantDep, evals: EvalsDep) -> EvalRunOut:
     return await run_in_threadpool(evals.cancel_run, tenant.tenant_id, eval_id, run_id)
 
 
 @router.delete("/v1/evals/{eval_id}/runs/{run_id}")
 async def delete_run(
     request: Request, eval_id: EvalId, run_id: RunId, tenant: TenantDep, evals: EvalsDep
-) -> dict[str, Any]:
+) -> RunDeleted:
     actor = actor_of(request, tenant.key_id, tenant.tenant_id)
     return await run_in_threadpool(evals.delete_run, tenant.tenant_id, eval_id, run_id, actor)
 
@@ -128,7 +139,7 @@ async def list_output_items(
     limit: Limit = 20,
     order: Order = "asc",
     status: Literal["pass", "fail", "error"] | None = None,
-) -> dict[str, Any]:
+) -> OutputItemList:
     return await run_in_threadpool(evals.output_items, tenant.tenant_id, eval_id, run_id, after, limit, order, status)
 
 
@@ -139,5 +150,5 @@ async def retrieve_output_item(
     output_item_id: Annotated[str, Path(max_length=40)],
     tenant: TenantDep,
     evals: EvalsDep,
-) -> dict[str, Any]:
+) -> OutputItemOut:
     return await run_in_threadpool(evals.output_item, tenant.tenant_id, eval_id, run_id, output_item_id)

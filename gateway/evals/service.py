@@ -5,19 +5,35 @@ item's sample and grades, and the run's end."""
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import re
 from collections import Counter
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import CursorResult, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from adapters.pagination import keyset_page
 from gateway import audit
 from gateway.db import Database, Eval, EvalRun, EvalRunItem
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.evals.models import EvalCreate, EvalUpdate, RunCreate
+from gateway.evals.schemas import (
+    CriterionResult,
+    CustomDataSourceConfigOut,
+    EvalDeleted,
+    EvalList,
+    EvalOut,
+    EvalRunOut,
+    ModelUsage,
+    OutputItemList,
+    OutputItemOut,
+    ResultCounts,
+    RunDeleted,
+    RunList,
+)
 from gateway.tenancy.keys import new_id
 from gateway.tenancy.service import lock_live_tenant, utcnow
 
@@ -25,77 +41,74 @@ FINAL = ("completed", "failed", "canceled")
 PENDING = "pending"
 
 
-def _epoch(moment: datetime | None) -> int | None:
-    return None if moment is None else int(moment.timestamp())
+def _epoch(moment: datetime) -> int:
+    return int(moment.timestamp())
 
 
-def eval_object(row: Eval) -> dict[str, Any]:
+def eval_object(row: Eval) -> EvalOut:
     properties: dict[str, Any] = {"item": row.item_schema}
     required = ["item"]
     if row.include_sample_schema:
         properties["sample"] = {"type": "object", "properties": {"output_text": {"type": "string"}}}
         required.append("sample")
-    return {
-        "object": "eval",
-        "id": row.id,
-        "name": row.name,
-        "data_source_config": {
-            "type": "custom",
-            "schema": {"type": "object", "properties": properties, "required": required},
-        },
-        "testing_criteria": row.testing_criteria,
-        "created_at": _epoch(row.created_at),
-        "metadata": row.user_metadata,
-    }
+    return EvalOut(
+        id=row.id,
+        name=row.name,
+        data_source_config=CustomDataSourceConfigOut(
+            schema={"type": "object", "properties": properties, "required": required}
+        ),
+        testing_criteria=row.testing_criteria,
+        created_at=_epoch(row.created_at),
+        metadata=row.user_metadata,
+    )
 
 
-def run_object(row: EvalRun, counts: dict[str, int], per_criteria: list[dict[str, Any]]) -> dict[str, Any]:
+def run_object(row: EvalRun, counts: dict[str, int], per_criteria: list[dict[str, Any]]) -> EvalRunOut:
     usage = row.usage or {}
-    return {
-        "object": "eval.run",
-        "id": row.id,
-        "eval_id": row.eval_id,
-        "name": row.name,
-        "model": row.model,
-        "status": row.status,
-        "created_at": _epoch(row.created_at),
-        "data_source": row.data_source,
-        "error": row.error,
-        "result_counts": counts,
-        "per_testing_criteria_results": per_criteria,
-        "per_model_usage": [
-            {
-                "model_name": row.model,
-                "invocation_count": usage.get("invocation_count", 0),
-                "prompt_tokens": usage.get("prompt_tokens", 0),
-                "completion_tokens": usage.get("completion_tokens", 0),
-                "total_tokens": usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0),
-                "cached_tokens": 0,
-            }
+    return EvalRunOut(
+        id=row.id,
+        eval_id=row.eval_id,
+        name=row.name,
+        model=row.model,
+        status=row.status,
+        created_at=_epoch(row.created_at),
+        data_source=row.data_source,
+        error=row.error,
+        result_counts=ResultCounts.model_validate(counts),
+        per_testing_criteria_results=[CriterionResult.model_validate(result) for result in per_criteria],
+        per_model_usage=[
+            ModelUsage(
+                model_name=row.model,
+                invocation_count=usage.get("invocation_count", 0),
+                prompt_tokens=usage.get("prompt_tokens", 0),
+                completion_tokens=usage.get("completion_tokens", 0),
+                total_tokens=usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0),
+            )
         ]
         if usage.get("invocation_count")
         else [],
-        "report_url": f"/v1/evals/{row.eval_id}/runs/{row.id}",
-        "metadata": row.user_metadata,
-    }
+        report_url=f"/v1/evals/{row.eval_id}/runs/{row.id}",
+        metadata=row.user_metadata,
+    )
 
 
-def output_item_object(row: EvalRunItem, run: EvalRun) -> dict[str, Any]:
-    return {
-        "object": "eval.run.output_item",
-        "id": output_item_id(run.id, row.position),
-        "run_id": run.id,
-        "eval_id": run.eval_id,
-        "created_at": _epoch(row.created_at),
-        "status": row.status,
-        "datasource_item_id": row.position,
-        "datasource_item": row.item,
-        "results": row.results or [],
-        "sample": row.sample,
-    }
+def output_item_object(row: EvalRunItem, run: EvalRun) -> OutputItemOut:
+    return OutputItemOut(
+        id=output_item_id(run.id, row.position),
+        run_id=run.id,
+        eval_id=run.eval_id,
+        created_at=_epoch(row.created_at),
+        status=row.status,
+        datasource_item_id=row.position,
+        datasource_item=row.item,
+        results=row.results or [],
+        sample=row.sample,
+    )
 
 
-def _tally(rows: list[tuple[str, list[dict[str, Any]] | None]], criteria: list[str]) -> tuple[dict[str, int], list]:
+def _tally(
+    rows: list[tuple[str, list[dict[str, Any]] | None]], criteria: list[str]
+) -> tuple[dict[str, int], list[dict[str, Any]]]:
     """Result counts and per-criterion passes from (status, results) of a run's graded items."""
     statuses = Counter(status for status, _ in rows)
     counts = {
@@ -113,23 +126,6 @@ def _tally(rows: list[tuple[str, list[dict[str, Any]] | None]], criteria: list[s
     return counts, per_criteria
 
 
-def _page(session: Session, query: Any, key: Any, after: Any, limit: int, descending: bool) -> tuple[list[Any], bool]:
-    if after is not None:
-        query = query.where(key < after if descending else key > after)
-    rows = list(session.scalars(query.order_by(key.desc() if descending else key).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
-
-
-def _listing(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
-
-
 class EvalService:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -142,7 +138,7 @@ class EvalService:
             raise NotFoundError(f"No eval found with id '{eval_id}'.", param="eval_id")
         return row
 
-    def create(self, tenant_id: str, body: EvalCreate) -> dict[str, Any]:
+    def create(self, tenant_id: str, body: EvalCreate) -> EvalOut:
         row = Eval(
             id=new_id("eval"),
             tenant_id=tenant_id,
@@ -164,17 +160,17 @@ class EvalService:
             session.expunge(row)
             return row
 
-    def get(self, tenant_id: str, eval_id: str) -> dict[str, Any]:
+    def get(self, tenant_id: str, eval_id: str) -> EvalOut:
         return eval_object(self.definition(tenant_id, eval_id))
 
-    def list(self, tenant_id: str, after: str | None, limit: int, order: str) -> dict[str, Any]:
+    def list(self, tenant_id: str, after: str | None, limit: int, order: str) -> EvalList:
         with self._db.session() as session:
-            cursor = self._own(session, tenant_id, after).created_at if after else None
+            cursor = (self._own(session, tenant_id, after).created_at,) if after else None
             query = select(Eval).where(Eval.tenant_id == tenant_id)
-            rows, more = _page(session, query, Eval.created_at, cursor, limit, order == "desc")
-            return _listing([eval_object(row) for row in rows], more)
+            rows, more = keyset_page(session, query, (Eval.created_at,), cursor, limit, descending=order == "desc")
+            return EvalList.of([eval_object(row) for row in rows], more)
 
-    def update(self, tenant_id: str, eval_id: str, body: EvalUpdate) -> dict[str, Any]:
+    def update(self, tenant_id: str, eval_id: str, body: EvalUpdate) -> EvalOut:
         with self._db.session() as session:
             row = self._own(session, tenant_id, eval_id)
             if body.name is not None:
@@ -184,7 +180,7 @@ class EvalService:
             session.flush()
             return eval_object(row)
 
-    def delete(self, tenant_id: str, eval_id: str, actor: audit.Actor) -> dict[str, Any]:
+    def delete(self, tenant_id: str, eval_id: str, actor: audit.Actor) -> EvalDeleted:
         """The eval, its runs and their items (the tenant's content: items and samples)."""
         with self._db.session() as session:
             self._own(session, tenant_id, eval_id)
@@ -193,7 +189,7 @@ class EvalService:
             session.execute(delete(EvalRun).where(EvalRun.eval_id == eval_id))
             session.execute(delete(Eval).where(Eval.id == eval_id))
             audit.record(session, actor, "eval.delete", "eval", eval_id, tenant_id)
-        return {"object": "eval.deleted", "deleted": True, "eval_id": eval_id}
+        return EvalDeleted(eval_id=eval_id)
 
     # -- runs ------------------------------------------------------------------------------------------------------
     def create_run(
@@ -203,8 +199,8 @@ class EvalService:
         eval_id: str,
         body: RunCreate,
         model: str,
-        items: list[tuple[dict[str, Any], dict[str, Any] | None]],
-    ) -> dict[str, Any]:
+        items: builtins.list[tuple[dict[str, Any], dict[str, Any] | None]],
+    ) -> EvalRunOut:
         now = utcnow()
         run = EvalRun(
             id=new_id("evalrun"),
@@ -226,7 +222,7 @@ class EvalService:
             self._own(session, tenant_id, eval_id)
             session.add(run)
             session.execute(
-                EvalRunItem.__table__.insert(),
+                insert(EvalRunItem),
                 [
                     {
                         "run_id": run.id,
@@ -249,7 +245,7 @@ class EvalService:
             raise NotFoundError(f"No run found with id '{run_id}'.", param="run_id")
         return run
 
-    def _run_object(self, session: Session, run: EvalRun) -> dict[str, Any]:
+    def _run_object(self, session: Session, run: EvalRun) -> EvalRunOut:
         if run.status in FINAL and run.per_criteria:
             return run_object(run, run.result_counts, run.per_criteria)
         criteria = [c["name"] for c in session.get(Eval, run.eval_id).testing_criteria]  # type: ignore[union-attr]
@@ -262,23 +258,24 @@ class EvalService:
         counts["total"] = run.result_counts.get("total", counts["total"])
         return run_object(run, counts, per_criteria)
 
-    def get_run(self, tenant_id: str, eval_id: str, run_id: str) -> dict[str, Any]:
+    def get_run(self, tenant_id: str, eval_id: str, run_id: str) -> EvalRunOut:
         with self._db.session() as session:
             return self._run_object(session, self._own_run(session, tenant_id, eval_id, run_id))
 
     def list_runs(
         self, tenant_id: str, eval_id: str, after: str | None, limit: int, order: str, status: str | None
-    ) -> dict[str, Any]:
+    ) -> RunList:
         with self._db.session() as session:
             self._own(session, tenant_id, eval_id)
-            cursor = self._own_run(session, tenant_id, eval_id, after).created_at if after else None
+            cursor = (self._own_run(session, tenant_id, eval_id, after).created_at,) if after else None
             query = select(EvalRun).where(EvalRun.eval_id == eval_id)
             if status:
                 query = query.where(EvalRun.status == status)
-            rows, more = _page(session, query, EvalRun.created_at, cursor, limit, order == "desc")
-            return _listing([self._run_object(session, row) for row in rows], more)
+            keys = (EvalRun.created_at,)
+            rows, more = keyset_page(session, query, keys, cursor, limit, descending=order == "desc")
+            return RunList.of([self._run_object(session, row) for row in rows], more)
 
-    def cancel_run(self, tenant_id: str, eval_id: str, run_id: str) -> dict[str, Any]:
+    def cancel_run(self, tenant_id: str, eval_id: str, run_id: str) -> EvalRunOut:
         with self._db.session() as session:
             run = self._own_run(session, tenant_id, eval_id, run_id)
             if run.status in FINAL:
@@ -291,14 +288,14 @@ class EvalService:
             session.refresh(run)
             return self._run_object(session, run)
 
-    def delete_run(self, tenant_id: str, eval_id: str, run_id: str, actor: audit.Actor) -> dict[str, Any]:
+    def delete_run(self, tenant_id: str, eval_id: str, run_id: str, actor: audit.Actor) -> RunDeleted:
         """The run and its items (with their samples)."""
         with self._db.session() as session:
             self._own_run(session, tenant_id, eval_id, run_id)
             session.execute(delete(EvalRunItem).where(EvalRunItem.run_id == run_id))
             session.execute(delete(EvalRun).where(EvalRun.id == run_id))
             audit.record(session, actor, "eval_run.delete", "eval_run", run_id, tenant_id, {"eval_id": eval_id})
-        return {"object": "eval.run.deleted", "deleted": True, "run_id": run_id}
+        return RunDeleted(run_id=run_id)
 
     def output_items(
         self,
@@ -309,17 +306,18 @@ class EvalService:
         limit: int,
         order: str,
         status: str | None,
-    ) -> dict[str, Any]:
+    ) -> OutputItemList:
         with self._db.session() as session:
             run = self._own_run(session, tenant_id, eval_id, run_id)
             query = select(EvalRunItem).where(EvalRunItem.run_id == run_id, EvalRunItem.status != PENDING)
             if status:
                 query = query.where(EvalRunItem.status == status)
-            cursor = _item_position(after, run_id, "after") if after else None
-            rows, more = _page(session, query, EvalRunItem.position, cursor, limit, order == "desc")
-            return _listing([output_item_object(row, run) for row in rows], more)
+            cursor = (_item_position(after, run_id, "after"),) if after else None
+            keys = (EvalRunItem.position,)
+            rows, more = keyset_page(session, query, keys, cursor, limit, descending=order == "desc")
+            return OutputItemList.of([output_item_object(row, run) for row in rows], more)
 
-    def output_item(self, tenant_id: str, eval_id: str, run_id: str, item_id: str) -> dict[str, Any]:
+    def output_item(self, tenant_id: str, eval_id: str, run_id: str, item_id: str) -> OutputItemOut:
         with self._db.session() as session:
             run = self._own_run(session, tenant_id, eval_id, run_id)
             position = _item_position(item_id, run_id, "output_item_id")
@@ -344,7 +342,7 @@ class EvalService:
                     .where(EvalRun.id == run_id, waiting)
                     .values(status="in_progress", runner_id=runner_id, heartbeat_at=now, started_at=now)
                 )
-                if taken.rowcount:
+                if cast("CursorResult[Any]", taken).rowcount:  # an UPDATE's result
                     return run_id
         return None
 
@@ -365,9 +363,9 @@ class EvalService:
                 .where(EvalRun.id == run_id, EvalRun.runner_id == runner_id, EvalRun.status == "in_progress")
                 .values(heartbeat_at=utcnow())
             )
-            return bool(beat.rowcount)
+            return bool(cast("CursorResult[Any]", beat).rowcount)  # an UPDATE's result
 
-    def pending(self, run_id: str) -> list[EvalRunItem]:
+    def pending(self, run_id: str) -> builtins.list[EvalRunItem]:
         with self._db.session() as session:
             rows = list(
                 session.scalars(
@@ -379,7 +377,7 @@ class EvalService:
             session.expunge_all()
             return rows
 
-    def record(self, item_id: int, status: str, sample: dict[str, Any], results: list[dict[str, Any]]) -> None:
+    def record(self, item_id: int, status: str, sample: dict[str, Any], results: builtins.list[dict[str, Any]]) -> None:
         with self._db.session() as session:
             session.execute(
                 update(EvalRunItem)
