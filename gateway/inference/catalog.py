@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from adapters.registry import AdapterRecord, AdapterRegistry
 from engine.protocol import AdapterRef, Engine, EngineUnavailable
 from gateway.errors import ModelNotFound, PermissionDenied
+from gateway.inference.schemas import ModelOut
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,8 @@ class ServedModel:
         """The base model's id: what metrics may name (never a tenant's ``ft:`` id)."""
         return self.base_id or self.id
 
-    def card(self) -> dict[str, object]:
-        return {"id": self.id, "object": "model", "created": self.created, "owned_by": self.owned_by}
+    def card(self) -> ModelOut:
+        return ModelOut(id=self.id, created=self.created, owned_by=self.owned_by)
 
 
 class ModelCatalog:
