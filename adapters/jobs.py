@@ -19,16 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.errors import InvalidJobRequest, NotFound
 from adapters.hyperparameters import Hyperparameters
-from adapters.job_objects import (
-    CheckpointList,
-    EventList,
-    FineTuningJobOut,
-    JobCheckpointOut,
-    JobEventOut,
-    JobList,
-    JobMethod,
-    SupervisedMethod,
-)
+from adapters.job_objects import CheckpointList, EventList, FineTuningJobOut, JobCheckpointOut, JobEventOut, JobList
 from adapters.pagination import keyset_page
 from adapters.store import FineTuningJob, JobCheckpoint, JobEvent, utcnow
 
@@ -63,55 +54,6 @@ class JobRequest:
     metadata: dict[str, str] | None
     created_at: datetime
     """When the gateway reserved the job's budget: the reservation's month is this one's."""
-
-
-def _epoch(moment: datetime) -> int:
-    return int(moment.timestamp())
-
-
-def job_object(job: FineTuningJob) -> FineTuningJobOut:
-    hyperparameters = dict(job.hyperparameters)
-    return FineTuningJobOut(
-        id=job.id,
-        model=job.model,
-        created_at=_epoch(job.created_at),
-        finished_at=None if job.finished_at is None else _epoch(job.finished_at),
-        status=job.status,
-        fine_tuned_model=job.fine_tuned_model,
-        organization_id=job.tenant_id,
-        training_file=job.training_file,
-        validation_file=job.validation_file,
-        hyperparameters=hyperparameters,
-        method=JobMethod(type="supervised", supervised=SupervisedMethod(hyperparameters=hyperparameters)),
-        lora=dict(job.lora),
-        trained_tokens=job.trained_tokens,
-        error=job.error,
-        seed=job.seed,
-        suffix=job.suffix,
-        metadata=job.user_metadata,
-    )
-
-
-def event_object(event: JobEvent) -> JobEventOut:
-    return JobEventOut(
-        id=event.public_id,
-        created_at=_epoch(event.created_at),
-        level=event.level,
-        message=event.message,
-        type=event.type,
-        data=event.data,
-    )
-
-
-def checkpoint_object(checkpoint: JobCheckpoint) -> JobCheckpointOut:
-    return JobCheckpointOut(
-        id=checkpoint.id,
-        created_at=_epoch(checkpoint.created_at),
-        fine_tuning_job_id=checkpoint.job_id,
-        fine_tuned_model_checkpoint=checkpoint.fine_tuned_model_checkpoint,
-        step_number=checkpoint.step_number,
-        metrics=checkpoint.metrics,
-    )
 
 
 def add_event(
@@ -206,7 +148,7 @@ class JobService:
             session.add(job)
             add_event(session, job.id, f"Created fine-tuning job: {job.id}")
             session.flush()
-            return job_object(job)
+            return FineTuningJobOut.model_validate(job)
 
     def _own(self, session: Session, tenant_id: str, job_id: str) -> FineTuningJob:
         job = session.get(FineTuningJob, job_id)
@@ -216,7 +158,7 @@ class JobService:
 
     def get(self, tenant_id: str, job_id: str) -> FineTuningJobOut:
         with self._sessions() as session:
-            return job_object(self._own(session, tenant_id, job_id))
+            return FineTuningJobOut.model_validate(self._own(session, tenant_id, job_id))
 
     def list(self, tenant_id: str, after: str | None, limit: int) -> JobList:
         with self._sessions() as session:
@@ -227,7 +169,7 @@ class JobService:
                 cursor = (row.created_at, row.id)
             keys = (FineTuningJob.created_at, FineTuningJob.id)
             jobs, more = keyset_page(session, query, keys, cursor, limit, descending=True)
-        return JobList(data=[job_object(job) for job in jobs], has_more=more)
+        return JobList(data=[FineTuningJobOut.model_validate(job) for job in jobs], has_more=more)
 
     def queue(self, limit: int = 50) -> builtins.list[dict[str, Any]]:
         """Every tenant's unfinished jobs, oldest first, with their tenant's name: what the workers have before
@@ -240,7 +182,11 @@ class JobService:
                 .limit(limit)
             )
             return [
-                {**job_object(job).model_dump(), "tenant_name": job.tenant_name, "worker_id": job.worker_id}
+                {
+                    **FineTuningJobOut.model_validate(job).model_dump(),
+                    "tenant_name": job.tenant_name,
+                    "worker_id": job.worker_id,
+                }
                 for job in jobs
             ]
 
@@ -269,18 +215,18 @@ class JobService:
                     cancel_requested=True,
                 )
             session.refresh(job)
-            return job_object(job)
+            return FineTuningJobOut.model_validate(job)
 
     def events(self, tenant_id: str, job_id: str, after: str | None, limit: int) -> EventList:
         with self._sessions() as session:
             self._own(session, tenant_id, job_id)
             query = select(JobEvent).where(JobEvent.job_id == job_id)
-            # Newest first: the events older than the cursor (none if it is not one of this job's).
-            cursor = select(JobEvent.id).where(JobEvent.job_id == job_id, JobEvent.public_id == after)
-            keys = (JobEvent.id,)
-            after_key = (cursor.scalar_subquery(),) if after else None
-            events, more = keyset_page(session, query, keys, after_key, limit, descending=True)
-        return EventList(data=[event_object(event) for event in events], has_more=more)
+            cursor = None
+            if after:  # newest first: the events older than the cursor (none if it is not one of this job's)
+                named = select(JobEvent.id).where(JobEvent.job_id == job_id, JobEvent.public_id == after)
+                cursor = (named.scalar_subquery(),)
+            events, more = keyset_page(session, query, (JobEvent.id,), cursor, limit, descending=True)
+        return EventList(data=[JobEventOut.model_validate(event) for event in events], has_more=more)
 
     def checkpoints(self, tenant_id: str, job_id: str, after: str | None, limit: int) -> CheckpointList:
         with self._sessions() as session:
@@ -292,4 +238,4 @@ class JobService:
             keys = (JobCheckpoint.step_number, JobCheckpoint.id)
             after_key = (cursor.step_number, cursor.id) if cursor else None
             rows, more = keyset_page(session, query, keys, after_key, limit, descending=True)
-        return CheckpointList.of([checkpoint_object(row) for row in rows], more)
+        return CheckpointList.of([JobCheckpointOut.model_validate(row) for row in rows], more)

@@ -20,7 +20,7 @@
 code=engine_error), the fine-tuning side's ``InvalidJobRequest`` (400) and ``NotFound`` (404), FastAPI's
 validation errors (400 naming the ``param``; unknown fields all named at once, code=unknown_parameter),
 Starlette's HTTP errors, and anything unexpected (a 500 in the same shape, never a stack trace). JSON responses,
-SSE error events and the ASGI middleware all use it.
+SSE error events and the ASGI middleware all use it; ``ERROR_RESPONSES`` documents the shape in OpenAPI.
 """
 
 from __future__ import annotations

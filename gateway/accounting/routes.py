@@ -12,7 +12,6 @@ from starlette.concurrency import run_in_threadpool
 from gateway.accounting.schemas import CSV_RESPONSE, UsageReport
 from gateway.accounting.usage import UsageFilters, parse_group_by, usage_response
 from gateway.edge.strict_json import StrictJSONRoute
-from gateway.errors import ERROR_RESPONSES
 from gateway.state import AdmissionDep, ContextDep, TenancyDep, UsageDep
 from gateway.tenancy.principal import OperatorDep, TenantDep
 
@@ -22,14 +21,8 @@ async def rate_limit_headers(context: ContextDep, tenant: TenantDep, admission: 
 
 
 RateLimitHeaders = Depends(rate_limit_headers)
-router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders], responses=ERROR_RESPONSES)
-admin_router = APIRouter(
-    prefix="/admin/v1",
-    dependencies=[OperatorDep],
-    route_class=StrictJSONRoute,
-    tags=["admin"],
-    responses=ERROR_RESPONSES,
-)
+router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
+admin_router = APIRouter(prefix="/admin/v1", dependencies=[OperatorDep], route_class=StrictJSONRoute, tags=["admin"])
 _REPORT: dict[str, Any] = {
     "response_model": UsageReport,
     "response_model_exclude_unset": True,

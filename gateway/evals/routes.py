@@ -13,23 +13,13 @@ from starlette.concurrency import run_in_threadpool
 from gateway.accounting.routes import RateLimitHeaders
 from gateway.audit import actor_of
 from gateway.edge.strict_json import StrictJSONRoute
-from gateway.errors import ERROR_RESPONSES
+from gateway.evals import schemas
 from gateway.evals.items import checked_items, checked_schema
 from gateway.evals.models import EvalCreate, EvalUpdate, RunCreate
-from gateway.evals.schemas import (
-    EvalDeleted,
-    EvalList,
-    EvalOut,
-    EvalRunOut,
-    OutputItemList,
-    OutputItemOut,
-    RunDeleted,
-    RunList,
-)
 from gateway.state import AdmissionDep, ContextDep, EvalsDep, FilesDep, ServingDep, WorkersDep
 from gateway.tenancy.principal import TenantDep
 
-router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders], responses=ERROR_RESPONSES)
+router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
 
 EvalId = Annotated[str, Path(max_length=40)]
 RunId = Annotated[str, Path(max_length=40)]
@@ -46,7 +36,7 @@ async def create_eval(
     admission: AdmissionDep,
     evals: EvalsDep,
     workers: WorkersDep,
-) -> EvalOut:
+) -> schemas.EvalOut:
     await admission.admit_request(context, tenant)
     await checked_schema(workers, body.data_source_config.item_schema, "data_source_config.item_schema")
     return await run_in_threadpool(evals.create, tenant.tenant_id, body)
@@ -55,22 +45,22 @@ async def create_eval(
 @router.get("/v1/evals")
 async def list_evals(
     tenant: TenantDep, evals: EvalsDep, after: Cursor = None, limit: Limit = 20, order: Order = "asc"
-) -> EvalList:
+) -> schemas.EvalList:
     return await run_in_threadpool(evals.list, tenant.tenant_id, after, limit, order)
 
 
 @router.get("/v1/evals/{eval_id}")
-async def retrieve_eval(eval_id: EvalId, tenant: TenantDep, evals: EvalsDep) -> EvalOut:
+async def retrieve_eval(eval_id: EvalId, tenant: TenantDep, evals: EvalsDep) -> schemas.EvalOut:
     return await run_in_threadpool(evals.get, tenant.tenant_id, eval_id)
 
 
 @router.post("/v1/evals/{eval_id}")
-async def update_eval(eval_id: EvalId, body: EvalUpdate, tenant: TenantDep, evals: EvalsDep) -> EvalOut:
+async def update_eval(eval_id: EvalId, body: EvalUpdate, tenant: TenantDep, evals: EvalsDep) -> schemas.EvalOut:
     return await run_in_threadpool(evals.update, tenant.tenant_id, eval_id, body)
 
 
 @router.delete("/v1/evals/{eval_id}")
-async def delete_eval(request: Request, eval_id: EvalId, tenant: TenantDep, evals: EvalsDep) -> EvalDeleted:
+async def delete_eval(request: Request, eval_id: EvalId, tenant: TenantDep, evals: EvalsDep) -> schemas.EvalDeleted:
     actor = actor_of(request, tenant.key_id, tenant.tenant_id)
     return await run_in_threadpool(evals.delete, tenant.tenant_id, eval_id, actor)
 
@@ -85,7 +75,7 @@ async def create_run(
     evals: EvalsDep,
     files: FilesDep,
     workers: WorkersDep,
-) -> EvalRunOut:
+) -> schemas.EvalRunOut:
     tenant = serving.tenant
     await admission.admit_request(context, tenant)
     definition = await run_in_threadpool(evals.definition, tenant.tenant_id, eval_id)
@@ -106,25 +96,25 @@ async def list_runs(
     limit: Limit = 20,
     order: Order = "asc",
     status: Literal["queued", "in_progress", "completed", "canceled", "failed"] | None = None,
-) -> RunList:
+) -> schemas.RunList:
     return await run_in_threadpool(evals.list_runs, tenant.tenant_id, eval_id, after, limit, order, status)
 
 
 @router.get("/v1/evals/{eval_id}/runs/{run_id}")
-async def retrieve_run(eval_id: EvalId, run_id: RunId, tenant: TenantDep, evals: EvalsDep) -> EvalRunOut:
+async def retrieve_run(eval_id: EvalId, run_id: RunId, tenant: TenantDep, evals: EvalsDep) -> schemas.EvalRunOut:
     return await run_in_threadpool(evals.get_run, tenant.tenant_id, eval_id, run_id)
 
 
 @router.post("/v1/evals/{eval_id}/runs/{run_id}")
 @router.post("/v1/evals/{eval_id}/runs/{run_id}/cancel")
-async def cancel_run(eval_id: EvalId, run_id: RunId, tenant: TenantDep, evals: EvalsDep) -> EvalRunOut:
+async def cancel_run(eval_id: EvalId, run_id: RunId, tenant: TenantDep, evals: EvalsDep) -> schemas.EvalRunOut:
     return await run_in_threadpool(evals.cancel_run, tenant.tenant_id, eval_id, run_id)
 
 
 @router.delete("/v1/evals/{eval_id}/runs/{run_id}")
 async def delete_run(
     request: Request, eval_id: EvalId, run_id: RunId, tenant: TenantDep, evals: EvalsDep
-) -> RunDeleted:
+) -> schemas.RunDeleted:
     actor = actor_of(request, tenant.key_id, tenant.tenant_id)
     return await run_in_threadpool(evals.delete_run, tenant.tenant_id, eval_id, run_id, actor)
 
@@ -139,7 +129,7 @@ async def list_output_items(
     limit: Limit = 20,
     order: Order = "asc",
     status: Literal["pass", "fail", "error"] | None = None,
-) -> OutputItemList:
+) -> schemas.OutputItemList:
     return await run_in_threadpool(evals.output_items, tenant.tenant_id, eval_id, run_id, after, limit, order, status)
 
 
@@ -150,5 +140,5 @@ async def retrieve_output_item(
     output_item_id: Annotated[str, Path(max_length=40)],
     tenant: TenantDep,
     evals: EvalsDep,
-) -> OutputItemOut:
+) -> schemas.OutputItemOut:
     return await run_in_threadpool(evals.output_item, tenant.tenant_id, eval_id, run_id, output_item_id)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
+from adapters.api_objects import Epoch, RowObject
 from adapters.pagination import CursorPage
 
 
@@ -22,7 +23,7 @@ class EvalOut(BaseModel):
     name: str
     data_source_config: CustomDataSourceConfigOut
     testing_criteria: list[dict[str, Any]]
-    created_at: int
+    created_at: Epoch
     metadata: dict[str, Any] | None
 
 
@@ -48,21 +49,43 @@ class ModelUsage(BaseModel):
     cached_tokens: int = 0
 
 
-class EvalRunOut(BaseModel):
+class EvalRunOut(RowObject):
     object: Literal["eval.run"] = "eval.run"
     id: str
     eval_id: str
     name: str
     model: str
     status: str
-    created_at: int
+    created_at: Epoch
     data_source: dict[str, Any]
     error: dict[str, Any] | None
     result_counts: ResultCounts
-    per_testing_criteria_results: list[CriterionResult]
-    per_model_usage: list[ModelUsage]
-    report_url: str
-    metadata: dict[str, Any] | None
+    per_testing_criteria_results: list[CriterionResult] = Field(validation_alias="per_criteria")
+    usage: dict[str, int] | None = Field(default=None, exclude=True)
+    """The run's sampling, summed when it ended (shown as ``per_model_usage``)."""
+    metadata: dict[str, Any] | None = Field(validation_alias="user_metadata")
+
+    @computed_field  # type: ignore[prop-decorator]  # mypy does not know pydantic's decorator on a property
+    @property
+    def per_model_usage(self) -> list[ModelUsage]:
+        usage = self.usage or {}
+        if not usage.get("invocation_count"):
+            return []
+        prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+        return [
+            ModelUsage(
+                model_name=self.model,
+                invocation_count=usage["invocation_count"],
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                total_tokens=prompt + completion,
+            )
+        ]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def report_url(self) -> str:
+        return f"/v1/evals/{self.eval_id}/runs/{self.id}"
 
 
 class OutputItemOut(BaseModel):
@@ -70,7 +93,7 @@ class OutputItemOut(BaseModel):
     id: str
     run_id: str
     eval_id: str
-    created_at: int
+    created_at: Epoch
     status: str
     datasource_item_id: int
     datasource_item: dict[str, Any]

@@ -9,12 +9,13 @@ import builtins
 import hashlib
 import re
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from adapters.api_objects import epoch
 from adapters.pagination import keyset_page
 from gateway import audit
 from gateway.db import Database, Eval, EvalRun, EvalRunItem
@@ -27,7 +28,6 @@ from gateway.evals.schemas import (
     EvalList,
     EvalOut,
     EvalRunOut,
-    ModelUsage,
     OutputItemList,
     OutputItemOut,
     ResultCounts,
@@ -39,10 +39,6 @@ from gateway.tenancy.service import lock_live_tenant, utcnow
 
 FINAL = ("completed", "failed", "canceled")
 PENDING = "pending"
-
-
-def _epoch(moment: datetime) -> int:
-    return int(moment.timestamp())
 
 
 def eval_object(row: Eval) -> EvalOut:
@@ -58,38 +54,16 @@ def eval_object(row: Eval) -> EvalOut:
             schema={"type": "object", "properties": properties, "required": required}
         ),
         testing_criteria=row.testing_criteria,
-        created_at=_epoch(row.created_at),
+        created_at=epoch(row.created_at),
         metadata=row.user_metadata,
     )
 
 
 def run_object(row: EvalRun, counts: dict[str, int], per_criteria: list[dict[str, Any]]) -> EvalRunOut:
-    usage = row.usage or {}
-    return EvalRunOut(
-        id=row.id,
-        eval_id=row.eval_id,
-        name=row.name,
-        model=row.model,
-        status=row.status,
-        created_at=_epoch(row.created_at),
-        data_source=row.data_source,
-        error=row.error,
-        result_counts=ResultCounts.model_validate(counts),
-        per_testing_criteria_results=[CriterionResult.model_validate(result) for result in per_criteria],
-        per_model_usage=[
-            ModelUsage(
-                model_name=row.model,
-                invocation_count=usage.get("invocation_count", 0),
-                prompt_tokens=usage.get("prompt_tokens", 0),
-                completion_tokens=usage.get("completion_tokens", 0),
-                total_tokens=usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0),
-            )
-        ]
-        if usage.get("invocation_count")
-        else [],
-        report_url=f"/v1/evals/{row.eval_id}/runs/{row.id}",
-        metadata=row.user_metadata,
-    )
+    """The run as the API shows it, with these counts (those recorded when it ended, or its items' so far)."""
+    results = [CriterionResult.model_validate(result) for result in per_criteria]
+    update = {"result_counts": ResultCounts.model_validate(counts), "per_testing_criteria_results": results}
+    return EvalRunOut.model_validate(row).model_copy(update=update)
 
 
 def output_item_object(row: EvalRunItem, run: EvalRun) -> OutputItemOut:
@@ -97,7 +71,7 @@ def output_item_object(row: EvalRunItem, run: EvalRun) -> OutputItemOut:
         id=output_item_id(run.id, row.position),
         run_id=run.id,
         eval_id=run.eval_id,
-        created_at=_epoch(row.created_at),
+        created_at=epoch(row.created_at),
         status=row.status,
         datasource_item_id=row.position,
         datasource_item=row.item,

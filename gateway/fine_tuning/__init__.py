@@ -1,2 +1,3 @@
-"""Fine-tuning as the API serves it: uploaded files (``files``, ``files_routes``) and fine-tuning jobs
-(``jobs_routes``); training itself runs in the worker (``adapters.worker``)."""
+"""Fine-tuning as the API serves it: uploaded files (``files``, ``files_routes``, their response ``schemas``) and
+fine-tuning jobs (``jobs_routes``; the job objects are ``adapters.job_objects``); training itself runs in the worker
+(``adapters.worker``)."""

@@ -28,16 +28,6 @@ PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 _CHUNK = 1024 * 1024
 
 
-def file_object(row: File) -> FileOut:
-    return FileOut(
-        id=row.id,
-        bytes=row.bytes,
-        created_at=int(row.created_at.timestamp()),
-        filename=row.filename,
-        purpose=row.purpose,
-    )
-
-
 def clean_filename(name: str) -> str:
     """Kept as metadata only: any directory part and control characters dropped; too long a name is a 400."""
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
@@ -101,7 +91,7 @@ class FileStore:
                 os.replace(staging, path)
         finally:
             staging.unlink(missing_ok=True)
-        return file_object(row)
+        return FileOut.model_validate(row)
 
     # -- read ------------------------------------------------------------------------------------------------------
     def _own(self, tenant_id: str, file_id: str) -> File:
@@ -113,7 +103,7 @@ class FileStore:
         return row
 
     def get(self, tenant_id: str, file_id: str) -> FileOut:
-        return file_object(self._own(tenant_id, file_id))
+        return FileOut.model_validate(self._own(tenant_id, file_id))
 
     def open(self, tenant_id: str, file_id: str) -> tuple[BinaryIO, int]:
         """The file's bytes as an open handle (still readable if the file is deleted meanwhile) and its size."""
@@ -148,7 +138,7 @@ class FileStore:
                 cursor = (row.created_at, row.id)
             keys = (File.created_at, File.id)
             rows, more = keyset_page(session, query, keys, cursor, limit, descending=order == "desc")
-        return FileList.of([file_object(row) for row in rows], more)
+        return FileList.of([FileOut.model_validate(row) for row in rows], more)
 
     def delete(self, tenant_id: str, file_id: str, actor: audit.Actor) -> FileDeleted:
         """The row (with its audit entry), then the bytes."""

@@ -18,12 +18,12 @@ from gateway.accounting.routes import RateLimitHeaders
 from gateway.audit import actor_of
 from gateway.edge.body_limits import MULTIPART_ALLOWANCE
 from gateway.edge.strict_json import StrictJSONRoute
-from gateway.errors import ERROR_RESPONSES, InvalidRequestError
+from gateway.errors import InvalidRequestError
 from gateway.fine_tuning.schemas import FileDeleted, FileList, FileOut
 from gateway.state import AdmissionDep, ContextDep, FilesDep, SettingsDep
 from gateway.tenancy.principal import TenantDep
 
-router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders], responses=ERROR_RESPONSES)
+router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
 
 FileId = Annotated[str, Path(max_length=40)]
 _UPLOAD_SCHEMA = {

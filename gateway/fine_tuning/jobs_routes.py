@@ -21,14 +21,14 @@ from gateway import bounds
 from gateway.accounting.routes import RateLimitHeaders
 from gateway.bounds import Metadata
 from gateway.edge.strict_json import StrictJSONRoute
-from gateway.errors import ERROR_RESPONSES, InvalidRequestError, NotFoundError
+from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.fine_tuning.files import FileStore
 from gateway.inference.api_types import refused_unless
 from gateway.state import AdmissionDep, CatalogDep, ContextDep, EngineSettingsDep, FilesDep, JobsDep
 from gateway.tenancy.principal import TenantDep
 from gateway.tenancy.service import utcnow
 
-router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders], responses=ERROR_RESPONSES)
+router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
 
 DEFAULT_TARGET_MODULES = LoraSpec().target_modules
 FileRef = Annotated[str, Field(min_length=1, max_length=40)]

@@ -6,14 +6,15 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from adapters.api_objects import Epoch, RowObject
 from adapters.pagination import CursorPage
 
 
-class FileOut(BaseModel):
+class FileOut(RowObject):
     id: str
     object: Literal["file"] = "file"
     bytes: int
-    created_at: int
+    created_at: Epoch
     filename: str
     purpose: str
     status: Literal["processed"] = "processed"

@@ -11,7 +11,6 @@ from fastapi.responses import JSONResponse
 
 from gateway.accounting.routes import RateLimitHeaders
 from gateway.edge.strict_json import StrictJSONRoute
-from gateway.errors import ERROR_RESPONSES
 from gateway.inference.api_types import ChatCompletionRequest
 from gateway.inference.generation import GenerationRun
 from gateway.inference.logprobs import chat_logprobs
@@ -21,7 +20,7 @@ from gateway.inference.schemas import ChatCompletion, openapi_responses
 from gateway.inference.sse import EventStreamResponse, sse_frames
 from gateway.state import ServingDep
 
-router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders], responses=ERROR_RESPONSES)
+router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
 
 
 @router.post(

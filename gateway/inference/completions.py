@@ -12,7 +12,6 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.accounting.routes import RateLimitHeaders
 from gateway.edge.strict_json import StrictJSONRoute
-from gateway.errors import ERROR_RESPONSES
 from gateway.inference.api_types import CompletionRequest
 from gateway.inference.generation import GenerationRun
 from gateway.inference.logprobs import completion_logprobs
@@ -22,7 +21,7 @@ from gateway.inference.schemas import TextCompletion, openapi_responses
 from gateway.inference.sse import EventStreamResponse, sse_frames
 from gateway.state import ServingDep
 
-router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders], responses=ERROR_RESPONSES)
+router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
 
 
 @router.post("/v1/completions", response_model=None, responses=openapi_responses(TextCompletion, "text_completion"))

@@ -11,12 +11,11 @@ from adapters.registry import AdapterRecord
 from gateway import audit, bounds
 from gateway.accounting.routes import RateLimitHeaders
 from gateway.edge.strict_json import StrictJSONRoute
-from gateway.errors import ERROR_RESPONSES
 from gateway.inference.schemas import ModelDeleted, ModelList, ModelOut
 from gateway.state import CatalogDep
 from gateway.tenancy.principal import TenantDep
 
-router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders], responses=ERROR_RESPONSES)
+router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
 
 ModelPath = Annotated[str, Path(max_length=bounds.MODEL)]
 

@@ -16,7 +16,6 @@ from starlette.responses import StreamingResponse
 from gateway import audit, bounds
 from gateway.audit_log import AuditFilters, AuditPage
 from gateway.edge.strict_json import StrictJSONRoute
-from gateway.errors import ERROR_RESPONSES
 from gateway.state import AuditLogDep, CatalogDep, EraserDep, ExportDep, KeyCacheDep, TenancyDep
 from gateway.tenancy.export import archive_name
 from gateway.tenancy.models import (
@@ -32,13 +31,7 @@ from gateway.tenancy.models import (
 )
 from gateway.tenancy.principal import OperatorDep
 
-router = APIRouter(
-    prefix="/admin/v1",
-    dependencies=[OperatorDep],
-    route_class=StrictJSONRoute,
-    tags=["admin"],
-    responses=ERROR_RESPONSES,
-)
+router = APIRouter(prefix="/admin/v1", dependencies=[OperatorDep], route_class=StrictJSONRoute, tags=["admin"])
 _ARCHIVE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}}
 }
