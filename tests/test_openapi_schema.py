@@ -128,7 +128,12 @@ def test_inference_answers_match_their_schemas(tenant: Checked) -> None:
     prompt = {"model": MODEL, "prompt": ["a", "b"], "max_tokens": 3}
     tenant.call("POST", "/v1/completions", json={**prompt, "logprobs": 2})
     tenant.call("POST", "/v1/completions", json={**prompt, "echo": True})
-    tenant.call("GET", "/v1/usage", params={"group_by": "model"})
+    deadline = time.monotonic() + 30  # the ledger is written behind the answers
+    while not (by_model := tenant.call("GET", "/v1/usage", params={"group_by": "model"})["data"]):
+        assert time.monotonic() < deadline, "no usage recorded"
+        time.sleep(0.2)
+    sums = {"requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost"}
+    assert all(set(row) == {"model", "period_start", *sums} for row in by_model)  # only the columns it has
     tenant.call("GET", "/v1/usage", params={"group_by": "", "bucket": "none"})
 
 
