@@ -18,7 +18,9 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.errors import InvalidJobRequest, NotFound
+from adapters.job_objects import CheckpointList, EventList, FineTuningJobOut, JobCheckpointOut, JobEventOut, JobList
 from adapters.leases import Lease
+from adapters.pagination import keyset_page
 from adapters.recipe import TrainingRecipe
 from adapters.store import FineTuningJob, JobCheckpoint, JobEvent, JobStatus, utcnow
 
@@ -51,61 +53,6 @@ class JobRequest:
     metadata: dict[str, str] | None
     created_at: datetime
     """When the gateway reserved the job's budget: the reservation's month is this one's."""
-
-
-def _epoch(moment: datetime | None) -> int | None:
-    return None if moment is None else int(moment.timestamp())
-
-
-def job_object(job: FineTuningJob) -> dict[str, Any]:
-    hyperparameters = dict(job.hyperparameters)
-    return {
-        "id": job.id,
-        "object": "fine_tuning.job",
-        "model": job.model,
-        "created_at": _epoch(job.created_at),
-        "finished_at": _epoch(job.finished_at),
-        "status": job.status,
-        "fine_tuned_model": job.fine_tuned_model,
-        "organization_id": job.tenant_id,
-        "training_file": job.training_file,
-        "validation_file": job.validation_file,
-        "hyperparameters": hyperparameters,
-        "method": {"type": job.method, job.method: {"hyperparameters": hyperparameters}},
-        "lora": dict(job.lora),
-        "trained_tokens": job.trained_tokens,
-        "error": job.error,
-        "result_files": [],
-        "seed": job.seed,
-        "suffix": job.suffix,
-        "estimated_finish": None,
-        "integrations": [],
-        "metadata": job.user_metadata,
-    }
-
-
-def event_object(event: JobEvent) -> dict[str, Any]:
-    return {
-        "id": event.public_id,
-        "object": "fine_tuning.job.event",
-        "created_at": _epoch(event.created_at),
-        "level": event.level,
-        "message": event.message,
-        "type": event.type,
-        "data": event.data,
-    }
-
-
-def checkpoint_object(checkpoint: JobCheckpoint) -> dict[str, Any]:
-    return {
-        "id": checkpoint.id,
-        "object": "fine_tuning.job.checkpoint",
-        "created_at": _epoch(checkpoint.created_at),
-        "fine_tuning_job_id": checkpoint.job_id,
-        "fine_tuned_model_checkpoint": checkpoint.fine_tuned_model_checkpoint,
-        "step_number": checkpoint.step_number,
-        "metrics": checkpoint.metrics,
-    }
 
 
 def add_event(
@@ -162,7 +109,7 @@ class JobService:
         self._sessions = sessions
         self._on_final = on_final
 
-    def create(self, request: JobRequest) -> dict[str, Any]:
+    def create(self, request: JobRequest) -> FineTuningJobOut:
         job = FineTuningJob(
             id=request.job_id,
             tenant_id=request.tenant_id,
@@ -184,7 +131,7 @@ class JobService:
             session.add(job)
             add_event(session, job.id, f"Created fine-tuning job: {job.id}")
             session.flush()
-            return job_object(job)
+            return FineTuningJobOut.model_validate(job)
 
     def _own(self, session: Session, tenant_id: str, job_id: str) -> FineTuningJob:
         job = session.get(FineTuningJob, job_id)
@@ -192,22 +139,20 @@ class JobService:
             raise NotFound(f"No fine-tuning job found with id '{job_id}'.", param="fine_tuning_job_id")
         return job
 
-    def get(self, tenant_id: str, job_id: str) -> dict[str, Any]:
+    def get(self, tenant_id: str, job_id: str) -> FineTuningJobOut:
         with self._sessions() as session:
-            return job_object(self._own(session, tenant_id, job_id))
+            return FineTuningJobOut.model_validate(self._own(session, tenant_id, job_id))
 
-    def list(self, tenant_id: str, after: str | None, limit: int) -> dict[str, Any]:
+    def list(self, tenant_id: str, after: str | None, limit: int) -> JobList:
         with self._sessions() as session:
             query = select(FineTuningJob).where(FineTuningJob.tenant_id == tenant_id)
+            cursor = None
             if after:
-                cursor = self._own(session, tenant_id, after)
-                query = query.where(
-                    (FineTuningJob.created_at < cursor.created_at)
-                    | ((FineTuningJob.created_at == cursor.created_at) & (FineTuningJob.id < cursor.id))
-                )
-            query = query.order_by(FineTuningJob.created_at.desc(), FineTuningJob.id.desc()).limit(limit + 1)
-            jobs = list(session.scalars(query))
-        return {"object": "list", "data": [job_object(j) for j in jobs[:limit]], "has_more": len(jobs) > limit}
+                row = self._own(session, tenant_id, after)
+                cursor = (row.created_at, row.id)
+            keys = (FineTuningJob.created_at, FineTuningJob.id)
+            jobs, more = keyset_page(session, query, keys, cursor, limit, descending=True)
+        return JobList(data=[FineTuningJobOut.model_validate(job) for job in jobs], has_more=more)
 
     def queue(self, limit: int = 50) -> builtins.list[dict[str, Any]]:
         """Every tenant's unfinished jobs, oldest first, with their tenant's name: what the workers have before
@@ -219,9 +164,16 @@ class JobService:
                 .order_by(FineTuningJob.created_at, FineTuningJob.id)
                 .limit(limit)
             )
-            return [{**job_object(job), "tenant_name": job.tenant_name, "worker_id": job.worker_id} for job in jobs]
+            return [
+                {
+                    **FineTuningJobOut.model_validate(job).model_dump(),
+                    "tenant_name": job.tenant_name,
+                    "worker_id": job.worker_id,
+                }
+                for job in jobs
+            ]
 
-    def cancel(self, tenant_id: str, job_id: str) -> dict[str, Any]:
+    def cancel(self, tenant_id: str, job_id: str) -> FineTuningJobOut:
         """Jobs not yet running are cancelled at once; a running job is stopped by its worker within
         seconds (the returned job may still say ``running``)."""
         with self._sessions.begin() as session:
@@ -246,31 +198,27 @@ class JobService:
                     cancel_requested=True,
                 )
             session.refresh(job)
-            return job_object(job)
+            return FineTuningJobOut.model_validate(job)
 
-    def events(self, tenant_id: str, job_id: str, after: str | None, limit: int) -> dict[str, Any]:
+    def events(self, tenant_id: str, job_id: str, after: str | None, limit: int) -> EventList:
         with self._sessions() as session:
             self._own(session, tenant_id, job_id)
             query = select(JobEvent).where(JobEvent.job_id == job_id)
+            cursor = None
             if after:  # newest first: the events older than the cursor (none if it is not one of this job's)
-                cursor = select(JobEvent.id).where(JobEvent.job_id == job_id, JobEvent.public_id == after)
-                query = query.where(JobEvent.id < cursor.scalar_subquery())
-            events = list(session.scalars(query.order_by(JobEvent.id.desc()).limit(limit + 1)))
-        return {"object": "list", "data": [event_object(e) for e in events[:limit]], "has_more": len(events) > limit}
+                named = select(JobEvent.id).where(JobEvent.job_id == job_id, JobEvent.public_id == after)
+                cursor = (named.scalar_subquery(),)
+            events, more = keyset_page(session, query, (JobEvent.id,), cursor, limit, descending=True)
+        return EventList(data=[JobEventOut.model_validate(event) for event in events], has_more=more)
 
-    def checkpoints(self, tenant_id: str, job_id: str, after: str | None, limit: int) -> dict[str, Any]:
+    def checkpoints(self, tenant_id: str, job_id: str, after: str | None, limit: int) -> CheckpointList:
         with self._sessions() as session:
             self._own(session, tenant_id, job_id)
             query = select(JobCheckpoint).where(JobCheckpoint.job_id == job_id)
-            rows = list(session.scalars(query.order_by(JobCheckpoint.step_number.desc())))
-        if after:
-            ids = [c.id for c in rows]
-            rows = rows[ids.index(after) + 1 :] if after in ids else []
-        data = [checkpoint_object(c) for c in rows[:limit]]
-        return {
-            "object": "list",
-            "data": data,
-            "has_more": len(rows) > limit,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-        }
+            cursor = session.get(JobCheckpoint, after) if after else None
+            if after and (cursor is None or cursor.job_id != job_id):
+                return CheckpointList.of([], False)  # not one of this job's checkpoints: nothing after it
+            keys = (JobCheckpoint.step_number, JobCheckpoint.id)
+            after_key = (cursor.step_number, cursor.id) if cursor else None
+            rows, more = keyset_page(session, query, keys, after_key, limit, descending=True)
+        return CheckpointList.of([JobCheckpointOut.model_validate(row) for row in rows], more)

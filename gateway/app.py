@@ -50,7 +50,7 @@ from gateway.edge.authentication import AuthenticationMiddleware
 from gateway.edge.body_limits import BodyLimitMiddleware
 from gateway.edge.body_timeout import BodyReadTimeoutMiddleware
 from gateway.edge.request_context import RequestContextMiddleware
-from gateway.errors import install_error_handlers
+from gateway.errors import ERROR_RESPONSES, install_error_handlers
 from gateway.evals import routes as evals_routes
 from gateway.evals.queue import RunQueue
 from gateway.evals.runner import EvalRunner
@@ -239,11 +239,11 @@ def create_app(
     app = FastAPI(title="LLMaaS", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_api_docs(app)
     install_error_handlers(app)
-    for module in (models, chat, completions, files_routes, jobs_routes, evals_routes):  # the tenants' API
-        app.include_router(module.router)
-    for module in (usage_routes, ops_routes, admin_routes):
-        app.include_router(module.router)
-    app.include_router(usage_routes.admin_router)
+    for module in (models, chat, completions, files_routes, jobs_routes, evals_routes, usage_routes):  # tenants'
+        app.include_router(module.router, responses=ERROR_RESPONSES)
+    app.include_router(ops_routes.router)
+    for router in (admin_routes.router, usage_routes.admin_router):  # operator's
+        app.include_router(router, responses=ERROR_RESPONSES)
     app.include_router(console_routes.router)
     app.mount("/console/static", StaticFiles(directory=Path(console_routes.__file__).parent / "static"), "console")
     install_console_handlers(app)

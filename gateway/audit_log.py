@@ -5,11 +5,13 @@ the console's audit page show. Nothing here writes: the log is appended by ``gat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Query
+from pydantic import BaseModel
 from sqlalchemy import select
 
+from adapters.pagination import CursorPage, keyset_page
 from gateway.bounds import UtcDateTime
 from gateway.db import AuditEntry, Database, Tenant
 
@@ -31,28 +33,47 @@ class AuditFilters:
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100
 
 
-def entry_object(row: AuditEntry) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "object": "audit.entry",
-        "at": row.at.isoformat() + "Z",
-        "actor": row.actor,
-        "actor_tenant_id": row.actor_tenant_id,
-        "action": row.action,
-        "target_type": row.target_type,
-        "target_id": row.target_id,
-        "tenant_id": row.tenant_id,
-        "request_id": row.request_id,
-        "client_address": row.client_address,
-        "details": row.details,
-    }
+class AuditEntryOut(BaseModel):
+    id: int
+    object: Literal["audit.entry"] = "audit.entry"
+    at: str
+    """ISO 8601, UTC (``Z``)."""
+    actor: str
+    actor_tenant_id: str | None
+    action: str
+    target_type: str
+    target_id: str | None
+    tenant_id: str | None
+    request_id: str | None
+    client_address: str | None
+    details: dict[str, Any] | None
+
+
+class AuditPage(CursorPage[AuditEntryOut, int]):
+    """A page of the audit log, newest first (``after``: the ``last_id``)."""
+
+
+def entry_object(row: AuditEntry) -> AuditEntryOut:
+    return AuditEntryOut(
+        id=row.id,
+        at=row.at.isoformat() + "Z",
+        actor=row.actor,
+        actor_tenant_id=row.actor_tenant_id,
+        action=row.action,
+        target_type=row.target_type,
+        target_id=row.target_id,
+        tenant_id=row.tenant_id,
+        request_id=row.request_id,
+        client_address=row.client_address,
+        details=row.details,
+    )
 
 
 class AuditLog:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def page(self, filters: AuditFilters) -> dict[str, Any]:
+    def page(self, filters: AuditFilters) -> AuditPage:
         """One page of entries, newest first. ``filters.tenant``: a tenant's name or id (a deleted one's id)."""
         query = select(AuditEntry)
         if filters.actor:
@@ -65,18 +86,10 @@ class AuditLog:
             query = query.where(AuditEntry.at >= filters.since)
         if filters.until is not None:
             query = query.where(AuditEntry.at < filters.until)
-        if filters.after is not None:
-            query = query.where(AuditEntry.id < filters.after)
+        after = None if filters.after is None else (filters.after,)
         with self._db.session() as session:
             if filters.tenant:
                 named = session.scalar(select(Tenant.id).where(Tenant.name == filters.tenant))
                 query = query.where(AuditEntry.tenant_id == (named or filters.tenant))
-            rows = list(session.scalars(query.order_by(AuditEntry.id.desc()).limit(filters.limit + 1)))
-        data = [entry_object(row) for row in rows[: filters.limit]]
-        return {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": len(rows) > filters.limit,
-        }
+            rows, more = keyset_page(session, query, (AuditEntry.id,), after, filters.limit, descending=True)
+        return AuditPage.of([entry_object(row) for row in rows], more)

@@ -20,7 +20,7 @@
 code=engine_error), the fine-tuning side's ``InvalidJobRequest`` (400) and ``NotFound`` (404), FastAPI's
 validation errors (400 naming the ``param``; unknown fields all named at once, code=unknown_parameter),
 Starlette's HTTP errors, and anything unexpected (a 500 in the same shape, never a stack trace). JSON responses,
-SSE error events and the ASGI middleware all use it.
+SSE error events and the ASGI middleware all use it; ``ERROR_RESPONSES`` documents the shape in OpenAPI.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -150,6 +151,26 @@ class ServiceUnavailable(APIError):
     status_code = 503
     type = "server_error"
     code = "service_unavailable"
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """What ``APIError.body`` answers, documented."""
+
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorResponse, "description": "The request was refused (OpenAI's error shape)."},
+    "5XX": {"model": ErrorResponse, "description": "The server could not answer (OpenAI's error shape)."},
+}
+"""Every ``/v1`` and ``/admin/v1`` router documents its errors with this (``APIRouter(responses=...)``)."""
 
 
 def _param_from_loc(loc: tuple[Any, ...]) -> str | None:

@@ -16,6 +16,7 @@ import tarfile
 import threading
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -74,12 +75,12 @@ class Stores:
 
     def upload(self, tenant_id: str, data: bytes = TRAINING, purpose: str = "fine-tune") -> str:
         return str(
-            self.files.create(tenant_id, "train.jsonl", purpose, io.BytesIO(data), max_bytes=10**8, quota=10**9)["id"]
+            self.files.create(tenant_id, "train.jsonl", purpose, io.BytesIO(data), max_bytes=10**8, quota=10**9).id
         )
 
     def trained_model(self, tenant_id: str, status: str = "succeeded") -> tuple[str, str]:
         """A job (with an event and a checkpoint) and, when succeeded, its registered adapter with a checkpoint."""
-        job_id = self.jobs.create(job_request(tenant_id=tenant_id))["id"]
+        job_id = self.jobs.create(job_request(tenant_id=tenant_id)).id
         job_dir = self.registry.job_dir(job_id)
         (job_dir / "adapter").mkdir(parents=True)
         (job_dir / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
@@ -176,7 +177,7 @@ def test_deleting_a_tenant_removes_its_content_and_keeps_its_usage(stores: Store
     key = stores.tenancy.create_key("acme", KeyCreate(name="k"))
     file_id, others_file = stores.upload(acme), stores.upload(other)
     job_id, _ = stores.trained_model(acme)
-    queued_id = stores.jobs.create(job_request(tenant_id=acme))["id"]
+    queued_id = stores.jobs.create(job_request(tenant_id=acme)).id
     stores.eval_with_items(acme)
     others_eval, _ = stores.eval_with_items(other)
     with stores.db.session() as session:
@@ -214,12 +215,12 @@ def test_deleting_a_tenant_removes_its_content_and_keeps_its_usage(stores: Store
     assert stores.count(UsageRecord, UsageRecord.request_id == "req-acme") == 1
     assert stores.count(UsageRecord, UsageRecord.request_id == queued_id, UsageRecord.outcome == "cancelled") == 1
     assert stores.count(UsageDaily, UsageDaily.tenant_id == acme) >= 1
-    entry = AuditLog(stores.db).page(AuditFilters(tenant=acme, action="tenant.delete"))["data"][0]
-    assert (entry["actor"], entry["request_id"], entry["client_address"]) == ("operator", "req-1", "127.0.0.1")
-    assert entry["details"]["files"] == 1 and entry["details"]["keys"] == 1
+    entry = AuditLog(stores.db).page(AuditFilters(tenant=acme, action="tenant.delete")).data[0]
+    assert (entry.actor, entry.request_id, entry.client_address) == ("operator", "req-1", "127.0.0.1")
+    assert entry.details["files"] == 1 and entry.details["keys"] == 1
     # The other tenant is untouched.
     assert stores.files.path_of(others_file).exists()
-    assert stores.files.get(other, others_file)["id"] == others_file
+    assert stores.files.get(other, others_file).id == others_file
     assert stores.count(Eval, Eval.id == others_eval) == 1
     with pytest.raises(NotFoundError):
         stores.eraser.erase("acme", OPERATOR)
@@ -227,7 +228,7 @@ def test_deleting_a_tenant_removes_its_content_and_keeps_its_usage(stores: Store
 
 def test_a_running_job_of_a_deleted_tenant_stops_and_leaves_nothing(stores: Stores, tmp_path: Path) -> None:
     acme = stores.tenancy.create_tenant(TenantCreate(name="acme")).id
-    job_id = stores.jobs.create(job_request(tenant_id=acme))["id"]
+    job_id = stores.jobs.create(job_request(tenant_id=acme)).id
     worker = SlowTrainingWorker(
         stores.db.sessions,
         stores.registry,
@@ -263,7 +264,7 @@ def test_a_job_deleted_while_training_gets_no_more_progress_rows(
 
     monkeypatch.setattr(worker_module, "train_lora", train_lora)
     acme = stores.tenancy.create_tenant(TenantCreate(name="acme")).id
-    job_id = stores.jobs.create(job_request(tenant_id=acme))["id"]
+    job_id = stores.jobs.create(job_request(tenant_id=acme)).id
     worker = Worker(
         stores.db.sessions,
         stores.registry,
@@ -287,7 +288,8 @@ def test_a_job_deleted_while_training_gets_no_more_progress_rows(
 async def test_deleting_a_model_or_a_checkpoint_removes_its_weights(stores: Stores) -> None:
     acme = stores.tenancy.create_tenant(TenantCreate(name="acme")).id
     job_id, name = stores.trained_model(acme)
-    catalog = ModelCatalog(lambda: {}, stores.registry)  # the base model is not even served right now
+    nothing_served = SimpleNamespace(models=dict)  # the base model is not even served right now
+    catalog = ModelCatalog(nothing_served, stores.registry)  # type: ignore[arg-type]
     audited: list[str] = []
     await catalog.delete(checkpoint_name(name, 1), acme, lambda session, records: audited.append(records[0].name))
     assert audited == [checkpoint_name(name, 1)]
@@ -314,7 +316,7 @@ def test_deleting_a_file_or_an_eval_removes_its_content_and_is_audited(stores: S
     other_eval, _ = stores.eval_with_items(acme)
     evals.delete(acme, other_eval, Actor("key_1", acme))
     assert stores.count(EvalRunItem) == 2 and stores.count(EvalRun) == 1 and stores.count(Eval) == 2
-    actions = [e["action"] for e in AuditLog(stores.db).page(AuditFilters(actor="key_1"))["data"]]
+    actions = [e.action for e in AuditLog(stores.db).page(AuditFilters(actor="key_1")).data]
     assert actions == ["eval.delete", "eval_run.delete", "file.delete"]
 
 
@@ -353,9 +355,9 @@ def test_retention_purges_old_uploads_and_eval_items_only(stores: Stores) -> Non
     assert stores.count(EvalRunItem, EvalRunItem.run_id == old_run) == 0
     assert stores.count(EvalRunItem, EvalRunItem.run_id == new_run) == 2
     assert stores.count(EvalRun, EvalRun.id == old_run) == 1  # the run and its counts stay
-    entries = AuditLog(stores.db).page(AuditFilters(action="retention."))["data"]
-    assert sorted(e["target_type"] for e in entries) == ["eval_item", "file"]
-    assert {e["actor"] for e in entries} == {"system"}
+    entries = AuditLog(stores.db).page(AuditFilters(action="retention.")).data
+    assert sorted(e.target_type for e in entries) == ["eval_item", "file"]
+    assert {e.actor for e in entries} == {"system"}
 
 
 def test_the_export_holds_the_tenants_data_and_no_secret(stores: Stores) -> None:
@@ -418,27 +420,25 @@ def test_tenant_changes_are_audited_and_the_log_pages_and_filters(stores: Stores
     stores.tenancy.create_tenant(TenantCreate(name="other"))
     stores.eraser.erase("acme", OPERATOR)
     log = AuditLog(stores.db)
-    by_acme = log.page(AuditFilters(tenant=acme))["data"]  # deleted: found by its id
-    assert [e["action"] for e in by_acme] == [
+    by_acme = log.page(AuditFilters(tenant=acme)).data  # deleted: found by its id
+    assert [e.action for e in by_acme] == [
         "tenant.delete",
         "tenant.resume",
         "tenant.suspend",
         "tenant.update",
         "tenant.create",
     ]
-    assert by_acme[3]["details"] == {"fields": ["requests_per_minute"]}
-    assert log.page(AuditFilters(tenant="other"))["data"][0]["action"] == "tenant.create"  # by name
+    assert by_acme[3].details == {"fields": ["requests_per_minute"]}
+    assert log.page(AuditFilters(tenant="other")).data[0].action == "tenant.create"  # by name
     first = log.page(AuditFilters(limit=2))
-    assert first["has_more"] and len(first["data"]) == 2
-    rest = log.page(AuditFilters(limit=10, after=first["last_id"]))
-    assert not rest["has_more"]
-    assert [e["id"] for e in first["data"] + rest["data"]] == sorted(
-        (e["id"] for e in first["data"] + rest["data"]), reverse=True
-    )
-    assert len(first["data"] + rest["data"]) == 6
-    assert log.page(AuditFilters(actor="system"))["data"][0]["action"] == "tenant.create"
-    assert log.page(AuditFilters(since=utcnow() + timedelta(minutes=1)))["data"] == []
-    assert len(log.page(AuditFilters(until=utcnow() + timedelta(minutes=1)))["data"]) == 6
+    assert first.has_more and len(first.data) == 2
+    rest = log.page(AuditFilters(limit=10, after=first.last_id))
+    assert not rest.has_more
+    assert [e.id for e in first.data + rest.data] == sorted((e.id for e in first.data + rest.data), reverse=True)
+    assert len(first.data + rest.data) == 6
+    assert log.page(AuditFilters(actor="system")).data[0].action == "tenant.create"
+    assert log.page(AuditFilters(since=utcnow() + timedelta(minutes=1))).data == []
+    assert len(log.page(AuditFilters(until=utcnow() + timedelta(minutes=1))).data) == 6
 
 
 def mode(path: Path) -> int:

@@ -305,7 +305,7 @@ def test_training_is_charged_by_the_same_rule(database: Database) -> None:
     jobs = JobService(database.sessions, on_final=job_charger(PriceBook({"base": price("9", "9")})))
     charged = {}
     for owner in (tenant.id, other.id):
-        job_id = jobs.create(job_request(tenant_id=owner, model="base"))["id"]
+        job_id = jobs.create(job_request(tenant_id=owner, model="base")).id
         with database.sessions.begin() as session:
             session.execute(update(FineTuningJob).where(FineTuningJob.id == job_id).values(trained_tokens=1000))
         jobs.cancel(owner, job_id)  # final: charged for the tokens trained

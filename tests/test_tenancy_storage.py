@@ -200,8 +200,8 @@ def test_the_budget_snapshot_holds_open_jobs_as_reservations(
 
     acme = service.create_tenant(TenantCreate(name="acme"))
     jobs = JobService(database.sessions, on_final=charge_job)
-    running = jobs.create(job_request(tenant_id=acme.id, estimated_tokens=500, reserved_cost_nanos=7))["id"]
-    finished = jobs.create(job_request(tenant_id=acme.id, estimated_tokens=300))["id"]
+    running = jobs.create(job_request(tenant_id=acme.id, estimated_tokens=500, reserved_cost_nanos=7)).id
+    finished = jobs.create(job_request(tenant_id=acme.id, estimated_tokens=300)).id
     jobs.cancel(acme.id, finished)  # charged now (0 tokens), released later by a gateway
     ledger.write([_entry(acme.id, "k", "a", 10, 5, utcnow())])
     snapshot = ledger.budget_snapshot(acme.id, utcnow().strftime("%Y-%m"))

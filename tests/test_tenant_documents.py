@@ -459,28 +459,26 @@ def test_output_item_ids_are_unguessable_and_stored_lookups_work(database: Datab
         {"data_source": {"type": "jsonl", "source": inline(*[{"item": {"n": n}} for n in range(3)])}}
     )
     runs = [
-        evals.create_run(tenant, "key-a", created["id"], run_body, "jsonl", [({"n": n}, None) for n in range(3)])
+        evals.create_run(tenant, "key-a", created.id, run_body, "jsonl", [({"n": n}, None) for n in range(3)])
         for _ in range(2)
     ]
     ids: list[list[str]] = []
     for run in runs:
-        for row in RunQueue(database).pending(run["id"]):
+        for row in RunQueue(database).pending(run.id):
             RunQueue(database).record(row.id, ItemStatus.PASS, {"output_text": "x"}, [])
-        ids.append(
-            [item["id"] for item in evals.output_items(tenant, created["id"], run["id"], None, 10, "asc", None)["data"]]
-        )
+        ids.append([item.id for item in evals.output_items(tenant, created.id, run.id, None, 10, "asc", None).data])
     flat = [item_id for run_ids in ids for item_id in run_ids]
     assert all(OUTPUT_ITEM_ID.fullmatch(item_id) for item_id in flat) and len(set(flat)) == 6
     assert len({item_id[11:35] for item_id in flat}) == 6  # no shared prefix or counter between items and runs
-    first, second = runs[0]["id"], runs[1]["id"]
-    assert evals.output_item(tenant, created["id"], first, ids[0][1])["datasource_item_id"] == 1
-    page = evals.output_items(tenant, created["id"], first, ids[0][0], 10, "asc", None)["data"]
-    assert [item["id"] for item in page] == ids[0][1:]
+    first, second = runs[0].id, runs[1].id
+    assert evals.output_item(tenant, created.id, first, ids[0][1]).datasource_item_id == 1
+    page = evals.output_items(tenant, created.id, first, ids[0][0], 10, "asc", None).data
+    assert [item.id for item in page] == ids[0][1:]
     for wrong in (ids[1][1], ids[0][1][:-1] + "f", "outputitem_2"):  # another run's, tampered, sequential
         with pytest.raises(NotFoundError):
-            evals.output_item(tenant, created["id"], first, wrong)
+            evals.output_item(tenant, created.id, first, wrong)
     with pytest.raises(NotFoundError):
-        evals.output_item("tenant-b", created["id"], second, ids[1][0])
+        evals.output_item("tenant-b", created.id, second, ids[1][0])
 
 
 # -- fine-tuning files -----------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ def released_at(database: Database, job_id: str) -> object:
 
 async def test_a_release_the_limiter_failed_is_tried_again_and_done_once(database: Database) -> None:
     jobs = JobService(database.sessions, on_final=charge_job)
-    job_id = jobs.create(job_request(estimated_tokens=500))["id"]
+    job_id = jobs.create(job_request(estimated_tokens=500)).id
     jobs.cancel("ten_1", job_id)  # final: charged in that transaction
     limiter = FlakyLimiter(failures=1)
     billing = TrainingBilling(database, limiter, PriceBook({}))
@@ -53,7 +53,7 @@ async def test_a_running_job_is_not_released(database: Database) -> None:
 
 async def test_a_final_job_an_older_worker_left_unsettled_is_charged_then_released(database: Database) -> None:
     jobs = JobService(database.sessions, on_final=charge_job)
-    job_id = jobs.create(job_request())["id"]
+    job_id = jobs.create(job_request()).id
     with database.sessions.begin() as session:  # final without the hook, as a worker of an older version left it
         job = session.get(FineTuningJob, job_id)
         assert job is not None

@@ -76,7 +76,7 @@ def charges(database: Database, job_id: str) -> list[tuple[str, int]]:
 
 def test_concurrent_workers_never_claim_the_same_job(database: Database, tmp_path: Path) -> None:
     jobs = service(database)
-    created = {jobs.create(job_request())["id"] for _ in range(12)}
+    created = {jobs.create(job_request()).id for _ in range(12)}
     workers = [make_worker(database, tmp_path) for _ in range(4)]
     claimed: list[str] = []
     lock = threading.Lock()
@@ -99,7 +99,7 @@ def test_concurrent_workers_never_claim_the_same_job(database: Database, tmp_pat
 
 def test_a_dead_workers_job_is_failed_not_left_running(database: Database, tmp_path: Path) -> None:
     jobs = service(database)
-    job_id = jobs.create(job_request())["id"]
+    job_id = jobs.create(job_request()).id
     dead = make_worker(database, tmp_path)
     assert dead.claim() == job_id
     with database.sessions.begin() as session:
@@ -111,7 +111,7 @@ def test_a_dead_workers_job_is_failed_not_left_running(database: Database, tmp_p
     partial.mkdir(parents=True)  # what the dead worker had written
     make_worker(database, tmp_path).fail_dead_jobs()
     assert not partial.parent.parent.exists()
-    failed = jobs.get("ten_1", job_id)
+    failed = jobs.get("ten_1", job_id).model_dump()
     assert failed["status"] == "failed"
     assert failed["error"]["code"] == "worker_died"
     assert failed["finished_at"] is not None
@@ -122,60 +122,64 @@ def test_a_dead_workers_job_is_failed_not_left_running(database: Database, tmp_p
 
 def test_a_job_cancelled_while_queued_never_trains(database: Database, tmp_path: Path) -> None:
     jobs = service(database)
-    job_id = jobs.create(job_request())["id"]
-    assert jobs.cancel("ten_1", job_id)["status"] == "cancelled"
+    job_id = jobs.create(job_request()).id
+    assert jobs.cancel("ten_1", job_id).status == "cancelled"
     with database.sessions() as session:
         assert session.get(FineTuningJob, job_id).settled_at is not None  # type: ignore[union-attr]
     assert make_worker(database, tmp_path).run_once() is None  # nothing left to claim
-    assert jobs.get("ten_1", job_id)["status"] == "cancelled"
+    assert jobs.get("ten_1", job_id).status == "cancelled"
     assert charges(database, job_id) == [("cancelled", 0)]
 
 
 def test_a_job_cancelled_after_a_worker_claimed_it_is_not_resurrected(database: Database, tmp_path: Path) -> None:
     jobs = service(database)
     good = b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
-    job_id = jobs.create(job_request())["id"]
+    job_id = jobs.create(job_request()).id
     worker = make_worker(database, tmp_path, {"file-abc": good})
     assert worker.claim() == job_id
     jobs.cancel("ten_1", job_id)  # between the claim and the worker's first move
     worker.process(job_id)
-    assert jobs.get("ten_1", job_id)["status"] == "cancelled"
+    assert jobs.get("ten_1", job_id).status == "cancelled"
     assert charges(database, job_id) == [("cancelled", 0)]
 
 
 def test_a_job_whose_file_vanished_fails_with_the_reason(database: Database, tmp_path: Path) -> None:
     jobs = service(database)
-    job_id = jobs.create(job_request(training_file="file-gone"))["id"]
+    job_id = jobs.create(job_request(training_file="file-gone")).id
     assert make_worker(database, tmp_path).run_once() == job_id
-    job = jobs.get("ten_1", job_id)
+    job = jobs.get("ten_1", job_id).model_dump()
     assert job["status"] == "failed"
     assert job["error"] == {
         "code": "file_not_found",
         "message": "File 'file-gone' no longer exists.",
         "param": "training_file",
     }
-    messages = [e["message"] for e in jobs.events("ten_1", job_id, None, 20)["data"]]
+    messages = [e.message for e in jobs.events("ten_1", job_id, None, 20).data]
     assert messages[0] == "File 'file-gone' no longer exists."
 
 
 def test_event_ids_are_random_and_page_newest_first(database: Database) -> None:
     jobs = service(database)
-    job_id = jobs.create(job_request())["id"]
-    other = jobs.create(job_request())["id"]
+    job_id = jobs.create(job_request()).id
+    other = jobs.create(job_request()).id
     with database.sessions.begin() as session:
         for step in range(5):
             add_event(session, job_id, f"step {step}")
             add_event(session, other, f"other {step}")
-    first = jobs.events("ten_1", job_id, None, 3)
+    first = jobs.events("ten_1", job_id, None, 3).model_dump()
     assert [e["message"] for e in first["data"]] == ["step 4", "step 3", "step 2"] and first["has_more"]
     ids = [e["id"] for e in first["data"]]
     assert all(re.fullmatch(r"ftevent-[0-9a-f]{24}", event_id) for event_id in ids)
-    rest = jobs.events("ten_1", job_id, ids[-1], 10)
+    rest = jobs.events("ten_1", job_id, ids[-1], 10).model_dump()
     assert [e["message"] for e in rest["data"]][:2] == ["step 1", "step 0"] and not rest["has_more"]
     # Another job's event is no cursor here, nor is an id never minted.
-    other_id = jobs.events("ten_1", other, None, 1)["data"][0]["id"]
+    other_id = jobs.events("ten_1", other, None, 1).data[0].id
     for cursor in (other_id, "ftevent-" + "0" * 24):
-        assert jobs.events("ten_1", job_id, cursor, 10) == {"object": "list", "data": [], "has_more": False}
+        assert jobs.events("ten_1", job_id, cursor, 10).model_dump() == {
+            "object": "list",
+            "data": [],
+            "has_more": False,
+        }
 
 
 class ExplodingWorker(Worker):
@@ -188,42 +192,42 @@ def test_a_training_failure_shows_a_category_and_never_the_exception_text(
 ) -> None:
     jobs = service(database)
     good = b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
-    job_id = jobs.create(job_request())["id"]
+    job_id = jobs.create(job_request()).id
     registry = AdapterRegistry(database.sessions, tmp_path / "adapters")
     worker = ExplodingWorker(database.sessions, registry, lambda t, f: good, {"base": tmp_path}, charge_job)
     with caplog.at_level(logging.ERROR, logger="adapters.worker"):
         assert worker.run_once() == job_id
-    job = jobs.get("ten_1", job_id)
+    job = jobs.get("ten_1", job_id).model_dump()
     assert job["status"] == "failed"
     assert job["error"] == {"code": "training_failed", "message": TRAINING_FAILED, "param": None}
-    shown = json.dumps([job, jobs.events("ten_1", job_id, None, 100)])
+    shown = json.dumps([job, jobs.events("ten_1", job_id, None, 100).model_dump()])
     assert "secret" not in shown and "CUDA" not in shown
     assert "CUDA error at /srv/secret/path" in caplog.text  # the operator's log has it
 
 
 def test_a_file_the_parser_cannot_read_is_an_invalid_training_file(database: Database, tmp_path: Path) -> None:
     jobs = service(database)
-    bad = jobs.create(job_request(training_file="file-bad"))["id"]
-    odd = jobs.create(job_request(training_file="file-odd"))["id"]
+    bad = jobs.create(job_request(training_file="file-bad")).id
+    odd = jobs.create(job_request(training_file="file-odd")).id
     deep = b'{"messages": ' + b"[" * 5000 + b"]" * 5000 + b"}\n"  # too deep for the JSON parser
     files = {"file-bad": b'{"messages": 1}\n', "file-odd": deep}
     worker = make_worker(database, tmp_path, files)
     assert {worker.run_once(), worker.run_once()} == {bad, odd}
-    assert jobs.get("ten_1", bad)["error"] == {
+    assert jobs.get("ten_1", bad).error == {
         "code": "invalid_training_file",
         "message": "File 'file-bad' is invalid: line 1: messages must be a list (got number)",
         "param": "training_file",
     }
-    error = jobs.get("ten_1", odd)["error"]
+    error = jobs.get("ten_1", odd).error
     assert error["code"] == "invalid_training_file" and "recursion" not in error["message"].lower()
 
 
 def test_an_unknown_base_model_fails_the_job(database: Database, tmp_path: Path) -> None:
     jobs = service(database)
     good = b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
-    job_id = jobs.create(job_request(model="retired-model"))["id"]
+    job_id = jobs.create(job_request(model="retired-model")).id
     assert make_worker(database, tmp_path, {"file-abc": good}).run_once() == job_id
-    assert jobs.get("ten_1", job_id)["error"]["code"] == "model_not_available"
+    assert jobs.get("ten_1", job_id).error["code"] == "model_not_available"
 
 
 class SlowTrainingWorker(Worker):
@@ -247,7 +251,7 @@ class SlowTrainingWorker(Worker):
 def test_a_job_failed_as_dead_while_training_stays_failed_and_charged_once(database: Database, tmp_path: Path) -> None:
     jobs = service(database)
     good = b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
-    job_id = jobs.create(job_request())["id"]
+    job_id = jobs.create(job_request()).id
     registry = AdapterRegistry(database.sessions, tmp_path / "adapters")
     slow = SlowTrainingWorker(
         database.sessions, registry, lambda t, f: good, {"base": tmp_path}, charge_job, heartbeat_seconds=60
@@ -260,7 +264,7 @@ def test_a_job_failed_as_dead_while_training_stays_failed_and_charged_once(datab
     make_worker(database, tmp_path).fail_dead_jobs()
     slow.release.set()  # the slow worker comes back with a trained adapter
     runner.join(10)
-    job = jobs.get("ten_1", job_id)
+    job = jobs.get("ten_1", job_id).model_dump()
     assert (job["status"], job["error"]["code"], job["fine_tuned_model"]) == ("failed", "worker_died", None)
     assert charges(database, job_id) == [("failed", 0)]
     with database.sessions() as session:
@@ -271,12 +275,12 @@ def test_a_job_failed_as_dead_while_training_stays_failed_and_charged_once(datab
 def test_a_succeeding_job_is_registered_and_charged_in_one_transition(database: Database, tmp_path: Path) -> None:
     jobs = service(database)
     good = b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
-    job_id = jobs.create(job_request())["id"]
+    job_id = jobs.create(job_request()).id
     registry = AdapterRegistry(database.sessions, tmp_path / "adapters")
     worker = SlowTrainingWorker(database.sessions, registry, lambda t, f: good, {"base": tmp_path}, charge_job)
     worker.release.set()
     assert worker.run_once() == job_id
-    job = jobs.get("ten_1", job_id)
+    job = jobs.get("ten_1", job_id).model_dump()
     assert job["status"] == "succeeded" and job["trained_tokens"] == 123
     assert job["lora"]["layers"] == 10  # "auto", resolved
     assert registry.get(job["fine_tuned_model"], "ten_1") is not None
@@ -310,7 +314,7 @@ class FlakySessions:
 
 def test_database_errors_do_not_stop_the_worker(database: Database, tmp_path: Path) -> None:
     jobs = service(database)
-    job_id = jobs.create(job_request(model="retired-model"))["id"]
+    job_id = jobs.create(job_request(model="retired-model")).id
     flaky = FlakySessions(database.sessions, failures=5)
     good = b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
     registry = AdapterRegistry(database.sessions, tmp_path / "adapters")
@@ -327,12 +331,12 @@ def test_database_errors_do_not_stop_the_worker(database: Database, tmp_path: Pa
     runner.start()
     try:
         deadline = time.monotonic() + 20
-        while jobs.get("ten_1", job_id)["status"] != "failed" and time.monotonic() < deadline:
+        while jobs.get("ten_1", job_id).status != "failed" and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         worker.stop()
         runner.join(10)
     assert not runner.is_alive()
     assert flaky.failures == 0
-    assert jobs.get("ten_1", job_id)["error"]["code"] == "model_not_available"
+    assert jobs.get("ten_1", job_id).error["code"] == "model_not_available"
     assert charges(database, job_id) == [("failed", 0)]

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Response
 from starlette.concurrency import run_in_threadpool
 
+from gateway.accounting.schemas import CSV_RESPONSE, UsageReport
 from gateway.accounting.usage import UsageFilters, parse_group_by, usage_response
 from gateway.edge.strict_json import StrictJSONRoute
 from gateway.state import AdmissionDep, ContextDep, TenancyDep, UsageDep
@@ -22,21 +23,26 @@ async def rate_limit_headers(context: ContextDep, tenant: TenantDep, admission: 
 RateLimitHeaders = Depends(rate_limit_headers)
 router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
 admin_router = APIRouter(prefix="/admin/v1", dependencies=[OperatorDep], route_class=StrictJSONRoute, tags=["admin"])
+_REPORT: dict[str, Any] = {
+    "response_model": UsageReport,
+    "response_model_exclude_unset": True,
+    "responses": CSV_RESPONSE,
+}
 
 
-@router.get("/v1/usage", response_model=None)
+@router.get("/v1/usage", **_REPORT)
 async def own_usage(
     tenant: TenantDep,
     usage: UsageDep,
     filters: Annotated[UsageFilters, Depends()],
     group_by: Annotated[str, Query(max_length=64, description="comma-separated: key,model,kind")] = "key,model,kind",
-) -> Response | dict[str, Any]:
+) -> Response | UsageReport:
     fields = parse_group_by(group_by)
     report = await run_in_threadpool(usage.report, tenant.tenant_id, filters, fields)
     return usage_response(report, filters.format)
 
 
-@admin_router.get("/usage", response_model=None)
+@admin_router.get("/usage", **_REPORT)
 async def all_usage(
     usage: UsageDep,
     tenancy: TenancyDep,
@@ -45,7 +51,7 @@ async def all_usage(
     group_by: Annotated[str, Query(max_length=64, description="comma-separated: tenant,key,model,kind")] = (
         "tenant,key,model,kind"
     ),
-) -> Response | dict[str, Any]:
+) -> Response | UsageReport:
     fields = parse_group_by(group_by)
     tenant_id = (await run_in_threadpool(tenancy.get_tenant, tenant)).id if tenant else None
     report = await run_in_threadpool(usage.report, tenant_id, filters, fields)

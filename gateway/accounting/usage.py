@@ -14,6 +14,7 @@ from fastapi import Query, Response
 from sqlalchemy import Label, case, func, select
 
 from gateway import bounds
+from gateway.accounting.schemas import UsageReport
 from gateway.bounds import UtcDateTime
 from gateway.db import Database, UsageDaily, UsageRecord
 from gateway.errors import InvalidRequestError
@@ -21,7 +22,7 @@ from gateway.errors import InvalidRequestError
 Bucket = Literal["hour", "day", "month", "none"]
 GroupField = Literal["tenant", "key", "model", "kind"]
 GROUP_FIELDS: tuple[GroupField, ...] = ("tenant", "key", "model", "kind")
-_COLUMNS: dict[str, Label[Any]] = {
+_COLUMNS: dict[GroupField, Label[Any]] = {
     "tenant": UsageRecord.tenant_id.label("tenant_id"),
     "key": UsageRecord.key_id.label("key_id"),
     "model": UsageRecord.model.label("model"),
@@ -126,14 +127,14 @@ def _daily_query(tenant_id: str | None, filters: UsageFilters, group_by: tuple[G
     return query.group_by(*columns).order_by(*columns) if columns else query
 
 
-def usage_response(report: dict[str, Any], format: Literal["json", "csv"]) -> Response | dict[str, Any]:
+def usage_response(report: dict[str, Any], format: Literal["json", "csv"]) -> Response | UsageReport:
     if format == "csv":
         return Response(
             usage_csv(report),
             media_type="text/csv",
             headers={"content-disposition": 'attachment; filename="usage.csv"'},
         )
-    return report
+    return UsageReport.model_validate(report)
 
 
 def _bucket_expr(dialect: str, bucket: Bucket) -> Any:

@@ -376,7 +376,7 @@ async def audit_page(
         for name, value in asdict(filters).items()
         if value not in (None, "")
     }
-    older_url = f"/console/admin/audit?{urlencode({**query, 'after': page['last_id']})}"
+    older_url = f"/console/admin/audit?{urlencode({**query, 'after': page.last_id})}"
     return _page(
         request, "audit.html", session=current[0], page=page, filters=filters, tenant_names=tenants, older_url=older_url
     )

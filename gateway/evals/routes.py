@@ -5,7 +5,7 @@ run checks its model and items first."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from gateway.accounting.routes import RateLimitHeaders
 from gateway.audit import actor_of
 from gateway.edge.strict_json import StrictJSONRoute
+from gateway.evals import schemas
 from gateway.evals.items import checked_items, checked_schema
 from gateway.evals.models import EvalCreate, EvalUpdate, RunCreate
 from gateway.evals.recipe import RunStatus
@@ -38,7 +39,7 @@ async def create_eval(
     admission: AdmissionDep,
     evals: EvalsDep,
     workers: WorkersDep,
-) -> dict[str, Any]:
+) -> schemas.EvalOut:
     await admission.admit_request(context, tenant)
     await checked_schema(workers, body.data_source_config.item_schema, "data_source_config.item_schema")
     return await run_in_threadpool(evals.create, tenant.tenant_id, body)
@@ -47,22 +48,22 @@ async def create_eval(
 @router.get("/v1/evals")
 async def list_evals(
     tenant: TenantDep, evals: EvalsDep, after: Cursor = None, limit: Limit = 20, order: Order = "asc"
-) -> dict[str, Any]:
+) -> schemas.EvalList:
     return await run_in_threadpool(evals.list, tenant.tenant_id, after, limit, order)
 
 
 @router.get("/v1/evals/{eval_id}")
-async def retrieve_eval(eval_id: EvalId, tenant: TenantDep, evals: EvalsDep) -> dict[str, Any]:
+async def retrieve_eval(eval_id: EvalId, tenant: TenantDep, evals: EvalsDep) -> schemas.EvalOut:
     return await run_in_threadpool(evals.get, tenant.tenant_id, eval_id)
 
 
 @router.post("/v1/evals/{eval_id}")
-async def update_eval(eval_id: EvalId, body: EvalUpdate, tenant: TenantDep, evals: EvalsDep) -> dict[str, Any]:
+async def update_eval(eval_id: EvalId, body: EvalUpdate, tenant: TenantDep, evals: EvalsDep) -> schemas.EvalOut:
     return await run_in_threadpool(evals.update, tenant.tenant_id, eval_id, body)
 
 
 @router.delete("/v1/evals/{eval_id}")
-async def delete_eval(request: Request, eval_id: EvalId, tenant: TenantDep, evals: EvalsDep) -> dict[str, Any]:
+async def delete_eval(request: Request, eval_id: EvalId, tenant: TenantDep, evals: EvalsDep) -> schemas.EvalDeleted:
     actor = actor_of(request, tenant.key_id, tenant.tenant_id)
     return await run_in_threadpool(evals.delete, tenant.tenant_id, eval_id, actor)
 
@@ -77,7 +78,7 @@ async def create_run(
     evals: EvalsDep,
     files: FilesDep,
     workers: WorkersDep,
-) -> dict[str, Any]:
+) -> schemas.EvalRunOut:
     tenant = serving.tenant
     await admission.admit_request(context, tenant)
     definition = await run_in_threadpool(evals.definition, tenant.tenant_id, eval_id)
@@ -98,25 +99,25 @@ async def list_runs(
     limit: Limit = 20,
     order: Order = "asc",
     status: RunStatus | None = None,
-) -> dict[str, Any]:
+) -> schemas.RunList:
     return await run_in_threadpool(evals.list_runs, tenant.tenant_id, eval_id, after, limit, order, status)
 
 
 @router.get("/v1/evals/{eval_id}/runs/{run_id}")
-async def retrieve_run(eval_id: EvalId, run_id: RunId, tenant: TenantDep, evals: EvalsDep) -> dict[str, Any]:
+async def retrieve_run(eval_id: EvalId, run_id: RunId, tenant: TenantDep, evals: EvalsDep) -> schemas.EvalRunOut:
     return await run_in_threadpool(evals.get_run, tenant.tenant_id, eval_id, run_id)
 
 
 @router.post("/v1/evals/{eval_id}/runs/{run_id}")
 @router.post("/v1/evals/{eval_id}/runs/{run_id}/cancel")
-async def cancel_run(eval_id: EvalId, run_id: RunId, tenant: TenantDep, evals: EvalsDep) -> dict[str, Any]:
+async def cancel_run(eval_id: EvalId, run_id: RunId, tenant: TenantDep, evals: EvalsDep) -> schemas.EvalRunOut:
     return await run_in_threadpool(evals.cancel_run, tenant.tenant_id, eval_id, run_id)
 
 
 @router.delete("/v1/evals/{eval_id}/runs/{run_id}")
 async def delete_run(
     request: Request, eval_id: EvalId, run_id: RunId, tenant: TenantDep, evals: EvalsDep
-) -> dict[str, Any]:
+) -> schemas.RunDeleted:
     actor = actor_of(request, tenant.key_id, tenant.tenant_id)
     return await run_in_threadpool(evals.delete_run, tenant.tenant_id, eval_id, run_id, actor)
 
@@ -131,7 +132,7 @@ async def list_output_items(
     limit: Limit = 20,
     order: Order = "asc",
     status: OutputStatus | None = None,
-) -> dict[str, Any]:
+) -> schemas.OutputItemList:
     return await run_in_threadpool(evals.output_items, tenant.tenant_id, eval_id, run_id, after, limit, order, status)
 
 
@@ -142,5 +143,5 @@ async def retrieve_output_item(
     output_item_id: Annotated[str, Path(max_length=40)],
     tenant: TenantDep,
     evals: EvalsDep,
-) -> dict[str, Any]:
+) -> schemas.OutputItemOut:
     return await run_in_threadpool(evals.output_item, tenant.tenant_id, eval_id, run_id, output_item_id)

@@ -10,20 +10,23 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
+from adapters.pagination import keyset_page
 from gateway import audit
 from gateway.db import Database, Eval, EvalRun, EvalRunItem
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.evals.models import EvalCreate, EvalUpdate, RunCreate
-from gateway.evals.objects import (
-    eval_object,
-    item_position,
-    listing,
-    output_item_object,
-    page,
-    run_object,
-    tally,
-)
+from gateway.evals.objects import eval_object, item_position, output_item_object, run_object, tally
 from gateway.evals.recipe import FINAL, PENDING, RUN_LEASE, RunStatus, data_source_column
+from gateway.evals.schemas import (
+    EvalDeleted,
+    EvalList,
+    EvalOut,
+    EvalRunOut,
+    OutputItemList,
+    OutputItemOut,
+    RunDeleted,
+    RunList,
+)
 from gateway.tenancy.keys import new_id
 from gateway.tenancy.service import lock_live_tenant, utcnow
 
@@ -42,7 +45,7 @@ class EvalService:
             raise NotFoundError(f"No eval found with id '{eval_id}'.", param="eval_id")
         return row
 
-    def create(self, tenant_id: str, body: EvalCreate) -> dict[str, Any]:
+    def create(self, tenant_id: str, body: EvalCreate) -> EvalOut:
         row = Eval(
             id=new_id("eval"),
             tenant_id=tenant_id,
@@ -64,17 +67,17 @@ class EvalService:
             session.expunge(row)
             return row
 
-    def get(self, tenant_id: str, eval_id: str) -> dict[str, Any]:
+    def get(self, tenant_id: str, eval_id: str) -> EvalOut:
         return eval_object(self.definition(tenant_id, eval_id))
 
-    def list(self, tenant_id: str, after: str | None, limit: int, order: str) -> dict[str, Any]:
+    def list(self, tenant_id: str, after: str | None, limit: int, order: str) -> EvalList:
         with self._db.session() as session:
-            cursor = self._own(session, tenant_id, after).created_at if after else None
+            cursor = (self._own(session, tenant_id, after).created_at,) if after else None
             query = select(Eval).where(Eval.tenant_id == tenant_id)
-            rows, more = page(session, query, Eval.created_at, cursor, limit, order == "desc")
-            return listing([eval_object(row) for row in rows], more)
+            rows, more = keyset_page(session, query, (Eval.created_at,), cursor, limit, descending=order == "desc")
+            return EvalList.of([eval_object(row) for row in rows], more)
 
-    def update(self, tenant_id: str, eval_id: str, body: EvalUpdate) -> dict[str, Any]:
+    def update(self, tenant_id: str, eval_id: str, body: EvalUpdate) -> EvalOut:
         with self._db.session() as session:
             row = self._own(session, tenant_id, eval_id)
             if body.name is not None:
@@ -84,7 +87,7 @@ class EvalService:
             session.flush()
             return eval_object(row)
 
-    def delete(self, tenant_id: str, eval_id: str, actor: audit.Actor) -> dict[str, Any]:
+    def delete(self, tenant_id: str, eval_id: str, actor: audit.Actor) -> EvalDeleted:
         """The eval, its runs and their items (the tenant's content: items and samples)."""
         with self._db.session() as session:
             self._own(session, tenant_id, eval_id)
@@ -93,7 +96,7 @@ class EvalService:
             session.execute(delete(EvalRun).where(EvalRun.eval_id == eval_id))
             session.execute(delete(Eval).where(Eval.id == eval_id))
             audit.record(session, actor, "eval.delete", "eval", eval_id, tenant_id)
-        return {"object": "eval.deleted", "deleted": True, "eval_id": eval_id}
+        return EvalDeleted(eval_id=eval_id)
 
     # -- runs ------------------------------------------------------------------------------------------------------
     def create_run(
@@ -104,7 +107,7 @@ class EvalService:
         body: RunCreate,
         model: str,
         items: builtins.list[tuple[dict[str, Any], dict[str, Any] | None]],
-    ) -> dict[str, Any]:
+    ) -> EvalRunOut:
         now = utcnow()
         run = EvalRun(
             id=new_id("evalrun"),
@@ -149,7 +152,7 @@ class EvalService:
             raise NotFoundError(f"No run found with id '{run_id}'.", param="run_id")
         return run
 
-    def _run_object(self, session: Session, run: EvalRun) -> dict[str, Any]:
+    def _run_object(self, session: Session, run: EvalRun) -> EvalRunOut:
         if run.status in FINAL and run.per_criteria:
             return run_object(run, run.result_counts, run.per_criteria)
         criteria = [c["name"] for c in session.get(Eval, run.eval_id).testing_criteria]  # type: ignore[union-attr]
@@ -162,23 +165,24 @@ class EvalService:
         counts["total"] = run.result_counts.get("total", counts["total"])
         return run_object(run, counts, per_criteria)
 
-    def get_run(self, tenant_id: str, eval_id: str, run_id: str) -> dict[str, Any]:
+    def get_run(self, tenant_id: str, eval_id: str, run_id: str) -> EvalRunOut:
         with self._db.session() as session:
             return self._run_object(session, self._own_run(session, tenant_id, eval_id, run_id))
 
     def list_runs(
         self, tenant_id: str, eval_id: str, after: str | None, limit: int, order: str, status: str | None
-    ) -> dict[str, Any]:
+    ) -> RunList:
         with self._db.session() as session:
             self._own(session, tenant_id, eval_id)
-            cursor = self._own_run(session, tenant_id, eval_id, after).created_at if after else None
+            cursor = (self._own_run(session, tenant_id, eval_id, after).created_at,) if after else None
             query = select(EvalRun).where(EvalRun.eval_id == eval_id)
             if status:
                 query = query.where(EvalRun.status == status)
-            rows, more = page(session, query, EvalRun.created_at, cursor, limit, order == "desc")
-            return listing([self._run_object(session, row) for row in rows], more)
+            keys = (EvalRun.created_at,)
+            rows, more = keyset_page(session, query, keys, cursor, limit, descending=order == "desc")
+            return RunList.of([self._run_object(session, row) for row in rows], more)
 
-    def cancel_run(self, tenant_id: str, eval_id: str, run_id: str) -> dict[str, Any]:
+    def cancel_run(self, tenant_id: str, eval_id: str, run_id: str) -> EvalRunOut:
         with self._db.session() as session:
             run = self._own_run(session, tenant_id, eval_id, run_id)
             if run.status in FINAL:
@@ -193,14 +197,14 @@ class EvalService:
             session.refresh(run)
             return self._run_object(session, run)
 
-    def delete_run(self, tenant_id: str, eval_id: str, run_id: str, actor: audit.Actor) -> dict[str, Any]:
+    def delete_run(self, tenant_id: str, eval_id: str, run_id: str, actor: audit.Actor) -> RunDeleted:
         """The run and its items (with their samples)."""
         with self._db.session() as session:
             self._own_run(session, tenant_id, eval_id, run_id)
             session.execute(delete(EvalRunItem).where(EvalRunItem.run_id == run_id))
             session.execute(delete(EvalRun).where(EvalRun.id == run_id))
             audit.record(session, actor, "eval_run.delete", "eval_run", run_id, tenant_id, {"eval_id": eval_id})
-        return {"object": "eval.run.deleted", "deleted": True, "run_id": run_id}
+        return RunDeleted(run_id=run_id)
 
     def output_items(
         self,
@@ -211,17 +215,18 @@ class EvalService:
         limit: int,
         order: str,
         status: str | None,
-    ) -> dict[str, Any]:
+    ) -> OutputItemList:
         with self._db.session() as session:
             run = self._own_run(session, tenant_id, eval_id, run_id)
             query = select(EvalRunItem).where(EvalRunItem.run_id == run_id, EvalRunItem.status != PENDING)
             if status:
                 query = query.where(EvalRunItem.status == status)
-            cursor = item_position(after, run_id, "after") if after else None
-            rows, more = page(session, query, EvalRunItem.position, cursor, limit, order == "desc")
-            return listing([output_item_object(row, run) for row in rows], more)
+            cursor = (item_position(after, run_id, "after"),) if after else None
+            keys = (EvalRunItem.position,)
+            rows, more = keyset_page(session, query, keys, cursor, limit, descending=order == "desc")
+            return OutputItemList.of([output_item_object(row, run) for row in rows], more)
 
-    def output_item(self, tenant_id: str, eval_id: str, run_id: str, item_id: str) -> dict[str, Any]:
+    def output_item(self, tenant_id: str, eval_id: str, run_id: str, item_id: str) -> OutputItemOut:
         with self._db.session() as session:
             run = self._own_run(session, tenant_id, eval_id, run_id)
             position = item_position(item_id, run_id, "output_item_id")

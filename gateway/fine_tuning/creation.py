@@ -8,12 +8,13 @@ from __future__ import annotations
 import secrets
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from starlette.concurrency import run_in_threadpool
 
 from adapters.datasets import ChatExample, DatasetError, Example, iter_examples
 from adapters.hyperparameters import choose as choose_hyperparameters
+from adapters.job_objects import FineTuningJobOut
 from adapters.jobs import JobRequest, JobService, new_job_id
 from adapters.recipe import TrainingRecipe
 from engine.protocol import Tokenizer
@@ -118,7 +119,7 @@ class JobCreator:
             )
         tenant.check_model(body.model)
 
-    async def create(self, tenant: TenantPrincipal, body: FineTuningJobCreate) -> dict[str, Any]:
+    async def create(self, tenant: TenantPrincipal, body: FineTuningJobCreate) -> FineTuningJobOut:
         self._check_model(tenant, body)
         requested = body.requested_hyperparameters()
         if body.lora.rank > self._max_lora_rank:

@@ -11,33 +11,21 @@ import os
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
-from sqlalchemy import CursorResult, delete, func, select
+from sqlalchemy import delete, func, select
 
 from adapters.datasets import DatasetError, check_jsonl
+from adapters.pagination import keyset_page
 from gateway import audit, bounds
-from gateway.db import Database, File
+from gateway.db import Database, File, affected_rows
 from gateway.errors import InvalidRequestError, NotFoundError, PayloadTooLarge, QuotaExceeded
+from gateway.fine_tuning.schemas import FileDeleted, FileList, FileOut
 from gateway.private_files import open_private, private_dir
 from gateway.tenancy.service import lock_live_tenant, utcnow
 
 PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 _CHUNK = 1024 * 1024
-
-
-def file_object(row: File) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "object": "file",
-        "bytes": row.bytes,
-        "created_at": int(row.created_at.timestamp()),
-        "filename": row.filename,
-        "purpose": row.purpose,
-        "status": "processed",
-        "status_details": None,
-        "expires_at": None,
-    }
 
 
 def clean_filename(name: str) -> str:
@@ -73,7 +61,7 @@ class FileStore:
     # -- create ----------------------------------------------------------------------------------------------------
     def create(
         self, tenant_id: str, filename: str, purpose: str, source: BinaryIO, *, max_bytes: int, quota: int
-    ) -> dict[str, Any]:
+    ) -> FileOut:
         if purpose not in PURPOSES:
             raise InvalidRequestError(f"purpose must be one of {', '.join(PURPOSES)}", param="purpose")
         name = clean_filename(filename)
@@ -103,7 +91,7 @@ class FileStore:
                 os.replace(staging, path)
         finally:
             staging.unlink(missing_ok=True)
-        return file_object(row)
+        return FileOut.model_validate(row)
 
     # -- read ------------------------------------------------------------------------------------------------------
     def _own(self, tenant_id: str, file_id: str) -> File:
@@ -114,8 +102,8 @@ class FileStore:
             raise NotFoundError(f"No such File object: {file_id}", param="file_id")
         return row
 
-    def get(self, tenant_id: str, file_id: str) -> dict[str, Any]:
-        return file_object(self._own(tenant_id, file_id))
+    def get(self, tenant_id: str, file_id: str) -> FileOut:
+        return FileOut.model_validate(self._own(tenant_id, file_id))
 
     def open(self, tenant_id: str, file_id: str) -> tuple[BinaryIO, int]:
         """The file's bytes as an open handle (still readable if the file is deleted meanwhile) and its size."""
@@ -137,49 +125,31 @@ class FileStore:
         except (NotFoundError, FileNotFoundError):
             return None
 
-    def list(self, tenant_id: str, purpose: str | None, limit: int, order: str, after: str | None) -> dict[str, Any]:
+    def list(self, tenant_id: str, purpose: str | None, limit: int, order: str, after: str | None) -> FileList:
         with self._db.session() as session:
             query = select(File).where(File.tenant_id == tenant_id)
             if purpose:
                 query = query.where(File.purpose == purpose)
-            descending = order == "desc"
+            cursor = None
             if after:
-                cursor = session.get(File, after)
-                if cursor is None or cursor.tenant_id != tenant_id:
+                row = session.get(File, after)
+                if row is None or row.tenant_id != tenant_id:
                     raise NotFoundError(f"No such File object: {after}", param="after")
-                key = (File.created_at, File.id)
-                if descending:
-                    query = query.where(
-                        (key[0] < cursor.created_at) | ((key[0] == cursor.created_at) & (key[1] < cursor.id))
-                    )
-                else:
-                    query = query.where(
-                        (key[0] > cursor.created_at) | ((key[0] == cursor.created_at) & (key[1] > cursor.id))
-                    )
-            ordering = (File.created_at.desc(), File.id.desc()) if descending else (File.created_at, File.id)
-            rows = list(session.scalars(query.order_by(*ordering).limit(limit + 1)))
-        data = [file_object(row) for row in rows[:limit]]
-        return {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": len(rows) > limit,
-        }
+                cursor = (row.created_at, row.id)
+            keys = (File.created_at, File.id)
+            rows, more = keyset_page(session, query, keys, cursor, limit, descending=order == "desc")
+        return FileList.of([FileOut.model_validate(row) for row in rows], more)
 
-    def delete(self, tenant_id: str, file_id: str, actor: audit.Actor) -> dict[str, Any]:
+    def delete(self, tenant_id: str, file_id: str, actor: audit.Actor) -> FileDeleted:
         """The row (with its audit entry), then the bytes."""
         self.path_of(file_id)
         with self._db.session() as session:
-            deleted = cast(
-                "CursorResult[Any]",
-                session.execute(delete(File).where(File.id == file_id, File.tenant_id == tenant_id)),
-            )
-            if not deleted.rowcount:
+            deleted = session.execute(delete(File).where(File.id == file_id, File.tenant_id == tenant_id))
+            if not affected_rows(deleted):
                 raise NotFoundError(f"No such File object: {file_id}", param="file_id")
             audit.record(session, actor, "file.delete", "file", file_id, tenant_id)
         self.remove_bytes([file_id])
-        return {"id": file_id, "object": "file", "deleted": True}
+        return FileDeleted(id=file_id)
 
     def remove_bytes(self, file_ids: Iterable[str]) -> None:
         """Remove the bytes of files whose rows are gone."""

@@ -19,6 +19,7 @@ from gateway.audit import actor_of
 from gateway.edge.body_limits import MULTIPART_ALLOWANCE
 from gateway.edge.strict_json import StrictJSONRoute
 from gateway.errors import InvalidRequestError
+from gateway.fine_tuning.schemas import FileDeleted, FileList, FileOut
 from gateway.state import AdmissionDep, ContextDep, FilesDep, SettingsDep
 from gateway.tenancy.principal import TenantDep
 
@@ -46,6 +47,9 @@ _UPLOAD_SCHEMA = {
     }
 }
 _CHUNK = 256 * 1024
+_BINARY_CONTENT: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+}
 
 
 @router.post("/v1/files", openapi_extra=_UPLOAD_SCHEMA)
@@ -56,7 +60,7 @@ async def upload_file(
     admission: AdmissionDep,
     files: FilesDep,
     settings: SettingsDep,
-) -> dict[str, Any]:
+) -> FileOut:
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise InvalidRequestError("Upload the file as multipart/form-data with 'file' and 'purpose'.", param="file")
     await admission.admit_request(context, tenant)
@@ -95,16 +99,16 @@ async def list_files(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
     order: Literal["asc", "desc"] = "desc",
     after: Annotated[str | None, Query(max_length=40)] = None,
-) -> dict[str, Any]:
+) -> FileList:
     return await run_in_threadpool(files.list, tenant.tenant_id, purpose, limit, order, after)
 
 
 @router.get("/v1/files/{file_id}")
-async def retrieve_file(file_id: FileId, files: FilesDep, tenant: TenantDep) -> dict[str, Any]:
+async def retrieve_file(file_id: FileId, files: FilesDep, tenant: TenantDep) -> FileOut:
     return await run_in_threadpool(files.get, tenant.tenant_id, file_id)
 
 
-@router.get("/v1/files/{file_id}/content")
+@router.get("/v1/files/{file_id}/content", response_class=StreamingResponse, responses=_BINARY_CONTENT)
 async def file_content(file_id: FileId, files: FilesDep, tenant: TenantDep) -> StreamingResponse:
     handle, size = await run_in_threadpool(files.open, tenant.tenant_id, file_id)
     return StreamingResponse(
@@ -121,6 +125,6 @@ def _chunks(handle: BinaryIO) -> Iterator[bytes]:
 
 
 @router.delete("/v1/files/{file_id}")
-async def delete_file(request: Request, file_id: FileId, files: FilesDep, tenant: TenantDep) -> dict[str, Any]:
+async def delete_file(request: Request, file_id: FileId, files: FilesDep, tenant: TenantDep) -> FileDeleted:
     actor = actor_of(request, tenant.key_id, tenant.tenant_id)
     return await run_in_threadpool(files.delete, tenant.tenant_id, file_id, actor)

@@ -4,12 +4,13 @@ list, retrieve, cancel, events and checkpoints. HTTP only: creating a job is ``c
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
 from starlette.concurrency import run_in_threadpool
 
 from adapters.base_models import trainable_models
+from adapters.job_objects import CheckpointList, EventList, FineTuningJobOut, JobList
 from gateway.accounting.routes import RateLimitHeaders
 from gateway.edge.strict_json import StrictJSONRoute
 from gateway.fine_tuning.creation import JobCreator
@@ -32,7 +33,7 @@ JobCreatorDep = Annotated[JobCreator, Depends(get_job_creator)]
 @router.post("/v1/fine_tuning/jobs")
 async def create_job(
     body: FineTuningJobCreate, context: ContextDep, tenant: TenantDep, admission: AdmissionDep, creator: JobCreatorDep
-) -> dict[str, Any]:
+) -> FineTuningJobOut:
     await admission.admit_request(context, tenant)  # one unit of the RPM window, before any file is read
     return await creator.create(tenant, body)
 
@@ -45,29 +46,29 @@ JobCursor = Annotated[str | None, Query(max_length=40)]
 
 
 @router.get("/v1/fine_tuning/jobs")
-async def list_jobs(jobs: JobsDep, tenant: TenantDep, after: JobCursor = None, limit: Limit = 20) -> dict[str, Any]:
+async def list_jobs(jobs: JobsDep, tenant: TenantDep, after: JobCursor = None, limit: Limit = 20) -> JobList:
     return await run_in_threadpool(jobs.list, tenant.tenant_id, after, limit)
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}")
-async def retrieve_job(job_id: JobId, jobs: JobsDep, tenant: TenantDep) -> dict[str, Any]:
+async def retrieve_job(job_id: JobId, jobs: JobsDep, tenant: TenantDep) -> FineTuningJobOut:
     return await run_in_threadpool(jobs.get, tenant.tenant_id, job_id)
 
 
 @router.post("/v1/fine_tuning/jobs/{job_id}/cancel")
-async def cancel_job(job_id: JobId, jobs: JobsDep, tenant: TenantDep) -> dict[str, Any]:
+async def cancel_job(job_id: JobId, jobs: JobsDep, tenant: TenantDep) -> FineTuningJobOut:
     return await run_in_threadpool(jobs.cancel, tenant.tenant_id, job_id)
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/events")
 async def job_events(
     job_id: JobId, jobs: JobsDep, tenant: TenantDep, after: EventCursor = None, limit: Limit = 20
-) -> dict[str, Any]:
+) -> EventList:
     return await run_in_threadpool(jobs.events, tenant.tenant_id, job_id, after, limit)
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
 async def job_checkpoints(
     job_id: JobId, jobs: JobsDep, tenant: TenantDep, after: CheckpointCursor = None, limit: Limit = 10
-) -> dict[str, Any]:
+) -> CheckpointList:
     return await run_in_threadpool(jobs.checkpoints, tenant.tenant_id, job_id, after, limit)

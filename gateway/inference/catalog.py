@@ -16,6 +16,7 @@ from adapters.registry import AdapterRecord, AdapterRegistry
 from engine.backend import Backend, Capability, ModelOffer
 from engine.protocol import AdapterRef, Engine, EngineUnavailable
 from gateway.errors import ModelNotFound, PermissionDenied
+from gateway.inference.schemas import ModelOut
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,8 @@ class ServedModel:
         """The base model's id: what metrics may name (never a tenant's ``ft:`` id)."""
         return self.base_id or self.id
 
-    def card(self) -> dict[str, object]:
-        return {"id": self.id, "object": "model", "created": self.created, "owned_by": self.owned_by}
+    def card(self) -> ModelOut:
+        return ModelOut(id=self.id, created=self.created, owned_by=self.owned_by)
 
 
 class ModelCatalog:

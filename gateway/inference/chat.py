@@ -16,13 +16,16 @@ from gateway.inference.generation import GenerationRun
 from gateway.inference.logprobs import chat_logprobs
 from gateway.inference.prompts import chat_prompt
 from gateway.inference.runs import RunRequest, admit_run, collect
+from gateway.inference.schemas import ChatCompletion, openapi_responses
 from gateway.inference.sse import EventStreamResponse, sse_frames
 from gateway.state import ServingDep
 
 router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post(
+    "/v1/chat/completions", response_model=None, responses=openapi_responses(ChatCompletion, "chat.completion.chunk")
+)
 async def create_chat_completion(
     body: ChatCompletionRequest,
     request: Request,

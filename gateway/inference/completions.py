@@ -17,13 +17,14 @@ from gateway.inference.generation import GenerationRun
 from gateway.inference.logprobs import completion_logprobs
 from gateway.inference.prompts import completion_prompts
 from gateway.inference.runs import RunRequest, admit_run, collect
+from gateway.inference.schemas import TextCompletion, openapi_responses
 from gateway.inference.sse import EventStreamResponse, sse_frames
 from gateway.state import ServingDep
 
 router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
 
 
-@router.post("/v1/completions", response_model=None)
+@router.post("/v1/completions", response_model=None, responses=openapi_responses(TextCompletion, "text_completion"))
 async def create_completion(
     body: CompletionRequest,
     request: Request,

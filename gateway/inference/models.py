@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 from sqlalchemy.orm import Session
@@ -11,6 +11,7 @@ from adapters.registry import AdapterRecord
 from gateway import audit, bounds
 from gateway.accounting.routes import RateLimitHeaders
 from gateway.edge.strict_json import StrictJSONRoute
+from gateway.inference.schemas import ModelDeleted, ModelList, ModelOut
 from gateway.state import CatalogDep
 from gateway.tenancy.principal import TenantDep
 
@@ -20,20 +21,20 @@ ModelPath = Annotated[str, Path(max_length=bounds.MODEL)]
 
 
 @router.get("/v1/models")
-async def list_models(catalog: CatalogDep, tenant: TenantDep) -> dict[str, Any]:
+async def list_models(catalog: CatalogDep, tenant: TenantDep) -> ModelList:
     allowed = tenant.identity.allowed_models
     models = await catalog.for_tenant(tenant.tenant_id)
-    return {"object": "list", "data": [m.card() for m in models if allowed is None or m.id in allowed]}
+    return ModelList(data=[m.card() for m in models if allowed is None or m.id in allowed])
 
 
 @router.get("/v1/models/{model:path}")
-async def retrieve_model(model: ModelPath, catalog: CatalogDep, tenant: TenantDep) -> dict[str, Any]:
+async def retrieve_model(model: ModelPath, catalog: CatalogDep, tenant: TenantDep) -> ModelOut:
     tenant.check_model(model)
     return (await catalog.resolve(model, tenant.tenant_id)).card()
 
 
 @router.delete("/v1/models/{model:path}")
-async def delete_model(request: Request, model: ModelPath, catalog: CatalogDep, tenant: TenantDep) -> dict[str, Any]:
+async def delete_model(request: Request, model: ModelPath, catalog: CatalogDep, tenant: TenantDep) -> ModelDeleted:
     tenant.check_model(model)
     actor = audit.actor_of(request, tenant.key_id, tenant.tenant_id)
 
@@ -42,4 +43,4 @@ async def delete_model(request: Request, model: ModelPath, catalog: CatalogDep, 
         audit.record(session, actor, "model.delete", "model", model, tenant.tenant_id, {"deleted": names})
 
     await catalog.delete(model, tenant.tenant_id, audited)
-    return {"id": model, "object": "model", "deleted": True}
+    return ModelDeleted(id=model)

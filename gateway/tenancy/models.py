@@ -1,4 +1,5 @@
-"""Admin API shapes for tenants, quotas and keys (pydantic), and the ``Quotas`` the limiter enforces."""
+"""Admin API shapes for tenants, quotas and keys (pydantic; requests and responses), and the ``Quotas`` the limiter
+enforces."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from adapters.pagination import ListOf
 from gateway import bounds
 from gateway.bounds import UtcDateTime
 from gateway.tenancy.keys import has_id_shape
@@ -107,6 +109,21 @@ class KeyOut(BaseModel):
 
 class KeyCreated(KeyOut):
     key: str = Field(description="The secret. Shown once, never stored.")
+
+
+class TenantList(ListOf[TenantOut]):
+    """Every tenant."""
+
+
+class KeyList(ListOf[KeyOut]):
+    """A tenant's keys (never their secrets)."""
+
+
+class TenantDeleted(BaseModel):
+    id: str
+    object: Literal["tenant"] = "tenant"
+    deleted: Literal[True] = True
+    removed: dict[str, int] = Field(description="How many of each kind of thing the tenant owned were erased.")
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,27 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
 from gateway import audit, bounds
-from gateway.audit_log import AuditFilters
+from gateway.audit_log import AuditFilters, AuditPage
 from gateway.edge.strict_json import StrictJSONRoute
 from gateway.state import AuditLogDep, CatalogDep, EraserDep, ExportDep, KeyCacheDep, TenancyDep
 from gateway.tenancy.export import archive_name
-from gateway.tenancy.models import KeyCreate, KeyCreated, KeyOut, TenantCreate, TenantOut, TenantUpdate
+from gateway.tenancy.models import (
+    KeyCreate,
+    KeyCreated,
+    KeyList,
+    KeyOut,
+    TenantCreate,
+    TenantDeleted,
+    TenantList,
+    TenantOut,
+    TenantUpdate,
+)
 from gateway.tenancy.principal import OperatorDep
 
 router = APIRouter(prefix="/admin/v1", dependencies=[OperatorDep], route_class=StrictJSONRoute, tags=["admin"])
+_ARCHIVE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}}
+}
 
 TenantRef = Annotated[str, Path(max_length=bounds.TENANT_NAME, description="a tenant's name or id")]
 KeyId = Annotated[str, Path(max_length=40)]
@@ -37,8 +50,8 @@ async def create_tenant(request: Request, body: TenantCreate, tenancy: TenancyDe
 
 
 @router.get("/tenants")
-async def list_tenants(tenancy: TenancyDep) -> dict[str, Any]:
-    return {"object": "list", "data": await run_in_threadpool(tenancy.list_tenants)}
+async def list_tenants(tenancy: TenancyDep) -> TenantList:
+    return TenantList(data=await run_in_threadpool(tenancy.list_tenants))
 
 
 @router.get("/tenants/{tenant}")
@@ -68,16 +81,16 @@ async def resume_tenant(request: Request, tenant: TenantRef, tenancy: TenancyDep
 @router.delete("/tenants/{tenant}")
 async def delete_tenant(
     request: Request, tenant: TenantRef, eraser: EraserDep, catalog: CatalogDep, keys: KeyCacheDep
-) -> dict[str, Any]:
+) -> TenantDeleted:
     """The tenant and everything it owns (files, fine-tuning jobs, adapters, evals, sessions, keys); its usage
     records and audit entries stay."""
     erased = await run_in_threadpool(eraser.erase, tenant, _operator(request))
     keys.invalidate_tenant(erased.tenant_id)
     await catalog.unload(erased.adapters)
-    return {"id": erased.tenant_id, "object": "tenant", "deleted": True, "removed": erased.counts}
+    return TenantDeleted(id=erased.tenant_id, removed=erased.counts)
 
 
-@router.get("/tenants/{tenant}/export", response_class=StreamingResponse)
+@router.get("/tenants/{tenant}/export", response_class=StreamingResponse, responses=_ARCHIVE)
 async def export_tenant(request: Request, tenant: TenantRef, exports: ExportDep) -> StreamingResponse:
     """Everything the tenant owns as one tar.gz archive, streamed (see ``gateway.tenancy.export``)."""
     tenant_id, name = await run_in_threadpool(exports.begin, tenant, _operator(request))
@@ -95,8 +108,8 @@ async def create_key(request: Request, tenant: TenantRef, body: KeyCreate, tenan
 
 
 @router.get("/tenants/{tenant}/keys")
-async def list_keys(tenant: TenantRef, tenancy: TenancyDep) -> dict[str, Any]:
-    return {"object": "list", "data": await run_in_threadpool(tenancy.list_keys, tenant)}
+async def list_keys(tenant: TenantRef, tenancy: TenancyDep) -> KeyList:
+    return KeyList(data=await run_in_threadpool(tenancy.list_keys, tenant))
 
 
 @router.delete("/tenants/{tenant}/keys/{key_id}")
@@ -109,6 +122,6 @@ async def revoke_key(
 
 
 @router.get("/audit")
-async def audit_log(log: AuditLogDep, filters: Annotated[AuditFilters, Depends()]) -> dict[str, Any]:
+async def audit_log(log: AuditLogDep, filters: Annotated[AuditFilters, Depends()]) -> AuditPage:
     """Who did what, newest first (``after``: the previous page's ``last_id``). The log cannot be changed here."""
     return await run_in_threadpool(log.page, filters)

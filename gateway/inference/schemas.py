@@ -1,0 +1,113 @@
+"""What the inference routes answer, in OpenAI's shapes: models (``/v1/models``), and the non-streamed bodies of
+``/v1/chat/completions`` (``chat.completion``) and ``/v1/completions`` (``text_completion``).
+
+The completion routes build their JSON directly (the hot path); these models document it in ``/openapi.json``,
+together with the ``text/event-stream`` a ``"stream": true`` request gets (``openapi_responses``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from adapters.pagination import ListOf
+from engine.protocol import FinishReason
+
+
+class ModelOut(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(ListOf[ModelOut]):
+    """The models the key may use: base models and the tenant's fine-tuned ones."""
+
+
+class ModelDeleted(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    deleted: Literal[True] = True
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int
+
+
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
+    completion_tokens_details: CompletionTokensDetails
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprobOut(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprobOut]
+    refusal: None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+    refusal: None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChatLogprobs | None
+    finish_reason: FinishReason | None
+
+
+class _Completion(BaseModel):
+    id: str
+    created: int
+    model: str
+    system_fingerprint: None
+    usage: Usage
+
+
+class ChatCompletion(_Completion):
+    object: Literal["chat.completion"]
+    choices: list[ChatChoice]
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None
+    finish_reason: FinishReason | None
+
+
+class TextCompletion(_Completion):
+    object: Literal["text_completion"]
+    choices: list[CompletionChoice]
+
+
+def openapi_responses(body: type[BaseModel], chunk: str) -> dict[int | str, dict[str, Any]]:
+    """The 200 of a completion route: ``body`` as JSON, or server-sent ``chunk`` objects when streamed."""
+    events = {"type": "string", "description": f'"data: {{{chunk}}}" events, then "data: [DONE]"'}
+    return {200: {"model": body, "content": {"text/event-stream": {"schema": events}}}}
