@@ -16,11 +16,9 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from adapters.adapter_store import SharedDirectory
@@ -30,7 +28,6 @@ from engine.protocol import Engine
 from engine.settings import EngineSettings
 from engine.upstream.pool import UpstreamPool
 from engine.upstream.settings import UpstreamSettings
-from gateway.accounting import routes as usage_routes
 from gateway.accounting.admission import Admission
 from gateway.accounting.ledger import LedgerWriter
 from gateway.accounting.limits import Limiter, MemoryLimiter, RedisLimiter
@@ -40,39 +37,33 @@ from gateway.accounting.tasks import SettlementTasks
 from gateway.accounting.training_billing import TrainingBilling, job_charger
 from gateway.accounting.usage import UsageReports
 from gateway.audit_log import AuditLog
-from gateway.console import routes as console_routes
-from gateway.console.routes import install_console_handlers
-from gateway.console.sessions import ConsoleSessions
-from gateway.console.throttle import sign_in_throttle
+from gateway.bootstrap import Bootstrapped, bootstrap
 from gateway.db import Database
-from gateway.db.database import sqlite_url
 from gateway.edge.authentication import AuthenticationMiddleware
 from gateway.edge.body_limits import BodyLimitMiddleware
 from gateway.edge.body_timeout import BodyReadTimeoutMiddleware
 from gateway.edge.request_context import RequestContextMiddleware
 from gateway.errors import install_error_handlers
-from gateway.evals import routes as evals_routes
 from gateway.evals.runner import EvalRunner
 from gateway.evals.service import EvalService
-from gateway.fine_tuning import files_routes, jobs_routes
 from gateway.fine_tuning.files import FileStore
-from gateway.inference import chat, completions, models
 from gateway.inference.catalog import ModelCatalog
 from gateway.inference.runs import RequestCaps
-from gateway.ops import routes as ops_routes
 from gateway.ops.api_docs import install_api_docs
 from gateway.ops.metrics import Metrics
 from gateway.private_files import keep_private, private_dir
 from gateway.retention import Retention
+from gateway.routes import install_routes
 from gateway.settings import GatewaySettings
 from gateway.state import AppState, state_of
-from gateway.tenancy import routes as admin_routes
-from gateway.tenancy.admin_key import admin_key_path, load_or_create_admin_key
-from gateway.tenancy.erasure import TenantEraser
-from gateway.tenancy.export import TenantExport
+from gateway.tenancy.access import AccessChanges
+from gateway.tenancy.console_sessions import ConsoleSessions
 from gateway.tenancy.key_cache import KeyCache
 from gateway.tenancy.principal import Authenticator
 from gateway.tenancy.service import TenancyService
+from gateway.tenancy.sign_in_throttle import sign_in_throttle
+from gateway.tenant_data.erasure import TenantEraser
+from gateway.tenant_data.export import TenantExport
 from gateway.workers import Workers
 
 logger = logging.getLogger(__name__)
@@ -97,13 +88,6 @@ def build_vllm_engine(settings: EngineSettings) -> Engine:
     from engine.vllm_engine import VLLMEngine
 
     return VLLMEngine(settings, resolve_model_dir(settings))
-
-
-def open_database(settings: GatewaySettings) -> Database:
-    private_dir(settings.data_dir)
-    database = Database(settings.database_url or sqlite_url(settings.data_dir))
-    database.migrate()
-    return database
 
 
 def adapter_registry(database: Database, settings: GatewaySettings) -> AdapterRegistry:
@@ -136,18 +120,18 @@ def create_app(
     settings: GatewaySettings,
     engine_settings: EngineSettings,
     engine_factory: EngineFactory = build_vllm_engine,
+    bootstrapped: Bootstrapped | None = None,
 ) -> FastAPI:
+    """``bootstrapped``: what ``llmaas serve`` did before (``gateway.bootstrap``); else the lifespan does it."""
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keep_private()
         async with AsyncExitStack() as stack:
-            database = await run_in_threadpool(open_database, settings)
+            booted = bootstrapped if bootstrapped is not None else await run_in_threadpool(bootstrap, settings)
+            database, admin_key = booted.database, booted.admin_key
             stack.callback(database.dispose)
-            admin_key, generated = load_or_create_admin_key(settings)
-            if generated:  # the key itself is never logged; `llmaas serve` shows it on the terminal
-                logger.warning("generated the admin key into %s (0600)", admin_key_path(settings.data_dir))
             tenancy = TenancyService(database)
             usage_ledger = UsageLedger(database)
             ledger = LedgerWriter(
@@ -195,6 +179,7 @@ def create_app(
             )
             caps = RequestCaps.from_settings(settings, longest)
             metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+            authenticator = Authenticator(key_cache, admin_key, metrics_token, tenancy.identity_of_key)
             throttle = sign_in_throttle(
                 settings.redis_url,
                 settings.console_sign_in_failures_per_address,
@@ -207,7 +192,8 @@ def create_app(
                 metrics=metrics,
                 tenancy=tenancy,
                 key_cache=key_cache,
-                authenticator=Authenticator(key_cache, admin_key, metrics_token, tenancy.identity_of_key),
+                access=AccessChanges(tenancy, key_cache),
+                authenticator=authenticator,
                 admission=admission,
                 usage=UsageReports(database),
                 catalog=catalog,
@@ -224,7 +210,7 @@ def create_app(
                 audit_log=AuditLog(database),
             )
             runner = EvalRunner(
-                evals, tenancy, catalog, admission, caps, metrics, workers, concurrency=settings.eval_concurrency
+                evals, authenticator, catalog, admission, caps, metrics, workers, concurrency=settings.eval_concurrency
             )
             stack.push_async_callback(_cancel, asyncio.create_task(runner.run_forever()))
             retention = Retention(
@@ -241,14 +227,7 @@ def create_app(
     app = FastAPI(title="LLMaaS", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_api_docs(app)
     install_error_handlers(app)
-    for module in (models, chat, completions, files_routes, jobs_routes, evals_routes):  # the tenants' API
-        app.include_router(module.router)
-    for module in (usage_routes, ops_routes, admin_routes):
-        app.include_router(module.router)
-    app.include_router(usage_routes.admin_router)
-    app.include_router(console_routes.router)
-    app.mount("/console/static", StaticFiles(directory=Path(console_routes.__file__).parent / "static"), "console")
-    install_console_handlers(app)
+    install_routes(app)
     # Added innermost first: a request meets them in the reverse order.
     app.add_middleware(BodyReadTimeoutMiddleware, timeout_seconds=settings.body_read_timeout_seconds)
     app.add_middleware(

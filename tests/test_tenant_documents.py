@@ -39,7 +39,7 @@ from gateway.evals.items import checked_items
 from gateway.evals.models import EvalCreate, RunCreate
 from gateway.evals.service import EvalService
 from gateway.fine_tuning.files import FileStore
-from gateway.fine_tuning.jobs_routes import estimate_tokens
+from gateway.routes.fine_tuning import estimate_tokens
 from gateway.tenancy.models import TenantCreate
 from gateway.tenancy.service import TenancyService
 from gateway.workers import Workers, WorkTimedOut

@@ -1,2 +1,3 @@
-"""Evaluations (``/v1/evals``): evals, runs and output items (``routes``, ``service``, ``models``), the
+"""Evaluations (``/v1/evals``): evals, runs and output items (``service``, ``models``; routes in
+``gateway.routes.evals``), the
 template variables and graders, and the runner that samples and grades runs beside the engine."""

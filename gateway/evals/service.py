@@ -15,11 +15,12 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway import audit
+from gateway.clock import utcnow
 from gateway.db import Database, Eval, EvalRun, EvalRunItem
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.evals.models import EvalCreate, EvalUpdate, RunCreate
 from gateway.tenancy.keys import new_id
-from gateway.tenancy.service import lock_live_tenant, utcnow
+from gateway.tenancy.service import lock_live_tenant
 
 FINAL = ("completed", "failed", "canceled")
 PENDING = "pending"

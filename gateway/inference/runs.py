@@ -11,7 +11,7 @@ from typing import TypeVar
 from fastapi import Request
 
 from gateway.accounting.admission import Admission
-from gateway.edge.request_context import RequestContext
+from gateway.context import RequestContext
 from gateway.errors import InvalidRequestError
 from gateway.inference.api_types import ChatCompletionRequest, CompletionRequest
 from gateway.inference.catalog import ModelCatalog, ServedModel

@@ -16,9 +16,29 @@ from prometheus_client.registry import Collector
 
 from engine.protocol import EngineLoad
 from engine.upstream.pool import ReplicaStatus
-from gateway.inference.generation import RunReport
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class TokenUsage(Protocol):
+    @property
+    def prompt_tokens(self) -> int: ...
+
+    @property
+    def completion_tokens(self) -> int: ...
+
+
+class ObservedRun(Protocol):
+    """What a finished run tells the metrics (``gateway.inference.generation.RunReport`` is one)."""
+
+    @property
+    def usage(self) -> TokenUsage: ...
+
+    @property
+    def outcome(self) -> str: ...
+
+    @property
+    def time_to_first_token(self) -> float | None: ...
 
 
 class LoadSource(Protocol):
@@ -138,7 +158,7 @@ class Metrics:
     def watch_ledger(self, backlog: Callable[[], int]) -> None:
         self.registry.register(_LedgerCollector(backlog))
 
-    def observe_run(self, report: RunReport, *, model: str, fine_tuned: bool) -> None:
+    def observe_run(self, report: ObservedRun, *, model: str, fine_tuned: bool) -> None:
         labels = (model, "true" if fine_tuned else "false")
         self.prompt_tokens.labels(*labels).inc(report.usage.prompt_tokens)
         self.completion_tokens.labels(*labels).inc(report.usage.completion_tokens)

@@ -1,0 +1,24 @@
+"""Every HTTP route of the gateway: the tenants' OpenAI API under ``/v1`` (``models``, ``chat``,
+``completions``, ``files``, ``fine_tuning``, ``evals``, ``usage``), the operator's under ``/admin/v1``
+(``admin``, ``usage``), ``ops`` (health, readiness, metrics) and the web ``console``.
+
+The top layer: routes take the domains' services through the typed dependencies of ``gateway.state`` and own
+only HTTP (parsing, status codes, response shapes); the domains below never import a route or the state."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from gateway.routes import admin, chat, completions, console, evals, files, fine_tuning, models, ops, usage
+
+
+def install_routes(app: FastAPI) -> None:
+    for module in (models, chat, completions, files, fine_tuning, evals):  # the tenants' API
+        app.include_router(module.router)
+    for module in (usage, ops, admin):
+        app.include_router(module.router)
+    app.include_router(usage.admin_router)
+    app.include_router(console.router)
+    app.mount("/console/static", StaticFiles(directory=console.STATIC_DIR), "console")
+    console.install_console_handlers(app)
