@@ -1,5 +1,6 @@
 """The app factory: settings in, a FastAPI app out. Every resource (database, ledger writer, limiter, engine) is
-built in the lifespan, never at import, and released in reverse order when the app stops.
+built in the lifespan, never at import, and released in reverse order when the app stops; the bootstrap
+(``gateway.bootstrap``: migrations, admin key) is done once, by ``llmaas serve`` before the app or else here.
 
 A request passes, outermost first: ``CORSMiddleware`` (only with ``LLMAAS_CORS_ORIGINS``: answers browsers'
 preflights) → ``RequestContextMiddleware`` (server-minted id, client id check, access
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -66,7 +66,6 @@ from gateway.tenant_data.erasure import TenantEraser
 from gateway.tenant_data.export import TenantExport
 from gateway.workers import Workers
 
-logger = logging.getLogger(__name__)
 EXPOSED_HEADERS = [
     "x-request-id",
     "x-client-request-id",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from starlette.requests import HTTPConnection
+from starlette.types import Scope
 
 from gateway.audit import OPERATOR, SYSTEM, Actor
 from gateway.tenancy.principal import Operator, Principal, TenantPrincipal
@@ -41,7 +41,7 @@ def new_request_id() -> str:
     return f"req_{uuid.uuid4().hex}"
 
 
-def context_of(connection: HTTPConnection) -> RequestContext:
-    """The request's context (``gateway.edge.request_context`` put it into the ASGI scope's state)."""
-    context: RequestContext = connection.scope["state"]["context"]
+def context_of(scope: Scope) -> RequestContext:
+    """The request's context, from its ASGI scope's state (``gateway.edge.request_context`` put it there)."""
+    context: RequestContext = scope["state"]["context"]
     return context

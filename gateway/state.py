@@ -81,7 +81,7 @@ def state_of(app: FastAPI) -> AppState:
 
 
 async def get_context(request: Request) -> RequestContext:
-    return context_of(request)
+    return context_of(request.scope)
 
 
 def _part(pick: Callable[[AppState], T]) -> Any:

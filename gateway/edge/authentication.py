@@ -16,6 +16,7 @@ from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.context import context_of
 from gateway.edge.origin import cross_site
 from gateway.errors import APIError, AuthenticationError, PermissionDenied
 from gateway.tenancy.console_sessions import COOKIE, ConsoleSessions
@@ -49,7 +50,7 @@ class AuthenticationMiddleware:
         except APIError as exc:
             await exc.response()(scope, receive, send)
             return
-        scope["state"]["context"].principal = principal
+        context_of(scope).principal = principal
         await self.app(scope, receive, send)
 
     async def _console_api(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -71,7 +72,7 @@ class AuthenticationMiddleware:
         except APIError as exc:
             await exc.response()(scope, receive, send)
             return
-        scope["state"]["context"].principal = principal
+        context_of(scope).principal = principal
         raw_path = scope.get("raw_path")
         bridged = {**scope, "path": path}
         if isinstance(raw_path, bytes):
