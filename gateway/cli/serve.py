@@ -12,6 +12,7 @@ import sys
 import typer
 
 from gateway.cli.common import settings
+from gateway.settings import Settings
 from gateway.tenancy.service import TenancyService
 
 
@@ -45,7 +46,8 @@ def serve(
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call otherwise
     booted = bootstrap(gateway)
     first_key = _first_run_key(TenancyService(booted.database))
-    typer.echo(_banner(f"http://{host}:{port}/v1", first_key, booted.admin_key if booted.admin_key_generated else None))
+    generated_key = booted.admin_key if booted.admin_key_generated else None
+    typer.echo(_banner(config, f"http://{host}:{port}/v1", first_key, generated_key))
     # The port is ours from now: uvicorn binds only after the engine has started (~20 s), and meanwhile the
     # engine's own processes may take any free port (and a port in use should fail now, not then).
     listener = _listen(host, port)
@@ -72,12 +74,12 @@ def serve(
             supervisor.stop()
 
 
-def _banner(base_url: str, first_key: str | None, generated_admin_key: str | None) -> str:
+def _banner(config: Settings, base_url: str, first_key: str | None, generated_admin_key: str | None) -> str:
     """What `serve` prints at start. Secrets go to a terminal only, never to a log: without a terminal, it says
     where to get them instead."""
     from gateway.tenancy.admin_key import admin_key_path
 
-    engine, key_file = settings().engine, admin_key_path(settings().gateway.data_dir)
+    engine, key_file = config.engine, admin_key_path(config.gateway.data_dir)
     on_terminal = sys.stdout.isatty()
     if first_key and on_terminal:
         key_note = f"  a key of tenant 'default' (shown once): {first_key}\n"
