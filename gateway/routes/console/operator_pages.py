@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -74,12 +74,5 @@ async def audit_page(
         if value not in (None, "")
     }
     older_url = f"/console/admin/audit?{urlencode({**query, 'after': entries['last_id']})}"
-    return page(
-        request,
-        "audit.html",
-        session=visit.session,
-        page=entries,
-        filters=filters,
-        tenant_names=tenants,
-        older_url=older_url,
-    )
+    listing: dict[str, Any] = {"page": entries, "filters": filters, "tenant_names": tenants, "older_url": older_url}
+    return page(request, "audit.html", session=visit.session, **listing)
