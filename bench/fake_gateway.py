@@ -25,6 +25,7 @@ def main() -> None:
     from gateway.edge.connections import uvicorn_options
     from gateway.ops import drain
     from gateway.settings import GatewaySettings
+    from gateway.state import state_of
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
@@ -40,6 +41,7 @@ def main() -> None:
     )
     drain.serve(
         app,
+        lambda: state_of(app).admission,
         settings.drain_seconds,
         host=args.host,
         port=args.port,

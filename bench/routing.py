@@ -54,7 +54,8 @@ def make_adapters(model_dir: Path, data_dir: Path, tenant_id: str, count: int) -
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from gateway.app import adapter_registry, open_database
+    from gateway.app import adapter_registry
+    from gateway.bootstrap import open_database
     from gateway.settings import GatewaySettings
 
     settings = GatewaySettings(data_dir=data_dir)

@@ -17,17 +17,28 @@ def default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "llmaas"
 
 
-class EngineSettings(BaseSettings):
-    """How the model is found and how vLLM runs it."""
+class SharedSettings(BaseSettings):
+    """What every part of LLMaaS reads alike from the environment (``LLMAAS_`` prefix): the one data dir. The
+    engine's and the gateway's settings extend it; the settings root (``gateway.settings.Settings``) reads both
+    once, so they cannot disagree."""
 
     model_config = SettingsConfigDict(env_prefix="LLMAAS_", extra="ignore")
+
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Where the database (SQLite), files, adapters, the ledger's journal, the admin key and the "
+        "prepared model live.",
+    )
+
+
+class EngineSettings(SharedSettings):
+    """How the model is found and how vLLM runs it."""
 
     engine: Literal["vllm", "upstream"] = Field(
         default="vllm",
         description="vllm: the model in this process (zero setup); upstream: in front of vLLM servers "
         "(LLMAAS_UPSTREAM_* settings).",
     )
-    data_dir: Path = Field(default_factory=default_data_dir)
     model_path: Path | None = Field(
         default=None,
         description="A local Hugging Face model dir to serve; unset serves the default SmolLM2 model, "

@@ -1,5 +1,6 @@
 """The app factory: settings in, a FastAPI app out. Every resource (database, ledger writer, limiter, engine) is
-built in the lifespan, never at import, and released in reverse order when the app stops.
+built in the lifespan, never at import, and released in reverse order when the app stops; the bootstrap
+(``gateway.bootstrap``: migrations, admin key) is done once, by ``llmaas serve`` before the app or else here.
 
 A request passes, outermost first: ``CORSMiddleware`` (only with ``LLMAAS_CORS_ORIGINS``: answers browsers'
 preflights) → ``RequestContextMiddleware`` (server-minted id, client id check, access
@@ -13,15 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
-from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from adapters.adapter_store import SharedDirectory
@@ -30,7 +28,6 @@ from adapters.registry import AdapterRegistry
 from engine.backend import BackendFactory
 from engine.factory import build_backend
 from engine.settings import EngineSettings
-from gateway.accounting import routes as usage_routes
 from gateway.accounting.admission import Admission
 from gateway.accounting.ledger import LedgerWriter
 from gateway.accounting.limits import Limiter, MemoryLimiter, RedisLimiter
@@ -40,43 +37,36 @@ from gateway.accounting.tasks import SettlementTasks
 from gateway.accounting.training_billing import TrainingBilling, job_charger
 from gateway.accounting.usage import UsageReports
 from gateway.audit_log import AuditLog
-from gateway.console import routes as console_routes
-from gateway.console.routes import install_console_handlers
-from gateway.console.sessions import ConsoleSessions
-from gateway.console.throttle import sign_in_throttle
+from gateway.bootstrap import Bootstrapped, bootstrap
 from gateway.db import Database
-from gateway.db.database import sqlite_url
 from gateway.edge.authentication import AuthenticationMiddleware
 from gateway.edge.body_limits import BodyLimitMiddleware
 from gateway.edge.body_timeout import BodyReadTimeoutMiddleware
 from gateway.edge.request_context import RequestContextMiddleware
-from gateway.errors import ERROR_RESPONSES, install_error_handlers
-from gateway.evals import routes as evals_routes
+from gateway.errors import install_error_handlers
 from gateway.evals.queue import RunQueue
 from gateway.evals.runner import EvalRunner
 from gateway.evals.service import EvalService
-from gateway.fine_tuning import files_routes, jobs_routes
 from gateway.fine_tuning.files import FileStore
-from gateway.inference import chat, completions, models
 from gateway.inference.catalog import ModelCatalog
 from gateway.inference.runs import RequestCaps
-from gateway.ops import routes as ops_routes
 from gateway.ops.api_docs import install_api_docs
 from gateway.ops.metrics import Metrics
 from gateway.private_files import keep_private, private_dir
 from gateway.retention import Retention
+from gateway.routes import install_routes
 from gateway.settings import GatewaySettings
 from gateway.state import AppState, state_of
-from gateway.tenancy import routes as admin_routes
-from gateway.tenancy.admin_key import admin_key_path, load_or_create_admin_key
-from gateway.tenancy.erasure import TenantEraser
-from gateway.tenancy.export import TenantExport
+from gateway.tenancy.access import AccessChanges
+from gateway.tenancy.console_sessions import ConsoleSessions
 from gateway.tenancy.key_cache import KeyCache
 from gateway.tenancy.principal import Authenticator
 from gateway.tenancy.service import TenancyService
+from gateway.tenancy.sign_in_throttle import sign_in_throttle
+from gateway.tenant_data.erasure import TenantEraser
+from gateway.tenant_data.export import TenantExport
 from gateway.workers import Workers
 
-logger = logging.getLogger(__name__)
 EXPOSED_HEADERS = [
     "x-request-id",
     "x-client-request-id",
@@ -90,13 +80,6 @@ EXPOSED_HEADERS = [
     "retry-after-ms",
 ]
 """Response headers a page on another origin may read (a browser hides all others)."""
-
-
-def open_database(settings: GatewaySettings) -> Database:
-    private_dir(settings.data_dir)
-    database = Database(settings.database_url or sqlite_url(settings.data_dir))
-    database.migrate()
-    return database
 
 
 def adapter_registry(database: Database, settings: GatewaySettings) -> AdapterRegistry:
@@ -129,18 +112,18 @@ def create_app(
     settings: GatewaySettings,
     engine_settings: EngineSettings,
     backend_factory: BackendFactory = build_backend,
+    bootstrapped: Bootstrapped | None = None,
 ) -> FastAPI:
+    """``bootstrapped``: what ``llmaas serve`` did before (``gateway.bootstrap``); else the lifespan does it."""
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keep_private()
         async with AsyncExitStack() as stack:
-            database = await run_in_threadpool(open_database, settings)
+            booted = bootstrapped if bootstrapped is not None else await run_in_threadpool(bootstrap, settings)
+            database, admin_key = booted.database, booted.admin_key
             stack.callback(database.dispose)
-            admin_key, generated = load_or_create_admin_key(settings)
-            if generated:  # the key itself is never logged; `llmaas serve` shows it on the terminal
-                logger.warning("generated the admin key into %s (0600)", admin_key_path(settings.data_dir))
             tenancy = TenancyService(database)
             usage_ledger = UsageLedger(database)
             ledger = LedgerWriter(
@@ -192,6 +175,7 @@ def create_app(
             )
             caps = RequestCaps.from_settings(settings, longest)
             metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+            authenticator = Authenticator(key_cache, admin_key, metrics_token, tenancy.identity_of_key)
             throttle = sign_in_throttle(
                 settings.redis_url,
                 settings.console_sign_in_failures_per_address,
@@ -204,7 +188,8 @@ def create_app(
                 metrics=metrics,
                 tenancy=tenancy,
                 key_cache=key_cache,
-                authenticator=Authenticator(key_cache, admin_key, metrics_token, tenancy.identity_of_key),
+                access=AccessChanges(tenancy, key_cache),
+                authenticator=authenticator,
                 admission=admission,
                 usage=UsageReports(database),
                 catalog=catalog,
@@ -222,7 +207,7 @@ def create_app(
             )
             queue = RunQueue(database)
             runner = EvalRunner(
-                queue, tenancy, catalog, admission, caps, metrics, workers, concurrency=settings.eval_concurrency
+                queue, authenticator, catalog, admission, caps, metrics, workers, concurrency=settings.eval_concurrency
             )
             stack.push_async_callback(_cancel, asyncio.create_task(runner.run_forever()))
             retention = Retention(
@@ -239,14 +224,7 @@ def create_app(
     app = FastAPI(title="LLMaaS", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_api_docs(app)
     install_error_handlers(app)
-    for module in (models, chat, completions, files_routes, jobs_routes, evals_routes, usage_routes):  # tenants'
-        app.include_router(module.router, responses=ERROR_RESPONSES)
-    app.include_router(ops_routes.router)
-    for router in (admin_routes.router, usage_routes.admin_router):  # operator's
-        app.include_router(router, responses=ERROR_RESPONSES)
-    app.include_router(console_routes.router)
-    app.mount("/console/static", StaticFiles(directory=Path(console_routes.__file__).parent / "static"), "console")
-    install_console_handlers(app)
+    install_routes(app)
     # Added innermost first: a request meets them in the reverse order.
     app.add_middleware(BodyReadTimeoutMiddleware, timeout_seconds=settings.body_read_timeout_seconds)
     app.add_middleware(

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
-from starlette.requests import Request
 
 from gateway.db import AuditEntry
 
@@ -30,14 +29,8 @@ class Actor:
 
 
 SYSTEM_ACTOR = Actor(SYSTEM)
-"""Work the service does on its own (retention purges, the CLI without a request)."""
-
-
-def actor_of(request: Request, actor: str, tenant_id: str | None = None) -> Actor:
-    """The actor of an HTTP request: its server-minted request id and the client's address."""
-    context = request.scope.get("state", {}).get("context")
-    client = request.client.host if request.client else None
-    return Actor(actor, tenant_id, getattr(context, "id", None), client)
+"""Work the service does on its own (retention purges, the CLI without a request). The actor of an HTTP request
+is its context's (``gateway.context.RequestContext.actor``)."""
 
 
 def record(

@@ -18,10 +18,10 @@ from sqlalchemy import delete, select
 from starlette.concurrency import run_in_threadpool
 
 from gateway import audit
+from gateway.clock import utcnow
 from gateway.db import Database, EvalRun, EvalRunItem, File, affected_rows
 from gateway.evals.service import FINAL
 from gateway.fine_tuning.files import FileStore
-from gateway.tenancy.service import utcnow
 
 logger = logging.getLogger(__name__)
 _BATCH = 500

@@ -1,26 +1,25 @@
-"""Gateway settings, read from the environment with the ``LLMAAS_`` prefix (pydantic-settings)."""
+"""Settings, read from the environment with the ``LLMAAS_`` prefix (pydantic-settings): the gateway's own, and
+the root (``Settings``) that the command line reads once and hands down: the gateway's and the engine's
+settings, sharing one data dir."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
 
-from engine.settings import default_data_dir
+from engine.settings import EngineSettings, SharedSettings
 from gateway.tenancy.models import ModelId, ModelPrice
 
 MiB = 1024 * 1024
 
 
-class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LLMAAS_", extra="ignore")
-
+class GatewaySettings(SharedSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = "info"
-    data_dir: Path = Field(default_factory=default_data_dir)
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db. Unset: SQLite in data_dir."
     )
@@ -149,3 +148,16 @@ class GatewaySettings(BaseSettings):
             if origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ValueError(f"a CORS origin is '*' or starts with http:// or https://: {origin!r}")
         return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings root: read from the environment once, by the command line, and handed down."""
+
+    gateway: GatewaySettings
+    engine: EngineSettings
+
+    @classmethod
+    def from_environment(cls) -> Settings:
+        gateway = GatewaySettings()
+        return cls(gateway, EngineSettings(data_dir=gateway.data_dir))

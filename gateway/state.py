@@ -1,6 +1,10 @@
 """The app's typed state (every resource the lifespan built) and the ``Annotated`` dependencies that hand its
-parts to routes, so no route reaches into an untyped ``app.state``. Dependencies are ``async def``: FastAPI
-runs a plain ``def`` dependency in a worker thread, a hop that costs more than these lookups."""
+parts, the request's context and its principal to routes, so no route reaches into an untyped ``app.state`` or
+``request.state``. Dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in a worker thread, a
+hop that costs more than these lookups.
+
+Layering: this module imports the domains' services; the routers (``gateway.routes``) and the app's wiring sit
+above it, and nothing below imports it back (``tests/test_layering.py``)."""
 
 from __future__ import annotations
 
@@ -15,21 +19,32 @@ from engine.settings import EngineSettings
 from gateway.accounting.admission import Admission
 from gateway.accounting.pricing import PriceBook
 from gateway.accounting.usage import UsageReports
+from gateway.audit import Actor
 from gateway.audit_log import AuditLog
-from gateway.console.sessions import ConsoleSessions
-from gateway.console.throttle import SignInThrottle
-from gateway.edge.request_context import RequestContext
+from gateway.context import RequestContext, context_of
+from gateway.errors import AuthenticationError, PermissionDenied
 from gateway.evals.service import EvalService
 from gateway.fine_tuning.files import FileStore
 from gateway.inference.catalog import ModelCatalog
 from gateway.inference.runs import RequestCaps, Serving
 from gateway.ops.metrics import Metrics
 from gateway.settings import GatewaySettings
-from gateway.tenancy.erasure import TenantEraser
-from gateway.tenancy.export import TenantExport
+from gateway.tenancy.access import AccessChanges
+from gateway.tenancy.console_sessions import ConsoleSessions
 from gateway.tenancy.key_cache import KeyCache
-from gateway.tenancy.principal import Authenticator, TenantDep
+from gateway.tenancy.principal import (
+    MISSING_TOKEN,
+    Authenticator,
+    MetricsReader,
+    Operator,
+    Principal,
+    Realm,
+    TenantPrincipal,
+)
 from gateway.tenancy.service import TenancyService
+from gateway.tenancy.sign_in_throttle import SignInThrottle
+from gateway.tenant_data.erasure import TenantEraser
+from gateway.tenant_data.export import TenantExport
 from gateway.workers import Workers
 
 T = TypeVar("T")
@@ -42,6 +57,7 @@ class AppState:
     metrics: Metrics
     tenancy: TenancyService
     key_cache: KeyCache
+    access: AccessChanges
     authenticator: Authenticator
     admission: Admission
     usage: UsageReports
@@ -65,8 +81,7 @@ def state_of(app: FastAPI) -> AppState:
 
 
 async def get_context(request: Request) -> RequestContext:
-    context: RequestContext = request.state.context
-    return context
+    return context_of(request.scope)
 
 
 def _part(pick: Callable[[AppState], T]) -> Any:
@@ -83,7 +98,8 @@ SettingsDep = Annotated[GatewaySettings, _part(lambda state: state.settings)]
 EngineSettingsDep = Annotated[EngineSettings, _part(lambda state: state.engine_settings)]
 MetricsDep = Annotated[Metrics, _part(lambda state: state.metrics)]
 TenancyDep = Annotated[TenancyService, _part(lambda state: state.tenancy)]
-KeyCacheDep = Annotated[KeyCache, _part(lambda state: state.key_cache)]
+AccessDep = Annotated[AccessChanges, _part(lambda state: state.access)]
+AuthenticatorDep = Annotated[Authenticator, _part(lambda state: state.authenticator)]
 AdmissionDep = Annotated[Admission, _part(lambda state: state.admission)]
 UsageDep = Annotated[UsageReports, _part(lambda state: state.usage)]
 CatalogDep = Annotated[ModelCatalog, _part(lambda state: state.catalog)]
@@ -91,9 +107,55 @@ FilesDep = Annotated[FileStore, _part(lambda state: state.files)]
 JobsDep = Annotated[JobService, _part(lambda state: state.jobs)]
 EvalsDep = Annotated[EvalService, _part(lambda state: state.evals)]
 WorkersDep = Annotated[Workers, _part(lambda state: state.workers)]
+PricesDep = Annotated[PriceBook, _part(lambda state: state.prices)]
+ConsoleSessionsDep = Annotated[ConsoleSessions, _part(lambda state: state.console_sessions)]
+SignInThrottleDep = Annotated[SignInThrottle, _part(lambda state: state.sign_in_throttle)]
 EraserDep = Annotated[TenantEraser, _part(lambda state: state.eraser)]
 ExportDep = Annotated[TenantExport, _part(lambda state: state.exports)]
 AuditLogDep = Annotated[AuditLog, _part(lambda state: state.audit_log)]
+
+
+# -- who the request acts for (the edge's authentication found it: ``gateway.edge.authentication``) -----------
+def _principal(context: RequestContext) -> Principal:
+    if context.principal is None:
+        raise AuthenticationError(MISSING_TOKEN[Realm.TENANT])
+    return context.principal
+
+
+async def current_tenant(context: ContextDep) -> TenantPrincipal:
+    principal = _principal(context)
+    if not isinstance(principal, TenantPrincipal):
+        raise PermissionDenied("This route needs a tenant's API key.", code="tenant_key_required")
+    return principal
+
+
+async def require_operator(context: ContextDep) -> None:
+    if not isinstance(_principal(context), Operator):
+        raise PermissionDenied("This route needs the admin key.", code="admin_key_required")
+
+
+async def require_metrics_reader(context: ContextDep) -> None:
+    if not isinstance(_principal(context), Operator | MetricsReader):
+        raise PermissionDenied("/metrics needs the admin key or the metrics token.", code="metrics_token_required")
+
+
+async def current_actor(context: ContextDep) -> Actor:
+    return context.actor()
+
+
+TenantDep = Annotated[TenantPrincipal, Depends(current_tenant)]
+OperatorDep = Depends(require_operator)
+MetricsReaderDep = Depends(require_metrics_reader)
+ActorDep = Annotated[Actor, Depends(current_actor)]
+"""Who acts, for the audit log: the request's principal, its id and the client's address."""
+
+
+async def rate_limit_headers(context: ContextDep, tenant: TenantDep, admission: AdmissionDep) -> None:
+    await admission.rate_headers(context, tenant)
+
+
+RateLimitHeaders = Depends(rate_limit_headers)
+"""Puts a tenant's current rate-limit headers on every response to it."""
 
 
 async def get_serving(request: Request, context: ContextDep, tenant: TenantDep) -> Serving:

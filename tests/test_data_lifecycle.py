@@ -34,6 +34,7 @@ from gateway.accounting.records import UsageEntry, UsageLedger
 from gateway.accounting.training_billing import job_charger
 from gateway.audit import SYSTEM_ACTOR, Actor
 from gateway.audit_log import AuditFilters, AuditLog
+from gateway.clock import utcnow
 from gateway.db import (
     ApiKey,
     AuditEntry,
@@ -53,10 +54,10 @@ from gateway.evals.service import EvalService
 from gateway.fine_tuning.files import FileStore
 from gateway.inference.catalog import ModelCatalog
 from gateway.retention import Retention
-from gateway.tenancy.erasure import TenantEraser
-from gateway.tenancy.export import TenantExport
 from gateway.tenancy.models import KeyCreate, TenantCreate, TenantUpdate
-from gateway.tenancy.service import TenancyService, utcnow
+from gateway.tenancy.service import TenancyService
+from gateway.tenant_data.erasure import TenantEraser
+from gateway.tenant_data.export import TenantExport
 from tests.test_worker import SlowTrainingWorker, job_request
 
 OPERATOR = Actor("operator", request_id="req-1", client_address="127.0.0.1")
@@ -449,7 +450,7 @@ def test_data_files_and_directories_are_private(tmp_path: Path) -> None:
     previous = os.umask(0o022)  # as a careless environment would leave it
     try:
         data = tmp_path / "data"
-        from gateway.app import open_database
+        from gateway.bootstrap import open_database
         from gateway.settings import GatewaySettings
 
         database = open_database(GatewaySettings(data_dir=data))

@@ -179,7 +179,7 @@ def test_the_embedded_worker_is_started_again_when_it_dies() -> None:
     import sys
     import time
 
-    from gateway.cli import WorkerSupervisor
+    from gateway.cli.worker import WorkerSupervisor
 
     dying = WorkerSupervisor([sys.executable, "-c", "raise SystemExit(3)"], max_backoff_seconds=0.05)
     dying.start()

@@ -16,15 +16,16 @@ from sqlalchemy import select
 from adapters.registry import AdapterRegistry
 from gateway.accounting.pricing import PriceBook
 from gateway.audit import OPERATOR, Actor
-from gateway.console.sessions import ConsoleSessions
-from gateway.console.throttle import MemoryFailures, RedisFailures, SignInThrottle
+from gateway.clock import utcnow
 from gateway.db import AuditEntry, Database
 from gateway.errors import NotFoundError, PermissionDenied, RateLimited
 from gateway.fine_tuning.files import FileStore
-from gateway.tenancy.erasure import TenantEraser
+from gateway.tenancy.console_sessions import ConsoleSessions
 from gateway.tenancy.models import KeyCreate, TenantCreate, TenantUpdate
 from gateway.tenancy.principal import CONSOLE_OPERATOR
-from gateway.tenancy.service import TenancyService, utcnow
+from gateway.tenancy.service import TenancyService
+from gateway.tenancy.sign_in_throttle import MemoryFailures, RedisFailures, SignInThrottle
+from gateway.tenant_data.erasure import TenantEraser
 
 ADMIN_KEY = "sk-admin-trust-0123456789"
 TENANT_ACTOR = Actor("key_x", "ten_x", "req_1", "203.0.113.9")

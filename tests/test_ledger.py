@@ -18,8 +18,8 @@ from sqlalchemy.exc import OperationalError
 from gateway.accounting.journal_files import read_lines
 from gateway.accounting.ledger import LedgerFull, LedgerWriter
 from gateway.accounting.records import UsageEntry, UsageLedger
+from gateway.clock import utcnow
 from gateway.db import Database, UsageRecord
-from gateway.tenancy.service import utcnow
 
 
 def entry(**overrides: object) -> UsageEntry:

@@ -33,12 +33,13 @@ from gateway.accounting.pricing import UNPRICED, Price, PriceBook
 from gateway.accounting.records import UsageEntry, UsageLedger
 from gateway.accounting.training_billing import job_charger
 from gateway.app import create_app
+from gateway.clock import utcnow
 from gateway.db import Database, UsageRecord
 from gateway.db.database import sqlite_url
 from gateway.settings import GatewaySettings
 from gateway.state import state_of
 from gateway.tenancy.models import KeyCreate, ModelPrice, TenantCreate, usd_to_nanos
-from gateway.tenancy.service import TenancyService, utcnow
+from gateway.tenancy.service import TenancyService
 from tests.conftest import fresh_postgres_database
 from tests.finetune_data import pirate_jsonl
 from tests.test_evals import make_eval

@@ -18,13 +18,14 @@ from gateway.accounting.pricing import PriceBook
 from gateway.accounting.records import UsageEntry, UsageLedger
 from gateway.accounting.usage import UsageFilters, UsageReports, usage_csv
 from gateway.audit import SYSTEM_ACTOR
+from gateway.clock import utcnow
 from gateway.db import Base, Database
 from gateway.errors import ConflictError, InvalidRequestError, NotFoundError
 from gateway.fine_tuning.files import FileStore
-from gateway.tenancy.erasure import TenantEraser
 from gateway.tenancy.keys import key_hash
 from gateway.tenancy.models import KeyCreate, ModelPrice, TenantCreate, TenantUpdate
-from gateway.tenancy.service import TenancyService, utcnow
+from gateway.tenancy.service import TenancyService
+from gateway.tenant_data.erasure import TenantEraser
 
 
 @pytest.fixture

@@ -22,7 +22,8 @@ import openai
 import pytest
 
 from adapters.registry import AdapterRegistry
-from gateway.app import adapter_registry, open_database
+from gateway.app import adapter_registry
+from gateway.bootstrap import open_database
 from gateway.settings import GatewaySettings
 from tests.conftest import ADMIN_KEY, MODEL, REPO, free_port, metric_value, running
 

@@ -39,10 +39,10 @@ from gateway.accounting.limits import (
 from gateway.accounting.pricing import Price, PriceBook
 from gateway.accounting.records import UsageEntry, UsageLedger
 from gateway.accounting.tasks import SettlementTasks
-from gateway.edge.request_context import RequestContext
+from gateway.clock import utcnow
+from gateway.context import RequestContext
 from gateway.errors import ServiceUnavailable
 from gateway.tenancy.principal import TenantPrincipal
-from gateway.tenancy.service import utcnow
 
 logger = logging.getLogger(__name__)
 _SETTLE_ATTEMPTS = 3

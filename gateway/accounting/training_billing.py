@@ -26,9 +26,10 @@ from adapters.store import FineTuningJob
 from gateway.accounting.limits import BudgetDemand, Demand, Limiter, Settlement
 from gateway.accounting.pricing import PriceBook
 from gateway.accounting.records import UsageEntry, insert_usage
+from gateway.clock import utcnow
 from gateway.db import Database, Tenant, UsageRecord
 from gateway.tenancy.models import Quotas, usd_to_nanos
-from gateway.tenancy.service import quotas_of, utcnow
+from gateway.tenancy.service import quotas_of
 
 logger = logging.getLogger(__name__)
 

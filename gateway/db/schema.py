@@ -32,7 +32,7 @@ class Tenant(Base):
     monthly_cost_budget: Mapped[Any | None] = mapped_column(Numeric(20, 9))
     max_tokens_cap: Mapped[int | None] = mapped_column(Integer)
     # {"model id": {"input": USD per 1M tokens, "output": USD per 1M tokens}}
-    model_prices: Mapped[dict[str, dict[str, float]]] = mapped_column(JSON, default=dict)
+    model_prices: Mapped[dict[str, dict[str, str]]] = mapped_column(JSON, default=dict)
     max_storage_bytes: Mapped[int | None] = mapped_column(BigInteger)
     """Uploaded files may take this much; NULL: the server's default (``LLMAAS_DEFAULT_MAX_STORAGE_BYTES``)."""
 

@@ -1,12 +1,12 @@
 """Authentication at the edge: the bearer token is checked before the request's body is read, so a client
 without a valid key costs one header lookup, however large the body it announces or sends. The principal it
-finds goes into the request's context for the route's dependencies (``gateway.tenancy.principal``).
+finds goes into the request's context for the route's dependencies (``gateway.state``).
 
 The console's pages call the same APIs from the browser under ``/console/api`` (``/console/api/v1/models`` is
 ``/v1/models``): there the session cookie stands for the bearer token, with the session's CSRF token in the
 ``X-CSRF-Token`` header, and the path is handed on without the prefix. The session's row is read on every call
 (a session ended anywhere is refused at once), and a state-changing call from another site is refused
-(``gateway.console.origin``)."""
+(``gateway.edge.origin``)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.console.origin import cross_site
-from gateway.console.sessions import COOKIE, ConsoleSessions
+from gateway.context import context_of
+from gateway.edge.origin import cross_site
 from gateway.errors import APIError, AuthenticationError, PermissionDenied
+from gateway.tenancy.console_sessions import COOKIE, ConsoleSessions
 from gateway.tenancy.principal import Authenticator, Realm, realm_of
 
 CONSOLE_API = "/console/api"
@@ -49,7 +50,7 @@ class AuthenticationMiddleware:
         except APIError as exc:
             await exc.response()(scope, receive, send)
             return
-        scope["state"]["context"].principal = principal
+        context_of(scope).principal = principal
         await self.app(scope, receive, send)
 
     async def _console_api(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -71,7 +72,7 @@ class AuthenticationMiddleware:
         except APIError as exc:
             await exc.response()(scope, receive, send)
             return
-        scope["state"]["context"].principal = principal
+        context_of(scope).principal = principal
         raw_path = scope.get("raw_path")
         bridged = {**scope, "path": path}
         if isinstance(raw_path, bytes):

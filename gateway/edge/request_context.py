@@ -1,5 +1,6 @@
-"""The outermost middleware: every request gets a ``RequestContext`` with an id minted by the server, which
-keys everything the request holds (limiter entries, reservations, engine requests, its ledger record).
+"""The outermost middleware: every request gets a ``RequestContext`` (``gateway.context``) with an id minted by
+the server, which keys everything the request holds (limiter entries, reservations, engine requests, its ledger
+record), and the client's address.
 
 A URL holding a NUL character is a 400 here. A client's own id (``X-Client-Request-Id``, or ``x-request-id``
 as proxies send it) is kept only for correlation: validated (printable ASCII, at most
@@ -12,38 +13,19 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import bounds
+from gateway.context import RequestContext, new_request_id
 from gateway.errors import InvalidRequestError
-
-if TYPE_CHECKING:
-    from gateway.ops.metrics import Metrics
-    from gateway.tenancy.principal import Principal
+from gateway.ops.metrics import Metrics
 
 access_log = logging.getLogger("llmaas.access")
 _CLIENT_ID_HEADERS = ("x-client-request-id", "x-request-id")
 _SECRET_WORDS = ("key", "token", "secret", "password", "auth", "sig")
-
-
-@dataclass
-class RequestContext:
-    id: str
-    """Minted here (``req_`` + 32 hex); the only id any accounting state is keyed by."""
-    client_request_id: str | None = None
-    principal: Principal | None = None
-    response_headers: dict[str, str] = field(default_factory=dict)
-    """Headers a dependency leaves for the response (the rate-limit headers)."""
-
-
-def new_request_id() -> str:
-    return f"req_{uuid.uuid4().hex}"
 
 
 def client_request_id(headers: Headers) -> str | None:
@@ -91,7 +73,8 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        context = RequestContext(id=new_request_id())
+        client = scope.get("client")
+        context = RequestContext(id=new_request_id(), client_address=client[0] if client else None)
         scope.setdefault("state", {})["context"] = context
         status = 500
 

@@ -1,3 +1,3 @@
-"""Evaluations (``/v1/evals``): evals, runs and output items (``routes``, ``service``, ``models`` for requests,
-``schemas`` for responses), the template variables and graders, and the runner that samples and grades runs beside
-the engine."""
+"""Evaluations (``/v1/evals``): evals, runs and output items (``service``, ``models`` for requests, ``schemas`` for
+responses, ``objects`` building them; routes in ``gateway.routes.evals``), a run's typed ``recipe``, the template
+variables and graders, and the runner that samples and grades runs beside the engine (leased through ``queue``)."""

@@ -12,11 +12,11 @@ from typing import Any
 from sqlalchemy import func, select
 
 from adapters.leases import compare_and_set
+from gateway.clock import utcnow
 from gateway.db import Database, Eval, EvalRun, EvalRunItem
 from gateway.errors import NotFoundError
 from gateway.evals.objects import tally
 from gateway.evals.recipe import PENDING, RUN_LEASE, ItemStatus, RunStatus
-from gateway.tenancy.service import utcnow
 
 
 class RunQueue:

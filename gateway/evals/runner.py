@@ -23,8 +23,8 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway import bounds
 from gateway.accounting.admission import Admission
+from gateway.context import RequestContext, new_request_id
 from gateway.db import Eval, EvalRun, EvalRunItem
-from gateway.edge.request_context import RequestContext, new_request_id
 from gateway.errors import APIError, QuotaExceeded, RateLimited, ServiceUnavailable, as_api_error
 from gateway.evals.graders import GradingError, grade_item
 from gateway.evals.queue import RunQueue
@@ -35,8 +35,7 @@ from gateway.inference.catalog import ModelCatalog, ServedModel
 from gateway.inference.prompts import chat_prompt
 from gateway.inference.runs import RequestCaps, RunRequest, Serving, admit_run
 from gateway.ops.metrics import Metrics
-from gateway.tenancy.principal import TenantPrincipal
-from gateway.tenancy.service import TenancyService, utcnow
+from gateway.tenancy.principal import Authenticator, TenantPrincipal
 from gateway.workers import Workers, WorkFailed, WorkTimedOut
 
 logger = logging.getLogger(__name__)
@@ -60,7 +59,7 @@ class EvalRunner:
     def __init__(
         self,
         queue: RunQueue,
-        tenancy: TenancyService,
+        principals: Authenticator,
         catalog: ModelCatalog,
         admission: Admission,
         caps: RequestCaps,
@@ -73,7 +72,7 @@ class EvalRunner:
         poll_seconds: float = 1.0,
     ) -> None:
         self._queue = queue
-        self._tenancy = tenancy
+        self._principals = principals
         self._catalog = catalog
         self._admission = admission
         self._caps = caps
@@ -132,12 +131,10 @@ class EvalRunner:
                 logger.warning("heartbeat of eval run %s failed", run_id, exc_info=True)
 
     async def _tenant(self, run: EvalRun) -> TenantPrincipal:
-        identity = await run_in_threadpool(self._tenancy.identity_of_key, run.key_id or "")
-        if identity is None or identity.revoked or (identity.expires_at and identity.expires_at <= utcnow()):
-            raise RunStopped("invalid_api_key", "The API key that created this run is no longer valid.")
-        if identity.tenant_status != "active":
-            raise RunStopped("tenant_suspended", "The organization is suspended.")
-        return TenantPrincipal(identity)
+        try:
+            return await self._principals.principal_of_key(run.key_id or "")
+        except APIError as exc:  # the key revoked, expired or gone, or its tenant suspended
+            raise RunStopped(exc.code or "invalid_api_key", exc.message) from exc
 
     async def _served(self, run: EvalRun, tenant: TenantPrincipal) -> ServedModel:
         serving = self._serving(tenant)

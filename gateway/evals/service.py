@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from adapters.pagination import keyset_page
 from gateway import audit
+from gateway.clock import utcnow
 from gateway.db import Database, Eval, EvalRun, EvalRunItem
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.evals.models import EvalCreate, EvalUpdate, RunCreate
@@ -28,7 +29,7 @@ from gateway.evals.schemas import (
     RunList,
 )
 from gateway.tenancy.keys import new_id
-from gateway.tenancy.service import lock_live_tenant, utcnow
+from gateway.tenancy.service import lock_live_tenant
 
 __all__ = ["FINAL", "EvalService"]
 

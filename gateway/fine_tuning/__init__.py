@@ -1,4 +1,4 @@
-"""Fine-tuning as the API serves it: uploaded files (``files``, ``files_routes``, their response ``schemas``) and
-fine-tuning jobs (``jobs_routes`` over ``creation``, with the request bodies in ``models``; the job objects are
-``adapters.job_objects``); training itself runs in the worker
+"""Fine-tuning as the API serves it: uploaded files (``files``, their response ``schemas``; routes in
+``gateway.routes.files``) and fine-tuning jobs (``creation``, with the request bodies in ``models``; the job
+objects are ``adapters.job_objects``; routes in ``gateway.routes.fine_tuning``); training itself runs in the worker
 (``adapters.worker``)."""

@@ -19,12 +19,12 @@ from adapters.jobs import JobRequest, JobService, new_job_id
 from adapters.recipe import TrainingRecipe
 from engine.protocol import Tokenizer
 from gateway.accounting.admission import Admission
+from gateway.clock import utcnow
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.fine_tuning.files import FileStore
 from gateway.fine_tuning.models import FineTuningJobCreate
 from gateway.inference.catalog import ModelCatalog
 from gateway.tenancy.principal import TenantPrincipal
-from gateway.tenancy.service import utcnow
 
 ENCODE_CHARS = 4096
 """Text is encoded this much at a time (cut at a space), so that no single tokenizer call, which holds the GIL,

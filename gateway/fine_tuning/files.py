@@ -18,11 +18,12 @@ from sqlalchemy import delete, func, select
 from adapters.datasets import DatasetError, check_jsonl
 from adapters.pagination import keyset_page
 from gateway import audit, bounds
+from gateway.clock import utcnow
 from gateway.db import Database, File, affected_rows
 from gateway.errors import InvalidRequestError, NotFoundError, PayloadTooLarge, QuotaExceeded
 from gateway.fine_tuning.schemas import FileDeleted, FileList, FileOut
 from gateway.private_files import open_private, private_dir
-from gateway.tenancy.service import lock_live_tenant, utcnow
+from gateway.tenancy.service import lock_live_tenant
 
 PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 _CHUNK = 1024 * 1024

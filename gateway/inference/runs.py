@@ -11,7 +11,7 @@ from typing import TypeVar
 from fastapi import Request
 
 from gateway.accounting.admission import Admission
-from gateway.edge.request_context import RequestContext
+from gateway.context import RequestContext
 from gateway.errors import InvalidRequestError
 from gateway.inference.api_types import ChatCompletionRequest, CompletionRequest
 from gateway.inference.catalog import ModelCatalog, ServedModel
@@ -126,7 +126,14 @@ async def admit_run(run: RunRequest, serving: Serving) -> GenerationRun:
         reservation.settle(report.usage.prompt_tokens, report.delivered_tokens, report.outcome)
 
     def observe(report: RunReport) -> None:
-        serving.metrics.observe_run(report, model=run.served.base, fine_tuned=run.served.adapter is not None)
+        serving.metrics.observe_run(
+            model=run.served.base,
+            fine_tuned=run.served.adapter is not None,
+            outcome=report.outcome,
+            prompt_tokens=report.usage.prompt_tokens,
+            completion_tokens=report.usage.completion_tokens,
+            time_to_first_token=report.time_to_first_token,
+        )
 
     served = run.served
     observers = [settle, observe]  # the settlement first: it must never depend on the metrics

@@ -19,7 +19,6 @@ import uvicorn
 from fastapi import FastAPI
 
 from gateway.accounting.admission import Admission
-from gateway.state import state_of
 
 logger = logging.getLogger(__name__)
 _CUT_GRACE_SECONDS = 1
@@ -66,7 +65,14 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(app: FastAPI, drain_seconds: float, sockets: list[socket.socket] | None = None, **config: Any) -> None:
-    """Run the app under uvicorn (``config``: ``uvicorn.Config``'s options) with the graceful drain."""
+def serve(
+    app: FastAPI,
+    admission: Callable[[], Admission],
+    drain_seconds: float,
+    sockets: list[socket.socket] | None = None,
+    **config: Any,
+) -> None:
+    """Run the app under uvicorn (``config``: ``uvicorn.Config``'s options) with the graceful drain; ``admission``:
+    the app's, once its lifespan has built it."""
     server_config = uvicorn.Config(app, timeout_graceful_shutdown=_CUT_GRACE_SECONDS, **config)
-    DrainingServer(server_config, lambda: state_of(app).admission, drain_seconds).run(sockets=sockets)
+    DrainingServer(server_config, admission, drain_seconds).run(sockets=sockets)

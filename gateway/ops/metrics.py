@@ -14,7 +14,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from engine.backend import BackendStatus, ReplicaStatus
-from gateway.inference.generation import RunReport
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -124,13 +123,23 @@ class Metrics:
     def watch_ledger(self, backlog: Callable[[], int]) -> None:
         self.registry.register(_LedgerCollector(backlog))
 
-    def observe_run(self, report: RunReport, *, model: str, fine_tuned: bool) -> None:
+    def observe_run(
+        self,
+        *,
+        model: str,
+        fine_tuned: bool,
+        outcome: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        time_to_first_token: float | None,
+    ) -> None:
+        """A finished run (``gateway.inference.generation.RunReport``) of ``model`` (its base model)."""
         labels = (model, "true" if fine_tuned else "false")
-        self.prompt_tokens.labels(*labels).inc(report.usage.prompt_tokens)
-        self.completion_tokens.labels(*labels).inc(report.usage.completion_tokens)
-        self.generations.labels(*labels, report.outcome).inc()
-        if report.time_to_first_token is not None:
-            self.ttft.labels(*labels).observe(report.time_to_first_token)
+        self.prompt_tokens.labels(*labels).inc(prompt_tokens)
+        self.completion_tokens.labels(*labels).inc(completion_tokens)
+        self.generations.labels(*labels, outcome).inc()
+        if time_to_first_token is not None:
+            self.ttft.labels(*labels).observe(time_to_first_token)
 
     def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
         self.http_requests.labels(method, route, str(status)).inc()

@@ -5,15 +5,26 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Protocol
 
-from gateway.settings import GatewaySettings
+from pydantic import SecretStr
+
+
+class AdminKeySettings(Protocol):
+    """What the admin key is read from (``GatewaySettings`` has both)."""
+
+    @property
+    def admin_key(self) -> SecretStr | None: ...
+
+    @property
+    def data_dir(self) -> Path: ...
 
 
 def admin_key_path(data_dir: Path) -> Path:
     return data_dir / "admin_key"
 
 
-def load_or_create_admin_key(settings: GatewaySettings) -> tuple[str, bool]:
+def load_or_create_admin_key(settings: AdminKeySettings) -> tuple[str, bool]:
     """The admin key, and whether it was generated just now (then the caller shows it once)."""
     if settings.admin_key is not None:
         return settings.admin_key.get_secret_value(), False

@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from starlette.concurrency import run_in_threadpool
 
@@ -49,7 +50,7 @@ class KeyCache:
         if flight is None or flight.generation != self._generation:
             flight = _Flight(self._generation, asyncio.ensure_future(self._fetch(hashed, self._generation)))
             self._flights[hashed] = flight
-            flight.future.add_done_callback(lambda _, started=flight: self._land(hashed, started))
+            flight.future.add_done_callback(partial(self._land, hashed, flight))
         return await asyncio.shield(flight.future)
 
     async def _fetch(self, hashed: str, generation: int) -> KeyIdentity | None:
@@ -62,7 +63,7 @@ class KeyCache:
         self._entries[hashed] = (started, identity)
         return identity
 
-    def _land(self, hashed: str, flight: _Flight) -> None:
+    def _land(self, hashed: str, flight: _Flight, _: asyncio.Future[KeyIdentity | None]) -> None:
         if self._flights.get(hashed) is flight:
             del self._flights[hashed]
 

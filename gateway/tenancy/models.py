@@ -16,6 +16,8 @@ from gateway import bounds
 from gateway.bounds import UtcDateTime
 from gateway.tenancy.keys import has_id_shape
 
+KeyStatus = Literal["active", "revoked", "expired"]
+
 
 def _not_id_shaped(name: str) -> str:
     # Routes take a tenant's name or id: a name shaped like an id could be taken for another tenant's id.
@@ -103,7 +105,7 @@ class KeyOut(BaseModel):
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
-    status: Literal["active", "revoked", "expired"]
+    status: KeyStatus
     key_manager: bool = False
 
 

@@ -1,9 +1,12 @@
 """Who a request acts for: a tenant (an API key), the operator (the admin key) or a metrics scraper (the
-metrics token), from ``Authorization: Bearer <token>``; and the typed dependencies routes declare for it.
+metrics token), from ``Authorization: Bearer <token>`` or from a key's id (a console session, an eval run); the
+typed dependencies routes declare for it are in ``gateway.state``.
 
 Which realm a path belongs to decides what it needs: ``/v1/...`` a tenant's key, ``/admin/...`` the admin key,
 ``/metrics`` the admin key or the metrics token; anything else is public. The edge resolves the principal
-before any body is read (``gateway.edge.authentication``); the dependencies only read what it found."""
+before any body is read (``gateway.edge.authentication``); the dependencies only read what it found. Whatever
+the way in, a tenant's key is checked as it is now in one place (``Authenticator.principal_of_key`` for a key
+known by its id, the same check for a bearer token)."""
 
 from __future__ import annotations
 
@@ -12,15 +15,14 @@ import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated
 
-from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
+from gateway.clock import utcnow
 from gateway.errors import AuthenticationError, PermissionDenied
 from gateway.tenancy.key_cache import KeyCache
 from gateway.tenancy.keys import has_key_shape
-from gateway.tenancy.service import KeyIdentity, utcnow
+from gateway.tenancy.service import KeyIdentity
 
 CONSOLE_OPERATOR = "operator"
 """The subject of the operator's console sessions (a tenant's session names its key's id)."""
@@ -75,7 +77,7 @@ class MetricsReader:
 
 Principal = TenantPrincipal | Operator | MetricsReader
 
-_MISSING = {
+MISSING_TOKEN = {
     Realm.TENANT: "You didn't provide an API key. Send it in the Authorization header: 'Authorization: Bearer sk-...'.",
     Realm.OPERATOR: "The admin API needs the admin key: 'Authorization: Bearer sk-admin-...'.",
     Realm.METRICS: "/metrics needs the admin key or the metrics token: 'Authorization: Bearer ...'.",
@@ -97,13 +99,15 @@ def _same(token: str, secret: str | None) -> bool:
     return secret is not None and hmac.compare_digest(token.encode(), secret.encode())
 
 
-def _check_active(identity: KeyIdentity, now: datetime) -> None:
+def _active(identity: KeyIdentity, now: datetime) -> TenantPrincipal:
+    """The key's tenant principal, if the key is neither revoked nor expired and its tenant is active."""
     if identity.revoked:
         raise AuthenticationError("This API key has been revoked.")
     if identity.expires_at is not None and identity.expires_at <= now:
         raise AuthenticationError("This API key has expired.")
     if identity.tenant_status != "active":
         raise PermissionDenied("Your organization is suspended. Contact your operator.", code="tenant_suspended")
+    return TenantPrincipal(identity)
 
 
 class Authenticator:
@@ -121,16 +125,18 @@ class Authenticator:
         self._metrics_token = metrics_token
         self._key_by_id = key_by_id
 
-    async def console_principal(self, subject: str) -> TenantPrincipal | Operator:
-        """The principal of a console session (``CONSOLE_OPERATOR`` or a key id). The key is read as it is now,
-        so a revoked or expired key, or a suspended tenant, ends the session at once."""
-        if subject == CONSOLE_OPERATOR:
-            return Operator()
-        identity = await run_in_threadpool(self._key_by_id, subject) if self._key_by_id else None
+    async def principal_of_key(self, key_id: str) -> TenantPrincipal:
+        """The tenant principal of the key with this id, read as the key is now: work done on a key's behalf (a
+        console session, an eval run) stops when the key is revoked or expires, or its tenant is suspended.
+        Raises ``AuthenticationError`` (``invalid_api_key``) or ``PermissionDenied`` (``tenant_suspended``)."""
+        identity = await run_in_threadpool(self._key_by_id, key_id) if self._key_by_id else None
         if identity is None:
             raise AuthenticationError("This API key no longer exists.")
-        _check_active(identity, utcnow())
-        return TenantPrincipal(identity)
+        return _active(identity, utcnow())
+
+    async def console_principal(self, subject: str) -> TenantPrincipal | Operator:
+        """The principal of a console session (``CONSOLE_OPERATOR`` or a key id)."""
+        return Operator() if subject == CONSOLE_OPERATOR else await self.principal_of_key(subject)
 
     async def of_console_session(self, subject: str, realm: Realm) -> Principal:
         """A console session's principal for an API request of ``realm``: tenants reach /v1, the operator /admin."""
@@ -144,7 +150,7 @@ class Authenticator:
     async def authenticate(self, authorization: str, realm: Realm) -> Principal:
         token = bearer_token(authorization)
         if token is None or len(token) > 512:
-            raise AuthenticationError(_MISSING[realm] if token is None else "Incorrect API key provided.")
+            raise AuthenticationError(MISSING_TOKEN[realm] if token is None else "Incorrect API key provided.")
         if _same(token, self._admin_key):
             if realm is Realm.TENANT:
                 raise PermissionDenied(
@@ -158,8 +164,7 @@ class Authenticator:
             raise AuthenticationError(f"Incorrect API key provided: {_mask(token)}.")
         if realm is not Realm.TENANT:
             raise PermissionDenied("Tenant API keys cannot use this route.", code="admin_key_required")
-        _check_active(identity, utcnow())
-        return TenantPrincipal(identity)
+        return _active(identity, utcnow())
 
 
 async def sign_in(authenticator: Authenticator, token: str) -> TenantPrincipal | Operator:
@@ -171,32 +176,3 @@ async def sign_in(authenticator: Authenticator, token: str) -> TenantPrincipal |
     if isinstance(principal, MetricsReader):
         raise AuthenticationError("The metrics token cannot sign in to the console.")
     return principal
-
-
-def _principal(request: Request) -> Principal:
-    principal: Principal | None = request.state.context.principal
-    if principal is None:
-        raise AuthenticationError(_MISSING[Realm.TENANT])
-    return principal
-
-
-async def current_tenant(request: Request) -> TenantPrincipal:
-    principal = _principal(request)
-    if not isinstance(principal, TenantPrincipal):
-        raise PermissionDenied("This route needs a tenant's API key.", code="tenant_key_required")
-    return principal
-
-
-async def require_operator(request: Request) -> None:
-    if not isinstance(_principal(request), Operator):
-        raise PermissionDenied("This route needs the admin key.", code="admin_key_required")
-
-
-async def require_metrics_reader(request: Request) -> None:
-    if not isinstance(_principal(request), Operator | MetricsReader):
-        raise PermissionDenied("/metrics needs the admin key or the metrics token.", code="metrics_token_required")
-
-
-TenantDep = Annotated[TenantPrincipal, Depends(current_tenant)]
-OperatorDep = Depends(require_operator)
-MetricsReaderDep = Depends(require_metrics_reader)

@@ -8,7 +8,7 @@ deleting a tenant ends all of the tenant's, in the same transaction; key changes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import select
@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.audit import SYSTEM_ACTOR, Actor, record
+from gateway.clock import utcnow
 from gateway.db import ApiKey, ConsoleSession, Database, Tenant
 from gateway.errors import ConflictError, InvalidRequestError, NotFoundError, PermissionDenied
 from gateway.tenancy.keys import display_prefix, key_hash, new_id, new_key
@@ -23,6 +24,7 @@ from gateway.tenancy.models import (
     KeyCreate,
     KeyCreated,
     KeyOut,
+    KeyStatus,
     ModelPrice,
     Quotas,
     TenantCreate,
@@ -41,11 +43,6 @@ QUOTA_FIELDS = (
     "max_tokens_cap",
     "max_storage_bytes",
 )
-
-
-def utcnow() -> datetime:
-    """Naive UTC, as stored."""
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def lock_live_tenant(session: Session, tenant_id: str, param: str) -> None:
@@ -77,14 +74,16 @@ def tenant_out(tenant: Tenant) -> TenantOut:
         status=tenant.status,
         created_at=tenant.created_at,
         updated_at=tenant.updated_at,
-        model_prices=tenant.model_prices or {},
+        model_prices=_prices_of(tenant),
         **{name: getattr(tenant, name) for name in QUOTA_FIELDS},
     )
 
 
 def key_out(key: ApiKey, now: datetime | None = None) -> KeyOut:
     now = now or utcnow()
-    status = "revoked" if key.revoked_at else ("expired" if key.expires_at and key.expires_at <= now else "active")
+    status: KeyStatus = (
+        "revoked" if key.revoked_at else ("expired" if key.expires_at and key.expires_at <= now else "active")
+    )
     return KeyOut(
         id=key.id,
         tenant_id=key.tenant_id,
@@ -99,6 +98,10 @@ def key_out(key: ApiKey, now: datetime | None = None) -> KeyOut:
     )
 
 
+def _prices_of(tenant: Tenant) -> dict[str, ModelPrice]:
+    return {model: ModelPrice.model_validate(price) for model, price in (tenant.model_prices or {}).items()}
+
+
 def quotas_of(tenant: Tenant) -> Quotas:
     cost = tenant.monthly_cost_budget
     return Quotas(
@@ -109,7 +112,7 @@ def quotas_of(tenant: Tenant) -> Quotas:
         monthly_cost_budget_nanos=None if cost is None else usd_to_nanos(Decimal(cost)),
         max_tokens_cap=tenant.max_tokens_cap,
         max_storage_bytes=tenant.max_storage_bytes,
-        prices={model: ModelPrice.model_validate(p) for model, p in (tenant.model_prices or {}).items()},
+        prices=_prices_of(tenant),
     )
 
 

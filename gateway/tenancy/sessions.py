@@ -2,7 +2,7 @@
 change (revoking a key, suspending or deleting a tenant), so no gateway serves such a session once the change
 is committed. Each ended session gets an audit entry in the same transaction.
 
-Session rows are keyed by a hash of the random id the cookie carries (``gateway.console.sessions`` starts, reads
+Session rows are keyed by a hash of the random id the cookie carries (``gateway.tenancy.console_sessions`` starts, reads
 and signs them out): a read of the table yields no usable session."""
 
 from __future__ import annotations

@@ -1,0 +1,78 @@
+"""The operator's console pages under ``/console/admin``: tenants (with the models some tenant is billed nothing
+for), the service page and what it polls, every tenant's usage this month, and the audit log (read only)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import datetime
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import HTMLResponse
+from starlette.concurrency import run_in_threadpool
+
+from gateway.audit_log import AuditFilters
+from gateway.ops.snapshot import service_snapshot
+from gateway.routes.console.pages import SECURITY_HEADERS, page
+from gateway.routes.console.tenant_pages import this_month
+from gateway.routes.console.visits import OperatorVisitDep
+from gateway.state import AuditLogDep, CatalogDep, JobsDep, MetricsDep, PricesDep, TenancyDep, UsageDep
+
+router = APIRouter(prefix="/console/admin")
+
+
+@router.get("/tenants")
+async def tenants_page(
+    request: Request, visit: OperatorVisitDep, tenancy: TenancyDep, prices: PricesDep, catalog: CatalogDep
+) -> HTMLResponse:
+    tenants = await run_in_threadpool(tenancy.list_tenants)
+    unpriced: dict[str, list[str]] = {}  # model -> the tenants billed 0 for it: the operator should price it
+    for tenant in tenants:
+        for model in prices.unpriced(tenant.model_prices, catalog.base_ids()):
+            unpriced.setdefault(model, []).append(tenant.name)
+    return page(request, "tenants.html", session=visit.session, tenants=tenants, unpriced=unpriced)
+
+
+@router.get("/service")
+async def service_page(request: Request, visit: OperatorVisitDep) -> HTMLResponse:
+    return page(request, "service.html", session=visit.session)
+
+
+@router.get("/service.json")
+async def service_state(visit: OperatorVisitDep, metrics: MetricsDep, jobs: JobsDep) -> Response:
+    """What the service page polls: the metrics registry's snapshot and the fine-tuning queue."""
+    snapshot = service_snapshot(metrics.registry)
+    snapshot["fine_tuning_queue"] = await run_in_threadpool(jobs.queue)
+    return Response(json.dumps(snapshot), media_type="application/json", headers=SECURITY_HEADERS)
+
+
+@router.get("/usage")
+async def all_usage_page(
+    request: Request, visit: OperatorVisitDep, usage: UsageDep, tenancy: TenancyDep
+) -> HTMLResponse:
+    report = await run_in_threadpool(usage.report, None, this_month("none"), ("tenant", "model"))
+    tenants = {t.id: t.name for t in await run_in_threadpool(tenancy.list_tenants)}
+    return page(request, "all_usage.html", session=visit.session, report=report, tenant_names=tenants)
+
+
+@router.get("/audit")
+async def audit_page(
+    request: Request,
+    visit: OperatorVisitDep,
+    log: AuditLogDep,
+    tenancy: TenancyDep,
+    filters: Annotated[AuditFilters, Depends()],
+) -> HTMLResponse:
+    """The audit log, newest first, a page at a time (read only, as everywhere)."""
+    entries = await run_in_threadpool(log.page, filters)
+    tenants = {t.id: t.name for t in await run_in_threadpool(tenancy.list_tenants)}
+    query = {
+        name: value.isoformat() if isinstance(value, datetime) else value
+        for name, value in asdict(filters).items()
+        if value not in (None, "")
+    }
+    older_url = f"/console/admin/audit?{urlencode({**query, 'after': entries.last_id})}"
+    listing: dict[str, Any] = {"page": entries, "filters": filters, "tenant_names": tenants, "older_url": older_url}
+    return page(request, "audit.html", session=visit.session, **listing)

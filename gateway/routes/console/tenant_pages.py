@@ -1,0 +1,175 @@
+"""A tenant's console pages: usage this month (and its CSV), API keys (made and revoked through
+``gateway.tenancy.access``, as the admin API does), and the pages whose own scripts call the OpenAI API."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Path, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, RedirectResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from gateway import bounds
+from gateway.accounting.usage import Bucket, UsageFilters, usage_csv
+from gateway.errors import APIError, PermissionDenied, as_api_error
+from gateway.routes.console.pages import SECURITY_HEADERS, Refused, page, script_json
+from gateway.routes.console.visits import CsrfField, TenantVisitDep, Visit
+from gateway.state import AccessDep, SettingsDep, TenancyDep, UsageDep
+from gateway.tenancy.models import KeyCreate
+from gateway.tenancy.principal import TenantPrincipal
+
+router = APIRouter(prefix="/console")
+
+
+def month_start(now: datetime) -> datetime:
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
+
+
+def this_month(bucket: Bucket, now: datetime | None = None) -> UsageFilters:
+    return UsageFilters(since=month_start(now or datetime.now(UTC)), bucket=bucket)
+
+
+@router.get("/usage")
+async def usage_page(request: Request, visit: TenantVisitDep, usage: UsageDep) -> HTMLResponse:
+    tenant = visit.principal
+    now = datetime.now(UTC)
+    filters = this_month("day", now)
+    by_model = await run_in_threadpool(usage.report, tenant.tenant_id, filters, ("model",))
+    by_key = await run_in_threadpool(usage.report, tenant.tenant_id, filters, ("key",))
+    budget = tenant.identity.quotas.monthly_token_budget
+    cost_budget = tenant.identity.quotas.monthly_cost_budget_nanos
+    chart = {
+        "by_model": by_model["data"],
+        "budget": budget,
+        "cost_budget": None if cost_budget is None else cost_budget / 1e9,
+        "first_day": month_start(now).date().isoformat(),
+        "last_day": now.date().isoformat(),
+    }
+    return page(
+        request,
+        "usage.html",
+        session=visit.session,
+        tenant=tenant,
+        by_model=by_model,
+        by_key=by_key,
+        budget=budget,
+        chart_json=script_json(chart),
+    )
+
+
+@router.get("/usage.csv")
+async def usage_csv_download(visit: TenantVisitDep, usage: UsageDep) -> Response:
+    report = await run_in_threadpool(usage.report, visit.principal.tenant_id, this_month("day"), ("model", "key"))
+    return Response(
+        usage_csv(report),
+        media_type="text/csv",
+        headers={"content-disposition": 'attachment; filename="usage.csv"', **SECURITY_HEADERS},
+    )
+
+
+async def _keys_page(
+    request: Request,
+    visit: Visit[TenantPrincipal],
+    tenancy: TenancyDep,
+    settings: SettingsDep,
+    status_code: int = 200,
+    **context: Any,
+) -> HTMLResponse:
+    keys = await run_in_threadpool(tenancy.list_keys, visit.principal.tenant_id)
+    return page(
+        request,
+        "keys.html",
+        status_code,
+        session=visit.session,
+        keys=keys,
+        may_manage=settings.console_tenant_keys,
+        me=visit.principal.identity,
+        **{"created": None, "error": None, **context},
+    )
+
+
+@router.get("/keys")
+async def keys_page(
+    request: Request, visit: TenantVisitDep, tenancy: TenancyDep, settings: SettingsDep
+) -> HTMLResponse:
+    return await _keys_page(request, visit, tenancy, settings)
+
+
+def _check_may_manage_keys(settings: SettingsDep) -> None:
+    if not settings.console_tenant_keys:
+        raise Refused("Your operator manages this organization's keys.")
+
+
+@router.post("/keys")
+async def create_key(
+    request: Request,
+    visit: TenantVisitDep,
+    access: AccessDep,
+    tenancy: TenancyDep,
+    settings: SettingsDep,
+    name: Annotated[str, Form(max_length=bounds.KEY_NAME)] = "",
+    models: Annotated[str, Form(max_length=16_384)] = "",
+    expires_in_days: Annotated[float | None, Form()] = None,
+    key_manager: Annotated[bool, Form()] = False,
+    csrf: CsrfField = None,
+) -> HTMLResponse:
+    """A new key, never broader than the session's: no models named means the session key's models, no expiry
+    its expiry."""
+    visit.check_csrf(csrf)
+    _check_may_manage_keys(settings)
+    tenant = visit.principal
+    try:
+        body = KeyCreate(
+            name=name,
+            allowed_models=models.replace(",", " ").split() or None,
+            expires_in_days=expires_in_days,
+            key_manager=key_manager,
+        )
+        created = await access.create_key(tenant.tenant_id, body, visit.actor, by_key=tenant.key_id)
+    except PermissionDenied as exc:
+        raise Refused(exc.message) from exc
+    except ValidationError as exc:  # a form value out of bounds: said as the API would say it
+        invalid = as_api_error(RequestValidationError(exc.errors()))
+        return await _keys_page(request, visit, tenancy, settings, invalid.status_code, error=invalid.message)
+    except APIError as exc:
+        return await _keys_page(request, visit, tenancy, settings, exc.status_code, error=exc.message)
+    return await _keys_page(request, visit, tenancy, settings, created=created)
+
+
+@router.post("/keys/{key_id}/revoke")
+async def revoke_key(
+    visit: TenantVisitDep,
+    access: AccessDep,
+    settings: SettingsDep,
+    key_id: Annotated[str, Path(max_length=40)],
+    csrf: CsrfField = None,
+) -> Response:
+    visit.check_csrf(csrf)
+    _check_may_manage_keys(settings)
+    tenant = visit.principal
+    try:
+        await access.revoke_key(tenant.tenant_id, key_id, visit.actor, by_key=tenant.key_id)
+    except PermissionDenied as exc:
+        raise Refused(exc.message) from exc
+    return RedirectResponse("/console/keys", 303)
+
+
+def _shell_page(template: str) -> Any:
+    """A page whose data its own script reads from the APIs: the route only checks who may see it."""
+
+    async def shell(request: Request, visit: TenantVisitDep) -> HTMLResponse:
+        return page(request, template, session=visit.session)
+
+    return shell
+
+
+for _path, _template in (
+    ("/playground", "playground.html"),
+    ("/models", "models.html"),
+    ("/evaluations", "evaluations.html"),
+    ("/fine-tuning", "fine_tuning.html"),
+):
+    router.add_api_route(_path, _shell_page(_template), methods=["GET"])

@@ -1,0 +1,152 @@
+"""``/v1/evals``: evals (an item schema and testing criteria), their runs (a model sampled on items, each sample
+graded) and the runs' output items, in OpenAI's shapes. Runs are queued here and executed by the eval runner
+(``gateway.evals.runner``); creating an eval or a run counts as one request of the RPM window, and creating a
+run checks its model and items first."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query
+from starlette.concurrency import run_in_threadpool
+
+from gateway.edge.strict_json import StrictJSONRoute
+from gateway.evals import schemas
+from gateway.evals.items import checked_items, checked_schema
+from gateway.evals.models import EvalCreate, EvalUpdate, RunCreate
+from gateway.evals.recipe import RunStatus
+from gateway.state import (
+    ActorDep,
+    AdmissionDep,
+    ContextDep,
+    EvalsDep,
+    FilesDep,
+    RateLimitHeaders,
+    ServingDep,
+    TenantDep,
+    WorkersDep,
+)
+
+router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
+
+EvalId = Annotated[str, Path(max_length=40)]
+RunId = Annotated[str, Path(max_length=40)]
+Limit = Annotated[int, Query(ge=1, le=100)]
+Order = Annotated[Literal["asc", "desc"], Query()]
+Cursor = Annotated[str | None, Query(max_length=40)]
+OutputStatus = Literal["pass", "fail", "error"]
+"""An output item's status (``ItemStatus`` but pending: a pending item is no output item yet)."""
+
+
+@router.post("/v1/evals")
+async def create_eval(
+    body: EvalCreate,
+    context: ContextDep,
+    tenant: TenantDep,
+    admission: AdmissionDep,
+    evals: EvalsDep,
+    workers: WorkersDep,
+) -> schemas.EvalOut:
+    await admission.admit_request(context, tenant)
+    await checked_schema(workers, body.data_source_config.item_schema, "data_source_config.item_schema")
+    return await run_in_threadpool(evals.create, tenant.tenant_id, body)
+
+
+@router.get("/v1/evals")
+async def list_evals(
+    tenant: TenantDep, evals: EvalsDep, after: Cursor = None, limit: Limit = 20, order: Order = "asc"
+) -> schemas.EvalList:
+    return await run_in_threadpool(evals.list, tenant.tenant_id, after, limit, order)
+
+
+@router.get("/v1/evals/{eval_id}")
+async def retrieve_eval(eval_id: EvalId, tenant: TenantDep, evals: EvalsDep) -> schemas.EvalOut:
+    return await run_in_threadpool(evals.get, tenant.tenant_id, eval_id)
+
+
+@router.post("/v1/evals/{eval_id}")
+async def update_eval(eval_id: EvalId, body: EvalUpdate, tenant: TenantDep, evals: EvalsDep) -> schemas.EvalOut:
+    return await run_in_threadpool(evals.update, tenant.tenant_id, eval_id, body)
+
+
+@router.delete("/v1/evals/{eval_id}")
+async def delete_eval(eval_id: EvalId, tenant: TenantDep, evals: EvalsDep, actor: ActorDep) -> schemas.EvalDeleted:
+    return await run_in_threadpool(evals.delete, tenant.tenant_id, eval_id, actor)
+
+
+@router.post("/v1/evals/{eval_id}/runs")
+async def create_run(
+    eval_id: EvalId,
+    body: RunCreate,
+    context: ContextDep,
+    serving: ServingDep,
+    admission: AdmissionDep,
+    evals: EvalsDep,
+    files: FilesDep,
+    workers: WorkersDep,
+) -> schemas.EvalRunOut:
+    tenant = serving.tenant
+    await admission.admit_request(context, tenant)
+    definition = await run_in_threadpool(evals.definition, tenant.tenant_id, eval_id)
+    source = body.data_source
+    model = source.model if source.type == "completions" else "jsonl"
+    if source.type == "completions":
+        await serving.model(source.model)  # 404 / 403 now, not when the run starts
+    items = await checked_items(body, files, workers, tenant.tenant_id, definition.item_schema)
+    return await run_in_threadpool(evals.create_run, tenant.tenant_id, tenant.key_id, eval_id, body, model, items)
+
+
+@router.get("/v1/evals/{eval_id}/runs")
+async def list_runs(
+    eval_id: EvalId,
+    tenant: TenantDep,
+    evals: EvalsDep,
+    after: Cursor = None,
+    limit: Limit = 20,
+    order: Order = "asc",
+    status: RunStatus | None = None,
+) -> schemas.RunList:
+    return await run_in_threadpool(evals.list_runs, tenant.tenant_id, eval_id, after, limit, order, status)
+
+
+@router.get("/v1/evals/{eval_id}/runs/{run_id}")
+async def retrieve_run(eval_id: EvalId, run_id: RunId, tenant: TenantDep, evals: EvalsDep) -> schemas.EvalRunOut:
+    return await run_in_threadpool(evals.get_run, tenant.tenant_id, eval_id, run_id)
+
+
+@router.post("/v1/evals/{eval_id}/runs/{run_id}")
+@router.post("/v1/evals/{eval_id}/runs/{run_id}/cancel")
+async def cancel_run(eval_id: EvalId, run_id: RunId, tenant: TenantDep, evals: EvalsDep) -> schemas.EvalRunOut:
+    return await run_in_threadpool(evals.cancel_run, tenant.tenant_id, eval_id, run_id)
+
+
+@router.delete("/v1/evals/{eval_id}/runs/{run_id}")
+async def delete_run(
+    eval_id: EvalId, run_id: RunId, tenant: TenantDep, evals: EvalsDep, actor: ActorDep
+) -> schemas.RunDeleted:
+    return await run_in_threadpool(evals.delete_run, tenant.tenant_id, eval_id, run_id, actor)
+
+
+@router.get("/v1/evals/{eval_id}/runs/{run_id}/output_items")
+async def list_output_items(
+    eval_id: EvalId,
+    run_id: RunId,
+    tenant: TenantDep,
+    evals: EvalsDep,
+    after: Cursor = None,
+    limit: Limit = 20,
+    order: Order = "asc",
+    status: OutputStatus | None = None,
+) -> schemas.OutputItemList:
+    return await run_in_threadpool(evals.output_items, tenant.tenant_id, eval_id, run_id, after, limit, order, status)
+
+
+@router.get("/v1/evals/{eval_id}/runs/{run_id}/output_items/{output_item_id}")
+async def retrieve_output_item(
+    eval_id: EvalId,
+    run_id: RunId,
+    output_item_id: Annotated[str, Path(max_length=40)],
+    tenant: TenantDep,
+    evals: EvalsDep,
+) -> schemas.OutputItemOut:
+    return await run_in_threadpool(evals.output_item, tenant.tenant_id, eval_id, run_id, output_item_id)
