@@ -36,6 +36,7 @@ browser:
 
 test: install browser
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 # The long runs (e.g. 24 gateways killed at random moments): `pytest -m slow`.
