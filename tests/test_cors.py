@@ -6,7 +6,6 @@ fake engine stands in for vLLM: what is tested here is the browser's side."""
 from __future__ import annotations
 
 import http.server
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,9 @@ import httpx
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.conftest import ADMIN_KEY, FAKE_GATEWAY, MODEL, free_port, running
+from tests.support import MODEL
+from tests.support.gateway_process import fake_gateway, free_port
+from tests.support.tenants import tenant_key
 
 CHROMIUM = "/usr/bin/chromium"
 PAGE = """<!doctype html><meta charset="utf-8"><title>chat</title><pre id="out"></pre>
@@ -81,20 +82,8 @@ def pages() -> Iterator[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def gateway(pages: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """A gateway that allows the first page's origin, and a tenant key."""
-    data_dir = tmp_path_factory.mktemp("cors")
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_")},
-        "LLMAAS_DATA_DIR": str(data_dir),
-        "LLMAAS_ADMIN_KEY": ADMIN_KEY,
-        "LLMAAS_CORS_ORIGINS": f"https://chat.example.com, {pages[0]}",
-    }
-    with running([*FAKE_GATEWAY, "--port", str(port)], env, data_dir / "gateway.log"):
-        base = f"http://127.0.0.1:{port}"
-        admin = {"authorization": f"Bearer {ADMIN_KEY}"}
-        tenant = httpx.post(f"{base}/admin/v1/tenants", json={"name": "web"}, headers=admin).json()
-        key = httpx.post(f"{base}/admin/v1/tenants/{tenant['id']}/keys", json={}, headers=admin).json()["key"]
-        yield base, key
+    with fake_gateway(tmp_path_factory.mktemp("cors"), cors_origins=f"https://chat.example.com, {pages[0]}") as running:
+        yield running.base, tenant_key(running.base, "web")[1]
 
 
 def preflight(base: str, origin: str) -> httpx.Response:
@@ -128,11 +117,8 @@ def test_a_preflight_from_an_allowed_origin_is_answered_before_authentication(
 
 
 def test_without_the_setting_no_origin_is_allowed(tmp_path: Path) -> None:
-    port = free_port()
-    env = {**os.environ, "LLMAAS_DATA_DIR": str(tmp_path), "LLMAAS_ADMIN_KEY": ADMIN_KEY}
-    env.pop("LLMAAS_CORS_ORIGINS", None)
-    with running([*FAKE_GATEWAY, "--port", str(port)], env, tmp_path / "gateway.log"):
-        answer = preflight(f"http://127.0.0.1:{port}", "https://chat.example.com")
+    with fake_gateway(tmp_path) as running:
+        answer = preflight(running.base, "https://chat.example.com")
         assert "access-control-allow-origin" not in answer.headers
 
 

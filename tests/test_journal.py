@@ -19,7 +19,7 @@ from gateway.accounting.journal import Journal, orphans
 from gateway.accounting.ledger import JournalFailing, LedgerWriter
 from gateway.accounting.records import UsageLedger
 from gateway.db import Database
-from tests.conftest import REPO
+from tests.support import REPO
 from tests.test_ledger import Unreachable, entry, rows, write_all
 
 

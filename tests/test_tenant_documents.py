@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import re
 import threading
 import time
@@ -43,7 +42,10 @@ from gateway.fine_tuning.jobs_routes import estimate_tokens
 from gateway.tenancy.models import TenantCreate
 from gateway.tenancy.service import TenancyService
 from gateway.workers import Workers, WorkTimedOut
-from tests.conftest import ADMIN_KEY, FAKE_GATEWAY, MODEL, create_tenant, free_port, fresh_postgres_database, running
+from tests.support import MODEL
+from tests.support.databases import fresh_postgres_database
+from tests.support.gateway_process import fake_gateway, free_port
+from tests.support.tenants import tenant_key
 
 SECRET = "leaked-secret-4f1c"
 CATASTROPHIC = "^(a+)+$"
@@ -112,18 +114,16 @@ class Gateway:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    data = tmp_path_factory.mktemp("documents")
-    port = free_port()
-    with fresh_postgres_database("llmaas_documents") as url:
-        env = {**os.environ, "LLMAAS_DATA_DIR": str(data), "LLMAAS_DATABASE_URL": url, "LLMAAS_ADMIN_KEY": ADMIN_KEY}
-        with running([*FAKE_GATEWAY, "--port", str(port)], env, data / "gateway.log") as proc:
-            yield Gateway(f"http://127.0.0.1:{port}", psutil.Process(proc.pid))
+    with (
+        fresh_postgres_database("llmaas_documents") as url,
+        fake_gateway(tmp_path_factory.mktemp("documents"), database_url=url) as running,
+    ):
+        yield Gateway(running.base, psutil.Process(running.process.pid))
 
 
 @pytest.fixture(scope="module")
 def client(gateway: Gateway) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway.base, headers={"authorization": f"Bearer {ADMIN_KEY}"}) as admin:
-        _, key = create_tenant(admin, "documents", requests_per_minute=10_000)
+    _, key = tenant_key(gateway.base, "documents", requests_per_minute=10_000)
     with httpx.Client(base_url=gateway.base, headers={"authorization": f"Bearer {key}"}, timeout=60) as tenant:
         yield tenant
 
