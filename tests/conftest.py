@@ -1,6 +1,7 @@
 """Shared fixtures: the real default model (prepared once), one real gateway + vLLM engine process for the
 whole suite, the operator's client and the official ``openai`` client pointed at it over HTTP, a database on
-SQLite and PostgreSQL, and the app in process on the fake engine. What is not a fixture is in ``tests/support``."""
+SQLite and PostgreSQL, a headless Chromium, and the app in process on the fake engine. What is not a fixture
+is in ``tests/support``."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from playwright.sync_api import Browser, sync_playwright
 
 from engine.model_prep import prepare_default_model
 from engine.settings import EngineSettings
 from gateway.db import Database
 from tests.support import REPO
+from tests.support.console import CHROMIUM, CHROMIUM_ARGS
 from tests.support.databases import fresh_postgres_database
 from tests.support.gateway_process import served_gateway
 from tests.support.in_process import InProcessGateway, in_process_gateway
@@ -83,6 +86,15 @@ def http(server: str, api_key: str) -> Iterator[httpx.Client]:
     """Plain HTTP with a tenant key."""
     with httpx.Client(base_url=server, timeout=120, headers={"authorization": f"Bearer {api_key}"}) as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Debian's headless Chromium (never a browser a test tool downloads), driven by Playwright."""
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

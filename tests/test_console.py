@@ -17,15 +17,14 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from tests.finetune_data import pirate_jsonl
 from tests.support import ADMIN, ADMIN_KEY, MODEL, REPO
+from tests.support.console import cookies_of, sign_in, signed_in
 from tests.support.evals import ITEMS, completions_source, finished, make_eval
 from tests.support.gateway_process import CLI, fake_gateway, gateway_env
 from tests.support.tenants import tenant_key
-
-CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
@@ -39,31 +38,9 @@ def base(data_dir: Path) -> Iterator[str]:
         yield running.base
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--no-first-run"]
-        )
-        yield launched
-        launched.close()
-
-
 def chat(base: str, key: str) -> httpx.Response:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
     return httpx.post(f"{base}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
-
-
-def sign_in(page: Page, base: str, key: str) -> None:
-    page.goto(f"{base}/console")
-    assert page.url.endswith("/console/login")
-    page.fill("#key", key)
-    page.click("button[type=submit]")
-
-
-def cookies_of(page: Page) -> dict[str, str]:
-    """The page's cookies (its session), for calls made beside the browser."""
-    return {cookie["name"]: cookie["value"] for cookie in page.context.cookies()}
 
 
 def screenshot(page: Page, name: str) -> None:
@@ -79,9 +56,7 @@ def test_a_tenant_signs_in_sees_its_usage_and_signs_out(base: str, browser: Brow
     )
     for _ in range(3):
         assert chat(base, key).status_code == 200
-    page = browser.new_page(viewport={"width": 1100, "height": 900})
-    sign_in(page, base, key)
-    page.wait_for_url("**/console/usage")
+    page = signed_in(browser, base, key, viewport={"width": 1100, "height": 900})
     row = page.locator("#by-model tbody tr").first
     assert row.locator("td").nth(1).inner_text() == MODEL
     assert row.locator("td").nth(2).inner_text() == "3"  # the three requests, from the ledger
@@ -131,9 +106,7 @@ def test_keys_are_created_once_shown_and_revoked(base: str, browser: Browser) ->
 
 def test_forms_need_the_sessions_csrf_token_and_sign_in_its_own_page(base: str, browser: Browser) -> None:
     _, key = tenant_key(base)
-    page = browser.new_page()
-    sign_in(page, base, key)
-    page.wait_for_url("**/console/usage")
+    page = signed_in(browser, base, key)
     cookies = cookies_of(page)
     with httpx.Client(base_url=base, cookies=cookies) as http:
         assert http.post("/console/keys", data={"name": "forged"}).status_code == 403
@@ -148,9 +121,7 @@ def test_tenants_see_only_their_own_pages(base: str, browser: Browser) -> None:
     _, key_a = tenant_key(base)
     tenant_b, key_b = tenant_key(base)
     b_keys = httpx.get(f"{base}/admin/v1/tenants/{tenant_b}/keys", headers=ADMIN).json()["data"]
-    page = browser.new_page()
-    sign_in(page, base, key_a)
-    page.wait_for_url("**/console/usage")
+    page = signed_in(browser, base, key_a)
     page.goto(f"{base}/console/keys")
     shown = page.locator("#keys tbody").inner_text()
     assert all(k["prefix"] not in shown for k in b_keys)
@@ -169,9 +140,7 @@ def test_tenants_see_only_their_own_pages(base: str, browser: Browser) -> None:
 
 def test_a_revoked_key_ends_its_session(base: str, browser: Browser) -> None:
     tenant_id, key = tenant_key(base)
-    page = browser.new_page()
-    sign_in(page, base, key)
-    page.wait_for_url("**/console/usage")
+    page = signed_in(browser, base, key)
     key_id = httpx.get(f"{base}/admin/v1/tenants/{tenant_id}/keys", headers=ADMIN).json()["data"][0]["id"]
     assert httpx.delete(f"{base}/admin/v1/tenants/{tenant_id}/keys/{key_id}", headers=ADMIN).status_code == 200
     page.goto(f"{base}/console/usage")
@@ -181,9 +150,7 @@ def test_a_revoked_key_ends_its_session(base: str, browser: Browser) -> None:
 
 def test_the_operator_signs_in_with_the_admin_key(base: str, browser: Browser) -> None:
     tenant_key(base, requests_per_minute=60)
-    page = browser.new_page(viewport={"width": 1100, "height": 700})
-    sign_in(page, base, ADMIN_KEY)
-    page.wait_for_url("**/console/admin/tenants")
+    page = signed_in(browser, base, ADMIN_KEY, viewport={"width": 1100, "height": 700})
     assert page.locator("#tenants tbody tr").count() >= 1
     page.click("#tenants th:has-text('RPM')")  # sortable
     assert page.locator("#tenants th:has-text('RPM')").get_attribute("aria-sort") == "ascending"
@@ -196,9 +163,7 @@ def test_the_operator_signs_in_with_the_admin_key(base: str, browser: Browser) -
 def test_the_operator_reads_the_audit_log(base: str, browser: Browser) -> None:
     tenant_id, _ = tenant_key(base)
     httpx.post(f"{base}/admin/v1/tenants/{tenant_id}/suspend", headers=ADMIN)
-    page = browser.new_page(viewport={"width": 1100, "height": 700})
-    sign_in(page, base, ADMIN_KEY)
-    page.wait_for_url("**/console/admin/tenants")
+    page = signed_in(browser, base, ADMIN_KEY, viewport={"width": 1100, "height": 700})
     page.click("text=Audit log")
     page.wait_for_url("**/console/admin/audit")
     page.fill("input[name=tenant]", tenant_id)
@@ -211,9 +176,7 @@ def test_the_operator_reads_the_audit_log(base: str, browser: Browser) -> None:
 
 def test_the_playground_streams_an_answer_and_shows_its_usage(base: str, browser: Browser) -> None:
     _, key = tenant_key(base)
-    page = browser.new_page(viewport={"width": 1000, "height": 700})
-    sign_in(page, base, key)
-    page.wait_for_url("**/console/usage")
+    page = signed_in(browser, base, key, viewport={"width": 1000, "height": 700})
     page.click("text=Playground")
     page.wait_for_selector("body[data-models-loaded='true']")
     assert MODEL in page.locator("#model").inner_text()
@@ -235,16 +198,12 @@ def test_the_playground_streams_an_answer_and_shows_its_usage(base: str, browser
 
 def test_the_console_api_bridge_needs_the_session_and_its_csrf_token(base: str, browser: Browser) -> None:
     _, key = tenant_key(base)
-    page = browser.new_page()
-    sign_in(page, base, key)
-    page.wait_for_url("**/console/usage")
+    page = signed_in(browser, base, key)
     tenant_cookies = cookies_of(page)
     page.goto(f"{base}/console/playground")
     csrf = page.locator("meta[name=csrf-token]").get_attribute("content")
     page.close()
-    operator_page = browser.new_page()
-    sign_in(operator_page, base, ADMIN_KEY)
-    operator_page.wait_for_url("**/console/admin/tenants")
+    operator_page = signed_in(browser, base, ADMIN_KEY)
     operator_cookies = cookies_of(operator_page)
     operator_csrf = operator_page.locator("input[name=csrf]").first.get_attribute("value")
     operator_page.close()
@@ -274,9 +233,7 @@ def test_a_fine_tuning_job_is_started_and_its_loss_curve_drawn(
     with (tmp_path / "worker.log").open("wb") as log:
         worker = subprocess.Popen([*CLI, "worker"], cwd=REPO, env=env, stdout=log, stderr=log)
     try:
-        page = browser.new_page(viewport={"width": 1100, "height": 1000})
-        sign_in(page, base, key)
-        page.wait_for_url("**/console/usage")
+        page = signed_in(browser, base, key, viewport={"width": 1100, "height": 1000})
         page.click("text=Fine-tuning")
         page.wait_for_selector("body[data-ready='true']")
         page.set_input_files("#file", str(bad))
@@ -316,9 +273,7 @@ def test_a_fine_tuning_job_is_started_and_its_loss_curve_drawn(
 
 
 def test_the_operator_creates_a_tenant_sets_its_quotas_and_suspends_it(base: str, browser: Browser) -> None:
-    page = browser.new_page(viewport={"width": 1100, "height": 800})
-    sign_in(page, base, ADMIN_KEY)
-    page.wait_for_url("**/console/admin/tenants")
+    page = signed_in(browser, base, ADMIN_KEY, viewport={"width": 1100, "height": 800})
     name = f"made-{uuid.uuid4().hex[:6]}"
     page.fill("#tenant-name", name)
     page.fill("#new-rpm", "30")
@@ -354,9 +309,7 @@ def test_the_operator_sees_every_tenants_usage_the_service_and_the_queue(base: s
     training_file = tuner.post("/v1/files", data={"purpose": "fine-tune"}, files={"file": ("p.jsonl", pirate_jsonl())})
     job = tuner.post("/v1/fine_tuning/jobs", json={"model": MODEL, "training_file": training_file.json()["id"]}).json()
     try:
-        page = browser.new_page(viewport={"width": 1100, "height": 900})
-        sign_in(page, base, ADMIN_KEY)
-        page.wait_for_url("**/console/admin/tenants")
+        page = signed_in(browser, base, ADMIN_KEY, viewport={"width": 1100, "height": 900})
         page.click("nav >> text=Service")
         page.wait_for_selector("body[data-refreshed]")
         assert int(page.locator("#requests").inner_text()) >= 2
@@ -369,9 +322,7 @@ def test_the_operator_sees_every_tenants_usage_the_service_and_the_queue(base: s
         cookies = cookies_of(page)
         assert httpx.get(f"{base}/console/admin/service.json", cookies=cookies).status_code == 200
         page.close()
-        tenant_page = browser.new_page()
-        sign_in(tenant_page, base, key)
-        tenant_page.wait_for_url("**/console/usage")
+        tenant_page = signed_in(browser, base, key)
         tenant_cookies = cookies_of(tenant_page)
         assert httpx.get(f"{base}/console/admin/service.json", cookies=tenant_cookies).status_code == 403
         assert httpx.get(f"{base}/console/admin/usage", cookies=tenant_cookies).status_code == 403
@@ -394,9 +345,7 @@ def test_evaluation_runs_are_shown_side_by_side_with_their_accuracy(base: str, b
     ]
     done = [finished(client, created.id, run.id) for run in runs]
     assert all(run.status == "completed" for run in done)
-    page = browser.new_page(viewport={"width": 1100, "height": 800})
-    sign_in(page, base, key)
-    page.wait_for_url("**/console/usage")
+    page = signed_in(browser, base, key, viewport={"width": 1100, "height": 800})
     page.click("text=Evaluations")
     page.wait_for_selector("body[data-runs-shown='2']")
     rows = page.locator("#runs tbody tr")

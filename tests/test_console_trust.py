@@ -15,11 +15,10 @@ from playwright.sync_api import Browser
 
 from tests import test_console
 from tests.support import ADMIN, ADMIN_KEY, MODEL
-from tests.support.console import console, csrf_of
+from tests.support.console import console, csrf_of, signed_in
 from tests.support.tenants import tenant_key
-from tests.test_console import sign_in
 
-data_dir, base, browser = test_console.data_dir, test_console.base, test_console.browser  # its fixtures, here too
+data_dir, base = test_console.data_dir, test_console.base  # its fixtures, here too
 
 EVIL = "https://evil.example"
 
@@ -149,9 +148,7 @@ def test_the_console_makes_no_key_broader_than_the_sessions(base: str, browser: 
     tenant_id, key = tenant_key(base, key={"allowed_models": [MODEL], "expires_in_days": 1})
     sibling = httpx.post(f"{base}/admin/v1/tenants/{tenant_id}/keys", json={"name": "sibling"}, headers=ADMIN)
     assert sibling.json()["key_manager"] is False  # the operator's choice, false unless asked
-    page = browser.new_page()
-    sign_in(page, base, key)
-    page.wait_for_url("**/console/usage")
+    page = signed_in(browser, base, key)
     page.goto(f"{base}/console/keys")
     assert page.locator("#key_manager").count() == 0  # not a key manager: not offered
     assert page.locator("#keys tbody tr", has_text="sibling").locator("text=Revoke").count() == 0

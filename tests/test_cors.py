@@ -5,20 +5,18 @@ fake engine stands in for vLLM: what is tested here is the browser's side."""
 
 from __future__ import annotations
 
-import http.server
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Browser
 
 from tests.support import MODEL
-from tests.support.gateway_process import fake_gateway, free_port
+from tests.support.gateway_process import fake_gateway
+from tests.support.static_server import serving
 from tests.support.tenants import tenant_key
 
-CHROMIUM = "/usr/bin/chromium"
 PAGE = """<!doctype html><meta charset="utf-8"><title>chat</title><pre id="out"></pre>
 <script>
 async function chat(base, key) {
@@ -50,33 +48,12 @@ async function chat(base, key) {
 </script>"""
 
 
-class _Page(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = PAGE.replace("%MODEL%", MODEL).encode()
-        self.send_response(200)
-        self.send_header("content-type", "text/html; charset=utf-8")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def serve_page(port: int) -> http.server.ThreadingHTTPServer:
-    """The page of a web app on an origin of its own (another port)."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Page)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 @pytest.fixture(scope="module")
 def pages() -> Iterator[tuple[str, str]]:
-    """Two web apps: one whose origin the gateway allows, one it does not."""
-    servers = [serve_page(free_port()), serve_page(free_port())]
-    yield tuple(f"http://127.0.0.1:{server.server_address[1]}" for server in servers)  # type: ignore[misc]
-    for server in servers:
-        server.shutdown()
+    """Two web apps, each on an origin of its own: one whose origin the gateway allows, one it does not."""
+    page = PAGE.replace("%MODEL%", MODEL).encode()
+    with serving(page, "text/html; charset=utf-8") as allowed, serving(page, "text/html; charset=utf-8") as other:
+        yield allowed.url, other.url
 
 
 @pytest.fixture(scope="module")
@@ -123,22 +100,16 @@ def test_without_the_setting_no_origin_is_allowed(tmp_path: Path) -> None:
 
 
 def test_a_page_on_another_origin_streams_a_chat_completion_in_chromium(
-    gateway: tuple[str, str], pages: tuple[str, str]
+    gateway: tuple[str, str], pages: tuple[str, str], browser: Browser
 ) -> None:
     base, key = gateway
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--no-first-run"]
-        )
-        try:
-            page = browser.new_page()
-            page.goto(pages[0])
-            result = page.evaluate("([base, key]) => chat(base, key)", [base, key])
-            assert result["text"] == "The quick"  # the fake engine's 9 tokens, one per chunk
-            assert result["chunks"] >= 9 and result["usage"]["completion_tokens"] == 9
-            assert result["requestId"].startswith("req_")  # an exposed header
-            page.goto(pages[1])
-            blocked = page.evaluate("([base, key]) => chat(base, key).then(() => 'read', e => e.name)", [base, key])
-            assert blocked == "TypeError"  # the browser refused the answer to a page the gateway does not allow
-        finally:
-            browser.close()
+    page = browser.new_page()
+    page.goto(pages[0])
+    result = page.evaluate("([base, key]) => chat(base, key)", [base, key])
+    assert result["text"] == "The quick"  # the fake engine's 9 tokens, one per chunk
+    assert result["chunks"] >= 9 and result["usage"]["completion_tokens"] == 9
+    assert result["requestId"].startswith("req_")  # an exposed header
+    page.goto(pages[1])
+    blocked = page.evaluate("([base, key]) => chat(base, key).then(() => 'read', e => e.name)", [base, key])
+    assert blocked == "TypeError"  # the browser refused the answer to a page the gateway does not allow
+    page.close()

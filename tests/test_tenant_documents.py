@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, cast
 
@@ -44,7 +43,8 @@ from gateway.tenancy.service import TenancyService
 from gateway.workers import Workers, WorkTimedOut
 from tests.support import MODEL
 from tests.support.databases import fresh_postgres_database
-from tests.support.gateway_process import fake_gateway, free_port
+from tests.support.gateway_process import fake_gateway
+from tests.support.static_server import Served, serving
 from tests.support.tenants import tenant_key
 
 SECRET = "leaked-secret-4f1c"
@@ -71,36 +71,11 @@ STALL_BOUND_S = 1.0
 # -- a listener that no schema may reach -----------------------------------------------------------------------------
 
 
-@dataclass
-class Listener:
-    url: str
-    hits: list[str]
-
-
 @pytest.fixture(scope="module")
-def listener() -> Iterator[Listener]:
-    hits: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            hits.append(self.path)
-            body = json.dumps({"type": "string", "description": SECRET}).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/schema+json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield Listener(f"http://127.0.0.1:{server.server_address[1]}", hits)
-    finally:
-        server.shutdown()
+def listener() -> Iterator[Served]:
+    schema = json.dumps({"type": "string", "description": SECRET}).encode()
+    with serving(schema, "application/schema+json") as served:
+        yield served
 
 
 # -- the gateway -----------------------------------------------------------------------------------------------------
@@ -192,7 +167,7 @@ def error_of(response: httpx.Response, status: int = 400) -> dict[str, Any]:
 
 
 def test_no_schema_reference_reaches_the_network_or_the_filesystem(
-    gateway: Gateway, client: httpx.Client, listener: Listener
+    gateway: Gateway, client: httpx.Client, listener: Served
 ) -> None:
     outside = [
         f"{listener.url}/schema.json",
@@ -244,7 +219,7 @@ def test_references_into_the_schema_itself_work(client: httpx.Client) -> None:
     assert "does not match the eval's item schema" in error["message"]
 
 
-def test_a_stored_schema_is_held_to_the_rules_when_a_run_starts(listener: Listener) -> None:
+def test_a_stored_schema_is_held_to_the_rules_when_a_run_starts(listener: Served) -> None:
     """An eval stored before these rules keeps its schema; a run of it is refused, and nothing is fetched."""
     body = RunCreate.model_validate({"data_source": {"type": "jsonl", "source": inline({"item": {}})}})
     stored = {"properties": {"a": {"$ref": f"{listener.url}/stored.json"}}}

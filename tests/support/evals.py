@@ -10,7 +10,7 @@ import openai
 
 from tests.support import MODEL
 
-ITEM_SCHEMA = {
+ITEM_SCHEMA: dict[str, object] = {
     "type": "object",
     "properties": {"question": {"type": "string"}, "expected": {"type": "string"}},
     "required": ["question", "expected"],

@@ -53,7 +53,7 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, seconds: floa
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}:\n{log.read_text()[-5000:]}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}:\n{log.read_text()[-5000:]}")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
@@ -130,4 +130,6 @@ def fake_gateway(
 
 def served_gateway(data_dir: Path, *, log: Path | None = None, **settings: Setting) -> GatewayProcess:
     """``llmaas serve`` on ``data_dir`` with ``settings`` (the model, or ``engine="upstream"`` and its replicas)."""
-    return GatewayProcess(SERVE, gateway_env(data_dir, **settings), free_port(), log or data_dir / "gateway.log")
+    return GatewayProcess(
+        SERVE, gateway_env(data_dir, ADMIN_KEY, **settings), free_port(), log or data_dir / "gateway.log"
+    )

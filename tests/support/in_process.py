@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from engine.fake import FakeEngine
-from engine.protocol import AdapterRef, CompletionDelta, Engine, EngineError, SamplingOptions
+from engine.protocol import CompletionDelta, Engine, EngineError
 from engine.settings import EngineSettings
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
@@ -31,13 +31,8 @@ class BreakingEngine(FakeEngine):
         super().__init__()
         self.tokens = tokens
 
-    async def generate(
-        self,
-        prompt_token_ids: list[int],
-        options: SamplingOptions,
-        request_id: str,
-        adapter: AdapterRef | None = None,
-    ) -> AsyncIterator[list[CompletionDelta]]:
+    async def generate(self, *request: Any, **options: Any) -> AsyncIterator[list[CompletionDelta]]:
+        """Whatever the request (prompt, sampling options, id, adapter)."""
         for token in self.tokens:
             yield [CompletionDelta(0, token, [ord(token)])]
         raise EngineError("engine core died")
