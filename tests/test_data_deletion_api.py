@@ -13,6 +13,7 @@ import subprocess
 import tarfile
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -169,14 +170,14 @@ def test_the_audit_log_cannot_be_changed_or_read_by_a_tenant(gateway: str, admin
 def test_the_operator_reads_the_audit_log_in_the_console(gateway: str, admin: httpx.Client) -> None:
     tenant, _ = create_tenant(admin, "watched")
     admin.post(f"/admin/v1/tenants/{tenant['id']}/suspend")
-    with console(gateway, ADMIN_KEY, **{"sec-fetch-site": "same-origin"}) as browser:
+    with closing(console(gateway, ADMIN_KEY, **{"sec-fetch-site": "same-origin"})) as browser:
         page = browser.get("/console/admin/audit", params={"tenant": tenant["name"]})
         assert page.status_code == 200
         assert "tenant.suspend" in page.text and "tenant.create" in page.text
         assert page.headers["content-security-policy"].startswith("default-src 'self'")
         assert 'href="/console/admin/audit"' in browser.get("/console/admin/tenants").text
     _, key = create_tenant(admin, "nosy")
-    with console(gateway, key, **{"sec-fetch-site": "same-origin"}) as browser:
+    with closing(console(gateway, key, **{"sec-fetch-site": "same-origin"})) as browser:
         assert browser.get("/console/admin/audit").status_code == 403
 
 

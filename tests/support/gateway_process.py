@@ -1,8 +1,8 @@
 """A gateway in its own process, as an operator runs it: ``llmaas serve`` (the real engine, or the upstream
-backend), or ``bench/fake_gateway.py`` (the same app and server in front of the instant fake engine, run as a
-script, never imported). Settings are ``LLMAAS_`` environment variables, and only those the test names: the
-caller's own ``LLMAAS_`` variables are left out. Started, the process answers ``/ready``; stopped, it has had
-SIGTERM (a graceful drain) and at most a minute."""
+backend), or ``bench/fake_gateway.py`` (the same app and server in front of the instant fake engine, the
+gateway-overhead benchmark's, run as a script, never imported); and the management CLI run to its end. Settings
+are ``LLMAAS_`` environment variables, and only those the test names: the caller's own ``LLMAAS_`` variables are
+left out. Started, a gateway answers ``/ready``; stopped, it has had SIGTERM (a graceful drain) and a minute."""
 
 from __future__ import annotations
 
