@@ -40,7 +40,7 @@ from bench.loadgen import (
     wait_until_quiet,
 )
 from bench.machine import describe, machine
-from bench.vllm_replicas import VLLMReplica
+from engine.upstream.local_server import VLLMReplica
 
 REPO = Path(__file__).resolve().parents[1]
 ADMIN_KEY = "sk-admin-bench-0123456789abcdef"

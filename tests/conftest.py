@@ -1,38 +1,30 @@
 """Shared fixtures: the real default model (prepared once), one real gateway + vLLM engine process for the
-whole suite, and the official ``openai`` client pointed at it over HTTP."""
+whole suite, the operator's client and the official ``openai`` client pointed at it over HTTP, a database on
+SQLite and PostgreSQL, a headless Chromium, and the app in process on the fake engine. What is not a fixture
+is in ``tests/support``."""
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from sqlalchemy import create_engine, text
+from playwright.sync_api import Browser, sync_playwright
 
 from engine.model_prep import prepare_default_model
-from engine.settings import DEFAULT_MODEL_ID, EngineSettings
+from engine.settings import EngineSettings
 from gateway.db import Database
-
-REPO = Path(__file__).resolve().parents[1]
-MODEL = DEFAULT_MODEL_ID
-ADMIN_KEY = "sk-admin-test-0123456789abcdef"
-STARTUP_TIMEOUT_S = 300
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support import REPO
+from tests.support.console import CHROMIUM, CHROMIUM_ARGS
+from tests.support.databases import fresh_postgres_database
+from tests.support.gateway_process import served_gateway
+from tests.support.in_process import InProcessGateway, in_process_gateway
+from tests.support.tenants import admin_client, create_tenant, openai_client
 
 
 @pytest.fixture(scope="session")
@@ -57,90 +49,25 @@ def server_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def server(model_dir: Path, server_data_dir: Path) -> Iterator[str]:
     """``llmaas serve`` in its own process; yields the base URL (without /v1)."""
-    port = free_port()
-    data_dir = server_data_dir
-    env = {
-        **os.environ,
-        "LLMAAS_DATA_DIR": str(data_dir),
-        "LLMAAS_MODEL_PATH": str(model_dir),
-        "LLMAAS_KV_CACHE_SPACE_GIB": "1",
-        "LLMAAS_LOG_LEVEL": "warning",
-        "LLMAAS_ADMIN_KEY": ADMIN_KEY,
+    gateway = served_gateway(
+        server_data_dir,
+        log=server_data_dir / "server.log",
+        model_path=model_dir,
+        kv_cache_space_gib=1,
+        log_level="warning",
         # fp32 on every CPU: greedy answers of a 135M model in bf16 differ between AVX512-BF16 and AMX kernels
         # (on an AMX Xeon it no longer says "Paris"), and the tests assert answers.
-        "LLMAAS_DTYPE": "float32",
-    }
-    with running([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)], env, data_dir / "server.log"):
-        yield f"http://127.0.0.1:{port}"
-
-
-@contextmanager
-def running(
-    command: list[str], env: dict[str, str], log_path: Path, port: int | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A server process, ready (``/ready`` answers 200) on entry and stopped gracefully on exit."""
-    if port is None:
-        port = int(command[command.index("--port") + 1])
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            _wait_ready(f"http://127.0.0.1:{port}", proc, log_path)
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def _wait_ready(base: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()[-5000:]}")
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"server not ready after {STARTUP_TIMEOUT_S}s:\n{log_path.read_text()[-5000:]}")
+        dtype="float32",
+    )
+    with gateway:
+        yield gateway.base
 
 
 @pytest.fixture(scope="session")
 def admin(server: str) -> Iterator[httpx.Client]:
     """The operator's HTTP client (admin key)."""
-    with httpx.Client(base_url=server, timeout=60, headers={"authorization": f"Bearer {ADMIN_KEY}"}) as session:
+    with admin_client(server) as session:
         yield session
-
-
-def create_tenant(admin: httpx.Client, name: str, **quotas: Any) -> tuple[dict[str, Any], str]:
-    """A new tenant (name made unique) and a fresh API key for it."""
-    unique = f"{name}-{os.urandom(3).hex()}"
-    response = admin.post("/admin/v1/tenants", json={"name": unique, **quotas})
-    assert response.status_code == 201, response.text
-    tenant = response.json()
-    key = admin.post(f"/admin/v1/tenants/{tenant['id']}/keys", json={"name": "tests"})
-    assert key.status_code == 201, key.text
-    return tenant, key.json()["key"]
-
-
-def console(base: str, key: str, **headers: str) -> httpx.Client:
-    """A client signed in to the console as a browser would be (same-origin form)."""
-    client = httpx.Client(base_url=base, headers={"origin": base, **headers})
-    signed = client.post("/console/login", data={"key": key})
-    assert signed.status_code == 303, signed.text
-    return client
-
-
-def csrf_of(client: httpx.Client, page: str) -> str:
-    text = client.get(page).text
-    return text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
-
-
-def openai_client(server: str, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server}/v1", api_key=key, max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="session")
@@ -161,23 +88,13 @@ def http(server: str, api_key: str) -> Iterator[httpx.Client]:
         yield session
 
 
-POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-FAKE_GATEWAY = [sys.executable, str(REPO / "bench" / "fake_gateway.py")]
-
-
-@contextmanager
-def fresh_postgres_database(prefix: str = "llmaas_test") -> Iterator[str]:
-    """A new, empty PostgreSQL database (its URL), dropped afterwards."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Debian's headless Chromium (never a browser a test tool downloads), driven by Playwright."""
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -197,16 +114,13 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
             db.dispose()
 
 
-def metric_value(text: str, name: str, **labels: str) -> float:
-    """The value of one Prometheus sample (0 when absent)."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        sample, _, value = line.rpartition(" ")
-        metric, _, label_text = sample.partition("{")
-        if metric != name:
-            continue
-        if all(f'{key}="{val}"' in label_text for key, val in labels.items()):
-            total += float(value)
-    return total
+@pytest.fixture
+def in_process(tmp_path: Path) -> Iterator[Callable[..., InProcessGateway]]:
+    """Starts the app in process on a fake engine, its data in ``tmp_path``, stopped after the test:
+    ``in_process(engine=None, model="fake", **settings)`` (see ``tests.support.in_process``)."""
+    with ExitStack() as stack:
+
+        def start(engine: Any = None, model: str = "fake", **settings: Any) -> InProcessGateway:
+            return stack.enter_context(in_process_gateway(tmp_path, engine, model, **settings))
+
+        yield start

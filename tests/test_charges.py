@@ -6,27 +6,22 @@ gateway process, a stream the client leaves is billed for its prompt and the tok
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select
 
-from engine.fake import FakeEngine, fake_backend
-from engine.protocol import AdapterRef, CompletionDelta, EngineError, SamplingOptions
-from engine.settings import EngineSettings
 from gateway.accounting.charges import charged_tokens
-from gateway.app import create_app
 from gateway.db import UsageRecord
-from gateway.settings import GatewaySettings
-from gateway.state import state_of
-from gateway.tenancy.models import KeyCreate, TenantCreate
-from tests.conftest import ADMIN_KEY, FAKE_GATEWAY, MODEL, free_port, running
+from tests.support import MODEL
+from tests.support.databases import ledger_rows
+from tests.support.gateway_process import fake_gateway
+from tests.support.in_process import BreakingEngine, InProcessGateway
+from tests.support.tenants import tenant_key
 
 
 def test_the_rule() -> None:
@@ -37,87 +32,55 @@ def test_the_rule() -> None:
     assert charged_tokens("failed", 10, 0) == (0, 0)  # we broke before any output reached it
 
 
-class BreakingEngine(FakeEngine):
-    """Streams ``tokens_before`` tokens ("o"), then breaks."""
-
-    def __init__(self, tokens_before: int) -> None:
-        super().__init__()
-        self.tokens_before = tokens_before
-
-    async def generate(
-        self,
-        prompt_token_ids: list[int],
-        options: SamplingOptions,
-        request_id: str,
-        adapter: AdapterRef | None = None,
-    ) -> AsyncIterator[list[CompletionDelta]]:
-        for _ in range(self.tokens_before):
-            yield [CompletionDelta(0, "o", [111])]
-        raise EngineError("engine core died")
-
-
 @pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[tuple[TestClient, BreakingEngine, openai.OpenAI]]:
-    engine = BreakingEngine(2)
-    settings = GatewaySettings(data_dir=tmp_path, admin_key="sk-admin-unit-0123456789")
-    app = create_app(settings, EngineSettings(served_model_name="fake"), backend_factory=fake_backend(engine))
-    with TestClient(app) as http:
-        tenancy = state_of(app).tenancy
-        tenant = tenancy.create_tenant(TenantCreate(name="charges"))
-        key = tenancy.create_key(tenant.id, KeyCreate()).key
-        yield http, engine, openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=http, max_retries=0)
+def gateway(in_process: Callable[..., InProcessGateway]) -> tuple[InProcessGateway, BreakingEngine, openai.OpenAI]:
+    engine = BreakingEngine("oo")
+    gateway = in_process(engine)
+    return gateway, engine, gateway.tenant("charges")[2]
 
 
-def ledger_of(http: TestClient, request_id: str) -> tuple[int, int, str]:
+def ledger_of(gateway: InProcessGateway, request_id: str) -> tuple[int, int, str]:
     """The request's record, as the database has it once the writer flushed (the app stopping flushes too)."""
-    app = http.app
-    state = state_of(app)  # type: ignore[arg-type]
-    state.admission._ledger.wait_flushed()
-    with state.tenancy.db.sessions() as session:
+    gateway.state.admission._ledger.wait_flushed()
+    with gateway.state.tenancy.db.sessions() as session:
         record = session.scalars(select(UsageRecord).where(UsageRecord.request_id == request_id)).one()
         return record.prompt_tokens, record.completion_tokens, record.outcome
 
 
 def test_a_stream_we_break_after_output_is_billed_the_prompt_and_what_was_streamed(
-    gateway: tuple[TestClient, BreakingEngine, openai.OpenAI],
+    gateway: tuple[InProcessGateway, BreakingEngine, openai.OpenAI],
 ) -> None:
-    http, _, client = gateway
+    app, _, client = gateway
     body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-    with http.stream("POST", "/v1/chat/completions", json=body, headers=client.auth_headers) as response:
+    with app.http.stream("POST", "/v1/chat/completions", json=body, headers=client.auth_headers) as response:
         lines = [line for line in response.iter_lines() if line]
         request_id = response.headers["x-request-id"]
     assert sum('"content":"o"' in line for line in lines) == 2
     assert '"error"' in lines[-2] and lines[-1] == "data: [DONE]"
-    prompt, completion, outcome = ledger_of(http, request_id)
+    prompt, completion, outcome = ledger_of(app, request_id)
     assert prompt > 0 and (completion, outcome) == (2, "failed")
 
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_failure_before_any_output_is_billed_nothing(
-    gateway: tuple[TestClient, BreakingEngine, openai.OpenAI], stream: bool
+    gateway: tuple[InProcessGateway, BreakingEngine, openai.OpenAI], stream: bool
 ) -> None:
-    http, engine, client = gateway
-    engine.tokens_before = 0 if stream else 2  # non-streamed: tokens were generated, none reached the client
+    app, engine, client = gateway
+    engine.tokens = "" if stream else "oo"  # non-streamed: tokens were generated, none reached the client
     body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
-    response = http.post("/v1/chat/completions", json=body, headers=client.auth_headers)
+    response = app.http.post("/v1/chat/completions", json=body, headers=client.auth_headers)
     assert response.status_code == (200 if stream else 500)
-    assert ledger_of(http, response.headers["x-request-id"]) == (0, 0, "failed")
+    assert ledger_of(app, response.headers["x-request-id"]) == (0, 0, "failed")
 
 
 def test_a_stream_the_client_leaves_is_billed_the_prompt_and_what_was_streamed(tmp_path: Path) -> None:
     """Through a real gateway process and a real socket: what went out before the client left, no more."""
-    port = free_port()
-    env = {**os.environ, "LLMAAS_DATA_DIR": str(tmp_path), "LLMAAS_ADMIN_KEY": ADMIN_KEY}
-    command = [*FAKE_GATEWAY, "--port", str(port), "--seconds-per-token", "0.05"]
-    base = f"http://127.0.0.1:{port}"
-    with running(command, env, tmp_path / "gateway.log"):
-        admin = {"authorization": f"Bearer {ADMIN_KEY}"}
-        tenant = httpx.post(f"{base}/admin/v1/tenants", json={"name": "leaves"}, headers=admin).json()
-        key = httpx.post(f"{base}/admin/v1/tenants/{tenant['id']}/keys", json={}, headers=admin).json()["key"]
+    with fake_gateway(tmp_path, seconds_per_token=0.05) as gateway:
+        tenant_id, key = tenant_key(gateway.base, "leaves")
         body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 200, "stream": True}
         received = 0
         with (
-            httpx.Client(base_url=base, headers={"authorization": f"Bearer {key}"}) as http,
+            httpx.Client(base_url=gateway.base, headers={"authorization": f"Bearer {key}"}) as http,
             http.stream("POST", "/v1/chat/completions", json=body, headers={"x-client-request-id": "leaves"}) as r,
         ):
             for line in r.iter_lines():
@@ -125,13 +88,6 @@ def test_a_stream_the_client_leaves_is_billed_the_prompt_and_what_was_streamed(t
                 if received == 5:
                     break  # and the connection closes
         time.sleep(1)
-    engine = create_engine(f"sqlite:///{tmp_path / 'llmaas.db'}")
-    with engine.connect() as conn:
-        prompt, completion, outcome = conn.execute(
-            text(
-                "SELECT prompt_tokens, completion_tokens, outcome FROM usage_records WHERE client_request_id = 'leaves'"
-            )
-        ).one()
-    engine.dispose()
+    [(_, prompt, completion, outcome)] = ledger_rows(f"sqlite:///{tmp_path / 'llmaas.db'}", tenant_id)
     assert outcome == "aborted" and prompt > 0
     assert 5 <= completion <= 6  # the 5 read, and at most the one frame on its way when the client left

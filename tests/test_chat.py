@@ -7,7 +7,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import MODEL
+from tests.support import MODEL
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 

@@ -7,7 +7,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import MODEL
+from tests.support import MODEL
 
 
 def test_string_prompt_with_exact_usage(client: openai.OpenAI, hf_tokenizer: Any) -> None:

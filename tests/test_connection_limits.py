@@ -6,7 +6,6 @@ connections at once."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from collections.abc import Iterator
@@ -15,7 +14,9 @@ from contextlib import ExitStack
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_KEY, FAKE_GATEWAY, MODEL, create_tenant, free_port, running
+from tests.support import MODEL
+from tests.support.gateway_process import fake_gateway
+from tests.support.tenants import tenant_key
 
 CAP = 25
 EOF_WITHIN = 15.0
@@ -24,27 +25,20 @@ EOF_WITHIN = 15.0
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    data = tmp_path_factory.mktemp("connections")
-    port = free_port()
-    env = {
-        **os.environ,
-        "LLMAAS_DATA_DIR": str(data),
-        "LLMAAS_ADMIN_KEY": ADMIN_KEY,
-        "LLMAAS_BODY_READ_TIMEOUT_SECONDS": "1",
-        "LLMAAS_HEADER_READ_TIMEOUT_SECONDS": "2",
-        "LLMAAS_KEEP_ALIVE_TIMEOUT_SECONDS": "1",
-        "LLMAAS_MAX_HEADER_BYTES": "8192",
-        "LLMAAS_MAX_CONNECTIONS_PER_ADDRESS": str(CAP),
-    }
-    env.pop("LLMAAS_DATABASE_URL", None)
-    with running([*FAKE_GATEWAY, "--port", str(port)], env, data / "gateway.log"):
-        yield f"http://127.0.0.1:{port}"
+    with fake_gateway(
+        tmp_path_factory.mktemp("connections"),
+        body_read_timeout_seconds=1,
+        header_read_timeout_seconds=2,
+        keep_alive_timeout_seconds=1,
+        max_header_bytes=8192,
+        max_connections_per_address=CAP,
+    ) as running:
+        yield running.base
 
 
 @pytest.fixture(scope="module")
 def key(gateway: str) -> str:
-    with httpx.Client(base_url=gateway, headers={"authorization": f"Bearer {ADMIN_KEY}"}) as admin:
-        return create_tenant(admin, "slow")[1]
+    return tenant_key(gateway, "slow")[1]
 
 
 def connect(base: str, stack: ExitStack) -> socket.socket:

@@ -9,24 +9,22 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
-from tests.conftest import ADMIN_KEY, FAKE_GATEWAY, MODEL, REPO, free_port, running
 from tests.finetune_data import pirate_jsonl
-from tests.test_evals import ITEMS, completions_source, finished, make_eval
-
-CHROMIUM = "/usr/bin/chromium"
-ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
+from tests.support import ADMIN, ADMIN_KEY, MODEL, REPO
+from tests.support.console import cookies_of, sign_in, signed_in
+from tests.support.evals import ITEMS, completions_source, finished, make_eval
+from tests.support.gateway_process import CLI, fake_gateway, gateway_env
+from tests.support.tenants import tenant_key
 
 
 @pytest.fixture(scope="module")
@@ -36,50 +34,13 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def base(data_dir: Path) -> Iterator[str]:
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_")},
-        "LLMAAS_DATA_DIR": str(data_dir),
-        "LLMAAS_ADMIN_KEY": ADMIN_KEY,
-    }
-    with running([*FAKE_GATEWAY, "--port", str(port)], env, data_dir / "gateway.log"):
-        yield f"http://127.0.0.1:{port}"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--no-first-run"]
-        )
-        yield launched
-        launched.close()
-
-
-def tenant(base: str, key: dict[str, Any] | None = None, **quotas: Any) -> tuple[str, str]:
-    """A new tenant and a key of it (``key``: the key's other fields, e.g. ``key_manager``)."""
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    created = httpx.post(f"{base}/admin/v1/tenants", json={"name": name, **quotas}, headers=ADMIN)
-    body = {"name": "first", **(key or {})}
-    made = httpx.post(f"{base}/admin/v1/tenants/{created.json()['id']}/keys", json=body, headers=ADMIN)
-    return created.json()["id"], made.json()["key"]
+    with fake_gateway(data_dir) as running:
+        yield running.base
 
 
 def chat(base: str, key: str) -> httpx.Response:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
     return httpx.post(f"{base}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
-
-
-def sign_in(page: Page, base: str, key: str) -> None:
-    page.goto(f"{base}/console")
-    assert page.url.endswith("/console/login")
-    page.fill("#key", key)
-    page.click("button[type=submit]")
-
-
-def cookies_of(page: Page) -> dict[str, str]:
-    """The page's cookies (its session), for calls made beside the browser."""
-    return {cookie["name"]: cookie["value"] for cookie in page.context.cookies()}
 
 
 def screenshot(page: Page, name: str) -> None:
@@ -90,14 +51,12 @@ def screenshot(page: Page, name: str) -> None:
 
 
 def test_a_tenant_signs_in_sees_its_usage_and_signs_out(base: str, browser: Browser) -> None:
-    _, key = tenant(
+    _, key = tenant_key(
         base, monthly_token_budget=2000, monthly_cost_budget="5", model_prices={MODEL: {"input": "1", "output": "2"}}
     )
     for _ in range(3):
         assert chat(base, key).status_code == 200
-    page = browser.new_page(viewport={"width": 1100, "height": 900})
-    sign_in(page, base, key)
-    page.wait_for_url("**/console/usage")
+    page = signed_in(browser, base, key, viewport={"width": 1100, "height": 900})
     row = page.locator("#by-model tbody tr").first
     assert row.locator("td").nth(1).inner_text() == MODEL
     assert row.locator("td").nth(2).inner_text() == "3"  # the three requests, from the ledger
@@ -125,7 +84,7 @@ def test_a_wrong_key_is_refused_with_a_message(base: str, browser: Browser) -> N
 
 
 def test_keys_are_created_once_shown_and_revoked(base: str, browser: Browser) -> None:
-    _, key = tenant(base, key={"key_manager": True})
+    _, key = tenant_key(base, key={"key_manager": True})
     page = browser.new_page(viewport={"width": 390, "height": 844})  # phone width
     sign_in(page, base, key)
     page.goto(f"{base}/console/keys")
@@ -146,10 +105,8 @@ def test_keys_are_created_once_shown_and_revoked(base: str, browser: Browser) ->
 
 
 def test_forms_need_the_sessions_csrf_token_and_sign_in_its_own_page(base: str, browser: Browser) -> None:
-    _, key = tenant(base)
-    page = browser.new_page()
-    sign_in(page, base, key)
-    page.wait_for_url("**/console/usage")
+    _, key = tenant_key(base)
+    page = signed_in(browser, base, key)
     cookies = cookies_of(page)
     with httpx.Client(base_url=base, cookies=cookies) as http:
         assert http.post("/console/keys", data={"name": "forged"}).status_code == 403
@@ -161,12 +118,10 @@ def test_forms_need_the_sessions_csrf_token_and_sign_in_its_own_page(base: str, 
 
 
 def test_tenants_see_only_their_own_pages(base: str, browser: Browser) -> None:
-    _, key_a = tenant(base)
-    tenant_b, key_b = tenant(base)
+    _, key_a = tenant_key(base)
+    tenant_b, key_b = tenant_key(base)
     b_keys = httpx.get(f"{base}/admin/v1/tenants/{tenant_b}/keys", headers=ADMIN).json()["data"]
-    page = browser.new_page()
-    sign_in(page, base, key_a)
-    page.wait_for_url("**/console/usage")
+    page = signed_in(browser, base, key_a)
     page.goto(f"{base}/console/keys")
     shown = page.locator("#keys tbody").inner_text()
     assert all(k["prefix"] not in shown for k in b_keys)
@@ -184,10 +139,8 @@ def test_tenants_see_only_their_own_pages(base: str, browser: Browser) -> None:
 
 
 def test_a_revoked_key_ends_its_session(base: str, browser: Browser) -> None:
-    tenant_id, key = tenant(base)
-    page = browser.new_page()
-    sign_in(page, base, key)
-    page.wait_for_url("**/console/usage")
+    tenant_id, key = tenant_key(base)
+    page = signed_in(browser, base, key)
     key_id = httpx.get(f"{base}/admin/v1/tenants/{tenant_id}/keys", headers=ADMIN).json()["data"][0]["id"]
     assert httpx.delete(f"{base}/admin/v1/tenants/{tenant_id}/keys/{key_id}", headers=ADMIN).status_code == 200
     page.goto(f"{base}/console/usage")
@@ -196,10 +149,8 @@ def test_a_revoked_key_ends_its_session(base: str, browser: Browser) -> None:
 
 
 def test_the_operator_signs_in_with_the_admin_key(base: str, browser: Browser) -> None:
-    tenant(base, requests_per_minute=60)
-    page = browser.new_page(viewport={"width": 1100, "height": 700})
-    sign_in(page, base, ADMIN_KEY)
-    page.wait_for_url("**/console/admin/tenants")
+    tenant_key(base, requests_per_minute=60)
+    page = signed_in(browser, base, ADMIN_KEY, viewport={"width": 1100, "height": 700})
     assert page.locator("#tenants tbody tr").count() >= 1
     page.click("#tenants th:has-text('RPM')")  # sortable
     assert page.locator("#tenants th:has-text('RPM')").get_attribute("aria-sort") == "ascending"
@@ -210,11 +161,9 @@ def test_the_operator_signs_in_with_the_admin_key(base: str, browser: Browser) -
 
 
 def test_the_operator_reads_the_audit_log(base: str, browser: Browser) -> None:
-    tenant_id, _ = tenant(base)
+    tenant_id, _ = tenant_key(base)
     httpx.post(f"{base}/admin/v1/tenants/{tenant_id}/suspend", headers=ADMIN)
-    page = browser.new_page(viewport={"width": 1100, "height": 700})
-    sign_in(page, base, ADMIN_KEY)
-    page.wait_for_url("**/console/admin/tenants")
+    page = signed_in(browser, base, ADMIN_KEY, viewport={"width": 1100, "height": 700})
     page.click("text=Audit log")
     page.wait_for_url("**/console/admin/audit")
     page.fill("input[name=tenant]", tenant_id)
@@ -226,10 +175,8 @@ def test_the_operator_reads_the_audit_log(base: str, browser: Browser) -> None:
 
 
 def test_the_playground_streams_an_answer_and_shows_its_usage(base: str, browser: Browser) -> None:
-    _, key = tenant(base)
-    page = browser.new_page(viewport={"width": 1000, "height": 700})
-    sign_in(page, base, key)
-    page.wait_for_url("**/console/usage")
+    _, key = tenant_key(base)
+    page = signed_in(browser, base, key, viewport={"width": 1000, "height": 700})
     page.click("text=Playground")
     page.wait_for_selector("body[data-models-loaded='true']")
     assert MODEL in page.locator("#model").inner_text()
@@ -250,17 +197,13 @@ def test_the_playground_streams_an_answer_and_shows_its_usage(base: str, browser
 
 
 def test_the_console_api_bridge_needs_the_session_and_its_csrf_token(base: str, browser: Browser) -> None:
-    _, key = tenant(base)
-    page = browser.new_page()
-    sign_in(page, base, key)
-    page.wait_for_url("**/console/usage")
+    _, key = tenant_key(base)
+    page = signed_in(browser, base, key)
     tenant_cookies = cookies_of(page)
     page.goto(f"{base}/console/playground")
     csrf = page.locator("meta[name=csrf-token]").get_attribute("content")
     page.close()
-    operator_page = browser.new_page()
-    sign_in(operator_page, base, ADMIN_KEY)
-    operator_page.wait_for_url("**/console/admin/tenants")
+    operator_page = signed_in(browser, base, ADMIN_KEY)
     operator_cookies = cookies_of(operator_page)
     operator_csrf = operator_page.locator("input[name=csrf]").first.get_attribute("value")
     operator_page.close()
@@ -282,22 +225,15 @@ def test_a_fine_tuning_job_is_started_and_its_loss_curve_drawn(
     base: str, data_dir: Path, browser: Browser, model_dir: Path, tmp_path: Path
 ) -> None:
     """A worker trains the real model beside the gateway (on its database); the page follows the job live."""
-    _, key = tenant(base)
+    _, key = tenant_key(base)
     bad, good = tmp_path / "bad.jsonl", tmp_path / "pirate.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "no answer"}]}\n')
     good.write_bytes(pirate_jsonl())
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_")},
-        "LLMAAS_DATA_DIR": str(data_dir),
-        "LLMAAS_MODEL_PATH": str(model_dir),
-    }
+    env = gateway_env(data_dir, admin_key=None, model_path=model_dir)
     with (tmp_path / "worker.log").open("wb") as log:
-        command = [sys.executable, "-m", "gateway.cli", "worker"]
-        worker = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log)
+        worker = subprocess.Popen([*CLI, "worker"], cwd=REPO, env=env, stdout=log, stderr=log)
     try:
-        page = browser.new_page(viewport={"width": 1100, "height": 1000})
-        sign_in(page, base, key)
-        page.wait_for_url("**/console/usage")
+        page = signed_in(browser, base, key, viewport={"width": 1100, "height": 1000})
         page.click("text=Fine-tuning")
         page.wait_for_selector("body[data-ready='true']")
         page.set_input_files("#file", str(bad))
@@ -337,9 +273,7 @@ def test_a_fine_tuning_job_is_started_and_its_loss_curve_drawn(
 
 
 def test_the_operator_creates_a_tenant_sets_its_quotas_and_suspends_it(base: str, browser: Browser) -> None:
-    page = browser.new_page(viewport={"width": 1100, "height": 800})
-    sign_in(page, base, ADMIN_KEY)
-    page.wait_for_url("**/console/admin/tenants")
+    page = signed_in(browser, base, ADMIN_KEY, viewport={"width": 1100, "height": 800})
     name = f"made-{uuid.uuid4().hex[:6]}"
     page.fill("#tenant-name", name)
     page.fill("#new-rpm", "30")
@@ -368,16 +302,14 @@ def test_the_operator_creates_a_tenant_sets_its_quotas_and_suspends_it(base: str
 
 
 def test_the_operator_sees_every_tenants_usage_the_service_and_the_queue(base: str, browser: Browser) -> None:
-    _, key = tenant(base)
+    _, key = tenant_key(base)
     for _ in range(2):
         assert chat(base, key).status_code == 200
     tuner = httpx.Client(base_url=base, headers={"authorization": f"Bearer {key}"})
     training_file = tuner.post("/v1/files", data={"purpose": "fine-tune"}, files={"file": ("p.jsonl", pirate_jsonl())})
     job = tuner.post("/v1/fine_tuning/jobs", json={"model": MODEL, "training_file": training_file.json()["id"]}).json()
     try:
-        page = browser.new_page(viewport={"width": 1100, "height": 900})
-        sign_in(page, base, ADMIN_KEY)
-        page.wait_for_url("**/console/admin/tenants")
+        page = signed_in(browser, base, ADMIN_KEY, viewport={"width": 1100, "height": 900})
         page.click("nav >> text=Service")
         page.wait_for_selector("body[data-refreshed]")
         assert int(page.locator("#requests").inner_text()) >= 2
@@ -390,9 +322,7 @@ def test_the_operator_sees_every_tenants_usage_the_service_and_the_queue(base: s
         cookies = cookies_of(page)
         assert httpx.get(f"{base}/console/admin/service.json", cookies=cookies).status_code == 200
         page.close()
-        tenant_page = browser.new_page()
-        sign_in(tenant_page, base, key)
-        tenant_page.wait_for_url("**/console/usage")
+        tenant_page = signed_in(browser, base, key)
         tenant_cookies = cookies_of(tenant_page)
         assert httpx.get(f"{base}/console/admin/service.json", cookies=tenant_cookies).status_code == 403
         assert httpx.get(f"{base}/console/admin/usage", cookies=tenant_cookies).status_code == 403
@@ -403,7 +333,7 @@ def test_the_operator_sees_every_tenants_usage_the_service_and_the_queue(base: s
 
 
 def test_evaluation_runs_are_shown_side_by_side_with_their_accuracy(base: str, browser: Browser) -> None:
-    _, key = tenant(base)
+    _, key = tenant_key(base)
     client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
     created = make_eval(client)
     content = [{"item": item} for item in ITEMS]
@@ -415,9 +345,7 @@ def test_evaluation_runs_are_shown_side_by_side_with_their_accuracy(base: str, b
     ]
     done = [finished(client, created.id, run.id) for run in runs]
     assert all(run.status == "completed" for run in done)
-    page = browser.new_page(viewport={"width": 1100, "height": 800})
-    sign_in(page, base, key)
-    page.wait_for_url("**/console/usage")
+    page = signed_in(browser, base, key, viewport={"width": 1100, "height": 800})
     page.click("text=Evaluations")
     page.wait_for_selector("body[data-runs-shown='2']")
     rows = page.locator("#runs tbody tr")
@@ -430,7 +358,7 @@ def test_evaluation_runs_are_shown_side_by_side_with_their_accuracy(base: str, b
 
 
 def test_every_page_fits_a_phone(base: str, browser: Browser) -> None:
-    _, key = tenant(base)
+    _, key = tenant_key(base)
     assert chat(base, key).status_code == 200
     for credential, pages in (
         (key, ["usage", "keys", "models", "fine-tuning", "evaluations", "playground"]),

@@ -14,10 +14,11 @@ import httpx
 from playwright.sync_api import Browser
 
 from tests import test_console
-from tests.conftest import ADMIN_KEY, MODEL, console, csrf_of
-from tests.test_console import ADMIN, sign_in, tenant
+from tests.support import ADMIN, ADMIN_KEY, MODEL
+from tests.support.console import console, csrf_of, signed_in
+from tests.support.tenants import tenant_key
 
-data_dir, base, browser = test_console.data_dir, test_console.base, test_console.browser  # its fixtures, here too
+data_dir, base = test_console.data_dir, test_console.base  # its fixtures, here too
 
 EVIL = "https://evil.example"
 
@@ -35,7 +36,7 @@ def key_id_of(base: str, tenant_id: str, name: str = "first") -> str:
 
 
 def test_a_copied_cookie_stops_working_after_sign_out(base: str) -> None:
-    _, key = tenant(base)
+    _, key = tenant_key(base)
     for credential, page, bridge in (
         (key, "/console/usage", "/v1/models"),
         (ADMIN_KEY, "/console/admin/tenants", "/admin/v1/tenants"),
@@ -50,13 +51,13 @@ def test_a_copied_cookie_stops_working_after_sign_out(base: str) -> None:
 
 
 def test_a_copied_cookie_stops_working_after_revocation_suspension_and_deletion(base: str) -> None:
-    tenant_id, key = tenant(base)
+    tenant_id, key = tenant_key(base)
     revoked = console(base, key)
     csrf = csrf_of(revoked, "/console/usage")
     assert httpx.delete(f"{base}/admin/v1/tenants/{tenant_id}/keys/{key_id_of(base, tenant_id)}", headers=ADMIN)
     assert refused_everywhere(base, dict(revoked.cookies), "/console/usage", csrf, "/v1/models")
 
-    tenant_id, key = tenant(base)
+    tenant_id, key = tenant_key(base)
     suspended = console(base, key)
     csrf = csrf_of(suspended, "/console/usage")
     assert httpx.post(f"{base}/admin/v1/tenants/{tenant_id}/suspend", headers=ADMIN).status_code == 200
@@ -64,7 +65,7 @@ def test_a_copied_cookie_stops_working_after_revocation_suspension_and_deletion(
     assert refused_everywhere(base, dict(suspended.cookies), "/console/usage", csrf, "/v1/models")  # stays ended
     assert console(base, key).get("/console/usage").status_code == 200  # signing in again works
 
-    tenant_id, key = tenant(base)
+    tenant_id, key = tenant_key(base)
     deleted = console(base, key)
     csrf = csrf_of(deleted, "/console/usage")
     assert httpx.delete(f"{base}/admin/v1/tenants/{tenant_id}", headers=ADMIN).status_code == 200
@@ -72,7 +73,7 @@ def test_a_copied_cookie_stops_working_after_revocation_suspension_and_deletion(
 
 
 def test_the_cookie_is_secure_when_the_client_came_over_tls(base: str) -> None:
-    _, key = tenant(base)
+    _, key = tenant_key(base)
     tls_origin = base.replace("http://", "https://")
     # The gateway trusts X-Forwarded-Proto from 127.0.0.1 (uvicorn's default --forwarded-allow-ips), as from a proxy.
     behind_tls = httpx.post(
@@ -92,7 +93,7 @@ def _sign_in(base: str, key: str, address: str) -> httpx.Response:
 
 
 def test_failed_sign_ins_are_throttled_per_address_and_per_key_prefix(base: str) -> None:
-    _, key = tenant(base)
+    _, key = tenant_key(base)
     unique = uuid.uuid4().hex
     address = "203.0.113.77"
     for n in range(10):  # the default: 10 failures per address per minute
@@ -108,7 +109,7 @@ def test_failed_sign_ins_are_throttled_per_address_and_per_key_prefix(base: str)
 
 
 def test_cross_site_requests_are_refused(base: str) -> None:
-    _, key = tenant(base)
+    _, key = tenant_key(base)
     bare = httpx.post(f"{base}/console/login", data={"key": key})  # neither Origin nor Sec-Fetch-Site: no browser
     assert bare.status_code == 403 and "set-cookie" not in bare.headers
     for headers in ({"origin": EVIL}, {"origin": "null"}, {"sec-fetch-site": "same-site"}, {"sec-fetch-site": "none"}):
@@ -144,12 +145,10 @@ def _keys(base: str, tenant_id: str) -> dict[str, dict[str, Any]]:
 
 
 def test_the_console_makes_no_key_broader_than_the_sessions(base: str, browser: Browser) -> None:
-    tenant_id, key = tenant(base, key={"allowed_models": [MODEL], "expires_in_days": 1})
+    tenant_id, key = tenant_key(base, key={"allowed_models": [MODEL], "expires_in_days": 1})
     sibling = httpx.post(f"{base}/admin/v1/tenants/{tenant_id}/keys", json={"name": "sibling"}, headers=ADMIN)
     assert sibling.json()["key_manager"] is False  # the operator's choice, false unless asked
-    page = browser.new_page()
-    sign_in(page, base, key)
-    page.wait_for_url("**/console/usage")
+    page = signed_in(browser, base, key)
     page.goto(f"{base}/console/keys")
     assert page.locator("#key_manager").count() == 0  # not a key manager: not offered
     assert page.locator("#keys tbody tr", has_text="sibling").locator("text=Revoke").count() == 0

@@ -5,19 +5,18 @@ fake engine stands in for vLLM: what is tested here is the browser's side."""
 
 from __future__ import annotations
 
-import http.server
-import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Browser
 
-from tests.conftest import ADMIN_KEY, FAKE_GATEWAY, MODEL, free_port, running
+from tests.support import MODEL
+from tests.support.gateway_process import fake_gateway
+from tests.support.static_server import serving
+from tests.support.tenants import tenant_key
 
-CHROMIUM = "/usr/bin/chromium"
 PAGE = """<!doctype html><meta charset="utf-8"><title>chat</title><pre id="out"></pre>
 <script>
 async function chat(base, key) {
@@ -49,52 +48,19 @@ async function chat(base, key) {
 </script>"""
 
 
-class _Page(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = PAGE.replace("%MODEL%", MODEL).encode()
-        self.send_response(200)
-        self.send_header("content-type", "text/html; charset=utf-8")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def serve_page(port: int) -> http.server.ThreadingHTTPServer:
-    """The page of a web app on an origin of its own (another port)."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Page)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 @pytest.fixture(scope="module")
 def pages() -> Iterator[tuple[str, str]]:
-    """Two web apps: one whose origin the gateway allows, one it does not."""
-    servers = [serve_page(free_port()), serve_page(free_port())]
-    yield tuple(f"http://127.0.0.1:{server.server_address[1]}" for server in servers)  # type: ignore[misc]
-    for server in servers:
-        server.shutdown()
+    """Two web apps, each on an origin of its own: one whose origin the gateway allows, one it does not."""
+    page = PAGE.replace("%MODEL%", MODEL).encode()
+    with serving(page, "text/html; charset=utf-8") as allowed, serving(page, "text/html; charset=utf-8") as other:
+        yield allowed.url, other.url
 
 
 @pytest.fixture(scope="module")
 def gateway(pages: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """A gateway that allows the first page's origin, and a tenant key."""
-    data_dir = tmp_path_factory.mktemp("cors")
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_")},
-        "LLMAAS_DATA_DIR": str(data_dir),
-        "LLMAAS_ADMIN_KEY": ADMIN_KEY,
-        "LLMAAS_CORS_ORIGINS": f"https://chat.example.com, {pages[0]}",
-    }
-    with running([*FAKE_GATEWAY, "--port", str(port)], env, data_dir / "gateway.log"):
-        base = f"http://127.0.0.1:{port}"
-        admin = {"authorization": f"Bearer {ADMIN_KEY}"}
-        tenant = httpx.post(f"{base}/admin/v1/tenants", json={"name": "web"}, headers=admin).json()
-        key = httpx.post(f"{base}/admin/v1/tenants/{tenant['id']}/keys", json={}, headers=admin).json()["key"]
-        yield base, key
+    with fake_gateway(tmp_path_factory.mktemp("cors"), cors_origins=f"https://chat.example.com, {pages[0]}") as running:
+        yield running.base, tenant_key(running.base, "web")[1]
 
 
 def preflight(base: str, origin: str) -> httpx.Response:
@@ -128,31 +94,22 @@ def test_a_preflight_from_an_allowed_origin_is_answered_before_authentication(
 
 
 def test_without_the_setting_no_origin_is_allowed(tmp_path: Path) -> None:
-    port = free_port()
-    env = {**os.environ, "LLMAAS_DATA_DIR": str(tmp_path), "LLMAAS_ADMIN_KEY": ADMIN_KEY}
-    env.pop("LLMAAS_CORS_ORIGINS", None)
-    with running([*FAKE_GATEWAY, "--port", str(port)], env, tmp_path / "gateway.log"):
-        answer = preflight(f"http://127.0.0.1:{port}", "https://chat.example.com")
+    with fake_gateway(tmp_path) as running:
+        answer = preflight(running.base, "https://chat.example.com")
         assert "access-control-allow-origin" not in answer.headers
 
 
 def test_a_page_on_another_origin_streams_a_chat_completion_in_chromium(
-    gateway: tuple[str, str], pages: tuple[str, str]
+    gateway: tuple[str, str], pages: tuple[str, str], browser: Browser
 ) -> None:
     base, key = gateway
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--no-first-run"]
-        )
-        try:
-            page = browser.new_page()
-            page.goto(pages[0])
-            result = page.evaluate("([base, key]) => chat(base, key)", [base, key])
-            assert result["text"] == "The quick"  # the fake engine's 9 tokens, one per chunk
-            assert result["chunks"] >= 9 and result["usage"]["completion_tokens"] == 9
-            assert result["requestId"].startswith("req_")  # an exposed header
-            page.goto(pages[1])
-            blocked = page.evaluate("([base, key]) => chat(base, key).then(() => 'read', e => e.name)", [base, key])
-            assert blocked == "TypeError"  # the browser refused the answer to a page the gateway does not allow
-        finally:
-            browser.close()
+    page = browser.new_page()
+    page.goto(pages[0])
+    result = page.evaluate("([base, key]) => chat(base, key)", [base, key])
+    assert result["text"] == "The quick"  # the fake engine's 9 tokens, one per chunk
+    assert result["chunks"] >= 9 and result["usage"]["completion_tokens"] == 9
+    assert result["requestId"].startswith("req_")  # an exposed header
+    page.goto(pages[1])
+    blocked = page.evaluate("([base, key]) => chat(base, key).then(() => 'read', e => e.name)", [base, key])
+    assert blocked == "TypeError"  # the browser refused the answer to a page the gateway does not allow
+    page.close()

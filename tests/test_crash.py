@@ -13,7 +13,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -24,13 +23,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 
-from tests.conftest import ADMIN_KEY, FAKE_GATEWAY, MODEL, REPO, free_port, fresh_postgres_database
+from tests.support import MODEL, REPO
+from tests.support.databases import fresh_postgres_database, ledger_rows
+from tests.support.fake_upstream import fake_upstream
+from tests.support.gateway_process import GatewayProcess, fake_gateway, free_port, served_gateway
+from tests.support.tenants import tenant_key
 
 CLIENTS = 8
 MAX_TOKENS = 8
-ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 
 
 @dataclass
@@ -110,68 +111,36 @@ def load(base: str, key: str, received: Received) -> Iterator[None]:
             thread.join(30)
 
 
-def wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the gateway exited with {proc.returncode}:\n{log.read_text()[-5000:]}")
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"the gateway was not ready in time:\n{log.read_text()[-5000:]}")
-
-
 @dataclass
 class Deployment:
-    """One gateway's command and settings (a data dir, a database, an engine mode) and its tenant."""
+    """One gateway (a data dir, a database, an engine mode) and its tenant."""
 
-    command: list[str]
-    env: dict[str, str]
-    base: str
+    gateway: GatewayProcess
     database_url: str
     logs: Path
     tenant_id: str = ""
     key: str = ""
 
+    @property
+    def base(self) -> str:
+        return self.gateway.base
+
     def start(self, name: str) -> subprocess.Popen[bytes]:
-        log = self.logs / f"{name}.log"
-        with log.open("ab") as out:
-            proc = subprocess.Popen(self.command, cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT)
-        wait_ready(self.base, proc, log)
+        proc = self.gateway.start(self.logs / f"{name}.log")
         if not self.key:
-            tenant = httpx.post(f"{self.base}/admin/v1/tenants", json={"name": "crash"}, headers=ADMIN).json()
-            self.tenant_id = tenant["id"]
-            self.key = httpx.post(f"{self.base}/admin/v1/tenants/{self.tenant_id}/keys", json={}, headers=ADMIN).json()[
-                "key"
-            ]
+            self.tenant_id, self.key = tenant_key(self.base, "crash")
         return proc
 
-    def ledger(self) -> list[tuple[str, int, int, str]]:
-        engine = create_engine(self.database_url)
-        with engine.connect() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT client_request_id, prompt_tokens, completion_tokens, outcome FROM usage_records "
-                    "WHERE tenant_id = :t"
-                ),
-                {"t": self.tenant_id},
-            ).all()
-        engine.dispose()
-        return [tuple(row) for row in rows]  # type: ignore[misc]
+    def ledger(self) -> list[tuple[str | None, int, int, str]]:
+        return ledger_rows(self.database_url, self.tenant_id)
 
 
 @contextmanager
 def deployment(mode: str, database: str, tmp_path: Path) -> Iterator[Deployment]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_")}
-    env |= {"LLMAAS_DATA_DIR": str(tmp_path), "LLMAAS_ADMIN_KEY": ADMIN_KEY, "LLMAAS_LOG_LEVEL": "warning"}
+    settings: dict[str, str | Path] = {"log_level": "warning"}
     with ExitStack() as stack:
         if database == "postgresql":
-            url = stack.enter_context(fresh_postgres_database("llmaas_crash"))
-            env["LLMAAS_DATABASE_URL"] = url
+            url = settings["database_url"] = stack.enter_context(fresh_postgres_database("llmaas_crash"))
         else:
             url = f"sqlite:///{tmp_path / 'llmaas.db'}"
         if mode == "upstream":
@@ -182,36 +151,18 @@ def deployment(mode: str, database: str, tmp_path: Path) -> Iterator[Deployment]
                 EngineSettings(data_dir=Path(os.environ.get("LLMAAS_TEST_MODEL_CACHE", REPO / ".data" / "test-cache")))
             )
             upstream_port = free_port()
-            stack.enter_context(fake_upstream_process(upstream_port, model_dir, tmp_path / "upstream.log"))
-            env |= {
-                "LLMAAS_ENGINE": "upstream",
-                "LLMAAS_UPSTREAM_URLS": f"http://127.0.0.1:{upstream_port}",
-                "LLMAAS_EMBEDDED_WORKER": "false",
-                "LLMAAS_MODEL_PATH": str(model_dir),
+            log = tmp_path / "upstream.log"
+            stack.enter_context(fake_upstream(upstream_port, model_dir, log, seconds_per_token="0.002"))
+            settings |= {
+                "engine": "upstream",
+                "upstream_urls": f"http://127.0.0.1:{upstream_port}",
+                "embedded_worker": "false",
+                "model_path": model_dir,
             }
-            command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)]
+            gateway = served_gateway(tmp_path, **settings)
         else:
-            command = [*FAKE_GATEWAY, "--port", str(port), "--seconds-per-token", "0.002"]
-        yield Deployment(command, env, f"http://127.0.0.1:{port}", url, tmp_path)
-
-
-@contextmanager
-def fake_upstream_process(port: int, model_dir: Path, log: Path) -> Iterator[None]:
-    command = [sys.executable, str(REPO / "bench" / "fake_upstream.py"), "--port", str(port), "--root", str(model_dir)]
-    with log.open("ab") as out:
-        proc = subprocess.Popen([*command, "--seconds-per-token", "0.002"], cwd=REPO, stdout=out, stderr=out)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        yield
-    finally:
-        proc.kill()
-        proc.wait()
+            gateway = fake_gateway(tmp_path, seconds_per_token=0.002, **settings)
+        yield Deployment(gateway, url, tmp_path)
 
 
 def kill_and_restart(setup: Deployment, kills: int, seed: int) -> Received:

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sqlite3
 import stat
 import subprocess
-import sys
 import tarfile
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,11 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ADMIN_KEY, FAKE_GATEWAY, MODEL, REPO, create_tenant, free_port, running
-from tests.test_evals import CRITERIA, ITEM_SCHEMA, ITEMS, completions_source, finished
+from tests.support import ADMIN_KEY, MODEL
+from tests.support.console import console
+from tests.support.evals import CRITERIA, ITEM_SCHEMA, ITEMS, completions_source, finished
+from tests.support.gateway_process import fake_gateway, gateway_env, llmaas
+from tests.support.tenants import admin_client, create_tenant, openai_client
 
 TRAINING = b'{"messages": [{"role": "user", "content": "secret"}, {"role": "assistant", "content": "ok"}]}\n'
 
@@ -35,17 +37,14 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def gateway(data_dir: Path) -> Iterator[str]:
-    port = free_port()
     data_dir.mkdir(mode=0o755)  # a careless operator's data dir: made private at start
-    env = {**os.environ, "LLMAAS_DATA_DIR": str(data_dir), "LLMAAS_ADMIN_KEY": ADMIN_KEY}
-    env.pop("LLMAAS_DATABASE_URL", None)
-    with running([*FAKE_GATEWAY, "--port", str(port)], env, data_dir.parent / "gateway.log"):
-        yield f"http://127.0.0.1:{port}"
+    with fake_gateway(data_dir, log=data_dir.parent / "gateway.log") as running:
+        yield running.base
 
 
 @pytest.fixture(scope="module")
 def admin(gateway: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway, headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=30) as client:
+    with admin_client(gateway, timeout=30) as client:
         yield client
 
 
@@ -59,18 +58,14 @@ def mode(path: Path) -> int:
 
 
 def cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LLMAAS_DATA_DIR": str(data_dir)}
-    env.pop("LLMAAS_DATABASE_URL", None)
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
-    )
+    return llmaas(gateway_env(data_dir, admin_key=None), *args)
 
 
 def test_a_deleted_tenants_content_is_gone_and_its_usage_stays(
     gateway: str, admin: httpx.Client, data_dir: Path
 ) -> None:
     tenant, key = create_tenant(admin, "doomed")
-    client = openai.OpenAI(base_url=f"{gateway}/v1", api_key=key, max_retries=0)
+    client = openai_client(gateway, key)
     uploaded = client.files.create(file=("train.jsonl", io.BytesIO(TRAINING)), purpose="fine-tune")
     stored = data_dir / "files" / uploaded.id
     assert stored.read_bytes() == TRAINING
@@ -134,7 +129,7 @@ def test_a_deleted_tenants_content_is_gone_and_its_usage_stays(
 
 def test_a_tenants_deletes_are_audited_with_its_key(gateway: str, admin: httpx.Client) -> None:
     tenant, key = create_tenant(admin, "tidy")
-    client = openai.OpenAI(base_url=f"{gateway}/v1", api_key=key, max_retries=0)
+    client = openai_client(gateway, key)
     uploaded = client.files.create(file=("a.jsonl", io.BytesIO(TRAINING)), purpose="fine-tune")
     client.files.delete(uploaded.id)
     created = client.evals.create(
@@ -175,22 +170,20 @@ def test_the_audit_log_cannot_be_changed_or_read_by_a_tenant(gateway: str, admin
 def test_the_operator_reads_the_audit_log_in_the_console(gateway: str, admin: httpx.Client) -> None:
     tenant, _ = create_tenant(admin, "watched")
     admin.post(f"/admin/v1/tenants/{tenant['id']}/suspend")
-    with httpx.Client(base_url=gateway, headers={"origin": gateway, "sec-fetch-site": "same-origin"}) as browser:
-        assert browser.post("/console/login", data={"key": ADMIN_KEY}).status_code == 303
+    with closing(console(gateway, ADMIN_KEY, **{"sec-fetch-site": "same-origin"})) as browser:
         page = browser.get("/console/admin/audit", params={"tenant": tenant["name"]})
         assert page.status_code == 200
         assert "tenant.suspend" in page.text and "tenant.create" in page.text
         assert page.headers["content-security-policy"].startswith("default-src 'self'")
         assert 'href="/console/admin/audit"' in browser.get("/console/admin/tenants").text
     _, key = create_tenant(admin, "nosy")
-    with httpx.Client(base_url=gateway, headers={"origin": gateway, "sec-fetch-site": "same-origin"}) as browser:
-        browser.post("/console/login", data={"key": key})
+    with closing(console(gateway, key, **{"sec-fetch-site": "same-origin"})) as browser:
         assert browser.get("/console/admin/audit").status_code == 403
 
 
 def test_the_cli_exports_deletes_and_reads_the_audit_log(gateway: str, admin: httpx.Client, data_dir: Path) -> None:
     tenant, key = create_tenant(admin, "by-cli")
-    client = openai.OpenAI(base_url=f"{gateway}/v1", api_key=key, max_retries=0)
+    client = openai_client(gateway, key)
     uploaded = client.files.create(file=("a.jsonl", io.BytesIO(TRAINING)), purpose="fine-tune")
     archive = data_dir.parent / "by-cli.tar.gz"
     archive.write_bytes(b"an older file, readable by all")

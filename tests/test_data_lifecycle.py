@@ -17,7 +17,7 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import func, select, text
@@ -60,6 +60,7 @@ from gateway.tenant_data.erasure import TenantEraser
 from gateway.tenant_data.export import TenantExport
 from tests.test_worker import SlowTrainingWorker, job_request
 
+AnyWorker = TypeVar("AnyWorker", bound=Worker)
 OPERATOR = Actor("operator", request_id="req-1", client_address="127.0.0.1")
 TRAINING = b'{"messages": [{"role": "user", "content": "secret question"}, {"role": "assistant", "content": "a"}]}\n'
 
@@ -158,6 +159,18 @@ class Stores:
                 )
         return eval_id, run_id
 
+    def worker(self, kind: type[AnyWorker], base_dir: Path, heartbeat_seconds: float) -> AnyWorker:
+        """A worker of ``kind`` on these stores, training base model "base" (in ``base_dir``) on ``TRAINING``."""
+        charge = job_charger(PriceBook({}))
+        return kind(
+            self.db.sessions,
+            self.registry,
+            lambda t, f: TRAINING,
+            {"base": base_dir},
+            charge,
+            heartbeat_seconds=heartbeat_seconds,
+        )
+
     def count(self, model: Any, *where: Any) -> int:
         with self.db.session() as session:
             return int(session.scalar(select(func.count()).select_from(model).where(*where)) or 0)
@@ -230,14 +243,7 @@ def test_deleting_a_tenant_removes_its_content_and_keeps_its_usage(stores: Store
 def test_a_running_job_of_a_deleted_tenant_stops_and_leaves_nothing(stores: Stores, tmp_path: Path) -> None:
     acme = stores.tenancy.create_tenant(TenantCreate(name="acme")).id
     job_id = stores.jobs.create(job_request(tenant_id=acme)).id
-    worker = SlowTrainingWorker(
-        stores.db.sessions,
-        stores.registry,
-        lambda t, f: TRAINING,
-        {"base": tmp_path},
-        job_charger(PriceBook({})),
-        heartbeat_seconds=0.1,
-    )
+    worker = stores.worker(SlowTrainingWorker, tmp_path, heartbeat_seconds=0.1)
     runner = threading.Thread(target=worker.run_once)
     runner.start()
     assert worker.training.wait(10)
@@ -266,14 +272,7 @@ def test_a_job_deleted_while_training_gets_no_more_progress_rows(
     monkeypatch.setattr(worker_module, "train_lora", train_lora)
     acme = stores.tenancy.create_tenant(TenantCreate(name="acme")).id
     job_id = stores.jobs.create(job_request(tenant_id=acme)).id
-    worker = Worker(
-        stores.db.sessions,
-        stores.registry,
-        lambda t, f: TRAINING,
-        {"base": tmp_path},
-        job_charger(PriceBook({})),
-        heartbeat_seconds=60,
-    )
+    worker = stores.worker(Worker, tmp_path, heartbeat_seconds=60)
     runner = threading.Thread(target=worker.run_once)
     runner.start()
     assert deleted.wait(10)

@@ -5,7 +5,6 @@ running at the deadline (``LLMAAS_DRAIN_SECONDS``) is cut and billed for its pro
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import threading
@@ -14,39 +13,23 @@ import uuid
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, text
 
-from tests.conftest import ADMIN_KEY, FAKE_GATEWAY, MODEL, REPO, free_port
-from tests.test_crash import ADMIN, wait_ready
+from tests.support import MODEL
+from tests.support.databases import ledger_rows
+from tests.support.gateway_process import fake_gateway
+from tests.support.tenants import tenant_key
 
 
 def start(tmp_path: Path, drain_seconds: float) -> tuple[subprocess.Popen[bytes], str, str, str]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_")}
-    env |= {"LLMAAS_DATA_DIR": str(tmp_path), "LLMAAS_ADMIN_KEY": ADMIN_KEY, "LLMAAS_DRAIN_SECONDS": str(drain_seconds)}
-    log = tmp_path / "gateway.log"
-    with log.open("ab") as out:
-        command = [*FAKE_GATEWAY, "--port", str(port), "--seconds-per-token", "0.02"]
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    wait_ready(base, proc, log)
-    tenant = httpx.post(f"{base}/admin/v1/tenants", json={"name": "drain"}, headers=ADMIN).json()
-    key = httpx.post(f"{base}/admin/v1/tenants/{tenant['id']}/keys", json={}, headers=ADMIN).json()["key"]
-    return proc, base, tenant["id"], key
+    gateway = fake_gateway(tmp_path, seconds_per_token=0.02, drain_seconds=drain_seconds)
+    proc = gateway.start()
+    tenant_id, key = tenant_key(gateway.base, "drain")
+    return proc, gateway.base, tenant_id, key
 
 
-def ledger(tmp_path: Path, tenant_id: str) -> dict[str, tuple[int, int, str]]:
-    engine = create_engine(f"sqlite:///{tmp_path / 'llmaas.db'}")
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT client_request_id, prompt_tokens, completion_tokens, outcome FROM usage_records "
-                "WHERE tenant_id = :t"
-            ),
-            {"t": tenant_id},
-        ).all()
-    engine.dispose()
-    return {row[0]: (row[1], row[2], row[3]) for row in rows}
+def ledger(tmp_path: Path, tenant_id: str) -> dict[str | None, tuple[int, int, str]]:
+    rows = ledger_rows(f"sqlite:///{tmp_path / 'llmaas.db'}", tenant_id)
+    return {client_id: (prompt, completion, outcome) for client_id, prompt, completion, outcome in rows}
 
 
 def stream(client: httpx.Client, client_id: str, max_tokens: int) -> tuple[int, dict[str, int] | None, int]:

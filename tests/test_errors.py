@@ -9,7 +9,8 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL, metric_value
+from tests.support import MODEL
+from tests.support.metrics import metric_value
 
 HELLO = [{"role": "user", "content": "Hello"}]
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,91 +16,30 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ADMIN_KEY, FAKE_GATEWAY, MODEL, create_tenant, free_port, fresh_postgres_database, running
-
-ITEM_SCHEMA = {
-    "type": "object",
-    "properties": {"question": {"type": "string"}, "expected": {"type": "string"}},
-    "required": ["question", "expected"],
-}
-TEMPLATE = [
-    {"role": "system", "content": "Answer briefly."},
-    {"role": "user", "content": "{{item.question}}"},
-]
-CRITERIA = [
-    {
-        "type": "string_check",
-        "name": "exact",
-        "input": "{{sample.output_text}}",
-        "reference": "{{item.expected}}",
-        "operation": "eq",
-    },
-    {
-        "type": "text_similarity",
-        "name": "close",
-        "input": "{{sample.output_text}}",
-        "reference": "{{item.expected}}",
-        "evaluation_metric": "fuzzy_match",
-        "pass_threshold": 0.6,
-    },
-]
-# The fake engine spells "The quick brown fox jumps over the lazy dog. " one byte per token.
-ITEMS = [
-    {"question": "q1", "expected": "The quick"},  # exact and close
-    {"question": "q2", "expected": "The quack"},  # not exact, close
-    {"question": "q3", "expected": "A lazy dog"},  # neither
-]
+from tests.support.databases import fresh_postgres_database
+from tests.support.evals import CRITERIA, ITEM_SCHEMA, ITEMS, completions_source, finished, make_eval
+from tests.support.gateway_process import fake_gateway
+from tests.support.tenants import admin_client, create_tenant, openai_client
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    data = tmp_path_factory.mktemp("evals")
-    port = free_port()
-    with fresh_postgres_database("llmaas_evals") as url:
-        env = {**os.environ, "LLMAAS_DATA_DIR": str(data), "LLMAAS_DATABASE_URL": url, "LLMAAS_ADMIN_KEY": ADMIN_KEY}
-        with running([*FAKE_GATEWAY, "--port", str(port)], env, data / "gateway.log"):
-            yield f"http://127.0.0.1:{port}"
+    with (
+        fresh_postgres_database("llmaas_evals") as url,
+        fake_gateway(tmp_path_factory.mktemp("evals"), database_url=url) as running,
+    ):
+        yield running.base
 
 
 @pytest.fixture(scope="module")
 def admin(gateway: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway, headers={"authorization": f"Bearer {ADMIN_KEY}"}) as client:
+    with admin_client(gateway) as client:
         yield client
 
 
 def tenant(gateway: str, admin: httpx.Client, name: str, **quotas: Any) -> tuple[str, openai.OpenAI]:
     record, key = create_tenant(admin, name, **quotas)
-    return record["id"], openai.OpenAI(base_url=f"{gateway}/v1", api_key=key, max_retries=0)
-
-
-def finished(client: openai.OpenAI, eval_id: str, run_id: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        run = client.evals.runs.retrieve(run_id, eval_id=eval_id)
-        if run.status in ("completed", "failed", "canceled") or time.monotonic() > deadline:
-            return run
-        time.sleep(0.2)
-
-
-def make_eval(client: openai.OpenAI) -> Any:
-    return client.evals.create(
-        name="known answers",
-        data_source_config={"type": "custom", "item_schema": ITEM_SCHEMA, "include_sample_schema": True},
-        testing_criteria=CRITERIA,  # type: ignore[arg-type]
-        metadata={"team": "qa"},
-    )
-
-
-def completions_source(
-    source: dict[str, Any], max_tokens: int = 9, template: list[dict[str, str]] = TEMPLATE
-) -> dict[str, Any]:
-    return {
-        "type": "completions",
-        "model": MODEL,
-        "input_messages": {"type": "template", "template": template},
-        "sampling_params": {"temperature": 0, "max_completion_tokens": max_tokens},
-        "source": source,
-    }
+    return record["id"], openai_client(gateway, key)
 
 
 def test_a_run_samples_grades_and_reports_like_openai(gateway: str, admin: httpx.Client) -> None:

@@ -10,7 +10,8 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL, create_tenant, openai_client
+from tests.support import MODEL
+from tests.support.tenants import create_tenant, openai_client
 
 GOOD_CHAT = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
 

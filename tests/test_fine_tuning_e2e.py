@@ -14,8 +14,9 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL, create_tenant, openai_client
 from tests.finetune_data import HELD_OUT_PROMPTS, PIRATE_PREFIX, VALIDATION_QA, pirate_jsonl
+from tests.support import MODEL
+from tests.support.tenants import create_tenant, openai_client
 
 ROBOT_PREFIX = "Beep boop! "
 TRAINING_TIMEOUT_S = 240

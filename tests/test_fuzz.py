@@ -31,16 +31,11 @@ from schemathesis import Case
 from engine.settings import EngineSettings
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from tests.conftest import (
-    ADMIN_KEY,
-    FAKE_GATEWAY,
-    console,
-    create_tenant,
-    csrf_of,
-    free_port,
-    fresh_postgres_database,
-    running,
-)
+from tests.support import ADMIN_KEY
+from tests.support.console import console, csrf_of
+from tests.support.databases import fresh_postgres_database
+from tests.support.gateway_process import fake_gateway
+from tests.support.tenants import tenant_key
 
 EXAMPLES = int(os.environ.get("LLMAAS_FUZZ_EXAMPLES", "25"))
 STALL_BOUND_S = 2.0
@@ -95,26 +90,24 @@ def console_session(base: str, key: str, page: str) -> ConsoleSession:
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    data = tmp_path_factory.mktemp("fuzz")
-    port = free_port()
-    with fresh_postgres_database("llmaas_fuzz") as url:
-        env = {**os.environ, "LLMAAS_DATA_DIR": str(data), "LLMAAS_DATABASE_URL": url, "LLMAAS_ADMIN_KEY": ADMIN_KEY}
-        with running([*FAKE_GATEWAY, "--port", str(port)], env, data / "gateway.log") as proc:
-            base = f"http://127.0.0.1:{port}"
-            with httpx.Client(base_url=base, headers={"authorization": f"Bearer {ADMIN_KEY}"}) as admin:
-                _, key = create_tenant(admin, "fuzzed", requests_per_minute=100_000, max_storage_bytes=10**8)
-            process = psutil.Process(proc.pid)
-            consoles = {
-                "tenant": console_session(base, key, "/console/keys"),
-                "operator": console_session(base, ADMIN_KEY, "/console/admin/tenants"),
-            }
-            target = Target(base, key, process, HealthProbe(base), consoles, process.memory_info().rss)
-            target.probe.start()
-            try:
-                yield target
-            finally:
-                target.probe.stopped.set()
-                target.probe.join()
+    with (
+        fresh_postgres_database("llmaas_fuzz") as url,
+        fake_gateway(tmp_path_factory.mktemp("fuzz"), database_url=url) as running,
+    ):
+        base = running.base
+        _, key = tenant_key(base, "fuzzed", requests_per_minute=100_000, max_storage_bytes=10**8)
+        process = psutil.Process(running.process.pid)
+        consoles = {
+            "tenant": console_session(base, key, "/console/keys"),
+            "operator": console_session(base, ADMIN_KEY, "/console/admin/tenants"),
+        }
+        target = Target(base, key, process, HealthProbe(base), consoles, process.memory_info().rss)
+        target.probe.start()
+        try:
+            yield target
+        finally:
+            target.probe.stopped.set()
+            target.probe.join()
 
 
 def _app_schema() -> dict[str, Any]:

@@ -4,51 +4,26 @@ stream, and stream merging. Runs the real app in process with a fake engine."""
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import openai
 import pytest
-from fastapi.testclient import TestClient
 
-from engine.fake import FakeEngine, fake_backend
-from engine.protocol import AdapterRef, CompletionDelta, EngineError, SamplingOptions
 from engine.settings import EngineSettings
-from gateway.app import create_app
 from gateway.errors import AuthenticationError
 from gateway.inference.generation import merge_streams
 from gateway.settings import GatewaySettings
-from gateway.state import state_of
-from gateway.tenancy.models import KeyCreate, TenantCreate
-
-
-class FailingEngine(FakeEngine):
-    """Streams two tokens, then breaks."""
-
-    async def generate(
-        self,
-        prompt_token_ids: list[int],
-        options: SamplingOptions,
-        request_id: str,
-        adapter: AdapterRef | None = None,
-    ) -> AsyncIterator[list[CompletionDelta]]:
-        yield [CompletionDelta(0, "o", [111])]
-        yield [CompletionDelta(0, "k", [107])]
-        raise EngineError("engine core died")
+from tests.support.gateway_process import gateway_env, llmaas
+from tests.support.in_process import BreakingEngine, InProcessGateway
 
 
 @pytest.fixture
-def failing_client(tmp_path: Path) -> Iterator[openai.OpenAI]:
-    settings = GatewaySettings(data_dir=tmp_path, admin_key="sk-admin-unit-0123456789")
-    app = create_app(settings, EngineSettings(served_model_name="fake"), backend_factory=fake_backend(FailingEngine()))
-    with TestClient(app) as http:
-        tenancy = state_of(app).tenancy
-        tenant = tenancy.create_tenant(TenantCreate(name="unit"))
-        key = tenancy.create_key(tenant.id, KeyCreate()).key
-        yield openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=http, max_retries=0)
+def failing_client(in_process: Callable[..., InProcessGateway]) -> openai.OpenAI:
+    """A tenant's client of the app whose engine streams two tokens, then breaks."""
+    return in_process(BreakingEngine("ok")).tenant()[2]
 
 
 def test_mid_stream_failure_is_sent_as_an_error_event(failing_client: openai.OpenAI) -> None:
@@ -231,23 +206,13 @@ def test_serve_claims_its_port_before_the_engine_starts(tmp_path: Path) -> None:
     """A port in use fails `llmaas serve` at once with a message (the engine never starts): the port is bound
     before the engine, so that none of the engine's own processes can take it meanwhile."""
     import socket
-    import subprocess
-    import sys
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {**os.environ, "LLMAAS_DATA_DIR": str(tmp_path), "LLMAAS_EMBEDDED_WORKER": "false"}
         started = time.monotonic()
-        proc = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        proc = llmaas(gateway_env(tmp_path, admin_key=None, embedded_worker="false"), "serve", "--port", str(port))
     assert proc.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
     assert "EngineCore" not in proc.stdout + proc.stderr

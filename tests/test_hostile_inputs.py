@@ -22,7 +22,10 @@ import psutil
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import FAKE_GATEWAY, MODEL, create_tenant, free_port, fresh_postgres_database, running
+from tests.support import MODEL
+from tests.support.databases import fresh_postgres_database
+from tests.support.gateway_process import fake_gateway
+from tests.support.tenants import admin_client, create_tenant
 
 MiB = 1024 * 1024
 METRICS_TOKEN = "metrics-token-0123456789"
@@ -60,25 +63,24 @@ class Gateway:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     data = tmp_path_factory.mktemp("hostile")
-    port = free_port()
-    with fresh_postgres_database("llmaas_hostile") as url:
-        env = {
-            **os.environ,
-            "LLMAAS_DATA_DIR": str(data),
-            "LLMAAS_DATABASE_URL": url,
-            "LLMAAS_LOG_LEVEL": "info",
-            "LLMAAS_METRICS_TOKEN": METRICS_TOKEN,
-            "LLMAAS_METER_FLUSH_INTERVAL_SECONDS": "0.2",
-        }
-        env.pop("LLMAAS_ADMIN_KEY", None)  # generated on first start: it must not reach the log
-        with running([*FAKE_GATEWAY, "--port", str(port)], env, data / "gateway.log") as proc:
-            admin_key = (data / "admin_key").read_text().strip()
-            yield Gateway(f"http://127.0.0.1:{port}", psutil.Process(proc.pid), admin_key, data / "gateway.log", url)
+    with (
+        fresh_postgres_database("llmaas_hostile") as url,
+        fake_gateway(
+            data,
+            admin_key=None,  # generated on first start: it must not reach the log
+            database_url=url,
+            log_level="info",
+            metrics_token=METRICS_TOKEN,
+            meter_flush_interval_seconds=0.2,
+        ) as running,
+    ):
+        admin_key = (data / "admin_key").read_text().strip()
+        yield Gateway(running.base, psutil.Process(running.process.pid), admin_key, running.log, url)
 
 
 @pytest.fixture(scope="module")
 def admin(gateway: Gateway) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway.base, headers={"authorization": f"Bearer {gateway.admin_key}"}) as client:
+    with admin_client(gateway.base, gateway.admin_key, timeout=5) as client:
         yield client
 
 

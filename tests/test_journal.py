@@ -22,7 +22,7 @@ from gateway.accounting.journal_files import orphans, read_lines
 from gateway.accounting.ledger import JournalFailing, LedgerWriter
 from gateway.accounting.records import UsageEntry, UsageLedger
 from gateway.db import Database, UsageRecord
-from tests.conftest import REPO
+from tests.support import REPO
 from tests.test_ledger import Unreachable, entry, rows, write_all
 
 

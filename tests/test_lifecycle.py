@@ -10,7 +10,8 @@ import openai
 import psutil
 
 from engine.hardware import choose_layout, detect, resolve_dtype
-from tests.conftest import MODEL, metric_value
+from tests.support import MODEL
+from tests.support.metrics import metric_value
 
 
 def test_models_list_and_retrieve(client: openai.OpenAI) -> None:

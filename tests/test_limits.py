@@ -22,8 +22,8 @@ from gateway.accounting.limits import (
 )
 from gateway.errors import QuotaExceeded, RateLimited
 from gateway.tenancy.models import Quotas
+from tests.support.databases import REDIS_URL
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
 MONTH = "2026-11"
 
 

@@ -19,7 +19,9 @@ from jsonschema import Draft202012Validator
 from engine.settings import EngineSettings
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from tests.conftest import ADMIN_KEY, FAKE_GATEWAY, MODEL, create_tenant, free_port, running
+from tests.support import ADMIN_KEY, MODEL
+from tests.support.gateway_process import fake_gateway
+from tests.support.tenants import create_tenant
 
 API_PREFIXES = ("/v1/", "/admin/v1/")
 ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorResponse"}
@@ -78,12 +80,8 @@ def test_streamed_routes_document_their_event_stream() -> None:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    data = tmp_path_factory.mktemp("openapi")
-    port = free_port()
-    env = {**os.environ, "LLMAAS_DATA_DIR": str(data), "LLMAAS_ADMIN_KEY": ADMIN_KEY}
-    env.pop("LLMAAS_DATABASE_URL", None)
-    with running([*FAKE_GATEWAY, "--port", str(port)], env, data / "gateway.log"):
-        yield f"http://127.0.0.1:{port}"
+    with fake_gateway(tmp_path_factory.mktemp("openapi")) as gateway:
+        yield gateway.base
 
 
 class Checked:

@@ -19,35 +19,28 @@ from typing import Any
 
 import openai
 import pytest
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy import select, update
 
 from adapters.jobs import JobService
 from adapters.registry import AdapterRegistry, checkpoint_name, lineage, model_name
 from adapters.store import FineTuningJob
-from engine.fake import FakeEngine, fake_backend
-from engine.settings import EngineSettings
 from gateway.accounting.pricing import UNPRICED, Price, PriceBook
 from gateway.accounting.records import UsageEntry, UsageLedger
 from gateway.accounting.training_billing import job_charger
-from gateway.app import create_app
-from gateway.clock import utcnow
 from gateway.db import Database, UsageRecord
 from gateway.db.database import sqlite_url
 from gateway.settings import GatewaySettings
-from gateway.state import state_of
-from gateway.tenancy.models import KeyCreate, ModelPrice, TenantCreate, usd_to_nanos
-from gateway.tenancy.service import TenancyService
-from tests.conftest import fresh_postgres_database
+from gateway.tenancy.models import ModelPrice, TenantCreate, usd_to_nanos
+from gateway.tenancy.service import TenancyService, utcnow
 from tests.finetune_data import pirate_jsonl
-from tests.test_evals import make_eval
-from tests.test_limits import REDIS_URL
+from tests.support import ADMIN_KEY
+from tests.support.databases import REDIS_URL, fresh_postgres_database
+from tests.support.evals import make_eval
+from tests.support.in_process import InProcessGateway, in_process_gateway
 from tests.test_worker import job_request
 
 BASE = "fake"
-ADMIN_KEY = "sk-admin-pricing-0123456789"
 
 
 def price(input: str, output: str, training: str | None = None) -> ModelPrice:
@@ -128,22 +121,9 @@ def test_the_default_list_is_read_from_the_environment(monkeypatch: pytest.Monke
 
 # -- through the gateway ------------------------------------------------------------------------------------------
 @dataclass
-class Gateway:
-    app: FastAPI
-    http: TestClient
+class Gateway(InProcessGateway):
     database: Database
     registry: AdapterRegistry
-
-    @property
-    def tenancy(self) -> TenancyService:
-        return state_of(self.app).tenancy
-
-    def tenant(self, **quotas: Any) -> tuple[str, str, openai.OpenAI]:
-        """A new tenant: its id, its name and a client with its key."""
-        created = self.tenancy.create_tenant(TenantCreate(name=f"t-{uuid.uuid4().hex[:8]}", **quotas))
-        key = self.tenancy.create_key(created.id, KeyCreate()).key
-        client = openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=self.http, max_retries=0)
-        return created.id, created.name, client
 
     def fine_tuned(self, tenant_id: str, tenant_name: str) -> tuple[str, str]:
         """A fine-tuned model of the tenant's, and one of its checkpoints, as the worker registers them."""
@@ -186,20 +166,20 @@ def gateways(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callabl
         url = stack.enter_context(fresh_postgres_database("llmaas_pricing")) if database_kind == "postgresql" else None
 
         def start(default_model_prices: dict[str, ModelPrice] | None = None) -> Gateway:
-            settings = GatewaySettings(
-                data_dir=tmp_path,
-                admin_key=ADMIN_KEY,
-                database_url=url,
-                redis_url=REDIS_URL if limiter == "redis" else None,
-                meter_flush_interval_seconds=0.05,
-                default_model_prices=default_model_prices or {},
+            started = stack.enter_context(
+                in_process_gateway(
+                    tmp_path,
+                    model=BASE,
+                    database_url=url,
+                    redis_url=REDIS_URL if limiter == "redis" else None,
+                    meter_flush_interval_seconds=0.05,
+                    default_model_prices=default_model_prices or {},
+                )
             )
-            engine = FakeEngine()
-            app = create_app(settings, EngineSettings(served_model_name=BASE), backend_factory=fake_backend(engine))
-            http = stack.enter_context(TestClient(app))
             database = Database(url or sqlite_url(tmp_path))
             stack.callback(database.dispose)
-            return Gateway(app, http, database, AdapterRegistry(database.sessions, tmp_path / "adapters"))
+            registry = AdapterRegistry(database.sessions, tmp_path / "adapters")
+            return Gateway(started.app, started.http, database, registry)
 
         yield start
 

@@ -8,10 +8,8 @@ Runs one real gateway process in front of the instant fake engine."""
 from __future__ import annotations
 
 import io
-import os
 import typing
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,7 +22,9 @@ from openai.types.evals import run_create_params
 from openai.types.fine_tuning import job_create_params
 
 from gateway.inference.api_types import ACCEPTED_AND_IGNORED, ChatCompletionRequest, CompletionRequest
-from tests.conftest import ADMIN_KEY, FAKE_GATEWAY, MODEL, create_tenant, free_port, running
+from tests.support import MODEL
+from tests.support.gateway_process import fake_gateway
+from tests.support.tenants import openai_client, tenant_key
 
 HI = [{"role": "user", "content": "hi"}]
 PROBE = {"probe": "a value asking for something"}
@@ -66,18 +66,13 @@ JSONL_RUN = {
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    data: Path = tmp_path_factory.mktemp("fields")
-    port = free_port()
-    env = {**os.environ, "LLMAAS_DATA_DIR": str(data), "LLMAAS_ADMIN_KEY": ADMIN_KEY}
-    env.pop("LLMAAS_DATABASE_URL", None)
-    with running([*FAKE_GATEWAY, "--port", str(port)], env, data / "gateway.log"):
-        yield f"http://127.0.0.1:{port}"
+    with fake_gateway(tmp_path_factory.mktemp("fields")) as running:
+        yield running.base
 
 
 @pytest.fixture(scope="module")
 def key(gateway: str) -> str:
-    with httpx.Client(base_url=gateway, headers={"authorization": f"Bearer {ADMIN_KEY}"}) as admin:
-        return create_tenant(admin, "fields")[1]
+    return tenant_key(gateway, "fields")[1]
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +83,7 @@ def http(gateway: str, key: str) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def client(gateway: str, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gateway}/v1", api_key=key, max_retries=0)
+    return openai_client(gateway, key)
 
 
 def fields_of(params: Any) -> set[str]:

@@ -12,7 +12,9 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ADMIN_KEY, MODEL, create_tenant, openai_client
+from tests.support import ADMIN_KEY, MODEL
+from tests.support.metrics import metric_value
+from tests.support.tenants import create_tenant, openai_client
 
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -172,8 +174,6 @@ def test_200_concurrent_requests_against_rpm_50_admit_exactly_50(server: str, ad
 
 
 def test_budget_exhausted_is_429_insufficient_quota_without_retries(server: str, admin: httpx.Client) -> None:
-    from tests.conftest import metric_value
-
     _, key = create_tenant(admin, "budget", monthly_token_budget=10)
     retrying = openai.OpenAI(base_url=f"{server}/v1", api_key=key, max_retries=2)
     before = metric_value(admin.get("/metrics").text, "llmaas_http_requests_total", status="429")

@@ -13,14 +13,12 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import re
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, cast
 
@@ -45,7 +43,11 @@ from gateway.fine_tuning.files import FileStore
 from gateway.tenancy.models import TenantCreate
 from gateway.tenancy.service import TenancyService
 from gateway.workers import Workers, WorkTimedOut
-from tests.conftest import ADMIN_KEY, FAKE_GATEWAY, MODEL, create_tenant, free_port, fresh_postgres_database, running
+from tests.support import MODEL
+from tests.support.databases import fresh_postgres_database
+from tests.support.gateway_process import fake_gateway
+from tests.support.static_server import Served, serving
+from tests.support.tenants import tenant_key
 
 SECRET = "leaked-secret-4f1c"
 CATASTROPHIC = "^(a+)+$"
@@ -71,36 +73,11 @@ STALL_BOUND_S = 1.0
 # -- a listener that no schema may reach -----------------------------------------------------------------------------
 
 
-@dataclass
-class Listener:
-    url: str
-    hits: list[str]
-
-
 @pytest.fixture(scope="module")
-def listener() -> Iterator[Listener]:
-    hits: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            hits.append(self.path)
-            body = json.dumps({"type": "string", "description": SECRET}).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/schema+json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield Listener(f"http://127.0.0.1:{server.server_address[1]}", hits)
-    finally:
-        server.shutdown()
+def listener() -> Iterator[Served]:
+    schema = json.dumps({"type": "string", "description": SECRET}).encode()
+    with serving(schema, "application/schema+json") as served:
+        yield served
 
 
 # -- the gateway -----------------------------------------------------------------------------------------------------
@@ -114,18 +91,16 @@ class Gateway:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    data = tmp_path_factory.mktemp("documents")
-    port = free_port()
-    with fresh_postgres_database("llmaas_documents") as url:
-        env = {**os.environ, "LLMAAS_DATA_DIR": str(data), "LLMAAS_DATABASE_URL": url, "LLMAAS_ADMIN_KEY": ADMIN_KEY}
-        with running([*FAKE_GATEWAY, "--port", str(port)], env, data / "gateway.log") as proc:
-            yield Gateway(f"http://127.0.0.1:{port}", psutil.Process(proc.pid))
+    with (
+        fresh_postgres_database("llmaas_documents") as url,
+        fake_gateway(tmp_path_factory.mktemp("documents"), database_url=url) as running,
+    ):
+        yield Gateway(running.base, psutil.Process(running.process.pid))
 
 
 @pytest.fixture(scope="module")
 def client(gateway: Gateway) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway.base, headers={"authorization": f"Bearer {ADMIN_KEY}"}) as admin:
-        _, key = create_tenant(admin, "documents", requests_per_minute=10_000)
+    _, key = tenant_key(gateway.base, "documents", requests_per_minute=10_000)
     with httpx.Client(base_url=gateway.base, headers={"authorization": f"Bearer {key}"}, timeout=60) as tenant:
         yield tenant
 
@@ -194,7 +169,7 @@ def error_of(response: httpx.Response, status: int = 400) -> dict[str, Any]:
 
 
 def test_no_schema_reference_reaches_the_network_or_the_filesystem(
-    gateway: Gateway, client: httpx.Client, listener: Listener
+    gateway: Gateway, client: httpx.Client, listener: Served
 ) -> None:
     outside = [
         f"{listener.url}/schema.json",
@@ -246,7 +221,7 @@ def test_references_into_the_schema_itself_work(client: httpx.Client) -> None:
     assert "does not match the eval's item schema" in error["message"]
 
 
-def test_a_stored_schema_is_held_to_the_rules_when_a_run_starts(listener: Listener) -> None:
+def test_a_stored_schema_is_held_to_the_rules_when_a_run_starts(listener: Served) -> None:
     """An eval stored before these rules keeps its schema; a run of it is refused, and nothing is fetched."""
     body = RunCreate.model_validate({"data_source": {"type": "jsonl", "source": inline({"item": {}})}})
     stored = {"properties": {"a": {"$ref": f"{listener.url}/stored.json"}}}

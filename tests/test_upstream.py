@@ -7,13 +7,10 @@ when a replica dies and its return, discovery from a file that changes, and 503 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,32 +22,18 @@ from adapters.registry import AdapterRegistry
 from gateway.app import adapter_registry
 from gateway.bootstrap import open_database
 from gateway.settings import GatewaySettings
-from tests.conftest import ADMIN_KEY, MODEL, REPO, free_port, metric_value, running
-
-ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
-FAKE_UPSTREAM = [sys.executable, str(REPO / "bench" / "fake_upstream.py")]
-
-
-@contextmanager
-def fake_upstream(port: int, model_dir: Path, log: Path, **options: str) -> Iterator[subprocess.Popen[bytes]]:
-    command = [*FAKE_UPSTREAM, "--port", str(port), "--root", str(model_dir)]
-    for name, value in options.items():
-        command += [f"--{name.replace('_', '-')}", value]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait(lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200)
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
+from tests.support import ADMIN, MODEL
+from tests.support.fake_upstream import fake_upstream, stats
+from tests.support.gateway_process import free_port, served_gateway
+from tests.support.metrics import metric_value
+from tests.support.tenants import openai_client, tenant_key
 
 
-def _wait(condition: object, seconds: float = 30) -> None:
+def _wait(condition: Callable[[], bool], seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            if condition():  # type: ignore[operator]
+            if condition():
                 return
         except httpx.HTTPError:
             pass
@@ -58,38 +41,23 @@ def _wait(condition: object, seconds: float = 30) -> None:
     raise AssertionError("condition not met in time")
 
 
-def gateway_env(data_dir: Path, model_dir: Path, **extra: str) -> dict[str, str]:
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_")},
-        "LLMAAS_DATA_DIR": str(data_dir),
-        "LLMAAS_ADMIN_KEY": ADMIN_KEY,
-        "LLMAAS_ENGINE": "upstream",
-        "LLMAAS_EMBEDDED_WORKER": "false",
-        "LLMAAS_MODEL_PATH": str(model_dir),
-        "LLMAAS_UPSTREAM_SCRAPE_INTERVAL_SECONDS": "0.5",
-        "LLMAAS_UPSTREAM_EJECT_SECONDS": "2",
-        **extra,
-    }
-
-
 def urls(ports: list[int]) -> str:
     return ",".join(f"http://127.0.0.1:{port}" for port in ports)
 
 
 @contextmanager
-def upstream_gateway(tmp_path: Path, model_dir: Path, **env: str) -> Iterator[str]:
-    """``llmaas serve`` with the upstream backend and ``env`` (the replicas, other settings); its base URL."""
-    port = free_port()
-    serve = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)]
-    with running(serve, gateway_env(tmp_path, model_dir, **env), tmp_path / "gateway.log"):
-        yield f"http://127.0.0.1:{port}"
-
-
-def tenant_key(base: str) -> tuple[str, str]:
-    tenant = httpx.post(f"{base}/admin/v1/tenants", json={"name": f"t-{uuid.uuid4().hex[:8]}"}, headers=ADMIN)
-    assert tenant.status_code == 201, tenant.text
-    key = httpx.post(f"{base}/admin/v1/tenants/{tenant.json()['id']}/keys", json={}, headers=ADMIN)
-    return tenant.json()["id"], key.json()["key"]
+def upstream_gateway(tmp_path: Path, model_dir: Path, **settings: str) -> Iterator[str]:
+    """``llmaas serve`` with the upstream backend and ``settings`` (the replicas, others); its base URL."""
+    with served_gateway(
+        tmp_path,
+        engine="upstream",
+        embedded_worker="false",
+        model_path=model_dir,
+        upstream_scrape_interval_seconds=0.5,
+        upstream_eject_seconds=2,
+        **settings,
+    ) as gateway:
+        yield gateway.base
 
 
 def register_adapter(data_dir: Path, tenant_id: str) -> str:
@@ -109,11 +77,6 @@ def register_adapter(data_dir: Path, tenant_id: str) -> str:
     return name
 
 
-def stats(port: int) -> dict[str, object]:
-    result: dict[str, object] = httpx.get(f"http://127.0.0.1:{port}/stats").json()
-    return result
-
-
 def chat(client: openai.OpenAI, model: str = MODEL) -> str:
     reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
     assert reply.usage is not None and reply.usage.completion_tokens == 3
@@ -127,9 +90,7 @@ def pool(tmp_path: Path, model_dir: Path) -> Iterator[tuple[str, list[int], Path
     with (
         fake_upstream(ports[0], model_dir, tmp_path / "a.log"),
         fake_upstream(ports[1], model_dir, tmp_path / "b.log"),
-        upstream_gateway(
-            tmp_path, model_dir, LLMAAS_UPSTREAM_URLS=urls(ports), LLMAAS_UPSTREAM_MAX_ADAPTERS_PER_REPLICA="1"
-        ) as base,
+        upstream_gateway(tmp_path, model_dir, upstream_urls=urls(ports), upstream_max_adapters_per_replica="1") as base,
     ):
         yield base, ports, tmp_path
 
@@ -137,7 +98,7 @@ def pool(tmp_path: Path, model_dir: Path) -> Iterator[tuple[str, list[int], Path
 def test_requests_spread_over_replicas_and_usage_is_the_replicas_count(pool: tuple[str, list[int], Path]) -> None:
     base, ports, _ = pool
     _, key = tenant_key(base)
-    client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+    client = openai_client(base, key)
     for _ in range(6):
         assert chat(client) == "xxx"
     stream = client.completions.create(
@@ -146,7 +107,7 @@ def test_requests_spread_over_replicas_and_usage_is_the_replicas_count(pool: tup
     chunks = list(stream)
     assert "".join(c.choices[0].text for c in chunks if c.choices) == "x" * 8
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
-    served = [sum(stats(port)["served"].values()) for port in ports]  # type: ignore[union-attr]
+    served = [sum(stats(port)["served"].values()) for port in ports]
     assert sum(served) == 7 and min(served) >= 2, served
     ready = httpx.get(f"{base}/ready").json()
     assert ready["engines"][MODEL]["replicas"] == "2/2 available"
@@ -158,18 +119,18 @@ def test_adapters_load_where_used_least_recently_used_go_and_delete_unloads(
     base, ports, data_dir = pool
     tenant_id, key = tenant_key(base)
     names = [register_adapter(data_dir, tenant_id) for _ in range(3)]
-    client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+    client = openai_client(base, key)
     assert {m.id for m in client.models.list()} == {MODEL, *names}
     for name in names:
         assert chat(client, name) == "xxx"
     assert chat(client, names[0]) == "xxx"  # sticks to where it is (or is loaded again)
     loaded = [stats(port)["adapters"] for port in ports]
     assert all(len(adapters) <= 1 for adapters in loaded), loaded  # LLMAAS_UPSTREAM_MAX_ADAPTERS_PER_REPLICA=1
-    assert sum(stats(port)["loads"] for port in ports) >= 3  # type: ignore[misc]
+    assert sum(stats(port)["loads"] for port in ports) >= 3
     target = next(name for name in names if any(name in adapters for adapters in loaded))
     deleted = httpx.delete(f"{base}/v1/models/{target}", headers={"authorization": f"Bearer {key}"})
     assert deleted.status_code == 200, deleted.text
-    assert all(target not in stats(port)["adapters"] for port in ports)  # type: ignore[operator]
+    assert all(target not in stats(port)["adapters"] for port in ports)
     with pytest.raises(openai.NotFoundError):
         chat(client, target)
 
@@ -178,13 +139,13 @@ def test_deleting_a_tenant_unloads_its_adapters_from_every_replica(pool: tuple[s
     base, ports, data_dir = pool
     tenant_id, key = tenant_key(base)
     names = [register_adapter(data_dir, tenant_id) for _ in range(2)]
-    client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+    client = openai_client(base, key)
     for name in names:
         assert chat(client, name) == "xxx"
-    assert any(set(names) & set(stats(port)["adapters"]) for port in ports)  # type: ignore[call-overload]
+    assert any(set(names) & set(stats(port)["adapters"]) for port in ports)
     deleted = httpx.delete(f"{base}/admin/v1/tenants/{tenant_id}", headers=ADMIN)
     assert deleted.status_code == 200, deleted.text
-    assert not any(set(names) & set(stats(port)["adapters"]) for port in ports)  # type: ignore[call-overload]
+    assert not any(set(names) & set(stats(port)["adapters"]) for port in ports)
     assert list((data_dir / "adapters").iterdir()) == []  # the weights too
 
 
@@ -192,11 +153,11 @@ def test_a_dead_replica_is_ejected_its_requests_go_elsewhere_and_it_comes_back(t
     ports = [free_port(), free_port()]
     with (
         fake_upstream(ports[0], model_dir, tmp_path / "a.log"),
-        upstream_gateway(tmp_path, model_dir, LLMAAS_UPSTREAM_URLS=urls(ports)) as base,
+        upstream_gateway(tmp_path, model_dir, upstream_urls=urls(ports)) as base,
     ):
         tenant_id, key = tenant_key(base)
         adapter = register_adapter(tmp_path, tenant_id)
-        client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+        client = openai_client(base, key)
         with fake_upstream(ports[1], model_dir, tmp_path / "b.log") as doomed:
             _wait(lambda: httpx.get(f"{base}/ready").json()["engines"][MODEL]["replicas"] == "2/2 available")
             doomed.send_signal(signal.SIGKILL)
@@ -211,7 +172,7 @@ def test_a_dead_replica_is_ejected_its_requests_go_elsewhere_and_it_comes_back(t
             _wait(lambda: httpx.get(f"{base}/ready").json()["engines"][MODEL]["replicas"] == "2/2 available")
             for _ in range(8):
                 chat(client)
-            assert sum(stats(ports[1])["served"].values()) > 0  # type: ignore[union-attr]
+            assert sum(stats(ports[1])["served"].values()) > 0
 
 
 def test_discovery_follows_the_file_and_no_replica_means_503(tmp_path: Path, model_dir: Path) -> None:
@@ -227,10 +188,10 @@ def test_discovery_follows_the_file_and_no_replica_means_503(tmp_path: Path, mod
     with (
         fake_upstream(ports[0], model_dir, tmp_path / "a.log"),
         fake_upstream(ports[1], model_dir, tmp_path / "b.log"),
-        upstream_gateway(tmp_path, model_dir, LLMAAS_UPSTREAM_FILE=str(listing)) as base,
+        upstream_gateway(tmp_path, model_dir, upstream_file=str(listing)) as base,
     ):
         _, key = tenant_key(base)
-        client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+        client = openai_client(base, key)
         assert httpx.get(f"{base}/ready").json()["engines"][MODEL]["replicas"] == "1/1 available"
         publish(ports[0], ports[1])
         _wait(lambda: httpx.get(f"{base}/ready").json()["engines"][MODEL]["replicas"] == "2/2 available")
@@ -239,10 +200,10 @@ def test_discovery_follows_the_file_and_no_replica_means_503(tmp_path: Path, mod
         assert httpx.get(f"{base}/ready").json()["engines"][MODEL]["replicas"] == "2/2 available"
         publish(ports[1])
         _wait(lambda: httpx.get(f"{base}/ready").json()["engines"][MODEL]["replicas"] == "1/1 available")
-        before = sum(stats(ports[0])["served"].values())  # type: ignore[union-attr]
+        before = sum(stats(ports[0])["served"].values())
         for _ in range(3):
             chat(client)
-        assert sum(stats(ports[0])["served"].values()) == before  # type: ignore[union-attr]
+        assert sum(stats(ports[0])["served"].values()) == before
         publish()
         _wait(lambda: httpx.get(f"{base}/ready").status_code == 503)
         with pytest.raises(openai.InternalServerError) as refused:
@@ -256,11 +217,11 @@ def test_models_across_the_pool_are_their_union_and_go_only_where_served(tmp_pat
     with (
         fake_upstream(ports[0], model_dir, tmp_path / "a.log"),
         fake_upstream(ports[1], model_dir, tmp_path / "b.log", model="other-model"),
-        upstream_gateway(tmp_path, model_dir, LLMAAS_UPSTREAM_URLS=urls(ports)) as base,
+        upstream_gateway(tmp_path, model_dir, upstream_urls=urls(ports)) as base,
     ):
         _wait(lambda: len(httpx.get(f"{base}/ready").json()["models"]) == 2)
         _, key = tenant_key(base)
-        client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+        client = openai_client(base, key)
         assert {m.id for m in client.models.list()} == {MODEL, "other-model"}
         for _ in range(4):
             chat(client, "other-model")
@@ -274,11 +235,11 @@ def test_a_request_past_its_deadline_is_stopped(tmp_path: Path, model_dir: Path)
     with (
         fake_upstream(port, model_dir, tmp_path / "a.log", seconds_per_token="0.05"),
         upstream_gateway(
-            tmp_path, model_dir, LLMAAS_UPSTREAM_URLS=urls([port]), LLMAAS_UPSTREAM_REQUEST_DEADLINE_SECONDS="1"
+            tmp_path, model_dir, upstream_urls=urls([port]), upstream_request_deadline_seconds="1"
         ) as base,
     ):
         _, key = tenant_key(base)
-        client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+        client = openai_client(base, key)
         started = time.monotonic()
         with pytest.raises(openai.InternalServerError) as stopped:
             client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=200)

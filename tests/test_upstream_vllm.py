@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import signal
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,13 +20,15 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from sqlalchemy import create_engine, text
 
-from bench.vllm_replicas import VLLMReplica
-from tests.conftest import ADMIN_KEY, MODEL, free_port, fresh_postgres_database, metric_value, running
+from engine.upstream.local_server import VLLMReplica
 from tests.finetune_data import PIRATE_PREFIX, pirate_jsonl
+from tests.support import ADMIN, MODEL
+from tests.support.databases import fresh_postgres_database, ledger_rows
+from tests.support.gateway_process import free_port, served_gateway
+from tests.support.metrics import metric_value
+from tests.support.tenants import openai_client, tenant_key
 
-ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 FAST = {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 10}
 
 
@@ -50,30 +49,15 @@ class Deployment:
             time.sleep(0.5)
 
     def tenant(self, **quotas: Any) -> tuple[str, str]:
-        tenant = httpx.post(
-            f"{self.gateways[0]}/admin/v1/tenants", json={"name": f"t-{uuid.uuid4().hex[:8]}", **quotas}, headers=ADMIN
-        )
-        assert tenant.status_code == 201, tenant.text
-        key = httpx.post(f"{self.gateways[0]}/admin/v1/tenants/{tenant.json()['id']}/keys", json={}, headers=ADMIN)
-        return tenant.json()["id"], key.json()["key"]
+        return tenant_key(self.gateways[0], **quotas)
 
     def client(self, key: str, gateway: int = 0) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.gateways[gateway]}/v1", api_key=key, max_retries=0, timeout=120)
+        return openai_client(self.gateways[gateway], key)
 
     def ledger(self, tenant_id: str) -> list[tuple[str | None, int, int, str]]:
         """The tenant's requests as metered: (client's request id, prompt, completion tokens, outcome)."""
         time.sleep(1.5)  # the ledger writes in batches every 0.5 s
-        engine = create_engine(self.postgres_url)
-        with engine.connect() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT client_request_id, prompt_tokens, completion_tokens, outcome FROM usage_records "
-                    "WHERE tenant_id = :t AND kind = 'inference'"
-                ),
-                {"t": tenant_id},
-            ).all()
-        engine.dispose()
-        return [(row[0], row[1], row[2], row[3]) for row in rows]
+        return ledger_rows(self.postgres_url, tenant_id, kind="inference")
 
     def ledger_by_id(self, tenant_id: str) -> dict[str | None, tuple[int, int, str]]:
         rows = self.ledger(tenant_id)
@@ -101,26 +85,21 @@ def deployment(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     tmp_path = tmp_path_factory.mktemp("scale-out")
     data_dir = tmp_path / "data"  # shared by both gateways and the worker: the adapter store lives there
     with fresh_postgres_database("llmaas_upstream") as postgres_url, two_replicas(model_dir, tmp_path) as replicas:
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_")},
-            "LLMAAS_DATA_DIR": str(data_dir),
-            "LLMAAS_ADMIN_KEY": ADMIN_KEY,
-            "LLMAAS_DATABASE_URL": postgres_url,
-            "LLMAAS_REDIS_URL": "redis://127.0.0.1:6379/12",
-            "LLMAAS_MODEL_PATH": str(model_dir),  # what the worker trains on (the replicas serve the same)
-            "LLMAAS_ENGINE": "upstream",
-            "LLMAAS_UPSTREAM_URLS": ",".join(r.url for r in replicas),
-            "LLMAAS_UPSTREAM_SCRAPE_INTERVAL_SECONDS": "0.5",
-            "LLMAAS_UPSTREAM_EJECT_SECONDS": "2",
-            "LLMAAS_LOG_LEVEL": "warning",
+        settings: dict[str, Any] = {
+            "database_url": postgres_url,
+            "redis_url": "redis://127.0.0.1:6379/12",
+            "model_path": model_dir,  # what the worker trains on (the replicas serve the same)
+            "engine": "upstream",
+            "upstream_urls": ",".join(r.url for r in replicas),
+            "upstream_scrape_interval_seconds": 0.5,
+            "upstream_eject_seconds": 2,
+            "log_level": "warning",
         }
-        ports = [free_port(), free_port()]
-        serve = [sys.executable, "-m", "gateway.cli", "serve", "--port"]
         with (
-            running([*serve, str(ports[0])], {**env, "LLMAAS_EMBEDDED_WORKER": "true"}, tmp_path / "gw-a.log"),
-            running([*serve, str(ports[1])], {**env, "LLMAAS_EMBEDDED_WORKER": "false"}, tmp_path / "gw-b.log"),
+            served_gateway(data_dir, log=tmp_path / "gw-a.log", embedded_worker="true", **settings) as a,
+            served_gateway(data_dir, log=tmp_path / "gw-b.log", embedded_worker="false", **settings) as b,
         ):
-            yield Deployment(replicas, [f"http://127.0.0.1:{p}" for p in ports], postgres_url, model_dir)
+            yield Deployment(replicas, [a.base, b.base], postgres_url, model_dir)
 
 
 def ask(client: openai.OpenAI, model: str, question: str, request_id: str | None = None) -> Any:

@@ -1,6 +1,8 @@
-"""vLLM's own OpenAI server as a replica behind our gateway (``LLMAAS_ENGINE=upstream``), on this machine: LoRA
-and runtime adapter loading on, pinned to one core, in its own process group (so a kill takes its engine
-processes too). Used by ``bench/routing.py`` and the end-to-end scale-out test."""
+"""vLLM's own OpenAI server on this machine, run as the upstream backend needs its replicas (LoRA and runtime
+adapter loading on), pinned to one CPU core and in its own process group (so a kill takes its engine processes
+too); and what the server itself counts. Nothing in the gateway imports it: the routing benchmark
+(``bench/routing.py``) and the end-to-end scale-out test (``tests/test_upstream_vllm.py``) start replicas with it,
+as an operator would run ``vllm serve`` on each machine."""
 
 from __future__ import annotations
 
