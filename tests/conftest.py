@@ -88,9 +88,11 @@ def http(server: str, api_key: str) -> Iterator[httpx.Client]:
         yield session
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Debian's headless Chromium (never a browser a test tool downloads), driven by Playwright."""
+    """Debian's headless Chromium (never a browser a test tool downloads), driven by Playwright. One per module:
+    Playwright's sync API keeps an event loop running in this thread while it is open, which no asyncio test
+    (pytest-asyncio's runner) may start inside, so it is closed after the browser tests of each module."""
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield launched
