@@ -111,7 +111,9 @@ class Journal:
         self._segment_records = segment_records
         self._siblings = siblings
         self._target = 1  # pending records that wake the writer
-        self._cond = threading.Condition()
+        lock = threading.Lock()  # the journal's state; two conditions on it, so that a sync wakes no writer thread
+        self._cond = threading.Condition(lock)  # work for the writer thread: records pending, cleanup, a close
+        self._synced = threading.Condition(lock)  # records made durable (``wait_durable``)
         self._io = threading.Lock()  # one writer of the files at a time: the thread, or a lone request inline
         self._pending: list[_Pending] = []  # in seq order
         self._appended = 0  # the last seq handed out
@@ -176,8 +178,8 @@ class Journal:
 
     def wait_durable(self, seq: int, timeout: float = 10.0) -> bool:
         """``durable`` for a caller outside the event loop (tests, shutdown)."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._durable >= seq, timeout)
+        with self._synced:
+            return self._synced.wait_for(lambda: self._durable >= seq, timeout)
 
     def handled(self, entries: Iterable[UsageEntry]) -> None:
         """The database has these records (or set them aside): their segments may go once complete."""
@@ -297,8 +299,10 @@ class Journal:
                     self._interim_of[pending.entry.request_id] = pending.segment
             ready = [future for wanted, future in self._waiters if wanted <= last.seq]
             self._waiters = [(wanted, future) for wanted, future in self._waiters if wanted > last.seq]
-            self._cleanup = self._cleanup or any(self._open[s] == 0 for s in self._open if s < last.segment)
-            self._cond.notify_all()
+            if any(self._open[s] == 0 for s in self._open if s < last.segment):
+                self._cleanup = True
+                self._cond.notify()
+            self._synced.notify_all()  # not the writer thread: a commit inline must not wake it for nothing
         loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for future in ready:
             loops.setdefault(future.get_loop(), []).append(future)
