@@ -43,7 +43,14 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.loadgen import create_tenant_key, free_port, percentile, running_gateway, stop_server
+from bench.loadgen import (
+    create_tenant_key,
+    free_port,
+    fresh_postgres_database,
+    percentile,
+    running_gateway,
+    stop_server,
+)
 from bench.machine import describe, machine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,6 +132,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--redis", action="store_true", help="limits in Redis (LLMAAS_REDIS_URL)")
+    parser.add_argument("--postgres", action="store_true", help="the ledger on PostgreSQL (a fresh database each)")
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--compare", type=Path, help="another checkout's gateway, measured beside this one's")
     args = parser.parse_args()
@@ -179,6 +187,8 @@ def main() -> None:
                 }
                 if args.redis:
                     settings["LLMAAS_REDIS_URL"] = "redis://127.0.0.1:6379/13"
+                if args.postgres:
+                    settings["LLMAAS_DATABASE_URL"] = stack.enter_context(fresh_postgres_database("llmaas_bench"))
                 log = results_dir / f"proxy_overhead-{checkout.name}.log"
                 gateway = stack.enter_context(running_gateway(settings, log, MODEL, 120, checkout=checkout))
                 key = create_tenant_key(
@@ -195,8 +205,9 @@ def main() -> None:
         stop_server(fake)
 
     limits = "Redis" if args.redis else "in-process"
+    ledger = "PostgreSQL" if args.postgres else "SQLite"
     print(f"\n{args.requests} sequential requests, then {args.clients} clients for {args.seconds:.0f} s; "
-          f"{args.max_tokens} tokens each; gateway limits {limits}, ledger on SQLite\n")  # fmt: skip
+          f"{args.max_tokens} tokens each; gateway limits {limits}, ledger on {ledger}\n")  # fmt: skip
     print(
         f"| path | p50 (ms) | p99 (ms) | added p50 (ms) | added p99 (ms) | requests/s ({args.clients} clients) "
         "| server CPU per request (µs) |"
