@@ -209,7 +209,6 @@ def check_ledger(setup: Deployment, received: Received, kills: int, batch_tokens
         assert outcome == "failed", (client_id, outcome)
         assert streamed <= completion <= min(streamed + batch_tokens, MAX_TOKENS), (client_id, streamed, completion)
         assert prompt == (prompt_tokens if completion else 0), client_id
-    assert any(received.cut.values()), "no kill cut a stream while it was sending: the partial billing went untested"
 
 
 def batch_tokens(mode: str) -> int:
@@ -240,3 +239,5 @@ def test_killed_again_and_again_at_random_moments(mode: str, database: str, tmp_
     with deployment(mode, database, tmp_path) as setup:
         received = kill_and_restart(setup, kills=6, seed=random.randrange(2**32))
         check_ledger(setup, received, kills=6, batch_tokens=batch_tokens(mode))
+        # One kill may miss every stream between two tokens; six in a row do not (else this went untested).
+        assert any(received.cut.values()), "no kill cut a stream while it was sending"
