@@ -142,7 +142,8 @@ def create_app(
             stack.push_async_callback(limiter.close)
             tasks = SettlementTasks()
             stack.push_async_callback(tasks.drain)
-            billing = TrainingBilling(database, limiter, price_book(settings))
+            prices = price_book(settings)
+            billing = TrainingBilling(database, limiter, prices)
             stack.push_async_callback(billing.run_once)  # a last pass at shutdown
 
             registry = adapter_registry(database, settings)
@@ -153,7 +154,6 @@ def create_app(
             metrics.watch_backend(backend.status)
             stack.push_async_callback(_cancel, asyncio.create_task(billing.run()))
 
-            prices = price_book(settings)
             admission = Admission(
                 limiter,
                 ledger,
