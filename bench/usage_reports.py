@@ -18,17 +18,16 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import ExitStack
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, text
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.loadgen import fresh_postgres_database
 from bench.machine import describe, machine
 
 REPO = Path(__file__).resolve().parents[1]
-POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 def seed(database: Any, rows: int, tenants: int, now: datetime) -> None:
@@ -77,39 +76,30 @@ def main() -> None:
 
     facts = machine()
     print(f"machine: {describe(facts)}")
-    name = f"llmaas_bench_usage_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with tempfile.TemporaryDirectory() as workdir:
+    with tempfile.TemporaryDirectory() as workdir, ExitStack() as stack:
         if args.database == "postgresql":
-            with admin.connect() as conn:
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
-            url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+            url = stack.enter_context(fresh_postgres_database("llmaas_bench_usage"))
         else:
             url = f"sqlite:///{workdir}/usage.db"
         database = Database(url)
-        try:
-            database.migrate()
-            now = datetime(2026, 11, 29, 12)
-            started = time.perf_counter()
-            seed(database, args.rows, args.tenants, now)
-            seeding = time.perf_counter() - started
-            filters = UsageFilters(since=now.replace(day=1, hour=0), bucket="day")
-            reports = UsageReports(database)
+        stack.callback(database.dispose)  # before the database is dropped (callbacks run in reverse)
+        database.migrate()
+        now = datetime(2026, 11, 29, 12)
+        started = time.perf_counter()
+        seed(database, args.rows, args.tenants, now)
+        seeding = time.perf_counter() - started
+        filters = UsageFilters(since=now.replace(day=1, hour=0), bucket="day")
+        reports = UsageReports(database)
 
-            def from_ledger() -> None:
-                with database.session() as session:
-                    query = _ledger_query(database.engine.dialect.name, "ten_0", filters, ("model",))
-                    session.execute(query).all()
+        def from_ledger() -> None:
+            with database.session() as session:
+                query = _ledger_query(database.engine.dialect.name, "ten_0", filters, ("model",))
+                session.execute(query).all()
 
-            rows = {
-                "daily sums": timed(lambda: reports.report("ten_0", filters, ("model",))),
-                "ledger rows": timed(from_ledger),
-            }
-        finally:
-            database.dispose()
-            if args.database == "postgresql":
-                with admin.connect() as conn:
-                    conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        rows = {
+            "daily sums": timed(lambda: reports.report("ten_0", filters, ("model",))),
+            "ledger rows": timed(from_ledger),
+        }
     print(f"\n{args.rows:,} ledger rows ({args.tenants} tenants, this month) on {args.database}, seeded in "
           f"{seeding:.0f} s; one tenant's month by day and model, median of 5:\n")  # fmt: skip
     print("| read from | report (ms) |\n|---|---|")
