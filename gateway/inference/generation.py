@@ -149,9 +149,10 @@ class GenerationRun:
         outcome: Outcome = "aborted"
         try:
             async for prompt_index, batch in self._engine_streams():
-                tokens = sum(len(delta.token_ids) for delta in batch)
-                if tokens and self._delivering is not None:  # what a crash would bill, durable before it goes out
-                    await self._delivering(self.usage.prompt_tokens, self._streamed + tokens)
+                if self._delivering is not None:  # a stream: what a crash would bill, durable before it goes out
+                    tokens = sum(len(delta.token_ids) for delta in batch)
+                    if tokens:
+                        await self._delivering(self.usage.prompt_tokens, self._streamed + tokens)
                 for delta in batch:
                     if first_token is None and delta.token_ids:
                         first_token = time.perf_counter() - started
