@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 FinishReason = Literal["stop", "length"]
+StructuredKind = Literal["json", "json_object", "regex", "choice", "grammar"]
 
 
 class EngineError(RuntimeError):
@@ -23,6 +24,18 @@ class EngineUnavailable(EngineError):
 
 class RequestRejected(ValueError):
     """The engine refused the request's parameters or prompt (the caller's fault)."""
+
+
+@dataclass(frozen=True)
+class StructuredOutput:
+    """What the output must match, enforced token by token by the engine's structured-output backend (vLLM:
+    xgrammar or llguidance). ``spec`` by kind: ``json``: a JSON schema serialised as JSON text (the same text for
+    the same schema: the engine caches compiled grammars by it); ``json_object``: empty (any JSON object);
+    ``regex``: a regular expression; ``choice``: a JSON array of the allowed strings; ``grammar``: an EBNF / Lark
+    grammar. Checked (size, features, compile time) by the gateway before it gets here."""
+
+    kind: StructuredKind
+    spec: str = ""
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,7 @@ class SamplingOptions:
     logprobs: int | None = None
     """None: no logprobs. k >= 0: the sampled token's logprob plus the k most likely alternatives."""
     ignore_eos: bool = False
+    structured: StructuredOutput | None = None
 
 
 @dataclass(frozen=True)

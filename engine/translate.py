@@ -6,10 +6,18 @@ vLLM's types are named for the type checker only: ``engine.vllm_engine`` stays t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
-from engine.protocol import CompletionDelta, EngineError, FinishReason, SamplingOptions, TokenLogprob
+from engine.protocol import (
+    CompletionDelta,
+    EngineError,
+    FinishReason,
+    SamplingOptions,
+    StructuredOutput,
+    TokenLogprob,
+)
 
 if TYPE_CHECKING:
     from vllm.outputs import CompletionOutput
@@ -28,6 +36,28 @@ class SamplingFields(TypedDict):
     stop: NotRequired[list[str]]
     seed: NotRequired[int]
     logprobs: NotRequired[int]
+
+
+class StructuredFields(TypedDict, total=False):
+    """One constraint, under the names of vLLM's ``StructuredOutputsParams`` (its server's ``structured_outputs``)."""
+
+    json: str
+    json_object: bool
+    regex: str
+    choice: list[str]
+    grammar: str
+
+
+def structured_fields(structured: StructuredOutput) -> StructuredFields:
+    if structured.kind == "json_object":
+        return {"json_object": True}
+    if structured.kind == "choice":
+        return {"choice": [str(item) for item in json.loads(structured.spec)]}
+    if structured.kind == "json":
+        return {"json": structured.spec}
+    if structured.kind == "regex":
+        return {"regex": structured.spec}
+    return {"grammar": structured.spec}
 
 
 def sampling_fields(options: SamplingOptions) -> SamplingFields:
@@ -52,7 +82,7 @@ def sampling_fields(options: SamplingOptions) -> SamplingFields:
 
 def completion_body(model: str, prompt_token_ids: list[int], options: SamplingOptions) -> dict[str, Any]:
     """A streamed ``/v1/completions`` on token ids, always with usage and the sampled token ids."""
-    return {
+    body: dict[str, Any] = {
         "model": model,
         "prompt": prompt_token_ids,
         **sampling_fields(options),
@@ -60,6 +90,9 @@ def completion_body(model: str, prompt_token_ids: list[int], options: SamplingOp
         "stream_options": {"include_usage": True},
         "return_token_ids": True,  # the exact tokens, counted as the replica counts them
     }
+    if options.structured is not None:
+        body["structured_outputs"] = structured_fields(options.structured)
+    return body
 
 
 def _finish_reason(finish: str | None) -> FinishReason | None:

@@ -18,7 +18,7 @@ from engine.model_prep import resolve_model_dir
 from engine.protocol import AdapterRef, CompletionDelta, EngineError, RequestRejected, SamplingOptions
 from engine.settings import EngineSettings
 from engine.tokenizer import HFTokenizer
-from engine.translate import output_delta, sampling_fields
+from engine.translate import output_delta, sampling_fields, structured_fields
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -126,10 +126,15 @@ class VLLMEngine:
         adapter: AdapterRef | None = None,
     ) -> AsyncIterator[list[CompletionDelta]]:
         from vllm.inputs import tokens_input
-        from vllm.sampling_params import RequestOutputKind, SamplingParams
+        from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
         try:
-            params = SamplingParams(**sampling_fields(options), output_kind=RequestOutputKind.DELTA)
+            structured = None
+            if options.structured is not None:
+                structured = StructuredOutputsParams(**structured_fields(options.structured))
+            params = SamplingParams(
+                **sampling_fields(options), structured_outputs=structured, output_kind=RequestOutputKind.DELTA
+            )
         except ValueError as exc:  # vLLM's own validation (VLLMValidationError is a ValueError)
             raise RequestRejected(str(exc)) from exc
         lora_request = self._lora_request(adapter)

@@ -50,6 +50,7 @@ from gateway.evals.service import EvalService
 from gateway.fine_tuning.files import FileStore
 from gateway.inference.catalog import ModelCatalog
 from gateway.inference.runs import RequestCaps
+from gateway.inference.structured import StructuredOutputs
 from gateway.ops.api_docs import install_api_docs
 from gateway.ops.metrics import Metrics
 from gateway.private_files import keep_private, private_dir
@@ -182,6 +183,7 @@ def create_app(
                 settings.console_sign_in_failures_per_key_prefix,
             )
             stack.push_async_callback(throttle.close)
+            structured = StructuredOutputs()
             app.state.llmaas = AppState(
                 settings=settings,
                 engine_settings=engine_settings,
@@ -204,10 +206,19 @@ def create_app(
                 eraser=TenantEraser(database, files, registry, prices),
                 exports=TenantExport(database, files, registry),
                 audit_log=AuditLog(database),
+                structured=structured,
             )
             queue = RunQueue(database)
             runner = EvalRunner(
-                queue, authenticator, catalog, admission, caps, metrics, workers, concurrency=settings.eval_concurrency
+                queue,
+                authenticator,
+                catalog,
+                admission,
+                caps,
+                metrics,
+                workers,
+                structured,
+                concurrency=settings.eval_concurrency,
             )
             stack.push_async_callback(_cancel, asyncio.create_task(runner.run_forever()))
             retention = Retention(

@@ -27,6 +27,7 @@ from gateway.evals.service import EvalService
 from gateway.fine_tuning.files import FileStore
 from gateway.inference.catalog import ModelCatalog
 from gateway.inference.runs import RequestCaps, Serving
+from gateway.inference.structured import StructuredOutputs
 from gateway.ops.metrics import Metrics
 from gateway.settings import GatewaySettings
 from gateway.tenancy.access import AccessChanges
@@ -73,6 +74,7 @@ class AppState:
     eraser: TenantEraser
     exports: TenantExport
     audit_log: AuditLog
+    structured: StructuredOutputs
 
 
 def state_of(app: FastAPI) -> AppState:
@@ -160,7 +162,7 @@ RateLimitHeaders = Depends(rate_limit_headers)
 
 async def get_serving(request: Request, context: ContextDep, tenant: TenantDep) -> Serving:
     state = state_of(request.app)
-    return Serving(context, tenant, state.catalog, state.admission, state.caps, state.metrics)
+    return Serving(context, tenant, state.catalog, state.admission, state.caps, state.metrics, state.structured)
 
 
 ServingDep = Annotated[Serving, Depends(get_serving)]

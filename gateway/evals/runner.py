@@ -34,6 +34,7 @@ from gateway.inference.api_types import ChatCompletionRequest, ChatMessage
 from gateway.inference.catalog import ModelCatalog, ServedModel
 from gateway.inference.prompts import chat_prompt
 from gateway.inference.runs import RequestCaps, RunRequest, Serving, admit_run
+from gateway.inference.structured import StructuredOutputs
 from gateway.ops.metrics import Metrics
 from gateway.tenancy.principal import Authenticator, TenantPrincipal
 from gateway.workers import Workers, WorkFailed, WorkTimedOut
@@ -65,6 +66,7 @@ class EvalRunner:
         caps: RequestCaps,
         metrics: Metrics,
         workers: Workers,
+        structured: StructuredOutputs,
         *,
         concurrency: int = 16,
         heartbeat_seconds: float = 3.0,
@@ -78,6 +80,7 @@ class EvalRunner:
         self._caps = caps
         self._metrics = metrics
         self._workers = workers
+        self._structured = structured
         self._concurrency = concurrency
         self._heartbeat = heartbeat_seconds
         self._stale_after = stale_after_seconds
@@ -145,7 +148,7 @@ class EvalRunner:
 
     def _serving(self, tenant: TenantPrincipal) -> Serving:
         context = RequestContext(id=new_request_id())
-        return Serving(context, tenant, self._catalog, self._admission, self._caps, self._metrics)
+        return Serving(context, tenant, self._catalog, self._admission, self._caps, self._metrics, self._structured)
 
     async def _items(
         self,

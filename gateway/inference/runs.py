@@ -17,6 +17,7 @@ from gateway.inference.api_types import ChatCompletionRequest, CompletionRequest
 from gateway.inference.catalog import ModelCatalog, ServedModel
 from gateway.inference.generation import ChoiceResult, GenerationRun, RunReport, fit_max_tokens, sampling_options
 from gateway.inference.prompts import PromptLimits
+from gateway.inference.structured import StructuredOutputs
 from gateway.ops.metrics import Metrics
 from gateway.settings import GatewaySettings
 from gateway.tenancy.principal import TenantPrincipal
@@ -52,6 +53,7 @@ class Serving:
     admission: Admission
     caps: RequestCaps
     metrics: Metrics
+    structured: StructuredOutputs
 
     async def model(self, model_id: str) -> ServedModel:
         """The model the request names, if the tenant has it and its key may use it."""
