@@ -8,10 +8,12 @@ several fields live in ``check()``, which raises ``InvalidRequestError`` naming 
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from engine.protocol import StructuredKind
 from gateway import bounds
 from gateway.bounds import Metadata
 from gateway.errors import InvalidRequestError
@@ -63,6 +65,67 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
+class TextFormat(_Request):
+    type: Literal["text"]
+
+
+class JsonObjectFormat(_Request):
+    type: Literal["json_object"]
+
+
+class JsonSchema(_Request):
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")]
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+    """Always enforced here: the output matches the schema whether or not ``strict`` is set."""
+
+
+class JsonSchemaFormat(_Request):
+    type: Literal["json_schema"]
+    json_schema: JsonSchema
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
+
+
+class StructuredOutputsField(_Request):
+    """vLLM's ``structured_outputs`` extra: exactly one constraint (its other fields are not taken)."""
+
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: Annotated[list[str], Field(min_length=1)] | None = None
+    grammar: str | None = None
+    json_object: Literal[True] | None = None
+
+    def constraint(self) -> tuple[StructuredKind, Any]:
+        fields: tuple[tuple[StructuredKind, Any], ...] = (
+            ("json", self.json_),
+            ("regex", self.regex),
+            ("choice", self.choice),
+            ("grammar", self.grammar),
+            ("json_object", self.json_object),
+        )
+        given = [(kind, value) for kind, value in fields if value is not None]
+        if len(given) != 1:
+            raise InvalidRequestError(
+                "structured_outputs takes exactly one of json, regex, choice, grammar, json_object",
+                param="structured_outputs",
+            )
+        kind, value = given[0]
+        if kind == "json" and isinstance(value, str):
+            return kind, _schema_text(value, "structured_outputs")
+        return kind, value
+
+
+def _schema_text(text: str, param: str) -> Any:
+    """A JSON schema sent as JSON text (vLLM takes both)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise InvalidRequestError("The JSON schema is not valid JSON.", param=param) from None
+
+
 class _SamplingFields(_Request):
     model: ModelId
     temperature: Temperature | None = None
@@ -78,6 +141,13 @@ class _SamplingFields(_Request):
     logit_bias: Annotated[Any, refused_unless({})] = None
     ignore_eos: bool = False
     """vLLM extension, used by benchmarks: keep generating past the end-of-sequence token."""
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputsField | None = None
+    """vLLM extension; so are the older ``guided_*`` fields below (one constraint per request, whichever field)."""
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: Annotated[list[str], Field(min_length=1)] | None = None
+    guided_grammar: str | None = None
 
     @field_validator("stop")
     @classmethod
@@ -89,6 +159,33 @@ class _SamplingFields(_Request):
     def check(self) -> None:
         if self.stream_options is not None and not self.stream:
             raise InvalidRequestError("stream_options is only allowed when stream is true", param="stream_options")
+
+    def constraint(self) -> tuple[str, StructuredKind, Any] | None:
+        """The structured-output constraint asked for, with the param that carries it (see
+        ``gateway.inference.structured.Requested``); a 400 naming the params when several ask for one."""
+        given: list[tuple[str, StructuredKind, Any]] = []
+        if self.response_format is not None and self.response_format.type == "json_object":
+            given.append(("response_format", "json_object", True))
+        elif isinstance(self.response_format, JsonSchemaFormat):
+            given.append(("response_format", "json", self.response_format.json_schema.schema_))
+        if self.structured_outputs is not None:
+            given.append(("structured_outputs", *self.structured_outputs.constraint()))
+        guided_json = (
+            _schema_text(self.guided_json, "guided_json") if isinstance(self.guided_json, str) else self.guided_json
+        )
+        guided: tuple[tuple[str, StructuredKind, Any], ...] = (
+            ("guided_json", "json", guided_json),
+            ("guided_regex", "regex", self.guided_regex),
+            ("guided_choice", "choice", self.guided_choice),
+            ("guided_grammar", "grammar", self.guided_grammar),
+        )
+        given.extend(item for item in guided if item[2] is not None)
+        if len(given) > 1:
+            names = ", ".join(param for param, _, _ in given)
+            raise InvalidRequestError(
+                f"Only one structured-output constraint per request; this one sets {names}.", param=given[1][0]
+            )
+        return given[0] if given else None
 
     @property
     def stop_sequences(self) -> tuple[str, ...]:
@@ -132,7 +229,6 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: MaxTokens | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    response_format: dict[str, Any] | None = None
     store: Annotated[Any, refused_unless(False)] = None
     """Stored completions are not kept here: ``store: true`` is refused."""
     tools: Annotated[Any, refused_unless([])] = None
@@ -154,13 +250,6 @@ class ChatCompletionRequest(_SamplingFields):
     prompt_cache_retention: Literal["in_memory", "24h"] | None = None
     prompt_cache_options: dict[str, Any] | None = None
     safety_identifier: EndUser | None = None
-
-    @field_validator("response_format")
-    @classmethod
-    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and value.get("type", "text") != "text":
-            raise ValueError("only response_format {'type': 'text'} is supported by this server")
-        return value
 
     def check(self) -> None:
         super().check()

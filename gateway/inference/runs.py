@@ -112,7 +112,8 @@ async def admit_run(run: RunRequest, serving: Serving) -> GenerationRun:
     """Check the request against the caps, the context window and the tenant's quotas, reserve its tokens, and
     return the run (not started yet). The reservation settles when the run reports its end."""
     max_tokens = _max_tokens(run, serving.tenant, serving.caps)
-    options = sampling_options(run.body, max_tokens, run.logprobs)
+    structured = await serving.structured.requested(run.body.constraint())
+    options = sampling_options(run.body, max_tokens, run.logprobs, structured)
     reservation = await serving.admission.admit_inference(
         serving.context,
         serving.tenant,
