@@ -199,7 +199,7 @@ def test_the_official_client_gets_a_400_for_what_it_cannot_have(client: openai.O
         ({"tool_choice": "required"}, "tool_choice"),
         ({"store": True}, "store"),
         ({"reasoning_effort": "high"}, "reasoning_effort"),
-        ({"extra_body": {"guided_json": {"type": "object"}}}, "guided_json"),
+        ({"extra_body": {"guided_decoding_backend": "xgrammar"}}, "guided_decoding_backend"),
     ):
         with pytest.raises(openai.BadRequestError) as info:
             client.chat.completions.create(model=MODEL, messages=HI, max_tokens=2, **kwargs)  # type: ignore[call-overload]
