@@ -9,8 +9,9 @@ made, whole. A route maps the events to its own stream chunks or to its final me
   when its item is complete; an item cut short (``max_tokens``) is dropped.
 - ``TaggedCalls``: text with ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks (the Hermes
   format). Text that may be the start of a tag is held back, never sent as content; a block that does not parse
-  as a call of an offered function is content after all (it is what the model wrote); whitespace between calls is
-  dropped. With parallel calls off, calls after the first are dropped."""
+  as a call of an offered function is content after all (it is what the model wrote); whitespace before a call
+  and between calls is dropped (trailing whitespace is held back until text follows). With parallel calls off,
+  calls after the first are dropped."""
 
 from __future__ import annotations
 
@@ -206,13 +207,10 @@ class TaggedCalls(OutputParser):
         return events
 
     def _text(self, text: str) -> list[Event]:
-        if not text:
-            return []
-        if not text.strip():
-            self._blank += text
-            return []
-        text, self._blank = self._blank + text, ""
-        return [TextDelta(text)]
+        body = self._blank + text
+        kept = body.rstrip()
+        self._blank = body[len(kept) :]
+        return [TextDelta(kept)] if kept else []
 
     def _call(self, body: str, *, closed: bool) -> list[Event]:
         try:
