@@ -60,6 +60,10 @@ def new_call_id() -> str:
 class OutputParser:
     """Text by default; the subclasses find calls in it. Keeps the calls made, whole."""
 
+    finishes_with_calls = True
+    """Whether an answer with calls ends with finish reason ``tool_calls`` (OpenAI: except for a named choice,
+    which ends with ``stop``)."""
+
     def __init__(self) -> None:
         self._names: list[str] = []
         self._ids: list[str] = []
@@ -98,6 +102,8 @@ class PlainText(OutputParser):
 
 class NamedCall(OutputParser):
     """The whole output is the arguments of ``name``; whitespace around them is dropped."""
+
+    finishes_with_calls = False
 
     def __init__(self, name: str) -> None:
         super().__init__()

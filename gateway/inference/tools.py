@@ -39,7 +39,9 @@ EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
 
 @dataclass(frozen=True)
 class ToolSpec:
-    """A function the model may call. ``param`` names its ``parameters`` in the request, for errors."""
+    """A function the model may call. ``param`` names its ``parameters`` in the request, for errors. ``strict``
+    (the arguments must match ``parameters``) holds whenever the choice is enforced (named, ``required``); under
+    ``auto`` the arguments are the JSON object the model wrote."""
 
     name: str
     description: str | None = None
@@ -53,6 +55,8 @@ class ToolSpec:
         if self.description:
             function["description"] = self.description
         function["parameters"] = self.parameters
+        if self.strict:
+            function["strict"] = True
         return {"type": "function", "function": function}
 
 

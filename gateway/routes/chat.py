@@ -104,7 +104,7 @@ def _message(events: list[Event], calls: list[ToolCall]) -> dict[str, Any]:
 
 
 def _finish_reason(engine_reason: str | None, parser: OutputParser) -> str | None:
-    return "tool_calls" if engine_reason == "stop" and parser.calls else engine_reason
+    return "tool_calls" if engine_reason == "stop" and parser.calls and parser.finishes_with_calls else engine_reason
 
 
 def _delta(event: Event) -> dict[str, Any]:
