@@ -2,7 +2,7 @@
 
 Nothing a client sends is silently dropped: an unknown field is a 400 naming it (``extra="forbid"``), and a
 known OpenAI field we cannot honour is declared ``refused_unless(...)``: null, or a value that asks for
-nothing (``tools: []``, ``tool_choice: "none"``), passes, anything else is a 400 naming it. The few fields
+nothing (``logit_bias: {}``, ``store: false``), passes, anything else is a 400 naming it. The few fields
 accepted and ignored (they change nothing we answer) are listed in ``ACCEPTED_AND_IGNORED``. Checks that span
 several fields live in ``check()``, which raises ``InvalidRequestError`` naming the offending ``param``."""
 
@@ -31,7 +31,6 @@ StopField = str | Annotated[list[str], Field(max_length=4)] | None
 ACCEPTED_AND_IGNORED = frozenset(
     {
         "metadata",
-        "parallel_tool_calls",
         "prompt_cache_key",
         "prompt_cache_retention",
         "prompt_cache_options",
@@ -39,8 +38,8 @@ ACCEPTED_AND_IGNORED = frozenset(
     }
 )
 """Chat fields OpenAI clients send that change nothing we answer: ``metadata`` (labels for OpenAI's stored
-completions, checked against OpenAI's bounds), ``parallel_tool_calls`` (no tools are accepted), the prompt
-cache hints (our prefix cache is automatic) and ``safety_identifier`` (OpenAI's abuse monitoring id)."""
+completions, checked against OpenAI's bounds), the prompt cache hints (our prefix cache is automatic) and
+``safety_identifier`` (OpenAI's abuse monitoring id)."""
 
 
 def refused_unless(*harmless: Any) -> AfterValidator:
@@ -203,17 +202,79 @@ class TextPart(_Request):
     text: str
 
 
+ToolName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")]
+ToolCallId = Annotated[str, Field(min_length=1, max_length=bounds.USER)]
+MAX_TOOLS = 128
+"""OpenAI's cap on the tools of one request."""
+TOOL_DESCRIPTION = 8192
+TOOL_ARGUMENTS = 64 * 1024
+"""The arguments (JSON text) of a tool call sent back in the history."""
+LEGACY_FUNCTIONS = "is the deprecated function-calling interface, not supported by this server: use tools"
+
+
+class FunctionDefinition(_Request):
+    name: ToolName
+    description: Annotated[str, Field(max_length=TOOL_DESCRIPTION)] | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class FunctionTool(_Request):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(_Request):
+    name: ToolName
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: FunctionName
+
+
+class FunctionCallMade(_Request):
+    name: ToolName
+    arguments: Annotated[str, Field(max_length=TOOL_ARGUMENTS)]
+
+
+class ToolCallMade(_Request):
+    """A call an assistant message of the history made (as we answered it)."""
+
+    id: ToolCallId
+    type: Literal["function"]
+    function: FunctionCallMade
+
+
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: Annotated[str, Field(max_length=64)] | None = None
-    # What an assistant message sent back as we answered it may carry (null or empty), and tool messages.
+    tool_calls: Annotated[list[ToolCallMade], Field(max_length=MAX_TOOLS)] | None = None
+    """An assistant's calls."""
+    tool_call_id: ToolCallId | None = None
+    """The call a ``tool`` message answers."""
+    # What an assistant message sent back as we answered it may carry (null or empty).
     refusal: Refused = None
-    tool_calls: Annotated[Any, refused_unless([])] = None
-    tool_call_id: Refused = None
-    function_call: Refused = None
+    function_call: Any = None
     audio: Refused = None
     annotations: Annotated[Any, refused_unless([])] = None
+
+    @field_validator("function_call")
+    @classmethod
+    def _no_legacy_call(cls, value: Any) -> Any:
+        if value is not None:
+            raise ValueError(f"function_call {LEGACY_FUNCTIONS} (tool_calls)")
+        return value
+
+    def check(self, param: str) -> None:
+        if self.tool_calls and self.role != "assistant":
+            raise InvalidRequestError("Only assistant messages may carry tool_calls.", param=f"{param}.tool_calls")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise InvalidRequestError(
+                "A tool message needs the tool_call_id it answers, and only tool messages carry one.",
+                param=f"{param}.tool_call_id",
+            )
 
     def text(self) -> str:
         if self.content is None:
@@ -231,10 +292,11 @@ class ChatCompletionRequest(_SamplingFields):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     store: Annotated[Any, refused_unless(False)] = None
     """Stored completions are not kept here: ``store: true`` is refused."""
-    tools: Annotated[Any, refused_unless([])] = None
-    tool_choice: Annotated[Any, refused_unless("none")] = None
-    functions: Refused = None
-    function_call: Annotated[Any, refused_unless("none")] = None
+    tools: Annotated[list[FunctionTool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    functions: Any = None
+    function_call: Any = None
     modalities: Annotated[Any, refused_unless(["text"])] = None
     audio: Refused = None
     prediction: Refused = None
@@ -245,16 +307,24 @@ class ChatCompletionRequest(_SamplingFields):
     service_tier: Annotated[Any, refused_unless("auto", "default")] = None
     # ACCEPTED_AND_IGNORED:
     metadata: Metadata | None = None
-    parallel_tool_calls: bool | None = None
     prompt_cache_key: Annotated[str, Field(max_length=bounds.USER)] | None = None
     prompt_cache_retention: Literal["in_memory", "24h"] | None = None
     prompt_cache_options: dict[str, Any] | None = None
     safety_identifier: EndUser | None = None
 
+    @field_validator("functions", "function_call")
+    @classmethod
+    def _no_legacy_functions(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None:
+            raise ValueError(f"{info.field_name} {LEGACY_FUNCTIONS} and tool_choice")
+        return value
+
     def check(self) -> None:
         super().check()
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidRequestError("top_logprobs requires logprobs to be true", param="top_logprobs")
+        for index, message in enumerate(self.messages):
+            message.check(f"messages[{index}]")
 
     @property
     def requested_max_tokens(self) -> int | None:
