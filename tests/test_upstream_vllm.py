@@ -325,7 +325,8 @@ def test_a_json_schema_is_forwarded_to_the_replicas_and_every_output_validates(d
     }
     _, key = deployment.tenant()
     for gateway in (0, 1):
-        reply = deployment.client(key, gateway).chat.completions.create(
+        client = deployment.client(key, gateway).with_options(timeout=600)  # each replica compiles its first grammar
+        reply = client.chat.completions.create(
             model=MODEL,
             messages=[{"role": "user", "content": "What is the capital of France?"}],
             max_tokens=40,
