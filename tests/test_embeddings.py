@@ -1,0 +1,166 @@
+"""``POST /v1/embeddings`` through the real gateway and its in-process vLLM pooling engine (all-MiniLM-L6-v2 from
+its wheel, served beside the chat model by default), with the official client: every input form, base64 equal to
+float, vectors equal to sentence-transformers' on the same model, OpenAI's refusals (dimensions on a model without
+them, an input over the context, too many inputs, token ids out of the vocabulary, a model of the other kind),
+usage and the ledger exact, and the tenant's limits and key restrictions applied."""
+
+from __future__ import annotations
+
+import base64
+import math
+import sqlite3
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from engine.settings import DEFAULT_EMBEDDING_MODEL_ID
+from tests.support import MODEL
+from tests.support.tenants import create_tenant, openai_client
+
+EMBED = DEFAULT_EMBEDDING_MODEL_ID
+DIMS = 384
+SENTENCES = ["The cat sits on the mat.", "A dog runs in the park.", "Quantum computers use qubits."]
+
+
+@pytest.fixture(scope="module")
+def encoder(server_data_dir: Path, server: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(server_data_dir / "models" / EMBED))
+
+
+def vectors(reply: Any) -> list[list[float]]:
+    assert [item.index for item in reply.data] == list(range(len(reply.data)))
+    return [list(item.embedding) for item in reply.data]
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+def test_the_embedding_model_is_listed_beside_the_chat_model(client: openai.OpenAI) -> None:
+    assert {MODEL, EMBED} <= {model.id for model in client.models.list()}
+    assert client.models.retrieve(EMBED).id == EMBED
+
+
+def test_every_input_form_gives_the_same_normalised_vectors(client: openai.OpenAI, encoder: Any) -> None:
+    one = client.embeddings.create(model=EMBED, input=SENTENCES[0])
+    assert one.model == EMBED and one.object == "list" and len(one.data) == 1
+    assert len(one.data[0].embedding) == DIMS
+    assert abs(sum(x * x for x in one.data[0].embedding) - 1) < 1e-4
+    ids = [encoder(text)["input_ids"] for text in SENTENCES]
+    assert one.usage.prompt_tokens == one.usage.total_tokens == len(ids[0])
+
+    many = client.embeddings.create(model=EMBED, input=SENTENCES)
+    assert many.usage.prompt_tokens == sum(map(len, ids))
+    by_ids = client.embeddings.create(model=EMBED, input=ids[0])
+    by_id_lists = client.embeddings.create(model=EMBED, input=ids)
+    for got, want in zip(vectors(many), vectors(by_id_lists), strict=True):
+        assert cosine(got, want) > 0.99999
+    assert cosine(vectors(one)[0], vectors(many)[0]) > 0.99999
+    assert cosine(vectors(by_ids)[0], vectors(many)[0]) > 0.99999
+    assert cosine(vectors(many)[0], vectors(many)[2]) < 0.5  # different sentences, different vectors
+
+
+def test_base64_is_the_float_vector_as_little_endian_float32(client: openai.OpenAI, http: httpx.Client) -> None:
+    floats = client.embeddings.create(model=EMBED, input=SENTENCES, encoding_format="float")
+    raw = http.post("/v1/embeddings", json={"model": EMBED, "input": SENTENCES, "encoding_format": "base64"}).json()
+    for item, expected in zip(raw["data"], floats.data, strict=True):
+        decoded = struct.unpack(f"<{DIMS}f", base64.b64decode(item["embedding"]))
+        assert decoded == pytest.approx(expected.embedding, abs=1e-6)
+    # The SDK asks for base64 by default and decodes it itself.
+    decoded_by_sdk = client.embeddings.create(model=EMBED, input=SENTENCES)
+    for got, want in zip(vectors(decoded_by_sdk), vectors(floats), strict=True):
+        assert got == pytest.approx(want, abs=1e-6)
+
+
+def test_vectors_match_sentence_transformers(client: openai.OpenAI, server_data_dir: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(server_data_dir / "models" / EMBED), device="cpu")
+    expected = reference.encode(SENTENCES, normalize_embeddings=True).tolist()
+    served = vectors(client.embeddings.create(model=EMBED, input=SENTENCES))
+    assert all(cosine(got, want) > 0.999 for got, want in zip(served, expected, strict=True))
+
+
+def refused(http: httpx.Client, body: dict[str, Any], path: str = "/v1/embeddings") -> dict[str, Any]:
+    response = http.post(path, json=body)
+    assert response.status_code == 400, response.text
+    error: dict[str, Any] = response.json()["error"]
+    return error
+
+
+def test_what_openai_refuses_is_refused_before_the_engine(http: httpx.Client, encoder: Any) -> None:
+    assert refused(http, {"model": EMBED, "input": "hi", "dimensions": 128})["param"] == "dimensions"
+    too_long = refused(http, {"model": EMBED, "input": "word " * 600})
+    assert too_long["code"] == "context_length_exceeded" and too_long["param"] == "input"
+    assert "maximum context length" in too_long["message"]
+    past_chars = refused(http, {"model": EMBED, "input": ["ok", "x" * 100_000]})
+    assert past_chars["code"] == "context_length_exceeded"
+    assert refused(http, {"model": EMBED, "input": [101, 7592] * 400})["code"] == "context_length_exceeded"
+    assert refused(http, {"model": EMBED, "input": ["a"] * 2049})["param"] == "input"
+    assert refused(http, {"model": EMBED, "input": [[101, encoder.vocab_size]]})["param"] == "input"
+    assert refused(http, {"model": EMBED, "input": [-1]})["param"] == "input"
+    assert refused(http, {"model": EMBED, "input": ""})["param"] == "input"
+    assert refused(http, {"model": EMBED, "input": ["a", ""]})["param"] == "input"
+    assert refused(http, {"model": EMBED, "input": []})["param"] == "input"
+    assert refused(http, {"model": EMBED, "input": "hi", "encoding_format": "int8"})["param"] == "encoding_format"
+    assert refused(http, {"model": EMBED, "input": "hi", "truncate": True})["param"] == "truncate"
+    chat_model = refused(http, {"model": MODEL, "input": "hi"})
+    assert chat_model["param"] == "model" and "does not create embeddings" in chat_model["message"]
+    chat = {"model": EMBED, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    assert "embedding model" in refused(http, chat, "/v1/chat/completions")["message"]
+    assert refused(http, {"model": EMBED, "prompt": "hi"}, "/v1/completions")["param"] == "model"
+    assert http.post("/v1/embeddings", json={"model": "nope", "input": "hi"}).status_code == 404
+
+
+def ledger(data_dir: Path, tenant_id: str, rows: int) -> list[tuple[str, int, int, str, str]]:
+    """The tenant's usage records once ``rows`` are written (the ledger writes in batches)."""
+    deadline = time.monotonic() + 10
+    while True:
+        with sqlite3.connect(data_dir / "llmaas.db") as db:
+            found = db.execute(
+                "SELECT client_request_id, prompt_tokens, completion_tokens, outcome, model FROM usage_records "
+                "WHERE tenant_id = ? ORDER BY client_request_id",
+                (tenant_id,),
+            ).fetchall()
+        if len(found) >= rows or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def test_usage_is_metered_exactly_per_tenant(server: str, admin: httpx.Client, server_data_dir: Path) -> None:
+    tenant, key = create_tenant(admin, "embeddings-ledger")
+    other, other_key = create_tenant(admin, "embeddings-other")
+    client = openai_client(server, key)
+    told = {}
+    for i, batch in enumerate([SENTENCES[:1], SENTENCES, SENTENCES * 20]):
+        reply = client.embeddings.create(
+            model=EMBED, input=batch, user="u-1", extra_headers={"X-Client-Request-Id": f"emb-{i}"}
+        )
+        told[f"emb-{i}"] = reply.usage.prompt_tokens
+    with pytest.raises(openai.BadRequestError):  # refused before admission: no record
+        client.embeddings.create(model=EMBED, input="hi", dimensions=8, extra_headers={"X-Client-Request-Id": "bad"})
+    openai_client(server, other_key).embeddings.create(model=EMBED, input="theirs")
+    rows = ledger(server_data_dir, tenant["id"], len(told))
+    assert rows == [(request_id, tokens, 0, "completed", EMBED) for request_id, tokens in sorted(told.items())]
+    assert len(ledger(server_data_dir, other["id"], 1)) == 1
+
+
+def test_limits_budgets_and_key_restrictions_apply(server: str, admin: httpx.Client) -> None:
+    _, key = create_tenant(admin, "embeddings-tpm", tokens_per_minute=20)
+    client = openai_client(server, key)
+    client.embeddings.create(model=EMBED, input="a few words")  # 5 tokens
+    with pytest.raises(openai.RateLimitError):
+        client.embeddings.create(model=EMBED, input=SENTENCES * 3)
+    _, budget_key = create_tenant(admin, "embeddings-budget", monthly_token_budget=10)
+    with pytest.raises(openai.RateLimitError):
+        openai_client(server, budget_key).embeddings.create(model=EMBED, input=SENTENCES)
+    _, chat_only = create_tenant(admin, "embeddings-chat-only", key={"allowed_models": [MODEL]})
+    with pytest.raises(openai.PermissionDeniedError):
+        openai_client(server, chat_only).embeddings.create(model=EMBED, input="hi")
