@@ -2,15 +2,18 @@
 its wheel, served beside the chat model by default), with the official client: every input form, base64 equal to
 float, vectors equal to sentence-transformers' on the same model, OpenAI's refusals (dimensions on a model without
 them, an input over the context, too many inputs, token ids out of the vocabulary, a model of the other kind),
-usage and the ledger exact, and the tenant's limits and key restrictions applied."""
+usage and the ledger exact, and the tenant's limits and key restrictions applied. And in upstream mode: a bare
+vLLM server of the model (pooling runner) behind a gateway answers the same vectors, metered the same."""
 
 from __future__ import annotations
 
 import base64
 import math
+import os
 import sqlite3
 import struct
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +21,12 @@ import httpx
 import openai
 import pytest
 
-from engine.settings import DEFAULT_EMBEDDING_MODEL_ID
-from tests.support import MODEL
-from tests.support.tenants import create_tenant, openai_client
+from engine.model_prep import prepare_embedding_model
+from engine.settings import DEFAULT_EMBEDDING_MODEL_ID, EngineSettings
+from engine.upstream.local_server import VLLMReplica
+from tests.support import MODEL, REPO
+from tests.support.gateway_process import free_port, served_gateway
+from tests.support.tenants import create_tenant, openai_client, tenant_key
 
 EMBED = DEFAULT_EMBEDDING_MODEL_ID
 DIMS = 384
@@ -164,3 +170,52 @@ def test_limits_budgets_and_key_restrictions_apply(server: str, admin: httpx.Cli
     _, chat_only = create_tenant(admin, "embeddings-chat-only", key={"allowed_models": [MODEL]})
     with pytest.raises(openai.PermissionDeniedError):
         openai_client(server, chat_only).embeddings.create(model=EMBED, input="hi")
+
+
+# -- upstream mode: a bare vLLM server of the embedding model behind a gateway ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, VLLMReplica, Path]]:
+    """A vLLM OpenAI server of the embedding model (pooling runner) and a gateway in upstream mode in front of
+    it; yields the gateway's base URL, the replica and the gateway's data dir."""
+    tmp_path = tmp_path_factory.mktemp("embeddings-upstream")
+    cache = Path(os.environ.get("LLMAAS_TEST_MODEL_CACHE", REPO / ".data" / "test-cache"))
+    model_dir = prepare_embedding_model(EngineSettings(data_dir=cache))
+    replica = VLLMReplica(free_port(), 0, tmp_path / "vllm.log", EMBED, runner="pooling")
+    try:
+        replica.start(model_dir)
+        replica.wait_ready()
+        settings: dict[str, Any] = {
+            "engine": "upstream",
+            "upstream_urls": replica.url,
+            "upstream_scrape_interval_seconds": 0.5,
+            "embedded_worker": "false",
+            "log_level": "warning",
+        }
+        with served_gateway(tmp_path / "data", log=tmp_path / "gateway.log", **settings) as gateway:
+            yield gateway.base, replica, tmp_path / "data"
+    finally:
+        replica.stop()
+
+
+def test_upstream_mode_routes_embeddings_to_the_pooling_server(
+    upstream: tuple[str, VLLMReplica, Path], client: openai.OpenAI
+) -> None:
+    base, replica, data_dir = upstream
+    tenant_id, key = tenant_key(base, "embeddings-upstream")
+    through = openai_client(base, key)
+    assert [model.id for model in through.models.list()] == [EMBED]
+    reply = through.embeddings.create(model=EMBED, input=SENTENCES, extra_headers={"X-Client-Request-Id": "up-1"})
+    in_process = client.embeddings.create(model=EMBED, input=SENTENCES)
+    assert reply.usage.prompt_tokens == in_process.usage.prompt_tokens
+    for got, want in zip(vectors(reply), vectors(in_process), strict=True):
+        assert cosine(got, want) > 0.9999
+    assert replica.successes() >= 1  # the server itself answered it
+    with pytest.raises(openai.BadRequestError) as refused_dimensions:
+        through.embeddings.create(model=EMBED, input="hi", dimensions=8)
+    assert refused_dimensions.value.body["param"] == "dimensions"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError):
+        through.chat.completions.create(model=EMBED, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    rows = ledger(data_dir, tenant_id, 1)
+    assert rows == [("up-1", reply.usage.prompt_tokens, 0, "completed", EMBED)]

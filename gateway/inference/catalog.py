@@ -94,7 +94,7 @@ class ModelCatalog:
         return {model_id: dict(info) for model_id, info in self._backend.status().models.items()}
 
     async def check_health(self) -> None:
-        if not self._offers():
+        if not self._backend.models():
             raise EngineUnavailable("No model is being served yet.")
         await self._backend.check_health()
 
