@@ -6,13 +6,14 @@ Run it (on a quiet machine: the two run one after the other and share its cores 
     .venv/bin/python bench/embeddings.py                  # batch 1 and 64
 
 The model is all-MiniLM-L6-v2 from its wheel (``engine.model_prep.prepare_embedding_model``). First our gateway
-(``llmaas serve``, the chat model idle beside it, its defaults: the dtype and thread layout it chooses for this
-machine) gets, for each batch size ``b`` of ``--batch``, requests of ``b`` short sentences one after another
-(base64 vectors, as the official SDK asks) until at least ``--min-inputs`` inputs were embedded, after one
-warm-up request; then the gateway is stopped and ``SentenceTransformer.encode`` embeds the same batches in this
-process (fp32, torch's threads on every core, ``normalize_embeddings``). It prints the machine (CPU model, ISA,
-native bf16, cores, dtype, thread layout), a Markdown table of embeddings/s and the ratio ours / direct per batch
-size (target at 64: at least 1.0), and writes ``embeddings.json`` into ``--results-dir``."""
+(``llmaas serve``, the chat model idle beside it, the thread layout it chooses for this machine, and by default
+fp32 like sentence-transformers: ``--dtype auto`` gives its own choice, bf16 on a CPU with native bf16) gets,
+for each batch size ``b`` of ``--batch``, requests of ``b`` short sentences one after another (base64 vectors, as
+the official SDK asks) until at least ``--min-inputs`` inputs were embedded, after one warm-up request; then the
+gateway is stopped and ``SentenceTransformer.encode`` embeds the same batches in this process (fp32, torch's
+threads on every core, ``normalize_embeddings``). It prints the machine (CPU model, ISA, native bf16, cores,
+dtype, thread layout), a Markdown table of embeddings/s and the ratio ours / direct per batch size (target at
+64: at least 1.0), and writes ``embeddings.json`` into ``--results-dir``."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def measure(embed: Callable[[list[str]], int], batch: int, min_inputs: int) -> f
 
 
 def bench_gateway(
-    model_dir: Path, chat_dir: Path, batches: Sequence[int], min_inputs: int, log: Path
+    model_dir: Path, chat_dir: Path, batches: Sequence[int], min_inputs: int, dtype: str, log: Path
 ) -> dict[int, float]:
     settings = {
         "LLMAAS_DATA_DIR": tempfile.mkdtemp(prefix="bench-embeddings-"),
@@ -63,6 +64,7 @@ def bench_gateway(
         "LLMAAS_MODEL_PATH": str(chat_dir),
         "LLMAAS_EMBEDDING_MODEL": str(model_dir),
         "LLMAAS_EMBEDDED_WORKER": "false",
+        "LLMAAS_DTYPE": dtype,
         "LLMAAS_LOG_LEVEL": "warning",
     }
     results = {}
@@ -103,6 +105,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", default="1,64", help="comma-separated batch sizes (inputs per request)")
     parser.add_argument("--min-inputs", type=int, default=512, help="inputs embedded per batch size, at least")
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "auto"], help="our gateway's (LLMAAS_DTYPE)"
+    )
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
     try:
@@ -122,10 +127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     results_dir.mkdir(parents=True, exist_ok=True)
     facts = machine()
     print(f"machine: {describe(facts)}", flush=True)
-    ours = bench_gateway(model_dir, chat_dir, args.batch, args.min_inputs, results_dir / "embeddings-gateway.log")
+    log = results_dir / "embeddings-gateway.log"
+    ours = bench_gateway(model_dir, chat_dir, args.batch, args.min_inputs, args.dtype, log)
     direct = bench_direct(model_dir, args.batch, args.min_inputs)
     print()
-    print(f"## Embeddings: {DEFAULT_EMBEDDING_MODEL_ID}, embeddings/s (at least {args.min_inputs} inputs each)")
+    heading = f"{DEFAULT_EMBEDDING_MODEL_ID}, embeddings/s (at least {args.min_inputs} inputs each)"
+    print(f"## Embeddings: {heading}; ours in {args.dtype}, sentence-transformers in float32")
     print(f"machine: {describe(facts)}")
     print("| batch | ours (gateway) | sentence-transformers | ours / direct |")
     print("|---:|---:|---:|---:|")
@@ -134,7 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ratio = ours[batch] / direct[batch]
         print(f"| {batch} | {ours[batch]:.1f} | {direct[batch]:.1f} | {ratio:.2f}x |")
         rows.append({"batch": batch, "ours": ours[batch], "direct": direct[batch], "ratio": ratio})
-    (results_dir / "embeddings.json").write_text(json.dumps({"machine": facts, "results": rows}, indent=2))
+    (results_dir / "embeddings.json").write_text(
+        json.dumps({"machine": facts, "dtype": args.dtype, "results": rows}, indent=2)
+    )
     return 0
 
 

@@ -79,7 +79,13 @@ class EngineSettings(SharedSettings):
         description="CPU backend, with a worker process: cores kept free of its threads; unset: none on up to 4 "
         "cores, else 1.",
     )
-    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="GPU backend only.")
+    gpu_memory_utilization: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="GPU backend only: the GPU memory all models of this process take together (an embedding "
+        "model 0.05 of it, the generating models the rest, evenly).",
+    )
     seed: int = 0
     enable_lora: bool = Field(default=True, description="Serve fine-tuned LoRA adapters beside the base model.")
     max_loras: int = Field(default=4, ge=1, description="Distinct adapters in one batch.")

@@ -20,7 +20,7 @@ from engine.text_encoder import HFTextEncoder
 from engine.tokenizer import HFTokenizer
 from engine.translate import output_delta, sampling_fields, structured_fields
 from engine.vllm_pooling import VLLMEmbedder
-from engine.vllm_setup import IDLE, LoadRecorder, engine_args, release
+from engine.vllm_setup import IDLE, LoadRecorder, engine_args, gpu_memory_shares, release
 
 if TYPE_CHECKING:
     from vllm.lora.request import LoRARequest
@@ -123,14 +123,16 @@ class VLLMBackend:
         self._models: dict[str, ModelOffer] = {}
 
     async def start(self) -> None:
-        for plan in served_model_plans(self._settings):
-            self._running[plan.name] = await self._start(plan)
+        plans = served_model_plans(self._settings)
+        shares = gpu_memory_shares(plans, self._settings.gpu_memory_utilization)
+        for plan in plans:
+            self._running[plan.name] = await self._start(plan, shares[plan.name])
         self._models = {name: running.offer for name, running in self._running.items()}
 
-    async def _start(self, plan: ModelPlan) -> _Running:
+    async def _start(self, plan: ModelPlan, gpu_share: float) -> _Running:
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        args, info = engine_args(self._settings, plan)
+        args, info = engine_args(self._settings, plan, gpu_share)
         logger.info(
             "engine %s (%s): %s on %s; %s", plan.name, plan.runner, info["dtype"], info["hardware"], info["threads"]
         )

@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 IDLE = EngineLoad(running=0, waiting=0, kv_cache_usage=0.0)
 POOLING_KV_CACHE_GIB = 1
 """CPU backend: a pooling model's KV cache space (an encoder keeps no KV cache between steps: vLLM's minimum)."""
+POOLING_GPU_SHARE = 0.05
+"""GPU backend: the share of the GPU's memory a pooling model's engine takes (a small encoder: its weights and
+one batch's activations); the generating models split the rest of ``gpu_memory_utilization``."""
 
 
 class LoadRecorder:
@@ -62,7 +65,16 @@ class LoadRecorder:
         return _Logger(vllm_config, engine_index)
 
 
-def engine_args(settings: EngineSettings, plan: ModelPlan) -> tuple[AsyncEngineArgs, dict[str, str]]:
+def gpu_memory_shares(plans: list[ModelPlan], utilization: float) -> dict[str, float]:
+    """GPU backend: each engine's ``gpu_memory_utilization``, so that all of them fit on the one GPU (vLLM's own
+    default takes 0.9 for each)."""
+    pooling = sum(plan.runner == "pooling" for plan in plans)
+    generating = max(len(plans) - pooling, 1)
+    rest = max(utilization - POOLING_GPU_SHARE * pooling, POOLING_GPU_SHARE) / generating
+    return {plan.name: POOLING_GPU_SHARE if plan.runner == "pooling" else rest for plan in plans}
+
+
+def engine_args(settings: EngineSettings, plan: ModelPlan, gpu_share: float) -> tuple[AsyncEngineArgs, dict[str, str]]:
     """vLLM's arguments for the model, and how it runs (dtype, hardware, threads). Sets the environment that
     vLLM's engine process for it, spawned by ``AsyncLLM.from_engine_args`` right after, reads: each model's engine
     is started in turn, so each reads its own."""
@@ -98,7 +110,7 @@ def engine_args(settings: EngineSettings, plan: ModelPlan) -> tuple[AsyncEngineA
         args.max_model_len = settings.max_model_len
         args.max_num_batched_tokens = settings.max_num_batched_tokens
     if hardware.gpu:  # on CPU, vLLM's own default stands (the KV cache is sized by VLLM_CPU_KVCACHE_SPACE)
-        args.gpu_memory_utilization = settings.gpu_memory_utilization
+        args.gpu_memory_utilization = gpu_share
     return args, {"dtype": dtype, "hardware": hardware.describe(), "threads": threads, "runner": plan.runner}
 
 

@@ -21,9 +21,16 @@ import httpx
 import openai
 import pytest
 
-from engine.model_prep import prepare_embedding_model
-from engine.settings import DEFAULT_EMBEDDING_MODEL_ID, EngineSettings
+from engine.model_prep import (
+    ModelNotAvailableError,
+    ModelPlan,
+    embedding_model_plan,
+    prepare_embedding_model,
+    served_model_plans,
+)
+from engine.settings import DEFAULT_EMBEDDING_MODEL_ID, EngineSettings, ExtraModel
 from engine.upstream.local_server import VLLMReplica
+from engine.vllm_setup import gpu_memory_shares
 from tests.support import MODEL, REPO
 from tests.support.gateway_process import free_port, served_gateway
 from tests.support.tenants import create_tenant, openai_client, tenant_key
@@ -31,6 +38,35 @@ from tests.support.tenants import create_tenant, openai_client, tenant_key
 EMBED = DEFAULT_EMBEDDING_MODEL_ID
 DIMS = 384
 SENTENCES = ["The cat sits on the mat.", "A dog runs in the park.", "Quantum computers use qubits."]
+
+
+def test_which_models_the_process_serves(tmp_path: Path, model_dir: Path) -> None:
+    cache = EngineSettings(data_dir=Path(os.environ.get("LLMAAS_TEST_MODEL_CACHE", REPO / ".data" / "test-cache")))
+    default = embedding_model_plan(cache)
+    assert default is not None and default.name == EMBED and default.runner == "pooling"
+    assert (default.path / "config.json").is_file() and (default.path / "1_Pooling" / "config.json").is_file()
+    assert embedding_model_plan(EngineSettings(data_dir=tmp_path, embedding_model="")) is None
+    by_dir = embedding_model_plan(EngineSettings(data_dir=tmp_path, embedding_model=str(default.path)))
+    assert by_dir == ModelPlan(default.path.name, default.path, "pooling")
+    with pytest.raises(ModelNotAvailableError):
+        embedding_model_plan(EngineSettings(data_dir=tmp_path, embedding_model=str(tmp_path)))
+    extra = ExtraModel(name="second-chat", path=model_dir)
+    settings = EngineSettings(data_dir=tmp_path, model_path=model_dir, embedding_model="", extra_models=[extra])
+    assert [(plan.name, plan.runner, plan.primary) for plan in served_model_plans(settings)] == [
+        (MODEL, "generate", True),
+        ("second-chat", "auto", False),
+    ]
+    clash = EngineSettings(
+        data_dir=tmp_path, model_path=model_dir, extra_models=[ExtraModel(name=MODEL, path=model_dir)]
+    )
+    with pytest.raises(ModelNotAvailableError, match="share the name"):
+        served_model_plans(clash)
+
+
+def test_every_engine_gets_its_share_of_one_gpu() -> None:
+    chat, embed = ModelPlan("chat", Path("c"), "generate", True), ModelPlan("embed", Path("e"), "pooling")
+    assert gpu_memory_shares([chat, embed], 0.9) == {"chat": pytest.approx(0.85), "embed": 0.05}
+    assert gpu_memory_shares([chat], 0.9) == {"chat": 0.9}
 
 
 @pytest.fixture(scope="module")
