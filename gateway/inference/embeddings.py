@@ -147,16 +147,17 @@ async def create_embeddings(body: EmbeddingRequest, request: Request, serving: S
         raise
     finally:
         reservation.settle(prompt_tokens, 0, outcome)  # the settlement first: it must never depend on the metrics
+        if outcome != "aborted":  # the answer (or its error) goes out once its record is durable
+            await reservation.durable()
         serving.metrics.observe_run(
             model=served.id,
             fine_tuned=False,
             outcome=outcome,
             prompt_tokens=prompt_tokens,
             completion_tokens=0,
+            # An embedding's first (and only) output is the whole answer.
             time_to_first_token=time.perf_counter() - started if outcome == "completed" else None,
         )
-        if outcome != "aborted":
-            await reservation.durable()
     return {
         "object": "list",
         "data": [
