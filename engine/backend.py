@@ -2,10 +2,11 @@
 processes (or connections), offers the models it serves now, each with its per-model ``Engine`` and its
 capabilities, and reports its status (per-model description, load, replicas) for ``/ready`` and ``/metrics``.
 
-Two implementations: ``engine.vllm_engine.VLLMBackend`` (one model in this process) and
+Two implementations: ``engine.vllm_engine.VLLMBackend`` (the models of this process: the chat model, the
+embedding model, the operator's extra models) and
 ``engine.upstream.pool.UpstreamPool`` (the models of many vLLM servers); ``engine.factory.build_backend``
-picks one from the settings. A new model kind (an embedding model) is a new capability offered by the backend
-that serves it."""
+picks one from the settings. Each model kind is a capability with its own per-model interface: ``Engine``
+generates, ``Embedder`` (a pooling model) embeds."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from engine.protocol import AdapterRef, Engine
+from engine.protocol import AdapterRef, Embedder, Engine
 from engine.settings import EngineSettings
 
 
@@ -23,14 +24,24 @@ class Capability(StrEnum):
 
     GENERATE = "generate"
     """Completions and chat completions (``Engine.generate``)."""
+    EMBED = "embed"
+    """Embeddings (``Embedder.embed``)."""
 
 
 @dataclass(frozen=True)
 class ModelOffer:
-    """A model a backend serves: its engine and what it can do."""
+    """A model a backend serves, by what it can do: generate (its ``engine``) or embed (its ``embedder``)."""
 
-    engine: Engine
-    capabilities: frozenset[Capability] = frozenset({Capability.GENERATE})
+    engine: Engine | None = None
+    embedder: Embedder | None = None
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset(
+            capability
+            for capability, interface in ((Capability.GENERATE, self.engine), (Capability.EMBED, self.embedder))
+            if interface is not None
+        )
 
 
 @dataclass(frozen=True)

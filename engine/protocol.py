@@ -1,5 +1,6 @@
-"""The per-model interface the gateway sees (``Engine``: its tokenizer, its context length, generate as an async
-stream of deltas, adapters) and the plain values that cross it. An engine knows nothing of processes: what runs
+"""The per-model interfaces the gateway sees (``Engine``: its tokenizer, its context length, generate as an async
+stream of deltas, adapters; ``Embedder``: an embedding model's tokenizer, context length and vectors) and the
+plain values that cross them. An engine knows nothing of processes: what runs
 the models (starts, stops, reports load) is a backend (``engine.backend``). Only ``engine.vllm_engine`` knows
 vLLM; everything here is plain Python."""
 
@@ -129,4 +130,36 @@ class Engine(Protocol):
 
     async def remove_adapter(self, adapter: AdapterRef) -> None:
         """Unload an adapter that is being deleted."""
+        ...
+
+
+class TextEncoder(Protocol):
+    """An embedding model's tokenizer: text to the token ids the model embeds (with its special tokens)."""
+
+    def encode(self, text: str) -> list[int]: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+
+class Embedder(Protocol):
+    """One served embedding model (a pooling model): token prompts to vectors."""
+
+    @property
+    def tokenizer(self) -> TextEncoder: ...
+
+    @property
+    def max_model_len(self) -> int:
+        """The most tokens one input may hold."""
+        ...
+
+    @property
+    def supports_dimensions(self) -> bool:
+        """Whether ``embed`` takes ``dimensions`` (a Matryoshka model, whose shortened vectors keep their meaning)."""
+        ...
+
+    async def embed(
+        self, prompts: list[list[int]], request_id: str, dimensions: int | None = None
+    ) -> list[list[float]]:
+        """One normalised vector per prompt, in order. Cancelling the call aborts the requests in the engine."""
         ...

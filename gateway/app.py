@@ -178,11 +178,7 @@ def create_app(
             workers = Workers(settings.tenant_work_processes)
             stack.callback(workers.close)
             catalog = ModelCatalog(backend, registry)
-            longest = max(
-                (offer.engine.max_model_len for offer in backend.models().values()),
-                default=engine_settings.max_model_len,
-            )
-            caps = RequestCaps.from_settings(settings, longest)
+            caps = RequestCaps.from_settings(settings, catalog.longest_context(engine_settings.max_model_len))
             metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
             authenticator = Authenticator(key_cache, admin_key, metrics_token, tenancy.identity_of_key)
             throttle = sign_in_throttle(

@@ -10,6 +10,7 @@ import openai
 import psutil
 
 from engine.hardware import choose_layout, detect, resolve_dtype
+from engine.settings import DEFAULT_EMBEDDING_MODEL_ID
 from tests.support import MODEL
 from tests.support.metrics import metric_value
 
@@ -27,7 +28,7 @@ def test_health_and_ready(http: httpx.Client) -> None:
     assert http.get("/health").json() == {"status": "ok"}
     ready = http.get("/ready")
     assert ready.status_code == 200
-    assert ready.json()["models"] == [MODEL]
+    assert ready.json()["models"] == [MODEL, DEFAULT_EMBEDDING_MODEL_ID]  # the chat model, the embedding model
     engine = ready.json()["engines"][MODEL]  # the dtype it serves (the suite's server asks for fp32), and the machine
     assert engine["dtype"] == resolve_dtype("float32", detect())
     assert detect().isa in engine["hardware"]

@@ -1,4 +1,5 @@
-"""The HTTP calls to one replica (vLLM's OpenAI server): its checks, its adapters, and a streamed completion.
+"""The HTTP calls to one replica (vLLM's OpenAI server): its checks, its adapters, a streamed completion and
+embeddings.
 Every call raises ``ReplicaFailed`` (the replica's fault: try another) or ``RequestRejected`` (the request's).
 
 On aiohttp rather than httpx: this is the gateway's hot path (one upstream stream per request), and aiohttp's
@@ -80,9 +81,23 @@ class ReplicaClient:
         self._session = session
         self._fallback_max_model_len = fallback_max_model_len
 
-    async def _call(self, replica: Replica, method: str, path: str, body: dict[str, Any] | None = None) -> bytes:
+    async def _call(
+        self,
+        replica: Replica,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        read_timeout: float | None = None,
+    ) -> bytes:
+        timeout = None
+        if read_timeout is not None:
+            timeout = aiohttp.ClientTimeout(
+                total=None, sock_connect=self._session.timeout.sock_connect, sock_read=read_timeout
+            )
         try:
-            async with self._session.request(method, replica.url + path, json=body, headers=_headers(replica)) as r:
+            async with self._session.request(
+                method, replica.url + path, json=body, headers=_headers(replica), timeout=timeout
+            ) as r:
                 content = await r.read()
         except TRANSPORT_ERRORS as exc:
             raise ReplicaFailed(f"{replica.url}{path}: {exc!r}") from exc
@@ -97,6 +112,7 @@ class ReplicaClient:
         await self._optional(replica, "/health")
         metrics = await self._optional(replica, "/metrics")
         listing = json.loads(await self._call(replica, "GET", "/v1/models"))
+        routes: set[str] | None = None
         models: dict[str, ModelCard] = {}
         adapters: list[str] = []
         for card in listing.get("data", []):
@@ -105,11 +121,37 @@ class ReplicaClient:
                 continue
             model_id = str(card["id"])
             length = card.get("max_model_len") or (card.get("metadata") or {}).get("max_request_context_length")
-            models[model_id] = ModelCard(
-                model_id, str(card.get("root") or model_id), int(length or self._fallback_max_model_len)
+            known = replica.models.get(model_id)
+            if known is None and routes is None:  # a model new to us: what it does (read once)
+                routes = await self._routes(replica)
+            generates, embeds = (
+                (known.generates, known.embeds)
+                if known is not None
+                else (not routes or "/v1/completions" in routes, "/v1/embeddings" in (routes or ()))
             )
+            root = str(card.get("root") or model_id)
+            models[model_id] = ModelCard(model_id, root, int(length or self._fallback_max_model_len), generates, embeds)
         signals = parse_metrics(metrics.decode("utf-8", errors="replace")) if metrics is not None else ReplicaSignals()
         return signals, models, adapters
+
+    async def _routes(self, replica: Replica) -> set[str]:
+        """The paths its ``/openapi.json`` lists; empty where it has none (a server in front of vLLM: taken to
+        generate, as before embeddings)."""
+        document = await self._optional(replica, "/openapi.json")
+        paths = json.loads(document).get("paths") if document is not None else None
+        return set(paths) if isinstance(paths, dict) else set()
+
+    async def embed(self, replica: Replica, body: dict[str, Any], read_timeout: float) -> Any:
+        """``POST /v1/embeddings`` (not streamed): the parsed answer."""
+        return json.loads(await self._call(replica, "POST", "/v1/embeddings", body, read_timeout))
+
+    async def supports_dimensions(self, replica: Replica, model: str) -> bool:
+        """Whether the model takes ``dimensions`` (a Matryoshka model): one probe of a single token."""
+        try:
+            await self._call(replica, "POST", "/v1/embeddings", {"model": model, "input": [[0]], "dimensions": 1})
+        except (RequestRejected, ReplicaFailed):
+            return False
+        return True
 
     async def _optional(self, replica: Replica, path: str) -> bytes | None:
         """``GET path``, or None where the server has no such route."""

@@ -1,8 +1,9 @@
-"""vLLM's own OpenAI server on this machine, run as the upstream backend needs its replicas (LoRA and runtime
-adapter loading on), pinned to one CPU core and in its own process group (so a kill takes its engine processes
-too); and what the server itself counts. Nothing in the gateway imports it: the routing benchmark
-(``bench/routing.py``) and the end-to-end scale-out test (``tests/test_upstream_vllm.py``) start replicas with it,
-as an operator would run ``vllm serve`` on each machine."""
+"""vLLM's own OpenAI server on this machine, run as the upstream backend needs its replicas (a generating model
+with LoRA and runtime adapter loading on, or an embedding model on the pooling runner), pinned to one CPU core
+and in its own process group (so a kill takes its engine processes too); and what the server itself counts.
+Nothing in the gateway imports it: the routing benchmark (``bench/routing.py``) and the end-to-end tests
+(``tests/test_upstream_vllm.py``, ``tests/test_embeddings.py``) start replicas with it, as an operator would run
+``vllm serve`` on each machine."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import httpx
 
@@ -29,6 +31,7 @@ class VLLMReplica:
     model: str
     max_loras: int = 2
     max_cpu_loras: int = 4
+    runner: Literal["generate", "pooling"] = "generate"
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -45,10 +48,13 @@ class VLLMReplica:
         command = [
             sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
             "--served-model-name", self.model, "--port", str(self.port), "--host", "127.0.0.1",
-            "--dtype", resolve_dtype("auto", detect()), "--max-model-len", "2048", "--enforce-eager",
-            "--enable-lora", "--max-loras", str(self.max_loras), "--max-lora-rank", "16",
-            "--max-cpu-loras", str(self.max_cpu_loras),
+            "--dtype", resolve_dtype("auto", detect()), "--enforce-eager", "--runner", self.runner,
         ]  # fmt: skip
+        if self.runner == "generate":  # a pooling model keeps its own context length, and takes no adapters
+            command += [
+                "--max-model-len", "2048", "--enable-lora", "--max-loras", str(self.max_loras),
+                "--max-lora-rank", "16", "--max-cpu-loras", str(self.max_cpu_loras),
+            ]  # fmt: skip
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 

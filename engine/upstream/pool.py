@@ -1,8 +1,8 @@
 """The upstream backend: the replicas behind the gateway, kept in step with discovery, checked every scrape
 interval (``/health``, ``/metrics``, ``/v1/models``), and offered as one engine per base model they serve
-(``UpstreamEngine``). Several base models across the pool are fine: each request only goes to the replicas that
-serve its model. Its engines reach the replicas through its small public API: ``ranked``, ``attempt``,
-``note_failure``, ``context_length`` and ``remove_adapter``."""
+(``UpstreamEngine``; ``UpstreamEmbedder`` for an embedding model). Several base models across the pool are fine:
+each request only goes to the replicas that serve its model. Its engines reach the replicas through its small
+public API: ``ranked``, ``attempt``, ``embed``, ``note_failure``, ``context_length`` and ``remove_adapter``."""
 
 from __future__ import annotations
 
@@ -19,12 +19,14 @@ from starlette.concurrency import run_in_threadpool
 
 from engine.backend import BackendStatus, EngineLoad, ModelOffer, ReplicaStatus
 from engine.protocol import AdapterRef, EngineError, EngineUnavailable, Tokenizer
+from engine.text_encoder import HFTextEncoder
 from engine.tokenizer import HFTokenizer
 from engine.upstream.client import ModelMissing, ReplicaClient, ReplicaFailed
 from engine.upstream.discovery import Discovery
+from engine.upstream.embedder import UpstreamEmbedder
 from engine.upstream.model_engine import PAST_DEADLINE, UpstreamEngine
 from engine.upstream.placement import AdapterPlacement
-from engine.upstream.replica import Replica
+from engine.upstream.replica import ModelCard, Replica
 from engine.upstream.routing import Router
 from engine.upstream.settings import UpstreamSettings
 
@@ -109,6 +111,17 @@ class UpstreamPool:
             if adapter is not None:
                 replica.in_flight_by_adapter[adapter.name] -= 1
 
+    async def embed(self, replica: Replica, body: dict[str, Any], deadline: float) -> Any:
+        """One try of an embeddings request on ``replica`` (counted in flight there): its parsed answer."""
+        replica.in_flight += 1
+        try:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise EngineError(PAST_DEADLINE)
+            return await self._client.embed(replica, body, min(self._settings.read_timeout_seconds, remaining))
+        finally:
+            replica.in_flight -= 1
+
     def note_failure(self, replica: Replica, exc: ReplicaFailed, adapter: AdapterRef | None) -> None:
         """A try failed before its first delta: eject a replica in trouble; forget an adapter it lost."""
         if isinstance(exc, ModelMissing):
@@ -145,7 +158,7 @@ class UpstreamPool:
         for replica in self._replicas.values():
             for card in replica.models.values():
                 if card.id not in self._models:
-                    await self._add_model(card.id, card.root)
+                    await self._add_model(replica, card)
 
     async def _check(self, replica: Replica) -> None:
         timeout = self._settings.connect_timeout_seconds + self._settings.scrape_interval_seconds
@@ -161,12 +174,21 @@ class UpstreamPool:
         if not was_available and replica.available():
             logger.info("upstream %s is available: %s", replica.url, ", ".join(models) or "no models")
 
-    async def _add_model(self, model: str, root: str) -> None:
+    async def _add_model(self, replica: Replica, card: ModelCard) -> None:
+        model = card.id
         failed_at = self._tokenizer_failed.get(model)
         if failed_at is not None and time.monotonic() - failed_at < TOKENIZER_RETRY_SECONDS:
             return
-        source = self._settings.tokenizers.get(model, root)
+        source = self._settings.tokenizers.get(model, card.root)
         try:
+            if card.embeds and not card.generates:
+                encoder = await run_in_threadpool(HFTextEncoder, source)
+                dimensions = await self._client.supports_dimensions(replica, model)
+                self._models[model] = ModelOffer(
+                    embedder=UpstreamEmbedder(model, encoder, dimensions, self, self._settings)
+                )
+                logger.info("serving embedding model %s through the upstream pool", model)
+                return
             tokenizer: Tokenizer = await run_in_threadpool(HFTokenizer, source)
         except Exception as exc:  # no tokenizer, no exact token counts: the model is not offered
             self._tokenizer_failed[model] = time.monotonic()
@@ -177,7 +199,7 @@ class UpstreamPool:
                 exc,
             )
             return
-        self._models[model] = ModelOffer(UpstreamEngine(model, tokenizer, self, self._settings))
+        self._models[model] = ModelOffer(engine=UpstreamEngine(model, tokenizer, self, self._settings))
         logger.info("serving model %s through the upstream pool", model)
 
     async def check_health(self) -> None:

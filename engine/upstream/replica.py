@@ -14,11 +14,15 @@ from engine.upstream.signals import ReplicaSignals
 
 @dataclass(frozen=True)
 class ModelCard:
-    """A base model a replica serves, from its ``/v1/models``."""
+    """A base model a replica serves, from its ``/v1/models``, and what it does there (from the routes its
+    ``/openapi.json`` lists: vLLM serves ``/v1/completions`` for a generating model, ``/v1/embeddings`` for an
+    embedding one)."""
 
     id: str
     root: str
     max_model_len: int
+    generates: bool = True
+    embeds: bool = False
 
 
 class Replica:

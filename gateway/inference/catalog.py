@@ -1,7 +1,8 @@
-"""The models a tenant can call, by the id clients put in ``model``: the base models the backend serves now (one
-in-process engine, or whatever the upstream pool's replicas serve) that can do what the routes ask, plus the
-tenant's own fine-tuned adapters (``ft:...``) from the adapter registry whose base is served. Another tenant's
-adapter is as absent as a missing one."""
+"""The models a tenant can call, by the id clients put in ``model``: the base models the backend serves now (the
+in-process engines, or whatever the upstream pool's replicas serve), each by what it can do (generate: chat and
+completions; embed: embeddings), plus the tenant's own fine-tuned adapters (``ft:...``) from the adapter registry
+whose base is served. Another tenant's adapter is as absent as a missing one. A model asked for what it cannot do
+is a 400 naming ``model``."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from starlette.concurrency import run_in_threadpool
 
 from adapters.registry import AdapterRecord, AdapterRegistry
 from engine.backend import Backend, Capability, ModelOffer
-from engine.protocol import AdapterRef, Engine, EngineUnavailable
-from gateway.errors import ModelNotFound, PermissionDenied
+from engine.protocol import AdapterRef, Embedder, Engine, EngineUnavailable
+from gateway.errors import InvalidRequestError, ModelNotFound, PermissionDenied
 from gateway.inference.schemas import ModelOut
 
 
@@ -38,37 +39,62 @@ class ServedModel:
         return ModelOut(id=self.id, created=self.created, owned_by=self.owned_by)
 
 
+@dataclass(frozen=True)
+class ServedEmbedder:
+    """An embedding model a tenant can call."""
+
+    id: str
+    embedder: Embedder
+    created: int
+    owned_by: str = "llmaas"
+
+    def card(self) -> ModelOut:
+        return ModelOut(id=self.id, created=self.created, owned_by=self.owned_by)
+
+
 class ModelCatalog:
     def __init__(self, backend: Backend, registry: AdapterRegistry) -> None:
         self._backend = backend
         self._registry = registry
         self._first_seen: dict[str, int] = {}
 
-    def _offers(self) -> Mapping[str, ModelOffer]:
-        """The base models served now that generate (read on every request: the pool's change). A model of
-        another kind (embeddings) would be offered beside them, with its own interface."""
+    def _offers(self, capability: Capability = Capability.GENERATE) -> Mapping[str, ModelOffer]:
+        """The base models served now that can do ``capability`` (read on every request: the pool's change)."""
         return {
-            model_id: offer
-            for model_id, offer in self._backend.models().items()
-            if Capability.GENERATE in offer.capabilities
+            model_id: offer for model_id, offer in self._backend.models().items() if capability in offer.capabilities
         }
 
+    def _created(self, model_id: str) -> int:
+        return self._first_seen.setdefault(model_id, int(time.time()))
+
     def _base_models(self) -> dict[str, ServedModel]:
-        served = {}
-        for model_id, offer in self._offers().items():
-            created = self._first_seen.setdefault(model_id, int(time.time()))
-            served[model_id] = ServedModel(model_id, offer.engine, created)
-        return served
+        return {
+            model_id: ServedModel(model_id, offer.engine, self._created(model_id))
+            for model_id, offer in self._offers().items()
+            if offer.engine is not None
+        }
+
+    def _embedders(self) -> dict[str, ServedEmbedder]:
+        return {
+            model_id: ServedEmbedder(model_id, offer.embedder, self._created(model_id))
+            for model_id, offer in self._offers(Capability.EMBED).items()
+            if offer.embedder is not None
+        }
 
     def base_ids(self) -> list[str]:
-        return list(self._offers())
+        """Every base model served now, whatever it does."""
+        return list(self._backend.models())
+
+    def longest_context(self, default: int) -> int:
+        """The longest context of the generating models (``default`` while none is served)."""
+        return max((model.engine.max_model_len for model in self._base_models().values()), default=default)
 
     def engines(self) -> dict[str, dict[str, str]]:
         """How each base model's engine runs (dtype, hardware; or its replicas)."""
         return {model_id: dict(info) for model_id, info in self._backend.status().models.items()}
 
     async def check_health(self) -> None:
-        if not self._offers():
+        if not self._backend.models():
             raise EngineUnavailable("No model is being served yet.")
         await self._backend.check_health()
 
@@ -82,9 +108,17 @@ class ModelCatalog:
         )
 
     async def resolve(self, model_id: str, tenant_id: str) -> ServedModel:
+        """A model that generates (chat, completions): a base model or the tenant's fine-tuned one."""
         base_models = self._base_models()
         if model_id in base_models:
             return base_models[model_id]
+        if model_id in self._embedders():
+            raise InvalidRequestError(
+                f"The model '{model_id}' is an embedding model: it does not generate text. "
+                "Call /v1/embeddings with it, or name a chat model.",
+                param="model",
+                code="model_not_supported",
+            )
         if model_id.startswith("ft:"):
             record = await run_in_threadpool(self._registry.get, model_id, tenant_id)
             served = self._fine_tuned(record, base_models) if record else None
@@ -92,11 +126,31 @@ class ModelCatalog:
                 return served
         raise ModelNotFound(model_id)
 
-    async def for_tenant(self, tenant_id: str) -> list[ServedModel]:
+    async def resolve_embedder(self, model_id: str, tenant_id: str) -> ServedEmbedder:
+        """An embedding model; a model that only generates is a 400 naming ``model``."""
+        embedders = self._embedders()
+        if model_id in embedders:
+            return embedders[model_id]
+        await self.resolve(model_id, tenant_id)  # ModelNotFound where the tenant has no such model
+        raise InvalidRequestError(
+            f"The model '{model_id}' does not create embeddings. Name an embedding model "
+            f"({', '.join(embedders) or 'none is served now'}).",
+            param="model",
+            code="model_not_supported",
+        )
+
+    async def card(self, model_id: str, tenant_id: str) -> ModelOut:
+        """The card of any model the tenant can call, whatever it does."""
+        embedder = self._embedders().get(model_id)
+        if embedder is not None:
+            return embedder.card()
+        return (await self.resolve(model_id, tenant_id)).card()
+
+    async def for_tenant(self, tenant_id: str) -> list[ServedModel | ServedEmbedder]:
         records = await run_in_threadpool(self._registry.for_tenant, tenant_id)
         base_models = self._base_models()
         tuned = [m for m in (self._fine_tuned(r, base_models) for r in records) if m is not None]
-        return [*base_models.values(), *tuned]
+        return [*base_models.values(), *self._embedders().values(), *tuned]
 
     async def delete(
         self,
@@ -106,7 +160,7 @@ class ModelCatalog:
     ) -> None:
         """Delete a fine-tuned model (and its checkpoints): rows and weights, and unload them from every engine
         that serves their base (every replica). Works whether or not the base model is served right now."""
-        if model_id in self._offers():
+        if model_id in self._backend.models():
             raise PermissionDenied(f"The base model '{model_id}' cannot be deleted.", param="model")
         deleted = []
         if model_id.startswith("ft:"):
@@ -117,8 +171,8 @@ class ModelCatalog:
 
     async def unload(self, records: list[AdapterRecord]) -> None:
         """Unload deleted adapters from the engines of their base models (the upstream pool: from every replica)."""
-        offers = self._offers()
+        base_models = self._base_models()
         for record in records:
-            offer = offers.get(record.base_model)
-            if offer is not None:
-                await offer.engine.remove_adapter(record.ref)
+            base = base_models.get(record.base_model)
+            if base is not None:
+                await base.engine.remove_adapter(record.ref)

@@ -28,7 +28,7 @@ async def list_models(catalog: CatalogDep, tenant: TenantDep) -> ModelList:
 @router.get("/v1/models/{model:path}")
 async def retrieve_model(model: ModelPath, catalog: CatalogDep, tenant: TenantDep) -> ModelOut:
     tenant.check_model(model)
-    return (await catalog.resolve(model, tenant.tenant_id)).card()
+    return await catalog.card(model, tenant.tenant_id)
 
 
 @router.delete("/v1/models/{model:path}")

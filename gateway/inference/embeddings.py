@@ -1,0 +1,169 @@
+"""Embeddings (``POST /v1/embeddings``): the request body, its inputs to token ids (refused cheaply first: OpenAI's
+bounds of 2048 inputs, no empty one, a character cap per input before anything is tokenized, then each input
+within the model's context in tokens), one run on the embedding model admitted and settled through
+``Admission`` like a generation (its prompt tokens reserved against TPM and budgets at the model's price; the
+ledger gets what the client was told), and the answer in OpenAI's shape (``float`` vectors, or ``base64`` of
+their little-endian float32 bytes)."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+from typing import Any, Literal
+
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.concurrency import run_in_threadpool
+
+from engine.protocol import TextEncoder
+from gateway.errors import ContextLengthExceeded, InvalidRequestError
+from gateway.inference.api_types import EndUser, ModelId
+from gateway.inference.catalog import ServedEmbedder
+from gateway.inference.generation import Outcome
+from gateway.inference.prompts import INLINE_CHARS
+from gateway.inference.runs import Serving, unless_disconnected
+
+MAX_INPUTS = 2048
+"""OpenAI's bound on the inputs of one request."""
+CHARS_PER_TOKEN_CAP = 16
+"""An input longer than this many characters per token of the model's context is refused before tokenizing."""
+
+EmbeddingInput = str | list[str] | list[int] | list[list[int]]
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    input: EmbeddingInput
+    model: ModelId
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: EndUser | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _bounded(cls, value: EmbeddingInput) -> EmbeddingInput:
+        if isinstance(value, str) or (value and isinstance(value[0], int)):
+            items: list[Any] = [value]
+        else:
+            items = list(value)
+        if not items:
+            raise ValueError("input must not be empty")
+        if len(items) > MAX_INPUTS:
+            raise ValueError(f"input holds {len(items)} items; at most {MAX_INPUTS} are allowed")
+        if any(len(item) == 0 for item in items):
+            raise ValueError("input must not hold an empty string or an empty array of tokens")
+        return value
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str
+    """The vector; a base64 string of its little-endian float32 values with ``encoding_format: "base64"``."""
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"]
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
+def _too_long(max_len: int, what: str) -> ContextLengthExceeded:
+    return ContextLengthExceeded(
+        f"This model's maximum context length is {max_len} tokens, however you requested {what}. "
+        "Please reduce your prompt; or completion length.",
+        param="input",
+    )
+
+
+async def input_tokens(value: EmbeddingInput, encoder: TextEncoder, max_len: int) -> list[list[int]]:
+    """Each input as the token ids the model embeds: text tokenized (off the event loop when long), token ids
+    checked against the vocabulary; every input within ``max_len`` tokens."""
+    items: list[Any] = [value] if isinstance(value, str) or isinstance(value[0], int) else list(value)
+    if isinstance(items[0], str):
+        max_chars = CHARS_PER_TOKEN_CAP * max_len
+        for index, text in enumerate(items):
+            if len(text) > max_chars:
+                raise _too_long(max_len, f"input[{index}] of {len(text)} characters (at most {max_chars} are read)")
+
+        def encode() -> list[list[int]]:
+            return [encoder.encode(text) for text in items]
+
+        chars = sum(len(text) for text in items)
+        prompts = encode() if chars <= INLINE_CHARS else await run_in_threadpool(encode)
+    else:
+        prompts = items
+        vocab = encoder.vocab_size
+        if any(not 0 <= token < vocab for ids in prompts for token in ids):
+            raise InvalidRequestError(f"input token ids must lie in [0, {vocab})", param="input")
+    for index, ids in enumerate(prompts):
+        if len(ids) > max_len:
+            raise _too_long(
+                max_len, f"{len(ids)} tokens ({len(ids)} in your prompt, input[{index}]; 0 for the completion)"
+            )
+    return prompts
+
+
+def _encoded(vector: list[float], encoding_format: str) -> list[float] | str:
+    if encoding_format == "float":
+        return vector
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+
+async def create_embeddings(body: EmbeddingRequest, request: Request, serving: Serving) -> dict[str, Any]:
+    """The answer to ``body``: checked, admitted, run and settled (the settlement durable before it returns)."""
+    served: ServedEmbedder = await serving.catalog.resolve_embedder(body.model, serving.tenant.tenant_id)
+    serving.tenant.check_model(served.id)
+    embedder = served.embedder
+    if body.dimensions is not None and not embedder.supports_dimensions:
+        raise InvalidRequestError("This model does not support specifying dimensions.", param="dimensions")
+    prompts = await input_tokens(body.input, embedder.tokenizer, embedder.max_model_len)
+    prompt_tokens = sum(len(ids) for ids in prompts)
+    # One request (one RPM unit, however many inputs: OpenAI counts requests), its tokens against TPM and budgets.
+    reservation = await serving.admission.admit_inference(
+        serving.context,
+        serving.tenant,
+        served.id,
+        prompts=1,
+        prompt_tokens=prompt_tokens,
+        max_completion_tokens=0,
+        end_user=body.user,
+    )
+    outcome: Outcome = "aborted"  # the client left (CancelledError) unless it completes or fails
+    started = time.perf_counter()
+    try:
+        vectors = await unless_disconnected(request, embedder.embed(prompts, serving.context.id, body.dimensions))
+        outcome = "completed"
+    except Exception:
+        outcome = "failed"
+        raise
+    finally:
+        reservation.settle(prompt_tokens, 0, outcome)  # the settlement first: it must never depend on the metrics
+        if outcome != "aborted":  # the answer (or its error) goes out once its record is durable
+            await reservation.durable()
+        serving.metrics.observe_run(
+            model=served.id,
+            fine_tuned=False,
+            outcome=outcome,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=0,
+            # An embedding's first (and only) output is the whole answer.
+            time_to_first_token=time.perf_counter() - started if outcome == "completed" else None,
+        )
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": index, "embedding": _encoded(vector, body.encoding_format)}
+            for index, vector in enumerate(vectors)
+        ],
+        "model": served.id,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
