@@ -1,5 +1,5 @@
 """Every HTTP route of the gateway: the tenants' OpenAI API under ``/v1`` (``models``, ``chat``,
-``completions``, ``files``, ``fine_tuning``, ``evals``, ``usage``), the operator's under ``/admin/v1``
+``completions``, ``responses``, ``files``, ``fine_tuning``, ``evals``, ``usage``), the operator's under ``/admin/v1``
 (``admin``, ``usage``), ``ops`` (health, readiness, metrics) and the web ``console``.
 
 The top layer: routes take the domains' services through the typed dependencies of ``gateway.state`` and own
@@ -11,12 +11,24 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from gateway.errors import ERROR_RESPONSES
-from gateway.routes import admin, chat, completions, console, evals, files, fine_tuning, models, ops, usage
+from gateway.routes import (
+    admin,
+    chat,
+    completions,
+    console,
+    evals,
+    files,
+    fine_tuning,
+    models,
+    ops,
+    responses,
+    usage,
+)
 
 
 def install_routes(app: FastAPI) -> None:
     """Every router; the APIs' (tenants' and operator's) document the OpenAI error body of their 4xx and 5xx."""
-    for module in (models, chat, completions, files, fine_tuning, evals, usage):  # the tenants' API
+    for module in (models, chat, completions, responses, files, fine_tuning, evals, usage):  # the tenants' API
         app.include_router(module.router, responses=ERROR_RESPONSES)
     for router in (admin.router, usage.admin_router):  # the operator's
         app.include_router(router, responses=ERROR_RESPONSES)
