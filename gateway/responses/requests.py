@@ -18,7 +18,9 @@ from gateway.bounds import Metadata
 from gateway.inference.api_types import EndUser, ModelId, Refused, Temperature, TopP, refused_unless
 
 RESPONSE_ID_MAX = 64
-"""Response ids are ``resp_`` + 32 hex; a longer one cannot be ours (refused before any lookup)."""
+OBJECT_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
+"""Response and item ids are ``resp_`` / ``msg_`` + 32 hex; a longer one, or one with other characters, cannot be
+ours (refused before any lookup)."""
 TEXT_ONLY = "this model accepts text only"
 _MEDIA_PARTS = ("input_image", "input_file", "input_audio")
 HARMLESS_INCLUDES = frozenset(
@@ -35,7 +37,7 @@ HARMLESS_INCLUDES = frozenset(
 """``include`` values that ask for parts of items we never produce (no built-in tools, no images, no reasoning):
 accepted, they change nothing. ``message.output_text.logprobs`` is refused (logprobs are not offered here)."""
 
-ResponseId = Annotated[str, Field(min_length=1, max_length=RESPONSE_ID_MAX)]
+ResponseId = Annotated[str, Field(min_length=1, max_length=RESPONSE_ID_MAX, pattern=OBJECT_ID_PATTERN)]
 
 
 class _Body(BaseModel):
@@ -94,7 +96,8 @@ class InputMessage(_Body):
     type: Literal["message"] = "message"
     role: Literal["user", "system", "developer", "assistant"]
     content: Annotated[list[ContentPart], Field(min_length=1)] | str
-    id: Annotated[str, Field(max_length=RESPONSE_ID_MAX)] | None = None
+    id: ResponseId | None = None
+    """The id of an item sent back; the stored item gets an id of its own."""
     status: Literal["in_progress", "completed", "incomplete"] | None = None
     phase: Literal["commentary", "final_answer"] | None = None
 
@@ -140,7 +143,15 @@ class PlainFormat(_Body):
     type: Literal["text", "json_object"]
 
 
-TextFormat = Annotated[PlainFormat | JsonSchemaFormat, Field(discriminator="type")]
+def _format_type(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return "schema-format" if kind == "json_schema" else "plain-format"
+
+
+TextFormat = Annotated[
+    Annotated[PlainFormat, Tag("plain-format")] | Annotated[JsonSchemaFormat, Tag("schema-format")],
+    Discriminator(_format_type),
+]
 
 
 class TextConfig(_Body):
@@ -218,7 +229,7 @@ class ResponseCreateRequest(_Body):
     def input_messages(self) -> list[InputMessage]:
         if isinstance(self.input, str):
             return [InputMessage(role="user", content=self.input)]
-        return list(self.input)
+        return [item for item in self.input if isinstance(item, InputMessage)]  # any other item was refused
 
     def text_config(self) -> dict[str, Any]:
         """``text`` as the response echoes it."""

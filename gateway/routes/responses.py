@@ -16,13 +16,13 @@ from gateway.inference.runs import collect
 from gateway.inference.sse import EventStreamResponse
 from gateway.responses.events import response_events
 from gateway.responses.objects import InputItemList, ResponseDeleted, ResponseObject, new_id
-from gateway.responses.requests import RESPONSE_ID_MAX, ResponseCreateRequest
+from gateway.responses.requests import OBJECT_ID_PATTERN, RESPONSE_ID_MAX, ResponseCreateRequest
 from gateway.responses.turns import start_turn
 from gateway.state import RateLimitHeaders, ResponsesDep, ServingDep, TenantDep
 
 router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
 
-ResponseId = Annotated[str, Path(max_length=RESPONSE_ID_MAX)]
+ResponseId = Annotated[str, Path(max_length=RESPONSE_ID_MAX, pattern=OBJECT_ID_PATTERN)]
 _STREAMED: dict[int | str, dict[str, Any]] = {
     200: {
         "model": ResponseObject,
@@ -64,7 +64,7 @@ async def list_input_items(
     response_id: ResponseId,
     tenant: TenantDep,
     store: ResponsesDep,
-    after: Annotated[str | None, Query(max_length=RESPONSE_ID_MAX)] = None,
+    after: Annotated[str | None, Query(max_length=RESPONSE_ID_MAX, pattern=OBJECT_ID_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Annotated[Literal["asc", "desc"], Query()] = "desc",
 ) -> InputItemList:
