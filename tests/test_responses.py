@@ -28,7 +28,7 @@ from gateway.retention import Retention
 from tests.support import MODEL
 from tests.support.databases import fresh_postgres_database, ledger_rows
 from tests.support.gateway_process import served_gateway
-from tests.support.in_process import InProcessGateway
+from tests.support.in_process import BreakingEngine, InProcessGateway
 from tests.support.tenants import create_tenant, openai_client, tenant_key
 
 QUESTION = "What is the capital of France?"
@@ -421,3 +421,21 @@ def test_retention_erasure_and_export_cover_stored_responses(in_process: Start, 
     erased = gateway.state.eraser.erase(name, Actor("operator"))
     assert erased.counts["responses"] == 1
     assert other.responses.retrieve(others.id).id == others.id
+
+
+def test_a_stream_the_engine_breaks_ends_failed_and_bills_what_was_sent(in_process: Start, tmp_path: Path) -> None:
+    tenant_id, _, client = in_process(engine=BreakingEngine("abc")).tenant()
+    events = list(client.responses.create(model="fake", input="hi", max_output_tokens=16, stream=True))
+    assert [e.type for e in events[:4]] == STREAM_ORDER_HEAD
+    assert [e.type for e in events[4:]] == ["response.output_text.delta"] * 3 + ["response.failed"]
+    failed = events[-1].response
+    assert failed.status == "failed" and failed.error.code == "engine_error"
+    assert failed.output[0].content[0].text == "abc"
+    deadline = time.monotonic() + 10
+    while not (rows := ledger_rows(f"sqlite:///{tmp_path / 'llmaas.db'}", tenant_id)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [(prompt, completion) for _, prompt, completion, _ in rows] == [
+        (failed.usage.input_tokens, failed.usage.output_tokens)
+    ]
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(failed.id)
