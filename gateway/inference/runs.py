@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TypeVar
 
 from fastapi import Request
@@ -75,7 +75,7 @@ class RunRequest:
     kind: str = "inference"
     """The ledger's kind for its usage ("eval" for the samples of eval runs)."""
     structured: StructuredOutput | None = None
-    """What the output must match (checked by ``Serving.structured``)."""
+    """What the output must match (a tool choice's constraint)."""
 
 
 def _max_tokens(run: RunRequest, tenant: TenantPrincipal, caps: RequestCaps) -> int:
@@ -115,7 +115,10 @@ async def admit_run(run: RunRequest, serving: Serving) -> GenerationRun:
     """Check the request against the caps, the context window and the tenant's quotas, reserve its tokens, and
     return the run (not started yet). The reservation settles when the run reports its end."""
     max_tokens = _max_tokens(run, serving.tenant, serving.caps)
-    options = replace(sampling_options(run.body, max_tokens, run.logprobs), structured=run.structured)
+    requested = await serving.structured.requested(run.body.constraint())  # checked even where a tool call wins
+    # A tool choice that must be answered (required, or a named function) is enforced by its own constraint.
+    structured = run.structured or requested
+    options = sampling_options(run.body, max_tokens, run.logprobs, structured)
     reservation = await serving.admission.admit_inference(
         serving.context,
         serving.tenant,

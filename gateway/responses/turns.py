@@ -18,8 +18,9 @@ from gateway.errors import InvalidRequestError
 from gateway.inference.api_types import ChatCompletionRequest, ChatMessage
 from gateway.inference.catalog import ServedModel
 from gateway.inference.generation import GenerationRun
-from gateway.inference.prompts import chat_prompt
+from gateway.inference.prompts import chat_prompt, chat_turns
 from gateway.inference.runs import RunRequest, Serving, admit_run
+from gateway.inference.tools import NO_TOOLS
 from gateway.responses.objects import (
     IncompleteDetails,
     InputItemOut,
@@ -114,7 +115,7 @@ async def start_turn(body: ResponseCreateRequest, serving: Serving, store: Respo
     own = [Message(message.role, message.text()) for message in body.input_messages()]
     dropped = await _fitting(body, serving, served, chain, own)
     chat = _chat_request(body, [*chain.messages[dropped:], *own])
-    prompt = await chat_prompt(chat, served.engine.tokenizer, serving.caps.prompts)
+    prompt = await chat_prompt(chat_turns(chat.messages), NO_TOOLS, served.engine.tokenizer, serving.caps.prompts)
     run_request = RunRequest(
         body=chat,
         served=served,
@@ -156,7 +157,9 @@ async def _fitting(
     async def fits(dropped: int) -> bool:
         chat = _chat_request(body, [*chain.messages[dropped:], *own])
         try:
-            prompt = await chat_prompt(chat, served.engine.tokenizer, serving.caps.prompts)
+            prompt = await chat_prompt(
+                chat_turns(chat.messages), NO_TOOLS, served.engine.tokenizer, serving.caps.prompts
+            )
         except InvalidRequestError:  # too many characters to even tokenize
             return False
         return len(prompt) + room_for <= limit
