@@ -32,6 +32,13 @@ from tests.support.in_process import BreakingEngine, InProcessGateway
 from tests.support.tenants import create_tenant, openai_client, tenant_key
 
 QUESTION = "What is the capital of France?"
+CITY = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "enum": ["Paris", "Rome", "Berlin"]}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city", "parameters": CITY}
 STREAM_ORDER_HEAD = [
     "response.created",
     "response.in_progress",
@@ -257,6 +264,64 @@ def test_previous_response_id_continues_the_stored_conversation(client: openai.O
     assert fourth.usage.input_tokens == _prompt_tokens(hf_tokenizer, remaining)
 
 
+def test_a_named_function_is_called_with_arguments_that_validate(client: openai.OpenAI) -> None:
+    response = client.responses.create(
+        model=MODEL,
+        input="What is the weather in Paris?",
+        tools=[WEATHER],
+        tool_choice={"type": "function", "name": "get_weather"},
+        max_output_tokens=40,
+        temperature=0,
+    )
+    assert response.status == "completed"
+    [call] = response.output
+    assert call.type == "function_call" and call.name == "get_weather" and call.status == "completed"
+    assert call.call_id.startswith("call_") and call.id.startswith("fc_")
+    Draft202012Validator(CITY).validate(json.loads(call.arguments))
+    assert response.tools[0].name == "get_weather" and response.tool_choice.name == "get_weather"
+
+
+def test_a_streamed_call_sends_its_arguments_as_deltas(client: openai.OpenAI) -> None:
+    with client.responses.stream(
+        model=MODEL,
+        input="What is the weather in Rome?",
+        tools=[WEATHER],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_output_tokens=48,
+        temperature=0,
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    kinds = [event.type for event in events]
+    pieces = [event.delta for event in events if event.type == "response.function_call_arguments.delta"]
+    assert kinds[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
+    assert kinds[-3:] == ["response.function_call_arguments.done", "response.output_item.done", "response.completed"]
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    [call] = final.output  # parallel calls off: one call
+    assert call.type == "function_call" and "".join(pieces) == call.arguments
+    Draft202012Validator(CITY).validate(json.loads(call.arguments))
+
+
+def test_a_call_result_continues_the_chain_as_the_items_would(client: openai.OpenAI) -> None:
+    asked = "What is the weather in Berlin?"
+    first = client.responses.create(
+        model=MODEL, input=asked, tools=[WEATHER], tool_choice="required", max_output_tokens=48, temperature=0
+    )
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert calls
+    results = [{"type": "function_call_output", "call_id": call.call_id, "output": "12 C, rain"} for call in calls]
+    chained = client.responses.create(
+        model=MODEL, input=results, previous_response_id=first.id, tools=[WEATHER], max_output_tokens=16, temperature=0
+    )
+    sent = [{"role": "user", "content": asked}, *[call.model_dump() for call in calls], *results]
+    whole = client.responses.create(model=MODEL, input=sent, tools=[WEATHER], max_output_tokens=16, temperature=0)
+    assert chained.usage.input_tokens == whole.usage.input_tokens > first.usage.input_tokens
+    assert chained.output_text == whole.output_text
+    listed = client.responses.input_items.list(chained.id, order="asc").data
+    assert [(item.type, item.call_id) for item in listed] == [("function_call_output", c.call_id) for c in calls]
+
+
 def test_store_false_is_neither_kept_nor_continued(client: openai.OpenAI) -> None:
     response = client.responses.create(model=MODEL, input=QUESTION, max_output_tokens=16, store=False)
     assert response.store is False
@@ -284,10 +349,30 @@ def test_another_tenants_response_is_not_found(client: openai.OpenAI, admin: htt
 
 
 REFUSED: list[tuple[dict[str, Any], str, str]] = [
-    ({"tools": [{"type": "web_search"}]}, "tools", "web_search"),
-    ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "tools", "file_search"),
-    ({"tools": [{"type": "code_interpreter", "container": {"type": "auto"}}]}, "tools", "code_interpreter"),
-    ({"tools": [{"type": "mcp", "server_label": "x", "server_url": "https://x"}]}, "tools", "mcp"),
+    ({"tools": [{"type": "web_search"}]}, "tools[0].type", "web_search"),
+    ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "tools[0].type", "file_search"),
+    ({"tools": [{"type": "code_interpreter", "container": {"type": "auto"}}]}, "tools[0].type", "code_interpreter"),
+    ({"tools": [WEATHER, {"type": "mcp", "server_label": "x", "server_url": "https://x"}]}, "tools[1].type", "mcp"),
+    ({"tools": [{"type": "image_generation"}]}, "tools[0].type", "image_generation"),
+    ({"tools": [WEATHER, WEATHER]}, "tools", "unique"),
+    ({"tools": [{**WEATHER, "name": "bad name"}]}, "tools[0].name", "pattern"),
+    (
+        {"tools": [{**WEATHER, "parameters": {"type": "object", "properties": {"x": {"$ref": "http://x"}}}}]},
+        "tools[0].parameters",
+        "references",
+    ),
+    ({"tool_choice": "required"}, "tool_choice", "tools"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "name": "other"}}, "tool_choice", "other"),
+    (
+        {"input": [{"type": "function_call_output", "call_id": "call_1", "output": "x"}]},
+        "input[0].tool_call_id",
+        "preceding",
+    ),
+    (
+        {"input": [{"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{}"}]},
+        "input[0]",
+        "call_1",
+    ),
     ({"background": True}, "background", "background"),
     ({"conversation": "conv_1"}, "conversation", "conversation"),
     ({"prompt": {"id": "pmpt_1"}}, "prompt", "prompt"),

@@ -3,8 +3,10 @@ carrying its ``type`` and a ``sequence_number`` counted from 0, in the order the
 checks: ``response.created``, ``response.in_progress``, ``response.output_item.added``,
 ``response.content_part.added``, ``response.output_text.delta`` (one per batch of tokens),
 ``response.output_text.done``, ``response.content_part.done``, ``response.output_item.done``, then
-``response.completed`` (``response.incomplete`` when ``max_output_tokens`` cut the answer). An error after the
-stream began ends it with ``response.failed`` (the response's ``error`` says what happened). No ``[DONE]``.
+``response.completed`` (``response.incomplete`` when ``max_output_tokens`` cut the answer); function calls are
+items of their own, with ``response.function_call_arguments.delta`` / ``.done`` (``gateway.responses.output``).
+An error after the stream began ends it with ``response.failed`` (the response's ``error`` says what happened).
+No ``[DONE]``.
 
 The finished response is stored (``store``) before its last event goes out, so a client that saw
 ``response.completed`` can retrieve or continue it from any gateway at once."""
@@ -19,8 +21,8 @@ from starlette.concurrency import run_in_threadpool
 from engine.protocol import FinishReason
 from gateway.errors import as_api_error
 from gateway.inference.sse import sse_frame
-from gateway.responses.objects import OutputTextPart, ResponseErrorOut, ResponseObject, new_id
-from gateway.responses.turns import Turn, answer
+from gateway.responses.objects import ResponseErrorOut, ResponseObject
+from gateway.responses.turns import Turn
 
 _FINAL_EVENT = {"completed": "response.completed", "incomplete": "response.incomplete"}
 
@@ -49,34 +51,21 @@ async def response_events(turn: Turn, remember: Callable[[ResponseObject], None]
     started = turn.snapshot("in_progress", [])
     yield event_frame(event("response.created", response=_response(started)))
     yield event_frame(event("response.in_progress", response=_response(started)))
-    message_id = new_id("msg")
-    located = {"item_id": message_id, "output_index": 0}
-    text = ""
+    output = turn.output()
     try:
-        item = answer(message_id, "", "in_progress").model_dump(mode="json")
-        item["content"] = []
-        yield event_frame(event("response.output_item.added", output_index=0, item=item))
-        empty_part = OutputTextPart(text="").model_dump(mode="json")
-        yield event_frame(event("response.content_part.added", **located, content_index=0, part=empty_part))
         finish_reason: FinishReason | None = None
         async for _, delta in turn.run.deltas():
             finish_reason = delta.finish_reason or finish_reason
-            if delta.text:
-                text += delta.text
-                yield event_frame(
-                    event("response.output_text.delta", **located, content_index=0, delta=delta.text, logprobs=[])
-                )
-        finished = turn.finished(message_id, text, finish_reason)
-        yield event_frame(event("response.output_text.done", **located, content_index=0, text=text, logprobs=[]))
-        part = finished.output[0].content[0].model_dump(mode="json")
-        yield event_frame(event("response.content_part.done", **located, content_index=0, part=part))
-        done_item = finished.output[0].model_dump(mode="json")
-        yield event_frame(event("response.output_item.done", output_index=0, item=done_item))
+            for kind, fields in output.feed(delta.text):
+                yield event_frame(event(kind, **fields))
+        for kind, fields in output.finish(finish_reason):
+            yield event_frame(event(kind, **fields))
+        finished = turn.finished(output)
         await run_in_threadpool(remember, finished)
     except Exception as exc:
         error = as_api_error(exc)
         cause = ResponseErrorOut(code=error.code or "server_error", message=error.message)
-        failed = turn.snapshot("failed", [answer(message_id, text, "incomplete")], error=cause)
+        failed = turn.snapshot("failed", output.items, error=cause)
         yield event_frame(event("response.failed", response=_response(failed)))
         return
     yield event_frame(event(_FINAL_EVENT[finished.status], response=_response(finished)))

@@ -1,5 +1,6 @@
-"""What ``/v1/responses`` answers, in OpenAI's shapes: the ``response`` object with its output message, the input
-items of a stored response, and the deletion. Built here, documented in ``/openapi.json`` by the same models."""
+"""What ``/v1/responses`` answers, in OpenAI's shapes: the ``response`` object with its output items (a message,
+function calls), the input items of a stored response, and the deletion. Built here, documented in
+``/openapi.json`` by the same models."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ ItemStatus = Literal["in_progress", "completed", "incomplete"]
 
 
 def new_id(prefix: str) -> str:
-    """``resp_`` / ``msg_`` + 32 random hex digits (nothing guessable, nothing that counts)."""
+    """``resp_`` / ``msg_`` / ``fc_`` + 32 random hex digits (nothing guessable, nothing that counts)."""
     return f"{prefix}_{secrets.token_hex(16)}"
 
 
@@ -51,14 +52,36 @@ class InputMessageItem(BaseModel):
     content: list[InputTextPart]
 
 
-InputItemOut = InputMessageItem | OutputMessage
+class FunctionCallOut(BaseModel):
+    """A call of a function tool the model made (an output item; an input item when it was sent back)."""
+
+    id: str
+    type: Literal["function_call"] = "function_call"
+    call_id: str
+    name: str
+    arguments: str
+    status: ItemStatus
 
 
-def message_item(role: str, text: str, item_id: str | None = None) -> InputItemOut:
+class FunctionCallOutputOut(BaseModel):
+    """A call's result, as the client sent it in."""
+
+    id: str
+    type: Literal["function_call_output"] = "function_call_output"
+    call_id: str
+    output: str
+    status: ItemStatus = "completed"
+
+
+OutputItem = OutputMessage | FunctionCallOut
+InputItemOut = InputMessageItem | OutputMessage | FunctionCallOut | FunctionCallOutputOut
+
+
+def message_item(role: str, text: str) -> InputItemOut:
     """One message as a stored item: an assistant's as output text, any other as input text."""
     if role == "assistant":
-        return OutputMessage(id=item_id or new_id("msg"), status="completed", content=[OutputTextPart(text=text)])
-    return InputMessageItem(id=item_id or new_id("msg"), role=role, content=[InputTextPart(text=text)])  # type: ignore[arg-type]
+        return OutputMessage(id=new_id("msg"), status="completed", content=[OutputTextPart(text=text)])
+    return InputMessageItem(id=new_id("msg"), role=role, content=[InputTextPart(text=text)])  # type: ignore[arg-type]
 
 
 class InputTokensDetails(BaseModel):
@@ -102,7 +125,7 @@ class ResponseObject(BaseModel):
     instructions: str | None
     max_output_tokens: int | None
     model: str
-    output: list[OutputMessage]
+    output: list[OutputItem]
     parallel_tool_calls: bool
     previous_response_id: str | None
     reasoning: ReasoningOut = Field(default_factory=ReasoningOut)
@@ -120,7 +143,7 @@ class ResponseObject(BaseModel):
     service_tier: Literal["default"] = "default"
 
     def output_text(self) -> str:
-        return "".join(part.text for item in self.output for part in item.content)
+        return "".join(part.text for item in self.output if isinstance(item, OutputMessage) for part in item.content)
 
 
 class InputItemList(CursorPage[InputItemOut, str]):

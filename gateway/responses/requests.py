@@ -4,8 +4,8 @@
 content a string or ``input_text`` / ``output_text`` parts; an assistant message of an earlier answer sent back
 whole, with its ``id`` and ``status``, is taken too). Images, files and audio are refused (the models served
 here read text), as are the fields we cannot honour: built-in tools, ``background``, ``conversation``, ``prompt``,
-``reasoning`` with an effort, logprobs. Function tools come with the chat tools contract; until then ``tools``
-must be empty."""
+``reasoning`` with an effort, logprobs. Function tools are the chat route's (``gateway.inference.tools``): their
+calls come back as ``function_call`` output items, and their results go in as ``function_call_output`` items."""
 
 from __future__ import annotations
 
@@ -15,7 +15,19 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field
 
 from gateway import bounds
 from gateway.bounds import Metadata
-from gateway.inference.api_types import EndUser, ModelId, Refused, Temperature, TopP, refused_unless
+from gateway.inference.api_types import (
+    MAX_TOOLS,
+    TOOL_ARGUMENTS,
+    TOOL_DESCRIPTION,
+    EndUser,
+    ModelId,
+    Refused,
+    Temperature,
+    ToolCallId,
+    ToolName,
+    TopP,
+    refused_unless,
+)
 
 RESPONSE_ID_MAX = 64
 OBJECT_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
@@ -107,8 +119,32 @@ class InputMessage(_Body):
         return "".join(part.text for part in self.content if isinstance(part, InputText | OutputText))
 
 
+class FunctionCallItem(_Body):
+    """A call the model made (an output item of an earlier response, sent back)."""
+
+    type: Literal["function_call"]
+    call_id: ToolCallId
+    name: ToolName
+    arguments: Annotated[str, Field(max_length=TOOL_ARGUMENTS)]
+    id: ResponseId | None = None
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+
+class FunctionCallOutputItem(_Body):
+    """The result of a call, for the model to read."""
+
+    type: Literal["function_call_output"]
+    call_id: ToolCallId
+    output: Annotated[list[InputText], Field(min_length=1)] | str
+    id: ResponseId | None = None
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+    def text(self) -> str:
+        return self.output if isinstance(self.output, str) else "".join(part.text for part in self.output)
+
+
 class _OtherItem(BaseModel):
-    """An input item that is no message (a tool call or its output, a reference, reasoning): refused, named."""
+    """An input item of another kind (a built-in tool's call, a reference, reasoning): refused, named."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -120,15 +156,22 @@ class _OtherItem(BaseModel):
         raise ValueError(f"input items of type {str(value)[:64]!r} are not supported by this server")
 
 
+_ITEM_TAGS = {"message": "message-item", "function_call": "call-item", "function_call_output": "call-output-item"}
+
+
 def _item_type(value: Any) -> str:
     kind = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", None)
-    return "message-item" if kind == "message" else "other-item"
+    return _ITEM_TAGS.get(kind, "other-item") if isinstance(kind, str) else "other-item"
 
 
 InputItem = Annotated[
-    Annotated[InputMessage, Tag("message-item")] | Annotated[_OtherItem, Tag("other-item")],
+    Annotated[InputMessage, Tag("message-item")]
+    | Annotated[FunctionCallItem, Tag("call-item")]
+    | Annotated[FunctionCallOutputItem, Tag("call-output-item")]
+    | Annotated[_OtherItem, Tag("other-item")],
     Discriminator(_item_type),
 ]
+Item = InputMessage | FunctionCallItem | FunctionCallOutputItem
 
 
 class JsonSchemaFormat(_Body):
@@ -178,13 +221,43 @@ def _harmless_includes(value: list[str] | None) -> list[str] | None:
     return value
 
 
-def _no_tools(value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-    for tool in value or ():
-        kind = tool.get("type")
-        if kind != "function":
-            raise ValueError(f"the built-in tool {str(kind)[:64]!r} is not supported by this server")
-        raise ValueError("function tools are not supported by this server yet")
-    return value
+class FunctionToolParam(_Body):
+    """A function the model may call (the Responses API's flat shape)."""
+
+    type: Literal["function"]
+    name: ToolName
+    description: Annotated[str, Field(max_length=TOOL_DESCRIPTION)] | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class _BuiltinTool(BaseModel):
+    """web_search, file_search, code_interpreter, computer_use, image_generation, mcp, ...: refused, named."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Any
+
+    @field_validator("type")
+    @classmethod
+    def _refuse(cls, value: Any) -> Any:
+        raise ValueError(f"the built-in tool {str(value)[:64]!r} is not supported by this server: only function tools")
+
+
+def _tool_type(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return "function-tool" if kind == "function" else "builtin-tool"
+
+
+Tool = Annotated[
+    Annotated[FunctionToolParam, Tag("function-tool")] | Annotated[_BuiltinTool, Tag("builtin-tool")],
+    Discriminator(_tool_type),
+]
+
+
+class FunctionChoice(_Body):
+    type: Literal["function"]
+    name: ToolName
 
 
 class ResponseCreateRequest(_Body):
@@ -202,8 +275,8 @@ class ResponseCreateRequest(_Body):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     parallel_tool_calls: bool | None = None
-    tool_choice: Annotated[Any, refused_unless("none", "auto")] = None
-    tools: Annotated[list[dict[str, Any]], AfterValidator(_no_tools)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | FunctionChoice | None = None
+    tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
     truncation: Literal["auto", "disabled"] | None = None
     include: Annotated[list[str], AfterValidator(_harmless_includes)] | None = None
     reasoning: Reasoning | None = None
@@ -226,10 +299,13 @@ class ResponseCreateRequest(_Body):
     def streamed(self) -> bool:
         return bool(self.stream)
 
-    def input_messages(self) -> list[InputMessage]:
+    def input_items(self) -> list[Item]:
         if isinstance(self.input, str):
             return [InputMessage(role="user", content=self.input)]
-        return [item for item in self.input if isinstance(item, InputMessage)]  # any other item was refused
+        return [item for item in self.input if not isinstance(item, _OtherItem)]  # those were refused
+
+    def function_tools(self) -> list[FunctionToolParam]:
+        return [tool for tool in self.tools or () if isinstance(tool, FunctionToolParam)]  # others were refused
 
     def text_config(self) -> dict[str, Any]:
         """``text`` as the response echoes it."""

@@ -26,24 +26,15 @@ _BATCH = 500
 
 
 @dataclass(frozen=True)
-class Message:
-    role: str
-    text: str
-
-
-@dataclass(frozen=True)
 class Chain:
-    """What a new response continues: the messages of its ancestors, oldest first, and their number."""
+    """What a new response continues: the items of its ancestors (each one's input, then its output), oldest
+    first, and how many responses the chain holds."""
 
     depth: int
-    messages: list[Message]
+    items: list[InputItemOut]
 
 
 NO_CHAIN = Chain(0, [])
-
-
-def _text_of(item: dict[str, Any]) -> str:
-    return "".join(str(part.get("text", "")) for part in item.get("content", ()))
 
 
 class ResponseStore:
@@ -100,11 +91,11 @@ class ResponseStore:
             query = select(ResponseInputItem).where(ResponseInputItem.response_id.in_(ids))
             for item in session.scalars(query.order_by(ResponseInputItem.position)):
                 inputs[item.response_id].append(item.item)
-        messages: list[Message] = []
+        items: list[InputItemOut] = []
         for row in reversed(ancestors):
-            messages.extend(Message(item["role"], _text_of(item)) for item in inputs[row.id])
-            messages.extend(Message("assistant", _text_of(item)) for item in row.body.get("output", ()))
-        return Chain(last.depth, messages)
+            items.extend(_ITEMS.validate_python(item) for item in inputs[row.id])
+            items.extend(_ITEMS.validate_python(item) for item in row.body.get("output", ()))
+        return Chain(last.depth, items)
 
     def get(self, tenant_id: str, response_id: str) -> ResponseObject:
         with self._db.sessions() as session:

@@ -1,9 +1,11 @@
 """One response being made: the conversation it continues (its stored chain), its instructions and input,
-rendered with the model's chat template and admitted as a chat request is (``admit_run``: the ledger bills the
-whole rendered chain), the output's constraint from ``text.format``, and the response object it ends as.
+rendered with the model's chat template as a chat request is (``gateway.responses.conversation``; function tools
+planned by ``gateway.inference.tools``) and admitted through ``admit_run`` (the ledger bills the whole rendered
+chain); the output's constraint (a required or named tool choice's, else ``text.format``'s, which is checked
+either way); and the response object it ends as.
 
-``truncation: "auto"`` drops the oldest messages of the chain (never the request's own input) until the prompt
-leaves room for the answer; ``"disabled"`` (the default) refuses a chain that does not fit with
+``truncation: "auto"`` drops the oldest turns of the chain (never the request's own input) until the prompt leaves
+room for the answer; ``"disabled"`` (the default) refuses a chain that does not fit with
 ``context_length_exceeded``."""
 
 from __future__ import annotations
@@ -13,28 +15,28 @@ from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
 
-from engine.protocol import FinishReason, StructuredOutput
+from engine.protocol import StructuredOutput
 from gateway.errors import InvalidRequestError
-from gateway.inference.api_types import ChatCompletionRequest, ChatMessage
+from gateway.inference.api_types import ChatCompletionRequest
 from gateway.inference.catalog import ServedModel
 from gateway.inference.generation import GenerationRun
 from gateway.inference.prompts import chat_prompt, chat_turns
 from gateway.inference.runs import RunRequest, Serving, admit_run
-from gateway.inference.tools import NO_TOOLS
+from gateway.inference.tools import NamedTool, ToolPlan, ToolSpec, check_history, plan_tools
+from gateway.responses.conversation import chat_messages, stored_item, turn_starts
 from gateway.responses.objects import (
     IncompleteDetails,
     InputItemOut,
-    OutputMessage,
-    OutputTextPart,
+    OutputItem,
     ResponseErrorOut,
     ResponseObject,
     ResponseUsage,
     Status,
-    message_item,
     new_id,
 )
-from gateway.responses.requests import JsonSchemaFormat, ResponseCreateRequest
-from gateway.responses.store import NO_CHAIN, Chain, Message, ResponseStore
+from gateway.responses.output import Output
+from gateway.responses.requests import FunctionChoice, JsonSchemaFormat, ResponseCreateRequest
+from gateway.responses.store import NO_CHAIN, Chain, ResponseStore
 
 
 @dataclass
@@ -47,15 +49,19 @@ class Turn:
     chain: Chain
     items: list[InputItemOut]
     """The request's own input, as stored and listed."""
+    plan: ToolPlan
     run: GenerationRun
 
+    def output(self) -> Output:
+        return Output(self.plan.parser())
+
     def snapshot(
-        self, status: Status, output: list[OutputMessage], *, error: ResponseErrorOut | None = None
+        self, status: Status, output: list[OutputItem], *, error: ResponseErrorOut | None = None
     ) -> ResponseObject:
         """The response object as it stands (in progress, or finished with ``output``)."""
         body = self.body
-        finished = status != "in_progress"
         usage = self.run.usage
+        choice = body.tool_choice
         return ResponseObject(
             id=self.id,
             created_at=self.created_at,
@@ -73,25 +79,20 @@ class Turn:
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p,
             text=body.text_config(),
-            tool_choice=body.tool_choice or "auto",
-            tools=body.tools or [],
+            tool_choice=choice.model_dump() if isinstance(choice, FunctionChoice) else choice or "auto",
+            tools=[tool.model_dump() for tool in body.function_tools()],
             truncation=body.truncation or "disabled",
             usage=ResponseUsage(
-                input_tokens=usage.prompt_tokens,
-                output_tokens=usage.completion_tokens,
-                total_tokens=usage.total_tokens,
+                input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens, total_tokens=usage.total_tokens
             )
-            if finished
+            if status != "in_progress"
             else None,
             user=body.user,
             metadata=body.metadata or {},
         )
 
-    def finished(self, message_id: str, text: str, finish_reason: FinishReason | None) -> ResponseObject:
-        status: Status = "incomplete" if finish_reason == "length" else "completed"
-        return self.snapshot(
-            status, [answer(message_id, text, "incomplete" if status == "incomplete" else "completed")]
-        )
+    def finished(self, output: Output) -> ResponseObject:
+        return self.snapshot("incomplete" if output.incomplete else "completed", output.items)
 
     def remember(self, store: ResponseStore, response: ResponseObject) -> None:
         """Blocking: the finished response, if the request asked it kept."""
@@ -99,23 +100,23 @@ class Turn:
             store.save(self.tenant_id, response, self.items, self.chain.depth + 1)
 
 
-def answer(message_id: str, text: str, status: str) -> OutputMessage:
-    return OutputMessage(id=message_id, status=status, content=[OutputTextPart(text=text)])  # type: ignore[arg-type]
-
-
 async def start_turn(body: ResponseCreateRequest, serving: Serving, store: ResponseStore) -> Turn:
     """Everything checked and admitted; the run not started yet."""
     if body.stream_options is not None and not body.streamed:
         raise InvalidRequestError("stream_options is only allowed when stream is true", param="stream_options")
     served = await serving.model(body.model)
-    structured = await _constraint(body, serving)
+    tokenizer = served.engine.tokenizer
+    plan = await _tool_plan(body, serving, renders_tools=tokenizer.renders_tools)
+    text_format = await _text_format(body, serving)
     tenant_id = serving.tenant.tenant_id
     previous = body.previous_response_id
     chain = await run_in_threadpool(store.chain, tenant_id, previous) if previous else NO_CHAIN
-    own = [Message(message.role, message.text()) for message in body.input_messages()]
-    dropped = await _fitting(body, serving, served, chain, own)
-    chat = _chat_request(body, [*chain.messages[dropped:], *own])
-    prompt = await chat_prompt(chat_turns(chat.messages), NO_TOOLS, served.engine.tokenizer, serving.caps.prompts)
+    own = [stored_item(item) for item in body.input_items()]
+    kept = chain.items[await _dropped(body, serving, served, plan, chain, own) :]
+    chat = _chat_request(body, [*kept, *own])
+    turns = chat_turns(chat.messages)
+    check_history(turns, "input")
+    prompt = await chat_prompt(turns, plan, tokenizer, serving.caps.prompts)
     run_request = RunRequest(
         body=chat,
         served=served,
@@ -124,18 +125,17 @@ async def start_turn(body: ResponseCreateRequest, serving: Serving, store: Respo
         max_tokens_param="max_output_tokens",
         prompt_param="input",
         logprobs=None,
-        structured=structured,
+        structured=plan.structured or text_format,
     )
     run = await admit_run(run_request, serving)
-    items = [message_item(message.role, message.text) for message in own]
-    return Turn(body, tenant_id, new_id("resp"), int(time.time()), served, chain, items, run)
+    return Turn(body, tenant_id, new_id("resp"), int(time.time()), served, chain, own, plan, run)
 
 
-def _chat_request(body: ResponseCreateRequest, messages: list[Message]) -> ChatCompletionRequest:
-    instructions = [ChatMessage(role="system", content=body.instructions)] if body.instructions else []
+def _chat_request(body: ResponseCreateRequest, items: list[InputItemOut]) -> ChatCompletionRequest:
+    """The conversation with the sampling fields, as the chat path runs it."""
     return ChatCompletionRequest(
         model=body.model,
-        messages=[*instructions, *(ChatMessage(role=m.role, content=m.text) for m in messages)],  # type: ignore[arg-type]
+        messages=chat_messages(items, body.instructions),
         max_completion_tokens=body.max_output_tokens,
         temperature=body.temperature,
         top_p=body.top_p,
@@ -144,42 +144,64 @@ def _chat_request(body: ResponseCreateRequest, messages: list[Message]) -> ChatC
     )
 
 
-async def _fitting(
-    body: ResponseCreateRequest, serving: Serving, served: ServedModel, chain: Chain, own: list[Message]
+async def _tool_plan(body: ResponseCreateRequest, serving: Serving, *, renders_tools: bool) -> ToolPlan:
+    specs = [
+        ToolSpec(
+            name=tool.name,
+            description=tool.description,
+            parameters=tool.parameters or {"type": "object", "properties": {}},
+            strict=tool.strict is not False,  # the Responses API's functions are strict unless told otherwise
+            param=f"tools[{index}].parameters",
+        )
+        for index, tool in enumerate(body.function_tools())
+    ]
+    choice = body.tool_choice
+    named = NamedTool(choice.name) if isinstance(choice, FunctionChoice) else choice
+    return await plan_tools(
+        specs, named, body.parallel_tool_calls, serving.structured, "tools", renders_tools=renders_tools
+    )
+
+
+async def _dropped(
+    body: ResponseCreateRequest,
+    serving: Serving,
+    served: ServedModel,
+    plan: ToolPlan,
+    chain: Chain,
+    own: list[InputItemOut],
 ) -> int:
-    """How many of the chain's oldest messages to leave out: none, unless ``truncation`` is ``"auto"`` and the whole
-    conversation leaves no room for the answer (then the fewest that make room, found by bisection)."""
-    if body.truncation != "auto" or not chain.messages:
+    """How many of the chain's oldest items to leave out: none, unless ``truncation`` is ``"auto"`` and the whole
+    conversation leaves no room for the answer; then the fewest whole turns that make room (found by bisection),
+    or the whole chain."""
+    if body.truncation != "auto" or not chain.items:
         return 0
     room_for = body.max_output_tokens or 1
-    limit = served.engine.max_model_len
+    cuts = sorted({0, *turn_starts(chain.items), len(chain.items)})
 
     async def fits(dropped: int) -> bool:
-        chat = _chat_request(body, [*chain.messages[dropped:], *own])
+        chat = _chat_request(body, [*chain.items[dropped:], *own])
         try:
-            prompt = await chat_prompt(
-                chat_turns(chat.messages), NO_TOOLS, served.engine.tokenizer, serving.caps.prompts
-            )
+            prompt = await chat_prompt(chat_turns(chat.messages), plan, served.engine.tokenizer, serving.caps.prompts)
         except InvalidRequestError:  # too many characters to even tokenize
             return False
-        return len(prompt) + room_for <= limit
+        return len(prompt) + room_for <= served.engine.max_model_len
 
     if await fits(0):
         return 0
-    low, high = 1, len(chain.messages)  # the answer lies in [low, high]: dropping all of the chain is the last resort
+    low, high = 1, len(cuts) - 1  # the answer lies in cuts[low..high]: all of the chain dropped is the last resort
     while low < high:
         middle = (low + high) // 2
-        if await fits(middle):
+        if await fits(cuts[middle]):
             high = middle
         else:
             low = middle + 1
-    return low
+    return cuts[low]
 
 
-async def _constraint(body: ResponseCreateRequest, serving: Serving) -> StructuredOutput | None:
+async def _text_format(body: ResponseCreateRequest, serving: Serving) -> StructuredOutput | None:
     chosen = body.text.format if body.text is not None else None
     if chosen is None or chosen.type == "text":
         return None
     if isinstance(chosen, JsonSchemaFormat):
         return await serving.structured.json_schema(chosen.schema_, "text.format.schema")
-    return await serving.structured.constraint(StructuredOutput("json_object", ""), "text.format")
+    return await serving.structured.requested(("text.format", "json_object", True))

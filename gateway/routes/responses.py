@@ -15,7 +15,7 @@ from gateway.edge.strict_json import StrictJSONRoute
 from gateway.inference.runs import collect
 from gateway.inference.sse import EventStreamResponse
 from gateway.responses.events import response_events
-from gateway.responses.objects import InputItemList, ResponseDeleted, ResponseObject, new_id
+from gateway.responses.objects import InputItemList, ResponseDeleted, ResponseObject
 from gateway.responses.requests import OBJECT_ID_PATTERN, RESPONSE_ID_MAX, ResponseCreateRequest
 from gateway.responses.turns import start_turn
 from gateway.state import RateLimitHeaders, ResponsesDep, ServingDep, TenantDep
@@ -44,7 +44,10 @@ async def create_response(
     if body.streamed:
         return EventStreamResponse(response_events(turn, remember), on_close=turn.run.close)
     [choice] = await collect(request, turn.run)
-    finished = turn.finished(new_id("msg"), choice.text, choice.finish_reason)
+    output = turn.output()
+    output.feed(choice.text)
+    output.finish(choice.finish_reason)
+    finished = turn.finished(output)
     await run_in_threadpool(remember, finished)
     return JSONResponse(finished.model_dump(mode="json"))
 
