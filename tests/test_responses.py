@@ -314,7 +314,7 @@ def test_a_call_result_continues_the_chain_as_the_items_would(client: openai.Ope
     chained = client.responses.create(
         model=MODEL, input=results, previous_response_id=first.id, tools=[WEATHER], max_output_tokens=16, temperature=0
     )
-    sent = [{"role": "user", "content": asked}, *[call.model_dump() for call in calls], *results]
+    sent = [{"role": "user", "content": asked}, *calls, *results]  # the SDK sends back what it was sent
     whole = client.responses.create(model=MODEL, input=sent, tools=[WEATHER], max_output_tokens=16, temperature=0)
     assert chained.usage.input_tokens == whole.usage.input_tokens > first.usage.input_tokens
     assert chained.output_text == whole.output_text
