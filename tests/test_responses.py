@@ -306,7 +306,12 @@ def test_a_streamed_call_sends_its_arguments_as_deltas(client: openai.OpenAI) ->
 def test_a_call_result_continues_the_chain_as_the_items_would(client: openai.OpenAI) -> None:
     asked = "What is the weather in Berlin?"
     first = client.responses.create(
-        model=MODEL, input=asked, tools=[WEATHER], tool_choice="required", max_output_tokens=48, temperature=0
+        model=MODEL,
+        input=asked,
+        tools=[WEATHER],
+        tool_choice={"type": "function", "name": "get_weather"},
+        max_output_tokens=40,
+        temperature=0,
     )
     calls = [item for item in first.output if item.type == "function_call"]
     assert calls
