@@ -55,6 +55,7 @@ from gateway.inference.structured import StructuredOutputs
 from gateway.ops.api_docs import install_api_docs
 from gateway.ops.metrics import Metrics
 from gateway.private_files import keep_private, private_dir
+from gateway.responses.store import ResponseStore
 from gateway.retention import Retention
 from gateway.routes import install_routes
 from gateway.settings import GatewaySettings
@@ -195,6 +196,7 @@ def create_app(
             )
             stack.callback(grammar_pool.close)
             structured = StructuredOutputs(grammar_pool)
+            responses = ResponseStore(database, settings.responses_max_chain_depth)
             app.state.llmaas = AppState(
                 settings=settings,
                 engine_settings=engine_settings,
@@ -218,6 +220,7 @@ def create_app(
                 exports=TenantExport(database, files, registry),
                 audit_log=AuditLog(database),
                 structured=structured,
+                responses=responses,
             )
             queue = RunQueue(database)
             runner = EvalRunner(
@@ -237,6 +240,7 @@ def create_app(
                 files,
                 files_days=settings.retention_days_files,
                 eval_items_days=settings.retention_days_eval_items,
+                responses_days=settings.retention_days_responses,
             )
             if retention.enabled:
                 purging = asyncio.create_task(retention.run(settings.retention_interval_seconds))

@@ -1,12 +1,16 @@
-"""Retention: uploads and eval items older than the operator's limit are deleted, on every gateway, periodically.
+"""Retention: uploads, eval items and stored responses older than the operator's limit are deleted, on every
+gateway, periodically.
 
 ``LLMAAS_RETENTION_DAYS_FILES``: uploaded files (rows and bytes) older than this many days go.
 ``LLMAAS_RETENTION_DAYS_EVAL_ITEMS``: the items and samples of eval runs that finished this many days ago go
 (the run keeps its result counts). Unset (the default): kept until their owner deletes them.
+``LLMAAS_RETENTION_DAYS_RESPONSES``: responses of ``/v1/responses`` stored this many days ago go, with their
+input items (30 by default, as OpenAI keeps them; a chain continues from what is left of it).
 
 A pass deletes rows by their age in batches and then the bytes of what it deleted, so any number of gateways
 may run it at once (a row is deleted once; a second pass finds nothing). Each pass that deleted something
-appends an audit entry by ``system`` with the counts. Prompts of inference requests are never stored."""
+appends an audit entry by ``system`` with the counts. Prompts of chat and completions requests are never stored.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from gateway.clock import utcnow
 from gateway.db import Database, EvalRun, EvalRunItem, File, affected_rows
 from gateway.evals.service import FINAL
 from gateway.fine_tuning.files import FileStore
+from gateway.responses.store import purge_responses
 
 logger = logging.getLogger(__name__)
 _BATCH = 500
@@ -29,25 +34,34 @@ _BATCH = 500
 
 class Retention:
     def __init__(
-        self, db: Database, files: FileStore, *, files_days: float | None, eval_items_days: float | None
+        self,
+        db: Database,
+        files: FileStore,
+        *,
+        files_days: float | None,
+        eval_items_days: float | None,
+        responses_days: float | None = None,
     ) -> None:
         self._db = db
         self._files = files
         self._files_days = files_days
         self._eval_items_days = eval_items_days
+        self._responses_days = responses_days
 
     @property
     def enabled(self) -> bool:
-        return self._files_days is not None or self._eval_items_days is not None
+        return any(days is not None for days in (self._files_days, self._eval_items_days, self._responses_days))
 
     def purge_once(self, now: datetime | None = None) -> dict[str, int]:
-        """One pass (blocking): how many files and eval items it deleted."""
+        """One pass (blocking): how many files, eval items and stored responses it deleted."""
         now = now or utcnow()
-        purged = {"files": 0, "eval_items": 0}
+        purged = {"files": 0, "eval_items": 0, "responses": 0}
         if self._files_days is not None:
             purged["files"] = self._purge_files(now - timedelta(days=self._files_days))
         if self._eval_items_days is not None:
             purged["eval_items"] = self._purge_eval_items(now - timedelta(days=self._eval_items_days))
+        if self._responses_days is not None:
+            purged["responses"] = self._purge_responses(now - timedelta(days=self._responses_days))
         return purged
 
     def _purge_files(self, before: datetime) -> int:
@@ -73,13 +87,21 @@ class Retention:
                 audit.record(session, audit.SYSTEM_ACTOR, "retention.purge", "eval_item", None, None, details)
         return int(deleted or 0)
 
+    def _purge_responses(self, before: datetime) -> int:
+        deleted = purge_responses(self._db, before)
+        if deleted:
+            with self._db.session() as session:
+                details = {"responses": deleted, "created_before": before.isoformat()}
+                audit.record(session, audit.SYSTEM_ACTOR, "retention.purge", "response", None, None, details)
+        return deleted
+
     async def run(self, interval_seconds: float) -> None:
         """A pass now and then every ``interval_seconds``, until cancelled; a failed pass is tried again."""
         while True:
             try:
                 purged = await run_in_threadpool(self.purge_once)
                 if any(purged.values()):
-                    logger.info("retention deleted %d files and %d eval items", purged["files"], purged["eval_items"])
+                    logger.info("retention deleted %s", ", ".join(f"{count} {kind}" for kind, count in purged.items()))
             except Exception:
                 logger.exception("the retention pass failed; it runs again in %.0f s", interval_seconds)
             await asyncio.sleep(interval_seconds)

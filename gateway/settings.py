@@ -107,6 +107,12 @@ class GatewaySettings(SharedSettings):
     max_generated_tokens_per_request: int = Field(
         default=65_536, ge=1, description="Prompts x n x max_tokens of one request."
     )
+    responses_max_chain_depth: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Responses one previous_response_id chain may hold; continuing a longer one is a 400.",
+    )
     default_max_storage_bytes: int = Field(
         default=1024 * MiB, ge=0, description="A tenant's file storage when its own quota is not set."
     )
@@ -124,6 +130,12 @@ class GatewaySettings(SharedSettings):
         default=None,
         gt=0,
         description="Items and samples of eval runs finished this many days ago are deleted; unset: kept.",
+    )
+    retention_days_responses: float | None = Field(
+        default=30,
+        gt=0,
+        description="Stored responses of /v1/responses older than this many days are deleted (OpenAI keeps them "
+        "30 days); unset: kept until deleted.",
     )
     retention_interval_seconds: float = Field(default=3600, gt=0, description="How often retention runs.")
 

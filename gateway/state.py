@@ -29,6 +29,7 @@ from gateway.inference.catalog import ModelCatalog
 from gateway.inference.runs import RequestCaps, Serving
 from gateway.inference.structured import StructuredOutputs
 from gateway.ops.metrics import Metrics
+from gateway.responses.store import ResponseStore
 from gateway.settings import GatewaySettings
 from gateway.tenancy.access import AccessChanges
 from gateway.tenancy.console_sessions import ConsoleSessions
@@ -75,6 +76,7 @@ class AppState:
     exports: TenantExport
     audit_log: AuditLog
     structured: StructuredOutputs
+    responses: ResponseStore
 
 
 def state_of(app: FastAPI) -> AppState:
@@ -115,6 +117,7 @@ SignInThrottleDep = Annotated[SignInThrottle, _part(lambda state: state.sign_in_
 EraserDep = Annotated[TenantEraser, _part(lambda state: state.eraser)]
 ExportDep = Annotated[TenantExport, _part(lambda state: state.exports)]
 AuditLogDep = Annotated[AuditLog, _part(lambda state: state.audit_log)]
+ResponsesDep = Annotated[ResponseStore, _part(lambda state: state.responses)]
 
 
 # -- who the request acts for (the edge's authentication found it: ``gateway.edge.authentication``) -----------

@@ -347,10 +347,12 @@ def test_retention_purges_old_uploads_and_eval_items_only(stores: Stores) -> Non
     assert Retention(stores.db, stores.files, files_days=None, eval_items_days=None).purge_once() == {
         "files": 0,
         "eval_items": 0,
+        "responses": 0,
     }
     retention = Retention(stores.db, stores.files, files_days=30, eval_items_days=7)
-    assert retention.purge_once() == {"files": 1, "eval_items": 2}
-    assert retention.purge_once() == {"files": 0, "eval_items": 0}  # idempotent: a second gateway finds nothing
+    assert retention.purge_once() == {"files": 1, "eval_items": 2, "responses": 0}
+    # idempotent: a second gateway finds nothing
+    assert retention.purge_once() == {"files": 0, "eval_items": 0, "responses": 0}
     assert not stores.files.path_of(old_file).exists() and stores.files.path_of(new_file).exists()
     assert stores.count(EvalRunItem, EvalRunItem.run_id == old_run) == 0
     assert stores.count(EvalRunItem, EvalRunItem.run_id == new_run) == 2

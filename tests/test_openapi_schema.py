@@ -73,7 +73,7 @@ def test_every_api_operation_documents_its_body_and_errors(path: str, method: st
 
 
 def test_streamed_routes_document_their_event_stream() -> None:
-    for path in ("/v1/chat/completions", "/v1/completions"):
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/responses"):
         content = OPENAPI["paths"][path]["post"]["responses"]["200"]["content"]
         assert set(content) == {"application/json", "text/event-stream"}
 
@@ -133,6 +133,14 @@ def test_inference_answers_match_their_schemas(tenant: Checked) -> None:
     sums = {"requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost"}
     assert all(set(row) == {"model", "period_start", *sums} for row in by_model)  # only the columns it has
     tenant.call("GET", "/v1/usage", params={"group_by": "", "bucket": "none"})
+
+
+def test_responses_answers_match_their_schemas(tenant: Checked) -> None:
+    created = tenant.call("POST", "/v1/responses", json={"model": MODEL, "input": "hi", "max_output_tokens": 16})
+    path, template = f"/v1/responses/{created['id']}", "/v1/responses/{response_id}"
+    tenant.call("GET", path, template)
+    tenant.call("GET", f"{path}/input_items", template + "/input_items")
+    tenant.call("DELETE", path, template)
 
 
 def test_files_and_fine_tuning_answers_match_their_schemas(tenant: Checked) -> None:

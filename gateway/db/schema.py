@@ -222,3 +222,35 @@ class AuditEntry(Base):
     request_id: Mapped[str | None] = mapped_column(String(64))
     client_address: Mapped[str | None] = mapped_column(String(64))
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class StoredResponse(Base):
+    """A response of ``/v1/responses`` made with ``store`` (the default): its object as answered, what it
+    continued, and how many responses its chain holds (itself included). Deleted by its owner, by the
+    retention of responses, or with its tenant."""
+
+    __tablename__ = "responses"
+    __table_args__ = (Index("ix_responses_tenant_created", "tenant_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    previous_response_id: Mapped[str | None] = mapped_column(String(64))
+    depth: Mapped[int] = mapped_column(Integer)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class ResponseInputItem(Base):
+    """One input item of a stored response (a message), in the order it was sent."""
+
+    __tablename__ = "response_input_items"
+    __table_args__ = (
+        Index("ix_response_input_items_response_position", "response_id", "position"),
+        Index("ux_response_input_items_item_id", "item_id", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    response_id: Mapped[str] = mapped_column(String(64))
+    item_id: Mapped[str] = mapped_column(String(64))
+    position: Mapped[int] = mapped_column(Integer)
+    item: Mapped[dict[str, Any]] = mapped_column(JSON)

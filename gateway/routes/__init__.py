@@ -1,5 +1,5 @@
-"""Every HTTP route of the gateway: the tenants' OpenAI API under ``/v1`` (``models``, ``chat``,
-``completions``, ``embeddings``, ``files``, ``fine_tuning``, ``evals``, ``usage``), the operator's under ``/admin/v1``
+"""Every HTTP route of the gateway: the tenants' OpenAI API under ``/v1`` (``models``, ``chat``, ``completions``,
+``embeddings``, ``responses``, ``files``, ``fine_tuning``, ``evals``, ``usage``), the operator's under ``/admin/v1``
 (``admin``, ``usage``), ``ops`` (health, readiness, metrics) and the web ``console``.
 
 The top layer: routes take the domains' services through the typed dependencies of ``gateway.state`` and own
@@ -22,13 +22,15 @@ from gateway.routes import (
     fine_tuning,
     models,
     ops,
+    responses,
     usage,
 )
 
 
 def install_routes(app: FastAPI) -> None:
     """Every router; the APIs' (tenants' and operator's) document the OpenAI error body of their 4xx and 5xx."""
-    for module in (models, chat, completions, embeddings, files, fine_tuning, evals, usage):  # the tenants' API
+    tenants_api = (models, chat, completions, embeddings, responses, files, fine_tuning, evals, usage)
+    for module in tenants_api:
         app.include_router(module.router, responses=ERROR_RESPONSES)
     for router in (admin.router, usage.admin_router):  # the operator's
         app.include_router(router, responses=ERROR_RESPONSES)

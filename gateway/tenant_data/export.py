@@ -3,7 +3,8 @@
 The archive holds ``tenant.json``; ``keys.jsonl`` (metadata: no hash, no secret); ``files.jsonl`` and each
 uploaded file's bytes under ``files/<id>``; ``fine_tuning/{jobs,events,checkpoints}.jsonl``; ``adapters.jsonl``
 and each trained adapter's dir (with its checkpoints) under ``adapters/<job id>/``;
-``evals/{evals,runs,items}.jsonl``; ``usage/{records,daily}.jsonl``. Each ``.jsonl`` line is one database row.
+``evals/{evals,runs,items}.jsonl``; ``responses/{responses,input_items}.jsonl`` (stored responses of
+``/v1/responses``); ``usage/{records,daily}.jsonl``. Each ``.jsonl`` line is one database row.
 
 It is written by a worker thread in bounded memory: rows are read in batches into temp files that spill to
 disk past a few MiB, file bytes stream from disk, and the compressed archive goes to the client through a short
@@ -30,7 +31,19 @@ from starlette.concurrency import run_in_threadpool
 from adapters.registry import AdapterRegistry
 from adapters.store import Adapter, FineTuningJob, JobCheckpoint, JobEvent
 from gateway import audit
-from gateway.db import ApiKey, Database, Eval, EvalRun, EvalRunItem, File, Tenant, UsageDaily, UsageRecord
+from gateway.db import (
+    ApiKey,
+    Database,
+    Eval,
+    EvalRun,
+    EvalRunItem,
+    File,
+    ResponseInputItem,
+    StoredResponse,
+    Tenant,
+    UsageDaily,
+    UsageRecord,
+)
 from gateway.fine_tuning.files import FileStore
 from gateway.tenancy.service import TenancyService, tenant_out
 
@@ -67,6 +80,7 @@ class TenantExport:
             _add_bytes(archive, "tenant.json", json.dumps(tenant_out(tenant).model_dump(mode="json"), indent=2))
             jobs = select(FineTuningJob.id).where(FineTuningJob.tenant_id == tenant_id).scalar_subquery()
             runs = select(EvalRun.id).where(EvalRun.tenant_id == tenant_id).scalar_subquery()
+            responses = select(StoredResponse.id).where(StoredResponse.tenant_id == tenant_id).scalar_subquery()
             tables: list[tuple[str, Any]] = [
                 ("keys.jsonl", select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.id)),
                 ("files.jsonl", select(File).where(File.tenant_id == tenant_id).order_by(File.id)),
@@ -79,6 +93,16 @@ class TenantExport:
                 (
                     "evals/items.jsonl",
                     select(EvalRunItem).where(EvalRunItem.run_id.in_(runs)).order_by(EvalRunItem.id),
+                ),
+                (
+                    "responses/responses.jsonl",
+                    select(StoredResponse).where(StoredResponse.tenant_id == tenant_id).order_by(StoredResponse.id),
+                ),
+                (
+                    "responses/input_items.jsonl",
+                    select(ResponseInputItem)
+                    .where(ResponseInputItem.response_id.in_(responses))
+                    .order_by(ResponseInputItem.id),
                 ),
                 (
                     "usage/records.jsonl",
