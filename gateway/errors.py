@@ -86,6 +86,11 @@ class InvalidRequestError(APIError):
 class ContextLengthExceeded(InvalidRequestError):
     code = "context_length_exceeded"
 
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        # The code in the words too: LangChain's ChatOpenAI knows an overflow (its ContextOverflowError) by
+        # "context_length_exceeded" in the exception's text, where the openai SDK (3.x) puts only the message.
+        super().__init__(f"{message} ({self.code})", param=param)
+
 
 class AuthenticationError(APIError):
     status_code = 401

@@ -150,8 +150,12 @@ def test_the_sdks_calls_to_what_is_not_served_get_not_found_saying_so(client: op
     for path, call in calls.items():
         with pytest.raises(openai.NotFoundError) as info:
             call()
-        assert info.value.message == f"Invalid URL (POST {path}): this server does not serve it.", path
-        assert info.value.code == "unknown_url"
+        assert info.value.body == {
+            "message": f"Invalid URL (POST {path}): this server does not serve it.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "unknown_url",
+        }
 
 
 @pytest.mark.parametrize(
@@ -177,7 +181,8 @@ def test_a_non_text_content_part_is_refused_as_text_only(client: openai.OpenAI, 
 def test_a_prompt_over_the_character_cap_is_a_context_overflow_to_langchain(
     server: str, api_key: str, client: openai.OpenAI
 ) -> None:
-    """The cap (16 characters per token of context) refuses before tokenizing, in words frameworks know."""
+    """The cap (16 characters per token of context) refuses before tokenizing, in the code and words frameworks
+    know a context overflow by (LangChain's ``ContextOverflowError``)."""
     huge = "word " * 8000  # 40,000 characters: over 16 x the 2,048 tokens of the test model's context
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": huge}], max_tokens=2)
@@ -189,6 +194,8 @@ def test_a_prompt_over_the_character_cap_is_a_context_overflow_to_langchain(
     chat = ChatOpenAI(model=MODEL, base_url=f"{server}/v1", api_key=SecretStr(api_key), max_retries=0)
     with pytest.raises(ContextOverflowError):
         chat.invoke(huge)
+    with pytest.raises(ContextOverflowError):  # and the window itself, counted in tokens
+        chat.bind(max_tokens=5000).invoke("Hello")
 
 
 def test_every_response_has_the_servers_request_id_and_echoes_the_clients(http: httpx.Client) -> None:
