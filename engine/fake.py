@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 from engine.backend import AdapterStoreAt, BackendFactory, BackendStatus, EngineLoad, ModelOffer
 from engine.protocol import AdapterRef, CompletionDelta, FinishReason, SamplingOptions, TokenLogprob
@@ -23,9 +24,15 @@ class ByteTokenizer:
     def decode(self, token_ids: Sequence[int]) -> str:
         return bytes(token_ids).decode("utf-8", errors="replace")
 
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
+    def render_chat(
+        self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None
+    ) -> str:
         turns = "".join(f"<{m['role']}>{m['content']}\n" for m in messages)
         return turns + "<assistant>"
+
+    @property
+    def renders_tools(self) -> bool:
+        return False
 
     @property
     def vocab_size(self) -> int:

@@ -5,10 +5,10 @@ vLLM; everything here is plain Python."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length"]
 StructuredKind = Literal["json", "json_object", "regex", "choice", "grammar"]
@@ -88,7 +88,19 @@ class Tokenizer(Protocol):
 
     def decode(self, token_ids: Sequence[int]) -> str: ...
 
-    def render_chat(self, messages: list[dict[str, str]]) -> str: ...
+    def render_chat(
+        self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None
+    ) -> str:
+        """The conversation as the model's prompt, ending with the assistant's turn. Messages are OpenAI-shaped
+        dicts (``role``, ``content``; an assistant's ``tool_calls`` with ``arguments`` as an object, a tool
+        result's ``tool_call_id``); ``tools`` (OpenAI function tools) go to the template, which must render them
+        (``renders_tools``)."""
+        ...
+
+    @property
+    def renders_tools(self) -> bool:
+        """Whether the chat template renders the ``tools`` it is given (the gateway renders them otherwise)."""
+        ...
 
     @property
     def vocab_size(self) -> int: ...

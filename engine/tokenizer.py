@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,20 @@ class HFTokenizer:
     def decode(self, token_ids: Sequence[int]) -> str:
         return str(self._tok.decode(list(token_ids), skip_special_tokens=True))
 
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
-        return str(self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    def render_chat(
+        self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None
+    ) -> str:
+        conversation = [dict(message) for message in messages]
+        tool_list = [dict(tool) for tool in tools] if tools else None
+        return str(
+            self._tok.apply_chat_template(conversation, tools=tool_list, tokenize=False, add_generation_prompt=True)
+        )
+
+    @property
+    def renders_tools(self) -> bool:
+        """Whether the template refers to ``tools`` (Hugging Face's own test for tool-use templates)."""
+        template = self._tok.chat_template
+        return isinstance(template, str) and re.search(r"\btools\b", template) is not None
 
     @property
     def vocab_size(self) -> int:

@@ -27,7 +27,7 @@ from adapters.jobs import JobService
 from adapters.registry import AdapterRegistry
 from engine.backend import BackendFactory
 from engine.factory import build_backend
-from engine.settings import EngineSettings
+from engine.settings import DEFAULT_MODEL_ID, EngineSettings
 from gateway.accounting.admission import Admission
 from gateway.accounting.ledger import LedgerWriter
 from gateway.accounting.limits import Limiter, MemoryLimiter, RedisLimiter
@@ -49,6 +49,7 @@ from gateway.evals.runner import EvalRunner
 from gateway.evals.service import EvalService
 from gateway.fine_tuning.files import FileStore
 from gateway.inference.catalog import ModelCatalog
+from gateway.inference.grammar_pool import GrammarPool
 from gateway.inference.runs import RequestCaps
 from gateway.inference.structured import StructuredOutputs
 from gateway.ops.api_docs import install_api_docs
@@ -107,6 +108,13 @@ def build_limiter(settings: GatewaySettings) -> Limiter:
             open_reservation_lease_seconds=settings.training_reservation_lease_seconds,
         )
     return MemoryLimiter()
+
+
+def _vocabulary(settings: EngineSettings) -> str | None:
+    """The tokenizer dir structured-output constraints are compiled against: the configured model's, or the
+    prepared default model's (also what upstream servers of it use); None when neither is on this machine."""
+    model_dir = settings.model_path or settings.models_dir / DEFAULT_MODEL_ID
+    return str(model_dir) if (model_dir / "tokenizer_config.json").is_file() else None
 
 
 def create_app(
@@ -183,7 +191,14 @@ def create_app(
                 settings.console_sign_in_failures_per_key_prefix,
             )
             stack.push_async_callback(throttle.close)
-            structured = StructuredOutputs()
+            grammar_pool = GrammarPool(
+                settings.structured_compile_processes,
+                _vocabulary(engine_settings),
+                settings.structured_compile_seconds,
+                waiting=16 * settings.structured_compile_processes,
+            )
+            stack.callback(grammar_pool.close)
+            structured = StructuredOutputs(grammar_pool)
             app.state.llmaas = AppState(
                 settings=settings,
                 engine_settings=engine_settings,

@@ -63,6 +63,16 @@ class GatewaySettings(SharedSettings):
     tenant_work_processes: int = Field(
         default=2, ge=1, description="Worker processes that check eval items against schemas and grade them."
     )
+    structured_compile_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="How long a structured-output constraint (JSON schema, regex, grammar) may take to compile; "
+        "one that takes longer is refused (structured_output_too_complex).",
+    )
+    structured_compile_processes: int = Field(
+        default=2, ge=1, description="Worker processes that compile clients' structured-output constraints."
+    )
     reservation_lease_seconds: float = Field(
         default=900, gt=0, description="Redis: a crashed gateway's reservations and slots are freed after this."
     )

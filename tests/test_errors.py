@@ -62,8 +62,8 @@ def test_body_not_an_object_is_400(http: httpx.Client) -> None:
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"tools": [{"type": "function", "function": {"name": "f g"}}]}, "tools[0].function.name"),
+        ({"response_format": {"type": "xml"}}, "response_format"),
         ({"stream": "yes"}, "stream"),
     ],
 )

@@ -33,6 +33,7 @@ PROBE = {"probe": "a value asking for something"}
 CHAT_HONOURED = {
     "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stop", "seed",
     "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs", "user", "stream_options", "response_format",
+    "tools", "tool_choice", "parallel_tool_calls",
 }  # fmt: skip
 COMPLETIONS_HONOURED = {
     "model", "prompt", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "presence_penalty",
@@ -40,7 +41,6 @@ COMPLETIONS_HONOURED = {
 }  # fmt: skip
 IGNORED_SAMPLES = {
     "metadata": {"team": "search"},
-    "parallel_tool_calls": True,
     "prompt_cache_key": "conversation-1",
     "prompt_cache_retention": "24h",
     "prompt_cache_options": {"mode": "implicit"},
@@ -50,7 +50,7 @@ JOB_HONOURED = {"model", "training_file", "validation_file", "suffix", "seed", "
 EVAL_HONOURED = {"name", "data_source_config", "testing_criteria", "metadata"}
 RUN_HONOURED = {"name", "data_source", "metadata"}
 FILE_HONOURED = {"file", "purpose"}
-MESSAGE_HONOURED = {"role", "content", "name"}
+MESSAGE_HONOURED = {"role", "content", "name", "tool_calls", "tool_call_id"}
 
 EVAL = {
     "data_source_config": {"type": "custom", "item_schema": {"type": "object"}},
@@ -195,11 +195,10 @@ def test_the_official_client_gets_a_400_for_what_it_cannot_have(client: openai.O
     for kwargs, param in (
         ({"function_call": {"name": "lookup"}}, "function_call"),
         ({"functions": functions}, "functions"),
-        ({"tools": [{"type": "function", "function": functions[0]}]}, "tools"),
-        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tool_choice": "required"}, "tool_choice"),  # without tools
         ({"store": True}, "store"),
         ({"reasoning_effort": "high"}, "reasoning_effort"),
-        ({"extra_body": {"guided_json": {"type": "object"}}}, "guided_json"),
+        ({"extra_body": {"guided_decoding_backend": "xgrammar"}}, "guided_decoding_backend"),
     ):
         with pytest.raises(openai.BadRequestError) as info:
             client.chat.completions.create(model=MODEL, messages=HI, max_tokens=2, **kwargs)  # type: ignore[call-overload]

@@ -3,12 +3,14 @@ runtime adapter loading on), two ``llmaas serve`` gateways in front of both, one
 first gateway's fine-tuning worker. Through the official client: chat, completions and streams on both
 replicas; a model fine-tuned through our API answered by each replica in turn; limits and budgets exact
 across the two gateways; a replica killed under load (requests that had not streamed yet succeed on the other,
-the dead one is ejected, then re-admitted when it is back); and the ledger equal to what clients saw."""
+the dead one is ejected, then re-admitted when it is back); a JSON schema forwarded to the replicas and honoured;
+and the ledger equal to what clients saw."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import openai
 import pytest
 
@@ -311,3 +314,25 @@ def test_a_client_that_leaves_mid_stream_stops_the_replica(deployment: Deploymen
     while sum(replica.running() for replica in deployment.replicas):  # the gateway closed its upstream stream
         assert time.monotonic() < deadline, "the replica kept generating for a client that left"
         time.sleep(0.2)
+
+
+def test_a_json_schema_is_forwarded_to_the_replicas_and_every_output_validates(deployment: Deployment) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"enum": ["zebra", "quokka"]}, "sure": {"type": "boolean"}},
+        "required": ["answer", "sure"],
+        "additionalProperties": False,
+    }
+    _, key = deployment.tenant()
+    for gateway in (0, 1):
+        reply = deployment.client(key, gateway).chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=40,
+            n=2,
+            temperature=0.8,
+            response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+        )
+        for choice in reply.choices:  # an answer the model would never give unconstrained
+            assert choice.finish_reason == "stop", choice.message.content
+            jsonschema.validate(json.loads(choice.message.content or ""), schema)

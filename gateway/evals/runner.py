@@ -32,9 +32,10 @@ from gateway.evals.recipe import CompletionsRecipe, ItemStatus, JsonlRecipe, Run
 from gateway.evals.templates import TemplateError, render
 from gateway.inference.api_types import ChatCompletionRequest, ChatMessage
 from gateway.inference.catalog import ModelCatalog, ServedModel
-from gateway.inference.prompts import chat_prompt
+from gateway.inference.prompts import chat_prompt, chat_turns
 from gateway.inference.runs import RequestCaps, RunRequest, Serving, admit_run
 from gateway.inference.structured import StructuredOutputs
+from gateway.inference.tools import NO_TOOLS
 from gateway.ops.metrics import Metrics
 from gateway.tenancy.principal import Authenticator, TenantPrincipal
 from gateway.workers import Workers, WorkFailed, WorkTimedOut
@@ -242,9 +243,10 @@ class EvalRunner:
             max_completion_tokens=params.max_completion_tokens,
             seed=params.seed,
         )
+        turns = chat_turns(body.messages)
         for _attempt in range(_RATE_LIMIT_RETRIES):
             serving = self._serving(tenant)
-            prompt = await chat_prompt(body, served.engine.tokenizer, serving.caps.prompts)
+            prompt = await chat_prompt(turns, NO_TOOLS, served.engine.tokenizer, serving.caps.prompts)
             request = RunRequest(
                 body=body,
                 served=served,

@@ -2,17 +2,19 @@
 
 Nothing a client sends is silently dropped: an unknown field is a 400 naming it (``extra="forbid"``), and a
 known OpenAI field we cannot honour is declared ``refused_unless(...)``: null, or a value that asks for
-nothing (``tools: []``, ``tool_choice: "none"``), passes, anything else is a 400 naming it. The few fields
+nothing (``logit_bias: {}``, ``store: false``), passes, anything else is a 400 naming it. The few fields
 accepted and ignored (they change nothing we answer) are listed in ``ACCEPTED_AND_IGNORED``. Checks that span
 several fields live in ``check()``, which raises ``InvalidRequestError`` naming the offending ``param``."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from engine.protocol import StructuredKind
 from gateway import bounds
 from gateway.bounds import Metadata
 from gateway.errors import InvalidRequestError
@@ -30,7 +32,6 @@ StopField = str | Annotated[list[str], Field(max_length=4)] | None
 ACCEPTED_AND_IGNORED = frozenset(
     {
         "metadata",
-        "parallel_tool_calls",
         "prompt_cache_key",
         "prompt_cache_retention",
         "prompt_cache_options",
@@ -38,8 +39,8 @@ ACCEPTED_AND_IGNORED = frozenset(
     }
 )
 """Chat fields OpenAI clients send that change nothing we answer: ``metadata`` (labels for OpenAI's stored
-completions, checked against OpenAI's bounds), ``parallel_tool_calls`` (no tools are accepted), the prompt
-cache hints (our prefix cache is automatic) and ``safety_identifier`` (OpenAI's abuse monitoring id)."""
+completions, checked against OpenAI's bounds), the prompt cache hints (our prefix cache is automatic) and
+``safety_identifier`` (OpenAI's abuse monitoring id)."""
 
 
 def refused_unless(*harmless: Any) -> AfterValidator:
@@ -64,6 +65,67 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
+class TextFormat(_Request):
+    type: Literal["text"]
+
+
+class JsonObjectFormat(_Request):
+    type: Literal["json_object"]
+
+
+class JsonSchema(_Request):
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")]
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+    """Always enforced here: the output matches the schema whether or not ``strict`` is set."""
+
+
+class JsonSchemaFormat(_Request):
+    type: Literal["json_schema"]
+    json_schema: JsonSchema
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
+
+
+class StructuredOutputsField(_Request):
+    """vLLM's ``structured_outputs`` extra: exactly one constraint (its other fields are not taken)."""
+
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: Annotated[list[str], Field(min_length=1)] | None = None
+    grammar: str | None = None
+    json_object: Literal[True] | None = None
+
+    def constraint(self) -> tuple[StructuredKind, Any]:
+        fields: tuple[tuple[StructuredKind, Any], ...] = (
+            ("json", self.json_),
+            ("regex", self.regex),
+            ("choice", self.choice),
+            ("grammar", self.grammar),
+            ("json_object", self.json_object),
+        )
+        given = [(kind, value) for kind, value in fields if value is not None]
+        if len(given) != 1:
+            raise InvalidRequestError(
+                "structured_outputs takes exactly one of json, regex, choice, grammar, json_object",
+                param="structured_outputs",
+            )
+        kind, value = given[0]
+        if kind == "json" and isinstance(value, str):
+            return kind, _schema_text(value, "structured_outputs")
+        return kind, value
+
+
+def _schema_text(text: str, param: str) -> Any:
+    """A JSON schema sent as JSON text (vLLM takes both)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise InvalidRequestError("The JSON schema is not valid JSON.", param=param) from None
+
+
 class _SamplingFields(_Request):
     model: ModelId
     temperature: Temperature | None = None
@@ -79,6 +141,13 @@ class _SamplingFields(_Request):
     logit_bias: Annotated[Any, refused_unless({})] = None
     ignore_eos: bool = False
     """vLLM extension, used by benchmarks: keep generating past the end-of-sequence token."""
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputsField | None = None
+    """vLLM extension; so are the older ``guided_*`` fields below (one constraint per request, whichever field)."""
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: Annotated[list[str], Field(min_length=1)] | None = None
+    guided_grammar: str | None = None
 
     @field_validator("stop")
     @classmethod
@@ -90,6 +159,33 @@ class _SamplingFields(_Request):
     def check(self) -> None:
         if self.stream_options is not None and not self.stream:
             raise InvalidRequestError("stream_options is only allowed when stream is true", param="stream_options")
+
+    def constraint(self) -> tuple[str, StructuredKind, Any] | None:
+        """The structured-output constraint asked for, with the param that carries it (see
+        ``gateway.inference.structured.Requested``); a 400 naming the params when several ask for one."""
+        given: list[tuple[str, StructuredKind, Any]] = []
+        if self.response_format is not None and self.response_format.type == "json_object":
+            given.append(("response_format", "json_object", True))
+        elif isinstance(self.response_format, JsonSchemaFormat):
+            given.append(("response_format", "json", self.response_format.json_schema.schema_))
+        if self.structured_outputs is not None:
+            given.append(("structured_outputs", *self.structured_outputs.constraint()))
+        guided_json = (
+            _schema_text(self.guided_json, "guided_json") if isinstance(self.guided_json, str) else self.guided_json
+        )
+        guided: tuple[tuple[str, StructuredKind, Any], ...] = (
+            ("guided_json", "json", guided_json),
+            ("guided_regex", "regex", self.guided_regex),
+            ("guided_choice", "choice", self.guided_choice),
+            ("guided_grammar", "grammar", self.guided_grammar),
+        )
+        given.extend(item for item in guided if item[2] is not None)
+        if len(given) > 1:
+            names = ", ".join(param for param, _, _ in given)
+            raise InvalidRequestError(
+                f"Only one structured-output constraint per request; this one sets {names}.", param=given[1][0]
+            )
+        return given[0] if given else None
 
     @property
     def stop_sequences(self) -> tuple[str, ...]:
@@ -123,17 +219,79 @@ def _text_parts_only(part: Any) -> Any:
 ContentPart = Annotated[TextPart, BeforeValidator(_text_parts_only)]
 
 
+ToolName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")]
+ToolCallId = Annotated[str, Field(min_length=1, max_length=bounds.USER)]
+MAX_TOOLS = 128
+"""OpenAI's cap on the tools of one request."""
+TOOL_DESCRIPTION = 8192
+TOOL_ARGUMENTS = 64 * 1024
+"""The arguments (JSON text) of a tool call sent back in the history."""
+LEGACY_FUNCTIONS = "is the deprecated function-calling interface, not supported by this server: use tools"
+
+
+class FunctionDefinition(_Request):
+    name: ToolName
+    description: Annotated[str, Field(max_length=TOOL_DESCRIPTION)] | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class FunctionTool(_Request):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(_Request):
+    name: ToolName
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: FunctionName
+
+
+class FunctionCallMade(_Request):
+    name: ToolName
+    arguments: Annotated[str, Field(max_length=TOOL_ARGUMENTS)]
+
+
+class ToolCallMade(_Request):
+    """A call an assistant message of the history made (as we answered it)."""
+
+    id: ToolCallId
+    type: Literal["function"]
+    function: FunctionCallMade
+
+
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: Annotated[str, Field(max_length=64)] | None = None
-    # What an assistant message sent back as we answered it may carry (null or empty), and tool messages.
+    tool_calls: Annotated[list[ToolCallMade], Field(max_length=MAX_TOOLS)] | None = None
+    """An assistant's calls."""
+    tool_call_id: ToolCallId | None = None
+    """The call a ``tool`` message answers."""
+    # What an assistant message sent back as we answered it may carry (null or empty).
     refusal: Refused = None
-    tool_calls: Annotated[Any, refused_unless([])] = None
-    tool_call_id: Refused = None
-    function_call: Refused = None
+    function_call: Any = None
     audio: Refused = None
     annotations: Annotated[Any, refused_unless([])] = None
+
+    @field_validator("function_call")
+    @classmethod
+    def _no_legacy_call(cls, value: Any) -> Any:
+        if value is not None:
+            raise ValueError(f"function_call {LEGACY_FUNCTIONS} (tool_calls)")
+        return value
+
+    def check(self, param: str) -> None:
+        if self.tool_calls and self.role != "assistant":
+            raise InvalidRequestError("Only assistant messages may carry tool_calls.", param=f"{param}.tool_calls")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise InvalidRequestError(
+                "A tool message needs the tool_call_id it answers, and only tool messages carry one.",
+                param=f"{param}.tool_call_id",
+            )
 
     def text(self) -> str:
         if self.content is None:
@@ -149,13 +307,13 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: MaxTokens | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    response_format: dict[str, Any] | None = None
     store: Annotated[Any, refused_unless(False)] = None
     """Stored completions are not kept here: ``store: true`` is refused."""
-    tools: Annotated[Any, refused_unless([])] = None
-    tool_choice: Annotated[Any, refused_unless("none")] = None
-    functions: Refused = None
-    function_call: Annotated[Any, refused_unless("none")] = None
+    tools: Annotated[list[FunctionTool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    functions: Any = None
+    function_call: Any = None
     modalities: Annotated[Any, refused_unless(["text"])] = None
     audio: Refused = None
     prediction: Refused = None
@@ -166,23 +324,24 @@ class ChatCompletionRequest(_SamplingFields):
     service_tier: Annotated[Any, refused_unless("auto", "default")] = None
     # ACCEPTED_AND_IGNORED:
     metadata: Metadata | None = None
-    parallel_tool_calls: bool | None = None
     prompt_cache_key: Annotated[str, Field(max_length=bounds.USER)] | None = None
     prompt_cache_retention: Literal["in_memory", "24h"] | None = None
     prompt_cache_options: dict[str, Any] | None = None
     safety_identifier: EndUser | None = None
 
-    @field_validator("response_format")
+    @field_validator("functions", "function_call")
     @classmethod
-    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and value.get("type", "text") != "text":
-            raise ValueError("only response_format {'type': 'text'} is supported by this server")
+    def _no_legacy_functions(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None:
+            raise ValueError(f"{info.field_name} {LEGACY_FUNCTIONS} and tool_choice")
         return value
 
     def check(self) -> None:
         super().check()
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidRequestError("top_logprobs requires logprobs to be true", param="top_logprobs")
+        for index, message in enumerate(self.messages):
+            message.check(f"messages[{index}]")
 
     @property
     def requested_max_tokens(self) -> int | None:

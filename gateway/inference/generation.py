@@ -12,7 +12,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar
 
-from engine.protocol import AdapterRef, CompletionDelta, Engine, FinishReason, SamplingOptions, TokenLogprob
+from engine.protocol import (
+    AdapterRef,
+    CompletionDelta,
+    Engine,
+    FinishReason,
+    SamplingOptions,
+    StructuredOutput,
+    TokenLogprob,
+)
 from gateway.errors import ContextLengthExceeded
 from gateway.inference.api_types import ChatCompletionRequest, CompletionRequest
 
@@ -73,8 +81,12 @@ def fit_max_tokens(prompt_len: int, requested: int | None, max_model_len: int, p
 
 
 def sampling_options(
-    body: ChatCompletionRequest | CompletionRequest, max_tokens: int, logprobs: int | None
+    body: ChatCompletionRequest | CompletionRequest,
+    max_tokens: int,
+    logprobs: int | None,
+    structured: StructuredOutput | None = None,
 ) -> SamplingOptions:
+    """The request's sampling fields, with the structured-output constraint the gateway checked (if any)."""
     top_p = 1.0 if body.top_p is None else max(body.top_p, _MIN_TOP_P)
     return SamplingOptions(
         max_tokens=max_tokens,
@@ -87,6 +99,7 @@ def sampling_options(
         frequency_penalty=body.frequency_penalty or 0.0,
         logprobs=logprobs,
         ignore_eos=body.ignore_eos,
+        structured=structured,
     )
 
 

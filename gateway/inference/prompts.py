@@ -5,7 +5,8 @@ tokenized in place: a thread hop costs more than the work."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -13,7 +14,9 @@ from starlette.concurrency import run_in_threadpool
 
 from engine.protocol import Tokenizer
 from gateway.errors import ContextLengthExceeded, InvalidRequestError
-from gateway.inference.api_types import ChatCompletionRequest, PromptField
+from gateway.inference.api_types import ChatMessage, PromptField
+from gateway.inference.tool_output import ToolCall
+from gateway.inference.tools import ToolPlan, Turn, template_messages
 
 INLINE_CHARS = 2048
 """Prompts up to this many characters are tokenized on the event loop (well under a millisecond)."""
@@ -40,15 +43,34 @@ def _check_chars(chars: int, limits: PromptLimits, param: str) -> None:
         )
 
 
-async def chat_prompt(body: ChatCompletionRequest, tokenizer: Tokenizer, limits: PromptLimits) -> list[int]:
-    # Our template knows system/user/assistant; "developer" is the newer name for "system".
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
-    chars = sum(len(m["content"]) + MESSAGE_OVERHEAD_CHARS for m in messages)
+def chat_turns(messages: Sequence[ChatMessage]) -> list[Turn]:
+    """Chat messages as conversation turns ("developer" is the newer name for "system")."""
+    return [
+        Turn(
+            role="system" if message.role == "developer" else message.role,
+            content=message.text(),
+            tool_calls=tuple(
+                ToolCall(call.id, call.function.name, call.function.arguments) for call in message.tool_calls or ()
+            ),
+            tool_call_id=message.tool_call_id,
+        )
+        for message in messages
+    ]
+
+
+async def chat_prompt(turns: Sequence[Turn], plan: ToolPlan, tokenizer: Tokenizer, limits: PromptLimits) -> list[int]:
+    """The conversation, with the tools of ``plan`` rendered, as the model's prompt tokens."""
+    calls = [call for turn in turns for call in turn.tool_calls]
+    chars = sum(len(turn.content) + MESSAGE_OVERHEAD_CHARS for turn in turns)
+    chars += sum(len(call.name) + len(call.arguments) + MESSAGE_OVERHEAD_CHARS for call in calls)
+    chars += len(plan.system_text or "") + (len(json.dumps(plan.template_tools)) if plan.template_tools else 0)
     _check_chars(chars, limits, "messages")
+    renders_tools = tokenizer.renders_tools
+    messages = template_messages(turns, renders_tools=renders_tools, system_text=plan.system_text)
 
     def render() -> list[int]:
         try:
-            text = tokenizer.render_chat(messages)
+            text = tokenizer.render_chat(messages, plan.template_tools)
         except Exception as exc:  # the model's Jinja template rejected the conversation
             raise InvalidRequestError(f"The messages could not be rendered: {exc}", param="messages") from exc
         return list(tokenizer.encode(text))

@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from fastapi import Request
 
+from engine.protocol import StructuredOutput
 from gateway.accounting.admission import Admission
 from gateway.context import RequestContext
 from gateway.errors import InvalidRequestError
@@ -73,6 +74,8 @@ class RunRequest:
     logprobs: int | None
     kind: str = "inference"
     """The ledger's kind for its usage ("eval" for the samples of eval runs)."""
+    structured: StructuredOutput | None = None
+    """What the output must match (a tool choice's constraint)."""
 
 
 def _max_tokens(run: RunRequest, tenant: TenantPrincipal, caps: RequestCaps) -> int:
@@ -112,7 +115,10 @@ async def admit_run(run: RunRequest, serving: Serving) -> GenerationRun:
     """Check the request against the caps, the context window and the tenant's quotas, reserve its tokens, and
     return the run (not started yet). The reservation settles when the run reports its end."""
     max_tokens = _max_tokens(run, serving.tenant, serving.caps)
-    options = sampling_options(run.body, max_tokens, run.logprobs)
+    requested = await serving.structured.requested(run.body.constraint())  # checked even where a tool call wins
+    # A tool choice that must be answered (required, or a named function) is enforced by its own constraint.
+    structured = run.structured or requested
+    options = sampling_options(run.body, max_tokens, run.logprobs, structured)
     reservation = await serving.admission.admit_inference(
         serving.context,
         serving.tenant,

@@ -62,17 +62,31 @@ class ChatLogprobs(BaseModel):
     refusal: None
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str
+    """JSON text."""
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"]
+    function: FunctionCallOut
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"]
-    content: str
+    content: str | None
+    """Null when the answer is tool calls only."""
     refusal: None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: ChatLogprobs | None
-    finish_reason: FinishReason | None
+    finish_reason: FinishReason | Literal["tool_calls"] | None
 
 
 class _Completion(BaseModel):

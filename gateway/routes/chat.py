@@ -1,4 +1,6 @@
-"""``POST /v1/chat/completions``: messages rendered with the model's own chat template."""
+"""``POST /v1/chat/completions``: messages rendered with the model's own chat template, and function tools
+(``gateway.inference.tools``): the output of each choice goes through its tool parser, whose events become
+``content`` and ``tool_calls`` deltas (streamed) or the message (not streamed)."""
 
 from __future__ import annotations
 
@@ -10,13 +12,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from gateway.edge.strict_json import StrictJSONRoute
-from gateway.inference.api_types import ChatCompletionRequest
+from gateway.inference.api_types import ChatCompletionRequest, NamedToolChoice
 from gateway.inference.generation import GenerationRun
 from gateway.inference.logprobs import chat_logprobs
-from gateway.inference.prompts import chat_prompt
-from gateway.inference.runs import RunRequest, admit_run, collect
+from gateway.inference.prompts import chat_prompt, chat_turns
+from gateway.inference.runs import RunRequest, Serving, admit_run, collect
 from gateway.inference.schemas import ChatCompletion, openapi_responses
 from gateway.inference.sse import EventStreamResponse, sse_frames
+from gateway.inference.tool_output import Event, OutputParser, TextDelta, ToolCall, ToolCallStarted
+from gateway.inference.tools import NamedTool, ToolPlan, ToolSpec, check_history, plan_tools
 from gateway.state import RateLimitHeaders, ServingDep
 
 router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
@@ -31,8 +35,11 @@ async def create_chat_completion(
     serving: ServingDep,
 ) -> JSONResponse | EventStreamResponse:
     body.check()
+    turns = chat_turns(body.messages)
+    check_history(turns, "messages")
     served = await serving.model(body.model)
-    prompt = await chat_prompt(body, served.engine.tokenizer, serving.caps.prompts)
+    plan = await _tool_plan(body, serving, renders_tools=served.engine.tokenizer.renders_tools)
+    prompt = await chat_prompt(turns, plan, served.engine.tokenizer, serving.caps.prompts)
     request_for = RunRequest(
         body=body,
         served=served,
@@ -41,34 +48,78 @@ async def create_chat_completion(
         max_tokens_param="max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens",
         prompt_param="messages",
         logprobs=body.logprobs_k,
+        structured=plan.structured,
     )
     run = await admit_run(request_for, serving)
     completion_id = f"chatcmpl-{serving.context.id.removeprefix('req_')}"
     header = {"id": completion_id, "created": int(time.time()), "model": served.id, "system_fingerprint": None}
     if body.stream:
-        return EventStreamResponse(sse_frames(_chunks(run, header, body)), on_close=run.close)
+        return EventStreamResponse(sse_frames(_chunks(run, header, body, plan)), on_close=run.close)
 
     choices = await collect(request, run)
+    answers = []
+    for index, choice in enumerate(choices):
+        parser = plan.parser()
+        events = parser.feed(choice.text) + parser.finish()
+        answers.append(
+            {
+                "index": index,
+                "message": _message(events, parser.calls),
+                "logprobs": chat_logprobs(choice.logprobs) if body.logprobs else None,
+                "finish_reason": _finish_reason(choice.finish_reason, parser),
+            }
+        )
     return JSONResponse(
-        {
-            **header,
-            "object": "chat.completion",
-            "choices": [
-                {
-                    "index": index,
-                    "message": {"role": "assistant", "content": choice.text, "refusal": None},
-                    "logprobs": chat_logprobs(choice.logprobs) if body.logprobs else None,
-                    "finish_reason": choice.finish_reason,
-                }
-                for index, choice in enumerate(choices)
-            ],
-            "usage": run.usage.as_dict(),
-        }
+        {**header, "object": "chat.completion", "choices": answers, "usage": run.usage.as_dict()}
     )  # a response of our own making: FastAPI's encoder would only walk it again
 
 
+async def _tool_plan(body: ChatCompletionRequest, serving: Serving, *, renders_tools: bool) -> ToolPlan:
+    specs = [
+        ToolSpec(
+            name=tool.function.name,
+            description=tool.function.description,
+            parameters=tool.function.parameters or {"type": "object", "properties": {}},
+            strict=bool(tool.function.strict),
+            param=f"tools[{index}].function.parameters",
+        )
+        for index, tool in enumerate(body.tools or ())
+    ]
+    choice = body.tool_choice
+    named = NamedTool(choice.function.name) if isinstance(choice, NamedToolChoice) else choice
+    return await plan_tools(
+        specs, named, body.parallel_tool_calls, serving.structured, "tools", renders_tools=renders_tools
+    )
+
+
+def _message(events: list[Event], calls: list[ToolCall]) -> dict[str, Any]:
+    text = "".join(event.text for event in events if isinstance(event, TextDelta))
+    message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None, "refusal": None}
+    if calls:
+        message["tool_calls"] = [
+            {"id": call.call_id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+            for call in calls
+        ]
+    return message
+
+
+def _finish_reason(engine_reason: str | None, parser: OutputParser) -> str | None:
+    return "tool_calls" if engine_reason == "stop" and parser.calls and parser.finishes_with_calls else engine_reason
+
+
+def _delta(event: Event) -> dict[str, Any]:
+    """An event as a chunk's ``delta``, in OpenAI's shape: a call's first delta carries its index, id, type, name
+    and empty arguments; later ones its index and a piece of the arguments."""
+    if isinstance(event, TextDelta):
+        return {"content": event.text}
+    if isinstance(event, ToolCallStarted):
+        call = {"name": event.name, "arguments": ""}
+        return {"tool_calls": [{"index": event.call_index, "id": event.call_id, "type": "function", "function": call}]}
+    return {"tool_calls": [{"index": event.call_index, "function": {"arguments": event.text}}]}
+
+
 async def _chunks(
-    run: GenerationRun, header: dict[str, Any], body: ChatCompletionRequest
+    run: GenerationRun, header: dict[str, Any], body: ChatCompletionRequest, plan: ToolPlan
 ) -> AsyncIterator[dict[str, Any]]:
     usage_field = {"usage": None} if body.include_usage else {}
 
@@ -86,15 +137,25 @@ async def _chunks(
             for i in range(run.num_choices)
         ]
     )
+    parsers = [plan.parser() for _ in range(run.num_choices)]
     async for index, delta in run.deltas():
-        if delta.text or delta.logprobs or delta.finish_reason:
+        parser = parsers[index]
+        events = parser.feed(delta.text) + (parser.finish() if delta.finish_reason else [])
+        deltas = [_delta(event) for event in events]
+        finish_reason = _finish_reason(delta.finish_reason, parser)
+        if finish_reason and (not deltas or "tool_calls" in deltas[-1]):
+            deltas.append({})  # the last call's arguments, then the finish reason on its own, as OpenAI sends it
+        elif not deltas and delta.logprobs:
+            deltas.append({})
+        for position, each in enumerate(deltas):
+            first, last = position == 0, position == len(deltas) - 1
             yield chunk(
                 [
                     {
                         "index": index,
-                        "delta": {"content": delta.text} if delta.text else {},
-                        "logprobs": chat_logprobs(delta.logprobs) if body.logprobs else None,
-                        "finish_reason": delta.finish_reason,
+                        "delta": each,
+                        "logprobs": chat_logprobs(delta.logprobs) if body.logprobs and first else None,
+                        "finish_reason": finish_reason if last else None,
                     }
                 ]
             )
