@@ -2,8 +2,8 @@
 gateway process (the instant fake engine stands in for vLLM: the console is what is tested): signing in with a
 tenant's key or the admin key and out, usage appearing after API requests (tables and charts), keys created
 (shown once, working) and revoked (refused at once), the session cookie out of the page's reach, CSRF, and
-tenants kept from each other's pages and from the operator's. With ``LLMAAS_SCREENSHOTS=<dir>`` the tests also
-save the screenshots the README shows."""
+tenants kept from each other's pages and from the operator's; the playground's tool call once on the real engine
+(the suite's ``server``). With ``LLMAAS_SCREENSHOTS=<dir>`` the tests also save the screenshots the README shows."""
 
 from __future__ import annotations
 
@@ -189,7 +189,6 @@ def test_the_playground_streams_an_answer_and_shows_its_usage(base: str, browser
     assert page.locator("#error").inner_text() == ""
     assert page.locator("#answer").inner_text() == "The quick"  # the fake engine's first 9 tokens, streamed
     assert "+ 9 completion" in page.locator("#usage").inner_text()
-    screenshot(page, "console-playground")
     deadline = time.monotonic() + 5  # the ledger writes every 0.5 s
     while (usage := httpx.get(f"{base}/v1/usage", headers={"authorization": f"Bearer {key}"}).json())["data"] == []:
         assert time.monotonic() < deadline
@@ -272,6 +271,28 @@ def test_the_playground_asks_for_json_and_tools_and_shows_the_tool_calls(base: s
     assert body["response_format"] == {"type": "json_object"} and "tools" not in body and "tool_choice" not in body
     assert page.locator("#answer").inner_text() == '{"city": "Paris"}'
     assert page.locator("#tool-calls").is_hidden() and "stop" in page.locator("#finish").inner_text()
+    page.close()
+
+
+def test_the_playground_shows_the_real_models_tool_call(server: str, browser: Browser) -> None:
+    """On the real engine (the suite's ``llmaas serve``): a required tool choice is enforced by structured
+    decoding, so the model's call is always to ``get_weather`` with arguments that parse."""
+    _, key = tenant_key(server)
+    page = signed_in(browser, server, key, viewport={"width": 1000, "height": 700})
+    page.goto(f"{server}/console/playground")
+    page.wait_for_selector("body[data-models-loaded='true']")
+    page.fill("#prompt", "What is the weather in Paris?")
+    page.select_option("#tools", "required")
+    page.fill("#temperature", "0")
+    page.fill("#max-tokens", "80")
+    page.click("#send")
+    page.wait_for_selector("body[data-answered='true']", timeout=300_000)  # seconds when the machine is not shared
+    assert page.locator("#error").inner_text() == ""
+    assert set(page.locator(".tool-name").all_inner_texts()) == {"get_weather"}
+    for arguments in page.locator(".tool-arguments").all_inner_texts():
+        assert isinstance(json.loads(arguments)["city"], str)
+    assert page.locator("#finish").inner_text() == "finish_reason: tool_calls"
+    screenshot(page, "console-playground")
     page.close()
 
 
