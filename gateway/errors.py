@@ -6,7 +6,9 @@
     ├── AuthenticationError       401 code=invalid_api_key
     ├── PermissionDenied          403 permission_error
     ├── NotFoundError             404 invalid_request_error
-    │   └── ModelNotFound         404 code=model_not_found
+    │   ├── ModelNotFound         404 code=model_not_found
+    │   └── UnknownURL            404 code=unknown_url (no route has this path)
+    ├── MethodNotAllowed          405 code=method_not_allowed (+ allow)
     ├── RequestTimeout            408 code=request_timeout (the body did not arrive in time)
     ├── ConflictError             409 invalid_request_error
     ├── PayloadTooLarge           413 code=request_too_large
@@ -26,12 +28,14 @@ SSE error events and the ASGI middleware all use it; ``ERROR_RESPONSES`` documen
 from __future__ import annotations
 
 import logging
+import typing
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from pydantic_core import core_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -40,6 +44,11 @@ from adapters.errors import NotFound as AdapterNotFound
 from engine.protocol import EngineError, EngineUnavailable, RequestRejected
 
 logger = logging.getLogger(__name__)
+
+
+def _shown(text: str, limit: int = 200) -> str:
+    """A client's value in a message, cut short."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class APIError(Exception):
@@ -77,6 +86,11 @@ class InvalidRequestError(APIError):
 class ContextLengthExceeded(InvalidRequestError):
     code = "context_length_exceeded"
 
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        # The code in the words too: LangChain's ChatOpenAI knows an overflow (its ContextOverflowError) by
+        # "context_length_exceeded" in the exception's text, where the openai SDK (3.x) puts only the message.
+        super().__init__(f"{message} ({self.code})", param=param)
+
 
 class AuthenticationError(APIError):
     status_code = 401
@@ -98,8 +112,27 @@ class ModelNotFound(NotFoundError):
     code = "model_not_found"
 
     def __init__(self, model: str) -> None:
-        shown = model if len(model) <= 100 else model[:100] + "..."
-        super().__init__(f"The model '{shown}' does not exist or you do not have access to it.", param="model")
+        message = f"The model '{_shown(model, 100)}' does not exist or you do not have access to it."
+        super().__init__(message, param="model")
+
+
+class UnknownURL(NotFoundError):
+    code = "unknown_url"
+
+    def __init__(self, method: str, path: str) -> None:
+        # OpenAI's own words ("Invalid URL (POST /v1/foo)"), which clients and people search for, and what they mean.
+        super().__init__(f"Invalid URL ({_shown(method, 20)} {_shown(path)}): this server does not serve it.")
+
+
+class MethodNotAllowed(APIError):
+    status_code = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+    def __init__(self, method: str, path: str, allowed: str | None) -> None:
+        served = f"serves it with {allowed} only" if allowed else "does not serve it with that method"
+        url = f"{_shown(method, 20)} {_shown(path)}"
+        super().__init__(f"Invalid method for URL ({url}): this server {served}.", headers={"allow": allowed or ""})
 
 
 class RequestTimeout(APIError):
@@ -173,6 +206,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 """Every ``/v1`` and ``/admin/v1`` router documents its errors with this (``APIRouter(responses=...)``)."""
 
 
+_PYDANTIC_ERROR_TYPES = frozenset(typing.get_args(core_schema.ErrorType))
+
+
 def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
     """('body', 'messages', 0, 'role') -> 'messages[0].role'."""
     parts = [p for p in loc if p not in ("body", "query", "path", "header")]
@@ -194,7 +230,11 @@ def _validation_error(exc: RequestValidationError) -> InvalidRequestError:
         return InvalidRequestError(
             f"Unrecognized request argument{plural} supplied: {names}", param=unknown[0], code="unknown_parameter"
         )
-    first = exc.errors()[0]
+    errors = exc.errors()
+    # A refusal of our own (a validator's ``PydanticCustomError``, its type the code) says more than what the other
+    # members of a union reported (``content`` as a string: "Input should be a valid string").
+    coded = [e for e in errors if e.get("type") not in _PYDANTIC_ERROR_TYPES]
+    first = coded[0] if coded else errors[0]
     if first.get("type") == "json_invalid":
         reason = (first.get("ctx") or {}).get("error")
         detail = f" ({reason})" if reason else ""
@@ -203,7 +243,8 @@ def _validation_error(exc: RequestValidationError) -> InvalidRequestError:
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     if param is None and first.get("type") == "missing":
         return InvalidRequestError("The request body is missing or not a JSON object.")
-    return InvalidRequestError(f"Invalid value for '{param}': {message}" if param else message, param=param)
+    code = str(first["type"]) if coded else None
+    return InvalidRequestError(f"Invalid value for '{param}': {message}" if param else message, param=param, code=code)
 
 
 def _http_error(exc: StarletteHTTPException) -> APIError:

@@ -2,22 +2,24 @@
 gateway process (the instant fake engine stands in for vLLM: the console is what is tested): signing in with a
 tenant's key or the admin key and out, usage appearing after API requests (tables and charts), keys created
 (shown once, working) and revoked (refused at once), the session cookie out of the page's reach, CSRF, and
-tenants kept from each other's pages and from the operator's. With ``LLMAAS_SCREENSHOTS=<dir>`` the tests also
-save the screenshots the README shows."""
+tenants kept from each other's pages and from the operator's; the playground's tool call once on the real engine
+(the suite's ``server``). With ``LLMAAS_SCREENSHOTS=<dir>`` the tests also save the screenshots the README shows."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
-from playwright.sync_api import Browser, Page
+from playwright.sync_api import Browser, Page, Route
 
 from tests.finetune_data import pirate_jsonl
 from tests.support import ADMIN, ADMIN_KEY, MODEL, REPO
@@ -187,12 +189,110 @@ def test_the_playground_streams_an_answer_and_shows_its_usage(base: str, browser
     assert page.locator("#error").inner_text() == ""
     assert page.locator("#answer").inner_text() == "The quick"  # the fake engine's first 9 tokens, streamed
     assert "+ 9 completion" in page.locator("#usage").inner_text()
-    screenshot(page, "console-playground")
     deadline = time.monotonic() + 5  # the ledger writes every 0.5 s
     while (usage := httpx.get(f"{base}/v1/usage", headers={"authorization": f"Bearer {key}"}).json())["data"] == []:
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert usage["totals"]["completion_tokens"] == 9  # metered like any API request, on the session's key
+    page.close()
+
+
+WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+def sse(*chunks: dict[str, Any]) -> str:
+    """A chat completion stream in OpenAI's chunk shape, ending ``[DONE]``."""
+    head = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": MODEL}
+    return "".join(f"data: {json.dumps({**head, **chunk})}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
+
+
+def delta(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+
+
+TOOL_CALL_STREAM = sse(
+    delta({"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                                "function": {"name": "get_weather", "arguments": ""}}]}),
+    delta({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]}),
+    delta({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
+    delta({}, "tool_calls"),
+    {"choices": [], "usage": {"prompt_tokens": 30, "completion_tokens": 8, "total_tokens": 38}},
+)  # fmt: skip
+JSON_STREAM = sse(delta({"role": "assistant", "content": '{"city": '}), delta({"content": '"Paris"}'}, "stop"))
+
+
+def test_the_playground_asks_for_json_and_tools_and_shows_the_tool_calls(base: str, browser: Browser) -> None:
+    """The page's requests, taken by Playwright before they leave the browser, and answered with OpenAI's
+    chunks (a tool call's arguments streamed in pieces): what the page sends, and what it shows."""
+    _, key = tenant_key(base)
+    page = signed_in(browser, base, key)
+    page.goto(f"{base}/console/playground")
+    page.wait_for_selector("body[data-models-loaded='true']")
+    sent: list[dict[str, Any]] = []
+
+    def answer(route: Route) -> None:
+        sent.append(route.request.post_data_json)
+        stream = TOOL_CALL_STREAM if "tools" in sent[-1] else JSON_STREAM
+        route.fulfill(status=200, headers={"content-type": "text/event-stream"}, body=stream)
+
+    page.route("**/console/api/v1/chat/completions", answer)
+
+    def send() -> None:
+        page.click("#send")
+        page.wait_for_selector("body[data-answered='true']")
+
+    page.fill("#prompt", "What is the weather in Paris?")
+    assert page.locator("#schema").is_hidden()
+    page.select_option("#format", "json_schema")
+    page.fill("#schema", "{not json")
+    send()
+    assert "not valid JSON" in page.locator("#error").inner_text() and sent == []  # refused on the page
+    page.fill("#schema", json.dumps(WEATHER_SCHEMA))
+    page.select_option("#tools", "required")
+    send()
+    body = sent[-1]
+    assert body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "playground", "schema": WEATHER_SCHEMA, "strict": True},
+    }
+    assert body["tool_choice"] == "required" and [tool["function"]["name"] for tool in body["tools"]] == ["get_weather"]
+    assert body["tools"][0]["function"]["parameters"]["required"] == ["city"]
+    assert body["stream"] is True and body["messages"][-1]["content"] == "What is the weather in Paris?"
+    assert page.locator("#error").inner_text() == ""
+    assert page.locator(".tool-name").all_inner_texts() == ["get_weather"]
+    assert page.locator(".tool-arguments").all_inner_texts() == ['{"city": "Paris"}']
+    assert "tool_calls" in page.locator("#finish").inner_text()
+    assert "+ 8 completion" in page.locator("#usage").inner_text()
+
+    page.select_option("#format", "json_object")
+    page.select_option("#tools", "none")
+    send()
+    body = sent[-1]
+    assert body["response_format"] == {"type": "json_object"} and "tools" not in body and "tool_choice" not in body
+    assert page.locator("#answer").inner_text() == '{"city": "Paris"}'
+    assert page.locator("#tool-calls").is_hidden() and "stop" in page.locator("#finish").inner_text()
+    page.close()
+
+
+def test_the_playground_shows_the_real_models_tool_call(server: str, browser: Browser) -> None:
+    """On the real engine (the suite's ``llmaas serve``): a required tool choice is enforced by structured
+    decoding, so the model's call is always to ``get_weather`` with arguments that parse."""
+    _, key = tenant_key(server)
+    page = signed_in(browser, server, key, viewport={"width": 1000, "height": 700})
+    page.goto(f"{server}/console/playground")
+    page.wait_for_selector("body[data-models-loaded='true']")
+    page.fill("#prompt", "What is the weather in Paris?")
+    page.select_option("#tools", "required")
+    page.fill("#temperature", "0")
+    page.fill("#max-tokens", "80")
+    page.click("#send")
+    page.wait_for_selector("body[data-answered='true']", timeout=300_000)  # seconds when the machine is not shared
+    assert page.locator("#error").inner_text() == ""
+    assert set(page.locator(".tool-name").all_inner_texts()) == {"get_weather"}
+    for arguments in page.locator(".tool-arguments").all_inner_texts():
+        assert isinstance(json.loads(arguments)["city"], str)
+    assert page.locator("#finish").inner_text() == "finish_reason: tool_calls"
+    screenshot(page, "console-playground")
     page.close()
 
 

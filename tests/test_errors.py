@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import openai
 import pytest
+from langchain_core.exceptions import ContextOverflowError
+from langchain_openai import ChatOpenAI
+from pydantic import SecretStr
 
 from tests.support import MODEL
 from tests.support.metrics import metric_value
@@ -114,13 +118,84 @@ def test_context_length_exceeded(client: openai.OpenAI) -> None:
     assert info.value.code == "context_length_exceeded"
 
 
-def test_unknown_route_and_method_use_error_shape(http: httpx.Client) -> None:
-    response = http.get("/v1/nope")
-    assert response.status_code == 404
-    _assert_error_shape(response.json())
+def test_unknown_paths_and_wrong_methods_name_themselves(server: str, http: httpx.Client) -> None:
+    for method in ("GET", "POST", "PUT", "DELETE"):
+        response = http.request(method, "/v1/nope/deeper")
+        assert response.status_code == 404
+        error = _assert_error_shape(response.json())
+        assert error["message"] == f"Invalid URL ({method} /v1/nope/deeper): this server does not serve it."
+        assert error["type"] == "invalid_request_error" and error["code"] == "unknown_url"
     response = http.get("/v1/chat/completions")
-    assert response.status_code == 405
-    _assert_error_shape(response.json())
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+    error = _assert_error_shape(response.json())
+    assert (
+        error["message"] == "Invalid method for URL (GET /v1/chat/completions): this server serves it with POST only."
+    )
+    assert error["code"] == "method_not_allowed"
+    assert http.delete("/v1/models").headers["allow"] == "GET"
+    # Authentication comes first: without a key, a /v1 path is a 401 whether it is served or not.
+    for path in ("/v1/nope", "/v1/models"):
+        assert httpx.post(f"{server}{path}").json()["error"]["code"] == "invalid_api_key"
+    public = httpx.get(f"{server}/nope")
+    assert public.status_code == 404 and _assert_error_shape(public.json())["code"] == "unknown_url"
+
+
+def test_the_sdks_calls_to_what_is_not_served_get_not_found_saying_so(client: openai.OpenAI) -> None:
+    calls: dict[str, Callable[[], object]] = {
+        "/v1/images/generations": lambda: client.images.generate(prompt="a lighthouse"),
+        "/v1/audio/speech": lambda: client.audio.speech.create(model=MODEL, voice="alloy", input="hi"),
+        "/v1/audio/transcriptions": lambda: client.audio.transcriptions.create(model=MODEL, file=("a.wav", b"RIFF")),
+        "/v1/moderations": lambda: client.moderations.create(input="hi"),
+    }
+    for path, call in calls.items():
+        with pytest.raises(openai.NotFoundError) as info:
+            call()
+        assert info.value.body == {
+            "message": f"Invalid URL (POST {path}): this server does not serve it.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "unknown_url",
+        }
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+        {"type": "file", "file": {"file_id": "file-abc"}},
+    ],
+)
+def test_a_non_text_content_part_is_refused_as_text_only(client: openai.OpenAI, part: dict[str, Any]) -> None:
+    messages: Any = [
+        {"role": "system", "content": "Describe what you are given."},
+        {"role": "user", "content": [part, {"type": "text", "text": "What is this?"}]},
+    ]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2)
+    assert info.value.code == "unsupported_content_type"
+    assert info.value.param == "messages[1].content[0]"
+    assert f"'{part['type']}'" in info.value.message and "accepts text only" in info.value.message
+
+
+def test_a_prompt_over_the_character_cap_is_a_context_overflow_to_langchain(
+    server: str, api_key: str, client: openai.OpenAI
+) -> None:
+    """The cap (16 characters per token of context) refuses before tokenizing, in the code and words frameworks
+    know a context overflow by (LangChain's ``ContextOverflowError``)."""
+    huge = "word " * 8000  # 40,000 characters: over 16 x the 2,048 tokens of the test model's context
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": huge}], max_tokens=2)
+    assert info.value.code == "context_length_exceeded" and info.value.param == "messages"
+    assert "maximum context length" in info.value.message and "40016 characters" in info.value.message
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=MODEL, prompt=huge, max_tokens=2)
+    assert info.value.code == "context_length_exceeded" and info.value.param == "prompt"
+    chat = ChatOpenAI(model=MODEL, base_url=f"{server}/v1", api_key=SecretStr(api_key), max_retries=0)
+    with pytest.raises(ContextOverflowError):
+        chat.invoke(huge)
+    with pytest.raises(ContextOverflowError):  # and the window itself, counted in tokens
+        chat.bind(max_tokens=5000).invoke("Hello")
 
 
 def test_every_response_has_the_servers_request_id_and_echoes_the_clients(http: httpx.Client) -> None:

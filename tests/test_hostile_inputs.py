@@ -247,7 +247,8 @@ def test_a_huge_prompt_is_refused_without_stalling_other_requests(gateway: Gatew
         prober.join()
     assert fifty_mb.status_code == 413
     assert just_under_the_body_cap.status_code == 400
-    assert error_of(just_under_the_body_cap)["code"] == "prompt_too_long"
+    assert error_of(just_under_the_body_cap)["code"] == "context_length_exceeded"
+    assert "maximum context length" in error_of(just_under_the_body_cap)["message"]
     assert slowest < 0.5
 
 

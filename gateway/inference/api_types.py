@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from engine.protocol import StructuredKind
 from gateway import bounds
@@ -202,6 +203,22 @@ class TextPart(_Request):
     text: str
 
 
+def _text_parts_only(part: Any) -> Any:
+    """An image, audio, file (or any other) part is refused as such, not as "not a valid string": the models
+    served here read text only. The error's type is its ``code`` (``gateway.errors``)."""
+    kind = part.get("type") if isinstance(part, dict) else None
+    if isinstance(kind, str) and kind != "text":
+        raise PydanticCustomError(
+            "unsupported_content_type",
+            "content parts of type '{kind}' are not supported: this model accepts text only (parts of type 'text')",
+            {"kind": kind[:64]},
+        )
+    return part
+
+
+ContentPart = Annotated[TextPart, BeforeValidator(_text_parts_only)]
+
+
 ToolName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")]
 ToolCallId = Annotated[str, Field(min_length=1, max_length=bounds.USER)]
 MAX_TOOLS = 128
@@ -248,7 +265,7 @@ class ToolCallMade(_Request):
 
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
     name: Annotated[str, Field(max_length=64)] | None = None
     tool_calls: Annotated[list[ToolCallMade], Field(max_length=MAX_TOOLS)] | None = None
     """An assistant's calls."""

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from starlette.concurrency import run_in_threadpool
 
 from engine.protocol import Tokenizer
-from gateway.errors import InvalidRequestError
+from gateway.errors import ContextLengthExceeded, InvalidRequestError
 from gateway.inference.api_types import ChatMessage, PromptField
 from gateway.inference.tool_output import ToolCall
 from gateway.inference.tools import ToolPlan, Turn, template_messages
@@ -32,11 +32,14 @@ class PromptLimits:
 
 
 def _check_chars(chars: int, limits: PromptLimits, param: str) -> None:
+    """Refused before tokenizing, so no token count is known: the message says what is (OpenAI's code and its
+    "maximum context length" words, by which LangChain and litellm know to shorten the conversation)."""
     if chars > limits.max_chars:
-        raise InvalidRequestError(
-            f"The {param} hold {chars} characters; this server takes at most {limits.max_chars} per request.",
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is counted in tokens, and this server refuses a request of more "
+            f"than {limits.max_chars} characters before counting them: your {param} came to {chars} characters. "
+            f"Please reduce the length of the {param}.",
             param=param,
-            code="prompt_too_long",
         )
 
 
