@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from gateway import bounds
 from gateway.bounds import Metadata
-from gateway.inference.api_types import ModelId, Seed
+from gateway.inference.request_fields import ModelId, Seed
 
 Name = Annotated[str, Field(min_length=1, max_length=bounds.EVAL_NAME)]
 TemplateText = Annotated[str, Field(max_length=32_768)]

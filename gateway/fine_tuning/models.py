@@ -11,7 +11,7 @@ from adapters.recipe import LoraShape
 from gateway import bounds
 from gateway.bounds import Metadata
 from gateway.errors import InvalidRequestError
-from gateway.inference.api_types import refused_unless
+from gateway.inference.request_fields import refused_unless
 
 FileRef = Annotated[str, Field(min_length=1, max_length=40)]
 _DEFAULT_LORA = LoraShape()

@@ -2,32 +2,45 @@
 
 Nothing a client sends is silently dropped: an unknown field is a 400 naming it (``extra="forbid"``), and a
 known OpenAI field we cannot honour is declared ``refused_unless(...)``: null, or a value that asks for
-nothing (``logit_bias: {}``, ``store: false``), passes, anything else is a 400 naming it. The few fields
-accepted and ignored (they change nothing we answer) are listed in ``ACCEPTED_AND_IGNORED``. Checks that span
-several fields live in ``check()``, which raises ``InvalidRequestError`` naming the offending ``param``."""
+nothing (``logit_bias: {}``, ``store: false``), passes, anything else is a 400 naming it
+(``gateway.inference.request_fields``). The few fields accepted and ignored (they change nothing we answer) are
+listed in ``ACCEPTED_AND_IGNORED``. Checks that span several fields live in ``check()``, which raises
+``InvalidRequestError`` naming the offending ``param``. Structured-output fields are in
+``gateway.inference.format_types``, tools in ``gateway.inference.tool_types``."""
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from engine.protocol import StructuredKind
 from gateway import bounds
 from gateway.bounds import Metadata
 from gateway.errors import InvalidRequestError
-
-ModelId = Annotated[str, Field(min_length=1, max_length=bounds.MODEL)]
-Seed = Annotated[int, Field(ge=-(2**63), le=bounds.INT64_MAX)]
-EndUser = Annotated[str, Field(max_length=bounds.USER)]
-Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
-TopP = Annotated[float, Field(ge=0.0, le=1.0)]
-Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
-MaxTokens = Annotated[int, Field(ge=1, le=bounds.INT32_MAX)]
-StopField = str | Annotated[list[str], Field(max_length=4)] | None
-
+from gateway.inference.format_types import JsonSchemaFormat, ResponseFormat, StructuredOutputsField, schema_text
+from gateway.inference.request_fields import (
+    EndUser,
+    MaxTokens,
+    ModelId,
+    Penalty,
+    Refused,
+    Seed,
+    StopField,
+    StrictRequest,
+    Temperature,
+    TopP,
+    refused_unless,
+)
+from gateway.inference.tool_types import (
+    LEGACY_FUNCTIONS,
+    MAX_TOOLS,
+    FunctionTool,
+    NamedToolChoice,
+    ToolCallId,
+    ToolCallMade,
+)
 
 ACCEPTED_AND_IGNORED = frozenset(
     {
@@ -43,90 +56,11 @@ completions, checked against OpenAI's bounds), the prompt cache hints (our prefi
 ``safety_identifier`` (OpenAI's abuse monitoring id)."""
 
 
-def refused_unless(*harmless: Any) -> AfterValidator:
-    """A known OpenAI field we cannot honour: null or one of ``harmless`` passes, anything else is a 400."""
-
-    def refuse(value: Any, info: ValidationInfo) -> Any:
-        if value is None or any(value == allowed for allowed in harmless):
-            return value
-        raise ValueError(f"{info.field_name} is not supported by this server")
-
-    return AfterValidator(refuse)
-
-
-Refused = Annotated[Any, refused_unless()]
-
-
-class _Request(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-
-class StreamOptions(_Request):
+class StreamOptions(StrictRequest):
     include_usage: bool = False
 
 
-class TextFormat(_Request):
-    type: Literal["text"]
-
-
-class JsonObjectFormat(_Request):
-    type: Literal["json_object"]
-
-
-class JsonSchema(_Request):
-    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")]
-    description: str | None = None
-    schema_: dict[str, Any] = Field(alias="schema")
-    strict: bool | None = None
-    """Always enforced here: the output matches the schema whether or not ``strict`` is set."""
-
-
-class JsonSchemaFormat(_Request):
-    type: Literal["json_schema"]
-    json_schema: JsonSchema
-
-
-ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
-
-
-class StructuredOutputsField(_Request):
-    """vLLM's ``structured_outputs`` extra: exactly one constraint (its other fields are not taken)."""
-
-    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
-    regex: str | None = None
-    choice: Annotated[list[str], Field(min_length=1)] | None = None
-    grammar: str | None = None
-    json_object: Literal[True] | None = None
-
-    def constraint(self) -> tuple[StructuredKind, Any]:
-        fields: tuple[tuple[StructuredKind, Any], ...] = (
-            ("json", self.json_),
-            ("regex", self.regex),
-            ("choice", self.choice),
-            ("grammar", self.grammar),
-            ("json_object", self.json_object),
-        )
-        given = [(kind, value) for kind, value in fields if value is not None]
-        if len(given) != 1:
-            raise InvalidRequestError(
-                "structured_outputs takes exactly one of json, regex, choice, grammar, json_object",
-                param="structured_outputs",
-            )
-        kind, value = given[0]
-        if kind == "json" and isinstance(value, str):
-            return kind, _schema_text(value, "structured_outputs")
-        return kind, value
-
-
-def _schema_text(text: str, param: str) -> Any:
-    """A JSON schema sent as JSON text (vLLM takes both)."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        raise InvalidRequestError("The JSON schema is not valid JSON.", param=param) from None
-
-
-class _SamplingFields(_Request):
+class _SamplingFields(StrictRequest):
     model: ModelId
     temperature: Temperature | None = None
     top_p: TopP | None = None
@@ -171,7 +105,7 @@ class _SamplingFields(_Request):
         if self.structured_outputs is not None:
             given.append(("structured_outputs", *self.structured_outputs.constraint()))
         guided_json = (
-            _schema_text(self.guided_json, "guided_json") if isinstance(self.guided_json, str) else self.guided_json
+            schema_text(self.guided_json, "guided_json") if isinstance(self.guided_json, str) else self.guided_json
         )
         guided: tuple[tuple[str, StructuredKind, Any], ...] = (
             ("guided_json", "json", guided_json),
@@ -198,7 +132,7 @@ class _SamplingFields(_Request):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
-class TextPart(_Request):
+class TextPart(StrictRequest):
     type: Literal["text"]
     text: str
 
@@ -219,51 +153,7 @@ def _text_parts_only(part: Any) -> Any:
 ContentPart = Annotated[TextPart, BeforeValidator(_text_parts_only)]
 
 
-ToolName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")]
-ToolCallId = Annotated[str, Field(min_length=1, max_length=bounds.USER)]
-MAX_TOOLS = 128
-"""OpenAI's cap on the tools of one request."""
-TOOL_DESCRIPTION = 8192
-TOOL_ARGUMENTS = 64 * 1024
-"""The arguments (JSON text) of a tool call sent back in the history."""
-LEGACY_FUNCTIONS = "is the deprecated function-calling interface, not supported by this server: use tools"
-
-
-class FunctionDefinition(_Request):
-    name: ToolName
-    description: Annotated[str, Field(max_length=TOOL_DESCRIPTION)] | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
-
-
-class FunctionTool(_Request):
-    type: Literal["function"]
-    function: FunctionDefinition
-
-
-class FunctionName(_Request):
-    name: ToolName
-
-
-class NamedToolChoice(_Request):
-    type: Literal["function"]
-    function: FunctionName
-
-
-class FunctionCallMade(_Request):
-    name: ToolName
-    arguments: Annotated[str, Field(max_length=TOOL_ARGUMENTS)]
-
-
-class ToolCallMade(_Request):
-    """A call an assistant message of the history made (as we answered it)."""
-
-    id: ToolCallId
-    type: Literal["function"]
-    function: FunctionCallMade
-
-
-class ChatMessage(_Request):
+class ChatMessage(StrictRequest):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: Annotated[str, Field(max_length=64)] | None = None

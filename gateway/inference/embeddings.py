@@ -18,10 +18,10 @@ from starlette.concurrency import run_in_threadpool
 
 from engine.protocol import TextEncoder
 from gateway.errors import ContextLengthExceeded, InvalidRequestError
-from gateway.inference.api_types import EndUser, ModelId
 from gateway.inference.catalog import ServedEmbedder
 from gateway.inference.generation import Outcome
 from gateway.inference.prompts import INLINE_CHARS
+from gateway.inference.request_fields import EndUser, ModelId
 from gateway.inference.runs import Serving, unless_disconnected
 
 MAX_INPUTS = 2048

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.inference.api_types import ChatMessage, FunctionCallMade, ToolCallMade
+from gateway.inference.api_types import ChatMessage
+from gateway.inference.tool_types import FunctionCallMade, ToolCallMade
 from gateway.responses.objects import (
     FunctionCallOut,
     FunctionCallOutputOut,

@@ -15,19 +15,15 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field
 
 from gateway import bounds
 from gateway.bounds import Metadata
-from gateway.inference.api_types import (
-    MAX_TOOLS,
-    TOOL_ARGUMENTS,
-    TOOL_DESCRIPTION,
+from gateway.inference.request_fields import (
     EndUser,
     ModelId,
     Refused,
     Temperature,
-    ToolCallId,
-    ToolName,
     TopP,
     refused_unless,
 )
+from gateway.inference.tool_types import MAX_TOOLS, TOOL_ARGUMENTS, TOOL_DESCRIPTION, ToolCallId, ToolName
 
 RESPONSE_ID_MAX = 64
 OBJECT_ID_PATTERN = r"^[A-Za-z0-9_-]+$"

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from gateway.edge.strict_json import StrictJSONRoute
-from gateway.inference.api_types import ChatCompletionRequest, NamedToolChoice
+from gateway.inference.api_types import ChatCompletionRequest
 from gateway.inference.generation import GenerationRun
 from gateway.inference.logprobs import chat_logprobs
 from gateway.inference.prompts import chat_prompt, chat_turns
@@ -20,6 +20,7 @@ from gateway.inference.runs import RunRequest, Serving, admit_run, collect
 from gateway.inference.schemas import ChatCompletion, openapi_responses
 from gateway.inference.sse import EventStreamResponse, sse_frames
 from gateway.inference.tool_output import Event, OutputParser, TextDelta, ToolCall, ToolCallStarted
+from gateway.inference.tool_types import NamedToolChoice
 from gateway.inference.tools import NamedTool, ToolPlan, ToolSpec, check_history, plan_tools
 from gateway.state import RateLimitHeaders, ServingDep
 
