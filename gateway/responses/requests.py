@@ -182,14 +182,19 @@ class PlainFormat(_Body):
     type: Literal["text", "json_object"]
 
 
-def _format_type(value: Any) -> str:
-    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return "schema-format" if kind == "json_schema" else "plain-format"
+def _by_type(special: str, tag: str, otherwise: str) -> Discriminator:
+    """A union's tag: ``tag`` for a value (a dict or a model) whose ``type`` is ``special``, else ``otherwise``."""
+
+    def tag_of(value: Any) -> str:
+        kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+        return tag if kind == special else otherwise
+
+    return Discriminator(tag_of)
 
 
 TextFormat = Annotated[
     Annotated[PlainFormat, Tag("plain-format")] | Annotated[JsonSchemaFormat, Tag("schema-format")],
-    Discriminator(_format_type),
+    _by_type("json_schema", "schema-format", "plain-format"),
 ]
 
 
@@ -240,14 +245,9 @@ class _BuiltinTool(BaseModel):
         raise ValueError(f"the built-in tool {str(value)[:64]!r} is not supported by this server: only function tools")
 
 
-def _tool_type(value: Any) -> str:
-    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return "function-tool" if kind == "function" else "builtin-tool"
-
-
 Tool = Annotated[
     Annotated[FunctionToolParam, Tag("function-tool")] | Annotated[_BuiltinTool, Tag("builtin-tool")],
-    Discriminator(_tool_type),
+    _by_type("function", "function-tool", "builtin-tool"),
 ]
 
 
