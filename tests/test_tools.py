@@ -6,20 +6,27 @@ usage, and hostile requests."""
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import jsonschema
 import openai
 import pytest
+from pydantic import ValidationError
 
 from engine.fake import FakeEngine
 from engine.protocol import CompletionDelta
+from engine.settings import EngineSettings
+from engine.tokenizer import HFTokenizer
+from engine.tool_parsing import ToolCallStream
 from gateway.inference.tool_output import (
     Event,
     NamedCall,
     OutputParser,
+    ParsedCalls,
     RequiredCalls,
     TaggedCalls,
     TextDelta,
@@ -28,7 +35,8 @@ from gateway.inference.tool_output import (
     ToolCallStarted,
 )
 from gateway.inference.tools import Turn, check_history, fallback_system_text, template_messages
-from tests.support import MODEL
+from tests.support import MODEL, REPO
+from tests.support.gateway_process import SERVE, gateway_env
 from tests.support.in_process import InProcessGateway
 
 WEATHER_PARAMS = {
@@ -134,6 +142,48 @@ def test_required_and_named_parsers() -> None:
         events = _run(named, pieces)
         assert isinstance(events[0], ToolCallStarted) and events[0].name == "get_weather"
         assert [c.arguments for c in named.calls] == ['{"city": "Paris"}']
+
+
+def test_a_vllm_parser_through_the_adapter_split_anywhere(model_dir: Path) -> None:
+    """``LLMAAS_TOOL_CALL_PARSER=hermes``: vLLM's Hermes parser reads what ours reads, however the text is cut."""
+    tokenizer = HFTokenizer(model_dir)
+    output = 'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+    output += '<tool_call>{"name": "get_time", "arguments": {"zone": "UTC"}}</tool_call>'
+
+    def parsed(parallel: bool, tools: tuple[dict[str, Any], ...] = (WEATHER, TIME)) -> ParsedCalls:
+        return ParsedCalls(ToolCallStream("hermes", tokenizer, tools), frozenset(SCHEMAS), parallel)
+
+    for pieces in _splits(output):
+        parser = parsed(parallel=True)
+        events = _run(parser, pieces)
+        assert _text(events).strip() == "Let me look.", pieces
+        ours = TaggedCalls(frozenset(SCHEMAS), parallel=True)
+        _run(ours, pieces)
+        assert [(c.name, json.loads(c.arguments)) for c in parser.calls] == [
+            (c.name, json.loads(c.arguments)) for c in ours.calls
+        ]
+        started = [e for e in events if isinstance(e, ToolCallStarted)]
+        assert [(e.call_index, e.name) for e in started] == [(0, "get_weather"), (1, "get_time")]
+        assert all(e.call_id.startswith("call_") for e in started)
+        for index, call in enumerate(parser.calls):
+            pieces_of = [e.text for e in events if isinstance(e, ToolCallArguments) and e.call_index == index]
+            assert "".join(pieces_of) == call.arguments
+    single = parsed(parallel=False)
+    _run(single, list(output))
+    assert [c.name for c in single.calls] == ["get_weather"]
+    unknown = parsed(parallel=True)  # a function not offered: vLLM's parser reports it, the adapter drops it
+    _run(unknown, ['<tool_call>{"name": "rm", "arguments": {}}</tool_call>', output[output.index("<") :]])
+    assert [c.name for c in unknown.calls] == ["get_weather", "get_time"]
+
+
+def test_an_unknown_parser_name_fails_the_start(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match=r"vLLM has no tool call parser named 'hermes2'; its parsers: .*hermes"):
+        EngineSettings(tool_call_parser="hermes2")
+    assert EngineSettings(tool_call_parser="llama3_json").tool_call_parser == "llama3_json"
+    env = gateway_env(tmp_path, tool_call_parser="hermes2")
+    started = subprocess.run([*SERVE, "--port", "0"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert started.returncode != 0
+    assert "vLLM has no tool call parser named 'hermes2'" in started.stdout + started.stderr
 
 
 def test_history_rules_and_fallback_rendering() -> None:
