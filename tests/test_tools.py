@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,9 @@ from gateway.inference.tool_output import (
 )
 from gateway.inference.tools import Turn, check_history, fallback_system_text, template_messages
 from tests.support import MODEL, REPO
-from tests.support.gateway_process import SERVE, gateway_env
+from tests.support.gateway_process import SERVE, gateway_env, served_gateway
 from tests.support.in_process import InProcessGateway
+from tests.support.tenants import openai_client, tenant_key
 
 WEATHER_PARAMS = {
     "type": "object",
@@ -377,6 +378,69 @@ def test_streamed_usage_equals_the_answer(client: openai.OpenAI) -> None:
     whole = client.chat.completions.create(**kwargs)
     chunks = list(client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
     assert chunks[-1].usage is not None and chunks[-1].usage.model_dump() == whole.usage.model_dump()
+
+
+@pytest.fixture(scope="module")
+def hermes_client(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
+    """A second real gateway, the same as the session's but with ``LLMAAS_TOOL_CALL_PARSER=hermes``."""
+    data_dir = tmp_path_factory.mktemp("hermes-gateway")
+    settings: dict[str, Any] = {"kv_cache_space_gib": 1, "log_level": "warning", "dtype": "float32"}
+    with served_gateway(data_dir, model_path=model_dir, tool_call_parser="hermes", **settings) as gateway:
+        yield openai_client(gateway.base, tenant_key(gateway.base)[1])
+
+
+def _asked_again(times: int) -> list[dict[str, Any]]:
+    """The weather in Paris asked ``times`` times, each answered through a call, then asked once more: after three,
+    SmolLM2 answers with a Hermes call itself (greedy)."""
+    history: list[dict[str, Any]] = []
+    for index in range(times):
+        call = {"name": "get_weather", "arguments": json.dumps({"city": "Paris", "unit": "celsius"})}
+        history += [
+            *ASK,
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"id": f"call_{index}", "type": "function", "function": call}],
+            },
+            {"role": "tool", "tool_call_id": f"call_{index}", "content": "22 degrees, sunny"},
+            {"role": "assistant", "content": "22 degrees, sunny."},
+        ]
+    return [*history, *ASK]
+
+
+def test_auto_through_vllms_hermes_parser_on_the_real_model(
+    client: openai.OpenAI, hermes_client: openai.OpenAI
+) -> None:
+    """The real model's own Hermes call, read by vLLM's parser, as ours reads it; plain text stays text; the named
+    choice is unchanged."""
+    kwargs: dict[str, Any] = {"model": MODEL, "tools": [WEATHER, TIME], "max_tokens": 40, "temperature": 0}
+    asked = _asked_again(3)
+    theirs = hermes_client.chat.completions.create(messages=asked, **kwargs).choices[0]
+    ours = client.chat.completions.create(messages=asked, **kwargs).choices[0]
+    assert theirs.finish_reason == ours.finish_reason == "tool_calls"
+    assert (theirs.message.content or "").strip() == (ours.message.content or "").strip()
+    _check_calls(theirs.message.tool_calls or [], set(SCHEMAS))
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in theirs.message.tool_calls or []] == [
+        (c.function.name, json.loads(c.function.arguments)) for c in ours.message.tool_calls or []
+    ]
+
+    chunks = list(hermes_client.chat.completions.create(messages=asked, stream=True, **kwargs))
+    deltas = [chunk.choices[0].delta for chunk in chunks if chunk.choices]
+    assert "<" not in "".join(delta.content or "" for delta in deltas)
+    pieces = [call for delta in deltas for call in delta.tool_calls or []]
+    assert pieces[0].id.startswith("call_") and pieces[0].type == "function"
+    assert pieces[0].function.name == "get_weather" and all(piece.index == 0 for piece in pieces)
+    assert (
+        "".join(piece.function.arguments or "" for piece in pieces) == theirs.message.tool_calls[0].function.arguments
+    )
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+    text = hermes_client.chat.completions.create(messages=ASK, **kwargs).choices[0]
+    assert text.message.tool_calls is None and text.finish_reason in ("stop", "length")
+    assert text.message.content == client.chat.completions.create(messages=ASK, **kwargs).choices[0].message.content
+    named = hermes_client.chat.completions.create(messages=ASK, tool_choice=NAMED, **kwargs).choices[0]
+    assert named.finish_reason == "stop"
+    _check_calls(named.message.tool_calls or [], {"get_weather"})
 
 
 @pytest.mark.parametrize(
