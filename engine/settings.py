@@ -96,6 +96,12 @@ class EngineSettings(SharedSettings):
         description="CPU backend: LoRA arithmetic by our C++ kernels (engine/kernels/) or by vLLM's own ops.",
     )
 
+    tool_call_parser: str = Field(
+        default="",
+        description="The vLLM tool call parser (as `vllm serve --tool-call-parser` names it: hermes, llama3_json, "
+        "mistral, pythonic, ...) that reads the calls out of the output of the `auto` tool choice, for every "
+        "generating model; empty: our own Hermes-format parser. An unknown name fails the start.",
+    )
     embedding_model: str = Field(
         default=DEFAULT_EMBEDDING_MODEL_ID,
         description=f"The embedding model served beside the chat model (in this process): {DEFAULT_EMBEDDING_MODEL_ID} "
@@ -107,6 +113,15 @@ class EngineSettings(SharedSettings):
         description='More local model dirs served in this process: JSON [{"name": ..., "path": ..., "runner": '
         '"auto" | "generate" | "pooling"}] (auto: from the model\'s architecture).',
     )
+
+    @field_validator("tool_call_parser")
+    @classmethod
+    def _known_parser(cls, value: str) -> str:
+        if not value:
+            return value
+        from engine.tool_parsing import check_tool_call_parser  # loads vLLM: only when a parser is named
+
+        return check_tool_call_parser(value)
 
     @field_validator("max_lora_rank", mode="before")
     @classmethod

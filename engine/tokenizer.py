@@ -38,6 +38,11 @@ class HFTokenizer:
         )
 
     @property
+    def hf(self) -> Any:
+        """The Hugging Face tokenizer itself, for what takes one (vLLM's tool call parsers)."""
+        return self._tok
+
+    @property
     def renders_tools(self) -> bool:
         """Whether the template refers to ``tools`` (Hugging Face's own test for tool-use templates)."""
         template = self._tok.chat_template

@@ -165,7 +165,16 @@ RateLimitHeaders = Depends(rate_limit_headers)
 
 async def get_serving(request: Request, context: ContextDep, tenant: TenantDep) -> Serving:
     state = state_of(request.app)
-    return Serving(context, tenant, state.catalog, state.admission, state.caps, state.metrics, state.structured)
+    return Serving(
+        context,
+        tenant,
+        state.catalog,
+        state.admission,
+        state.caps,
+        state.metrics,
+        state.structured,
+        state.engine_settings.tool_call_parser,
+    )
 
 
 ServingDep = Annotated[Serving, Depends(get_serving)]

@@ -6,20 +6,27 @@ usage, and hostile requests."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import jsonschema
 import openai
 import pytest
+from pydantic import ValidationError
 
 from engine.fake import FakeEngine
 from engine.protocol import CompletionDelta
+from engine.settings import EngineSettings
+from engine.tokenizer import HFTokenizer
+from engine.tool_parsing import ToolCallStream
 from gateway.inference.tool_output import (
     Event,
     NamedCall,
     OutputParser,
+    ParsedCalls,
     RequiredCalls,
     TaggedCalls,
     TextDelta,
@@ -28,8 +35,10 @@ from gateway.inference.tool_output import (
     ToolCallStarted,
 )
 from gateway.inference.tools import Turn, check_history, fallback_system_text, template_messages
-from tests.support import MODEL
+from tests.support import MODEL, REPO
+from tests.support.gateway_process import SERVE, gateway_env, served_gateway
 from tests.support.in_process import InProcessGateway
+from tests.support.tenants import openai_client, tenant_key
 
 WEATHER_PARAMS = {
     "type": "object",
@@ -134,6 +143,48 @@ def test_required_and_named_parsers() -> None:
         events = _run(named, pieces)
         assert isinstance(events[0], ToolCallStarted) and events[0].name == "get_weather"
         assert [c.arguments for c in named.calls] == ['{"city": "Paris"}']
+
+
+def test_a_vllm_parser_through_the_adapter_split_anywhere(model_dir: Path) -> None:
+    """``LLMAAS_TOOL_CALL_PARSER=hermes``: vLLM's Hermes parser reads what ours reads, however the text is cut."""
+    tokenizer = HFTokenizer(model_dir)
+    output = 'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+    output += '<tool_call>{"name": "get_time", "arguments": {"zone": "UTC"}}</tool_call>'
+
+    def parsed(parallel: bool, tools: tuple[dict[str, Any], ...] = (WEATHER, TIME)) -> ParsedCalls:
+        return ParsedCalls(ToolCallStream("hermes", tokenizer, tools), frozenset(SCHEMAS), parallel)
+
+    for pieces in _splits(output):
+        parser = parsed(parallel=True)
+        events = _run(parser, pieces)
+        assert _text(events).strip() == "Let me look.", pieces
+        ours = TaggedCalls(frozenset(SCHEMAS), parallel=True)
+        _run(ours, pieces)
+        assert [(c.name, json.loads(c.arguments)) for c in parser.calls] == [
+            (c.name, json.loads(c.arguments)) for c in ours.calls
+        ]
+        started = [e for e in events if isinstance(e, ToolCallStarted)]
+        assert [(e.call_index, e.name) for e in started] == [(0, "get_weather"), (1, "get_time")]
+        assert all(e.call_id.startswith("call_") for e in started)
+        for index, call in enumerate(parser.calls):
+            pieces_of = [e.text for e in events if isinstance(e, ToolCallArguments) and e.call_index == index]
+            assert "".join(pieces_of) == call.arguments
+    single = parsed(parallel=False)
+    _run(single, list(output))
+    assert [c.name for c in single.calls] == ["get_weather"]
+    unknown = parsed(parallel=True)  # a function not offered: vLLM's parser reports it, the adapter drops it
+    _run(unknown, ['<tool_call>{"name": "rm", "arguments": {}}</tool_call>', output[output.index("<") :]])
+    assert [c.name for c in unknown.calls] == ["get_weather", "get_time"]
+
+
+def test_an_unknown_parser_name_fails_the_start(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match=r"vLLM has no tool call parser named 'hermes2'; its parsers: .*hermes"):
+        EngineSettings(tool_call_parser="hermes2")
+    assert EngineSettings(tool_call_parser="llama3_json").tool_call_parser == "llama3_json"
+    env = gateway_env(tmp_path, tool_call_parser="hermes2")
+    started = subprocess.run([*SERVE, "--port", "0"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert started.returncode != 0
+    assert "vLLM has no tool call parser named 'hermes2'" in started.stdout + started.stderr
 
 
 def test_history_rules_and_fallback_rendering() -> None:
@@ -327,6 +378,69 @@ def test_streamed_usage_equals_the_answer(client: openai.OpenAI) -> None:
     whole = client.chat.completions.create(**kwargs)
     chunks = list(client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
     assert chunks[-1].usage is not None and chunks[-1].usage.model_dump() == whole.usage.model_dump()
+
+
+@pytest.fixture(scope="module")
+def hermes_client(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
+    """A second real gateway, the same as the session's but with ``LLMAAS_TOOL_CALL_PARSER=hermes``."""
+    data_dir = tmp_path_factory.mktemp("hermes-gateway")
+    settings: dict[str, Any] = {"kv_cache_space_gib": 1, "log_level": "warning", "dtype": "float32"}
+    with served_gateway(data_dir, model_path=model_dir, tool_call_parser="hermes", **settings) as gateway:
+        yield openai_client(gateway.base, tenant_key(gateway.base)[1])
+
+
+def _asked_again(times: int) -> list[dict[str, Any]]:
+    """The weather in Paris asked ``times`` times, each answered through a call, then asked once more: after three,
+    SmolLM2 answers with a Hermes call itself (greedy)."""
+    history: list[dict[str, Any]] = []
+    for index in range(times):
+        call = {"name": "get_weather", "arguments": json.dumps({"city": "Paris", "unit": "celsius"})}
+        history += [
+            *ASK,
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"id": f"call_{index}", "type": "function", "function": call}],
+            },
+            {"role": "tool", "tool_call_id": f"call_{index}", "content": "22 degrees, sunny"},
+            {"role": "assistant", "content": "22 degrees, sunny."},
+        ]
+    return [*history, *ASK]
+
+
+def test_auto_through_vllms_hermes_parser_on_the_real_model(
+    client: openai.OpenAI, hermes_client: openai.OpenAI
+) -> None:
+    """The real model's own Hermes call, read by vLLM's parser, as ours reads it; plain text stays text; the named
+    choice is unchanged."""
+    kwargs: dict[str, Any] = {"model": MODEL, "tools": [WEATHER, TIME], "max_tokens": 40, "temperature": 0}
+    asked = _asked_again(3)
+    theirs = hermes_client.chat.completions.create(messages=asked, **kwargs).choices[0]
+    ours = client.chat.completions.create(messages=asked, **kwargs).choices[0]
+    assert theirs.finish_reason == ours.finish_reason == "tool_calls"
+    assert (theirs.message.content or "").strip() == (ours.message.content or "").strip()
+    _check_calls(theirs.message.tool_calls or [], set(SCHEMAS))
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in theirs.message.tool_calls or []] == [
+        (c.function.name, json.loads(c.function.arguments)) for c in ours.message.tool_calls or []
+    ]
+
+    chunks = list(hermes_client.chat.completions.create(messages=asked, stream=True, **kwargs))
+    deltas = [chunk.choices[0].delta for chunk in chunks if chunk.choices]
+    assert "<" not in "".join(delta.content or "" for delta in deltas)
+    pieces = [call for delta in deltas for call in delta.tool_calls or []]
+    assert pieces[0].id.startswith("call_") and pieces[0].type == "function"
+    assert pieces[0].function.name == "get_weather" and all(piece.index == 0 for piece in pieces)
+    assert (
+        "".join(piece.function.arguments or "" for piece in pieces) == theirs.message.tool_calls[0].function.arguments
+    )
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+    text = hermes_client.chat.completions.create(messages=ASK, **kwargs).choices[0]
+    assert text.message.tool_calls is None and text.finish_reason in ("stop", "length")
+    assert text.message.content == client.chat.completions.create(messages=ASK, **kwargs).choices[0].message.content
+    named = hermes_client.chat.completions.create(messages=ASK, tool_choice=NAMED, **kwargs).choices[0]
+    assert named.finish_reason == "stop"
+    _check_calls(named.message.tool_calls or [], {"get_weather"})
 
 
 @pytest.mark.parametrize(

@@ -337,3 +337,62 @@ def test_a_json_schema_is_forwarded_to_the_replicas_and_every_output_validates(d
         for choice in reply.choices:  # an answer the model would never give unconstrained
             assert choice.finish_reason == "stop", choice.message.content
             jsonschema.validate(json.loads(choice.message.content or ""), schema)
+
+
+WEATHER = {
+    "type": "object",
+    "properties": {"city": {"enum": ["Paris", "London"]}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+
+
+def test_a_named_tool_choice_on_the_replicas_streamed_and_not(deployment: Deployment) -> None:
+    _, key = deployment.tenant()
+    kwargs: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "max_tokens": 30,
+        "temperature": 0,
+    }
+    for gateway in (0, 1):
+        client = deployment.client(key, gateway).with_options(timeout=600)  # a replica's first grammar compiles
+        reply = client.chat.completions.create(**kwargs).choices[0]
+        [call] = reply.message.tool_calls or []
+        assert reply.finish_reason == "stop" and call.function.name == "get_weather" and call.id.startswith("call_")
+        jsonschema.validate(json.loads(call.function.arguments), WEATHER)
+        chunks = list(client.chat.completions.create(**kwargs, stream=True))
+        pieces = [piece for chunk in chunks if chunk.choices for piece in chunk.choices[0].delta.tool_calls or []]
+        first = pieces[0]
+        assert first.id and first.id.startswith("call_") and first.type == "function"
+        assert first.function is not None and first.function.name == "get_weather" and first.function.arguments == ""
+        assert all(piece.index == 0 and piece.id is None for piece in pieces[1:])
+        arguments = "".join(piece.function.arguments or "" for piece in pieces if piece.function)
+        assert arguments == call.function.arguments  # greedy: the same call, in pieces
+        assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_responses_continue_and_are_read_across_the_gateways_billed_as_told(deployment: Deployment) -> None:
+    tenant_id, key = deployment.tenant()
+    first = deployment.client(key, 0).responses.create(
+        model=MODEL, input="What is the capital of France?", max_output_tokens=16, temperature=0,
+        extra_headers={"X-Client-Request-Id": "resp-first"},
+    )  # fmt: skip
+    then = deployment.client(key, 1).responses.create(
+        model=MODEL, input="And of Italy?", previous_response_id=first.id, max_output_tokens=16, temperature=0,
+        extra_headers={"X-Client-Request-Id": "resp-then"},
+    )  # fmt: skip
+    assert first.status in ("completed", "incomplete") and first.output_text
+    assert then.previous_response_id == first.id and then.output_text
+    assert first.usage is not None and then.usage is not None
+    assert then.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens  # the chain is in the prompt
+    for response, other in ((first, 1), (then, 0)):  # each read through the gateway that did not make it
+        read = deployment.client(key, other).responses.retrieve(response.id)
+        assert read.output_text == response.output_text and read.usage == response.usage
+        assert read.previous_response_id == response.previous_response_id
+    assert deployment.ledger_by_id(tenant_id) == {
+        "resp-first": (first.usage.input_tokens, first.usage.output_tokens, "completed"),
+        "resp-then": (then.usage.input_tokens, then.usage.output_tokens, "completed"),
+    }

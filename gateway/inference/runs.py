@@ -55,6 +55,8 @@ class Serving:
     caps: RequestCaps
     metrics: Metrics
     structured: StructuredOutputs
+    tool_call_parser: str = ""
+    """The vLLM tool call parser that reads ``auto``'s calls (``LLMAAS_TOOL_CALL_PARSER``); empty: our own."""
 
     async def model(self, model_id: str) -> ServedModel:
         """The model the request names, if the tenant has it and its key may use it."""

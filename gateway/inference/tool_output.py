@@ -11,14 +11,20 @@ made, whole. A route maps the events to its own stream chunks or to its final me
   format). Text that may be the start of a tag is held back, never sent as content; a block that does not parse
   as a call of an offered function is content after all (it is what the model wrote); whitespace before a call
   and between calls is dropped (trailing whitespace is held back until text follows). With parallel calls off,
-  calls after the first are dropped."""
+  calls after the first are dropped.
+- ``ParsedCalls``: the same choice (``auto``) read by a vLLM tool parser (``engine.tool_parsing``) that the operator
+  names: its content is text, its calls are calls; a call of a function not offered (and, with parallel calls
+  off, a call after the first) is dropped."""
 
 from __future__ import annotations
 
 import json
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.tool_parsing import ParsedDelta, ToolCallStream
 
 OPEN_TAG = "<tool_call>"
 CLOSE_TAG = "</tool_call>"
@@ -229,6 +235,37 @@ class TaggedCalls(OutputParser):
                 return []
             return self._whole_call(call["name"], call["arguments"])
         return self._text(OPEN_TAG + body + (CLOSE_TAG if closed else ""))
+
+
+class ParsedCalls(OutputParser):
+    """The calls a vLLM tool parser finds, of the functions in ``names``."""
+
+    def __init__(self, stream: ToolCallStream, names: frozenset[str], parallel: bool) -> None:
+        super().__init__()
+        self._stream = stream
+        self._offered = names
+        self._parallel = parallel
+        self._ours: dict[int, int | None] = {}  # the parser's call index -> ours (None: a call dropped)
+
+    def feed(self, text: str) -> list[Event]:
+        return self._events(self._stream.feed(text))
+
+    def finish(self) -> list[Event]:
+        return self._events(self._stream.finish())
+
+    def _events(self, parsed: ParsedDelta) -> list[Event]:
+        events: list[Event] = [TextDelta(parsed.content)] if parsed.content else []
+        for piece in parsed.calls:
+            if piece.index not in self._ours and piece.name is not None:
+                keep = piece.name in self._offered and (self._parallel or not self._names)
+                self._ours[piece.index] = len(self._names) if keep else None
+                if keep:
+                    events.append(self._start(piece.name))
+            index = self._ours.get(piece.index)
+            if index is not None and piece.arguments:
+                self._arguments[index] += piece.arguments
+                events.append(ToolCallArguments(index, piece.arguments))
+        return events
 
 
 def _partial_tag_length(text: str, tag: str) -> int:

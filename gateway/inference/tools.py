@@ -6,7 +6,8 @@ How each choice runs (the output parsers are in ``gateway.inference.tool_output`
 
 - ``none``: the tools are not shown to the model and its output is plain text (earlier calls still render).
 - ``auto``: the tools are rendered by the model's chat template where it renders tools, else into the system
-  prompt in Hermes style (``fallback_system_text``); the output is parsed for
+  prompt in Hermes style (``fallback_system_text``); the output is parsed by the vLLM tool call parser the
+  operator names (``LLMAAS_TOOL_CALL_PARSER``, for the model's own format), else for
   ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (the Hermes format, also the fallback's).
 - a named function: the output is constrained (structured decoding) to that function's arguments object.
 - ``required``: the output is constrained to a JSON array of ``{"name", "arguments"}`` objects, one per call (one
@@ -17,16 +18,18 @@ Named and required choices always yield arguments that parse and validate agains
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Literal
 
-from engine.protocol import StructuredOutput
+from engine.protocol import StructuredOutput, Tokenizer
 from gateway.errors import InvalidRequestError
 from gateway.inference.structured import StructuredOutputs
 from gateway.inference.tool_output import (
     NamedCall,
     OutputParser,
+    ParsedCalls,
     PlainText,
     RequiredCalls,
     TaggedCalls,
@@ -71,7 +74,8 @@ ToolChoice = Literal["none", "auto", "required"] | NamedTool
 @dataclass(frozen=True)
 class ToolPlan:
     """What one request's tools change: the tools the template renders (``template_tools``) or the text added to
-    the system prompt (``system_text``), the constraint on the output (``structured``), and its parser."""
+    the system prompt (``system_text``), the constraint on the output (``structured``), and its parser
+    (``auto``'s by ``tool_call_parser``, where the operator names a vLLM parser)."""
 
     choice: ToolChoice
     names: tuple[str, ...]
@@ -79,6 +83,7 @@ class ToolPlan:
     template_tools: list[dict[str, Any]] | None = None
     system_text: str | None = None
     structured: StructuredOutput | None = None
+    tool_call_parser: Callable[[], ParsedCalls] | None = None
 
     def parser(self) -> OutputParser:
         """A fresh parser for one choice's output."""
@@ -87,6 +92,8 @@ class ToolPlan:
         if self.choice == "required":
             return RequiredCalls()
         if self.choice == "auto":
+            if self.tool_call_parser is not None:
+                return self.tool_call_parser()
             return TaggedCalls(frozenset(self.names), self.parallel)
         return PlainText()
 
@@ -101,12 +108,14 @@ async def plan_tools(
     structured: StructuredOutputs,
     param: str,
     *,
-    renders_tools: bool,
+    tokenizer: Tokenizer,
+    tool_call_parser: str = "",
     choice_param: str = "tool_choice",
 ) -> ToolPlan:
     """The plan for ``specs`` (``param`` names them) under ``choice`` (default: ``auto`` with tools, else
-    ``none``); ``renders_tools``: whether the model's chat template renders tools. Every parameters schema is
-    checked (a 400 naming it), and so is the constraint built from them."""
+    ``none``) for the model of ``tokenizer`` (whether its chat template renders tools; what a vLLM parser named
+    by ``tool_call_parser`` reads with). Every parameters schema is checked (a 400 naming it), and so is the
+    constraint built from them."""
     if not specs:
         if choice not in (None, "none"):
             raise InvalidRequestError(
@@ -124,7 +133,7 @@ async def plan_tools(
     if choice == "none":
         return plan
     offered = [spec.as_openai() for spec in specs]
-    if renders_tools:
+    if tokenizer.renders_tools:
         plan = replace(plan, template_tools=offered)
     else:
         plan = replace(plan, system_text=fallback_system_text(offered, plan.parallel))
@@ -138,7 +147,18 @@ async def plan_tools(
     if choice == "required":
         schema = _calls_schema(specs, plan.parallel, param)
         return replace(plan, structured=await structured.json_schema(schema, param))
+    if tool_call_parser:
+        parse = partial(_parsed_calls, tool_call_parser, tokenizer, offered, frozenset(names), plan.parallel)
+        return replace(plan, tool_call_parser=parse)
     return plan
+
+
+def _parsed_calls(
+    name: str, tokenizer: Tokenizer, offered: list[dict[str, Any]], names: frozenset[str], parallel: bool
+) -> ParsedCalls:
+    from engine.tool_parsing import ToolCallStream  # loads vLLM's parsers: only where the operator names one
+
+    return ParsedCalls(ToolCallStream(name, tokenizer, offered), names, parallel)
 
 
 def _calls_schema(specs: Sequence[ToolSpec], parallel: bool, param: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
 
-from engine.protocol import StructuredOutput
+from engine.protocol import StructuredOutput, Tokenizer
 from gateway.errors import InvalidRequestError
 from gateway.inference.api_types import ChatCompletionRequest
 from gateway.inference.catalog import ServedModel
@@ -106,7 +106,7 @@ async def start_turn(body: ResponseCreateRequest, serving: Serving, store: Respo
         raise InvalidRequestError("stream_options is only allowed when stream is true", param="stream_options")
     served = await serving.model(body.model)
     tokenizer = served.engine.tokenizer
-    plan = await _tool_plan(body, serving, renders_tools=tokenizer.renders_tools)
+    plan = await _tool_plan(body, serving, tokenizer)
     text_format = await _text_format(body, serving)
     tenant_id = serving.tenant.tenant_id
     previous = body.previous_response_id
@@ -144,7 +144,7 @@ def _chat_request(body: ResponseCreateRequest, items: list[InputItemOut]) -> Cha
     )
 
 
-async def _tool_plan(body: ResponseCreateRequest, serving: Serving, *, renders_tools: bool) -> ToolPlan:
+async def _tool_plan(body: ResponseCreateRequest, serving: Serving, tokenizer: Tokenizer) -> ToolPlan:
     specs = [
         ToolSpec(
             name=tool.name,
@@ -158,7 +158,13 @@ async def _tool_plan(body: ResponseCreateRequest, serving: Serving, *, renders_t
     choice = body.tool_choice
     named = NamedTool(choice.name) if isinstance(choice, FunctionChoice) else choice
     return await plan_tools(
-        specs, named, body.parallel_tool_calls, serving.structured, "tools", renders_tools=renders_tools
+        specs,
+        named,
+        body.parallel_tool_calls,
+        serving.structured,
+        "tools",
+        tokenizer=tokenizer,
+        tool_call_parser=serving.tool_call_parser,
     )
 
 

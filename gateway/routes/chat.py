@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from engine.protocol import Tokenizer
 from gateway.edge.strict_json import StrictJSONRoute
 from gateway.inference.api_types import ChatCompletionRequest
 from gateway.inference.generation import GenerationRun
@@ -39,7 +40,7 @@ async def create_chat_completion(
     turns = chat_turns(body.messages)
     check_history(turns, "messages")
     served = await serving.model(body.model)
-    plan = await _tool_plan(body, serving, renders_tools=served.engine.tokenizer.renders_tools)
+    plan = await _tool_plan(body, serving, served.engine.tokenizer)
     prompt = await chat_prompt(turns, plan, served.engine.tokenizer, serving.caps.prompts)
     request_for = RunRequest(
         body=body,
@@ -75,7 +76,7 @@ async def create_chat_completion(
     )  # a response of our own making: FastAPI's encoder would only walk it again
 
 
-async def _tool_plan(body: ChatCompletionRequest, serving: Serving, *, renders_tools: bool) -> ToolPlan:
+async def _tool_plan(body: ChatCompletionRequest, serving: Serving, tokenizer: Tokenizer) -> ToolPlan:
     specs = [
         ToolSpec(
             name=tool.function.name,
@@ -89,7 +90,13 @@ async def _tool_plan(body: ChatCompletionRequest, serving: Serving, *, renders_t
     choice = body.tool_choice
     named = NamedTool(choice.function.name) if isinstance(choice, NamedToolChoice) else choice
     return await plan_tools(
-        specs, named, body.parallel_tool_calls, serving.structured, "tools", renders_tools=renders_tools
+        specs,
+        named,
+        body.parallel_tool_calls,
+        serving.structured,
+        "tools",
+        tokenizer=tokenizer,
+        tool_call_parser=serving.tool_call_parser,
     )
 
 
