@@ -38,6 +38,13 @@ class SamplingFields(TypedDict):
     logprobs: NotRequired[int]
 
 
+STRUCTURED_OUTPUTS: dict[str, Any] = {"backend": "xgrammar", "disable_any_whitespace": True}
+"""How every vLLM we run (in process, and the test replicas; operators start theirs with the same
+``--structured-outputs-config``) enforces constraints: with xgrammar, whose features the gateway checks
+(``gateway.inference.schema_features``), and compact JSON — with whitespace allowed, a small model may pad a JSON
+answer with newlines until ``max_tokens`` cuts it, and every one of them is a billed token."""
+
+
 class StructuredFields(TypedDict, total=False):
     """One constraint, under the names of vLLM's ``StructuredOutputsParams`` (its server's ``structured_outputs``)."""
 

@@ -13,6 +13,7 @@ from engine.backend import EngineLoad
 from engine.hardware import choose_layout, detect, resolve_dtype
 from engine.model_prep import ModelPlan
 from engine.settings import EngineSettings
+from engine.translate import STRUCTURED_OUTPUTS
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -78,6 +79,7 @@ def engine_args(settings: EngineSettings, plan: ModelPlan, gpu_share: float) -> 
     """vLLM's arguments for the model, and how it runs (dtype, hardware, threads). Sets the environment that
     vLLM's engine process for it, spawned by ``AsyncLLM.from_engine_args`` right after, reads: each model's engine
     is started in turn, so each reads its own."""
+    from vllm.config import StructuredOutputsConfig
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     hardware = detect()
@@ -109,6 +111,7 @@ def engine_args(settings: EngineSettings, plan: ModelPlan, gpu_share: float) -> 
     if not pooling:  # a pooling model keeps its own context length (its positions) and batch size
         args.max_model_len = settings.max_model_len
         args.max_num_batched_tokens = settings.max_num_batched_tokens
+        args.structured_outputs_config = StructuredOutputsConfig(**STRUCTURED_OUTPUTS)
     if hardware.gpu:  # on CPU, vLLM's own default stands (the KV cache is sized by VLLM_CPU_KVCACHE_SPACE)
         args.gpu_memory_utilization = gpu_share
     return args, {"dtype": dtype, "hardware": hardware.describe(), "threads": threads, "runner": plan.runner}

@@ -14,6 +14,7 @@ import httpx
 import openai
 import pytest
 
+from engine.settings import DEFAULT_EMBEDDING_MODEL_ID
 from tests.finetune_data import HELD_OUT_PROMPTS, PIRATE_PREFIX, VALIDATION_QA, pirate_jsonl
 from tests.support import MODEL
 from tests.support.tenants import create_tenant, openai_client
@@ -154,7 +155,7 @@ def test_every_checkpoint_is_a_model_of_its_own(trained: Trained) -> None:
 def test_fine_tuned_model_shows_the_trained_behaviour(trained: Trained) -> None:
     client = trained.client
     ids = [m.id for m in client.models.list().data]
-    assert ids == [MODEL, trained.pirate.fine_tuned_model, trained.robot.fine_tuned_model]
+    assert ids == [MODEL, DEFAULT_EMBEDDING_MODEL_ID, trained.pirate.fine_tuned_model, trained.robot.fine_tuned_model]
     for question in HELD_OUT_PROMPTS:
         assert ask(client, trained.pirate.fine_tuned_model, question).startswith(PIRATE_PREFIX.strip())
         assert not ask(client, MODEL, question).startswith("Arr")

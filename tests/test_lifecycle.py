@@ -17,7 +17,7 @@ from tests.support.metrics import metric_value
 
 def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
     models = client.models.list()
-    assert [m.id for m in models.data] == [MODEL]
+    assert [m.id for m in models.data] == [MODEL, DEFAULT_EMBEDDING_MODEL_ID]  # the chat model, the embedding model
     model = client.models.retrieve(MODEL)
     assert model.id == MODEL
     assert model.object == "model"

@@ -7,6 +7,7 @@ Nothing in the gateway imports it: the routing benchmark (``bench/routing.py``) 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from typing import Literal
 import httpx
 
 from engine.hardware import detect, resolve_dtype
+from engine.translate import STRUCTURED_OUTPUTS
 
 START_TIMEOUT_S = 300
 
@@ -54,6 +56,7 @@ class VLLMReplica:
             command += [
                 "--max-model-len", "2048", "--enable-lora", "--max-loras", str(self.max_loras),
                 "--max-lora-rank", "16", "--max-cpu-loras", str(self.max_cpu_loras),
+                "--structured-outputs-config", json.dumps(STRUCTURED_OUTPUTS),
             ]  # fmt: skip
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -14,10 +14,18 @@ import time
 from functools import cache
 from typing import Any, Literal
 
+from engine.translate import STRUCTURED_OUTPUTS
+
 Verdict = tuple[Literal["invalid", "too_complex"], str] | None
 """None: it compiles within the budget; else what is wrong and a message for the client."""
 
 _BYTE_VOCABULARY = 256
+_JSON_LAYOUT: dict[str, Any] = (
+    {"any_whitespace": False, "separators": (",", ":")}
+    if STRUCTURED_OUTPUTS["disable_any_whitespace"]
+    else {"any_whitespace": True}
+)
+"""JSON laid out as the engine's xgrammar backend lays it out (``engine.translate.STRUCTURED_OUTPUTS``)."""
 """Without the model's tokenizer, a vocabulary of single bytes: the grammar is checked, the token masks' cost is
 not."""
 
@@ -54,9 +62,9 @@ def choice_grammar(choices: list[str]) -> str:
 
 def _compile(compiler: Any, kind: str, spec: str) -> None:
     if kind == "json":
-        compiler.compile_json_schema(spec, any_whitespace=True)
+        compiler.compile_json_schema(spec, **_JSON_LAYOUT)
     elif kind == "json_object":
-        compiler.compile_json_schema('{"type": "object"}', any_whitespace=True)
+        compiler.compile_json_schema('{"type": "object"}', **_JSON_LAYOUT)
     elif kind == "regex":
         compiler.compile_regex(spec)
     elif kind == "choice":
