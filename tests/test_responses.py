@@ -74,7 +74,7 @@ def _check_response(response: Any) -> None:
 def test_a_stored_response_outlives_its_gateway(model_dir: Path, tmp_path: Path, hf_tokenizer: Any) -> None:
     with fresh_postgres_database("llmaas_responses") as url:
         settings: dict[str, Any] = {"model_path": model_dir, "kv_cache_space_gib": 1, "dtype": "float32"}
-        settings |= {"database_url": url, "log_level": "warning"}
+        settings |= {"database_url": url, "log_level": "warning", "embedding_model": ""}  # the chat model alone
         with served_gateway(tmp_path / "a", log=tmp_path / "a.log", **settings) as a:
             _, key = tenant_key(a.base)
             first = openai_client(a.base, key).responses.create(
