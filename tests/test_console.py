@@ -256,6 +256,7 @@ def test_the_playground_asks_for_json_and_tools_and_shows_the_tool_calls(base: s
         "json_schema": {"name": "playground", "schema": WEATHER_SCHEMA, "strict": True},
     }
     assert body["tool_choice"] == "required" and [tool["function"]["name"] for tool in body["tools"]] == ["get_weather"]
+    assert body["parallel_tool_calls"] is False
     assert body["tools"][0]["function"]["parameters"]["required"] == ["city"]
     assert body["stream"] is True and body["messages"][-1]["content"] == "What is the weather in Paris?"
     assert page.locator("#error").inner_text() == ""

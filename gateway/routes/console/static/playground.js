@@ -52,6 +52,7 @@
     if ($("tools").value !== "none") {
       body.tools = [WEATHER_TOOL];
       body.tool_choice = $("tools").value;
+      body.parallel_tool_calls = false;  // one question, one call (a small model would repeat calls to the end)
     }
     return body;
   };
