@@ -35,6 +35,12 @@ class Tenant(Base):
     model_prices: Mapped[dict[str, dict[str, str]]] = mapped_column(JSON, default=dict)
     max_storage_bytes: Mapped[int | None] = mapped_column(BigInteger)
     """Uploaded files may take this much; NULL: the server's default (``LLMAAS_DEFAULT_MAX_STORAGE_BYTES``)."""
+    scheduling_weight: Mapped[int | None] = mapped_column(Integer)
+    """The tenant's share of a saturated engine against other tenants of the same priority class; NULL: 1."""
+    max_batch_requests: Mapped[int | None] = mapped_column(Integer)
+    """The most requests one batch may hold; NULL: the server's default."""
+    max_enqueued_batch_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    """The most tokens the tenant's unfinished batches may hold together; NULL: the server's default."""
 
     keys: Mapped[list[ApiKey]] = relationship(back_populates="tenant", cascade="all, delete-orphan")
 
@@ -53,6 +59,8 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
     key_manager: Mapped[bool] = mapped_column(Boolean, default=False)
     """A key manager may revoke the tenant's other keys; any key may only create keys no broader than itself."""
+    priority_class: Mapped[str] = mapped_column(String(16), default="interactive", server_default="interactive")
+    """The key's requests wait in this class when the engine is saturated: ``interactive`` before ``batch``."""
 
     tenant: Mapped[Tenant] = relationship(back_populates="keys")
 
@@ -80,6 +88,8 @@ class UsageRecord(Base):
     outcome: Mapped[str] = mapped_column(String(16))
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     completion_tokens: Mapped[int] = mapped_column(Integer)
+    cached_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Of ``prompt_tokens``, those the engine read from its prefix cache (billed at the cached-input price)."""
     cost: Mapped[Any] = mapped_column(Numeric(20, 9), default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     end_user: Mapped[str | None] = mapped_column(String(bounds.USER))
@@ -103,6 +113,7 @@ class UsageDaily(Base):
     requests: Mapped[int] = mapped_column(BigInteger)
     prompt_tokens: Mapped[int] = mapped_column(BigInteger)
     completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     cost: Mapped[Any] = mapped_column(Numeric(24, 9))
 
 

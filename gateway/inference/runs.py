@@ -20,6 +20,7 @@ from gateway.inference.generation import ChoiceResult, GenerationRun, RunReport,
 from gateway.inference.prompts import PromptLimits
 from gateway.inference.structured import StructuredOutputs
 from gateway.ops.metrics import Metrics
+from gateway.scheduling import PriorityClass
 from gateway.settings import GatewaySettings
 from gateway.tenancy.principal import TenantPrincipal
 
@@ -78,6 +79,8 @@ class RunRequest:
     """The ledger's kind for its usage ("eval" for the samples of eval runs)."""
     structured: StructuredOutput | None = None
     """What the output must match (a tool choice's constraint)."""
+    priority_class: PriorityClass | None = None
+    """The class it waits in when the engine is saturated; None: its key's class (the Batch API says ``batch``)."""
 
 
 def _max_tokens(run: RunRequest, tenant: TenantPrincipal, caps: RequestCaps) -> int:
