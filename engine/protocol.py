@@ -82,6 +82,10 @@ class CompletionDelta:
     token_ids: list[int]
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: FinishReason | None = None
+    cached_tokens: int | None = None
+    """Of the engine request's prompt, the tokens the engine read from its prefix cache rather than computed. Set
+    on one delta per engine request (None on the others): in process, on its first; upstream, on a delta of its
+    own with no text (the replica reports the count in its closing usage chunk)."""
 
 
 class Tokenizer(Protocol):

@@ -87,6 +87,12 @@ class EngineSettings(SharedSettings):
         "model 0.05 of it, the generating models the rest, evenly).",
     )
     seed: int = 0
+    prefix_caching: bool = Field(
+        default=True,
+        description="vLLM's automatic prefix caching for the generating models (where vLLM supports it for the "
+        "model): a prompt's leading blocks of tokens already in the KV cache are read, not computed again, and "
+        "billed at the cached-input price. false: every prompt is computed in full (a baseline for benchmarks).",
+    )
     enable_lora: bool = Field(default=True, description="Serve fine-tuned LoRA adapters beside the base model.")
     max_loras: int = Field(default=4, ge=1, description="Distinct adapters in one batch.")
     max_lora_rank: Literal[8, 16, 32, 64] = 16

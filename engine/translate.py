@@ -144,8 +144,10 @@ def _chunk_logprobs(raw: dict[str, Any] | None, top_k: int | None) -> list[Token
 
 
 def chunk_deltas(chunk: dict[str, Any], top_k: int | None) -> list[CompletionDelta]:
-    """The choices of one upstream stream chunk (none in the closing usage chunk)."""
-    return [
+    """The choices of one upstream stream chunk, and from its usage (the closing chunk) a delta with no text that
+    carries the prompt tokens the replica read from its prefix cache (vLLM reports them only when started with
+    ``--enable-prompt-tokens-details``; a replica that does not is taken to have cached nothing)."""
+    deltas = [
         CompletionDelta(
             index=int(choice.get("index", 0)),
             text=choice.get("text") or "",
@@ -155,3 +157,14 @@ def chunk_deltas(chunk: dict[str, Any], top_k: int | None) -> list[CompletionDel
         )
         for choice in chunk.get("choices") or []
     ]
+    cached = _cached_tokens(chunk.get("usage"))
+    if cached is not None:
+        deltas.append(CompletionDelta(0, "", [], cached_tokens=cached))
+    return deltas
+
+
+def _cached_tokens(usage: Any) -> int | None:
+    """``usage.prompt_tokens_details.cached_tokens`` of an upstream chunk, if it says."""
+    details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return max(cached, 0) if isinstance(cached, int) else None

@@ -75,6 +75,8 @@ class VLLMEngine:
                 deltas = [output_delta(completion, options.logprobs) for completion in output.outputs]
                 finished = output.finished
                 if deltas:
+                    if not produced:  # known once the prompt is prefilled: before the first output
+                        deltas[0].cached_tokens = output.num_cached_tokens or 0
                     produced = True
                     yield deltas
         except ValueError as exc:
@@ -152,6 +154,7 @@ class VLLMBackend:
             llm.shutdown()
             raise
         info["runner"] = "generate" if offer.engine is not None else "pooling"
+        info["prefix_caching"] = "on" if llm.vllm_config.cache_config.enable_prefix_caching else "off"  # as vLLM chose
         return _Running(llm, recorder, info, offer)
 
     async def close(self) -> None:

@@ -112,6 +112,8 @@ def engine_args(settings: EngineSettings, plan: ModelPlan, gpu_share: float) -> 
         args.max_model_len = settings.max_model_len
         args.max_num_batched_tokens = settings.max_num_batched_tokens
         args.structured_outputs_config = StructuredOutputsConfig(**STRUCTURED_OUTPUTS)
+        # On: vLLM's default, which turns it on where the model supports it (not for every architecture).
+        args.enable_prefix_caching = None if settings.prefix_caching else False
     if hardware.gpu:  # on CPU, vLLM's own default stands (the KV cache is sized by VLLM_CPU_KVCACHE_SPACE)
         args.gpu_memory_utilization = gpu_share
     return args, {"dtype": dtype, "hardware": hardware.describe(), "threads": threads, "runner": plan.runner}

@@ -94,7 +94,7 @@ def file_store(database: Database, settings: GatewaySettings) -> FileStore:
 
 
 def price_book(settings: GatewaySettings) -> PriceBook:
-    return PriceBook(settings.default_model_prices)
+    return PriceBook(settings.default_model_prices, settings.cached_input_price_fraction)
 
 
 def job_service(database: Database, prices: PriceBook) -> JobService:

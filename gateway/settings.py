@@ -5,6 +5,7 @@ settings, sharing one data dir."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator
@@ -119,7 +120,16 @@ class GatewaySettings(SharedSettings):
     default_model_prices: dict[ModelId, ModelPrice] = Field(
         default_factory=dict,
         description='Prices for tenants whose own list has none for a model (nor its base): JSON {"model": '
-        '{"input": USD per 1M prompt tokens, "output": ..., "training": ... (optional)}}.',
+        '{"input": USD per 1M prompt tokens, "output": ..., "training": ... (optional), "cached_input": ... '
+        "(optional)}}.",
+    )
+    cached_input_price_fraction: Decimal = Field(
+        default=Decimal("0.5"),
+        ge=0,
+        le=1,
+        decimal_places=4,
+        description="A cached prompt token (read from the engine's prefix cache) costs this fraction of the model's "
+        "input price, where its price entry names no cached_input price of its own.",
     )
 
     # -- retention (unset: kept until deleted) ------------------------------------------------------------------

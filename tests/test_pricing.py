@@ -66,31 +66,39 @@ def test_a_names_lineage_leads_back_to_its_base_model() -> None:
 def test_the_tenants_price_for_the_concrete_model_comes_first() -> None:
     book = PriceBook({FT: price("9", "9"), "org/base:v1": price("8", "8")})
     tenant = {FT: price("3", "4"), "org/base:v1": price("1", "2")}
-    assert book.price_for(tenant, FT, "inference") == Price(Decimal(3), Decimal(4))
-    assert book.price_for(tenant, CKPT, "inference") == Price(Decimal(3), Decimal(4))  # its fine-tuned model's
-    assert book.price_for(tenant, "org/base:v1", "inference") == Price(Decimal(1), Decimal(2))
+    assert book.price_for(tenant, FT, "inference") == Price(Decimal(3), Decimal(4), Decimal(3) / 2)
+    assert book.price_for(tenant, CKPT, "inference") == Price(
+        Decimal(3), Decimal(4), Decimal(3) / 2
+    )  # its fine-tuned model's
+    assert book.price_for(tenant, "org/base:v1", "inference") == Price(Decimal(1), Decimal(2), Decimal(1) / 2)
 
 
 def test_an_ft_model_and_its_checkpoint_cost_their_base_models_price() -> None:
     book = PriceBook({})
     tenant = {"org/base:v1": price("1", "2")}
     for model in (FT, CKPT):
-        assert book.price_for(tenant, model, "inference") == Price(Decimal(1), Decimal(2))
+        assert book.price_for(tenant, model, "inference") == Price(Decimal(1), Decimal(2), Decimal(1) / 2)
 
 
 def test_the_servers_default_list_prices_what_the_tenants_list_does_not() -> None:
     book = PriceBook({"org/base:v1": price("5", "6"), "other": price("7", "7")})
-    assert book.price_for({}, CKPT, "inference") == Price(Decimal(5), Decimal(6))
+    assert book.price_for({}, CKPT, "inference") == Price(Decimal(5), Decimal(6), Decimal(5) / 2)
     tenant = {"org/base:v1": price("1", "2")}
-    assert book.price_for(tenant, FT, "inference") == Price(Decimal(1), Decimal(2))  # the tenant's base wins
-    assert book.price_for(tenant, "other", "inference") == Price(Decimal(7), Decimal(7))
+    assert book.price_for(tenant, FT, "inference") == Price(
+        Decimal(1), Decimal(2), Decimal(1) / 2
+    )  # the tenant's base wins
+    assert book.price_for(tenant, "other", "inference") == Price(Decimal(7), Decimal(7), Decimal(7) / 2)
 
 
 def test_training_costs_the_training_price_else_the_input_price() -> None:
     book = PriceBook({"priced": price("1", "2", training="3")})
-    assert book.price_for({}, "priced", "training") == Price(Decimal(3), Decimal(0))
-    assert book.price_for({"priced": price("4", "5")}, "priced", "training") == Price(Decimal(4), Decimal(0))
-    assert book.price_for({}, model_name("priced", "a", None, "ftjob-1"), "training") == Price(Decimal(3), Decimal(0))
+    assert book.price_for({}, "priced", "training") == Price(Decimal(3), Decimal(0), Decimal(3))
+    assert book.price_for({"priced": price("4", "5")}, "priced", "training") == Price(
+        Decimal(4), Decimal(0), Decimal(4)
+    )
+    assert book.price_for({}, model_name("priced", "a", None, "ftjob-1"), "training") == Price(
+        Decimal(3), Decimal(0), Decimal(3)
+    )
 
 
 def test_an_unpriced_model_costs_0_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
@@ -107,8 +115,8 @@ def test_an_unpriced_model_costs_0_with_one_warning(caplog: pytest.LogCaptureFix
 
 
 def test_a_cost_is_in_nanos_rounded_up() -> None:
-    assert Price(Decimal("0.15"), Decimal("0.6")).cost_nanos(1, 1) == 750  # 0.15 + 0.6 micro-USD
-    assert Price(Decimal("0.0000001"), Decimal(0)).cost_nanos(1, 0) == 1
+    assert Price(Decimal("0.15"), Decimal("0.6"), Decimal("0.075")).cost_nanos(1, 1) == 750  # 0.15 + 0.6 micro-USD
+    assert Price(Decimal("0.0000001"), Decimal(0), Decimal(0)).cost_nanos(1, 0) == 1
 
 
 def test_the_default_list_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -198,7 +206,9 @@ def test_ft_models_and_checkpoints_are_billed_at_the_base_models_tenant_price(
     records = gateway.ledger(tenant_id, 3)
     assert [r.model for r in records] == models
     for reply, record in zip(replies, records, strict=True):
-        expected = Price(Decimal(1), Decimal(2)).cost_nanos(reply.usage.prompt_tokens, reply.usage.completion_tokens)
+        expected = Price(Decimal(1), Decimal(2), Decimal(1) / 2).cost_nanos(
+            reply.usage.prompt_tokens, reply.usage.completion_tokens
+        )
         assert expected > 0 and usd_to_nanos(record.cost) == expected
 
 
@@ -209,7 +219,9 @@ def test_the_servers_default_price_applies_when_the_tenant_has_none(gateways: Ca
     replies = [chat(client, model) for model in (BASE, ft, checkpoint)]
     records = gateway.ledger(tenant_id, 3)
     for reply, record in zip(replies, records, strict=True):
-        expected = Price(Decimal(3), Decimal(5)).cost_nanos(reply.usage.prompt_tokens, reply.usage.completion_tokens)
+        expected = Price(Decimal(3), Decimal(5), Decimal(3) / 2).cost_nanos(
+            reply.usage.prompt_tokens, reply.usage.completion_tokens
+        )
         assert expected > 0 and usd_to_nanos(record.cost) == expected
 
 
@@ -241,7 +253,7 @@ def test_a_fine_tuning_job_reserves_its_cost_by_the_same_rule(gateways: Callable
         row = session.get(FineTuningJob, job.id)
         assert row is not None
         assert row.estimated_tokens > 0
-        assert row.reserved_cost_nanos == Price(Decimal(7), Decimal(0)).cost_nanos(row.estimated_tokens, 0)
+        assert row.reserved_cost_nanos == Price(Decimal(7), Decimal(0), Decimal(7)).cost_nanos(row.estimated_tokens, 0)
     client.fine_tuning.jobs.cancel(job.id)
 
 
@@ -275,7 +287,9 @@ def test_eval_samples_on_an_ft_model_are_priced_like_its_base(gateways: Callable
     records = gateway.ledger(tenant_id, 2)
     for record in records:
         assert (record.model, record.kind) == (ft, "eval")
-        expected = Price(Decimal(2), Decimal(3)).cost_nanos(record.prompt_tokens, record.completion_tokens)
+        expected = Price(Decimal(2), Decimal(3), Decimal(2) / 2).cost_nanos(
+            record.prompt_tokens, record.completion_tokens
+        )
         assert expected > 0 and usd_to_nanos(record.cost) == expected
 
 

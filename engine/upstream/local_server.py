@@ -57,6 +57,7 @@ class VLLMReplica:
                 "--max-model-len", "2048", "--enable-lora", "--max-loras", str(self.max_loras),
                 "--max-lora-rank", "16", "--max-cpu-loras", str(self.max_cpu_loras),
                 "--structured-outputs-config", json.dumps(STRUCTURED_OUTPUTS),
+                "--enable-prompt-tokens-details",  # usage.prompt_tokens_details.cached_tokens: billed as cached
             ]  # fmt: skip
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

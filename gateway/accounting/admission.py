@@ -235,31 +235,34 @@ class InferenceReservation:
         self._settled = False
         self._seq = 0
 
-    def settle(self, prompt_tokens: int, delivered_tokens: int, outcome: str) -> None:
-        """Called once when the run ends, with the completion tokens that reached the client; charged by the one
-        rule of ``charges``. Later calls do nothing (safe from a ``finally``)."""
+    def settle(self, prompt_tokens: int, delivered_tokens: int, outcome: str, cached_tokens: int = 0) -> None:
+        """Called once when the run ends, with the completion tokens that reached the client and the prompt tokens
+        the engine read from its prefix cache; charged by the one rule of ``charges``. Later calls do nothing (safe
+        from a ``finally``)."""
         if self._settled:
             return
         self._settled = True
         if outcome == "aborted" and self._admission.interrupted:
             outcome = "failed"  # cut by our shutdown, not left by the client
-        entry = self._entry(outcome, prompt_tokens, delivered_tokens)
+        entry = self._entry(outcome, prompt_tokens, delivered_tokens, cached_tokens)
         # Charged to the month of its ledger record (a stream may end in the month after it began).
         used = Settlement(
             entry.prompt_tokens + entry.completion_tokens, entry.cost_nanos, month=entry.created_at.strftime("%Y-%m")
         )
         self._seq = self._admission.settle(self._tenant.tenant_id, self._demand, used, entry)
 
-    async def delivering(self, prompt_tokens: int, delivered_tokens: int) -> None:
+    async def delivering(self, prompt_tokens: int, delivered_tokens: int, cached_tokens: int = 0) -> None:
         """A stream is about to send tokens, ``delivered_tokens`` with those already sent: return once what it
-        would be charged if it were cut right after them (our failure) is durable, so a crash bills it."""
+        would be charged if it were cut right after them (our failure) is durable, so a crash bills it (its cached
+        prompt tokens as far as the engine reported them so far: upstream, only at the end)."""
         if self._settled:
             return
-        entry = self._entry("failed", prompt_tokens, delivered_tokens)
+        entry = self._entry("failed", prompt_tokens, delivered_tokens, cached_tokens)
         await self._admission.durable(self._admission.record_interim(entry))
 
-    def _entry(self, outcome: str, prompt_tokens: int, delivered_tokens: int) -> UsageEntry:
+    def _entry(self, outcome: str, prompt_tokens: int, delivered_tokens: int, cached_tokens: int) -> UsageEntry:
         prompt_tokens, completion_tokens = charged_tokens(outcome, prompt_tokens, delivered_tokens)
+        cached_tokens = min(cached_tokens, prompt_tokens)  # none of a prompt that is not charged
         return UsageEntry(
             request_id=self._context.id,
             tenant_id=self._tenant.tenant_id,
@@ -269,10 +272,11 @@ class InferenceReservation:
             outcome=outcome,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
-            cost_nanos=self._price.cost_nanos(prompt_tokens, completion_tokens),
+            cost_nanos=self._price.cost_nanos(prompt_tokens, completion_tokens, cached_tokens),
             created_at=utcnow(),
             end_user=self._end_user,
             client_request_id=self._context.client_request_id,
+            cached_tokens=cached_tokens,
         )
 
     async def durable(self) -> None:

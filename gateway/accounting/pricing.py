@@ -7,8 +7,10 @@ model); the same lookups in the server's default list (``LLMAAS_DEFAULT_MODEL_PR
 is billed 0, a warning is logged once per base model, and the operator's console flags the model.
 
 Prices are USD per 1M tokens. Training is priced per trained token: the entry's ``training`` price, else its
-``input`` price. Multipliers added later (cached input, batch) scale the ``Price`` found here; they never change
-how it is found."""
+``input`` price. A prompt token the engine read from its prefix cache costs the entry's ``cached_input`` price,
+else its ``input`` price times the book's cached-input fraction (``LLMAAS_CACHED_INPUT_PRICE_FRACTION``, 0.5 by
+default). Further price dimensions (a batch price) scale the ``Price`` found here; they never change how it is
+found."""
 
 from __future__ import annotations
 
@@ -27,37 +29,48 @@ UsageKind = Literal["inference", "training"]
 """What the tokens are used for (an eval run's samples are inference)."""
 
 
+DEFAULT_CACHED_INPUT_FRACTION = Decimal("0.5")
+"""What a cached prompt token costs of the input price where nothing says otherwise (OpenAI's discount)."""
+
+
 @dataclass(frozen=True)
 class Price:
     input: Decimal
     """USD per 1M prompt tokens (per 1M trained tokens for training)."""
     output: Decimal
     """USD per 1M completion tokens (none for training)."""
+    cached_input: Decimal
+    """USD per 1M prompt tokens read from the engine's prefix cache."""
     priced: bool = True
     """False: no price list has the model, so it is billed 0."""
 
-    def cost_nanos(self, input_tokens: int, output_tokens: int) -> int:
-        """Cost in nano-USD (1e-9), rounded up."""
+    def cost_nanos(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> int:
+        """Cost in nano-USD (1e-9), rounded up; ``cached_tokens`` of the ``input_tokens`` at the cached price."""
         # USD per 1M tokens * tokens = micro-USD; * 1000 = nano-USD.
-        micro_usd = input_tokens * self.input + output_tokens * self.output
+        cached = min(cached_tokens, input_tokens)
+        micro_usd = (input_tokens - cached) * self.input + cached * self.cached_input + output_tokens * self.output
         return int((micro_usd * 1000).to_integral_value(ROUND_CEILING))
 
 
-UNPRICED = Price(Decimal(0), Decimal(0), priced=False)
-
-
-def _price(entry: ModelPrice, kind: UsageKind) -> Price:
-    if kind == "training":
-        return Price(entry.input if entry.training is None else entry.training, Decimal(0))
-    return Price(entry.input, entry.output)
+UNPRICED = Price(Decimal(0), Decimal(0), Decimal(0), priced=False)
 
 
 class PriceBook:
     """The server's default price list, and the rule that picks a price from it and a tenant's own list."""
 
-    def __init__(self, defaults: Mapping[str, ModelPrice]) -> None:
+    def __init__(
+        self, defaults: Mapping[str, ModelPrice], cached_input_fraction: Decimal = DEFAULT_CACHED_INPUT_FRACTION
+    ) -> None:
         self._defaults = dict(defaults)
+        self._cached_input_fraction = cached_input_fraction
         self._warned: set[str] = set()
+
+    def _price(self, entry: ModelPrice, kind: UsageKind) -> Price:
+        if kind == "training":
+            trained = entry.input if entry.training is None else entry.training
+            return Price(trained, Decimal(0), trained)
+        cached = entry.input * self._cached_input_fraction if entry.cached_input is None else entry.cached_input
+        return Price(entry.input, entry.output, cached)
 
     def price_for(self, tenant: Mapping[str, ModelPrice], model: str, kind: UsageKind) -> Price:
         """The price of ``model`` (a served model's id: base, ``ft:`` or checkpoint) for a tenant whose own
@@ -67,7 +80,7 @@ class PriceBook:
             for name in names:
                 entry = prices.get(name)
                 if entry is not None:
-                    return _price(entry, kind)
+                    return self._price(entry, kind)
         base = names[-1]  # never a tenant's ft: name in the log
         if base not in self._warned:
             self._warned.add(base)

@@ -35,6 +35,9 @@ class UsageEntry:
     created_at: datetime
     end_user: str | None = None
     client_request_id: str | None = None
+    cached_tokens: int = 0
+    """Of ``prompt_tokens``, those the engine read from its prefix cache (charged at the cached-input price). A
+    journal written before it existed replays as 0."""
 
     def row(self) -> dict[str, Any]:
         values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}  # shallow: cheap
@@ -67,11 +70,12 @@ def insert_usage(session: Session, entries: list[UsageEntry]) -> None:
             continue
         inserted.discard(entry.request_id)  # one entry per id, should a batch hold the same id twice
         group = (entry.tenant_id, entry.created_at.strftime("%Y-%m-%d"), entry.key_id or "", entry.model, entry.kind)
-        total = sums.setdefault(group, [0, 0, 0, 0])
+        total = sums.setdefault(group, [0, 0, 0, 0, 0])
         total[0] += 1
         total[1] += entry.prompt_tokens
         total[2] += entry.completion_tokens
-        total[3] += entry.cost_nanos
+        total[3] += entry.cached_tokens
+        total[4] += entry.cost_nanos
     if not sums:
         return
     daily = insert(cast(Table, UsageDaily.__table__))
@@ -79,7 +83,7 @@ def insert_usage(session: Session, entries: list[UsageEntry]) -> None:
         index_elements=["tenant_id", "day", "key_id", "model", "kind"],
         set_={
             column: getattr(UsageDaily.__table__.c, column) + getattr(daily.excluded, column)
-            for column in ("requests", "prompt_tokens", "completion_tokens", "cost")
+            for column in ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "cost")
         },
     )
     session.execute(
@@ -94,9 +98,10 @@ def insert_usage(session: Session, entries: list[UsageEntry]) -> None:
                 "requests": requests,
                 "prompt_tokens": prompt,
                 "completion_tokens": completion,
+                "cached_tokens": cached,
                 "cost": nanos_to_usd(cost),
             }
-            for (tenant_id, day, key_id, model, kind), (requests, prompt, completion, cost) in sums.items()
+            for (tenant_id, day, key_id, model, kind), (requests, prompt, completion, cached, cost) in sums.items()
         ],
     )
 

@@ -16,6 +16,7 @@ class UsageRow(BaseModel):
     period_start: str | None = Field(default=None, description="unless bucket=none")
     requests: int
     prompt_tokens: int
+    cached_tokens: int = Field(description="Of prompt_tokens, those read from the engine's prefix cache")
     completion_tokens: int
     total_tokens: int
     cost: str
@@ -24,6 +25,7 @@ class UsageRow(BaseModel):
 class UsageTotals(BaseModel):
     requests: int
     prompt_tokens: int
+    cached_tokens: int = Field(description="Of prompt_tokens, those read from the engine's prefix cache")
     completion_tokens: int
     total_tokens: int
     cost: str

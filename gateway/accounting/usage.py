@@ -67,7 +67,7 @@ class UsageReports:
         data = [_usage_row(row) for row in rows if row["requests"]]
         totals: dict[str, Any] = {
             name: sum(row[name] for row in data)
-            for name in ("requests", "prompt_tokens", "completion_tokens", "total_tokens")
+            for name in ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "total_tokens")
         }
         totals["cost"] = str(sum((Decimal(row["cost"]) for row in data), Decimal(0)))
         return {"object": "list", "data": data, "totals": totals}
@@ -83,6 +83,7 @@ def _sums(records: Any, requests: Any) -> list[Any]:
     return [
         requests.label("requests"),
         func.coalesce(func.sum(records.prompt_tokens), 0).label("prompt_tokens"),
+        func.coalesce(func.sum(records.cached_tokens), 0).label("cached_tokens"),
         func.coalesce(func.sum(records.completion_tokens), 0).label("completion_tokens"),
         func.coalesce(func.sum(records.cost), 0).label("cost"),
     ]
@@ -149,6 +150,7 @@ def _bucket_expr(dialect: str, bucket: Bucket) -> Any:
 def _usage_row(row: dict[str, Any]) -> dict[str, Any]:
     row = dict(row)
     row["prompt_tokens"] = int(row["prompt_tokens"])
+    row["cached_tokens"] = int(row["cached_tokens"])
     row["completion_tokens"] = int(row["completion_tokens"])
     row["total_tokens"] = row["prompt_tokens"] + row["completion_tokens"]
     row["requests"] = int(row["requests"])
@@ -160,7 +162,9 @@ def usage_csv(report: dict[str, Any]) -> str:
     rows = report["data"]
     out = io.StringIO()
     fields = (
-        list(rows[0].keys()) if rows else ["requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost"]
+        list(rows[0].keys())
+        if rows
+        else ["requests", "prompt_tokens", "cached_tokens", "completion_tokens", "total_tokens", "cost"]
     )
     writer = csv.DictWriter(out, fieldnames=fields)
     writer.writeheader()

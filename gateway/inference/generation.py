@@ -35,6 +35,8 @@ _MIN_TOP_P = 1e-6
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    """Of ``prompt_tokens``, those the engine read from its prefix cache (as the engine reports them)."""
 
     @property
     def total_tokens(self) -> int:
@@ -45,7 +47,7 @@ class Usage:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
             "completion_tokens_details": {"reasoning_tokens": 0},
         }
 
@@ -127,7 +129,7 @@ class GenerationRun:
         *,
         streaming: bool = False,
         durable: Callable[[], Awaitable[None]] | None = None,
-        delivering: Callable[[int, int], Awaitable[None]] | None = None,
+        delivering: Callable[[int, int, int], Awaitable[None]] | None = None,
     ) -> None:
         self._engine = engine
         self._adapter = adapter
@@ -161,11 +163,13 @@ class GenerationRun:
         first_token: float | None = None
         outcome: Outcome = "aborted"
         try:
-            async for prompt_index, batch in self._engine_streams():
+            async for prompt_index, engine_batch in self._engine_streams():
+                batch = self._count_cached(engine_batch)
                 if self._delivering is not None:  # a stream: what a crash would bill, durable before it goes out
                     tokens = sum(len(delta.token_ids) for delta in batch)
                     if tokens:
-                        await self._delivering(self.usage.prompt_tokens, self._streamed + tokens)
+                        usage = self.usage
+                        await self._delivering(usage.prompt_tokens, self._streamed + tokens, usage.cached_tokens)
                 for delta in batch:
                     if first_token is None and delta.token_ids:
                         first_token = time.perf_counter() - started
@@ -180,6 +184,18 @@ class GenerationRun:
             self._report(outcome, first_token)
             if _leaves_answer(outcome) and self._durable is not None:
                 await self._durable()
+
+    def _count_cached(self, batch: list[CompletionDelta]) -> list[CompletionDelta]:
+        """Add the engine's cached prompt tokens to the usage; what is left of the batch to pass on (not a delta
+        that only carried the count)."""
+        passed = []
+        for delta in batch:
+            if delta.cached_tokens is not None:
+                self.usage.cached_tokens = min(self.usage.cached_tokens + delta.cached_tokens, self.usage.prompt_tokens)
+                if not (delta.text or delta.token_ids or delta.finish_reason or delta.logprobs):
+                    continue
+            passed.append(delta)
+        return passed
 
     def close(self) -> None:
         """Report the run as abandoned if it never got to run (the client left before it started)."""

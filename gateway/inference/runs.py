@@ -136,7 +136,8 @@ async def admit_run(run: RunRequest, serving: Serving) -> GenerationRun:
     )
 
     def settle(report: RunReport) -> None:
-        reservation.settle(report.usage.prompt_tokens, report.delivered_tokens, report.outcome)
+        usage = report.usage
+        reservation.settle(usage.prompt_tokens, report.delivered_tokens, report.outcome, usage.cached_tokens)
 
     def observe(report: RunReport) -> None:
         serving.metrics.observe_run(

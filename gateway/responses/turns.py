@@ -27,6 +27,7 @@ from gateway.responses.conversation import chat_messages, stored_item, turn_star
 from gateway.responses.objects import (
     IncompleteDetails,
     InputItemOut,
+    InputTokensDetails,
     OutputItem,
     ResponseErrorOut,
     ResponseObject,
@@ -83,7 +84,10 @@ class Turn:
             tools=[tool.model_dump() for tool in body.function_tools()],
             truncation=body.truncation or "disabled",
             usage=ResponseUsage(
-                input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens, total_tokens=usage.total_tokens
+                input_tokens=usage.prompt_tokens,
+                input_tokens_details=InputTokensDetails(cached_tokens=usage.cached_tokens),
+                output_tokens=usage.completion_tokens,
+                total_tokens=usage.total_tokens,
             )
             if status != "in_progress"
             else None,

@@ -42,6 +42,11 @@ class ModelPrice(BaseModel):
     input: Price = Field(description="USD per 1M prompt tokens")
     output: Price = Field(description="USD per 1M completion tokens")
     training: Price | None = Field(default=None, description="USD per 1M trained tokens; null: the input price")
+    cached_input: Price | None = Field(
+        default=None,
+        description="USD per 1M prompt tokens the engine read from its prefix cache; null: the input price x "
+        "LLMAAS_CACHED_INPUT_PRICE_FRACTION",
+    )
 
 
 class QuotaFields(BaseModel):

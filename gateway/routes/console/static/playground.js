@@ -90,7 +90,9 @@
     }
     if (chunk.usage) {
       const u = chunk.usage;
-      $("usage").textContent = `${u.prompt_tokens} prompt + ${u.completion_tokens} completion = ${u.total_tokens} tokens`;
+      const cached = u.prompt_tokens_details ? u.prompt_tokens_details.cached_tokens : 0;
+      $("usage").textContent =
+        `${u.prompt_tokens} prompt (${cached} cached) + ${u.completion_tokens} completion = ${u.total_tokens} tokens`;
     }
   };
 
