@@ -13,7 +13,7 @@ from sqlalchemy import MetaData, Table, insert
 
 from gateway.accounting.records import UsageEntry, UsageLedger
 from gateway.accounting.usage import UsageFilters, UsageReports, _ledger_query, _usage_row
-from gateway.db import Database, UsageRecord
+from gateway.db import Database
 
 GROUPINGS = [(), ("model",), ("key",), ("tenant", "model"), ("tenant", "key", "model", "kind")]
 
