@@ -154,7 +154,8 @@ class VLLMBackend:
             llm.shutdown()
             raise
         info["runner"] = "generate" if offer.engine is not None else "pooling"
-        info["prefix_caching"] = "on" if llm.vllm_config.cache_config.enable_prefix_caching else "off"  # as vLLM chose
+        cache = llm.vllm_config.cache_config  # as vLLM settled it for the model
+        info.update(prefix_caching="on" if cache.enable_prefix_caching else "off", kv_block_size=str(cache.block_size))
         return _Running(llm, recorder, info, offer)
 
     async def close(self) -> None:
