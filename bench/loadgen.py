@@ -186,6 +186,18 @@ def running_gateway(
             stop_server(proc)
 
 
+def gateway_settings(model_path: Path, data_dir: str, admin_key: str) -> dict[str, str]:
+    """What a benchmark's gateway runs with at least: the model, its own data dir, the admin key, no fine-tuning
+    worker beside it, quiet logs."""
+    return {
+        "LLMAAS_MODEL_PATH": str(model_path),
+        "LLMAAS_DATA_DIR": data_dir,
+        "LLMAAS_ADMIN_KEY": admin_key,
+        "LLMAAS_EMBEDDED_WORKER": "false",
+        "LLMAAS_LOG_LEVEL": "warning",
+    }
+
+
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 

@@ -39,8 +39,6 @@ from tests.support.databases import fresh_postgres_database
 from tests.support.gateway_process import free_port, served_gateway
 from tests.support.tenants import openai_client, tenant_key
 
-BLOCK = 16
-"""Every KV block size vLLM uses is a multiple of 16: where the engine does not say its own (upstream)."""
 PRICES = {MODEL: {"input": "1", "output": "2", "cached_input": "0.25"}}
 PRICE = Price(Decimal(1), Decimal(2), Decimal("0.25"))
 
@@ -62,9 +60,9 @@ class Served:
 
 
 @contextmanager
-def upstream_gateway(model_dir: Path, tmp: Path) -> Iterator[tuple[str, str]]:
+def upstream_gateway(model_dir: Path, tmp: Path) -> Iterator[tuple[str, str, int]]:
     """One vLLM OpenAI server (started as ``VLLMReplica`` starts it: with ``--enable-prompt-tokens-details``) behind
-    an upstream gateway on PostgreSQL: the gateway's URL and its database's."""
+    an upstream gateway on PostgreSQL: the gateway's URL, its database's, and the server's KV block size."""
     with ExitStack() as stack:
         database_url = stack.enter_context(fresh_postgres_database("llmaas_prefix"))
         replica = VLLMReplica(free_port(), 0, tmp / "vllm.log", MODEL)
@@ -79,7 +77,8 @@ def upstream_gateway(model_dir: Path, tmp: Path) -> Iterator[tuple[str, str]]:
             "log_level": "warning",
         }
         gateway = stack.enter_context(served_gateway(tmp / "data", log=tmp / "gateway.log", **settings))
-        yield gateway.base, database_url
+        config = httpx.get(f"{replica.url}/metrics", timeout=10).text.split("vllm:cache_config_info{", 1)[1]
+        yield gateway.base, database_url, int(config.split('block_size="', 1)[1].split('"', 1)[0])
 
 
 @pytest.fixture(scope="module", params=["vllm", pytest.param("upstream", marks=pytest.mark.slow)])
@@ -91,17 +90,17 @@ def served(
     with ExitStack() as stack:
         if request.param == "upstream":
             tmp = tmp_path_factory.mktemp("prefix-upstream")
-            base, database_url = stack.enter_context(upstream_gateway(model_dir, tmp))
+            base, database_url, block_size = stack.enter_context(upstream_gateway(model_dir, tmp))
         else:
             base, database_url = (
                 request.getfixturevalue("server"),
                 sqlite_url(request.getfixturevalue("server_data_dir")),
             )
-        engine = httpx.get(f"{base}/ready", timeout=10).json()["engines"][MODEL]
-        if request.param == "vllm":
+            engine = httpx.get(f"{base}/ready", timeout=10).json()["engines"][MODEL]
             assert engine["prefix_caching"] == "on"
+            block_size = int(engine["kv_block_size"])
         tenant_id, key = tenant_key(base, "prefix", model_prices=PRICES)
-        yield Served(base, database_url, int(engine.get("kv_block_size", BLOCK)), openai_client(base, key), tenant_id)
+        yield Served(base, database_url, block_size, openai_client(base, key), tenant_id)
 
 
 def assert_cached(cached: int | None, prompt_tokens: int, block_size: int) -> None:
