@@ -23,8 +23,9 @@ from gateway.tenancy.models import ModelPrice
 
 logger = logging.getLogger(__name__)
 
-UsageKind = Literal["inference", "training"]
-"""What the tokens are used for (an eval run's samples are inference)."""
+UsageKind = Literal["inference", "training", "batch"]
+"""What the tokens are used for (an eval run's samples are inference; a batch's requests are inference at the
+batch fraction of its price)."""
 
 
 @dataclass(frozen=True)
@@ -42,21 +43,27 @@ class Price:
         micro_usd = input_tokens * self.input + output_tokens * self.output
         return int((micro_usd * 1000).to_integral_value(ROUND_CEILING))
 
+    def scaled(self, fraction: Decimal) -> Price:
+        return Price(self.input * fraction, self.output * fraction, self.priced)
+
 
 UNPRICED = Price(Decimal(0), Decimal(0), priced=False)
 
 
-def _price(entry: ModelPrice, kind: UsageKind) -> Price:
+def _price(entry: ModelPrice, kind: UsageKind, batch_fraction: Decimal) -> Price:
     if kind == "training":
         return Price(entry.input if entry.training is None else entry.training, Decimal(0))
-    return Price(entry.input, entry.output)
+    price = Price(entry.input, entry.output)
+    return price.scaled(batch_fraction) if kind == "batch" else price
 
 
 class PriceBook:
-    """The server's default price list, and the rule that picks a price from it and a tenant's own list."""
+    """The server's default price list, and the rule that picks a price from it and a tenant's own list; a batch
+    request costs ``batch_fraction`` of its model's inference price."""
 
-    def __init__(self, defaults: Mapping[str, ModelPrice]) -> None:
+    def __init__(self, defaults: Mapping[str, ModelPrice], batch_fraction: Decimal = Decimal(1)) -> None:
         self._defaults = dict(defaults)
+        self._batch_fraction = batch_fraction
         self._warned: set[str] = set()
 
     def price_for(self, tenant: Mapping[str, ModelPrice], model: str, kind: UsageKind) -> Price:
@@ -67,7 +74,7 @@ class PriceBook:
             for name in names:
                 entry = prices.get(name)
                 if entry is not None:
-                    return _price(entry, kind)
+                    return _price(entry, kind, self._batch_fraction)
         base = names[-1]  # never a tenant's ft: name in the log
         if base not in self._warned:
             self._warned.add(base)

@@ -94,6 +94,34 @@ class FileStore:
             staging.unlink(missing_ok=True)
         return FileOut.model_validate(row)
 
+    def add_generated(self, tenant_id: str, filename: str, purpose: str, lines: Iterable[bytes]) -> str:
+        """A file the server made for the tenant (a batch's ``batch_output``): its id. Not refused by the storage
+        quota (it answers what the tenant asked for), but counted in it afterwards, and deleted like any file."""
+        file_id = f"file-{secrets.token_hex(12)}"
+        path = self.path_of(file_id)
+        staging = path.with_suffix(".part")
+        try:
+            with os.fdopen(open_private(staging), "wb") as out:
+                for line in lines:
+                    out.write(line)
+                size = out.tell()
+            with self._db.session() as session:
+                session.add(
+                    File(
+                        id=file_id,
+                        tenant_id=tenant_id,
+                        filename=filename,
+                        purpose=purpose,
+                        bytes=size,
+                        created_at=utcnow(),
+                    )
+                )
+                session.flush()
+                os.replace(staging, path)
+        finally:
+            staging.unlink(missing_ok=True)
+        return file_id
+
     # -- read ------------------------------------------------------------------------------------------------------
     def _own(self, tenant_id: str, file_id: str) -> File:
         self.path_of(file_id)  # refuses malformed ids before any query
@@ -151,6 +179,13 @@ class FileStore:
             audit.record(session, actor, "file.delete", "file", file_id, tenant_id)
         self.remove_bytes([file_id])
         return FileDeleted(id=file_id)
+
+    def remove_files(self, file_ids: Iterable[str]) -> None:
+        """Remove files the server made (rows and bytes) that turned out not to be needed."""
+        ids = list(file_ids)
+        with self._db.session() as session:
+            session.execute(delete(File).where(File.id.in_(ids)))
+        self.remove_bytes(ids)
 
     def remove_bytes(self, file_ids: Iterable[str]) -> None:
         """Remove the bytes of files whose rows are gone."""

@@ -42,6 +42,8 @@ QUOTA_FIELDS = (
     "monthly_cost_budget",
     "max_tokens_cap",
     "max_storage_bytes",
+    "max_batch_requests",
+    "max_enqueued_batch_tokens",
 )
 
 
@@ -112,6 +114,8 @@ def quotas_of(tenant: Tenant) -> Quotas:
         monthly_cost_budget_nanos=None if cost is None else usd_to_nanos(Decimal(cost)),
         max_tokens_cap=tenant.max_tokens_cap,
         max_storage_bytes=tenant.max_storage_bytes,
+        max_batch_requests=tenant.max_batch_requests,
+        max_enqueued_batch_tokens=tenant.max_enqueued_batch_tokens,
         prices=_prices_of(tenant),
     )
 
