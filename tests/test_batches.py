@@ -82,6 +82,20 @@ def ledger(database_url: str, tenant_id: str, count: int, timeout: float = 30) -
         engine.dispose()
 
 
+def stored_results(database_url: str, batch_id: str) -> dict[str, Any]:
+    """When each stored result of the batch was stored, by custom id."""
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT custom_id, finished_at FROM batch_requests WHERE batch_id = :b AND status != 'pending'"),
+                {"b": batch_id},
+            ).all()
+    finally:
+        engine.dispose()
+    return {row[0]: row[1] for row in rows}
+
+
 def check_ledger_matches(database_url: str, tenant_id: str, output: list[dict[str, Any]]) -> None:
     """One ``batch`` record per answered request, under its request id, with the output's usage."""
     records = ledger(database_url, tenant_id, len(output))
@@ -125,6 +139,30 @@ def test_a_batch_runs_to_completion_at_the_batch_price_outside_the_rate_window(
 
     page = client.batches.list(limit=1)
     assert [b.id for b in page.data] == [batch.id]
+
+
+def test_a_batch_on_the_real_model_answers_as_the_routes_do(server: str, server_data_dir: Path) -> None:
+    tenant_id, key = tenant_key(server, "batch")
+    client = openai_client(server, key)
+    model = client.models.list().data[0].id
+    question = {"temperature": 0, "max_tokens": 8}
+    lines = [chat_line("capital", "What is the capital of France?", model, **question), chat_line("hi", "Hi!", model)]
+    done = wait_for(client, create(client, lines).id, timeout=300)
+    assert done.status == "completed" and done.request_counts.completed == 2, done  # type: ignore[union-attr]
+    output = {line["custom_id"]: line for line in lines_of(client, done.output_file_id)}
+    answer = output["capital"]["response"]["body"]["choices"][0]["message"]["content"]
+    direct = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "What is the capital of France?"}], **question
+    )
+    assert answer == direct.choices[0].message.content and "Paris" in answer
+    check_ledger_matches(f"sqlite:///{server_data_dir / 'llmaas.db'}", tenant_id, list(output.values()))
+
+    completions = [
+        {"custom_id": "c", "method": "POST", "url": "/v1/completions", "body": {"model": model, "prompt": "1, 2, 3,"}}
+    ]
+    done = wait_for(client, create(client, completions, "/v1/completions").id, timeout=300)
+    [line] = lines_of(client, done.output_file_id)
+    assert line["response"]["body"]["object"] == "text_completion"
 
 
 def test_malformed_lines_fail_the_batch_naming_each_line(in_process: Callable[..., InProcessGateway]) -> None:
@@ -234,13 +272,15 @@ def test_batch_limits_per_tenant_set_by_the_admin_api(in_process: Callable[..., 
 
 @pytest.mark.slow
 def test_a_gateway_killed_mid_batch_is_resumed_by_another_nothing_twice_nothing_lost(tmp_path: Path) -> None:
+    database_url = f"sqlite:///{tmp_path / 'llmaas.db'}"
     settings: dict[str, Any] = {"batch_lease_seconds": 2, "batch_concurrency": 2, "log_level": "warning"}
     first = fake_gateway(tmp_path, seconds_per_token=0.02, **settings)
     first.start()
     try:
         tenant_id, key = tenant_key(first.base)
         client = openai_client(first.base, key)
-        batch = create(client, [chat_line(f"r{i}", max_tokens=20) for i in range(30)])
+        model = client.models.list().data[0].id
+        batch = create(client, [chat_line(f"r{i}", model=model, max_tokens=20) for i in range(30)])
         deadline = time.monotonic() + 60
         while client.batches.retrieve(batch.id).request_counts.completed < 6:  # type: ignore[union-attr]
             assert time.monotonic() < deadline
@@ -249,10 +289,15 @@ def test_a_gateway_killed_mid_batch_is_resumed_by_another_nothing_twice_nothing_
         first.process.wait()
     finally:
         first.stop()
+    stored_before = stored_results(database_url, batch.id)
+    assert 6 <= len(stored_before) < 30
     with fake_gateway(tmp_path, seconds_per_token=0.02, log=tmp_path / "second.log", **settings) as second:
         client = openai_client(second.base, key)
         done = wait_for(client, batch.id, timeout=120)
         assert done.status == "completed" and done.request_counts.completed == 30  # type: ignore[union-attr]
         output = lines_of(client, done.output_file_id)
         assert sorted(line["custom_id"] for line in output) == sorted(f"r{i}" for i in range(30))
-        check_ledger_matches(f"sqlite:///{tmp_path / 'llmaas.db'}", tenant_id, output)
+        check_ledger_matches(database_url, tenant_id, output)
+        assert len(ledger(database_url, tenant_id, 30)) == 30
+    stored_after = stored_results(database_url, batch.id)
+    assert {custom_id: stored_after[custom_id] for custom_id in stored_before} == stored_before  # not run again
