@@ -35,6 +35,7 @@ from starlette.concurrency import run_in_threadpool
 from gateway.accounting.admission import Admission
 from gateway.batches.queue import BatchQueue
 from gateway.batches.states import ENDPOINT_BODIES, BatchBody, BatchStatus, RequestStatus
+from gateway.claim_loop import claim_forever
 from gateway.clock import utcnow
 from gateway.context import RequestContext
 from gateway.db import Batch, BatchRequest
@@ -93,21 +94,13 @@ class BatchRunner:
         self.runner_id = f"{socket.gethostname()}-batches-{secrets.token_hex(4)}"
 
     async def run_forever(self) -> None:
-        while True:
-            try:
-                if self._parts.admission.draining:  # a gateway going away takes no new batch
-                    await asyncio.sleep(self._poll)
-                    continue
-                batch_id = await run_in_threadpool(self._queue.claim, self.runner_id, self._stale_after)
-                if batch_id is None:
-                    await asyncio.sleep(self._poll)
-                    continue
-                await self.execute(batch_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("the batch runner failed; going on")
-                await asyncio.sleep(self._poll)
+        await claim_forever(
+            lambda: self._queue.claim(self.runner_id, self._stale_after),
+            self.execute,
+            lambda: self._parts.admission.draining,
+            self._poll,
+            "batch runner",
+        )
 
     async def execute(self, batch_id: str) -> None:
         batch = await run_in_threadpool(self._queue.batch, batch_id)
