@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from sqlalchemy import create_engine, text
 
 from engine.fake import FakeEngine
 from tests.support import ADMIN_KEY
+from tests.support.databases import fresh_postgres_database
 from tests.support.gateway_process import fake_gateway
 from tests.support.in_process import InProcessGateway
 from tests.support.tenants import openai_client, tenant_key
@@ -271,9 +273,20 @@ def test_batch_limits_per_tenant_set_by_the_admin_api(in_process: Callable[..., 
 
 
 @pytest.mark.slow
-def test_a_gateway_killed_mid_batch_is_resumed_by_another_nothing_twice_nothing_lost(tmp_path: Path) -> None:
-    database_url = f"sqlite:///{tmp_path / 'llmaas.db'}"
-    settings: dict[str, Any] = {"batch_lease_seconds": 2, "batch_concurrency": 2, "log_level": "warning"}
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_gateway_killed_mid_batch_is_resumed_by_another_nothing_twice_nothing_lost(
+    tmp_path: Path, backend: str
+) -> None:
+    with ExitStack() as stack:
+        if backend == "sqlite":
+            database_url = f"sqlite:///{tmp_path / 'llmaas.db'}"
+        else:
+            database_url = stack.enter_context(fresh_postgres_database("llmaas_batches"))
+        killed_and_resumed(tmp_path, database_url, {"database_url": database_url} if backend != "sqlite" else {})
+
+
+def killed_and_resumed(tmp_path: Path, database_url: str, database: dict[str, Any]) -> None:
+    settings: dict[str, Any] = {**database, "batch_lease_seconds": 2, "batch_concurrency": 2, "log_level": "warning"}
     first = fake_gateway(tmp_path, seconds_per_token=0.02, **settings)
     first.start()
     try:
