@@ -238,9 +238,8 @@ def create_app(
                 eval_items_days=settings.retention_days_eval_items,
                 responses_days=settings.retention_days_responses,
             )
-            if retention.enabled:
-                purging = asyncio.create_task(retention.run(settings.retention_interval_seconds))
-                stack.push_async_callback(_cancel, purging)
+            purging = asyncio.create_task(retention.run(settings.retention_interval_seconds))
+            stack.push_async_callback(_cancel, purging)
             yield
 
     app = FastAPI(title="LLMaaS", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
