@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import describe, machine
 from engine.model_prep import prepare_default_model
 from engine.settings import EngineSettings
