@@ -185,11 +185,7 @@ def create_app(
             caps = RequestCaps.from_settings(settings, catalog.longest_context(engine_settings.max_model_len))
             metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
             authenticator = Authenticator(key_cache, admin_key, metrics_token, tenancy.identity_of_key)
-            throttle = sign_in_throttle(
-                settings.redis_url,
-                settings.console_sign_in_failures_per_address,
-                settings.console_sign_in_failures_per_key_prefix,
-            )
+            throttle = sign_in_throttle(settings.redis_url, settings.console_sign_in_failures_per_address)
             stack.push_async_callback(throttle.close)
             grammar_pool = GrammarPool(
                 settings.structured_compile_processes,
@@ -255,9 +251,8 @@ def create_app(
                 eval_items_days=settings.retention_days_eval_items,
                 responses_days=settings.retention_days_responses,
             )
-            if retention.enabled:
-                purging = asyncio.create_task(retention.run(settings.retention_interval_seconds))
-                stack.push_async_callback(_cancel, purging)
+            purging = asyncio.create_task(retention.run(settings.retention_interval_seconds))
+            stack.push_async_callback(_cancel, purging)
             yield
 
     app = FastAPI(title="LLMaaS", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)

@@ -39,9 +39,6 @@ class GatewaySettings(SharedSettings):
     console_sign_in_failures_per_address: int = Field(
         default=10, ge=1, description="Failed console sign-ins from one client address per minute; then 429."
     )
-    console_sign_in_failures_per_key_prefix: int = Field(
-        default=10, ge=1, description="Failed console sign-ins with one key prefix (12 chars) per minute; then 429."
-    )
     forwarded_allow_ips: str = Field(
         default="127.0.0.1",
         description="`llmaas serve`: addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are "

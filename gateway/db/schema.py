@@ -61,6 +61,8 @@ class ApiKey(Base):
     """A key manager may revoke the tenant's other keys; any key may only create keys no broader than itself."""
     priority_class: Mapped[str] = mapped_column(String(16), default="interactive", server_default="interactive")
     """The key's requests wait in this class when the engine is saturated: ``interactive`` before ``batch``."""
+    created_by_key_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    """The tenant key that made this one (NULL: the operator): revoking a key revokes the keys it made."""
 
     tenant: Mapped[Tenant] = relationship(back_populates="keys")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,6 +28,8 @@ from gateway.tenancy.service import lock_live_tenant
 
 PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 _CHUNK = 1024 * 1024
+ORPHAN_AGE_SECONDS = 600.0
+_SWEEP_BATCH = 500
 
 
 def clean_filename(name: str) -> str:
@@ -89,7 +92,10 @@ class FileStore:
                 _check_quota(self._used_bytes(session, tenant_id), size, quota)
                 session.add(row)
                 session.flush()
-                os.replace(staging, path)
+                os.replace(staging, path)  # placed before the commit: a row never names missing bytes
+        except BaseException:
+            path.unlink(missing_ok=True)  # the commit failed (e.g. the tenant was deleted meanwhile): no orphan
+            raise
         finally:
             staging.unlink(missing_ok=True)
         return FileOut.model_validate(row)
@@ -191,6 +197,23 @@ class FileStore:
         """Remove the bytes of files whose rows are gone."""
         for file_id in file_ids:
             self.path_of(file_id).unlink(missing_ok=True)
+
+    def sweep_orphans(self, older_than_seconds: float = ORPHAN_AGE_SECONDS) -> int:
+        """Remove bytes that no row names (a process killed between placing an upload's bytes and its commit, or
+        before it removed a deleted file's bytes) and staging leftovers, once older than ``older_than_seconds``
+        (an upload in flight places its bytes moments before its commit). How many files went."""
+        cutoff = time.time() - older_than_seconds
+        stale = [path for path in self._root.iterdir() if path.is_file() and path.stat().st_mtime < cutoff]
+        removed = 0
+        for start in range(0, len(stale), _SWEEP_BATCH):
+            paths = {path.name.removesuffix(".part"): path for path in stale[start : start + _SWEEP_BATCH]}
+            with self._db.session() as session:
+                named = set(session.scalars(select(File.id).where(File.id.in_(list(paths)))))
+            for file_id, path in paths.items():
+                if file_id not in named or path.suffix == ".part":
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        return removed
 
 
 def _copy(source: BinaryIO, target: Path, max_bytes: int) -> int:

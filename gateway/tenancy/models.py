@@ -113,6 +113,9 @@ class KeyOut(BaseModel):
     revoked_at: datetime | None
     status: KeyStatus
     key_manager: bool = False
+    created_by_key_id: str | None = Field(
+        default=None, description="The key that made this one (null: the operator); revoked with it."
+    )
 
 
 class KeyCreated(KeyOut):
