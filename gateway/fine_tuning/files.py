@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 
 from adapters.datasets import DatasetError, check_jsonl
 from adapters.pagination import keyset_page
@@ -85,20 +86,27 @@ class FileStore:
                             f"Invalid file format: {exc}", param="file", code="invalid_file_format"
                         ) from exc
             row = File(id=file_id, tenant_id=tenant_id, filename=name, purpose=purpose, bytes=size, created_at=utcnow())
-            with self._db.session() as session:
-                # One upload at a time per tenant gets to compare against the quota (PostgreSQL row lock;
-                # SQLite has one writer anyway).
-                lock_live_tenant(session, tenant_id, "file")
-                _check_quota(self._used_bytes(session, tenant_id), size, quota)
-                session.add(row)
-                session.flush()
-                os.replace(staging, path)  # placed before the commit: a row never names missing bytes
-        except BaseException:
-            path.unlink(missing_ok=True)  # the commit failed (e.g. the tenant was deleted meanwhile): no orphan
-            raise
+            # One upload at a time per tenant gets to compare against the quota (the tenant's row lock).
+            self._commit(row, staging, lambda session: _check_quota(self._used_bytes(session, tenant_id), size, quota))
         finally:
             staging.unlink(missing_ok=True)
         return FileOut.model_validate(row)
+
+    def _commit(self, row: File, staging: Path, check: Callable[[Session], None] = lambda _: None) -> None:
+        """Add the row (the tenant locked, ``check`` passed) and place its bytes from ``staging``, in one
+        transaction: placed before the commit, so a row never names missing bytes, and removed if the commit
+        fails (e.g. the tenant was deleted meanwhile), so no bytes are orphaned."""
+        path = self.path_of(row.id)
+        try:
+            with self._db.session() as session:
+                lock_live_tenant(session, row.tenant_id, "file")
+                check(session)
+                session.add(row)
+                session.flush()
+                os.replace(staging, path)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
 
     def add_generated(self, tenant_id: str, filename: str, purpose: str, lines: Iterable[bytes]) -> str:
         """A file the server made for the tenant (a batch's ``batch_output``): its id. Not refused by the storage
@@ -111,19 +119,10 @@ class FileStore:
                 for line in lines:
                     out.write(line)
                 size = out.tell()
-            with self._db.session() as session:
-                session.add(
-                    File(
-                        id=file_id,
-                        tenant_id=tenant_id,
-                        filename=filename,
-                        purpose=purpose,
-                        bytes=size,
-                        created_at=utcnow(),
-                    )
-                )
-                session.flush()
-                os.replace(staging, path)
+            row = File(
+                id=file_id, tenant_id=tenant_id, filename=filename, purpose=purpose, bytes=size, created_at=utcnow()
+            )
+            self._commit(row, staging)
         finally:
             staging.unlink(missing_ok=True)
         return file_id
