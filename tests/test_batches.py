@@ -6,9 +6,11 @@ nothing lost)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
+import tarfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -270,6 +272,31 @@ def test_batch_limits_per_tenant_set_by_the_admin_api(in_process: Callable[..., 
     tokens = create(client, [chat_line(f"r{i}") for i in range(4)])
     assert tokens.status == "failed"
     assert [e.code for e in tokens.errors.data or []] == ["token_limit_exceeded"]  # type: ignore[union-attr]
+
+
+def test_a_tenants_batches_are_exported_and_erased_with_it(
+    in_process: Callable[..., InProcessGateway], tmp_path: Path
+) -> None:
+    gateway = in_process()
+    tenant_id, _, client = gateway.tenant()
+    done = wait_for(client, create(client, [chat_line("a"), chat_line("b")]).id)
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    archive = gateway.http.get(f"/admin/v1/tenants/{tenant_id}/export", headers=admin)
+    assert archive.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(archive.content)) as tar:
+        batches = tar.extractfile("batches/batches.jsonl").read().splitlines()  # type: ignore[union-attr]
+        requests = tar.extractfile("batches/requests.jsonl").read().splitlines()  # type: ignore[union-attr]
+    assert [json.loads(line)["id"] for line in batches] == [done.id] and len(requests) == 2
+
+    deleted = gateway.http.delete(f"/admin/v1/tenants/{tenant_id}", headers=admin)
+    assert deleted.status_code == 200 and deleted.json()["removed"]["batches"] == 1
+    engine = create_engine(f"sqlite:///{tmp_path / 'llmaas.db'}")
+    with engine.connect() as conn:
+        left = conn.execute(text("SELECT count(*) FROM batch_requests WHERE batch_id = :b"), {"b": done.id}).scalar()
+        files = conn.execute(text("SELECT count(*) FROM files WHERE id = :f"), {"f": done.output_file_id}).scalar()
+    engine.dispose()
+    assert (left, files) == (0, 0)
+    assert not (tmp_path / "files" / str(done.output_file_id)).exists()
 
 
 @pytest.mark.slow
