@@ -230,24 +230,50 @@ def test_other_tenants_get_404s(in_process: Callable[..., InProcessGateway]) -> 
     assert other.batches.list().data == []
 
 
-def test_cancel_stops_a_running_batch_within_seconds(in_process: Callable[..., InProcessGateway]) -> None:
+def running_batch(in_process: Callable[..., InProcessGateway]) -> tuple[openai.OpenAI, Any]:
+    """A batch of 20 slow requests (2 s each, 2 at a time) with a few answered."""
     gateway = in_process(engine=FakeEngine(seconds_per_token=0.05), batch_concurrency=2, batch_lease_seconds=1.5)
     _, _, client = gateway.tenant()
     batch = create(client, [chat_line(f"r{i}", max_tokens=40) for i in range(20)])
     wait_for(client, batch.id, ("in_progress",))
-    time.sleep(2.5)  # a couple of requests answered
+    time.sleep(2.5)
+    return client, batch
+
+
+def check_stopped(client: openai.OpenAI, done: Any, code: str) -> None:
+    """Some requests answered, the rest in the error file with ``code``, within seconds."""
+    counts = done.request_counts
+    assert counts and counts.total == 20 and counts.completed + counts.failed == 20 and 0 < counts.completed < 20
+    assert {line["error"]["code"] for line in lines_of(client, done.error_file_id)} == {code}
+    assert len(lines_of(client, done.output_file_id)) == counts.completed
+
+
+def test_cancel_stops_a_running_batch_within_seconds(in_process: Callable[..., InProcessGateway]) -> None:
+    client, batch = running_batch(in_process)
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status in ("cancelling", "cancelled") and cancelling.cancelling_at
     started = time.monotonic()
     done = wait_for(client, batch.id, ("cancelled",), timeout=15)
-    assert time.monotonic() - started < 5
-    counts = done.request_counts
-    assert counts and counts.total == 20 and counts.completed + counts.failed == 20 and 0 < counts.completed < 20
-    errors = lines_of(client, done.error_file_id)
-    assert {line["error"]["code"] for line in errors} == {"batch_cancelled"}
-    assert len(lines_of(client, done.output_file_id)) == counts.completed
+    assert time.monotonic() - started < 5 and done.cancelled_at
+    check_stopped(client, done, "batch_cancelled")
     with pytest.raises(openai.ConflictError):
         client.batches.cancel(create_and_finish(client).id)
+
+
+def test_a_batch_past_its_window_expires_within_seconds(
+    in_process: Callable[..., InProcessGateway], tmp_path: Path
+) -> None:
+    client, batch = running_batch(in_process)
+    engine = create_engine(f"sqlite:///{tmp_path / 'llmaas.db'}")
+    with engine.begin() as conn:  # as if 24 hours had gone by
+        conn.execute(
+            text("UPDATE batches SET expires_at = '2000-01-01 00:00:00.000000' WHERE id = :b"), {"b": batch.id}
+        )
+    engine.dispose()
+    started = time.monotonic()
+    done = wait_for(client, batch.id, ("expired",), timeout=15)
+    assert time.monotonic() - started < 5 and done.expired_at
+    check_stopped(client, done, "batch_expired")
 
 
 def create_and_finish(client: openai.OpenAI) -> Any:

@@ -76,9 +76,12 @@ class BatchQueue:
             return row
 
     def heartbeat(self, batch_id: str, runner_id: str) -> bool:
-        """Still this runner's and running (False once cancelling, or taken over)."""
+        """Still this runner's, running and in its window (False once cancelling, expired, or taken over)."""
+        now = utcnow()
         with self._db.session() as session:
-            return BATCH_LEASE.heartbeat_of(session, batch_id, runner_id, utcnow(), statuses=(BatchStatus.IN_PROGRESS,))
+            return BATCH_LEASE.heartbeat_of(
+                session, batch_id, runner_id, now, statuses=(BatchStatus.IN_PROGRESS,), where=(Batch.expires_at > now,)
+            )
 
     def pending(self, batch_id: str) -> list[BatchRequest]:
         with self._db.session() as session:

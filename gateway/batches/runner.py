@@ -127,8 +127,10 @@ class BatchRunner:
         try:
             expired = await work
         except asyncio.CancelledError:
-            if beating.done():  # stopped by its heartbeat: cancelled, or taken over
-                return BatchStatus.CANCELLED
+            if beating.done():  # stopped by its heartbeat: cancelled, expired, or taken over
+                now = await run_in_threadpool(self._queue.batch, batch.id)
+                ran_out = now is not None and now.status == BatchStatus.IN_PROGRESS and now.expires_at <= utcnow()
+                return BatchStatus.EXPIRED if ran_out else BatchStatus.CANCELLED
             raise
         finally:
             beating.cancel()
