@@ -167,10 +167,10 @@ class BatchRunner:
 
     async def _request(self, batch: Batch, tenant: TenantPrincipal, row: BatchRequest) -> Result:
         """One request, answered as its route answers it; an error is its answer (status code and body)."""
-        body: BatchBody = ENDPOINT_BODIES[batch.endpoint].model_validate(row.body)
         while True:
             serving = self._parts.serving(row.request_id, tenant)
             try:
+                body: BatchBody = ENDPOINT_BODIES[batch.endpoint].model_validate(row.body)  # checked at creation
                 answer = await self._answers[batch.endpoint](body, serving)
             except ServiceUnavailable:
                 # Draining, or usage cannot be made durable for now: the request is not the problem. Wait; if this
