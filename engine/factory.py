@@ -5,7 +5,6 @@ from __future__ import annotations
 from engine.backend import AdapterStoreAt, Backend
 from engine.settings import EngineSettings
 from engine.upstream.pool import UpstreamPool
-from engine.upstream.settings import UpstreamSettings
 from engine.vllm_engine import VLLMBackend
 
 
@@ -13,6 +12,6 @@ def build_backend(settings: EngineSettings, adapter_store: AdapterStoreAt) -> Ba
     """``engine=vllm``: the model in this process; ``engine=upstream``: the models of the vLLM servers that the
     ``LLMAAS_UPSTREAM_*`` settings name, which load fine-tuned adapters from ``adapter_store`` as they mount it."""
     if settings.engine == "upstream":
-        upstream = UpstreamSettings()
+        upstream = settings.upstream
         return UpstreamPool(upstream, adapter_store(upstream.adapter_root).location_for_replicas)
     return VLLMBackend(settings)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.hardware import Dtype
+from engine.upstream.settings import UpstreamSettings
 
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 DEFAULT_EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
@@ -52,6 +53,10 @@ class EngineSettings(SharedSettings):
         default="vllm",
         description="vllm: the model in this process (zero setup); upstream: in front of vLLM servers "
         "(LLMAAS_UPSTREAM_* settings).",
+    )
+    upstream: UpstreamSettings = Field(
+        default_factory=UpstreamSettings,
+        description="The vLLM servers behind ``engine=upstream`` (read from ``LLMAAS_UPSTREAM_*`` with the rest).",
     )
     model_path: Path | None = Field(
         default=None,

@@ -37,6 +37,9 @@ from gateway.accounting.tasks import SettlementTasks
 from gateway.accounting.training_billing import TrainingBilling, job_charger
 from gateway.accounting.usage import UsageReports
 from gateway.audit_log import AuditLog
+from gateway.batches.queue import BatchQueue
+from gateway.batches.runner import BatchRunner, ServingParts
+from gateway.batches.service import BatchService
 from gateway.bootstrap import Bootstrapped, bootstrap
 from gateway.db import Database
 from gateway.edge.authentication import AuthenticationMiddleware
@@ -57,7 +60,7 @@ from gateway.ops.metrics import Metrics
 from gateway.private_files import keep_private, private_dir
 from gateway.responses.store import ResponseStore
 from gateway.retention import Retention
-from gateway.routes import install_routes
+from gateway.routes import chat, completions, install_routes
 from gateway.settings import GatewaySettings
 from gateway.state import AppState, state_of
 from gateway.tenancy.access import AccessChanges
@@ -94,7 +97,11 @@ def file_store(database: Database, settings: GatewaySettings) -> FileStore:
 
 
 def price_book(settings: GatewaySettings) -> PriceBook:
-    return PriceBook(settings.default_model_prices, settings.cached_input_price_fraction)
+    return PriceBook(
+        settings.default_model_prices,
+        cached_input_fraction=settings.cached_input_price_fraction,
+        batch_fraction=settings.batch_price_fraction,
+    )
 
 
 def job_service(database: Database, prices: PriceBook) -> JobService:
@@ -182,11 +189,7 @@ def create_app(
             caps = RequestCaps.from_settings(settings, catalog.longest_context(engine_settings.max_model_len))
             metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
             authenticator = Authenticator(key_cache, admin_key, metrics_token, tenancy.identity_of_key)
-            throttle = sign_in_throttle(
-                settings.redis_url,
-                settings.console_sign_in_failures_per_address,
-                settings.console_sign_in_failures_per_key_prefix,
-            )
+            throttle = sign_in_throttle(settings.redis_url, settings.console_sign_in_failures_per_address)
             stack.push_async_callback(throttle.close)
             grammar_pool = GrammarPool(
                 settings.structured_compile_processes,
@@ -221,6 +224,7 @@ def create_app(
                 audit_log=AuditLog(database),
                 structured=structured,
                 responses=responses,
+                batches=BatchService(database),
             )
             queue = RunQueue(database)
             runner = EvalRunner(
@@ -235,6 +239,15 @@ def create_app(
                 concurrency=settings.eval_concurrency,
             )
             stack.push_async_callback(_cancel, asyncio.create_task(runner.run_forever()))
+            batch_runner = BatchRunner(
+                BatchQueue(database, files),
+                authenticator,
+                ServingParts(catalog, admission, caps, metrics, structured, engine_settings.tool_call_parser),
+                {"/v1/chat/completions": chat.batch_answer, "/v1/completions": completions.batch_answer},
+                concurrency=settings.batch_concurrency,
+                stale_after_seconds=settings.batch_lease_seconds,
+            )
+            stack.push_async_callback(_cancel, asyncio.create_task(batch_runner.run_forever()))
             retention = Retention(
                 database,
                 files,
@@ -242,9 +255,8 @@ def create_app(
                 eval_items_days=settings.retention_days_eval_items,
                 responses_days=settings.retention_days_responses,
             )
-            if retention.enabled:
-                purging = asyncio.create_task(retention.run(settings.retention_interval_seconds))
-                stack.push_async_callback(_cancel, purging)
+            purging = asyncio.create_task(retention.run(settings.retention_interval_seconds))
+            stack.push_async_callback(_cancel, purging)
             yield
 
     app = FastAPI(title="LLMaaS", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)

@@ -29,6 +29,10 @@ FILENAME = 256
 KEY_NAME = 128
 TENANT_NAME = 64
 EVAL_NAME = 256
+BATCH_CUSTOM_ID = 512
+"""A batch input line's ``custom_id``."""
+BATCH_LINE_BYTES = 1024 * 1024
+"""One line of a batch input file (a request body)."""
 """Names of evals, eval runs and their testing criteria."""
 
 INT32_MAX = 2**31 - 1

@@ -1,5 +1,6 @@
 """Retention: uploads, eval items and stored responses older than the operator's limit are deleted, on every
-gateway, periodically.
+gateway, periodically; and bytes in the files dir that no file row names (a process killed mid-upload or
+mid-deletion) are swept once they are ten minutes old.
 
 ``LLMAAS_RETENTION_DAYS_FILES``: uploaded files (rows and bytes) older than this many days go.
 ``LLMAAS_RETENTION_DAYS_EVAL_ITEMS``: the items and samples of eval runs that finished this many days ago go
@@ -48,14 +49,10 @@ class Retention:
         self._eval_items_days = eval_items_days
         self._responses_days = responses_days
 
-    @property
-    def enabled(self) -> bool:
-        return any(days is not None for days in (self._files_days, self._eval_items_days, self._responses_days))
-
     def purge_once(self, now: datetime | None = None) -> dict[str, int]:
-        """One pass (blocking): how many files, eval items and stored responses it deleted."""
+        """One pass (blocking): how many files, eval items, stored responses and orphaned bytes it deleted."""
         now = now or utcnow()
-        purged = {"files": 0, "eval_items": 0, "responses": 0}
+        purged = {"files": 0, "eval_items": 0, "responses": 0, "orphaned_files": self._files.sweep_orphans()}
         if self._files_days is not None:
             purged["files"] = self._purge_files(now - timedelta(days=self._files_days))
         if self._eval_items_days is not None:

@@ -39,9 +39,6 @@ class GatewaySettings(SharedSettings):
     console_sign_in_failures_per_address: int = Field(
         default=10, ge=1, description="Failed console sign-ins from one client address per minute; then 429."
     )
-    console_sign_in_failures_per_key_prefix: int = Field(
-        default=10, ge=1, description="Failed console sign-ins with one key prefix (12 chars) per minute; then 429."
-    )
     forwarded_allow_ips: str = Field(
         default="127.0.0.1",
         description="`llmaas serve`: addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are "
@@ -61,6 +58,22 @@ class GatewaySettings(SharedSettings):
         default=10, ge=0, le=19, description="How much lower the worker's CPU priority is than the gateway's."
     )
     eval_concurrency: int = Field(default=16, ge=1, description="Samples of one eval run in flight at once.")
+    batch_concurrency: int = Field(default=8, ge=1, description="Requests of one batch a gateway runs at once.")
+    batch_lease_seconds: float = Field(
+        default=30.0, gt=0, description="A batch whose runner has not heartbeaten for this long is taken over."
+    )
+    batch_price_fraction: Decimal = Field(
+        default=Decimal("0.5"), gt=0, le=1, description="A batch request costs its model's price times this."
+    )
+    default_max_batch_requests: int = Field(
+        default=50_000, ge=1, description="Requests one batch may hold, for tenants without their own limit."
+    )
+    default_max_enqueued_batch_tokens: int = Field(
+        default=50_000_000,
+        ge=1,
+        description="Tokens a tenant's unfinished batches may hold together (an upper bound: each line's bytes plus "
+        "its most completion tokens), for tenants without their own limit.",
+    )
     tenant_work_processes: int = Field(
         default=2, ge=1, description="Worker processes that check eval items against schemas and grade them."
     )

@@ -21,6 +21,7 @@ from gateway.accounting.pricing import PriceBook
 from gateway.accounting.usage import UsageReports
 from gateway.audit import Actor
 from gateway.audit_log import AuditLog
+from gateway.batches.service import BatchService
 from gateway.context import RequestContext, context_of
 from gateway.errors import AuthenticationError, PermissionDenied
 from gateway.evals.service import EvalService
@@ -77,6 +78,7 @@ class AppState:
     audit_log: AuditLog
     structured: StructuredOutputs
     responses: ResponseStore
+    batches: BatchService
 
 
 def state_of(app: FastAPI) -> AppState:
@@ -118,6 +120,7 @@ EraserDep = Annotated[TenantEraser, _part(lambda state: state.eraser)]
 ExportDep = Annotated[TenantExport, _part(lambda state: state.exports)]
 AuditLogDep = Annotated[AuditLog, _part(lambda state: state.audit_log)]
 ResponsesDep = Annotated[ResponseStore, _part(lambda state: state.responses)]
+BatchesDep = Annotated[BatchService, _part(lambda state: state.batches)]
 
 
 # -- who the request acts for (the edge's authentication found it: ``gateway.edge.authentication``) -----------

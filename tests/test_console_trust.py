@@ -92,7 +92,7 @@ def _sign_in(base: str, key: str, address: str) -> httpx.Response:
     return httpx.post(f"{base}/console/login", data={"key": key}, headers=headers)
 
 
-def test_failed_sign_ins_are_throttled_per_address_and_per_key_prefix(base: str) -> None:
+def test_failed_sign_ins_are_throttled_per_address_never_per_key(base: str) -> None:
     _, key = tenant_key(base)
     unique = uuid.uuid4().hex
     address = "203.0.113.77"
@@ -102,10 +102,9 @@ def test_failed_sign_ins_are_throttled_per_address_and_per_key_prefix(base: str)
     assert throttled.status_code == 429 and "Too many failed sign-ins" in throttled.text
     assert throttled.headers["content-type"].startswith("text/html") and int(throttled.headers["retry-after"]) >= 1
     assert _sign_in(base, key, "203.0.113.78").status_code == 303  # another address signs in
-    wrong = f"sk-{unique[9:18]}-wrong-key"
-    for n in range(10):  # the default: 10 failures per key prefix per minute, from any address
-        assert _sign_in(base, wrong, f"198.51.100.{n}").status_code == 401
-    assert _sign_in(base, wrong, "198.51.100.200").status_code == 429
+    for n in range(12):  # failures with the key's own prefix, from many addresses, never lock its owner out
+        assert _sign_in(base, key[:12] + "x" * (len(key) - 12), f"198.51.100.{n}").status_code == 401
+    assert _sign_in(base, key, "198.51.100.200").status_code == 303
 
 
 def test_cross_site_requests_are_refused(base: str) -> None:

@@ -14,6 +14,7 @@ import os
 import stat
 import tarfile
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -344,15 +345,12 @@ def test_retention_purges_old_uploads_and_eval_items_only(stores: Stores) -> Non
         session.get(File, old_file).created_at = utcnow() - timedelta(days=31)  # type: ignore[union-attr]
     _, old_run = stores.eval_with_items(acme, finished_at=utcnow() - timedelta(days=8))
     _, new_run = stores.eval_with_items(acme)
-    assert Retention(stores.db, stores.files, files_days=None, eval_items_days=None).purge_once() == {
-        "files": 0,
-        "eval_items": 0,
-        "responses": 0,
-    }
+    nothing = {"files": 0, "eval_items": 0, "responses": 0, "orphaned_files": 0}
+    assert Retention(stores.db, stores.files, files_days=None, eval_items_days=None).purge_once() == nothing
     retention = Retention(stores.db, stores.files, files_days=30, eval_items_days=7)
-    assert retention.purge_once() == {"files": 1, "eval_items": 2, "responses": 0}
+    assert retention.purge_once() == {"files": 1, "eval_items": 2, "responses": 0, "orphaned_files": 0}
     # idempotent: a second gateway finds nothing
-    assert retention.purge_once() == {"files": 0, "eval_items": 0, "responses": 0}
+    assert retention.purge_once() == nothing
     assert not stores.files.path_of(old_file).exists() and stores.files.path_of(new_file).exists()
     assert stores.count(EvalRunItem, EvalRunItem.run_id == old_run) == 0
     assert stores.count(EvalRunItem, EvalRunItem.run_id == new_run) == 2
@@ -360,6 +358,24 @@ def test_retention_purges_old_uploads_and_eval_items_only(stores: Stores) -> Non
     entries = AuditLog(stores.db).page(AuditFilters(action="retention.")).data
     assert sorted(e.target_type for e in entries) == ["eval_item", "file"]
     assert {e.actor for e in entries} == {"system"}
+
+
+def test_bytes_no_row_names_are_swept_once_old(stores: Stores) -> None:
+    """A process killed between placing an upload's bytes and its commit (or before removing a deleted file's
+    bytes) leaves bytes no row names: the retention pass removes them once they are ten minutes old."""
+    acme = stores.tenancy.create_tenant(TenantCreate(name="acme")).id
+    kept = stores.upload(acme)
+    orphan, staging, young = (stores.files.path_of(f"file-{n}abc") for n in range(3))
+    staging = staging.with_suffix(".part")
+    for path in (orphan, staging, young):
+        path.write_bytes(b"left behind")
+    an_hour_ago = time.time() - 3600
+    for path in (orphan, staging, stores.files.path_of(kept)):
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    purged = Retention(stores.db, stores.files, files_days=None, eval_items_days=None).purge_once()
+    assert purged["orphaned_files"] == 2
+    assert not orphan.exists() and not staging.exists()
+    assert young.exists() and stores.files.path_of(kept).exists()  # too young to judge; named by its row
 
 
 def test_the_export_holds_the_tenants_data_and_no_secret(stores: Stores) -> None:

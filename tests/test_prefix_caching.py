@@ -261,7 +261,11 @@ def test_a_cached_token_costs_the_cached_input_price_else_a_fraction_of_the_inpu
     assert PriceBook({MODEL: entry}).price_for({}, MODEL, "inference").cached_input == Decimal("0.1")
     plain = ModelPrice(input=Decimal(2), output=Decimal(4))
     assert PriceBook({MODEL: plain}).price_for({}, MODEL, "inference").cached_input == Decimal(1)  # 0.5 by default
-    assert PriceBook({MODEL: plain}, Decimal("0.25")).price_for({}, MODEL, "inference").cached_input == Decimal("0.5")
+    quarter = PriceBook({MODEL: plain}, cached_input_fraction=Decimal("0.25"))
+    assert quarter.price_for({}, MODEL, "inference").cached_input == Decimal("0.5")
+    assert PriceBook({MODEL: entry}, batch_fraction=Decimal("0.5")).price_for({}, MODEL, "batch") == Price(
+        Decimal(1), Decimal(2), Decimal("0.05")
+    )  # a batch's price scales the cached-input price too
     assert PriceBook({MODEL: plain}).price_for({}, MODEL, "training").cached_input == Decimal(2)
     price = Price(Decimal(2), Decimal(4), Decimal("0.5"))
     # 600 uncached x 2 + 400 cached x 0.5 + 10 x 4 micro-USD = 1440 micro-USD

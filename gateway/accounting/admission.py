@@ -9,6 +9,8 @@ through which what it used is settled.
   the answer's last bytes go), and the limiter replaces the reservation by the charged count.
 * An upload, and the creation of an eval, an eval run or a fine-tuning job, takes one unit of the RPM window
   (a job also reserves budget: below).
+* A batch's request (ledger kind ``batch``) is admitted as an inference request against the monthly budgets
+  only (its batch runner's concurrency paces it, never the tenant's RPM, TPM or slots), at the batch price.
 * A fine-tuning job reserves budget only (never a slot or the TPM window); it is charged in the transaction
   that moves the job to its final status, and its reservation is released by ``training_billing``.
 
@@ -46,6 +48,8 @@ from gateway.tenancy.principal import TenantPrincipal
 
 logger = logging.getLogger(__name__)
 _SETTLE_ATTEMPTS = 3
+BATCH_KIND = "batch"
+"""The ledger kind of a batch's requests: budget-only admission, at the batch price."""
 
 
 def current_month() -> str:
@@ -122,11 +126,12 @@ class Admission:
         kind: str = "inference",
     ) -> InferenceReservation:
         quotas = tenant.identity.quotas
-        price = self._prices.price_for(quotas.prices, model, "inference")
+        batch = kind == BATCH_KIND
+        price = self._prices.price_for(quotas.prices, model, "batch" if batch else "inference")
         tokens = prompt_tokens + max_completion_tokens
         demand = Demand(
             context.id,
-            rate=RateDemand(requests=prompts, tokens=tokens, slot=True),
+            rate=None if batch else RateDemand(requests=prompts, tokens=tokens, slot=True),
             budget=BudgetDemand(tokens, price.cost_nanos(prompt_tokens, max_completion_tokens), current_month()),
         )
         self._check_open()

@@ -9,8 +9,9 @@ is billed 0, a warning is logged once per base model, and the operator's console
 Prices are USD per 1M tokens. Training is priced per trained token: the entry's ``training`` price, else its
 ``input`` price. A prompt token the engine read from its prefix cache costs the entry's ``cached_input`` price,
 else its ``input`` price times the book's cached-input fraction (``LLMAAS_CACHED_INPUT_PRICE_FRACTION``, 0.5 by
-default). Further price dimensions (a batch price) scale the ``Price`` found here; they never change how it is
-found."""
+default). A batch's request costs its inference price scaled by the book's batch fraction
+(``LLMAAS_BATCH_PRICE_FRACTION``), every part of it; further dimensions would scale the ``Price`` found here
+likewise, never change how it is found."""
 
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ from gateway.tenancy.models import ModelPrice
 
 logger = logging.getLogger(__name__)
 
-UsageKind = Literal["inference", "training"]
-"""What the tokens are used for (an eval run's samples are inference)."""
+UsageKind = Literal["inference", "training", "batch"]
+"""What the tokens are used for (an eval run's samples are inference; a batch's requests are inference at the
+batch fraction of its price)."""
 
 
 DEFAULT_CACHED_INPUT_FRACTION = Decimal("0.5")
@@ -51,18 +53,28 @@ class Price:
         micro_usd = (input_tokens - cached) * self.input + cached * self.cached_input + output_tokens * self.output
         return int((micro_usd * 1000).to_integral_value(ROUND_CEILING))
 
+    def scaled(self, fraction: Decimal) -> Price:
+        """Every part of the price times ``fraction``."""
+        return Price(self.input * fraction, self.output * fraction, self.cached_input * fraction, self.priced)
+
 
 UNPRICED = Price(Decimal(0), Decimal(0), Decimal(0), priced=False)
 
 
 class PriceBook:
-    """The server's default price list, and the rule that picks a price from it and a tenant's own list."""
+    """The server's default price list, and the rule that picks a price from it and a tenant's own list; a batch
+    request costs ``batch_fraction`` of its model's inference price."""
 
     def __init__(
-        self, defaults: Mapping[str, ModelPrice], cached_input_fraction: Decimal = DEFAULT_CACHED_INPUT_FRACTION
+        self,
+        defaults: Mapping[str, ModelPrice],
+        *,
+        cached_input_fraction: Decimal = DEFAULT_CACHED_INPUT_FRACTION,
+        batch_fraction: Decimal = Decimal(1),
     ) -> None:
         self._defaults = dict(defaults)
         self._cached_input_fraction = cached_input_fraction
+        self._batch_fraction = batch_fraction
         self._warned: set[str] = set()
 
     def _price(self, entry: ModelPrice, kind: UsageKind) -> Price:
@@ -70,7 +82,8 @@ class PriceBook:
             trained = entry.input if entry.training is None else entry.training
             return Price(trained, Decimal(0), trained)
         cached = entry.input * self._cached_input_fraction if entry.cached_input is None else entry.cached_input
-        return Price(entry.input, entry.output, cached)
+        price = Price(entry.input, entry.output, cached)
+        return price.scaled(self._batch_fraction) if kind == "batch" else price
 
     def price_for(self, tenant: Mapping[str, ModelPrice], model: str, kind: UsageKind) -> Price:
         """The price of ``model`` (a served model's id: base, ``ft:`` or checkpoint) for a tenant whose own

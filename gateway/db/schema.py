@@ -61,6 +61,8 @@ class ApiKey(Base):
     """A key manager may revoke the tenant's other keys; any key may only create keys no broader than itself."""
     priority_class: Mapped[str] = mapped_column(String(16), default="interactive", server_default="interactive")
     """The key's requests wait in this class when the engine is saturated: ``interactive`` before ``batch``."""
+    created_by_key_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    """The tenant key that made this one (NULL: the operator): revoking a key revokes the keys it made."""
 
     tenant: Mapped[Tenant] = relationship(back_populates="keys")
 
@@ -265,3 +267,68 @@ class ResponseInputItem(Base):
     item_id: Mapped[str] = mapped_column(String(64))
     position: Mapped[int] = mapped_column(Integer)
     item: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Batch(Base):
+    """A batch of requests (``/v1/batches``): read from a ``batch`` file at creation, one ``BatchRequest`` per
+    line, run by whichever gateway's batch runner leases it (``runner_id``, ``heartbeat_at``)."""
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        Index("ix_batches_tenant_created", "tenant_id", "created_at"),
+        Index("ix_batches_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    key_id: Mapped[str] = mapped_column(String(40))
+    """The key that created the batch: its requests run, are admitted and metered as that key's."""
+    endpoint: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str | None] = mapped_column(String(bounds.MODEL))
+    input_file_id: Mapped[str] = mapped_column(String(40))
+    completion_window: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16))
+    errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    """Why validation failed: ``{code, message, param, line}`` each."""
+    output_file_id: Mapped[str | None] = mapped_column(String(40))
+    error_file_id: Mapped[str | None] = mapped_column(String(40))
+    user_metadata: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    enqueued_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    """An upper bound of the tokens its requests may take (what ``max_enqueued_batch_tokens`` counts)."""
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    in_progress_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finalizing_at: Mapped[datetime | None] = mapped_column(DateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    failed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    expired_at: Mapped[datetime | None] = mapped_column(DateTime)
+    cancelling_at: Mapped[datetime | None] = mapped_column(DateTime)
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime)
+    runner_id: Mapped[str | None] = mapped_column(String(64))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class BatchRequest(Base):
+    """One line of a batch: pending until run, then its response (or error) and the tokens it was billed for.
+    ``request_id`` is minted at creation and is the ledger's id of the request, so a request re-run after a crash
+    is billed once."""
+
+    __tablename__ = "batch_requests"
+    __table_args__ = (
+        Index("ix_batch_requests_batch_line", "batch_id", "line"),
+        Index("ux_batch_requests_request_id", "request_id", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(String(40))
+    line: Mapped[int] = mapped_column(Integer)
+    custom_id: Mapped[str] = mapped_column(String(bounds.BATCH_CUSTOM_ID))
+    request_id: Mapped[str] = mapped_column(String(64))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """The output line's ``response`` (status code, request id, body), or None when ``error`` says why not."""
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)

@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway import bounds
 from gateway.accounting.admission import Admission
+from gateway.claim_loop import claim_forever
 from gateway.context import RequestContext, new_request_id
 from gateway.db import Eval, EvalRun, EvalRunItem
 from gateway.errors import APIError, QuotaExceeded, RateLimited, ServiceUnavailable, as_api_error
@@ -89,21 +90,13 @@ class EvalRunner:
         self.runner_id = f"{socket.gethostname()}-evals-{secrets.token_hex(4)}"
 
     async def run_forever(self) -> None:
-        while True:
-            try:
-                if self._admission.draining:  # a gateway going away takes no new run
-                    await asyncio.sleep(self._poll)
-                    continue
-                run_id = await run_in_threadpool(self._queue.claim, self.runner_id, self._stale_after)
-                if run_id is None:
-                    await asyncio.sleep(self._poll)
-                    continue
-                await self.execute(run_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("the eval runner failed; going on")
-                await asyncio.sleep(self._poll)
+        await claim_forever(
+            lambda: self._queue.claim(self.runner_id, self._stale_after),
+            self.execute,
+            lambda: self._admission.draining,
+            self._poll,
+            "eval runner",
+        )
 
     async def execute(self, run_id: str) -> None:
         run, definition = await run_in_threadpool(self._queue.run_for_runner, run_id)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 
 from adapters.datasets import DatasetError, check_jsonl
 from adapters.pagination import keyset_page
@@ -27,6 +29,8 @@ from gateway.tenancy.service import lock_live_tenant
 
 PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 _CHUNK = 1024 * 1024
+ORPHAN_AGE_SECONDS = 600.0
+_SWEEP_BATCH = 500
 
 
 def clean_filename(name: str) -> str:
@@ -82,17 +86,46 @@ class FileStore:
                             f"Invalid file format: {exc}", param="file", code="invalid_file_format"
                         ) from exc
             row = File(id=file_id, tenant_id=tenant_id, filename=name, purpose=purpose, bytes=size, created_at=utcnow())
-            with self._db.session() as session:
-                # One upload at a time per tenant gets to compare against the quota (PostgreSQL row lock;
-                # SQLite has one writer anyway).
-                lock_live_tenant(session, tenant_id, "file")
-                _check_quota(self._used_bytes(session, tenant_id), size, quota)
-                session.add(row)
-                session.flush()
-                os.replace(staging, path)
+            # One upload at a time per tenant gets to compare against the quota (the tenant's row lock).
+            self._commit(row, staging, lambda session: _check_quota(self._used_bytes(session, tenant_id), size, quota))
         finally:
             staging.unlink(missing_ok=True)
         return FileOut.model_validate(row)
+
+    def _commit(self, row: File, staging: Path, check: Callable[[Session], None] = lambda _: None) -> None:
+        """Add the row (the tenant locked, ``check`` passed) and place its bytes from ``staging``, in one
+        transaction: placed before the commit, so a row never names missing bytes, and removed if the commit
+        fails (e.g. the tenant was deleted meanwhile), so no bytes are orphaned."""
+        path = self.path_of(row.id)
+        try:
+            with self._db.session() as session:
+                lock_live_tenant(session, row.tenant_id, "file")
+                check(session)
+                session.add(row)
+                session.flush()
+                os.replace(staging, path)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+
+    def add_generated(self, tenant_id: str, filename: str, purpose: str, lines: Iterable[bytes]) -> str:
+        """A file the server made for the tenant (a batch's ``batch_output``): its id. Not refused by the storage
+        quota (it answers what the tenant asked for), but counted in it afterwards, and deleted like any file."""
+        file_id = f"file-{secrets.token_hex(12)}"
+        path = self.path_of(file_id)
+        staging = path.with_suffix(".part")
+        try:
+            with os.fdopen(open_private(staging), "wb") as out:
+                for line in lines:
+                    out.write(line)
+                size = out.tell()
+            row = File(
+                id=file_id, tenant_id=tenant_id, filename=filename, purpose=purpose, bytes=size, created_at=utcnow()
+            )
+            self._commit(row, staging)
+        finally:
+            staging.unlink(missing_ok=True)
+        return file_id
 
     # -- read ------------------------------------------------------------------------------------------------------
     def _own(self, tenant_id: str, file_id: str) -> File:
@@ -152,10 +185,34 @@ class FileStore:
         self.remove_bytes([file_id])
         return FileDeleted(id=file_id)
 
+    def remove_files(self, file_ids: Iterable[str]) -> None:
+        """Remove files the server made (rows and bytes) that turned out not to be needed."""
+        ids = list(file_ids)
+        with self._db.session() as session:
+            session.execute(delete(File).where(File.id.in_(ids)))
+        self.remove_bytes(ids)
+
     def remove_bytes(self, file_ids: Iterable[str]) -> None:
         """Remove the bytes of files whose rows are gone."""
         for file_id in file_ids:
             self.path_of(file_id).unlink(missing_ok=True)
+
+    def sweep_orphans(self, older_than_seconds: float = ORPHAN_AGE_SECONDS) -> int:
+        """Remove bytes that no row names (a process killed between placing an upload's bytes and its commit, or
+        before it removed a deleted file's bytes) and staging leftovers, once older than ``older_than_seconds``
+        (an upload in flight places its bytes moments before its commit). How many files went."""
+        cutoff = time.time() - older_than_seconds
+        stale = [path for path in self._root.iterdir() if path.is_file() and path.stat().st_mtime < cutoff]
+        removed = 0
+        for start in range(0, len(stale), _SWEEP_BATCH):
+            paths = {path.name.removesuffix(".part"): path for path in stale[start : start + _SWEEP_BATCH]}
+            with self._db.session() as session:
+                named = set(session.scalars(select(File.id).where(File.id.in_(list(paths)))))
+            for file_id, path in paths.items():
+                if file_id not in named or path.suffix == ".part":
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        return removed
 
 
 def _copy(source: BinaryIO, target: Path, max_bytes: int) -> int:

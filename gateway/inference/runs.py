@@ -173,6 +173,14 @@ async def collect(request: Request, run: GenerationRun) -> list[ChoiceResult]:
         run.close()
 
 
+async def collected(run: GenerationRun) -> list[ChoiceResult]:
+    """The whole run where no client waits on the connection (a batch's request)."""
+    try:
+        return await run.collect()
+    finally:
+        run.close()
+
+
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await ``work``; if the client disconnects first, cancel it (which aborts engine requests) and raise
     ``asyncio.CancelledError``. One watcher task beside the request's own, which cancels it on a disconnect."""

@@ -1,6 +1,7 @@
 """``POST /v1/chat/completions``: messages rendered with the model's own chat template, and function tools
 (``gateway.inference.tools``): the output of each choice goes through its tool parser, whose events become
-``content`` and ``tool_calls`` deltas (streamed) or the message (not streamed)."""
+``content`` and ``tool_calls`` deltas (streamed) or the message (not streamed). ``batch_answer`` answers one
+request of a batch the same way (``gateway.batches``)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from fastapi.responses import JSONResponse
 from engine.protocol import Tokenizer
 from gateway.edge.strict_json import StrictJSONRoute
 from gateway.inference.api_types import ChatCompletionRequest
-from gateway.inference.generation import GenerationRun
+from gateway.inference.generation import ChoiceResult, GenerationRun
 from gateway.inference.logprobs import chat_logprobs
 from gateway.inference.prompts import chat_prompt, chat_turns
-from gateway.inference.runs import RunRequest, Serving, admit_run, collect
+from gateway.inference.runs import RunRequest, Serving, admit_run, collect, collected
 from gateway.inference.schemas import ChatCompletion, openapi_responses
 from gateway.inference.sse import EventStreamResponse, sse_frames
 from gateway.inference.tool_output import Event, OutputParser, TextDelta, ToolCall, ToolCallStarted
@@ -36,6 +37,23 @@ async def create_chat_completion(
     request: Request,
     serving: ServingDep,
 ) -> JSONResponse | EventStreamResponse:
+    run, header, plan = await _start(body, serving)
+    if body.stream:
+        return EventStreamResponse(sse_frames(_chunks(run, header, body, plan)), on_close=run.close)
+    # A response of our own making: FastAPI's encoder would only walk it again.
+    return JSONResponse(_completion(header, body, plan, run, await collect(request, run)))
+
+
+async def batch_answer(body: ChatCompletionRequest, serving: Serving) -> dict[str, Any]:
+    """One request of a batch: run as the routes run it, in the ``batch`` class and ledger kind."""
+    run, header, plan = await _start(body, serving, kind="batch", priority_class="batch")
+    return _completion(header, body, plan, run, await collected(run))
+
+
+async def _start(
+    body: ChatCompletionRequest, serving: Serving, **run_options: Any
+) -> tuple[GenerationRun, dict[str, Any], ToolPlan]:
+    """The request checked, rendered and admitted: its run (not started), the answer's header and its tools."""
     body.check()
     turns = chat_turns(body.messages)
     check_history(turns, "messages")
@@ -51,14 +69,17 @@ async def create_chat_completion(
         prompt_param="messages",
         logprobs=body.logprobs_k,
         structured=plan.structured,
+        **run_options,
     )
     run = await admit_run(request_for, serving)
     completion_id = f"chatcmpl-{serving.context.id.removeprefix('req_')}"
     header = {"id": completion_id, "created": int(time.time()), "model": served.id, "system_fingerprint": None}
-    if body.stream:
-        return EventStreamResponse(sse_frames(_chunks(run, header, body, plan)), on_close=run.close)
+    return run, header, plan
 
-    choices = await collect(request, run)
+
+def _completion(
+    header: dict[str, Any], body: ChatCompletionRequest, plan: ToolPlan, run: GenerationRun, choices: list[ChoiceResult]
+) -> dict[str, Any]:
     answers = []
     for index, choice in enumerate(choices):
         parser = plan.parser()
@@ -71,9 +92,7 @@ async def create_chat_completion(
                 "finish_reason": _finish_reason(choice.finish_reason, parser),
             }
         )
-    return JSONResponse(
-        {**header, "object": "chat.completion", "choices": answers, "usage": run.usage.as_dict()}
-    )  # a response of our own making: FastAPI's encoder would only walk it again
+    return {**header, "object": "chat.completion", "choices": answers, "usage": run.usage.as_dict()}
 
 
 async def _tool_plan(body: ChatCompletionRequest, serving: Serving, tokenizer: Tokenizer) -> ToolPlan:

@@ -1,4 +1,5 @@
-"""``POST /v1/completions``: raw prompts (a string, strings, token ids, or lists of token ids)."""
+"""``POST /v1/completions``: raw prompts (a string, strings, token ids, or lists of token ids). ``batch_answer``
+answers one request of a batch the same way (``gateway.batches``)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.edge.strict_json import StrictJSONRoute
 from gateway.inference.api_types import CompletionRequest
-from gateway.inference.generation import GenerationRun
+from gateway.inference.generation import ChoiceResult, GenerationRun
 from gateway.inference.logprobs import completion_logprobs
 from gateway.inference.prompts import completion_prompts
-from gateway.inference.runs import RunRequest, admit_run, collect
+from gateway.inference.runs import RunRequest, Serving, admit_run, collect, collected
 from gateway.inference.schemas import TextCompletion, openapi_responses
 from gateway.inference.sse import EventStreamResponse, sse_frames
 from gateway.state import RateLimitHeaders, ServingDep
@@ -29,6 +30,23 @@ async def create_completion(
     request: Request,
     serving: ServingDep,
 ) -> JSONResponse | EventStreamResponse:
+    run, header, echoes = await _start(body, serving)
+    if body.stream:
+        return EventStreamResponse(sse_frames(_chunks(run, header, body, echoes)), on_close=run.close)
+    # A response of our own making: FastAPI's encoder would only walk it again.
+    return JSONResponse(_completion(header, body, echoes, run, await collect(request, run)))
+
+
+async def batch_answer(body: CompletionRequest, serving: Serving) -> dict[str, Any]:
+    """One request of a batch: run as the route runs it, in the ``batch`` class and ledger kind."""
+    run, header, echoes = await _start(body, serving, kind="batch", priority_class="batch")
+    return _completion(header, body, echoes, run, await collected(run))
+
+
+async def _start(
+    body: CompletionRequest, serving: Serving, **run_options: Any
+) -> tuple[GenerationRun, dict[str, Any], list[str]]:
+    """The request checked, tokenized and admitted: its run (not started), the answer's header and the echoes."""
     body.check()
     served = await serving.model(body.model)
     tokenizer = served.engine.tokenizer
@@ -41,6 +59,7 @@ async def create_completion(
         max_tokens_param="max_tokens",
         prompt_param="prompt",
         logprobs=body.logprobs,
+        **run_options,
     )
     run = await admit_run(request_for, serving)
     try:
@@ -55,26 +74,26 @@ async def create_completion(
         "model": served.id,
         "system_fingerprint": None,
     }
-    if body.stream:
-        return EventStreamResponse(sse_frames(_chunks(run, header, body, echoes)), on_close=run.close)
+    return run, header, echoes
 
-    choices = await collect(request, run)
-    return JSONResponse(
-        {
-            **header,
-            "object": "text_completion",
-            "choices": [
-                {
-                    "index": index,
-                    "text": echoes[index] + choice.text,
-                    "logprobs": completion_logprobs(choice.logprobs, 0) if body.logprobs is not None else None,
-                    "finish_reason": choice.finish_reason,
-                }
-                for index, choice in enumerate(choices)
-            ],
-            "usage": run.usage.as_dict(),
-        }
-    )  # a response of our own making: FastAPI's encoder would only walk it again
+
+def _completion(
+    header: dict[str, Any], body: CompletionRequest, echoes: list[str], run: GenerationRun, choices: list[ChoiceResult]
+) -> dict[str, Any]:
+    return {
+        **header,
+        "object": "text_completion",
+        "choices": [
+            {
+                "index": index,
+                "text": echoes[index] + choice.text,
+                "logprobs": completion_logprobs(choice.logprobs, 0) if body.logprobs is not None else None,
+                "finish_reason": choice.finish_reason,
+            }
+            for index, choice in enumerate(choices)
+        ],
+        "usage": run.usage.as_dict(),
+    }
 
 
 async def _chunks(

@@ -64,6 +64,12 @@ class QuotaFields(BaseModel):
     max_storage_bytes: Count64 | None = Field(
         default=None, description="Bytes of uploaded files; null: the server's default"
     )
+    max_batch_requests: Positive | None = Field(
+        default=None, description="Requests one batch may hold; null: the server's default"
+    )
+    max_enqueued_batch_tokens: Count64 | None = Field(
+        default=None, description="Tokens the tenant's unfinished batches may hold together; null: the server's default"
+    )
     model_prices: Annotated[dict[ModelId, ModelPrice], Field(max_length=1000)] = Field(default_factory=dict)
 
 
@@ -112,6 +118,9 @@ class KeyOut(BaseModel):
     revoked_at: datetime | None
     status: KeyStatus
     key_manager: bool = False
+    created_by_key_id: str | None = Field(
+        default=None, description="The key that made this one (null: the operator); revoked with it."
+    )
 
 
 class KeyCreated(KeyOut):
@@ -142,6 +151,8 @@ class Quotas:
     monthly_cost_budget_nanos: int | None = None
     max_tokens_cap: int | None = None
     max_storage_bytes: int | None = None
+    max_batch_requests: int | None = None
+    max_enqueued_batch_tokens: int | None = None
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
     """The tenant's own price list (``gateway.accounting.pricing`` says how a price is found)."""
 

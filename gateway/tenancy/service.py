@@ -42,6 +42,8 @@ QUOTA_FIELDS = (
     "monthly_cost_budget",
     "max_tokens_cap",
     "max_storage_bytes",
+    "max_batch_requests",
+    "max_enqueued_batch_tokens",
 )
 
 
@@ -95,6 +97,7 @@ def key_out(key: ApiKey, now: datetime | None = None) -> KeyOut:
         revoked_at=key.revoked_at,
         status=status,
         key_manager=key.key_manager,
+        created_by_key_id=key.created_by_key_id,
     )
 
 
@@ -112,6 +115,8 @@ def quotas_of(tenant: Tenant) -> Quotas:
         monthly_cost_budget_nanos=None if cost is None else usd_to_nanos(Decimal(cost)),
         max_tokens_cap=tenant.max_tokens_cap,
         max_storage_bytes=tenant.max_storage_bytes,
+        max_batch_requests=tenant.max_batch_requests,
+        max_enqueued_batch_tokens=tenant.max_enqueued_batch_tokens,
         prices=_prices_of(tenant),
     )
 
@@ -171,6 +176,22 @@ def _no_broader_than(
             "Only a key manager may make a key manager.", param="key_manager", code="key_broader_than_creator"
         )
     return models, expires_at
+
+
+def _revoke_with_descendants(session: Session, key: ApiKey, actor: Actor, by_key: str | None, now: datetime) -> None:
+    """Revoke ``key`` and every key made by it, or by those, at any depth (a key made by a revoked key would
+    otherwise outlive the trust it was made with), each with its audit entry and its console sessions ended."""
+    generation, seen = [key], {key.id}
+    while generation:
+        for revoked in generation:
+            if revoked.revoked_at is None:
+                revoked.revoked_at = now
+                details = {"by_key": by_key} if revoked is key else {"by_key": by_key, "made_by_revoked": key.id}
+                record(session, actor, "key.revoke", "api_key", revoked.id, revoked.tenant_id, details)
+                end_sessions(session, actor, "key_revoked", ConsoleSession.subject == revoked.id, now)
+        made = select(ApiKey).where(ApiKey.created_by_key_id.in_([k.id for k in generation]))
+        generation = [child for child in session.scalars(made) if child.id not in seen]
+        seen.update(child.id for child in generation)
 
 
 def _prices_json(prices: dict[str, ModelPrice]) -> dict[str, dict[str, str]]:
@@ -278,6 +299,7 @@ class TenancyService:
                 created_at=now,
                 expires_at=expires_at,
                 key_manager=data.key_manager,
+                created_by_key_id=by_key,
             )
             session.add(key)
             details = {"name": data.name, "key_manager": data.key_manager, "by_key": by_key}
@@ -291,8 +313,8 @@ class TenancyService:
             return [key_out(k) for k in keys]
 
     def revoke_key(self, ref: str, key_id: str, *, actor: Actor = SYSTEM_ACTOR, by_key: str | None = None) -> KeyOut:
-        """Revoke a key of the tenant and end its console sessions; ``by_key``: asked by that key of the tenant
-        (itself, or a key manager)."""
+        """Revoke a key of the tenant, the keys it made (and theirs), and end their console sessions; ``by_key``:
+        asked by that key of the tenant (itself, or a key manager)."""
         now = utcnow()
         with self.db.session() as session:
             tenant = self._find(session, ref)
@@ -305,10 +327,7 @@ class TenancyService:
                     param="key_id",
                     code="key_manager_required",
                 )
-            if key.revoked_at is None:
-                key.revoked_at = now
-                record(session, actor, "key.revoke", "api_key", key.id, tenant.id, {"by_key": by_key})
-                end_sessions(session, actor, "key_revoked", ConsoleSession.subject == key.id, now)
+            _revoke_with_descendants(session, key, actor, by_key, now)
             return key_out(key, now)
 
     def identify(self, hashed: str) -> KeyIdentity | None:

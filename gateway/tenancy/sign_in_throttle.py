@@ -1,8 +1,11 @@
-"""Sign-in throttling: failed console sign-ins are counted per client address and per key prefix (the key's
-first 12 characters, as the console shows keys) in a sliding 60 s window. Once either count reaches its limit
-(``LLMAAS_CONSOLE_SIGN_IN_FAILURES_PER_ADDRESS`` / ``..._PER_KEY_PREFIX`` per minute), sign-in answers 429
-without checking the key, until the oldest failure leaves the window. Counted in this process, or in Redis when
-``LLMAAS_REDIS_URL`` is set, so that every gateway of a deployment counts together."""
+"""Sign-in throttling: failed console sign-ins are counted per client address in a sliding 60 s window. Once the
+count reaches its limit (``LLMAAS_CONSOLE_SIGN_IN_FAILURES_PER_ADDRESS`` per minute), sign-in from that address
+answers 429 without checking the key, until the oldest failure leaves the window. Counted in this process, or in
+Redis when ``LLMAAS_REDIS_URL`` is set, so that every gateway of a deployment counts together.
+
+Nothing is counted per key: a key carries 288 random bits, so no number of addresses can guess one, and a count
+per key prefix would only let whoever sees a prefix (a tenant's keys page shows its siblings') keep that key's
+owner out of the console."""
 
 from __future__ import annotations
 
@@ -15,7 +18,6 @@ from typing import Protocol
 from redis.asyncio import Redis
 
 from gateway.errors import RateLimited
-from gateway.tenancy.keys import display_prefix
 
 WINDOW_SECONDS = 60.0
 _MAX_NAMES = 100_000
@@ -95,35 +97,32 @@ class RedisFailures:
 
 
 class SignInThrottle:
-    def __init__(self, failures: FailureWindow, per_address: int, per_key_prefix: int) -> None:
+    def __init__(self, failures: FailureWindow, per_address: int) -> None:
         self._failures = failures
-        self._limits = {"address": per_address, "key": per_key_prefix}
+        self._limit = per_address
 
     @staticmethod
-    def _names(address: str, key: str) -> dict[str, str]:
-        return {"address": f"address:{address[:64]}", "key": f"key:{display_prefix(key)}"}
+    def _name(address: str) -> str:
+        return f"address:{address[:64]}"
 
-    async def check(self, address: str, key: str) -> None:
-        """Raise ``RateLimited`` (429, with Retry-After) if this address or key prefix failed too often."""
-        for kind, name in self._names(address, key).items():
-            count, wait = await self._failures.recent(name, self._limits[kind])
-            if count >= self._limits[kind]:
-                seconds = max(math.ceil(wait), 1)
-                what = "from your address" if kind == "address" else "with this key"
-                raise RateLimited(
-                    f"Too many failed sign-ins {what}. Try again in {seconds} s.",
-                    code="sign_in_throttled",
-                    headers={"retry-after": str(seconds)},
-                )
+    async def check(self, address: str) -> None:
+        """Raise ``RateLimited`` (429, with Retry-After) if sign-ins from this address failed too often."""
+        count, wait = await self._failures.recent(self._name(address), self._limit)
+        if count >= self._limit:
+            seconds = max(math.ceil(wait), 1)
+            raise RateLimited(
+                f"Too many failed sign-ins from your address. Try again in {seconds} s.",
+                code="sign_in_throttled",
+                headers={"retry-after": str(seconds)},
+            )
 
-    async def failed(self, address: str, key: str) -> None:
-        for kind, name in self._names(address, key).items():
-            await self._failures.add(name, self._limits[kind])
+    async def failed(self, address: str) -> None:
+        await self._failures.add(self._name(address), self._limit)
 
     async def close(self) -> None:
         await self._failures.close()
 
 
-def sign_in_throttle(redis_url: str | None, per_address: int, per_key_prefix: int) -> SignInThrottle:
+def sign_in_throttle(redis_url: str | None, per_address: int) -> SignInThrottle:
     failures: FailureWindow = RedisFailures(redis_url) if redis_url else MemoryFailures()
-    return SignInThrottle(failures, per_address, per_key_prefix)
+    return SignInThrottle(failures, per_address)

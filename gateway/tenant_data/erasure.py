@@ -1,8 +1,8 @@
 """Deleting a tenant deletes its data: what it uploaded, trained, evaluated and signed in with.
 
 One transaction removes every row the tenant owns (files, fine-tuning jobs with their events and checkpoints,
-adapters, evals with their runs and items, stored responses with their input items, console sessions, keys, the
-tenant) and appends the audit entry;
+adapters, evals with their runs and items, batches with their requests, stored responses with their input
+items, console sessions, keys, the tenant) and appends the audit entry;
 an unfinished fine-tuning job is first cancelled and charged for what it trained (its worker notices within
 seconds, stops, and registers nothing). Once committed, the bytes go: uploaded files and every job's dir in
 the adapter store. The caller then unloads the adapters from the engines (every replica).
@@ -25,7 +25,7 @@ from gateway import audit
 from gateway.accounting.pricing import PriceBook
 from gateway.accounting.training_billing import job_charger
 from gateway.clock import utcnow
-from gateway.db import ApiKey, ConsoleSession, Database, Eval, EvalRun, EvalRunItem, File, Tenant
+from gateway.db import ApiKey, Batch, BatchRequest, ConsoleSession, Database, Eval, EvalRun, EvalRunItem, File, Tenant
 from gateway.fine_tuning.files import FileStore
 from gateway.responses.store import erase_tenant_responses
 from gateway.tenancy.service import TenancyService
@@ -80,9 +80,11 @@ def _delete_rows(session: Session, tenant_id: str) -> dict[str, int]:
     """Every row the tenant owns but its adapters and itself; how many of each kind of content went."""
     jobs = select(FineTuningJob.id).where(FineTuningJob.tenant_id == tenant_id).scalar_subquery()
     runs = select(EvalRun.id).where(EvalRun.tenant_id == tenant_id).scalar_subquery()
+    batches = select(Batch.id).where(Batch.tenant_id == tenant_id).scalar_subquery()
     counted: dict[str, Any] = {
         "evals": select(func.count()).select_from(Eval).where(Eval.tenant_id == tenant_id),
         "eval_runs": select(func.count()).select_from(EvalRun).where(EvalRun.tenant_id == tenant_id),
+        "batches": select(func.count()).select_from(Batch).where(Batch.tenant_id == tenant_id),
         "keys": select(func.count()).select_from(ApiKey).where(ApiKey.tenant_id == tenant_id),
     }
     counts = {name: int(session.scalar(query) or 0) for name, query in counted.items()}
@@ -93,6 +95,8 @@ def _delete_rows(session: Session, tenant_id: str) -> dict[str, int]:
         delete(EvalRunItem).where(EvalRunItem.run_id.in_(runs)),
         delete(EvalRun).where(EvalRun.tenant_id == tenant_id),
         delete(Eval).where(Eval.tenant_id == tenant_id),
+        delete(BatchRequest).where(BatchRequest.batch_id.in_(batches)),
+        delete(Batch).where(Batch.tenant_id == tenant_id),
         delete(File).where(File.tenant_id == tenant_id),
         delete(ConsoleSession).where(ConsoleSession.tenant_id == tenant_id),
         delete(ApiKey).where(ApiKey.tenant_id == tenant_id),

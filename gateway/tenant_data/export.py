@@ -3,8 +3,8 @@
 The archive holds ``tenant.json``; ``keys.jsonl`` (metadata: no hash, no secret); ``files.jsonl`` and each
 uploaded file's bytes under ``files/<id>``; ``fine_tuning/{jobs,events,checkpoints}.jsonl``; ``adapters.jsonl``
 and each trained adapter's dir (with its checkpoints) under ``adapters/<job id>/``;
-``evals/{evals,runs,items}.jsonl``; ``responses/{responses,input_items}.jsonl`` (stored responses of
-``/v1/responses``); ``usage/{records,daily}.jsonl``. Each ``.jsonl`` line is one database row.
+``evals/{evals,runs,items}.jsonl``; ``batches/{batches,requests}.jsonl``; ``responses/{responses,input_items}.jsonl``
+(stored responses of ``/v1/responses``); ``usage/{records,daily}.jsonl``. Each ``.jsonl`` line is one database row.
 
 It is written by a worker thread in bounded memory: rows are read in batches into temp files that spill to
 disk past a few MiB, file bytes stream from disk, and the compressed archive goes to the client through a short
@@ -33,6 +33,8 @@ from adapters.store import Adapter, FineTuningJob, JobCheckpoint, JobEvent
 from gateway import audit
 from gateway.db import (
     ApiKey,
+    Batch,
+    BatchRequest,
     Database,
     Eval,
     EvalRun,
@@ -80,6 +82,7 @@ class TenantExport:
             _add_bytes(archive, "tenant.json", json.dumps(tenant_out(tenant).model_dump(mode="json"), indent=2))
             jobs = select(FineTuningJob.id).where(FineTuningJob.tenant_id == tenant_id).scalar_subquery()
             runs = select(EvalRun.id).where(EvalRun.tenant_id == tenant_id).scalar_subquery()
+            batches = select(Batch.id).where(Batch.tenant_id == tenant_id).scalar_subquery()
             responses = select(StoredResponse.id).where(StoredResponse.tenant_id == tenant_id).scalar_subquery()
             tables: list[tuple[str, Any]] = [
                 ("keys.jsonl", select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.id)),
@@ -93,6 +96,11 @@ class TenantExport:
                 (
                     "evals/items.jsonl",
                     select(EvalRunItem).where(EvalRunItem.run_id.in_(runs)).order_by(EvalRunItem.id),
+                ),
+                ("batches/batches.jsonl", select(Batch).where(Batch.tenant_id == tenant_id).order_by(Batch.id)),
+                (
+                    "batches/requests.jsonl",
+                    select(BatchRequest).where(BatchRequest.batch_id.in_(batches)).order_by(BatchRequest.id),
                 ),
                 (
                     "responses/responses.jsonl",

@@ -43,11 +43,11 @@ async def login(
     address = context.client_address or ""
     key = key.strip()
     try:
-        await throttle.check(address, key)
+        await throttle.check(address)
         try:
             principal = await sign_in(authenticator, key)
         except APIError:
-            await throttle.failed(address, key)
+            await throttle.failed(address)
             raise
     except APIError as exc:
         answer = page(request, "login.html", status_code=exc.status_code, error=exc.message)

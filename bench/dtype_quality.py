@@ -1,0 +1,96 @@
+"""Does the default dtype cost the default model its quality on this CPU? The served model (vLLM, as we run it)
+scores a fixed English text (perplexity from its prompt logprobs) and answers short factual questions greedily,
+once per dtype; the table shows perplexity, answers correct and agreement with fp32, beside the machine.
+
+    .venv/bin/python bench/dtype_quality.py [--model-dir DIR] [--dtypes float32,bfloat16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.machine import describe, machine
+from engine.model_prep import prepare_default_model
+from engine.settings import EngineSettings
+
+TEXT = (
+    "The water cycle describes how water moves between the oceans, the air and the land. Heat from the sun "
+    "evaporates water from the surface of the sea, and the vapour rises until it cools and condenses into clouds. "
+    "When the droplets in a cloud grow heavy enough they fall as rain or snow. Some of that water flows over the "
+    "ground into rivers and lakes, some soaks into the soil and becomes groundwater, and plants take up some of it "
+    "through their roots and release it from their leaves. In time almost all of it returns to the ocean, and the "
+    "cycle begins again. Because the cycle moves heat as well as water, it shapes the weather and the climate of "
+    "every region on Earth."
+)
+QUESTIONS = {
+    "What is the capital of France?": "paris",
+    "What is the capital of Japan?": "tokyo",
+    "What is the capital of Italy?": "rome",
+    "What is the largest planet in the solar system?": "jupiter",
+    "What color is the sky on a clear day?": "blue",
+    "How many days are there in a week?": "seven|7",
+    "What is the freezing point of water in degrees Celsius?": "0|zero",
+    "Which animal is known as the king of the jungle?": "lion",
+    "What is the opposite of hot?": "cold",
+    "Who wrote Romeo and Juliet?": "shakespeare",
+}
+
+
+def score(model_dir: Path, dtype: str) -> tuple[float, list[str], float]:
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=str(model_dir), dtype=dtype, enforce_eager=True, max_model_len=2048, seed=0)
+    tokenizer = llm.get_tokenizer()
+    scored = llm.generate([TEXT], SamplingParams(max_tokens=1, prompt_logprobs=0))[0]
+    ids = scored.prompt_token_ids or []
+    logprobs = [
+        entry[token].logprob for token, entry in zip(ids[1:], (scored.prompt_logprobs or [])[1:], strict=True) if entry
+    ]
+    perplexity = math.exp(-sum(logprobs) / len(logprobs))
+    prompts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        for q in QUESTIONS
+    ]
+    started = time.perf_counter()
+    outputs = llm.generate(prompts, SamplingParams(max_tokens=24, temperature=0.0))
+    seconds = time.perf_counter() - started
+    answers = [output.outputs[0].text.strip().replace("\n", " ") for output in outputs]
+    tokens = sum(len(output.outputs[0].token_ids) for output in outputs)
+    del llm
+    return perplexity, answers, tokens / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model-dir", type=Path, default=None)
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    args = parser.parse_args()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    model_dir = args.model_dir or prepare_default_model(EngineSettings())
+    facts = machine()
+    results = {dtype: score(model_dir, dtype) for dtype in args.dtypes.split(",")}
+    reference = results.get("float32", next(iter(results.values())))[1]
+    print(f"\nmachine: {describe(facts)}")
+    print("| dtype | perplexity (fixed text) | questions right | answers equal to fp32 | tok/s (10 at once) |")
+    print("|---|---|---|---|---|")
+    for dtype, (perplexity, answers, speed) in results.items():
+        right = sum(
+            any(word in answer.lower() for word in expected.split("|"))
+            for answer, expected in zip(answers, QUESTIONS.values(), strict=True)
+        )
+        same = sum(a == b for a, b in zip(answers, reference, strict=True))
+        print(f"| {dtype} | {perplexity:.2f} | {right}/{len(QUESTIONS)} | {same}/{len(QUESTIONS)} | {speed:.0f} |")
+    for dtype, (_, answers, _) in results.items():
+        print(f"\n{dtype}:")
+        for question, answer in zip(QUESTIONS, answers, strict=True):
+            print(f"  {question} -> {answer[:80]}")
+
+
+if __name__ == "__main__":
+    main()
