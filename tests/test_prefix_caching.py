@@ -56,7 +56,6 @@ class Served:
     database_url: str
     block_size: int
     client: openai.OpenAI
-    tenant_id: str
 
 
 @contextmanager
@@ -99,8 +98,8 @@ def served(
             engine = httpx.get(f"{base}/ready", timeout=10).json()["engines"][MODEL]
             assert engine["prefix_caching"] == "on"
             block_size = int(engine["kv_block_size"])
-        tenant_id, key = tenant_key(base, "prefix", model_prices=PRICES)
-        yield Served(base, database_url, block_size, openai_client(base, key), tenant_id)
+        _, key = tenant_key(base, "prefix", model_prices=PRICES)
+        yield Served(base, database_url, block_size, openai_client(base, key))
 
 
 def assert_cached(cached: int | None, prompt_tokens: int, block_size: int) -> None:
