@@ -130,7 +130,7 @@ def test_inference_answers_match_their_schemas(tenant: Checked) -> None:
     while not (by_model := tenant.call("GET", "/v1/usage", params={"group_by": "model"})["data"]):
         assert time.monotonic() < deadline, "no usage recorded"
         time.sleep(0.2)
-    sums = {"requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost"}
+    sums = {"requests", "prompt_tokens", "cached_tokens", "completion_tokens", "total_tokens", "cost"}
     assert all(set(row) == {"model", "period_start", *sums} for row in by_model)  # only the columns it has
     tenant.call("GET", "/v1/usage", params={"group_by": "", "bucket": "none"})
 
