@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 
@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from adapters.adapter_store import SharedDirectory
 from adapters.jobs import JobService
 from adapters.registry import AdapterRegistry
-from engine.backend import BackendFactory
+from engine.backend import BackendFactory, BackendStatus
 from engine.factory import build_backend
 from engine.settings import DEFAULT_MODEL_ID, EngineSettings
 from gateway.accounting.admission import Admission
@@ -58,6 +58,9 @@ from gateway.private_files import keep_private, private_dir
 from gateway.responses.store import ResponseStore
 from gateway.retention import Retention
 from gateway.routes import install_routes
+from gateway.scheduling.capacity import engine_capacity
+from gateway.scheduling.memory import MemoryScheduler
+from gateway.scheduling.slots import QueueLimits, Scheduler
 from gateway.settings import GatewaySettings
 from gateway.state import AppState, state_of
 from gateway.tenancy.access import AccessChanges
@@ -109,6 +112,23 @@ def build_limiter(settings: GatewaySettings) -> Limiter:
             open_reservation_lease_seconds=settings.training_reservation_lease_seconds,
         )
     return MemoryLimiter()
+
+
+def build_scheduler(
+    settings: GatewaySettings, engine_settings: EngineSettings, status: Callable[[], BackendStatus], metrics: Metrics
+) -> Scheduler:
+    """Fair queuing over this process's engines, or (upstream, on Redis) over the replicas every gateway shares."""
+    limits = QueueLimits(
+        fair=settings.fair_queuing,
+        max_waiting_per_tenant=settings.queue_max_waiting_per_tenant,
+        max_waiting=settings.queue_max_waiting,
+        wait_seconds=settings.queue_wait_seconds,
+        reserved_slots=settings.scheduler_reserved_slots,
+    )
+    capacity = engine_capacity(engine_settings.max_num_seqs, status, settings.scheduler_capacity)
+    scheduler = MemoryScheduler(limits, capacity, metrics.queue_wait_observer())
+    metrics.watch_queue(scheduler.waiting)
+    return scheduler
 
 
 def _vocabulary(settings: EngineSettings) -> str | None:
@@ -197,6 +217,8 @@ def create_app(
             stack.callback(grammar_pool.close)
             structured = StructuredOutputs(grammar_pool)
             responses = ResponseStore(database, settings.responses_max_chain_depth)
+            scheduler = build_scheduler(settings, engine_settings, backend.status, metrics)
+            stack.push_async_callback(scheduler.close)
             app.state.llmaas = AppState(
                 settings=settings,
                 engine_settings=engine_settings,
@@ -221,6 +243,7 @@ def create_app(
                 audit_log=AuditLog(database),
                 structured=structured,
                 responses=responses,
+                scheduler=scheduler,
             )
             queue = RunQueue(database)
             runner = EvalRunner(
@@ -232,6 +255,7 @@ def create_app(
                 metrics,
                 workers,
                 structured,
+                scheduler,
                 concurrency=settings.eval_concurrency,
             )
             stack.push_async_callback(_cancel, asyncio.create_task(runner.run_forever()))

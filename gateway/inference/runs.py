@@ -1,17 +1,18 @@
 """What chat and completions share between parsing and shaping the response: the per-request caps, the
-max-tokens policy, admission (the quota reservation), and running the prompts on the engine."""
+max-tokens policy, admission (the quota reservation, then a place in the engine's queue: ``gateway.scheduling``),
+and running the prompts on the engine."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from fastapi import Request
 
 from engine.protocol import StructuredOutput
-from gateway.accounting.admission import Admission
+from gateway.accounting.admission import Admission, InferenceReservation
 from gateway.context import RequestContext
 from gateway.errors import InvalidRequestError
 from gateway.inference.api_types import ChatCompletionRequest, CompletionRequest
@@ -21,6 +22,7 @@ from gateway.inference.prompts import PromptLimits
 from gateway.inference.structured import StructuredOutputs
 from gateway.ops.metrics import Metrics
 from gateway.scheduling import PriorityClass
+from gateway.scheduling.slots import Scheduler, SlotDemand, Ticket
 from gateway.settings import GatewaySettings
 from gateway.tenancy.principal import TenantPrincipal
 
@@ -56,8 +58,11 @@ class Serving:
     caps: RequestCaps
     metrics: Metrics
     structured: StructuredOutputs
+    scheduler: Scheduler
     tool_call_parser: str = ""
     """The vLLM tool call parser that reads ``auto``'s calls (``LLMAAS_TOOL_CALL_PARSER``); empty: our own."""
+    client_gone: Callable[[], Awaitable[None]] | None = None
+    """Returns when the client disconnects (an HTTP request); None: no client to watch (an eval run)."""
 
     async def model(self, model_id: str) -> ServedModel:
         """The model the request names, if the tenant has it and its key may use it."""
@@ -148,8 +153,9 @@ async def admit_run(run: RunRequest, serving: Serving) -> GenerationRun:
             time_to_first_token=report.time_to_first_token,
         )
 
+    ticket = await _wait_for_engine(run, serving, reservation)
     served = run.served
-    observers = [settle, observe]  # the settlement first: it must never depend on the metrics
+    observers = [settle, lambda _: ticket.release(), observe]  # the settlement first: never after the metrics
     return GenerationRun(
         served.engine,
         served.id,
@@ -164,6 +170,27 @@ async def admit_run(run: RunRequest, serving: Serving) -> GenerationRun:
     )
 
 
+async def _wait_for_engine(run: RunRequest, serving: Serving, reservation: InferenceReservation) -> Ticket:
+    """A place among what runs on the engine, in the queue's order; a request refused or left while it waits
+    gives its reservation back (it never ran: nothing is charged)."""
+    tenant = serving.tenant.identity
+    demand = SlotDemand(
+        request_id=serving.context.id,
+        tenant_id=tenant.tenant_id,
+        priority_class=run.priority_class or tenant.priority_class,
+        weight=tenant.scheduling_weight,
+        sequences=len(run.prompts) * run.body.n,
+    )
+    waiting = serving.scheduler.acquire(run.served.base, demand)
+    try:
+        if serving.client_gone is None:
+            return await waiting
+        return await unless_gone(serving.client_gone, waiting)
+    except BaseException:
+        reservation.withdraw()
+        raise
+
+
 async def collect(request: Request, run: GenerationRun) -> list[ChoiceResult]:
     """The whole run for a non-streaming reply; aborted if the client leaves first."""
     try:
@@ -174,14 +201,29 @@ async def collect(request: Request, run: GenerationRun) -> list[ChoiceResult]:
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await ``work``; if the client disconnects first, cancel it (which aborts engine requests) and raise
-    ``asyncio.CancelledError``. One watcher task beside the request's own, which cancels it on a disconnect."""
+    ``asyncio.CancelledError``."""
+    return await unless_gone(disconnect_of(request), work)
+
+
+def disconnect_of(request: Request) -> Callable[[], Awaitable[None]]:
+    """What returns when the client of ``request`` disconnects."""
+
+    async def gone() -> None:
+        await _wait_for_disconnect(request)
+
+    return gone
+
+
+async def unless_gone(gone: Callable[[], Awaitable[None]], work: Awaitable[T]) -> T:
+    """Await ``work``; if ``gone`` returns first (the client left), cancel it and raise ``asyncio.CancelledError``.
+    One watcher task beside the request's own, which cancels it when the client leaves."""
     request_task = asyncio.current_task()
     assert request_task is not None
     disconnected = False
 
     async def watch() -> None:
         nonlocal disconnected
-        await _wait_for_disconnect(request)
+        await gone()
         disconnected = True
         request_task.cancel()
 

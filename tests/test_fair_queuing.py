@@ -1,0 +1,289 @@
+"""Fair queuing between tenants (gateway/scheduling/): the scheduler directly (deterministic: the order in which
+waiting requests get the engine), then through the real app on the fake engine over HTTP with the openai client
+(refusals with their status, shape and ``retry-after``; the admin API's weight and class; the metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import openai
+import pytest
+from sqlalchemy import func, select
+
+from engine.fake import FakeEngine
+from gateway.db import UsageRecord
+from gateway.errors import APIError, PermissionDenied
+from gateway.scheduling import PriorityClass
+from gateway.scheduling.memory import MemoryScheduler
+from gateway.scheduling.slots import QueueLimits, QueueTimeout, ServerQueueFull, SlotDemand, TenantQueueFull, Ticket
+from gateway.tenancy.models import KeyCreate
+from tests.support import ADMIN_KEY
+from tests.support.in_process import InProcessGateway
+
+
+def limits(**changes: Any) -> QueueLimits:
+    values: dict[str, Any] = {
+        "fair": True,
+        "max_waiting_per_tenant": 100,
+        "max_waiting": 1000,
+        "wait_seconds": 30.0,
+        "reserved_slots": 0,
+    }
+    return QueueLimits(**{**values, **changes})
+
+
+class Recorder:
+    """A scheduler of ``capacity`` slots whose admissions are recorded in order."""
+
+    def __init__(self, capacity: int = 1, **changes: Any) -> None:
+        self.scheduler = MemoryScheduler(limits(**changes), lambda model: capacity, self._waited)
+        self.admitted: list[str] = []
+        self.waits: list[tuple[PriorityClass, float]] = []
+        self.tickets: dict[str, Ticket] = {}
+        self._count = 0
+
+    def _waited(self, priority_class: PriorityClass, seconds: float) -> None:
+        self.waits.append((priority_class, seconds))
+
+    def demand(self, tenant: str, cls: PriorityClass = "interactive", weight: int = 1, seqs: int = 1) -> SlotDemand:
+        self._count += 1
+        return SlotDemand(f"{tenant}{self._count}", tenant, cls, weight, seqs)
+
+    async def run(self, demand: SlotDemand) -> None:
+        ticket = await self.scheduler.acquire("m", demand)
+        self.admitted.append(demand.request_id)
+        self.tickets[demand.request_id] = ticket
+
+    def start(self, demand: SlotDemand) -> asyncio.Task[None]:
+        return asyncio.create_task(self.run(demand))
+
+    async def drain(self) -> list[str]:
+        """Release what runs, one at a time, until nothing is left; the order they were admitted in."""
+        await asyncio.sleep(0)
+        while self.tickets:
+            first = next(iter(self.tickets))
+            self.tickets.pop(first).release()
+            for _ in range(3):
+                await asyncio.sleep(0)
+        return [request_id.rstrip("0123456789") for request_id in self.admitted]
+
+
+async def _queued(recorder: Recorder, demands: list[SlotDemand]) -> list[asyncio.Task[None]]:
+    """Start each demand in order (each one waits: the slot is held)."""
+    tasks = []
+    for demand in demands:
+        tasks.append(recorder.start(demand))
+        await asyncio.sleep(0)
+    return tasks
+
+
+async def test_a_tenant_that_sent_many_waits_behind_one_that_sent_one() -> None:
+    fair = Recorder()
+    await fair.run(fair.demand("hold"))
+    await _queued(fair, [fair.demand("A") for _ in range(5)] + [fair.demand("B")])
+    assert await fair.drain() == ["hold", "A", "B", "A", "A", "A", "A"]
+
+    fcfs = Recorder(fair=False)
+    await fcfs.run(fcfs.demand("hold"))
+    await _queued(fcfs, [fcfs.demand("A") for _ in range(5)] + [fcfs.demand("B")])
+    assert await fcfs.drain() == ["hold", "A", "A", "A", "A", "A", "B"]
+
+
+async def test_interactive_goes_before_batch_whatever_the_arrival() -> None:
+    recorder = Recorder()
+    await recorder.run(recorder.demand("hold"))
+    await _queued(recorder, [recorder.demand("B", "batch") for _ in range(3)] + [recorder.demand("I")])
+    assert await recorder.drain() == ["hold", "I", "B", "B", "B"]
+    assert [cls for cls, _ in recorder.waits].count("batch") == 3
+
+
+async def test_weights_share_the_engine_in_proportion() -> None:
+    recorder = Recorder()
+    await recorder.run(recorder.demand("hold"))
+    await _queued(recorder, [recorder.demand("A", weight=1) for _ in range(6)])
+    await _queued(recorder, [recorder.demand("W", weight=2) for _ in range(6)])
+    order = (await recorder.drain())[1:]
+    # In the first nine admissions the weight-2 tenant gets two for each of the other's.
+    assert order[:9].count("W") == 6 and order[:9].count("A") == 3
+
+
+async def test_no_tenant_takes_every_slot() -> None:
+    recorder = Recorder(capacity=4, reserved_slots=1)
+    for _ in range(3):
+        await recorder.run(recorder.demand("A"))
+    waiting_a = recorder.start(recorder.demand("A"))
+    await asyncio.sleep(0.01)
+    assert not waiting_a.done()  # a slot is free, but it is kept for another tenant
+    await asyncio.wait_for(recorder.run(recorder.demand("B")), 1)
+    assert recorder.admitted[-1].startswith("B")
+    waiting_a.cancel()
+
+
+async def test_a_request_counts_its_sequences() -> None:
+    recorder = Recorder(capacity=4)
+    await recorder.run(recorder.demand("A", seqs=3))
+    second = recorder.start(recorder.demand("B", seqs=2))
+    await asyncio.sleep(0.01)
+    assert not second.done()  # 3 + 2 > 4
+    third = recorder.start(recorder.demand("C", seqs=1))  # would fit, but does not pass B (B would starve)
+    await asyncio.sleep(0.01)
+    assert not third.done()
+    recorder.tickets.pop(recorder.admitted[0]).release()
+    await asyncio.wait_for(asyncio.gather(second, third), 1)
+    assert [request_id[0] for request_id in recorder.admitted] == ["A", "B", "C"]
+
+
+async def test_depth_per_tenant_and_in_all_is_bounded() -> None:
+    recorder = Recorder(max_waiting_per_tenant=2, max_waiting=3)
+    await recorder.run(recorder.demand("hold"))
+    await _queued(recorder, [recorder.demand("A"), recorder.demand("A")])
+    with pytest.raises(TenantQueueFull) as tenant_full:
+        await recorder.scheduler.acquire("m", recorder.demand("A"))
+    assert tenant_full.value.status_code == 429 and tenant_full.value.headers["retry-after"] == "1"
+    await _queued(recorder, [recorder.demand("B")])
+    with pytest.raises(ServerQueueFull) as server_full:
+        await recorder.scheduler.acquire("m", recorder.demand("C"))
+    assert server_full.value.status_code == 503 and "retry-after" in server_full.value.headers
+    assert recorder.scheduler.waiting() == {"interactive": 3, "batch": 0}
+
+
+async def test_waiting_past_the_deadline_is_a_503() -> None:
+    recorder = Recorder(wait_seconds=0.05)
+    await recorder.run(recorder.demand("hold"))
+    with pytest.raises(QueueTimeout) as timeout:
+        await recorder.scheduler.acquire("m", recorder.demand("A"))
+    error: APIError = timeout.value
+    assert error.status_code == 503 and error.code == "queue_timeout" and "retry-after" in error.headers
+    assert recorder.scheduler.waiting()["interactive"] == 0
+
+
+async def test_a_client_that_leaves_frees_its_place_at_once() -> None:
+    recorder = Recorder(capacity=2)
+    await recorder.run(recorder.demand("hold"))
+    big = recorder.start(recorder.demand("A", seqs=2))  # needs both slots: waits, and holds up those behind it
+    behind = recorder.start(recorder.demand("B"))
+    await asyncio.sleep(0.01)
+    assert recorder.scheduler.waiting()["interactive"] == 2 and not behind.done()
+    big.cancel()
+    await asyncio.wait_for(behind, 1)  # admitted as soon as the one ahead left
+    assert recorder.scheduler.waiting()["interactive"] == 0
+
+
+# -- through the app (fake engine, HTTP, the openai client) ------------------------------------------------------
+def _admin(gateway: InProcessGateway) -> dict[str, str]:
+    return {"authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def _hold_the_engine(client: openai.OpenAI, started: threading.Event) -> threading.Thread:
+    """A stream that holds the engine's one slot for a while (the fake engine: 0.05 s a token)."""
+
+    def run() -> None:
+        stream = client.completions.create(model="fake", prompt="hold", max_tokens=40, stream=True)
+        for _ in stream:
+            started.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert started.wait(30)
+    return thread
+
+
+def test_a_busy_engine_refuses_with_429_and_503_and_charges_nothing(
+    in_process: Callable[..., InProcessGateway],
+) -> None:
+    gateway = in_process(
+        engine=FakeEngine(seconds_per_token=0.05),
+        scheduler_capacity=1,
+        queue_wait_seconds=0.3,
+        queue_max_waiting_per_tenant=1,
+    )
+    _, _, holder = gateway.tenant("a")
+    b_id, _, waiter = gateway.tenant("b", max_concurrent_requests=1)
+    thread = _hold_the_engine(holder, threading.Event())
+
+    with pytest.raises(openai.InternalServerError) as timed_out:
+        waiter.completions.create(model="fake", prompt="hi", max_tokens=2)
+    response = timed_out.value.response
+    assert response.status_code == 503 and response.headers["retry-after"] == "2"
+    assert response.json()["error"]["code"] == "queue_timeout"
+    assert response.json()["error"]["type"] == "server_error"
+
+    outcomes: list[int] = []
+
+    def wait_in_line() -> None:
+        try:
+            holder.completions.create(model="fake", prompt="x", max_tokens=1)
+        except openai.APIStatusError as exc:
+            outcomes.append(exc.status_code)
+
+    second = threading.Thread(target=wait_in_line)
+    second.start()  # waits in the tenant's one place in the queue (and times out: the stream holds the engine)
+    time.sleep(0.1)
+    with pytest.raises(openai.RateLimitError) as full:
+        holder.completions.create(model="fake", prompt="x", max_tokens=1)
+    assert full.value.response.headers["retry-after"] == "1"
+    assert full.value.response.json()["error"]["code"] == "queue_full"
+    thread.join()
+    second.join()
+    assert outcomes == [503]
+
+    # The refused request gave back its concurrency slot and left no usage record.
+    assert waiter.completions.create(model="fake", prompt="hi", max_tokens=2).choices[0].text
+    assert _records(gateway, b_id) == 1
+
+
+def _records(gateway: InProcessGateway, tenant_id: str) -> int:
+    """The tenant's usage records, once the ledger has written what it holds."""
+    deadline = time.monotonic() + 10
+    while True:
+        with gateway.state.tenancy.db.session() as session:
+            count = session.scalar(select(func.count()).where(UsageRecord.tenant_id == tenant_id)) or 0
+        if count or time.monotonic() > deadline:
+            time.sleep(1)  # anything more (a record of the refused request) would be written by now
+            with gateway.state.tenancy.db.session() as session:
+                return session.scalar(select(func.count()).where(UsageRecord.tenant_id == tenant_id)) or 0
+        time.sleep(0.1)
+
+
+def test_weight_and_class_in_the_admin_api(in_process: Callable[..., InProcessGateway]) -> None:
+    gateway = in_process()
+    admin = _admin(gateway)
+    made = gateway.http.post("/admin/v1/tenants", json={"name": "weighted", "scheduling_weight": 3}, headers=admin)
+    assert made.status_code == 201 and made.json()["scheduling_weight"] == 3
+    tenant_id = made.json()["id"]
+    changed = gateway.http.patch(f"/admin/v1/tenants/{tenant_id}", json={"scheduling_weight": 5}, headers=admin)
+    assert changed.json()["scheduling_weight"] == 5
+    bad = gateway.http.patch(f"/admin/v1/tenants/{tenant_id}", json={"scheduling_weight": 0}, headers=admin)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "scheduling_weight"
+
+    key = gateway.http.post(f"/admin/v1/tenants/{tenant_id}/keys", json={"priority_class": "batch"}, headers=admin)
+    assert key.status_code == 201 and key.json()["priority_class"] == "batch"
+    plain = gateway.http.post(f"/admin/v1/tenants/{tenant_id}/keys", json={}, headers=admin)
+    assert plain.json()["priority_class"] == "interactive"
+    listed = gateway.http.get(f"/admin/v1/tenants/{tenant_id}/keys", headers=admin).json()["data"]
+    assert sorted(k["priority_class"] for k in listed) == ["batch", "interactive"]
+
+    tenancy = gateway.state.tenancy
+    identity = tenancy.identity_of_key(key.json()["id"])
+    assert identity is not None and identity.priority_class == "batch" and identity.scheduling_weight == 5
+    # A batch key makes batch keys (unasked: its own class), never an interactive one.
+    made_by_batch = tenancy.create_key(tenant_id, KeyCreate(), by_key=key.json()["id"])
+    assert made_by_batch.priority_class == "batch"
+    with pytest.raises(PermissionDenied) as broader:
+        tenancy.create_key(tenant_id, KeyCreate(priority_class="interactive"), by_key=key.json()["id"])
+    assert broader.value.code == "key_broader_than_creator"
+
+
+def test_queue_depth_and_wait_per_class_in_metrics(in_process: Callable[..., InProcessGateway]) -> None:
+    gateway = in_process()
+    _, _, client = gateway.tenant()
+    client.completions.create(model="fake", prompt="hi", max_tokens=2)
+    text = gateway.http.get("/metrics", headers=_admin(gateway)).text
+    assert 'llmaas_queue_waiting{priority_class="interactive"} 0.0' in text
+    assert 'llmaas_queue_waiting{priority_class="batch"} 0.0' in text
+    assert 'llmaas_queue_wait_seconds_count{priority_class="interactive"} 1.0' in text
+    assert "tenant" not in "\n".join(line for line in text.splitlines() if "queue" in line)
