@@ -60,6 +60,7 @@ from gateway.retention import Retention
 from gateway.routes import install_routes
 from gateway.scheduling.capacity import engine_capacity
 from gateway.scheduling.memory import MemoryScheduler
+from gateway.scheduling.redis import RedisScheduler
 from gateway.scheduling.slots import QueueLimits, Scheduler
 from gateway.settings import GatewaySettings
 from gateway.state import AppState, state_of
@@ -126,7 +127,17 @@ def build_scheduler(
         reserved_slots=settings.scheduler_reserved_slots,
     )
     capacity = engine_capacity(engine_settings.max_num_seqs, status, settings.scheduler_capacity)
-    scheduler = MemoryScheduler(limits, capacity, metrics.queue_wait_observer())
+    scheduler: Scheduler
+    if settings.redis_url and engine_settings.engine == "upstream":
+        scheduler = RedisScheduler(
+            settings.redis_url,
+            limits,
+            capacity,
+            metrics.queue_wait_observer(),
+            lease_seconds=settings.reservation_lease_seconds,
+        )
+    else:
+        scheduler = MemoryScheduler(limits, capacity, metrics.queue_wait_observer())
     metrics.watch_queue(scheduler.waiting)
     return scheduler
 

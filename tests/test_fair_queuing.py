@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import openai
@@ -19,10 +20,21 @@ from gateway.db import UsageRecord
 from gateway.errors import APIError, PermissionDenied
 from gateway.scheduling import PriorityClass
 from gateway.scheduling.memory import MemoryScheduler
-from gateway.scheduling.slots import QueueLimits, QueueTimeout, ServerQueueFull, SlotDemand, TenantQueueFull, Ticket
+from gateway.scheduling.redis import RedisScheduler
+from gateway.scheduling.slots import (
+    QueueLimits,
+    QueueTimeout,
+    Scheduler,
+    ServerQueueFull,
+    SlotDemand,
+    TenantQueueFull,
+    Ticket,
+)
 from gateway.tenancy.models import KeyCreate
 from tests.support import ADMIN_KEY
 from tests.support.in_process import InProcessGateway
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def limits(**changes: Any) -> QueueLimits:
@@ -37,10 +49,19 @@ def limits(**changes: Any) -> QueueLimits:
 
 
 class Recorder:
-    """A scheduler of ``capacity`` slots whose admissions are recorded in order."""
+    """Schedulers of ``capacity`` slots (one, or several sharing Redis) whose admissions are recorded in order."""
 
-    def __init__(self, capacity: int = 1, **changes: Any) -> None:
-        self.scheduler = MemoryScheduler(limits(**changes), lambda model: capacity, self._waited)
+    def __init__(self, capacity: int = 1, redis_gateways: int = 0, **changes: Any) -> None:
+        self.model = f"m-{uuid.uuid4().hex[:8]}"
+        self.schedulers: list[Scheduler] = (
+            [
+                RedisScheduler(REDIS_URL, limits(**changes), lambda model: capacity, self._waited, lease_seconds=60)
+                for _ in range(redis_gateways)
+            ]
+            if redis_gateways
+            else [MemoryScheduler(limits(**changes), lambda model: capacity, self._waited)]
+        )
+        self.scheduler = self.schedulers[0]
         self.admitted: list[str] = []
         self.waits: list[tuple[PriorityClass, float]] = []
         self.tickets: dict[str, Ticket] = {}
@@ -53,56 +74,85 @@ class Recorder:
         self._count += 1
         return SlotDemand(f"{tenant}{self._count}", tenant, cls, weight, seqs)
 
-    async def run(self, demand: SlotDemand) -> None:
-        ticket = await self.scheduler.acquire("m", demand)
+    async def run(self, demand: SlotDemand, via: int = 0) -> None:
+        ticket = await self.schedulers[via].acquire(self.model, demand)
         self.admitted.append(demand.request_id)
         self.tickets[demand.request_id] = ticket
 
-    def start(self, demand: SlotDemand) -> asyncio.Task[None]:
-        return asyncio.create_task(self.run(demand))
+    def start(self, demand: SlotDemand, via: int = 0) -> asyncio.Task[None]:
+        return asyncio.create_task(self.run(demand, via))
+
+    async def acquire(self, demand: SlotDemand) -> Ticket:
+        return await self.scheduler.acquire(self.model, demand)
 
     async def drain(self) -> list[str]:
         """Release what runs, one at a time, until nothing is left; the order they were admitted in."""
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.05)
         while self.tickets:
             first = next(iter(self.tickets))
             self.tickets.pop(first).release()
-            for _ in range(3):
-                await asyncio.sleep(0)
+            before = len(self.admitted)
+            deadline = time.monotonic() + 2
+            while len(self.admitted) == before and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
         return [request_id.rstrip("0123456789") for request_id in self.admitted]
 
+    async def close(self) -> None:
+        for scheduler in self.schedulers:
+            await scheduler.close()
 
-async def _queued(recorder: Recorder, demands: list[SlotDemand]) -> list[asyncio.Task[None]]:
-    """Start each demand in order (each one waits: the slot is held)."""
+
+Make = Callable[..., Recorder]
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make(request: pytest.FixtureRequest) -> AsyncIterator[Make]:
+    """Recorders on the in-process scheduler, or on the Redis one (each its own pool in the shared Redis)."""
+    made: list[Recorder] = []
+
+    def recorder(**changes: Any) -> Recorder:
+        made.append(Recorder(redis_gateways=1 if request.param == "redis" else 0, **changes))
+        return made[-1]
+
+    yield recorder
+    for each in made:
+        await each.close()
+
+
+async def _queued(recorder: Recorder, demands: list[SlotDemand], via: int = 0) -> list[asyncio.Task[None]]:
+    """Start each demand in order, each one in the queue before the next (each one waits: the slot is held)."""
     tasks = []
     for demand in demands:
-        tasks.append(recorder.start(demand))
-        await asyncio.sleep(0)
+        before = sum(recorder.schedulers[via].waiting().values())
+        tasks.append(recorder.start(demand, via))
+        deadline = time.monotonic() + 2
+        while sum(recorder.schedulers[via].waiting().values()) == before and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
     return tasks
 
 
-async def test_a_tenant_that_sent_many_waits_behind_one_that_sent_one() -> None:
-    fair = Recorder()
+async def test_a_tenant_that_sent_many_waits_behind_one_that_sent_one(make: Make) -> None:
+    fair = make()
     await fair.run(fair.demand("hold"))
     await _queued(fair, [fair.demand("A") for _ in range(5)] + [fair.demand("B")])
     assert await fair.drain() == ["hold", "A", "B", "A", "A", "A", "A"]
 
-    fcfs = Recorder(fair=False)
+    fcfs = make(fair=False)
     await fcfs.run(fcfs.demand("hold"))
     await _queued(fcfs, [fcfs.demand("A") for _ in range(5)] + [fcfs.demand("B")])
     assert await fcfs.drain() == ["hold", "A", "A", "A", "A", "A", "B"]
 
 
-async def test_interactive_goes_before_batch_whatever_the_arrival() -> None:
-    recorder = Recorder()
+async def test_interactive_goes_before_batch_whatever_the_arrival(make: Make) -> None:
+    recorder = make()
     await recorder.run(recorder.demand("hold"))
     await _queued(recorder, [recorder.demand("B", "batch") for _ in range(3)] + [recorder.demand("I")])
     assert await recorder.drain() == ["hold", "I", "B", "B", "B"]
     assert [cls for cls, _ in recorder.waits].count("batch") == 3
 
 
-async def test_weights_share_the_engine_in_proportion() -> None:
-    recorder = Recorder()
+async def test_weights_share_the_engine_in_proportion(make: Make) -> None:
+    recorder = make()
     await recorder.run(recorder.demand("hold"))
     await _queued(recorder, [recorder.demand("A", weight=1) for _ in range(6)])
     await _queued(recorder, [recorder.demand("W", weight=2) for _ in range(6)])
@@ -111,66 +161,88 @@ async def test_weights_share_the_engine_in_proportion() -> None:
     assert order[:9].count("W") == 6 and order[:9].count("A") == 3
 
 
-async def test_no_tenant_takes_every_slot() -> None:
-    recorder = Recorder(capacity=4, reserved_slots=1)
+async def test_no_tenant_takes_every_slot(make: Make) -> None:
+    recorder = make(capacity=4, reserved_slots=1)
     for _ in range(3):
         await recorder.run(recorder.demand("A"))
-    waiting_a = recorder.start(recorder.demand("A"))
-    await asyncio.sleep(0.01)
+    (waiting_a,) = await _queued(recorder, [recorder.demand("A")])
     assert not waiting_a.done()  # a slot is free, but it is kept for another tenant
     await asyncio.wait_for(recorder.run(recorder.demand("B")), 1)
     assert recorder.admitted[-1].startswith("B")
     waiting_a.cancel()
+    await asyncio.gather(waiting_a, return_exceptions=True)
 
 
-async def test_a_request_counts_its_sequences() -> None:
-    recorder = Recorder(capacity=4)
+async def test_a_request_counts_its_sequences(make: Make) -> None:
+    recorder = make(capacity=4)
     await recorder.run(recorder.demand("A", seqs=3))
-    second = recorder.start(recorder.demand("B", seqs=2))
-    await asyncio.sleep(0.01)
+    (second,) = await _queued(recorder, [recorder.demand("B", seqs=2)])
     assert not second.done()  # 3 + 2 > 4
-    third = recorder.start(recorder.demand("C", seqs=1))  # would fit, but does not pass B (B would starve)
-    await asyncio.sleep(0.01)
+    (third,) = await _queued(recorder, [recorder.demand("C", seqs=1)])  # would fit, but B would starve
     assert not third.done()
     recorder.tickets.pop(recorder.admitted[0]).release()
     await asyncio.wait_for(asyncio.gather(second, third), 1)
     assert [request_id[0] for request_id in recorder.admitted] == ["A", "B", "C"]
 
 
-async def test_depth_per_tenant_and_in_all_is_bounded() -> None:
-    recorder = Recorder(max_waiting_per_tenant=2, max_waiting=3)
+async def test_depth_per_tenant_and_in_all_is_bounded(make: Make) -> None:
+    recorder = make(max_waiting_per_tenant=2, max_waiting=3)
     await recorder.run(recorder.demand("hold"))
     await _queued(recorder, [recorder.demand("A"), recorder.demand("A")])
     with pytest.raises(TenantQueueFull) as tenant_full:
-        await recorder.scheduler.acquire("m", recorder.demand("A"))
+        await recorder.acquire(recorder.demand("A"))
     assert tenant_full.value.status_code == 429 and tenant_full.value.headers["retry-after"] == "1"
     await _queued(recorder, [recorder.demand("B")])
     with pytest.raises(ServerQueueFull) as server_full:
-        await recorder.scheduler.acquire("m", recorder.demand("C"))
+        await recorder.acquire(recorder.demand("C"))
     assert server_full.value.status_code == 503 and "retry-after" in server_full.value.headers
     assert recorder.scheduler.waiting() == {"interactive": 3, "batch": 0}
 
 
-async def test_waiting_past_the_deadline_is_a_503() -> None:
-    recorder = Recorder(wait_seconds=0.05)
+async def test_waiting_past_the_deadline_is_a_503(make: Make) -> None:
+    recorder = make(wait_seconds=0.05)
     await recorder.run(recorder.demand("hold"))
     with pytest.raises(QueueTimeout) as timeout:
-        await recorder.scheduler.acquire("m", recorder.demand("A"))
+        await recorder.acquire(recorder.demand("A"))
     error: APIError = timeout.value
     assert error.status_code == 503 and error.code == "queue_timeout" and "retry-after" in error.headers
     assert recorder.scheduler.waiting()["interactive"] == 0
 
 
-async def test_a_client_that_leaves_frees_its_place_at_once() -> None:
-    recorder = Recorder(capacity=2)
+async def test_a_client_that_leaves_frees_its_place_at_once(make: Make) -> None:
+    recorder = make(capacity=2)
     await recorder.run(recorder.demand("hold"))
-    big = recorder.start(recorder.demand("A", seqs=2))  # needs both slots: waits, and holds up those behind it
-    behind = recorder.start(recorder.demand("B"))
-    await asyncio.sleep(0.01)
+    # The first needs both slots: it waits, and holds up those behind it.
+    big, behind = await _queued(recorder, [recorder.demand("A", seqs=2), recorder.demand("B")])
     assert recorder.scheduler.waiting()["interactive"] == 2 and not behind.done()
     big.cancel()
     await asyncio.wait_for(behind, 1)  # admitted as soon as the one ahead left
     assert recorder.scheduler.waiting()["interactive"] == 0
+
+
+async def test_fair_across_gateways_sharing_redis() -> None:
+    """Two gateways' schedulers on one Redis: A's requests queued on one, B's one request on the other, B goes
+    second; and A's running slots count on both (its cap holds across gateways)."""
+    recorder = Recorder(redis_gateways=2)
+    try:
+        await recorder.run(recorder.demand("hold"), via=0)
+        await _queued(recorder, [recorder.demand("A") for _ in range(4)])
+        (waiting_b,) = await _queued(recorder, [recorder.demand("B")], via=1)
+        assert not waiting_b.done()
+        assert await recorder.drain() == ["hold", "A", "B", "A", "A", "A"]
+    finally:
+        await recorder.close()
+    capped = Recorder(capacity=3, redis_gateways=2, reserved_slots=1)
+    try:
+        await capped.run(capped.demand("A"), via=0)
+        await capped.run(capped.demand("A"), via=1)
+        (third,) = await _queued(capped, [capped.demand("A")])
+        assert not third.done()  # two of three slots are A's, on whichever gateway: the third is kept for others
+        await asyncio.wait_for(capped.run(capped.demand("B"), via=1), 2)
+        third.cancel()
+        await asyncio.gather(third, return_exceptions=True)
+    finally:
+        await capped.close()
 
 
 # -- through the app (fake engine, HTTP, the openai client) ------------------------------------------------------
