@@ -3,7 +3,7 @@ as the engine runs at once and (b) twice that many; B's time to first token (p50
 first come, first served (``LLMAAS_FAIR_QUEUING=false``), against B alone; and A's throughput.
 
     .venv/bin/python bench/noisy_neighbour.py [--capacity 4] [--seconds 30] [--a-tokens 256] [--b-tokens 8]
-        [--results-dir bench/results] [--no-wait]
+        [--b-interval 1] [--model-path DIR] [--results-dir bench/results] [--no-wait]
 
 One gateway per mode (``llmaas serve``, the default model, in-process vLLM, ``LLMAAS_MAX_NUM_SEQS=--capacity``,
 so the gateway holds back what the engine cannot run). Targets (issue 21): with fair queuing, B's TTFT p50 in (b)
@@ -96,7 +96,7 @@ async def scenario(base_url: str, keys: dict[str, str], a_streams: int, args: ar
         b_tasks = []
         while time.perf_counter() - start < args.seconds:
             b_tasks.append(asyncio.create_task(b_request()))
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(args.b_interval)
         window.seconds = time.perf_counter() - start
         a_seen = window.a_tokens
         await asyncio.gather(*b_tasks)
@@ -160,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ramp", type=float, default=3, help="seconds A streams alone before B starts")
     parser.add_argument("--a-tokens", type=int, default=256, help="tokens of each of A's streams")
     parser.add_argument("--b-tokens", type=int, default=8, help="tokens of each of B's requests")
+    parser.add_argument("--b-interval", type=float, default=1.0, help="seconds between B's requests")
     parser.add_argument("--model-path", type=Path, help="a prepared model dir; unset: the default model, prepared")
     parser.add_argument("--results-dir", type=Path, default=Path("bench/results"))
     parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine (a smoke run)")
