@@ -153,7 +153,8 @@ async def admit_run(run: RunRequest, serving: Serving) -> GenerationRun:
             time_to_first_token=report.time_to_first_token,
         )
 
-    ticket = await _wait_for_engine(run, serving, reservation)
+    sequences = len(run.prompts) * run.body.n
+    ticket = await wait_for_engine(serving, run.served.base, sequences, reservation, run.priority_class)
     served = run.served
     observers = [settle, lambda _: ticket.release(), observe]  # the settlement first: never after the metrics
     return GenerationRun(
@@ -170,18 +171,25 @@ async def admit_run(run: RunRequest, serving: Serving) -> GenerationRun:
     )
 
 
-async def _wait_for_engine(run: RunRequest, serving: Serving, reservation: InferenceReservation) -> Ticket:
-    """A place among what runs on the engine, in the queue's order; a request refused or left while it waits
-    gives its reservation back (it never ran: nothing is charged)."""
+async def wait_for_engine(
+    serving: Serving,
+    model: str,
+    sequences: int,
+    reservation: InferenceReservation,
+    priority_class: PriorityClass | None = None,
+) -> Ticket:
+    """A place among what runs on ``model``'s engine (its base model), in the queue's order, for ``sequences``
+    sequences in ``priority_class`` (None: the key's). A request refused or left while it waits gives its
+    reservation back (it never ran: nothing is charged)."""
     tenant = serving.tenant.identity
     demand = SlotDemand(
         request_id=serving.context.id,
         tenant_id=tenant.tenant_id,
-        priority_class=run.priority_class or tenant.priority_class,
+        priority_class=priority_class or tenant.priority_class,
         weight=tenant.scheduling_weight,
-        sequences=len(run.prompts) * run.body.n,
+        sequences=sequences,
     )
-    waiting = serving.scheduler.acquire(run.served.base, demand)
+    waiting = serving.scheduler.acquire(model, demand)
     try:
         if serving.client_gone is None:
             return await waiting
