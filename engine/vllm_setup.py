@@ -112,6 +112,7 @@ def engine_args(settings: EngineSettings, plan: ModelPlan, gpu_share: float) -> 
         args.max_model_len = settings.max_model_len
         args.max_num_batched_tokens = settings.max_num_batched_tokens
         args.structured_outputs_config = StructuredOutputsConfig(**STRUCTURED_OUTPUTS)
+        args.scheduling_policy = "priority"  # the gateway's classes: batch is preempted before interactive
     if hardware.gpu:  # on CPU, vLLM's own default stands (the KV cache is sized by VLLM_CPU_KVCACHE_SPACE)
         args.gpu_memory_utilization = gpu_share
     return args, {"dtype": dtype, "hardware": hardware.describe(), "threads": threads, "runner": plan.runner}

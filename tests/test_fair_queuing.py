@@ -9,8 +9,10 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from sqlalchemy import func, select
@@ -31,8 +33,10 @@ from gateway.scheduling.slots import (
     Ticket,
 )
 from gateway.tenancy.models import KeyCreate
-from tests.support import ADMIN_KEY
+from tests.support import ADMIN_KEY, MODEL
+from tests.support.gateway_process import served_gateway
 from tests.support.in_process import InProcessGateway
+from tests.support.tenants import openai_client, tenant_key
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -359,3 +363,53 @@ def test_queue_depth_and_wait_per_class_in_metrics(in_process: Callable[..., InP
     assert 'llmaas_queue_waiting{priority_class="batch"} 0.0' in text
     assert 'llmaas_queue_wait_seconds_count{priority_class="interactive"} 1.0' in text
     assert "tenant" not in "\n".join(line for line in text.splitlines() if "queue" in line)
+
+
+# -- through a real gateway (llmaas serve, in-process vLLM, the openai client over HTTP) ------------------------
+def _waiting_interactive(base: str) -> float:
+    text = httpx.get(f"{base}/metrics", headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=30).text
+    line = next(line for line in text.splitlines() if line.startswith('llmaas_queue_waiting{priority_class="int'))
+    return float(line.rsplit(" ", 1)[1])
+
+
+@pytest.mark.slow
+def test_a_neighbour_is_served_while_a_noisy_tenant_waits(model_dir: Path, tmp_path: Path) -> None:
+    """vLLM runs 2 sequences; tenant A opens 3 long streams: one runs, two wait in the gateway's queue (A may not
+    take the last slot). B's request, sent after them, is answered while A's two still wait."""
+    gateway = served_gateway(
+        tmp_path,
+        log=tmp_path / "server.log",
+        model_path=model_dir,
+        kv_cache_space_gib=1,
+        log_level="warning",
+        max_num_seqs=2,
+        embedding_model="",
+        embedded_worker="false",
+    )
+    with gateway:
+        noisy = openai_client(gateway.base, tenant_key(gateway.base, "noisy")[1])
+        neighbour = openai_client(gateway.base, tenant_key(gateway.base, "neighbour")[1])
+        streamed: list[int] = []
+
+        def long_stream() -> None:
+            stream = noisy.completions.create(
+                model=MODEL, prompt="Once upon a time", max_tokens=96, stream=True, extra_body={"ignore_eos": True}
+            )
+            streamed.append(sum(1 for chunk in stream if chunk.choices and chunk.choices[0].text))
+
+        threads = [threading.Thread(target=long_stream) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 120
+        while _waiting_interactive(gateway.base) < 2:
+            assert time.monotonic() < deadline, "A's streams never queued"
+            time.sleep(0.2)
+        answer = neighbour.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=4
+        )
+        assert answer.choices[0].message.content
+        assert _waiting_interactive(gateway.base) >= 1, "B should not have waited behind A's queue"
+        for thread in threads:
+            thread.join(600)
+        assert len(streamed) == 3 and all(count > 0 for count in streamed)
+        assert _waiting_interactive(gateway.base) == 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from fastapi import Request
@@ -21,7 +21,7 @@ from gateway.inference.generation import ChoiceResult, GenerationRun, RunReport,
 from gateway.inference.prompts import PromptLimits
 from gateway.inference.structured import StructuredOutputs
 from gateway.ops.metrics import Metrics
-from gateway.scheduling import PriorityClass
+from gateway.scheduling import PriorityClass, class_rank
 from gateway.scheduling.slots import Scheduler, SlotDemand, Ticket
 from gateway.settings import GatewaySettings
 from gateway.tenancy.principal import TenantPrincipal
@@ -128,7 +128,10 @@ async def admit_run(run: RunRequest, serving: Serving) -> GenerationRun:
     requested = await serving.structured.requested(run.body.constraint())  # checked even where a tool call wins
     # A tool choice that must be answered (required, or a named function) is enforced by its own constraint.
     structured = run.structured or requested
-    options = sampling_options(run.body, max_tokens, run.logprobs, structured)
+    priority_class = run.priority_class or serving.tenant.identity.priority_class
+    options = replace(
+        sampling_options(run.body, max_tokens, run.logprobs, structured), priority=class_rank(priority_class)
+    )
     reservation = await serving.admission.admit_inference(
         serving.context,
         serving.tenant,
@@ -154,7 +157,7 @@ async def admit_run(run: RunRequest, serving: Serving) -> GenerationRun:
         )
 
     sequences = len(run.prompts) * run.body.n
-    ticket = await wait_for_engine(serving, run.served.base, sequences, reservation, run.priority_class)
+    ticket = await wait_for_engine(serving, run.served.base, sequences, reservation, priority_class)
     served = run.served
     observers = [settle, lambda _: ticket.release(), observe]  # the settlement first: never after the metrics
     return GenerationRun(
