@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from engine.fake import FakeEngine
 from gateway.db import UsageRecord
 from gateway.errors import APIError, PermissionDenied
+from gateway.ops.snapshot import service_snapshot
 from gateway.scheduling import PriorityClass
 from gateway.scheduling.memory import MemoryScheduler
 from gateway.scheduling.redis import RedisScheduler
@@ -363,6 +364,15 @@ def test_queue_depth_and_wait_per_class_in_metrics(in_process: Callable[..., InP
     assert 'llmaas_queue_waiting{priority_class="batch"} 0.0' in text
     assert 'llmaas_queue_wait_seconds_count{priority_class="interactive"} 1.0' in text
     assert "tenant" not in "\n".join(line for line in text.splitlines() if "queue" in line)
+    # The console's service page shows the same, by class.
+    queue = {row["priority_class"]: row for row in service_snapshot(gateway.state.metrics.registry)["queue"]}
+    assert queue["interactive"]["waiting"] == 0 and queue["interactive"]["wait_p50_seconds"] is not None
+    assert queue["batch"] == {
+        "priority_class": "batch",
+        "waiting": 0,
+        "wait_p50_seconds": None,
+        "wait_p99_seconds": None,
+    }
 
 
 # -- through a real gateway (llmaas serve, in-process vLLM, the openai client over HTTP) ------------------------
