@@ -107,6 +107,13 @@ async def scenario(base_url: str, keys: dict[str, str], a_streams: int, args: ar
     return window
 
 
+async def warm_up(base_url: str, key: str, args: argparse.Namespace) -> None:
+    """A full batch of both kinds of request, unmeasured: the engine's first steps at a batch size are slow."""
+    async with _client(base_url, key) as client:
+        bodies = [chat_body("Warm up.", args.b_tokens, MODEL) for _ in range(args.capacity - 1)]
+        await asyncio.gather(*(_stream(client, body) for body in bodies))
+
+
 def row(label: str, mode: str, a_streams: int, window: Window) -> dict[str, Any]:
     return {
         "scenario": label,
@@ -137,6 +144,7 @@ def run_mode(fair: bool, args: argparse.Namespace, model_path: str) -> list[dict
         }
         with running_gateway(settings, Path(data_dir) / "server.log", MODEL) as gateway:
             keys = {name: create_tenant_key(gateway.base_url, ADMIN_KEY, f"bench-{name}") for name in ("a", "b")}
+            asyncio.run(warm_up(gateway.base_url, keys["b"], args))
             plan = [("(a) A = capacity", args.capacity), ("(b) A = 2x capacity", 2 * args.capacity)]
             if fair:
                 plan.insert(0, ("B alone", 0))
