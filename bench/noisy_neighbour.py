@@ -3,7 +3,8 @@ as the engine runs at once and (b) twice that many; B's time to first token (p50
 first come, first served (``LLMAAS_FAIR_QUEUING=false``), against B alone; and A's throughput.
 
     .venv/bin/python bench/noisy_neighbour.py [--capacity 4] [--seconds 30] [--a-tokens 256] [--b-tokens 8]
-        [--b-interval 1] [--model-path DIR] [--results-dir bench/results] [--no-wait]
+        [--b-interval 1] [--model-path DIR | --fake-engine SECONDS_PER_TOKEN] [--results-dir bench/results]
+        [--no-wait]
 
 One gateway per mode (``llmaas serve``, the default model, in-process vLLM, ``LLMAAS_MAX_NUM_SEQS=--capacity``,
 so the gateway holds back what the engine cannot run). Targets (issue 21): with fair queuing, B's TTFT p50 in (b)
@@ -132,7 +133,6 @@ def run_mode(fair: bool, args: argparse.Namespace, model_path: str) -> list[dict
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-noisy-") as data_dir:
         settings = {
-            "LLMAAS_MODEL_PATH": model_path,
             "LLMAAS_DATA_DIR": data_dir,
             "LLMAAS_ADMIN_KEY": ADMIN_KEY,
             "LLMAAS_EMBEDDED_WORKER": "false",
@@ -142,7 +142,12 @@ def run_mode(fair: bool, args: argparse.Namespace, model_path: str) -> list[dict
             "LLMAAS_FAIR_QUEUING": "true" if fair else "false",
             "LLMAAS_QUEUE_WAIT_SECONDS": "900",
         }
-        with running_gateway(settings, Path(data_dir) / "server.log", MODEL) as gateway:
+        if model_path:
+            settings["LLMAAS_MODEL_PATH"] = model_path
+        script = ("-m", "gateway.cli", "serve")
+        if args.fake_engine is not None:
+            script = ("bench/fake_gateway.py", "--seconds-per-token", str(args.fake_engine))
+        with running_gateway(settings, Path(data_dir) / "server.log", MODEL, script=script) as gateway:
             keys = {name: create_tenant_key(gateway.base_url, ADMIN_KEY, f"bench-{name}") for name in ("a", "b")}
             asyncio.run(warm_up(gateway.base_url, keys["b"], args))
             plan = [("(a) A = capacity", args.capacity), ("(b) A = 2x capacity", 2 * args.capacity)]
@@ -169,6 +174,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--a-tokens", type=int, default=256, help="tokens of each of A's streams")
     parser.add_argument("--b-tokens", type=int, default=8, help="tokens of each of B's requests")
     parser.add_argument("--b-interval", type=float, default=1.0, help="seconds between B's requests")
+    parser.add_argument(
+        "--fake-engine",
+        type=float,
+        metavar="SECONDS_PER_TOKEN",
+        help="the instant fake engine (bench/fake_gateway.py) at this pace per token, in place of vLLM: the queue's "
+        "order alone, without the engine's own cost of a batch",
+    )
     parser.add_argument("--model-path", type=Path, help="a prepared model dir; unset: the default model, prepared")
     parser.add_argument("--results-dir", type=Path, default=Path("bench/results"))
     parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine (a smoke run)")
@@ -178,10 +190,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     facts = machine()
     print(f"machine: {describe(facts)}", flush=True)
-    model_path = str((args.model_path or prepare_default_model(EngineSettings())).resolve())
+    if args.fake_engine is not None:
+        model_path = ""
+    else:
+        model_path = str((args.model_path or prepare_default_model(EngineSettings())).resolve())
     rows = run_mode(True, args, model_path) + run_mode(False, args, model_path)
     load = os.getloadavg()
-    print(f"\n{describe(facts)}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
+    engine = "fake engine" if args.fake_engine is not None else "vLLM"
+    averages = " ".join(f"{value:.2f}" for value in load)
+    print(f"\n{engine}, capacity {args.capacity}; {describe(facts)}; load average {averages}\n")
     print("| scenario | queue | A streams | B TTFT p50 s | B TTFT p99 s | B requests (failed) | A tok/s |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:

@@ -100,7 +100,7 @@ def engine_args(settings: EngineSettings, plan: ModelPlan, gpu_share: float) -> 
         served_model_name=plan.name,
         runner=plan.runner,
         dtype=dtype,
-        max_num_seqs=settings.max_num_seqs,
+        max_num_seqs=settings.max_num_seqs + settings.scheduler_burst_seqs,  # the gateway's burst slots
         enforce_eager=settings.enforce_eager,
         seed=settings.seed,
         enable_lora=lora,  # vLLM reads the other LoRA arguments only with it

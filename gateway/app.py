@@ -124,7 +124,7 @@ def build_scheduler(
         max_waiting_per_tenant=settings.queue_max_waiting_per_tenant,
         max_waiting=settings.queue_max_waiting,
         wait_seconds=settings.queue_wait_seconds,
-        reserved_slots=settings.scheduler_reserved_slots,
+        burst_slots=engine_settings.scheduler_burst_seqs,
     )
     capacity = engine_capacity(engine_settings.max_num_seqs, status, settings.scheduler_capacity)
     scheduler: Scheduler

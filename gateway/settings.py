@@ -111,12 +111,6 @@ class GatewaySettings(SharedSettings):
     queue_wait_seconds: float = Field(
         default=60, gt=0, description="Longest a request waits for the engine; then 503 (queue_timeout)."
     )
-    scheduler_reserved_slots: int = Field(
-        default=1,
-        ge=0,
-        description="Running slots (sequences) no single tenant may take, so another tenant finds one (fair "
-        "queuing only).",
-    )
     scheduler_capacity: int | None = Field(
         default=None,
         ge=1,

@@ -48,7 +48,7 @@ def limits(**changes: Any) -> QueueLimits:
         "max_waiting_per_tenant": 100,
         "max_waiting": 1000,
         "wait_seconds": 30.0,
-        "reserved_slots": 0,
+        "burst_slots": 0,
     }
     return QueueLimits(**{**values, **changes})
 
@@ -166,16 +166,23 @@ async def test_weights_share_the_engine_in_proportion(make: Make) -> None:
     assert order[:9].count("W") == 6 and order[:9].count("A") == 3
 
 
-async def test_no_tenant_takes_every_slot(make: Make) -> None:
-    recorder = make(capacity=4, reserved_slots=1)
+async def test_no_tenant_holds_every_slot_while_another_waits(make: Make) -> None:
+    """A holds every slot and waits for more; B, with nothing running, gets a burst slot at once; B's second request
+    (B runs one now) waits like A's, and a slot A gives back is not taken: the burst slot is in use."""
+    recorder = make(capacity=3, burst_slots=1)
     for _ in range(3):
         await recorder.run(recorder.demand("A"))
     (waiting_a,) = await _queued(recorder, [recorder.demand("A")])
-    assert not waiting_a.done()  # a slot is free, but it is kept for another tenant
-    await asyncio.wait_for(recorder.run(recorder.demand("B")), 1)
-    assert recorder.admitted[-1].startswith("B")
-    waiting_a.cancel()
-    await asyncio.gather(waiting_a, return_exceptions=True)
+    await asyncio.wait_for(recorder.run(recorder.demand("B")), 2)
+    (waiting_b,) = await _queued(recorder, [recorder.demand("B")])
+    recorder.tickets.pop(recorder.admitted[0]).release()
+    await asyncio.sleep(0.1)
+    assert not waiting_a.done() and not waiting_b.done()
+    recorder.tickets.pop(recorder.admitted[1]).release()
+    await asyncio.wait_for(asyncio.wait([waiting_a, waiting_b], return_when=asyncio.FIRST_COMPLETED), 2)
+    for task in (waiting_a, waiting_b):
+        task.cancel()
+    await asyncio.gather(waiting_a, waiting_b, return_exceptions=True)
 
 
 async def test_a_request_counts_its_sequences(make: Make) -> None:
@@ -227,7 +234,7 @@ async def test_a_client_that_leaves_frees_its_place_at_once(make: Make) -> None:
 
 async def test_fair_across_gateways_sharing_redis() -> None:
     """Two gateways' schedulers on one Redis: A's requests queued on one, B's one request on the other, B goes
-    second; and A's running slots count on both (its cap holds across gateways)."""
+    second; and what A runs counts on both (the burst slot is one for the pool, not one per gateway)."""
     recorder = Recorder(redis_gateways=2)
     try:
         await recorder.run(recorder.demand("hold"), via=0)
@@ -237,17 +244,20 @@ async def test_fair_across_gateways_sharing_redis() -> None:
         assert await recorder.drain() == ["hold", "A", "B", "A", "A", "A"]
     finally:
         await recorder.close()
-    capped = Recorder(capacity=3, redis_gateways=2, reserved_slots=1)
+    burst = Recorder(capacity=2, redis_gateways=2, burst_slots=1)
     try:
-        await capped.run(capped.demand("A"), via=0)
-        await capped.run(capped.demand("A"), via=1)
-        (third,) = await _queued(capped, [capped.demand("A")])
-        assert not third.done()  # two of three slots are A's, on whichever gateway: the third is kept for others
-        await asyncio.wait_for(capped.run(capped.demand("B"), via=1), 2)
-        third.cancel()
-        await asyncio.gather(third, return_exceptions=True)
+        await burst.run(burst.demand("A"), via=0)
+        await burst.run(burst.demand("A"), via=1)
+        (third,) = await _queued(burst, [burst.demand("A")])
+        # A holds both slots, on two gateways: B, on either, gets the burst slot; C finds none left.
+        await asyncio.wait_for(burst.run(burst.demand("B"), via=1), 2)
+        (waiting_c,) = await _queued(burst, [burst.demand("C")], via=1)
+        assert not third.done() and not waiting_c.done()
+        for task in (third, waiting_c):
+            task.cancel()
+        await asyncio.gather(third, waiting_c, return_exceptions=True)
     finally:
-        await capped.close()
+        await burst.close()
 
 
 # -- through the app (fake engine, HTTP, the openai client) ------------------------------------------------------
@@ -279,9 +289,10 @@ def test_a_busy_engine_refuses_with_429_and_503_and_charges_nothing(
         queue_max_waiting_per_tenant=1,
     )
     _, _, holder = gateway.tenant("a")
-    b_id, _, waiter = gateway.tenant("b", max_concurrent_requests=1)
-    thread = _hold_the_engine(holder, threading.Event())
-
+    _, _, bursting = gateway.tenant("b")
+    c_id, _, waiter = gateway.tenant("c", max_concurrent_requests=1)
+    # A holds the engine's one slot; B, with nothing running, the one burst slot: C has to wait.
+    threads = [_hold_the_engine(client, threading.Event()) for client in (holder, bursting)]
     with pytest.raises(openai.InternalServerError) as timed_out:
         waiter.completions.create(model="fake", prompt="hi", max_tokens=2)
     response = timed_out.value.response
@@ -304,13 +315,13 @@ def test_a_busy_engine_refuses_with_429_and_503_and_charges_nothing(
         holder.completions.create(model="fake", prompt="x", max_tokens=1)
     assert full.value.response.headers["retry-after"] == "1"
     assert full.value.response.json()["error"]["code"] == "queue_full"
-    thread.join()
-    second.join()
+    for thread in [*threads, second]:
+        thread.join()
     assert outcomes == [503]
 
     # The refused request gave back its concurrency slot and left no usage record.
     assert waiter.completions.create(model="fake", prompt="hi", max_tokens=2).choices[0].text
-    assert _records(gateway, b_id) == 1
+    assert _records(gateway, c_id) == 1
 
 
 def _records(gateway: InProcessGateway, tenant_id: str) -> int:
@@ -384,8 +395,9 @@ def _waiting_interactive(base: str) -> float:
 
 @pytest.mark.slow
 def test_a_neighbour_is_served_while_a_noisy_tenant_waits(model_dir: Path, tmp_path: Path) -> None:
-    """vLLM runs 2 sequences; tenant A opens 3 long streams: one runs, two wait in the gateway's queue (A may not
-    take the last slot). B's request, sent after them, is answered while A's two still wait."""
+    """The gateway runs 2 sequences (vLLM 3: one burst slot); tenant A opens 3 long streams: two run, one waits in
+    the gateway's queue. B's request, sent after them, runs at once in the burst slot, while A's third still
+    waits."""
     gateway = served_gateway(
         tmp_path,
         log=tmp_path / "server.log",
@@ -411,7 +423,7 @@ def test_a_neighbour_is_served_while_a_noisy_tenant_waits(model_dir: Path, tmp_p
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 120
-        while _waiting_interactive(gateway.base) < 2:
+        while _waiting_interactive(gateway.base) < 1:
             assert time.monotonic() < deadline, "A's streams never queued"
             time.sleep(0.2)
         answer = neighbour.chat.completions.create(

@@ -1,7 +1,8 @@
 """One gateway's scheduler over its own engines (in process): per model, the sequences running and each tenant's
-share of them, and the requests waiting in ``FairOrder``. A request that fits (and whose tenant is under its cap)
-runs at once; the others wait until a run ends and ``_admit`` reaches them, their deadline passes, or their client
-leaves (its place is freed at once)."""
+share of them, and the requests waiting in ``FairOrder``. A request that fits with nobody waiting runs at once; the
+others wait until a run ends and ``_admit`` reaches them, their deadline passes, or their client leaves (its place
+is freed at once). A tenant with nothing running may take one of the burst slots beyond the capacity at once, so
+one tenant never holds every slot while another waits (fair queuing only)."""
 
 from __future__ import annotations
 
@@ -62,15 +63,16 @@ class MemoryScheduler:
             pool = self._pools[model] = _Pool(model, FairOrder(self._limits.fair))
         return pool
 
-    def _fits(self, pool: _Pool, demand: SlotDemand, capacity: int) -> int | None:
-        """The slots ``demand`` takes if it may run now, else None."""
+    def _fits(self, pool: _Pool, demand: SlotDemand, capacity: int, behind: bool) -> int | None:
+        """The slots ``demand`` takes if it may run now, else None. ``behind``: others wait ahead of it, so only a
+        burst slot may take it."""
         slots = min(demand.sequences, capacity)
-        if pool.running + slots > capacity:
-            return None
-        held = pool.by_tenant[demand.tenant_id]
-        if held and held + slots > self._limits.tenant_cap(capacity):
-            return None
-        return slots
+        if not behind and pool.running + slots <= capacity:
+            return slots
+        burst = self._limits.burst_slots if self._limits.fair else 0
+        if burst and not pool.by_tenant[demand.tenant_id] and pool.running + slots <= capacity + burst:
+            return slots
+        return None
 
     @staticmethod
     def _take(pool: _Pool, tenant_id: str, slots: int) -> None:
@@ -81,9 +83,10 @@ class MemoryScheduler:
         pool = self._pool(model)
         capacity = max(1, self._capacity(model))
         if not len(pool.order):
-            slots = self._fits(pool, demand, capacity)
+            slots = self._fits(pool, demand, capacity, behind=False)
             if slots is not None:
                 self._take(pool, demand.tenant_id, slots)
+                pool.order.charge(demand)
                 self._observe_wait(demand.priority_class, 0.0)
                 return _Held(self, pool, demand.tenant_id, slots)
         limits = self._limits
@@ -120,20 +123,35 @@ class MemoryScheduler:
         self._admit(pool)
 
     def _admit(self, pool: _Pool) -> None:
-        """Start waiting requests, first in line first, while they fit. A request that does not fit holds up
-        those behind it (so a large one is not passed forever), except one whose tenant is at its cap: the next
-        tenant's goes."""
+        """Start waiting requests while ``_next`` finds one that may run."""
         capacity = max(1, self._capacity(pool.model))
-        for entry in pool.order.entries():
-            demand = entry.demand
-            slots = self._fits(pool, demand, capacity)
-            if slots is None:
-                if pool.running + min(demand.sequences, capacity) > capacity:
-                    return
-                continue  # its tenant is at its cap
+        while (picked := self._next(pool, capacity)) is not None:
+            demand, slots = picked
             pool.order.remove(demand.request_id, admitted=True)
             self._take(pool, demand.tenant_id, slots)
             pool.granted.pop(demand.request_id).set_result(slots)
+
+    def _next(self, pool: _Pool, capacity: int) -> tuple[SlotDemand, int] | None:
+        """Who runs next. FCFS: the first in line, when it fits. Fair: in the highest class waiting, the request of
+        the tenant with the least running per unit of weight (ties: the order's start tags); one that does not fit
+        holds up the others (so a large one is not passed forever), but for a tenant with nothing running, which
+        may take a burst slot."""
+        entries = pool.order.entries()
+        if not entries:
+            return None
+        if not self._limits.fair:
+            slots = self._fits(pool, entries[0].demand, capacity, behind=False)
+            return None if slots is None else (entries[0].demand, slots)
+        top = [entry.demand for entry in entries if entry.key[0] == entries[0].key[0]]
+        best = min(top, key=lambda demand: pool.by_tenant[demand.tenant_id] / demand.weight)
+        slots = self._fits(pool, best, capacity, behind=False)
+        if slots is not None:
+            return best, slots
+        for entry in entries:
+            slots = self._fits(pool, entry.demand, capacity, behind=True)
+            if slots is not None:
+                return entry.demand, slots
+        return None
 
     def waiting(self) -> dict[PriorityClass, int]:
         counts = dict.fromkeys(PRIORITY_CLASSES, 0)

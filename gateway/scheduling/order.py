@@ -45,11 +45,21 @@ class FairOrder:
         """The waiting requests, first in line first (a copy: admitting them changes the order)."""
         return list(self._entries)
 
-    def add(self, demand: SlotDemand) -> Waiting:
-        self._arrivals += 1
+    def _tag(self, demand: SlotDemand) -> tuple[int, float]:
+        """The request's class rank and start tag; its tenant's finish tag moves past it."""
         rank = class_rank(demand.priority_class)
         start = max(self._virtual.get(rank, 0.0), self._finish.get((rank, demand.tenant_id), 0.0))
         self._finish[(rank, demand.tenant_id)] = start + demand.sequences / demand.weight
+        return rank, start
+
+    def charge(self, demand: SlotDemand) -> None:
+        """A request that runs without waiting: its tenant's share is used all the same."""
+        rank, start = self._tag(demand)
+        self._virtual[rank] = max(self._virtual.get(rank, 0.0), start)
+
+    def add(self, demand: SlotDemand) -> Waiting:
+        self._arrivals += 1
+        rank, start = self._tag(demand)
         key = (rank, start, self._arrivals) if self.fair else (self._arrivals,)
         entry = Waiting(key, demand, start)
         bisect.insort(self._entries, entry)

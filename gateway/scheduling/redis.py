@@ -86,7 +86,7 @@ class RedisScheduler:
 
     def _pool_args(self, model: str) -> list[int]:
         capacity = max(1, self._capacity(model))
-        return [capacity, self._limits.tenant_cap(capacity), int(self._limits.fair), self._lease_ms]
+        return [capacity, self._limits.burst_slots, int(self._limits.fair), self._lease_ms]
 
     async def acquire(self, model: str, demand: SlotDemand) -> _Held:
         limits = self._limits

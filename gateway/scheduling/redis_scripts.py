@@ -2,14 +2,14 @@
 model's pool, whichever gateway makes it. Time is Redis's (``TIME``), in milliseconds.
 
 KEYS (one pool, hash-tagged by model): 1 run (zset id -> lease expiry), 2 runv (hash id -> "tenant slots"),
-3 trun (hash tenant -> slots running; "~total"), 4 waitv (hash id -> "tenant slots rank start member"),
+3 trun (hash tenant -> slots running; "~total"), 4 waitv (hash id -> "tenant slots rank start member weight"),
 5 waitn (hash tenant -> requests waiting; "~total"), 6 deadline (zset id -> deadline), 7 vt (hash rank -> virtual
 time), 8 fin (hash "rank tenant" -> finish tag), 9 wait:0, 10 wait:1 (zsets by class: member -> start tag),
 11 wait:fcfs (zset member -> arrival), 12 arrivals (counter).
 
 Every script first reaps leases that lapsed (a gateway that died with requests running) and waits past their
 deadline (one that died with requests waiting), then admits what fits (``dispatch``) with the caller's ARGV
-``capacity tenant_cap fair lease_ms``."""
+``capacity burst_slots fair lease_ms``."""
 
 PRELUDE = """
 local function now_ms()
@@ -53,34 +53,74 @@ local function reap(now)
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now)) do unqueue(id) end
 end
 
--- Admit waiting requests, first in line first, while they fit; one whose tenant is at its cap is passed over.
-local function dispatch(now, capacity, cap, fair, lease)
-  local total = tonumber(redis.call('HGET', KEYS[3], '~total') or '0')
-  local queues = fair == 1 and {KEYS[9], KEYS[10]} or {KEYS[11]}
-  for _, queue in ipairs(queues) do
+local function held(tenant)
+  return tonumber(redis.call('HGET', KEYS[3], tenant) or '0')
+end
+
+local function entry(member)
+  local id = string.match(member, ':(.*)$')
+  return id, split(redis.call('HGET', KEYS[4], id))
+end
+
+local function admit(now, lease, id, f, need)
+  unqueue(id)
+  redis.call('ZADD', KEYS[1], now + lease, id)
+  redis.call('HSET', KEYS[2], id, f[1] .. ' ' .. need)
+  redis.call('HINCRBY', KEYS[3], f[1], need)
+  redis.call('HINCRBY', KEYS[3], '~total', need)
+  local v = tonumber(redis.call('HGET', KEYS[7], f[3]) or '0')
+  if tonumber(f[4]) > v then redis.call('HSET', KEYS[7], f[3], f[4]) end
+end
+
+-- Who runs next (as gateway.scheduling.memory's _next): FCFS, the first in line when it fits; fair, in the highest
+-- class waiting, the request of the tenant with the least running per unit of weight (ties: start tags), and when
+-- it does not fit, only a tenant with nothing running may pass it, into a burst slot.
+local function next_one(capacity, burst, fair)
+  local total = held('~total')
+  if fair == 0 then
+    local head = redis.call('ZRANGE', KEYS[11], 0, 0)[1]
+    if not head then return nil end
+    local id, f = entry(head)
+    local need = math.min(tonumber(f[2]), capacity)
+    if total + need <= capacity then return id, f, need end
+    return nil
+  end
+  local best, best_f, best_share = nil, nil, nil
+  for _, queue in ipairs({KEYS[9], KEYS[10]}) do
     for _, member in ipairs(redis.call('ZRANGE', queue, 0, -1)) do
-      local id = string.match(member, ':(.*)$')
-      local f = split(redis.call('HGET', KEYS[4], id))
-      local need = math.min(tonumber(f[2]), capacity)
-      if total + need > capacity then return end
-      local held = tonumber(redis.call('HGET', KEYS[3], f[1]) or '0')
-      if fair == 0 or held == 0 or held + need <= cap then
-        unqueue(id)
-        redis.call('ZADD', KEYS[1], now + lease, id)
-        redis.call('HSET', KEYS[2], id, f[1] .. ' ' .. need)
-        redis.call('HINCRBY', KEYS[3], f[1], need)
-        redis.call('HINCRBY', KEYS[3], '~total', need)
-        total = total + need
-        local v = tonumber(redis.call('HGET', KEYS[7], f[3]) or '0')
-        if tonumber(f[4]) > v then redis.call('HSET', KEYS[7], f[3], f[4]) end
-      end
+      local id, f = entry(member)
+      local share = held(f[1]) / tonumber(f[6])
+      if best_share == nil or share < best_share then best, best_f, best_share = id, f, share end
     end
+    if best then break end
+  end
+  if not best then return nil end
+  local need = math.min(tonumber(best_f[2]), capacity)
+  if total + need <= capacity or (burst > 0 and best_share == 0 and total + need <= capacity + burst) then
+    return best, best_f, need
+  end
+  if burst == 0 then return nil end
+  for _, queue in ipairs({KEYS[9], KEYS[10]}) do
+    for _, member in ipairs(redis.call('ZRANGE', queue, 0, -1)) do
+      local id, f = entry(member)
+      need = math.min(tonumber(f[2]), capacity)
+      if held(f[1]) == 0 and total + need <= capacity + burst then return id, f, need end
+    end
+  end
+  return nil
+end
+
+local function dispatch(now, capacity, burst, fair, lease)
+  while true do
+    local id, f, need = next_one(capacity, burst, fair)
+    if not id then return end
+    admit(now, lease, id, f, need)
   end
 end
 
 local now = now_ms()
 reap(now)
-local capacity, cap, fair, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local capacity, burst, fair, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 """
 
 ENQUEUE = (
@@ -97,13 +137,13 @@ local fin_key = rank .. ' ' .. tenant
 local start = math.max(tonumber(redis.call('HGET', KEYS[7], rank) or '0'),
                        tonumber(redis.call('HGET', KEYS[8], fin_key) or '0'))
 redis.call('HSET', KEYS[8], fin_key, start + slots / weight)
-redis.call('HSET', KEYS[4], id, tenant .. ' ' .. slots .. ' ' .. rank .. ' ' .. start .. ' ' .. member)
+redis.call('HSET', KEYS[4], id, tenant .. ' ' .. slots .. ' ' .. rank .. ' ' .. start .. ' ' .. member .. ' ' .. weight)
 redis.call('ZADD', KEYS[9 + rank], start, member)
 redis.call('ZADD', KEYS[11], arrival, member)
 redis.call('ZADD', KEYS[6], now + wait_ms, id)
 redis.call('HINCRBY', KEYS[5], tenant, 1)
 redis.call('HINCRBY', KEYS[5], '~total', 1)
-dispatch(now, capacity, cap, fair, lease)
+dispatch(now, capacity, burst, fair, lease)
 if redis.call('HEXISTS', KEYS[2], id) == 1 then return 'running' end
 return 'waiting'
 """
@@ -113,7 +153,7 @@ POLL = (
     PRELUDE
     + """
 -- ARGV 5: how many waiting ids follow; then those ids, then the ids this gateway runs (their leases renewed)
-dispatch(now, capacity, cap, fair, lease)
+dispatch(now, capacity, burst, fair, lease)
 local waiting = tonumber(ARGV[5])
 local states = {}
 for i = 6, 5 + waiting do
@@ -135,7 +175,7 @@ LEAVE = (
 -- ARGV 5: the id of a request that stops waiting or running (whichever it is now); then admit what fits
 unqueue(ARGV[5])
 release(ARGV[5])
-dispatch(now, capacity, cap, fair, lease)
+dispatch(now, capacity, burst, fair, lease)
 return 1
 """
 )

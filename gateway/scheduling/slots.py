@@ -29,16 +29,13 @@ class SlotDemand:
 @dataclass(frozen=True)
 class QueueLimits:
     fair: bool
-    """False: first come, first served (no classes, no shares, no per-tenant cap)."""
+    """False: first come, first served (no classes, no shares, no burst slots)."""
     max_waiting_per_tenant: int
     max_waiting: int
     wait_seconds: float
-    reserved_slots: int
-    """Running slots no single tenant may take: at most ``capacity - reserved_slots`` (at least 1) are one
-    tenant's, so another tenant that arrives finds a slot."""
-
-    def tenant_cap(self, capacity: int) -> int:
-        return max(1, capacity - self.reserved_slots) if self.fair else capacity
+    burst_slots: int
+    """Sequences beyond the capacity that a tenant with nothing running may take at once, so that one tenant
+    never holds every running slot while another waits (the engine runs ``capacity + burst_slots``)."""
 
 
 class Ticket(Protocol):
