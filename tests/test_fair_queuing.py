@@ -407,6 +407,7 @@ def test_a_neighbour_is_served_while_a_noisy_tenant_waits(model_dir: Path, tmp_p
         max_num_seqs=2,
         embedding_model="",
         embedded_worker="false",
+        queue_wait_seconds=600,  # A's third stream waits for one of the first two, however slow the machine
     )
     with gateway:
         noisy = openai_client(gateway.base, tenant_key(gateway.base, "noisy")[1])
@@ -415,7 +416,7 @@ def test_a_neighbour_is_served_while_a_noisy_tenant_waits(model_dir: Path, tmp_p
 
         def long_stream() -> None:
             stream = noisy.completions.create(
-                model=MODEL, prompt="Once upon a time", max_tokens=96, stream=True, extra_body={"ignore_eos": True}
+                model=MODEL, prompt="Once upon a time", max_tokens=48, stream=True, extra_body={"ignore_eos": True}
             )
             streamed.append(sum(1 for chunk in stream if chunk.choices and chunk.choices[0].text))
 
