@@ -86,7 +86,7 @@ class _QueueCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         gauge = GaugeMetricFamily(
             "llmaas_queue_waiting",
-            "Requests waiting for the engine (fair queuing), by priority class.",
+            "Requests waiting for the engine in this gateway's fair queue, by priority class.",
             labels=["priority_class"],
         )
         for priority_class, count in self._waiting().items():
