@@ -35,7 +35,9 @@ from gateway.scheduling.slots import (
 )
 from gateway.tenancy.models import KeyCreate
 from tests.support import ADMIN_KEY, MODEL
-from tests.support.gateway_process import served_gateway
+from tests.support.databases import fresh_postgres_database
+from tests.support.fake_upstream import fake_upstream
+from tests.support.gateway_process import free_port, served_gateway
 from tests.support.in_process import InProcessGateway
 from tests.support.tenants import openai_client, tenant_key
 
@@ -436,3 +438,57 @@ def test_a_neighbour_is_served_while_a_noisy_tenant_waits(model_dir: Path, tmp_p
             thread.join(600)
         assert len(streamed) == 3 and all(count > 0 for count in streamed)
         assert _waiting_interactive(gateway.base) == 0
+
+
+def test_two_upstream_gateways_share_one_fair_queue(model_dir: Path, tmp_path: Path) -> None:
+    """Two gateways on one Redis in front of one replica that runs 2 sequences (+1 burst): A's 4 streams through
+    the first take both slots and 2 wait; A's next request through the second gateway waits too (the slots are
+    the pool's, not each gateway's); B's request through the second runs at once in the burst slot."""
+    port = free_port()
+    with (
+        fresh_postgres_database("llmaas_fairq") as database_url,
+        fake_upstream(port, model_dir, tmp_path / "replica.log", seconds_per_token="0.05"),
+    ):
+        settings: dict[str, Any] = {
+            "engine": "upstream",
+            "upstream_urls": f"http://127.0.0.1:{port}",
+            "model_path": model_dir,
+            "embedded_worker": "false",
+            "database_url": database_url,
+            "redis_url": "redis://127.0.0.1:6379/13",
+            "max_num_seqs": 2,
+            "queue_wait_seconds": 120,
+        }
+        with (
+            served_gateway(tmp_path, log=tmp_path / "one.log", **settings) as one,
+            served_gateway(tmp_path, log=tmp_path / "two.log", **settings) as two,
+        ):
+            a_key = tenant_key(one.base, "noisy")[1]
+            b_key = tenant_key(one.base, "neighbour")[1]
+            noisy_one, noisy_two = openai_client(one.base, a_key), openai_client(two.base, a_key)
+            neighbour = openai_client(two.base, b_key)
+
+            def long_stream(client: openai.OpenAI) -> None:
+                for _ in client.completions.create(model=MODEL, prompt="x", max_tokens=60, stream=True):
+                    pass
+
+            threads = [threading.Thread(target=long_stream, args=(noisy_one,)) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            deadline = time.monotonic() + 30
+            while _waiting_interactive(one.base) < 2:
+                assert time.monotonic() < deadline, "A's streams never queued"
+                time.sleep(0.05)
+            threads.append(threading.Thread(target=long_stream, args=(noisy_two,)))
+            threads[-1].start()
+            deadline = time.monotonic() + 10
+            while _waiting_interactive(two.base) < 1:
+                assert time.monotonic() < deadline, "A's request on the second gateway did not wait"
+                time.sleep(0.05)
+            started = time.monotonic()
+            neighbour.completions.create(model=MODEL, prompt="hi", max_tokens=2)
+            assert time.monotonic() - started < 2.5  # not behind A's queue (each of A's streams takes ~3 s)
+            assert _waiting_interactive(one.base) + _waiting_interactive(two.base) >= 1
+            for thread in threads:
+                thread.join(120)
+            assert _waiting_interactive(one.base) == _waiting_interactive(two.base) == 0
