@@ -165,16 +165,18 @@ def running_gateway(
     model: str,
     ready_timeout_s: float = 600.0,
     checkout: Path = REPO,
+    script: Sequence[str] = ("-m", "gateway.cli", "serve"),
 ) -> Iterator[Gateway]:
     """Our gateway (``llmaas serve``) on a free port, with ``settings`` as its only ``LLMAAS_`` environment (no
     stray setting of the caller's changes its defaults), once ready; stopped with its engine on exit. Run from
-    ``checkout`` (another worktree of this repository, for a before/after comparison) with this interpreter."""
+    ``checkout`` (another worktree of this repository, for a before/after comparison) with this interpreter;
+    ``script``: what it runs in place of ``llmaas serve`` (``bench/fake_gateway.py``: the fake engine)."""
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_")}
     env.update(settings)
     env["PYTHONPATH"] = str(checkout)
-    command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)]
+    command = [sys.executable, *script, "--port", str(port)]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             command, cwd=checkout, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

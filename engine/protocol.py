@@ -55,6 +55,9 @@ class SamplingOptions:
     """None: no logprobs. k >= 0: the sampled token's logprob plus the k most likely alternatives."""
     ignore_eos: bool = False
     structured: StructuredOutput | None = None
+    priority: int = 0
+    """Lower first: the engine's own order among what it runs (vLLM's priority scheduling, in process: it preempts
+    the highest value first when the KV cache runs short). The gateway's priority class rank."""
 
 
 @dataclass(frozen=True)

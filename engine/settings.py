@@ -65,7 +65,16 @@ class EngineSettings(SharedSettings):
     )
     served_model_name: str = Field(default=DEFAULT_MODEL_ID, pattern=r"^[A-Za-z0-9._/-]{1,96}$")
     max_model_len: int = Field(default=2048, ge=16)
-    max_num_seqs: int = Field(default=64, ge=1)
+    max_num_seqs: int = Field(
+        default=64, ge=1, description="Sequences the engine runs at once (the gateway's fair queue holds the rest)."
+    )
+    scheduler_burst_seqs: int = Field(
+        default=1,
+        ge=0,
+        description="Sequences beyond max_num_seqs that a tenant with nothing running may take at once, so one "
+        "tenant never holds every running slot while another waits (fair queuing; vLLM in process runs "
+        "max_num_seqs + this; upstream replicas should too).",
+    )
     max_num_batched_tokens: int | None = Field(default=None, ge=16)
     dtype: Dtype = Field(
         default="auto",

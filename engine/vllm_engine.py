@@ -70,7 +70,7 @@ class VLLMEngine:
         try:
             # vLLM aborts the request (and frees its KV cache) when this consumer is cancelled or closed.
             async for output in self._llm.generate(
-                tokens_input(prompt_token_ids), params, request_id, lora_request=lora_request
+                tokens_input(prompt_token_ids), params, request_id, lora_request=lora_request, priority=options.priority
             ):
                 deltas = [output_delta(completion, options.logprobs) for completion in output.outputs]
                 finished = output.finished

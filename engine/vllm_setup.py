@@ -100,7 +100,7 @@ def engine_args(settings: EngineSettings, plan: ModelPlan, gpu_share: float) -> 
         served_model_name=plan.name,
         runner=plan.runner,
         dtype=dtype,
-        max_num_seqs=settings.max_num_seqs,
+        max_num_seqs=settings.max_num_seqs + settings.scheduler_burst_seqs,  # the gateway's burst slots
         enforce_eager=settings.enforce_eager,
         seed=settings.seed,
         enable_lora=lora,  # vLLM reads the other LoRA arguments only with it
@@ -114,6 +114,7 @@ def engine_args(settings: EngineSettings, plan: ModelPlan, gpu_share: float) -> 
         args.structured_outputs_config = StructuredOutputsConfig(**STRUCTURED_OUTPUTS)
         # On: vLLM's default, which turns it on where the model supports it (not for every architecture).
         args.enable_prefix_caching = None if settings.prefix_caching else False
+        args.scheduling_policy = "priority"  # the gateway's classes: batch is preempted before interactive
     if hardware.gpu:  # on CPU, vLLM's own default stands (the KV cache is sized by VLLM_CPU_KVCACHE_SPACE)
         args.gpu_memory_utilization = gpu_share
     return args, {"dtype": dtype, "hardware": hardware.describe(), "threads": threads, "runner": plan.runner}

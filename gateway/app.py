@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 
@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from adapters.adapter_store import SharedDirectory
 from adapters.jobs import JobService
 from adapters.registry import AdapterRegistry
-from engine.backend import BackendFactory
+from engine.backend import BackendFactory, BackendStatus
 from engine.factory import build_backend
 from engine.settings import DEFAULT_MODEL_ID, EngineSettings
 from gateway.accounting.admission import Admission
@@ -61,6 +61,10 @@ from gateway.private_files import keep_private, private_dir
 from gateway.responses.store import ResponseStore
 from gateway.retention import Retention
 from gateway.routes import chat, completions, install_routes
+from gateway.scheduling.capacity import engine_capacity
+from gateway.scheduling.memory import MemoryScheduler
+from gateway.scheduling.redis import RedisScheduler
+from gateway.scheduling.slots import QueueLimits, Scheduler
 from gateway.settings import GatewaySettings
 from gateway.state import AppState, state_of
 from gateway.tenancy.access import AccessChanges
@@ -116,6 +120,33 @@ def build_limiter(settings: GatewaySettings) -> Limiter:
             open_reservation_lease_seconds=settings.training_reservation_lease_seconds,
         )
     return MemoryLimiter()
+
+
+def build_scheduler(
+    settings: GatewaySettings, engine_settings: EngineSettings, status: Callable[[], BackendStatus], metrics: Metrics
+) -> Scheduler:
+    """Fair queuing over this process's engines, or (upstream, on Redis) over the replicas every gateway shares."""
+    limits = QueueLimits(
+        fair=settings.fair_queuing,
+        max_waiting_per_tenant=settings.queue_max_waiting_per_tenant,
+        max_waiting=settings.queue_max_waiting,
+        wait_seconds=settings.queue_wait_seconds,
+        burst_slots=engine_settings.scheduler_burst_seqs,
+    )
+    capacity = engine_capacity(engine_settings.max_num_seqs, status, settings.scheduler_capacity)
+    scheduler: Scheduler
+    if settings.redis_url and engine_settings.engine == "upstream":
+        scheduler = RedisScheduler(
+            settings.redis_url,
+            limits,
+            capacity,
+            metrics.queue_wait_observer(),
+            lease_seconds=settings.reservation_lease_seconds,
+        )
+    else:
+        scheduler = MemoryScheduler(limits, capacity, metrics.queue_wait_observer())
+    metrics.watch_queue(scheduler.waiting)
+    return scheduler
 
 
 def _vocabulary(settings: EngineSettings) -> str | None:
@@ -200,6 +231,8 @@ def create_app(
             stack.callback(grammar_pool.close)
             structured = StructuredOutputs(grammar_pool)
             responses = ResponseStore(database, settings.responses_max_chain_depth)
+            scheduler = build_scheduler(settings, engine_settings, backend.status, metrics)
+            stack.push_async_callback(scheduler.close)
             app.state.llmaas = AppState(
                 settings=settings,
                 engine_settings=engine_settings,
@@ -225,6 +258,7 @@ def create_app(
                 structured=structured,
                 responses=responses,
                 batches=BatchService(database),
+                scheduler=scheduler,
             )
             queue = RunQueue(database)
             runner = EvalRunner(
@@ -236,13 +270,16 @@ def create_app(
                 metrics,
                 workers,
                 structured,
+                scheduler,
                 concurrency=settings.eval_concurrency,
             )
             stack.push_async_callback(_cancel, asyncio.create_task(runner.run_forever()))
             batch_runner = BatchRunner(
                 BatchQueue(database, files),
                 authenticator,
-                ServingParts(catalog, admission, caps, metrics, structured, engine_settings.tool_call_parser),
+                ServingParts(
+                    catalog, admission, caps, metrics, structured, scheduler, engine_settings.tool_call_parser
+                ),
                 {"/v1/chat/completions": chat.batch_answer, "/v1/completions": completions.batch_answer},
                 concurrency=settings.batch_concurrency,
                 stale_after_seconds=settings.batch_lease_seconds,

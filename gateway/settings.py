@@ -110,6 +110,28 @@ class GatewaySettings(SharedSettings):
         default=15, ge=0, description="On SIGTERM, how long admitted requests may run on before they are cut."
     )
 
+    # -- fair queuing (gateway/scheduling/) ------------------------------------------------------------------
+    fair_queuing: bool = Field(
+        default=True,
+        description="When the engine is saturated, admit waiting requests by priority class, then by each "
+        "tenant's weighted fair share; false: first come, first served.",
+    )
+    queue_max_waiting_per_tenant: int = Field(
+        default=64, ge=1, description="Requests of one tenant waiting for the engine; beyond it 429 (queue_full)."
+    )
+    queue_max_waiting: int = Field(
+        default=1024, ge=1, description="Requests waiting for the engine in all; beyond it 503 (server_queue_full)."
+    )
+    queue_wait_seconds: float = Field(
+        default=60, gt=0, description="Longest a request waits for the engine; then 503 (queue_timeout)."
+    )
+    scheduler_capacity: int | None = Field(
+        default=None,
+        ge=1,
+        description="Sequences the gateway lets run on a model at once; unset: LLMAAS_MAX_NUM_SEQS (times the "
+        "replicas serving the model, upstream).",
+    )
+
     # -- what one request may ask for (refused before any expensive work) ---------------------------------------
     max_body_bytes: int = Field(default=2 * MiB, ge=1024, description="Largest JSON body of any route.")
     max_upload_bytes: int = Field(default=64 * MiB, ge=1, description="Largest file accepted by /v1/files.")

@@ -27,10 +27,11 @@ from gateway.errors import AuthenticationError, PermissionDenied
 from gateway.evals.service import EvalService
 from gateway.fine_tuning.files import FileStore
 from gateway.inference.catalog import ModelCatalog
-from gateway.inference.runs import RequestCaps, Serving
+from gateway.inference.runs import RequestCaps, Serving, disconnect_of
 from gateway.inference.structured import StructuredOutputs
 from gateway.ops.metrics import Metrics
 from gateway.responses.store import ResponseStore
+from gateway.scheduling.slots import Scheduler
 from gateway.settings import GatewaySettings
 from gateway.tenancy.access import AccessChanges
 from gateway.tenancy.console_sessions import ConsoleSessions
@@ -79,6 +80,7 @@ class AppState:
     structured: StructuredOutputs
     responses: ResponseStore
     batches: BatchService
+    scheduler: Scheduler
 
 
 def state_of(app: FastAPI) -> AppState:
@@ -176,7 +178,9 @@ async def get_serving(request: Request, context: ContextDep, tenant: TenantDep) 
         state.caps,
         state.metrics,
         state.structured,
+        state.scheduler,
         state.engine_settings.tool_call_parser,
+        disconnect_of(request),
     )
 
 

@@ -177,6 +177,13 @@ class Admission:
         self._tasks.spawn(self._settle_limiter(tenant_id, demand, used))
         return seq
 
+    def withdraw(self, tenant_id: str, demand: Demand) -> None:
+        """Give back everything an admitted request reserved when it never ran (refused or left while it waited
+        for the engine): no record, nothing charged."""
+        self._running.pop(demand.id, None)
+        self._ledger.unclaim()
+        self._tasks.spawn(self._settle_limiter(tenant_id, demand, Settlement(0, 0)))
+
     def record_interim(self, entry: UsageEntry) -> int:
         """Journal what a running stream would be charged if it were cut now; returns its number for
         ``durable``."""
@@ -255,6 +262,14 @@ class InferenceReservation:
             entry.prompt_tokens + entry.completion_tokens, entry.cost_nanos, month=entry.created_at.strftime("%Y-%m")
         )
         self._seq = self._admission.settle(self._tenant.tenant_id, self._demand, used, entry)
+
+    def withdraw(self) -> None:
+        """The request never ran (refused, or its client left, while it waited for the engine): give everything
+        back, charge nothing. Instead of ``settle``, not after it."""
+        if self._settled:
+            return
+        self._settled = True
+        self._admission.withdraw(self._tenant.tenant_id, self._demand)
 
     async def delivering(self, prompt_tokens: int, delivered_tokens: int, cached_tokens: int = 0) -> None:
         """A stream is about to send tokens, ``delivered_tokens`` with those already sent: return once what it

@@ -44,6 +44,7 @@ from gateway.inference.catalog import ModelCatalog
 from gateway.inference.runs import RequestCaps, Serving
 from gateway.inference.structured import StructuredOutputs
 from gateway.ops.metrics import Metrics
+from gateway.scheduling.slots import Scheduler, TenantQueueFull
 from gateway.tenancy.principal import Authenticator, TenantPrincipal
 
 logger = logging.getLogger(__name__)
@@ -63,12 +64,13 @@ class ServingParts:
     caps: RequestCaps
     metrics: Metrics
     structured: StructuredOutputs
+    scheduler: Scheduler
     tool_call_parser: str
 
     def serving(self, request_id: str, tenant: TenantPrincipal) -> Serving:
         context = RequestContext(id=request_id)
-        parts = (self.catalog, self.admission, self.caps, self.metrics, self.structured, self.tool_call_parser)
-        return Serving(context, tenant, *parts)
+        parts = (self.catalog, self.admission, self.caps, self.metrics, self.structured, self.scheduler)
+        return Serving(context, tenant, *parts, tool_call_parser=self.tool_call_parser)
 
 
 class BatchRunner:
@@ -172,9 +174,10 @@ class BatchRunner:
             try:
                 body: BatchBody = ENDPOINT_BODIES[batch.endpoint].model_validate(row.body)  # checked at creation
                 answer = await self._answers[batch.endpoint](body, serving)
-            except ServiceUnavailable:
-                # Draining, or usage cannot be made durable for now: the request is not the problem. Wait; if this
-                # gateway is going away, the batch's heartbeat lapses and another runner resumes the request.
+            except (ServiceUnavailable, TenantQueueFull):
+                # Draining, usage cannot be made durable for now, or the engine's queue is full: the request is not
+                # the problem. Wait; if this gateway is going away, the batch's heartbeat lapses and another runner
+                # resumes the request.
                 await asyncio.sleep(1)
                 continue
             except Exception as exc:

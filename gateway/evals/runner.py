@@ -38,6 +38,7 @@ from gateway.inference.runs import RequestCaps, RunRequest, Serving, admit_run
 from gateway.inference.structured import StructuredOutputs
 from gateway.inference.tools import NO_TOOLS
 from gateway.ops.metrics import Metrics
+from gateway.scheduling.slots import Scheduler
 from gateway.tenancy.principal import Authenticator, TenantPrincipal
 from gateway.workers import Workers, WorkFailed, WorkTimedOut
 
@@ -69,6 +70,7 @@ class EvalRunner:
         metrics: Metrics,
         workers: Workers,
         structured: StructuredOutputs,
+        scheduler: Scheduler,
         *,
         concurrency: int = 16,
         heartbeat_seconds: float = 3.0,
@@ -83,6 +85,7 @@ class EvalRunner:
         self._metrics = metrics
         self._workers = workers
         self._structured = structured
+        self._scheduler = scheduler
         self._concurrency = concurrency
         self._heartbeat = heartbeat_seconds
         self._stale_after = stale_after_seconds
@@ -142,7 +145,16 @@ class EvalRunner:
 
     def _serving(self, tenant: TenantPrincipal) -> Serving:
         context = RequestContext(id=new_request_id())
-        return Serving(context, tenant, self._catalog, self._admission, self._caps, self._metrics, self._structured)
+        return Serving(
+            context,
+            tenant,
+            self._catalog,
+            self._admission,
+            self._caps,
+            self._metrics,
+            self._structured,
+            self._scheduler,
+        )
 
     async def _items(
         self,

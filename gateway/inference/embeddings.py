@@ -2,8 +2,8 @@
 bounds of 2048 inputs, no empty one, a character cap per input before anything is tokenized, then each input
 within the model's context in tokens), one run on the embedding model admitted and settled through
 ``Admission`` like a generation (its prompt tokens reserved against TPM and budgets at the model's price; the
-ledger gets what the client was told), and the answer in OpenAI's shape (``float`` vectors, or ``base64`` of
-their little-endian float32 bytes)."""
+ledger gets what the client was told) and waiting in the same fair queue for its model (one sequence per input),
+and the answer in OpenAI's shape (``float`` vectors, or ``base64`` of their little-endian float32 bytes)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from gateway.inference.catalog import ServedEmbedder
 from gateway.inference.generation import Outcome
 from gateway.inference.prompts import INLINE_CHARS
 from gateway.inference.request_fields import EndUser, ModelId
-from gateway.inference.runs import Serving, unless_disconnected
+from gateway.inference.runs import Serving, unless_disconnected, wait_for_engine
 
 MAX_INPUTS = 2048
 """OpenAI's bound on the inputs of one request."""
@@ -137,6 +137,7 @@ async def create_embeddings(body: EmbeddingRequest, request: Request, serving: S
         max_completion_tokens=0,
         end_user=body.user,
     )
+    ticket = await wait_for_engine(serving, served.id, len(prompts), reservation)  # each input is a sequence
     outcome: Outcome = "aborted"  # the client left (CancelledError) unless it completes or fails
     started = time.perf_counter()
     try:
@@ -147,6 +148,7 @@ async def create_embeddings(body: EmbeddingRequest, request: Request, serving: S
         raise
     finally:
         reservation.settle(prompt_tokens, 0, outcome)  # the settlement first: it must never depend on the metrics
+        ticket.release()
         if outcome != "aborted":  # the answer (or its error) goes out once its record is durable
             await reservation.durable()
         serving.metrics.observe_run(

@@ -1,17 +1,18 @@
 """What chat and completions share between parsing and shaping the response: the per-request caps, the
-max-tokens policy, admission (the quota reservation), and running the prompts on the engine."""
+max-tokens policy, admission (the quota reservation, then a place in the engine's queue: ``gateway.scheduling``),
+and running the prompts on the engine."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from fastapi import Request
 
 from engine.protocol import StructuredOutput
-from gateway.accounting.admission import Admission
+from gateway.accounting.admission import Admission, InferenceReservation
 from gateway.context import RequestContext
 from gateway.errors import InvalidRequestError
 from gateway.inference.api_types import ChatCompletionRequest, CompletionRequest
@@ -20,7 +21,8 @@ from gateway.inference.generation import ChoiceResult, GenerationRun, RunReport,
 from gateway.inference.prompts import PromptLimits
 from gateway.inference.structured import StructuredOutputs
 from gateway.ops.metrics import Metrics
-from gateway.scheduling import PriorityClass
+from gateway.scheduling import PriorityClass, class_rank
+from gateway.scheduling.slots import Scheduler, SlotDemand, Ticket
 from gateway.settings import GatewaySettings
 from gateway.tenancy.principal import TenantPrincipal
 
@@ -56,8 +58,11 @@ class Serving:
     caps: RequestCaps
     metrics: Metrics
     structured: StructuredOutputs
+    scheduler: Scheduler
     tool_call_parser: str = ""
     """The vLLM tool call parser that reads ``auto``'s calls (``LLMAAS_TOOL_CALL_PARSER``); empty: our own."""
+    client_gone: Callable[[], Awaitable[None]] | None = None
+    """Returns when the client disconnects (an HTTP request); None: no client to watch (an eval run)."""
 
     async def model(self, model_id: str) -> ServedModel:
         """The model the request names, if the tenant has it and its key may use it."""
@@ -123,7 +128,10 @@ async def admit_run(run: RunRequest, serving: Serving) -> GenerationRun:
     requested = await serving.structured.requested(run.body.constraint())  # checked even where a tool call wins
     # A tool choice that must be answered (required, or a named function) is enforced by its own constraint.
     structured = run.structured or requested
-    options = sampling_options(run.body, max_tokens, run.logprobs, structured)
+    priority_class = run.priority_class or serving.tenant.identity.priority_class
+    options = replace(
+        sampling_options(run.body, max_tokens, run.logprobs, structured), priority=class_rank(priority_class)
+    )
     reservation = await serving.admission.admit_inference(
         serving.context,
         serving.tenant,
@@ -149,8 +157,10 @@ async def admit_run(run: RunRequest, serving: Serving) -> GenerationRun:
             time_to_first_token=report.time_to_first_token,
         )
 
+    sequences = len(run.prompts) * run.body.n
+    ticket = await wait_for_engine(serving, run.served.base, sequences, reservation, priority_class)
     served = run.served
-    observers = [settle, observe]  # the settlement first: it must never depend on the metrics
+    observers = [settle, lambda _: ticket.release(), observe]  # the settlement first: never after the metrics
     return GenerationRun(
         served.engine,
         served.id,
@@ -163,6 +173,34 @@ async def admit_run(run: RunRequest, serving: Serving) -> GenerationRun:
         durable=reservation.durable,
         delivering=reservation.delivering,
     )
+
+
+async def wait_for_engine(
+    serving: Serving,
+    model: str,
+    sequences: int,
+    reservation: InferenceReservation,
+    priority_class: PriorityClass | None = None,
+) -> Ticket:
+    """A place among what runs on ``model``'s engine (its base model), in the queue's order, for ``sequences``
+    sequences in ``priority_class`` (None: the key's). A request refused or left while it waits gives its
+    reservation back (it never ran: nothing is charged)."""
+    tenant = serving.tenant.identity
+    demand = SlotDemand(
+        request_id=serving.context.id,
+        tenant_id=tenant.tenant_id,
+        priority_class=priority_class or tenant.priority_class,
+        weight=tenant.scheduling_weight,
+        sequences=sequences,
+    )
+    waiting = serving.scheduler.acquire(model, demand)
+    try:
+        if serving.client_gone is None:
+            return await waiting
+        return await unless_gone(serving.client_gone, waiting)
+    except BaseException:
+        reservation.withdraw()
+        raise
 
 
 async def collect(request: Request, run: GenerationRun) -> list[ChoiceResult]:
@@ -183,14 +221,29 @@ async def collected(run: GenerationRun) -> list[ChoiceResult]:
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await ``work``; if the client disconnects first, cancel it (which aborts engine requests) and raise
-    ``asyncio.CancelledError``. One watcher task beside the request's own, which cancels it on a disconnect."""
+    ``asyncio.CancelledError``."""
+    return await unless_gone(disconnect_of(request), work)
+
+
+def disconnect_of(request: Request) -> Callable[[], Awaitable[None]]:
+    """What returns when the client of ``request`` disconnects."""
+
+    async def gone() -> None:
+        await _wait_for_disconnect(request)
+
+    return gone
+
+
+async def unless_gone(gone: Callable[[], Awaitable[None]], work: Awaitable[T]) -> T:
+    """Await ``work``; if ``gone`` returns first (the client left), cancel it and raise ``asyncio.CancelledError``.
+    One watcher task beside the request's own, which cancels it when the client leaves."""
     request_task = asyncio.current_task()
     assert request_task is not None
     disconnected = False
 
     async def watch() -> None:
         nonlocal disconnected
-        await _wait_for_disconnect(request)
+        await gone()
         disconnected = True
         request_task.cancel()
 

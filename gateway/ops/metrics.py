@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from engine.backend import BackendStatus, ReplicaStatus
+from gateway.scheduling import PriorityClass
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -78,6 +79,21 @@ class _LedgerCollector(Collector):
         )
 
 
+class _QueueCollector(Collector):
+    def __init__(self, waiting: Callable[[], dict[PriorityClass, int]]) -> None:
+        self._waiting = waiting
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "llmaas_queue_waiting",
+            "Requests waiting for the engine in this gateway's fair queue, by priority class.",
+            labels=["priority_class"],
+        )
+        for priority_class, count in self._waiting().items():
+            gauge.add_metric([priority_class], count)
+        yield gauge
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -111,11 +127,25 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.queue_wait = Histogram(
+            "llmaas_queue_wait_seconds",
+            "Time a request waited for a running slot on the engine, by priority class.",
+            ["priority_class"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.dead_letters = Counter(
             "llmaas_ledger_dead_letter_records",
             "Usage records the database refused, set aside in the ledger's dead-letter file.",
             registry=self.registry,
         )
+
+    def watch_queue(self, waiting: Callable[[], dict[PriorityClass, int]]) -> None:
+        self.registry.register(_QueueCollector(waiting))
+
+    def queue_wait_observer(self) -> Callable[[PriorityClass, float], None]:
+        """What the scheduler tells how long each admitted request waited."""
+        return lambda priority_class, seconds: self.queue_wait.labels(priority_class).observe(seconds)
 
     def watch_backend(self, status: Callable[[], BackendStatus]) -> None:
         self.registry.register(_BackendCollector(status))

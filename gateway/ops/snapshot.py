@@ -1,6 +1,7 @@
 """The service's state at a glance, read from the same Prometheus registry ``/metrics`` serves: requests running
 and waiting in the engine, error rate, latency and time-to-first-token percentiles (since start, from the
-histograms' buckets), tokens, and each upstream replica. The operator's console shows it."""
+histograms' buckets), tokens, each upstream replica, and the fair queue's depth and wait per priority class. The
+operator's console shows it."""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ def service_snapshot(registry: CollectorRegistry) -> dict[str, Any]:
     tokens = {"prompt": 0.0, "completion": 0.0}
     histograms: dict[str, dict[float, float]] = {"latency": defaultdict(float), "ttft": defaultdict(float)}
     replicas: dict[str, dict[str, float]] = defaultdict(dict)
+    queue_waiting: dict[str, float] = {}
+    queue_waits: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
     for family in registry.collect():
         for sample in family.samples:
             name, labels, value = sample.name, sample.labels, sample.value
@@ -48,6 +51,10 @@ def service_snapshot(registry: CollectorRegistry) -> dict[str, Any]:
                 histograms["ttft"][float(labels["le"])] += value
             elif name in ("llmaas_prompt_tokens_total", "llmaas_completion_tokens_total"):
                 tokens[name.split("_")[1]] += value
+            elif name == "llmaas_queue_waiting":
+                queue_waiting[labels["priority_class"]] = value
+            elif name == "llmaas_queue_wait_seconds_bucket":
+                queue_waits[labels["priority_class"]][float(labels["le"])] += value
             elif name.startswith("llmaas_upstream_") and "replica" in labels:
                 replicas[labels["replica"]][name.removeprefix("llmaas_upstream_")] = value
     percentiles = {}
@@ -63,4 +70,13 @@ def service_snapshot(registry: CollectorRegistry) -> dict[str, Any]:
         "tokens": {kind: int(count) for kind, count in tokens.items()},
         **percentiles,
         "replicas": [{"url": url, **values} for url, values in sorted(replicas.items())],
+        "queue": [
+            {
+                "priority_class": priority_class,
+                "waiting": int(waiting),
+                "wait_p50_seconds": _quantile(sorted(queue_waits[priority_class].items()), 0.5),
+                "wait_p99_seconds": _quantile(sorted(queue_waits[priority_class].items()), 0.99),
+            }
+            for priority_class, waiting in queue_waiting.items()
+        ],
     }

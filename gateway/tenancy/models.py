@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from adapters.pagination import ListOf
 from gateway import bounds
 from gateway.bounds import UtcDateTime
+from gateway.scheduling import PriorityClass
 from gateway.tenancy.keys import has_id_shape
 
 KeyStatus = Literal["active", "revoked", "expired"]
@@ -71,6 +72,11 @@ class QuotaFields(BaseModel):
         default=None, description="Tokens the tenant's unfinished batches may hold together; null: the server's default"
     )
     model_prices: Annotated[dict[ModelId, ModelPrice], Field(max_length=1000)] = Field(default_factory=dict)
+    scheduling_weight: Annotated[int, Field(ge=1, le=1000)] | None = Field(
+        default=None,
+        description="The tenant's share of a saturated engine within its priority class, relative to other tenants' "
+        "weights; null: 1",
+    )
 
 
 class TenantCreate(QuotaFields):
@@ -104,6 +110,11 @@ class KeyCreate(BaseModel):
     key_manager: bool = Field(
         default=False, description="The key may revoke the tenant's other keys and make key managers."
     )
+    priority_class: PriorityClass | None = Field(
+        default=None,
+        description="The class its requests wait in when the engine is saturated (interactive before batch); null: "
+        "interactive (a key made by a tenant's key: that key's class, and never a higher one)",
+    )
 
 
 class KeyOut(BaseModel):
@@ -121,6 +132,7 @@ class KeyOut(BaseModel):
     created_by_key_id: str | None = Field(
         default=None, description="The key that made this one (null: the operator); revoked with it."
     )
+    priority_class: PriorityClass = "interactive"
 
 
 class KeyCreated(KeyOut):

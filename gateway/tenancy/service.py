@@ -19,6 +19,7 @@ from gateway.audit import SYSTEM_ACTOR, Actor, record
 from gateway.clock import utcnow
 from gateway.db import ApiKey, ConsoleSession, Database, Tenant
 from gateway.errors import ConflictError, InvalidRequestError, NotFoundError, PermissionDenied
+from gateway.scheduling import PriorityClass, class_rank
 from gateway.tenancy.keys import display_prefix, key_hash, new_id, new_key
 from gateway.tenancy.models import (
     KeyCreate,
@@ -44,6 +45,7 @@ QUOTA_FIELDS = (
     "max_storage_bytes",
     "max_batch_requests",
     "max_enqueued_batch_tokens",
+    "scheduling_weight",
 )
 
 
@@ -67,6 +69,10 @@ class KeyIdentity:
     revoked: bool
     quotas: Quotas
     key_manager: bool = False
+    priority_class: PriorityClass = "interactive"
+    """The class its requests wait in when the engine is saturated."""
+    scheduling_weight: int = 1
+    """Its tenant's share of a saturated engine within the class."""
 
 
 def tenant_out(tenant: Tenant) -> TenantOut:
@@ -98,7 +104,12 @@ def key_out(key: ApiKey, now: datetime | None = None) -> KeyOut:
         status=status,
         key_manager=key.key_manager,
         created_by_key_id=key.created_by_key_id,
+        priority_class=_priority_class(key.priority_class),
     )
+
+
+def _priority_class(stored: str) -> PriorityClass:
+    return "batch" if stored == "batch" else "interactive"
 
 
 def _prices_of(tenant: Tenant) -> dict[str, ModelPrice]:
@@ -133,6 +144,8 @@ def _identity(key: ApiKey) -> KeyIdentity:
         revoked=key.revoked_at is not None,
         quotas=quotas_of(tenant),
         key_manager=key.key_manager,
+        priority_class=_priority_class(key.priority_class),
+        scheduling_weight=tenant.scheduling_weight or 1,
     )
 
 
@@ -145,6 +158,21 @@ def _acting_key(session: Session, tenant: Tenant, key_id: str, now: datetime) ->
     if key.expires_at is not None and key.expires_at <= now:
         raise PermissionDenied("The key you act with has expired.", code="key_inactive")
     return key
+
+
+def _class_for(creator: ApiKey, asked: PriorityClass | None) -> PriorityClass:
+    """The priority class of a key ``creator`` makes: what was asked, never above the creator's own (unasked: the
+    creator's)."""
+    own = _priority_class(creator.priority_class)
+    if asked is None:
+        return own
+    if class_rank(asked) < class_rank(own):
+        raise PermissionDenied(
+            f"A key you make may not have a higher priority class than yours ({own}).",
+            param="priority_class",
+            code="key_broader_than_creator",
+        )
+    return asked
 
 
 def _no_broader_than(
@@ -285,10 +313,11 @@ class TenancyService:
         with self.db.session() as session:
             tenant = self._find(session, ref)
             allowed_models = data.allowed_models
+            priority_class: PriorityClass = data.priority_class or "interactive"
             if by_key is not None:
-                allowed_models, expires_at = _no_broader_than(
-                    _acting_key(session, tenant, by_key, now), data, expires_at
-                )
+                creator = _acting_key(session, tenant, by_key, now)
+                allowed_models, expires_at = _no_broader_than(creator, data, expires_at)
+                priority_class = _class_for(creator, data.priority_class)
             key = ApiKey(
                 id=new_id("key"),
                 tenant_id=tenant.id,
@@ -300,9 +329,15 @@ class TenancyService:
                 expires_at=expires_at,
                 key_manager=data.key_manager,
                 created_by_key_id=by_key,
+                priority_class=priority_class,
             )
             session.add(key)
-            details = {"name": data.name, "key_manager": data.key_manager, "by_key": by_key}
+            details = {
+                "name": data.name,
+                "key_manager": data.key_manager,
+                "priority_class": priority_class,
+                "by_key": by_key,
+            }
             record(session, actor, "key.create", "api_key", key.id, tenant.id, details)
         return KeyCreated(**key_out(key, now).model_dump(), key=secret)
 

@@ -46,6 +46,9 @@
       r.url, r.available ? "yes" : "no", r.requests_in_flight, r.requests_waiting,
       `${((r.kv_cache_usage || 0) * 100).toFixed(1)} %`, r.adapters_loaded,
     ])));
+    $("fair-queue").tBodies[0].replaceChildren(...s.queue.map((q) => row("fair-queue", [
+      q.priority_class, q.waiting, ms(q.wait_p50_seconds), ms(q.wait_p99_seconds),
+    ])));
     $("queue").tBodies[0].replaceChildren(...s.fine_tuning_queue.map((j) => row("queue", [
       j.id, j.tenant_name, j.status, j.model, new Date(j.created_at * 1000).toISOString().slice(0, 16).replace("T", " "),
     ])));
