@@ -48,6 +48,7 @@ from gateway.evals.queue import RunQueue
 from gateway.evals.runner import EvalRunner
 from gateway.evals.service import EvalService
 from gateway.fine_tuning.files import FileStore
+from gateway.idempotency import IdempotencyStore
 from gateway.inference.catalog import ModelCatalog
 from gateway.inference.grammar_pool import GrammarPool
 from gateway.inference.runs import RequestCaps
@@ -221,6 +222,7 @@ def create_app(
                 audit_log=AuditLog(database),
                 structured=structured,
                 responses=responses,
+                idempotency=IdempotencyStore(database, settings.idempotency_retention_hours),
             )
             queue = RunQueue(database)
             runner = EvalRunner(
