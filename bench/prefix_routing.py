@@ -141,7 +141,9 @@ def main() -> None:
     model_dir = prepare_default_model(EngineSettings()).resolve()
     systems = [system_prompt(tenant, args.prefix_words) for tenant in range(args.tenants)]
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    prefix_tokens = max(len(tokenizer.apply_chat_template(chat(s, "?", 1)["messages"])) for s in systems)
+    prefix_tokens = max(
+        len(tokenizer.apply_chat_template(chat(s, "?", 1)["messages"], return_dict=True)["input_ids"]) for s in systems
+    )
     blocks = args.kv_blocks or math.ceil(args.tenants / 2 * prefix_tokens / BLOCK_TOKENS) + 2 * args.clients
     print(f"{args.tenants} prompts of ~{prefix_tokens} tokens; {blocks} KV blocks of {BLOCK_TOKENS} per server")
     chooser = random.Random(args.seed)

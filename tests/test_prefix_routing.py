@@ -37,6 +37,7 @@ def test_block_hashes_are_chained_over_full_blocks_only() -> None:
     changed_first = [99, *prompt(1, 12)[1:]]
     assert not set(block_hashes(changed_first, BLOCK)) & set(block_hashes(prompt(1, 12), BLOCK))  # chained
     assert block_hashes(prompt(1, 3), BLOCK) == []
+    assert not set(block_hashes(prompt(1), BLOCK, "ft:x")) & set(block_hashes(prompt(1), BLOCK))  # per adapter
 
 
 def test_memory_matches_leading_blocks_and_is_bounded_least_recently_sent_first() -> None:
@@ -107,9 +108,10 @@ def test_adapter_affinity_and_prefix_add_up_and_baselines_ignore_prefixes() -> N
     router = Router("prefix-aware", PrefixIndex(block_size=BLOCK))
     running_it = replica("a", running_adapters=frozenset({"ft:x"}))
     full = replica("b", running_adapters=frozenset({"ft:y", "ft:z"}))
-    router.sent(full, prompt(1))
+    router.sent(full, prompt(1), "ft:y")
     assert router.rank([full, running_it], "ft:x", prompt(1))[0] is running_it  # a load outweighs a prefill
     assert router.rank([full, running_it], "ft:y", prompt(1))[0] is full
+    assert router.prefixes.matched_fraction([full], prompt(1), "ft:x") == {full.url: 0.0}  # cached for ft:y only
     baseline = Router("least-busy", router.prefixes)
     baseline.sent(running_it, prompt(2))
     assert len(running_it.prefixes) == 0  # only prefix-aware remembers

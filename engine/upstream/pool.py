@@ -104,7 +104,7 @@ class UpstreamPool:
         replica.in_flight += 1
         if adapter is not None:
             replica.in_flight_by_adapter[adapter.name] += 1
-        self._router.sent(replica, body["prompt"])
+        self._router.sent(replica, body["prompt"], adapter.name if adapter else None)
         try:
             if adapter is not None:
                 await self._placement.ensure_loaded(replica, adapter)

@@ -66,10 +66,10 @@ class Router:
             return sorted(rotated, key=load_penalty)
         if self.policy == "adapter-aware" or not prompt:
             return sorted(rotated, key=lambda r: load_penalty(r) - affinity(r, adapter))
-        held = self.prefixes.matched_fraction(rotated, prompt)
+        held = self.prefixes.matched_fraction(rotated, prompt, adapter)
         return sorted(rotated, key=lambda r: load_penalty(r) - affinity(r, adapter) - PREFIX_WEIGHT * held[r.url])
 
-    def sent(self, replica: Replica, prompt: Sequence[int]) -> None:
-        """The prompt went to ``replica``: under ``prefix-aware``, remember its blocks there."""
+    def sent(self, replica: Replica, prompt: Sequence[int], adapter: str | None = None) -> None:
+        """The prompt went to ``replica`` (for ``adapter``): under ``prefix-aware``, remember its blocks there."""
         if self.policy == "prefix-aware":
-            self.prefixes.record(replica, prompt)
+            self.prefixes.record(replica, prompt, adapter)
