@@ -1,11 +1,11 @@
 """Prefix-aware routing against least-busy and round robin, on two real vLLM servers whose prefix caches each hold
 about half of the tenants' system prompts.
 
-    .venv/bin/python bench/prefix_routing.py [--tenants 8] [--prefix-words 700] [--clients 8] [--seconds 60]
+    .venv/bin/python bench/prefix_routing.py [--tenants 8] [--prefix-words 850] [--clients 8] [--seconds 60]
 
 Two CPU vLLM OpenAI servers (one core each) behind our gateway (``LLMAAS_ENGINE=upstream``), each with a KV cache
-of ``--kv-blocks`` blocks of 128 tokens (``--num-gpu-blocks-override``; by default sized to hold about half of the
-tenants' prompts plus the running requests' own blocks). Every tenant has its own system prompt of about
+of ``--kv-blocks`` blocks of 128 tokens (``--num-gpu-blocks-override``; by default sized to hold half of the
+tenants' prompts plus a block for each request running there). Every tenant has its own system prompt of about
 ``--prefix-words`` words (~1,000 tokens); ``--clients`` clients send streamed chats, each for a tenant drawn at
 random (seeded, the same sequence for every policy) with a short question, for ``--seconds``. Before each policy
 both servers' prefix caches are emptied (``/reset_prefix_cache``, vLLM's dev mode) and the gateway starts afresh.
@@ -121,7 +121,7 @@ def row(results: list[RequestResult], wall: float, lookups: float, hits: float) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tenants", type=int, default=8)
-    parser.add_argument("--prefix-words", type=int, default=700, help="words of each tenant's system prompt")
+    parser.add_argument("--prefix-words", type=int, default=850, help="words of each tenant's system prompt")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=60.0, help="of load per policy")
     parser.add_argument("--max-tokens", type=int, default=16)
@@ -144,7 +144,7 @@ def main() -> None:
     prefix_tokens = max(
         len(tokenizer.apply_chat_template(chat(s, "?", 1)["messages"], return_dict=True)["input_ids"]) for s in systems
     )
-    blocks = args.kv_blocks or math.ceil(args.tenants / 2 * prefix_tokens / BLOCK_TOKENS) + 2 * args.clients
+    blocks = args.kv_blocks or math.ceil(args.tenants / 2 * prefix_tokens / BLOCK_TOKENS) + args.clients // 2
     print(f"{args.tenants} prompts of ~{prefix_tokens} tokens; {blocks} KV blocks of {BLOCK_TOKENS} per server")
     chooser = random.Random(args.seed)
     bodies = [

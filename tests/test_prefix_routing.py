@@ -102,6 +102,11 @@ def test_a_prefix_goes_where_it_was_sent_until_that_replica_is_much_busier() -> 
     first.in_flight = 0
     unknown = {router.rank([first, second], None, prompt(3))[0].url for _ in range(4)}
     assert unknown == {first.url, second.url}  # a new prefix: least loaded, equals in turns
+    router.sent(first, prompt(4))
+    for _ in range(4):  # ... and the emptier cache first
+        assert router.rank([first, second], None, prompt(3))[0] is second
+    first.in_flight = 2
+    assert router.rank([first, second], None, prompt(4))[0] is first  # its own prefix still goes there
 
 
 def test_adapter_affinity_and_prefix_add_up_and_baselines_ignore_prefixes() -> None:

@@ -84,6 +84,10 @@ class PrefixIndex:
     def _capacity(self, replica: Replica) -> int:
         return min(self.max_blocks, replica.signals.num_blocks or self.max_blocks)
 
+    def fullness(self, replica: Replica) -> float:
+        """How full its prefix cache is, as remembered here (0 to 1)."""
+        return len(replica.prefixes) / self._capacity(replica)
+
     def matched_fraction(
         self, replicas: Sequence[Replica], prompt: Sequence[int], adapter: str | None = None
     ) -> dict[str, float]:

@@ -8,7 +8,9 @@ and its KV-cache use. Base-model requests go to the least loaded. ``prefix-aware
 score the share of the prompt a replica likely holds in its prefix cache (``engine.upstream.prefix_index``),
 worth up to ``PREFIX_WEIGHT``: a full match outweighs ``PREFIX_WEIGHT / LOAD_WEIGHT`` requests more on the
 holder, and no more, so a hot prefix spills onto the next replica (which then holds it too) instead of piling up
-on one; with no prefix to go by it ranks exactly as ``adapter-aware``. ``least-busy`` ignores adapters;
+on one. A prefix no replica holds goes where the cache is emptiest, other things equal (``FULLNESS_WEIGHT``: so
+the tenants' prefixes spread evenly over the caches instead of evicting each other on one); with no prompt to go
+by it ranks exactly as ``adapter-aware``. ``least-busy`` ignores adapters;
 ``round-robin`` ignores everything (both are there to be compared against)."""
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ KV_WEIGHT = 0.5
 PREFIX_WEIGHT = 0.16
 """Score of a replica holding the whole prompt: worth 4 more requests on it (a cached ~1,000-token prompt on a
 CPU replica saves about as long a wait as 4 requests ahead of it cost)."""
+FULLNESS_WEIGHT = 0.06
+"""Score lost by a replica whose prefix cache is full (as the index remembers it), against an empty one."""
 
 
 def adapter_affinity(replica: Replica, adapter: str) -> float:
@@ -67,7 +71,12 @@ class Router:
         if self.policy == "adapter-aware" or not prompt:
             return sorted(rotated, key=lambda r: load_penalty(r) - affinity(r, adapter))
         held = self.prefixes.matched_fraction(rotated, prompt, adapter)
-        return sorted(rotated, key=lambda r: load_penalty(r) - affinity(r, adapter) - PREFIX_WEIGHT * held[r.url])
+
+        def cost(replica: Replica) -> float:
+            cache = FULLNESS_WEIGHT * self.prefixes.fullness(replica) - PREFIX_WEIGHT * held[replica.url]
+            return load_penalty(replica) - affinity(replica, adapter) + cache
+
+        return sorted(rotated, key=cost)
 
     def sent(self, replica: Replica, prompt: Sequence[int], adapter: str | None = None) -> None:
         """The prompt went to ``replica`` (for ``adapter``): under ``prefix-aware``, remember its blocks there."""
