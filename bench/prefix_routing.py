@@ -7,8 +7,10 @@ Two CPU vLLM OpenAI servers (one core each) behind our gateway (``LLMAAS_ENGINE=
 of ``--kv-blocks`` blocks of 128 tokens (``--num-gpu-blocks-override``; by default sized to hold half of the
 tenants' prompts plus a block for each request running there). Every tenant has its own system prompt of about
 ``--prefix-words`` words (~1,000 tokens); ``--clients`` clients send streamed chats, each for a tenant drawn at
-random (seeded, the same sequence for every policy) with a short question, for ``--seconds``. Before each policy
-both servers' prefix caches are emptied (``/reset_prefix_cache``, vLLM's dev mode) and the gateway starts afresh.
+random (seeded, the same sequence for every policy) with a short question, for ``--seconds``; the policies take
+turns ``--rounds`` times after a warm-up run (so the machine's other load and the servers' first slow requests
+fall on none in particular). Before each run both servers' prefix caches are emptied (``/reset_prefix_cache``,
+vLLM's dev mode) and the gateway starts afresh.
 Prints a Markdown table — TTFT p50/p99, latency p50, requests/s, output tokens/s, and the servers' prefix cache hit
 rate (``vllm:prefix_cache_hits`` / ``vllm:prefix_cache_queries``, in tokens) — with the machine beside it, and
 writes ``prefix_routing.json`` into ``--results-dir``. ``adapter-aware`` ranks base-model requests exactly as
@@ -123,7 +125,8 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=8)
     parser.add_argument("--prefix-words", type=int, default=850, help="words of each tenant's system prompt")
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=60.0, help="of load per policy")
+    parser.add_argument("--seconds", type=float, default=40.0, help="of load per policy and round")
+    parser.add_argument("--rounds", type=int, default=2, help="each policy runs this many times, in turns")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--kv-blocks", type=int, default=0, help="KV blocks per server; 0: half the prompts' worth")
     parser.add_argument("--seed", type=int, default=0)
@@ -177,25 +180,34 @@ def main() -> None:
                 replica.wait_ready()
             settings["LLMAAS_UPSTREAM_URLS"] = ",".join(r.url for r in replicas)
             key = ""
-            for policy in args.policies.split(","):
+            runs: dict[str, list[tuple[list[RequestResult], float, float, float]]] = {}
+            order = ["warm-up", *[p for _ in range(args.rounds) for p in args.policies.split(",")]]
+            for policy in order:  # the policies in turns, so the machine's other load falls on each alike
                 for replica in replicas:
                     httpx.post(f"{replica.url}/reset_prefix_cache", timeout=30).raise_for_status()
                 wait_until_quiet()
+                routing = "round-robin" if policy == "warm-up" else policy
                 log = results_dir / f"prefix-routing-gateway-{policy}.log"
-                with running_gateway({**settings, "LLMAAS_UPSTREAM_ROUTING": policy}, log, MODEL, 120) as gateway:
+                with running_gateway({**settings, "LLMAAS_UPSTREAM_ROUTING": routing}, log, MODEL, 120) as gateway:
                     key = key or create_tenant_key(gateway.base_url, ADMIN_KEY, "bench")
                     lookups, hits = cache_counters(replicas)
                     results, wall = asyncio.run(closed_loop(gateway.base_url, key, bodies, args))
                     after = cache_counters(replicas)
-                rows[policy] = row(results, wall, after[0] - lookups, after[1] - hits)
-                print(f"{policy}: {json.dumps(rows[policy])}", flush=True)
+                runs.setdefault(policy, []).append((results, wall, after[0] - lookups, after[1] - hits))
+                print(f"{policy}: {json.dumps(row(*runs[policy][-1]))}", flush=True)
+            runs.pop("warm-up")  # the servers' first requests of each shape are slow (kernels compiled)
+            for policy, done in runs.items():
+                rows[policy] = row(
+                    [r for run in done for r in run[0]], *(sum(run[i] for run in done) for i in (1, 2, 3))
+                )
         finally:
             for replica in replicas:
                 replica.stop()
 
     print(
         f"\n{args.tenants} tenants' system prompts of ~{prefix_tokens} tokens, 2 vLLM CPU servers of {blocks} KV "
-        f"blocks each, {args.clients} clients, {args.max_tokens} tokens each, {args.seconds:.0f} s a policy; "
+        f"blocks each, {args.clients} clients, {args.max_tokens} tokens each, {args.rounds} x {args.seconds:.0f} s a "
+        "policy (in turns, after a warm-up); "
         f"{describe(facts)}; load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}\n"
     )
     print("| routing | TTFT p50 / p99 (s) | latency p50 (s) | requests/s | output tok/s | cache hit rate | failed |")

@@ -6,12 +6,13 @@ running 1.0, a free adapter slot 0.8 (0.85 when it is loaded already, so no load
 waiting 0.6, else 0 — and subtracts its load: requests on it (our count or its scrape, whichever is higher)
 and its KV-cache use. Base-model requests go to the least loaded. ``prefix-aware`` (the default) adds to that
 score the share of the prompt a replica likely holds in its prefix cache (``engine.upstream.prefix_index``),
-worth up to ``PREFIX_WEIGHT``: a full match outweighs ``PREFIX_WEIGHT / LOAD_WEIGHT`` requests more on the
-holder, and no more, so a hot prefix spills onto the next replica (which then holds it too) instead of piling up
-on one. A prefix no replica holds goes where the cache is emptiest, other things equal (``FULLNESS_WEIGHT``: so
-the tenants' prefixes spread evenly over the caches instead of evicting each other on one); with no prompt to go
-by it ranks exactly as ``adapter-aware``. ``least-busy`` ignores adapters;
-``round-robin`` ignores everything (both are there to be compared against)."""
+worth up to ``PREFIX_WEIGHT``, and counts its KV-cache use only for the share of the prompt it would need room
+for anew (a small cache is mostly "used" by the very prefix the request would share). A full match outweighs
+``PREFIX_WEIGHT / LOAD_WEIGHT`` requests more on the holder, and no more, so a hot prefix spills onto the next
+replica (which then holds it too) instead of piling up on one. A prefix no replica holds goes where the cache
+is emptiest, other things equal (``FULLNESS_WEIGHT``: so the tenants' prefixes spread evenly over the caches
+instead of evicting each other on one); with no prompt to go by it ranks exactly as ``adapter-aware``.
+``least-busy`` ignores adapters; ``round-robin`` ignores everything (both are there to be compared against)."""
 
 from __future__ import annotations
 
@@ -73,8 +74,11 @@ class Router:
         held = self.prefixes.matched_fraction(rotated, prompt, adapter)
 
         def cost(replica: Replica) -> float:
-            cache = FULLNESS_WEIGHT * self.prefixes.fullness(replica) - PREFIX_WEIGHT * held[replica.url]
-            return load_penalty(replica) - affinity(replica, adapter) + cache
+            share = held[replica.url]
+            # Its KV use weighs by the blocks this request needs anew: what it finds cached takes no more room.
+            load = LOAD_WEIGHT * replica.busy() + KV_WEIGHT * replica.signals.kv_cache_usage * (1 - share)
+            cache = FULLNESS_WEIGHT * self.prefixes.fullness(replica) - PREFIX_WEIGHT * share
+            return load - affinity(replica, adapter) + cache
 
         return sorted(rotated, key=cost)
 
