@@ -5,7 +5,8 @@ It speaks the parts of vLLM's API the gateway uses: ``/health``, ``/metrics`` (v
 ``vllm:lora_requests_info``), ``/v1/models`` (the base model and loaded adapters with their ``parent``),
 ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter``, and streamed ``/v1/completions`` on token ids with
 ``return_token_ids`` and a usage chunk. It answers each completion with ``max_tokens`` tokens of ``x`` and
-counts what it served at ``/stats``. A plain ASGI app on uvicorn: as little of its own cost as possible.
+counts what it served at ``/stats`` (per model, and per prompt head: a hash of its first ``HEAD_TOKENS`` tokens,
+to tell where each prefix went). A plain ASGI app on uvicorn: as little of its own cost as possible.
 
     python bench/fake_upstream.py --port 9001 --model smollm2-135m-instruct --root /path/to/model
 """
@@ -24,11 +25,15 @@ Receive = Any
 
 TOKEN_ID = 87
 """The token it "generates" (any id the gateway's tokenizer knows)."""
+HEAD_TOKENS = 64
 
 
 class FakeUpstream:
-    def __init__(self, model: str, root: str, max_model_len: int, max_loras: int, seconds_per_token: float) -> None:
+    def __init__(
+        self, model: str, root: str, max_model_len: int, max_loras: int, seconds_per_token: float, block_size: int
+    ) -> None:
         self.model = model
+        self.block_size = block_size
         self.root = root
         self.max_model_len = max_model_len
         self.max_loras = max_loras
@@ -36,6 +41,7 @@ class FakeUpstream:
         self.adapters: dict[str, str] = {}
         self.running: Counter[str] = Counter()
         self.served: Counter[str] = Counter()
+        self.heads: Counter[str] = Counter()
         self.loads = 0
         self.started = time.time()
 
@@ -56,7 +62,16 @@ class FakeUpstream:
         elif method == "GET" and path == "/v1/models":
             await _json(send, 200, self.models())
         elif method == "GET" and path == "/stats":
-            await _json(send, 200, {"served": dict(self.served), "adapters": list(self.adapters), "loads": self.loads})
+            await _json(
+                send,
+                200,
+                {
+                    "served": dict(self.served),
+                    "heads": dict(self.heads),
+                    "adapters": list(self.adapters),
+                    "loads": self.loads,
+                },
+            )
         elif method == "POST" and path == "/v1/load_lora_adapter":
             request = json.loads(body)
             if request["lora_name"] in self.adapters:
@@ -88,6 +103,7 @@ class FakeUpstream:
         labels = f'max_lora="{self.max_loras}",running_lora_adapters="{adapters}",waiting_lora_adapters=""'
         return (
             f"# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {self.started}\n"
+            f'# TYPE vllm:cache_config_info gauge\nvllm:cache_config_info{{block_size="{self.block_size}"}} 1.0\n'
             f'# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{{engine="0"}} {running}\n'
             f'# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{{engine="0"}} 0\n'
             f'# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{{engine="0"}} 0.0\n'
@@ -102,6 +118,7 @@ class FakeUpstream:
         prompt = request["prompt"]
         n, max_tokens = request.get("n", 1), request["max_tokens"]
         self.served[model] += 1
+        self.heads[f"{hash(tuple(prompt[:HEAD_TOKENS])):x}"] += 1
         self.running[model] += 1
         try:
             await send(
@@ -156,8 +173,11 @@ def main() -> None:
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--max-loras", type=int, default=2)
     parser.add_argument("--seconds-per-token", type=float, default=0.0)
+    parser.add_argument("--block-size", type=int, default=128, help="The KV block size it reports (vLLM's on CPU).")
     args = parser.parse_args()
-    app = FakeUpstream(args.model, args.root, args.max_model_len, args.max_loras, args.seconds_per_token)
+    app = FakeUpstream(
+        args.model, args.root, args.max_model_len, args.max_loras, args.seconds_per_token, args.block_size
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, lifespan="off")
 
 

@@ -51,6 +51,7 @@ from gateway.evals.queue import RunQueue
 from gateway.evals.runner import EvalRunner
 from gateway.evals.service import EvalService
 from gateway.fine_tuning.files import FileStore
+from gateway.idempotency import IdempotencyStore
 from gateway.inference.catalog import ModelCatalog
 from gateway.inference.grammar_pool import GrammarPool
 from gateway.inference.runs import RequestCaps
@@ -259,6 +260,7 @@ def create_app(
                 responses=responses,
                 batches=BatchService(database),
                 scheduler=scheduler,
+                idempotency=IdempotencyStore(database, settings.idempotency_retention_hours),
             )
             queue = RunQueue(database)
             runner = EvalRunner(

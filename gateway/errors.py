@@ -12,6 +12,7 @@
     ├── RequestTimeout            408 code=request_timeout (the body did not arrive in time)
     ├── ConflictError             409 invalid_request_error
     ├── PayloadTooLarge           413 code=request_too_large
+    ├── UnprocessableContent      422 invalid_request_error
     ├── RateLimited               429 code=rate_limit_exceeded (retry-after, retry-after-ms)
     ├── QuotaExceeded             429 insufficient_quota (x-should-retry: false)
     ├── HeadersTooLarge           431 code=request_header_fields_too_large (answered below the app)
@@ -151,6 +152,13 @@ class PayloadTooLarge(APIError):
     status_code = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class UnprocessableContent(APIError):
+    """Well-formed, but not something this request can be (an ``Idempotency-Key`` reused for another request)."""
+
+    status_code = 422
+    type = "invalid_request_error"
 
 
 class RateLimited(APIError):

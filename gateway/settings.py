@@ -183,6 +183,9 @@ class GatewaySettings(SharedSettings):
         "30 days); unset: kept until deleted.",
     )
     retention_interval_seconds: float = Field(default=3600, gt=0, description="How often retention runs.")
+    idempotency_retention_hours: float = Field(
+        default=24, gt=0, description="How long a create's Idempotency-Key and its answer are kept for retries."
+    )
 
     # -- slow and greedy clients (connection limits: gateway/edge/connections.py) ----------------------------
     body_read_timeout_seconds: float = Field(

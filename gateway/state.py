@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Header, Request
 
 from adapters.jobs import JobService
 from engine.settings import EngineSettings
@@ -26,6 +26,8 @@ from gateway.context import RequestContext, context_of
 from gateway.errors import AuthenticationError, PermissionDenied
 from gateway.evals.service import EvalService
 from gateway.fine_tuning.files import FileStore
+from gateway.idempotency import HEADER as IDEMPOTENCY_HEADER
+from gateway.idempotency import KEY_DESCRIPTION, IdempotencyStore, IdempotentCreate, idempotent_create
 from gateway.inference.catalog import ModelCatalog
 from gateway.inference.runs import RequestCaps, Serving, disconnect_of
 from gateway.inference.structured import StructuredOutputs
@@ -81,6 +83,7 @@ class AppState:
     responses: ResponseStore
     batches: BatchService
     scheduler: Scheduler
+    idempotency: IdempotencyStore
 
 
 def state_of(app: FastAPI) -> AppState:
@@ -186,3 +189,15 @@ async def get_serving(request: Request, context: ContextDep, tenant: TenantDep) 
 
 ServingDep = Annotated[Serving, Depends(get_serving)]
 """What a generation route needs: the request's context and tenant, the catalog, admission, caps, metrics."""
+
+
+async def get_idempotent(
+    request: Request,
+    tenant: TenantDep,
+    key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER, description=KEY_DESCRIPTION)] = None,
+) -> IdempotentCreate:
+    return await idempotent_create(request, state_of(request.app).idempotency, tenant.tenant_id, key)
+
+
+IdempotentDep = Annotated[IdempotentCreate, Depends(get_idempotent)]
+"""A create route's ``Idempotency-Key``: ``await idempotent.once(create)`` creates at most once per key."""

@@ -34,6 +34,8 @@ class VLLMReplica:
     max_loras: int = 2
     max_cpu_loras: int = 4
     runner: Literal["generate", "pooling"] = "generate"
+    extra_args: tuple[str, ...] = ()
+    """More ``vllm serve`` flags (the prefix-routing benchmark's ``--num-gpu-blocks-override``)."""
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -59,6 +61,7 @@ class VLLMReplica:
                 "--structured-outputs-config", json.dumps(STRUCTURED_OUTPUTS),
                 "--enable-prompt-tokens-details",  # usage.prompt_tokens_details.cached_tokens: billed as cached
             ]  # fmt: skip
+        command += self.extra_args
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 

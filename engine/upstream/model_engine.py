@@ -64,7 +64,7 @@ class UpstreamEngine:
         tried: set[str] = set()
         last_failure: Exception | None = None
         for _ in range(self._settings.max_attempts):
-            candidates = self._pool.ranked(self.model, adapter, exclude=tried)
+            candidates = self._pool.ranked(self.model, adapter, exclude=tried, prompt=prompt_token_ids)
             if not candidates:
                 break
             replica = candidates[0]

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,6 +26,7 @@ from engine.upstream.discovery import Discovery
 from engine.upstream.embedder import UpstreamEmbedder
 from engine.upstream.model_engine import PAST_DEADLINE, UpstreamEngine
 from engine.upstream.placement import AdapterPlacement
+from engine.upstream.prefix_index import PrefixIndex
 from engine.upstream.replica import ModelCard, Replica
 from engine.upstream.routing import Router
 from engine.upstream.settings import UpstreamSettings
@@ -47,7 +48,10 @@ class UpstreamPool:
         )
         self._client = ReplicaClient(self._session, settings.fallback_max_model_len)
         self._placement = AdapterPlacement(self._client, adapter_location, settings.max_adapters_per_replica)
-        self._router = Router(settings.routing)
+        self._router = Router(
+            settings.routing,
+            PrefixIndex(settings.prefix_block_size, settings.prefix_max_blocks, settings.prefix_ttl_seconds),
+        )
         self._replicas: dict[str, Replica] = {}
         self._models: dict[str, ModelOffer] = {}
         self._tokenizer_failed: dict[str, float] = {}
@@ -79,10 +83,13 @@ class UpstreamPool:
         now = time.monotonic()
         return [r for r in self._replicas.values() if r.available(now) and r.serves(model)]
 
-    def ranked(self, model: str, adapter: AdapterRef | None, exclude: set[str]) -> list[Replica]:
-        """The available replicas that serve ``model``, but those in ``exclude`` (by URL), best first."""
+    def ranked(
+        self, model: str, adapter: AdapterRef | None, exclude: set[str], prompt: Sequence[int] = ()
+    ) -> list[Replica]:
+        """The available replicas that serve ``model``, but those in ``exclude`` (by URL), best first for a
+        request with ``prompt`` (its token ids)."""
         candidates = [r for r in self._serving(model) if r.url not in exclude]
-        return self._router.rank(candidates, adapter.name if adapter else None)
+        return self._router.rank(candidates, adapter.name if adapter else None, prompt)
 
     def context_length(self, model: str) -> int | None:
         """The shortest context among the replicas that serve ``model``; None while none does."""
@@ -97,6 +104,7 @@ class UpstreamPool:
         replica.in_flight += 1
         if adapter is not None:
             replica.in_flight_by_adapter[adapter.name] += 1
+        self._router.sent(replica, body["prompt"], adapter.name if adapter else None)
         try:
             if adapter is not None:
                 await self._placement.ensure_loaded(replica, adapter)

@@ -1,5 +1,6 @@
 """What the gateway knows of one replica: what its last scrape said (health, load, models, loaded adapters),
-its passive ejection, and this gateway's own requests and adapter loads in flight on it."""
+its passive ejection, this gateway's own requests and adapter loads in flight on it, and the prompt prefixes
+this gateway sent it (forgotten when it restarts, fails a check or is ejected)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 from engine.upstream.discovery import UpstreamSpec
+from engine.upstream.prefix_index import PrefixMemory
 from engine.upstream.signals import ReplicaSignals
 
 
@@ -42,6 +44,8 @@ class Replica:
         """Adapters this gateway loaded into it (a measure of churn: each costs a read of the adapter's files)."""
         self.loading: dict[str, asyncio.Task[None]] = {}
         """Adapter loads under way: one per adapter and replica at a time; others wait on it."""
+        self.prefixes = PrefixMemory()
+        """The prompt blocks sent to it, likely in its prefix cache (``engine.upstream.prefix_index``)."""
 
     @property
     def url(self) -> str:
@@ -57,6 +61,7 @@ class Replica:
         """Leave it out for ``seconds``; it comes back when a check succeeds after that."""
         self.ejected_until = time.monotonic() + seconds
         self.healthy = False
+        self.prefixes.clear()
 
     def busy(self) -> int:
         """Requests on it: the freshest of our own count and its last scrape (which sees other gateways too)."""
@@ -75,7 +80,10 @@ class Replica:
 
     def refresh(self, signals: ReplicaSignals, models: dict[str, ModelCard], loaded: list[str]) -> None:
         """A successful scrape: its load, models and adapters, as it says them. A restarted server lost its
-        adapters; what it lists now is the truth (an adapter we load meanwhile is re-added on success)."""
+        adapters and its prefix cache; what it lists now is the truth (an adapter we load meanwhile is re-added on
+        success)."""
+        if signals.started_at != self.signals.started_at:
+            self.prefixes.clear()
         self.signals = signals
         self.models = models
         recency = {name: index for index, name in enumerate(self.adapters)}
@@ -85,3 +93,4 @@ class Replica:
 
     def mark_down(self) -> None:
         self.healthy = False
+        self.prefixes.clear()

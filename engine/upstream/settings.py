@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-RoutingPolicy = Literal["adapter-aware", "least-busy", "round-robin"]
+RoutingPolicy = Literal["prefix-aware", "adapter-aware", "least-busy", "round-robin"]
 
 
 class UpstreamSettings(BaseSettings):
@@ -23,7 +23,20 @@ class UpstreamSettings(BaseSettings):
         "seam for Kubernetes or Ray discovery (a sidecar writes it).",
     )
     api_key: SecretStr | None = Field(default=None, description="Bearer token for replicas without their own.")
-    routing: RoutingPolicy = "adapter-aware"
+    routing: RoutingPolicy = Field(
+        default="prefix-aware",
+        description="prefix-aware: adapter-aware plus where the prompt's prefix is likely cached; the others are "
+        "baselines.",
+    )
+    prefix_block_size: Annotated[int, Field(ge=1, le=4096)] | None = Field(
+        default=None,
+        description="Tokens per hashed prompt block in the prefix index; unset: each replica's own KV block size "
+        "(its /metrics), 16 where it does not say. Set it to the replicas' --block-size (vLLM on CPU: 128).",
+    )
+    prefix_max_blocks: int = Field(default=65536, ge=1, description="Most prompt blocks remembered per replica.")
+    prefix_ttl_seconds: float = Field(
+        default=600.0, gt=0, description="A prompt block not sent to a replica for this long is forgotten there."
+    )
     scrape_interval_seconds: float = Field(
         default=1.0, ge=0.1, le=10, description="How often each replica's /health, /metrics, /v1/models are read."
     )

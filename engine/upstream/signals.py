@@ -15,6 +15,11 @@ class ReplicaSignals:
     running_adapters: frozenset[str] = field(default_factory=frozenset)
     waiting_adapters: frozenset[str] = field(default_factory=frozenset)
     max_loras: int | None = None
+    block_size: int | None = None
+    """Its KV cache's block size and block count (``vllm:cache_config_info``), for the prefix index."""
+    num_blocks: int | None = None
+    started_at: float | None = None
+    """``process_start_time_seconds``: a change means it restarted (and lost its caches)."""
 
 
 def _names(label: str) -> frozenset[str]:
@@ -27,6 +32,8 @@ def parse_metrics(text: str) -> ReplicaSignals:
     kv: list[float] = []
     lora_labels: dict[str, str] | None = None
     lora_stamp = float("-inf")
+    cache: dict[str, str] = {}
+    started_at: float | None = None
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             name = sample.name
@@ -38,6 +45,10 @@ def parse_metrics(text: str) -> ReplicaSignals:
                 kv.append(sample.value)
             elif name == "vllm:lora_requests_info" and sample.value >= lora_stamp:
                 lora_stamp, lora_labels = sample.value, sample.labels
+            elif name == "vllm:cache_config_info":
+                cache = sample.labels
+            elif name == "process_start_time_seconds":
+                started_at = sample.value
     max_loras: int | None = None
     if lora_labels and lora_labels.get("max_lora", "").isdigit():
         max_loras = int(lora_labels["max_lora"])
@@ -48,4 +59,11 @@ def parse_metrics(text: str) -> ReplicaSignals:
         running_adapters=_names((lora_labels or {}).get("running_lora_adapters", "")),
         waiting_adapters=_names((lora_labels or {}).get("waiting_lora_adapters", "")),
         max_loras=max_loras,
+        block_size=_count(cache.get("block_size")),
+        num_blocks=_count(cache.get("num_gpu_blocks")),
+        started_at=started_at,
     )
+
+
+def _count(label: str | None) -> int | None:
+    return int(label) if label and label.isdigit() and int(label) > 0 else None

@@ -332,3 +332,24 @@ class BatchRequest(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class IdempotencyKey(Base):
+    """A create request sent with an ``Idempotency-Key``: the tenant's key on one endpoint, a digest of the request,
+    and its answer once it succeeded (no answer yet: in flight). Kept for the retention, deleted with the tenant
+    (``gateway.idempotency``)."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        Index("ux_idempotency_keys_tenant_endpoint_key", "tenant_id", "endpoint", "key", unique=True),
+        Index("ix_idempotency_keys_created", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    endpoint: Mapped[str] = mapped_column(String(200))
+    key: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -21,6 +21,7 @@ from gateway.state import (
     BatchesDep,
     ContextDep,
     FilesDep,
+    IdempotentDep,
     RateLimitHeaders,
     ServingDep,
     SettingsDep,
@@ -40,7 +41,7 @@ class BatchCreate(BaseModel):
     metadata: Metadata | None = None
 
 
-@router.post("/v1/batches")
+@router.post("/v1/batches", response_model=BatchOut)
 async def create_batch(
     body: BatchCreate,
     context: ContextDep,
@@ -49,26 +50,32 @@ async def create_batch(
     files: FilesDep,
     batches: BatchesDep,
     settings: SettingsDep,
-) -> BatchOut:
+    idempotent: IdempotentDep,
+) -> BatchOut | Response:
     tenant = serving.tenant
     await admission.admit_request(context, tenant)
-    if await run_in_threadpool(files.purpose_of, tenant.tenant_id, body.input_file_id) != "batch":
-        raise InvalidRequestError("The input file must be uploaded with purpose 'batch'.", param="input_file_id")
-    data = await run_in_threadpool(files.read, tenant.tenant_id, body.input_file_id) or b""
-    quotas = tenant.identity.quotas
-    max_requests = quotas.max_batch_requests or settings.default_max_batch_requests
-    max_tokens = quotas.max_enqueued_batch_tokens
-    checked = await run_in_threadpool(read_lines, data, body.endpoint, max_requests, serving.caps.max_generated_tokens)
-    await check_model(checked, serving)
-    new = NewBatch(
-        tenant_id=tenant.tenant_id,
-        key_id=tenant.key_id,
-        endpoint=body.endpoint,
-        input_file_id=body.input_file_id,
-        metadata=body.metadata,
-        max_enqueued_tokens=settings.default_max_enqueued_batch_tokens if max_tokens is None else max_tokens,
-    )
-    return await run_in_threadpool(batches.create, new, checked)
+
+    async def create() -> BatchOut:
+        if await run_in_threadpool(files.purpose_of, tenant.tenant_id, body.input_file_id) != "batch":
+            raise InvalidRequestError("The input file must be uploaded with purpose 'batch'.", param="input_file_id")
+        data = await run_in_threadpool(files.read, tenant.tenant_id, body.input_file_id) or b""
+        quotas = tenant.identity.quotas
+        max_requests = quotas.max_batch_requests or settings.default_max_batch_requests
+        max_tokens = quotas.max_enqueued_batch_tokens
+        caps = serving.caps
+        checked = await run_in_threadpool(read_lines, data, body.endpoint, max_requests, caps.max_generated_tokens)
+        await check_model(checked, serving)
+        new = NewBatch(
+            tenant_id=tenant.tenant_id,
+            key_id=tenant.key_id,
+            endpoint=body.endpoint,
+            input_file_id=body.input_file_id,
+            metadata=body.metadata,
+            max_enqueued_tokens=settings.default_max_enqueued_batch_tokens if max_tokens is None else max_tokens,
+        )
+        return await run_in_threadpool(batches.create, new, checked)
+
+    return await idempotent.once(create)
 
 
 @router.get("/v1/batches")

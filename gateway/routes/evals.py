@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from gateway.edge.strict_json import StrictJSONRoute
@@ -21,6 +21,7 @@ from gateway.state import (
     ContextDep,
     EvalsDep,
     FilesDep,
+    IdempotentDep,
     RateLimitHeaders,
     ServingDep,
     TenantDep,
@@ -38,7 +39,7 @@ OutputStatus = Literal["pass", "fail", "error"]
 """An output item's status (``ItemStatus`` but pending: a pending item is no output item yet)."""
 
 
-@router.post("/v1/evals")
+@router.post("/v1/evals", response_model=schemas.EvalOut)
 async def create_eval(
     body: EvalCreate,
     context: ContextDep,
@@ -46,10 +47,15 @@ async def create_eval(
     admission: AdmissionDep,
     evals: EvalsDep,
     workers: WorkersDep,
-) -> schemas.EvalOut:
+    idempotent: IdempotentDep,
+) -> schemas.EvalOut | Response:
     await admission.admit_request(context, tenant)
-    await checked_schema(workers, body.data_source_config.item_schema, "data_source_config.item_schema")
-    return await run_in_threadpool(evals.create, tenant.tenant_id, body)
+
+    async def create() -> schemas.EvalOut:
+        await checked_schema(workers, body.data_source_config.item_schema, "data_source_config.item_schema")
+        return await run_in_threadpool(evals.create, tenant.tenant_id, body)
+
+    return await idempotent.once(create)
 
 
 @router.get("/v1/evals")
@@ -74,7 +80,7 @@ async def delete_eval(eval_id: EvalId, tenant: TenantDep, evals: EvalsDep, actor
     return await run_in_threadpool(evals.delete, tenant.tenant_id, eval_id, actor)
 
 
-@router.post("/v1/evals/{eval_id}/runs")
+@router.post("/v1/evals/{eval_id}/runs", response_model=schemas.EvalRunOut)
 async def create_run(
     eval_id: EvalId,
     body: RunCreate,
@@ -84,16 +90,21 @@ async def create_run(
     evals: EvalsDep,
     files: FilesDep,
     workers: WorkersDep,
-) -> schemas.EvalRunOut:
+    idempotent: IdempotentDep,
+) -> schemas.EvalRunOut | Response:
     tenant = serving.tenant
     await admission.admit_request(context, tenant)
-    definition = await run_in_threadpool(evals.definition, tenant.tenant_id, eval_id)
-    source = body.data_source
-    model = source.model if source.type == "completions" else "jsonl"
-    if source.type == "completions":
-        await serving.model(source.model)  # 404 / 403 now, not when the run starts
-    items = await checked_items(body, files, workers, tenant.tenant_id, definition.item_schema)
-    return await run_in_threadpool(evals.create_run, tenant.tenant_id, tenant.key_id, eval_id, body, model, items)
+
+    async def create() -> schemas.EvalRunOut:
+        definition = await run_in_threadpool(evals.definition, tenant.tenant_id, eval_id)
+        source = body.data_source
+        model = source.model if source.type == "completions" else "jsonl"
+        if source.type == "completions":
+            await serving.model(source.model)  # 404 / 403 now, not when the run starts
+        items = await checked_items(body, files, workers, tenant.tenant_id, definition.item_schema)
+        return await run_in_threadpool(evals.create_run, tenant.tenant_id, tenant.key_id, eval_id, body, model, items)
+
+    return await idempotent.once(create)
 
 
 @router.get("/v1/evals/{eval_id}/runs")

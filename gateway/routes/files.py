@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, Any, BinaryIO, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.responses import StreamingResponse
@@ -17,8 +17,20 @@ from starlette.responses import StreamingResponse
 from gateway.edge.body_limits import MULTIPART_ALLOWANCE
 from gateway.edge.strict_json import StrictJSONRoute
 from gateway.errors import InvalidRequestError
+from gateway.fine_tuning.files import FileStore
 from gateway.fine_tuning.schemas import FileDeleted, FileList, FileOut
-from gateway.state import ActorDep, AdmissionDep, ContextDep, FilesDep, RateLimitHeaders, SettingsDep, TenantDep
+from gateway.settings import GatewaySettings
+from gateway.state import (
+    ActorDep,
+    AdmissionDep,
+    ContextDep,
+    FilesDep,
+    IdempotentDep,
+    RateLimitHeaders,
+    SettingsDep,
+    TenantDep,
+)
+from gateway.tenancy.principal import TenantPrincipal
 
 router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
 
@@ -49,7 +61,7 @@ _BINARY_CONTENT: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("/v1/files", openapi_extra=_UPLOAD_SCHEMA)
+@router.post("/v1/files", response_model=FileOut, openapi_extra=_UPLOAD_SCHEMA)
 async def upload_file(
     request: Request,
     context: ContextDep,
@@ -57,10 +69,18 @@ async def upload_file(
     admission: AdmissionDep,
     files: FilesDep,
     settings: SettingsDep,
-) -> FileOut:
+    idempotent: IdempotentDep,
+) -> FileOut | Response:
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise InvalidRequestError("Upload the file as multipart/form-data with 'file' and 'purpose'.", param="file")
     await admission.admit_request(context, tenant)
+    return await idempotent.once(lambda: _store_upload(request, tenant, files, settings))
+
+
+async def _store_upload(
+    request: Request, tenant: TenantPrincipal, files: FileStore, settings: GatewaySettings
+) -> FileOut:
+    """The upload's form read and its file stored, within the tenant's storage quota."""
     quota = tenant.identity.quotas.max_storage_bytes
     quota = settings.default_max_storage_bytes if quota is None else quota
     announced = request.headers.get("content-length", "")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from adapters.base_models import trainable_models
@@ -20,6 +20,7 @@ from gateway.state import (
     ContextDep,
     EngineSettingsDep,
     FilesDep,
+    IdempotentDep,
     JobsDep,
     RateLimitHeaders,
     TenantDep,
@@ -37,12 +38,17 @@ async def get_job_creator(
 JobCreatorDep = Annotated[JobCreator, Depends(get_job_creator)]
 
 
-@router.post("/v1/fine_tuning/jobs")
+@router.post("/v1/fine_tuning/jobs", response_model=FineTuningJobOut)
 async def create_job(
-    body: FineTuningJobCreate, context: ContextDep, tenant: TenantDep, admission: AdmissionDep, creator: JobCreatorDep
-) -> FineTuningJobOut:
+    body: FineTuningJobCreate,
+    context: ContextDep,
+    tenant: TenantDep,
+    admission: AdmissionDep,
+    creator: JobCreatorDep,
+    idempotent: IdempotentDep,
+) -> FineTuningJobOut | Response:
     await admission.admit_request(context, tenant)  # one unit of the RPM window, before any file is read
-    return await creator.create(tenant, body)
+    return await idempotent.once(lambda: creator.create(tenant, body))
 
 
 Limit = Annotated[int, Query(ge=1, le=100)]

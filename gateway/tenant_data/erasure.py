@@ -2,7 +2,7 @@
 
 One transaction removes every row the tenant owns (files, fine-tuning jobs with their events and checkpoints,
 adapters, evals with their runs and items, batches with their requests, stored responses with their input
-items, console sessions, keys, the tenant) and appends the audit entry;
+items, idempotency keys with their answers, console sessions, keys, the tenant) and appends the audit entry;
 an unfinished fine-tuning job is first cancelled and charged for what it trained (its worker notices within
 seconds, stops, and registers nothing). Once committed, the bytes go: uploaded files and every job's dir in
 the adapter store. The caller then unloads the adapters from the engines (every replica).
@@ -27,6 +27,7 @@ from gateway.accounting.training_billing import job_charger
 from gateway.clock import utcnow
 from gateway.db import ApiKey, Batch, BatchRequest, ConsoleSession, Database, Eval, EvalRun, EvalRunItem, File, Tenant
 from gateway.fine_tuning.files import FileStore
+from gateway.idempotency import erase_tenant_keys
 from gateway.responses.store import erase_tenant_responses
 from gateway.tenancy.service import TenancyService
 from gateway.tenancy.sessions import end_sessions
@@ -68,6 +69,7 @@ class TenantEraser:
             end_sessions(session, actor, "tenant_deleted", ConsoleSession.tenant_id == tenant_id, utcnow())
             counts = _delete_rows(session, tenant_id)
             counts["responses"] = erase_tenant_responses(session, tenant_id)
+            erase_tenant_keys(session, tenant_id)
             counts |= {"files": len(file_ids), "fine_tuning_jobs": len(job_ids), "adapters": len(adapters)}
             session.execute(delete(Tenant).where(Tenant.id == tenant_id))
             audit.record(session, actor, "tenant.delete", "tenant", tenant_id, tenant_id, {"name": name, **counts})
