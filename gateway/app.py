@@ -61,7 +61,7 @@ from gateway.ops.metrics import Metrics
 from gateway.private_files import keep_private, private_dir
 from gateway.responses.store import ResponseStore
 from gateway.retention import Retention
-from gateway.routes import chat, completions, install_routes
+from gateway.routes import chat, completions, embeddings, install_routes
 from gateway.scheduling.capacity import engine_capacity
 from gateway.scheduling.memory import MemoryScheduler
 from gateway.scheduling.redis import RedisScheduler
@@ -282,7 +282,11 @@ def create_app(
                 ServingParts(
                     catalog, admission, caps, metrics, structured, scheduler, engine_settings.tool_call_parser
                 ),
-                {"/v1/chat/completions": chat.batch_answer, "/v1/completions": completions.batch_answer},
+                {
+                    "/v1/chat/completions": chat.batch_answer,
+                    "/v1/completions": completions.batch_answer,
+                    "/v1/embeddings": embeddings.batch_answer,
+                },
                 concurrency=settings.batch_concurrency,
                 stale_after_seconds=settings.batch_lease_seconds,
             )

@@ -1,8 +1,8 @@
 """The Batch API (``/v1/batches``) through the official ``openai`` client: the lifecycle on the fake engine and
-on the real model over HTTP, the output and error files, the ledger against the output file's usage (kind
-``batch``, at the batch price, outside the RPM window), malformed lines named, other tenants' 404s, cancel, the
-per-tenant limits, and a gateway SIGKILLed mid-batch whose batch another gateway resumes (nothing run twice,
-nothing lost)."""
+on the real models over HTTP (chat, completions and embeddings: the routes' answers), the output and error files,
+the ledger against the output file's usage (kind ``batch``, at the batch price, outside the RPM window), malformed
+lines named (embeddings lines too), other tenants' 404s, cancel, the per-tenant limits, and a gateway SIGKILLed
+mid-batch whose batch another gateway resumes (nothing run twice, nothing lost)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from engine.fake import FakeEngine
+from engine.settings import DEFAULT_EMBEDDING_MODEL_ID
 from tests.support import ADMIN_KEY
 from tests.support.databases import fresh_postgres_database
 from tests.support.gateway_process import fake_gateway
@@ -36,6 +37,10 @@ PRICES = {"fake": {"input": "2", "output": "4"}}
 def chat_line(custom_id: str, content: str = "Say hi", model: str = "fake", **body: Any) -> dict[str, Any]:
     request = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 5, **body}
     return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": request}
+
+
+def embeddings_line(custom_id: str, model: str = DEFAULT_EMBEDDING_MODEL_ID, **body: Any) -> dict[str, Any]:
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/embeddings", "body": {"model": model, **body}}
 
 
 def upload(client: openai.OpenAI, lines: list[Any]) -> str:
@@ -169,6 +174,38 @@ def test_a_batch_on_the_real_model_answers_as_the_routes_do(server: str, server_
     assert line["response"]["body"]["object"] == "text_completion"
 
 
+def test_a_batch_of_embeddings_answers_the_routes_vectors_at_the_batch_price(
+    server: str, server_data_dir: Path
+) -> None:
+    prices = {DEFAULT_EMBEDDING_MODEL_ID: {"input": "2", "output": "4"}}
+    tenant_id, key = tenant_key(server, "batch-embeddings", model_prices=prices)
+    client = openai_client(server, key)
+    inputs: dict[str, Any] = {
+        "one": "The cat sits on the mat.",
+        "many": ["A dog runs.", "Quantum computers use qubits."],
+    }
+    lines = [embeddings_line(custom_id, input=value) for custom_id, value in inputs.items()]
+    done = wait_for(client, create(client, lines, "/v1/embeddings").id, timeout=300)
+    assert done.status == "completed" and done.request_counts.completed == 2, done  # type: ignore[union-attr]
+    output = {line["custom_id"]: line for line in lines_of(client, done.output_file_id)}
+    for custom_id, value in inputs.items():
+        body = output[custom_id]["response"]["body"]
+        direct = client.embeddings.create(model=DEFAULT_EMBEDDING_MODEL_ID, input=value)
+        assert body["object"] == "list" and body["model"] == DEFAULT_EMBEDDING_MODEL_ID
+        assert [item["index"] for item in body["data"]] == [item.index for item in direct.data]
+        for item, expected in zip(body["data"], direct.data, strict=True):
+            assert item["object"] == "embedding" and item["embedding"] == pytest.approx(expected.embedding, abs=1e-5)
+        assert body["usage"] == {"prompt_tokens": direct.usage.prompt_tokens, "total_tokens": direct.usage.total_tokens}
+    assert done.usage is not None and done.usage.output_tokens == 0  # type: ignore[union-attr]
+
+    records = ledger(f"sqlite:///{server_data_dir / 'llmaas.db'}", tenant_id, len(output))
+    assert len(records) == len(output)
+    for line in output.values():
+        prompt, completion, cost = records[line["response"]["request_id"]]
+        assert (prompt, completion) == (line["response"]["body"]["usage"]["prompt_tokens"], 0)
+        assert cost == Decimal(prompt) * 2 / 1_000_000 / 2  # the batch price: half the model's
+
+
 def test_malformed_lines_fail_the_batch_naming_each_line(in_process: Callable[..., InProcessGateway]) -> None:
     gateway = in_process()
     _, _, client = gateway.tenant()
@@ -208,6 +245,26 @@ def test_malformed_lines_fail_the_batch_naming_each_line(in_process: Callable[..
         client.batches.create(input_file_id=not_batch, endpoint="/v1/chat/completions", completion_window="24h")
     with pytest.raises(openai.BadRequestError):
         client.batches.create(input_file_id=upload(client, []), endpoint="/v1/images", completion_window="24h")  # type: ignore[arg-type]
+
+
+def test_malformed_embeddings_lines_are_named(in_process: Callable[..., InProcessGateway]) -> None:
+    gateway = in_process()
+    _, _, client = gateway.tenant()
+    lines: list[Any] = [
+        embeddings_line("ok", input="hello"),
+        embeddings_line("empty", input=[]),
+        embeddings_line("format", input="hi", encoding_format="int8"),
+        embeddings_line("stream", input="hi", stream=True),
+        chat_line("chat"),  # a chat line in an embeddings batch
+    ]
+    batch = create(client, lines, "/v1/embeddings")
+    assert batch.status == "failed" and batch.errors is not None and batch.errors.data is not None
+    named = {(error.line, error.param) for error in batch.errors.data}
+    assert named == {(2, "body.input"), (3, "body.encoding_format"), (4, "body.stream"), (5, "url")}
+
+    chat_model = create(client, [embeddings_line("a", model="fake", input="hi")], "/v1/embeddings")
+    assert chat_model.status == "failed" and chat_model.errors is not None
+    assert [(e.line, e.param) for e in chat_model.errors.data or []] == [(1, "body.model")]
 
 
 def test_other_tenants_get_404s(in_process: Callable[..., InProcessGateway]) -> None:

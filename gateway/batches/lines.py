@@ -1,11 +1,12 @@
 """A batch's input file read and checked line by line (OpenAI's rules): each line a JSON object with a unique
 ``custom_id``, ``method`` POST, ``url`` the batch's endpoint and a ``body`` that endpoint accepts (the routes'
-own request models and checks, ``stream`` off); all lines name one model, which the tenant's key may use; no
+own request models and checks, ``stream`` off); all lines name one model of the endpoint's kind (an embedding
+model for ``/v1/embeddings``), which the tenant's key may use; no
 more lines than the tenant's batch size limit. Each failing line is named (``line``, 1-based) in an error of
 OpenAI's ``{code, message, param, line}`` shape; the batch then fails (``errors``).
 
 A line's tokens are bounded from above without tokenizing (its bytes, plus the completion tokens it may ask
-for): what the tenant's ``max_enqueued_batch_tokens`` counts."""
+for; an embeddings line asks for none): what the tenant's ``max_enqueued_batch_tokens`` counts."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from gateway.batches.states import ENDPOINT_BODIES, BatchBody
 from gateway.documents import DocumentError, check_shape
 from gateway.errors import APIError, as_api_error
 from gateway.inference.api_types import ChatCompletionRequest
+from gateway.inference.embeddings import EmbeddingRequest, embedder_for
 from gateway.inference.runs import Serving
 
 MAX_ERRORS = 100
@@ -95,12 +97,16 @@ def read_lines(data: bytes, endpoint: str, max_requests: int, max_completion_tok
     return checked
 
 
-async def check_model(checked: CheckedFile, serving: Serving) -> None:
-    """The batch's model exists and the tenant's key may use it; else an error naming the first line."""
+async def check_model(checked: CheckedFile, endpoint: str, serving: Serving) -> None:
+    """The batch's model exists, serves ``endpoint`` and the tenant's key may use it; else an error naming the
+    first line."""
     if checked.model is None or checked.errors:
         return
     try:
-        await serving.model(checked.model)
+        if endpoint == "/v1/embeddings":
+            await embedder_for(checked.model, serving)
+        else:
+            await serving.model(checked.model)
     except APIError as exc:
         checked.fail(exc.code or "model_not_found", exc.message, checked.lines[0].line, "body.model")
 
@@ -150,6 +156,8 @@ def _request(endpoint: str, body: dict[str, Any]) -> BatchBody:
 
 
 def _completion_tokens(request: BatchBody, default: int) -> int:
+    if isinstance(request, EmbeddingRequest):
+        return 0
     asked = request.requested_max_tokens if isinstance(request, ChatCompletionRequest) else request.max_tokens
     return (asked or default) * request.n
 

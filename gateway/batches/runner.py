@@ -50,7 +50,8 @@ from gateway.tenancy.principal import Authenticator, TenantPrincipal
 logger = logging.getLogger(__name__)
 
 Answer = Callable[[Any, Serving], Awaitable[dict[str, Any]]]
-"""A route's answer to one request of a batch (``batch_answer`` of ``gateway.routes.chat``, ``completions``)."""
+"""A route's answer to one request of a batch (``batch_answer`` of ``gateway.routes.chat``, ``completions``,
+``embeddings``)."""
 Result = tuple[RequestStatus, dict[str, Any], tuple[int, int]]
 """A request's status, its output line's ``response`` and its (prompt, completion) tokens."""
 
@@ -186,4 +187,6 @@ class BatchRunner:
                 return RequestStatus.FAILED, response, (0, 0)
             usage = answer["usage"]
             response = {"status_code": 200, "request_id": row.request_id, "body": answer}
-            return RequestStatus.COMPLETED, response, (usage["prompt_tokens"], usage["completion_tokens"])
+            # An embeddings answer's usage has no completion tokens.
+            tokens = (usage["prompt_tokens"], usage.get("completion_tokens", 0))
+            return RequestStatus.COMPLETED, response, tokens

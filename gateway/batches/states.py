@@ -8,6 +8,7 @@ from enum import StrEnum
 from adapters.leases import Lease
 from gateway.db import Batch
 from gateway.inference.api_types import ChatCompletionRequest, CompletionRequest
+from gateway.inference.embeddings import EmbeddingRequest
 
 
 class BatchStatus(StrEnum):
@@ -38,10 +39,11 @@ RUNNING = (BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING, BatchStatus.CANCELLI
 BATCH_LEASE = Lease.on(Batch, owner=Batch.runner_id)
 """A batch is leased by the runner executing it (``runner_id``, ``heartbeat_at``)."""
 
-BatchBody = ChatCompletionRequest | CompletionRequest
-ENDPOINT_BODIES: dict[str, type[ChatCompletionRequest] | type[CompletionRequest]] = {
+BatchBody = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+ENDPOINT_BODIES: dict[str, type[BatchBody]] = {
     "/v1/chat/completions": ChatCompletionRequest,
     "/v1/completions": CompletionRequest,
+    "/v1/embeddings": EmbeddingRequest,
 }
 """The endpoints a batch may target, and the request body each line's ``body`` must be."""
 COMPLETION_WINDOW = "24h"

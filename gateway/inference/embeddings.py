@@ -3,7 +3,8 @@ bounds of 2048 inputs, no empty one, a character cap per input before anything i
 within the model's context in tokens), one run on the embedding model admitted and settled through
 ``Admission`` like a generation (its prompt tokens reserved against TPM and budgets at the model's price; the
 ledger gets what the client was told) and waiting in the same fair queue for its model (one sequence per input),
-and the answer in OpenAI's shape (``float`` vectors, or ``base64`` of their little-endian float32 bytes)."""
+and the answer in OpenAI's shape (``float`` vectors, or ``base64`` of their little-endian float32 bytes). A
+batch's request (``gateway.batches``) is answered the same way, in the ``batch`` ledger kind and priority class."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import struct
 import time
 from typing import Any, Literal
 
-from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
@@ -22,7 +22,8 @@ from gateway.inference.catalog import ServedEmbedder
 from gateway.inference.generation import Outcome
 from gateway.inference.prompts import INLINE_CHARS
 from gateway.inference.request_fields import EndUser, ModelId
-from gateway.inference.runs import Serving, unless_disconnected, wait_for_engine
+from gateway.inference.runs import Serving, unless_gone, wait_for_engine
+from gateway.scheduling import PriorityClass
 
 MAX_INPUTS = 2048
 """OpenAI's bound on the inputs of one request."""
@@ -55,6 +56,9 @@ class EmbeddingRequest(BaseModel):
         if any(len(item) == 0 for item in items):
             raise ValueError("input must not hold an empty string or an empty array of tokens")
         return value
+
+    def check(self) -> None:
+        """Nothing beyond the fields' own checks (what a batch's line calls of every request body)."""
 
 
 class Embedding(BaseModel):
@@ -118,10 +122,20 @@ def _encoded(vector: list[float], encoding_format: str) -> list[float] | str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
 
 
-async def create_embeddings(body: EmbeddingRequest, request: Request, serving: Serving) -> dict[str, Any]:
-    """The answer to ``body``: checked, admitted, run and settled (the settlement durable before it returns)."""
-    served: ServedEmbedder = await serving.catalog.resolve_embedder(body.model, serving.tenant.tenant_id)
+async def embedder_for(model: str, serving: Serving) -> ServedEmbedder:
+    """The embedding model ``model`` names, if the tenant has it and its key may use it."""
+    served = await serving.catalog.resolve_embedder(model, serving.tenant.tenant_id)
     serving.tenant.check_model(served.id)
+    return served
+
+
+async def create_embeddings(
+    body: EmbeddingRequest, serving: Serving, kind: str = "inference", priority_class: PriorityClass | None = None
+) -> dict[str, Any]:
+    """The answer to ``body``: checked, admitted, run and settled (the settlement durable before it returns);
+    aborted if ``serving.client_gone`` returns first. ``kind``: the ledger's (``batch``: budget-only admission at
+    the batch price); ``priority_class``: the class it waits in (None: its key's)."""
+    served = await embedder_for(body.model, serving)
     embedder = served.embedder
     if body.dimensions is not None and not embedder.supports_dimensions:
         raise InvalidRequestError("This model does not support specifying dimensions.", param="dimensions")
@@ -136,12 +150,16 @@ async def create_embeddings(body: EmbeddingRequest, request: Request, serving: S
         prompt_tokens=prompt_tokens,
         max_completion_tokens=0,
         end_user=body.user,
+        kind=kind,
     )
-    ticket = await wait_for_engine(serving, served.id, len(prompts), reservation)  # each input is a sequence
+    # Each input is a sequence.
+    ticket = await wait_for_engine(serving, served.id, len(prompts), reservation, priority_class)
     outcome: Outcome = "aborted"  # the client left (CancelledError) unless it completes or fails
     started = time.perf_counter()
     try:
-        vectors = await unless_disconnected(request, embedder.embed(prompts, serving.context.id, body.dimensions))
+        embedding = embedder.embed(prompts, serving.context.id, body.dimensions)
+        gone = serving.client_gone
+        vectors = await (embedding if gone is None else unless_gone(gone, embedding))
         outcome = "completed"
     except Exception:
         outcome = "failed"

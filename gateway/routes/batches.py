@@ -36,7 +36,7 @@ BatchId = Annotated[str, Path(max_length=40)]
 class BatchCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     input_file_id: Annotated[str, Field(max_length=40)]
-    endpoint: Literal["/v1/chat/completions", "/v1/completions"]
+    endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
     completion_window: Literal["24h"]
     metadata: Metadata | None = None
 
@@ -64,7 +64,7 @@ async def create_batch(
         max_tokens = quotas.max_enqueued_batch_tokens
         caps = serving.caps
         checked = await run_in_threadpool(read_lines, data, body.endpoint, max_requests, caps.max_generated_tokens)
-        await check_model(checked, serving)
+        await check_model(checked, body.endpoint, serving)
         new = NewBatch(
             tenant_id=tenant.tenant_id,
             key_id=tenant.key_id,
