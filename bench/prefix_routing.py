@@ -43,6 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 POLICIES = ("prefix-aware", "least-busy", "round-robin")
 BLOCK_TOKENS = 128
 """vLLM's KV block size on CPU."""
+MAX_MODEL_LEN = 2048
+"""``VLLMReplica``'s ``--max-model-len``."""
 WORDS = sorted({word.strip("?").lower() for prompt in PROMPTS for word in prompt.split()})
 
 
@@ -138,7 +140,8 @@ def main() -> None:
     prefix_tokens = max(
         len(tokenizer.apply_chat_template(chat(s, "?", 1)["messages"], return_dict=True)["input_ids"]) for s in systems
     )
-    blocks = args.kv_blocks or math.ceil(args.tenants / 2 * prefix_tokens / BLOCK_TOKENS) + args.clients // 2
+    half = math.ceil(args.tenants / 2 * prefix_tokens / BLOCK_TOKENS) + args.clients // 2
+    blocks = args.kv_blocks or max(half, MAX_MODEL_LEN // BLOCK_TOKENS)  # vLLM needs room for one longest request
     print(f"{args.tenants} prompts of ~{prefix_tokens} tokens; {blocks} KV blocks of {BLOCK_TOKENS} per server")
     chooser = random.Random(args.seed)
     bodies = [
