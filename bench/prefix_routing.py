@@ -141,7 +141,7 @@ def main() -> None:
         len(tokenizer.apply_chat_template(chat(s, "?", 1)["messages"], return_dict=True)["input_ids"]) for s in systems
     )
     half = math.ceil(args.tenants / 2 * prefix_tokens / BLOCK_TOKENS) + args.clients // 2
-    blocks = args.kv_blocks or max(half, MAX_MODEL_LEN // BLOCK_TOKENS)  # vLLM needs room for one longest request
+    blocks = args.kv_blocks or max(half, MAX_MODEL_LEN // BLOCK_TOKENS + 1)  # room for one longest request, +1 spare
     print(f"{args.tenants} prompts of ~{prefix_tokens} tokens; {blocks} KV blocks of {BLOCK_TOKENS} per server")
     chooser = random.Random(args.seed)
     bodies = [
