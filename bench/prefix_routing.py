@@ -33,25 +33,18 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.loadgen import (
-    PROMPTS,
-    RequestResult,
-    create_tenant_key,
-    free_port,
-    percentile,
-    running_gateway,
-    stream_chat,
-    wait_until_quiet,
-)
+from bench import loadgen
+from bench.loadgen import PROMPTS, RequestResult, percentile, stream_chat
 from bench.machine import describe, machine
+from bench.routing import ADMIN_KEY, MODEL, upstream_replicas
 from engine.upstream.local_server import VLLMReplica
 
 REPO = Path(__file__).resolve().parents[1]
-ADMIN_KEY = "sk-admin-bench-0123456789abcdef"
-MODEL = "smollm2-135m-instruct"
 POLICIES = ("prefix-aware", "least-busy", "round-robin")
 BLOCK_TOKENS = 128
 """vLLM's KV block size on CPU."""
+MAX_MODEL_LEN = 2048
+"""``VLLMReplica``'s ``--max-model-len``."""
 WORDS = sorted({word.strip("?").lower() for prompt in PROMPTS for word in prompt.split()})
 
 
@@ -147,7 +140,8 @@ def main() -> None:
     prefix_tokens = max(
         len(tokenizer.apply_chat_template(chat(s, "?", 1)["messages"], return_dict=True)["input_ids"]) for s in systems
     )
-    blocks = args.kv_blocks or math.ceil(args.tenants / 2 * prefix_tokens / BLOCK_TOKENS) + args.clients // 2
+    half = math.ceil(args.tenants / 2 * prefix_tokens / BLOCK_TOKENS) + args.clients // 2
+    blocks = args.kv_blocks or max(half, MAX_MODEL_LEN // BLOCK_TOKENS + 1)  # room for one longest request, +1 spare
     print(f"{args.tenants} prompts of ~{prefix_tokens} tokens; {blocks} KV blocks of {BLOCK_TOKENS} per server")
     chooser = random.Random(args.seed)
     bodies = [
@@ -159,50 +153,32 @@ def main() -> None:
     os.environ["VLLM_SERVER_DEV_MODE"] = "1"  # for /reset_prefix_cache between policies
     override = ("--num-gpu-blocks-override", str(blocks))
     replicas = [
-        VLLMReplica(free_port(), core, results_dir / f"prefix-routing-vllm-{core}.log", MODEL, extra_args=override)
+        VLLMReplica(
+            loadgen.free_port(), core, results_dir / f"prefix-routing-vllm-{core}.log", MODEL, extra_args=override
+        )
         for core in (0, 1)
     ]
     rows: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory() as data_dir:
-        settings = {
-            "LLMAAS_DATA_DIR": data_dir,
-            "LLMAAS_ADMIN_KEY": ADMIN_KEY,
-            "LLMAAS_MODEL_PATH": str(model_dir),
-            "LLMAAS_ENGINE": "upstream",
-            "LLMAAS_EMBEDDED_WORKER": "false",
-            "LLMAAS_LOG_LEVEL": "warning",
-        }
-        try:
+    with tempfile.TemporaryDirectory() as data_dir, upstream_replicas(replicas, model_dir, data_dir) as settings:
+        key = ""
+        runs: dict[str, list[tuple[list[RequestResult], float, float, float]]] = {}
+        order = ["warm-up", *[p for _ in range(args.rounds) for p in args.policies.split(",")]]
+        for policy in order:  # the policies in turns, so the machine's other load falls on each alike
             for replica in replicas:
-                replica.log.unlink(missing_ok=True)
-                replica.start(model_dir)
-            for replica in replicas:
-                replica.wait_ready()
-            settings["LLMAAS_UPSTREAM_URLS"] = ",".join(r.url for r in replicas)
-            key = ""
-            runs: dict[str, list[tuple[list[RequestResult], float, float, float]]] = {}
-            order = ["warm-up", *[p for _ in range(args.rounds) for p in args.policies.split(",")]]
-            for policy in order:  # the policies in turns, so the machine's other load falls on each alike
-                for replica in replicas:
-                    httpx.post(f"{replica.url}/reset_prefix_cache", timeout=30).raise_for_status()
-                wait_until_quiet()
-                routing = "round-robin" if policy == "warm-up" else policy
-                log = results_dir / f"prefix-routing-gateway-{policy}.log"
-                with running_gateway({**settings, "LLMAAS_UPSTREAM_ROUTING": routing}, log, MODEL, 120) as gateway:
-                    key = key or create_tenant_key(gateway.base_url, ADMIN_KEY, "bench")
-                    lookups, hits = cache_counters(replicas)
-                    results, wall = asyncio.run(closed_loop(gateway.base_url, key, bodies, args))
-                    after = cache_counters(replicas)
-                runs.setdefault(policy, []).append((results, wall, after[0] - lookups, after[1] - hits))
-                print(f"{policy}: {json.dumps(row(*runs[policy][-1]))}", flush=True)
-            runs.pop("warm-up")  # the servers' first requests of each shape are slow (kernels compiled)
-            for policy, done in runs.items():
-                rows[policy] = row(
-                    [r for run in done for r in run[0]], *(sum(run[i] for run in done) for i in (1, 2, 3))
-                )
-        finally:
-            for replica in replicas:
-                replica.stop()
+                httpx.post(f"{replica.url}/reset_prefix_cache", timeout=30).raise_for_status()
+            loadgen.wait_until_quiet()
+            routing = "round-robin" if policy == "warm-up" else policy
+            log = results_dir / f"prefix-routing-gateway-{policy}.log"
+            with loadgen.running_gateway({**settings, "LLMAAS_UPSTREAM_ROUTING": routing}, log, MODEL, 120) as gateway:
+                key = key or loadgen.create_tenant_key(gateway.base_url, ADMIN_KEY, "bench")
+                lookups, hits = cache_counters(replicas)
+                results, wall = asyncio.run(closed_loop(gateway.base_url, key, bodies, args))
+                after = cache_counters(replicas)
+            runs.setdefault(policy, []).append((results, wall, after[0] - lookups, after[1] - hits))
+            print(f"{policy}: {json.dumps(row(*runs[policy][-1]))}", flush=True)
+        runs.pop("warm-up")  # the servers' first requests of each shape are slow (kernels compiled)
+        for policy, done in runs.items():
+            rows[policy] = row([r for run in done for r in run[0]], *(sum(run[i] for run in done) for i in (1, 2, 3)))
 
     print(
         f"\n{args.tenants} tenants' system prompts of ~{prefix_tokens} tokens, 2 vLLM CPU servers of {blocks} KV "

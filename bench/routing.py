@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,29 @@ REPO = Path(__file__).resolve().parents[1]
 ADMIN_KEY = "sk-admin-bench-0123456789abcdef"
 MODEL = "smollm2-135m-instruct"
 POLICIES = ("adapter-aware", "least-busy", "round-robin")
+
+
+@contextmanager
+def upstream_replicas(replicas: list[VLLMReplica], model_dir: Path, data_dir: str) -> Iterator[dict[str, str]]:
+    """The replicas started and ready (killed when the block ends); the settings of a gateway in front of them."""
+    try:
+        for replica in replicas:
+            replica.log.unlink(missing_ok=True)
+            replica.start(model_dir)
+        for replica in replicas:
+            replica.wait_ready()
+        yield {
+            "LLMAAS_DATA_DIR": data_dir,
+            "LLMAAS_ADMIN_KEY": ADMIN_KEY,
+            "LLMAAS_MODEL_PATH": str(model_dir),
+            "LLMAAS_ENGINE": "upstream",
+            "LLMAAS_EMBEDDED_WORKER": "false",
+            "LLMAAS_LOG_LEVEL": "warning",
+            "LLMAAS_UPSTREAM_URLS": ",".join(r.url for r in replicas),
+        }
+    finally:
+        for replica in replicas:
+            replica.stop()
 
 
 def make_adapters(model_dir: Path, data_dir: Path, tenant_id: str, count: int) -> list[str]:
@@ -179,44 +204,26 @@ def main() -> None:
         for core in (0, 1)
     ]
     rows: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory() as data_dir:
-        settings = {
-            "LLMAAS_DATA_DIR": data_dir,
-            "LLMAAS_ADMIN_KEY": ADMIN_KEY,
-            "LLMAAS_MODEL_PATH": str(model_dir),
-            "LLMAAS_ENGINE": "upstream",
-            "LLMAAS_EMBEDDED_WORKER": "false",
-            "LLMAAS_LOG_LEVEL": "warning",
-        }
-        try:
+    with tempfile.TemporaryDirectory() as data_dir, upstream_replicas(replicas, model_dir, data_dir) as settings:
+        key = ""
+        models: list[str] = []
+        for policy in args.policies.split(","):
             for replica in replicas:
-                replica.log.unlink(missing_ok=True)
-                replica.start(model_dir)
-            for replica in replicas:
-                replica.wait_ready()
-            settings["LLMAAS_UPSTREAM_URLS"] = ",".join(r.url for r in replicas)
-            key = ""
-            models: list[str] = []
-            for policy in args.policies.split(","):
-                for replica in replicas:
-                    replica.unload_all()
-                wait_until_quiet()
-                log = results_dir / f"routing-gateway-{policy}.log"
-                with running_gateway({**settings, "LLMAAS_UPSTREAM_ROUTING": policy}, log, MODEL, 120) as gateway:
-                    if not key:
-                        key = create_tenant_key(gateway.base_url, ADMIN_KEY, "bench")
-                        tenants = httpx.get(
-                            f"{gateway.base_url}/admin/v1/tenants", headers={"authorization": f"Bearer {ADMIN_KEY}"}
-                        ).json()["data"]
-                        tenant_id = next(t["id"] for t in tenants if t["name"] == "bench")
-                        models = make_adapters(model_dir, Path(data_dir), tenant_id, args.adapters)
-                    results, wall = asyncio.run(load(gateway.base_url, key, models, args))
-                    loads = adapter_loads(gateway.base_url)
-                rows[policy] = summarize(results, wall, loads)
-                print(f"{policy}: {json.dumps(rows[policy])}", flush=True)
-        finally:
-            for replica in replicas:
-                replica.stop()
+                replica.unload_all()
+            wait_until_quiet()
+            log = results_dir / f"routing-gateway-{policy}.log"
+            with running_gateway({**settings, "LLMAAS_UPSTREAM_ROUTING": policy}, log, MODEL, 120) as gateway:
+                if not key:
+                    key = create_tenant_key(gateway.base_url, ADMIN_KEY, "bench")
+                    tenants = httpx.get(
+                        f"{gateway.base_url}/admin/v1/tenants", headers={"authorization": f"Bearer {ADMIN_KEY}"}
+                    ).json()["data"]
+                    tenant_id = next(t["id"] for t in tenants if t["name"] == "bench")
+                    models = make_adapters(model_dir, Path(data_dir), tenant_id, args.adapters)
+                results, wall = asyncio.run(load(gateway.base_url, key, models, args))
+                loads = adapter_loads(gateway.base_url)
+            rows[policy] = summarize(results, wall, loads)
+            print(f"{policy}: {json.dumps(rows[policy])}", flush=True)
 
     title = (
         f"{args.adapters} fine-tuned models over 2 vLLM CPU servers (max_loras {args.max_loras}), {args.clients} "
