@@ -13,6 +13,8 @@ from engine.upstream.settings import UpstreamSettings
 
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 DEFAULT_EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
+DEFAULT_MAX_NUM_SEQS = 64
+DEFAULT_BURST_SEQS = 1
 Runner = Literal["auto", "generate", "pooling"]
 """How vLLM runs a model: generate (a chat or completion model), pooling (an embedding model), or auto (from the
 model's architecture, as vLLM detects it)."""
@@ -66,10 +68,12 @@ class EngineSettings(SharedSettings):
     served_model_name: str = Field(default=DEFAULT_MODEL_ID, pattern=r"^[A-Za-z0-9._/-]{1,96}$")
     max_model_len: int = Field(default=2048, ge=16)
     max_num_seqs: int = Field(
-        default=64, ge=1, description="Sequences the engine runs at once (the gateway's fair queue holds the rest)."
+        default=DEFAULT_MAX_NUM_SEQS,
+        ge=1,
+        description="Sequences the engine runs at once (the gateway's fair queue holds the rest).",
     )
     scheduler_burst_seqs: int = Field(
-        default=1,
+        default=DEFAULT_BURST_SEQS,
         ge=0,
         description="Sequences beyond max_num_seqs that a tenant with nothing running may take at once, so one "
         "tenant never holds every running slot while another waits (fair queuing; vLLM in process runs "

@@ -20,6 +20,7 @@ from typing import Literal
 import httpx
 
 from engine.hardware import detect, resolve_dtype
+from engine.settings import DEFAULT_BURST_SEQS, DEFAULT_MAX_NUM_SEQS
 from engine.translate import STRUCTURED_OUTPUTS
 
 START_TIMEOUT_S = 300
@@ -60,6 +61,8 @@ class VLLMReplica:
                 "--max-lora-rank", "16", "--max-cpu-loras", str(self.max_cpu_loras),
                 "--structured-outputs-config", json.dumps(STRUCTURED_OUTPUTS),
                 "--enable-prompt-tokens-details",  # usage.prompt_tokens_details.cached_tokens: billed as cached
+                # What the gateway's fair queue counts on per replica: max_num_seqs plus the burst slots.
+                "--max-num-seqs", str(DEFAULT_MAX_NUM_SEQS + DEFAULT_BURST_SEQS),
             ]  # fmt: skip
         command += self.extra_args
         with self.log.open("ab") as out:
