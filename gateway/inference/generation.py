@@ -209,7 +209,9 @@ class GenerationRun:
 
     def _engine_streams(self) -> AsyncIterator[tuple[int, list[CompletionDelta]]]:
         streams = [
-            self._engine.generate(prompt, self._options, f"{self._request_id}-{i}", self._adapter)
+            self._engine.generate(
+                prompt, self._options, f"{self._request_id}-{i}", self._adapter, whole=not self._streaming
+            )
             for i, prompt in enumerate(self._prompts)
         ]
         return merge_streams(streams)
