@@ -1,0 +1,267 @@
+"""A replica's failure costs the client nothing it did not receive. Two replicas that fail on command
+(``tests/support/faulty_upstream.py``: a connection cut mid-body, a replica that goes silent, one that answers
+garbage, a 500) behind a real gateway process, through the official client: a non-streamed answer cut at any
+point is answered whole by the other replica and billed once; a stream cut before its first token is retried
+the same way, one cut after it ends with an OpenAI error event and is billed for what was streamed; when no
+replica can answer, a 503 with ``retry-after``. A replica SIGKILLed under concurrent load (a stand-in here, a
+real vLLM server behind the ``slow`` marker), and in process a vLLM engine core killed mid-request (``slow``).
+In every test the ledger holds, request for request, what the client received."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from gateway.db.database import sqlite_url
+from tests.support import MODEL
+from tests.support.databases import ledger_rows
+from tests.support.faulty_upstream import FaultyReplica, faulty_upstream
+from tests.support.gateway_process import GatewayProcess, free_port, served_gateway
+from tests.support.tenants import tenant_key
+
+MAX_TOKENS = 12
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell me a story."}]
+
+
+@dataclass
+class Received:
+    """What one client request got: its status, the completion tokens that reached it (an ``x`` each, from the
+    stand-in) and the usage it was shown (None where it got none)."""
+
+    status: int
+    tokens: int
+    usage: tuple[int, int] | None
+    error: str | None = None
+
+
+@dataclass
+class Pool:
+    gateway: GatewayProcess
+    replicas: list[FaultyReplica]
+    data_dir: Path
+
+    def wait_available(self, expected: str = "2/2 available", seconds: float = 30) -> None:
+        deadline = time.monotonic() + seconds
+        while self.availability() != expected:
+            assert time.monotonic() < deadline, self.availability()
+            time.sleep(0.2)
+
+    def availability(self) -> str:
+        ready = httpx.get(f"{self.gateway.base}/ready", timeout=5).json()
+        return str(ready.get("engines", {}).get(MODEL, {}).get("replicas"))
+
+
+def upstream_settings(urls: list[str], model_dir: Path) -> dict[str, Any]:
+    """A gateway on the upstream backend in front of ``urls``, quick to leave a replica out and to give up on a
+    silent one (2 s)."""
+    return {
+        "engine": "upstream",
+        "embedded_worker": "false",
+        "model_path": model_dir,
+        "upstream_urls": ",".join(urls),
+        "upstream_scrape_interval_seconds": 0.5,
+        "upstream_eject_seconds": 2,
+        "upstream_read_timeout_seconds": 2,
+    }
+
+
+@pytest.fixture(scope="module")
+def pool(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    tmp_path = tmp_path_factory.mktemp("failover")
+    ports = [free_port(), free_port()]
+    with (
+        faulty_upstream(ports[0], model_dir, tmp_path / "a.log", seconds_per_token=0.02) as a,
+        faulty_upstream(ports[1], model_dir, tmp_path / "b.log", seconds_per_token=0.02) as b,
+        served_gateway(tmp_path, **upstream_settings([a.url, b.url], model_dir)) as gateway,
+    ):
+        yield Pool(gateway, [a, b], tmp_path)
+
+
+@pytest.fixture
+def healthy(pool: Pool) -> Iterator[Pool]:
+    """The pool with both replicas in, and no fault left over after the test."""
+    pool.wait_available()
+    yield pool
+    for replica in pool.replicas:
+        replica.inject("error", count=0)
+
+
+async def ask(
+    client: openai.AsyncOpenAI, request_id: str, stream: bool, delay: float = 0, started: set[str] | None = None
+) -> Received:
+    """One chat through the official client; what reached it (a stream's id into ``started`` at its first token)."""
+    await asyncio.sleep(delay)
+    headers = {"X-Client-Request-Id": request_id}
+    tokens = 0
+    try:
+        if not stream:
+            reply = await client.chat.completions.create(
+                model=MODEL,
+                messages=MESSAGES,
+                max_tokens=MAX_TOKENS,
+                extra_headers=headers,
+            )
+            assert reply.usage is not None
+            text = reply.choices[0].message.content or ""
+            return Received(200, len(text), (reply.usage.prompt_tokens, reply.usage.completion_tokens))
+        chunks = await client.chat.completions.create(
+            model=MODEL, messages=MESSAGES, max_tokens=MAX_TOKENS, stream=True,
+            stream_options={"include_usage": True}, extra_headers=headers,
+        )  # fmt: skip
+        usage = None
+        async for chunk in chunks:
+            tokens += sum(len(choice.delta.content or "") for choice in chunk.choices)
+            if tokens and started is not None:
+                started.add(request_id)
+            if chunk.usage is not None:
+                usage = (chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+        return Received(200, tokens, usage)
+    except openai.APIStatusError as exc:
+        return Received(
+            exc.status_code, tokens, None, f"{exc.body}|retry-after={exc.response.headers.get('retry-after')}"
+        )
+    except openai.APIError as exc:  # an error event in a stream that had started
+        return Received(200, tokens, None, str(exc.body))
+
+
+async def ask_many(
+    base: str, key: str, count: int, stream: bool, spread: float = 0, started: set[str] | None = None
+) -> dict[str, Received]:
+    """``count`` concurrent chats (started ``spread`` seconds apart), each by its own request id."""
+    client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=120)
+    ids = [f"req-{uuid.uuid4().hex[:8]}" for _ in range(count)]
+    async with client:
+        received = await asyncio.gather(*(ask(client, rid, stream, i * spread, started) for i, rid in enumerate(ids)))
+    return dict(zip(ids, received, strict=True))
+
+
+def prompt_tokens(received: dict[str, Received]) -> int:
+    """The prompt's tokens, as the clients that got a usage were told (every request sends the same prompt)."""
+    [count] = {usage[0] for usage in (r.usage for r in received.values()) if usage is not None}
+    return count
+
+
+def assert_billed_as_received(database_url: str, tenant_id: str, received: dict[str, Received]) -> None:
+    """The ledger, request for request: a whole answer billed as its usage said, once; a stream cut after tokens
+    went out billed for its prompt and those tokens; anything that reached the client no token, nothing."""
+    prompt = prompt_tokens(received)
+    expected: dict[str | None, tuple[int, int]] = {}
+    for request_id, got in received.items():
+        if got.usage is not None:
+            expected[request_id] = got.usage
+        else:
+            expected[request_id] = (prompt, got.tokens) if got.tokens else (0, 0)
+    deadline = time.monotonic() + 15
+    while True:  # the ledger writes in batches
+        rows = ledger_rows(database_url, tenant_id, kind="inference")
+        billed: dict[str | None, tuple[int, int]] = {}
+        for row_id, p, c, _ in rows:
+            before = billed.get(row_id, (0, 0))
+            billed[row_id] = (before[0] + p, before[1] + c)
+        if len(rows) >= len(received) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert len(rows) == len(received), rows  # each request metered once
+    assert billed == expected
+
+
+def through_faults(pool: Pool, key: str, mode: str, after: int, requests: int, stream: bool) -> dict[str, Received]:
+    """``requests`` concurrent chats while the first replica's next two completions fail as ``mode`` says, after
+    ``after`` tokens went out (and some do fail there)."""
+    victim = pool.replicas[0]
+    before = victim.faulted()
+    victim.inject(mode, after=after, count=2)
+    received = asyncio.run(ask_many(pool.gateway.base, key, requests, stream))
+    assert victim.faulted() > before
+    return received
+
+
+@pytest.mark.parametrize("mode", ["reset", "hang", "garbage", "error"])
+def test_a_non_streamed_answer_cut_anywhere_is_answered_by_another_replica_and_billed_once(
+    healthy: Pool, mode: str
+) -> None:
+    tenant_id, key = tenant_key(healthy.gateway.base)
+    received = through_faults(healthy, key, mode, after=5, requests=8, stream=False)
+    for got in received.values():
+        assert (got.status, got.tokens, got.error) == (200, MAX_TOKENS, None)
+        assert got.usage is not None and got.usage[1] == MAX_TOKENS
+    assert_billed_as_received(sqlite_url(healthy.data_dir), tenant_id, received)
+
+
+@pytest.mark.parametrize("mode", ["reset", "hang", "garbage", "error"])
+def test_a_stream_cut_before_its_first_token_is_retried_one_cut_after_ends_with_an_error_event(
+    healthy: Pool, mode: str
+) -> None:
+    tenant_id, key = tenant_key(healthy.gateway.base)
+    early = through_faults(healthy, key, mode, after=0, requests=6, stream=True)  # retried elsewhere
+    assert all((got.tokens, got.error) == (MAX_TOKENS, None) for got in early.values()), early
+    healthy.wait_available()
+    late = through_faults(healthy, key, mode, after=4, requests=6, stream=True)  # four tokens out, then the fault
+    cut = [got for got in late.values() if got.error]
+    for got in late.values():
+        if got.error is None:
+            assert got.tokens == MAX_TOKENS and got.usage == (prompt_tokens(early), MAX_TOKENS)
+    if mode == "error":  # a 500 comes before any token: always retried
+        assert not cut
+    else:
+        assert cut and all(got.tokens == 4 and "engine_error" in str(got.error) for got in cut), cut
+    assert_billed_as_received(sqlite_url(healthy.data_dir), tenant_id, {**early, **late})
+
+
+def test_when_no_replica_can_answer_the_client_gets_a_503_with_retry_after_and_no_bill(healthy: Pool) -> None:
+    tenant_id, key = tenant_key(healthy.gateway.base)
+    first = asyncio.run(ask_many(healthy.gateway.base, key, 1, stream=False))  # the prompt's size, billed
+    for replica in healthy.replicas:
+        replica.inject("error", count=100)
+    refused = asyncio.run(ask_many(healthy.gateway.base, key, 2, stream=False))
+    for got in refused.values():
+        assert got.status == 503 and "engine_unavailable" in str(got.error) and "retry-after=1" in str(got.error)
+    streamed = asyncio.run(ask_many(healthy.gateway.base, key, 2, stream=True))
+    for got in streamed.values():
+        assert got.tokens == 0 and "engine_unavailable" in str(got.error)
+    assert_billed_as_received(sqlite_url(healthy.data_dir), tenant_id, {**first, **refused, **streamed})
+
+
+def test_a_replica_killed_under_load_costs_its_clients_nothing_they_did_not_receive(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    ports = [free_port(), free_port()]
+    with (
+        faulty_upstream(ports[0], model_dir, tmp_path / "a.log", seconds_per_token=0.05) as a,
+        faulty_upstream(ports[1], model_dir, tmp_path / "b.log", seconds_per_token=0.05) as b,
+        served_gateway(tmp_path, **upstream_settings([a.url, b.url], model_dir)) as gateway,
+    ):
+        tenant_id, key = tenant_key(gateway.base)
+
+        async def load() -> dict[str, Received]:
+            started: set[str] = set()
+
+            async def kill() -> None:
+                while len(started) < 8:  # streams on both replicas under way (and the plain requests with them)
+                    await asyncio.sleep(0.02)
+                a.proc.send_signal(signal.SIGKILL)
+
+            plain, streams, _ = await asyncio.gather(
+                ask_many(gateway.base, key, 12, stream=False, spread=0.02),
+                ask_many(gateway.base, key, 12, stream=True, spread=0.02, started=started),
+                kill(),
+            )
+            return {**plain, **streams}
+
+        received = asyncio.run(load())
+        plain = list(received.values())[:12]
+        assert all((got.status, got.tokens, got.error) == (200, MAX_TOKENS, None) for got in plain), plain
+        cut = [got for got in received.values() if got.error]
+        assert cut and all(0 < got.tokens < MAX_TOKENS for got in cut), received  # streams under way on the victim
+        assert_billed_as_received(sqlite_url(tmp_path), tenant_id, received)
