@@ -20,9 +20,11 @@ from typing import Any
 
 import httpx
 import openai
+import psutil
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from engine.upstream.local_server import VLLMReplica
 from gateway.db.database import sqlite_url
 from tests.support import MODEL
 from tests.support.databases import ledger_rows
@@ -97,31 +99,39 @@ def healthy(pool: Pool) -> Iterator[Pool]:
         replica.inject("error", count=0)
 
 
-async def ask(
-    client: openai.AsyncOpenAI, request_id: str, stream: bool, delay: float = 0, started: set[str] | None = None
-) -> Received:
-    """One chat through the official client; what reached it (a stream's id into ``started`` at its first token)."""
-    await asyncio.sleep(delay)
+@dataclass(frozen=True)
+class Load:
+    """What each request of a burst asks: ``max_tokens`` (all of them: ``ignore_eos``), and whether it streams."""
+
+    stream: bool
+    max_tokens: int = MAX_TOKENS
+    spread: float = 0
+    """Seconds between the starts of the burst's requests."""
+
+
+async def ask(client: openai.AsyncOpenAI, request_id: str, load: Load, started: set[str] | None = None) -> Received:
+    """One chat through the official client; what reached it (a stream's id into ``started`` at its first token).
+    Tokens are counted by their logprobs where the model gives them (a real one), else a character each."""
     headers = {"X-Client-Request-Id": request_id}
+    extra = {"ignore_eos": True}
     tokens = 0
     try:
-        if not stream:
+        if not load.stream:
             reply = await client.chat.completions.create(
-                model=MODEL,
-                messages=MESSAGES,
-                max_tokens=MAX_TOKENS,
-                extra_headers=headers,
+                model=MODEL, messages=MESSAGES, max_tokens=load.max_tokens, extra_headers=headers, extra_body=extra
             )
             assert reply.usage is not None
             text = reply.choices[0].message.content or ""
             return Received(200, len(text), (reply.usage.prompt_tokens, reply.usage.completion_tokens))
         chunks = await client.chat.completions.create(
-            model=MODEL, messages=MESSAGES, max_tokens=MAX_TOKENS, stream=True,
-            stream_options={"include_usage": True}, extra_headers=headers,
+            model=MODEL, messages=MESSAGES, max_tokens=load.max_tokens, stream=True, logprobs=True,
+            stream_options={"include_usage": True}, extra_headers=headers, extra_body=extra,
         )  # fmt: skip
         usage = None
         async for chunk in chunks:
-            tokens += sum(len(choice.delta.content or "") for choice in chunk.choices)
+            for choice in chunk.choices:
+                counted = choice.logprobs.content if choice.logprobs and choice.logprobs.content else None
+                tokens += len(counted) if counted else len(choice.delta.content or "")
             if tokens and started is not None:
                 started.add(request_id)
             if chunk.usage is not None:
@@ -135,14 +145,17 @@ async def ask(
         return Received(200, tokens, None, str(exc.body))
 
 
-async def ask_many(
-    base: str, key: str, count: int, stream: bool, spread: float = 0, started: set[str] | None = None
-) -> dict[str, Received]:
-    """``count`` concurrent chats (started ``spread`` seconds apart), each by its own request id."""
-    client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=120)
+async def ask_many(base: str, key: str, count: int, load: Load, started: set[str] | None = None) -> dict[str, Received]:
+    """``count`` concurrent chats, each by its own request id."""
+    client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=300)
     ids = [f"req-{uuid.uuid4().hex[:8]}" for _ in range(count)]
+
+    async def one(index: int, request_id: str) -> Received:
+        await asyncio.sleep(index * load.spread)
+        return await ask(client, request_id, load, started)
+
     async with client:
-        received = await asyncio.gather(*(ask(client, rid, stream, i * spread, started) for i, rid in enumerate(ids)))
+        received = await asyncio.gather(*(one(index, request_id) for index, request_id in enumerate(ids)))
     return dict(zip(ids, received, strict=True))
 
 
@@ -182,7 +195,7 @@ def through_faults(pool: Pool, key: str, mode: str, after: int, requests: int, s
     victim = pool.replicas[0]
     before = victim.faulted()
     victim.inject(mode, after=after, count=2)
-    received = asyncio.run(ask_many(pool.gateway.base, key, requests, stream))
+    received = asyncio.run(ask_many(pool.gateway.base, key, requests, Load(stream)))
     assert victim.faulted() > before
     return received
 
@@ -221,13 +234,13 @@ def test_a_stream_cut_before_its_first_token_is_retried_one_cut_after_ends_with_
 
 def test_when_no_replica_can_answer_the_client_gets_a_503_with_retry_after_and_no_bill(healthy: Pool) -> None:
     tenant_id, key = tenant_key(healthy.gateway.base)
-    first = asyncio.run(ask_many(healthy.gateway.base, key, 1, stream=False))  # the prompt's size, billed
+    first = asyncio.run(ask_many(healthy.gateway.base, key, 1, Load(stream=False)))  # the prompt's size, billed
     for replica in healthy.replicas:
         replica.inject("error", count=100)
-    refused = asyncio.run(ask_many(healthy.gateway.base, key, 2, stream=False))
+    refused = asyncio.run(ask_many(healthy.gateway.base, key, 2, Load(stream=False)))
     for got in refused.values():
         assert got.status == 503 and "engine_unavailable" in str(got.error) and "retry-after=1" in str(got.error)
-    streamed = asyncio.run(ask_many(healthy.gateway.base, key, 2, stream=True))
+    streamed = asyncio.run(ask_many(healthy.gateway.base, key, 2, Load(stream=True)))
     for got in streamed.values():
         assert got.tokens == 0 and "engine_unavailable" in str(got.error)
     assert_billed_as_received(sqlite_url(healthy.data_dir), tenant_id, {**first, **refused, **streamed})
@@ -253,8 +266,8 @@ def test_a_replica_killed_under_load_costs_its_clients_nothing_they_did_not_rece
                 a.proc.send_signal(signal.SIGKILL)
 
             plain, streams, _ = await asyncio.gather(
-                ask_many(gateway.base, key, 12, stream=False, spread=0.02),
-                ask_many(gateway.base, key, 12, stream=True, spread=0.02, started=started),
+                ask_many(gateway.base, key, 12, Load(stream=False, spread=0.02)),
+                ask_many(gateway.base, key, 12, Load(stream=True, spread=0.02), started),
                 kill(),
             )
             return {**plain, **streams}
@@ -265,3 +278,94 @@ def test_a_replica_killed_under_load_costs_its_clients_nothing_they_did_not_rece
         cut = [got for got in received.values() if got.error]
         assert cut and all(0 < got.tokens < MAX_TOKENS for got in cut), received  # streams under way on the victim
         assert_billed_as_received(sqlite_url(tmp_path), tenant_id, received)
+
+
+def assert_cut_streams_and_whole_answers(received: dict[str, Received], max_tokens: int) -> list[Received]:
+    """Every answer that was not cut is whole, every refusal got nothing; the cut ones (returned) are streams that
+    got some tokens."""
+    cut = [got for got in received.values() if got.error and got.status == 200]
+    for got in received.values():
+        if got.error is None:
+            assert got.status == 200 and got.usage is not None and got.usage[1] == max_tokens, got
+        elif got.status != 200:
+            assert got.tokens == 0
+    assert all(0 < got.tokens < max_tokens for got in cut), cut  # a stream cut before its first token is retried
+    return cut
+
+
+@pytest.mark.slow
+def test_a_real_vllm_replica_killed_under_load_costs_its_clients_nothing_they_did_not_receive(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    max_tokens = 64
+    victim = VLLMReplica(free_port(), 0, tmp_path / "vllm.log", MODEL)
+    victim.start(model_dir)
+    try:
+        victim.wait_ready()
+        with (
+            faulty_upstream(free_port(), model_dir, tmp_path / "other.log", seconds_per_token=0.02) as other,
+            served_gateway(tmp_path, **upstream_settings([victim.url, other.url], model_dir)) as gateway,
+        ):
+            tenant_id, key = tenant_key(gateway.base)
+            first = asyncio.run(ask_many(gateway.base, key, 1, Load(stream=False)))
+
+            async def load() -> dict[str, Received]:
+                started: set[str] = set()
+
+                async def kill() -> None:
+                    while len(started) < 6 or victim.running() < 2:  # streams and plain requests on the victim
+                        await asyncio.sleep(0.05)
+                    victim.signal(signal.SIGKILL)
+
+                plain, streams, _ = await asyncio.gather(
+                    ask_many(gateway.base, key, 8, Load(stream=False, max_tokens=max_tokens, spread=0.05)),
+                    ask_many(gateway.base, key, 8, Load(stream=True, max_tokens=max_tokens, spread=0.05), started),
+                    kill(),
+                )
+                assert all(got.error is None for got in plain.values()), plain  # every one answered whole
+                return {**plain, **streams}
+
+            received = asyncio.run(load())
+            assert assert_cut_streams_and_whole_answers(received, max_tokens)
+            assert_billed_as_received(sqlite_url(tmp_path), tenant_id, {**first, **received})
+    finally:
+        victim.stop()
+
+
+def engine_core(gateway: psutil.Process) -> psutil.Process:
+    """The vLLM engine core process under an in-process gateway."""
+    [core] = [child for child in gateway.children(recursive=True) if "EngineCore" in child.name()]
+    return core
+
+
+@pytest.mark.slow
+def test_in_process_an_engine_core_killed_mid_request_is_a_503_and_bills_only_what_was_streamed(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    max_tokens = 400
+    with served_gateway(tmp_path, model_path=model_dir, kv_cache_space_gib=1, log_level="warning") as gateway:
+        tenant_id, key = tenant_key(gateway.base)
+        first = asyncio.run(ask_many(gateway.base, key, 1, Load(stream=False)))
+        core = engine_core(psutil.Process(gateway.process.pid))
+
+        async def load() -> dict[str, Received]:
+            started: set[str] = set()
+
+            async def kill() -> None:
+                while len(started) < 2:
+                    await asyncio.sleep(0.05)
+                core.send_signal(signal.SIGKILL)
+
+            plain, streams, _ = await asyncio.gather(
+                ask_many(gateway.base, key, 2, Load(stream=False, max_tokens=max_tokens)),
+                ask_many(gateway.base, key, 2, Load(stream=True, max_tokens=max_tokens), started),
+                kill(),
+            )
+            for got in plain.values():  # never a 500: the engine is gone, retry later (elsewhere)
+                assert got.status == 503 and "engine_unavailable" in str(got.error), got
+            return {**plain, **streams}
+
+        received = asyncio.run(load())
+        cut = assert_cut_streams_and_whole_answers(received, max_tokens)
+        assert len(cut) == 2 and all("engine_unavailable" in str(got.error) for got in cut), cut
+        assert_billed_as_received(sqlite_url(tmp_path), tenant_id, {**first, **received})
