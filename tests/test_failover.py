@@ -333,7 +333,7 @@ def test_a_real_vllm_replica_killed_under_load_costs_its_clients_nothing_they_di
 
 
 def engine_core(gateway: psutil.Process) -> psutil.Process:
-    """The vLLM engine core process under an in-process gateway."""
+    """The vLLM engine core process under an in-process gateway serving one model."""
     [core] = [child for child in gateway.children(recursive=True) if "EngineCore" in child.name()]
     return core
 
@@ -343,7 +343,8 @@ def test_in_process_an_engine_core_killed_mid_request_is_a_503_and_bills_only_wh
     model_dir: Path, tmp_path: Path
 ) -> None:
     max_tokens = 400
-    with served_gateway(tmp_path, model_path=model_dir, kv_cache_space_gib=1, log_level="warning") as gateway:
+    settings: dict[str, Any] = {"model_path": model_dir, "embedding_model": "", "kv_cache_space_gib": 1}
+    with served_gateway(tmp_path, **settings) as gateway:  # the chat model only: one engine core
         tenant_id, key = tenant_key(gateway.base)
         first = asyncio.run(ask_many(gateway.base, key, 1, Load(stream=False)))
         core = engine_core(psutil.Process(gateway.process.pid))
