@@ -146,6 +146,8 @@ class GenerationRun:
         self._durable = durable
         self._delivering = delivering if streaming else None
         self._streamed = 0  # completion tokens whose chunk was handed to the client
+        self.has_output = False
+        """The engine produced its first output (past that, a failure ends a stream with an error event)."""
         self._reported = False
         self._started = time.perf_counter()
 
@@ -162,6 +164,7 @@ class GenerationRun:
         outcome: Outcome = "aborted"
         try:
             async for prompt_index, batch in self._engine_streams():
+                self.has_output = True
                 if self._delivering is not None:  # a stream: what a crash would bill, durable before it goes out
                     tokens = sum(len(delta.token_ids) for delta in batch)
                     if tokens:

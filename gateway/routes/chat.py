@@ -17,9 +17,9 @@ from gateway.inference.api_types import ChatCompletionRequest
 from gateway.inference.generation import GenerationRun
 from gateway.inference.logprobs import chat_logprobs
 from gateway.inference.prompts import chat_prompt, chat_turns
-from gateway.inference.runs import RunRequest, Serving, admit_run, collect
+from gateway.inference.runs import RunRequest, Serving, admit_run, collect, stream
 from gateway.inference.schemas import ChatCompletion, openapi_responses
-from gateway.inference.sse import EventStreamResponse, sse_frames
+from gateway.inference.sse import EventStreamResponse
 from gateway.inference.tool_output import Event, OutputParser, TextDelta, ToolCall, ToolCallStarted
 from gateway.inference.tool_types import NamedToolChoice
 from gateway.inference.tools import NamedTool, ToolPlan, ToolSpec, check_history, plan_tools
@@ -56,7 +56,7 @@ async def create_chat_completion(
     completion_id = f"chatcmpl-{serving.context.id.removeprefix('req_')}"
     header = {"id": completion_id, "created": int(time.time()), "model": served.id, "system_fingerprint": None}
     if body.stream:
-        return EventStreamResponse(sse_frames(_chunks(run, header, body, plan)), on_close=run.close)
+        return await stream(request, run, _chunks(run, header, body, plan))
 
     choices = await collect(request, run)
     answers = []

@@ -15,9 +15,9 @@ from gateway.inference.api_types import CompletionRequest
 from gateway.inference.generation import GenerationRun
 from gateway.inference.logprobs import completion_logprobs
 from gateway.inference.prompts import completion_prompts
-from gateway.inference.runs import RunRequest, admit_run, collect
+from gateway.inference.runs import RunRequest, admit_run, collect, stream
 from gateway.inference.schemas import TextCompletion, openapi_responses
-from gateway.inference.sse import EventStreamResponse, sse_frames
+from gateway.inference.sse import EventStreamResponse
 from gateway.state import RateLimitHeaders, ServingDep
 
 router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
@@ -56,7 +56,7 @@ async def create_completion(
         "system_fingerprint": None,
     }
     if body.stream:
-        return EventStreamResponse(sse_frames(_chunks(run, header, body, echoes)), on_close=run.close)
+        return await stream(request, run, _chunks(run, header, body, echoes))
 
     choices = await collect(request, run)
     return JSONResponse(
