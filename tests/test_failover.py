@@ -301,12 +301,15 @@ def test_a_real_vllm_replica_killed_under_load_costs_its_clients_nothing_they_di
 ) -> None:
     max_tokens = 64
     victim = VLLMReplica(free_port(), 0, tmp_path / "vllm.log", MODEL)
+    other_port = free_port()
+    settings = upstream_settings([victim.url, f"http://127.0.0.1:{other_port}"], model_dir)
+    settings["upstream_read_timeout_seconds"] = 60  # a loaded CPU takes seconds to a first token
     victim.start(model_dir)
     try:
         victim.wait_ready()
         with (
-            faulty_upstream(free_port(), model_dir, tmp_path / "other.log", seconds_per_token=0.02) as other,
-            served_gateway(tmp_path, **upstream_settings([victim.url, other.url], model_dir)) as gateway,
+            faulty_upstream(other_port, model_dir, tmp_path / "other.log", seconds_per_token=0.02),
+            served_gateway(tmp_path, **settings) as gateway,
         ):
             tenant_id, key = tenant_key(gateway.base)
             first = asyncio.run(ask_many(gateway.base, key, 1, Load(stream=False)))
@@ -315,7 +318,9 @@ def test_a_real_vllm_replica_killed_under_load_costs_its_clients_nothing_they_di
                 started: set[str] = set()
 
                 async def kill() -> None:
+                    deadline = time.monotonic() + 120
                     while len(started) < 6 or victim.running() < 2:  # streams and plain requests on the victim
+                        assert time.monotonic() < deadline, (started, victim.running())
                         await asyncio.sleep(0.05)
                     victim.signal(signal.SIGKILL)
 
