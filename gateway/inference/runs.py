@@ -1,5 +1,6 @@
 """What chat and completions share between parsing and shaping the response: the per-request caps, the
-max-tokens policy, admission (the quota reservation), and running the prompts on the engine."""
+max-tokens policy, admission (the quota reservation), and running the prompts on the engine (a whole reply, or a
+stream that starts once the engine produced its first output)."""
 
 from __future__ import annotations
 
