@@ -13,8 +13,8 @@ import asyncio
 import signal
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,10 @@ from tests.support.gateway_process import GatewayProcess, free_port, served_gate
 from tests.support.tenants import tenant_key
 
 MAX_TOKENS = 12
+LONG = 64
+"""Tokens of an answer of a replica killed under load."""
+LONGER = 400
+"""Tokens of an answer of the in-process engine killed mid-request (long enough for the kill to land mid-answer)."""
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell me a story."}]
 
 
@@ -248,38 +252,30 @@ def test_when_no_replica_can_answer_the_client_gets_a_503_with_retry_after_strea
     assert_billed_as_received(sqlite_url(healthy.data_dir), tenant_id, {**first, **refused, **streamed})
 
 
-def test_a_replica_killed_under_load_costs_its_clients_nothing_they_did_not_receive(
-    model_dir: Path, tmp_path: Path
-) -> None:
-    ports = [free_port(), free_port()]
-    with (
-        faulty_upstream(ports[0], model_dir, tmp_path / "a.log", seconds_per_token=0.05) as a,
-        faulty_upstream(ports[1], model_dir, tmp_path / "b.log", seconds_per_token=0.05) as b,
-        served_gateway(tmp_path, **upstream_settings([a.url, b.url], model_dir)) as gateway,
-    ):
-        tenant_id, key = tenant_key(gateway.base)
+def through_a_kill(
+    base: str, key: str, count: int, load: Load, ready: Callable[[set[str]], bool], kill: Callable[[], None]
+) -> tuple[dict[str, Received], dict[str, Received]]:
+    """``count`` plain requests and ``count`` streams at once, ``load`` each; ``kill`` once ``ready`` says so of
+    the streams that got a first token (within two minutes). What the plain ones and the streams received."""
 
-        async def load() -> dict[str, Received]:
-            started: set[str] = set()
+    async def run() -> tuple[dict[str, Received], dict[str, Received]]:
+        started: set[str] = set()
 
-            async def kill() -> None:
-                while len(started) < 8:  # streams on both replicas under way (and the plain requests with them)
-                    await asyncio.sleep(0.02)
-                a.proc.send_signal(signal.SIGKILL)
+        async def killer() -> None:
+            deadline = time.monotonic() + 120
+            while not ready(started):
+                assert time.monotonic() < deadline, started
+                await asyncio.sleep(0.05)
+            kill()
 
-            plain, streams, _ = await asyncio.gather(
-                ask_many(gateway.base, key, 12, Load(stream=False, spread=0.02)),
-                ask_many(gateway.base, key, 12, Load(stream=True, spread=0.02), started),
-                kill(),
-            )
-            return {**plain, **streams}
+        plain, streams, _ = await asyncio.gather(
+            ask_many(base, key, count, replace(load, stream=False)),
+            ask_many(base, key, count, replace(load, stream=True), started),
+            killer(),
+        )
+        return plain, streams
 
-        received = asyncio.run(load())
-        plain = list(received.values())[:12]
-        assert all((got.status, got.tokens, got.error) == (200, MAX_TOKENS, None) for got in plain), plain
-        cut = [got for got in received.values() if got.error]
-        assert cut and all(0 < got.tokens < MAX_TOKENS for got in cut), received  # streams under way on the victim
-        assert_billed_as_received(sqlite_url(tmp_path), tenant_id, received)
+    return asyncio.run(run())
 
 
 def assert_cut_streams_and_whole_answers(received: dict[str, Received], max_tokens: int) -> list[Received]:
@@ -295,11 +291,35 @@ def assert_cut_streams_and_whole_answers(received: dict[str, Received], max_toke
     return cut
 
 
+def test_a_replica_killed_under_load_costs_its_clients_nothing_they_did_not_receive(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    ports = [free_port(), free_port()]
+    with (
+        faulty_upstream(ports[0], model_dir, tmp_path / "a.log", seconds_per_token=0.03) as a,
+        faulty_upstream(ports[1], model_dir, tmp_path / "b.log", seconds_per_token=0.03) as b,
+        served_gateway(tmp_path, **upstream_settings([a.url, b.url], model_dir)) as gateway,
+    ):
+        tenant_id, key = tenant_key(gateway.base)
+
+        plain, streams = through_a_kill(
+            gateway.base,
+            key,
+            12,
+            Load(stream=False, max_tokens=LONG, spread=0.02),
+            lambda started: len(started) >= 10,  # streams on both replicas under way, two seconds from their end
+            lambda: a.proc.send_signal(signal.SIGKILL),
+        )
+        received = {**plain, **streams}
+        assert all((got.status, got.tokens, got.error) == (200, LONG, None) for got in plain.values()), plain
+        assert assert_cut_streams_and_whole_answers(received, LONG), received  # streams under way on the victim
+        assert_billed_as_received(sqlite_url(tmp_path), tenant_id, received)
+
+
 @pytest.mark.slow
 def test_a_real_vllm_replica_killed_under_load_costs_its_clients_nothing_they_did_not_receive(
     model_dir: Path, tmp_path: Path
 ) -> None:
-    max_tokens = 64
     victim = VLLMReplica(free_port(), 0, tmp_path / "vllm.log", MODEL)
     other_port = free_port()
     settings = upstream_settings([victim.url, f"http://127.0.0.1:{other_port}"], model_dir)
@@ -314,26 +334,17 @@ def test_a_real_vllm_replica_killed_under_load_costs_its_clients_nothing_they_di
             tenant_id, key = tenant_key(gateway.base)
             first = asyncio.run(ask_many(gateway.base, key, 1, Load(stream=False)))
 
-            async def load() -> dict[str, Received]:
-                started: set[str] = set()
-
-                async def kill() -> None:
-                    deadline = time.monotonic() + 120
-                    while len(started) < 6 or victim.running() < 2:  # streams and plain requests on the victim
-                        assert time.monotonic() < deadline, (started, victim.running())
-                        await asyncio.sleep(0.05)
-                    victim.signal(signal.SIGKILL)
-
-                plain, streams, _ = await asyncio.gather(
-                    ask_many(gateway.base, key, 8, Load(stream=False, max_tokens=max_tokens, spread=0.05)),
-                    ask_many(gateway.base, key, 8, Load(stream=True, max_tokens=max_tokens, spread=0.05), started),
-                    kill(),
-                )
-                assert all(got.error is None for got in plain.values()), plain  # every one answered whole
-                return {**plain, **streams}
-
-            received = asyncio.run(load())
-            assert assert_cut_streams_and_whole_answers(received, max_tokens)
+            plain, streams = through_a_kill(
+                gateway.base,
+                key,
+                8,
+                Load(stream=False, max_tokens=LONG, spread=0.05),
+                lambda started: len(started) >= 6 and victim.running() >= 2,  # streams and plain ones on the victim
+                lambda: victim.signal(signal.SIGKILL),
+            )
+            assert all(got.error is None for got in plain.values()), plain  # every one answered whole
+            received = {**plain, **streams}
+            assert assert_cut_streams_and_whole_answers(received, LONG)
             assert_billed_as_received(sqlite_url(tmp_path), tenant_id, {**first, **received})
     finally:
         victim.stop()
@@ -349,31 +360,23 @@ def engine_core(gateway: psutil.Process) -> psutil.Process:
 def test_in_process_an_engine_core_killed_mid_request_is_a_503_and_bills_only_what_was_streamed(
     model_dir: Path, tmp_path: Path
 ) -> None:
-    max_tokens = 400
     settings: dict[str, Any] = {"model_path": model_dir, "embedding_model": "", "kv_cache_space_gib": 1}
     with served_gateway(tmp_path, **settings) as gateway:  # the chat model only: one engine core
         tenant_id, key = tenant_key(gateway.base)
         first = asyncio.run(ask_many(gateway.base, key, 1, Load(stream=False)))
         core = engine_core(psutil.Process(gateway.process.pid))
 
-        async def load() -> dict[str, Received]:
-            started: set[str] = set()
-
-            async def kill() -> None:
-                while len(started) < 2:
-                    await asyncio.sleep(0.05)
-                core.send_signal(signal.SIGKILL)
-
-            plain, streams, _ = await asyncio.gather(
-                ask_many(gateway.base, key, 2, Load(stream=False, max_tokens=max_tokens)),
-                ask_many(gateway.base, key, 2, Load(stream=True, max_tokens=max_tokens), started),
-                kill(),
-            )
-            for got in plain.values():  # never a 500: the engine is gone, retry later (elsewhere)
-                assert got.status == 503 and "engine_unavailable" in str(got.error), got
-            return {**plain, **streams}
-
-        received = asyncio.run(load())
-        cut = assert_cut_streams_and_whole_answers(received, max_tokens)
+        plain, streams = through_a_kill(
+            gateway.base,
+            key,
+            2,
+            Load(stream=False, max_tokens=LONGER),
+            lambda started: len(started) >= 2,
+            lambda: core.send_signal(signal.SIGKILL),
+        )
+        for got in plain.values():  # never a 500: the engine is gone, retry later (elsewhere)
+            assert got.status == 503 and "engine_unavailable" in str(got.error), got
+        received = {**plain, **streams}
+        cut = assert_cut_streams_and_whole_answers(received, LONGER)
         assert len(cut) == 2 and all("engine_unavailable" in str(got.error) for got in cut), cut
         assert_billed_as_received(sqlite_url(tmp_path), tenant_id, {**first, **received})
