@@ -61,6 +61,8 @@ class FakeEngine:
         options: SamplingOptions,
         request_id: str,
         adapter: AdapterRef | None = None,
+        *,
+        whole: bool = False,
     ) -> AsyncIterator[list[CompletionDelta]]:
         self.active.add(request_id)
         try:

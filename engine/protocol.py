@@ -23,6 +23,10 @@ class EngineUnavailable(EngineError):
     """No engine can take the request now (every upstream replica down or ejected); worth retrying later."""
 
 
+class EngineTimeout(EngineError):
+    """The request ran past its deadline and was stopped (retrying it would take as long)."""
+
+
 class RequestRejected(ValueError):
     """The engine refused the request's parameters or prompt (the caller's fault)."""
 
@@ -129,10 +133,15 @@ class Engine(Protocol):
         options: SamplingOptions,
         request_id: str,
         adapter: AdapterRef | None = None,
+        *,
+        whole: bool = False,
     ) -> AsyncIterator[list[CompletionDelta]]:
         """Yield batches of deltas until every completion finished. Closing the iterator aborts the
         request in the engine and frees its KV cache. With ``adapter``, the LoRA adapter is loaded on first
-        use (bounded LRU) and applied to this request only; requests with different adapters share batches."""
+        use (bounded LRU) and applied to this request only; requests with different adapters share batches.
+        ``whole``: the caller shows nothing before the answer is complete (a non-streamed request), so an engine
+        that can try again elsewhere (upstream replicas) may restart it after a failure at any point, and yields
+        only a complete answer; a failure after a delta went out otherwise ends the stream."""
         ...
 
     async def remove_adapter(self, adapter: AdapterRef) -> None:

@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING
 
 from engine.backend import BackendStatus, EngineLoad, ModelOffer
 from engine.model_prep import ModelPlan, served_model_plans
-from engine.protocol import AdapterRef, CompletionDelta, EngineError, RequestRejected, SamplingOptions
+from engine.protocol import (
+    AdapterRef,
+    CompletionDelta,
+    EngineError,
+    EngineUnavailable,
+    RequestRejected,
+    SamplingOptions,
+)
 from engine.settings import EngineSettings
 from engine.text_encoder import HFTextEncoder
 from engine.tokenizer import HFTokenizer
@@ -52,9 +59,13 @@ class VLLMEngine:
         options: SamplingOptions,
         request_id: str,
         adapter: AdapterRef | None = None,
+        *,
+        whole: bool = False,
     ) -> AsyncIterator[list[CompletionDelta]]:
+        from vllm.exceptions import VLLMServerError
         from vllm.inputs import tokens_input
         from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+        from vllm.v1.engine.exceptions import EngineDeadError
 
         try:
             structured = None
@@ -79,6 +90,12 @@ class VLLMEngine:
                         deltas[0].cached_tokens = output.num_cached_tokens or 0
                     produced = True
                     yield deltas
+        except EngineDeadError as exc:  # its engine core process died: nothing runs until the engine restarts
+            logger.error("engine core died during request %s", request_id)
+            raise EngineUnavailable("The engine stopped while generating the answer.") from exc
+        except VLLMServerError as exc:  # EngineGenerateError: this request failed inside the engine
+            logger.error("engine failed during request %s: %r", request_id, exc.__cause__ or exc)
+            raise EngineError("The engine failed while generating the answer.") from exc
         except ValueError as exc:
             if produced:  # vLLM's own words stay in our log: the client learns only that the engine failed
                 logger.error("engine failed during request %s: %s", request_id, exc)

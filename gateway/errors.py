@@ -17,13 +17,17 @@
     ├── QuotaExceeded             429 insufficient_quota (x-should-retry: false)
     ├── HeadersTooLarge           431 code=request_header_fields_too_large (answered below the app)
     ├── InternalError             500 server_error
-    └── ServiceUnavailable        503 server_error (retry-after)
+    ├── BadGateway                502 server_error (retry-after)
+    ├── ServiceUnavailable        503 server_error (retry-after)
+    └── GatewayTimeout            504 server_error (x-should-retry: false)
 
-``as_api_error`` maps everything else: the engine's ``RequestRejected`` (400) and ``EngineError`` (500,
-code=engine_error), the fine-tuning side's ``InvalidJobRequest`` (400) and ``NotFound`` (404), FastAPI's
-validation errors (400 naming the ``param``; unknown fields all named at once, code=unknown_parameter),
-Starlette's HTTP errors, and anything unexpected (a 500 in the same shape, never a stack trace). JSON responses,
-SSE error events and the ASGI middleware all use it; ``ERROR_RESPONSES`` documents the shape in OpenAPI.
+``as_api_error`` maps everything else: the engine's ``RequestRejected`` (400), ``EngineError`` (502,
+code=engine_error: the engine or its replicas failed the request; retrying may help), ``EngineUnavailable``
+(503, code=engine_unavailable) and ``EngineTimeout`` (504, code=deadline_exceeded), the fine-tuning side's
+``InvalidJobRequest`` (400) and ``NotFound`` (404), FastAPI's validation errors (400 naming the ``param``;
+unknown fields all named at once, code=unknown_parameter), Starlette's HTTP errors, and anything unexpected (a
+500 in the same shape, never a stack trace). JSON responses, SSE error events and the ASGI middleware all use it;
+``ERROR_RESPONSES`` documents the shape in OpenAPI.
 """
 
 from __future__ import annotations
@@ -42,9 +46,11 @@ from starlette.requests import ClientDisconnect
 
 from adapters.errors import InvalidJobRequest
 from adapters.errors import NotFound as AdapterNotFound
-from engine.protocol import EngineError, EngineUnavailable, RequestRejected
+from engine.protocol import EngineError, EngineTimeout, EngineUnavailable, RequestRejected
 
 logger = logging.getLogger(__name__)
+RETRY_SOON = {"retry-after": "1"}
+"""What a failure of the engine (a replica lost, none available) tells a client: try again in a second."""
 
 
 def _shown(text: str, limit: int = 200) -> str:
@@ -188,10 +194,22 @@ class InternalError(APIError):
     type = "server_error"
 
 
+class BadGateway(APIError):
+    status_code = 502
+    type = "server_error"
+    code = "engine_error"
+
+
 class ServiceUnavailable(APIError):
     status_code = 503
     type = "server_error"
     code = "service_unavailable"
+
+
+class GatewayTimeout(APIError):
+    status_code = 504
+    type = "server_error"
+    code = "deadline_exceeded"
 
 
 class ErrorDetail(BaseModel):
@@ -280,10 +298,13 @@ def as_api_error(exc: BaseException) -> APIError:
         return InvalidRequestError("The client disconnected before the request body was complete.")
     if isinstance(exc, EngineUnavailable):
         logger.warning("engine unavailable: %s", exc)
-        return ServiceUnavailable(str(exc), code="engine_unavailable")
-    if isinstance(exc, EngineError):
+        return ServiceUnavailable(str(exc), code="engine_unavailable", headers=dict(RETRY_SOON))
+    if isinstance(exc, EngineTimeout):  # the same request would run as long again
+        logger.warning("engine deadline: %s", exc)
+        return GatewayTimeout(str(exc), headers={"x-should-retry": "false"})
+    if isinstance(exc, EngineError):  # a failure of ours, of no fault of the request: another try may succeed
         logger.error("engine failed: %s", exc)
-        return InternalError(str(exc), code="engine_error")
+        return BadGateway(str(exc), headers=dict(RETRY_SOON))
     logger.error("unhandled error", exc_info=exc)
     return InternalError("The server had an error while processing your request.")
 

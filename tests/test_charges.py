@@ -69,7 +69,7 @@ def test_a_failure_before_any_output_is_billed_nothing(
     engine.tokens = "" if stream else "oo"  # non-streamed: tokens were generated, none reached the client
     body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
     response = app.http.post("/v1/chat/completions", json=body, headers=client.auth_headers)
-    assert response.status_code == (200 if stream else 500)
+    assert response.status_code == 502 and response.headers["retry-after"] == "1"  # a stream too: none began
     assert ledger_of(app, response.headers["x-request-id"]) == (0, 0, "failed")
 
 

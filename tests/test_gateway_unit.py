@@ -37,9 +37,10 @@ def test_mid_stream_failure_is_sent_as_an_error_event(failing_client: openai.Ope
     assert received == ["", "o", "k"]
 
 
-def test_failure_before_a_non_stream_reply_is_a_500_in_openai_shape(failing_client: openai.OpenAI) -> None:
+def test_failure_before_a_non_stream_reply_is_a_502_in_openai_shape(failing_client: openai.OpenAI) -> None:
     with pytest.raises(openai.InternalServerError) as info:
         failing_client.completions.create(model="fake", prompt="hi", max_tokens=4)
+    assert info.value.status_code == 502 and info.value.response.headers["retry-after"] == "1"
     assert info.value.body["type"] == "server_error"
 
 

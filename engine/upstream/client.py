@@ -174,7 +174,7 @@ class ReplicaClient:
     @asynccontextmanager
     async def stream_completion(
         self, replica: Replica, body: dict[str, Any], read_timeout: float
-    ) -> AsyncIterator[AsyncIterator[Any]]:
+    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         """The chunks of a streamed ``/v1/completions`` (``data:`` lines, parsed). Leaving the context before the
         end closes the connection, which makes vLLM abort the request."""
         timeout = aiohttp.ClientTimeout(
@@ -197,7 +197,7 @@ class ReplicaClient:
                 response.close()  # cut short: the connection is closed, and the replica aborts the request
 
 
-async def _chunks(response: aiohttp.ClientResponse, replica: Replica) -> AsyncIterator[Any]:
+async def _chunks(response: aiohttp.ClientResponse, replica: Replica) -> AsyncIterator[dict[str, Any]]:
     done = False
     try:
         async for raw in response.content:  # to the end, past [DONE]: a connection read to the end is kept
@@ -207,11 +207,23 @@ async def _chunks(response: aiohttp.ClientResponse, replica: Replica) -> AsyncIt
             if data == b"[DONE]":
                 done = True
                 continue
-            chunk = pydantic_core.from_json(data)  # Rust: a fraction of json.loads's cost, once per token
-            if "error" in chunk:  # vLLM reports this request's failure mid-stream as an error event
-                raise ReplicaFailed(f"{replica.url}: {chunk['error'].get('message', chunk['error'])}", eject=False)
-            yield chunk
+            yield _chunk(data, replica)
     except TRANSPORT_ERRORS as exc:
         raise ReplicaFailed(f"{replica.url} broke off the stream: {exc!r}") from exc
     if not done:
         raise ReplicaFailed(f"{replica.url} ended the stream without [DONE]")
+
+
+def _chunk(data: bytes, replica: Replica) -> dict[str, Any]:
+    """One ``data:`` event of a completion stream, parsed; ``ReplicaFailed`` for an error event or garbage."""
+    try:
+        chunk = pydantic_core.from_json(data)  # Rust: a fraction of json.loads's cost, once per token
+    except ValueError as exc:
+        raise ReplicaFailed(f"{replica.url} sent an event that is not JSON: {data[:100]!r}") from exc
+    if not isinstance(chunk, dict):
+        raise ReplicaFailed(f"{replica.url} sent an event that is not a JSON object: {data[:100]!r}")
+    if "error" in chunk:  # vLLM reports this request's failure mid-stream as an error event
+        error = chunk["error"]
+        message = error.get("message", error) if isinstance(error, dict) else error
+        raise ReplicaFailed(f"{replica.url}: {message}", eject=False)
+    return chunk

@@ -1,11 +1,14 @@
 """One base model served by the pool, behind the per-model engine interface.
 
 A request goes to the best replica for it (``UpstreamPool.ranked``), with its adapter loaded there first
-(``UpstreamPool.attempt``). Connect errors, timeouts, 5xx and overload before the first delta are retried on
-another replica (at most ``max_attempts`` replicas); once a delta went out, a failure ends the stream. Only a
-replica's own trouble (unreachable, cut off, overloaded, 502-504) ejects it. The replica's own token ids
-are what the gateway counts, so the ledger holds the upstream's counts. Closing the stream closes the
-connection, and vLLM aborts the request."""
+(``UpstreamPool.attempt``). A replica's failure (connect error, reset, silence past the read timeout, 5xx,
+overload, an error event, an answer that is not a completion stream) is retried on another replica, at most
+``max_attempts`` replicas within the request's deadline, as long as nothing of the answer went out: before the
+first delta of a stream, and at any point of a non-streamed answer (``whole``: each try's answer is kept
+aside and only a complete one is yielded, so a failed try's tokens are neither shown nor counted). Once a delta
+of a stream went out, a failure ends it. Only a replica's own trouble (unreachable, cut off, overloaded, garbage,
+502-504) ejects it. The replica's own token ids are what the gateway counts, so the ledger holds the upstream's
+counts. Closing the stream closes the connection, and vLLM aborts the request."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from engine.protocol import (
     AdapterRef,
     CompletionDelta,
     EngineError,
+    EngineTimeout,
     EngineUnavailable,
     SamplingOptions,
     Tokenizer,
@@ -58,6 +62,8 @@ class UpstreamEngine:
         options: SamplingOptions,
         request_id: str,
         adapter: AdapterRef | None = None,
+        *,
+        whole: bool = False,
     ) -> AsyncIterator[list[CompletionDelta]]:
         deadline = time.monotonic() + self._settings.request_deadline_seconds
         body = completion_body(adapter.name if adapter else self.model, prompt_token_ids, options)
@@ -71,19 +77,30 @@ class UpstreamEngine:
             tried.add(replica.url)
             sent_any = False
             try:
-                async for deltas in self._on(replica, body, options, adapter, deadline):
-                    sent_any = True
-                    yield deltas
-                return
+                if whole:  # nothing goes out before the answer is complete: a failed try is dropped whole
+                    answer = [
+                        delta
+                        async for deltas in self._on(replica, body, options, adapter, deadline)
+                        for delta in deltas
+                    ]
+                else:
+                    async for deltas in self._on(replica, body, options, adapter, deadline):
+                        sent_any = True
+                        yield deltas
+                    return
             except ReplicaFailed as exc:
                 if sent_any:
                     logger.warning("upstream %s failed mid-answer: %s", replica.url, exc)
                     raise EngineError("The model server failed in the middle of the answer.") from exc
-                logger.warning("upstream %s failed before answering, trying another: %s", replica.url, exc)
+                logger.warning("upstream %s failed before the answer went out, trying another: %s", replica.url, exc)
                 self._pool.note_failure(replica, exc, adapter)
                 if isinstance(exc, ModelMissing) and adapter is not None:
                     tried.discard(replica.url)  # it may take the request once the adapter is loaded again
                 last_failure = exc
+                continue
+            if answer:
+                yield answer
+            return
         if isinstance(last_failure, AdapterLoadFailed):
             raise EngineError(f"The fine-tuned model '{adapter.name if adapter else ''}' could not be loaded.")
         # What went wrong where is in the log: a client learns nothing of the servers behind the gateway.
@@ -100,9 +117,12 @@ class UpstreamEngine:
         async with self._pool.attempt(replica, body, adapter, deadline) as chunks:
             async for chunk in chunks:
                 if time.monotonic() > deadline:
-                    raise EngineError(PAST_DEADLINE)
+                    raise EngineTimeout(PAST_DEADLINE)
                 _check_usage(chunk, body)
-                deltas = chunk_deltas(chunk, options.logprobs)
+                try:
+                    deltas = chunk_deltas(chunk, options.logprobs)
+                except (KeyError, TypeError, ValueError, AttributeError, EngineError) as exc:  # not what vLLM sends
+                    raise ReplicaFailed(f"{replica.url} sent a chunk that is not a completion: {exc!r}") from exc
                 if deltas:
                     yield deltas
 

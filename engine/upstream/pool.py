@@ -18,7 +18,7 @@ import aiohttp
 from starlette.concurrency import run_in_threadpool
 
 from engine.backend import BackendStatus, EngineLoad, ModelOffer, ReplicaStatus
-from engine.protocol import AdapterRef, EngineError, EngineUnavailable, Tokenizer
+from engine.protocol import AdapterRef, EngineTimeout, EngineUnavailable, Tokenizer
 from engine.text_encoder import HFTextEncoder
 from engine.tokenizer import HFTokenizer
 from engine.upstream.client import ModelMissing, ReplicaClient, ReplicaFailed
@@ -98,7 +98,7 @@ class UpstreamPool:
     @asynccontextmanager
     async def attempt(
         self, replica: Replica, body: dict[str, Any], adapter: AdapterRef | None, deadline: float
-    ) -> AsyncIterator[AsyncIterator[Any]]:
+    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         """One try of a request on ``replica`` (counted in flight there): its adapter loaded there first, then the
         chunks of its streamed completion. Raises ``ReplicaFailed`` where another replica may do better."""
         replica.in_flight += 1
@@ -110,7 +110,7 @@ class UpstreamPool:
                 await self._placement.ensure_loaded(replica, adapter)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise EngineError(PAST_DEADLINE)
+                raise EngineTimeout(PAST_DEADLINE)
             read_timeout = min(self._settings.read_timeout_seconds, remaining)
             async with self._client.stream_completion(replica, body, read_timeout) as chunks:
                 yield chunks
@@ -125,13 +125,13 @@ class UpstreamPool:
         try:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise EngineError(PAST_DEADLINE)
+                raise EngineTimeout(PAST_DEADLINE)
             return await self._client.embed(replica, body, min(self._settings.read_timeout_seconds, remaining))
         finally:
             replica.in_flight -= 1
 
     def note_failure(self, replica: Replica, exc: ReplicaFailed, adapter: AdapterRef | None) -> None:
-        """A try failed before its first delta: eject a replica in trouble; forget an adapter it lost."""
+        """A try failed before any of its answer went out: eject a replica in trouble; forget an adapter it lost."""
         if isinstance(exc, ModelMissing):
             if adapter is not None:  # it restarted and lost the adapter: load it again, there or elsewhere
                 replica.adapters.pop(adapter.name, None)

@@ -41,10 +41,19 @@ class UpstreamSettings(BaseSettings):
         default=1.0, ge=0.1, le=10, description="How often each replica's /health, /metrics, /v1/models are read."
     )
     connect_timeout_seconds: float = Field(default=2.0, gt=0)
-    read_timeout_seconds: float = Field(default=120.0, gt=0, description="Longest silence within one answer.")
+    read_timeout_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="Longest silence of a replica within one answer (the first token included): past it the try "
+        "fails, and is retried on another replica if none of the answer went out yet.",
+    )
     request_deadline_seconds: float = Field(default=900.0, gt=0, description="Longest one request may take.")
     max_attempts: int = Field(
-        default=3, ge=1, le=10, description="Replicas one request tries before its first byte (connect errors, 5xx)."
+        default=3,
+        ge=1,
+        le=10,
+        description="Replicas one request tries while none of its answer went out (a stream before its first "
+        "token, a non-streamed answer at any point): after a connect error, reset, silence, 5xx or garbage.",
     )
     eject_seconds: float = Field(
         default=5.0, gt=0, description="How long a replica that failed a request is left out (passive ejection)."

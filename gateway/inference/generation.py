@@ -148,6 +148,8 @@ class GenerationRun:
         self._durable = durable
         self._delivering = delivering if streaming else None
         self._streamed = 0  # completion tokens whose chunk was handed to the client
+        self.has_output = False
+        """The engine produced its first output (past that, a failure ends a stream with an error event)."""
         self._reported = False
         self._started = time.perf_counter()
 
@@ -164,6 +166,7 @@ class GenerationRun:
         outcome: Outcome = "aborted"
         try:
             async for prompt_index, engine_batch in self._engine_streams():
+                self.has_output = True
                 batch = self._count_cached(engine_batch)
                 if self._delivering is not None:  # a stream: what a crash would bill, durable before it goes out
                     tokens = sum(len(delta.token_ids) for delta in batch)
@@ -225,7 +228,9 @@ class GenerationRun:
 
     def _engine_streams(self) -> AsyncIterator[tuple[int, list[CompletionDelta]]]:
         streams = [
-            self._engine.generate(prompt, self._options, f"{self._request_id}-{i}", self._adapter)
+            self._engine.generate(
+                prompt, self._options, f"{self._request_id}-{i}", self._adapter, whole=not self._streaming
+            )
             for i, prompt in enumerate(self._prompts)
         ]
         return merge_streams(streams)

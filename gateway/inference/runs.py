@@ -1,13 +1,14 @@
 """What chat and completions share between parsing and shaping the response: the per-request caps, the
 max-tokens policy, admission (the quota reservation, then a place in the engine's queue: ``gateway.scheduling``),
-and running the prompts on the engine."""
+and running the prompts on the engine (a whole reply, or a stream that starts once the engine produced its first
+output)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fastapi import Request
 
@@ -19,6 +20,7 @@ from gateway.inference.api_types import ChatCompletionRequest, CompletionRequest
 from gateway.inference.catalog import ModelCatalog, ServedModel
 from gateway.inference.generation import ChoiceResult, GenerationRun, RunReport, fit_max_tokens, sampling_options
 from gateway.inference.prompts import PromptLimits
+from gateway.inference.sse import EventStreamResponse, aclose, sse_frames
 from gateway.inference.structured import StructuredOutputs
 from gateway.ops.metrics import Metrics
 from gateway.scheduling import PriorityClass, class_rank
@@ -217,6 +219,36 @@ async def collected(run: GenerationRun) -> list[ChoiceResult]:
         return await run.collect()
     finally:
         run.close()
+async def stream(request: Request, run: GenerationRun, chunks: AsyncIterator[dict[str, Any]]) -> EventStreamResponse:
+    """A streaming reply of ``chunks``, started once the engine produced its first output: a run that no engine
+    could take (every replica failed before its first token) is refused with its status (a 503 with
+    ``retry-after``, which the SDKs retry) rather than with an error event after a 200; aborted if the client
+    leaves first."""
+    first: list[dict[str, Any]] = []
+
+    async def until_output() -> None:
+        async for chunk in chunks:
+            first.append(chunk)
+            if run.has_output:
+                return
+
+    try:
+        await unless_disconnected(request, until_output())
+    except BaseException:
+        await aclose(chunks)
+        run.close()
+        raise
+    return EventStreamResponse(sse_frames(_resumed(first, chunks)), on_close=run.close)
+
+
+async def _resumed(first: list[dict[str, Any]], rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    try:
+        for chunk in first:
+            yield chunk
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await aclose(rest)
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:

@@ -29,14 +29,15 @@ async def sse_frames(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[byt
     except Exception as exc:
         yield sse_frame(as_api_error(exc).body())
     finally:
-        await _aclose(chunks)
+        await aclose(chunks)
     yield DONE
 
 
-async def _aclose(iterator: AsyncIterable[Any]) -> None:
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is not None:
-        await aclose()
+async def aclose(iterator: AsyncIterable[Any]) -> None:
+    """Close an async generator (anything else has nothing to close)."""
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        await close()
 
 
 class EventStreamResponse(StreamingResponse):
@@ -66,5 +67,5 @@ class EventStreamResponse(StreamingResponse):
                 group.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                await _aclose(self.body_iterator)
+                await aclose(self.body_iterator)
             self._on_close()

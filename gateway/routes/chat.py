@@ -18,9 +18,9 @@ from gateway.inference.api_types import ChatCompletionRequest
 from gateway.inference.generation import ChoiceResult, GenerationRun
 from gateway.inference.logprobs import chat_logprobs
 from gateway.inference.prompts import chat_prompt, chat_turns
-from gateway.inference.runs import RunRequest, Serving, admit_run, collect, collected
+from gateway.inference.runs import RunRequest, Serving, admit_run, collect, collected, stream
 from gateway.inference.schemas import ChatCompletion, openapi_responses
-from gateway.inference.sse import EventStreamResponse, sse_frames
+from gateway.inference.sse import EventStreamResponse
 from gateway.inference.tool_output import Event, OutputParser, TextDelta, ToolCall, ToolCallStarted
 from gateway.inference.tool_types import NamedToolChoice
 from gateway.inference.tools import NamedTool, ToolPlan, ToolSpec, check_history, plan_tools
@@ -39,7 +39,7 @@ async def create_chat_completion(
 ) -> JSONResponse | EventStreamResponse:
     run, header, plan = await _start(body, serving)
     if body.stream:
-        return EventStreamResponse(sse_frames(_chunks(run, header, body, plan)), on_close=run.close)
+        return await stream(request, run, _chunks(run, header, body, plan))
     # A response of our own making: FastAPI's encoder would only walk it again.
     return JSONResponse(_completion(header, body, plan, run, await collect(request, run)))
 

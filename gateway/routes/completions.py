@@ -16,9 +16,9 @@ from gateway.inference.api_types import CompletionRequest
 from gateway.inference.generation import ChoiceResult, GenerationRun
 from gateway.inference.logprobs import completion_logprobs
 from gateway.inference.prompts import completion_prompts
-from gateway.inference.runs import RunRequest, Serving, admit_run, collect, collected
+from gateway.inference.runs import RunRequest, Serving, admit_run, collect, collected, stream
 from gateway.inference.schemas import TextCompletion, openapi_responses
-from gateway.inference.sse import EventStreamResponse, sse_frames
+from gateway.inference.sse import EventStreamResponse
 from gateway.state import RateLimitHeaders, ServingDep
 
 router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
@@ -32,7 +32,7 @@ async def create_completion(
 ) -> JSONResponse | EventStreamResponse:
     run, header, echoes = await _start(body, serving)
     if body.stream:
-        return EventStreamResponse(sse_frames(_chunks(run, header, body, echoes)), on_close=run.close)
+        return await stream(request, run, _chunks(run, header, body, echoes))
     # A response of our own making: FastAPI's encoder would only walk it again.
     return JSONResponse(_completion(header, body, echoes, run, await collect(request, run)))
 
