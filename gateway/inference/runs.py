@@ -219,6 +219,8 @@ async def collected(run: GenerationRun) -> list[ChoiceResult]:
         return await run.collect()
     finally:
         run.close()
+
+
 async def stream(request: Request, run: GenerationRun, chunks: AsyncIterator[dict[str, Any]]) -> EventStreamResponse:
     """A streaming reply of ``chunks``, started once the engine produced its first output: a run that no engine
     could take (every replica failed before its first token) is refused with its status (a 503 with
