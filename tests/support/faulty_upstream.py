@@ -45,7 +45,7 @@ class Fault:
 
 class FaultyUpstream(FakeUpstream):
     def __init__(self, root: str, seconds_per_token: float) -> None:
-        super().__init__(MODEL, root, 2048, 2, seconds_per_token)
+        super().__init__(MODEL, root, 2048, 2, seconds_per_token, block_size=128)
         self.fault: Fault | None = None
         self.faulted = 0
 
