@@ -224,7 +224,13 @@ class CountingEngine:
     """Two tokens, then (as an upstream replica does) a delta of its own with the cached count only."""
 
     async def generate(
-        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str, adapter: AdapterRef | None = None
+        self,
+        prompt_token_ids: list[int],
+        options: SamplingOptions,
+        request_id: str,
+        adapter: AdapterRef | None = None,
+        *,
+        whole: bool = False,
     ) -> AsyncIterator[list[CompletionDelta]]:
         yield [CompletionDelta(0, "a", [1])]
         yield [CompletionDelta(0, "b", [2], finish_reason="length")]
