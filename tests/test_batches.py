@@ -287,32 +287,39 @@ def test_other_tenants_get_404s(in_process: Callable[..., InProcessGateway]) -> 
     assert other.batches.list().data == []
 
 
-def running_batch(in_process: Callable[..., InProcessGateway]) -> tuple[openai.OpenAI, Any]:
-    """A batch of 20 slow requests (2 s each, 2 at a time) with a few answered."""
+def running_batch(in_process: Callable[..., InProcessGateway]) -> tuple[openai.OpenAI, Any, str]:
+    """A batch of 20 slow requests (2 s each, 2 at a time) with a few answered; its tenant's id."""
     gateway = in_process(engine=FakeEngine(seconds_per_token=0.05), batch_concurrency=2, batch_lease_seconds=1.5)
-    _, _, client = gateway.tenant()
+    tenant_id, _, client = gateway.tenant()
     batch = create(client, [chat_line(f"r{i}", max_tokens=40) for i in range(20)])
     wait_for(client, batch.id, ("in_progress",))
     time.sleep(2.5)
-    return client, batch
+    return client, batch, tenant_id
 
 
-def check_stopped(client: openai.OpenAI, done: Any, code: str) -> None:
-    """Some requests answered, the rest in the error file with ``code``, within seconds."""
+def check_stopped(client: openai.OpenAI, done: Any, code: str, database_url: str, tenant_id: str) -> None:
+    """Some requests answered, the rest in the error file with ``code``, within seconds; billed for the answered
+    ones alone (the requests its stop cut off in flight cost nothing)."""
     counts = done.request_counts
     assert counts and counts.total == 20 and counts.completed + counts.failed == 20 and 0 < counts.completed < 20
     assert {line["error"]["code"] for line in lines_of(client, done.error_file_id)} == {code}
-    assert len(lines_of(client, done.output_file_id)) == counts.completed
+    answered = [line["response"]["body"]["usage"] for line in lines_of(client, done.output_file_id)]
+    assert len(answered) == counts.completed
+    ledger(database_url, tenant_id, counts.completed + 2)  # the two cut off in flight are recorded too
+    billed = ledger(database_url, tenant_id, 0).values()
+    assert sum(p + c for p, c, _ in billed) == sum(u["prompt_tokens"] + u["completion_tokens"] for u in answered)
 
 
-def test_cancel_stops_a_running_batch_within_seconds(in_process: Callable[..., InProcessGateway]) -> None:
-    client, batch = running_batch(in_process)
+def test_cancel_stops_a_running_batch_within_seconds(
+    in_process: Callable[..., InProcessGateway], tmp_path: Path
+) -> None:
+    client, batch, tenant_id = running_batch(in_process)
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status in ("cancelling", "cancelled") and cancelling.cancelling_at
     started = time.monotonic()
     done = wait_for(client, batch.id, ("cancelled",), timeout=15)
     assert time.monotonic() - started < 5 and done.cancelled_at
-    check_stopped(client, done, "batch_cancelled")
+    check_stopped(client, done, "batch_cancelled", f"sqlite:///{tmp_path / 'llmaas.db'}", tenant_id)
     with pytest.raises(openai.ConflictError):
         client.batches.cancel(create_and_finish(client).id)
 
@@ -320,7 +327,7 @@ def test_cancel_stops_a_running_batch_within_seconds(in_process: Callable[..., I
 def test_a_batch_past_its_window_expires_within_seconds(
     in_process: Callable[..., InProcessGateway], tmp_path: Path
 ) -> None:
-    client, batch = running_batch(in_process)
+    client, batch, tenant_id = running_batch(in_process)
     engine = create_engine(f"sqlite:///{tmp_path / 'llmaas.db'}")
     with engine.begin() as conn:  # as if 24 hours had gone by
         conn.execute(
@@ -330,7 +337,7 @@ def test_a_batch_past_its_window_expires_within_seconds(
     started = time.monotonic()
     done = wait_for(client, batch.id, ("expired",), timeout=15)
     assert time.monotonic() - started < 5 and done.expired_at
-    check_stopped(client, done, "batch_expired")
+    check_stopped(client, done, "batch_expired", f"sqlite:///{tmp_path / 'llmaas.db'}", tenant_id)
 
 
 def create_and_finish(client: openai.OpenAI) -> Any:

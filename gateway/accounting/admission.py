@@ -254,8 +254,10 @@ class InferenceReservation:
         if self._settled:
             return
         self._settled = True
-        if outcome == "aborted" and self._admission.interrupted:
-            outcome = "failed"  # cut by our shutdown, not left by the client
+        if outcome == "aborted" and (self._admission.interrupted or self._kind == BATCH_KIND):
+            # Cut by our shutdown, or a batch's request stopped by its cancel, expiry or takeover (no client of a
+            # batch can leave): ours, not the client's, so nothing undelivered is charged.
+            outcome = "failed"
         entry = self._entry(outcome, prompt_tokens, delivered_tokens, cached_tokens)
         # Charged to the month of its ledger record (a stream may end in the month after it began).
         used = Settlement(

@@ -290,7 +290,7 @@ class EvalRunner:
                     "prompt_tokens": usage.prompt_tokens,
                     "completion_tokens": usage.completion_tokens,
                     "total_tokens": usage.total_tokens,
-                    "cached_tokens": 0,
+                    "cached_tokens": usage.cached_tokens,
                 },
                 "error": None,
                 "temperature": params.temperature,
