@@ -62,6 +62,9 @@ class SamplingOptions:
     priority: int = 0
     """Lower first: the engine's own order among what it runs (vLLM's priority scheduling, in process: it preempts
     the highest value first when the KV cache runs short). The gateway's priority class rank."""
+    cache_salt: str | None = None
+    """The prefix cache's namespace: a prompt only reuses cached blocks of prompts with the same salt (the gateway
+    gives each tenant's id, so no tenant can learn from ``cached_tokens`` what another sent)."""
 
 
 @dataclass(frozen=True)

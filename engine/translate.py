@@ -99,6 +99,8 @@ def completion_body(model: str, prompt_token_ids: list[int], options: SamplingOp
     }
     if options.structured is not None:
         body["structured_outputs"] = structured_fields(options.structured)
+    if options.cache_salt:
+        body["cache_salt"] = options.cache_salt
     return body
 
 

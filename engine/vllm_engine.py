@@ -80,8 +80,9 @@ class VLLMEngine:
         produced = finished = False
         try:
             # vLLM aborts the request (and frees its KV cache) when this consumer is cancelled or closed.
+            prompt = tokens_input(prompt_token_ids, cache_salt=options.cache_salt)
             async for output in self._llm.generate(
-                tokens_input(prompt_token_ids), params, request_id, lora_request=lora_request, priority=options.priority
+                prompt, params, request_id, lora_request=lora_request, priority=options.priority
             ):
                 deltas = [output_delta(completion, options.logprobs) for completion in output.outputs]
                 finished = output.finished

@@ -166,6 +166,20 @@ def test_a_repeated_prompt_is_reported_and_billed_as_cached(served: Served) -> N
     assert report["totals"]["cached_tokens"] >= cached
 
 
+def test_no_tenant_reads_another_tenants_cached_prompt(served: Served) -> None:
+    """The prefix cache is salted per tenant: another tenant sending the same prompt finds nothing cached (so
+    ``cached_tokens`` tells no one what another tenant sent), while the owner finds it."""
+    system = long_instructions()
+    chat(served, system, "What is subject 2?")
+    _, other_key = tenant_key(served.base, f"prefix-other-{uuid.uuid4().hex[:6]}")
+    stranger = Served(served.base, served.database_url, served.block_size, openai_client(served.base, other_key))
+    theirs, again = chat(stranger, system, "What is subject 2?"), chat(served, system, "What is subject 4?")
+    assert theirs.usage is not None and theirs.usage.prompt_tokens_details is not None
+    assert theirs.usage.prompt_tokens_details.cached_tokens == 0
+    assert again.usage is not None and again.usage.prompt_tokens_details is not None
+    assert_cached(again.usage.prompt_tokens_details.cached_tokens, again.usage.prompt_tokens, served.block_size)
+
+
 def test_streams_report_the_cached_tokens_in_their_usage_chunk(served: Served) -> None:
     system = long_instructions()
     chat(served, system, "Warm the cache.")

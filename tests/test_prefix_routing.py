@@ -37,7 +37,9 @@ def test_block_hashes_are_chained_over_full_blocks_only() -> None:
     changed_first = [99, *prompt(1, 12)[1:]]
     assert not set(block_hashes(changed_first, BLOCK)) & set(block_hashes(prompt(1, 12), BLOCK))  # chained
     assert block_hashes(prompt(1, 3), BLOCK) == []
-    assert not set(block_hashes(prompt(1), BLOCK, "ft:x")) & set(block_hashes(prompt(1), BLOCK))  # per adapter
+    assert not set(block_hashes(prompt(1), BLOCK, (None, "ft:x"))) & set(block_hashes(prompt(1), BLOCK))  # per adapter
+    tenants = block_hashes(prompt(1), BLOCK, ("ten_a", None)), block_hashes(prompt(1), BLOCK, ("ten_b", None))
+    assert not set(tenants[0]) & set(tenants[1])  # per tenant (vLLM's cache salt)
 
 
 def test_memory_matches_leading_blocks_and_is_bounded_least_recently_sent_first() -> None:

@@ -70,7 +70,9 @@ class UpstreamEngine:
         tried: set[str] = set()
         last_failure: Exception | None = None
         for _ in range(self._settings.max_attempts):
-            candidates = self._pool.ranked(self.model, adapter, exclude=tried, prompt=prompt_token_ids)
+            candidates = self._pool.ranked(
+                self.model, adapter, exclude=tried, prompt=prompt_token_ids, salt=options.cache_salt
+            )
             if not candidates:
                 break
             replica = candidates[0]

@@ -84,12 +84,17 @@ class UpstreamPool:
         return [r for r in self._replicas.values() if r.available(now) and r.serves(model)]
 
     def ranked(
-        self, model: str, adapter: AdapterRef | None, exclude: set[str], prompt: Sequence[int] = ()
+        self,
+        model: str,
+        adapter: AdapterRef | None,
+        exclude: set[str],
+        prompt: Sequence[int] = (),
+        salt: str | None = None,
     ) -> list[Replica]:
         """The available replicas that serve ``model``, but those in ``exclude`` (by URL), best first for a
-        request with ``prompt`` (its token ids)."""
+        request with ``prompt`` (its token ids, cached under ``salt``)."""
         candidates = [r for r in self._serving(model) if r.url not in exclude]
-        return self._router.rank(candidates, adapter.name if adapter else None, prompt)
+        return self._router.rank(candidates, adapter.name if adapter else None, prompt, salt)
 
     def context_length(self, model: str) -> int | None:
         """The shortest context among the replicas that serve ``model``; None while none does."""
@@ -104,7 +109,7 @@ class UpstreamPool:
         replica.in_flight += 1
         if adapter is not None:
             replica.in_flight_by_adapter[adapter.name] += 1
-        self._router.sent(replica, body["prompt"], adapter.name if adapter else None)
+        self._router.sent(replica, body["prompt"], adapter.name if adapter else None, body.get("cache_salt"))
         try:
             if adapter is not None:
                 await self._placement.ensure_loaded(replica, adapter)

@@ -23,11 +23,15 @@ DEFAULT_BLOCK_SIZE = 16
 """vLLM's block size on GPUs; its CPU backend uses 128 (a replica that says its own in ``/metrics`` is read)."""
 
 
-def block_hashes(token_ids: Sequence[int], block_size: int, adapter: str | None = None) -> list[int]:
-    """The chained hashes of the prompt's full blocks. The chain starts from the adapter's name: vLLM caches a
-    prompt under its adapter, so the same tokens for another adapter (or the base model) match nothing."""
+Namespace = tuple[str | None, str | None]
+"""What vLLM caches a prompt under besides its tokens: its cache salt (the tenant) and its adapter's name."""
+
+
+def block_hashes(token_ids: Sequence[int], block_size: int, namespace: Namespace = (None, None)) -> list[int]:
+    """The chained hashes of the prompt's full blocks. The chain starts from its namespace: vLLM caches a prompt
+    under its cache salt and its adapter, so the same tokens of another tenant or adapter match nothing."""
     hashes: list[int] = []
-    parent = hash(adapter) if adapter else 0
+    parent = hash(namespace) if namespace != (None, None) else 0
     for start in range(0, len(token_ids) - block_size + 1, block_size):
         parent = hash((parent, *token_ids[start : start + block_size]))
         hashes.append(parent)
@@ -89,9 +93,9 @@ class PrefixIndex:
         return len(replica.prefixes) / self._capacity(replica)
 
     def matched_fraction(
-        self, replicas: Sequence[Replica], prompt: Sequence[int], adapter: str | None = None
+        self, replicas: Sequence[Replica], prompt: Sequence[int], namespace: Namespace = (None, None)
     ) -> dict[str, float]:
-        """Per replica URL: the share of the prompt's tokens (for ``adapter``) in blocks it likely holds (0 to 1)."""
+        """Per replica URL: the share of the prompt's tokens (in ``namespace``) in blocks it likely holds (0 to 1)."""
         if not prompt:
             return {replica.url: 0.0 for replica in replicas}
         not_before = time.monotonic() - self.ttl_seconds
@@ -101,12 +105,12 @@ class PrefixIndex:
             size = self._block_size(replica)
             hashes = memo.get(size)
             if hashes is None:
-                hashes = memo[size] = block_hashes(prompt, size, adapter)
+                hashes = memo[size] = block_hashes(prompt, size, namespace)
             result[replica.url] = replica.prefixes.matched(hashes, not_before) * size / len(prompt)
         return result
 
-    def record(self, replica: Replica, prompt: Sequence[int], adapter: str | None = None) -> None:
-        """The prompt was sent to ``replica`` (for ``adapter``): its blocks are (about to be) cached there."""
+    def record(self, replica: Replica, prompt: Sequence[int], namespace: Namespace = (None, None)) -> None:
+        """The prompt was sent to ``replica`` (in ``namespace``): its blocks are (about to be) cached there."""
         now = time.monotonic()
-        hashes = block_hashes(prompt, self._block_size(replica), adapter)
+        hashes = block_hashes(prompt, self._block_size(replica), namespace)
         replica.prefixes.record(hashes, now, self._capacity(replica), now - self.ttl_seconds)

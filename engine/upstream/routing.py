@@ -59,7 +59,9 @@ class Router:
         self.prefixes = prefixes or PrefixIndex()
         self._turns = itertools.count()
 
-    def rank(self, replicas: Sequence[Replica], adapter: str | None, prompt: Sequence[int] = ()) -> list[Replica]:
+    def rank(
+        self, replicas: Sequence[Replica], adapter: str | None, prompt: Sequence[int] = (), salt: str | None = None
+    ) -> list[Replica]:
         """Best first. Equals are taken in turns, so idle replicas share sequential traffic."""
         if not replicas:
             return []
@@ -71,7 +73,7 @@ class Router:
             return sorted(rotated, key=load_penalty)
         if self.policy == "adapter-aware" or not prompt:
             return sorted(rotated, key=lambda r: load_penalty(r) - affinity(r, adapter))
-        held = self.prefixes.matched_fraction(rotated, prompt, adapter)
+        held = self.prefixes.matched_fraction(rotated, prompt, (salt, adapter))
 
         def cost(replica: Replica) -> float:
             share = held[replica.url]
@@ -82,7 +84,10 @@ class Router:
 
         return sorted(rotated, key=cost)
 
-    def sent(self, replica: Replica, prompt: Sequence[int], adapter: str | None = None) -> None:
-        """The prompt went to ``replica`` (for ``adapter``): under ``prefix-aware``, remember its blocks there."""
+    def sent(
+        self, replica: Replica, prompt: Sequence[int], adapter: str | None = None, salt: str | None = None
+    ) -> None:
+        """The prompt went to ``replica`` (for ``adapter``, cached under ``salt``): under ``prefix-aware``, remember
+        its blocks there."""
         if self.policy == "prefix-aware":
-            self.prefixes.record(replica, prompt, adapter)
+            self.prefixes.record(replica, prompt, (salt, adapter))

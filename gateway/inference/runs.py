@@ -132,7 +132,9 @@ async def admit_run(run: RunRequest, serving: Serving) -> GenerationRun:
     structured = run.structured or requested
     priority_class = run.priority_class or serving.tenant.identity.priority_class
     options = replace(
-        sampling_options(run.body, max_tokens, run.logprobs, structured), priority=class_rank(priority_class)
+        sampling_options(run.body, max_tokens, run.logprobs, structured),
+        priority=class_rank(priority_class),
+        cache_salt=serving.tenant.tenant_id,  # one tenant's prompts never hit another's cached blocks
     )
     reservation = await serving.admission.admit_inference(
         serving.context,
