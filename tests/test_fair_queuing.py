@@ -27,6 +27,7 @@ from gateway.scheduling.redis import RedisScheduler
 from gateway.scheduling.slots import (
     QueueLimits,
     QueueTimeout,
+    QueueUnavailable,
     Scheduler,
     ServerQueueFull,
     SlotDemand,
@@ -492,3 +493,12 @@ def test_two_upstream_gateways_share_one_fair_queue(model_dir: Path, tmp_path: P
             for thread in threads:
                 thread.join(120)
             assert _waiting_interactive(one.base) == _waiting_interactive(two.base) == 0
+
+
+async def test_an_unreachable_redis_queue_is_a_503_never_a_500() -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    scheduler = RedisScheduler(dead, limits(), lambda model: 1, lambda cls, seconds: None, lease_seconds=60)
+    with pytest.raises(QueueUnavailable) as refused:
+        await scheduler.acquire("m", SlotDemand("req_1", "ten_a", "interactive", 1, 1))
+    assert refused.value.status_code == 503 and refused.value.headers["retry-after"] == "1"
+    await scheduler.close()

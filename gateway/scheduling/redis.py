@@ -24,6 +24,7 @@ from gateway.scheduling.slots import (
     Capacity,
     QueueLimits,
     QueueTimeout,
+    QueueUnavailable,
     ServerQueueFull,
     SlotDemand,
     TenantQueueFull,
@@ -103,7 +104,14 @@ class RedisScheduler:
             limits.max_waiting_per_tenant,
             limits.max_waiting,
         ]
-        state = (await self._enqueue(keys=self._keys(model), args=args)).decode()
+        try:
+            state = (await self._enqueue(keys=self._keys(model), args=args)).decode()
+        except BaseException as exc:
+            # Cancelled (the client left) or failed after the script may have run: take it out either way.
+            self.leave_soon(model, demand.request_id)
+            if isinstance(exc, RedisError):
+                raise QueueUnavailable() from exc
+            raise
         if state == "tenant_full":
             raise TenantQueueFull(limits.max_waiting_per_tenant)
         if state == "server_full":

@@ -93,3 +93,10 @@ class QueueTimeout(ServiceUnavailable):
             f"The server is busy: this request waited {waited:.0f} s for the engine and was not run; retry shortly.",
             headers=_retry_after(2),
         )
+
+
+class QueueUnavailable(ServiceUnavailable):
+    code = "queue_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("The request queue cannot be reached for now; retry shortly.", headers=_retry_after(1))
