@@ -15,6 +15,7 @@ checked before its bytes are — so there the digest is of its declared length: 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Awaitable, Callable
@@ -160,10 +161,15 @@ class IdempotentCreate:
         replay = await run_in_threadpool(self._store.claim, *identity, self._fingerprint)
         if replay is not None:
             return JSONResponse(replay.body, replay.status_code, headers={REPLAYED_HEADER: "true"})
+        # Once claimed, the create and its stored answer finish even if the client leaves meanwhile: a key left
+        # claimed would be refused for a while and then run again, making what the first run made twice.
+        return await asyncio.shield(asyncio.ensure_future(self._create_and_store(identity, create)))
+
+    async def _create_and_store(self, identity: tuple[str, str, str], create: Callable[[], Awaitable[M]]) -> M:
         try:
             result = await create()
         except Exception:
-            await run_in_threadpool(self._store.release, *identity)
+            await run_in_threadpool(self._store.release, *identity)  # nothing was made: a retry runs anew
             raise
         body = result.model_dump(mode="json", by_alias=True)  # what FastAPI sends for it
         await run_in_threadpool(self._store.complete, *identity, 200, body)

@@ -5,6 +5,7 @@ app on both databases: a retried upload, fine-tuning job, eval and eval run each
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -15,11 +16,12 @@ from typing import Any
 
 import openai
 import pytest
+from pydantic import BaseModel
 from sqlalchemy import func, select, update
 
 from gateway.db import Database, IdempotencyKey
 from gateway.errors import ConflictError, UnprocessableContent
-from gateway.idempotency import IN_FLIGHT_SECONDS, IdempotencyStore, Replay, erase_tenant_keys
+from gateway.idempotency import IN_FLIGHT_SECONDS, IdempotencyStore, IdempotentCreate, Replay, erase_tenant_keys
 from tests.support import ADMIN_KEY
 from tests.support.databases import fresh_postgres_database
 from tests.support.in_process import InProcessGateway, in_process_gateway
@@ -32,6 +34,10 @@ DEFINITION: dict[str, Any] = {
     ],
 }
 GOOD_CHAT = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+
+
+class Made(BaseModel):
+    id: str
 
 
 def _age(database: Database, seconds: float) -> None:
@@ -70,6 +76,26 @@ def test_a_failed_create_gives_its_key_back_and_an_abandoned_claim_is_taken_over
     assert store.claim(*KEY, "digest") is None
     with pytest.raises(ConflictError):
         store.claim(*KEY, "digest")  # taken over just now: in flight again
+
+
+async def test_a_create_whose_client_leaves_still_finishes_and_stores_its_answer(database: Database) -> None:
+    store = IdempotencyStore(database, retention_hours=24)
+    finished = asyncio.Event()
+
+    async def slow_create() -> Made:
+        await asyncio.sleep(0.3)
+        finished.set()
+        return Made(id="eval-1")
+
+    leaving = asyncio.ensure_future(IdempotentCreate(store, KEY, "digest").once(slow_create))
+    await asyncio.sleep(0.1)
+    leaving.cancel()  # the client disconnected mid-create
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    await asyncio.wait_for(finished.wait(), 5)
+    await asyncio.sleep(0.2)  # its answer is stored in a worker thread
+    replay = store.claim(*KEY, "digest")  # the retry gets what the first create made, and makes nothing
+    assert replay == Replay(200, {"id": "eval-1"})
 
 
 def test_keys_expire_after_the_retention_and_go_with_their_tenant(database: Database) -> None:
