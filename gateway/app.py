@@ -134,7 +134,8 @@ def build_scheduler(
         wait_seconds=settings.queue_wait_seconds,
         burst_slots=engine_settings.scheduler_burst_seqs,
     )
-    capacity = engine_capacity(engine_settings.max_num_seqs, status, settings.scheduler_capacity)
+    upstream = status if engine_settings.engine == "upstream" else None
+    capacity = engine_capacity(engine_settings.max_num_seqs, upstream, settings.scheduler_capacity)
     scheduler: Scheduler
     if settings.redis_url and engine_settings.engine == "upstream":
         scheduler = RedisScheduler(

@@ -10,11 +10,14 @@ from engine.backend import BackendStatus
 from gateway.scheduling.slots import Capacity
 
 
-def engine_capacity(max_num_seqs: int, status: Callable[[], BackendStatus], fixed: int | None) -> Capacity:
+def engine_capacity(max_num_seqs: int, replicas_of: Callable[[], BackendStatus] | None, fixed: int | None) -> Capacity:
+    """``replicas_of``: the upstream pool's status (read on each call: replicas come and go); None: the engines of
+    this process, whose capacity never changes (nothing is read on the hot path)."""
+
     def capacity(model: str) -> int:
         if fixed is not None:
             return fixed
-        replicas = status().replicas
+        replicas = replicas_of().replicas if replicas_of is not None else ()
         if not replicas:
             return max_num_seqs
         # None available: one slot, so requests reach the pool, which answers 503 at once rather than a wait.
