@@ -46,6 +46,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import roofline
 from bench.loadgen import (
     PROMPTS,
     REQUEST_TIMEOUT_S,
@@ -65,9 +66,22 @@ from engine.hardware import detect, resolve_dtype
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_ID = "smollm2-135m-instruct"
-SERVERS = ("ours", "vllm", "vllm-nolora", "naive")
+VARIANTS: dict[str, dict[str, str]] = {
+    "ours": {},
+    "ours-int8": {"LLMAAS_QUANTIZATION": "int8"},
+    "ours-w8a8": {"LLMAAS_QUANTIZATION": "w8a8"},
+    "ours-spec": {"LLMAAS_SPECULATION": "ngram"},
+    "ours-int8-spec": {"LLMAAS_QUANTIZATION": "int8", "LLMAAS_SPECULATION": "ngram"},
+}
+"""Our gateway's variants: the settings each runs with beside the defaults (and ``--ours-setting``)."""
+SERVERS = (*VARIANTS, "vllm", "vllm-nolora", "naive")
+DEFAULT_SERVERS = ("ours", "vllm", "vllm-nolora", "naive")
 LABELS = {
     "ours": "LLMaaS gateway",
+    "ours-int8": "LLMaaS gateway, int8 weights",
+    "ours-w8a8": "LLMaaS gateway, int8 weights and activations",
+    "ours-spec": "LLMaaS gateway, n-gram speculation",
+    "ours-int8-spec": "LLMaaS gateway, int8 weights, n-gram speculation",
     "vllm": "bare vLLM server, LoRA enabled like ours",
     "vllm-nolora": "bare vLLM server, LoRA disabled",
     "naive": "naive transformers",
@@ -79,9 +93,51 @@ RATIOS = (("naive", 1), ("vllm", 4), ("vllm", 32), ("vllm-nolora", 32))
 """(other server, concurrency): the comparisons the README quotes, where both were measured."""
 
 
+EXTRACTION_DOCUMENTS = [
+    "The library opens at nine in the morning and closes at six in the evening from Monday to Friday. On "
+    "Saturdays it opens at ten and closes at four. It is closed on Sundays and on public holidays.",
+    "Order 4471 was shipped on March 3 from the warehouse in Leeds. It contains two blue chairs, one oak table "
+    "and a box of screws. The customer asked for delivery to the back door of the shop.",
+    "To reset the router, hold the small button on its back for ten seconds until the light turns orange. Wait "
+    "two minutes, then connect to the network named HOME-5G with the password printed under the router.",
+    "The meeting on Thursday moves from room 12 to the large hall on the ground floor. Lunch is served at half "
+    "past twelve. Please bring your laptop and the printed budget for the second quarter.",
+    "Anna Berg joined the company in 2019 as a data analyst. In 2022 she became the head of the reporting team, "
+    "which has six members. She speaks Swedish, English and German.",
+    "The recipe needs three eggs, two cups of flour, one cup of milk and a pinch of salt. Mix the dry parts "
+    "first, then add the eggs and the milk, and bake for twenty minutes at 180 degrees.",
+    "Flight KL 1234 leaves Amsterdam at 07:45 and lands in Oslo at 09:30. Passengers may take one bag of up to "
+    "eight kilograms into the cabin. Check-in closes forty minutes before departure.",
+    "The new parking rules start on the first of June. Residents park free with a permit; visitors pay two "
+    "euros an hour between eight and eight. Cars without a permit may be towed at night.",
+]
+"""The extraction workload's documents: each prompt asks for one copied out, so the answer repeats the prompt."""
+WORKLOADS = ("chat", "extraction")
+
+
+def workload_prompts(workload: str) -> list[str]:
+    """The prompts of a workload: short questions (chat), or a short document to copy out (extraction)."""
+    if workload == "chat":
+        return PROMPTS
+    return [
+        f"Copy the following text exactly, word for word, and write nothing else.\n\n{doc}"
+        for doc in EXTRACTION_DOCUMENTS
+    ]
+
+
+def is_ours(name: str) -> bool:
+    return name in VARIANTS
+
+
+def variant_quantization(name: str) -> roofline.Quantization:
+    """The weights a server runs with (the roofline's case): ours' variants as set, everyone else unquantized."""
+    value = VARIANTS.get(name, {}).get("LLMAAS_QUANTIZATION", "none")
+    return "w8a8" if value == "w8a8" else "int8" if value == "int8" else "none"
+
+
 def api_key_for(name: str, base_url: str) -> str:
     """Our gateway serves tenants only: make one (no limits; auth, admission and metering still run)."""
-    return create_tenant_key(base_url, BENCH_ADMIN_KEY, "bench") if name == "ours" else "none"
+    return create_tenant_key(base_url, BENCH_ADMIN_KEY, "bench") if is_ours(name) else "none"
 
 
 @dataclass
@@ -101,6 +157,9 @@ class LoadResult:
     ttft_p50_s: float | None
     ttft_p99_s: float | None
     errors: list[str] = field(default_factory=list)
+    limit_tok_s: float | None = None
+    """The roofline's limit for this case (``bench/roofline.py``): weights, dtype and streams."""
+    limit_bound: str | None = None
 
 
 @dataclass
@@ -119,7 +178,7 @@ def server_command(
     # No stray LLMAAS_* setting may change our gateway's defaults: both vLLM engines must match.
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_")}
     env["PYTHONUNBUFFERED"] = "1"
-    if name == "ours":
+    if is_ours(name):
         env.update(
             LLMAAS_MODEL_PATH=str(model_dir),
             LLMAAS_DATA_DIR=str(data_dir),
@@ -127,6 +186,7 @@ def server_command(
             LLMAAS_ADMIN_KEY=BENCH_ADMIN_KEY,
             LLMAAS_DTYPE=dtype,
         )
+        env.update(VARIANTS[name])
         env.update(ours_settings)
         return [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)], env
     if name in ("vllm", "vllm-nolora"):
@@ -173,11 +233,11 @@ def server_command(
 
 
 def ready_path(name: str) -> str:
-    return "/ready" if name == "ours" else "/health"
+    return "/ready" if is_ours(name) else "/health"
 
 
 def engine_facts(name: str, base_url: str, dtype: str) -> dict[str, Any]:
-    if name != "ours":
+    if not is_ours(name):
         return {"dtype": dtype, "threads": "vLLM's default" if name.startswith("vllm") else "torch's default"}
     engines = httpx.get(base_url + "/ready", timeout=10.0).json()["engines"]
     return dict(engines.get(MODEL_ID, {}))
@@ -214,14 +274,14 @@ def summarize(name: str, results: list[RequestResult], wall: float, concurrency:
 
 
 def run_level(
-    base_url: str, api_key: str, concurrency: int, max_tokens: int, min_requests: int
+    base_url: str, api_key: str, concurrency: int, max_tokens: int, min_requests: int, prompts: Sequence[str]
 ) -> tuple[list[RequestResult], float]:
     """``concurrency`` streams at once, in rounds until ``min_requests`` were sent; the rounds' walls add up."""
     results: list[RequestResult] = []
     wall = 0.0
     for round_ in range(math.ceil(min_requests / concurrency)):
         first = round_ * concurrency
-        bodies = [chat_body(PROMPTS[(first + i) % len(PROMPTS)], max_tokens, MODEL_ID) for i in range(concurrency)]
+        bodies = [chat_body(prompts[(first + i) % len(prompts)], max_tokens, MODEL_ID) for i in range(concurrency)]
         round_results, round_wall = asyncio.run(run_load(base_url, api_key, bodies))
         results += round_results
         wall += round_wall
@@ -252,7 +312,8 @@ def bench_server(name: str, model_dir: Path, results_dir: Path, args: argparse.N
             print(f"[{name}] machine quiet after {wait_until_quiet():.0f} s", flush=True)
             for concurrency in args.concurrency:
                 print(f"[{name}] load: {concurrency} streams x {args.max_tokens} tokens", flush=True)
-                results, wall = run_level(base_url, api_key, concurrency, args.max_tokens, args.min_requests)
+                prompts = workload_prompts(args.workload)
+                results, wall = run_level(base_url, api_key, concurrency, args.max_tokens, args.min_requests, prompts)
                 loads.append(summarize(name, results, wall, concurrency, args.max_tokens))
                 for error in loads[-1].errors:
                     print(f"[{name}] request error: {error}", flush=True)
@@ -285,11 +346,57 @@ def ratios(runs: dict[str, ServerRun]) -> dict[str, dict[str, float | None]]:
     return out
 
 
+def add_limits(runs: dict[str, ServerRun], model_dir: Path, dtype: str, context: int) -> None:
+    """Each load's roofline limit (``bench/roofline.py``) for its server's weights, the dtype and its streams."""
+    for run in runs.values():
+        for load in run.loads:
+            limit = roofline.limits(model_dir, dtype, variant_quantization(run.server), load.concurrency, context)
+            load.limit_tok_s, load.limit_bound = limit.tok_s, limit.bound
+
+
+def token_split(runs: dict[str, ServerRun], model_dir: Path, dtype: str) -> list[dict[str, Any]]:
+    """At one stream, per server: the time per output token after the first (median latency minus median TTFT,
+    over the other tokens) = reading the weights once (bytes per token / measured bandwidth) + the rest, the
+    per-step overhead (scheduling, Python and dispatch per op, sampling, detokenizing, streaming). With
+    speculation a step may yield several tokens: its time per token can be under the weight reading."""
+    split = []
+    for run in runs.values():
+        load = _load(runs, run.server, 1)
+        if load is None or load.latency_p50_s is None or load.ttft_p50_s is None or load.max_tokens < 2:
+            continue
+        per_token = (load.latency_p50_s - load.ttft_p50_s) / (load.max_tokens - 1)
+        weights = roofline.limits(model_dir, dtype, variant_quantization(run.server), 1).weight_read_s
+        split.append(
+            {
+                "server": run.server,
+                "per_token_s": per_token,
+                "weight_read_s": weights,
+                "overhead_s": per_token - weights,
+            }
+        )
+    return split
+
+
+def split_table(split: list[dict[str, Any]]) -> str:
+    lines = [
+        "| server (1 stream) | time per output token (ms) | reading the weights (ms) | per-step overhead (ms) | "
+        "overhead share |",
+        "|---|---|---|---|---|",
+    ]
+    for row in split:
+        share = row["overhead_s"] / row["per_token_s"] if row["per_token_s"] > 0 else 0.0
+        lines.append(
+            f"| `{row['server']}` | {row['per_token_s'] * 1000:.1f} | {row['weight_read_s'] * 1000:.1f} | "
+            f"{row['overhead_s'] * 1000:.1f} | {share:.0%} |"
+        )
+    return "\n".join(lines)
+
+
 def markdown_table(runs: dict[str, ServerRun], ratio: dict[str, dict[str, float | None]]) -> str:
     lines = [
-        "| streams | server | ok/total | output tok/s | latency p50 (s) | latency p99 (s) | "
-        "TTFT p50 (ms) | TTFT p99 (ms) | startup (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| streams | server | ok/total | output tok/s | limit tok/s (bound) | share of limit | latency p50 (s) | "
+        "latency p99 (s) | TTFT p50 (ms) | TTFT p99 (ms) | startup (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     levels = sorted({load.concurrency for run in runs.values() for load in run.loads})
     for concurrency in levels:
@@ -297,9 +404,11 @@ def markdown_table(runs: dict[str, ServerRun], ratio: dict[str, dict[str, float 
             r = _load(runs, run.server, concurrency)
             if r is None:
                 continue
+            limit = "n/a" if r.limit_tok_s is None else f"{r.limit_tok_s:.0f} ({r.limit_bound})"
+            share = "n/a" if not r.limit_tok_s else f"{r.throughput_tok_s / r.limit_tok_s:.0%}"
             lines.append(
                 f"| {concurrency} | {r.label} (`{r.server}`) | {r.ok}/{r.ok + r.failed} | "
-                f"{r.throughput_tok_s:.1f} | {_fmt(r.latency_p50_s)} | {_fmt(r.latency_p99_s)} | "
+                f"{r.throughput_tok_s:.1f} | {limit} | {share} | {_fmt(r.latency_p50_s)} | {_fmt(r.latency_p99_s)} | "
                 f"{_fmt(r.ttft_p50_s, 1000, 0)} | {_fmt(r.ttft_p99_s, 1000, 0)} | {run.startup_s:.1f} |"
             )
     if ratio:
@@ -355,8 +464,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        default=",".join(SERVERS),
-        help=f"Comma-separated subset of {','.join(SERVERS)}, run in that order.",
+        default=",".join(DEFAULT_SERVERS),
+        help=f"Comma-separated subset of {','.join(SERVERS)}, run in that order (the int8 and speculation "
+        "variants of ours need those settings in engine/settings.py).",
+    )
+    parser.add_argument(
+        "--workload",
+        choices=WORKLOADS,
+        default="chat",
+        help="chat: short questions; extraction: a short document in the prompt, copied out in the answer.",
+    )
+    parser.add_argument(
+        "--no-roofline", action="store_true", help="Leave out the roofline column (no measuring of the machine)."
     )
     parser.add_argument(
         "--ours-setting",
@@ -400,6 +519,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     dtype = resolve_dtype(args.dtype, detect())
     dtype = "bfloat16" if dtype == "auto" else dtype  # a GPU: the model's own dtype, which is bf16 here
     print(f"machine: {describe(facts)}; dtype {dtype}", flush=True)
+    if not args.no_roofline:  # measured (or read from its cache) now, while no server runs
+        print("roofline: measuring this machine (cached after the first run)", flush=True)
+        roofline.load(model_dir, rows=sorted({*roofline.ROWS, *args.concurrency}))
 
     runs: dict[str, ServerRun] = {}
     failures: dict[str, str] = {}
@@ -411,7 +533,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[{name}] FAILED: {failures[name]}", flush=True)
 
     ratio = ratios(runs)
-    heading = f"{model_dir.name}, {args.max_tokens} output tokens per stream (ignore_eos), {dtype}"
+    split: list[dict[str, Any]] = []
+    if not args.no_roofline:
+        add_limits(runs, model_dir, dtype, context=args.max_tokens + 64)  # about the prompt and half the answer
+        split = token_split(runs, model_dir, dtype)
+    heading = (
+        f"{model_dir.name}, {args.workload} workload, {args.max_tokens} output tokens per stream (ignore_eos), {dtype}"
+    )
     print()
     print(f"## Serving comparison: {heading}")
     print(f"machine: {describe(facts)}")
@@ -421,6 +549,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"- `ours` settings: {args.ours_setting}")
     print()
     print(markdown_table(runs, ratio))
+    if split:
+        print()
+        print("Time per output token at one stream: reading the weights vs the per-step overhead")
+        print()
+        print(split_table(split))
     for name, failure in failures.items():
         print(f"- `{name}` failed: {failure}")
 
@@ -430,7 +563,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "concurrency": args.concurrency,
         "max_tokens": args.max_tokens,
         "dtype": dtype,
+        "workload": args.workload,
         "ours_settings": args.ours_setting,
+        "token_split": split,
         "machine": facts,
         "runs": {name: asdict(run) for name, run in runs.items()},
         "ratios": ratio,

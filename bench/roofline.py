@@ -1,0 +1,406 @@
+"""The roofline of this machine for the served model: how fast decoding could go at best, so that every serving
+benchmark can print, beside its numbers, the limit for its case and the share of it reached.
+
+Run it::
+
+    .venv/bin/python bench/roofline.py                  # measure (or read the cache) and print the table
+    .venv/bin/python bench/roofline.py --remeasure      # measure again
+
+It measures, on the thread count the engine's model runs on (``engine.hardware.choose_layout``: on a small machine
+the model runs in the engine-core process on every core):
+
+* the read bandwidth: ``torch.sum`` over a tensor far larger than the last-level cache, best of several;
+* GEMM throughput per dtype (fp32 and bf16 where the CPU has it natively, each through the GEMM vLLM's CPU
+  backend dispatches a linear layer to; int8 through ``torch._int_mm`` and, where it is importable, our own
+  kernel ``engine.kernels.int8``): a large square GEMM (the peak), and one decoding
+  step's linear layers of the model itself (every layer's own weights, so that they are read from memory as in
+  serving, plus the LM head) at M = 1, 4, 32 rows: what serving actually runs.
+
+From the model's ``config.json`` it counts the bytes a decoding step reads per dtype (parameters x bytes, the LM
+head included; int8: 1 byte per weight plus an fp32 scale per output channel) and the FLOPs per token
+(2 x parameters + attention at a given context). ``limits(model_dir, dtype, quantization, streams)`` gives the
+tok/s limit for a case: at one stream bandwidth / bytes per token; at several streams also the model-shape GEMM
+rate for that many rows (tokens per step / the time of one step's linear layers and attention), the lower of the
+two; the big-GEMM peak is given for reference. Measurements are cached per machine in a JSON file
+(``--cache-dir``, default ``bench/results/``) so that a benchmark does not re-measure for minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.machine import describe, machine
+from engine.hardware import choose_layout, detect
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CACHE_DIR = REPO / "bench" / "results"
+Quantization = Literal["none", "int8", "w8a8"]
+GemmKind = Literal["float32", "bfloat16", "int8"]
+ROWS = (1, 4, 32)
+"""The rows (streams decoding at once) at which the model's own linear shapes are measured."""
+BANDWIDTH_BYTES = 1536 * 1024 * 1024
+"""The tensor the read bandwidth is measured over: far larger than any last-level cache we run on (300 MiB)."""
+PEAK_SIZE = 2048
+"""The square GEMM the peak is measured with."""
+DEFAULT_CONTEXT = 256
+"""The context (prompt + output tokens) at which attention FLOPs are counted."""
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the roofline needs of a decoder-only model's ``config.json``."""
+
+    name: str
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied_embeddings: bool
+
+    @classmethod
+    def read(cls, model_dir: Path) -> ModelShape:
+        config = json.loads((model_dir / "config.json").read_text())
+        heads = int(config["num_attention_heads"])
+        hidden = int(config["hidden_size"])
+        return cls(
+            name=model_dir.name,
+            hidden=hidden,
+            intermediate=int(config["intermediate_size"]),
+            layers=int(config["num_hidden_layers"]),
+            heads=heads,
+            kv_heads=int(config.get("num_key_value_heads", heads)),
+            head_dim=int(config.get("head_dim") or hidden // heads),
+            vocab=int(config["vocab_size"]),
+            tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+        )
+
+    def linear_shapes(self) -> list[tuple[int, int, int]]:
+        """(N output features, K input features, how many) of the linear layers one decoding step runs, as vLLM
+        fuses them (qkv, gate_up), the LM head last."""
+        qkv = (self.heads + 2 * self.kv_heads) * self.head_dim
+        return [
+            (qkv, self.hidden, self.layers),
+            (self.hidden, self.heads * self.head_dim, self.layers),
+            (2 * self.intermediate, self.hidden, self.layers),
+            (self.hidden, self.intermediate, self.layers),
+            (self.vocab, self.hidden, 1),
+        ]
+
+    def linear_params(self) -> int:
+        """Weights of the linear layers, the LM head included."""
+        return sum(n * k * count for n, k, count in self.linear_shapes())
+
+    def linear_rows(self) -> int:
+        """Output channels of the linear layers (one int8 scale each)."""
+        return sum(n * count for n, _, count in self.linear_shapes())
+
+    def other_params_read(self) -> int:
+        """Parameters read per step besides the linear layers: the norms and one embedding row."""
+        return (2 * self.layers + 1) * self.hidden + self.hidden
+
+    def bytes_per_token(self, dtype: str, quantization: Quantization = "none") -> int:
+        """The bytes one decoding step reads at least: every weight once (the KV cache left out)."""
+        width = 4 if dtype == "float32" else 2
+        if quantization == "none":
+            linear = self.linear_params() * width
+        else:  # 1 byte per weight plus an fp32 scale per output channel
+            linear = self.linear_params() + 4 * self.linear_rows()
+        return linear + self.other_params_read() * width
+
+    def attention_flops(self, context: int) -> int:
+        """Per token: q.k and p.v over ``context`` positions in every layer."""
+        return 4 * self.heads * self.head_dim * context * self.layers
+
+    def flops_per_token(self, context: int = DEFAULT_CONTEXT) -> int:
+        return 2 * self.linear_params() + self.attention_flops(context)
+
+
+def engine_threads() -> int:
+    """The threads the engine's model runs on, by the engine's own layout for this machine."""
+    hardware = detect()
+    layout = choose_layout(hardware, None, None)
+    return hardware.cores if not layout.worker_process else max(hardware.cores - layout.reserved_cores, 1)
+
+
+def _best_seconds(run: Callable[[], object], repeats: int, min_seconds: float = 1.0) -> float:
+    """The best time of one call of ``run`` after a warm-up, over at least ``repeats`` calls and ``min_seconds``: the
+    best, not the mean, because the machine may be shared (a thread of ours descheduled only ever adds time)."""
+    run()
+    best, calls, started = float("inf"), 0, time.perf_counter()
+    while calls < repeats or time.perf_counter() - started < min_seconds:
+        began = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - began)
+        calls += 1
+    return best
+
+
+def measure_bandwidth(repeats: int = 7) -> float:
+    """Read bandwidth, GB/s: ``torch.sum`` of a tensor far larger than the last-level cache, best of ``repeats``."""
+    import torch
+
+    data = torch.ones(BANDWIDTH_BYTES // 4, dtype=torch.float32)
+    return BANDWIDTH_BYTES / _best_seconds(data.sum, repeats) / 1e9
+
+
+def int8_kernel() -> Any | None:
+    """Our int8 kernel module (``engine.kernels.int8``) where it is there and usable on this machine."""
+    try:
+        from engine.kernels import int8  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return None
+    return int8 if int8.available() else None
+
+
+def gemm_kinds() -> list[str]:
+    """The GEMM paths worth measuring here: fp32; bf16 where native; int8 through torch and our kernel."""
+    kinds = ["float32"]
+    if detect().native_bf16:
+        kinds.append("bfloat16")
+    kinds.append("int8-torch")
+    kernel = int8_kernel()
+    if kernel is not None:
+        kinds += ["int8-ours", "w8a8-ours"]
+    return kinds
+
+
+def _linear(kind: str, n: int, k: int) -> tuple[Any, Callable[[Any], Any], Any]:
+    """A weight of shape (n, k) for path ``kind``, the function applying it to an (m, k) input, and the input dtype."""
+    import torch
+
+    if kind in ("float32", "bfloat16"):  # the GEMM vLLM's CPU backend picks for the layer (oneDNN, sgl-kernel)
+        from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
+        dtype = getattr(torch, kind)
+        layer = torch.nn.Module()
+        layer.weight = torch.nn.Parameter(torch.randn(n, k, dtype=dtype), requires_grad=False)
+        dispatch_cpu_unquantized_gemm(layer, remove_weight=False)
+        gemm = cast(Callable[[Any, Any, Any], Any], layer.cpu_linear)
+        return layer, lambda x: gemm(x, layer.weight, None), dtype
+    if kind == "int8-torch":
+        weight = torch.randint(-127, 128, (k, n), dtype=torch.int8)
+        return weight, lambda x: torch._int_mm(x, weight), torch.int8
+    kernel = int8_kernel()
+    assert kernel is not None, kind
+    packed, scales = kernel.pack_weight(torch.randn(n, k))
+    dynamic = kind == "w8a8-ours"
+    dtype = torch.bfloat16 if detect().native_bf16 and not dynamic else torch.float32
+    return packed, lambda x: kernel.int8_linear(x, packed, scales, dynamic_activations=dynamic), dtype
+
+
+def _input(m: int, k: int, dtype: Any) -> Any:
+    import torch
+
+    if dtype == torch.int8:
+        return torch.randint(-127, 128, (m, k), dtype=torch.int8)
+    return torch.randn(m, k, dtype=dtype)
+
+
+def measure_peak(kind: str, size: int = PEAK_SIZE, repeats: int = 3) -> float:
+    """GFLOP/s of one large square GEMM on path ``kind``."""
+    _, apply, dtype = _linear(kind, size, size)
+    x = _input(size, size, dtype)
+    return 2 * size**3 / _best_seconds(lambda: apply(x), repeats) / 1e9
+
+
+def measure_model_step(shape: ModelShape, kind: str, rows: int, repeats: int = 10) -> float:
+    """Seconds of one decoding step's linear layers at ``rows`` rows: every layer with its own weights (read from
+    memory, as in serving), the LM head last."""
+    layers = [(_linear(kind, n, k), k) for n, k, count in shape.linear_shapes() for _ in range(count)]
+    inputs = {k: _input(rows, k, layers[0][0][2]) for _, k in layers}
+
+    def step() -> None:
+        for (_, apply, _), k in layers:
+            apply(inputs[k])
+
+    return _best_seconds(step, repeats, min_seconds=2.0)
+
+
+def cache_path(cache_dir: Path, shape: ModelShape, threads: int) -> Path:
+    facts = machine()
+    key = json.dumps([facts["cpu"], facts["cores"], facts["isa"], facts["torch"], threads, asdict(shape)])
+    return cache_dir / f"roofline-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+
+
+def measure(shape: ModelShape, threads: int, kinds: Sequence[str], rows: Sequence[int]) -> dict[str, Any]:
+    """Everything the roofline reads, measured now on ``threads`` threads."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        measured: dict[str, Any] = {"bandwidth_gb_s": measure_bandwidth(), "peak_gflop_s": {}, "step_s": {}}
+        for kind in kinds:
+            measured["peak_gflop_s"][kind] = measure_peak(kind)
+            measured["step_s"][kind] = {str(m): measure_model_step(shape, kind, m) for m in rows}
+    finally:
+        torch.set_num_threads(before)
+    return measured
+
+
+def load(
+    model_dir: Path, cache_dir: Path = DEFAULT_CACHE_DIR, rows: Sequence[int] = ROWS, remeasure: bool = False
+) -> dict[str, Any]:
+    """This machine's measurements for the model (from the cache where they are there, measured otherwise)."""
+    shape = ModelShape.read(model_dir)
+    threads = engine_threads()
+    path = cache_path(cache_dir, shape, threads)
+    kinds = gemm_kinds()
+    cached: dict[str, Any] = {}
+    if path.exists() and not remeasure:
+        cached = json.loads(path.read_text())
+        if cached.get("version") != CACHE_VERSION:
+            cached = {}
+    have = cached.get("step_s", {})
+    missing_kinds = [kind for kind in kinds if kind not in have]
+    missing_rows = sorted({m for m in rows for kind in kinds if str(m) not in have.get(kind, {})})
+    if not cached:
+        cached = {"version": CACHE_VERSION, "threads": threads, "machine": machine(), "model": asdict(shape)}
+        cached |= measure(shape, threads, kinds, rows)
+    elif missing_kinds or missing_rows:
+        extra = measure(shape, threads, kinds, missing_rows or rows)
+        cached["bandwidth_gb_s"] = max(cached["bandwidth_gb_s"], extra["bandwidth_gb_s"])
+        for kind in kinds:
+            cached["peak_gflop_s"].setdefault(kind, extra["peak_gflop_s"][kind])
+            cached["step_s"].setdefault(kind, {}).update(extra["step_s"][kind])
+    else:
+        return cached
+    cached["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cached, indent=2) + "\n")
+    return cached
+
+
+def gemm_kind(dtype: str, quantization: Quantization) -> str:
+    """The measured GEMM path a served case runs on."""
+    if quantization == "none":
+        return dtype
+    kind = "w8a8-ours" if quantization == "w8a8" else "int8-ours"
+    return kind if int8_kernel() is not None else "int8-torch"
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The best output tok/s a case could reach on this machine, and what bounds it."""
+
+    tok_s: float
+    bound: str
+    """"bandwidth" (the weights read once per step; always at one stream) or "GEMM" (the GEMM rate at the model's
+    shapes for that many rows, where lower)."""
+    bandwidth_tok_s: float
+    gemm_tok_s: float | None
+    """Streams / (one step's linear layers at that many rows + attention at the peak rate); None if not measured."""
+    peak_tok_s: float | None
+    """For reference: the big square GEMM's rate / FLOPs per token."""
+    weight_read_s: float
+    """Seconds one step takes to read the weights at the measured bandwidth."""
+
+
+def limits(
+    model_dir: Path,
+    dtype: str,
+    quantization: Quantization = "none",
+    streams: int = 1,
+    context: int = DEFAULT_CONTEXT,
+    cache_dir: Path = DEFAULT_CACHE_DIR,
+) -> Limit:
+    """The tok/s limit for ``streams`` streams of the model in ``dtype`` (and ``quantization``) on this machine."""
+    shape = ModelShape.read(model_dir)
+    measured = load(model_dir, cache_dir, rows=sorted({*ROWS, streams}))
+    weight_read_s = shape.bytes_per_token(dtype, quantization) / (measured["bandwidth_gb_s"] * 1e9)
+    bandwidth_tok_s = streams / weight_read_s
+    kind = gemm_kind(dtype, quantization)
+    peak = measured["peak_gflop_s"].get(kind)
+    step = measured["step_s"].get(kind, {}).get(str(streams))
+    peak_tok_s = peak * 1e9 / shape.flops_per_token(context) if peak else None
+    gemm_tok_s = None
+    if step is not None and peak:
+        attention_s = streams * shape.attention_flops(context) / (peak * 1e9)
+        gemm_tok_s = streams / (step + attention_s)
+    if streams > 1 and gemm_tok_s is not None and gemm_tok_s < bandwidth_tok_s:
+        return Limit(gemm_tok_s, "GEMM", bandwidth_tok_s, gemm_tok_s, peak_tok_s, weight_read_s)
+    return Limit(bandwidth_tok_s, "bandwidth", bandwidth_tok_s, gemm_tok_s, peak_tok_s, weight_read_s)
+
+
+CASES: tuple[tuple[str, Quantization], ...] = (("float32", "none"), ("bfloat16", "none"), ("float32", "int8"))
+
+
+def table(model_dir: Path, cache_dir: Path, context: int) -> str:
+    """The roofline as Markdown: measurements, bytes and FLOPs per token, and the limits per case and streams."""
+    shape = ModelShape.read(model_dir)
+    measured = load(model_dir, cache_dir)
+    lines = [
+        f"read bandwidth: {measured['bandwidth_gb_s']:.1f} GB/s on {measured['threads']} threads",
+        "",
+        "| GEMM path | peak GFLOP/s (2048^3) | "
+        + " | ".join(f"model step at M={m} (ms)" for m in ROWS)
+        + " | "
+        + " | ".join(f"GFLOP/s at M={m}" for m in ROWS)
+        + " |",
+        "|---|---|" + "---|" * (2 * len(ROWS)),
+    ]
+    linear_flops = 2 * shape.linear_params()
+    for kind, peak in measured["peak_gflop_s"].items():
+        steps = [measured["step_s"][kind].get(str(m)) for m in ROWS]
+        times = " | ".join("n/a" if s is None else f"{s * 1000:.2f}" for s in steps)
+        rates = " | ".join(
+            "n/a" if s is None else f"{linear_flops * m / s / 1e9:.1f}" for m, s in zip(ROWS, steps, strict=True)
+        )
+        lines.append(f"| {kind} | {peak:.1f} | {times} | {rates} |")
+    lines += [
+        "",
+        f"model {shape.name}: {shape.linear_params() / 1e6:.1f} M linear parameters (LM head included), "
+        f"{shape.flops_per_token(context) / 1e6:.0f} MFLOP per token at context {context}",
+        "",
+        "| dtype | weights | MB per token | " + " | ".join(f"limit tok/s at {m} streams" for m in ROWS) + " |",
+        "|---|---|---|" + "---|" * len(ROWS),
+    ]
+    for dtype, quantization in CASES:
+        if gemm_kind(dtype, quantization) not in measured["peak_gflop_s"]:
+            continue
+        cells = []
+        for m in ROWS:
+            limit = limits(model_dir, dtype, quantization, m, context, cache_dir)
+            cells.append(f"{limit.tok_s:.0f} ({limit.bound})")
+        size = shape.bytes_per_token(dtype, quantization) / 1e6
+        lines.append(f"| {dtype} | {quantization} | {size:.0f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def default_model_dir() -> Path:
+    from engine.model_prep import prepare_default_model
+    from engine.settings import EngineSettings
+
+    return prepare_default_model(EngineSettings()).resolve()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None, help="A Hugging Face model dir (default: ours).")
+    parser.add_argument("--context", type=int, default=DEFAULT_CONTEXT, help="Context for attention FLOPs.")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
+    parser.add_argument("--remeasure", action="store_true", help="Measure again instead of reading the cache.")
+    args = parser.parse_args(argv)
+    model_dir = (args.model or default_model_dir()).resolve()
+    if args.remeasure:
+        load(model_dir, args.cache_dir, remeasure=True)
+    print(f"machine: {describe(machine())}")
+    print(table(model_dir, args.cache_dir, args.context))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
