@@ -1,0 +1,66 @@
+"""The roofline's arithmetic (bench/roofline.py): the default model's bytes and FLOPs per token from its config.json,
+and the limit per case from stored measurements (nothing is measured here: a hand-written cache file)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import roofline
+
+BANDWIDTH_GB_S = 10.0
+STEP_S = {"1": 0.060, "4": 0.062, "32": 0.200}
+PEAK_GFLOP_S = 100.0
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, model_dir: Path) -> Path:
+    shape = roofline.ModelShape.read(model_dir)
+    path = roofline.cache_path(tmp_path, shape, roofline.engine_threads())
+    kinds = roofline.gemm_kinds()
+    path.write_text(
+        json.dumps(
+            {
+                "version": roofline.CACHE_VERSION,
+                "bandwidth_gb_s": BANDWIDTH_GB_S,
+                "peak_gflop_s": dict.fromkeys(kinds, PEAK_GFLOP_S),
+                "step_s": {kind: STEP_S for kind in kinds},
+            }
+        )
+    )
+    return tmp_path
+
+
+def test_the_default_model_reads_its_parameters_once_per_token(model_dir: Path) -> None:
+    shape = roofline.ModelShape.read(model_dir)
+    # SmolLM2-135M: 30 layers of 576 wide, 9 query and 3 KV heads of 64, MLP 1536, a 49152-token tied LM head.
+    per_layer = 576 * (9 + 2 * 3) * 64 + 576 * 576 + 2 * 1536 * 576 + 576 * 1536
+    assert shape.linear_params() == 30 * per_layer + 49152 * 576
+    assert 134e6 < shape.linear_params() < 135e6  # the model's 134.5 M parameters, less the norms
+    fp32 = shape.bytes_per_token("float32")
+    assert shape.bytes_per_token("bfloat16") * 2 == fp32
+    int8 = shape.bytes_per_token("float32", "int8")
+    # The int8 weights and their scales do not depend on the dtype: only the norms and the embedding row do.
+    assert int8 - shape.bytes_per_token("bfloat16", "w8a8") == 2 * shape.other_params_read()
+    assert fp32 / 4 < int8 < fp32 / 4 * 1.01  # a byte a weight and an fp32 scale per output channel
+    assert shape.flops_per_token(0) == 2 * shape.linear_params()
+    assert shape.flops_per_token(256) - shape.flops_per_token(0) == 4 * 9 * 64 * 256 * 30
+
+
+def test_one_stream_is_bounded_by_bandwidth_and_many_by_the_measured_gemm(model_dir: Path, cache_dir: Path) -> None:
+    shape = roofline.ModelShape.read(model_dir)
+    one = roofline.limits(model_dir, "float32", "none", 1, cache_dir=cache_dir)
+    assert one.bound == "bandwidth"
+    assert one.tok_s == pytest.approx(BANDWIDTH_GB_S * 1e9 / shape.bytes_per_token("float32"))
+    assert one.weight_read_s == pytest.approx(1 / one.tok_s)
+    int8 = roofline.limits(model_dir, "float32", "int8", 1, cache_dir=cache_dir)
+    assert int8.tok_s == pytest.approx(
+        one.tok_s * shape.bytes_per_token("float32") / shape.bytes_per_token("float32", "int8")
+    )
+    many = roofline.limits(model_dir, "float32", "none", 32, roofline.DEFAULT_CONTEXT, cache_dir=cache_dir)
+    attention_s = 32 * shape.attention_flops(roofline.DEFAULT_CONTEXT) / (PEAK_GFLOP_S * 1e9)
+    assert many.bound == "GEMM"
+    assert many.tok_s == pytest.approx(32 / (STEP_S["32"] + attention_s))
+    assert many.peak_tok_s == pytest.approx(PEAK_GFLOP_S * 1e9 / shape.flops_per_token(roofline.DEFAULT_CONTEXT))
