@@ -13,17 +13,23 @@ It serves one model three ways, one server at a time:
   engine settings (``engine/settings.py``: the same resolved dtype, max_model_len 2048, max_num_seqs 64,
   enforce_eager, seed 0, a 2 GiB CPU KV cache) and vLLM's own thread layout; ``vllm-nolora`` without LoRA;
 * ``naive``: ``bench/naive_server.py``, transformers ``generate`` per request (the tutorial baseline), in the
-  same dtype.
+  same dtype;
+* our gateway's variants, by name in ``--only``: ``ours-int8`` (``LLMAAS_QUANTIZATION=int8``: int8 weights),
+  ``ours-w8a8`` (int8 weights and activations), ``ours-spec`` (``LLMAAS_SPECULATION=ngram``), ``ours-int8-spec``.
 
 Each server is started, waited for until ready, sent one warm-up request and given until the CPUs are idle
 (our gateway's embedded fine-tuning worker imports its libraries at start); then, for each concurrency
 ``c`` of ``--concurrency``, it gets ``c`` concurrent streaming chat requests (one distinct short question each,
-greedy, ``max_tokens`` output tokens forced with ``ignore_eos``), repeated in rounds until at least
-``--min-requests`` requests were served (so 1 stream is measured over 8 requests in a row). For each server
-and concurrency it measures output tokens/s (completion tokens from the streams' final usage chunks / wall
+greedy, ``max_tokens`` output tokens forced with ``ignore_eos``; ``--workload extraction``: a short document
+in each prompt, which the answer copies out, the case prompt-lookup speculation is for), repeated in rounds
+until at least ``--min-requests`` requests were served (so 1 stream is measured over 8 requests in a row). For
+each server and concurrency it measures output tokens/s (completion tokens from the streams' final usage chunks / wall
 time of the rounds), p50/p99 end-to-end latency and p50/p99 time to first content token (TTFT). It prints
-the machine (CPU model, ISA, native bf16, cores, dtype, thread layout), a Markdown table and the ratios
-ours/naive and ours/vllm per concurrency, and writes ``serving_compare.json``, ``serving_compare.png`` and
+the machine (CPU model, ISA, native bf16, cores, dtype, thread layout), a Markdown table with the roofline
+(``bench/roofline.py``: the limit for each row's weights, dtype and streams, and the share of it reached; with
+speculation a step may yield several tokens, so its share can pass 100 %), the split of one stream's time per
+output token into reading the weights and the per-step overhead, and the ratios ours/naive and ours/vllm per
+concurrency, and writes ``serving_compare.json``, ``serving_compare.png`` and
 one server log per server into ``--results-dir`` (default ``bench/results/``).
 """
 
