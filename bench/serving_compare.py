@@ -526,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dtype = "bfloat16" if dtype == "auto" else dtype  # a GPU: the model's own dtype, which is bf16 here
     print(f"machine: {describe(facts)}; dtype {dtype}", flush=True)
     if not args.no_roofline:  # measured (or read from its cache) now, while no server runs
-        print("roofline: measuring this machine (cached after the first run)", flush=True)
+        print("roofline: reading its cache, or measuring this machine (minutes, once)", flush=True)
         roofline.load(model_dir, rows=sorted({*roofline.ROWS, *args.concurrency}))
 
     runs: dict[str, ServerRun] = {}
