@@ -22,7 +22,9 @@ head included; int8: 1 byte per weight plus an fp32 scale per output channel) an
 tok/s limit for a case: at one stream bandwidth / bytes per token; at several streams also the model-shape GEMM
 rate for that many rows (tokens per step / the time of one step's linear layers and attention), the lower of the
 two; the big-GEMM peak is given for reference. Measurements are cached per machine in a JSON file
-(``--cache-dir``, default ``bench/results/``) so that a benchmark does not re-measure for minutes.
+(``--cache-dir``, default ``bench/results/``) so that a benchmark does not re-measure for minutes; ``--remeasure``
+measures again and keeps the best of each number (the machine may be shared: load only ever slows a
+measurement down).
 """
 
 from __future__ import annotations
@@ -251,33 +253,37 @@ def measure(shape: ModelShape, threads: int, kinds: Sequence[str], rows: Sequenc
     return measured
 
 
+def _keep_best(cached: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Fold a new measurement into the cached one, keeping the best of each number: on a shared machine a
+    measurement only ever comes out too slow, so the best seen is the closest to what the machine can do."""
+    cached["bandwidth_gb_s"] = max(cached["bandwidth_gb_s"], extra["bandwidth_gb_s"])
+    for kind, peak in extra["peak_gflop_s"].items():
+        cached["peak_gflop_s"][kind] = max(cached["peak_gflop_s"].get(kind, 0.0), peak)
+        steps = cached["step_s"].setdefault(kind, {})
+        for rows, seconds in extra["step_s"][kind].items():
+            steps[rows] = min(steps.get(rows, float("inf")), seconds)
+
+
 def load(
     model_dir: Path, cache_dir: Path = DEFAULT_CACHE_DIR, rows: Sequence[int] = ROWS, remeasure: bool = False
 ) -> dict[str, Any]:
-    """This machine's measurements for the model (from the cache where they are there, measured otherwise)."""
+    """This machine's measurements for the model: from the cache, with what it lacks (a GEMM path, a number of
+    rows) measured now; ``remeasure``: everything measured again and folded into the cache (the best of each
+    number kept; delete the file to start over)."""
     shape = ModelShape.read(model_dir)
     threads = engine_threads()
     path = cache_path(cache_dir, shape, threads)
     kinds = gemm_kinds()
-    cached: dict[str, Any] = {}
-    if path.exists() and not remeasure:
-        cached = json.loads(path.read_text())
-        if cached.get("version") != CACHE_VERSION:
-            cached = {}
-    have = cached.get("step_s", {})
-    missing_kinds = [kind for kind in kinds if kind not in have]
-    missing_rows = sorted({m for m in rows for kind in kinds if str(m) not in have.get(kind, {})})
-    if not cached:
+    cached: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    if cached.get("version") != CACHE_VERSION:
         cached = {"version": CACHE_VERSION, "threads": threads, "machine": machine(), "model": asdict(shape)}
-        cached |= measure(shape, threads, kinds, rows)
-    elif missing_kinds or missing_rows:
-        extra = measure(shape, threads, kinds, missing_rows or rows)
-        cached["bandwidth_gb_s"] = max(cached["bandwidth_gb_s"], extra["bandwidth_gb_s"])
-        for kind in kinds:
-            cached["peak_gflop_s"].setdefault(kind, extra["peak_gflop_s"][kind])
-            cached["step_s"].setdefault(kind, {}).update(extra["step_s"][kind])
-    else:
+        cached |= {"bandwidth_gb_s": 0.0, "peak_gflop_s": {}, "step_s": {}}
+        remeasure = True
+    have = cached["step_s"]
+    missing = sorted({m for m in rows for kind in kinds if str(m) not in have.get(kind, {})})
+    if not remeasure and not missing:
         return cached
+    _keep_best(cached, measure(shape, threads, kinds, rows if remeasure else missing))
     cached["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     cache_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(cached, indent=2) + "\n")
@@ -392,7 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=None, help="A Hugging Face model dir (default: ours).")
     parser.add_argument("--context", type=int, default=DEFAULT_CONTEXT, help="Context for attention FLOPs.")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
-    parser.add_argument("--remeasure", action="store_true", help="Measure again instead of reading the cache.")
+    parser.add_argument(
+        "--remeasure", action="store_true", help="Measure again; the cache keeps the best of each number."
+    )
     args = parser.parse_args(argv)
     model_dir = (args.model or default_model_dir()).resolve()
     if args.remeasure:
