@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from functools import cache
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -68,19 +68,26 @@ def supported_isas() -> list[str]:
         return []
 
 
-@cache
-def _default_path() -> str:
-    supported = supported_isas()
-    forced = os.environ.get(ISA_ENV, "").strip().lower()
-    if forced and forced in supported:
-        return forced
-    return supported[0] if supported else "unavailable"
+_default: str | None = None
 
 
 def isa() -> str:
     """The path ``int8_linear`` uses by default: ``avx512_vnni``, ``avx512``, ``avx2_vnni``, ``avx2``,
     ``portable``, or ``unavailable`` where the kernels cannot be built. Never raises."""
     return _default_path()
+
+
+def _resolve_default() -> str:
+    global _default
+    if _default is None:
+        supported = supported_isas()
+        forced = os.environ.get(ISA_ENV, "").strip().lower()
+        _default = forced if forced in supported else (supported[0] if supported else "unavailable")
+    return _default
+
+
+# Under torch.compile: resolved once at trace time, a constant in the graph.
+_default_path: Callable[[], str] = torch.compiler.assume_constant_result(_resolve_default)  # type: ignore[no-untyped-call]
 
 
 def pack_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,13 +131,13 @@ def int8_linear(
 
     ``dynamic_activations``: each row of x is first quantized to int8 (symmetric, its own scale) and the dot
     products are int32. ``isa``: one of ``supported_isas()`` instead of ``isa()``'s default."""
-    module = LIBRARY.eager()  # raises KernelBuildError where the kernels cannot be built
     name = isa if isa is not None else _default_path()
     if name not in PATHS:
+        LIBRARY.eager()  # raises KernelBuildError where the kernels cannot be built
         raise ValueError(f"int8_linear: unknown path {name!r} (this CPU runs {supported_isas()})")
     path = PATHS.index(name)
     if torch.compiler.is_compiling():
         out: torch.Tensor = torch.ops.llmaas.int8_linear.default(x, packed, scales, bias, dynamic_activations, path)
         return out
-    result: torch.Tensor = module.int8_linear(x, packed, scales, bias, dynamic_activations, path)
+    result: torch.Tensor = LIBRARY.eager().int8_linear(x, packed, scales, bias, dynamic_activations, path)
     return result
