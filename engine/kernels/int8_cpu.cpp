@@ -36,6 +36,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -45,7 +46,7 @@ constexpr int64_t kGroup = 4;          // k values per row in one group of the m
 constexpr int64_t kGroupBytes = kRows * kGroup;
 constexpr int64_t kGemvRows = 4;       // up to this many x rows: dequantize on the fly
 constexpr int64_t kChunkRows = 64;     // x rows per task: the rows' fp32 copy stays in L2 across blocks
-constexpr int64_t kSerialBytes = 1 << 16;  // less weight than this per call: no parallel region
+constexpr int64_t kSerialBytes = 1 << 18;  // less weight (x rows / 4) than this: no parallel region
 
 enum Path : int64_t { kPortable = 0, kAvx2 = 1, kAvx2Vnni = 2, kAvx512 = 3, kAvx512Vnni = 4 };
 const std::array<const char*, 5> kPathNames = {"portable", "avx2", "avx2_vnni", "avx512", "avx512_vnni"};
@@ -102,6 +103,22 @@ void add_tail(const X* x, int64_t ldx, int64_t m, int64_t k0, int64_t tail, cons
       const A xv = static_cast<A>(x[i * ldx + k0 + j]);
       for (int64_t r = 0; r < kRows; ++r) acc[i * kRows + r] += xv * static_cast<A>(w[j * kRows + r]);
     }
+}
+
+// Calls f(std::integral_constant<int, R>{}) with R = rows (1 <= rows <= Max): a run-time row count as a template
+// argument, so that the kernels keep their accumulators in registers.
+template <int Max, typename F>
+void with_rows(int64_t rows, F&& f) {
+  if constexpr (Max > 1) {
+    if (rows < Max) return with_rows<Max - 1>(rows, f);
+  }
+  f(std::integral_constant<int, Max>{});
+}
+
+// Calls f(first row, rows as above) over tiles of at most Max of the m rows.
+template <int Max, typename F>
+void over_tiles(int64_t m, F&& f) {
+  for (int64_t i = 0; i < m; i += Max) with_rows<Max>(std::min<int64_t>(Max, m - i), [&](auto rows) { f(i, rows); });
 }
 
 #if defined(LLMAAS_X86)
@@ -164,12 +181,8 @@ LLMAAS_AVX512 void tile512(const float* x, int64_t ldx, int64_t kk, const float*
 
 LLMAAS_AVX512 void fp_block_avx512(const float* x, int64_t ldx, int64_t m, int64_t groups, const int8_t* w,
                                    float* tile, float* acc) {
-  switch (m) {
-    case 1: return gemv512<1>(x, ldx, groups, w, acc);
-    case 2: return gemv512<2>(x, ldx, groups, w, acc);
-    case 3: return gemv512<3>(x, ldx, groups, w, acc);
-    case 4: return gemv512<4>(x, ldx, groups, w, acc);
-    default: break;
+  if (m <= kGemvRows) {
+    return with_rows<kGemvRows>(m, [&](auto rows) { gemv512<decltype(rows)::value>(x, ldx, groups, w, acc); });
   }
   for (int64_t g = 0; g < groups; ++g) {
     const __m512i v = _mm512_loadu_si512(w + g * kGroupBytes);
@@ -180,57 +193,59 @@ LLMAAS_AVX512 void fp_block_avx512(const float* x, int64_t ldx, int64_t m, int64
     _mm512_storeu_ps(t + 3 * kRows, byte_lane512<3>(v));
   }
   const int64_t kk = groups * kGroup;
-  for (int64_t i = 0; i < m; i += 8) {
-    const float* xi = x + i * ldx;
-    float* ai = acc + i * kRows;
-    switch (std::min<int64_t>(8, m - i)) {
-      case 1: tile512<1>(xi, ldx, kk, tile, ai); break;
-      case 2: tile512<2>(xi, ldx, kk, tile, ai); break;
-      case 3: tile512<3>(xi, ldx, kk, tile, ai); break;
-      case 4: tile512<4>(xi, ldx, kk, tile, ai); break;
-      case 5: tile512<5>(xi, ldx, kk, tile, ai); break;
-      case 6: tile512<6>(xi, ldx, kk, tile, ai); break;
-      case 7: tile512<7>(xi, ldx, kk, tile, ai); break;
-      default: tile512<8>(xi, ldx, kk, tile, ai); break;
-    }
-  }
+  over_tiles<12>(m, [&](int64_t i, auto rows) {
+    tile512<decltype(rows)::value>(x + i * ldx, ldx, kk, tile, acc + i * kRows);
+  });
 }
 
-// w8a8 with VNNI: dpbusd(unsigned xu = xq + 128, signed w) = x.w + 128 * rowsum(w); the row sums are one more
-// dpbusd (of ones) per group.
-template <int M>
-LLMAAS_AVX512_VNNI void qtile512(const uint8_t* xu, int64_t ldx, int64_t groups, const int8_t* w, __m512i bias,
+// w8a8 with VNNI: dpbusd(unsigned xu = xq + 128, signed w) = x.w + 128 * rowsum(w). The row sums are one more
+// dpbusd (of ones) per group, taken while the first tile of rows runs (First) and subtracted from every tile.
+// One or two rows: two accumulators per row (even and odd groups) hide dpbusd's latency.
+template <int M, bool First>
+LLMAAS_AVX512_VNNI void qtile512(const uint8_t* xu, int64_t ldx, int64_t groups, const int8_t* w, __m512i& bias,
                                  int32_t* acc) {
-  __m512i a[M];
-  for (int i = 0; i < M; ++i) a[i] = _mm512_setzero_si512();
-  for (int64_t g = 0; g < groups; ++g) {
-    const __m512i v = _mm512_loadu_si512(w + g * kGroupBytes);
-    for (int i = 0; i < M; ++i)
-      a[i] = _mm512_dpbusd_epi32(a[i], _mm512_set1_epi32(load4(xu + i * ldx + g * kGroup)), v);
+  constexpr int P = M <= 2 ? 2 : 1;
+  const __m512i ones = _mm512_set1_epi8(1);
+  __m512i a[M][P], sums[P];
+  for (int p = 0; p < P; ++p) {
+    sums[p] = _mm512_setzero_si512();
+    for (int i = 0; i < M; ++i) a[i][p] = _mm512_setzero_si512();
   }
-  for (int i = 0; i < M; ++i) _mm512_storeu_si512(acc + i * kRows, _mm512_sub_epi32(a[i], bias));
+  int64_t g = 0;
+  for (; g + P <= groups; g += P)
+    for (int p = 0; p < P; ++p) {
+      const __m512i v = _mm512_loadu_si512(w + (g + p) * kGroupBytes);
+      if constexpr (First) sums[p] = _mm512_dpbusd_epi32(sums[p], ones, v);
+      for (int i = 0; i < M; ++i)
+        a[i][p] = _mm512_dpbusd_epi32(a[i][p], _mm512_set1_epi32(load4(xu + i * ldx + (g + p) * kGroup)), v);
+    }
+  for (; g < groups; ++g) {
+    const __m512i v = _mm512_loadu_si512(w + g * kGroupBytes);
+    if constexpr (First) sums[0] = _mm512_dpbusd_epi32(sums[0], ones, v);
+    for (int i = 0; i < M; ++i)
+      a[i][0] = _mm512_dpbusd_epi32(a[i][0], _mm512_set1_epi32(load4(xu + i * ldx + g * kGroup)), v);
+  }
+  if constexpr (First) {
+    for (int p = 1; p < P; ++p) sums[0] = _mm512_add_epi32(sums[0], sums[p]);
+    bias = _mm512_slli_epi32(sums[0], 7);
+  }
+  for (int i = 0; i < M; ++i) {
+    for (int p = 1; p < P; ++p) a[i][0] = _mm512_add_epi32(a[i][0], a[i][p]);
+    _mm512_storeu_si512(acc + i * kRows, _mm512_sub_epi32(a[i][0], bias));
+  }
 }
 
 LLMAAS_AVX512_VNNI void q_block_avx512_vnni(const int8_t* /*xq*/, const uint8_t* xu, int64_t ldx, int64_t m,
                                             int64_t groups, const int8_t* w, int32_t* acc) {
-  const __m512i ones = _mm512_set1_epi8(1);
-  __m512i sums = _mm512_setzero_si512();
-  for (int64_t g = 0; g < groups; ++g) sums = _mm512_dpbusd_epi32(sums, ones, _mm512_loadu_si512(w + g * kGroupBytes));
-  const __m512i bias = _mm512_slli_epi32(sums, 7);
-  for (int64_t i = 0; i < m; i += 8) {
-    const uint8_t* xi = xu + i * ldx;
-    int32_t* ai = acc + i * kRows;
-    switch (std::min<int64_t>(8, m - i)) {
-      case 1: qtile512<1>(xi, ldx, groups, w, bias, ai); break;
-      case 2: qtile512<2>(xi, ldx, groups, w, bias, ai); break;
-      case 3: qtile512<3>(xi, ldx, groups, w, bias, ai); break;
-      case 4: qtile512<4>(xi, ldx, groups, w, bias, ai); break;
-      case 5: qtile512<5>(xi, ldx, groups, w, bias, ai); break;
-      case 6: qtile512<6>(xi, ldx, groups, w, bias, ai); break;
-      case 7: qtile512<7>(xi, ldx, groups, w, bias, ai); break;
-      default: qtile512<8>(xi, ldx, groups, w, bias, ai); break;
+  __m512i bias = _mm512_setzero_si512();
+  over_tiles<8>(m, [&](int64_t i, auto rows) {
+    constexpr int R = decltype(rows)::value;
+    if (i == 0) {
+      qtile512<R, true>(xu, ldx, groups, w, bias, acc);
+    } else {
+      qtile512<R, false>(xu + i * ldx, ldx, groups, w, bias, acc + i * kRows);
     }
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -300,12 +315,8 @@ LLMAAS_AVX2 void tile256(const float* x, int64_t ldx, int64_t kk, const float* t
 
 LLMAAS_AVX2 void fp_block_avx2(const float* x, int64_t ldx, int64_t m, int64_t groups, const int8_t* w,
                                float* tile, float* acc) {
-  switch (m) {
-    case 1: return gemv256<1>(x, ldx, groups, w, acc);
-    case 2: return gemv256<2>(x, ldx, groups, w, acc);
-    case 3: return gemv256<3>(x, ldx, groups, w, acc);
-    case 4: return gemv256<4>(x, ldx, groups, w, acc);
-    default: break;
+  if (m <= kGemvRows) {
+    return with_rows<kGemvRows>(m, [&](auto rows) { gemv256<decltype(rows)::value>(x, ldx, groups, w, acc); });
   }
   for (int64_t g = 0; g < groups; ++g) {
     const int8_t* wg = w + g * kGroupBytes;
@@ -322,18 +333,9 @@ LLMAAS_AVX2 void fp_block_avx2(const float* x, int64_t ldx, int64_t m, int64_t g
     _mm256_storeu_ps(t + 3 * kRows + 8, byte_lane256<3>(hi));
   }
   const int64_t kk = groups * kGroup;
-  for (int64_t i = 0; i < m; i += 6) {
-    const float* xi = x + i * ldx;
-    float* ai = acc + i * kRows;
-    switch (std::min<int64_t>(6, m - i)) {
-      case 1: tile256<1>(xi, ldx, kk, tile, ai); break;
-      case 2: tile256<2>(xi, ldx, kk, tile, ai); break;
-      case 3: tile256<3>(xi, ldx, kk, tile, ai); break;
-      case 4: tile256<4>(xi, ldx, kk, tile, ai); break;
-      case 5: tile256<5>(xi, ldx, kk, tile, ai); break;
-      default: tile256<6>(xi, ldx, kk, tile, ai); break;
-    }
-  }
+  over_tiles<6>(m, [&](int64_t i, auto rows) {
+    tile256<decltype(rows)::value>(x + i * ldx, ldx, kk, tile, acc + i * kRows);
+  });
 }
 
 // w8a8 on AVX2 without VNNI (llama.cpp's trick): maddubs wants an unsigned operand, so multiply |x| by w carrying
@@ -364,62 +366,53 @@ LLMAAS_AVX2 void qtile256(const int8_t* xq, int64_t ldx, int64_t groups, const i
 
 LLMAAS_AVX2 void q_block_avx2(const int8_t* xq, const uint8_t* /*xu*/, int64_t ldx, int64_t m, int64_t groups,
                               const int8_t* w, int32_t* acc) {
-  for (int64_t i = 0; i < m; i += 4) {
-    const int8_t* xi = xq + i * ldx;
-    int32_t* ai = acc + i * kRows;
-    switch (std::min<int64_t>(4, m - i)) {
-      case 1: qtile256<1>(xi, ldx, groups, w, ai); break;
-      case 2: qtile256<2>(xi, ldx, groups, w, ai); break;
-      case 3: qtile256<3>(xi, ldx, groups, w, ai); break;
-      default: qtile256<4>(xi, ldx, groups, w, ai); break;
-    }
-  }
+  over_tiles<4>(m, [&](int64_t i, auto rows) {
+    qtile256<decltype(rows)::value>(xq + i * ldx, ldx, groups, w, acc + i * kRows);
+  });
 }
 
-// w8a8 with AVX-VNNI (256-bit dpbusd): the AVX-512 VNNI scheme on two ymm.
-template <int M>
-LLMAAS_AVX2_VNNI void qtile256_vnni(const uint8_t* xu, int64_t ldx, int64_t groups, const int8_t* w, __m256i bl,
-                                    __m256i bh, int32_t* acc) {
-  __m256i a[M][2];
+// w8a8 with AVX-VNNI (256-bit dpbusd): the AVX-512 VNNI scheme on two ymm (rows 0-7, 8-15).
+template <int M, bool First>
+LLMAAS_AVX2_VNNI void qtile256_vnni(const uint8_t* xu, int64_t ldx, int64_t groups, const int8_t* w,
+                                    __m256i (&bias)[2], int32_t* acc) {
+  const __m256i ones = _mm256_set1_epi8(1);
+  __m256i a[M][2], sums[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
   for (int i = 0; i < M; ++i) a[i][0] = a[i][1] = _mm256_setzero_si256();
   for (int64_t g = 0; g < groups; ++g) {
     const int8_t* wg = w + g * kGroupBytes;
     const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wg));
     const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wg + kGroupBytes / 2));
+    if constexpr (First) {
+      sums[0] = _mm256_dpbusd_avx_epi32(sums[0], ones, lo);
+      sums[1] = _mm256_dpbusd_avx_epi32(sums[1], ones, hi);
+    }
     for (int i = 0; i < M; ++i) {
       const __m256i xv = _mm256_set1_epi32(load4(xu + i * ldx + g * kGroup));
       a[i][0] = _mm256_dpbusd_avx_epi32(a[i][0], xv, lo);
       a[i][1] = _mm256_dpbusd_avx_epi32(a[i][1], xv, hi);
     }
   }
+  if constexpr (First) {
+    bias[0] = _mm256_slli_epi32(sums[0], 7);
+    bias[1] = _mm256_slli_epi32(sums[1], 7);
+  }
   for (int i = 0; i < M; ++i) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + i * kRows), _mm256_sub_epi32(a[i][0], bl));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + i * kRows + 8), _mm256_sub_epi32(a[i][1], bh));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + i * kRows), _mm256_sub_epi32(a[i][0], bias[0]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + i * kRows + 8), _mm256_sub_epi32(a[i][1], bias[1]));
   }
 }
 
 LLMAAS_AVX2_VNNI void q_block_avx2_vnni(const int8_t* /*xq*/, const uint8_t* xu, int64_t ldx, int64_t m,
                                         int64_t groups, const int8_t* w, int32_t* acc) {
-  const __m256i ones = _mm256_set1_epi8(1);
-  __m256i sl = _mm256_setzero_si256(), sh = _mm256_setzero_si256();
-  for (int64_t g = 0; g < groups; ++g) {
-    const int8_t* wg = w + g * kGroupBytes;
-    sl = _mm256_dpbusd_avx_epi32(sl, ones, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wg)));
-    sh = _mm256_dpbusd_avx_epi32(sh, ones, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wg + kGroupBytes / 2)));
-  }
-  const __m256i bl = _mm256_slli_epi32(sl, 7), bh = _mm256_slli_epi32(sh, 7);
-  for (int64_t i = 0; i < m; i += 6) {
-    const uint8_t* xi = xu + i * ldx;
-    int32_t* ai = acc + i * kRows;
-    switch (std::min<int64_t>(6, m - i)) {
-      case 1: qtile256_vnni<1>(xi, ldx, groups, w, bl, bh, ai); break;
-      case 2: qtile256_vnni<2>(xi, ldx, groups, w, bl, bh, ai); break;
-      case 3: qtile256_vnni<3>(xi, ldx, groups, w, bl, bh, ai); break;
-      case 4: qtile256_vnni<4>(xi, ldx, groups, w, bl, bh, ai); break;
-      case 5: qtile256_vnni<5>(xi, ldx, groups, w, bl, bh, ai); break;
-      default: qtile256_vnni<6>(xi, ldx, groups, w, bl, bh, ai); break;
+  __m256i bias[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+  over_tiles<6>(m, [&](int64_t i, auto rows) {
+    constexpr int R = decltype(rows)::value;
+    if (i == 0) {
+      qtile256_vnni<R, true>(xu, ldx, groups, w, bias, acc);
+    } else {
+      qtile256_vnni<R, false>(xu + i * ldx, ldx, groups, w, bias, acc + i * kRows);
     }
-  }
+  });
 }
 
 #endif  // LLMAAS_X86
