@@ -199,7 +199,7 @@ def _linear(kind: str, n: int, k: int) -> tuple[Any, Callable[[Any], Any], Any]:
     assert kernel is not None, kind
     packed, scales = kernel.pack_weight(torch.randn(n, k))
     dynamic = kind == "w8a8-ours"
-    dtype = torch.bfloat16 if detect().native_bf16 and not dynamic else torch.float32
+    dtype = torch.bfloat16 if detect().native_bf16 else torch.float32  # the activations of the engine's auto dtype
     return packed, lambda x: kernel.int8_linear(x, packed, scales, dynamic_activations=dynamic), dtype
 
 
@@ -341,7 +341,9 @@ def limits(
     return Limit(bandwidth_tok_s, "bandwidth", bandwidth_tok_s, gemm_tok_s, peak_tok_s, weight_read_s)
 
 
-CASES: tuple[tuple[str, Quantization], ...] = (("float32", "none"), ("bfloat16", "none"), ("float32", "int8"))
+CASES: tuple[tuple[str, Quantization], ...] = tuple(
+    (dtype, quantization) for quantization in ("none", "int8", "w8a8") for dtype in ("float32", "bfloat16")
+)
 
 
 def table(model_dir: Path, cache_dir: Path, context: int) -> str:
@@ -375,7 +377,9 @@ def table(model_dir: Path, cache_dir: Path, context: int) -> str:
         "|---|---|---|" + "---|" * len(ROWS),
     ]
     for dtype, quantization in CASES:
-        if gemm_kind(dtype, quantization) not in measured["peak_gflop_s"]:
+        if gemm_kind(dtype, quantization) not in measured["peak_gflop_s"] or (
+            dtype == "bfloat16" and not detect().native_bf16
+        ):
             continue
         cells = []
         for m in ROWS:
