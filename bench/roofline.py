@@ -30,6 +30,7 @@ measurement down).
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import sys
@@ -218,17 +219,21 @@ def measure_peak(kind: str, size: int = PEAK_SIZE, repeats: int = 3) -> float:
     return 2 * size**3 / _best_seconds(lambda: apply(x), repeats) / 1e9
 
 
-def measure_model_step(shape: ModelShape, kind: str, rows: int, repeats: int = 10) -> float:
-    """Seconds of one decoding step's linear layers at ``rows`` rows: every layer with its own weights (read from
-    memory, as in serving), the LM head last."""
+def measure_model_step(shape: ModelShape, kind: str, rows: Sequence[int], repeats: int = 10) -> dict[str, float]:
+    """Seconds of one decoding step's linear layers at each number of ``rows``: every layer with its own weights
+    (read from memory, as in serving), the LM head last."""
     layers = [(_linear(kind, n, k), k) for n, k, count in shape.linear_shapes() for _ in range(count)]
-    inputs = {k: _input(rows, k, layers[0][0][2]) for _, k in layers}
+    dtype = layers[0][0][2]
 
-    def step() -> None:
+    def step(inputs: dict[int, Any]) -> None:
         for (_, apply, _), k in layers:
             apply(inputs[k])
 
-    return _best_seconds(step, repeats, min_seconds=2.0)
+    seconds = {}
+    for m in rows:
+        inputs = {k: _input(m, k, dtype) for _, k in layers}
+        seconds[str(m)] = _best_seconds(functools.partial(step, inputs), repeats, min_seconds=2.0)
+    return seconds
 
 
 def cache_path(cache_dir: Path, shape: ModelShape, threads: int) -> Path:
@@ -247,7 +252,7 @@ def measure(shape: ModelShape, threads: int, kinds: Sequence[str], rows: Sequenc
         measured: dict[str, Any] = {"bandwidth_gb_s": measure_bandwidth(), "peak_gflop_s": {}, "step_s": {}}
         for kind in kinds:
             measured["peak_gflop_s"][kind] = measure_peak(kind)
-            measured["step_s"][kind] = {str(m): measure_model_step(shape, kind, m) for m in rows}
+            measured["step_s"][kind] = measure_model_step(shape, kind, rows)
     finally:
         torch.set_num_threads(before)
     return measured
