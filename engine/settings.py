@@ -127,10 +127,12 @@ class EngineSettings(SharedSettings):
         default=5, ge=1, description="Speculation (ngram): the longest run of last tokens looked up for a draft."
     )
     speculation_max_streams: int = Field(
-        default=0,
+        default=4,
         ge=0,
-        description="Speculation: drafts only while at most this many sequences run at once (a full batch already "
-        "uses the CPU: checking drafts there costs more than it saves); 0: at any batch size.",
+        description="Speculation: drafts only while at most this many sequences run at once (vLLM's dynamic "
+        "schedule). A few streams leave the CPU waiting on memory, so checking k drafts costs about one token's "
+        "step; a full batch is compute-bound, and every rejected draft there costs a token's work. 0: at any batch "
+        "size.",
     )
     enable_lora: bool = Field(default=True, description="Serve fine-tuned LoRA adapters beside the base model.")
     max_loras: int = Field(default=4, ge=1, description="Distinct adapters in one batch.")

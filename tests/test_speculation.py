@@ -21,9 +21,10 @@ from tests.support.metrics import metric_value
 from tests.support.tenants import admin_client, create_tenant, openai_client
 
 MODEL = "smollm2-135m-instruct"
-LOGPROB_TOLERANCE = 2e-3
-"""Verifying k drafts runs the model on k + 1 positions in one step, so its matrix products have other shapes (and
-another summation order) than one-token decoding: logprobs agree to fp32 rounding, not to the bit."""
+LOGPROB_TOLERANCE = 1e-4
+"""Verifying k drafts runs the model on k + 1 positions in one step, so its matrix products may have other shapes
+(another summation order) than one-token decoding: logprobs agree to fp32 rounding (at most ~1e-6 apart where
+measured), not always to the bit."""
 DOCUMENT = (
     "Customer Alice Martin: lives at 14 Rue des Lilas, 69003 Lyon; phone +33 4 72 11 20 45; order #4107.\n"
     "Customer Bruno Keller: lives at 7 Lindenstrasse, 8001 Zurich; phone +41 44 310 22 90; order #4114.\n"
@@ -40,7 +41,8 @@ COMPLETION = f"{DOCUMENT}\n{DOCUMENT.splitlines()[0]}\n"
 
 @pytest.fixture(scope="module")
 def spec_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A second gateway, as the session ``server`` but with ngram speculation (drafts at any batch size)."""
+    """A second gateway, as the session ``server`` but with ngram speculation (the tests run one or two sequences at
+    once: drafts in every step)."""
     data_dir = tmp_path_factory.mktemp("speculation")
     gateway = served_gateway(
         data_dir,
