@@ -52,6 +52,14 @@ class EngineLoad:
 
 
 @dataclass(frozen=True)
+class SpeculationCounts:
+    """Speculative decoding since the engine started: draft tokens proposed, and those the model accepted."""
+
+    drafted: int = 0
+    accepted: int = 0
+
+
+@dataclass(frozen=True)
 class ReplicaStatus:
     """One model server behind the backend, as ``/metrics`` shows it."""
 
@@ -78,6 +86,9 @@ class BackendStatus:
     """Requests the backend holds for this gateway (running, waiting or being detokenized)."""
     replicas: tuple[ReplicaStatus, ...] = ()
     """The model servers behind it, where there are several."""
+    speculation: SpeculationCounts | None = None
+    """Speculative decoding's drafts and acceptances in this process, summed over its models; None: not measured
+    here (no speculation, or a backend whose servers count it themselves)."""
 
 
 class Backend(Protocol):

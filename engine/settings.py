@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.hardware import Dtype
@@ -111,6 +111,29 @@ class EngineSettings(SharedSettings):
         "model): a prompt's leading blocks of tokens already in the KV cache are read, not computed again, and "
         "billed at the cached-input price. false: every prompt is computed in full (a baseline for benchmarks).",
     )
+    speculation: Literal["off", "ngram"] = Field(
+        default="off",
+        description="Speculative decoding for the generating models: ngram drafts the next tokens by finding the "
+        "last few tokens earlier in the prompt or answer (prompt lookup) and the model checks them all in one step; "
+        "the output is the same (greedy: identical), only faster where answers copy from the prompt. off: none.",
+    )
+    speculative_tokens: int = Field(
+        default=4, ge=1, le=16, description="Speculation: the most draft tokens proposed per sequence and step."
+    )
+    prompt_lookup_min: int = Field(
+        default=2, ge=1, description="Speculation (ngram): the shortest run of last tokens looked up for a draft."
+    )
+    prompt_lookup_max: int = Field(
+        default=5, ge=1, description="Speculation (ngram): the longest run of last tokens looked up for a draft."
+    )
+    speculation_max_streams: int = Field(
+        default=4,
+        ge=0,
+        description="Speculation: drafts only while at most this many sequences run at once (vLLM's dynamic "
+        "schedule). A few streams leave the CPU waiting on memory, so checking k drafts costs about one token's "
+        "step; a full batch is compute-bound, and every rejected draft there costs a token's work. 0: at any batch "
+        "size.",
+    )
     enable_lora: bool = Field(default=True, description="Serve fine-tuned LoRA adapters beside the base model.")
     max_loras: int = Field(default=4, ge=1, description="Distinct adapters in one batch.")
     max_lora_rank: Literal[8, 16, 32, 64] = 16
@@ -146,6 +169,15 @@ class EngineSettings(SharedSettings):
         from engine.tool_parsing import check_tool_call_parser  # loads vLLM: only when a parser is named
 
         return check_tool_call_parser(value)
+
+    @model_validator(mode="after")
+    def _lookup_bounds(self) -> EngineSettings:
+        if self.prompt_lookup_min > self.prompt_lookup_max:
+            raise ValueError(
+                f"prompt_lookup_min ({self.prompt_lookup_min}) must not exceed prompt_lookup_max "
+                f"({self.prompt_lookup_max})"
+            )
+        return self
 
     @field_validator("max_lora_rank", mode="before")
     @classmethod

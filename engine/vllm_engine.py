@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from engine.backend import BackendStatus, EngineLoad, ModelOffer
+from engine.backend import BackendStatus, EngineLoad, ModelOffer, SpeculationCounts
 from engine.model_prep import ModelPlan, served_model_plans
 from engine.protocol import (
     AdapterRef,
@@ -154,7 +154,13 @@ class VLLMBackend:
 
         args, info = engine_args(self._settings, plan, gpu_share)
         logger.info(
-            "engine %s (%s): %s on %s; %s", plan.name, plan.runner, info["dtype"], info["hardware"], info["threads"]
+            "engine %s (%s): %s on %s; %s; speculation %s",
+            plan.name,
+            plan.runner,
+            info["dtype"],
+            info["hardware"],
+            info["threads"],
+            info.get("speculation", "off"),
         )
         recorder = LoadRecorder()
         llm = AsyncLLM.from_engine_args(args, stat_loggers=[recorder.factory])
@@ -197,7 +203,11 @@ class VLLMBackend:
             kv_cache_usage=max((item.kv_cache_usage for item in loads), default=0.0),
         )
         models = {name: running.info for name, running in self._running.items()}
-        return BackendStatus(models, load, unfinished)
+        speculation = None
+        if self._settings.speculation != "off":
+            counts = [running.recorder.speculation for running in self._running.values()]
+            speculation = SpeculationCounts(sum(c.drafted for c in counts), sum(c.accepted for c in counts))
+        return BackendStatus(models, load, unfinished, speculation=speculation)
 
     async def check_health(self) -> None:
         try:

@@ -9,10 +9,11 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from engine.backend import EngineLoad
+from engine.backend import EngineLoad, SpeculationCounts
 from engine.hardware import choose_layout, detect, resolve_dtype
 from engine.model_prep import ModelPlan
 from engine.settings import EngineSettings
+from engine.speculation import describe, speculative_config
 from engine.translate import STRUCTURED_OUTPUTS
 
 if TYPE_CHECKING:
@@ -31,10 +32,12 @@ one batch's activations); the generating models split the rest of ``gpu_memory_u
 
 
 class LoadRecorder:
-    """Keeps the scheduler's latest numbers (vLLM calls ``record`` after every engine step)."""
+    """Keeps the scheduler's latest numbers, and adds up its speculative decoding's (vLLM calls ``record`` after
+    every engine step)."""
 
     def __init__(self) -> None:
         self.latest = IDLE
+        self.speculation = SpeculationCounts()
 
     def factory(self, vllm_config: VllmConfig, engine_index: int = 0) -> StatLoggerBase:
         from vllm.v1.metrics.loggers import StatLoggerBase
@@ -59,6 +62,11 @@ class LoadRecorder:
                         waiting=scheduler_stats.num_waiting_reqs,
                         kv_cache_usage=scheduler_stats.kv_cache_usage,
                     )
+                    if (drafts := scheduler_stats.spec_decoding_stats) is not None:  # this step's, with speculation
+                        counts = recorder.speculation
+                        recorder.speculation = SpeculationCounts(
+                            counts.drafted + drafts.num_draft_tokens, counts.accepted + drafts.num_accepted_tokens
+                        )
 
             def log_engine_initialized(self) -> None:
                 pass
@@ -115,9 +123,13 @@ def engine_args(settings: EngineSettings, plan: ModelPlan, gpu_share: float) -> 
         # On: vLLM's default, which turns it on where the model supports it (not for every architecture).
         args.enable_prefix_caching = None if settings.prefix_caching else False
         args.scheduling_policy = "priority"  # the gateway's classes: batch is preempted before interactive
+        args.speculative_config = speculative_config(settings)
     if hardware.gpu:  # on CPU, vLLM's own default stands (the KV cache is sized by VLLM_CPU_KVCACHE_SPACE)
         args.gpu_memory_utilization = gpu_share
-    return args, {"dtype": dtype, "hardware": hardware.describe(), "threads": threads, "runner": plan.runner}
+    info = {"dtype": dtype, "hardware": hardware.describe(), "threads": threads, "runner": plan.runner}
+    if not pooling:
+        info["speculation"] = describe(settings)
+    return args, info
 
 
 async def release(llm: AsyncLLM, request_id: str) -> None:

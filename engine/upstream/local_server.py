@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 
@@ -35,6 +35,9 @@ class VLLMReplica:
     max_loras: int = 2
     max_cpu_loras: int = 4
     runner: Literal["generate", "pooling"] = "generate"
+    speculative_config: dict[str, Any] | None = None
+    """vLLM's ``--speculative-config`` for a generating model (``engine.speculation.speculative_config`` of the
+    gateway's settings, so replicas speculate as the in-process engine would); None: no speculation."""
     extra_args: tuple[str, ...] = ()
     """More ``vllm serve`` flags (the prefix-routing benchmark's ``--num-gpu-blocks-override``)."""
     proc: subprocess.Popen[bytes] | None = None
@@ -64,6 +67,8 @@ class VLLMReplica:
                 # What the gateway's fair queue counts on per replica: max_num_seqs plus the burst slots.
                 "--max-num-seqs", str(DEFAULT_MAX_NUM_SEQS + DEFAULT_BURST_SEQS),
             ]  # fmt: skip
+            if self.speculative_config is not None:
+                command += ["--speculative-config", json.dumps(self.speculative_config)]
         command += self.extra_args
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -36,6 +36,17 @@ class _BackendCollector(Collector):
             status.unfinished_requests,
         )
         yield GaugeMetricFamily("llmaas_engine_kv_cache_usage", "KV cache in use (0..1).", load.kv_cache_usage)
+        if status.speculation is not None:
+            yield CounterMetricFamily(
+                "llmaas_speculation_draft_tokens",
+                "Draft tokens speculative decoding proposed (in this process's engines).",
+                status.speculation.drafted,
+            )
+            yield CounterMetricFamily(
+                "llmaas_speculation_accepted_tokens",
+                "Draft tokens the model accepted (each one a token emitted without a step of its own).",
+                status.speculation.accepted,
+            )
         if status.replicas:
             yield from _replica_metrics(status.replicas)
 
