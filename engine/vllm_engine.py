@@ -154,7 +154,13 @@ class VLLMBackend:
 
         args, info = engine_args(self._settings, plan, gpu_share)
         logger.info(
-            "engine %s (%s): %s on %s; %s", plan.name, plan.runner, info["dtype"], info["hardware"], info["threads"]
+            "engine %s (%s): %s, quantization %s, on %s; %s",
+            plan.name,
+            plan.runner,
+            info["dtype"],
+            info["quantization"],
+            info["hardware"],
+            info["threads"],
         )
         recorder = LoadRecorder()
         llm = AsyncLLM.from_engine_args(args, stat_loggers=[recorder.factory])
