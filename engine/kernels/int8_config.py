@@ -41,13 +41,13 @@ class LLMaaSInt8Config(QuantizationConfig):
     """int8 weights with per-output-channel scales, quantized at load time; see the module docstring."""
 
     def __init__(self, dynamic: bool | None = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # vLLM leaves it unannotated
         self.dynamic_activations = dynamic_activations() if dynamic is None else dynamic
 
     def __repr__(self) -> str:
         return f"LLMaaSInt8Config(dynamic_activations={self.dynamic_activations})"
 
-    def get_name(self) -> str:
+    def get_name(self) -> str:  # type: ignore[override]  # a registered name, outside vLLM's Literal of its own
         return QUANTIZATION_METHOD
 
     def get_supported_act_dtypes(self) -> list[torch.dtype]:

@@ -47,6 +47,7 @@ class Int8LinearMethod(LinearMethodBase):
         # The float weight is created (and loaded) by vLLM's own unquantized method for the layer's kind.
         self._float = UnquantizedEmbeddingMethod() if lm_head else UnquantizedLinearMethod()
         self._tied = False
+        self._packed = self._scales = torch.empty(0)
 
     def create_weights(
         self,
@@ -75,12 +76,13 @@ class Int8LinearMethod(LinearMethodBase):
         return layer
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
-        weight = layer.weight
+        weight = layer.get_parameter("weight")
         packed, scales = int8.pack_weight(weight.data)
         layer.register_buffer("int8_weight", packed, persistent=False)
         layer.register_buffer("int8_scales", scales, persistent=False)
+        self._packed, self._scales = packed, scales  # one method per layer: no module lookups in the hot path
         if not self._tied:  # free the float copy (vLLM's CPU path leaves an empty weight too: dtype, device)
             layer.weight = torch.nn.Parameter(torch.empty(0, dtype=weight.dtype), requires_grad=False)
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        return int8.int8_linear(x, layer.int8_weight, layer.int8_scales, bias, self.dynamic_activations)
+        return int8.int8_linear(x, self._packed, self._scales, bias, self.dynamic_activations)

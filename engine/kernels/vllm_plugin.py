@@ -9,8 +9,9 @@ Off switch: ``LLMAAS_LORA_KERNELS=vllm`` (``EngineSettings.lora_kernels``; ``eng
 the engine starts so that vLLM's spawned processes inherit it). It does nothing on GPU hosts or non-CPU platforms,
 and never raises: if the kernels cannot be built or loaded, the process logs it once and vLLM's own ops serve.
 
-It also registers the quantization method ``llmaas_int8`` (``engine.kernels.int8_config``) in every process, so that
-``quantization="llmaas_int8"`` (``EngineSettings.quantization``) and ``vllm serve --quantization llmaas_int8`` name it."""
+It also registers the quantization method ``llmaas_int8`` (``engine.kernels.int8_config``) in every process, so
+that ``quantization="llmaas_int8"`` (``EngineSettings.quantization``) and ``vllm serve --quantization llmaas_int8``
+name it."""
 
 from __future__ import annotations
 
