@@ -1,15 +1,16 @@
-"""Our C++ multi-LoRA kernels for vLLM's CPU backend (``lora_cpu.cpp``): the JIT build into a per-machine cache
-dir, loading the library once per process, and thin typed wrappers over its ``torch.ops.llmaas`` ops.
+"""Our C++ kernels for vLLM's CPU backend: the shared JIT build of a kernel library into a per-machine cache dir
+and its loading once per process (``KernelLibrary``), and the multi-LoRA kernels (``lora_cpu.cpp``) with thin
+typed wrappers over their ``torch.ops.llmaas`` ops. The int8 linear kernels are ``engine.kernels.int8``.
 
 The build is a JIT compile with ``torch.utils.cpp_extension.load`` (system g++, ninja from the venv) the first
-time an engine process needs the kernels; later processes (and later starts) load the cached ``.so`` in
+time an engine process needs a library; later processes (and later starts) load the cached ``.so`` in
 milliseconds. JIT rather than a ``pip`` build step so that no isolated build env can pull a CUDA torch, and
-because ``-march=native`` ties the binary to the CPU it was built on: the cache dir is keyed by the CPU's model
-and flags, the compiler and the torch version. ``LLMAAS_KERNEL_CACHE_DIR`` overrides the cache root
+because ``-march=native`` (the LoRA kernels) ties the binary to the CPU it was built on: the cache dir is keyed by
+the CPU's model and flags, the compiler and the torch version. ``LLMAAS_KERNEL_CACHE_DIR`` overrides the cache root
 (default ``$XDG_CACHE_HOME/llmaas/kernels`` or ``~/.cache/llmaas/kernels``).
 
-The build is a Python module: eager callers (vLLM's engine runs eagerly by default) call its functions directly,
-which costs a fraction of a call through the dispatcher; under ``torch.compile`` the wrappers below call the same
+A build is a Python module: eager callers (vLLM's engine runs eagerly by default) call its functions directly,
+which costs a fraction of a call through the dispatcher; under ``torch.compile`` the wrappers call the same
 kernels as ``torch.ops.llmaas`` ops, which the module registers when it loads.
 
 This module imports torch, never vLLM (the vLLM wiring is ``engine.kernels.vllm_plugin``)."""
@@ -25,30 +26,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
-SOURCE = Path(__file__).with_name("lora_cpu.cpp")
-LIBRARY_NAME = "llmaas_lora_cpu"
 CACHE_ENV = "LLMAAS_KERNEL_CACHE_DIR"
 MARCH_ENV = "LLMAAS_KERNEL_MARCH"
-"""The ``-march`` to build for (default ``native``; ``haswell`` builds the AVX2 path on any x86-64 CPU)."""
-
-
-def cflags() -> tuple[str, ...]:
-    return ("-O3", f"-march={os.environ.get(MARCH_ENV, 'native')}", "-fopenmp", "-Wno-unused-function")
-
+"""The ``-march`` to build the LoRA kernels for (default ``native``; ``haswell`` builds the AVX2 path on any
+x86-64 CPU). Libraries that pick their ISA at run time (``native=False``) are built for the compiler's baseline."""
 
 LDFLAGS = ("-fopenmp",)
 # A build lock older than this was left by a process killed mid-build (torch's lock never expires).
 STALE_LOCK_S = 600.0
-
-_lock = threading.Lock()
-_module: ModuleType | None = None
-_error: str | None = None
 
 
 class KernelBuildError(RuntimeError):
@@ -71,16 +62,6 @@ def machine_key() -> str:
     march = os.environ.get(MARCH_ENV, "native")
     material = "\n".join([platform.machine(), cpu, compiler, version, torch.__version__, sys.version, march])
     return hashlib.sha256(material.encode()).hexdigest()[:16]
-
-
-def cache_dir() -> Path:
-    """Where this machine's build lives."""
-    root = os.environ.get(CACHE_ENV)
-    if root:
-        base = Path(root)
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llmaas" / "kernels"
-    return base / f"{LIBRARY_NAME}-{machine_key()}"
 
 
 def _ensure_ninja_on_path() -> None:
@@ -109,7 +90,82 @@ def _clear_stale_lock(build_dir: Path) -> None:
         pass
 
 
-def _register_fakes() -> None:
+class KernelLibrary:
+    """One C++ source built (once per machine) into a Python module that also registers ``torch.ops.llmaas`` ops,
+    loaded once per process. ``native``: built with ``-march`` (``LLMAAS_KERNEL_MARCH``, default ``native``);
+    otherwise for the compiler's baseline, the source choosing its ISA at run time. ``register_fakes`` gives
+    the ops shape-only implementations for ``torch.compile`` once the library is loaded."""
+
+    def __init__(self, name: str, source: Path, *, native: bool, register_fakes: Callable[[], None]) -> None:
+        self.name = name
+        self.source = source
+        self.native = native
+        self.register_fakes = register_fakes
+        self._lock = threading.Lock()
+        self._module: ModuleType | None = None
+        self._error: str | None = None
+
+    def cflags(self) -> tuple[str, ...]:
+        march = (f"-march={os.environ.get(MARCH_ENV, 'native')}",) if self.native else ()
+        return ("-O3", *march, "-fopenmp", "-Wno-unused-function")
+
+    def cache_dir(self) -> Path:
+        """Where this machine's build lives."""
+        root = os.environ.get(CACHE_ENV)
+        if root:
+            base = Path(root)
+        else:
+            base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llmaas" / "kernels"
+        return base / f"{self.name}-{machine_key()}"
+
+    def load(self) -> ModuleType:
+        """Builds (first time on this machine) and loads the library into this process; raises KernelBuildError."""
+        with self._lock:
+            if self._module is not None:
+                return self._module
+            if self._error is not None:
+                raise KernelBuildError(self._error)
+            try:
+                from torch.utils.cpp_extension import load as jit_load
+
+                build_dir = self.cache_dir()
+                build_dir.mkdir(parents=True, exist_ok=True)
+                _ensure_ninja_on_path()
+                _clear_stale_lock(build_dir)
+                module: ModuleType = jit_load(
+                    name=self.name,
+                    sources=[str(self.source)],
+                    extra_cflags=list(self.cflags()),
+                    extra_ldflags=list(LDFLAGS),
+                    build_directory=str(build_dir),
+                    is_python_module=True,
+                    verbose=False,
+                )
+                self.register_fakes()
+            except Exception as exc:
+                self._error = f"{type(exc).__name__}: {exc}".strip()
+                raise KernelBuildError(self._error) from exc
+            self._module = module
+            return module
+
+    def eager(self) -> ModuleType:
+        """The loaded module (loading it first if needed): what eager callers call."""
+        return self._module if self._module is not None else self.load()
+
+    def available(self) -> bool:
+        """Whether the library is loaded (building it first if needed); never raises."""
+        try:
+            self.load()
+        except KernelBuildError:
+            return False
+        return True
+
+    def load_error(self) -> str | None:
+        """Why the last ``load()`` failed, if it did."""
+        return self._error
+
+
+def _register_lora_fakes() -> None:
     """Shape-only implementations, so that ``torch.compile`` can trace through the ops (they return nothing)."""
     for op in ("lora_shrink", "lora_expand", "lora_linear"):
         # an older/newer torch without this API, or already registered: eager calls still work
@@ -117,54 +173,33 @@ def _register_fakes() -> None:
             torch.library.register_fake(f"llmaas::{op}")(lambda *args, **kwargs: None)
 
 
-def load() -> ModuleType:
-    """Builds (first time on this machine) and loads the kernels into this process; raises KernelBuildError."""
-    global _module, _error
-    with _lock:
-        if _module is not None:
-            return _module
-        if _error is not None:
-            raise KernelBuildError(_error)
-        try:
-            from torch.utils.cpp_extension import load as jit_load
+LORA = KernelLibrary(
+    "llmaas_lora_cpu", Path(__file__).with_name("lora_cpu.cpp"), native=True, register_fakes=_register_lora_fakes
+)
 
-            build_dir = cache_dir()
-            build_dir.mkdir(parents=True, exist_ok=True)
-            _ensure_ninja_on_path()
-            _clear_stale_lock(build_dir)
-            module: ModuleType = jit_load(
-                name=LIBRARY_NAME,
-                sources=[str(SOURCE)],
-                extra_cflags=list(cflags()),
-                extra_ldflags=list(LDFLAGS),
-                build_directory=str(build_dir),
-                is_python_module=True,
-                verbose=False,
-            )
-            _register_fakes()
-        except Exception as exc:
-            _error = f"{type(exc).__name__}: {exc}".strip()
-            raise KernelBuildError(_error) from exc
-        _module = module
-        return module
+
+def cache_dir() -> Path:
+    """Where this machine's LoRA build lives."""
+    return LORA.cache_dir()
+
+
+def load() -> ModuleType:
+    """Builds (first time on this machine) and loads the LoRA kernels into this process; raises KernelBuildError."""
+    return LORA.load()
 
 
 def _eager() -> ModuleType:
-    return _module if _module is not None else load()
+    return LORA.eager()
 
 
 def available() -> bool:
-    """Whether the kernels are loaded (building them first if needed); never raises."""
-    try:
-        load()
-    except KernelBuildError:
-        return False
-    return True
+    """Whether the LoRA kernels are loaded (building them first if needed); never raises."""
+    return LORA.available()
 
 
 def load_error() -> str | None:
-    """Why the last ``load()`` failed, if it did."""
-    return _error
+    """Why the last LoRA ``load()`` failed, if it did."""
+    return LORA.load_error()
 
 
 def isa() -> str:
