@@ -103,7 +103,7 @@ def test_adapters_on_the_int8_base_alone_and_in_a_mixed_batch(
     _, data_dir = int8_server
     tenant_id, int8_client = tenant
     # Random adapters strong enough to change the answers (at make_adapters' default they rarely do).
-    sources = make_adapters(model_dir, data_dir / "random-adapters", strength=0.5)[:2]
+    sources = make_adapters(model_dir, data_dir / "random-adapters", strength=0.5, count=2)
     models = [MODEL, *(register_adapter(data_dir, tenant_id, source) for source in sources)]
     alone = {(model, prompt): ask(int8_client, prompt, model) for model in models for prompt in PROMPTS[:2]}
     answers = {model: [alone[model, prompt] for prompt in PROMPTS[:2]] for model in models}
