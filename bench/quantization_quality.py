@@ -113,10 +113,11 @@ def main() -> None:
     model_dir = prepare_default_model(EngineSettings()).resolve()
     args.results_dir.mkdir(parents=True, exist_ok=True)
     perplexity = {mode: score(model_dir, args.dtype, mode) for mode in modes}
-    tasks = [] if args.skip_fine_tuning else args.tasks.split(",")
-    rows = fine_tuned_accuracy(model_dir, modes, tasks, args.dtype, args.seed, args.results_dir) if tasks else []
     print(f"\n## Quantization quality ({describe(facts)}; activations {args.dtype}; seed {args.seed})\n")
     print_perplexity(perplexity)
+    sys.stdout.flush()  # now: the fine-tuning part takes long
+    tasks = [] if args.skip_fine_tuning else args.tasks.split(",")
+    rows = fine_tuned_accuracy(model_dir, modes, tasks, args.dtype, args.seed, args.results_dir) if tasks else []
     if rows:
         print_fine_tuning(rows, modes)
     result = {
