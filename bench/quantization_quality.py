@@ -2,7 +2,7 @@
 w8a8, all with the same activations dtype (fp32 by default):
 
     .venv/bin/python bench/quantization_quality.py [--modes none,int8,w8a8] [--tasks intent,extract,contact]
-                                                   [--dtype float32] [--skip-fine-tuning] [--seed 0]
+                                                   [--dtype float32] [--skip-fine-tuning | --skip-perplexity]
 
 1. Perplexity of the served model (vLLM, as we run it) on ``bench/dtype_quality.py``'s fixed English text, and its
    greedy answers to the same short factual questions, once per weight mode. Target: int8 within 2 % of fp32.
@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", help="the activations' dtype, the same for every mode")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-fine-tuning", action="store_true")
+    parser.add_argument("--skip-perplexity", action="store_true")
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -112,9 +113,10 @@ def main() -> None:
     facts = machine()
     model_dir = prepare_default_model(EngineSettings()).resolve()
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    perplexity = {mode: score(model_dir, args.dtype, mode) for mode in modes}
+    perplexity = {} if args.skip_perplexity else {mode: score(model_dir, args.dtype, mode) for mode in modes}
     print(f"\n## Quantization quality ({describe(facts)}; activations {args.dtype}; seed {args.seed})\n")
-    print_perplexity(perplexity)
+    if perplexity:
+        print_perplexity(perplexity)
     sys.stdout.flush()  # now: the fine-tuning part takes long
     tasks = [] if args.skip_fine_tuning else args.tasks.split(",")
     rows = fine_tuned_accuracy(model_dir, modes, tasks, args.dtype, args.seed, args.results_dir) if tasks else []
