@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import describe, machine
+from engine.kernels.vllm_plugin import QUANTIZATION_ENV, QUANTIZATION_METHOD
 from engine.model_prep import prepare_default_model
 from engine.settings import EngineSettings
 
@@ -42,10 +43,17 @@ QUESTIONS = {
 }
 
 
-def score(model_dir: Path, dtype: str) -> tuple[float, list[str], float]:
+Scores = tuple[float, list[str], float]
+"""Perplexity on ``TEXT``, the greedy answers to ``QUESTIONS``, output tok/s answering them."""
+
+
+def score(model_dir: Path, dtype: str, quantization: str = "none") -> Scores:
+    """The served model's scores in ``dtype``, with its weights as ``EngineSettings.quantization`` says."""
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=str(model_dir), dtype=dtype, enforce_eager=True, max_model_len=2048, seed=0)
+    os.environ[QUANTIZATION_ENV] = quantization  # read by our llmaas_int8 method in vLLM's engine process
+    extra = {} if quantization == "none" else {"quantization": QUANTIZATION_METHOD}
+    llm = LLM(model=str(model_dir), dtype=dtype, enforce_eager=True, max_model_len=2048, seed=0, **extra)
     tokenizer = llm.get_tokenizer()
     scored = llm.generate([TEXT], SamplingParams(max_tokens=1, prompt_logprobs=0))[0]
     ids = scored.prompt_token_ids or []
@@ -75,19 +83,27 @@ def main() -> None:
     model_dir = args.model_dir or prepare_default_model(EngineSettings())
     facts = machine()
     results = {dtype: score(model_dir, dtype) for dtype in args.dtypes.split(",")}
-    reference = results.get("float32", next(iter(results.values())))[1]
     print(f"\nmachine: {describe(facts)}")
-    print("| dtype | perplexity (fixed text) | questions right | answers equal to fp32 | tok/s (10 at once) |")
+    report(results, "dtype")
+
+
+def report(results: dict[str, Scores], label: str) -> None:
+    """The table (one row per variant, the first one the reference) and every answer."""
+    reference = next(iter(results.values()))[1]
+    print(
+        f"| {label} | perplexity (fixed text) | questions right | answers equal to {next(iter(results))} | "
+        "tok/s (10 at once) |"
+    )
     print("|---|---|---|---|---|")
-    for dtype, (perplexity, answers, speed) in results.items():
+    for variant, (perplexity, answers, speed) in results.items():
         right = sum(
             any(word in answer.lower() for word in expected.split("|"))
             for answer, expected in zip(answers, QUESTIONS.values(), strict=True)
         )
         same = sum(a == b for a, b in zip(answers, reference, strict=True))
-        print(f"| {dtype} | {perplexity:.2f} | {right}/{len(QUESTIONS)} | {same}/{len(QUESTIONS)} | {speed:.0f} |")
-    for dtype, (_, answers, _) in results.items():
-        print(f"\n{dtype}:")
+        print(f"| {variant} | {perplexity:.2f} | {right}/{len(QUESTIONS)} | {same}/{len(QUESTIONS)} | {speed:.0f} |")
+    for variant, (_, answers, _) in results.items():
+        print(f"\n{variant}:")
         for question, answer in zip(QUESTIONS, answers, strict=True):
             print(f"  {question} -> {answer[:80]}")
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 import openai
+from openai.types.fine_tuning import FineTuningJob
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.ft_tasks import TASKS, Example, Task
@@ -116,9 +117,10 @@ class Probe:
         self._thread.join()
 
 
-def bench_task(client: openai.OpenAI, base: str, key: str, task: Task, seed: int) -> dict[str, Any]:
+def create_eval(client: openai.OpenAI, task: Task, seed: int) -> tuple[list[Example], str, str]:
+    """The task's training examples, its held-out items uploaded as a file, and an eval that checks the answer
+    exactly: ``(train, items file id, eval id)``."""
     train, test = task.examples(seed=seed)
-    training_file = client.files.create(file=("train.jsonl", Task.jsonl(train)), purpose="fine-tune")
     items_file = client.files.create(file=("test.jsonl", items_jsonl(test)), purpose="evals")
     evaluation = client.evals.create(
         name=f"{task.name}: exact answer",
@@ -133,6 +135,14 @@ def bench_task(client: openai.OpenAI, base: str, key: str, task: Task, seed: int
             }
         ],
     )
+    return train, items_file.id, evaluation.id
+
+
+def fine_tune(
+    client: openai.OpenAI, base: str, key: str, task: Task, train: list[Example], seed: int
+) -> tuple[FineTuningJob, float, Probe]:
+    """A fine-tuning job on ``train`` with no hyperparameters, run to success: the job, its seconds, the probe."""
+    training_file = client.files.create(file=("train.jsonl", Task.jsonl(train)), purpose="fine-tune")
     started = time.perf_counter()
     with Probe(base, key) as probe:
         job = client.fine_tuning.jobs.create(model=MODEL, training_file=training_file.id, suffix=task.name, seed=seed)
@@ -140,9 +150,14 @@ def bench_task(client: openai.OpenAI, base: str, key: str, task: Task, seed: int
             if time.perf_counter() - started > JOB_TIMEOUT_S:
                 raise TimeoutError(f"job {job.id} still {job.status}")
             time.sleep(1)
-    job_seconds = time.perf_counter() - started
     if job.status != "succeeded":
         raise RuntimeError(f"job {job.id} {job.status}: {job.error}")
+    return job, time.perf_counter() - started, probe
+
+
+def bench_task(client: openai.OpenAI, base: str, key: str, task: Task, seed: int) -> dict[str, Any]:
+    train, items_file, eval_id = create_eval(client, task, seed)
+    job, job_seconds, probe = fine_tune(client, base, key, task, train, seed)
     events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
     losses = sorted((e.data["step"], e.data["train_loss"]) for e in events if e.type == "metrics" and e.data)
     shots = train[:FEW_SHOT]
@@ -157,9 +172,9 @@ def bench_task(client: openai.OpenAI, base: str, key: str, task: Task, seed: int
         "probe_p50_s": statistics.median(probe.latencies) if probe.latencies else None,
         "probe_max_s": max(probe.latencies) if probe.latencies else None,
         "accuracy": {
-            "base zero-shot": run_eval(client, evaluation.id, MODEL, items_file.id, []),
-            "base few-shot": run_eval(client, evaluation.id, MODEL, items_file.id, shots),
-            "fine-tuned": run_eval(client, evaluation.id, job.fine_tuned_model or "", items_file.id, []),
+            "base zero-shot": run_eval(client, eval_id, MODEL, items_file, []),
+            "base few-shot": run_eval(client, eval_id, MODEL, items_file, shots),
+            "fine-tuned": run_eval(client, eval_id, job.fine_tuned_model or "", items_file, []),
         },
     }
 

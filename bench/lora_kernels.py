@@ -71,13 +71,14 @@ def prompts(n: int) -> list[str]:
     return [pool[i % len(pool)] + ("" if i < len(pool) else f" ({i})") for i in range(n)]
 
 
-def make_adapters(model_dir: Path, root: Path) -> list[Path]:
-    """``N_ADAPTERS`` random rank-8 peft adapters (A and B both random), made once and reused."""
+def make_adapters(model_dir: Path, root: Path, strength: float = 0.1, count: int = N_ADAPTERS) -> list[Path]:
+    """``count`` random rank-8 peft adapters (A and B both random, times ``strength``), made once and reused.
+    At 0.1 the model's answers stay ordinary (often the base's own); larger values change them."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    dirs = [root / f"adapter-{i}" for i in range(N_ADAPTERS)]
+    dirs = [root / f"adapter-{i}" for i in range(count)]
     if all((d / "adapter_config.json").exists() for d in dirs):
         return dirs
     for i, target in enumerate(dirs):
@@ -94,7 +95,7 @@ def make_adapters(model_dir: Path, root: Path) -> list[Path]:
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if "lora_" in name:
-                    param.mul_(0.1)  # keep the outputs sane: the model still produces ordinary tokens
+                    param.mul_(strength)  # 0.1 keeps the outputs sane: the model still produces ordinary tokens
         model.save_pretrained(str(target))
     return dirs
 

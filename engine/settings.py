@@ -84,6 +84,13 @@ class EngineSettings(SharedSettings):
         default="auto",
         description="auto: bf16 where the CPU has native bf16 (AVX512-BF16, AMX), else fp32; the model's own on GPU.",
     )
+    quantization: Literal["none", "int8", "w8a8"] = Field(
+        default="none",
+        description="CPU backend: weights of the generating models' linear layers and LM head as int8 with "
+        "per-output-channel scales, packed at load from the float checkpoint and computed by our C++ kernels "
+        "(engine/kernels/): int8: activations in the model dtype; w8a8: activations also quantized per token to "
+        "int8 (int32 dot products); none: the float weights. Where the kernels cannot be built the start fails.",
+    )
     enforce_eager: bool = Field(default=True, description="Skip torch.compile / CUDA graphs: fast start.")
     kv_cache_space_gib: int = Field(default=2, ge=1, description="CPU backend: KV cache size in GiB.")
     cpu_worker_process: bool | None = Field(

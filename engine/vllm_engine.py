@@ -154,10 +154,11 @@ class VLLMBackend:
 
         args, info = engine_args(self._settings, plan, gpu_share)
         logger.info(
-            "engine %s (%s): %s on %s; %s; speculation %s",
+            "engine %s (%s): %s, quantization %s, on %s; %s; speculation %s",
             plan.name,
             plan.runner,
             info["dtype"],
+            info["quantization"],
             info["hardware"],
             info["threads"],
             info.get("speculation", "off"),

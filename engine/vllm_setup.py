@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 
 from engine.backend import EngineLoad, SpeculationCounts
 from engine.hardware import choose_layout, detect, resolve_dtype
+from engine.kernels.vllm_plugin import QUANTIZATION_ENV, QUANTIZATION_METHOD
 from engine.model_prep import ModelPlan
+from engine.protocol import EngineError
 from engine.settings import EngineSettings
 from engine.speculation import describe, speculative_config
 from engine.translate import STRUCTURED_OUTPUTS
@@ -102,6 +104,10 @@ def engine_args(settings: EngineSettings, plan: ModelPlan, gpu_share: float) -> 
         threads = layout.describe(hardware.cores)
     # Read by our vLLM plugin (engine/kernels/vllm_plugin.py) in the engine processes vLLM spawns.
     os.environ["LLMAAS_LORA_KERNELS"] = settings.lora_kernels
+    quantization = "none" if pooling else settings.quantization
+    if quantization != "none" and hardware.gpu:
+        raise EngineError(f"quantization={quantization}: our int8 kernels are for the CPU backend; use none on GPU")
+    os.environ[QUANTIZATION_ENV] = quantization  # int8 or w8a8, read by engine/kernels/int8_config.py there
     lora = plan.primary and settings.enable_lora
     args = AsyncEngineArgs(
         model=str(plan.path),
@@ -115,6 +121,7 @@ def engine_args(settings: EngineSettings, plan: ModelPlan, gpu_share: float) -> 
         max_loras=settings.max_loras,
         max_lora_rank=settings.max_lora_rank,
         max_cpu_loras=max(settings.max_cpu_loras, settings.max_loras),
+        quantization=None if quantization == "none" else QUANTIZATION_METHOD,
     )
     if not pooling:  # a pooling model keeps its own context length (its positions) and batch size
         args.max_model_len = settings.max_model_len
@@ -126,7 +133,13 @@ def engine_args(settings: EngineSettings, plan: ModelPlan, gpu_share: float) -> 
         args.speculative_config = speculative_config(settings)
     if hardware.gpu:  # on CPU, vLLM's own default stands (the KV cache is sized by VLLM_CPU_KVCACHE_SPACE)
         args.gpu_memory_utilization = gpu_share
-    info = {"dtype": dtype, "hardware": hardware.describe(), "threads": threads, "runner": plan.runner}
+    info = {
+        "dtype": dtype,
+        "quantization": quantization,
+        "hardware": hardware.describe(),
+        "threads": threads,
+        "runner": plan.runner,
+    }
     if not pooling:
         info["speculation"] = describe(settings)
     return args, info

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,15 +17,11 @@ import httpx
 import openai
 import pytest
 
-from adapters.registry import AdapterRegistry
-from gateway.app import adapter_registry
-from gateway.bootstrap import open_database
-from gateway.settings import GatewaySettings
 from tests.support import ADMIN, MODEL
 from tests.support.fake_upstream import fake_upstream, stats
 from tests.support.gateway_process import free_port, served_gateway
 from tests.support.metrics import metric_value
-from tests.support.tenants import openai_client, tenant_key
+from tests.support.tenants import openai_client, register_adapter, tenant_key
 
 
 def _wait(condition: Callable[[], bool], seconds: float = 30) -> None:
@@ -58,23 +53,6 @@ def upstream_gateway(tmp_path: Path, model_dir: Path, **settings: str) -> Iterat
         **settings,
     ) as gateway:
         yield gateway.base
-
-
-def register_adapter(data_dir: Path, tenant_id: str) -> str:
-    """A fine-tuned model in the registry, as the worker leaves it (the fake upstream never reads its files)."""
-    settings = GatewaySettings(data_dir=data_dir)
-    database = open_database(settings)
-    registry: AdapterRegistry = adapter_registry(database, settings)
-    job_id = f"ftjob-{uuid.uuid4().hex}"
-    adapter_dir = registry.job_dir(job_id) / "adapter"
-    adapter_dir.mkdir(parents=True)
-    name = f"ft:{MODEL}:t:{job_id[6:14]}:{job_id[6:14]}"
-    with database.sessions.begin() as session:
-        registry.register(
-            session, name=name, tenant_id=tenant_id, base_model=MODEL, job_id=job_id, adapter_dir=adapter_dir
-        )
-    database.dispose()
-    return name
 
 
 def chat(client: openai.OpenAI, model: str = MODEL) -> str:

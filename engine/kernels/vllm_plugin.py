@@ -1,4 +1,4 @@
-"""The vLLM general plugin that puts our LoRA kernels on vLLM's CPU LoRA path.
+"""The vLLM general plugin that puts our LoRA kernels on vLLM's CPU LoRA path and registers our int8 weights.
 
 Declared in ``pyproject.toml`` under the entry-point group ``vllm.general_plugins`` (``llmaas_lora_cpu``), so vLLM
 calls :func:`register` in every process it starts (front end, engine core, workers). ``register`` patches the
@@ -7,7 +7,11 @@ vLLM's ``PunicaWrapperCPU``; the kernels are built/loaded lazily when a LoRA-ena
 
 Off switch: ``LLMAAS_LORA_KERNELS=vllm`` (``EngineSettings.lora_kernels``; ``engine.vllm_engine`` exports it before
 the engine starts so that vLLM's spawned processes inherit it). It does nothing on GPU hosts or non-CPU platforms,
-and never raises: if the kernels cannot be built or loaded, the process logs it once and vLLM's own ops serve."""
+and never raises: if the kernels cannot be built or loaded, the process logs it once and vLLM's own ops serve.
+
+It also registers the quantization method ``llmaas_int8`` (``engine.kernels.int8_config``) in every process, so
+that ``quantization="llmaas_int8"`` (``EngineSettings.quantization``) and ``vllm serve --quantization llmaas_int8``
+name it."""
 
 from __future__ import annotations
 
@@ -18,6 +22,9 @@ MODE_ENV = "LLMAAS_LORA_KERNELS"
 MODES = ("llmaas", "vllm")
 CPU_WRAPPER = "vllm.lora.punica_wrapper.punica_cpu.PunicaWrapperCPU"
 OUR_WRAPPER = "engine.kernels.punica_wrapper.LLMaaSPunicaWrapperCPU"
+QUANTIZATION_METHOD = "llmaas_int8"
+QUANTIZATION_ENV = "LLMAAS_QUANTIZATION"
+"""int8 or w8a8 (``EngineSettings.quantization``): which of the two ``llmaas_int8`` runs in the engine processes."""
 
 # Under vLLM's logger tree: engine processes print these through vLLM's handler, in its format.
 logger = logging.getLogger("vllm.llmaas_lora_kernels")
@@ -40,6 +47,12 @@ def register() -> None:
         _register()
     except Exception:
         logger.warning("LLMaaS LoRA kernels: plugin setup failed; vLLM's own LoRA ops serve", exc_info=True)
+    try:
+        from engine.kernels import int8_config
+
+        int8_config.register()
+    except Exception:  # a model asking for llmaas_int8 then fails to start: vLLM names the unknown method
+        logger.warning("LLMaaS int8 weights: registering quantization method llmaas_int8 failed", exc_info=True)
 
 
 def _register() -> None:

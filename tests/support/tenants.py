@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import os
+import shutil
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 
-from tests.support import ADMIN_KEY
+from adapters.registry import AdapterRegistry
+from gateway.app import adapter_registry
+from gateway.bootstrap import open_database
+from gateway.settings import GatewaySettings
+from tests.support import ADMIN_KEY, MODEL
 
 
 def create_tenant(
@@ -43,3 +50,24 @@ def tenant_key(base: str, name: str = "t", key: Mapping[str, Any] | None = None,
 def openai_client(base: str, key: str, **options: Any) -> openai.OpenAI:
     """The official client on ``base``'s ``/v1`` with ``key`` (no retries: each request is the test's)."""
     return openai.OpenAI(base_url=f"{base}/v1", api_key=key, **{"max_retries": 0, "timeout": 120, **options})
+
+
+def register_adapter(data_dir: Path, tenant_id: str, source: Path | None = None) -> str:
+    """A fine-tuned model of the tenant in the registry of the gateway on ``data_dir``, as the worker leaves it: its
+    adapter dir holds ``source``'s files (a peft adapter), or nothing (for stand-ins that never read it)."""
+    settings = GatewaySettings(data_dir=data_dir)
+    database = open_database(settings)
+    registry: AdapterRegistry = adapter_registry(database, settings)
+    job_id = f"ftjob-{uuid.uuid4().hex}"
+    adapter_dir = registry.job_dir(job_id) / "adapter"
+    if source is None:
+        adapter_dir.mkdir(parents=True)
+    else:
+        shutil.copytree(source, adapter_dir)
+    name = f"ft:{MODEL}:t:{job_id[6:14]}:{job_id[6:14]}"
+    with database.sessions.begin() as session:
+        registry.register(
+            session, name=name, tenant_id=tenant_id, base_model=MODEL, job_id=job_id, adapter_dir=adapter_dir
+        )
+    database.dispose()
+    return name
