@@ -13,7 +13,9 @@ the order rotating between rounds; the best round counts (the machine's noise on
 Weights of one shape are reused call after call, so small layers run from the caches: the "decode step" section
 then runs every layer of the model once (30 layers of q/k/v/o/gate/up/down, each with its own weights, plus the LM
 head) as a decoding step does, with weights from memory, beside a plain read of a large tensor (``torch.sum``).
-It reports the weight read rate (GB/s) at M = 1, GFLOP/s at M = 32, and each variant's time relative to fp32.
+It reports the weight read rate (GB/s) at M = 1, GFLOP/s at M = 32, each variant's time relative to fp32, and
+per shape the error of int8 and w8a8 against the fp32 weight (random normal x and weights: real activations,
+with outliers, are harder on w8a8; bench/quantization_quality.py measures the model's quality).
 Threads: torch's thread count (what the engine gives its model; ``--threads``), shared by torch and our kernels'
 OpenMP. On a loaded machine ``--threads 1 --clock cpu`` compares the kernels' own cost (CPU time per call)."""
 
@@ -123,6 +125,17 @@ def report(title: str, n_k: list[tuple[int, int]], rows: int, times: dict[str, f
         print(f"  {name:<20} {seconds * 1e6:10.1f} {gbs:8.1f} {flops / seconds / 1e9:9.1f} {seconds / base:7.2f}x")
 
 
+def errors(weight: torch.Tensor, x: torch.Tensor) -> str:
+    """How far int8 and w8a8 (the default path) land from ``x @ weight.T`` in fp64."""
+    packed, scales = int8.pack_weight(weight)
+    ref = x.double() @ weight.double().T
+    parts = []
+    for label, dynamic in (("int8", False), ("w8a8", True)):
+        y = int8.int8_linear(x, packed, scales, dynamic_activations=dynamic)
+        parts.append(f"{label} {float((y.double() - ref).norm() / ref.norm()):.2e}")
+    return ", ".join(parts)
+
+
 def plain_read_gbs(repeats: int) -> float:
     data = torch.ones(READ_BYTES // 4)
     best = min(time_call(lambda: data.sum(), 0.2) for _ in range(repeats))
@@ -161,9 +174,9 @@ def main() -> None:
         packed = [(weight, *int8.pack_weight(weight))]
         for rows in rows_list:
             x = torch.randn(rows, k, generator=generator)
-            report(
-                f"{name} ({n}x{k})", [(n, k)], rows, best_times(variants_for(packed, x), args.repeats, args.min_time)
-            )
+            times = best_times(variants_for(packed, x), args.repeats, args.min_time)
+            report(f"{name} ({n}x{k})", [(n, k)], rows, times)
+            print(f"  error vs the fp32 weight (relative Frobenius norm): {errors(weight, x)}")
     if args.no_step:
         return
     step = [SHAPES[name] for _ in range(LAYERS) for name in LAYER_SHAPES] + [SHAPES["lm_head"]]

@@ -46,6 +46,7 @@ constexpr int64_t kGroup = 4;          // k values per row in one group of the m
 constexpr int64_t kGroupBytes = kRows * kGroup;
 constexpr int64_t kGemvRows = 4;       // up to this many x rows: dequantize on the fly
 constexpr int64_t kChunkRows = 64;     // x rows per task: the rows' fp32 copy stays in L2 across blocks
+constexpr int64_t kPrefetchBytes = 16384;  // how far ahead of its loads a GEMV prefetches weights (from memory)
 constexpr int64_t kSerialBytes = 1 << 18;  // less weight (x rows / 4) than this: no parallel region
 
 enum Path : int64_t { kPortable = 0, kAvx2 = 1, kAvx2Vnni = 2, kAvx512 = 3, kAvx512Vnni = 4 };
@@ -153,6 +154,7 @@ LLMAAS_AVX512 void gemv512(const float* x, int64_t ldx, int64_t groups, const in
   for (int i = 0; i < M; ++i)
     for (int j = 0; j < kGroup; ++j) a[i][j] = _mm512_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
+    _mm_prefetch(reinterpret_cast<const char*>(w + g * kGroupBytes + kPrefetchBytes), _MM_HINT_T0);
     const __m512i v = _mm512_loadu_si512(w + g * kGroupBytes);
     const __m512 w0 = byte_lane512<0>(v), w1 = byte_lane512<1>(v), w2 = byte_lane512<2>(v),
                  w3 = byte_lane512<3>(v);
@@ -279,6 +281,7 @@ LLMAAS_AVX2 void gemv256(const float* x, int64_t ldx, int64_t groups, const int8
       for (int p = 0; p < P; ++p) a[i][h][p] = _mm256_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
     const int8_t* wg = w + g * kGroupBytes;
+    _mm_prefetch(reinterpret_cast<const char*>(wg + kPrefetchBytes), _MM_HINT_T0);
     const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wg));
     const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wg + kGroupBytes / 2));
     const float* xg = x + g * kGroup;
