@@ -339,7 +339,9 @@ def limits(
     peak_tok_s = peak * 1e9 / shape.flops_per_token(context) if peak else None
     gemm_tok_s = None
     if step is not None and peak:
-        attention_s = streams * shape.attention_flops(context) / (peak * 1e9)
+        # Attention runs in the activation dtype whatever the weights are: at that dtype's GEMM peak.
+        attention_peak = measured["peak_gflop_s"].get(gemm_kind(dtype, "none")) or peak
+        attention_s = streams * shape.attention_flops(context) / (attention_peak * 1e9)
         gemm_tok_s = streams / (step + attention_s)
     if streams > 1 and gemm_tok_s is not None and gemm_tok_s < bandwidth_tok_s:
         return Limit(gemm_tok_s, "GEMM", bandwidth_tok_s, gemm_tok_s, peak_tok_s, weight_read_s)

@@ -179,7 +179,7 @@ class EngineSettings(SharedSettings):
 
     @model_validator(mode="after")
     def _lookup_bounds(self) -> EngineSettings:
-        if self.prompt_lookup_min > self.prompt_lookup_max:
+        if self.speculation != "off" and self.prompt_lookup_min > self.prompt_lookup_max:
             raise ValueError(
                 f"prompt_lookup_min ({self.prompt_lookup_min}) must not exceed prompt_lookup_max "
                 f"({self.prompt_lookup_max})"

@@ -15,12 +15,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import httpx
 
 from engine.hardware import detect, resolve_dtype
-from engine.kernels.vllm_plugin import QUANTIZATION_ENV, QUANTIZATION_METHOD
 from engine.settings import DEFAULT_BURST_SEQS, DEFAULT_MAX_NUM_SEQS
 from engine.translate import STRUCTURED_OUTPUTS
 
@@ -36,11 +35,6 @@ class VLLMReplica:
     max_loras: int = 2
     max_cpu_loras: int = 4
     runner: Literal["generate", "pooling"] = "generate"
-    speculative_config: dict[str, Any] | None = None
-    """vLLM's ``--speculative-config`` for a generating model (``engine.speculation.speculative_config`` of the
-    gateway's settings, so replicas speculate as the in-process engine would); None: no speculation."""
-    quantization: Literal["none", "int8", "w8a8"] = "none"
-    """A generating model's weights as in ``EngineSettings.quantization`` (our ``llmaas_int8`` method)."""
     extra_args: tuple[str, ...] = ()
     """More ``vllm serve`` flags (the prefix-routing benchmark's ``--num-gpu-blocks-override``)."""
     proc: subprocess.Popen[bytes] | None = None
@@ -55,7 +49,6 @@ class VLLMReplica:
             "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
             "VLLM_CPU_KVCACHE_SPACE": "1",
             "VLLM_CPU_OMP_THREADS_BIND": str(self.core),  # one core each: two servers on a 2-core machine
-            QUANTIZATION_ENV: self.quantization,  # read by our vLLM plugin's llmaas_int8 in the engine process
         }
         command = [
             sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
@@ -71,10 +64,6 @@ class VLLMReplica:
                 # What the gateway's fair queue counts on per replica: max_num_seqs plus the burst slots.
                 "--max-num-seqs", str(DEFAULT_MAX_NUM_SEQS + DEFAULT_BURST_SEQS),
             ]  # fmt: skip
-            if self.speculative_config is not None:
-                command += ["--speculative-config", json.dumps(self.speculative_config)]
-            if self.quantization != "none":
-                command += ["--quantization", QUANTIZATION_METHOD]
         command += self.extra_args
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
