@@ -15,7 +15,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from pydantic import ValidationError
 
+from engine.settings import EngineSettings
 from tests.support.gateway_process import served_gateway
 from tests.support.metrics import metric_value
 from tests.support.tenants import admin_client, create_tenant, openai_client
@@ -233,3 +235,9 @@ def wait_for_ledger(admin: httpx.Client, tenant_id: str, requests: int, timeout:
         if report["totals"]["requests"] >= requests or time.monotonic() > deadline:
             return report
         time.sleep(0.1)
+
+
+def test_prompt_lookup_bounds_are_checked_only_when_speculation_is_on() -> None:
+    assert EngineSettings(prompt_lookup_min=6, prompt_lookup_max=5).speculation == "off"
+    with pytest.raises(ValidationError, match="prompt_lookup_min"):
+        EngineSettings(speculation="ngram", prompt_lookup_min=6, prompt_lookup_max=5)
