@@ -1,8 +1,8 @@
 """The vLLM quantization method ``llmaas_int8``: int8 weights (symmetric, per output channel) for every linear layer
 and the LM head of an unquantized checkpoint, quantized as the model loads and computed by our C++ kernels
 (``engine.kernels.int8``). The layer methods live in ``engine.kernels.int8_method``; this module is what our vLLM
-plugin (``engine.kernels.vllm_plugin``) registers in every vLLM process, and imports no vLLM layer code itself, so
-registering it costs a process nothing.
+plugin (``engine.kernels.vllm_plugin``) registers in every vLLM process; it imports vLLM's layer code only when a
+model asks it for a method, so registering it costs a process little.
 
 The mode comes from ``LLMAAS_QUANTIZATION`` (``EngineSettings.quantization``, exported by ``engine.vllm_setup`` before
 vLLM spawns its engine processes; set it beside ``--quantization llmaas_int8`` for ``vllm serve``): ``w8a8`` also
@@ -67,20 +67,16 @@ class LLMaaSInt8Config(QuantizationConfig):
 
     def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> QuantizeMethodBase | None:
         from vllm.model_executor.layers.linear import LinearBase
-        from vllm.model_executor.layers.vocab_parallel_embedding import (
-            ParallelLMHead,
-            UnquantizedEmbeddingMethod,
-            VocabParallelEmbedding,
-        )
+        from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
 
-        from engine.kernels.int8_method import Int8LinearMethod
+        from engine.kernels.int8_method import EmbeddingLookupMethod, Int8LinearMethod
 
         if isinstance(layer, ParallelLMHead):
             return Int8LinearMethod(self.dynamic_activations, lm_head=True)
         if isinstance(layer, LinearBase):
             return Int8LinearMethod(self.dynamic_activations)
         if isinstance(layer, VocabParallelEmbedding):
-            return UnquantizedEmbeddingMethod()  # the lookup reads rows: float, as in the checkpoint
+            return EmbeddingLookupMethod()  # the lookup reads rows: float, as in the checkpoint
         return None
 
 

@@ -86,3 +86,12 @@ class Int8LinearMethod(LinearMethodBase):
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         return int8.int8_linear(x, self._packed, self._scales, bias, self.dynamic_activations)
+
+
+class EmbeddingLookupMethod(UnquantizedEmbeddingMethod):
+    """The embedding of an int8 model: float rows for the lookup only. vLLM's CPU method would also prepare a oneDNN
+    GEMM of the whole table for a tied LM head, which has its own int8 copy here (that handle is vocab x hidden of
+    dead memory)."""
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        pass
