@@ -78,7 +78,7 @@ def make_adapters(model_dir: Path, root: Path, strength: float = 0.1, count: int
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    dirs = [root / f"adapter-{i}" for i in range(count)]
+    dirs = [root / f"adapter-{i}-x{strength:g}" for i in range(count)]
     if all((d / "adapter_config.json").exists() for d in dirs):
         return dirs
     for i, target in enumerate(dirs):

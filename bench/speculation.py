@@ -205,7 +205,8 @@ def summary(rows: list[dict[str, Any]], variants: list[Variant]) -> list[dict[st
                 "ttft_p50_s": percentile(data["ttfts"], 50),
                 "acceptance": data["accepted"] / data["drafted"] if data["drafted"] else None,
                 # A sequence's steps: its tokens less the accepted drafts (each step emits one token of its own).
-                "tokens_per_step": data["tokens"] / (data["tokens"] - data["accepted"]),
+                # An upper bound: drafts accepted and then cut (end of text, stop, max_tokens) count as accepted.
+                "tokens_per_step": data["tokens"] / max(data["tokens"] - data["accepted"], 1),
             }
         )
     order = {v.name: i for i, v in enumerate(variants)}
