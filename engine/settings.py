@@ -91,6 +91,14 @@ class EngineSettings(SharedSettings):
         "(engine/kernels/): int8: activations in the model dtype; w8a8: activations also quantized per token to "
         "int8 (int32 dot products); none: the float weights. Where the kernels cannot be built the start fails.",
     )
+    int8_max_rows: int = Field(
+        default=4,
+        ge=0,
+        description="int8/w8a8: a layer call of up to this many rows (a decode step of up to this many sequences: "
+        "memory-bound) reads the int8 weights; a larger one (a prompt's prefill, a big batch: compute-bound) runs "
+        "vLLM's own float GEMM on the float weights, kept beside them (the memory of both). 0: int8 for every call, "
+        "the float weights freed.",
+    )
     enforce_eager: bool = Field(default=True, description="Skip torch.compile / CUDA graphs: fast start.")
     kv_cache_space_gib: int = Field(default=2, ge=1, description="CPU backend: KV cache size in GiB.")
     cpu_worker_process: bool | None = Field(

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from engine.backend import EngineLoad, SpeculationCounts
 from engine.hardware import choose_layout, detect, resolve_dtype
-from engine.kernels.vllm_plugin import QUANTIZATION_ENV, QUANTIZATION_METHOD
+from engine.kernels.vllm_plugin import INT8_MAX_ROWS_ENV, QUANTIZATION_ENV, QUANTIZATION_METHOD
 from engine.model_prep import ModelPlan
 from engine.protocol import EngineError
 from engine.settings import EngineSettings
@@ -108,6 +108,7 @@ def engine_args(settings: EngineSettings, plan: ModelPlan, gpu_share: float) -> 
     if quantization != "none" and hardware.gpu:
         raise EngineError(f"quantization={quantization}: our int8 kernels are for the CPU backend; use none on GPU")
     os.environ[QUANTIZATION_ENV] = quantization  # int8 or w8a8, read by engine/kernels/int8_config.py there
+    os.environ[INT8_MAX_ROWS_ENV] = str(settings.int8_max_rows)
     lora = plan.primary and settings.enable_lora
     args = AsyncEngineArgs(
         model=str(plan.path),

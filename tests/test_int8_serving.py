@@ -108,10 +108,13 @@ def test_adapters_on_the_int8_base_alone_and_in_a_mixed_batch(
     alone = {(model, prompt): ask(int8_client, prompt, model) for model in models for prompt in PROMPTS[:2]}
     answers = {model: [alone[model, prompt] for prompt in PROMPTS[:2]] for model in models}
     assert len({tuple(each) for each in answers.values()}) == len(models), answers  # each adapter's delta applies
-    jobs = list(alone) * 2
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        together = list(pool.map(lambda job: ask(int8_client, job[1], job[0]), jobs))
-    assert together == [alone[job] for job in jobs]
+    # Two at a time: a decode step of up to LLMAAS_INT8_MAX_ROWS (4) sequences reads the int8 weights, like one
+    # alone, and our kernels sum a row the same way whether it is alone or one of two.
+    pairs = [[(models[1], PROMPTS[0]), (models[2], PROMPTS[0])], [(models[0], PROMPTS[1]), (models[1], PROMPTS[1])]]
+    for pair in pairs:
+        with ThreadPoolExecutor(len(pair)) as pool:
+            together = list(pool.map(lambda job: ask(int8_client, job[1], job[0]), pair))
+        assert together == [alone[job] for job in pair]
 
 
 class Layer(torch.nn.Module):
@@ -139,6 +142,21 @@ def test_the_layer_method_computes_the_float_linear_closely(
     got = method.apply(layer, x, bias)
     assert got.dtype == x.dtype and got.shape == expected.shape
     assert (got - expected).norm() / expected.norm() < tolerance
+
+
+def test_decode_sized_calls_read_the_int8_weights_and_bigger_ones_the_float_gemm() -> None:
+    torch.manual_seed(1)
+    weight, bias = torch.randn(96, 64), torch.randn(96)
+    layer = Layer(weight)
+    method = int8_method.Int8LinearMethod(False, max_rows=4)
+    method.process_weights_after_loading(layer)
+    small, big = torch.randn(4, 64), torch.randn(9, 64)
+    int8_small = int8_method.int8.int8_linear(small, layer.int8_weight, layer.int8_scales, bias)
+    assert torch.equal(method.apply(layer, small, bias), int8_small)
+    float_big = torch.nn.functional.linear(big, weight, bias)
+    assert torch.allclose(method.apply(layer, big, bias), float_big, atol=1e-4, rtol=1e-4)
+    int8_big = int8_method.int8.int8_linear(big, layer.int8_weight, layer.int8_scales, bias)
+    assert not torch.allclose(int8_big, float_big, atol=1e-4, rtol=1e-4)  # so the float path is what ran
 
 
 def test_a_tied_lm_head_gets_an_int8_copy_and_the_embedding_keeps_its_floats() -> None:

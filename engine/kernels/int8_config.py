@@ -23,7 +23,7 @@ import torch
 from vllm.model_executor.layers.quantization import register_quantization_config
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig, QuantizeMethodBase
 
-from engine.kernels.vllm_plugin import QUANTIZATION_ENV, QUANTIZATION_METHOD
+from engine.kernels.vllm_plugin import INT8_MAX_ROWS_ENV, QUANTIZATION_ENV, QUANTIZATION_METHOD
 
 DYNAMIC_MODE = "w8a8"
 
@@ -37,15 +37,24 @@ def dynamic_activations() -> bool:
     return os.environ.get(QUANTIZATION_ENV, "").strip().lower() == DYNAMIC_MODE
 
 
+def max_rows() -> int:
+    """``LLMAAS_INT8_MAX_ROWS``: the largest layer call on the int8 weights (0: every call; unset: 4)."""
+    try:
+        return max(int(os.environ.get(INT8_MAX_ROWS_ENV, "4")), 0)
+    except ValueError:
+        return 4
+
+
 class LLMaaSInt8Config(QuantizationConfig):
     """int8 weights with per-output-channel scales, quantized at load time; see the module docstring."""
 
-    def __init__(self, dynamic: bool | None = None) -> None:
+    def __init__(self, dynamic: bool | None = None, rows: int | None = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # vLLM leaves it unannotated
         self.dynamic_activations = dynamic_activations() if dynamic is None else dynamic
+        self.max_rows = max_rows() if rows is None else rows
 
     def __repr__(self) -> str:
-        return f"LLMaaSInt8Config(dynamic_activations={self.dynamic_activations})"
+        return f"LLMaaSInt8Config(dynamic_activations={self.dynamic_activations}, max_rows={self.max_rows})"
 
     def get_name(self) -> str:  # type: ignore[override]  # a registered name, outside vLLM's Literal of its own
         return QUANTIZATION_METHOD
@@ -72,9 +81,9 @@ class LLMaaSInt8Config(QuantizationConfig):
         from engine.kernels.int8_method import EmbeddingLookupMethod, Int8LinearMethod
 
         if isinstance(layer, ParallelLMHead):
-            return Int8LinearMethod(self.dynamic_activations, lm_head=True)
+            return Int8LinearMethod(self.dynamic_activations, self.max_rows, lm_head=True)
         if isinstance(layer, LinearBase):
-            return Int8LinearMethod(self.dynamic_activations)
+            return Int8LinearMethod(self.dynamic_activations, self.max_rows)
         if isinstance(layer, VocabParallelEmbedding):
             return EmbeddingLookupMethod()  # the lookup reads rows: float, as in the checkpoint
         return None

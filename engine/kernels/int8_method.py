@@ -1,8 +1,10 @@
 """The layer method of ``llmaas_int8`` (``engine.kernels.int8_config``): a linear layer's (or the LM head's) float
 weight, created and loaded exactly as vLLM's unquantized methods do it, packed to int8 with per-output-channel scales
-once loaded, and every forward computed by ``engine.kernels.int8.int8_linear``. Merged layers (QKV, gate_up) are
-one weight of stacked shards: per-row scales quantize each shard's rows as they would be alone. vLLM's LoRA layers
-call ``base_layer.quant_method.apply``, so adapters add their delta to this output as they would to a float one.
+once loaded, and its forwards of up to ``LLMAAS_INT8_MAX_ROWS`` rows (decode steps) computed by
+``engine.kernels.int8.int8_linear``; bigger ones (prefill, big batches) by vLLM's float GEMM on the float weight.
+Merged layers (QKV, gate_up) are one weight of stacked shards: per-row scales quantize each shard's rows as they
+would be alone. vLLM's LoRA layers call ``base_layer.quant_method.apply``, so adapters add their delta to this output
+as they would to a float one.
 
 Imported by the config in vLLM's engine processes only (it loads vLLM's layer code)."""
 
@@ -39,11 +41,14 @@ def require_kernels() -> None:
 
 
 class Int8LinearMethod(LinearMethodBase):
-    """int8 weights for one linear layer or LM head; activations in the model dtype, or int8 per token."""
+    """int8 weights for one linear layer or LM head; activations in the model dtype, or int8 per token. Calls of
+    more than ``max_rows`` rows (prefill, big batches: compute-bound, where the CPU's float GEMM is faster than
+    dequantizing) run vLLM's own float method on the float weight, kept for them; ``max_rows`` 0: int8 always."""
 
-    def __init__(self, dynamic_activations: bool, lm_head: bool = False) -> None:
+    def __init__(self, dynamic_activations: bool, max_rows: int = 0, lm_head: bool = False) -> None:
         require_kernels()
         self.dynamic_activations = dynamic_activations
+        self.max_rows = max_rows
         # The float weight is created (and loaded) by vLLM's own unquantized method for the layer's kind.
         self._float = UnquantizedEmbeddingMethod() if lm_head else UnquantizedLinearMethod()
         self._tied = False
@@ -81,10 +86,14 @@ class Int8LinearMethod(LinearMethodBase):
         layer.register_buffer("int8_weight", packed, persistent=False)
         layer.register_buffer("int8_scales", scales, persistent=False)
         self._packed, self._scales = packed, scales  # one method per layer: no module lookups in the hot path
-        if not self._tied:  # free the float copy (vLLM's CPU path leaves an empty weight too: dtype, device)
+        if self.max_rows:  # bigger calls: vLLM's float GEMM, prepared as vLLM prepares it
+            self._float.process_weights_after_loading(layer)
+        elif not self._tied:  # free the float copy (vLLM's CPU path leaves an empty weight too: dtype, device)
             layer.weight = torch.nn.Parameter(torch.empty(0, dtype=weight.dtype), requires_grad=False)
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self.max_rows and x.numel() > self.max_rows * x.shape[-1]:
+            return self._float.apply(layer, x, bias)
         return int8.int8_linear(x, self._packed, self._scales, bias, self.dynamic_activations)
 
 

@@ -25,6 +25,8 @@ OUR_WRAPPER = "engine.kernels.punica_wrapper.LLMaaSPunicaWrapperCPU"
 QUANTIZATION_METHOD = "llmaas_int8"
 QUANTIZATION_ENV = "LLMAAS_QUANTIZATION"
 """int8 or w8a8 (``EngineSettings.quantization``): which of the two ``llmaas_int8`` runs in the engine processes."""
+INT8_MAX_ROWS_ENV = "LLMAAS_INT8_MAX_ROWS"
+"""``EngineSettings.int8_max_rows``: the largest layer call that reads the int8 weights (0: every call)."""
 
 # Under vLLM's logger tree: engine processes print these through vLLM's handler, in its format.
 logger = logging.getLogger("vllm.llmaas_lora_kernels")
