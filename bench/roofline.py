@@ -171,7 +171,7 @@ def int8_kernel() -> Any | None:
 def gemm_kinds() -> list[str]:
     """The GEMM paths worth measuring here: fp32; bf16 where native; int8 through torch and our kernel."""
     kinds = ["float32"]
-    if detect().native_bf16:
+    if detect().native_bf16 and detect().isa != "AVX2":  # torch capped at AVX2 (ATEN_CPU_CAPABILITY) runs no bf16
         kinds.append("bfloat16")
     kinds.append("int8-torch")
     kernel = int8_kernel()

@@ -36,6 +36,9 @@ def require_kernels() -> None:
             "built or loaded on this machine (see the log above); set LLMAAS_QUANTIZATION=none to serve the float "
             "model"
         )
+    # vLLM's CPU attention runs AMX tiles where the CPU has them, counting on oneDNN's float GEMMs to have asked the
+    # kernel for AMX state first (arch_prctl); with every GEMM on our kernels nobody asks and it dies of SIGILL.
+    torch._C._cpu._init_amx()
     logger.info("LLMaaS int8 weights: kernels ready (%s)", int8.isa())
     _checked = True
 
