@@ -43,6 +43,7 @@ from typing import Any, Literal, cast
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import describe, machine
 from engine.hardware import choose_layout, detect
+from engine.settings import EngineSettings
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE_DIR = REPO / "bench" / "results"
@@ -320,6 +321,12 @@ class Limit:
     """Seconds one step takes to read the weights at the measured bandwidth."""
 
 
+def int8_max_rows() -> int:
+    """The engine's ``int8_max_rows`` as this environment sets it (0: int8 for every call)."""
+    rows = EngineSettings().int8_max_rows
+    return rows if rows else sys.maxsize
+
+
 def limits(
     model_dir: Path,
     dtype: str,
@@ -328,7 +335,10 @@ def limits(
     context: int = DEFAULT_CONTEXT,
     cache_dir: Path = DEFAULT_CACHE_DIR,
 ) -> Limit:
-    """The tok/s limit for ``streams`` streams of the model in ``dtype`` (and ``quantization``) on this machine."""
+    """The tok/s limit for ``streams`` streams of the model in ``dtype`` (and ``quantization``) on this machine.
+    As the engine serves int8: a decode step of more than ``LLMAAS_INT8_MAX_ROWS`` streams runs the float weights."""
+    if streams > int8_max_rows():
+        quantization = "none"
     shape = ModelShape.read(model_dir)
     measured = load(model_dir, cache_dir, rows=sorted({*ROWS, streams}))
     weight_read_s = shape.bytes_per_token(dtype, quantization) / (measured["bandwidth_gb_s"] * 1e9)
