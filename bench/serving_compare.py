@@ -14,7 +14,8 @@ It serves one model three ways, one server at a time:
   enforce_eager, seed 0, a 2 GiB CPU KV cache) and vLLM's own thread layout; ``vllm-nolora`` without LoRA;
 * ``naive``: ``bench/naive_server.py``, transformers ``generate`` per request (the tutorial baseline), in the
   same dtype;
-* our gateway's variants, by name in ``--only``: ``ours-int8`` (``LLMAAS_QUANTIZATION=int8``: int8 weights),
+* our gateway's variants, by name in ``--only``: ``ours-float`` (``LLMAAS_QUANTIZATION=none``: float weights, the
+  default before int8), ``ours-int8`` (``LLMAAS_QUANTIZATION=int8``: int8 weights),
   ``ours-w8a8`` (int8 weights and activations), ``ours-spec`` (``LLMAAS_SPECULATION=ngram``), ``ours-int8-spec``.
 
 Each server is started, waited for until ready, sent one warm-up request and given until the CPUs are idle
@@ -74,6 +75,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL_ID = "smollm2-135m-instruct"
 VARIANTS: dict[str, dict[str, str]] = {
     "ours": {},
+    "ours-float": {"LLMAAS_QUANTIZATION": "none"},
     "ours-int8": {"LLMAAS_QUANTIZATION": "int8"},
     "ours-w8a8": {"LLMAAS_QUANTIZATION": "w8a8"},
     "ours-spec": {"LLMAAS_SPECULATION": "ngram"},
@@ -84,6 +86,7 @@ SERVERS = (*VARIANTS, "vllm", "vllm-nolora", "naive")
 DEFAULT_SERVERS = ("ours", "vllm", "vllm-nolora", "naive")
 LABELS = {
     "ours": "LLMaaS gateway",
+    "ours-float": "LLMaaS gateway, float weights",
     "ours-int8": "LLMaaS gateway, int8 weights",
     "ours-w8a8": "LLMaaS gateway, int8 weights and activations",
     "ours-spec": "LLMaaS gateway, n-gram speculation",
@@ -135,9 +138,9 @@ def is_ours(name: str) -> bool:
     return name in VARIANTS
 
 
-def variant_quantization(name: str) -> roofline.Quantization:
-    """The weights a server runs with (the roofline's case): ours' variants as set, everyone else unquantized."""
-    value = VARIANTS.get(name, {}).get("LLMAAS_QUANTIZATION", "none")
+def served_quantization(run: ServerRun) -> roofline.Quantization:
+    """The weights a server ran with (the roofline's case): what our gateway's ``/ready`` said; others unquantized."""
+    value = run.engine.get("quantization", "none")
     return "w8a8" if value == "w8a8" else "int8" if value == "int8" else "none"
 
 
@@ -356,7 +359,7 @@ def add_limits(runs: dict[str, ServerRun], model_dir: Path, dtype: str, context:
     """Each load's roofline limit (``bench/roofline.py``) for its server's weights, the dtype and its streams."""
     for run in runs.values():
         for load in run.loads:
-            limit = roofline.limits(model_dir, dtype, variant_quantization(run.server), load.concurrency, context)
+            limit = roofline.limits(model_dir, dtype, served_quantization(run), load.concurrency, context)
             load.limit_tok_s, load.limit_bound = limit.tok_s, limit.bound
 
 
@@ -371,7 +374,7 @@ def token_split(runs: dict[str, ServerRun], model_dir: Path, dtype: str) -> list
         if load is None or load.latency_p50_s is None or load.ttft_p50_s is None or load.max_tokens < 2:
             continue
         per_token = (load.latency_p50_s - load.ttft_p50_s) / (load.max_tokens - 1)
-        weights = roofline.limits(model_dir, dtype, variant_quantization(run.server), 1).weight_read_s
+        weights = roofline.limits(model_dir, dtype, served_quantization(run), 1).weight_read_s
         split.append(
             {
                 "server": run.server,

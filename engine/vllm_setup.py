@@ -85,6 +85,21 @@ def gpu_memory_shares(plans: list[ModelPlan], utilization: float) -> dict[str, f
     return {plan.name: POOLING_GPU_SHARE if plan.runner == "pooling" else rest for plan in plans}
 
 
+def resolve_quantization(requested: str, gpu: bool) -> str:
+    """The weights to serve: what was asked, or for "auto" int8 on the CPU where our kernels build, else none."""
+    if requested != "auto":
+        return requested
+    if gpu:
+        return "none"
+    from engine.kernels import int8
+
+    if int8.available():
+        return "int8"
+    reason = int8.LIBRARY.load_error()
+    logger.warning("quantization auto: the int8 kernels cannot be built here (%s); serving float weights", reason)
+    return "none"
+
+
 def engine_args(settings: EngineSettings, plan: ModelPlan, gpu_share: float) -> tuple[AsyncEngineArgs, dict[str, str]]:
     """vLLM's arguments for the model, and how it runs (dtype, hardware, threads). Sets the environment that
     vLLM's engine process for it, spawned by ``AsyncLLM.from_engine_args`` right after, reads: each model's engine
@@ -104,7 +119,7 @@ def engine_args(settings: EngineSettings, plan: ModelPlan, gpu_share: float) -> 
         threads = layout.describe(hardware.cores)
     # Read by our vLLM plugin (engine/kernels/vllm_plugin.py) in the engine processes vLLM spawns.
     os.environ["LLMAAS_LORA_KERNELS"] = settings.lora_kernels
-    quantization = "none" if pooling else settings.quantization
+    quantization = "none" if pooling else resolve_quantization(settings.quantization, hardware.gpu)
     if quantization != "none" and hardware.gpu:
         raise EngineError(f"quantization={quantization}: our int8 kernels are for the CPU backend; use none on GPU")
     os.environ[QUANTIZATION_ENV] = quantization  # int8 or w8a8, read by engine/kernels/int8_config.py there

@@ -20,6 +20,8 @@ import torch
 from bench.lora_kernels import make_adapters
 from engine.kernels import int8_method
 from engine.kernels.int8_config import KernelsUnavailableError, LLMaaSInt8Config
+from engine.settings import EngineSettings
+from engine.vllm_setup import resolve_quantization
 from tests.support import MODEL
 from tests.support.gateway_process import served_gateway
 from tests.support.tenants import openai_client, register_adapter, tenant_key
@@ -177,3 +179,10 @@ def test_no_kernels_no_start(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(int8_method.int8, "available", lambda: False)
     with pytest.raises(KernelsUnavailableError, match="LLMAAS_QUANTIZATION=none"):
         int8_method.Int8LinearMethod(False)
+
+
+def test_auto_serves_int8_on_the_cpu_and_float_on_a_gpu() -> None:
+    assert EngineSettings().quantization == "auto"
+    assert resolve_quantization("auto", gpu=False) == "int8"  # the kernels build here: this module's tests use them
+    assert resolve_quantization("auto", gpu=True) == "none"
+    assert resolve_quantization("w8a8", gpu=False) == "w8a8" and resolve_quantization("none", gpu=False) == "none"
