@@ -14,8 +14,8 @@ It serves one model three ways, one server at a time:
   enforce_eager, seed 0, a 2 GiB CPU KV cache) and vLLM's own thread layout; ``vllm-nolora`` without LoRA;
 * ``naive``: ``bench/naive_server.py``, transformers ``generate`` per request (the tutorial baseline), in the
   same dtype;
-* our gateway's variants, by name in ``--only``: ``ours-float`` (``LLMAAS_QUANTIZATION=none``: float weights, the
-  default before int8), ``ours-int8`` (``LLMAAS_QUANTIZATION=int8``: int8 weights),
+* our gateway's variants, by name in ``--only``: ``ours-float`` (float weights, no speculation: the
+  defaults before int8 and speculation), ``ours-int8`` (int8 weights alone),
   ``ours-w8a8`` (int8 weights and activations), ``ours-spec`` (``LLMAAS_SPECULATION=ngram``), ``ours-int8-spec``.
 
 Each server is started, waited for until ready, sent one warm-up request and given until the CPUs are idle
@@ -75,10 +75,10 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL_ID = "smollm2-135m-instruct"
 VARIANTS: dict[str, dict[str, str]] = {
     "ours": {},
-    "ours-float": {"LLMAAS_QUANTIZATION": "none"},
-    "ours-int8": {"LLMAAS_QUANTIZATION": "int8"},
-    "ours-w8a8": {"LLMAAS_QUANTIZATION": "w8a8"},
-    "ours-spec": {"LLMAAS_SPECULATION": "ngram"},
+    "ours-float": {"LLMAAS_QUANTIZATION": "none", "LLMAAS_SPECULATION": "off"},
+    "ours-int8": {"LLMAAS_QUANTIZATION": "int8", "LLMAAS_SPECULATION": "off"},
+    "ours-w8a8": {"LLMAAS_QUANTIZATION": "w8a8", "LLMAAS_SPECULATION": "off"},
+    "ours-spec": {"LLMAAS_QUANTIZATION": "none", "LLMAAS_SPECULATION": "ngram"},
     "ours-int8-spec": {"LLMAAS_QUANTIZATION": "int8", "LLMAAS_SPECULATION": "ngram"},
 }
 """Our gateway's variants: the settings each runs with beside the defaults (and ``--ours-setting``)."""
@@ -86,7 +86,7 @@ SERVERS = (*VARIANTS, "vllm", "vllm-nolora", "naive")
 DEFAULT_SERVERS = ("ours", "vllm", "vllm-nolora", "naive")
 LABELS = {
     "ours": "LLMaaS gateway",
-    "ours-float": "LLMaaS gateway, float weights",
+    "ours-float": "LLMaaS gateway, float weights, no speculation",
     "ours-int8": "LLMaaS gateway, int8 weights",
     "ours-w8a8": "LLMaaS gateway, int8 weights and activations",
     "ours-spec": "LLMaaS gateway, n-gram speculation",

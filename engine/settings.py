@@ -129,10 +129,12 @@ class EngineSettings(SharedSettings):
         "billed at the cached-input price. false: every prompt is computed in full (a baseline for benchmarks).",
     )
     speculation: Literal["off", "ngram"] = Field(
-        default="off",
+        default="ngram",
         description="Speculative decoding for the generating models: ngram drafts the next tokens by finding the "
         "last few tokens earlier in the prompt or answer (prompt lookup) and the model checks them all in one step; "
-        "the output is the same (greedy: identical), only faster where answers copy from the prompt. off: none.",
+        "the output is the model's own (greedy: the same tokens), faster where answers copy from the prompt (2x at "
+        "one stream on extraction: bench/serving_compare.py --workload extraction), drafted only up to "
+        "speculation_max_streams running sequences. off: none.",
     )
     speculative_tokens: int = Field(
         default=4, ge=1, le=16, description="Speculation: the most draft tokens proposed per sequence and step."

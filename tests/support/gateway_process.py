@@ -37,8 +37,10 @@ def gateway_env(data_dir: Path, admin_key: str | None = ADMIN_KEY, **settings: S
     the gateway makes one) and ``settings`` (``drain_seconds=1`` is ``LLMAAS_DRAIN_SECONDS=1``)."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("LLMAAS_")}
     env["LLMAAS_DATA_DIR"] = str(data_dir)
-    # Float weights unless a test names its quantization: tests assert exact answers of the float model.
+    # Float weights and no speculation unless a test names them: tests assert exact answers and logprobs of the
+    # float model decoding one token a step.
     env["LLMAAS_QUANTIZATION"] = "none"
+    env["LLMAAS_SPECULATION"] = "off"
     if admin_key is not None:
         env["LLMAAS_ADMIN_KEY"] = admin_key
     env |= {f"LLMAAS_{name.upper()}": str(value) for name, value in settings.items()}
