@@ -23,7 +23,7 @@ from engine.kernels.int8_config import KernelsUnavailableError, LLMaaSInt8Config
 from engine.settings import EngineSettings
 from engine.vllm_setup import resolve_quantization
 from tests.support import MODEL
-from tests.support.gateway_process import served_gateway
+from tests.support.gateway_process import second_model_gateway
 from tests.support.tenants import openai_client, register_adapter, tenant_key
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -43,16 +43,7 @@ def ask(client: openai.OpenAI, question: str, model: str = MODEL, max_tokens: in
 def int8_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """``llmaas serve`` with int8 weights (fp32 activations); its base URL and data dir."""
     data_dir = tmp_path_factory.mktemp("int8-gateway")
-    gateway = served_gateway(
-        data_dir,
-        model_path=model_dir,
-        kv_cache_space_gib=1,
-        log_level="warning",
-        dtype="float32",
-        quantization="int8",
-        embedding_model="",
-    )
-    with gateway:
+    with second_model_gateway(data_dir, model_dir, quantization="int8") as gateway:
         yield gateway.base, data_dir
 
 

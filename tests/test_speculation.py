@@ -18,7 +18,7 @@ import pytest
 from pydantic import ValidationError
 
 from engine.settings import EngineSettings
-from tests.support.gateway_process import served_gateway
+from tests.support.gateway_process import second_model_gateway
 from tests.support.metrics import metric_value
 from tests.support.tenants import admin_client, create_tenant, openai_client
 
@@ -46,17 +46,7 @@ def spec_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     """A second gateway, as the session ``server`` but with ngram speculation (the tests run one or two sequences at
     once: drafts in every step)."""
     data_dir = tmp_path_factory.mktemp("speculation")
-    gateway = served_gateway(
-        data_dir,
-        model_path=model_dir,
-        kv_cache_space_gib=1,
-        log_level="warning",
-        dtype="float32",
-        embedding_model="",
-        speculation="ngram",
-        speculative_tokens=4,
-    )
-    with gateway:
+    with second_model_gateway(data_dir, model_dir, speculation="ngram", speculative_tokens=4) as gateway:
         yield gateway.base
 
 

@@ -137,3 +137,17 @@ def served_gateway(data_dir: Path, *, log: Path | None = None, **settings: Setti
     return GatewayProcess(
         SERVE, gateway_env(data_dir, ADMIN_KEY, **settings), free_port(), log or data_dir / "gateway.log"
     )
+
+
+def second_model_gateway(data_dir: Path, model_dir: Path, **settings: Setting) -> GatewayProcess:
+    """Another ``llmaas serve`` of the real model beside the session's, as the session's runs it (fp32, a small KV
+    cache) but with no embedding model, and ``settings`` on top (what the module tests: int8, speculation...)."""
+    return served_gateway(
+        data_dir,
+        model_path=model_dir,
+        kv_cache_space_gib=1,
+        log_level="warning",
+        dtype="float32",
+        embedding_model="",
+        **settings,
+    )
