@@ -100,6 +100,19 @@ def test_dynamic_activations_match_per_row_quantization(path: str, rows: int, n:
 
 
 @pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
+def test_a_non_finite_activation_row_gives_nan_not_finite_garbage(path: str, poison: float) -> None:
+    weight = torch.randn(40, 67, generator=torch.Generator().manual_seed(3))
+    packed, scales = int8.pack_weight(weight)
+    x = torch.randn(5, 67, generator=torch.Generator().manual_seed(4))
+    x[2, 7] = poison
+    for dynamic in (False, True):
+        y = int8.int8_linear(x, packed, scales, dynamic_activations=dynamic, isa=path)
+        assert not bool(torch.isfinite(y[2]).any())  # the float computation gives inf/NaN there too
+        assert bool(torch.isfinite(y[[0, 1, 3, 4]]).all())
+
+
+@pytest.mark.parametrize("path", PATHS)
 def test_three_dimensional_x_and_empty_batches(path: str) -> None:
     weight = torch.randn(50, 70)
     packed, scales = int8.pack_weight(weight)

@@ -13,8 +13,8 @@
 //
 // Paths, chosen at run time (never by -march: this file is built for the compiler's baseline and each fast
 // kernel carries its own target attribute): avx512_vnni, avx512, avx2_vnni, avx2 and portable (plain C++ the
-// compiler vectorizes for the baseline). Few rows (decode, M <= 4): a GEMV that dequantizes on the fly and reads
-// the weights once at memory speed. More rows: each block is dequantized once into an L1/L2-resident fp32 tile
+// compiler vectorizes for the baseline). Few rows (decode, M <= 4), weight-only: a GEMV that dequantizes on the fly
+// and reads the weights once at memory speed; w8a8 runs its int32 dot products over row tiles for every M. More rows: each block is dequantized once into an L1/L2-resident fp32 tile
 // [k][16] and a register-blocked micro-kernel runs over the rows. OpenMP threads (torch's thread count) split the
 // blocks. Registered as the torch.library ops llmaas::int8_linear / llmaas::int8_paths (what torch.compile
 // traces) and bound as plain functions of the Python module this file builds into (the eager fast path).
@@ -35,6 +35,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -47,7 +48,7 @@ constexpr int64_t kGroupBytes = kRows * kGroup;
 constexpr int64_t kGemvRows = 4;       // up to this many x rows: dequantize on the fly
 constexpr int64_t kChunkRows = 64;     // x rows per task: the rows' fp32 copy stays in L2 across blocks
 constexpr int64_t kPrefetchBytes = 16384;  // how far ahead of its loads a GEMV prefetches weights (from memory)
-constexpr int64_t kSerialBytes = 1 << 18;  // less weight (x rows / 4) than this: no parallel region
+constexpr int64_t kSerialBytes = 1 << 18;  // less weight (x rows / 4) than this: one thread, no fork/join
 
 enum Path : int64_t { kPortable = 0, kAvx2 = 1, kAvx2Vnni = 2, kAvx512 = 3, kAvx512Vnni = 4 };
 const std::array<const char*, 5> kPathNames = {"portable", "avx2", "avx2_vnni", "avx512", "avx512_vnni"};
@@ -474,7 +475,17 @@ void quantize_rows(const float* x, int64_t m, int64_t k, int8_t* xq, uint8_t* xu
   for (int64_t i = 0; i < m; ++i) {
     const float* xi = x + i * k;
     float amax = 0.0f;
-    for (int64_t j = 0; j < k; ++j) amax = std::max(amax, std::fabs(xi[j]));
+    bool finite = true;
+    for (int64_t j = 0; j < k; ++j) {
+      amax = std::max(amax, std::fabs(xi[j]));
+      finite = finite && std::isfinite(xi[j]);
+    }
+    if (!finite) {  // a NaN or inf row gives NaN outputs, as the float computation would: never finite garbage
+      sx[i] = std::numeric_limits<float>::quiet_NaN();
+      std::fill(xq + i * k, xq + (i + 1) * k, int8_t{0});
+      std::fill(xu + i * k, xu + (i + 1) * k, uint8_t{128});
+      continue;
+    }
     sx[i] = amax / 127.0f;
     const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
     for (int64_t j = 0; j < k; ++j) {
