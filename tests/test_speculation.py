@@ -228,6 +228,6 @@ def wait_for_ledger(admin: httpx.Client, tenant_id: str, requests: int, timeout:
 
 
 def test_prompt_lookup_bounds_are_checked_only_when_speculation_is_on() -> None:
-    assert EngineSettings(prompt_lookup_min=6, prompt_lookup_max=5).speculation == "off"
+    assert EngineSettings(speculation="off", prompt_lookup_min=6, prompt_lookup_max=5).speculation == "off"
     with pytest.raises(ValidationError, match="prompt_lookup_min"):
-        EngineSettings(speculation="ngram", prompt_lookup_min=6, prompt_lookup_max=5)
+        EngineSettings(prompt_lookup_min=6, prompt_lookup_max=5)  # speculation is on by default
