@@ -24,6 +24,7 @@ from vllm.model_executor.layers.quantization import register_quantization_config
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig, QuantizeMethodBase
 
 from engine.kernels.vllm_plugin import INT8_MAX_ROWS_ENV, QUANTIZATION_ENV, QUANTIZATION_METHOD
+from engine.settings import EngineSettings
 
 DYNAMIC_MODE = "w8a8"
 
@@ -37,12 +38,16 @@ def dynamic_activations() -> bool:
     return os.environ.get(QUANTIZATION_ENV, "").strip().lower() == DYNAMIC_MODE
 
 
+DEFAULT_MAX_ROWS: int = EngineSettings.model_fields["int8_max_rows"].default
+
+
 def max_rows() -> int:
-    """``LLMAAS_INT8_MAX_ROWS``: the largest layer call on the int8 weights (0: every call; unset: 4)."""
+    """``LLMAAS_INT8_MAX_ROWS``: the largest layer call on the int8 weights (0: every call; unset or unreadable:
+    the setting's default, as for a bare ``vllm serve``)."""
     try:
-        return max(int(os.environ.get(INT8_MAX_ROWS_ENV, "4")), 0)
+        return max(int(os.environ.get(INT8_MAX_ROWS_ENV, DEFAULT_MAX_ROWS)), 0)
     except ValueError:
-        return 4
+        return DEFAULT_MAX_ROWS
 
 
 class LLMaaSInt8Config(QuantizationConfig):
