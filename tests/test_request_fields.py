@@ -33,14 +33,13 @@ PROBE = {"probe": "a value asking for something"}
 CHAT_HONOURED = {
     "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stop", "seed",
     "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs", "user", "stream_options", "response_format",
-    "tools", "tool_choice", "parallel_tool_calls",
+    "tools", "tool_choice", "parallel_tool_calls", "store", "metadata",
 }  # fmt: skip
 COMPLETIONS_HONOURED = {
     "model", "prompt", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "presence_penalty",
     "frequency_penalty", "logprobs", "echo", "user", "stream_options", "best_of",
 }  # fmt: skip
 IGNORED_SAMPLES = {
-    "metadata": {"team": "search"},
     "prompt_cache_key": "conversation-1",
     "prompt_cache_retention": "24h",
     "prompt_cache_options": {"mode": "implicit"},
