@@ -26,6 +26,7 @@ from gateway.db import Database, StoredCompletion
 from gateway.retention import Retention
 from tests.support import ADMIN_KEY, MODEL
 from tests.support.databases import ledger_rows
+from tests.support.evals import finished
 from tests.support.in_process import InProcessGateway
 from tests.support.tenants import create_tenant, openai_client
 
@@ -49,7 +50,7 @@ def test_storing_changes_neither_the_answer_nor_the_bill(
         plain.usage.completion_tokens,
     )
     stored = client.chat.completions.retrieve(kept.id)
-    assert stored.model_dump(exclude={"metadata"}) == kept.model_dump()
+    assert stored.model_dump(exclude={"metadata"}) == kept.model_dump(exclude={"metadata"})
     assert stored.metadata == {"run": "real"}
     chunks = list(
         client.chat.completions.create(**asked, store=True, stream=True, stream_options={"include_usage": True})
@@ -72,7 +73,7 @@ def test_storing_changes_neither_the_answer_nor_the_bill(
 # -- the gateway's logic on the instant fake engine -------------------------------------------------------------------
 def _ask(client: openai.OpenAI, text: str = "hi", **options: Any) -> Any:
     return client.chat.completions.create(
-        model="fake", messages=[{"role": "user", "content": text}], max_tokens=8, **options
+        model="fake", messages=[{"role": "user", "content": text}], **{"max_tokens": 8, **options}
     )
 
 
@@ -297,3 +298,68 @@ def test_bogus_ids_and_filters_are_refused(in_process: Start) -> None:
     assert other_field.status_code == 400
     with pytest.raises(openai.BadRequestError):
         _ask(client, store="yes")
+
+
+def test_an_eval_grades_stored_completions_or_resamples_their_input(in_process: Start) -> None:
+    gateway = in_process()
+    _, _, client = gateway.tenant()
+    _, _, other = gateway.tenant("other")
+    # The fake engine spells "The quick brown fox..." one byte a token: max_tokens decides each answer.
+    for tokens, version in ((9, "v1"), (3, "v1"), (9, "v2")):
+        _ask(client, f"q{tokens}", max_tokens=tokens, store=True, metadata={"prompt": version})
+    _ask(other, "not theirs", max_tokens=9, store=True, metadata={"prompt": "v1"})
+    criteria: Any = [
+        {
+            "type": "string_check",
+            "name": "quick",
+            "input": "{{sample.output_text}}",
+            "reference": "The quick",
+            "operation": "eq",
+        }
+    ]
+    evaluation = client.evals.create(
+        name="stored",
+        data_source_config={"type": "stored_completions", "metadata": {"prompt": "v1"}},
+        testing_criteria=criteria,
+    )
+    config: Any = evaluation.data_source_config.to_dict()
+    assert config["type"] == "stored_completions" and config["metadata"] == {"prompt": "v1"}
+    assert set(config["schema"]["properties"]) == {"item", "sample"}
+    graded = client.evals.runs.create(
+        evaluation.id, name="as answered", data_source={"type": "completions", "source": {"type": "stored_completions"}}
+    )
+    run = finished(client, evaluation.id, graded.id)
+    assert run.status == "completed", run.error
+    assert (run.result_counts.total, run.result_counts.passed, run.result_counts.failed) == (2, 1, 1)
+    outputs: list[Any] = [o.to_dict() for o in client.evals.runs.output_items.list(graded.id, eval_id=evaluation.id)]
+    assert sorted(o["sample"]["output_text"] for o in outputs) == ["The", "The quick"]
+    assert {o["datasource_item"]["input"][0]["content"] for o in outputs} == {"q9", "q3"}
+    assert run.per_model_usage == []  # nothing was generated: the stored answers were graded
+
+    resampled = client.evals.runs.create(
+        evaluation.id,
+        name="again",
+        data_source={
+            "type": "completions",
+            "model": "fake",
+            "input_messages": {"type": "item_reference", "item_reference": "item.input"},
+            "sampling_params": {"max_completion_tokens": 9},
+            "source": {"type": "stored_completions", "limit": 1},
+        },
+    )
+    run = finished(client, evaluation.id, resampled.id)
+    assert run.status == "completed", run.error
+    assert (run.result_counts.total, run.result_counts.passed) == (1, 1)
+    assert run.per_model_usage[0].invocation_count == 1
+
+    with pytest.raises(openai.BadRequestError) as refused:  # nothing matches: refused at creation
+        client.evals.runs.create(
+            evaluation.id,
+            data_source={"type": "completions", "source": {"type": "stored_completions", "metadata": {"x": "y"}}},
+        )
+    assert refused.value.param == "data_source.source"
+    with pytest.raises(openai.BadRequestError):  # without stored answers, input_messages are needed
+        client.evals.runs.create(
+            evaluation.id,
+            data_source={"type": "completions", "model": "fake", "source": {"type": "file_content", "content": []}},
+        )

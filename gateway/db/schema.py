@@ -149,6 +149,9 @@ class Eval(Base):
     testing_criteria: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     user_metadata: Mapped[dict[str, str] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    stored_completions: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """The ``stored_completions`` data source config (its ``metadata``) of an eval over stored chat completions;
+    NULL: a ``custom`` one."""
 
 
 class EvalRun(Base):

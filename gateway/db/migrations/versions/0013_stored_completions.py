@@ -1,4 +1,4 @@
-"""stored chat completions (``store: true``) and the tenant setting that forbids them
+"""stored chat completions (``store: true``), the tenant setting that forbids them, and evals over them
 
 Revision ID: 0013
 Revises: 0012
@@ -28,9 +28,13 @@ def upgrade() -> None:
     op.create_index("ix_stored_completions_tenant_created", "stored_completions", ["tenant_id", "created_at"])
     with op.batch_alter_table("tenants") as batch:
         batch.add_column(sa.Column("store_completions", sa.Boolean()))
+    with op.batch_alter_table("evals") as batch:
+        batch.add_column(sa.Column("stored_completions", sa.JSON()))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("evals") as batch:
+        batch.drop_column("stored_completions")
     with op.batch_alter_table("tenants") as batch:
         batch.drop_column("store_completions")
     op.drop_index("ix_stored_completions_tenant_created", "stored_completions")
