@@ -187,6 +187,11 @@ def test_stored_bytes_count_in_the_storage_quota_with_files(in_process: Start, t
     client.chat.completions.delete(first.id)
     assert gateway.state.files.used_bytes(tenant_id) == 0
     assert _ask(client, "y" * (2000 - used), store=True).id
+    now_used = gateway.state.files.used_bytes(tenant_id)
+    assert 1000 < now_used <= 2000  # an export of it all needs as many bytes again: refused before it is written
+    refused_export = _export(gateway, client, {"type": "sft"})
+    assert refused_export.status_code == 429 and refused_export.json()["error"]["param"] == "filter"
+    assert client.files.list().data == []
 
 
 def test_retention_erasure_and_export_cover_stored_completions(in_process: Start, tmp_path: Path) -> None:

@@ -30,34 +30,44 @@ def export(
 ) -> FileOut:
     """Blocking: the export written as the tenant's file."""
     tenant_id = tenant.tenant_id
+    lines: Iterable[bytes]
     if isinstance(request, SftExport):
         chosen = request.filter
         selection = Selection(model=chosen.model, metadata=chosen.metadata, ids=chosen.ids, limit=chosen.limit)
-        store.check_room(tenant, store.selected_bytes(tenant_id, selection), "filter")
-        kept = list(store.select(tenant_id, selection))
-        if not kept:
+        found, size = store.selected(tenant_id, selection)
+        if not found:
             raise InvalidRequestError("No stored completion matches the filter.", param="filter")
-        _all_found(chosen.ids, kept, "filter.ids")
-        lines: Iterable[bytes] = _sft_lines(kept)
+        _all_found(chosen.ids, found, "filter.ids")
+        lines = _sft_lines(store.select(tenant_id, selection))
     else:
         ids = sorted({id_ for pair in request.pairs for id_ in (pair.preferred, pair.non_preferred)})
-        selection = Selection(ids=ids, limit=len(ids))
-        store.check_room(tenant, store.selected_bytes(tenant_id, selection), "pairs")
-        kept = list(store.select(tenant_id, selection))
-        _all_found(ids, kept, "pairs")
-        by_id = {each.id: each for each in kept}
-        lines = [_dpo_line(by_id[pair.preferred], by_id[pair.non_preferred]) for pair in request.pairs]
+        found, size = store.selected(tenant_id, Selection(ids=ids, limit=len(ids)))
+        _all_found(ids, found, "pairs")
+        lines = _dpo_lines(store, tenant_id, request)
+    store.check_room(tenant, size, "filter" if isinstance(request, SftExport) else "pairs")
     file_id = files.add_generated(tenant_id, request.filename, "fine-tune", lines)
     return files.get(tenant_id, file_id)
 
 
-def _all_found(ids: list[str] | None, kept: list[Kept], param: str) -> None:
-    missing = sorted(set(ids or ()) - {each.id for each in kept})
+def _all_found(ids: list[str] | None, found: list[str], param: str) -> None:
+    missing = sorted(set(ids or ()) - set(found))
     if missing:
         raise NotFoundError(f"No chat completion found with id '{missing[0]}'.", param=param)
 
 
-def _sft_lines(kept: list[Kept]) -> Iterator[bytes]:
+def _dpo_lines(store: CompletionStore, tenant_id: str, request: DpoExport) -> Iterator[bytes]:
+    """One pair's two completions in memory at a time."""
+    for pair in request.pairs:
+        yield _dpo_line(_one(store, tenant_id, pair.preferred), _one(store, tenant_id, pair.non_preferred))
+
+
+def _one(store: CompletionStore, tenant_id: str, completion_id: str) -> Kept:
+    for kept in store.select(tenant_id, Selection(ids=[completion_id], limit=1)):
+        return kept
+    raise NotFoundError(f"No chat completion found with id '{completion_id}'.", param="pairs")  # deleted meanwhile
+
+
+def _sft_lines(kept: Iterable[Kept]) -> Iterator[bytes]:
     for each in kept:
         line = _json_line({"messages": [*_input(each, "filter"), *_output(each, "filter")]})
         try:

@@ -10,6 +10,7 @@ at most one answer, and its next ``store: true`` is refused. A completion of ano
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ from gateway.tenancy.principal import TenantPrincipal
 from gateway.tenancy.service import lock_live_tenant
 
 _BATCH = 500
+_READ_BATCH = 32
+"""Stored completions read into memory at a time (each may hold a request of up to the 2 MiB body cap)."""
 _NOT_KEPT = {"stream", "stream_options", "store", "metadata"}
 """Request fields that shape how the answer travelled or is filed, not the answer: not kept in ``request``."""
 
@@ -163,24 +166,29 @@ class CompletionStore:
         return StoredMessageList.of(page, start + limit < len(messages))
 
     def select(self, tenant_id: str, selection: Selection) -> Iterator[Kept]:
-        """Blocking: the selected completions, newest first, read a batch at a time."""
+        """Blocking: the selected completions, newest first, read a few at a time."""
         keys = (StoredCompletion.created_at, StoredCompletion.id)
         cursor = None
         left = selection.limit
         while left > 0:
             with self._db.sessions() as session:
                 query = _selected(tenant_id, selection)
-                rows, more = keyset_page(session, query, keys, cursor, min(left, _BATCH), descending=True)
+                rows, more = keyset_page(session, query, keys, cursor, min(left, _READ_BATCH), descending=True)
                 kept = [Kept(row.id, row.request, row.completion, row.user_metadata) for row in rows]
+                if rows:
+                    left, cursor = left - len(rows), (rows[-1].created_at, rows[-1].id)
             yield from kept
             if not more or not rows:
                 return
-            left -= len(rows)
-            cursor = (rows[-1].created_at, rows[-1].id)
 
-    def selected_bytes(self, tenant_id: str, selection: Selection) -> int:
-        """Blocking: the stored bytes of what ``selection`` reads (an export is never larger)."""
-        return sum(_size(kept.request, kept.completion) for kept in self.select(tenant_id, selection))
+    def selected(self, tenant_id: str, selection: Selection) -> tuple[builtins.list[str], int]:
+        """Blocking: the ids ``selection`` reads and the bytes they are stored in (an export is never larger),
+        without reading the completions themselves."""
+        columns = _selected(tenant_id, selection).with_only_columns(StoredCompletion.id, StoredCompletion.bytes)
+        order = (StoredCompletion.created_at.desc(), StoredCompletion.id.desc())
+        with self._db.sessions() as session:
+            rows = session.execute(columns.order_by(*order).limit(selection.limit)).all()
+        return [row.id for row in rows], sum(row.bytes for row in rows)
 
     # -- change ----------------------------------------------------------------------------------------------------
     def update(self, tenant_id: str, completion_id: str, metadata: dict[str, str] | None) -> StoredChatCompletion:
