@@ -268,6 +268,7 @@ def test_exports_make_fine_tuning_files(in_process: Start) -> None:
     }
     cases: list[tuple[dict[str, Any], int, str | None]] = [
         ({"type": "dpo", "pairs": [{"preferred": good[0].id, "non_preferred": good[1].id}]}, 400, "pairs"),
+        ({"type": "dpo", "pairs": [{"preferred": good[0].id, "non_preferred": good[0].id}]}, 400, "pairs"),
         ({"type": "dpo", "pairs": [{"preferred": good[0].id, "non_preferred": "chatcmpl-nope"}]}, 404, "pairs"),
         ({"type": "sft", "filter": {"ids": ["chatcmpl-nope"]}}, 400, "filter"),
         ({"type": "sft", "filter": {"limit": 100_000}}, 400, "sft.filter.limit"),  # the type, then the field

@@ -87,13 +87,15 @@ def _dpo_line(preferred: Kept, non_preferred: Kept) -> bytes:
             "pair needs two answers to the same input.",
             param="pairs",
         )
-    return _json_line(
-        {
-            "input": {"messages": _input(preferred, "pairs")},
-            "preferred_output": _output(preferred, "pairs"),
-            "non_preferred_output": _output(non_preferred, "pairs"),
-        }
-    )
+    messages = _input(preferred, "pairs")
+    better, worse = _output(preferred, "pairs"), _output(non_preferred, "pairs")
+    if messages[-1]["role"] != "user" or better == worse:
+        raise InvalidRequestError(
+            f"Stored completions '{preferred.id}' and '{non_preferred.id}' make no preference pair: the input must end "
+            "with a user message and the two answers must differ.",
+            param="pairs",
+        )
+    return _json_line({"input": {"messages": messages}, "preferred_output": better, "non_preferred_output": worse})
 
 
 def _input(kept: Kept, param: str) -> list[dict[str, str]]:
