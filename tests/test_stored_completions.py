@@ -21,6 +21,7 @@ import pytest
 
 from adapters.datasets import ChatExample, iter_examples
 from gateway.audit import Actor
+from gateway.batches.lines import read_lines
 from gateway.clock import utcnow
 from gateway.db import Database, StoredCompletion
 from gateway.retention import Retention
@@ -364,8 +365,26 @@ def test_an_eval_grades_stored_completions_or_resamples_their_input(in_process: 
             data_source={"type": "completions", "source": {"type": "stored_completions", "metadata": {"x": "y"}}},
         )
     assert refused.value.param == "data_source.source"
+    custom = client.evals.create(
+        data_source_config={"type": "custom", "item_schema": {"type": "object"}}, testing_criteria=criteria
+    )
+    with pytest.raises(openai.BadRequestError) as refused:  # its items are not stored completions
+        client.evals.runs.create(
+            custom.id, data_source={"type": "completions", "source": {"type": "stored_completions"}}
+        )
+    assert refused.value.param == "data_source.source"
     with pytest.raises(openai.BadRequestError):  # without stored answers, input_messages are needed
         client.evals.runs.create(
             evaluation.id,
             data_source={"type": "completions", "model": "fake", "source": {"type": "file_content", "content": []}},
         )
+
+
+def test_a_batch_does_not_store() -> None:
+    body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "store": True}
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    checked = read_lines(json.dumps(line).encode(), "/v1/chat/completions", 10, 16)
+    assert [(error["param"], error["line"]) for error in checked.errors] == [("body.store", 1)]
+    assert read_lines(
+        json.dumps({**line, "body": {**body, "store": False}}).encode(), "/v1/chat/completions", 10, 16
+    ).lines

@@ -38,12 +38,20 @@ _PARAM = "data_source.source"
 
 
 def stored_items(
-    store: CompletionStore, tenant_id: str, source: StoredCompletionsSource, eval_metadata: dict[str, str] | None
+    store: CompletionStore, tenant_id: str, source: StoredCompletionsSource, config: dict[str, Any] | None
 ) -> list[Item]:
-    """Blocking: the run's items and samples (a 400 when none match, or when they pass a run's bounds)."""
+    """Blocking: the run's items and samples for an eval made over stored completions (``config``: its
+    ``stored_completions`` data source config; None: a ``custom`` eval, whose items these are not: a 400), a 400
+    when none match, or when they pass a run's bounds."""
+    if config is None:
+        raise InvalidRequestError(
+            "A stored_completions source needs an eval made with data_source_config type stored_completions (its "
+            "items have the shape of a stored completion, not of this eval's item schema).",
+            param=_PARAM,
+        )
     selection = Selection(
         model=source.model,
-        metadata={**(eval_metadata or {}), **(source.metadata or {})},
+        metadata={**(config.get("metadata") or {}), **(source.metadata or {})},
         created_after=_moment(source.created_after),
         created_before=_moment(source.created_before),
         limit=source.limit or bounds.EVAL_RUN_ITEMS,

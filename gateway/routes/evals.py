@@ -109,8 +109,7 @@ async def create_run(
             if source.sampled:
                 await serving.model(model)  # 404 / 403 now, not when the run starts
         if source.source.type == "stored_completions":
-            eval_metadata = (definition.stored_completions or {}).get("metadata")
-            pick = partial(stored_items, stored, tenant.tenant_id, source.source, eval_metadata)
+            pick = partial(stored_items, stored, tenant.tenant_id, source.source, definition.stored_completions)
             items = await run_in_threadpool(pick)
         else:
             items = await checked_items(body, files, workers, tenant.tenant_id, definition.item_schema)
