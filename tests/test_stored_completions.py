@@ -24,7 +24,11 @@ from gateway.audit import Actor
 from gateway.batches.lines import read_lines
 from gateway.clock import utcnow
 from gateway.db import Database, StoredCompletion
+from gateway.fine_tuning.files import FileStore
 from gateway.retention import Retention
+from gateway.stored_completions.store import CompletionStore, Selection
+from gateway.tenancy.models import TenantCreate
+from gateway.tenancy.service import TenancyService
 from tests.support import ADMIN_KEY, MODEL
 from tests.support.databases import ledger_rows
 from tests.support.evals import finished
@@ -388,3 +392,43 @@ def test_a_batch_does_not_store() -> None:
     assert read_lines(
         json.dumps({**line, "body": {**body, "store": False}}).encode(), "/v1/chat/completions", 10, 16
     ).lines
+
+
+def test_filters_pages_and_the_quota_sum_on_sqlite_and_postgresql(database: Database, tmp_path: Path) -> None:
+    """The store itself on both databases: JSON metadata filters, keyset pages, the bytes the quota counts."""
+    tenant = TenancyService(database).create_tenant(TenantCreate(name="stored")).id
+    files = FileStore(database, tmp_path / "files")
+    store = CompletionStore(database, files, 10**9)
+    for index in range(5):
+        completion: dict[str, Any] = {
+            "id": f"chatcmpl-{index}",
+            "object": "chat.completion",
+            "model": "m" if index < 4 else "n",
+            "created": 0,
+            "system_fingerprint": None,
+            "choices": [],
+            "usage": {
+                "prompt_tokens": 1,
+                "completion_tokens": 1,
+                "total_tokens": 2,
+                "prompt_tokens_details": {"cached_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": 0},
+            },
+        }
+        store.save(tenant, {"messages": []}, completion, {"k": "even" if index % 2 == 0 else "odd", "x y": "1"})
+    assert [c.id for c in store.list(tenant, None, {"k": "even"}, None, 10, "asc").data] == [
+        "chatcmpl-0",
+        "chatcmpl-2",
+        "chatcmpl-4",
+    ]
+    assert [c.id for c in store.list(tenant, "m", {"k": "even", "x y": "1"}, None, 10, "desc").data] == [
+        "chatcmpl-2",
+        "chatcmpl-0",
+    ]
+    page = store.list(tenant, None, {}, "chatcmpl-1", 2, "asc")
+    assert [c.id for c in page.data] == ["chatcmpl-2", "chatcmpl-3"] and page.has_more
+    ids, size = store.selected(tenant, Selection(metadata={"k": "odd"}))
+    assert ids == ["chatcmpl-3", "chatcmpl-1"] and 0 < size < files.used_bytes(tenant)
+    for even in ("chatcmpl-0", "chatcmpl-2", "chatcmpl-4"):
+        store.delete(tenant, even)
+    assert files.used_bytes(tenant) == size
