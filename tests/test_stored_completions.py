@@ -278,6 +278,7 @@ def test_exports_make_fine_tuning_files(in_process: Start) -> None:
         ({"type": "sft", "filter": {"ids": ["chatcmpl-nope"]}}, 400, "filter"),
         ({"type": "sft", "filter": {"limit": 100_000}}, 400, "sft.filter.limit"),  # the type, then the field
         ({"type": "csv"}, 400, None),
+        ({"type": "sft", "filename": "../../etc/passwd"}, 400, "filename"),
     ]
     for body, status, param in cases:
         refused = _export(gateway, client, body)

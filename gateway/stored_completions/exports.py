@@ -16,7 +16,7 @@ from typing import Any
 
 from adapters.datasets import DatasetError, iter_examples
 from gateway.errors import InvalidRequestError, NotFoundError
-from gateway.fine_tuning.files import FileStore
+from gateway.fine_tuning.files import FileStore, clean_filename
 from gateway.fine_tuning.schemas import FileOut
 from gateway.stored_completions.objects import DpoExport, SftExport
 from gateway.stored_completions.store import CompletionStore, Kept, Selection
@@ -30,6 +30,9 @@ def export(
 ) -> FileOut:
     """Blocking: the export written as the tenant's file."""
     tenant_id = tenant.tenant_id
+    filename = clean_filename(request.filename)
+    if not filename.lower().endswith(".jsonl"):
+        raise InvalidRequestError("Fine-tuning files must be .jsonl files.", param="filename")
     lines: Iterable[bytes]
     if isinstance(request, SftExport):
         chosen = request.filter
@@ -45,7 +48,7 @@ def export(
         _all_found(ids, found, "pairs")
         lines = _dpo_lines(store, tenant_id, request)
     store.check_room(tenant, size, "filter" if isinstance(request, SftExport) else "pairs")
-    file_id = files.add_generated(tenant_id, request.filename, "fine-tune", lines)
+    file_id = files.add_generated(tenant_id, filename, "fine-tune", lines)
     return files.get(tenant_id, file_id)
 
 
