@@ -68,6 +68,7 @@ from gateway.scheduling.redis import RedisScheduler
 from gateway.scheduling.slots import QueueLimits, Scheduler
 from gateway.settings import GatewaySettings
 from gateway.state import AppState, state_of
+from gateway.stored_completions.store import CompletionStore
 from gateway.tenancy.access import AccessChanges
 from gateway.tenancy.console_sessions import ConsoleSessions
 from gateway.tenancy.key_cache import KeyCache
@@ -262,6 +263,7 @@ def create_app(
                 batches=BatchService(database),
                 scheduler=scheduler,
                 idempotency=IdempotencyStore(database, settings.idempotency_retention_hours),
+                completions=CompletionStore(database, files, settings.default_max_storage_bytes),
             )
             queue = RunQueue(database)
             runner = EvalRunner(
@@ -298,6 +300,7 @@ def create_app(
                 files_days=settings.retention_days_files,
                 eval_items_days=settings.retention_days_eval_items,
                 responses_days=settings.retention_days_responses,
+                completions_days=settings.retention_days_chat_completions,
             )
             purging = asyncio.create_task(retention.run(settings.retention_interval_seconds))
             stack.push_async_callback(_cancel, purging)

@@ -35,6 +35,7 @@ from gateway.ops.metrics import Metrics
 from gateway.responses.store import ResponseStore
 from gateway.scheduling.slots import Scheduler
 from gateway.settings import GatewaySettings
+from gateway.stored_completions.store import CompletionStore
 from gateway.tenancy.access import AccessChanges
 from gateway.tenancy.console_sessions import ConsoleSessions
 from gateway.tenancy.key_cache import KeyCache
@@ -84,6 +85,7 @@ class AppState:
     batches: BatchService
     scheduler: Scheduler
     idempotency: IdempotencyStore
+    completions: CompletionStore
 
 
 def state_of(app: FastAPI) -> AppState:
@@ -126,6 +128,7 @@ ExportDep = Annotated[TenantExport, _part(lambda state: state.exports)]
 AuditLogDep = Annotated[AuditLog, _part(lambda state: state.audit_log)]
 ResponsesDep = Annotated[ResponseStore, _part(lambda state: state.responses)]
 BatchesDep = Annotated[BatchService, _part(lambda state: state.batches)]
+CompletionsDep = Annotated[CompletionStore, _part(lambda state: state.completions)]
 
 
 # -- who the request acts for (the edge's authentication found it: ``gateway.edge.authentication``) -----------

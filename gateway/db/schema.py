@@ -41,6 +41,8 @@ class Tenant(Base):
     """The most requests one batch may hold; NULL: the server's default."""
     max_enqueued_batch_tokens: Mapped[int | None] = mapped_column(BigInteger)
     """The most tokens the tenant's unfinished batches may hold together; NULL: the server's default."""
+    store_completions: Mapped[bool | None] = mapped_column(Boolean)
+    """Whether ``store: true`` may keep the tenant's chat completions; NULL: it may."""
 
     keys: Mapped[list[ApiKey]] = relationship(back_populates="tenant", cascade="all, delete-orphan")
 
@@ -147,6 +149,9 @@ class Eval(Base):
     testing_criteria: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     user_metadata: Mapped[dict[str, str] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    stored_completions: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """The ``stored_completions`` data source config (its ``metadata``) of an eval over stored chat completions;
+    NULL: a ``custom`` one."""
 
 
 class EvalRun(Base):
@@ -352,4 +357,22 @@ class IdempotencyKey(Base):
     fingerprint: Mapped[str] = mapped_column(String(64))
     status_code: Mapped[int | None] = mapped_column(Integer)
     response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class StoredCompletion(Base):
+    """A chat completion made with ``store: true``: the request that shaped it (messages, parameters, tools), the
+    completion object as answered (the concrete model), the tenant's ``metadata``, and the bytes both take (counted
+    in the tenant's storage quota with its files). Deleted by its owner, by retention, or with its tenant."""
+
+    __tablename__ = "stored_completions"
+    __table_args__ = (Index("ix_stored_completions_tenant_created", "tenant_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    model: Mapped[str] = mapped_column(String(bounds.MODEL))
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    completion: Mapped[dict[str, Any]] = mapped_column(JSON)
+    user_metadata: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime)

@@ -28,6 +28,7 @@ from gateway.evals.schemas import (
     RunDeleted,
     RunList,
 )
+from gateway.evals.stored import STORED_ITEM_SCHEMA
 from gateway.tenancy.keys import new_id
 from gateway.tenancy.service import lock_live_tenant
 
@@ -47,12 +48,14 @@ class EvalService:
         return row
 
     def create(self, tenant_id: str, body: EvalCreate) -> EvalOut:
+        config = body.data_source_config
         row = Eval(
             id=new_id("eval"),
             tenant_id=tenant_id,
             name=body.name or "eval",
-            item_schema=body.data_source_config.item_schema,
-            include_sample_schema=body.data_source_config.include_sample_schema,
+            item_schema=config.item_schema if config.type == "custom" else STORED_ITEM_SCHEMA,
+            include_sample_schema=config.include_sample_schema if config.type == "custom" else True,
+            stored_completions=None if config.type == "custom" else config.model_dump(),
             testing_criteria=[criterion.model_dump() for criterion in body.testing_criteria],
             user_metadata=body.metadata,
             created_at=utcnow(),

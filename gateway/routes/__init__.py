@@ -1,8 +1,9 @@
-"""Every HTTP route of the gateway: the tenants' OpenAI API under ``/v1`` (``models``, ``chat``, ``completions``,
-``embeddings``, ``responses``, ``files``, ``fine_tuning``, ``evals``, ``batches``, ``usage``), the operator's under
-``/admin/v1`` (``admin``, ``usage``), ``ops`` (health, readiness, metrics) and the web ``console``; and the answer
-to a path no route has (404 ``unknown_url``, "Invalid URL (POST /v1/foo): this server does not serve it.") or a
-method a path's route does not take (405 ``method_not_allowed`` naming the methods it does), in OpenAI's error shape.
+"""Every HTTP route of the gateway: the tenants' OpenAI API under ``/v1`` (``models``, ``chat``,
+``stored_completions``, ``completions``, ``embeddings``, ``responses``, ``files``, ``fine_tuning``, ``evals``,
+``batches``, ``usage``), the operator's under ``/admin/v1`` (``admin``, ``usage``), ``ops`` (health, readiness,
+metrics) and the web ``console``; and the answer to a path no route has (404 ``unknown_url``, "Invalid URL (POST
+/v1/foo): this server does not serve it.") or a method a path's route does not take (405 ``method_not_allowed``
+naming the methods it does), in OpenAI's error shape.
 They answer after authentication (the middleware order in ``gateway.app``): a request without a valid key gets
 401 on any ``/v1`` or ``/admin`` path, served or not, and so learns nothing of which exist.
 
@@ -31,13 +32,26 @@ from gateway.routes import (
     models,
     ops,
     responses,
+    stored_completions,
     usage,
 )
 
 
 def install_routes(app: FastAPI) -> None:
     """Every router; the APIs' (tenants' and operator's) document the OpenAI error body of their 4xx and 5xx."""
-    tenants_api = (models, chat, completions, embeddings, responses, files, fine_tuning, evals, batches, usage)
+    tenants_api = (
+        models,
+        chat,
+        stored_completions,
+        completions,
+        embeddings,
+        responses,
+        files,
+        fine_tuning,
+        evals,
+        batches,
+        usage,
+    )
     for module in tenants_api:
         app.include_router(module.router, responses=ERROR_RESPONSES)
     for router in (admin.router, usage.admin_router):  # the operator's

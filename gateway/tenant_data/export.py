@@ -1,10 +1,11 @@
 """A tenant's data as one ``tar.gz`` archive, for the operator to hand over (or keep) before deleting it.
 
-The archive holds ``tenant.json``; ``keys.jsonl`` (metadata: no hash, no secret); ``files.jsonl`` and each
-uploaded file's bytes under ``files/<id>``; ``fine_tuning/{jobs,events,checkpoints}.jsonl``; ``adapters.jsonl``
-and each trained adapter's dir (with its checkpoints) under ``adapters/<job id>/``;
-``evals/{evals,runs,items}.jsonl``; ``batches/{batches,requests}.jsonl``; ``responses/{responses,input_items}.jsonl``
-(stored responses of ``/v1/responses``); ``usage/{records,daily}.jsonl``. Each ``.jsonl`` line is one database row.
+The archive holds ``tenant.json``; ``keys.jsonl`` (metadata: no hash, no secret); ``files.jsonl`` and each uploaded
+file's bytes under ``files/<id>``; ``fine_tuning/{jobs,events,checkpoints}.jsonl``; ``adapters.jsonl`` and each
+trained adapter's dir (with its checkpoints) under ``adapters/<job id>/``; ``evals/{evals,runs,items}.jsonl``;
+``batches/{batches,requests}.jsonl``; ``responses/{responses,input_items}.jsonl`` (stored responses of
+``/v1/responses``); ``chat_completions.jsonl`` (completions stored with ``store: true``);
+``usage/{records,daily}.jsonl``. Each ``.jsonl`` line is one database row.
 
 It is written by a worker thread in bounded memory: rows are read in batches into temp files that spill to
 disk past a few MiB, file bytes stream from disk, and the compressed archive goes to the client through a short
@@ -41,6 +42,7 @@ from gateway.db import (
     EvalRunItem,
     File,
     ResponseInputItem,
+    StoredCompletion,
     StoredResponse,
     Tenant,
     UsageDaily,
@@ -111,6 +113,12 @@ class TenantExport:
                     select(ResponseInputItem)
                     .where(ResponseInputItem.response_id.in_(responses))
                     .order_by(ResponseInputItem.id),
+                ),
+                (
+                    "chat_completions.jsonl",
+                    select(StoredCompletion)
+                    .where(StoredCompletion.tenant_id == tenant_id)
+                    .order_by(StoredCompletion.id),
                 ),
                 (
                     "usage/records.jsonl",
