@@ -51,6 +51,8 @@ from gateway.tenancy.service import TenancyService
 from gateway.tenancy.sign_in_throttle import SignInThrottle
 from gateway.tenant_data.erasure import TenantEraser
 from gateway.tenant_data.export import TenantExport
+from gateway.webhooks.delivery import Deliverer
+from gateway.webhooks.service import WebhookService
 from gateway.workers import Workers
 
 T = TypeVar("T")
@@ -84,6 +86,8 @@ class AppState:
     batches: BatchService
     scheduler: Scheduler
     idempotency: IdempotencyStore
+    webhooks: WebhookService
+    webhook_delivery: Deliverer
 
 
 def state_of(app: FastAPI) -> AppState:
@@ -126,6 +130,8 @@ ExportDep = Annotated[TenantExport, _part(lambda state: state.exports)]
 AuditLogDep = Annotated[AuditLog, _part(lambda state: state.audit_log)]
 ResponsesDep = Annotated[ResponseStore, _part(lambda state: state.responses)]
 BatchesDep = Annotated[BatchService, _part(lambda state: state.batches)]
+WebhooksDep = Annotated[WebhookService, _part(lambda state: state.webhooks)]
+WebhookDeliveryDep = Annotated[Deliverer, _part(lambda state: state.webhook_delivery)]
 
 
 # -- who the request acts for (the edge's authentication found it: ``gateway.edge.authentication``) -----------

@@ -19,6 +19,8 @@ from gateway.db.schema import (
     Tenant,
     UsageDaily,
     UsageRecord,
+    WebhookDelivery,
+    WebhookEndpoint,
 )
 
 __all__ = [
@@ -39,5 +41,7 @@ __all__ = [
     "Tenant",
     "UsageDaily",
     "UsageRecord",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "affected_rows",
 ]

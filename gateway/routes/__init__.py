@@ -7,7 +7,9 @@ They answer after authentication (the middleware order in ``gateway.app``): a re
 401 on any ``/v1`` or ``/admin`` path, served or not, and so learns nothing of which exist.
 
 The top layer: routes take the domains' services through the typed dependencies of ``gateway.state`` and own
-only HTTP (parsing, status codes, response shapes); the domains below never import a route or the state."""
+only HTTP (parsing, status codes, response shapes); the domains below never import a route or the state.
+
+``webhooks`` serves the tenants' webhook endpoints under ``/v1`` and the operator's view of them under ``/admin/v1``."""
 
 from __future__ import annotations
 
@@ -32,15 +34,28 @@ from gateway.routes import (
     ops,
     responses,
     usage,
+    webhooks,
 )
 
 
 def install_routes(app: FastAPI) -> None:
     """Every router; the APIs' (tenants' and operator's) document the OpenAI error body of their 4xx and 5xx."""
-    tenants_api = (models, chat, completions, embeddings, responses, files, fine_tuning, evals, batches, usage)
+    tenants_api = (
+        models,
+        chat,
+        completions,
+        embeddings,
+        responses,
+        files,
+        fine_tuning,
+        evals,
+        batches,
+        usage,
+        webhooks,
+    )
     for module in tenants_api:
         app.include_router(module.router, responses=ERROR_RESPONSES)
-    for router in (admin.router, usage.admin_router):  # the operator's
+    for router in (admin.router, usage.admin_router, webhooks.admin_router):  # the operator's
         app.include_router(router, responses=ERROR_RESPONSES)
     app.include_router(ops.router)
     app.include_router(console.router)

@@ -3,7 +3,8 @@
 One transaction removes every row the tenant owns (files, fine-tuning jobs with their events and checkpoints,
 adapters, evals with their runs and items, batches with their requests, stored responses with their input
 items, idempotency keys with their answers, console sessions, keys, the tenant) and appends the audit entry;
-an unfinished fine-tuning job is first cancelled and charged for what it trained (its worker notices within
+webhook endpoints with their deliveries (events not sent yet are not sent) go in the same transaction; an unfinished
+fine-tuning job is first cancelled and charged for what it trained (its worker notices within
 seconds, stops, and registers nothing). Once committed, the bytes go: uploaded files and every job's dir in
 the adapter store. The caller then unloads the adapters from the engines (every replica).
 
@@ -31,6 +32,7 @@ from gateway.idempotency import erase_tenant_keys
 from gateway.responses.store import erase_tenant_responses
 from gateway.tenancy.service import TenancyService
 from gateway.tenancy.sessions import end_sessions
+from gateway.webhooks.service import erase_tenant_webhooks
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class TenantEraser:
             end_sessions(session, actor, "tenant_deleted", ConsoleSession.tenant_id == tenant_id, utcnow())
             counts = _delete_rows(session, tenant_id)
             counts["responses"] = erase_tenant_responses(session, tenant_id)
+            counts["webhook_endpoints"] = erase_tenant_webhooks(session, tenant_id)
             erase_tenant_keys(session, tenant_id)
             counts |= {"files": len(file_ids), "fine_tuning_jobs": len(job_ids), "adapters": len(adapters)}
             session.execute(delete(Tenant).where(Tenant.id == tenant_id))

@@ -4,7 +4,8 @@ The archive holds ``tenant.json``; ``keys.jsonl`` (metadata: no hash, no secret)
 uploaded file's bytes under ``files/<id>``; ``fine_tuning/{jobs,events,checkpoints}.jsonl``; ``adapters.jsonl``
 and each trained adapter's dir (with its checkpoints) under ``adapters/<job id>/``;
 ``evals/{evals,runs,items}.jsonl``; ``batches/{batches,requests}.jsonl``; ``responses/{responses,input_items}.jsonl``
-(stored responses of ``/v1/responses``); ``usage/{records,daily}.jsonl``. Each ``.jsonl`` line is one database row.
+(stored responses of ``/v1/responses``); ``webhooks/{endpoints,deliveries}.jsonl`` (no secret);
+``usage/{records,daily}.jsonl``. Each ``.jsonl`` line is one database row.
 
 It is written by a worker thread in bounded memory: rows are read in batches into temp files that spill to
 disk past a few MiB, file bytes stream from disk, and the compressed archive goes to the client through a short
@@ -48,12 +49,13 @@ from gateway.db import (
 )
 from gateway.fine_tuning.files import FileStore
 from gateway.tenancy.service import TenancyService, tenant_out
+from gateway.webhooks.service import webhook_tables
 
 _BATCH = 500
 _SPILL_BYTES = 4 * 1024 * 1024
 _CHUNK = 256 * 1024
 _QUEUED_CHUNKS = 16
-_SECRET_COLUMNS = {"key_hash"}
+_SECRET_COLUMNS = {"key_hash", "secret", "previous_secret"}
 
 
 class _Stopped(Exception):
@@ -112,6 +114,7 @@ class TenantExport:
                     .where(ResponseInputItem.response_id.in_(responses))
                     .order_by(ResponseInputItem.id),
                 ),
+                *webhook_tables(tenant_id),
                 (
                     "usage/records.jsonl",
                     select(UsageRecord).where(UsageRecord.tenant_id == tenant_id).order_by(UsageRecord.id),
