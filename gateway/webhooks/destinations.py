@@ -11,6 +11,7 @@ by then (DNS rebinding) is refused, not followed. ``LLMAAS_WEBHOOK_ALLOW_PRIVATE
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -123,7 +124,7 @@ class CheckedResolver(AbstractResolver):
         kept = [entry for entry in resolved if self._destinations.allowed(entry["host"])]
         if not kept:
             shown = ", ".join(sorted({entry["host"] for entry in resolved}))
-            raise OSError(f"the host '{host}' resolves to {shown}: not a public address")
+            raise OSError(errno.EACCES, f"the host '{host}' resolves to {shown}: not a public address")
         return kept
 
     async def close(self) -> None:
