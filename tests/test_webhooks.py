@@ -14,6 +14,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -43,6 +44,7 @@ from gateway.webhooks.destinations import CheckedResolver, Destinations
 from gateway.webhooks.events import EVENT_TYPES
 from gateway.webhooks.outbox import Backoff
 from tests.support import ADMIN
+from tests.support.databases import fresh_postgres_database
 from tests.support.in_process import InProcessGateway, in_process_gateway
 
 FAST_RETRIES: dict[str, Any] = {
@@ -127,7 +129,7 @@ def database_of(gateway: InProcessGateway) -> Database:
     return Database(f"sqlite:///{gateway.state.settings.data_dir / 'llmaas.db'}")
 
 
-def run_batch(client: openai.OpenAI) -> Any:
+def submit_batch(client: openai.OpenAI) -> Any:
     line = {
         "custom_id": "one",
         "method": "POST",
@@ -136,7 +138,11 @@ def run_batch(client: openai.OpenAI) -> Any:
     }
     data = (json.dumps(line) + "\n").encode()
     upload = client.files.create(file=("batch.jsonl", data), purpose="batch")
-    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    return client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+
+
+def run_batch(client: openai.OpenAI) -> Any:
+    batch = submit_batch(client)
     deadline = time.monotonic() + 30
     while client.batches.retrieve(batch.id).status != "completed":
         assert time.monotonic() < deadline
@@ -453,3 +459,23 @@ def test_a_tenants_webhooks_are_exported_without_secrets_and_erased_with_it(
         ]
     engine.dispose()
     assert left == [0, 0]
+
+
+def test_two_gateways_on_postgresql_deliver_each_event_once(tmp_path: Path, receiver: Receiver) -> None:
+    shared = {**FAST_RETRIES, "webhook_secrets_key": "one-secrets-key-for-every-gateway"}
+    with fresh_postgres_database("llmaas_webhooks") as url, ExitStack() as stack:
+        gateways = []
+        for name in ("one", "two"):
+            (tmp_path / name).mkdir()
+            gateways.append(stack.enter_context(in_process_gateway(tmp_path / name, database_url=url, **shared)))
+        _, _, client = gateways[0].tenant()
+        endpoint = client.webhooks.create(name="x", url=receiver.url, event_types=["batch.completed"])
+        batches = {submit_batch(client).id for _ in range(6)}
+        got = receiver.wait(6, timeout=60)
+        time.sleep(1)
+        events = [client.webhooks.unwrap(item.body, item.headers, secret=endpoint.signing_secret) for item in got]
+        assert (
+            len(got) == 6
+            and {event.data.id for event in events if isinstance(event, BatchCompletedWebhookEvent)} == batches
+        )
+        assert len({item.headers["webhook-id"] for item in got}) == 6  # each event sent once, by one gateway
