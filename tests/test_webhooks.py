@@ -332,9 +332,18 @@ def test_test_events_updates_and_a_paused_endpoint(gateway: InProcessGateway, re
     assert paused.status_code == 200 and paused.json()["enabled"] is False
     listed = gateway.http.get(f"/admin/v1/tenants/{tenant_id}/webhook_endpoints", headers=ADMIN).json()
     assert [e["id"] for e in listed["data"]] == [endpoint.id] and "signing_secret" not in listed["data"][0]
+    with pytest.raises(openai.PermissionDeniedError) as paused_by_operator:
+        client.webhooks.update(endpoint.id, extra_body={"enabled": True})
+    assert paused_by_operator.value.code == "webhook_endpoint_paused"
     run_batch(client)
     time.sleep(0.5)
     assert len(receiver.received) == 1 and deliveries(client, endpoint.id, ("pending",), 0) == []
+    resumed = gateway.http.post(
+        f"/admin/v1/tenants/{tenant_id}/webhook_endpoints/{endpoint.id}", json={"enabled": True}, headers=ADMIN
+    )
+    assert resumed.json()["enabled"] is True
+    assert client.webhooks.update(endpoint.id, extra_body={"enabled": False}).enabled is False  # type: ignore[attr-defined]
+    assert client.webhooks.update(endpoint.id, extra_body={"enabled": True}).enabled is True  # type: ignore[attr-defined]
 
 
 def test_endpoints_are_the_tenants_own_and_bounded(gateway: InProcessGateway, receiver: Receiver) -> None:

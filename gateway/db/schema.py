@@ -369,6 +369,8 @@ class WebhookEndpoint(Base):
     url: Mapped[str] = mapped_column(String(bounds.WEBHOOK_URL))
     event_types: Mapped[list[str]] = mapped_column(JSON)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    paused_by_operator: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Disabled by the operator: only the operator enables it again."""
     secret: Mapped[str] = mapped_column(String(256))
     secret_hint: Mapped[str] = mapped_column(String(32))
     previous_secret: Mapped[str | None] = mapped_column(String(256))

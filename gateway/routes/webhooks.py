@@ -132,8 +132,7 @@ async def admin_pause_endpoint(
     tenant: TenantRef, webhook_endpoint_id: EndpointId, body: EndpointEnabled, webhooks: WebhooksDep, actor: ActorDep
 ) -> EndpointOut:
     tenant_id = await run_in_threadpool(webhooks.tenant_id_of, tenant)
-    changes = {"enabled": body.enabled}
-    return await run_in_threadpool(webhooks.change, tenant_id, webhook_endpoint_id, changes, actor)
+    return await run_in_threadpool(webhooks.pause, tenant_id, webhook_endpoint_id, body.enabled, actor)
 
 
 @admin_router.delete("/tenants/{tenant}/webhook_endpoints/{webhook_endpoint_id}")

@@ -39,7 +39,7 @@ class EndpointUpdate(BaseModel):
 
 
 class EndpointEnabled(BaseModel):
-    """The operator pauses or resumes a tenant's endpoint."""
+    """The operator disables a tenant's endpoint (until the operator enables it again) or enables it."""
 
     model_config = ConfigDict(extra="forbid")
     enabled: bool

@@ -17,7 +17,7 @@ from adapters.pagination import keyset_page
 from gateway import audit
 from gateway.clock import utcnow
 from gateway.db import Database, WebhookDelivery, WebhookEndpoint
-from gateway.errors import InvalidRequestError, NotFoundError
+from gateway.errors import InvalidRequestError, NotFoundError, PermissionDenied
 from gateway.tenancy.keys import new_id
 from gateway.tenancy.service import TenancyService, lock_live_tenant
 from gateway.webhooks.destinations import Destinations
@@ -92,6 +92,7 @@ class WebhookService:
                 url=body.url,
                 event_types=list(dict.fromkeys(body.event_types)),
                 enabled=body.enabled,
+                paused_by_operator=False,
                 secret=self._box.seal(endpoint_id, secret),
                 secret_hint=hint_of(secret),
                 created_at=now,
@@ -123,12 +124,23 @@ class WebhookService:
         changes: dict[str, Any] = body.model_dump(exclude_none=True)
         if "event_types" in changes:
             changes["event_types"] = list(dict.fromkeys(changes["event_types"]))
-        return await run_in_threadpool(self.change, tenant_id, endpoint_id, changes, actor)
+        return await run_in_threadpool(self._change, tenant_id, endpoint_id, changes, actor)
 
-    def change(self, tenant_id: str, endpoint_id: str, changes: dict[str, Any], actor: audit.Actor) -> EndpointOut:
+    def pause(self, tenant_id: str, endpoint_id: str, enabled: bool, actor: audit.Actor) -> EndpointOut:
+        """The operator disables an endpoint (its tenant cannot enable it again) or enables it."""
+        changes = {"enabled": enabled, "paused_by_operator": not enabled}
+        return self._change(tenant_id, endpoint_id, changes, actor)
+
+    def _change(self, tenant_id: str, endpoint_id: str, changes: dict[str, Any], actor: audit.Actor) -> EndpointOut:
         """Set ``changes`` (checked already) on the endpoint; ``updated_at`` moves only if something changed."""
         with self._db.session() as session:
             row = self._own(session, tenant_id, endpoint_id)
+            if changes.get("enabled") and row.paused_by_operator and "paused_by_operator" not in changes:
+                raise PermissionDenied(
+                    "The operator disabled this webhook endpoint; only the operator can enable it again.",
+                    param="enabled",
+                    code="webhook_endpoint_paused",
+                )
             changed = {name: value for name, value in changes.items() if getattr(row, name) != value}
             if changed:
                 for name, value in changed.items():

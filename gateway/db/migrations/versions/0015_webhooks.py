@@ -22,6 +22,7 @@ def upgrade() -> None:
         sa.Column("url", sa.String(2048), nullable=False),
         sa.Column("event_types", sa.JSON(), nullable=False),
         sa.Column("enabled", sa.Boolean(), nullable=False),
+        sa.Column("paused_by_operator", sa.Boolean(), nullable=False),
         sa.Column("secret", sa.String(256), nullable=False),
         sa.Column("secret_hint", sa.String(32), nullable=False),
         sa.Column("previous_secret", sa.String(256)),
