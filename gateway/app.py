@@ -338,6 +338,7 @@ def create_app(
                 files_days=settings.retention_days_files,
                 eval_items_days=settings.retention_days_eval_items,
                 responses_days=settings.retention_days_responses,
+                webhook_deliveries_days=settings.retention_days_webhook_deliveries,
             )
             purging = asyncio.create_task(retention.run(settings.retention_interval_seconds))
             stack.push_async_callback(_cancel, purging)

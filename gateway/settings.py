@@ -182,6 +182,9 @@ class GatewaySettings(SharedSettings):
         description="Stored responses of /v1/responses older than this many days are deleted (OpenAI keeps them "
         "30 days); unset: kept until deleted.",
     )
+    retention_days_webhook_deliveries: float | None = Field(
+        default=30, gt=0, description="Webhook deliveries that ended this many days ago are deleted; unset: kept."
+    )
     retention_interval_seconds: float = Field(default=3600, gt=0, description="How often retention runs.")
     idempotency_retention_hours: float = Field(
         default=24, gt=0, description="How long a create's Idempotency-Key and its answer are kept for retries."

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from gateway.db import Database
 from gateway.errors import InvalidRequestError
 from gateway.webhooks.destinations import CheckedResolver, Destinations
 from gateway.webhooks.events import EVENT_TYPES
-from gateway.webhooks.outbox import Backoff
+from gateway.webhooks.outbox import Backoff, purge_deliveries
 from tests.support import ADMIN
 from tests.support.databases import fresh_postgres_database
 from tests.support.in_process import InProcessGateway, in_process_gateway
@@ -280,6 +281,14 @@ def test_failed_deliveries_are_retried_with_backoff_then_given_up(
     assert failed[0]["last_error"] == "The endpoint answered 500." and failed[0]["next_attempt_at"] is None
     time.sleep(2)
     assert len(receiver.received) == 3  # given up after the bound
+
+    database = database_of(gateway)
+    try:  # retention: deliveries that ended go, once old enough
+        assert purge_deliveries(database, utcnow() - timedelta(days=1)) == 0
+        assert purge_deliveries(database, utcnow() + timedelta(seconds=1)) >= 2
+    finally:
+        database.dispose()
+    assert deliveries(client, endpoint.id, ("delivered", "failed"), 0) == []
 
 
 def test_the_backoff_doubles_with_jitter_up_to_its_cap() -> None:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
+
+from sqlalchemy import delete, select
 
 from adapters.leases import Lease
 from gateway.clock import utcnow
-from gateway.db import Database, WebhookDelivery, WebhookEndpoint
+from gateway.db import Database, WebhookDelivery, WebhookEndpoint, affected_rows
 from gateway.webhooks.events import DELIVERED, FAILED, PENDING
 from gateway.webhooks.service import Signing, WebhookService
 
@@ -27,6 +29,7 @@ DELIVERY_LEASE = Lease(
 )
 """A delivery is leased by the gateway sending it (``runner_id``, ``heartbeat_at``); the most overdue first."""
 _ERROR_CHARS = 512
+_PURGE_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,20 @@ class Claimed:
     """Tries before this one."""
     signing: Signing | None
     """None: the endpoint is disabled (or gone): the delivery fails without being sent."""
+
+
+def purge_deliveries(db: Database, before: datetime) -> int:
+    """Blocking: deliveries that ended (delivered or failed) before ``before``, in batches; how many went. Any
+    number of gateways may run it at once."""
+    total = 0
+    ended = (WebhookDelivery.status.in_((DELIVERED, FAILED)), WebhookDelivery.finished_at < before)
+    while True:
+        with db.session() as session:
+            ids = list(session.scalars(select(WebhookDelivery.id).where(*ended).limit(_PURGE_BATCH)))
+            if not ids:
+                return total
+            gone = session.execute(delete(WebhookDelivery).where(WebhookDelivery.id.in_(ids), *ended))
+            total += affected_rows(gone)
 
 
 class Outbox:
