@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import NoDecode
 
 from engine.settings import EngineSettings, SharedSettings
@@ -246,6 +246,14 @@ class GatewaySettings(SharedSettings):
     max_connections_per_address: int | None = Field(
         default=1024, ge=1, description="Open connections from one client address; beyond it 429. Unset: no cap."
     )
+
+    @field_validator("webhook_lease_seconds")
+    @classmethod
+    def _lease_outlasts_a_try(cls, value: float, info: ValidationInfo) -> float:
+        timeout = info.data.get("webhook_timeout_seconds")
+        if timeout is not None and value <= timeout:
+            raise ValueError("must be longer than webhook_timeout_seconds, else a try still running is taken over")
+        return value
 
     @field_validator("webhook_allowed_hosts", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import tarfile
 import threading
@@ -70,15 +71,19 @@ BATCH_EVENTS = ["batch.completed", "batch.failed", "batch.expired", "batch.cance
 @dataclass
 class Received:
     at: float
+    """When the request arrived (monotonic); ``done``: when its answer was sent."""
+    done: float
     headers: dict[str, str]
     body: bytes
 
 
 @dataclass
 class Receiver:
-    """An HTTP server on 127.0.0.1 that records each POST and answers the next of ``statuses`` (then 200)."""
+    """An HTTP server on 127.0.0.1 that records each POST and answers the next of ``statuses`` (then 200), after
+    ``delay`` seconds."""
 
     statuses: list[int] = field(default_factory=list)
+    delay: float = 0
     received: list[Received] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
 
@@ -101,8 +106,11 @@ def receiver() -> Iterator[Receiver]:
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
+            arrived = time.monotonic()
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
-            state.received.append(Received(time.monotonic(), {k.lower(): v for k, v in self.headers.items()}, body))
+            time.sleep(state.delay)
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            state.received.append(Received(arrived, time.monotonic(), headers, body))
             status = state.statuses.pop(0) if state.statuses else 200
             self.send_response(status)
             self.send_header("content-length", "2")
@@ -297,6 +305,17 @@ def test_the_backoff_doubles_with_jitter_up_to_its_cap() -> None:
         waits = [backoff.wait(tries) for _ in range(200)]
         assert plain * 0.8 <= min(waits) < max(waits) <= plain * 1.2  # jittered: retries of many events spread out
     assert sum(min(3600, 60 * 2**n) for n in range(7)) / 3600 > 2  # the default 8 tries span over two hours
+
+
+def test_one_try_at_a_time_per_endpoint(gateway: InProcessGateway, receiver: Receiver) -> None:
+    _, _, client = gateway.tenant()
+    endpoint = client.webhooks.create(name="slow", url=receiver.url, event_types=["batch.completed"])
+    receiver.delay = 0.4
+    for _ in range(3):
+        submit_batch(client)
+    got = sorted(receiver.wait(3), key=lambda item: item.at)
+    assert all(later.at >= earlier.done for earlier, later in itertools.pairwise(got))  # never overlapping
+    assert len(deliveries(client, endpoint.id, ("delivered",), 3)) == 3
 
 
 def test_a_rotated_secret_signs_with_the_old_one_for_a_day_if_asked(

@@ -115,7 +115,11 @@ class Deliverer:
         if claimed.signing is None:
             outcome = None, "The endpoint is disabled."
         else:
-            outcome = await self.send(claimed.signing, claimed.event_id, claimed.payload)
+            try:
+                outcome = await self.send(claimed.signing, claimed.event_id, claimed.payload)
+            except Exception:  # counted as a failed try, so that it cannot come back forever
+                logger.exception("sending webhook delivery %s failed", claimed.delivery_id)
+                outcome = None, "The delivery failed on our side."
         try:
             await run_in_threadpool(self._outbox.record, claimed, self.runner_id, *outcome)
         except Exception:  # the lease lapses and another try is made

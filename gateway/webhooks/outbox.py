@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select
+from sqlalchemy.orm import aliased
 
 from adapters.leases import Lease
 from gateway.clock import utcnow
@@ -78,16 +79,23 @@ class Outbox:
         self._backoff = backoff
 
     def claim(self, runner_id: str, stale_after: float) -> Claimed | None:
+        """The most overdue due delivery to an endpoint with none in flight (one try per endpoint at a time, so a
+        slow endpoint holds one of a gateway's slots, not all), now ``runner_id``'s; with what to send it with."""
         now = utcnow()
         with self._db.session() as session:
+            stale_before = now - timedelta(seconds=stale_after)
+            in_flight = aliased(WebhookDelivery)
+            busy = select(in_flight.endpoint_id).where(
+                in_flight.runner_id.is_not(None), in_flight.heartbeat_at >= stale_before
+            )
             delivery_id = DELIVERY_LEASE.claim(
                 session,
                 runner_id,
                 now,
                 free=(PENDING,),
                 takeover=(PENDING,),
-                stale_before=now - timedelta(seconds=stale_after),
-                where=(WebhookDelivery.next_attempt_at <= now,),
+                stale_before=stale_before,
+                where=(WebhookDelivery.next_attempt_at <= now, WebhookDelivery.endpoint_id.not_in(busy)),
             )
             if delivery_id is None:
                 return None

@@ -64,8 +64,8 @@ class SecretBox:
 
     def open(self, endpoint_id: str, sealed: str) -> str | None:
         """The secret, or None when it cannot be read (sealed under another key, or not this endpoint's)."""
-        data = base64.b64decode(sealed)
         try:
+            data = base64.b64decode(sealed)
             return self._aead.decrypt(data[:_NONCE], data[_NONCE:], endpoint_id.encode()).decode()
-        except InvalidTag:
+        except (InvalidTag, ValueError):
             return None
