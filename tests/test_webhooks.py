@@ -26,6 +26,7 @@ import openai
 import pytest
 from openai.types.webhooks import (
     BatchCompletedWebhookEvent,
+    BatchFailedWebhookEvent,
     EvalRunSucceededWebhookEvent,
     FineTuningJobCancelledWebhookEvent,
     FineTuningJobFailedWebhookEvent,
@@ -209,7 +210,7 @@ def test_a_completed_batch_is_delivered_signed_and_the_sdk_unwraps_it(
 
 def test_an_eval_run_and_fine_tuning_jobs_send_their_events(gateway: InProcessGateway, receiver: Receiver) -> None:
     tenant_id, _, client = gateway.tenant()
-    events = ["eval.run.succeeded", "fine_tuning.job.cancelled", "fine_tuning.job.failed"]
+    events = ["eval.run.succeeded", "fine_tuning.job.cancelled", "fine_tuning.job.failed", "batch.failed"]
     endpoint = client.webhooks.create(name="all", url=receiver.url, event_types=events)  # type: ignore[arg-type]
     secret = endpoint.signing_secret
 
@@ -240,6 +241,14 @@ def test_an_eval_run_and_fine_tuning_jobs_send_their_events(gateway: InProcessGa
     unwrapped = [client.webhooks.unwrap(item.body, item.headers, secret=secret) for item in got[1:]]
     assert {type(event) for event in unwrapped} == set(JOB_EVENTS)
     assert {event.data.id for event in unwrapped if isinstance(event, JOB_EVENTS)} == {cancelled, failed}
+
+    # A batch failed at creation (its lines checked in the request's own transaction).
+    bad = client.files.create(file=("bad.jsonl", b'{"custom_id": "x"}\n'), purpose="batch")
+    batch = client.batches.create(input_file_id=bad.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert batch.status == "failed"
+    item = receiver.wait(4)[3]
+    refused = client.webhooks.unwrap(item.body, item.headers, secret=secret)
+    assert isinstance(refused, BatchFailedWebhookEvent) and refused.data.id == batch.id
 
 
 def job_request(tenant_id: str, model: str = "base") -> JobRequest:
