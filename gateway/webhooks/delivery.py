@@ -66,7 +66,7 @@ class Deliverer:
             resolver=CheckedResolver(self._destinations),
             use_dns_cache=False,
             force_close=True,
-            limit=self._concurrency + 4,  # tests beside the loop's deliveries
+            limit=0,  # the loop bounds its own tries; tenants' tests (each one RPM request) must not queue them
         )
         self._http = aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout), trust_env=False
