@@ -372,6 +372,8 @@ def test_test_events_updates_and_a_paused_endpoint(gateway: InProcessGateway, re
     with pytest.raises(openai.PermissionDeniedError) as paused_by_operator:
         client.webhooks.update(endpoint.id, extra_body={"enabled": True})
     assert paused_by_operator.value.code == "webhook_endpoint_paused"
+    with pytest.raises(openai.PermissionDeniedError):
+        client.webhooks.test(endpoint.id, event_type="batch.completed")
     run_batch(client)
     time.sleep(0.5)
     assert len(receiver.received) == 1 and deliveries(client, endpoint.id, ("pending",), 0) == []

@@ -136,11 +136,7 @@ class WebhookService:
         with self._db.session() as session:
             row = self._own(session, tenant_id, endpoint_id)
             if changes.get("enabled") and row.paused_by_operator and "paused_by_operator" not in changes:
-                raise PermissionDenied(
-                    "The operator disabled this webhook endpoint; only the operator can enable it again.",
-                    param="enabled",
-                    code="webhook_endpoint_paused",
-                )
+                raise _paused()
             changed = {name: value for name, value in changes.items() if getattr(row, name) != value}
             if changed:
                 for name, value in changed.items():
@@ -175,9 +171,12 @@ class WebhookService:
             return EndpointWithSecret.model_validate({**_fields(row), "signing_secret": secret})
 
     def signing(self, tenant_id: str, endpoint_id: str) -> Signing:
-        """The endpoint's URL and secrets (a test delivery)."""
+        """The endpoint's URL and secrets (a test delivery; none to an endpoint the operator disabled)."""
         with self._db.session() as session:
-            return self.signing_of(self._own(session, tenant_id, endpoint_id))
+            row = self._own(session, tenant_id, endpoint_id)
+            if row.paused_by_operator:
+                raise _paused()
+            return self.signing_of(row)
 
     def signing_of(self, row: WebhookEndpoint) -> Signing:
         sealed = [row.secret]
@@ -199,6 +198,13 @@ class WebhookService:
             keys = (WebhookDelivery.created_at, WebhookDelivery.id)
             rows, more = keyset_page(session, query, keys, cursor, limit, descending=True)
             return DeliveryList.of([_delivery(row) for row in rows], more)
+
+
+def _paused() -> PermissionDenied:
+    return PermissionDenied(
+        "The operator disabled this webhook endpoint; only the operator can enable it again.",
+        code="webhook_endpoint_paused",
+    )
 
 
 def _fields(row: WebhookEndpoint) -> dict[str, Any]:
