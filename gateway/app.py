@@ -136,7 +136,7 @@ def build_webhooks(
         settings.webhook_max_attempts, settings.webhook_retry_base_seconds, settings.webhook_retry_max_seconds
     )
     deliverer = Deliverer(
-        Outbox(database, service, backoff),
+        Outbox(database, service, backoff, settings.webhook_tenant_concurrency),
         destinations,
         draining,
         timeout_seconds=settings.webhook_timeout_seconds,

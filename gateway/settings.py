@@ -223,6 +223,9 @@ class GatewaySettings(SharedSettings):
         default=10, gt=0, le=60, description="A delivery's whole request (connect, send, answer) must end within this."
     )
     webhook_concurrency: int = Field(default=8, ge=1, description="Deliveries one gateway makes at once.")
+    webhook_tenant_concurrency: int = Field(
+        default=4, ge=1, description="Deliveries of one tenant in flight at once, on all gateways together."
+    )
     webhook_lease_seconds: float = Field(
         default=120,
         gt=0,

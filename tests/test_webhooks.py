@@ -57,6 +57,7 @@ FAST_RETRIES: dict[str, Any] = {
     "webhook_max_attempts": 3,
     "webhook_timeout_seconds": 2,
     "webhook_max_endpoints": 3,
+    "webhook_tenant_concurrency": 2,
 }
 EQUALS_YES = {
     "type": "string_check",
@@ -325,6 +326,17 @@ def test_one_try_at_a_time_per_endpoint(gateway: InProcessGateway, receiver: Rec
     got = sorted(receiver.wait(3), key=lambda item: item.at)
     assert all(later.at >= earlier.done for earlier, later in itertools.pairwise(got))  # never overlapping
     assert len(deliveries(client, endpoint.id, ("delivered",), 3)) == 3
+
+
+def test_a_tenants_tries_in_flight_are_bounded(gateway: InProcessGateway, receiver: Receiver) -> None:
+    _, _, client = gateway.tenant()
+    for name in ("a", "b", "c"):
+        client.webhooks.create(name=name, url=receiver.url, event_types=["batch.completed"])
+    receiver.delay = 0.5
+    submit_batch(client)
+    got = receiver.wait(3)
+    most = max(sum(other.at < item.done and item.at < other.done for other in got) for item in got)
+    assert most == 2  # three endpoints, two tries at once (webhook_tenant_concurrency)
 
 
 def test_a_rotated_secret_signs_with_the_old_one_for_a_day_if_asked(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import aliased
 
 from adapters.leases import Lease
@@ -73,20 +73,27 @@ def purge_deliveries(db: Database, before: datetime) -> int:
 
 
 class Outbox:
-    def __init__(self, db: Database, endpoints: WebhookService, backoff: Backoff) -> None:
+    def __init__(self, db: Database, endpoints: WebhookService, backoff: Backoff, per_tenant: int) -> None:
         self._db = db
         self._endpoints = endpoints
         self._backoff = backoff
+        self._per_tenant = per_tenant
 
     def claim(self, runner_id: str, stale_after: float) -> Claimed | None:
-        """The most overdue due delivery to an endpoint with none in flight (one try per endpoint at a time, so a
-        slow endpoint holds one of a gateway's slots, not all), now ``runner_id``'s; with what to send it with."""
+        """The most overdue due delivery to an endpoint with none in flight, of a tenant with fewer than
+        ``per_tenant`` in flight (on all gateways together: slow endpoints of one tenant hold that many slots, never
+        all of them), now ``runner_id``'s; with what to send it with."""
         now = utcnow()
         with self._db.session() as session:
             stale_before = now - timedelta(seconds=stale_after)
             in_flight = aliased(WebhookDelivery)
-            busy = select(in_flight.endpoint_id).where(
-                in_flight.runner_id.is_not(None), in_flight.heartbeat_at >= stale_before
+            flying = (in_flight.runner_id.is_not(None), in_flight.heartbeat_at >= stale_before)
+            busy = select(in_flight.endpoint_id).where(*flying)
+            full = (
+                select(in_flight.tenant_id)
+                .where(*flying)
+                .group_by(in_flight.tenant_id)
+                .having(func.count() >= self._per_tenant)
             )
             delivery_id = DELIVERY_LEASE.claim(
                 session,
@@ -95,7 +102,11 @@ class Outbox:
                 free=(PENDING,),
                 takeover=(PENDING,),
                 stale_before=stale_before,
-                where=(WebhookDelivery.next_attempt_at <= now, WebhookDelivery.endpoint_id.not_in(busy)),
+                where=(
+                    WebhookDelivery.next_attempt_at <= now,
+                    WebhookDelivery.endpoint_id.not_in(busy),
+                    WebhookDelivery.tenant_id.not_in(full),
+                ),
             )
             if delivery_id is None:
                 return None
