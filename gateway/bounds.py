@@ -34,6 +34,10 @@ BATCH_CUSTOM_ID = 512
 BATCH_LINE_BYTES = 1024 * 1024
 """One line of a batch input file (a request body)."""
 """Names of evals, eval runs and their testing criteria."""
+WEBHOOK_URL = 2048
+"""A webhook endpoint's URL."""
+WEBHOOK_NAME = 256
+"""A webhook endpoint's name."""
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1

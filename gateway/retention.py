@@ -9,6 +9,8 @@ mid-deletion) are swept once they are ten minutes old.
 input items (30 by default, as OpenAI keeps them; a chain continues from what is left of it).
 ``LLMAAS_RETENTION_DAYS_CHAT_COMPLETIONS``: chat completions kept with ``store: true`` this many days ago go (30 by
 default, as OpenAI keeps them).
+``LLMAAS_RETENTION_DAYS_WEBHOOK_DELIVERIES``: webhook deliveries that ended (delivered or failed) this many days ago
+go (30 by default).
 
 A pass deletes rows by their age in batches and then the bytes of what it deleted, so any number of gateways
 may run it at once (a row is deleted once; a second pass finds nothing). Each pass that deleted something
@@ -32,6 +34,7 @@ from gateway.evals.service import FINAL
 from gateway.fine_tuning.files import FileStore
 from gateway.responses.store import purge_responses
 from gateway.stored_completions.store import purge_completions
+from gateway.webhooks.outbox import purge_deliveries
 
 logger = logging.getLogger(__name__)
 _BATCH = 500
@@ -47,6 +50,7 @@ class Retention:
         eval_items_days: float | None,
         responses_days: float | None = None,
         completions_days: float | None = None,
+        webhook_deliveries_days: float | None = None,
     ) -> None:
         self._db = db
         self._files = files
@@ -54,10 +58,11 @@ class Retention:
         self._eval_items_days = eval_items_days
         self._responses_days = responses_days
         self._completions_days = completions_days
+        self._webhook_deliveries_days = webhook_deliveries_days
 
     def purge_once(self, now: datetime | None = None) -> dict[str, int]:
-        """One pass (blocking): how many files, eval items, stored responses and chat completions, and orphaned
-        bytes it deleted."""
+        """One pass (blocking): how many files, eval items, stored responses and chat completions, ended webhook
+        deliveries and orphaned bytes it deleted."""
         now = now or utcnow()
         purged = {"files": 0, "eval_items": 0, "responses": 0, "chat_completions": 0}
         purged["orphaned_files"] = self._files.sweep_orphans()
@@ -69,6 +74,10 @@ class Retention:
             purged["responses"] = self._purge_responses(now - timedelta(days=self._responses_days))
         if self._completions_days is not None:
             purged["chat_completions"] = self._purge_completions(now - timedelta(days=self._completions_days))
+        if self._webhook_deliveries_days is not None:
+            purged["webhook_deliveries"] = purge_deliveries(
+                self._db, now - timedelta(days=self._webhook_deliveries_days)
+            )
         return purged
 
     def _purge_files(self, before: datetime) -> int:

@@ -52,6 +52,8 @@ from gateway.tenancy.service import TenancyService
 from gateway.tenancy.sign_in_throttle import SignInThrottle
 from gateway.tenant_data.erasure import TenantEraser
 from gateway.tenant_data.export import TenantExport
+from gateway.webhooks.delivery import Deliverer
+from gateway.webhooks.service import WebhookService
 from gateway.workers import Workers
 
 T = TypeVar("T")
@@ -86,6 +88,8 @@ class AppState:
     scheduler: Scheduler
     idempotency: IdempotencyStore
     completions: CompletionStore
+    webhooks: WebhookService
+    webhook_delivery: Deliverer
 
 
 def state_of(app: FastAPI) -> AppState:
@@ -129,6 +133,8 @@ AuditLogDep = Annotated[AuditLog, _part(lambda state: state.audit_log)]
 ResponsesDep = Annotated[ResponseStore, _part(lambda state: state.responses)]
 BatchesDep = Annotated[BatchService, _part(lambda state: state.batches)]
 CompletionsDep = Annotated[CompletionStore, _part(lambda state: state.completions)]
+WebhooksDep = Annotated[WebhookService, _part(lambda state: state.webhooks)]
+WebhookDeliveryDep = Annotated[Deliverer, _part(lambda state: state.webhook_delivery)]
 
 
 # -- who the request acts for (the edge's authentication found it: ``gateway.edge.authentication``) -----------

@@ -20,6 +20,8 @@ from gateway.db.schema import (
     Tenant,
     UsageDaily,
     UsageRecord,
+    WebhookDelivery,
+    WebhookEndpoint,
 )
 
 __all__ = [
@@ -41,5 +43,7 @@ __all__ = [
     "Tenant",
     "UsageDaily",
     "UsageRecord",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "affected_rows",
 ]

@@ -376,3 +376,58 @@ class StoredCompletion(Base):
     user_metadata: Mapped[dict[str, str] | None] = mapped_column(JSON)
     bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class WebhookEndpoint(Base):
+    """A tenant's webhook endpoint (``/v1/webhook_endpoints``): where its events are POSTed, which ones, and the
+    secret they are signed with, encrypted (``gateway.webhooks.secrets``); after a rotation that keeps the old
+    secret, that one too until ``previous_secret_expires_at``."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_webhook_endpoints_tenant_created", "tenant_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    name: Mapped[str] = mapped_column(String(bounds.WEBHOOK_NAME))
+    url: Mapped[str] = mapped_column(String(bounds.WEBHOOK_URL))
+    event_types: Mapped[list[str]] = mapped_column(JSON)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    paused_by_operator: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Disabled by the operator: only the operator enables it again."""
+    secret: Mapped[str] = mapped_column(String(256))
+    secret_hint: Mapped[str] = mapped_column(String(32))
+    previous_secret: Mapped[str | None] = mapped_column(String(256))
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: the outbox row written in the transaction that ended the job, run or batch, the
+    exact body that is signed and sent, and its deliveries so far. Leased by the gateway delivering it
+    (``runner_id``, ``heartbeat_at``), due at ``next_attempt_at``; ``pending`` until ``delivered`` or ``failed``."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at"),
+        Index("ix_webhook_deliveries_tenant", "tenant_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(40))
+    """The event's id (``evt_...``): its ``webhook-id`` on every try, and the same for every endpoint."""
+    endpoint_id: Mapped[str] = mapped_column(String(40))
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(String(4096))
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    response_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    runner_id: Mapped[str | None] = mapped_column(String(64))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)

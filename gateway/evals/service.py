@@ -31,6 +31,7 @@ from gateway.evals.schemas import (
 from gateway.evals.stored import STORED_ITEM_SCHEMA
 from gateway.tenancy.keys import new_id
 from gateway.tenancy.service import lock_live_tenant
+from gateway.webhooks.events import eval_run_ended
 
 __all__ = ["FINAL", "EvalService"]
 
@@ -191,13 +192,14 @@ class EvalService:
             run = self._own_run(session, tenant_id, eval_id, run_id)
             if run.status in FINAL:
                 raise InvalidRequestError(f"The run has already {run.status}.", param="run_id")
-            RUN_LEASE.move(
+            if RUN_LEASE.move(
                 session,
                 run_id,
                 expected=(RunStatus.QUEUED, RunStatus.IN_PROGRESS),
                 status=RunStatus.CANCELED,
                 finished_at=utcnow(),
-            )
+            ):
+                eval_run_ended(session, tenant_id, run_id, RunStatus.CANCELED)
             session.refresh(run)
             return self._run_object(session, run)
 

@@ -8,7 +8,9 @@ They answer after authentication (the middleware order in ``gateway.app``): a re
 401 on any ``/v1`` or ``/admin`` path, served or not, and so learns nothing of which exist.
 
 The top layer: routes take the domains' services through the typed dependencies of ``gateway.state`` and own
-only HTTP (parsing, status codes, response shapes); the domains below never import a route or the state."""
+only HTTP (parsing, status codes, response shapes); the domains below never import a route or the state.
+
+``webhooks`` serves the tenants' webhook endpoints under ``/v1`` and the operator's view of them under ``/admin/v1``."""
 
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from gateway.routes import (
     responses,
     stored_completions,
     usage,
+    webhooks,
 )
 
 
@@ -51,10 +54,11 @@ def install_routes(app: FastAPI) -> None:
         evals,
         batches,
         usage,
+        webhooks,
     )
     for module in tenants_api:
         app.include_router(module.router, responses=ERROR_RESPONSES)
-    for router in (admin.router, usage.admin_router):  # the operator's
+    for router in (admin.router, usage.admin_router, webhooks.admin_router):  # the operator's
         app.include_router(router, responses=ERROR_RESPONSES)
     app.include_router(ops.router)
     app.include_router(console.router)

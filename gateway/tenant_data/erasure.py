@@ -2,9 +2,10 @@
 
 One transaction removes every row the tenant owns (files, fine-tuning jobs with their events and checkpoints,
 adapters, evals with their runs and items, batches with their requests, stored responses with their input items,
-stored chat completions, idempotency keys with their answers, console sessions, keys, the tenant) and appends the
-audit entry; an unfinished fine-tuning job is first cancelled and charged for what it trained (its worker notices
-within seconds, stops, and registers nothing). Once committed, the bytes go: uploaded files and every job's dir in
+stored chat completions, idempotency keys with their answers, webhook endpoints with their deliveries (events not
+sent yet are not sent), console sessions, keys, the tenant) and appends the audit entry; an unfinished fine-tuning
+job is first cancelled and charged for what it trained (its worker notices within seconds, stops, and registers
+nothing). Once committed, the bytes go: uploaded files and every job's dir in
 the adapter store. The caller then unloads the adapters from the engines (every replica).
 
 What stays, for accounting, holds no content: usage records, the daily usage sums and the audit log, keyed by
@@ -32,6 +33,7 @@ from gateway.responses.store import erase_tenant_responses
 from gateway.stored_completions.store import erase_tenant_completions
 from gateway.tenancy.service import TenancyService
 from gateway.tenancy.sessions import end_sessions
+from gateway.webhooks.service import erase_tenant_webhooks
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class TenantEraser:
             counts = _delete_rows(session, tenant_id)
             counts["responses"] = erase_tenant_responses(session, tenant_id)
             counts["chat_completions"] = erase_tenant_completions(session, tenant_id)
+            counts["webhook_endpoints"] = erase_tenant_webhooks(session, tenant_id)
             erase_tenant_keys(session, tenant_id)
             counts |= {"files": len(file_ids), "fine_tuning_jobs": len(job_ids), "adapters": len(adapters)}
             session.execute(delete(Tenant).where(Tenant.id == tenant_id))

@@ -5,7 +5,8 @@ file's bytes under ``files/<id>``; ``fine_tuning/{jobs,events,checkpoints}.jsonl
 trained adapter's dir (with its checkpoints) under ``adapters/<job id>/``; ``evals/{evals,runs,items}.jsonl``;
 ``batches/{batches,requests}.jsonl``; ``responses/{responses,input_items}.jsonl`` (stored responses of
 ``/v1/responses``); ``chat_completions.jsonl`` (completions stored with ``store: true``);
-``usage/{records,daily}.jsonl``. Each ``.jsonl`` line is one database row.
+``webhooks/{endpoints,deliveries}.jsonl`` (no secret); ``usage/{records,daily}.jsonl``. Each ``.jsonl``
+line is one database row.
 
 It is written by a worker thread in bounded memory: rows are read in batches into temp files that spill to
 disk past a few MiB, file bytes stream from disk, and the compressed archive goes to the client through a short
@@ -50,12 +51,13 @@ from gateway.db import (
 )
 from gateway.fine_tuning.files import FileStore
 from gateway.tenancy.service import TenancyService, tenant_out
+from gateway.webhooks.service import webhook_tables
 
 _BATCH = 500
 _SPILL_BYTES = 4 * 1024 * 1024
 _CHUNK = 256 * 1024
 _QUEUED_CHUNKS = 16
-_SECRET_COLUMNS = {"key_hash"}
+_SECRET_COLUMNS = {"key_hash", "secret", "previous_secret"}
 
 
 class _Stopped(Exception):
@@ -114,6 +116,7 @@ class TenantExport:
                     .where(ResponseInputItem.response_id.in_(responses))
                     .order_by(ResponseInputItem.id),
                 ),
+                *webhook_tables(tenant_id),
                 (
                     "chat_completions.jsonl",
                     select(StoredCompletion)
