@@ -19,6 +19,7 @@ from engine.settings import EngineSettings
 from gateway.accounting.admission import Admission
 from gateway.accounting.pricing import PriceBook
 from gateway.accounting.usage import UsageReports
+from gateway.aliases.service import AliasService
 from gateway.audit import Actor
 from gateway.audit_log import AuditLog
 from gateway.batches.service import BatchService
@@ -84,6 +85,7 @@ class AppState:
     batches: BatchService
     scheduler: Scheduler
     idempotency: IdempotencyStore
+    aliases: AliasService
 
 
 def state_of(app: FastAPI) -> AppState:
@@ -126,6 +128,7 @@ ExportDep = Annotated[TenantExport, _part(lambda state: state.exports)]
 AuditLogDep = Annotated[AuditLog, _part(lambda state: state.audit_log)]
 ResponsesDep = Annotated[ResponseStore, _part(lambda state: state.responses)]
 BatchesDep = Annotated[BatchService, _part(lambda state: state.batches)]
+AliasesDep = Annotated[AliasService, _part(lambda state: state.aliases)]
 
 
 # -- who the request acts for (the edge's authentication found it: ``gateway.edge.authentication``) -----------

@@ -1,8 +1,9 @@
 """Every HTTP route of the gateway: the tenants' OpenAI API under ``/v1`` (``models``, ``chat``, ``completions``,
-``embeddings``, ``responses``, ``files``, ``fine_tuning``, ``evals``, ``batches``, ``usage``), the operator's under
-``/admin/v1`` (``admin``, ``usage``), ``ops`` (health, readiness, metrics) and the web ``console``; and the answer
-to a path no route has (404 ``unknown_url``, "Invalid URL (POST /v1/foo): this server does not serve it.") or a
-method a path's route does not take (405 ``method_not_allowed`` naming the methods it does), in OpenAI's error shape.
+``embeddings``, ``responses``, ``files``, ``fine_tuning``, ``evals``, ``batches``, ``usage``, ``aliases``), the
+operator's under ``/admin/v1`` (``admin``, ``usage``, ``aliases``), ``ops`` (health, readiness, metrics) and the
+web ``console``; and the answer to a path no route has (404 ``unknown_url``, "Invalid URL (POST /v1/foo): this
+server does not serve it.") or a method a path's route does not take (405 ``method_not_allowed`` naming the
+methods it does), in OpenAI's error shape.
 They answer after authentication (the middleware order in ``gateway.app``): a request without a valid key gets
 401 on any ``/v1`` or ``/admin`` path, served or not, and so learns nothing of which exist.
 
@@ -20,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.errors import ERROR_RESPONSES, MethodNotAllowed, UnknownURL
 from gateway.routes import (
     admin,
+    aliases,
     batches,
     chat,
     completions,
@@ -37,10 +39,10 @@ from gateway.routes import (
 
 def install_routes(app: FastAPI) -> None:
     """Every router; the APIs' (tenants' and operator's) document the OpenAI error body of their 4xx and 5xx."""
-    tenants_api = (models, chat, completions, embeddings, responses, files, fine_tuning, evals, batches, usage)
+    tenants_api = (models, chat, completions, embeddings, responses, files, fine_tuning, evals, batches, usage, aliases)
     for module in tenants_api:
         app.include_router(module.router, responses=ERROR_RESPONSES)
-    for router in (admin.router, usage.admin_router):  # the operator's
+    for router in (admin.router, usage.admin_router, aliases.admin_router):  # the operator's
         app.include_router(router, responses=ERROR_RESPONSES)
     app.include_router(ops.router)
     app.include_router(console.router)

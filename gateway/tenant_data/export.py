@@ -5,6 +5,7 @@ uploaded file's bytes under ``files/<id>``; ``fine_tuning/{jobs,events,checkpoin
 and each trained adapter's dir (with its checkpoints) under ``adapters/<job id>/``;
 ``evals/{evals,runs,items}.jsonl``; ``batches/{batches,requests}.jsonl``; ``responses/{responses,input_items}.jsonl``
 (stored responses of ``/v1/responses``); ``usage/{records,daily}.jsonl``. Each ``.jsonl`` line is one database row.
+Model aliases and their versions: ``aliases/{aliases,versions}.jsonl``.
 
 It is written by a worker thread in bounded memory: rows are read in batches into temp files that spill to
 disk past a few MiB, file bytes stream from disk, and the compressed archive goes to the client through a short
@@ -40,6 +41,8 @@ from gateway.db import (
     EvalRun,
     EvalRunItem,
     File,
+    ModelAlias,
+    ModelAliasVersion,
     ResponseInputItem,
     StoredResponse,
     Tenant,
@@ -111,6 +114,13 @@ class TenantExport:
                     select(ResponseInputItem)
                     .where(ResponseInputItem.response_id.in_(responses))
                     .order_by(ResponseInputItem.id),
+                ),
+                ("aliases/aliases.jsonl", select(ModelAlias).where(ModelAlias.tenant_id == tenant_id)),
+                (
+                    "aliases/versions.jsonl",
+                    select(ModelAliasVersion)
+                    .where(ModelAliasVersion.tenant_id == tenant_id)
+                    .order_by(ModelAliasVersion.id),
                 ),
                 (
                     "usage/records.jsonl",
