@@ -6,23 +6,31 @@ erasure and export with the tenant. The fake engine serves where the answers' te
 
 from __future__ import annotations
 
+import io
+import json
+import tarfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
+from playwright.sync_api import Browser
 from sqlalchemy import create_engine, text
 
 from gateway.tenancy.models import KeyCreate, TenantCreate
-from tests.support import ADMIN, MODEL
+from tests.support import ADMIN, ADMIN_KEY, MODEL
+from tests.support.console import signed_in
+from tests.support.databases import fresh_postgres_database
 from tests.support.evals import ITEMS, completions_source, finished, make_eval
+from tests.support.gateway_process import GatewayProcess, fake_gateway
 from tests.support.in_process import InProcessGateway
-from tests.support.tenants import register_adapter
+from tests.support.tenants import admin_client, create_tenant, openai_client, register_adapter, tenant_key
 
 CHAT = [{"role": "user", "content": "hi"}]
 
@@ -358,3 +366,160 @@ def test_a_gated_promotion_needs_the_targets_latest_completed_run_to_score(
         assert _error(wrong, 404)["param"] == "gate.eval_id"
     too_high = api.post("/v1/aliases/prod", json={"model": candidate, "gate": {"eval_id": eval_id, "min_score": 2}})
     assert _error(too_high, 400)["param"].startswith("gate")
+
+
+def test_a_tenants_aliases_are_exported_and_erased_with_it(gateway: InProcessGateway, tmp_path: Path) -> None:
+    tenant_id, name, _ = _tenant(gateway)
+    admin = _Api(gateway, ADMIN)
+    assert admin.post(f"/admin/v1/tenants/{name}/aliases", json={"name": "prod", "model": MODEL}).status_code == 201
+    assert admin.post(f"/admin/v1/tenants/{name}/aliases/prod", json={"model": MODEL}).status_code == 200
+
+    export = admin.get(f"/admin/v1/tenants/{name}/export")
+    assert export.status_code == 200, export.text
+    with tarfile.open(fileobj=io.BytesIO(export.content), mode="r:gz") as archive:
+
+        def rows(member: str) -> list[dict[str, Any]]:
+            data = archive.extractfile(member)
+            assert data is not None
+            return [json.loads(line) for line in data.read().splitlines()]
+
+        aliases, versions = rows("aliases/aliases.jsonl"), rows("aliases/versions.jsonl")
+    assert [(a["name"], a["version"], a["tenant_id"]) for a in aliases] == [("prod", 2, tenant_id)]
+    assert [(v["version"], v["action"]) for v in versions] == [(1, "create"), (2, "move")]
+
+    erased = admin.delete(f"/admin/v1/tenants/{name}")
+    assert erased.status_code == 200, erased.text
+    assert erased.json()["removed"]["aliases"] == 1
+    engine = create_engine(f"sqlite:///{tmp_path / 'llmaas.db'}")
+    try:
+        with engine.connect() as conn:
+            for table in ("model_aliases", "model_alias_versions"):
+                query = text(f"SELECT count(*) FROM {table} WHERE tenant_id = :t")
+                assert conn.execute(query, {"t": tenant_id}).scalar() == 0
+    finally:
+        engine.dispose()
+
+
+@dataclass
+class Pair:
+    """Two gateway processes on one PostgreSQL (and one data dir, where adapters are stored)."""
+
+    data_dir: Path
+    database_url: str
+    first: GatewayProcess
+    second: GatewayProcess
+
+    def adapter(self, tenant_id: str) -> str:
+        """A fine-tuned model of the tenant, registered in the pair's database."""
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("LLMAAS_DATABASE_URL", self.database_url)
+            return register_adapter(self.data_dir, tenant_id)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    data_dir = tmp_path_factory.mktemp("aliases-pair")
+    with (
+        fresh_postgres_database("llmaas_aliases") as url,
+        fake_gateway(data_dir, log=data_dir / "a.log", database_url=url) as first,
+        fake_gateway(data_dir, log=data_dir / "b.log", database_url=url) as second,
+    ):
+        yield Pair(data_dir, url, first, second)
+
+
+def test_a_move_holds_on_a_second_gateway_within_seconds(pair: Pair) -> None:
+    """A move made through one gateway is in force on the other within its alias cache's TTL (2 s by default),
+    with no restart and no call to it."""
+    tenant_id, key = tenant_key(pair.first.base)
+    old, new = pair.adapter(tenant_id), pair.adapter(tenant_id)
+    second = openai_client(pair.second.base, key)
+
+    def answered() -> str:
+        return second.chat.completions.create(model="prod", messages=CHAT, max_tokens=2).model  # type: ignore[arg-type]
+
+    with admin_client(pair.first.base) as admin:
+        base = f"/admin/v1/tenants/{tenant_id}/aliases"
+        assert admin.post(base, json={"name": "prod", "model": old}).status_code == 201
+        assert answered() == old  # read by the second gateway now: cached there from here on
+        assert admin.post(f"{base}/prod", json={"model": new}).status_code == 200
+        moved_at = time.monotonic()
+        while answered() != new:
+            assert time.monotonic() - moved_at < 10, "the second gateway never saw the move"
+            time.sleep(0.05)
+        seen_after = time.monotonic() - moved_at
+        assert seen_after < 2 + 2, seen_after  # the TTL, and slack for a loaded machine
+        assert {answered() for _ in range(5)} == {new}
+        assert admin.post(f"{base}/prod/rollback").status_code == 200
+        rolled_at = time.monotonic()
+        while answered() != old:
+            assert time.monotonic() - rolled_at < 10, "the second gateway never saw the rollback"
+            time.sleep(0.05)
+
+
+def test_the_console_shows_aliases_their_targets_and_history(pair: Pair, browser: Browser) -> None:
+    tenant_id, key = tenant_key(pair.first.base)
+    model = pair.adapter(tenant_id)
+    with admin_client(pair.first.base) as admin:
+        base = f"/admin/v1/tenants/{tenant_id}/aliases"
+        assert admin.post(base, json={"name": "prod", "model": MODEL}).status_code == 201
+        split = [{"model": MODEL, "weight": 80}, {"model": model, "weight": 20}]
+        assert admin.post(f"{base}/prod", json={"targets": split}).status_code == 200
+
+    page = signed_in(browser, pair.second.base, key)
+    page.goto(f"{pair.second.base}/console/aliases")
+    page.wait_for_selector("body[data-history-shown='prod']")
+    row = page.locator("#aliases tr[data-alias='prod']").inner_text()
+    assert f"{MODEL} 80 %" in row and f"{model} 20 %" in row
+    history = page.locator("#history tbody").inner_text()
+    assert "move" in history and "create" in history and "operator" in history
+    page.close()
+
+    page = signed_in(browser, pair.second.base, ADMIN_KEY)
+    page.goto(f"{pair.second.base}/console/admin/aliases")
+    page.select_option("#alias-tenant", tenant_id)
+    page.locator("#aliases tr[data-alias='prod']", has_text=f"{model} 20 %").wait_for()  # this tenant's, not another's
+    page.close()
+
+
+def test_the_real_model_answers_an_alias_and_the_ledger_names_the_concrete_model(
+    server: str, admin: httpx.Client
+) -> None:
+    tenant, key = create_tenant(admin, "aliases", key={"key_manager": True})
+    client = openai_client(server, key)
+    aliases = f"/admin/v1/tenants/{tenant['id']}/aliases"
+    assert admin.post(aliases, json={"name": "assistant", "model": MODEL}).status_code == 201
+    embedder = "all-minilm-l6-v2"
+    assert admin.post(aliases, json={"name": "vectors", "model": embedder}).status_code == 201
+    mixed = admin.post(
+        aliases, json={"name": "mixed", "targets": [{"model": MODEL, "weight": 50}, {"model": embedder, "weight": 50}]}
+    )
+    assert mixed.status_code == 400 and "all generate text or all create embeddings" in mixed.json()["error"]["message"]
+
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    by_alias = client.chat.completions.create(model="assistant", messages=question, max_tokens=8, temperature=0)  # type: ignore[arg-type]
+    by_name = client.chat.completions.create(model=MODEL, messages=question, max_tokens=8, temperature=0)  # type: ignore[arg-type]
+    assert by_alias.model == MODEL
+    assert by_alias.choices[0].message.content == by_name.choices[0].message.content
+    chunks = list(
+        client.chat.completions.create(model="assistant", messages=question, max_tokens=4, stream=True)  # type: ignore[arg-type]
+    )
+    assert {chunk.model for chunk in chunks} == {MODEL}
+    completion = client.completions.create(model="assistant", prompt="The capital of France is", max_tokens=2)
+    assert completion.model == MODEL
+    vectors = client.embeddings.create(model="vectors", input="hello")
+    direct = client.embeddings.create(model=embedder, input="hello")
+    assert vectors.model == embedder and vectors.data[0].embedding == direct.data[0].embedding
+    response = client.responses.create(model="assistant", input="Hi", max_output_tokens=16)
+    assert response.model == MODEL
+    with pytest.raises(openai.BadRequestError):  # the alias does what its target does
+        client.embeddings.create(model="assistant", input="hello")
+
+    # The ledger: every request under the concrete model's name, none under an alias's.
+    deadline = time.monotonic() + 30
+    while True:
+        usage = client.get("/usage", cast_to=object, options={"params": {"group_by": "model"}})
+        models = {row["model"]: row["requests"] for row in usage["data"]}  # type: ignore[index]
+        if sum(models.values()) >= 7 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert models == {MODEL: 5, embedder: 2}, models
