@@ -162,11 +162,17 @@ def test_create_move_split_roll_back_and_delete_through_the_tenant_api(
     assert api.get("/v1/aliases").json()["data"][0]["version"] == 5
     assert api.get("/v1/aliases/prod").json()["targets"] == [{"model": first, "weight": 100}]
 
+    # A model an alias points at cannot be deleted: every client of the alias would break.
+    in_use = _error(api.delete(f"/v1/models/{first}"), 409)
+    assert (in_use["code"], in_use["param"]) == ("model_in_use", "model") and "prod" in in_use["message"]
+    assert _answered_by(gateway, key, first) == first
+
     deleted = api.delete("/v1/aliases/prod")
     assert deleted.json() == {"id": alias["id"], "object": "model.alias", "name": "prod", "deleted": True}
     assert _error(_chat_model(gateway, key, "prod"), 404)["code"] == "model_not_found"
     assert _error(api.get("/v1/aliases/prod"), 404)["code"] == "alias_not_found"
     assert "prod" not in {model.id for model in client.models.list().data}
+    assert client.models.delete(first).deleted is True  # no alias points at it any more
 
 
 def test_what_an_alias_may_be(gateway: InProcessGateway, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ forgets the tenant's aliases (the other gateways read them anew within their TTL
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 from sqlalchemy import delete, func, select
@@ -386,3 +386,17 @@ def erase_tenant_aliases(session: Session, tenant_id: str) -> int:
         delete(ModelAlias).where(ModelAlias.tenant_id == tenant_id).execution_options(synchronize_session=False)
     )
     return affected_rows(gone)
+
+
+def refuse_aliased(session: Session, tenant_id: str, models: Collection[str]) -> None:
+    """In the caller's transaction (a model's deletion): a 409 if an alias of the tenant points at one of
+    ``models``, naming the aliases (deleting the model would break every client that calls them)."""
+    rows = session.scalars(select(ModelAlias).where(ModelAlias.tenant_id == tenant_id))
+    held = sorted({row.name for row in rows if any(target["model"] in models for target in row.targets)})
+    if held:
+        raise ConflictError(
+            f"The alias(es) {', '.join(held)} point at this model; move or delete them first.",
+            param="model",
+            code="model_in_use",
+            headers=_NO_RETRY,
+        )

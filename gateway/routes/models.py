@@ -1,5 +1,6 @@
 """``GET /v1/models``, ``GET /v1/models/{model}`` and ``DELETE /v1/models/{model}`` (fine-tuned models). The
-tenant's aliases are listed and retrieved as models too, with their ``targets`` (our extension field)."""
+tenant's aliases are listed and retrieved as models too, with their ``targets`` (our extension field); a model an
+alias points at cannot be deleted (409 naming the alias)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from adapters.registry import AdapterRecord
 from gateway import audit, bounds
+from gateway.aliases.service import refuse_aliased
 from gateway.edge.strict_json import StrictJSONRoute
 from gateway.inference.schemas import ModelDeleted, ModelList, ModelOut
 from gateway.state import ActorDep, CatalogDep, RateLimitHeaders, TenantDep
@@ -40,6 +42,7 @@ async def delete_model(model: ModelPath, catalog: CatalogDep, tenant: TenantDep,
 
     def audited(session: Session, deleted: list[AdapterRecord]) -> None:
         names = [record.name for record in deleted]
+        refuse_aliased(session, tenant.tenant_id, names)
         audit.record(session, actor, "model.delete", "model", model, tenant.tenant_id, {"deleted": names})
 
     await catalog.delete(model, tenant.tenant_id, audited)
