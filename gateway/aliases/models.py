@@ -53,7 +53,8 @@ class AliasSetting(BaseModel):
         return self
 
     def chosen(self) -> list[AliasTarget]:
-        return self.targets if self.targets is not None else [AliasTarget(model=self.model or "")]
+        """The targets set: the split, or the one model at weight 100."""
+        return [AliasTarget(model=self.model)] if self.model is not None else list(self.targets or ())
 
     @property
     def gate_given(self) -> bool:
