@@ -529,3 +529,34 @@ def test_the_real_model_answers_an_alias_and_the_ledger_names_the_concrete_model
             break
         time.sleep(0.3)
     assert models == {MODEL: 5, embedder: 2}, models
+
+
+def test_a_batch_naming_an_alias_is_answered_by_its_targets(gateway: InProcessGateway, tmp_path: Path) -> None:
+    tenant_id, name, key = _tenant(gateway)
+    first, second = register_adapter(tmp_path, tenant_id), register_adapter(tmp_path, tenant_id)
+    split = [{"model": first, "weight": 50}, {"model": second, "weight": 50}]
+    admin = _Api(gateway, ADMIN)
+    assert admin.post(f"/admin/v1/tenants/{name}/aliases", json={"name": "prod", "targets": split}).status_code == 201
+    client = openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=gateway.http, max_retries=0)
+    lines = [
+        {
+            "custom_id": f"r{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "prod", "messages": CHAT, "max_tokens": 2},
+        }
+        for i in range(20)
+    ]
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    upload = client.files.create(file=("batch.jsonl", data), purpose="batch")
+    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    deadline = time.monotonic() + 60
+    while (batch := client.batches.retrieve(batch.id)).status not in ("completed", "failed"):
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.2)
+    assert batch.status == "completed" and batch.output_file_id is not None, batch
+    output = [json.loads(line) for line in client.files.content(batch.output_file_id).text.splitlines()]
+    answered = Counter(line["response"]["body"]["model"] for line in output)
+    assert set(answered) == {first, second} and sum(answered.values()) == 20  # both, per request (2 in 10^6 to fail)
+    ledger = _usage_models(f"sqlite:///{tmp_path / 'llmaas.db'}", tenant_id, 20)
+    assert ledger == answered
