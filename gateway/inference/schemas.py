@@ -19,7 +19,7 @@ class AliasTarget(BaseModel):
     """One model a tenant's alias may pick, and its share of the alias's requests in percent."""
 
     model_config = ConfigDict(extra="forbid")
-    model: str = Field(max_length=bounds.MODEL)
+    model: str = Field(min_length=1, max_length=bounds.MODEL)
     weight: int = Field(default=100, ge=1, le=100)
 
 
