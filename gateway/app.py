@@ -36,6 +36,7 @@ from gateway.accounting.records import UsageLedger
 from gateway.accounting.tasks import SettlementTasks
 from gateway.accounting.training_billing import TrainingBilling, job_charger
 from gateway.accounting.usage import UsageReports
+from gateway.aliases.service import AliasService
 from gateway.audit_log import AuditLog
 from gateway.batches.queue import BatchQueue
 from gateway.batches.runner import BatchRunner, ServingParts
@@ -52,6 +53,7 @@ from gateway.evals.runner import EvalRunner
 from gateway.evals.service import EvalService
 from gateway.fine_tuning.files import FileStore
 from gateway.idempotency import IdempotencyStore
+from gateway.inference.aliases import AliasBook
 from gateway.inference.catalog import ModelCatalog
 from gateway.inference.grammar_pool import GrammarPool
 from gateway.inference.runs import RequestCaps
@@ -253,7 +255,8 @@ def create_app(
             evals = EvalService(database)
             workers = Workers(settings.tenant_work_processes)
             stack.callback(workers.close)
-            catalog = ModelCatalog(backend, registry)
+            alias_book = AliasBook(database, settings.alias_cache_ttl_seconds)
+            catalog = ModelCatalog(backend, registry, alias_book)
             caps = RequestCaps.from_settings(settings, catalog.longest_context(engine_settings.max_model_len))
             metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
             authenticator = Authenticator(key_cache, admin_key, metrics_token, tenancy.identity_of_key)
@@ -303,6 +306,7 @@ def create_app(
                 completions=CompletionStore(database, files, settings.default_max_storage_bytes),
                 webhooks=webhooks,
                 webhook_delivery=deliverer,
+                aliases=AliasService(database, catalog, alias_book),
             )
             stack.push_async_callback(_cancel, asyncio.create_task(deliverer.run_forever()))
             queue = RunQueue(database)

@@ -50,6 +50,12 @@ class GatewaySettings(SharedSettings):
     key_cache_ttl_seconds: float = Field(
         default=5.0, ge=0, le=5, description="How long a key lookup is cached; revocation elsewhere takes this long."
     )
+    alias_cache_ttl_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        le=10,
+        description="How long a gateway keeps a tenant's aliases; a move elsewhere takes this long.",
+    )
     embedded_worker: bool = Field(default=True, description="`llmaas serve` also runs a fine-tuning worker.")
     training_threads: int | None = Field(
         default=None, ge=1, description="Threads a fine-tuning worker trains with; unset: every core."

@@ -19,6 +19,7 @@ from engine.settings import EngineSettings
 from gateway.accounting.admission import Admission
 from gateway.accounting.pricing import PriceBook
 from gateway.accounting.usage import UsageReports
+from gateway.aliases.service import AliasService
 from gateway.audit import Actor
 from gateway.audit_log import AuditLog
 from gateway.batches.service import BatchService
@@ -90,6 +91,7 @@ class AppState:
     completions: CompletionStore
     webhooks: WebhookService
     webhook_delivery: Deliverer
+    aliases: AliasService
 
 
 def state_of(app: FastAPI) -> AppState:
@@ -135,6 +137,7 @@ BatchesDep = Annotated[BatchService, _part(lambda state: state.batches)]
 CompletionsDep = Annotated[CompletionStore, _part(lambda state: state.completions)]
 WebhooksDep = Annotated[WebhookService, _part(lambda state: state.webhooks)]
 WebhookDeliveryDep = Annotated[Deliverer, _part(lambda state: state.webhook_delivery)]
+AliasesDep = Annotated[AliasService, _part(lambda state: state.aliases)]
 
 
 # -- who the request acts for (the edge's authentication found it: ``gateway.edge.authentication``) -----------

@@ -290,7 +290,7 @@ async def test_deleting_a_model_or_a_checkpoint_removes_its_weights(stores: Stor
     acme = stores.tenancy.create_tenant(TenantCreate(name="acme")).id
     job_id, name = stores.trained_model(acme)
     nothing_served = SimpleNamespace(models=dict)  # the base model is not even served right now
-    catalog = ModelCatalog(nothing_served, stores.registry)  # type: ignore[arg-type]
+    catalog = ModelCatalog(nothing_served, stores.registry, aliases=None)  # type: ignore[arg-type]
     audited: list[str] = []
     await catalog.delete(checkpoint_name(name, 1), acme, lambda session, records: audited.append(records[0].name))
     assert audited == [checkpoint_name(name, 1)]

@@ -402,6 +402,24 @@ class WebhookEndpoint(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime)
 
 
+class ModelAlias(Base):
+    """A tenant's model alias: a name its clients call that stands for one of its models or a weighted split of
+    two (``targets``: ``[{"model", "weight"}]``, weights summing to 100), with an optional standing eval ``gate``
+    every move must pass (``gateway.aliases``). ``version`` is the history row now in force."""
+
+    __tablename__ = "model_aliases"
+    __table_args__ = (Index("ux_model_aliases_tenant_name", "tenant_id", "name", unique=True),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    name: Mapped[str] = mapped_column(String(bounds.ALIAS_NAME))
+    targets: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    gate: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
 class WebhookDelivery(Base):
     """One event for one endpoint: the outbox row written in the transaction that ended the job, run or batch, the
     exact body that is signed and sent, and its deliveries so far. Leased by the gateway delivering it
@@ -431,3 +449,22 @@ class WebhookDelivery(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     runner_id: Mapped[str | None] = mapped_column(String(64))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class ModelAliasVersion(Base):
+    """One setting of an alias (its creation, a move or a rollback), numbered from 1 per alias. ``restores`` is
+    the version a rollback of this one goes back to (the one in force before it, less what was rolled back)."""
+
+    __tablename__ = "model_alias_versions"
+    __table_args__ = (Index("ux_model_alias_versions_alias_version", "alias_id", "version", unique=True),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    alias_id: Mapped[str] = mapped_column(String(40))
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    version: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(16))
+    """``create``, ``move`` or ``rollback``."""
+    targets: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    restores: Mapped[int | None] = mapped_column(Integer)
+    actor: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime)

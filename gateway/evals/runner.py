@@ -286,7 +286,7 @@ class EvalRunner:
                 "input": messages,
                 "output": [{"role": "assistant", "content": choices[0].text}],
                 "finish_reason": choices[0].finish_reason,
-                "model": run.model,
+                "model": served.id,
                 "usage": {
                     "prompt_tokens": usage.prompt_tokens,
                     "completion_tokens": usage.completion_tokens,

@@ -8,6 +8,8 @@ job is first cancelled and charged for what it trained (its worker notices withi
 nothing). Once committed, the bytes go: uploaded files and every job's dir in
 the adapter store. The caller then unloads the adapters from the engines (every replica).
 
+Model aliases go with their versions in the same transaction.
+
 What stays, for accounting, holds no content: usage records, the daily usage sums and the audit log, keyed by
 the tenant's id."""
 
@@ -25,6 +27,7 @@ from adapters.store import FineTuningJob, JobCheckpoint, JobEvent
 from gateway import audit
 from gateway.accounting.pricing import PriceBook
 from gateway.accounting.training_billing import job_charger
+from gateway.aliases.service import erase_tenant_aliases
 from gateway.clock import utcnow
 from gateway.db import ApiKey, Batch, BatchRequest, ConsoleSession, Database, Eval, EvalRun, EvalRunItem, File, Tenant
 from gateway.fine_tuning.files import FileStore
@@ -74,6 +77,7 @@ class TenantEraser:
             counts["responses"] = erase_tenant_responses(session, tenant_id)
             counts["chat_completions"] = erase_tenant_completions(session, tenant_id)
             counts["webhook_endpoints"] = erase_tenant_webhooks(session, tenant_id)
+            counts["aliases"] = erase_tenant_aliases(session, tenant_id)
             erase_tenant_keys(session, tenant_id)
             counts |= {"files": len(file_ids), "fine_tuning_jobs": len(job_ids), "adapters": len(adapters)}
             session.execute(delete(Tenant).where(Tenant.id == tenant_id))

@@ -5,8 +5,8 @@ file's bytes under ``files/<id>``; ``fine_tuning/{jobs,events,checkpoints}.jsonl
 trained adapter's dir (with its checkpoints) under ``adapters/<job id>/``; ``evals/{evals,runs,items}.jsonl``;
 ``batches/{batches,requests}.jsonl``; ``responses/{responses,input_items}.jsonl`` (stored responses of
 ``/v1/responses``); ``chat_completions.jsonl`` (completions stored with ``store: true``);
-``webhooks/{endpoints,deliveries}.jsonl`` (no secret); ``usage/{records,daily}.jsonl``. Each ``.jsonl``
-line is one database row.
+``webhooks/{endpoints,deliveries}.jsonl`` (no secret); ``aliases/{aliases,versions}.jsonl`` (model aliases and
+their versions); ``usage/{records,daily}.jsonl``. Each ``.jsonl`` line is one database row.
 
 It is written by a worker thread in bounded memory: rows are read in batches into temp files that spill to
 disk past a few MiB, file bytes stream from disk, and the compressed archive goes to the client through a short
@@ -42,6 +42,8 @@ from gateway.db import (
     EvalRun,
     EvalRunItem,
     File,
+    ModelAlias,
+    ModelAliasVersion,
     ResponseInputItem,
     StoredCompletion,
     StoredResponse,
@@ -122,6 +124,13 @@ class TenantExport:
                     select(StoredCompletion)
                     .where(StoredCompletion.tenant_id == tenant_id)
                     .order_by(StoredCompletion.id),
+                ),
+                ("aliases/aliases.jsonl", select(ModelAlias).where(ModelAlias.tenant_id == tenant_id)),
+                (
+                    "aliases/versions.jsonl",
+                    select(ModelAliasVersion)
+                    .where(ModelAliasVersion.tenant_id == tenant_id)
+                    .order_by(ModelAliasVersion.id),
                 ),
                 (
                     "usage/records.jsonl",

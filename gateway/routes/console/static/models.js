@@ -1,4 +1,4 @@
-// The tenant's models (the OpenAI models API): base models, and fine-tuned ones that can be deleted.
+// The tenant's models (the OpenAI models API): base models, fine-tuned ones that can be deleted, and aliases.
 "use strict";
 (function () {
   const api = (path, method = "GET") => llmaas.call("/v1" + path, { method });
@@ -10,7 +10,8 @@
       const row = body.insertRow();
       row.dataset.model = model.id;
       const fineTuned = model.id.startsWith("ft:");
-      for (const text of [model.id, fineTuned ? "fine-tuned" : "base", new Date(model.created * 1000).toISOString().slice(0, 10)]) {
+      const kind = model.targets ? `alias of ${model.targets.map((t) => `${t.model} ${t.weight} %`).join(", ")}` : fineTuned ? "fine-tuned" : "base";
+      for (const text of [model.id, kind, new Date(model.created * 1000).toISOString().slice(0, 10)]) {
         row.insertCell().textContent = text;
       }
       const actions = row.insertCell();
