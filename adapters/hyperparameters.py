@@ -23,13 +23,21 @@ class Hyperparameters:
     n_epochs: int
     batch_size: int
     learning_rate_multiplier: float
+    beta: float | None = None
+    """DPO only: how far from the starting model the preferences may pull the trained one."""
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        if self.beta is None:
+            del values["beta"]
+        return values
 
 
-def choose(n_examples: int, requested: dict[str, Any]) -> Hyperparameters:
-    """The values for a job of ``n_examples`` examples: what was asked, and for each ``"auto"`` the rule."""
+def choose(n_examples: int, requested: dict[str, Any], method: str = "supervised") -> Hyperparameters:
+    """The values for a job of ``n_examples`` examples (pairs, for DPO): what was asked, and for each ``"auto"``
+    the rule."""
+    if method == "dpo":
+        return _choose_dpo(n_examples, requested)
     batch_size = requested.get("batch_size", "auto")
     if batch_size == "auto":
         batch_size = max(1, min(MAX_BATCH, n_examples // 16))
@@ -41,3 +49,26 @@ def choose(n_examples: int, requested: dict[str, Any]) -> Hyperparameters:
         # 15 (a peak rate of 3e-3, falling linearly to 0) at the full batch of 8; smaller batches take smaller steps.
         multiplier = round(15 * math.sqrt(batch_size / MAX_BATCH), 2)
     return Hyperparameters(int(n_epochs), int(batch_size), float(multiplier))
+
+
+DPO_PAIR_PASSES = 400
+"""DPO's auto epochs aim at about this many pairs seen in all (200 pairs: 2 epochs), within 1 to 6 epochs."""
+DPO_MULTIPLIER = 5.0
+"""DPO's auto ``learning_rate_multiplier`` at the full batch of 8 (a peak rate of 1e-3)."""
+DPO_BETA = 0.1
+
+
+def _choose_dpo(n_pairs: int, requested: dict[str, Any]) -> Hyperparameters:
+    batch_size = requested.get("batch_size", "auto")
+    if batch_size == "auto":
+        batch_size = max(1, min(MAX_BATCH, n_pairs // 16))
+    n_epochs = requested.get("n_epochs", "auto")
+    if n_epochs == "auto":
+        n_epochs = max(1, min(6, round(DPO_PAIR_PASSES / max(n_pairs, 1))))
+    multiplier = requested.get("learning_rate_multiplier", "auto")
+    if multiplier == "auto":
+        multiplier = round(DPO_MULTIPLIER * math.sqrt(batch_size / MAX_BATCH), 2)
+    beta = requested.get("beta", "auto")
+    return Hyperparameters(
+        int(n_epochs), int(batch_size), float(multiplier), DPO_BETA if beta == "auto" else float(beta)
+    )
