@@ -286,6 +286,7 @@ DPO_HYPERPARAMETERS = {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier
 @dataclass
 class Trained:
     client: openai.OpenAI
+    tenant: dict[str, Any]
     job: Any
     training_file: str
 
@@ -296,7 +297,7 @@ def upload(client: openai.OpenAI, data: bytes) -> str:
 
 @pytest.fixture(scope="module")
 def trained(server: str, admin: httpx.Client) -> Trained:
-    _, key = create_tenant(admin, "dpo-tuner", model_prices={MODEL: {"input": "1", "output": "2"}})
+    tenant, key = create_tenant(admin, "dpo-tuner", model_prices={MODEL: {"input": "1", "output": "2"}})
     client = openai_client(server, key)
     training_file = upload(client, pairs_jsonl(QUESTIONS))
     job = client.fine_tuning.jobs.create(
@@ -313,7 +314,7 @@ def trained(server: str, admin: httpx.Client) -> Trained:
         assert time.monotonic() < deadline, f"job {job.id} still {job.status}"
         time.sleep(0.5)
     assert job.status == "succeeded", job.error
-    return Trained(client, job, training_file)
+    return Trained(client, tenant, job, training_file)
 
 
 def test_the_dpo_job_object(trained: Trained) -> None:
@@ -322,7 +323,7 @@ def test_the_dpo_job_object(trained: Trained) -> None:
     assert job.method.dpo is not None
     assert job.method.dpo.hyperparameters.model_dump(exclude_none=True) == DPO_HYPERPARAMETERS
     assert job.hyperparameters.n_epochs == 3  # the older top-level shape, as before
-    assert job.fine_tuned_model.startswith(f"ft:{MODEL}:dpo-tuner:brief:")
+    assert job.fine_tuned_model.startswith(f"ft:{MODEL}:{trained.tenant['name']}:brief:")
 
 
 def test_dpo_events_and_checkpoints_carry_the_preference_metrics(trained: Trained) -> None:
