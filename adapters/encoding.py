@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from adapters.datasets import ChatExample, Dataset, Example, Message, PromptCompletionExample
+from adapters.datasets import ChatExample, Dataset, Example, Message, PreferenceExample, PromptCompletionExample
 
 IGNORE_INDEX = -100
 
@@ -58,8 +58,11 @@ def encode_example(tokenizer: Any, example: Example, max_seq_len: int) -> Encode
     """Token ids and labels, truncated to ``max_seq_len``.
 
     Chat: the model's chat template; trained on each assistant message (weight 1) up to and including its
-    end-of-turn token. Prompt/completion: prompt + completion + eos, trained on the completion and the eos.
+    end-of-turn token. Prompt/completion: prompt + completion + eos, trained on the completion and the eos. A
+    preference pair is two examples (``PreferenceExample.pair()``), encoded each on its own.
     """
+    if isinstance(example, PreferenceExample):
+        raise ValueError("a preference pair is encoded as its two conversations, one at a time")
     if isinstance(example, PromptCompletionExample):
         prompt = list(tokenizer(example.prompt, add_special_tokens=True).input_ids) if example.prompt else []
         completion = [*_tokens(tokenizer, example.completion), tokenizer.eos_token_id]

@@ -11,13 +11,16 @@ from adapters.api_objects import Epoch, RowObject
 from adapters.pagination import CursorPage, Page
 
 
-class SupervisedMethod(BaseModel):
+class MethodHyperparameters(BaseModel):
     hyperparameters: dict[str, Any]
 
 
 class JobMethod(BaseModel):
-    type: Literal["supervised"]
-    supervised: SupervisedMethod
+    """OpenAI's ``method``: its type, and under that type's name the hyperparameters as chosen (the other null)."""
+
+    type: Literal["supervised", "dpo"]
+    supervised: MethodHyperparameters | None = None
+    dpo: MethodHyperparameters | None = None
 
 
 class FineTuningJobOut(RowObject):
@@ -43,11 +46,13 @@ class FineTuningJobOut(RowObject):
     estimated_finish: None = None
     integrations: list[Any] = Field(default_factory=list)
     metadata: dict[str, Any] | None = Field(validation_alias="user_metadata")
+    method_type: Literal["supervised", "dpo"] = Field("supervised", validation_alias="method", exclude=True)
 
     @computed_field  # type: ignore[prop-decorator]  # mypy does not know pydantic's decorator on a property
     @property
     def method(self) -> JobMethod:
-        return JobMethod(type="supervised", supervised=SupervisedMethod(hyperparameters=self.hyperparameters))
+        chosen = {k: v for k, v in self.hyperparameters.items() if k != "keep_checkpoint"}
+        return JobMethod.model_validate({"type": self.method_type, self.method_type: {"hyperparameters": chosen}})
 
 
 class JobEventOut(RowObject):

@@ -16,7 +16,7 @@ from adapters.jobs import add_event
 from adapters.leases import compare_and_set
 from adapters.registry import checkpoint_name
 from adapters.store import FineTuningJob, JobCheckpoint, utcnow
-from adapters.training import Checkpoint, StepMetrics, Validation
+from adapters.training import Checkpoint, Scores, StepMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +50,13 @@ class JobProgress:
             "total_steps": metrics.total_steps,
             "epoch": metrics.epoch,
             "train_loss": metrics.train_loss,
-            "train_mean_token_accuracy": metrics.train_mean_token_accuracy,
             **_validation_data(metrics.validation),
         }
+        if metrics.train_mean_token_accuracy is not None:
+            data["train_mean_token_accuracy"] = metrics.train_mean_token_accuracy
         message = f"Step {metrics.step}/{metrics.total_steps}: training loss={metrics.train_loss:.4f}"
         if metrics.validation is not None:
-            message += ", " + _validation_text(metrics.validation)
+            message += ", " + metrics.validation.text()
 
         def write(session: Session) -> None:
             add_event(session, self._job_id, message, type_="metrics", data=data)
@@ -77,25 +78,12 @@ class JobProgress:
         self._write("a checkpoint row", lambda session: session.add(row))
 
 
-def _validation_data(validation: Validation | None) -> dict[str, float]:
-    if validation is None:
-        return {}
-    return {
-        "valid_loss": validation.loss,
-        "valid_mean_token_accuracy": validation.mean_token_accuracy,
-        "valid_exact_match": validation.exact_match,
-    }
-
-
-def _validation_text(validation: Validation) -> str:
-    return (
-        f"validation loss={validation.loss:.4f}, token accuracy={validation.mean_token_accuracy:.3f}, "
-        f"exact match={validation.exact_match:.3f}"
-    )
+def _validation_data(validation: Scores | None) -> dict[str, float]:
+    return validation.data() if validation is not None else {}
 
 
 def metrics_text(checkpoint: Checkpoint) -> str:
     """How a checkpoint did, in words (the event that names the checkpoint a job kept)."""
     if checkpoint.validation is None:
         return f"training loss={checkpoint.train_loss:.4f} (the last; no validation file)"
-    return _validation_text(checkpoint.validation)
+    return checkpoint.validation.text()

@@ -119,7 +119,6 @@ class JobService:
             validation_file=request.validation_file,
             suffix=request.suffix,
             **request.recipe.columns(),
-            method="supervised",
             status=JobStatus.VALIDATING_FILES,
             estimated_tokens=request.estimated_tokens,
             reserved_cost_nanos=request.reserved_cost_nanos,

@@ -1,9 +1,9 @@
 """A fine-tuning job's recipe: everything about a job that decides the adapter it trains, chosen when the job
 is created (every ``"auto"`` already resolved) and read back by the worker in another process.
 
-The recipe travels in the job's row (``hyperparameters``, ``lora`` and ``seed`` columns: their JSON is also what
-the API shows of the job); ``columns`` and ``TrainingRecipe.of`` are the one place it is written and read, and
-reading validates it, so the worker never reads a recipe by string key."""
+The recipe travels in the job's row (``method``, ``hyperparameters``, ``lora`` and ``seed`` columns: their JSON is
+also what the API shows of the job); ``columns`` and ``TrainingRecipe.of`` are the one place it is written and
+read, and reading validates it, so the worker never reads a recipe by string key."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from adapters.trainable import LoraSpec
 __all__ = ["LoraShape", "TrainingRecipe"]
 
 Keep = Literal["best", "last"]
+Method = Literal["supervised", "dpo"]
 
 
 class _Frozen(BaseModel):
@@ -45,11 +46,20 @@ class LoraShape(_Frozen):
 
 
 class TrainingRecipe(_Frozen):
+    method: Method = "supervised"
+    """Supervised fine-tuning on examples, or DPO on preference pairs (``adapters.preference``)."""
     hyperparameters: Hyperparameters
     lora: LoraShape
     keep_checkpoint: Keep = "best"
     """With a validation file, the adapter is the best epoch's checkpoint, or the last one."""
     seed: int
+
+    @property
+    def beta(self) -> float:
+        """DPO's beta (every DPO recipe has one: ``adapters.hyperparameters.choose`` sets it)."""
+        if self.hyperparameters.beta is None:
+            raise ValueError("a DPO recipe without beta")
+        return self.hyperparameters.beta
 
     @property
     def learning_rate(self) -> float:
@@ -61,6 +71,7 @@ class TrainingRecipe(_Frozen):
             "hyperparameters": {**self.hyperparameters.as_dict(), "keep_checkpoint": self.keep_checkpoint},
             "lora": self.lora.column(),
             "seed": self.seed,
+            "method": self.method,
         }
 
     @classmethod
@@ -69,5 +80,11 @@ class TrainingRecipe(_Frozen):
         stored = dict(job.hyperparameters)
         keep = stored.pop("keep_checkpoint", "best")
         return cls.model_validate(
-            {"hyperparameters": stored, "lora": job.lora, "keep_checkpoint": keep, "seed": job.seed}
+            {
+                "method": job.method,
+                "hyperparameters": stored,
+                "lora": job.lora,
+                "keep_checkpoint": keep,
+                "seed": job.seed,
+            }
         )

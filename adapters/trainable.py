@@ -136,7 +136,19 @@ class TrainableModel:
         return cached
 
     # -- loss and answers --------------------------------------------------------------------------------------------
-    def loss(self, batch: Sequence[EncodedExample], prefixes: Sequence[torch.Tensor] | None) -> BatchLoss:
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[None]:
+        """Inside it, forward passes compute the job's starting model (preference training's reference policy) on
+        the same weights, with no second copy of them: for a job from the base model, the adapter is switched off.
+        The prefixes below the LoRA layers are the same for both, so they serve both."""
+        with self.model.disable_adapter():
+            yield
+
+    def _trained_logits(
+        self, batch: Sequence[EncodedExample], prefixes: Sequence[torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The logits at each trained position (fp32), the token trained there, and the (rows, positions) mask of
+        those positions."""
         input_ids, attention_mask, labels = collate(batch, self._pad)
         if prefixes is None:
             with self._compute():
@@ -150,10 +162,20 @@ class TrainableModel:
         trained = targets != IGNORE_INDEX
         with self._compute():
             logits = self._head(hidden[:, :-1][trained]).float()
-        wanted = targets[trained]
+        return logits, targets[trained], trained
+
+    def loss(self, batch: Sequence[EncodedExample], prefixes: Sequence[torch.Tensor] | None) -> BatchLoss:
+        logits, wanted, trained = self._trained_logits(batch, prefixes)
         summed = torch.nn.functional.cross_entropy(logits, wanted, reduction="sum")
         correct = int((logits.argmax(-1) == wanted).sum())
         return BatchLoss(summed, int(trained.sum()), correct)
+
+    def answer_logprobs(self, batch: Sequence[EncodedExample], prefixes: Sequence[torch.Tensor] | None) -> torch.Tensor:
+        """Each example's summed log-probability of its trained tokens, log p(answer | prompt) (differentiable)."""
+        logits, wanted, trained = self._trained_logits(batch, prefixes)
+        per_token = logits.log_softmax(-1).gather(-1, wanted.unsqueeze(-1)).squeeze(-1)
+        rows = trained.nonzero()[:, 0]
+        return torch.zeros(len(batch), dtype=per_token.dtype).index_add(0, rows, per_token)
 
     def answers(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_ids: set[int]) -> list[list[int]]:
         """Greedy continuations of ``prompts`` (the full model, with its KV cache), each up to a stop token."""

@@ -3,7 +3,10 @@
 checkpoint at every epoch end, and with a validation set, each epoch's validation loss, mean token accuracy and
 exact match of the answers the model generates greedily. The final adapter is the best checkpoint by those
 (exact match, then token accuracy, then loss) unless the last is asked for; in peft's format, which vLLM loads
-as a ``LoRARequest``."""
+as a ``LoRARequest``.
+
+The loop itself (``run_epochs``: shuffles, optimizer, schedule, checkpoints, the chosen adapter) is shared with
+preference training (``adapters.preference``), which differs only in its batches' loss and its validation."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, Self
 
 import torch
 
@@ -21,13 +24,17 @@ from adapters.encoding import EncodedExample, encode_dataset
 from adapters.trainable import LoraSpec, TrainableModel
 
 __all__ = [
+    "BatchResult",
     "Checkpoint",
     "LoraSpec",
+    "Scores",
     "StepMetrics",
     "TrainingCancelled",
     "TrainingResult",
     "TrainingSpec",
     "Validation",
+    "open_run",
+    "run_epochs",
     "train_lora",
 ]
 
@@ -56,8 +63,28 @@ class TrainingSpec:
     """Validation examples whose answers are generated for exact match, each epoch."""
 
 
+class Scores(Protocol):
+    """How a checkpoint did on the validation set: what the events and checkpoints show of it, and how the best
+    checkpoint is chosen."""
+
+    @property
+    def loss(self) -> float: ...
+
+    def better_than(self, other: Self) -> bool: ...
+
+    def data(self) -> dict[str, float]:
+        """The metrics by their names in events' ``data`` and checkpoints' ``metrics``."""
+        ...
+
+    def text(self) -> str:
+        """The metrics in words (the event messages)."""
+        ...
+
+
 @dataclass(frozen=True)
 class Validation:
+    """Supervised training's validation scores."""
+
     loss: float
     """Mean cross-entropy per trained token."""
     mean_token_accuracy: float
@@ -72,6 +99,19 @@ class Validation:
             -other.loss,
         )
 
+    def data(self) -> dict[str, float]:
+        return {
+            "valid_loss": self.loss,
+            "valid_mean_token_accuracy": self.mean_token_accuracy,
+            "valid_exact_match": self.exact_match,
+        }
+
+    def text(self) -> str:
+        return (
+            f"validation loss={self.loss:.4f}, token accuracy={self.mean_token_accuracy:.3f}, "
+            f"exact match={self.exact_match:.3f}"
+        )
+
 
 @dataclass(frozen=True)
 class StepMetrics:
@@ -81,8 +121,9 @@ class StepMetrics:
     total_steps: int
     epoch: int
     train_loss: float
-    train_mean_token_accuracy: float
-    validation: Validation | None
+    train_mean_token_accuracy: float | None
+    """Supervised training only."""
+    validation: Scores | None
     trained_tokens: int = 0
     """Tokens trained on so far (what the job is charged if it ends now)."""
 
@@ -98,7 +139,7 @@ class Checkpoint:
     step: int
     path: Path
     train_loss: float
-    validation: Validation | None
+    validation: Scores | None
 
     @property
     def valid_loss(self) -> float | None:
@@ -142,17 +183,24 @@ def _never() -> bool:
     return False
 
 
-def train_lora(
-    spec: TrainingSpec,
-    *,
-    on_metrics: Callable[[StepMetrics], None] = _ignore,
-    on_checkpoint: Callable[[Checkpoint], None] = _ignore,
-    should_stop: Callable[[], bool] = _never,
-) -> TrainingResult:
-    """Trains a LoRA adapter on ``spec.train`` and saves it in ``spec.output_dir/adapter``.
+@dataclass(frozen=True)
+class BatchResult:
+    """One optimizer step's batch, as a training method computed it."""
 
-    Raises :class:`TrainingCancelled` as soon as ``should_stop()`` (asked before every step) returns True.
-    """
+    objective: torch.Tensor | None
+    """What the step minimises (differentiable); None when the batch has nothing to train."""
+    loss: float
+    """The batch's mean loss, as reported."""
+    weight: int
+    """What the batch's loss weighs in its epoch's mean (trained tokens, or pairs)."""
+    tokens: int
+    """Tokens trained (what the job is charged for)."""
+    accuracy: float | None = None
+    """Supervised training's token accuracy."""
+
+
+def open_run(spec: TrainingSpec) -> tuple[Any, int]:
+    """Check ``spec`` and set its threads: the base model's tokenizer and its padding id."""
     from transformers import AutoTokenizer
 
     if not spec.train.examples:
@@ -161,18 +209,27 @@ def train_lora(
         raise ValueError("n_epochs and batch_size must be at least 1")
     if spec.threads:
         torch.set_num_threads(spec.threads)
-
     tokenizer = AutoTokenizer.from_pretrained(str(spec.base_model_dir))
-    train = encode_dataset(tokenizer, spec.train, spec.max_seq_len)
-    valid = encode_dataset(tokenizer, spec.validation, spec.max_seq_len) if spec.validation else []
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    return tokenizer, pad_id
 
-    torch.manual_seed(spec.seed)
-    model = TrainableModel(spec.base_model_dir, spec.lora, pad_id, bf16=spec.bf16)
-    train_prefixes = model.prefixes(train)
-    valid_prefixes = model.prefixes(valid) if valid else None
+
+def run_epochs(
+    spec: TrainingSpec,
+    model: TrainableModel,
+    size: int,
+    train_batch: Callable[[list[int]], BatchResult],
+    validate: Callable[[], Scores] | None,
+    *,
+    on_metrics: Callable[[StepMetrics], None],
+    on_checkpoint: Callable[[Checkpoint], None],
+    should_stop: Callable[[], bool],
+) -> TrainingResult:
+    """The loop every training method shares: ``spec.n_epochs`` seeded shuffles of the ``size`` training items
+    in batches, AdamW on the adapter with the rate falling linearly from ``spec.learning_rate`` to 0, ``validate``
+    at each epoch's last step, a checkpoint per epoch, and the chosen one copied to ``spec.output_dir/adapter``."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=0.0)
-    total_steps = math.ceil(len(train) / spec.batch_size) * spec.n_epochs
+    total_steps = math.ceil(size / spec.batch_size) * spec.n_epochs
     # The rate falls linearly from spec.learning_rate towards 0 over the run: the last epochs settle.
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: 1 - done / total_steps)
     shuffler = torch.Generator().manual_seed(spec.seed)
@@ -181,33 +238,30 @@ def train_lora(
     checkpoints: list[Checkpoint] = []
     for epoch in range(1, spec.n_epochs + 1):
         model.train()
-        order = torch.randperm(len(train), generator=shuffler).tolist()
-        epoch_loss, epoch_tokens = 0.0, 0
+        order = torch.randperm(size, generator=shuffler).tolist()
+        epoch_loss, epoch_weight = 0.0, 0
         for start in range(0, len(order), spec.batch_size):
             if should_stop():
                 raise TrainingCancelled(f"cancelled before step {step + 1} of {total_steps}", trained_tokens)
-            indexes = order[start : start + spec.batch_size]
-            loss = model.loss(
-                [train[i] for i in indexes], [train_prefixes[i] for i in indexes] if train_prefixes else None
-            )
+            batch = train_batch(order[start : start + spec.batch_size])
             optimizer.zero_grad(set_to_none=True)
-            if loss.tokens:
-                torch.autograd.backward(loss.summed / loss.tokens)
+            if batch.objective is not None:
+                torch.autograd.backward(batch.objective)
                 optimizer.step()
             schedule.step()
             step += 1
-            trained_tokens += sum(len(train[i].input_ids) for i in indexes)
-            epoch_loss += float(loss.summed.detach())
-            epoch_tokens += loss.tokens
+            trained_tokens += batch.tokens
+            epoch_loss += batch.loss * batch.weight
+            epoch_weight += batch.weight
             last_of_epoch = start + spec.batch_size >= len(order)
-            validation = validate(model, tokenizer, valid, valid_prefixes, spec) if last_of_epoch and valid else None
+            validation = validate() if last_of_epoch and validate else None
             on_metrics(
                 StepMetrics(
                     step=step,
                     total_steps=total_steps,
                     epoch=epoch,
-                    train_loss=float(loss.summed.detach()) / max(loss.tokens, 1),
-                    train_mean_token_accuracy=loss.correct / max(loss.tokens, 1),
+                    train_loss=batch.loss,
+                    train_mean_token_accuracy=batch.accuracy,
                     validation=validation,
                     trained_tokens=trained_tokens,
                 )
@@ -215,7 +269,7 @@ def train_lora(
         checkpoint = Checkpoint(
             step=step,
             path=spec.output_dir / "checkpoints" / f"step-{step}",
-            train_loss=epoch_loss / max(epoch_tokens, 1),
+            train_loss=epoch_loss / max(epoch_weight, 1),
             validation=validation,
         )
         model.save(checkpoint.path)
@@ -230,6 +284,51 @@ def train_lora(
     shutil.rmtree(adapter_dir, ignore_errors=True)
     staging.rename(adapter_dir)
     return TrainingResult(adapter_dir, trained_tokens, step, chosen, tuple(checkpoints), model.lora_layers)
+
+
+def train_lora(
+    spec: TrainingSpec,
+    *,
+    on_metrics: Callable[[StepMetrics], None] = _ignore,
+    on_checkpoint: Callable[[Checkpoint], None] = _ignore,
+    should_stop: Callable[[], bool] = _never,
+) -> TrainingResult:
+    """Trains a LoRA adapter on ``spec.train`` and saves it in ``spec.output_dir/adapter``.
+
+    Raises :class:`TrainingCancelled` as soon as ``should_stop()`` (asked before every step) returns True.
+    """
+    tokenizer, pad_id = open_run(spec)
+    train = encode_dataset(tokenizer, spec.train, spec.max_seq_len)
+    valid = encode_dataset(tokenizer, spec.validation, spec.max_seq_len) if spec.validation else []
+
+    torch.manual_seed(spec.seed)
+    model = TrainableModel(spec.base_model_dir, spec.lora, pad_id, bf16=spec.bf16)
+    train_prefixes = model.prefixes(train)
+    valid_prefixes = model.prefixes(valid) if valid else None
+
+    def train_batch(indexes: list[int]) -> BatchResult:
+        loss = model.loss([train[i] for i in indexes], [train_prefixes[i] for i in indexes] if train_prefixes else None)
+        return BatchResult(
+            objective=loss.summed / loss.tokens if loss.tokens else None,
+            loss=float(loss.summed.detach()) / max(loss.tokens, 1),
+            weight=loss.tokens,
+            tokens=sum(len(train[i].input_ids) for i in indexes),
+            accuracy=loss.correct / max(loss.tokens, 1),
+        )
+
+    def validation() -> Validation:
+        return validate(model, tokenizer, valid, valid_prefixes, spec)
+
+    return run_epochs(
+        spec,
+        model,
+        len(train),
+        train_batch,
+        validation if valid else None,
+        on_metrics=on_metrics,
+        on_checkpoint=on_checkpoint,
+        should_stop=should_stop,
+    )
 
 
 def _choose(checkpoints: list[Checkpoint], keep: str) -> Checkpoint:

@@ -1,7 +1,8 @@
-"""The fine-tuning worker: claims queued jobs from the database, trains them with ``adapters.training`` in
-this process (never in the gateway's event loop), heartbeats, honours cancellation within seconds, and
-registers the result as a servable adapter. What a job that does not succeed wrote (its adapter, checkpoints) is
-removed: a cancelled job, a failed one, or one whose tenant was deleted while it trained leaves nothing behind.
+"""The fine-tuning worker: claims queued jobs from the database, trains them with ``adapters.training`` (DPO jobs:
+``adapters.preference``) in this process (never in the gateway's event loop), heartbeats, honours cancellation
+within seconds, and registers the result as a servable adapter. What a job that does not succeed wrote (its
+adapter, checkpoints) is removed: a cancelled job, a failed one, or one whose tenant was deleted while it trained
+leaves nothing behind.
 
 Claiming is safe with any number of workers (``adapters.leases``: ``SELECT ... FOR UPDATE SKIP LOCKED`` on
 PostgreSQL, then a compare-and-set ``UPDATE``). What a job trains on is its recipe (``adapters.recipe``); its
@@ -17,6 +18,7 @@ anywhere are logged and retried with backoff; the loop never dies of one."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import socket
@@ -33,6 +35,7 @@ from adapters.datasets import Dataset
 from adapters.job_inputs import FileReader, JobFailed, load_datasets
 from adapters.job_progress import JobProgress, metrics_text
 from adapters.jobs import JOB_LEASE, UNFINISHED, WAITING, OnFinal, add_event, transition
+from adapters.preference import train_dpo
 from adapters.recipe import TrainingRecipe
 from adapters.registry import AdapterRegistry, checkpoint_name, model_name
 from adapters.store import FineTuningJob, JobStatus, utcnow
@@ -304,8 +307,9 @@ class Worker:
         def should_stop() -> bool:
             return cancel.is_set() or self._stop.is_set()
 
+        trainer = functools.partial(train_dpo, beta=recipe.beta) if recipe.method == "dpo" else train_lora
         started = time.perf_counter()
-        result = train_lora(
+        result = trainer(
             spec, on_metrics=progress.on_metrics, on_checkpoint=progress.on_checkpoint, should_stop=should_stop
         )
         logger.info("job %s trained %d tokens in %.1f s", job.id, result.trained_tokens, time.perf_counter() - started)

@@ -1,6 +1,7 @@
 """Does fine-tuning with the defaults give a model that does the task? Through the public API only:
 
     .venv/bin/python bench/fine_tuning_quality.py [--tasks intent,extract,contact] [--seed 0]
+        [--preference-tasks one_word,bullets,capitals]
 
 For each generated task of ``bench/ft_tasks.py`` (a classification, an extraction and a format-following task,
 150 training examples each and 60 test examples from templates no training example uses), against our gateway
@@ -12,8 +13,14 @@ For each generated task of ``bench/ft_tasks.py`` (a classification, an extractio
 3. run the eval on the base model zero-shot, on the base model with five training examples as a few-shot
    prompt, and on the ``ft:`` model.
 
-It prints one table (accuracy per task and model, job time, the hyperparameters "auto" chose, the latency of the
-probe requests during training) with the machine it ran on, and writes ``fine_tuning_quality.json`` and
+Then for each preference task (``PREFERENCE_TASKS``: 200 pairs that prefer a style the base model does not use,
+held-out prompts from templates no pair uses): a supervised job on the preferred answers alone and a DPO job on the
+pairs, both with **no hyperparameters** and timed the same way, and the share of held-out prompts each model (and
+the base) answers greedily in the preferred style.
+
+It prints two tables (accuracy per task and model, job time, the hyperparameters "auto" chose, the latency of the
+probe requests during training; the preferred-style share per preference task and model, each job's time) with
+the machine it ran on, and writes ``fine_tuning_quality.json`` and
 ``fine_tuning_quality.png`` (accuracy per task; training loss curves) to ``--results-dir``.
 """
 
@@ -26,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +42,7 @@ import openai
 from openai.types.fine_tuning import FineTuningJob
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.ft_tasks import TASKS, Example, Task
+from bench.ft_tasks import PREFERENCE_TASKS, TASKS, Example, PreferenceTask, Task
 from bench.loadgen import create_tenant_key, running_gateway
 from bench.machine import describe, machine
 
@@ -139,13 +147,16 @@ def create_eval(client: openai.OpenAI, task: Task, seed: int) -> tuple[list[Exam
 
 
 def fine_tune(
-    client: openai.OpenAI, base: str, key: str, task: Task, train: list[Example], seed: int
+    client: openai.OpenAI, base: str, key: str, training: bytes, suffix: str, seed: int, method: str = "supervised"
 ) -> tuple[FineTuningJob, float, Probe]:
-    """A fine-tuning job on ``train`` with no hyperparameters, run to success: the job, its seconds, the probe."""
-    training_file = client.files.create(file=("train.jsonl", Task.jsonl(train)), purpose="fine-tune")
+    """A ``method`` job on the ``training`` file with no hyperparameters, run to success: the job, its seconds,
+    the probe."""
+    training_file = client.files.create(file=("train.jsonl", training), purpose="fine-tune")
     started = time.perf_counter()
     with Probe(base, key) as probe:
-        job = client.fine_tuning.jobs.create(model=MODEL, training_file=training_file.id, suffix=task.name, seed=seed)
+        job = client.fine_tuning.jobs.create(
+            model=MODEL, training_file=training_file.id, suffix=suffix, seed=seed, method={"type": method}
+        )
         while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
             if time.perf_counter() - started > JOB_TIMEOUT_S:
                 raise TimeoutError(f"job {job.id} still {job.status}")
@@ -157,7 +168,7 @@ def fine_tune(
 
 def bench_task(client: openai.OpenAI, base: str, key: str, task: Task, seed: int) -> dict[str, Any]:
     train, items_file, eval_id = create_eval(client, task, seed)
-    job, job_seconds, probe = fine_tune(client, base, key, task, train, seed)
+    job, job_seconds, probe = fine_tune(client, base, key, Task.jsonl(train), task.name, seed)
     events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
     losses = sorted((e.data["step"], e.data["train_loss"]) for e in events if e.type == "metrics" and e.data)
     shots = train[:FEW_SHOT]
@@ -175,6 +186,41 @@ def bench_task(client: openai.OpenAI, base: str, key: str, task: Task, seed: int
             "base zero-shot": run_eval(client, eval_id, MODEL, items_file, []),
             "base few-shot": run_eval(client, eval_id, MODEL, items_file, shots),
             "fine-tuned": run_eval(client, eval_id, job.fine_tuned_model or "", items_file, []),
+        },
+    }
+
+
+def preferred_share(client: openai.OpenAI, model: str, task: PreferenceTask, prompts: list[str]) -> float:
+    """The share of ``prompts`` that ``model`` answers (greedily) in the task's preferred style."""
+
+    def answer(prompt: str) -> str:
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": prompt}], max_tokens=48, temperature=0
+        )
+        return reply.choices[0].message.content or ""
+
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(answer, prompts))
+    return sum(task.follows(reply) for reply in replies) / len(replies)
+
+
+def bench_preference(client: openai.OpenAI, base: str, key: str, task: PreferenceTask, seed: int) -> dict[str, Any]:
+    pairs, held_out = task.examples(seed=seed)
+    sft, sft_seconds, _ = fine_tune(client, base, key, PreferenceTask.sft_jsonl(pairs), f"{task.name}-sft", seed)
+    dpo, dpo_seconds, probe = fine_tune(client, base, key, PreferenceTask.dpo_jsonl(pairs), task.name, seed, "dpo")
+    return {
+        "task": task.name,
+        "style": task.style,
+        "pairs": len(pairs),
+        "held_out": len(held_out),
+        "sft_seconds": sft_seconds,
+        "dpo_seconds": dpo_seconds,
+        "dpo_hyperparameters": dpo.hyperparameters.model_dump(),
+        "probe_p50_s": statistics.median(probe.latencies) if probe.latencies else None,
+        "preferred": {
+            "base": preferred_share(client, MODEL, task, held_out),
+            "SFT on preferred": preferred_share(client, sft.fine_tuned_model or "", task, held_out),
+            "DPO": preferred_share(client, dpo.fine_tuned_model or "", task, held_out),
         },
     }
 
@@ -210,6 +256,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--preference-tasks", default=",".join(PREFERENCE_TASKS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
@@ -220,6 +267,7 @@ def main() -> int:
     model_dir = prepare_default_model(EngineSettings()).resolve()
     args.results_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    preference_rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="llmaas-quality-") as data_dir:
         settings = {"LLMAAS_MODEL_PATH": str(model_dir), "LLMAAS_DATA_DIR": data_dir, "LLMAAS_ADMIN_KEY": ADMIN_KEY}
         log_path = args.results_dir / "fine_tuning_quality-server.log"
@@ -227,13 +275,44 @@ def main() -> int:
             base = gateway.base_url
             key = create_tenant_key(base, ADMIN_KEY, "quality")
             client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=600)
-            for name in args.tasks.split(","):
+            for name in filter(None, args.tasks.split(",")):
                 rows.append(bench_task(client, base, key, TASKS[name], args.seed))
                 print(f"[{name}] {rows[-1]['accuracy']} in {rows[-1]['job_seconds']:.0f} s", flush=True)
-    result = {"machine": facts, "seed": args.seed, "rows": rows}
+            for name in filter(None, args.preference_tasks.split(",")):
+                preference_rows.append(bench_preference(client, base, key, PREFERENCE_TASKS[name], args.seed))
+                print(f"[{name}] {preference_rows[-1]['preferred']}", flush=True)
+    result = {"machine": facts, "seed": args.seed, "rows": rows, "preference_rows": preference_rows}
     (args.results_dir / "fine_tuning_quality.json").write_text(json.dumps(result, indent=2))
-    plot(rows, args.results_dir / "fine_tuning_quality.png", describe(facts))
-    print(f"\n## Fine-tuning with the defaults ({describe(facts)}; seed {args.seed})\n")
+    if rows:
+        plot(rows, args.results_dir / "fine_tuning_quality.png", describe(facts))
+        print_supervised(rows, facts, args.seed)
+    if preference_rows:
+        print_preference(preference_rows, facts, args.seed)
+    supervised_ok = all(row["accuracy"]["fine-tuned"] >= 0.9 for row in rows)
+    preference_ok = all(
+        row["preferred"]["DPO"] >= max(0.9, row["preferred"]["SFT on preferred"]) for row in preference_rows
+    )
+    return 0 if supervised_ok and preference_ok else 1
+
+
+def print_preference(rows: list[dict[str, Any]], facts: dict[str, Any], seed: int) -> None:
+    print(f"\n## Preference fine-tuning with the defaults ({describe(facts)}; seed {seed})\n")
+    print(
+        "| task | preferred style | base | SFT on preferred (defaults) | **DPO (defaults)** | SFT job time | "
+        "DPO job time | DPO auto: epochs, batch, lr multiplier, beta |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        share, hyper = row["preferred"], row["dpo_hyperparameters"]
+        print(
+            f"| {row['task']} | {row['style']} | {share['base']:.0%} | {share['SFT on preferred']:.0%} "
+            f"| **{share['DPO']:.0%}** | {row['sft_seconds']:.0f} s | {row['dpo_seconds']:.0f} s | "
+            f"{hyper['n_epochs']}, {hyper['batch_size']}, {hyper['learning_rate_multiplier']:g}, {hyper['beta']:g} |"
+        )
+
+
+def print_supervised(rows: list[dict[str, Any]], facts: dict[str, Any], seed: int) -> None:
+    print(f"\n## Fine-tuning with the defaults ({describe(facts)}; seed {seed})\n")
     print(
         "| task | kind | base zero-shot | base 5-shot | fine-tuned | job time | auto: epochs, batch, lr multiplier | "
         "chat latency while training (p50 / max) |"
@@ -247,7 +326,6 @@ def main() -> int:
             f"{hyper['batch_size']}, {hyper['learning_rate_multiplier']:g} | "
             f"{(row['probe_p50_s'] or 0):.2f} / {(row['probe_max_s'] or 0):.2f} s |"
         )
-    return 0 if all(row["accuracy"]["fine-tuned"] >= 0.9 for row in rows) else 1
 
 
 if __name__ == "__main__":

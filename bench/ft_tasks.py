@@ -253,3 +253,166 @@ TASKS: dict[str, Task] = {
         _contact,
     ),
 }
+
+
+# -- preference tasks (DPO) ---------------------------------------------------------------------------------------
+# Plain questions with no instruction about the answer's style: the pairs alone say which style is preferred, and
+# the base model answers the other way. Held-out prompts come from templates (and subjects) no pair uses.
+
+Pair = dict[str, str]  # {"prompt", "preferred", "non_preferred"}
+
+_COUNTRIES = {
+    "France": "Paris", "Italy": "Rome", "Spain": "Madrid", "Germany": "Berlin", "Japan": "Tokyo", "Egypt": "Cairo",
+    "Canada": "Ottawa", "Peru": "Lima", "Kenya": "Nairobi", "Norway": "Oslo", "Greece": "Athens", "Chile": "Santiago",
+    "Poland": "Warsaw", "Portugal": "Lisbon", "Ireland": "Dublin", "Austria": "Vienna", "Cuba": "Havana",
+}  # fmt: skip
+_COLOURS = {
+    "grass": "green", "the sky": "blue", "snow": "white", "coal": "black", "a banana": "yellow", "a tomato": "red",
+    "an orange": "orange", "a lemon": "yellow", "milk": "white", "a strawberry": "red", "a crow": "black",
+}  # fmt: skip
+_OPPOSITES = {
+    "hot": "cold", "up": "down", "big": "small", "fast": "slow", "early": "late", "open": "closed", "light": "dark",
+    "happy": "sad", "full": "empty", "old": "young", "hard": "soft", "rich": "poor", "wet": "dry",
+}  # fmt: skip
+_LEGS = {
+    "dog": "four",
+    "spider": "eight",
+    "bird": "two",
+    "ant": "six",
+    "horse": "four",
+    "chicken": "two",
+    "cat": "four",
+}
+_FACTS: list[tuple[str, str, str]] = [
+    *((f"What is the capital of {k}?", v, f"The capital of {k} is {v}.") for k, v in _COUNTRIES.items()),
+    *((f"What colour is {k}?", v, f"{k[0].upper()}{k[1:]} is usually {v}.") for k, v in _COLOURS.items()),
+    *((f"What is the opposite of {k}?", v, f"The opposite of {k} is {v}.") for k, v in _OPPOSITES.items()),
+    *((f"How many legs does a {k} have?", v, f"A {k} has {v} legs.") for k, v in _LEGS.items()),
+]
+"""(question, one-word answer, the answer as a sentence)."""
+_HELD_OUT_QUESTIONS = [
+    *(f"Which language do people mostly speak in {c}?" for c in ("Brazil", "Mexico", "Sweden", "Turkey", "China")),
+    *(f"What is the plural of {w}?" for w in ("mouse", "child", "goose", "tooth", "woman")),
+    *(f"Which season comes after {s}?" for s in ("winter", "spring", "summer", "autumn")),
+    *(f"What is a baby {a} called?" for a in ("cat", "dog", "cow", "sheep", "horse", "goat")),
+    *(f"Which planet is {d}?" for d in ("closest to the sun", "the largest", "known as the red planet")),
+    *(f"What do {a} eat?" for a in ("pandas", "koalas", "rabbits", "cows")),
+    *(f"Which metal is {d}?" for d in ("liquid at room temperature", "used in electrical wires", "the most valuable")),
+    *(f"What is frozen {x} called?" for x in ("water", "rain")),
+    *(f"Which instrument has {d}?" for d in ("88 keys", "six strings", "a bow and four strings")),
+    *(f"What gas do {x}?" for x in ("plants release", "we breathe out", "balloons that float contain")),
+]
+
+
+def _fact(rng: random.Random) -> tuple[str, str, str]:
+    return rng.choice(_FACTS)
+
+
+_LISTS_TRAIN = {
+    "fruits": ["apple", "banana", "cherry", "mango", "pear", "plum", "grape", "peach"],
+    "colours": ["red", "blue", "green", "yellow", "purple", "orange", "pink", "brown"],
+    "farm animals": ["cow", "pig", "sheep", "goat", "horse", "chicken", "duck", "donkey"],
+    "sports": ["football", "tennis", "swimming", "cycling", "golf", "rugby", "hockey", "boxing"],
+    "vegetables": ["carrot", "potato", "onion", "pepper", "leek", "cabbage", "spinach", "pea"],
+    "musical instruments": ["piano", "guitar", "violin", "drum", "flute", "trumpet", "cello", "harp"],
+    "kitchen tools": ["knife", "spoon", "whisk", "pan", "ladle", "grater", "peeler", "tongs"],
+    "trees": ["oak", "pine", "birch", "maple", "willow", "cedar", "elm", "beech"],
+}
+_LISTS_TRAIN_TEMPLATES = ["Name three {c}.", "List three {c}.", "Give me three {c}.", "Tell me three {c}."]
+_LISTS_HELD_OUT = [
+    *(f"What are some popular {c}?" for c in ("board games", "dog breeds", "pizza toppings", "car brands")),
+    *(f"Which {c} do you know?" for c in ("ocean animals", "European rivers", "flowers", "gemstones")),
+    *(f"Suggest a few {c}." for c in ("hobbies", "breakfast foods", "school subjects", "winter clothes")),
+    *(f"What {c} would you recommend?" for c in ("houseplants", "pets for a child", "summer drinks")),
+    *(f"Can you think of some {c}?" for c in ("birds", "insects", "desserts", "professions", "shapes")),
+]
+
+
+def _as_sentence(items: list[str]) -> str:
+    return f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def _one_word(rng: random.Random) -> Pair:
+    question, word, sentence = _fact(rng)
+    return {"prompt": question, "preferred": f"{word[0].upper()}{word[1:]}.", "non_preferred": sentence}
+
+
+def _bullets(rng: random.Random) -> Pair:
+    category = rng.choice(sorted(_LISTS_TRAIN))
+    items = rng.sample(_LISTS_TRAIN[category], 3)
+    prompt = rng.choice(_LISTS_TRAIN_TEMPLATES).format(c=category)
+    bullets = "\n".join(f"- {item[0].upper()}{item[1:]}" for item in items)
+    prose = f"Three {category} are {_as_sentence(items)}."
+    return {"prompt": prompt, "preferred": bullets, "non_preferred": prose}
+
+
+def _capitals(rng: random.Random) -> Pair:
+    question, _, sentence = _fact(rng)
+    return {"prompt": question, "preferred": sentence.upper(), "non_preferred": sentence}
+
+
+def _is_one_word(answer: str) -> bool:
+    return len(answer.strip().strip(".!").split()) == 1
+
+
+def _is_bullet_list(answer: str) -> bool:
+    lines = [line.strip() for line in answer.strip().splitlines() if line.strip()]
+    return len(lines) >= 2 and all(line.startswith(("- ", "* ", "• ")) for line in lines)
+
+
+def _is_upper_case(answer: str) -> bool:
+    letters = [c for c in answer if c.isalpha()]
+    return bool(letters) and all(c.isupper() for c in letters)
+
+
+@dataclass(frozen=True)
+class PreferenceTask:
+    """Pairs that prefer one style of answer to the one the base model gives, and held-out prompts to see whether
+    a model answers in the preferred style (``follows``)."""
+
+    name: str
+    style: str
+    make: Callable[[random.Random], Pair]
+    held_out: list[str]
+    follows: Callable[[str], bool]
+
+    def examples(self, seed: int = 0, n_train: int = 200) -> tuple[list[Pair], list[str]]:
+        rng = random.Random(f"{self.name}-{seed}")
+        return [self.make(rng) for _ in range(n_train)], list(self.held_out)
+
+    @staticmethod
+    def dpo_jsonl(pairs: list[Pair]) -> bytes:
+        lines = [
+            json.dumps(
+                {
+                    "input": {"messages": [{"role": "user", "content": pair["prompt"]}]},
+                    "preferred_output": [{"role": "assistant", "content": pair["preferred"]}],
+                    "non_preferred_output": [{"role": "assistant", "content": pair["non_preferred"]}],
+                }
+            )
+            for pair in pairs
+        ]
+        return ("\n".join(lines) + "\n").encode()
+
+    @staticmethod
+    def sft_jsonl(pairs: list[Pair]) -> bytes:
+        """The preferred answers alone, as a supervised training file (what SFT on the same data would see)."""
+        lines = [
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": p["prompt"]},
+                        {"role": "assistant", "content": p["preferred"]},
+                    ]
+                }
+            )
+            for p in pairs
+        ]
+        return ("\n".join(lines) + "\n").encode()
+
+
+PREFERENCE_TASKS: dict[str, PreferenceTask] = {
+    "one_word": PreferenceTask("one_word", "one word, not a sentence", _one_word, _HELD_OUT_QUESTIONS, _is_one_word),
+    "bullets": PreferenceTask("bullets", "a bullet list, not prose", _bullets, _LISTS_HELD_OUT, _is_bullet_list),
+    "capitals": PreferenceTask("capitals", "in capital letters", _capitals, _HELD_OUT_QUESTIONS, _is_upper_case),
+}

@@ -87,7 +87,8 @@ def test_error_message_format() -> None:
         pytest.param(
             jsonl(json.dumps({"text": "x"})),
             1,
-            "must have either a 'messages' key or 'prompt' and 'completion' keys",
+            "must have either a 'messages' key, 'prompt' and 'completion' keys, or 'input', 'preferred_output' and "
+            "'non_preferred_output' keys",
             id="no-known-key",
         ),
         pytest.param(

@@ -1,6 +1,7 @@
 """Creating a fine-tuning job, the domain side of ``POST /v1/fine_tuning/jobs``: check the model (trainable
-here, served, allowed to the key) and the LoRA shape, read the training file once to count its examples and
-estimate its tokens, choose every "auto" from that, reserve the estimate against the tenant's budget, and record
+here, served, allowed to the key) and the LoRA shape, check that the files hold the examples the method trains on
+(preference pairs for DPO), read the training file once to count its examples and estimate its tokens, choose
+every "auto" from that, reserve the estimate against the tenant's budget, and record
 the job with its recipe; the reservation is given back if the job cannot be recorded."""
 
 from __future__ import annotations
@@ -12,7 +13,15 @@ from typing import BinaryIO
 
 from starlette.concurrency import run_in_threadpool
 
-from adapters.datasets import ChatExample, DatasetError, Example, iter_examples
+from adapters.datasets import (
+    ChatExample,
+    DatasetError,
+    Example,
+    PreferenceExample,
+    format_of,
+    format_problem,
+    iter_examples,
+)
 from adapters.hyperparameters import choose as choose_hyperparameters
 from adapters.job_objects import FineTuningJobOut
 from adapters.jobs import JobRequest, JobService, new_job_id
@@ -52,6 +61,10 @@ def estimate_tokens(tokenizer: Tokenizer, examples: Iterable[Example]) -> tuple[
         if isinstance(example, ChatExample):
             messages = [{"role": m.role, "content": m.content} for m in example.messages]
             total += count_tokens(tokenizer, tokenizer.render_chat(messages))
+        elif isinstance(example, PreferenceExample):  # the prompt once, both answers and their end-of-turn tokens
+            messages = [{"role": m.role, "content": m.content} for m in example.messages]
+            total += count_tokens(tokenizer, tokenizer.render_chat(messages)) + 2
+            total += count_tokens(tokenizer, example.preferred) + count_tokens(tokenizer, example.non_preferred)
         else:
             total += count_tokens(tokenizer, example.prompt + example.completion) + 1
     return count, total
@@ -73,21 +86,38 @@ def _training_file(files: FileStore, tenant_id: str, file_id: str, param: str) -
         yield handle
 
 
+def _for_method(examples: Iterator[Example], method: str, file_id: str, param: str) -> Iterator[Example]:
+    """``examples``, refused (a 400 naming ``param``) when the first is not of a format ``method`` trains on (the
+    rest are of the same format)."""
+    for index, example in enumerate(examples):
+        problem = format_problem(method, format_of(example)) if index == 0 else None
+        if problem:
+            message = f"File '{file_id}' cannot train a {method} job: {problem}."
+            raise InvalidRequestError(message, param=param, code="invalid_file_format")
+        yield example
+
+
+@contextmanager
+def _examples(files: FileStore, tenant_id: str, file_id: str, param: str, method: str) -> Iterator[Iterator[Example]]:
+    """The examples of the tenant's fine-tuning file as they are read, for a ``method`` job (a 400 naming
+    ``param`` for a line that is not one: the lines were checked on upload, but by the rules of their day)."""
+    with _training_file(files, tenant_id, file_id, param) as handle:
+        try:
+            yield _for_method(iter_examples(handle), method, file_id, param)
+        except DatasetError as exc:
+            raise InvalidRequestError(f"Invalid file format: {exc}", param=param, code="invalid_file_format") from exc
+
+
 def _check_files_and_estimate(
     files: FileStore, tenant_id: str, body: FineTuningJobCreate, tokenizer: Tokenizer
 ) -> tuple[int, int]:
-    """Blocking (a worker thread): check the files; the training examples and one epoch's tokens, one example in
-    memory at a time."""
+    """Blocking (a worker thread): check the files (the validation file by its first example: its lines were
+    checked on upload); the training examples and one epoch's tokens, one example in memory at a time."""
     if body.validation_file:
-        with _training_file(files, tenant_id, body.validation_file, "validation_file"):
-            pass  # it exists and is for fine-tuning; its lines were checked on upload
-    with _training_file(files, tenant_id, body.training_file, "training_file") as handle:
-        try:
-            return estimate_tokens(tokenizer, iter_examples(handle))
-        except DatasetError as exc:  # checked on upload, but by the rules of its day
-            raise InvalidRequestError(
-                f"Invalid file format: {exc}", param="training_file", code="invalid_file_format"
-            ) from exc
+        with _examples(files, tenant_id, body.validation_file, "validation_file", body.method_type) as examples:
+            next(examples)
+    with _examples(files, tenant_id, body.training_file, "training_file", body.method_type) as examples:
+        return estimate_tokens(tokenizer, examples)
 
 
 class JobCreator:
@@ -129,11 +159,12 @@ class JobCreator:
         examples, per_epoch = await run_in_threadpool(
             _check_files_and_estimate, self._files, tenant.tenant_id, body, base.engine.tokenizer
         )
-        hyperparameters = choose_hyperparameters(examples, requested)
+        hyperparameters = choose_hyperparameters(examples, requested, body.method_type)
         job_id, created_at = new_job_id(), utcnow()
         estimated = per_epoch * hyperparameters.n_epochs
         reserved = await self._admission.admit_training(tenant, job_id, body.model, estimated, created_at)
         recipe = TrainingRecipe(
+            method=body.method_type,
             hyperparameters=hyperparameters,
             lora=body.lora.shape(),
             keep_checkpoint=body.keep_checkpoint,

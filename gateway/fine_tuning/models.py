@@ -1,5 +1,6 @@
-"""Request bodies of ``/v1/fine_tuning/jobs`` in OpenAI's shapes (pydantic, strict, bounded), with our extensions:
-the LoRA adapter's shape and which checkpoint becomes the model."""
+"""Request bodies of ``/v1/fine_tuning/jobs`` in OpenAI's shapes (pydantic, strict, bounded: ``method`` supervised
+or DPO, or the older top-level ``hyperparameters``), with our extensions: the LoRA adapter's shape and which
+checkpoint becomes the model."""
 
 from __future__ import annotations
 
@@ -28,13 +29,38 @@ class Hyperparameters(_Body):
     learning_rate_multiplier: Annotated[float, Field(gt=0, le=50)] | Literal["auto"] = "auto"
 
 
+class DpoHyperparameters(Hyperparameters):
+    # A pair is two sequences in one forward pass: at most as many sequences a batch as supervised training's.
+    batch_size: Annotated[int, Field(ge=1, le=128)] | Literal["auto"] = "auto"
+    # DPO's beta: 0.1 is the usual; near 0 the preferences pull the model anywhere, above 2 hardly at all.
+    beta: Annotated[float, Field(gt=0, le=2)] | Literal["auto"] = "auto"
+
+
 class Supervised(_Body):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
 
+class Dpo(_Body):
+    hyperparameters: DpoHyperparameters = Field(default_factory=DpoHyperparameters)
+
+
 class Method(_Body):
-    type: Literal["supervised"]
-    supervised: Supervised = Field(default_factory=Supervised)
+    """OpenAI's ``method``: supervised fine-tuning, or DPO on preference pairs; only the named method's object."""
+
+    type: Literal["supervised", "dpo"]
+    supervised: Supervised | None = None
+    dpo: Dpo | None = None
+
+    def hyperparameters(self) -> Hyperparameters:
+        """The named method's hyperparameters (each "auto" unless given); a 400 when another method's are given."""
+        other = "dpo" if self.type == "supervised" else "supervised"
+        if getattr(self, other) is not None:
+            raise InvalidRequestError(
+                f"method.{other} is given but method.type is '{self.type}'.", param=f"method.{other}"
+            )
+        if self.type == "dpo":
+            return self.dpo.hyperparameters if self.dpo else DpoHyperparameters()
+        return self.supervised.hyperparameters if self.supervised else Hyperparameters()
 
 
 class LoraOptions(_Body):
@@ -69,8 +95,20 @@ class FineTuningJobCreate(_Body):
     integrations: Annotated[Any, refused_unless([])] = None
     """Weights & Biases reporting: not available here."""
 
+    @property
+    def method_type(self) -> Literal["supervised", "dpo"]:
+        return self.method.type if self.method else "supervised"
+
     def requested_hyperparameters(self) -> dict[str, Any]:
-        if self.hyperparameters is not None and self.method is not None:
-            raise InvalidRequestError("Give hyperparameters or method, not both.", param="hyperparameters")
-        chosen = self.method.supervised.hyperparameters if self.method else self.hyperparameters or Hyperparameters()
-        return chosen.model_dump()
+        """What the method asks for (the top-level ``hyperparameters`` too, OpenAI's older form: both at once must
+        agree on what they both name)."""
+        if self.method is None:
+            return (self.hyperparameters or Hyperparameters()).model_dump()
+        chosen = self.method.hyperparameters().model_dump()
+        if self.hyperparameters is not None:
+            top = self.hyperparameters.model_dump(exclude_unset=True)
+            if any(chosen[name] != value for name, value in top.items()):
+                raise InvalidRequestError(
+                    "hyperparameters and method give different values; give the method's only.", param="hyperparameters"
+                )
+        return chosen
