@@ -1,7 +1,7 @@
 """``/v1/evals``: evals (an item schema and testing criteria), their runs (a model sampled on items, each sample
 graded) and the runs' output items, in OpenAI's shapes. Runs are queued here and executed by the eval runner
 (``gateway.evals.runner``); creating an eval or a run counts as one request of the RPM window, and creating a
-run checks its model and items first."""
+run checks its model and items first; creating an eval checks its model graders' models (``gateway.evals.judge``)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from gateway.edge.strict_json import StrictJSONRoute
 from gateway.evals import schemas
 from gateway.evals.items import checked_items, checked_schema
+from gateway.evals.judge import check_judges
 from gateway.evals.models import EvalCreate, EvalUpdate, RunCreate
 from gateway.evals.recipe import RunStatus
 from gateway.state import (
@@ -24,6 +25,7 @@ from gateway.state import (
     IdempotentDep,
     RateLimitHeaders,
     ServingDep,
+    SettingsDep,
     TenantDep,
     WorkersDep,
 )
@@ -43,16 +45,19 @@ OutputStatus = Literal["pass", "fail", "error"]
 async def create_eval(
     body: EvalCreate,
     context: ContextDep,
-    tenant: TenantDep,
+    serving: ServingDep,
+    settings: SettingsDep,
     admission: AdmissionDep,
     evals: EvalsDep,
     workers: WorkersDep,
     idempotent: IdempotentDep,
 ) -> schemas.EvalOut | Response:
+    tenant = serving.tenant
     await admission.admit_request(context, tenant)
 
     async def create() -> schemas.EvalOut:
         await checked_schema(workers, body.data_source_config.item_schema, "data_source_config.item_schema")
+        await check_judges(body.testing_criteria, serving, settings.eval_grader_max_tokens)
         return await run_in_threadpool(evals.create, tenant.tenant_id, body)
 
     return await idempotent.once(create)
