@@ -43,7 +43,7 @@ LABEL = {
     "labels": ["correct", "incorrect"],
     "passing_labels": ["correct"],
 }
-CUSTOM = {"type": "custom", "item_schema": {"type": "object"}, "include_sample_schema": True}
+CUSTOM: Any = {"type": "custom", "item_schema": {"type": "object"}, "include_sample_schema": True}
 ITEMS = [
     {"item": {"question": "What is the capital of France?", "expected": "Paris"}},
     {"item": {"question": "What is the capital of Italy?", "expected": "Rome"}},
@@ -51,7 +51,7 @@ ITEMS = [
 ]
 
 
-def completions(content: list[dict[str, Any]], model: str = MODEL, max_tokens: int = 9) -> dict[str, Any]:
+def completions(content: list[dict[str, Any]], model: str = MODEL, max_tokens: int = 9) -> Any:
     return {
         "type": "completions",
         "model": model,
@@ -67,9 +67,15 @@ def eval_usage(admin: httpx.Client, tenant_id: str, requests: int) -> dict[str, 
     while True:
         report = admin.get("/admin/v1/usage", params={"tenant": tenant_id, "bucket": "none", "group_by": "kind"})
         rows = {row["kind"]: row for row in report.json()["data"]}
-        if rows.get("eval", {}).get("requests") == requests or time.monotonic() > deadline:
-            return rows.get("eval", {})
+        usage: dict[str, Any] = rows.get("eval", {})
+        if usage.get("requests") == requests or time.monotonic() > deadline:
+            return usage
         time.sleep(0.2)
+
+
+def jsonl(content: list[dict[str, Any]]) -> Any:
+    """A run's data source grading the samples the items bring (only the judges are called)."""
+    return {"type": "jsonl", "source": {"type": "file_content", "content": content}}
 
 
 # -- gateway logic, on the fake engine -------------------------------------------------------------------------------
@@ -139,7 +145,7 @@ def test_the_judge_must_be_a_model_the_key_may_call(fake: tuple[str, Path], fake
         restricted.evals.create(data_source_config=CUSTOM, testing_criteria=[SCORE])  # type: ignore[list-item]
     # The judge model deleted before the run: the run fails, naming it, and no item is graded.
     owner.models.delete(tuned)
-    run = owner.evals.runs.create(created.id, data_source=completions(ITEMS))  # type: ignore[arg-type]
+    run = owner.evals.runs.create(created.id, data_source=completions(ITEMS))
     done = finished(owner, created.id, run.id)
     assert done.status == "failed" and done.error.code == "model_not_found", done.error
     assert done.result_counts.passed + done.result_counts.failed + done.result_counts.errored == 0
@@ -154,7 +160,7 @@ def test_an_unparseable_judge_answer_is_that_items_error_and_its_tokens_are_bill
         data_source_config=CUSTOM,
         testing_criteria=[capped, LABEL],  # type: ignore[list-item]
     )
-    run = client.evals.runs.create(created.id, data_source=completions(ITEMS[:2]))  # type: ignore[arg-type]
+    run = client.evals.runs.create(created.id, data_source=completions(ITEMS[:2]))
     done = finished(client, created.id, run.id)
     assert done.status == "completed", done.error
     assert (done.result_counts.total, done.result_counts.errored) == (2, 2)
@@ -170,10 +176,8 @@ def test_an_unparseable_judge_answer_is_that_items_error_and_its_tokens_are_bill
     # A jsonl run calls only the judges: the label judge's cap is the server's (LLMAAS_EVAL_GRADER_MAX_TOKENS, 128).
     labelled = client.evals.create(data_source_config=CUSTOM, testing_criteria=[LABEL])  # type: ignore[list-item]
     given = [{**ITEMS[0], "sample": {"output_text": "Paris"}}]
-    jsonl = client.evals.runs.create(
-        labelled.id, data_source={"type": "jsonl", "source": {"type": "file_content", "content": given}}
-    )
-    assert finished(client, labelled.id, jsonl.id).result_counts.errored == 1
+    judged_only = client.evals.runs.create(labelled.id, data_source=jsonl(given))
+    assert finished(client, labelled.id, judged_only.id).result_counts.errored == 1
     usage = eval_usage(fake_admin, tenant_id, 5)
     assert (usage["requests"], usage["completion_tokens"]) == (5, 2 * 9 + 2 * 20 + 128)
 
@@ -185,7 +189,7 @@ def test_a_missing_template_variable_in_a_judge_prompt_errors_that_item_only(
     asks_for_more = {**LABEL, "input": [{"role": "user", "content": "{{item.expected}}: {{sample.output_text}}"}]}
     created = client.evals.create(data_source_config=CUSTOM, testing_criteria=[asks_for_more])  # type: ignore[list-item]
     content = [{"item": {"question": "no expected answer"}}]
-    run = client.evals.runs.create(created.id, data_source=completions(content))  # type: ignore[arg-type]
+    run = client.evals.runs.create(created.id, data_source=completions(content))
     done = finished(client, created.id, run.id)
     assert (done.status, done.result_counts.errored) == ("completed", 1)
     item = next(iter(client.evals.runs.output_items.list(run.id, eval_id=created.id)))
@@ -195,7 +199,7 @@ def test_a_missing_template_variable_in_a_judge_prompt_errors_that_item_only(
 # -- the real model as the judge -------------------------------------------------------------------------------------
 def test_the_real_model_judges_in_shape_and_the_tenant_pays_for_it(server: str, admin: httpx.Client) -> None:
     tenant, key = create_tenant(admin, "judge")
-    client = openai_client(server, key)
+    client = openai_client(server, key, timeout=600)  # a loaded machine compiles the judges' schemas slowly
     exact = {
         "type": "string_check",
         "name": "names the city",
@@ -208,7 +212,7 @@ def test_the_real_model_judges_in_shape_and_the_tenant_pays_for_it(server: str, 
         data_source_config=CUSTOM,
         testing_criteria=[exact, SCORE, LABEL],  # type: ignore[list-item]
     )
-    run = client.evals.runs.create(created.id, data_source=completions(ITEMS, max_tokens=16))  # type: ignore[arg-type]
+    run = client.evals.runs.create(created.id, data_source=completions(ITEMS, max_tokens=16))
     done = finished(client, created.id, run.id, timeout=300)
     assert done.status == "completed", done.error
     counts = done.result_counts
@@ -222,10 +226,10 @@ def test_the_real_model_judges_in_shape_and_the_tenant_pays_for_it(server: str, 
         results = {result.name: result for result in item.results}
         score, label = results["score"], results["label"]
         assert 1 <= score.score <= 5 and score.passed == (score.score >= 3)
-        assert label.label in ("correct", "incorrect") and label.passed == (label.label == "correct")  # type: ignore[attr-defined]
+        assert label.label in ("correct", "incorrect") and label.passed == (label.label == "correct")
         assert item.status == ("pass" if all(r.passed for r in item.results) else "fail")
         for result in (score, label):
-            judge = result.sample
+            judge: Any = result.sample
             assert judge is not None and judge["model"] == MODEL and judge["finish_reason"] == "stop"
             assert item.sample.output[0].content in judge["input"][1]["content"]  # the sample, rendered in
             judged += judge["usage"]["completion_tokens"]
@@ -237,9 +241,7 @@ def test_the_real_model_judges_in_shape_and_the_tenant_pays_for_it(server: str, 
     given = [{**entry, "sample": {"output_text": entry["item"]["expected"]}} for entry in ITEMS]
     answers = []
     for _ in range(2):
-        again = client.evals.runs.create(
-            created.id, data_source={"type": "jsonl", "source": {"type": "file_content", "content": given}}
-        )
+        again = client.evals.runs.create(created.id, data_source=jsonl(given))
         assert finished(client, created.id, again.id, timeout=300).status == "completed"
         graded = client.evals.runs.output_items.list(again.id, eval_id=created.id)
         answers.append([[(r.name, r.score) for r in item.results] for item in graded])

@@ -22,6 +22,7 @@ from pydantic import Field, TypeAdapter
 from gateway.errors import APIError, InvalidRequestError
 from gateway.evals.graders import Grade, GradingError
 from gateway.evals.models import LabelModelGrader, ModelGrader, ScoreModelGrader
+from gateway.evals.objects import usage_object
 from gateway.evals.templates import render
 from gateway.inference.api_types import ChatCompletionRequest
 from gateway.inference.generation import ChoiceResult, Usage
@@ -100,12 +101,7 @@ def verdict(grader: ModelGrader, request: ChatCompletionRequest, choice: ChoiceR
         "output": [{"role": "assistant", "content": choice.text}],
         "finish_reason": choice.finish_reason,
         "model": grader.model,
-        "usage": {
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens,
-            "cached_tokens": usage.cached_tokens,
-        },
+        "usage": usage_object(usage),
     }
     if isinstance(grader, ScoreModelGrader):
         low, high = grader.range

@@ -204,9 +204,10 @@ Source = Annotated[FileContentSource | FileIdSource, Field(discriminator="type")
 
 
 class CompletionsDataSource(_Body):
-    """Sample each item from ``model`` with the rendered ``input_messages``, then grade it."""
+    """Sample each item from ``model`` with the rendered ``input_messages``, then grade it. ``responses`` (what
+    OpenAI's evals guide sends) samples the same way: a chat completion of the rendered messages."""
 
-    type: Literal["completions"]
+    type: Literal["completions", "responses"]
     model: ModelId
     input_messages: InputMessagesTemplate
     source: Source

@@ -47,7 +47,7 @@ class _Stored(BaseModel):
 class CompletionsRecipe(_Stored):
     """Sample each item from the run's model with the rendered ``input_messages``, then grade it."""
 
-    type: Literal["completions"]
+    type: Literal["completions", "responses"]
     input_messages: InputMessagesTemplate
     sampling_params: SamplingParams = Field(default_factory=SamplingParams)
 

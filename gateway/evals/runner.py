@@ -35,6 +35,7 @@ from gateway.errors import APIError, QuotaExceeded, RateLimited, ServiceUnavaila
 from gateway.evals.graders import Grade, GradingError, GradingTimedOut, grade_item
 from gateway.evals.judge import judge_models, judge_request, model_grader, verdict
 from gateway.evals.models import ModelGrader
+from gateway.evals.objects import usage_object
 from gateway.evals.queue import RunQueue
 from gateway.evals.recipe import CompletionsRecipe, ItemStatus, JsonlRecipe, RunStatus, run_recipe
 from gateway.evals.templates import TemplateError, render
@@ -271,12 +272,7 @@ class EvalRunner:
             "output": [{"role": "assistant", "content": choice.text}],
             "finish_reason": choice.finish_reason,
             "model": run.model,
-            "usage": {
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "total_tokens": usage.total_tokens,
-                "cached_tokens": usage.cached_tokens,
-            },
+            "usage": usage_object(usage),
             "error": None,
             "temperature": params.temperature,
             "top_p": params.top_p,
@@ -291,14 +287,9 @@ class EvalRunner:
         tenant: TenantPrincipal,
         judges: dict[str, ServedModel],
     ) -> list[Grade]:
-        """Every criterion's grade of one item, in the eval's order: the model graders' from their judges (one at a
-        time), the others' from a worker process."""
+        """Every criterion's grade of one item, in the eval's order: first those that need no model (in a worker
+        process: an item they cannot grade costs no judge), then the model graders' from their judges, one at a time."""
         graders = [model_grader(criterion) for criterion in criteria]
-        judged = {
-            index: await self._judge(grader, namespaces, tenant, judges[grader.model])
-            for index, grader in enumerate(graders)
-            if grader is not None
-        }
         rules = [criterion for criterion, grader in zip(criteria, graders, strict=True) if grader is None]
         graded: list[Grade] = []
         if rules:
@@ -306,7 +297,10 @@ class EvalRunner:
                 grade_item, rules, namespaces, bounds.GRADING_SECONDS, budget=bounds.GRADING_SECONDS
             )
         ruled = iter(graded)
-        return [judged[index] if index in judged else next(ruled) for index in range(len(criteria))]
+        return [
+            next(ruled) if grader is None else await self._judge(grader, namespaces, tenant, judges[grader.model])
+            for grader in graders
+        ]
 
     async def _judge(
         self, grader: ModelGrader, namespaces: dict[str, dict[str, Any]], tenant: TenantPrincipal, judge: ServedModel

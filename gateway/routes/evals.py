@@ -103,8 +103,8 @@ async def create_run(
     async def create() -> schemas.EvalRunOut:
         definition = await run_in_threadpool(evals.definition, tenant.tenant_id, eval_id)
         source = body.data_source
-        model = source.model if source.type == "completions" else "jsonl"
-        if source.type == "completions":
+        model = source.model if source.type != "jsonl" else "jsonl"
+        if source.type != "jsonl":
             await serving.model(source.model)  # 404 / 403 now, not when the run starts
         items = await checked_items(body, files, workers, tenant.tenant_id, definition.item_schema)
         return await run_in_threadpool(evals.create_run, tenant.tenant_id, tenant.key_id, eval_id, body, model, items)
