@@ -7,7 +7,8 @@
 - Evals (OpenAI's evals guide, "IT ticket categorization"): an eval with a ``custom`` data source config and
   ``include_sample_schema``, a ``string_check`` and a ``label_model`` grader, test data uploaded as a ``purpose:
   "evals"`` file, a run with the guide's ``responses`` data source on the fine-tuned model and one with a
-  ``completions`` data source on the base model, polled, listed, and their output items read.
+  ``completions`` data source on the base model, polled, listed, and their output items read. The departure: both
+  runs bound their sampling (``temperature`` 0, ``max_completion_tokens``), so that they take seconds.
 
 The real SmolLM2 answers; what it answers is not the point (quality is measured elsewhere), the flow is."""
 
@@ -150,10 +151,11 @@ def test_the_evals_walkthrough(walkthrough: Walkthrough, tmp_path: Path) -> None
         {"role": "developer", "content": INSTRUCTIONS},
         {"role": "user", "content": "{{ item.ticket_text }}"},
     ]
-    responses_source: Any = {  # the guide's run, on the fine-tuned model
+    responses_source: Any = {  # the guide's run, on the fine-tuned model (sampling bounded: a test's seconds)
         "type": "responses",
         "model": walkthrough.job.fine_tuned_model,
         "input_messages": {"type": "template", "template": template},
+        "sampling_params": {"temperature": 0, "max_completion_tokens": 16},
         "source": {"type": "file_id", "id": file.id},
     }
     completions_source: Any = {  # the API reference's, on the base model
