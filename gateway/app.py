@@ -321,6 +321,8 @@ def create_app(
                 structured,
                 scheduler,
                 concurrency=settings.eval_concurrency,
+                grader_max_tokens=settings.eval_grader_max_tokens,
+                grader_seconds=settings.eval_grader_seconds,
             )
             stack.push_async_callback(_cancel, asyncio.create_task(runner.run_forever()))
             batch_runner = BatchRunner(

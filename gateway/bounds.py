@@ -97,6 +97,11 @@ matching is quadratic in the text's length)."""
 VALIDATION_SECONDS = 10.0
 """Checking a run's items against the eval's item schema, all items together."""
 GRADING_SECONDS = 2.0
-"""Grading one item by all the eval's testing criteria."""
+"""Grading one item by all the eval's testing criteria (those that need no model)."""
+GRADER_LABELS = 64
+GRADER_LABEL = 64
+"""A ``label_model`` grader's labels: how many, and each one's characters (the judge's answer is one of them)."""
+SCORE_LIMIT = 1_000_000.0
+"""A ``score_model`` grader's range lies within plus or minus this."""
 TRAINING_LINE_BYTES = 1024 * 1024
 """One example of a fine-tuning file; training sees at most a few thousand tokens of it anyway."""

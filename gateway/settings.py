@@ -64,6 +64,19 @@ class GatewaySettings(SharedSettings):
         default=10, ge=0, le=19, description="How much lower the worker's CPU priority is than the gateway's."
     )
     eval_concurrency: int = Field(default=16, ge=1, description="Samples of one eval run in flight at once.")
+    eval_grader_max_tokens: int = Field(
+        default=128,
+        ge=16,
+        le=4096,
+        description="Tokens a model grader's judge may generate per item (its answer is a small JSON object); a "
+        "grader asking for more (sampling_params.max_completions_tokens) is refused when the eval is created.",
+    )
+    eval_grader_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="How long a model grader's judge may generate for one item; longer is that item's error.",
+    )
     batch_concurrency: int = Field(default=8, ge=1, description="Requests of one batch a gateway runs at once.")
     batch_lease_seconds: float = Field(
         default=30.0, gt=0, description="A batch whose runner has not heartbeaten for this long is taken over."

@@ -1,6 +1,7 @@
-"""Testing criteria, as OpenAI defines them: ``string_check`` (``eq``, ``ne``, ``like``: the input contains the
-reference, ``ilike``: the same ignoring case) and ``text_similarity`` with ``fuzzy_match`` (rapidfuzz's
-normalized similarity, passing at ``pass_threshold``). Each grades one sample into a score in [0, 1].
+"""Testing criteria that need no model, as OpenAI defines them: ``string_check`` (``eq``, ``ne``, ``like``: the
+input contains the reference, ``ilike``: the same ignoring case) and ``text_similarity`` with ``fuzzy_match``
+(rapidfuzz's normalized similarity, passing at ``pass_threshold``). Each grades one sample into a score in [0, 1].
+The model graders (``score_model``, ``label_model``) are ``gateway.evals.judge``'s.
 
 Grading is work a tenant controls (fuzzy matching is quadratic in the text's length and holds the GIL), so
 ``grade_item`` runs in a worker process (``gateway.workers``): texts a fuzzy match would compare are at most
@@ -9,7 +10,7 @@ Grading is work a tenant controls (fuzzy matching is quadratic in the text's len
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rapidfuzz import fuzz
@@ -38,9 +39,11 @@ class Grade:
     type: str
     passed: bool
     score: float
+    details: dict[str, Any] = field(default_factory=dict)
+    """What else the result shows (a model grader's label, and its judge's input, answer and usage as ``sample``)."""
 
     def result(self) -> dict[str, Any]:
-        return {"name": self.name, "type": self.type, "passed": self.passed, "score": self.score}
+        return {"name": self.name, "type": self.type, "passed": self.passed, "score": self.score, **self.details}
 
 
 def _string_check(operation: str, text: str, reference: str) -> bool:

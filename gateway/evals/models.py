@@ -12,7 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from gateway import bounds
 from gateway.bounds import Metadata
 from gateway.evals.templates import TemplateError, render
-from gateway.inference.request_fields import ModelId, Seed
+from gateway.inference.request_fields import MaxTokens, ModelId, Refused, Seed, Temperature, TopP
 
 Name = Annotated[str, Field(min_length=1, max_length=bounds.EVAL_NAME)]
 TemplateText = Annotated[str, Field(max_length=32_768)]
@@ -61,7 +61,103 @@ class TextSimilarityGrader(_Body):
     pass_threshold: Annotated[float, Field(ge=0, le=1)]
 
 
-TestingCriterion = Annotated[StringCheckGrader | TextSimilarityGrader, Field(discriminator="type")]
+class GraderText(_Body):
+    """A text part of a model grader's message (OpenAI's ``input_text`` / ``output_text``); images and audio are
+    refused (the models served read text only)."""
+
+    type: Literal["input_text", "output_text"]
+    text: TemplateText
+
+
+class GraderMessage(_Body):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: TemplateText | GraderText | Annotated[list[GraderText], Field(min_length=1, max_length=16)]
+    type: Literal["message"] = "message"
+
+    def template(self) -> str:
+        """The message's text, template variables and all."""
+        if isinstance(self.content, str):
+            return self.content
+        parts = self.content if isinstance(self.content, list) else [self.content]
+        return "".join(part.text for part in parts)
+
+
+class GraderSamplingParams(_Body):
+    """How the judge samples (OpenAI spells the token cap ``max_completions_tokens``); the tokens it may generate
+    are bounded by ``LLMAAS_EVAL_GRADER_MAX_TOKENS``, checked when the eval is created."""
+
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    seed: Seed | None = None
+    max_completions_tokens: MaxTokens | None = None
+    reasoning_effort: Refused = None
+
+
+def _ordered_range(value: list[float]) -> list[float]:
+    low, high = value
+    if not low < high:
+        raise ValueError("range must be [low, high] with low < high")
+    return value
+
+
+ScoreRange = Annotated[
+    list[Annotated[float, Field(ge=-bounds.SCORE_LIMIT, le=bounds.SCORE_LIMIT)]],
+    Field(min_length=2, max_length=2),
+    AfterValidator(_ordered_range),
+]
+GraderInput = Annotated[list[GraderMessage], Field(min_length=1, max_length=MAX_TEMPLATE_MESSAGES)]
+Label = Annotated[str, Field(min_length=1, max_length=bounds.GRADER_LABEL)]
+Labels = Annotated[list[Label], Field(min_length=1, max_length=bounds.GRADER_LABELS)]
+
+
+class ScoreModelGrader(_Body):
+    """A model scores the sample within ``range``; it passes at ``pass_threshold`` (default: the range's middle)."""
+
+    type: Literal["score_model"]
+    name: Name
+    model: ModelId
+    input: GraderInput
+    range: ScoreRange = Field(default_factory=lambda: [0.0, 1.0])
+    pass_threshold: float | None = None
+    sampling_params: GraderSamplingParams = Field(default_factory=GraderSamplingParams)
+
+    @model_validator(mode="after")
+    def _threshold_in_range(self) -> ScoreModelGrader:
+        low, high = self.range
+        if self.pass_threshold is not None and not low <= self.pass_threshold <= high:
+            raise ValueError(f"pass_threshold must lie within the range [{low:g}, {high:g}]")
+        return self
+
+    @property
+    def threshold(self) -> float:
+        low, high = self.range
+        return (low + high) / 2 if self.pass_threshold is None else self.pass_threshold
+
+
+class LabelModelGrader(_Body):
+    """A model picks one of ``labels`` for the sample; it passes when that label is one of ``passing_labels``."""
+
+    type: Literal["label_model"]
+    name: Name
+    model: ModelId
+    input: GraderInput
+    labels: Labels
+    passing_labels: Labels
+
+    @model_validator(mode="after")
+    def _passing_among_labels(self) -> LabelModelGrader:
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must be distinct")
+        strangers = [label for label in self.passing_labels if label not in self.labels]
+        if strangers:
+            raise ValueError(f"passing_labels must be among labels; '{strangers[0][:64]}' is not")
+        return self
+
+
+ModelGrader = ScoreModelGrader | LabelModelGrader
+TestingCriterion = Annotated[
+    StringCheckGrader | TextSimilarityGrader | ScoreModelGrader | LabelModelGrader, Field(discriminator="type")
+]
 
 
 def _unique_names(criteria: list[Any]) -> list[Any]:
@@ -169,9 +265,10 @@ Source = Annotated[FileContentSource | FileIdSource | StoredCompletionsSource, F
 
 class CompletionsDataSource(_Body):
     """Sample each item from ``model`` with the rendered ``input_messages``, then grade it; or, over stored
-    completions without ``input_messages``, grade each one's stored answer."""
+    completions without ``input_messages``, grade each one's stored answer. ``responses`` (what OpenAI's evals guide
+    sends) samples the same way: a chat completion of the rendered messages."""
 
-    type: Literal["completions"]
+    type: Literal["completions", "responses"]
     model: ModelId | None = None
     input_messages: InputMessages | None = None
     source: Source

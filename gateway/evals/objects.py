@@ -1,5 +1,6 @@
 """Evals, runs and output items in OpenAI's object shapes (the models of ``schemas``, built from their rows), the
-tallies of a run's graded items, and the ids of output items (which tell nothing of other runs or tenants)."""
+tallies of a run's graded items, a completion's usage as items show it, and the ids of output items (which tell
+nothing of other runs or tenants)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from gateway.evals.schemas import (
     ResultCounts,
     StoredCompletionsDataSourceConfigOut,
 )
+from gateway.inference.generation import Usage
 
 
 def eval_object(row: Eval) -> EvalOut:
@@ -65,6 +67,16 @@ def output_item_object(row: EvalRunItem, run: EvalRun) -> OutputItemOut:
         results=row.results or [],
         sample=row.sample,
     )
+
+
+def usage_object(usage: Usage) -> dict[str, int]:
+    """A completion's usage as a sample (or a model grader's judge) in an output item shows it."""
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "cached_tokens": usage.cached_tokens,
+    }
 
 
 def tally(

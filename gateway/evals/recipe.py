@@ -48,7 +48,7 @@ class CompletionsRecipe(_Stored):
     """Sample each item from the run's model with the rendered ``input_messages``, then grade it (without
     ``input_messages``, over stored completions: grade the samples the items brought, as a jsonl run)."""
 
-    type: Literal["completions"]
+    type: Literal["completions", "responses"]
     input_messages: InputMessages | None = None
     sampling_params: SamplingParams = Field(default_factory=SamplingParams)
 

@@ -8,7 +8,12 @@ taken over and resumed where it was, since each item's sample and grades are sto
 is cancelled stops within a heartbeat. Items run ``concurrency`` at a time; one that hits a rate limit waits
 and tries again; a spent budget, a revoked key or a suspended tenant ends the run as failed. Grading runs in the
 worker processes (``gateway.workers``) under a time budget; an item that overruns it, or whose text is too long
-to compare, is that item's error with a code and a message of ours (never an exception's own text)."""
+to compare, is that item's error with a code and a message of ours (never an exception's own text).
+
+Model graders (``gateway.evals.judge``) ask their judge model the way a sample is taken — admitted as the run's
+key, queued fairly, metered as kind ``eval`` — within ``grader_seconds`` of generation and ``grader_max_tokens``
+tokens per item; a judge that is refused, overruns or answers out of shape is that item's error. A judge model
+the run's key can no longer call ends the run as failed, like its sampled model."""
 
 from __future__ import annotations
 
@@ -27,12 +32,16 @@ from gateway.claim_loop import claim_forever
 from gateway.context import RequestContext, new_request_id
 from gateway.db import Eval, EvalRun, EvalRunItem
 from gateway.errors import APIError, QuotaExceeded, RateLimited, ServiceUnavailable, as_api_error
-from gateway.evals.graders import GradingError, grade_item
+from gateway.evals.graders import Grade, GradingError, GradingTimedOut, grade_item
+from gateway.evals.judge import judge_models, judge_request, model_grader, verdict
+from gateway.evals.models import ModelGrader
+from gateway.evals.objects import usage_object
 from gateway.evals.queue import RunQueue
 from gateway.evals.recipe import CompletionsRecipe, ItemStatus, JsonlRecipe, RunStatus, run_recipe
 from gateway.evals.templates import TemplateError
 from gateway.inference.api_types import ChatCompletionRequest, ChatMessage
 from gateway.inference.catalog import ModelCatalog, ServedModel
+from gateway.inference.generation import ChoiceResult, Usage
 from gateway.inference.prompts import chat_prompt, chat_turns
 from gateway.inference.runs import RequestCaps, RunRequest, Serving, admit_run
 from gateway.inference.structured import StructuredOutputs
@@ -73,6 +82,8 @@ class EvalRunner:
         scheduler: Scheduler,
         *,
         concurrency: int = 16,
+        grader_max_tokens: int = 128,
+        grader_seconds: float = 60.0,
         heartbeat_seconds: float = 3.0,
         stale_after_seconds: float = 30.0,
         poll_seconds: float = 1.0,
@@ -87,6 +98,8 @@ class EvalRunner:
         self._structured = structured
         self._scheduler = scheduler
         self._concurrency = concurrency
+        self._grader_max_tokens = grader_max_tokens
+        self._grader_seconds = grader_seconds
         self._heartbeat = heartbeat_seconds
         self._stale_after = stale_after_seconds
         self._poll = poll_seconds
@@ -109,9 +122,10 @@ class EvalRunner:
         status, error = RunStatus.COMPLETED, None
         try:
             tenant = await self._tenant(run)
-            served = await self._served(run, tenant) if isinstance(recipe, CompletionsRecipe) else None
+            served = await self._served(run.model, tenant) if isinstance(recipe, CompletionsRecipe) else None
+            judges = {model: await self._served(model, tenant) for model in judge_models(definition.testing_criteria)}
             items = await run_in_threadpool(self._queue.pending, run_id)
-            await self._items(run, recipe, definition, tenant, served, items, stopped)
+            await self._items(run, recipe, definition, tenant, served, judges, items, stopped)
         except RunStopped as exc:
             status, error = RunStatus.FAILED, exc.error
         finally:
@@ -136,10 +150,10 @@ class EvalRunner:
         except APIError as exc:  # the key revoked, expired or gone, or its tenant suspended
             raise RunStopped(exc.code or "invalid_api_key", exc.message) from exc
 
-    async def _served(self, run: EvalRun, tenant: TenantPrincipal) -> ServedModel:
+    async def _served(self, model: str, tenant: TenantPrincipal) -> ServedModel:
         serving = self._serving(tenant)
         try:
-            return await serving.model(run.model)
+            return await serving.model(model)
         except APIError as exc:
             raise RunStopped(exc.code or "model_not_found", exc.message) from exc
 
@@ -163,6 +177,7 @@ class EvalRunner:
         definition: Eval,
         tenant: TenantPrincipal,
         served: ServedModel | None,
+        judges: dict[str, ServedModel],
         items: list[EvalRunItem],
         stopped: asyncio.Event,
     ) -> None:
@@ -174,7 +189,7 @@ class EvalRunner:
                 if stopped.is_set() or fatal:
                     return
                 try:
-                    status, sample, results = await self._item(run, recipe, definition, tenant, served, item)
+                    status, sample, results = await self._item(run, recipe, definition, tenant, served, judges, item)
                 except RunStopped as exc:
                     fatal.append(exc)
                     return
@@ -196,6 +211,7 @@ class EvalRunner:
         definition: Eval,
         tenant: TenantPrincipal,
         served: ServedModel | None,
+        judges: dict[str, ServedModel],
         item: EvalRunItem,
     ) -> Outcome:
         if served is None or not isinstance(recipe, CompletionsRecipe):  # a jsonl run: the item brought its sample
@@ -213,15 +229,17 @@ class EvalRunner:
                 return ItemStatus.ERROR, {"error": {"code": code, "message": str(exc)}}, []
             namespace = {"output_text": sample["output"][0]["content"]}
         try:
-            grades = await self._workers.call(
-                grade_item,
-                definition.testing_criteria,
-                {"item": item.item, "sample": namespace},
-                bounds.GRADING_SECONDS,
-                budget=bounds.GRADING_SECONDS,
+            grades = await self._grades(
+                definition.testing_criteria, {"item": item.item, "sample": namespace}, tenant, judges
             )
         except TemplateError as exc:
             return ItemStatus.ERROR, {**sample, "error": {"code": "invalid_template", "message": str(exc)}}, []
+        except APIError as exc:  # a judge's request refused (longer than its model's context, ...)
+            return (
+                ItemStatus.ERROR,
+                {**sample, "error": {"code": exc.code or "grading_failed", "message": exc.message}},
+                [],
+            )
         except GradingError as exc:
             return ItemStatus.ERROR, {**sample, "error": {"code": exc.code, "message": str(exc)}}, []
         except WorkTimedOut:
@@ -249,6 +267,58 @@ class EvalRunner:
             max_completion_tokens=params.max_completion_tokens,
             seed=params.seed,
         )
+        choice, usage = await self._complete(body, tenant, served)
+        return {
+            "input": messages,
+            "output": [{"role": "assistant", "content": choice.text}],
+            "finish_reason": choice.finish_reason,
+            "model": served.id,
+            "usage": usage_object(usage),
+            "error": None,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_completion_tokens": params.max_completion_tokens,
+            "seed": params.seed,
+        }
+
+    async def _grades(
+        self,
+        criteria: list[dict[str, Any]],
+        namespaces: dict[str, dict[str, Any]],
+        tenant: TenantPrincipal,
+        judges: dict[str, ServedModel],
+    ) -> list[Grade]:
+        """Every criterion's grade of one item, in the eval's order: first those that need no model (in a worker
+        process: an item they cannot grade costs no judge), then the model graders' from their judges, one at a time."""
+        graders = [model_grader(criterion) for criterion in criteria]
+        rules = [criterion for criterion, grader in zip(criteria, graders, strict=True) if grader is None]
+        graded: list[Grade] = []
+        if rules:
+            graded = await self._workers.call(
+                grade_item, rules, namespaces, bounds.GRADING_SECONDS, budget=bounds.GRADING_SECONDS
+            )
+        ruled = iter(graded)
+        return [
+            next(ruled) if grader is None else await self._judge(grader, namespaces, tenant, judges[grader.model])
+            for grader in graders
+        ]
+
+    async def _judge(
+        self, grader: ModelGrader, namespaces: dict[str, dict[str, Any]], tenant: TenantPrincipal, judge: ServedModel
+    ) -> Grade:
+        request = judge_request(grader, namespaces, self._grader_max_tokens)
+        choice, usage = await self._complete(request, tenant, judge, self._grader_seconds)
+        return verdict(grader, request, choice, usage)
+
+    async def _complete(
+        self,
+        body: ChatCompletionRequest,
+        tenant: TenantPrincipal,
+        served: ServedModel,
+        seconds: float | None = None,
+    ) -> tuple[ChoiceResult, Usage]:
+        """One chat completion for the run, admitted, metered and run like any chat request (a rate limit waits and
+        tries again); generating for longer than ``seconds`` is ``GradingTimedOut`` (billed as a request left)."""
         turns = chat_turns(body.messages)
         for _attempt in range(_RATE_LIMIT_RETRIES):
             serving = self._serving(tenant)
@@ -278,25 +348,11 @@ class EvalRunner:
                 await asyncio.sleep(1)
                 continue
             try:
-                choices = await generation.collect()
+                async with asyncio.timeout(seconds):
+                    choices = await generation.collect()
+            except TimeoutError:
+                raise GradingTimedOut(f"The grader model took longer than {seconds:g} seconds to answer.") from None
             finally:
                 generation.close()
-            usage = generation.usage
-            return {
-                "input": messages,
-                "output": [{"role": "assistant", "content": choices[0].text}],
-                "finish_reason": choices[0].finish_reason,
-                "model": served.id,
-                "usage": {
-                    "prompt_tokens": usage.prompt_tokens,
-                    "completion_tokens": usage.completion_tokens,
-                    "total_tokens": usage.total_tokens,
-                    "cached_tokens": usage.cached_tokens,
-                },
-                "error": None,
-                "temperature": params.temperature,
-                "top_p": params.top_p,
-                "max_completion_tokens": params.max_completion_tokens,
-                "seed": params.seed,
-            }
+            return choices[0], generation.usage
         raise RunStopped("rate_limit_exceeded", "The tenant's rate limits kept refusing the run's samples.")

@@ -1,7 +1,8 @@
 """``/v1/evals``: evals (an item schema and testing criteria), their runs (a model sampled on items, each sample
 graded; or stored chat completions graded as they were answered) and the runs' output items, in OpenAI's shapes.
 Runs are queued here and executed by the eval runner (``gateway.evals.runner``); creating an eval or a run counts as
-one request of the RPM window, and creating a run checks its model and items first."""
+one request of the RPM window, and creating a run checks its model and items first; creating an eval checks its
+model graders' models (``gateway.evals.judge``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from gateway.edge.strict_json import StrictJSONRoute
 from gateway.evals import schemas
 from gateway.evals.items import checked_items, checked_schema
+from gateway.evals.judge import check_judges
 from gateway.evals.models import EvalCreate, EvalUpdate, RunCreate
 from gateway.evals.recipe import RunStatus
 from gateway.evals.stored import stored_items
@@ -27,6 +29,7 @@ from gateway.state import (
     IdempotentDep,
     RateLimitHeaders,
     ServingDep,
+    SettingsDep,
     TenantDep,
     WorkersDep,
 )
@@ -46,17 +49,20 @@ OutputStatus = Literal["pass", "fail", "error"]
 async def create_eval(
     body: EvalCreate,
     context: ContextDep,
-    tenant: TenantDep,
+    serving: ServingDep,
+    settings: SettingsDep,
     admission: AdmissionDep,
     evals: EvalsDep,
     workers: WorkersDep,
     idempotent: IdempotentDep,
 ) -> schemas.EvalOut | Response:
+    tenant = serving.tenant
     await admission.admit_request(context, tenant)
 
     async def create() -> schemas.EvalOut:
         if body.data_source_config.type == "custom":
             await checked_schema(workers, body.data_source_config.item_schema, "data_source_config.item_schema")
+        await check_judges(body.testing_criteria, serving, settings.eval_grader_max_tokens)
         return await run_in_threadpool(evals.create, tenant.tenant_id, body)
 
     return await idempotent.once(create)
@@ -104,7 +110,7 @@ async def create_run(
         definition = await run_in_threadpool(evals.definition, tenant.tenant_id, eval_id)
         source = body.data_source
         model = "jsonl"
-        if source.type == "completions":
+        if source.type != "jsonl":
             model = source.model or source.source.type  # a run that samples names its model
             if source.sampled:
                 await serving.model(model)  # 404 / 403 now, not when the run starts
