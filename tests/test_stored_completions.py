@@ -500,9 +500,11 @@ def test_an_export_is_admitted_and_made_once_per_idempotency_key(in_process: Sta
     assert limited.status_code == 429 and len(client.files.list().data) == 1
 
 
-def test_a_failed_store_returns_the_answer_billed_once(in_process: Start, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_store_returns_the_answer_billed_once(
+    in_process: Start, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     gateway = in_process()
-    _, _, client = gateway.tenant()
+    tenant_id, _, client = gateway.tenant()
 
     def locked(*_: Any) -> None:
         raise OperationalError("INSERT", {}, Exception("database is locked"))
@@ -521,6 +523,10 @@ def test_a_failed_store_returns_the_answer_billed_once(in_process: Start, monkey
             model="fake", messages=[{"role": "user", "content": "hi"}], max_tokens=4
         ).headers
     )
+    deadline, url = time.monotonic() + 10, f"sqlite:///{tmp_path / 'llmaas.db'}"
+    while len(rows := ledger_rows(url, tenant_id)) < 3 and time.monotonic() < deadline:  # no retry billed again
+        time.sleep(0.1)
+    assert len(rows) == 3
     monkeypatch.undo()
     assert client.chat.completions.list().data == []
 
