@@ -370,6 +370,7 @@ class StoredCompletion(Base):
         Index("ix_stored_completions_tenant_created", "tenant_id", "created_at"),
         Index("ix_stored_completions_tenant_model_created", "tenant_id", "model", "created_at"),  # the model filter
         Index("ix_stored_completions_created", "created_at"),  # retention's sweep over all tenants
+        Index("ix_stored_completions_tenant_bytes", "tenant_id", "bytes"),  # the quota's sum, from the index alone
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
