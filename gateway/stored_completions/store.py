@@ -200,8 +200,8 @@ class CompletionStore:
                 return
 
     def selected(self, tenant_id: str, selection: Selection) -> tuple[builtins.list[str], int]:
-        """Blocking: the ids ``selection`` reads and the bytes they are stored in (an export is never larger),
-        without reading the completions themselves."""
+        """Blocking: the ids ``selection`` reads and the bytes they are stored in (an export's cheap first check;
+        the file it writes is held to the quota again when added), without reading the completions themselves."""
         order = (StoredCompletion.created_at.desc(), StoredCompletion.id.desc())
         with self._db.sessions() as session:
             columns = _selected(session, tenant_id, selection).with_only_columns(
