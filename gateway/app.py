@@ -303,7 +303,7 @@ def create_app(
                 batches=BatchService(database),
                 scheduler=scheduler,
                 idempotency=IdempotencyStore(database, settings.idempotency_retention_hours),
-                completions=CompletionStore(database, files, settings.default_max_storage_bytes),
+                completions=CompletionStore(database, settings.default_max_storage_bytes),
                 webhooks=webhooks,
                 webhook_delivery=deliverer,
                 aliases=AliasService(database, catalog, alias_book),

@@ -18,17 +18,22 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from sqlalchemy import event, inspect
+from sqlalchemy.exc import OperationalError
 
 from adapters.datasets import ChatExample, iter_examples
 from gateway.audit import Actor
 from gateway.batches.lines import read_lines
 from gateway.clock import utcnow
 from gateway.db import Database, StoredCompletion
+from gateway.errors import QuotaExceeded
 from gateway.fine_tuning.files import FileStore
+from gateway.inference.api_types import ChatCompletionRequest
 from gateway.retention import Retention
 from gateway.stored_completions.store import CompletionStore, Selection
-from gateway.tenancy.models import TenantCreate
-from gateway.tenancy.service import TenancyService
+from gateway.tenancy.models import Quotas, TenantCreate
+from gateway.tenancy.principal import TenantPrincipal
+from gateway.tenancy.service import KeyIdentity, TenancyService
 from tests.support import ADMIN_KEY, MODEL
 from tests.support.databases import ledger_rows
 from tests.support.evals import finished
@@ -343,6 +348,7 @@ def test_an_eval_grades_stored_completions_or_resamples_their_input(in_process: 
     run = finished(client, evaluation.id, graded.id)
     assert run.status == "completed", run.error
     assert (run.result_counts.total, run.result_counts.passed, run.result_counts.failed) == (2, 1, 1)
+    assert run.model == "jsonl"  # it grades stored answers: no model sampled, none made up
     outputs: list[Any] = [o.to_dict() for o in client.evals.runs.output_items.list(graded.id, eval_id=evaluation.id)]
     assert sorted(o["sample"]["output_text"] for o in outputs) == ["The", "The quick"]
     assert {o["datasource_item"]["input"][0]["content"] for o in outputs} == {"q9", "q3"}
@@ -370,6 +376,12 @@ def test_an_eval_grades_stored_completions_or_resamples_their_input(in_process: 
             data_source={"type": "completions", "source": {"type": "stored_completions", "metadata": {"x": "y"}}},
         )
     assert refused.value.param == "data_source.source"
+    with pytest.raises(openai.BadRequestError) as refused:  # a source narrows the eval's filter, never replaces it
+        client.evals.runs.create(
+            evaluation.id,
+            data_source={"type": "completions", "source": {"type": "stored_completions", "metadata": {"prompt": "v2"}}},
+        )
+    assert refused.value.param == "data_source.source.metadata"
     custom = client.evals.create(
         data_source_config={"type": "custom", "item_schema": {"type": "object"}}, testing_criteria=criteria
     )
@@ -395,28 +407,35 @@ def test_a_batch_does_not_store() -> None:
     ).lines
 
 
+def _completion_object(index: int, model: str = "m") -> dict[str, Any]:
+    usage = {
+        "prompt_tokens": 1,
+        "completion_tokens": 1,
+        "total_tokens": 2,
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    }
+    return {
+        "id": f"chatcmpl-{index}",
+        "object": "chat.completion",
+        "model": model,
+        "created": 0,
+        "system_fingerprint": None,
+        "choices": [],
+        "usage": usage,
+    }
+
+
 def test_filters_pages_and_the_quota_sum_on_sqlite_and_postgresql(database: Database, tmp_path: Path) -> None:
     """The store itself on both databases: JSON metadata filters, keyset pages, the bytes the quota counts."""
     tenant = TenancyService(database).create_tenant(TenantCreate(name="stored")).id
+    principal = TenantPrincipal(KeyIdentity("key_1", tenant, "stored", "active", None, None, False, Quotas()))
     files = FileStore(database, tmp_path / "files")
-    store = CompletionStore(database, files, 10**9)
+    store = CompletionStore(database, 10**9)
     for index in range(5):
-        completion: dict[str, Any] = {
-            "id": f"chatcmpl-{index}",
-            "object": "chat.completion",
-            "model": "m" if index < 4 else "n",
-            "created": 0,
-            "system_fingerprint": None,
-            "choices": [],
-            "usage": {
-                "prompt_tokens": 1,
-                "completion_tokens": 1,
-                "total_tokens": 2,
-                "prompt_tokens_details": {"cached_tokens": 0},
-                "completion_tokens_details": {"reasoning_tokens": 0},
-            },
-        }
-        store.save(tenant, {"messages": []}, completion, {"k": "even" if index % 2 == 0 else "odd", "x y": "1"})
+        completion = _completion_object(index, "m" if index < 4 else "n")
+        metadata = {"k": "even" if index % 2 == 0 else "odd", "x y": "1", "日本": str(index), 'a"b': "q"}
+        store.save(principal, {"messages": []}, completion, metadata)
     assert [c.id for c in store.list(tenant, None, {"k": "even"}, None, 10, "asc").data] == [
         "chatcmpl-0",
         "chatcmpl-2",
@@ -426,6 +445,8 @@ def test_filters_pages_and_the_quota_sum_on_sqlite_and_postgresql(database: Data
         "chatcmpl-2",
         "chatcmpl-0",
     ]
+    # Any key: a non-ASCII one, one with a quote (SQLite's JSON path matched neither).
+    assert [c.id for c in store.list(tenant, None, {"日本": "3", 'a"b': "q"}, None, 10, "asc").data] == ["chatcmpl-3"]
     page = store.list(tenant, None, {}, "chatcmpl-1", 2, "asc")
     assert [c.id for c in page.data] == ["chatcmpl-2", "chatcmpl-3"] and page.has_more
     ids, size = store.selected(tenant, Selection(metadata={"k": "odd"}))
@@ -433,3 +454,124 @@ def test_filters_pages_and_the_quota_sum_on_sqlite_and_postgresql(database: Data
     for even in ("chatcmpl-0", "chatcmpl-2", "chatcmpl-4"):
         store.delete(tenant, even)
     assert files.used_bytes(tenant) == size
+
+
+# -- the review's findings: each test fails without its fix ------------------------------------------------------------
+def _same_question(client: openai.OpenAI, prompt: str, lengths: range) -> list[Any]:
+    """Completions of one prompt whose answers differ (the fake engine answers ``max_tokens`` bytes)."""
+    messages: Any = [{"role": "user", "content": prompt}]
+    return [client.chat.completions.create(model="fake", messages=messages, max_tokens=n, store=True) for n in lengths]
+
+
+def test_an_export_is_held_to_the_quota_when_written_and_to_the_upload_cap(in_process: Start) -> None:
+    gateway = in_process(max_upload_bytes=20_000)
+    tenant_id, _, client = gateway.tenant()
+    a, b, c, d = _same_question(client, "p" * 2000, range(3, 7))
+    repeated = _export(gateway, client, {"type": "dpo", "pairs": [{"preferred": a.id, "non_preferred": b.id}] * 3})
+    assert repeated.status_code == 400 and repeated.json()["error"]["param"] == "pairs"
+    # Twelve distinct pairs of four completions: each line repeats the 2000-byte prompt, so the file (about 24 KB)
+    # is about three times the bytes stored (which the cheap first check counts), and passes the upload cap.
+    pairs = [{"preferred": x.id, "non_preferred": y.id} for x in (a, b, c, d) for y in (a, b, c, d) if x is not y]
+    too_large = _export(gateway, client, {"type": "dpo", "pairs": pairs})
+    assert too_large.status_code == 413 and too_large.json()["error"]["param"] == "pairs", too_large.text
+    used = gateway.state.files.used_bytes(tenant_id)
+    patched = gateway.http.patch(
+        f"/admin/v1/tenants/{tenant_id}", json={"max_storage_bytes": 2 * used + 100}, headers=_admin(gateway)
+    )
+    assert patched.status_code == 200
+    # Eight pairs of the four: the stored bytes fit the room left, the 16 KB written do not (nor would a repeat).
+    over_quota = _export(gateway, client, {"type": "dpo", "pairs": pairs[:8]})
+    assert over_quota.status_code == 429 and over_quota.json()["error"]["param"] == "pairs", over_quota.text
+    assert client.files.list().data == [] and gateway.state.files.used_bytes(tenant_id) == used
+    assert _export(gateway, client, {"type": "dpo", "pairs": pairs[:1]}).status_code == 200
+
+
+def test_an_export_is_admitted_and_made_once_per_idempotency_key(in_process: Start) -> None:
+    gateway = in_process()
+    _, _, client = gateway.tenant(requests_per_minute=3)
+    stored = _ask(client, store=True)  # one request of the three
+    headers = {"authorization": f"Bearer {client.api_key}", "idempotency-key": "export-1"}
+    body = {"type": "sft", "filter": {"ids": [stored.id]}}
+    first = gateway.http.post("/v1/chat/completions/exports", json=body, headers=headers)
+    again = gateway.http.post("/v1/chat/completions/exports", json=body, headers=headers)
+    assert first.status_code == again.status_code == 200 and first.json()["id"] == again.json()["id"]
+    assert len(client.files.list().data) == 1
+    limited = gateway.http.post("/v1/chat/completions/exports", json=body, headers={**headers, "idempotency-key": "2"})
+    assert limited.status_code == 429 and len(client.files.list().data) == 1
+
+
+def test_a_failed_store_returns_the_answer_billed_once(
+    in_process: Start, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    gateway = in_process()
+    tenant_id, _, client = gateway.tenant()
+
+    def locked(*_: Any) -> None:
+        raise OperationalError("INSERT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(gateway.state.completions, "save", locked)
+    raw = client.chat.completions.with_raw_response.create(
+        model="fake", messages=[{"role": "user", "content": "hi"}], max_tokens=4, store=True
+    )
+    answer = raw.parse()
+    assert raw.headers["x-llmaas-stored"] == "false" and answer.choices[0].message.content == "The "
+    streamed = list(_ask(client, store=True, stream=True, max_tokens=4))  # no error frame after the answer
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == "The "
+    assert (
+        "x-llmaas-stored"
+        not in client.chat.completions.with_raw_response.create(
+            model="fake", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+        ).headers
+    )
+    deadline, url = time.monotonic() + 10, f"sqlite:///{tmp_path / 'llmaas.db'}"
+    while len(rows := ledger_rows(url, tenant_id)) < 3 and time.monotonic() < deadline:  # no retry billed again
+        time.sleep(0.1)
+    assert len(rows) == 3
+    monkeypatch.undo()
+    assert client.chat.completions.list().data == []
+
+
+def test_metadata_updates_count_in_the_quota_and_only_the_list_takes_metadata_filters(in_process: Start) -> None:
+    gateway = in_process()
+    _, _, client = gateway.tenant(max_storage_bytes=3000)
+    stored = _ask(client, store=True)
+    full = {f"k{i:02}": "v" * 512 for i in range(16)}  # about 8.5 KB more
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.update(stored.id, metadata=full)
+    assert refused.value.param == "metadata"
+    assert client.chat.completions.retrieve(stored.id).metadata == {}
+    assert client.chat.completions.update(stored.id, metadata={"k": "v"}).metadata == {"k": "v"}
+    headers = {"authorization": f"Bearer {client.api_key}"}
+    for path in (f"/{stored.id}", f"/{stored.id}/messages"):
+        refused_filter = gateway.http.get(f"/v1/chat/completions{path}?metadata[k]=v", headers=headers)
+        assert refused_filter.status_code == 400, path
+    assert gateway.http.get("/v1/chat/completions?metadata[k]=v", headers=headers).json()["data"][0]["id"] == stored.id
+    many = _same_question(client, "q", range(3, 6))
+    too_few = _export(gateway, client, {"type": "sft", "filter": {"ids": [m.id for m in many], "limit": 2}})
+    assert too_few.status_code == 400 and too_few.json()["error"]["param"] == "filter.limit", too_few.text
+
+
+def test_the_store_checks_the_quota_again_when_saving_and_reads_no_request_to_list(
+    database: Database, tmp_path: Path
+) -> None:
+    tenant = TenancyService(database).create_tenant(TenantCreate(name="stored")).id
+    quotas = Quotas(max_storage_bytes=1500)
+    principal = TenantPrincipal(KeyIdentity("key_1", tenant, "stored", "active", None, None, False, quotas))
+    store = CompletionStore(database, 10**9)
+    request = {"messages": [{"role": "user", "content": "x" * 500}]}
+
+    store.admit(principal, ChatCompletionRequest.model_validate({"model": "m", **request}))
+    store.admit(principal, ChatCompletionRequest.model_validate({"model": "m", **request}))  # both pass, unlocked
+    store.save(principal, request, _completion_object(1), None)
+    store.save(principal, request, _completion_object(2), None)  # the room was there at admission for each alone
+    with pytest.raises(QuotaExceeded):  # the third finds no room for its request under the tenant's lock
+        store.save(principal, request, _completion_object(3), None)
+    statements: list[str] = []
+    event.listen(database.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    assert len(store.list(tenant, None, {}, "chatcmpl-1", 10, "asc").data) == 1
+    store.get(tenant, "chatcmpl-1")
+    reads = [sql for sql in statements if "FROM stored_completions" in sql]
+    assert len(reads) == 3 and not any("stored_completions.request" in sql for sql in reads), reads
+    indexes = {index["name"] for index in inspect(database.engine).get_indexes("stored_completions")}
+    wanted = {"created", "tenant_model_created", "tenant_bytes"}  # retention, the model filter, the quota's sum
+    assert {f"ix_stored_completions_{name}" for name in wanted} <= indexes

@@ -366,7 +366,12 @@ class StoredCompletion(Base):
     in the tenant's storage quota with its files). Deleted by its owner, by retention, or with its tenant."""
 
     __tablename__ = "stored_completions"
-    __table_args__ = (Index("ix_stored_completions_tenant_created", "tenant_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_stored_completions_tenant_created", "tenant_id", "created_at"),
+        Index("ix_stored_completions_tenant_model_created", "tenant_id", "model", "created_at"),  # the model filter
+        Index("ix_stored_completions_created", "created_at"),  # retention's sweep over all tenants
+        Index("ix_stored_completions_tenant_bytes", "tenant_id", "bytes"),  # the quota's sum, from the index alone
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(String(40))

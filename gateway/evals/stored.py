@@ -15,7 +15,7 @@ from gateway import bounds
 from gateway.errors import InvalidRequestError
 from gateway.evals.items import Item
 from gateway.evals.models import StoredCompletionsSource
-from gateway.stored_completions.store import CompletionStore, Kept, Selection
+from gateway.stored_completions.store import CompletionStore, Kept, Selection, message_text
 
 STORED_ITEM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -49,9 +49,17 @@ def stored_items(
             "items have the shape of a stored completion, not of this eval's item schema).",
             param=_PARAM,
         )
+    required, narrowed = config.get("metadata") or {}, source.metadata or {}
+    clash = sorted(key for key in required.keys() & narrowed.keys() if required[key] != narrowed[key])
+    if clash:
+        raise InvalidRequestError(
+            f"The source's metadata['{clash[0]}'] differs from the eval's own data_source_config; a run's source may "
+            "narrow the eval's stored completions, never replace its filter.",
+            param=f"{_PARAM}.metadata",
+        )
     selection = Selection(
         model=source.model,
-        metadata={**(config.get("metadata") or {}), **(source.metadata or {})},
+        metadata={**required, **narrowed},
         created_after=_moment(source.created_after),
         created_before=_moment(source.created_before),
         limit=source.limit or bounds.EVAL_RUN_ITEMS,
@@ -81,9 +89,7 @@ def _moment(seconds: int | None) -> datetime | None:
 def _item(kept: Kept) -> dict[str, Any]:
     messages = []
     for message in kept.request["messages"]:
-        content = message.get("content") or ""
-        text = content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
-        messages.append({"role": message["role"], "content": text})
+        messages.append({"role": message["role"], "content": message_text(message.get("content"))})
     return {"id": kept.id, "model": kept.completion["model"], "input": messages, "metadata": kept.metadata or {}}
 
 

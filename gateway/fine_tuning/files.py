@@ -11,18 +11,19 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from adapters.datasets import DatasetError, check_jsonl
 from adapters.pagination import keyset_page
-from gateway import audit, bounds
+from gateway import audit, bounds, storage_quota
 from gateway.clock import utcnow
-from gateway.db import Database, File, StoredCompletion, affected_rows
-from gateway.errors import InvalidRequestError, NotFoundError, PayloadTooLarge, QuotaExceeded
+from gateway.db import Database, File, affected_rows
+from gateway.errors import InvalidRequestError, NotFoundError, PayloadTooLarge
 from gateway.fine_tuning.schemas import FileDeleted, FileList, FileOut
 from gateway.private_files import open_private, private_dir
 from gateway.tenancy.service import lock_live_tenant
@@ -42,6 +43,15 @@ def clean_filename(name: str) -> str:
     return cleaned
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What a file made on the tenant's request is held to, as an upload is: a size cap and the storage quota."""
+
+    max_bytes: int
+    quota: int
+    param: str
+
+
 class FileStore:
     def __init__(self, db: Database, root: Path) -> None:
         self._db = db
@@ -54,23 +64,14 @@ class FileStore:
         return self._root / file_id
 
     # -- storage quota ---------------------------------------------------------------------------------------------
-    def _used_bytes(self, session: Any, tenant_id: str) -> int:
-        """What the tenant's storage quota counts: its files and its stored chat completions."""
-        files = select(func.coalesce(func.sum(File.bytes), 0)).where(File.tenant_id == tenant_id)
-        completions = select(func.coalesce(func.sum(StoredCompletion.bytes), 0)).where(
-            StoredCompletion.tenant_id == tenant_id
-        )
-        return int(session.scalar(files) or 0) + int(session.scalar(completions) or 0)
-
     def used_bytes(self, tenant_id: str) -> int:
         with self._db.sessions() as session:
-            return self._used_bytes(session, tenant_id)
+            return storage_quota.used_bytes(session, tenant_id)
 
-    def check_room(self, tenant_id: str, quota: int, incoming: int) -> None:
-        """Refuse an upload that cannot fit before its body is read (``incoming``: its Content-Length)."""
-        with self._db.session() as session:
-            used = self._used_bytes(session, tenant_id)
-        _check_quota(used, incoming, quota)
+    def check_room(self, tenant_id: str, quota: int, incoming: int, param: str = "file") -> None:
+        """Refuse what cannot fit before it is read or written (``incoming``: e.g. an upload's Content-Length)."""
+        with self._db.sessions() as session:
+            storage_quota.check_room(session, tenant_id, incoming, quota, param)
 
     # -- create ----------------------------------------------------------------------------------------------------
     def create(
@@ -96,7 +97,9 @@ class FileStore:
                         ) from exc
             row = File(id=file_id, tenant_id=tenant_id, filename=name, purpose=purpose, bytes=size, created_at=utcnow())
             # One upload at a time per tenant gets to compare against the quota (the tenant's row lock).
-            self._commit(row, staging, lambda session: _check_quota(self._used_bytes(session, tenant_id), size, quota))
+            self._commit(
+                row, staging, lambda session: storage_quota.check_room(session, tenant_id, size, quota, "file")
+            )
         finally:
             staging.unlink(missing_ok=True)
         return FileOut.model_validate(row)
@@ -117,9 +120,13 @@ class FileStore:
             path.unlink(missing_ok=True)
             raise
 
-    def add_generated(self, tenant_id: str, filename: str, purpose: str, lines: Iterable[bytes]) -> str:
-        """A file the server made for the tenant (a batch's ``batch_output``): its id. Not refused by the storage
-        quota (it answers what the tenant asked for), but counted in it afterwards, and deleted like any file."""
+    def add_generated(
+        self, tenant_id: str, filename: str, purpose: str, lines: Iterable[bytes], limits: Limits | None = None
+    ) -> str:
+        """A file the server made for the tenant: its id. Without ``limits`` (a batch's ``batch_output``, which
+        answers what the tenant asked for) not refused by the storage quota, but counted in it afterwards; with
+        them (a file made on the tenant's request, e.g. an export) held to an upload's size cap while written (413)
+        and to the quota under the tenant's lock at commit (429), as an upload is. Deleted like any file."""
         file_id = f"file-{secrets.token_hex(12)}"
         path = self.path_of(file_id)
         staging = path.with_suffix(".part")
@@ -127,11 +134,20 @@ class FileStore:
             with os.fdopen(open_private(staging), "wb") as out:
                 for line in lines:
                     out.write(line)
+                    if limits is not None and out.tell() > limits.max_bytes:
+                        raise _too_large(limits.max_bytes, limits.param)
                 size = out.tell()
             row = File(
                 id=file_id, tenant_id=tenant_id, filename=filename, purpose=purpose, bytes=size, created_at=utcnow()
             )
-            self._commit(row, staging)
+            if limits is None:
+                self._commit(row, staging)
+            else:
+                self._commit(
+                    row,
+                    staging,
+                    lambda session: storage_quota.check_room(session, tenant_id, size, limits.quota, limits.param),
+                )
         finally:
             staging.unlink(missing_ok=True)
         return file_id
@@ -230,19 +246,12 @@ def _copy(source: BinaryIO, target: Path, max_bytes: int) -> int:
         while chunk := source.read(_CHUNK):
             size += len(chunk)
             if size > max_bytes:
-                raise PayloadTooLarge(
-                    f"The file is larger than this server's limit of {max_bytes} bytes.",
-                    param="file",
-                    code="file_too_large",
-                )
+                raise _too_large(max_bytes, "file")
             out.write(chunk)
     return size
 
 
-def _check_quota(used: int, incoming: int, quota: int) -> None:
-    if used + incoming > quota:
-        raise QuotaExceeded(
-            f"This upload needs {incoming} bytes but your organization's files already take {used} of its "
-            f"{quota}-byte storage quota. Delete files or ask your operator for more.",
-            param="file",
-        )
+def _too_large(max_bytes: int, param: str) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"The file is larger than this server's limit of {max_bytes} bytes.", param=param, code="file_too_large"
+    )

@@ -3,10 +3,13 @@
 ``content`` and ``tool_calls`` deltas (streamed) or the message (not streamed). With ``store: true`` the request
 and its completion are kept (``gateway.stored_completions``): checked before the model runs, stored once the
 answer is whole (a stream once its last chunk went out; a stream the client cut, or that failed, stores nothing).
+Storing never replaces an answer already billed: if it fails (the quota filled meanwhile, the tenant deleted, the
+database), the answer is still returned, with ``x-llmaas-stored: false`` when not streamed, and the failure logged.
 ``batch_answer`` answers one request of a batch the same way (``gateway.batches``)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -31,7 +34,10 @@ from gateway.state import CompletionsDep, RateLimitHeaders, ServingDep
 from gateway.stored_completions.assembly import Assembly
 from gateway.stored_completions.store import CompletionStore, kept_request
 
+logger = logging.getLogger(__name__)
 router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
+NOT_STORED_HEADER = "x-llmaas-stored"
+"""Sent as ``false`` with a ``store: true`` answer that could not be stored."""
 
 
 @router.post(
@@ -50,10 +56,22 @@ async def create_chat_completion(
         chunks = _chunks(run, header, body, plan)
         return await stream(request, run, _kept(chunks, run, body, serving, stored) if body.store else chunks)
     completion = _completion(header, body, plan, run, await collect(request, run))
-    if body.store:
-        await run_in_threadpool(stored.save, serving.tenant.tenant_id, kept_request(body), completion, body.metadata)
+    kept = await _save(stored, serving, body, completion) if body.store else True
     # A response of our own making: FastAPI's encoder would only walk it again.
-    return JSONResponse(completion)
+    return JSONResponse(completion, headers=None if kept else {NOT_STORED_HEADER: "false"})
+
+
+async def _save(
+    stored: CompletionStore, serving: Serving, body: ChatCompletionRequest, completion: dict[str, Any]
+) -> bool:
+    """Store a completion already answered and billed: whether it was. A failure is logged, never raised (the
+    client would retry, and be billed again, for an answer it was owed)."""
+    try:
+        await run_in_threadpool(stored.save, serving.tenant, kept_request(body), completion, body.metadata)
+    except Exception:
+        logger.exception("Chat completion %s was answered but could not be stored", completion["id"])
+        return False
+    return True
 
 
 async def _kept(
@@ -72,8 +90,7 @@ async def _kept(
             yield chunk
     finally:
         await aclose(chunks)
-    completion = assembly.completion(run.usage.as_dict())
-    await run_in_threadpool(stored.save, serving.tenant.tenant_id, kept_request(body), completion, body.metadata)
+    await _save(stored, serving, body, assembly.completion(run.usage.as_dict()))
 
 
 async def batch_answer(body: ChatCompletionRequest, serving: Serving) -> dict[str, Any]:

@@ -111,7 +111,7 @@ async def create_run(
         source = body.data_source
         model = "jsonl"
         if source.type != "jsonl":
-            model = source.model or source.source.type  # a run that samples names its model
+            model = source.model or model  # a run that samples names its model; one that grades only is "jsonl"
             if source.sampled:
                 await serving.model(model)  # 404 / 403 now, not when the run starts
         if source.source.type == "stored_completions":

@@ -14,6 +14,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.responses import StreamingResponse
 
+from gateway import storage_quota
 from gateway.edge.body_limits import MULTIPART_ALLOWANCE
 from gateway.edge.strict_json import StrictJSONRoute
 from gateway.errors import InvalidRequestError
@@ -81,8 +82,7 @@ async def _store_upload(
     request: Request, tenant: TenantPrincipal, files: FileStore, settings: GatewaySettings
 ) -> FileOut:
     """The upload's form read and its file stored, within the tenant's storage quota."""
-    quota = tenant.identity.quotas.max_storage_bytes
-    quota = settings.default_max_storage_bytes if quota is None else quota
+    quota = storage_quota.quota_of(tenant, settings.default_max_storage_bytes)
     announced = request.headers.get("content-length", "")
     file_bytes_at_least = max(int(announced) - MULTIPART_ALLOWANCE, 0) if announced.isdigit() else 0
     await run_in_threadpool(files.check_room, tenant.tenant_id, quota, file_bytes_at_least)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from gateway import bounds
@@ -16,7 +16,16 @@ from gateway.edge.strict_json import StrictJSONRoute
 from gateway.errors import InvalidRequestError
 from gateway.fine_tuning.schemas import FileOut
 from gateway.inference.request_fields import ModelId
-from gateway.state import CompletionsDep, FilesDep, RateLimitHeaders, TenantDep
+from gateway.state import (
+    AdmissionDep,
+    CompletionsDep,
+    ContextDep,
+    FilesDep,
+    IdempotentDep,
+    RateLimitHeaders,
+    SettingsDep,
+    TenantDep,
+)
 from gateway.stored_completions.exports import export
 from gateway.stored_completions.objects import (
     COMPLETION_ID_MAX,
@@ -35,8 +44,21 @@ class _MetadataFilterRoute(StrictJSONRoute):
     bracketed = frozenset({"metadata"})
 
 
-router = APIRouter(route_class=_MetadataFilterRoute, dependencies=[RateLimitHeaders])
+router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
 
+_METADATA_FILTER = {
+    "parameters": [
+        {
+            "name": "metadata",
+            "in": "query",
+            "required": False,
+            "style": "deepObject",
+            "explode": True,
+            "description": "Only completions whose metadata holds every given pair: metadata[key]=value.",
+            "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+        }
+    ]
+}
 CompletionId = Annotated[str, Path(max_length=COMPLETION_ID_MAX, pattern=COMPLETION_ID_PATTERN)]
 Order = Annotated[Literal["asc", "desc"], Query()]
 Limit = Annotated[int, Query(ge=1, le=100)]
@@ -60,7 +82,6 @@ def metadata_filter(request: Request) -> dict[str, str]:
     return pairs
 
 
-@router.get("/v1/chat/completions")
 async def list_stored_completions(
     request: Request,
     tenant: TenantDep,
@@ -74,13 +95,34 @@ async def list_stored_completions(
     return await run_in_threadpool(store.list, tenant.tenant_id, model, metadata, after, limit, order)
 
 
-@router.post("/v1/chat/completions/exports")
+# Only the list takes the ``metadata[...]`` query family; every other route refuses unknown query parameters.
+router.add_api_route(
+    "/v1/chat/completions",
+    list_stored_completions,
+    methods=["GET"],
+    route_class_override=_MetadataFilterRoute,
+    openapi_extra=_METADATA_FILTER,
+)
+
+
+@router.post("/v1/chat/completions/exports", response_model=FileOut)
 async def export_stored_completions(
-    body: ExportRequest, tenant: TenantDep, store: CompletionsDep, files: FilesDep
-) -> FileOut:
+    body: ExportRequest,
+    context: ContextDep,
+    tenant: TenantDep,
+    admission: AdmissionDep,
+    store: CompletionsDep,
+    files: FilesDep,
+    settings: SettingsDep,
+    idempotent: IdempotentDep,
+) -> FileOut | Response:
     """Our extension: stored completions as a ``fine-tune`` file (``type: "sft"`` with a ``filter``, or ``type:
-    "dpo"`` with ``pairs`` of ``preferred`` / ``non_preferred`` completion ids of the same input)."""
-    return await run_in_threadpool(export, store, files, tenant, body)
+    "dpo"`` with ``pairs`` of ``preferred`` / ``non_preferred`` completion ids of the same input). Admitted and
+    made once per ``Idempotency-Key`` as any create; held to the upload size cap."""
+    await admission.admit_request(context, tenant)
+    return await idempotent.once(
+        lambda: run_in_threadpool(export, store, files, tenant, body, settings.max_upload_bytes)
+    )
 
 
 @router.get("/v1/chat/completions/{completion_id}")
@@ -94,7 +136,7 @@ async def retrieve_stored_completion(
 async def update_stored_completion(
     completion_id: CompletionId, body: CompletionUpdate, tenant: TenantDep, store: CompletionsDep
 ) -> StoredChatCompletion:
-    return await run_in_threadpool(store.update, tenant.tenant_id, completion_id, body.metadata)
+    return await run_in_threadpool(store.update, tenant, completion_id, body.metadata)
 
 
 @router.delete("/v1/chat/completions/{completion_id}")

@@ -2,8 +2,10 @@
 completion's messages, then its first choice's answer), or pairs of completions of the same input as preference
 pairs in OpenAI's DPO line shape (``{"input": {"messages": [..]}, "preferred_output": [..],
 "non_preferred_output": [..]}``). The file is written into ``/v1/files`` (``purpose: fine-tune``) as the tenant's
-own, refused first when the storage quota has no room for the completions it reads; every SFT line is checked
-by the training file validator before it is written.
+own, refused first when the storage quota has no room for the completions it reads, then held as an upload is: to
+the upload size cap while written (413) and to the quota under the tenant's lock when it is added (429). A pair
+given twice is refused (it would write its lines again and again from the same stored bytes). Every SFT line is
+checked by the training file validator before it is written.
 
 Only text conversations make training examples: a completion with tool calls or tool messages, or with an empty
 answer, is refused by id (400), never silently left out."""
@@ -16,26 +18,32 @@ from typing import Any
 
 from adapters.datasets import DatasetError, iter_examples
 from gateway.errors import InvalidRequestError, NotFoundError
-from gateway.fine_tuning.files import FileStore, clean_filename
+from gateway.fine_tuning.files import FileStore, Limits, clean_filename
 from gateway.fine_tuning.schemas import FileOut
 from gateway.stored_completions.objects import DpoExport, SftExport
-from gateway.stored_completions.store import CompletionStore, Kept, Selection
+from gateway.stored_completions.store import CompletionStore, Kept, Selection, message_text
 from gateway.tenancy.principal import TenantPrincipal
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
 def export(
-    store: CompletionStore, files: FileStore, tenant: TenantPrincipal, request: SftExport | DpoExport
+    store: CompletionStore, files: FileStore, tenant: TenantPrincipal, request: SftExport | DpoExport, max_bytes: int
 ) -> FileOut:
-    """Blocking: the export written as the tenant's file."""
+    """Blocking: the export written as the tenant's file, of at most ``max_bytes`` (the upload size cap)."""
     tenant_id = tenant.tenant_id
+    param = "filter" if isinstance(request, SftExport) else "pairs"
     filename = clean_filename(request.filename)
     if not filename.lower().endswith(".jsonl"):
         raise InvalidRequestError("Fine-tuning files must be .jsonl files.", param="filename")
     lines: Iterable[bytes]
     if isinstance(request, SftExport):
         chosen = request.filter
+        if chosen.ids is not None and chosen.limit < len(chosen.ids):
+            raise InvalidRequestError(
+                f"filter.limit ({chosen.limit}) is smaller than the number of filter.ids ({len(chosen.ids)}).",
+                param="filter.limit",
+            )
         selection = Selection(model=chosen.model, metadata=chosen.metadata, ids=chosen.ids, limit=chosen.limit)
         found, size = store.selected(tenant_id, selection)
         if not found:
@@ -43,12 +51,15 @@ def export(
         _all_found(chosen.ids, found, "filter.ids")
         lines = _sft_lines(store.select(tenant_id, selection))
     else:
+        if len({(pair.preferred, pair.non_preferred) for pair in request.pairs}) < len(request.pairs):
+            raise InvalidRequestError("Each preference pair may be given once.", param="pairs")
         ids = sorted({id_ for pair in request.pairs for id_ in (pair.preferred, pair.non_preferred)})
         found, size = store.selected(tenant_id, Selection(ids=ids, limit=len(ids)))
         _all_found(ids, found, "pairs")
         lines = _dpo_lines(store, tenant_id, request)
-    store.check_room(tenant, size, "filter" if isinstance(request, SftExport) else "pairs")
-    file_id = files.add_generated(tenant_id, filename, "fine-tune", lines)
+    store.check_room(tenant, size, param)
+    limits = Limits(max_bytes=max_bytes, quota=store.quota_of(tenant), param=param)
+    file_id = files.add_generated(tenant_id, filename, "fine-tune", lines, limits)
     return files.get(tenant_id, file_id)
 
 
@@ -112,9 +123,7 @@ def _input(kept: Kept, param: str) -> list[dict[str, str]]:
                 "exports take text conversations only.",
                 param=param,
             )
-        content = message.get("content") or ""
-        text = content if isinstance(content, str) else "".join(part["text"] for part in content)
-        messages.append({"role": role, "content": text})
+        messages.append({"role": role, "content": message_text(message.get("content"))})
     return messages
 
 

@@ -4,9 +4,11 @@ store, and its storage quota has room), the list with its filters (keyset-paged 
 messages, the metadata update, deletion, and the purges of retention and tenant erasure.
 
 A completion's bytes (its request's and its answer's JSON) count in the tenant's storage quota beside its files
-(``FileStore.used_bytes``). The request's bytes must fit before the model runs; the answer is then stored whatever
-its length (it answers what the tenant asked for, as a batch's output file is), so a tenant may pass its quota by
-at most one answer, and its next ``store: true`` is refused. A completion of another tenant is never found."""
+(``gateway.storage_quota``). The request's bytes must fit before the model runs, and again when the answer is
+saved, under the tenant's lock (so concurrent requests cannot all pass on the same "bytes used"); the answer is then
+stored whatever its length (it answers what the tenant asked for, as a batch's output file is), so a tenant passes
+its quota by at most the answers saved while it still had room. A metadata update that grows a completion must fit
+too. A completion of another tenant is never found."""
 
 from __future__ import annotations
 
@@ -17,14 +19,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Select, delete, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Select, delete, exists, func, select
+from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm.exc import StaleDataError
+from sqlalchemy.orm.interfaces import ORMOption
 
 from adapters.pagination import keyset_page
+from gateway import storage_quota
 from gateway.clock import utcnow
 from gateway.db import Database, StoredCompletion, affected_rows
-from gateway.errors import InvalidRequestError, NotFoundError, QuotaExceeded
-from gateway.fine_tuning.files import FileStore
+from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.inference.api_types import ChatCompletionRequest
 from gateway.stored_completions.objects import (
     CompletionDeleted,
@@ -70,19 +74,24 @@ def kept_request(body: ChatCompletionRequest) -> dict[str, Any]:
     return body.model_dump(mode="json", exclude_unset=True, exclude_none=True, exclude=_NOT_KEPT)
 
 
+def message_text(content: str | builtins.list[dict[str, Any]] | None) -> str:
+    """A kept message's content as text: its text parts joined (the request admits text parts only)."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    return "".join(part.get("text", "") for part in content)
+
+
 def _size(*parts: Any) -> int:
     return sum(len(json.dumps(part, ensure_ascii=False).encode()) for part in parts)
 
 
 class CompletionStore:
-    def __init__(self, db: Database, files: FileStore, default_quota: int) -> None:
+    def __init__(self, db: Database, default_quota: int) -> None:
         self._db = db
-        self._files = files
         self._default_quota = default_quota
 
     def quota_of(self, tenant: TenantPrincipal) -> int:
-        quota = tenant.identity.quotas.max_storage_bytes
-        return self._default_quota if quota is None else quota
+        return storage_quota.quota_of(tenant, self._default_quota)
 
     def admit(self, tenant: TenantPrincipal, body: ChatCompletionRequest) -> None:
         """Blocking: may this request be stored? Refused before the model runs: a tenant whose operator forbids
@@ -96,21 +105,23 @@ class CompletionStore:
         self.check_room(tenant, _size(kept_request(body), body.metadata), "store")
 
     def check_room(self, tenant: TenantPrincipal, incoming: int, param: str) -> None:
-        quota = self.quota_of(tenant)
-        used = self._files.used_bytes(tenant.tenant_id)
-        if used + incoming > quota:
-            raise QuotaExceeded(
-                f"This needs {incoming} bytes but your organization's files and stored completions already take "
-                f"{used} of its {quota}-byte storage quota. Delete some or ask your operator for more.",
-                param=param,
-            )
+        """The cheap first refusal (no lock): ``incoming`` more bytes would pass the tenant's quota (429)."""
+        with self._db.sessions() as session:
+            storage_quota.check_room(session, tenant.tenant_id, incoming, self.quota_of(tenant), param)
 
     def save(
-        self, tenant_id: str, request: dict[str, Any], completion: dict[str, Any], metadata: dict[str, str] | None
+        self,
+        tenant: TenantPrincipal,
+        request: dict[str, Any],
+        completion: dict[str, Any],
+        metadata: dict[str, str] | None,
     ) -> None:
-        """Blocking: one finished completion (the tenant locked: never stored for a tenant deleted meanwhile)."""
+        """Blocking: one finished completion, the tenant locked (never stored for a tenant deleted meanwhile) and
+        its request's bytes checked again against the quota under that lock."""
+        tenant_id = tenant.tenant_id
         with self._db.session() as session:
             lock_live_tenant(session, tenant_id, "store")
+            storage_quota.check_room(session, tenant_id, _size(request, metadata), self.quota_of(tenant), "store")
             session.add(
                 StoredCompletion(
                     id=completion["id"],
@@ -137,22 +148,29 @@ class CompletionStore:
         with self._db.sessions() as session:
             cursor = None
             if after is not None:
-                row = _owned(session, tenant_id, after, "after")
-                cursor = (row.created_at, row.id)
-            query = _selected(tenant_id, Selection(model=model, metadata=metadata))
+                found = session.execute(
+                    select(StoredCompletion.created_at, StoredCompletion.id).where(
+                        StoredCompletion.id == after, StoredCompletion.tenant_id == tenant_id
+                    )
+                ).first()
+                if found is None:
+                    raise _not_found(after, "after")
+                cursor = (found.created_at, found.id)
+            query = _selected(session, tenant_id, Selection(model=model, metadata=metadata))
+            query = query.options(defer(StoredCompletion.request))
             keys = (StoredCompletion.created_at, StoredCompletion.id)
             rows, more = keyset_page(session, query, keys, cursor, limit, descending=order == "desc")
             return StoredCompletionList.of([_completion(row) for row in rows], more)
 
     def get(self, tenant_id: str, completion_id: str) -> StoredChatCompletion:
         with self._db.sessions() as session:
-            return _completion(_owned(session, tenant_id, completion_id))
+            return _completion(_owned(session, tenant_id, completion_id, defer(StoredCompletion.request)))
 
     def messages(
         self, tenant_id: str, completion_id: str, after: str | None, limit: int, order: Literal["asc", "desc"]
     ) -> StoredMessageList:
         with self._db.sessions() as session:
-            request = _owned(session, tenant_id, completion_id).request
+            request = _owned(session, tenant_id, completion_id, defer(StoredCompletion.completion)).request
         messages = [_message(f"{completion_id}-{index}", sent) for index, sent in enumerate(request["messages"])]
         if order == "desc":
             messages.reverse()
@@ -172,7 +190,7 @@ class CompletionStore:
         left = selection.limit
         while left > 0:
             with self._db.sessions() as session:
-                query = _selected(tenant_id, selection)
+                query = _selected(session, tenant_id, selection)
                 rows, more = keyset_page(session, query, keys, cursor, min(left, _READ_BATCH), descending=True)
                 kept = [Kept(row.id, row.request, row.completion, row.user_metadata) for row in rows]
                 if rows:
@@ -182,22 +200,36 @@ class CompletionStore:
                 return
 
     def selected(self, tenant_id: str, selection: Selection) -> tuple[builtins.list[str], int]:
-        """Blocking: the ids ``selection`` reads and the bytes they are stored in (an export is never larger),
-        without reading the completions themselves."""
-        columns = _selected(tenant_id, selection).with_only_columns(StoredCompletion.id, StoredCompletion.bytes)
+        """Blocking: the ids ``selection`` reads and the bytes they are stored in (an export's cheap first check;
+        the file it writes is held to the quota again when added), without reading the completions themselves."""
         order = (StoredCompletion.created_at.desc(), StoredCompletion.id.desc())
         with self._db.sessions() as session:
+            columns = _selected(session, tenant_id, selection).with_only_columns(
+                StoredCompletion.id, StoredCompletion.bytes
+            )
             rows = session.execute(columns.order_by(*order).limit(selection.limit)).all()
         return [row.id for row in rows], sum(row.bytes for row in rows)
 
     # -- change ----------------------------------------------------------------------------------------------------
-    def update(self, tenant_id: str, completion_id: str, metadata: dict[str, str] | None) -> StoredChatCompletion:
-        with self._db.session() as session:
-            row = _owned(session, tenant_id, completion_id)
-            row.user_metadata = metadata
-            row.bytes = _size(row.request, row.completion, metadata)
-            session.flush()
-            return _completion(row)
+    def update(
+        self, tenant: TenantPrincipal, completion_id: str, metadata: dict[str, str] | None
+    ) -> StoredChatCompletion:
+        """The new metadata (the row locked, so a delete meanwhile is a 404); growing the completion must fit in
+        the quota, checked under the tenant's lock."""
+        tenant_id = tenant.tenant_id
+        try:
+            with self._db.session() as session:
+                lock_live_tenant(session, tenant_id, "completion_id")
+                row = _owned(session, tenant_id, completion_id, lock=True)
+                grown = _size(row.request, row.completion, metadata) - row.bytes
+                if grown > 0:
+                    storage_quota.check_room(session, tenant_id, grown, self.quota_of(tenant), "metadata")
+                row.user_metadata = metadata
+                row.bytes += grown
+                session.flush()
+                return _completion(row)
+        except StaleDataError:  # deleted between the read and the write
+            raise _not_found(completion_id) from None
 
     def delete(self, tenant_id: str, completion_id: str) -> CompletionDeleted:
         with self._db.session() as session:
@@ -234,12 +266,13 @@ def erase_tenant_completions(session: Session, tenant_id: str) -> int:
     return affected_rows(gone)
 
 
-def _selected(tenant_id: str, selection: Selection) -> Select[StoredCompletion]:
+def _selected(session: Session, tenant_id: str, selection: Selection) -> Select[StoredCompletion]:
     conditions: list[ColumnElement[bool]] = [StoredCompletion.tenant_id == tenant_id]
     if selection.model is not None:
         conditions.append(StoredCompletion.model == selection.model)
+    sqlite = session.get_bind().dialect.name == "sqlite"
     for key, value in (selection.metadata or {}).items():
-        conditions.append(StoredCompletion.user_metadata[key].as_string() == value)
+        conditions.append(_has_pair(key, value) if sqlite else StoredCompletion.user_metadata[key].as_string() == value)
     if selection.ids is not None:
         conditions.append(StoredCompletion.id.in_(selection.ids))
     if selection.created_after is not None:
@@ -249,6 +282,13 @@ def _selected(tenant_id: str, selection: Selection) -> Select[StoredCompletion]:
     return select(StoredCompletion).where(*conditions)
 
 
+def _has_pair(key: str, value: str) -> ColumnElement[bool]:
+    """SQLite: the metadata holds ``key: value``, for any key (its JSON path syntax cannot name every key: one with
+    ``"`` or any non-ASCII character, as SQLAlchemy escapes it, matches nothing)."""
+    pairs = func.json_each(StoredCompletion.user_metadata).table_valued("key", "value")
+    return exists().where(pairs.c.key == key, pairs.c.value == value)
+
+
 def _completion(row: StoredCompletion) -> StoredChatCompletion:
     return StoredChatCompletion.model_validate({**row.completion, "metadata": row.user_metadata or {}})
 
@@ -256,7 +296,7 @@ def _completion(row: StoredCompletion) -> StoredChatCompletion:
 def _message(message_id: str, sent: dict[str, Any]) -> StoredMessage:
     content = sent.get("content")
     parts = content if isinstance(content, list) else None
-    text = "".join(part.get("text", "") for part in parts) if parts is not None else content
+    text = message_text(content) if parts is not None else content
     return StoredMessage(
         id=message_id,
         role=sent["role"],
@@ -268,10 +308,15 @@ def _message(message_id: str, sent: dict[str, Any]) -> StoredMessage:
     )
 
 
-def _owned(session: Session, tenant_id: str, completion_id: str, param: str = "completion_id") -> StoredCompletion:
-    row = session.get(StoredCompletion, completion_id)
-    if row is None or row.tenant_id != tenant_id:
-        raise _not_found(completion_id, param)
+def _owned(
+    session: Session, tenant_id: str, completion_id: str, *options: ORMOption, lock: bool = False
+) -> StoredCompletion:
+    query = select(StoredCompletion).where(
+        StoredCompletion.id == completion_id, StoredCompletion.tenant_id == tenant_id
+    )
+    row = session.scalar(query.options(*options).with_for_update() if lock else query.options(*options))
+    if row is None:
+        raise _not_found(completion_id)
     return row
 
 

@@ -26,6 +26,11 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(), nullable=False),
     )
     op.create_index("ix_stored_completions_tenant_created", "stored_completions", ["tenant_id", "created_at"])
+    op.create_index(
+        "ix_stored_completions_tenant_model_created", "stored_completions", ["tenant_id", "model", "created_at"]
+    )
+    op.create_index("ix_stored_completions_created", "stored_completions", ["created_at"])
+    op.create_index("ix_stored_completions_tenant_bytes", "stored_completions", ["tenant_id", "bytes"])
     with op.batch_alter_table("tenants") as batch:
         batch.add_column(sa.Column("store_completions", sa.Boolean()))
     with op.batch_alter_table("evals") as batch:
@@ -37,5 +42,8 @@ def downgrade() -> None:
         batch.drop_column("stored_completions")
     with op.batch_alter_table("tenants") as batch:
         batch.drop_column("store_completions")
+    op.drop_index("ix_stored_completions_tenant_bytes", "stored_completions")
+    op.drop_index("ix_stored_completions_created", "stored_completions")
+    op.drop_index("ix_stored_completions_tenant_model_created", "stored_completions")
     op.drop_index("ix_stored_completions_tenant_created", "stored_completions")
     op.drop_table("stored_completions")
