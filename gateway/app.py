@@ -135,6 +135,8 @@ def build_webhooks(
     destinations = Destinations(settings.webhook_allow_private, tuple(settings.webhook_allowed_hosts))
     box = SecretBox.of(settings.webhook_secrets_key, settings.data_dir)
     service = WebhookService(database, box, destinations, settings.webhook_max_endpoints)
+    shared = settings.database_url is not None and not settings.database_url.startswith("sqlite")
+    service.check_key(settings.webhook_secrets_key is not None, shared)
     backoff = Backoff(
         settings.webhook_max_attempts, settings.webhook_retry_base_seconds, settings.webhook_retry_max_seconds
     )

@@ -8,6 +8,7 @@ ask for the private mode explicitly, and fix an existing path's mode, whatever t
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,15 +46,25 @@ def open_private(path: Path, mode: str = "wb") -> int:
 
 def read_or_create_secret(path: Path, make: Callable[[], str]) -> tuple[str, bool]:
     """The secret kept in ``path``, else ``make()``'s, written there 0600 (the first of racing processes wins);
-    and whether it was made just now."""
-    if path.exists():
-        return path.read_text().strip(), False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    secret = make()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    except FileExistsError:  # another process created it first
-        return path.read_text().strip(), False
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secret + "\n")
-    return secret, True
+    and whether it was made just now. The file appears whole or not at all (written aside, then linked into
+    place), so no process ever reads a half-written or empty secret; an empty file is an error, not a key."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        secret = make()
+        aside = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        descriptor = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        try:
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secret + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.link(aside, path)  # atomic, and refused if another process linked its own first
+            return secret, True
+        except FileExistsError:
+            pass
+        finally:
+            aside.unlink(missing_ok=True)
+    kept = path.read_text().strip()
+    if not kept:
+        raise RuntimeError(f"{path} is empty: delete it to have a new secret made, or restore it")
+    return kept, False

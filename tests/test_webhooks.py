@@ -8,7 +8,9 @@ isolation between tenants; the bound on endpoints; a tenant's webhooks exported 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
+import ipaddress
 import itertools
 import json
 import tarfile
@@ -31,7 +33,7 @@ from openai.types.webhooks import (
     FineTuningJobCancelledWebhookEvent,
     FineTuningJobFailedWebhookEvent,
 )
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, delete, select, text, update
 
 from adapters.hyperparameters import Hyperparameters
 from adapters.jobs import JobRequest, new_job_id
@@ -41,11 +43,16 @@ from adapters.store import utcnow
 from adapters.worker import Worker
 from gateway.accounting.pricing import PriceBook
 from gateway.app import job_hook
-from gateway.db import Database
+from gateway.db import Database, WebhookDelivery, WebhookEndpoint
 from gateway.errors import InvalidRequestError
-from gateway.webhooks.destinations import CheckedResolver, Destinations
-from gateway.webhooks.events import EVENT_TYPES
-from gateway.webhooks.outbox import Backoff, purge_deliveries
+from gateway.private_files import read_or_create_secret
+from gateway.webhooks import destinations, events
+from gateway.webhooks.delivery import TESTS_PER_TENANT
+from gateway.webhooks.destinations import CheckedResolver, Destinations, is_public
+from gateway.webhooks.events import EVENT_TYPES, enqueue
+from gateway.webhooks.outbox import Backoff, Outbox, purge_deliveries
+from gateway.webhooks.secrets import SecretBox, new_secret
+from gateway.webhooks.service import WebhookService
 from tests.support import ADMIN
 from tests.support.databases import fresh_postgres_database
 from tests.support.in_process import InProcessGateway, in_process_gateway
@@ -481,10 +488,11 @@ def test_a_destination_checked_again_at_delivery_is_refused_after_dns(
     engine.dispose()
     run_batch(client)
     [delivery] = deliveries(client, endpoint.id, ("failed",))
-    assert delivery["status"] == "failed" and "not a public address" in delivery["last_error"]
+    assert delivery["status"] == "failed" and "does not resolve to a public address" in delivery["last_error"]
+    assert "127.0.0.1" not in delivery["last_error"]  # the operator's addresses are not echoed
     assert receiver.received == []
 
-    with pytest.raises(OSError, match="not a public address"):
+    with pytest.raises(OSError, match="does not resolve to a public address"):
         asyncio.run(CheckedResolver(Destinations()).resolve("localhost", 80))
     assert Destinations(allowed_hosts=("hooks.example.com", "*.corp.example")).check_url("https://a.corp.example/")
     for url in ("https://example.com/", "https://corp.example.evil/", localhost):
@@ -539,3 +547,188 @@ def test_two_gateways_on_postgresql_deliver_each_event_once(tmp_path: Path, rece
             and {event.data.id for event in events if isinstance(event, BatchCompletedWebhookEvent)} == batches
         )
         assert len({item.headers["webhook-id"] for item in got}) == 6  # each event sent once, by one gateway
+
+
+# -- the review's findings (each test fails without its fix) ---------------------------------------------------------
+
+
+def outbox_on(database: Database, key: str, attempts: int = 3) -> Outbox:
+    service = WebhookService(database, SecretBox(key), Destinations(allow_private=True), 10)
+    return Outbox(database, service, Backoff(attempts, 60, 600), per_tenant=4)
+
+
+def test_a_gateway_with_another_secrets_key_leaves_the_delivery_without_spending_a_try(tmp_path: Path) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'shared.db'}")
+    database.migrate()
+    right, wrong = "the-key-every-gateway-shares", "a-key-this-gateway-made-alone"
+    now = utcnow()
+    with database.session() as session:
+        session.add(
+            WebhookEndpoint(
+                id="whep_1",
+                tenant_id="t1",
+                name="x",
+                url="http://127.0.0.1:9/hooks",
+                event_types=["batch.completed"],
+                enabled=True,
+                paused_by_operator=False,
+                secret=SecretBox(right).seal("whep_1", new_secret()),
+                secret_hint="whsec_...abcd",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        enqueue(session, "t1", "batch.completed", "batch_1")
+    try:
+        assert outbox_on(database, wrong).claim("gateway-b", 120) is None  # released, not sent unsigned
+        with database.session() as session:
+            row = session.scalars(select(WebhookDelivery)).one()
+            assert (row.status, row.attempts, row.runner_id) == ("pending", 0, None)  # no try spent
+            assert row.next_attempt_at > utcnow()  # and left to the other gateways a while
+            session.execute(update(WebhookDelivery).values(next_attempt_at=now))
+        with database.session() as session:
+            endpoint = session.get(WebhookEndpoint, "whep_1")
+            assert endpoint is not None and outbox_on(database, wrong)._endpoints.key_matches(endpoint) is False
+        assert outbox_on(database, wrong)._endpoints.check_key(configured=False, shared_database=True) == 1
+        claimed = outbox_on(database, right).claim("gateway-a", 120)
+        assert claimed is not None and claimed.signing is not None and len(claimed.signing.secrets) == 1
+    finally:
+        database.dispose()
+
+
+def test_the_secrets_key_file_is_never_read_half_written(tmp_path: Path) -> None:
+    path = tmp_path / "webhook_secrets_key"
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        keys = list(pool.map(lambda n: read_or_create_secret(path, lambda: f"key-{n}-" + "x" * 40), range(16)))
+    assert len({key for key, _ in keys}) == 1 and sum(made for _, made in keys) == 1  # one key, made once
+    assert keys[0][0] and path.read_text().strip() == keys[0][0] and list(tmp_path.iterdir()) == [path]
+    path.write_text("")  # a crash left it empty: an error, never an empty (public) key
+    with pytest.raises(RuntimeError, match="empty"):
+        read_or_create_secret(path, lambda: "unused")
+    with pytest.raises(ValueError):
+        SecretBox("")
+
+
+def test_only_public_unicast_addresses_and_dotted_quads_pass() -> None:
+    for address in (
+        "64:ff9b:1::a00:1",  # local-use NAT64 of 10.0.0.1
+        "fec0::1",  # site-local
+        "::7f00:1",  # IPv4-compatible 127.0.0.1
+        "::ffff:0:7f00:1",  # IPv4-translated 127.0.0.1
+        "3fff::1",  # documentation
+        "5f00::1",
+        "2001:db8::1",
+        "ff02::1",
+        "198.18.0.1",
+        "240.0.0.1",
+    ):
+        assert not is_public(ipaddress.ip_address(address)), address
+    for address in ("2606:4700:4700::1111", "8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"):
+        assert is_public(ipaddress.ip_address(address)), address
+    for host in ("2130706433", "127.1", "0177.0.0.1", "0x7f.0.0.1", "017700000001", "1"):
+        with pytest.raises(InvalidRequestError, match="four decimal numbers"):
+            Destinations(allow_private=True).check_url(f"http://{host}/")
+
+
+def test_an_unresolvable_host_at_delivery_is_a_failed_try_and_no_address_is_echoed(
+    in_process: Callable[..., InProcessGateway],
+) -> None:
+    with pytest.raises(OSError):  # not an API error escaping aiohttp
+        asyncio.run(CheckedResolver(Destinations()).resolve("nonexistent.invalid", 80))
+    _, _, client = in_process().tenant()
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.webhooks.create(name="x", url="http://localhost:8000/", event_types=["batch.completed"])
+    assert "127.0.0.1" not in refused.value.message and "::1" not in refused.value.message
+
+
+def test_cheap_refusals_come_before_any_dns_lookup(
+    gateway: InProcessGateway, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, _, owner = gateway.tenant()
+    _, _, other = gateway.tenant()
+    mine = owner.webhooks.create(name="1", url=receiver.url, event_types=["batch.completed"])
+    owner.webhooks.create(name="2", url=receiver.url, event_types=["batch.completed"])
+    owner.webhooks.create(name="3", url=receiver.url, event_types=["batch.completed"])
+    lookups: list[str] = []
+
+    async def resolve(host: str, port: int, family: Any = 0) -> Any:
+        lookups.append(host)
+        raise OSError("no lookups in this test")
+
+    monkeypatch.setattr(destinations, "_resolve", resolve)
+    with pytest.raises(openai.BadRequestError) as full:
+        owner.webhooks.create(name="4", url="http://slow-dns.example/", event_types=["batch.completed"])
+    assert full.value.code == "webhook_endpoint_limit_reached"
+    with pytest.raises(openai.NotFoundError):
+        other.webhooks.update(mine.id, url="http://slow-dns.example/")
+    assert lookups == []
+
+
+def test_a_dead_endpoint_backs_off_as_a_whole_and_its_backlog_is_bounded(
+    gateway: InProcessGateway, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant_id, _, client = gateway.tenant()
+    endpoint = client.webhooks.create(name="dead", url=receiver.url, event_types=["batch.completed"])
+    receiver.statuses = [500] * 20
+    for _ in range(3):
+        submit_batch(client)
+    got = receiver.wait(4)
+    gaps = [later.at - earlier.done for earlier, later in itertools.pairwise(got[:4])]
+    assert min(gaps) >= 0.4 * 0.8, gaps  # one probe per backoff interval, not one try per queued event
+
+    database = database_of(gateway)
+    held = (WebhookDelivery.endpoint_id == endpoint.id, WebhookDelivery.status == "pending")
+    try:
+        with database.session() as session:  # backing off for long now: what comes waits, up to the bound
+            later = utcnow() + timedelta(hours=1)
+            session.execute(update(WebhookEndpoint).where(WebhookEndpoint.id == endpoint.id).values(retry_at=later))
+            session.execute(delete(WebhookDelivery).where(*held))
+        monkeypatch.setattr(events, "MAX_PENDING", 2)
+        with database.session() as session:
+            for n in range(3):
+                enqueue(session, tenant_id, "batch.completed", f"batch_{n}")
+        time.sleep(0.5)
+        with database.session() as session:
+            rows = session.scalars(
+                select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id).order_by(WebhookDelivery.id)
+            ).all()
+            late = [row for row in rows if json.loads(row.payload)["data"]["id"].startswith("batch_")]
+            assert sorted(row.status for row in late) == ["failed", "pending", "pending"]
+            assert all(row.attempts == 0 for row in late)  # held while the endpoint backs off: no try made
+            [dropped] = [row for row in late if row.status == "failed"]
+            assert dropped.last_error is not None and "already waiting" in dropped.last_error
+    finally:
+        database.dispose()
+
+
+def test_pausing_an_endpoint_keeps_its_queued_retries(gateway: InProcessGateway, receiver: Receiver) -> None:
+    _, _, client = gateway.tenant()
+    endpoint = client.webhooks.create(name="p", url=receiver.url, event_types=["batch.completed"])
+    receiver.statuses = [500]
+    run_batch(client)
+    receiver.wait(1)
+    client.webhooks.update(endpoint.id, extra_body={"enabled": False})
+    time.sleep(1.5)  # its retry was due after 0.4 s: it waits, unsent and not failed
+    [waiting] = deliveries(client, endpoint.id, ("pending",))
+    assert (waiting["status"], waiting["attempts"], len(receiver.received)) == ("pending", 1, 1)
+    client.webhooks.update(endpoint.id, extra_body={"enabled": True})
+    [sent] = deliveries(client, endpoint.id, ("delivered",))
+    assert (sent["status"], sent["attempts"]) == ("delivered", 2)
+
+
+def test_test_sends_are_bounded_per_tenant(gateway: InProcessGateway, receiver: Receiver) -> None:
+    _, _, client = gateway.tenant()
+    endpoint = client.webhooks.create(name="t", url=receiver.url, event_types=["batch.completed"])
+    receiver.delay = 1.0
+    once = client.with_options(max_retries=0)
+
+    def test_once(_: int) -> str:
+        try:
+            once.webhooks.test(endpoint.id, event_type="batch.completed")
+        except openai.RateLimitError:
+            return "refused"
+        return "sent"
+
+    with concurrent.futures.ThreadPoolExecutor(TESTS_PER_TENANT + 2) as pool:
+        outcomes = list(pool.map(test_once, range(TESTS_PER_TENANT + 2)))
+    assert outcomes.count("sent") <= TESTS_PER_TENANT and outcomes.count("refused") >= 2

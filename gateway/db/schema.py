@@ -403,6 +403,11 @@ class WebhookEndpoint(Base):
     secret_hint: Mapped[str] = mapped_column(String(32))
     previous_secret: Mapped[str | None] = mapped_column(String(256))
     previous_secret_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    """Failed tries in a row (of any of its deliveries); 0 after one is delivered."""
+    retry_at: Mapped[datetime | None] = mapped_column(DateTime)
+    """After a failed try: none of its deliveries is tried before this (the endpoint's own backoff, so that one
+    dead receiver holds one try per interval, not one per queued event)."""
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
 
@@ -435,6 +440,9 @@ class WebhookDelivery(Base):
         Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
         Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at"),
         Index("ix_webhook_deliveries_tenant", "tenant_id"),
+        Index("ix_webhook_deliveries_endpoint_status", "endpoint_id", "status"),
+        Index("ix_webhook_deliveries_lease", "runner_id", "heartbeat_at"),
+        Index("ix_webhook_deliveries_ended", "status", "finished_at"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)

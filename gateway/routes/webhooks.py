@@ -49,8 +49,15 @@ TenantRef = Annotated[str, Path(max_length=bounds.TENANT_NAME, description="a te
 
 @router.post("/v1/webhook_endpoints")
 async def create_endpoint(
-    body: EndpointCreate, tenant: TenantDep, webhooks: WebhooksDep, actor: ActorDep
+    body: EndpointCreate,
+    context: ContextDep,
+    tenant: TenantDep,
+    admission: AdmissionDep,
+    webhooks: WebhooksDep,
+    actor: ActorDep,
 ) -> EndpointWithSecret:
+    """Counts as a request of the tenant's RPM window, like every create (it makes us look the host up)."""
+    await admission.admit_request(context, tenant)
     return await webhooks.create(tenant.tenant_id, body, actor)
 
 
@@ -68,8 +75,16 @@ async def retrieve_endpoint(webhook_endpoint_id: EndpointId, tenant: TenantDep, 
 
 @router.post("/v1/webhook_endpoints/{webhook_endpoint_id}")
 async def update_endpoint(
-    webhook_endpoint_id: EndpointId, body: EndpointUpdate, tenant: TenantDep, webhooks: WebhooksDep, actor: ActorDep
+    webhook_endpoint_id: EndpointId,
+    body: EndpointUpdate,
+    context: ContextDep,
+    tenant: TenantDep,
+    admission: AdmissionDep,
+    webhooks: WebhooksDep,
+    actor: ActorDep,
 ) -> EndpointOut:
+    """Counts as a request of the tenant's RPM window (a new URL makes us look its host up)."""
+    await admission.admit_request(context, tenant)
     return await webhooks.update(tenant.tenant_id, webhook_endpoint_id, body, actor)
 
 
@@ -101,7 +116,7 @@ async def test_endpoint(
     """Sends one sample event now; counts as a request of the tenant's RPM window (it makes us send one)."""
     await admission.admit_request(context, tenant)
     signing = await run_in_threadpool(webhooks.signing, tenant.tenant_id, webhook_endpoint_id)
-    status, error = await delivery.test(signing, body.event_type)
+    status, error = await delivery.test(tenant.tenant_id, signing, body.event_type)
     if status is None:
         raise InvalidRequestError(f"The test event was not delivered. {error}", code="webhook_unreachable")
     return EndpointTestResult(webhook_endpoint_id=webhook_endpoint_id, event_type=body.event_type, status_code=status)

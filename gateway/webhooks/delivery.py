@@ -22,7 +22,7 @@ import aiohttp
 from starlette.concurrency import run_in_threadpool
 
 from gateway.clock import utcnow
-from gateway.errors import APIError
+from gateway.errors import APIError, RateLimited
 from gateway.webhooks.destinations import CheckedResolver, Destinations
 from gateway.webhooks.events import event_body, new_event_id
 from gateway.webhooks.outbox import Claimed, Outbox
@@ -32,6 +32,9 @@ from gateway.webhooks.service import Signing
 logger = logging.getLogger(__name__)
 
 BODY_BYTES = 4096
+TESTS_PER_TENANT = 2
+"""``/test`` sends of one tenant in flight at once on one gateway; more wait their turn."""
+_CONNECT_SECONDS = 3.0
 USER_AGENT = "LLMaaS-Webhooks/1"
 _SAMPLE_IDS = {"batch": "batch_test", "eval": "evalrun_test", "fine_tuning": "ftjob-test"}
 
@@ -59,6 +62,7 @@ class Deliverer:
         self._lease = lease_seconds
         self._poll = poll_seconds
         self._http: aiohttp.ClientSession | None = None
+        self._testing: dict[str, int] = {}
         self.runner_id = f"{socket.gethostname()}-webhooks-{secrets.token_hex(4)}"
 
     async def start(self) -> None:
@@ -66,10 +70,13 @@ class Deliverer:
             resolver=CheckedResolver(self._destinations),
             use_dns_cache=False,
             force_close=True,
-            limit=0,  # the loop bounds its own tries; tenants' tests (each one RPM request) must not queue them
+            limit=0,  # the loop bounds its own tries; tests are bounded per tenant by ``test``
         )
         self._http = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout), trust_env=False
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self._timeout, sock_connect=min(self._timeout, _CONNECT_SECONDS)),
+            trust_env=False,
+            auto_decompress=False,  # the answer is not read beyond BODY_BYTES, and never inflated
         )
 
     async def close(self) -> None:
@@ -125,16 +132,24 @@ class Deliverer:
         except Exception:  # the lease lapses and another try is made
             logger.exception("recording webhook delivery %s failed", claimed.delivery_id)
 
-    async def test(self, signing: Signing, event_type: str) -> Outcome:
-        """One sample event of ``event_type`` sent now."""
+    async def test(self, tenant_id: str, signing: Signing, event_type: str) -> Outcome:
+        """One sample event of ``event_type`` sent now; a 429 while the tenant has ``TESTS_PER_TENANT`` in flight."""
+        if self._testing.get(tenant_id, 0) >= TESTS_PER_TENANT:
+            raise RateLimited(f"At most {TESTS_PER_TENANT} test events are sent at once: wait for one to end.")
         sample = _SAMPLE_IDS[event_type.split(".", 1)[0]]
         event_id = new_event_id()
-        return await self.send(signing, event_id, event_body(event_id, event_type, sample, utcnow()))
+        self._testing[tenant_id] = self._testing.get(tenant_id, 0) + 1
+        try:
+            return await self.send(signing, event_id, event_body(event_id, event_type, sample, utcnow()))
+        finally:
+            left = self._testing.pop(tenant_id) - 1
+            if left:
+                self._testing[tenant_id] = left
 
     async def send(self, signing: Signing, event_id: str, payload: str) -> Outcome:
         assert self._http is not None, "start() first"
         if not signing.secrets:
-            return None, "The endpoint's signing secret cannot be read (the secrets key changed?): rotate it."
+            return None, "This gateway cannot read the endpoint's signing secret (another secrets key sealed it)."
         try:
             self._destinations.check_url(signing.url)
         except APIError as exc:

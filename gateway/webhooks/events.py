@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from adapters.jobs import OnFinal
@@ -38,6 +38,8 @@ EventType = Literal[
 EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+MAX_PENDING = 1000
+"""Deliveries waiting for one endpoint at most; an event beyond it is recorded ``failed``, unsent."""
 """A delivery's statuses: due (or being sent), answered with a 2xx, or given up on."""
 
 _EVAL_RUN = {"completed": "eval.run.succeeded", "failed": "eval.run.failed", "canceled": "eval.run.canceled"}
@@ -70,7 +72,14 @@ def enqueue(session: Session, tenant_id: str, event_type: str, object_id: str) -
     now = utcnow()
     event_id = new_event_id()
     payload = event_body(event_id, event_type, object_id, now)
+    counted = session.execute(
+        select(WebhookDelivery.endpoint_id, func.count())
+        .where(WebhookDelivery.endpoint_id.in_(subscribed), WebhookDelivery.status == PENDING)
+        .group_by(WebhookDelivery.endpoint_id)
+    ).tuples()
+    waiting = {endpoint_id: count for endpoint_id, count in counted}
     for endpoint_id in subscribed:
+        full = waiting.get(endpoint_id, 0) >= MAX_PENDING  # a dead receiver's backlog is bounded
         session.add(
             WebhookDelivery(
                 id=f"whdlv_{secrets.token_hex(12)}",
@@ -79,9 +88,11 @@ def enqueue(session: Session, tenant_id: str, event_type: str, object_id: str) -
                 tenant_id=tenant_id,
                 event_type=event_type,
                 payload=payload,
-                status=PENDING,
+                status=FAILED if full else PENDING,
                 attempts=0,
                 next_attempt_at=now,
+                finished_at=now if full else None,
+                last_error=f"Not sent: {MAX_PENDING} events were already waiting for this endpoint." if full else None,
                 created_at=now,
             )
         )

@@ -6,19 +6,22 @@ recorded once, by the gateway that made it."""
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.orm import aliased
+from sqlalchemy import delete, func, or_, select
+from sqlalchemy.orm import Session, aliased
 
 from adapters.leases import Lease
 from gateway.clock import utcnow
 from gateway.db import Database, WebhookDelivery, WebhookEndpoint, affected_rows
 from gateway.webhooks.events import DELIVERED, FAILED, PENDING
 from gateway.webhooks.service import Signing, WebhookService
+
+logger = logging.getLogger(__name__)
 
 DELIVERY_LEASE = Lease(
     WebhookDelivery,
@@ -55,7 +58,7 @@ class Claimed:
     tries: int
     """Tries before this one."""
     signing: Signing | None
-    """None: the endpoint is disabled (or gone): the delivery fails without being sent."""
+    """None: the endpoint is gone: the delivery fails without being sent."""
 
 
 def purge_deliveries(db: Database, before: datetime) -> int:
@@ -95,6 +98,9 @@ class Outbox:
                 .group_by(in_flight.tenant_id)
                 .having(func.count() >= self._per_tenant)
             )
+            held = select(WebhookEndpoint.id).where(
+                or_(WebhookEndpoint.retry_at > now, WebhookEndpoint.enabled.is_(False))
+            )  # backing off after a failed try, or paused: its deliveries wait (still pending)
             delivery_id = DELIVERY_LEASE.claim(
                 session,
                 runner_id,
@@ -106,6 +112,7 @@ class Outbox:
                     WebhookDelivery.next_attempt_at <= now,
                     WebhookDelivery.endpoint_id.not_in(busy),
                     WebhookDelivery.tenant_id.not_in(full),
+                    WebhookDelivery.endpoint_id.not_in(held),
                 ),
             )
             if delivery_id is None:
@@ -113,9 +120,29 @@ class Outbox:
             row = session.get(WebhookDelivery, delivery_id)
             assert row is not None
             endpoint = session.get(WebhookEndpoint, row.endpoint_id)
-            enabled = endpoint is not None and endpoint.enabled
-            signing = self._endpoints.signing_of(endpoint) if endpoint is not None and enabled else None
-            return Claimed(row.id, row.event_id, row.payload, row.attempts, signing)
+            if endpoint is None:  # gone: the delivery fails unsent
+                return Claimed(row.id, row.event_id, row.payload, row.attempts, None)
+            if not endpoint.enabled:  # paused since the claim's query: left pending
+                self._release(session, row.id, runner_id, now)
+                return None
+            if not self._endpoints.key_matches(endpoint):
+                # Not a failed try: a gateway holding the right key sends it; this one steps aside a while.
+                logger.error(
+                    "webhook endpoint %s was sealed under another LLMAAS_WEBHOOK_SECRETS_KEY than this gateway's: "
+                    "every gateway on one database needs the same key; delivery %s left to the others",
+                    endpoint.id,
+                    row.id,
+                )
+                self._release(session, row.id, runner_id, now + timedelta(seconds=self._backoff.base_seconds))
+                return None
+            return Claimed(row.id, row.event_id, row.payload, row.attempts, self._endpoints.signing_of(endpoint))
+
+    @staticmethod
+    def _release(session: Session, delivery_id: str, runner_id: str, due: datetime) -> None:
+        """The claimed delivery is no longer ``runner_id``'s, due at ``due``, no try counted."""
+        DELIVERY_LEASE.move(
+            session, delivery_id, expected=(PENDING,), owner=runner_id, runner_id=None, next_attempt_at=due
+        )
 
     def record(self, claimed: Claimed, runner_id: str, status_code: int | None, error: str | None) -> None:
         """The try's outcome: ``status_code`` (None: no answer) and what went wrong (None: delivered)."""
@@ -135,4 +162,15 @@ class Outbox:
         else:
             values["next_attempt_at"] = now + timedelta(seconds=self._backoff.wait(tries))
         with self._db.session() as session:
-            DELIVERY_LEASE.move(session, claimed.delivery_id, expected=(PENDING,), owner=runner_id, **values)
+            moved = DELIVERY_LEASE.move(session, claimed.delivery_id, expected=(PENDING,), owner=runner_id, **values)
+            endpoint_id = session.scalar(
+                select(WebhookDelivery.endpoint_id).where(WebhookDelivery.id == claimed.delivery_id)
+            )
+            endpoint = session.get(WebhookEndpoint, endpoint_id) if moved and claimed.signing is not None else None
+            if endpoint is None:
+                return
+            if error is None:
+                endpoint.failures, endpoint.retry_at = 0, None
+            else:  # the endpoint backs off as a whole: its other deliveries wait too, their tries not spent
+                endpoint.failures += 1
+                endpoint.retry_at = now + timedelta(seconds=self._backoff.wait(endpoint.failures))

@@ -4,7 +4,9 @@ A secret is ``whsec_`` and 32 random bytes in base64, shown to the tenant once (
 database keeps it encrypted (AES-256-GCM under the gateway's secrets key, the endpoint's id bound in as associated
 data so a ciphertext is worth nothing on another row): a copy of the database alone signs nothing. The key is
 ``LLMAAS_WEBHOOK_SECRETS_KEY``, else generated once into ``<data_dir>/webhook_secrets_key`` (0600); gateways that
-share a database share it too.
+share a database must share it too. Each sealed value starts with the key's fingerprint (``k<8 hex>:``), so a
+gateway holding another key knows it cannot open it (and leaves the delivery to one that can) rather than
+mistaking it for a broken secret.
 
 The signature is Standard Webhooks' (what ``client.webhooks.unwrap`` of the official SDKs verifies): headers
 ``webhook-id``, ``webhook-timestamp`` (Unix seconds) and ``webhook-signature`` = ``v1,<base64 HMAC-SHA256 of
@@ -27,6 +29,7 @@ from gateway.private_files import read_or_create_secret
 
 PREFIX = "whsec_"
 _NONCE = 12
+_MIN_KEY = 16
 
 
 def new_secret() -> str:
@@ -49,7 +52,10 @@ class SecretBox:
     """Encrypts and decrypts endpoints' secrets under the gateway's secrets key."""
 
     def __init__(self, key: str) -> None:
+        if len(key) < _MIN_KEY:
+            raise ValueError(f"the webhook secrets key must be {_MIN_KEY} characters or more")
         self._aead = AESGCM(hashlib.sha256(key.encode()).digest())
+        self._tag = "k" + hashlib.sha256(b"llmaas-webhook-secrets-key:" + key.encode()).hexdigest()[:8] + ":"
 
     @classmethod
     def of(cls, configured: SecretStr | None, data_dir: Path) -> SecretBox:
@@ -60,12 +66,24 @@ class SecretBox:
 
     def seal(self, endpoint_id: str, secret: str) -> str:
         nonce = os.urandom(_NONCE)
-        return base64.b64encode(nonce + self._aead.encrypt(nonce, secret.encode(), endpoint_id.encode())).decode()
+        data = nonce + self._aead.encrypt(nonce, secret.encode(), endpoint_id.encode())
+        return self._tag + base64.b64encode(data).decode()
+
+    @property
+    def fingerprint_pattern(self) -> str:
+        """A SQL ``LIKE`` pattern matching what this box seals."""
+        return self._tag + "%"
+
+    def holds_key_of(self, sealed: str) -> bool:
+        """Whether ``sealed`` was sealed under this box's key (by its fingerprint)."""
+        return sealed.startswith(self._tag)
 
     def open(self, endpoint_id: str, sealed: str) -> str | None:
         """The secret, or None when it cannot be read (sealed under another key, or not this endpoint's)."""
+        if not self.holds_key_of(sealed):
+            return None
         try:
-            data = base64.b64decode(sealed)
+            data = base64.b64decode(sealed.removeprefix(self._tag))
             return self._aead.decrypt(data[:_NONCE], data[_NONCE:], endpoint_id.encode()).decode()
         except (InvalidTag, ValueError):
             return None

@@ -5,6 +5,7 @@ operator's view goes through the same methods with the tenant named by the admin
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -34,6 +35,8 @@ from gateway.webhooks.objects import (
     EventTypeList,
 )
 from gateway.webhooks.secrets import SecretBox, hint_of, new_secret
+
+logger = logging.getLogger(__name__)
 
 KEPT_OLD_SECRET = timedelta(hours=24)
 
@@ -70,21 +73,31 @@ class WebhookService:
             return TenancyService._find(session, ref).id
 
     async def create(self, tenant_id: str, body: EndpointCreate, actor: audit.Actor) -> EndpointWithSecret:
+        self.destinations.check_url(body.url)  # the cheap refusals before any DNS lookup
+        await run_in_threadpool(self._room_for_one, tenant_id)
         await self.destinations.check(body.url)
         return await run_in_threadpool(self._create, tenant_id, body, actor)
+
+    def _room_for_one(self, tenant_id: str, session: Session | None = None) -> None:
+        """Refuses when the tenant has ``max_endpoints`` already."""
+        if session is None:
+            with self._db.session() as own:
+                return self._room_for_one(tenant_id, own)
+        count = session.scalar(select(func.count()).where(WebhookEndpoint.tenant_id == tenant_id))
+        if int(count or 0) >= self._max_endpoints:
+            raise InvalidRequestError(
+                f"This organization has {self._max_endpoints} webhook endpoints, the most it may have: delete one "
+                "first.",
+                code="webhook_endpoint_limit_reached",
+            )
+        return None
 
     def _create(self, tenant_id: str, body: EndpointCreate, actor: audit.Actor) -> EndpointWithSecret:
         now, secret = utcnow(), new_secret()
         endpoint_id = new_id("whep")
         with self._db.session() as session:
             lock_live_tenant(session, tenant_id, "url")  # one creation at a time counts the endpoints
-            count = session.scalar(select(func.count()).where(WebhookEndpoint.tenant_id == tenant_id))
-            if int(count or 0) >= self._max_endpoints:
-                raise InvalidRequestError(
-                    f"This organization has {self._max_endpoints} webhook endpoints, the most it may have: delete "
-                    "one first.",
-                    code="webhook_endpoint_limit_reached",
-                )
+            self._room_for_one(tenant_id, session)
             row = WebhookEndpoint(
                 id=endpoint_id,
                 tenant_id=tenant_id,
@@ -120,6 +133,8 @@ class WebhookService:
 
     async def update(self, tenant_id: str, endpoint_id: str, body: EndpointUpdate, actor: audit.Actor) -> EndpointOut:
         if body.url is not None:
+            self.destinations.check_url(body.url)  # the cheap refusals (form, ownership) before any DNS lookup
+            await run_in_threadpool(self.get, tenant_id, endpoint_id)
             await self.destinations.check(body.url)
         changes: dict[str, Any] = body.model_dump(exclude_none=True)
         if "event_types" in changes:
@@ -177,6 +192,31 @@ class WebhookService:
             if row.paused_by_operator:
                 raise _paused()
             return self.signing_of(row)
+
+    def check_key(self, configured: bool, shared_database: bool) -> int:
+        """At startup: warn when gateways may not share the secrets key (a shared database and no configured key)
+        or when endpoints are sealed under another key already; how many are."""
+        if shared_database and not configured:
+            logger.warning(
+                "LLMAAS_WEBHOOK_SECRETS_KEY is unset on a shared database: this gateway generated its own key, so "
+                "endpoints made here cannot be signed by other gateways (set the same key on every gateway)"
+            )
+        with self._db.session() as session:
+            foreign = session.scalar(
+                select(func.count()).where(WebhookEndpoint.secret.not_like(self._box.fingerprint_pattern))
+            )
+        if foreign:
+            logger.error(
+                "%d webhook endpoints were sealed under another LLMAAS_WEBHOOK_SECRETS_KEY: this gateway leaves "
+                "their deliveries to gateways holding that key",
+                foreign,
+            )
+        return int(foreign or 0)
+
+    def key_matches(self, row: WebhookEndpoint) -> bool:
+        """Whether this gateway's secrets key sealed the endpoint's secret (gateways sharing a database must share
+        the key; one that does not leaves the endpoint's deliveries to the others)."""
+        return self._box.holds_key_of(row.secret)
 
     def signing_of(self, row: WebhookEndpoint) -> Signing:
         sealed = [row.secret]

@@ -1,7 +1,7 @@
 """webhook endpoints of tenants, and the outbox of their events' deliveries
 
 Revision ID: 0015
-Revises: 0012
+Revises: 0014
 """
 
 import sqlalchemy as sa
@@ -27,6 +27,8 @@ def upgrade() -> None:
         sa.Column("secret_hint", sa.String(32), nullable=False),
         sa.Column("previous_secret", sa.String(256)),
         sa.Column("previous_secret_expires_at", sa.DateTime()),
+        sa.Column("failures", sa.Integer(), nullable=False),
+        sa.Column("retry_at", sa.DateTime()),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("updated_at", sa.DateTime(), nullable=False),
     )
@@ -53,9 +55,15 @@ def upgrade() -> None:
     op.create_index("ix_webhook_deliveries_due", "webhook_deliveries", ["status", "next_attempt_at"])
     op.create_index("ix_webhook_deliveries_endpoint_created", "webhook_deliveries", ["endpoint_id", "created_at"])
     op.create_index("ix_webhook_deliveries_tenant", "webhook_deliveries", ["tenant_id"])
+    op.create_index("ix_webhook_deliveries_endpoint_status", "webhook_deliveries", ["endpoint_id", "status"])
+    op.create_index("ix_webhook_deliveries_lease", "webhook_deliveries", ["runner_id", "heartbeat_at"])
+    op.create_index("ix_webhook_deliveries_ended", "webhook_deliveries", ["status", "finished_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_webhook_deliveries_ended", "webhook_deliveries")
+    op.drop_index("ix_webhook_deliveries_lease", "webhook_deliveries")
+    op.drop_index("ix_webhook_deliveries_endpoint_status", "webhook_deliveries")
     op.drop_index("ix_webhook_deliveries_tenant", "webhook_deliveries")
     op.drop_index("ix_webhook_deliveries_endpoint_created", "webhook_deliveries")
     op.drop_index("ix_webhook_deliveries_due", "webhook_deliveries")
