@@ -54,6 +54,8 @@ class TrainingSpec:
     """Compute in bf16 (weights and optimizer in fp32): for CPUs with native bf16."""
     exact_match_examples: int = 64
     """Validation examples whose answers are generated for exact match, each epoch."""
+    start_from: Path | None = None
+    """A saved adapter of the same shape whose weights training starts from (continued training)."""
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,7 @@ def train_lora(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
     torch.manual_seed(spec.seed)
-    model = TrainableModel(spec.base_model_dir, spec.lora, pad_id, bf16=spec.bf16)
+    model = TrainableModel(spec.base_model_dir, spec.lora, pad_id, bf16=spec.bf16, start_from=spec.start_from)
     train_prefixes = model.prefixes(train)
     valid_prefixes = model.prefixes(valid) if valid else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=0.0)

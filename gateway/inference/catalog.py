@@ -29,6 +29,10 @@ class ServedModel:
     adapter: AdapterRef | None = None
     base_id: str | None = None
     """The base model a fine-tuned model runs on."""
+    parent: str | None = None
+    """The model a fine-tuned model was trained from: its base model, or the fine-tuned model its job continued."""
+    job_id: str | None = None
+    """The fine-tuning job that made it."""
 
     @property
     def base(self) -> str:
@@ -36,7 +40,14 @@ class ServedModel:
         return self.base_id or self.id
 
     def card(self) -> ModelOut:
-        return ModelOut(id=self.id, created=self.created, owned_by=self.owned_by)
+        return ModelOut(
+            id=self.id,
+            created=self.created,
+            owned_by=self.owned_by,
+            root=self.base,
+            parent=self.parent,
+            fine_tuning_job_id=self.job_id,
+        )
 
 
 @dataclass(frozen=True)
@@ -49,7 +60,7 @@ class ServedEmbedder:
     owned_by: str = "llmaas"
 
     def card(self) -> ModelOut:
-        return ModelOut(id=self.id, created=self.created, owned_by=self.owned_by)
+        return ModelOut(id=self.id, created=self.created, owned_by=self.owned_by, root=self.id)
 
 
 class ModelCatalog:
@@ -104,7 +115,14 @@ class ModelCatalog:
             return None
         created = int(record.created_at.timestamp())
         return ServedModel(
-            record.name, base.engine, created, owned_by=record.tenant_id, adapter=record.ref, base_id=base.id
+            record.name,
+            base.engine,
+            created,
+            owned_by=record.tenant_id,
+            adapter=record.ref,
+            base_id=base.id,
+            parent=record.parent or base.id,
+            job_id=record.job_id,
         )
 
     async def resolve(self, model_id: str, tenant_id: str) -> ServedModel:
