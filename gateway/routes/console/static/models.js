@@ -1,4 +1,5 @@
-// The tenant's models (the OpenAI models API): base models, and fine-tuned ones that can be deleted.
+// The tenant's models (the OpenAI models API): base models, and fine-tuned ones (what each was trained from, and
+// by which job) that can be deleted.
 "use strict";
 (function () {
   const api = (path, method = "GET") => llmaas.call("/v1" + path, { method });
@@ -10,7 +11,8 @@
       const row = body.insertRow();
       row.dataset.model = model.id;
       const fineTuned = model.id.startsWith("ft:");
-      for (const text of [model.id, fineTuned ? "fine-tuned" : "base", new Date(model.created * 1000).toISOString().slice(0, 10)]) {
+      const created = new Date(model.created * 1000).toISOString().slice(0, 10);
+      for (const text of [model.id, fineTuned ? "fine-tuned" : "base", model.parent || "–", model.fine_tuning_job_id || "–", created]) {
         row.insertCell().textContent = text;
       }
       const actions = row.insertCell();
