@@ -22,7 +22,7 @@ from tests.finetune_data import PIRATE_PREFIX, pirate_jsonl
 from tests.support import MODEL
 from tests.support.tenants import create_tenant, openai_client
 
-TRAINING_TIMEOUT_S = 240
+TRAINING_TIMEOUT_S = 600
 FAST = {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 10}
 ONE_EPOCH = {"n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 1}
 SMALL = LoraSpec(rank=4, alpha=8, target_modules=("q_proj", "v_proj"), layers=2)
@@ -208,3 +208,72 @@ def test_the_parent_keeps_serving_and_deleting_it_leaves_the_child_serving(linea
     assert ask(client, lineage.child.fine_tuned_model) == before
     card = client.models.retrieve(lineage.child.fine_tuned_model)
     assert (card.model_extra or {})["parent"] == lineage.parent.fine_tuned_model  # its history stays
+
+
+# -- the gateway's side, in process on the fake engine (no training) ------------------------------------------
+def finish_as_the_worker_does(data_dir: Path, job_id: str, name: str) -> None:
+    """Mark the job succeeded with the top 10 layers trained, and register its model, as the worker does."""
+    from adapters.lineage import Lineage as JobLineage
+    from adapters.store import FineTuningJob
+    from gateway.app import adapter_registry
+    from gateway.bootstrap import open_database
+    from gateway.settings import GatewaySettings
+
+    settings = GatewaySettings(data_dir=data_dir)
+    database = open_database(settings)
+    registry = adapter_registry(database, settings)
+    adapter_dir = registry.job_dir(job_id) / "adapter"
+    adapter_dir.mkdir(parents=True)
+    with database.sessions.begin() as session:
+        job = session.get(FineTuningJob, job_id)
+        assert job is not None
+        job.status, job.fine_tuned_model, job.lora = "succeeded", name, {**job.lora, "layers": 10}
+        lineage = JobLineage.of(job)
+        registry.register(
+            session,
+            name=name,
+            tenant_id=job.tenant_id,
+            base_model=lineage.base_model,
+            job_id=job_id,
+            adapter_dir=adapter_dir,
+            parent=lineage.parents[0] if lineage.continues else None,
+        )
+    database.dispose()
+
+
+def test_continuing_through_the_gateway(in_process: Any, tmp_path: Path) -> None:
+    gateway = in_process()
+    _, tenant_name, client = gateway.tenant("heir")
+    _, _, stranger = gateway.tenant("stranger")
+    training_file = client.files.create(file=("p.jsonl", io.BytesIO(pirate_jsonl())), purpose="fine-tune").id
+    first = client.fine_tuning.jobs.create(model="fake", training_file=training_file, suffix="first")
+    assert first.model_extra["lineage"] == {"base_model": "fake", "parents": []}
+    first_model = f"ft:fake:{tenant_name}:first:{first.id[6:14]}"
+    finish_as_the_worker_does(tmp_path, first.id, first_model)
+
+    second = client.fine_tuning.jobs.create(model=first_model, training_file=training_file, suffix="second")
+    assert second.model == first_model
+    assert second.model_extra["lineage"] == {"base_model": "fake", "parents": [first_model]}
+    assert second.model_extra["lora"]["layers"] == 10  # the parent's shape
+    second_model = f"ft:fake:{tenant_name}:second:{second.id[6:14]}"
+    finish_as_the_worker_does(tmp_path, second.id, second_model)
+    third = client.fine_tuning.jobs.create(model=second_model, training_file=training_file)
+    assert third.model_extra["lineage"] == {"base_model": "fake", "parents": [second_model, first_model]}
+
+    card = client.models.retrieve(second_model).model_extra or {}
+    assert card == {"root": "fake", "parent": first_model, "fine_tuning_job_id": second.id}
+    assert (client.models.retrieve(first_model).model_extra or {})["parent"] == "fake"
+    base_card = client.models.retrieve("fake").model_extra or {}
+    assert base_card == {"root": "fake", "parent": None, "fine_tuning_job_id": None}
+
+    stranger_file = stranger.files.create(file=("p.jsonl", io.BytesIO(pirate_jsonl())), purpose="fine-tune").id
+    for model in (first_model, first_model.replace(first.id[6:14], "00000000")):
+        with pytest.raises(openai.NotFoundError) as info:
+            stranger.fine_tuning.jobs.create(model=model, training_file=stranger_file)
+        assert info.value.code == "model_not_found"
+    for shape in ({"rank": 8}, {"target_modules": ["q_proj"]}, {"layers": 3}, {"alpha": 8}):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.fine_tuning.jobs.create(model=first_model, training_file=training_file, extra_body={"lora": shape})
+        assert refused.value.param == "lora"
+    same = {**first.model_extra["lora"], "layers": 10}
+    client.fine_tuning.jobs.create(model=first_model, training_file=training_file, extra_body={"lora": same})
