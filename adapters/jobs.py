@@ -49,12 +49,13 @@ class JobRequest:
     suffix: str | None
     recipe: TrainingRecipe
     """Every "auto" already chosen from the data (the LoRA layers excepted: the worker chooses them)."""
-    lineage: Lineage
     estimated_tokens: int
     reserved_cost_nanos: int
     metadata: dict[str, str] | None
     created_at: datetime
     """When the gateway reserved the job's budget: the reservation's month is this one's."""
+    lineage: Lineage | None = None
+    """What the job continues (None: it trains ``model``, a base model)."""
 
 
 def add_event(
@@ -126,7 +127,7 @@ class JobService:
             estimated_tokens=request.estimated_tokens,
             reserved_cost_nanos=request.reserved_cost_nanos,
             user_metadata=request.metadata,
-            lineage=request.lineage.column(),
+            lineage=(request.lineage or Lineage(base_model=request.model)).column(),
             created_at=request.created_at,
             cancel_requested=False,
         )
