@@ -70,11 +70,13 @@ class Lease:
         free: Collection[str],
         takeover: Collection[str] = (),
         stale_before: datetime | None = None,
+        where: Collection[ColumnElement[bool]] = (),
         **values: Any,
     ) -> str | None:
         """The oldest row in a ``free`` status with no owner (or in a ``takeover`` status whose lease expired
-        before ``stale_before``), now ``owner``'s with a fresh heartbeat and ``values`` set; None if none is."""
-        claimable = self._claimable(free, takeover, stale_before)
+        before ``stale_before``), where ``where`` holds, now ``owner``'s with a fresh heartbeat and ``values`` set;
+        None if none is."""
+        claimable = and_(self._claimable(free, takeover, stale_before), *where)
         locking = session.get_bind().dialect.name == "postgresql"
         query = select(self.id).where(claimable).order_by(self.order).limit(1 if locking else 5)
         if locking:  # another claimer skips the row this one holds

@@ -23,7 +23,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from adapters.adapter_store import SharedDirectory
-from adapters.jobs import JobService
+from adapters.jobs import JobService, OnFinal
 from adapters.registry import AdapterRegistry
 from engine.backend import BackendFactory, BackendStatus
 from engine.factory import build_backend
@@ -36,6 +36,7 @@ from gateway.accounting.records import UsageLedger
 from gateway.accounting.tasks import SettlementTasks
 from gateway.accounting.training_billing import TrainingBilling, job_charger
 from gateway.accounting.usage import UsageReports
+from gateway.aliases.service import AliasService
 from gateway.audit_log import AuditLog
 from gateway.batches.queue import BatchQueue
 from gateway.batches.runner import BatchRunner, ServingParts
@@ -52,6 +53,7 @@ from gateway.evals.runner import EvalRunner
 from gateway.evals.service import EvalService
 from gateway.fine_tuning.files import FileStore
 from gateway.idempotency import IdempotencyStore
+from gateway.inference.aliases import AliasBook
 from gateway.inference.catalog import ModelCatalog
 from gateway.inference.grammar_pool import GrammarPool
 from gateway.inference.runs import RequestCaps
@@ -68,6 +70,7 @@ from gateway.scheduling.redis import RedisScheduler
 from gateway.scheduling.slots import QueueLimits, Scheduler
 from gateway.settings import GatewaySettings
 from gateway.state import AppState, state_of
+from gateway.stored_completions.store import CompletionStore
 from gateway.tenancy.access import AccessChanges
 from gateway.tenancy.console_sessions import ConsoleSessions
 from gateway.tenancy.key_cache import KeyCache
@@ -76,6 +79,12 @@ from gateway.tenancy.service import TenancyService
 from gateway.tenancy.sign_in_throttle import sign_in_throttle
 from gateway.tenant_data.erasure import TenantEraser
 from gateway.tenant_data.export import TenantExport
+from gateway.webhooks.delivery import Deliverer
+from gateway.webhooks.destinations import Destinations
+from gateway.webhooks.events import fine_tuning_job_hook
+from gateway.webhooks.outbox import Backoff, Outbox
+from gateway.webhooks.secrets import SecretBox
+from gateway.webhooks.service import WebhookService
 from gateway.workers import Workers
 
 EXPOSED_HEADERS = [
@@ -109,8 +118,36 @@ def price_book(settings: GatewaySettings) -> PriceBook:
     )
 
 
+def job_hook(prices: PriceBook) -> OnFinal:
+    """What moving a job into a final status does in that transaction (the API's and the worker's moves): charge
+    it and write its webhook event."""
+    return fine_tuning_job_hook(job_charger(prices))
+
+
 def job_service(database: Database, prices: PriceBook) -> JobService:
-    return JobService(database.sessions, on_final=job_charger(prices))
+    return JobService(database.sessions, on_final=job_hook(prices))
+
+
+def build_webhooks(
+    settings: GatewaySettings, database: Database, draining: Callable[[], bool]
+) -> tuple[WebhookService, Deliverer]:
+    """The tenants' webhook endpoints, and this gateway's delivery loop (started by the caller)."""
+    destinations = Destinations(settings.webhook_allow_private, tuple(settings.webhook_allowed_hosts))
+    box = SecretBox.of(settings.webhook_secrets_key, settings.data_dir)
+    service = WebhookService(database, box, destinations, settings.webhook_max_endpoints)
+    backoff = Backoff(
+        settings.webhook_max_attempts, settings.webhook_retry_base_seconds, settings.webhook_retry_max_seconds
+    )
+    deliverer = Deliverer(
+        Outbox(database, service, backoff, settings.webhook_tenant_concurrency),
+        destinations,
+        draining,
+        timeout_seconds=settings.webhook_timeout_seconds,
+        concurrency=settings.webhook_concurrency,
+        lease_seconds=settings.webhook_lease_seconds,
+        poll_seconds=settings.webhook_poll_seconds,
+    )
+    return service, deliverer
 
 
 def build_limiter(settings: GatewaySettings) -> Limiter:
@@ -218,7 +255,8 @@ def create_app(
             evals = EvalService(database)
             workers = Workers(settings.tenant_work_processes)
             stack.callback(workers.close)
-            catalog = ModelCatalog(backend, registry)
+            alias_book = AliasBook(database, settings.alias_cache_ttl_seconds)
+            catalog = ModelCatalog(backend, registry, alias_book)
             caps = RequestCaps.from_settings(settings, catalog.longest_context(engine_settings.max_model_len))
             metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
             authenticator = Authenticator(key_cache, admin_key, metrics_token, tenancy.identity_of_key)
@@ -235,6 +273,9 @@ def create_app(
             responses = ResponseStore(database, settings.responses_max_chain_depth)
             scheduler = build_scheduler(settings, engine_settings, backend.status, metrics)
             stack.push_async_callback(scheduler.close)
+            webhooks, deliverer = build_webhooks(settings, database, lambda: admission.draining)
+            await deliverer.start()
+            stack.push_async_callback(deliverer.close)
             app.state.llmaas = AppState(
                 settings=settings,
                 engine_settings=engine_settings,
@@ -262,7 +303,12 @@ def create_app(
                 batches=BatchService(database),
                 scheduler=scheduler,
                 idempotency=IdempotencyStore(database, settings.idempotency_retention_hours),
+                completions=CompletionStore(database, files, settings.default_max_storage_bytes),
+                webhooks=webhooks,
+                webhook_delivery=deliverer,
+                aliases=AliasService(database, catalog, alias_book),
             )
+            stack.push_async_callback(_cancel, asyncio.create_task(deliverer.run_forever()))
             queue = RunQueue(database)
             runner = EvalRunner(
                 queue,
@@ -298,6 +344,8 @@ def create_app(
                 files_days=settings.retention_days_files,
                 eval_items_days=settings.retention_days_eval_items,
                 responses_days=settings.retention_days_responses,
+                completions_days=settings.retention_days_chat_completions,
+                webhook_deliveries_days=settings.retention_days_webhook_deliveries,
             )
             purging = asyncio.create_task(retention.run(settings.retention_interval_seconds))
             stack.push_async_callback(_cancel, purging)

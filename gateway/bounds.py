@@ -34,6 +34,16 @@ BATCH_CUSTOM_ID = 512
 BATCH_LINE_BYTES = 1024 * 1024
 """One line of a batch input file (a request body)."""
 """Names of evals, eval runs and their testing criteria."""
+WEBHOOK_URL = 2048
+"""A webhook endpoint's URL."""
+WEBHOOK_NAME = 256
+"""A webhook endpoint's name."""
+ALIAS_NAME = 64
+ALIAS_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+"""A tenant's model alias: no ``:`` (so never an ``ft:`` name) and no ``/``; one a served model has is refused."""
+ALIASES_PER_TENANT = 100
+ALIAS_HISTORY_KEPT = 50
+"""The most aliases a tenant may hold, and the moves of one alias kept (older ones go as new ones come)."""
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1

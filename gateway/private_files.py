@@ -8,6 +8,7 @@ ask for the private mode explicitly, and fix an existing path's mode, whatever t
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 PRIVATE_UMASK = 0o077
@@ -40,3 +41,19 @@ def open_private(path: Path, mode: str = "wb") -> int:
     descriptor = os.open(path, flags, FILE_MODE)
     os.fchmod(descriptor, FILE_MODE)
     return descriptor
+
+
+def read_or_create_secret(path: Path, make: Callable[[], str]) -> tuple[str, bool]:
+    """The secret kept in ``path``, else ``make()``'s, written there 0600 (the first of racing processes wins);
+    and whether it was made just now."""
+    if path.exists():
+        return path.read_text().strip(), False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = make()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except FileExistsError:  # another process created it first
+        return path.read_text().strip(), False
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    return secret, True

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import NoDecode
 
 from engine.settings import EngineSettings, SharedSettings
@@ -49,6 +49,12 @@ class GatewaySettings(SharedSettings):
     )
     key_cache_ttl_seconds: float = Field(
         default=5.0, ge=0, le=5, description="How long a key lookup is cached; revocation elsewhere takes this long."
+    )
+    alias_cache_ttl_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        le=10,
+        description="How long a gateway keeps a tenant's aliases; a move elsewhere takes this long.",
     )
     embedded_worker: bool = Field(default=True, description="`llmaas serve` also runs a fine-tuning worker.")
     training_threads: int | None = Field(
@@ -182,10 +188,62 @@ class GatewaySettings(SharedSettings):
         description="Stored responses of /v1/responses older than this many days are deleted (OpenAI keeps them "
         "30 days); unset: kept until deleted.",
     )
+    retention_days_chat_completions: float | None = Field(
+        default=30,
+        gt=0,
+        description="Chat completions stored with store: true older than this many days are deleted (OpenAI keeps "
+        "them 30 days); unset: kept until deleted.",
+    )
+    retention_days_webhook_deliveries: float | None = Field(
+        default=30, gt=0, description="Webhook deliveries that ended this many days ago are deleted; unset: kept."
+    )
     retention_interval_seconds: float = Field(default=3600, gt=0, description="How often retention runs.")
     idempotency_retention_hours: float = Field(
         default=24, gt=0, description="How long a create's Idempotency-Key and its answer are kept for retries."
     )
+
+    # -- webhooks (gateway/webhooks/) ---------------------------------------------------------------------------
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Webhooks may go to loopback, private, link-local and other non-public addresses (the "
+        "operator's own network). Off: such destinations are refused at creation and again at each delivery.",
+    )
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated host names webhooks may go to ('*.example.com' takes its subdomains); unset: "
+        "any host whose addresses are public.",
+    )
+    webhook_secrets_key: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="Encrypts the endpoints' signing secrets in the database; every gateway needs the same one. "
+        "Unset: generated on first start into <data_dir>/webhook_secrets_key (0600).",
+    )
+    webhook_max_endpoints: int = Field(default=10, ge=1, le=100, description="Webhook endpoints per tenant.")
+    webhook_max_attempts: int = Field(
+        default=8, ge=1, le=20, description="Deliveries of one event to one endpoint before it is marked failed."
+    )
+    webhook_retry_base_seconds: float = Field(
+        default=60,
+        gt=0,
+        description="The wait after a failed delivery; doubled after each further failure (with 20% jitter).",
+    )
+    webhook_retry_max_seconds: float = Field(
+        default=3 * 3600, gt=0, description="The longest wait between two deliveries of one event."
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10, gt=0, le=60, description="A delivery's whole request (connect, send, answer) must end within this."
+    )
+    webhook_concurrency: int = Field(default=8, ge=1, description="Deliveries one gateway makes at once.")
+    webhook_tenant_concurrency: int = Field(
+        default=4, ge=1, description="Deliveries of one tenant in flight at once, on all gateways together."
+    )
+    webhook_lease_seconds: float = Field(
+        default=120,
+        gt=0,
+        description="A delivery claimed by a gateway that has not finished it this long after is taken over.",
+    )
+    webhook_poll_seconds: float = Field(default=1.0, gt=0, description="How often a gateway looks for due deliveries.")
 
     # -- slow and greedy clients (connection limits: gateway/edge/connections.py) ----------------------------
     body_read_timeout_seconds: float = Field(
@@ -203,6 +261,21 @@ class GatewaySettings(SharedSettings):
     max_connections_per_address: int | None = Field(
         default=1024, ge=1, description="Open connections from one client address; beyond it 429. Unset: no cap."
     )
+
+    @field_validator("webhook_lease_seconds")
+    @classmethod
+    def _lease_outlasts_a_try(cls, value: float, info: ValidationInfo) -> float:
+        timeout = info.data.get("webhook_timeout_seconds")
+        if timeout is not None and value <= timeout:
+            raise ValueError("must be longer than webhook_timeout_seconds, else a try still running is taken over")
+        return value
+
+    @field_validator("webhook_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip().lower().rstrip(".") for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -19,6 +19,7 @@ from engine.settings import EngineSettings
 from gateway.accounting.admission import Admission
 from gateway.accounting.pricing import PriceBook
 from gateway.accounting.usage import UsageReports
+from gateway.aliases.service import AliasService
 from gateway.audit import Actor
 from gateway.audit_log import AuditLog
 from gateway.batches.service import BatchService
@@ -35,6 +36,7 @@ from gateway.ops.metrics import Metrics
 from gateway.responses.store import ResponseStore
 from gateway.scheduling.slots import Scheduler
 from gateway.settings import GatewaySettings
+from gateway.stored_completions.store import CompletionStore
 from gateway.tenancy.access import AccessChanges
 from gateway.tenancy.console_sessions import ConsoleSessions
 from gateway.tenancy.key_cache import KeyCache
@@ -51,6 +53,8 @@ from gateway.tenancy.service import TenancyService
 from gateway.tenancy.sign_in_throttle import SignInThrottle
 from gateway.tenant_data.erasure import TenantEraser
 from gateway.tenant_data.export import TenantExport
+from gateway.webhooks.delivery import Deliverer
+from gateway.webhooks.service import WebhookService
 from gateway.workers import Workers
 
 T = TypeVar("T")
@@ -84,6 +88,10 @@ class AppState:
     batches: BatchService
     scheduler: Scheduler
     idempotency: IdempotencyStore
+    completions: CompletionStore
+    webhooks: WebhookService
+    webhook_delivery: Deliverer
+    aliases: AliasService
 
 
 def state_of(app: FastAPI) -> AppState:
@@ -126,6 +134,10 @@ ExportDep = Annotated[TenantExport, _part(lambda state: state.exports)]
 AuditLogDep = Annotated[AuditLog, _part(lambda state: state.audit_log)]
 ResponsesDep = Annotated[ResponseStore, _part(lambda state: state.responses)]
 BatchesDep = Annotated[BatchService, _part(lambda state: state.batches)]
+CompletionsDep = Annotated[CompletionStore, _part(lambda state: state.completions)]
+WebhooksDep = Annotated[WebhookService, _part(lambda state: state.webhooks)]
+WebhookDeliveryDep = Annotated[Deliverer, _part(lambda state: state.webhook_delivery)]
+AliasesDep = Annotated[AliasService, _part(lambda state: state.aliases)]
 
 
 # -- who the request acts for (the edge's authentication found it: ``gateway.edge.authentication``) -----------

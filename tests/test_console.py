@@ -462,8 +462,8 @@ def test_every_page_fits_a_phone(base: str, browser: Browser) -> None:
     _, key = tenant_key(base)
     assert chat(base, key).status_code == 200
     for credential, pages in (
-        (key, ["usage", "keys", "models", "fine-tuning", "evaluations", "playground"]),
-        (ADMIN_KEY, ["admin/tenants", "admin/usage", "admin/service", "admin/audit"]),
+        (key, ["usage", "keys", "models", "aliases", "fine-tuning", "evaluations", "playground"]),
+        (ADMIN_KEY, ["admin/tenants", "admin/usage", "admin/aliases", "admin/service", "admin/audit"]),
     ):
         page = browser.new_page(viewport={"width": 390, "height": 844})
         sign_in(page, base, credential)

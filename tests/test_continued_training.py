@@ -264,7 +264,7 @@ def test_continuing_through_the_gateway(in_process: Any, tmp_path: Path) -> None
     assert card == {"root": "fake", "parent": first_model, "fine_tuning_job_id": second.id}
     assert (client.models.retrieve(first_model).model_extra or {})["parent"] == "fake"
     base_card = client.models.retrieve("fake").model_extra or {}
-    assert base_card == {"root": "fake", "parent": None, "fine_tuning_job_id": None}
+    assert base_card == {"root": "fake"}  # what is None is left out
 
     stranger_file = stranger.files.create(file=("p.jsonl", io.BytesIO(pirate_jsonl())), purpose="fine-tune").id
     for model in (first_model, first_model.replace(first.id[6:14], "00000000")):

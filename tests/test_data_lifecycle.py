@@ -290,7 +290,7 @@ async def test_deleting_a_model_or_a_checkpoint_removes_its_weights(stores: Stor
     acme = stores.tenancy.create_tenant(TenantCreate(name="acme")).id
     job_id, name = stores.trained_model(acme)
     nothing_served = SimpleNamespace(models=dict)  # the base model is not even served right now
-    catalog = ModelCatalog(nothing_served, stores.registry)  # type: ignore[arg-type]
+    catalog = ModelCatalog(nothing_served, stores.registry, aliases=None)  # type: ignore[arg-type]
     audited: list[str] = []
     await catalog.delete(checkpoint_name(name, 1), acme, lambda session, records: audited.append(records[0].name))
     assert audited == [checkpoint_name(name, 1)]
@@ -345,10 +345,10 @@ def test_retention_purges_old_uploads_and_eval_items_only(stores: Stores) -> Non
         session.get(File, old_file).created_at = utcnow() - timedelta(days=31)  # type: ignore[union-attr]
     _, old_run = stores.eval_with_items(acme, finished_at=utcnow() - timedelta(days=8))
     _, new_run = stores.eval_with_items(acme)
-    nothing = {"files": 0, "eval_items": 0, "responses": 0, "orphaned_files": 0}
+    nothing = {"files": 0, "eval_items": 0, "responses": 0, "chat_completions": 0, "orphaned_files": 0}
     assert Retention(stores.db, stores.files, files_days=None, eval_items_days=None).purge_once() == nothing
     retention = Retention(stores.db, stores.files, files_days=30, eval_items_days=7)
-    assert retention.purge_once() == {"files": 1, "eval_items": 2, "responses": 0, "orphaned_files": 0}
+    assert retention.purge_once() == nothing | {"files": 1, "eval_items": 2}
     # idempotent: a second gateway finds nothing
     assert retention.purge_once() == nothing
     assert not stores.files.path_of(old_file).exists() and stores.files.path_of(new_file).exists()

@@ -25,7 +25,7 @@ def test_one_setting_names_the_trainable_models() -> None:
 @pytest.mark.parametrize("model", ["served-elsewhere", "never-heard-of"])
 async def test_a_model_the_worker_cannot_train_is_refused_at_creation(model: str) -> None:
     served = {name: ModelOffer(FakeEngine()) for name in ("base", "served-elsewhere")}
-    catalog = ModelCatalog(SimpleNamespace(models=lambda: served), registry=None)  # type: ignore[arg-type]
+    catalog = ModelCatalog(SimpleNamespace(models=lambda: served), registry=None, aliases=None)  # type: ignore[arg-type]
     creator = JobCreator(None, None, catalog, None, ("base",), 16)  # type: ignore[arg-type]
     body = FineTuningJobCreate(model=model, training_file="file-abc")
     with pytest.raises(InvalidRequestError) as info:

@@ -33,14 +33,13 @@ PROBE = {"probe": "a value asking for something"}
 CHAT_HONOURED = {
     "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stop", "seed",
     "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs", "user", "stream_options", "response_format",
-    "tools", "tool_choice", "parallel_tool_calls",
+    "tools", "tool_choice", "parallel_tool_calls", "store", "metadata",
 }  # fmt: skip
 COMPLETIONS_HONOURED = {
     "model", "prompt", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "presence_penalty",
     "frequency_penalty", "logprobs", "echo", "user", "stream_options", "best_of",
 }  # fmt: skip
 IGNORED_SAMPLES = {
-    "metadata": {"team": "search"},
     "prompt_cache_key": "conversation-1",
     "prompt_cache_retention": "24h",
     "prompt_cache_options": {"mode": "implicit"},
@@ -139,7 +138,11 @@ def test_every_job_eval_and_file_field_of_the_sdk_is_honoured_or_refused(http: h
     dropped += walk(http, "/v1/evals", EVAL, fields_of(eval_create_params.EvalCreateParams), EVAL_HONOURED)
     eval_id = http.post("/v1/evals", json=EVAL).json()["id"]
     dropped += walk(
-        http, f"/v1/evals/{eval_id}", {}, fields_of(eval_update_params.EvalUpdateParams), EVAL_HONOURED & {"name"}
+        http,
+        f"/v1/evals/{eval_id}",
+        {},
+        fields_of(eval_update_params.EvalUpdateParams),
+        EVAL_HONOURED & {"name", "metadata"},
     )
     dropped += walk(
         http, f"/v1/evals/{eval_id}/runs", JSONL_RUN, fields_of(run_create_params.RunCreateParams), RUN_HONOURED
@@ -196,7 +199,6 @@ def test_the_official_client_gets_a_400_for_what_it_cannot_have(client: openai.O
         ({"function_call": {"name": "lookup"}}, "function_call"),
         ({"functions": functions}, "functions"),
         ({"tool_choice": "required"}, "tool_choice"),  # without tools
-        ({"store": True}, "store"),
         ({"reasoning_effort": "high"}, "reasoning_effort"),
         ({"extra_body": {"guided_decoding_backend": "xgrammar"}}, "guided_decoding_backend"),
     ):

@@ -152,6 +152,8 @@ def _request(endpoint: str, body: dict[str, Any]) -> BatchBody:
         raise _LineError(exc.code or "invalid_request", exc.message, _in_body(exc.param)) from None
     if body.get("stream"):
         raise _LineError("invalid_request", "A batch's requests cannot stream.", "body.stream")
+    if body.get("store"):
+        raise _LineError("invalid_request", "A batch's requests cannot be stored (store).", "body.store")
     return request
 
 

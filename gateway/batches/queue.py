@@ -18,6 +18,7 @@ from gateway.batches.states import BATCH_LEASE, RUNNING, BatchStatus, RequestSta
 from gateway.clock import utcnow
 from gateway.db import Batch, BatchRequest, Database
 from gateway.fine_tuning.files import FileStore
+from gateway.webhooks.events import batch_ended
 
 _ENDED_AT = {
     BatchStatus.COMPLETED: "completed_at",
@@ -119,7 +120,7 @@ class BatchQueue:
 
     def finish(self, batch_id: str, runner_id: str, status: BatchStatus) -> None:
         """End the batch (if still this runner's): requests not run become errors (cancelled, expired), the output
-        and error files are written, and the batch moves to ``status`` with them."""
+        and error files are written, and the batch moves to ``status`` with them (and its webhook event)."""
         now = utcnow()
         with self._db.session() as session:
             if status == BatchStatus.COMPLETED and not BATCH_LEASE.move(
@@ -154,5 +155,7 @@ class BatchQueue:
         values |= {"output_file_id": made.output_file_id, "error_file_id": made.error_file_id}
         with self._db.session() as session:
             ended = BATCH_LEASE.move(session, batch_id, expected=RUNNING, owner=runner_id, **values)
+            if ended:
+                batch_ended(session, tenant_id, batch_id, status)
         if not ended:  # taken over meanwhile: the new runner writes its own files
             self._files.remove_files(made.ids)

@@ -20,6 +20,7 @@ from gateway.db import Batch, BatchRequest, Database
 from gateway.errors import ConflictError, NotFoundError
 from gateway.tenancy.keys import new_id
 from gateway.tenancy.service import lock_live_tenant
+from gateway.webhooks.events import batch_ended
 
 _WINDOW = timedelta(hours=24)
 
@@ -73,7 +74,9 @@ class BatchService:
                 row.status, row.errors, row.failed_at, row.enqueued_tokens = BatchStatus.FAILED, checked.errors, now, 0
             session.add(row)
             session.flush()
-            if not checked.errors:
+            if checked.errors:
+                batch_ended(session, new.tenant_id, row.id, BatchStatus.FAILED)
+            else:
                 session.execute(
                     insert(BatchRequest),
                     [
@@ -127,7 +130,7 @@ class BatchService:
         now = utcnow()
         with self._db.session() as session:
             row = self._own(session, tenant_id, batch_id)
-            if not BATCH_LEASE.move(
+            if BATCH_LEASE.move(
                 session,
                 batch_id,
                 expected=(BatchStatus.VALIDATING,),
@@ -135,7 +138,9 @@ class BatchService:
                 status=BatchStatus.CANCELLED,
                 cancelling_at=now,
                 cancelled_at=now,
-            ) and not BATCH_LEASE.move(
+            ):
+                batch_ended(session, tenant_id, batch_id, BatchStatus.CANCELLED)
+            elif not BATCH_LEASE.move(
                 session,
                 batch_id,
                 expected=(BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS),

@@ -65,8 +65,7 @@ def worker(
     from adapters.base_models import trainable_models
     from adapters.worker import Worker
     from engine.hardware import detect, resolve_dtype
-    from gateway.accounting.training_billing import job_charger
-    from gateway.app import adapter_registry, file_store, price_book
+    from gateway.app import adapter_registry, file_store, job_hook, price_book
     from gateway.bootstrap import prepare_model
     from gateway.private_files import keep_private
 
@@ -82,7 +81,7 @@ def worker(
         adapter_registry(database, settings),
         file_store(database, settings).read,
         base_models,
-        on_final=job_charger(price_book(settings)),
+        on_final=job_hook(price_book(settings)),
         training_threads=settings.training_threads,
         bf16=resolve_dtype(engine_settings.dtype, detect()) == "bfloat16",  # the engine's choice, for the same CPU
     )

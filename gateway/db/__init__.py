@@ -14,11 +14,16 @@ from gateway.db.schema import (
     EvalRunItem,
     File,
     IdempotencyKey,
+    ModelAlias,
+    ModelAliasVersion,
     ResponseInputItem,
+    StoredCompletion,
     StoredResponse,
     Tenant,
     UsageDaily,
     UsageRecord,
+    WebhookDelivery,
+    WebhookEndpoint,
 )
 
 __all__ = [
@@ -34,10 +39,15 @@ __all__ = [
     "EvalRunItem",
     "File",
     "IdempotencyKey",
+    "ModelAlias",
+    "ModelAliasVersion",
     "ResponseInputItem",
+    "StoredCompletion",
     "StoredResponse",
     "Tenant",
     "UsageDaily",
     "UsageRecord",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "affected_rows",
 ]

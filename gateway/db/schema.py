@@ -41,6 +41,8 @@ class Tenant(Base):
     """The most requests one batch may hold; NULL: the server's default."""
     max_enqueued_batch_tokens: Mapped[int | None] = mapped_column(BigInteger)
     """The most tokens the tenant's unfinished batches may hold together; NULL: the server's default."""
+    store_completions: Mapped[bool | None] = mapped_column(Boolean)
+    """Whether ``store: true`` may keep the tenant's chat completions; NULL: it may."""
 
     keys: Mapped[list[ApiKey]] = relationship(back_populates="tenant", cascade="all, delete-orphan")
 
@@ -147,6 +149,9 @@ class Eval(Base):
     testing_criteria: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     user_metadata: Mapped[dict[str, str] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    stored_completions: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """The ``stored_completions`` data source config (its ``metadata``) of an eval over stored chat completions;
+    NULL: a ``custom`` one."""
 
 
 class EvalRun(Base):
@@ -352,4 +357,114 @@ class IdempotencyKey(Base):
     fingerprint: Mapped[str] = mapped_column(String(64))
     status_code: Mapped[int | None] = mapped_column(Integer)
     response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class StoredCompletion(Base):
+    """A chat completion made with ``store: true``: the request that shaped it (messages, parameters, tools), the
+    completion object as answered (the concrete model), the tenant's ``metadata``, and the bytes both take (counted
+    in the tenant's storage quota with its files). Deleted by its owner, by retention, or with its tenant."""
+
+    __tablename__ = "stored_completions"
+    __table_args__ = (Index("ix_stored_completions_tenant_created", "tenant_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    model: Mapped[str] = mapped_column(String(bounds.MODEL))
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    completion: Mapped[dict[str, Any]] = mapped_column(JSON)
+    user_metadata: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class WebhookEndpoint(Base):
+    """A tenant's webhook endpoint (``/v1/webhook_endpoints``): where its events are POSTed, which ones, and the
+    secret they are signed with, encrypted (``gateway.webhooks.secrets``); after a rotation that keeps the old
+    secret, that one too until ``previous_secret_expires_at``."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_webhook_endpoints_tenant_created", "tenant_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    name: Mapped[str] = mapped_column(String(bounds.WEBHOOK_NAME))
+    url: Mapped[str] = mapped_column(String(bounds.WEBHOOK_URL))
+    event_types: Mapped[list[str]] = mapped_column(JSON)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    paused_by_operator: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Disabled by the operator: only the operator enables it again."""
+    secret: Mapped[str] = mapped_column(String(256))
+    secret_hint: Mapped[str] = mapped_column(String(32))
+    previous_secret: Mapped[str | None] = mapped_column(String(256))
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class ModelAlias(Base):
+    """A tenant's model alias: a name its clients call that stands for one of its models or a weighted split of
+    two (``targets``: ``[{"model", "weight"}]``, weights summing to 100), with an optional standing eval ``gate``
+    every move must pass (``gateway.aliases``). ``version`` is the history row now in force."""
+
+    __tablename__ = "model_aliases"
+    __table_args__ = (Index("ux_model_aliases_tenant_name", "tenant_id", "name", unique=True),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    name: Mapped[str] = mapped_column(String(bounds.ALIAS_NAME))
+    targets: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    gate: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: the outbox row written in the transaction that ended the job, run or batch, the
+    exact body that is signed and sent, and its deliveries so far. Leased by the gateway delivering it
+    (``runner_id``, ``heartbeat_at``), due at ``next_attempt_at``; ``pending`` until ``delivered`` or ``failed``."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at"),
+        Index("ix_webhook_deliveries_tenant", "tenant_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(40))
+    """The event's id (``evt_...``): its ``webhook-id`` on every try, and the same for every endpoint."""
+    endpoint_id: Mapped[str] = mapped_column(String(40))
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(String(4096))
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    response_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    runner_id: Mapped[str | None] = mapped_column(String(64))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class ModelAliasVersion(Base):
+    """One setting of an alias (its creation, a move or a rollback), numbered from 1 per alias. ``restores`` is
+    the version a rollback of this one goes back to (the one in force before it, less what was rolled back)."""
+
+    __tablename__ = "model_alias_versions"
+    __table_args__ = (Index("ux_model_alias_versions_alias_version", "alias_id", "version", unique=True),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    alias_id: Mapped[str] = mapped_column(String(40))
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    version: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(16))
+    """``create``, ``move`` or ``rollback``."""
+    targets: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    restores: Mapped[int | None] = mapped_column(Integer)
+    actor: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime)

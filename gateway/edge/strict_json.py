@@ -5,7 +5,8 @@ naming the problem instead of reaching a handler. So is a string holding a NUL c
 which PostgreSQL cannot store or compare.
 
 Query parameters are strict too: one the route does not declare is a 400 naming it (``code=unknown_parameter``),
-never silently dropped (a list filter we do not have would otherwise answer as if it held)."""
+never silently dropped (a list filter we do not have would otherwise answer as if it held). A route class may
+name families of bracketed parameters it reads itself (``metadata[key]=value``: ``bracketed``)."""
 
 from __future__ import annotations
 
@@ -59,12 +60,18 @@ def _reason(exc: ValueError) -> str:
 
 
 class StrictJSONRoute(APIRoute):
+    bracketed: frozenset[str] = frozenset()
+    """Query parameter families ``name[...]`` the route's handler reads from the request itself."""
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         known = {param.alias for param in get_flat_dependant(self.dependant).query_params}
 
+        def declared(name: str) -> bool:
+            return name in known or (name.endswith("]") and name.split("[", 1)[0] in self.bracketed)
+
         async def strict_handler(request: Request) -> Response:
-            unknown = sorted({name for name in request.query_params if name not in known})
+            unknown = sorted({name for name in request.query_params if not declared(name)})
             if unknown:
                 plural = "s" if len(unknown) > 1 else ""
                 raise InvalidRequestError(

@@ -97,6 +97,7 @@ def _batches(body: RunCreate, files: FileStore, tenant_id: str, run: _Run) -> It
         entries = _inline(body, run)
         handle = None
     else:
+        assert source.type == "file_id"  # stored completions are read by ``gateway.evals.stored``
         try:
             handle, _ = files.open(tenant_id, source.id)
         except NotFoundError as exc:

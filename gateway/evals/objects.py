@@ -19,6 +19,7 @@ from gateway.evals.schemas import (
     EvalRunOut,
     OutputItemOut,
     ResultCounts,
+    StoredCompletionsDataSourceConfigOut,
 )
 
 
@@ -28,12 +29,17 @@ def eval_object(row: Eval) -> EvalOut:
     if row.include_sample_schema:
         properties["sample"] = {"type": "object", "properties": {"output_text": {"type": "string"}}}
         required.append("sample")
+    schema = {"type": "object", "properties": properties, "required": required}
+    stored = row.stored_completions
+    config = (
+        CustomDataSourceConfigOut(schema=schema)
+        if stored is None
+        else StoredCompletionsDataSourceConfigOut(metadata=stored.get("metadata"), schema=schema)
+    )
     return EvalOut(
         id=row.id,
         name=row.name,
-        data_source_config=CustomDataSourceConfigOut(
-            schema={"type": "object", "properties": properties, "required": required}
-        ),
+        data_source_config=config,
         testing_criteria=row.testing_criteria,
         created_at=epoch(row.created_at),
         metadata=row.user_metadata,

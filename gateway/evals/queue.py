@@ -17,6 +17,7 @@ from gateway.db import Database, Eval, EvalRun, EvalRunItem
 from gateway.errors import NotFoundError
 from gateway.evals.objects import tally
 from gateway.evals.recipe import PENDING, RUN_LEASE, ItemStatus, RunStatus
+from gateway.webhooks.events import eval_run_ended
 
 
 class RunQueue:
@@ -74,7 +75,8 @@ class RunQueue:
             )
 
     def finish(self, run_id: str, runner_id: str, status: RunStatus, error: dict[str, str] | None) -> None:
-        """End the run (if still this runner's and running) with its tallies and usage, counted from its items."""
+        """End the run (if still this runner's and running) with its tallies and usage, counted from its items, and
+        its webhook event."""
         with self._db.session() as session:
             run = session.get(EvalRun, run_id)
             definition = session.get(Eval, run.eval_id) if run else None
@@ -96,7 +98,7 @@ class RunQueue:
                     usage["invocation_count"] += 1
                     usage["prompt_tokens"] += sample["usage"]["prompt_tokens"]
                     usage["completion_tokens"] += sample["usage"]["completion_tokens"]
-            RUN_LEASE.move(
+            if RUN_LEASE.move(
                 session,
                 run_id,
                 expected=(RunStatus.IN_PROGRESS,),
@@ -107,4 +109,5 @@ class RunQueue:
                 per_criteria=per_criteria,
                 usage=dict(usage),
                 finished_at=utcnow(),
-            )
+            ):
+                eval_run_ended(session, run.tenant_id, run_id, status)

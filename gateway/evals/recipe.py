@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from adapters.leases import Lease
 from gateway.db import EvalRun
-from gateway.evals.models import InputMessagesTemplate, RunCreate, SamplingParams
+from gateway.evals.models import InputMessages, RunCreate, SamplingParams
 
 
 class RunStatus(StrEnum):
@@ -45,10 +45,11 @@ class _Stored(BaseModel):
 
 
 class CompletionsRecipe(_Stored):
-    """Sample each item from the run's model with the rendered ``input_messages``, then grade it."""
+    """Sample each item from the run's model with the rendered ``input_messages``, then grade it (without
+    ``input_messages``, over stored completions: grade the samples the items brought, as a jsonl run)."""
 
     type: Literal["completions"]
-    input_messages: InputMessagesTemplate
+    input_messages: InputMessages | None = None
     sampling_params: SamplingParams = Field(default_factory=SamplingParams)
 
 
@@ -65,14 +66,19 @@ _RECIPE: TypeAdapter[CompletionsRecipe | JsonlRecipe] = TypeAdapter(RunRecipe)
 def data_source_column(body: RunCreate) -> dict[str, Any]:
     """The run's ``data_source`` column: the request's data source, its inline items summarized."""
     source = body.data_source.source
-    summary: dict[str, Any] = (
-        {"type": "file_id", "id": source.id}
-        if source.type == "file_id"
-        else {"type": "file_content", "items": len(source.content)}
-    )
+    summary: dict[str, Any]
+    if source.type == "file_id":
+        summary = {"type": "file_id", "id": source.id}
+    elif source.type == "file_content":
+        summary = {"type": "file_content", "items": len(source.content)}
+    else:
+        summary = source.model_dump()
     return body.data_source.model_dump(exclude={"source"}) | {"source": summary}
 
 
 def run_recipe(run: EvalRun) -> CompletionsRecipe | JsonlRecipe:
     """The recipe the run's ``data_source`` column holds."""
-    return _RECIPE.validate_python(run.data_source)
+    recipe = _RECIPE.validate_python(run.data_source)
+    if isinstance(recipe, CompletionsRecipe) and recipe.input_messages is None:
+        return JsonlRecipe(type="jsonl")  # stored completions graded as they were answered
+    return recipe

@@ -30,7 +30,7 @@ from gateway.errors import APIError, QuotaExceeded, RateLimited, ServiceUnavaila
 from gateway.evals.graders import GradingError, grade_item
 from gateway.evals.queue import RunQueue
 from gateway.evals.recipe import CompletionsRecipe, ItemStatus, JsonlRecipe, RunStatus, run_recipe
-from gateway.evals.templates import TemplateError, render
+from gateway.evals.templates import TemplateError
 from gateway.inference.api_types import ChatCompletionRequest, ChatMessage
 from gateway.inference.catalog import ModelCatalog, ServedModel
 from gateway.inference.prompts import chat_prompt, chat_turns
@@ -238,7 +238,8 @@ class EvalRunner:
     ) -> dict[str, Any]:
         """One completion for the item, admitted, metered and run like any chat request."""
         params = recipe.sampling_params
-        rendered = [(m.role, render(m.content, {"item": item.item})) for m in recipe.input_messages.template]
+        assert recipe.input_messages is not None  # a run without them grades given samples (``run_recipe``)
+        rendered = recipe.input_messages.rendered(item.item)
         messages = [{"role": role, "content": content} for role, content in rendered]
         body = ChatCompletionRequest(
             model=run.model,
@@ -285,7 +286,7 @@ class EvalRunner:
                 "input": messages,
                 "output": [{"role": "assistant", "content": choices[0].text}],
                 "finish_reason": choices[0].finish_reason,
-                "model": run.model,
+                "model": served.id,
                 "usage": {
                     "prompt_tokens": usage.prompt_tokens,
                     "completion_tokens": usage.completion_tokens,

@@ -17,11 +17,18 @@ class CustomDataSourceConfigOut(BaseModel):
     """The JSON schema of an item (and of a sample, with ``include_sample_schema``)."""
 
 
+class StoredCompletionsDataSourceConfigOut(BaseModel):
+    type: Literal["stored_completions"] = "stored_completions"
+    metadata: dict[str, str] | None
+    schema_: dict[str, Any] = Field(alias="schema")
+    """The JSON schema of an item (a stored completion) and of its sample (its answer)."""
+
+
 class EvalOut(BaseModel):
     object: Literal["eval"] = "eval"
     id: str
     name: str
-    data_source_config: CustomDataSourceConfigOut
+    data_source_config: CustomDataSourceConfigOut | StoredCompletionsDataSourceConfigOut
     testing_criteria: list[dict[str, Any]]
     created_at: Epoch
     metadata: dict[str, Any] | None

@@ -28,8 +28,10 @@ from gateway.evals.schemas import (
     RunDeleted,
     RunList,
 )
+from gateway.evals.stored import STORED_ITEM_SCHEMA
 from gateway.tenancy.keys import new_id
 from gateway.tenancy.service import lock_live_tenant
+from gateway.webhooks.events import eval_run_ended
 
 __all__ = ["FINAL", "EvalService"]
 
@@ -47,12 +49,14 @@ class EvalService:
         return row
 
     def create(self, tenant_id: str, body: EvalCreate) -> EvalOut:
+        config = body.data_source_config
         row = Eval(
             id=new_id("eval"),
             tenant_id=tenant_id,
             name=body.name or "eval",
-            item_schema=body.data_source_config.item_schema,
-            include_sample_schema=body.data_source_config.include_sample_schema,
+            item_schema=config.item_schema if config.type == "custom" else STORED_ITEM_SCHEMA,
+            include_sample_schema=config.include_sample_schema if config.type == "custom" else True,
+            stored_completions=None if config.type == "custom" else config.model_dump(),
             testing_criteria=[criterion.model_dump() for criterion in body.testing_criteria],
             user_metadata=body.metadata,
             created_at=utcnow(),
@@ -188,13 +192,14 @@ class EvalService:
             run = self._own_run(session, tenant_id, eval_id, run_id)
             if run.status in FINAL:
                 raise InvalidRequestError(f"The run has already {run.status}.", param="run_id")
-            RUN_LEASE.move(
+            if RUN_LEASE.move(
                 session,
                 run_id,
                 expected=(RunStatus.QUEUED, RunStatus.IN_PROGRESS),
                 status=RunStatus.CANCELED,
                 finished_at=utcnow(),
-            )
+            ):
+                eval_run_ended(session, tenant_id, run_id, RunStatus.CANCELED)
             session.refresh(run)
             return self._run_object(session, run)
 

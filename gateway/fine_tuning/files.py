@@ -21,7 +21,7 @@ from adapters.datasets import DatasetError, check_jsonl
 from adapters.pagination import keyset_page
 from gateway import audit, bounds
 from gateway.clock import utcnow
-from gateway.db import Database, File, affected_rows
+from gateway.db import Database, File, StoredCompletion, affected_rows
 from gateway.errors import InvalidRequestError, NotFoundError, PayloadTooLarge, QuotaExceeded
 from gateway.fine_tuning.schemas import FileDeleted, FileList, FileOut
 from gateway.private_files import open_private, private_dir
@@ -55,7 +55,16 @@ class FileStore:
 
     # -- storage quota ---------------------------------------------------------------------------------------------
     def _used_bytes(self, session: Any, tenant_id: str) -> int:
-        return int(session.scalar(select(func.coalesce(func.sum(File.bytes), 0)).where(File.tenant_id == tenant_id)))
+        """What the tenant's storage quota counts: its files and its stored chat completions."""
+        files = select(func.coalesce(func.sum(File.bytes), 0)).where(File.tenant_id == tenant_id)
+        completions = select(func.coalesce(func.sum(StoredCompletion.bytes), 0)).where(
+            StoredCompletion.tenant_id == tenant_id
+        )
+        return int(session.scalar(files) or 0) + int(session.scalar(completions) or 0)
+
+    def used_bytes(self, tenant_id: str) -> int:
+        with self._db.sessions() as session:
+            return self._used_bytes(session, tenant_id)
 
     def check_room(self, tenant_id: str, quota: int, incoming: int) -> None:
         """Refuse an upload that cannot fit before its body is read (``incoming``: its Content-Length)."""

@@ -44,16 +44,14 @@ from gateway.inference.tool_types import (
 
 ACCEPTED_AND_IGNORED = frozenset(
     {
-        "metadata",
         "prompt_cache_key",
         "prompt_cache_retention",
         "prompt_cache_options",
         "safety_identifier",
     }
 )
-"""Chat fields OpenAI clients send that change nothing we answer: ``metadata`` (labels for OpenAI's stored
-completions, checked against OpenAI's bounds), the prompt cache hints (our prefix cache is automatic) and
-``safety_identifier`` (OpenAI's abuse monitoring id)."""
+"""Chat fields OpenAI clients send that change nothing we answer: the prompt cache hints (our prefix cache is
+automatic) and ``safety_identifier`` (OpenAI's abuse monitoring id)."""
 
 
 class StreamOptions(StrictRequest):
@@ -197,8 +195,10 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: MaxTokens | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    store: Annotated[Any, refused_unless(False)] = None
-    """Stored completions are not kept here: ``store: true`` is refused."""
+    store: bool | None = None
+    """True: keep the request and its completion (``gateway.stored_completions``), with ``metadata``."""
+    metadata: Metadata | None = None
+    """Labels of a stored completion (OpenAI's bounds); without ``store`` they change nothing."""
     tools: Annotated[list[FunctionTool], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
@@ -213,7 +213,6 @@ class ChatCompletionRequest(_SamplingFields):
     moderation: Refused = None
     service_tier: Annotated[Any, refused_unless("auto", "default")] = None
     # ACCEPTED_AND_IGNORED:
-    metadata: Metadata | None = None
     prompt_cache_key: Annotated[str, Field(max_length=bounds.USER)] | None = None
     prompt_cache_retention: Literal["in_memory", "24h"] | None = None
     prompt_cache_options: dict[str, Any] | None = None

@@ -1,14 +1,18 @@
 """The models a tenant can call, by the id clients put in ``model``: the base models the backend serves now (the
 in-process engines, or whatever the upstream pool's replicas serve), each by what it can do (generate: chat and
 completions; embed: embeddings), plus the tenant's own fine-tuned adapters (``ft:...``) from the adapter registry
-whose base is served. Another tenant's adapter is as absent as a missing one. A model asked for what it cannot do
-is a 400 naming ``model``."""
+whose base is served, and the tenant's aliases (``gateway.inference.aliases``), each resolved to the model it picks
+for the request. Another tenant's adapter or alias is as absent as a missing one. A model asked for what it cannot
+do is a 400 naming ``model``.
+
+Names resolve in this order: a served model's name, an ``ft:`` name, then an alias (an alias cannot be created
+under a served model's name; a base model served later under an alias's name wins over the alias)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -17,6 +21,7 @@ from adapters.registry import AdapterRecord, AdapterRegistry
 from engine.backend import Backend, Capability, ModelOffer
 from engine.protocol import AdapterRef, Embedder, Engine, EngineUnavailable
 from gateway.errors import InvalidRequestError, ModelNotFound, PermissionDenied
+from gateway.inference.aliases import Alias, AliasBook
 from gateway.inference.schemas import ModelOut
 
 
@@ -33,6 +38,8 @@ class ServedModel:
     """The model a fine-tuned model was trained from: its base model, or the fine-tuned model its job continued."""
     job_id: str | None = None
     """The fine-tuning job that made it."""
+    alias: Alias | None = None
+    """The tenant's alias the request named, if it named one (``id`` is the model the alias picked)."""
 
     @property
     def base(self) -> str:
@@ -58,15 +65,17 @@ class ServedEmbedder:
     embedder: Embedder
     created: int
     owned_by: str = "llmaas"
+    alias: Alias | None = None
 
     def card(self) -> ModelOut:
         return ModelOut(id=self.id, created=self.created, owned_by=self.owned_by, root=self.id)
 
 
 class ModelCatalog:
-    def __init__(self, backend: Backend, registry: AdapterRegistry) -> None:
+    def __init__(self, backend: Backend, registry: AdapterRegistry, aliases: AliasBook) -> None:
         self._backend = backend
         self._registry = registry
+        self._aliases = aliases
         self._first_seen: dict[str, int] = {}
 
     def _offers(self, capability: Capability = Capability.GENERATE) -> Mapping[str, ModelOffer]:
@@ -125,8 +134,22 @@ class ModelCatalog:
             job_id=record.job_id,
         )
 
+    async def alias(self, model_id: str, tenant_id: str) -> Alias | None:
+        """The tenant's alias ``model_id`` names (never a served model's name or an ``ft:`` name: those win)."""
+        if model_id in self._backend.models() or model_id.startswith("ft:"):
+            return None
+        return await self._aliases.lookup(tenant_id, model_id)
+
     async def resolve(self, model_id: str, tenant_id: str) -> ServedModel:
-        """A model that generates (chat, completions): a base model or the tenant's fine-tuned one."""
+        """A model that generates (chat, completions): a base model, the tenant's fine-tuned one, or the one the
+        tenant's alias picks for this request."""
+        alias = await self.alias(model_id, tenant_id)
+        if alias is None:
+            return await self.resolve_model(model_id, tenant_id)
+        return replace(await self.resolve_model(alias.pick(), tenant_id), alias=alias)
+
+    async def resolve_model(self, model_id: str, tenant_id: str) -> ServedModel:
+        """A model that generates, by its own name (never an alias): a base model or the tenant's fine-tuned one."""
         base_models = self._base_models()
         if model_id in base_models:
             return base_models[model_id]
@@ -145,11 +168,18 @@ class ModelCatalog:
         raise ModelNotFound(model_id)
 
     async def resolve_embedder(self, model_id: str, tenant_id: str) -> ServedEmbedder:
-        """An embedding model; a model that only generates is a 400 naming ``model``."""
+        """An embedding model (or the one the tenant's alias picks); a model that only generates is a 400 naming
+        ``model``."""
+        alias = await self.alias(model_id, tenant_id)
+        if alias is None:
+            return await self._embedder(model_id, tenant_id)
+        return replace(await self._embedder(alias.pick(), tenant_id), alias=alias)
+
+    async def _embedder(self, model_id: str, tenant_id: str) -> ServedEmbedder:
         embedders = self._embedders()
         if model_id in embedders:
             return embedders[model_id]
-        await self.resolve(model_id, tenant_id)  # ModelNotFound where the tenant has no such model
+        await self.resolve_model(model_id, tenant_id)  # ModelNotFound where the tenant has no such model
         raise InvalidRequestError(
             f"The model '{model_id}' does not create embeddings. Name an embedding model "
             f"({', '.join(embedders) or 'none is served now'}).",
@@ -157,18 +187,31 @@ class ModelCatalog:
             code="model_not_supported",
         )
 
+    def embeds(self, model_id: str) -> bool:
+        """Whether ``model_id`` is an embedding model served now."""
+        return model_id in self._embedders()
+
     async def card(self, model_id: str, tenant_id: str) -> ModelOut:
-        """The card of any model the tenant can call, whatever it does."""
+        """The card of any model the tenant can call, whatever it does (an alias's with its targets)."""
         embedder = self._embedders().get(model_id)
         if embedder is not None:
             return embedder.card()
-        return (await self.resolve(model_id, tenant_id)).card()
+        alias = await self.alias(model_id, tenant_id)
+        if alias is not None:
+            return alias.card(tenant_id)
+        return (await self.resolve_model(model_id, tenant_id)).card()
 
     async def for_tenant(self, tenant_id: str) -> list[ServedModel | ServedEmbedder]:
         records = await run_in_threadpool(self._registry.for_tenant, tenant_id)
         base_models = self._base_models()
         tuned = [m for m in (self._fine_tuned(r, base_models) for r in records) if m is not None]
         return [*base_models.values(), *self._embedders().values(), *tuned]
+
+    async def aliases_of(self, tenant_id: str) -> list[Alias]:
+        """The tenant's aliases in force (not one a served model's name shadows), by name."""
+        aliases = await self._aliases.of_tenant(tenant_id)
+        served = self._backend.models()
+        return [aliases[name] for name in sorted(aliases) if name not in served]
 
     async def delete(
         self,

@@ -22,7 +22,7 @@ from gateway.inference.catalog import ServedEmbedder
 from gateway.inference.generation import Outcome
 from gateway.inference.prompts import INLINE_CHARS
 from gateway.inference.request_fields import EndUser, ModelId
-from gateway.inference.runs import Serving, unless_gone, wait_for_engine
+from gateway.inference.runs import Serving, check_access, unless_gone, wait_for_engine
 from gateway.scheduling import PriorityClass
 
 MAX_INPUTS = 2048
@@ -125,7 +125,7 @@ def _encoded(vector: list[float], encoding_format: str) -> list[float] | str:
 async def embedder_for(model: str, serving: Serving) -> ServedEmbedder:
     """The embedding model ``model`` names, if the tenant has it and its key may use it."""
     served = await serving.catalog.resolve_embedder(model, serving.tenant.tenant_id)
-    serving.tenant.check_model(served.id)
+    check_access(serving.tenant, served.id, served.alias)
     return served
 
 

@@ -16,6 +16,7 @@ from engine.protocol import StructuredOutput
 from gateway.accounting.admission import Admission, InferenceReservation
 from gateway.context import RequestContext
 from gateway.errors import InvalidRequestError
+from gateway.inference.aliases import Alias
 from gateway.inference.api_types import ChatCompletionRequest, CompletionRequest
 from gateway.inference.catalog import ModelCatalog, ServedModel
 from gateway.inference.generation import ChoiceResult, GenerationRun, RunReport, fit_max_tokens, sampling_options
@@ -67,10 +68,19 @@ class Serving:
     """Returns when the client disconnects (an HTTP request); None: no client to watch (an eval run)."""
 
     async def model(self, model_id: str) -> ServedModel:
-        """The model the request names, if the tenant has it and its key may use it."""
+        """The model the request names, if the tenant has it and its key may use it; for the tenant's alias, the
+        model it picks for this request (the answer and the ledger name that one)."""
         served = await self.catalog.resolve(model_id, self.tenant.tenant_id)
-        self.tenant.check_model(served.id)
+        check_access(self.tenant, served.id, served.alias)
         return served
+
+
+def check_access(tenant: TenantPrincipal, model_id: str, alias: Alias | None) -> None:
+    """The key may use the model a request resolved to: by its own name, or by the alias the request named."""
+    if alias is None:
+        tenant.check_model(model_id)
+    else:
+        tenant.check_model(alias.name, alias.models)
 
 
 @dataclass(frozen=True)

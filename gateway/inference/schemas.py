@@ -8,10 +8,19 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.pagination import ListOf
 from engine.protocol import FinishReason
+from gateway import bounds
+
+
+class AliasTarget(BaseModel):
+    """One model a tenant's alias may pick, and its share of the alias's requests in percent."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(min_length=1, max_length=bounds.MODEL)
+    weight: int = Field(default=100, ge=1, le=100)
 
 
 class ModelOut(BaseModel):
@@ -25,10 +34,13 @@ class ModelOut(BaseModel):
     root: str | None = None
     parent: str | None = None
     fine_tuning_job_id: str | None = None
+    targets: list[AliasTarget] | None = Field(
+        default=None, description="Our extension, on a tenant's alias only: the models it stands for."
+    )
 
 
 class ModelList(ListOf[ModelOut]):
-    """The models the key may use: base models and the tenant's fine-tuned ones."""
+    """The models the key may use: base models, the tenant's fine-tuned ones and its aliases."""
 
 
 class ModelDeleted(BaseModel):

@@ -1,7 +1,9 @@
 """``POST /v1/chat/completions``: messages rendered with the model's own chat template, and function tools
 (``gateway.inference.tools``): the output of each choice goes through its tool parser, whose events become
-``content`` and ``tool_calls`` deltas (streamed) or the message (not streamed). ``batch_answer`` answers one
-request of a batch the same way (``gateway.batches``)."""
+``content`` and ``tool_calls`` deltas (streamed) or the message (not streamed). With ``store: true`` the request
+and its completion are kept (``gateway.stored_completions``): checked before the model runs, stored once the
+answer is whole (a stream once its last chunk went out; a stream the client cut, or that failed, stores nothing).
+``batch_answer`` answers one request of a batch the same way (``gateway.batches``)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from engine.protocol import Tokenizer
 from gateway.edge.strict_json import StrictJSONRoute
@@ -20,11 +23,13 @@ from gateway.inference.logprobs import chat_logprobs
 from gateway.inference.prompts import chat_prompt, chat_turns
 from gateway.inference.runs import RunRequest, Serving, admit_run, collect, collected, stream
 from gateway.inference.schemas import ChatCompletion, openapi_responses
-from gateway.inference.sse import EventStreamResponse
+from gateway.inference.sse import EventStreamResponse, aclose
 from gateway.inference.tool_output import Event, OutputParser, TextDelta, ToolCall, ToolCallStarted
 from gateway.inference.tool_types import NamedToolChoice
 from gateway.inference.tools import NamedTool, ToolPlan, ToolSpec, check_history, plan_tools
-from gateway.state import RateLimitHeaders, ServingDep
+from gateway.state import CompletionsDep, RateLimitHeaders, ServingDep
+from gateway.stored_completions.assembly import Assembly
+from gateway.stored_completions.store import CompletionStore, kept_request
 
 router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
 
@@ -36,12 +41,39 @@ async def create_chat_completion(
     body: ChatCompletionRequest,
     request: Request,
     serving: ServingDep,
+    stored: CompletionsDep,
 ) -> JSONResponse | EventStreamResponse:
+    if body.store:
+        await run_in_threadpool(stored.admit, serving.tenant, body)
     run, header, plan = await _start(body, serving)
     if body.stream:
-        return await stream(request, run, _chunks(run, header, body, plan))
+        chunks = _chunks(run, header, body, plan)
+        return await stream(request, run, _kept(chunks, run, body, serving, stored) if body.store else chunks)
+    completion = _completion(header, body, plan, run, await collect(request, run))
+    if body.store:
+        await run_in_threadpool(stored.save, serving.tenant.tenant_id, kept_request(body), completion, body.metadata)
     # A response of our own making: FastAPI's encoder would only walk it again.
-    return JSONResponse(_completion(header, body, plan, run, await collect(request, run)))
+    return JSONResponse(completion)
+
+
+async def _kept(
+    chunks: AsyncIterator[dict[str, Any]],
+    run: GenerationRun,
+    body: ChatCompletionRequest,
+    serving: Serving,
+    stored: CompletionStore,
+) -> AsyncIterator[dict[str, Any]]:
+    """``chunks`` as they go out; once the last one went, the completion they make is stored."""
+    assembly = Assembly()
+    try:
+        async for chunk in chunks:
+            if chunk["choices"]:
+                assembly.add(chunk)
+            yield chunk
+    finally:
+        await aclose(chunks)
+    completion = assembly.completion(run.usage.as_dict())
+    await run_in_threadpool(stored.save, serving.tenant.tenant_id, kept_request(body), completion, body.metadata)
 
 
 async def batch_answer(body: ChatCompletionRequest, serving: Serving) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """``/v1/evals``: evals (an item schema and testing criteria), their runs (a model sampled on items, each sample
-graded) and the runs' output items, in OpenAI's shapes. Runs are queued here and executed by the eval runner
-(``gateway.evals.runner``); creating an eval or a run counts as one request of the RPM window, and creating a
-run checks its model and items first."""
+graded; or stored chat completions graded as they were answered) and the runs' output items, in OpenAI's shapes.
+Runs are queued here and executed by the eval runner (``gateway.evals.runner``); creating an eval or a run counts as
+one request of the RPM window, and creating a run checks its model and items first."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response
@@ -15,9 +16,11 @@ from gateway.evals import schemas
 from gateway.evals.items import checked_items, checked_schema
 from gateway.evals.models import EvalCreate, EvalUpdate, RunCreate
 from gateway.evals.recipe import RunStatus
+from gateway.evals.stored import stored_items
 from gateway.state import (
     ActorDep,
     AdmissionDep,
+    CompletionsDep,
     ContextDep,
     EvalsDep,
     FilesDep,
@@ -52,7 +55,8 @@ async def create_eval(
     await admission.admit_request(context, tenant)
 
     async def create() -> schemas.EvalOut:
-        await checked_schema(workers, body.data_source_config.item_schema, "data_source_config.item_schema")
+        if body.data_source_config.type == "custom":
+            await checked_schema(workers, body.data_source_config.item_schema, "data_source_config.item_schema")
         return await run_in_threadpool(evals.create, tenant.tenant_id, body)
 
     return await idempotent.once(create)
@@ -90,6 +94,7 @@ async def create_run(
     evals: EvalsDep,
     files: FilesDep,
     workers: WorkersDep,
+    stored: CompletionsDep,
     idempotent: IdempotentDep,
 ) -> schemas.EvalRunOut | Response:
     tenant = serving.tenant
@@ -98,10 +103,16 @@ async def create_run(
     async def create() -> schemas.EvalRunOut:
         definition = await run_in_threadpool(evals.definition, tenant.tenant_id, eval_id)
         source = body.data_source
-        model = source.model if source.type == "completions" else "jsonl"
+        model = "jsonl"
         if source.type == "completions":
-            await serving.model(source.model)  # 404 / 403 now, not when the run starts
-        items = await checked_items(body, files, workers, tenant.tenant_id, definition.item_schema)
+            model = source.model or source.source.type  # a run that samples names its model
+            if source.sampled:
+                await serving.model(model)  # 404 / 403 now, not when the run starts
+        if source.source.type == "stored_completions":
+            pick = partial(stored_items, stored, tenant.tenant_id, source.source, definition.stored_completions)
+            items = await run_in_threadpool(pick)
+        else:
+            items = await checked_items(body, files, workers, tenant.tenant_id, definition.item_schema)
         return await run_in_threadpool(evals.create_run, tenant.tenant_id, tenant.key_id, eval_id, body, model, items)
 
     return await idempotent.once(create)

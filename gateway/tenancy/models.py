@@ -72,6 +72,11 @@ class QuotaFields(BaseModel):
         default=None, description="Tokens the tenant's unfinished batches may hold together; null: the server's default"
     )
     model_prices: Annotated[dict[ModelId, ModelPrice], Field(max_length=1000)] = Field(default_factory=dict)
+    store_completions: bool | None = Field(
+        default=None,
+        description="Whether chat completions may be kept with store: true (false: such a request is a 400); null: "
+        "they may",
+    )
     scheduling_weight: Annotated[int, Field(ge=1, le=1000)] | None = Field(
         default=None,
         description="The tenant's share of a saturated engine within its priority class, relative to other tenants' "
@@ -165,6 +170,7 @@ class Quotas:
     max_storage_bytes: int | None = None
     max_batch_requests: int | None = None
     max_enqueued_batch_tokens: int | None = None
+    store_completions: bool = True
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
     """The tenant's own price list (``gateway.accounting.pricing`` says how a price is found)."""
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -59,9 +59,15 @@ class TenantPrincipal:
     def key_id(self) -> str:
         return self.identity.key_id
 
-    def check_model(self, model: str) -> None:
+    def may_use(self, model: str, alias_of: Collection[str] = ()) -> bool:
+        """Whether the key may call ``model``; a tenant's alias (``alias_of``: every model it may pick) is allowed
+        by its own name, or by all the models it may pick (never by some: a split cannot pick one the key may not
+        use)."""
         allowed = self.identity.allowed_models
-        if allowed is not None and model not in allowed:
+        return allowed is None or model in allowed or (bool(alias_of) and set(alias_of) <= set(allowed))
+
+    def check_model(self, model: str, alias_of: Collection[str] = ()) -> None:
+        if not self.may_use(model, alias_of):
             raise PermissionDenied("This API key may not use that model.", param="model", code="model_not_allowed")
 
 

@@ -46,6 +46,7 @@ QUOTA_FIELDS = (
     "max_batch_requests",
     "max_enqueued_batch_tokens",
     "scheduling_weight",
+    "store_completions",
 )
 
 
@@ -128,6 +129,7 @@ def quotas_of(tenant: Tenant) -> Quotas:
         max_storage_bytes=tenant.max_storage_bytes,
         max_batch_requests=tenant.max_batch_requests,
         max_enqueued_batch_tokens=tenant.max_enqueued_batch_tokens,
+        store_completions=tenant.store_completions is not False,
         prices=_prices_of(tenant),
     )
 

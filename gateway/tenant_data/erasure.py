@@ -1,11 +1,14 @@
 """Deleting a tenant deletes its data: what it uploaded, trained, evaluated and signed in with.
 
 One transaction removes every row the tenant owns (files, fine-tuning jobs with their events and checkpoints,
-adapters, evals with their runs and items, batches with their requests, stored responses with their input
-items, idempotency keys with their answers, console sessions, keys, the tenant) and appends the audit entry;
-an unfinished fine-tuning job is first cancelled and charged for what it trained (its worker notices within
-seconds, stops, and registers nothing). Once committed, the bytes go: uploaded files and every job's dir in
+adapters, evals with their runs and items, batches with their requests, stored responses with their input items,
+stored chat completions, idempotency keys with their answers, webhook endpoints with their deliveries (events not
+sent yet are not sent), console sessions, keys, the tenant) and appends the audit entry; an unfinished fine-tuning
+job is first cancelled and charged for what it trained (its worker notices within seconds, stops, and registers
+nothing). Once committed, the bytes go: uploaded files and every job's dir in
 the adapter store. The caller then unloads the adapters from the engines (every replica).
+
+Model aliases go with their versions in the same transaction.
 
 What stays, for accounting, holds no content: usage records, the daily usage sums and the audit log, keyed by
 the tenant's id."""
@@ -24,13 +27,16 @@ from adapters.store import FineTuningJob, JobCheckpoint, JobEvent
 from gateway import audit
 from gateway.accounting.pricing import PriceBook
 from gateway.accounting.training_billing import job_charger
+from gateway.aliases.service import erase_tenant_aliases
 from gateway.clock import utcnow
 from gateway.db import ApiKey, Batch, BatchRequest, ConsoleSession, Database, Eval, EvalRun, EvalRunItem, File, Tenant
 from gateway.fine_tuning.files import FileStore
 from gateway.idempotency import erase_tenant_keys
 from gateway.responses.store import erase_tenant_responses
+from gateway.stored_completions.store import erase_tenant_completions
 from gateway.tenancy.service import TenancyService
 from gateway.tenancy.sessions import end_sessions
+from gateway.webhooks.service import erase_tenant_webhooks
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,9 @@ class TenantEraser:
             end_sessions(session, actor, "tenant_deleted", ConsoleSession.tenant_id == tenant_id, utcnow())
             counts = _delete_rows(session, tenant_id)
             counts["responses"] = erase_tenant_responses(session, tenant_id)
+            counts["chat_completions"] = erase_tenant_completions(session, tenant_id)
+            counts["webhook_endpoints"] = erase_tenant_webhooks(session, tenant_id)
+            counts["aliases"] = erase_tenant_aliases(session, tenant_id)
             erase_tenant_keys(session, tenant_id)
             counts |= {"files": len(file_ids), "fine_tuning_jobs": len(job_ids), "adapters": len(adapters)}
             session.execute(delete(Tenant).where(Tenant.id == tenant_id))

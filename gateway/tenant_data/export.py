@@ -1,10 +1,12 @@
 """A tenant's data as one ``tar.gz`` archive, for the operator to hand over (or keep) before deleting it.
 
-The archive holds ``tenant.json``; ``keys.jsonl`` (metadata: no hash, no secret); ``files.jsonl`` and each
-uploaded file's bytes under ``files/<id>``; ``fine_tuning/{jobs,events,checkpoints}.jsonl``; ``adapters.jsonl``
-and each trained adapter's dir (with its checkpoints) under ``adapters/<job id>/``;
-``evals/{evals,runs,items}.jsonl``; ``batches/{batches,requests}.jsonl``; ``responses/{responses,input_items}.jsonl``
-(stored responses of ``/v1/responses``); ``usage/{records,daily}.jsonl``. Each ``.jsonl`` line is one database row.
+The archive holds ``tenant.json``; ``keys.jsonl`` (metadata: no hash, no secret); ``files.jsonl`` and each uploaded
+file's bytes under ``files/<id>``; ``fine_tuning/{jobs,events,checkpoints}.jsonl``; ``adapters.jsonl`` and each
+trained adapter's dir (with its checkpoints) under ``adapters/<job id>/``; ``evals/{evals,runs,items}.jsonl``;
+``batches/{batches,requests}.jsonl``; ``responses/{responses,input_items}.jsonl`` (stored responses of
+``/v1/responses``); ``chat_completions.jsonl`` (completions stored with ``store: true``);
+``webhooks/{endpoints,deliveries}.jsonl`` (no secret); ``aliases/{aliases,versions}.jsonl`` (model aliases and
+their versions); ``usage/{records,daily}.jsonl``. Each ``.jsonl`` line is one database row.
 
 It is written by a worker thread in bounded memory: rows are read in batches into temp files that spill to
 disk past a few MiB, file bytes stream from disk, and the compressed archive goes to the client through a short
@@ -40,7 +42,10 @@ from gateway.db import (
     EvalRun,
     EvalRunItem,
     File,
+    ModelAlias,
+    ModelAliasVersion,
     ResponseInputItem,
+    StoredCompletion,
     StoredResponse,
     Tenant,
     UsageDaily,
@@ -48,12 +53,13 @@ from gateway.db import (
 )
 from gateway.fine_tuning.files import FileStore
 from gateway.tenancy.service import TenancyService, tenant_out
+from gateway.webhooks.service import webhook_tables
 
 _BATCH = 500
 _SPILL_BYTES = 4 * 1024 * 1024
 _CHUNK = 256 * 1024
 _QUEUED_CHUNKS = 16
-_SECRET_COLUMNS = {"key_hash"}
+_SECRET_COLUMNS = {"key_hash", "secret", "previous_secret"}
 
 
 class _Stopped(Exception):
@@ -111,6 +117,20 @@ class TenantExport:
                     select(ResponseInputItem)
                     .where(ResponseInputItem.response_id.in_(responses))
                     .order_by(ResponseInputItem.id),
+                ),
+                *webhook_tables(tenant_id),
+                (
+                    "chat_completions.jsonl",
+                    select(StoredCompletion)
+                    .where(StoredCompletion.tenant_id == tenant_id)
+                    .order_by(StoredCompletion.id),
+                ),
+                ("aliases/aliases.jsonl", select(ModelAlias).where(ModelAlias.tenant_id == tenant_id)),
+                (
+                    "aliases/versions.jsonl",
+                    select(ModelAliasVersion)
+                    .where(ModelAliasVersion.tenant_id == tenant_id)
+                    .order_by(ModelAliasVersion.id),
                 ),
                 (
                     "usage/records.jsonl",

@@ -1,5 +1,6 @@
 """The operator's console pages under ``/console/admin``: tenants (with the models some tenant is billed nothing
-for), the service page and what it polls, every tenant's usage this month, and the audit log (read only)."""
+for), the service page and what it polls, every tenant's usage this month, tenants' aliases, and the audit log
+(read only)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,14 @@ async def all_usage_page(
     report = await run_in_threadpool(usage.report, None, this_month("none"), ("tenant", "model"))
     tenants = {t.id: t.name for t in await run_in_threadpool(tenancy.list_tenants)}
     return page(request, "all_usage.html", session=visit.session, report=report, tenant_names=tenants)
+
+
+@router.get("/aliases")
+async def aliases_page(request: Request, visit: OperatorVisitDep, tenancy: TenancyDep) -> HTMLResponse:
+    """Every tenant's aliases, one tenant at a time, read by the page's script from the admin API."""
+    tenants = await run_in_threadpool(tenancy.list_tenants)
+    api_base = "/admin/v1/tenants/{tenant}/aliases"
+    return page(request, "aliases.html", session=visit.session, tenants=tenants, api_base=api_base)
 
 
 @router.get("/audit")

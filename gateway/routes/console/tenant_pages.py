@@ -1,5 +1,6 @@
 """A tenant's console pages: usage this month (and its CSV), API keys (made and revoked through
-``gateway.tenancy.access``, as the admin API does), and the pages whose own scripts call the OpenAI API."""
+``gateway.tenancy.access``, as the admin API does), and the pages whose own scripts call the OpenAI API (and
+``/v1/aliases``)."""
 
 from __future__ import annotations
 
@@ -164,6 +165,12 @@ def _shell_page(template: str) -> Any:
         return page(request, template, session=visit.session)
 
     return shell
+
+
+@router.get("/aliases")
+async def aliases_page(request: Request, visit: TenantVisitDep) -> HTMLResponse:
+    """The tenant's aliases, read by the page's script from ``/v1/aliases``."""
+    return page(request, "aliases.html", session=visit.session, api_base="/v1/aliases")
 
 
 for _path, _template in (
