@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, computed_field
+from pydantic import BaseModel, Field, computed_field, model_validator
 
 from adapters.api_objects import Epoch, RowObject
+from adapters.lineage import Lineage
 from adapters.pagination import CursorPage, Page
 
 
@@ -47,6 +48,14 @@ class FineTuningJobOut(RowObject):
     integrations: list[Any] = Field(default_factory=list)
     metadata: dict[str, Any] | None = Field(validation_alias="user_metadata")
     method_type: Literal["supervised", "dpo"] = Field("supervised", validation_alias="method", exclude=True)
+    lineage: Lineage | None = None
+    """Our extension: the base model and the fine-tuned models this job continues from, nearest first."""
+
+    @model_validator(mode="after")
+    def _lineage_of_older_rows(self) -> FineTuningJobOut:
+        if self.lineage is None:  # a job recorded before lineage was kept trained from its base model
+            self.lineage = Lineage(base_model=self.model)
+        return self
 
     @computed_field  # type: ignore[prop-decorator]  # mypy does not know pydantic's decorator on a property
     @property

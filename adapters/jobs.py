@@ -20,8 +20,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapters.errors import InvalidJobRequest, NotFound
 from adapters.job_objects import CheckpointList, EventList, FineTuningJobOut, JobCheckpointOut, JobEventOut, JobList
 from adapters.leases import Lease
+from adapters.lineage import Lineage
 from adapters.pagination import keyset_page
-from adapters.recipe import TrainingRecipe
+from adapters.recipe import LoraShape, TrainingRecipe
 from adapters.store import FineTuningJob, JobCheckpoint, JobEvent, JobStatus, utcnow
 
 FINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
@@ -53,6 +54,8 @@ class JobRequest:
     metadata: dict[str, str] | None
     created_at: datetime
     """When the gateway reserved the job's budget: the reservation's month is this one's."""
+    lineage: Lineage | None = None
+    """What the job continues (None: it trains ``model``, a base model)."""
 
 
 def add_event(
@@ -123,6 +126,7 @@ class JobService:
             estimated_tokens=request.estimated_tokens,
             reserved_cost_nanos=request.reserved_cost_nanos,
             user_metadata=request.metadata,
+            lineage=(request.lineage or Lineage(base_model=request.model)).column(),
             created_at=request.created_at,
             cancel_requested=False,
         )
@@ -137,6 +141,13 @@ class JobService:
         if job is None or job.tenant_id != tenant_id:
             raise NotFound(f"No fine-tuning job found with id '{job_id}'.", param="fine_tuning_job_id")
         return job
+
+    def continuation(self, tenant_id: str, job_id: str, model: str) -> tuple[Lineage, LoraShape]:
+        """For a job that continues ``model`` (made by the tenant's job ``job_id``): its lineage, and the LoRA
+        shape it trains (the one ``model`` was trained with)."""
+        with self._sessions() as session:
+            job = self._own(session, tenant_id, job_id)
+            return Lineage.of(job).continued_as(model), TrainingRecipe.of(job).lora
 
     def get(self, tenant_id: str, job_id: str) -> FineTuningJobOut:
         with self._sessions() as session:

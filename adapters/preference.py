@@ -135,7 +135,7 @@ def train_dpo(
     ``spec.output_dir/adapter`` (``TrainingCancelled`` as soon as ``should_stop()``, asked before every step)."""
     tokenizer, pad_id = open_run(spec)
     torch.manual_seed(spec.seed)
-    model = TrainableModel(spec.base_model_dir, spec.lora, pad_id, bf16=spec.bf16)
+    model = TrainableModel(spec.base_model_dir, spec.lora, pad_id, bf16=spec.bf16, start_from=spec.start_from)
     train = _encode(tokenizer, model, spec.train, spec.max_seq_len)
     valid = _encode(tokenizer, model, spec.validation, spec.max_seq_len) if spec.validation else None
 

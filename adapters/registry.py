@@ -27,6 +27,8 @@ class AdapterRecord:
     job_id: str
     path: Path
     created_at: datetime
+    parent: str | None = None
+    """The fine-tuned model it was trained from (None: from its base model)."""
 
     @property
     def ref(self) -> AdapterRef:
@@ -80,17 +82,28 @@ class AdapterRegistry:
             job_id=row.job_id,
             path=self.store_dir / row.path,
             created_at=row.created_at,
+            parent=row.parent,
         )
 
     def register(
-        self, session: Session, *, name: str, tenant_id: str, base_model: str, job_id: str, adapter_dir: Path
+        self,
+        session: Session,
+        *,
+        name: str,
+        tenant_id: str,
+        base_model: str,
+        job_id: str,
+        adapter_dir: Path,
+        parent: str | None = None,
     ) -> AdapterRecord:
-        """Add the adapter in the caller's transaction (the one that marks its job succeeded)."""
+        """Add the adapter in the caller's transaction (the one that marks its job succeeded); ``parent``: the
+        fine-tuned model its job continued."""
         row = Adapter(
             name=name,
             tenant_id=tenant_id,
             base_model=base_model,
             job_id=job_id,
+            parent=parent,
             path=str(adapter_dir.relative_to(self.store_dir)),
             created_at=utcnow(),
         )

@@ -56,6 +56,8 @@ class FineTuningJob(AdaptersBase):
     """Reserved against the tenant's budget when the job was created (with ``reserved_cost_nanos``)."""
     reserved_cost_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
     user_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    lineage: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """The base model and the models the job continues from (``adapters.lineage``); None on older rows."""
     created_at: Mapped[datetime] = mapped_column(DateTime)
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
@@ -106,5 +108,7 @@ class Adapter(AdaptersBase):
     tenant_id: Mapped[str] = mapped_column(String(40), index=True)
     base_model: Mapped[str] = mapped_column(String(256))
     job_id: Mapped[str] = mapped_column(String(40))
+    parent: Mapped[str | None] = mapped_column(String(256))
+    """The model it was trained from: the fine-tuned model its job continued, None when that was the base model."""
     path: Mapped[str] = mapped_column(String(300))
     created_at: Mapped[datetime] = mapped_column(DateTime)

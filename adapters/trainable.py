@@ -4,7 +4,12 @@ Below the lowest LoRA layer nothing is trained, so the hidden state each example
 (its *frozen prefix*) and every epoch runs only the layers above it, forward and backward; the language-model
 head runs only where a token is trained. On the small CPUs this runs on, both together make an epoch several
 times cheaper than a full forward and backward pass. An architecture the split does not fit (it is checked on
-a probe input against the full model) trains through the full model instead."""
+a probe input against the full model) trains through the full model instead.
+
+A continued job starts from a saved adapter of the same shape (``start_from``): its weights are loaded into the
+adapter being trained, and ``reference()`` runs the model the job started from (DPO's reference) — the base model
+with the adapter disabled, or, when continuing, a frozen second copy of the saved adapter in the trained one's
+place; never a second copy of the base model."""
 
 from __future__ import annotations
 
@@ -21,6 +26,10 @@ from adapters.encoding import IGNORE_INDEX, EncodedExample, collate
 
 logger = logging.getLogger(__name__)
 _SPLIT_TOLERANCE = 1e-3
+_TRAINED = "default"
+"""peft's name of the adapter being trained."""
+_REFERENCE = "reference"
+"""The frozen copy of the adapter a continued job started from."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,9 @@ class BatchLoss:
 class TrainableModel:
     """``bf16``: compute in bf16 (autocast; the weights and the optimizer stay fp32), for CPUs with native bf16."""
 
-    def __init__(self, base_model_dir: Path, lora: LoraSpec, pad_id: int, *, bf16: bool = False):
+    def __init__(
+        self, base_model_dir: Path, lora: LoraSpec, pad_id: int, *, bf16: bool = False, start_from: Path | None = None
+    ):
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM
 
@@ -67,6 +78,9 @@ class TrainableModel:
             task_type="CAUSAL_LM",
         )
         self.model: Any = get_peft_model(base, config)
+        self._start_from = start_from
+        if start_from is not None:
+            self._load(start_from)
         self._layers: Any = self._decoder.layers
         self._pad = pad_id
         self.split_at = lowest
@@ -75,6 +89,39 @@ class TrainableModel:
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [param for param in self.model.parameters() if param.requires_grad]
+
+    # -- where training starts ---------------------------------------------------------------------------------------
+    def _load(self, adapter_dir: Path) -> None:
+        """Start from the weights of the adapter saved in ``adapter_dir``; a ValueError if its shape is not this
+        one's (every LoRA weight must be there, and nothing else)."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
+        try:
+            loaded: Any = set_peft_model_state_dict(self.model, weights, adapter_name=_TRAINED)
+        except RuntimeError as exc:  # a tensor of another size: another rank
+            raise ValueError(f"the adapter in {adapter_dir} has another LoRA shape") from exc
+        missing = [key for key in loaded.missing_keys if "lora_" in key]
+        if missing or loaded.unexpected_keys:
+            raise ValueError(f"the adapter in {adapter_dir} has another LoRA shape (layers or target modules)")
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[None]:
+        """Within: the model the job started from, for passes without gradients (DPO's reference model). From
+        the base model, that is the base (the adapter disabled); when continuing, a frozen copy of the adapter it
+        started from, loaded the first time, stands in for the trained one."""
+        if self._start_from is None:
+            with self.model.disable_adapter():
+                yield
+            return
+        if _REFERENCE not in self.model.peft_config:
+            self.model.load_adapter(str(self._start_from), adapter_name=_REFERENCE, is_trainable=False)
+        self.model.base_model.set_adapter(_REFERENCE, inference_mode=True)
+        try:
+            yield
+        finally:  # peft marks the active adapter's weights trainable, and only those
+            self.model.base_model.set_adapter(_TRAINED)
 
     # -- the frozen prefix -------------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -136,14 +183,6 @@ class TrainableModel:
         return cached
 
     # -- loss and answers --------------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def reference(self) -> Iterator[None]:
-        """Inside it, forward passes compute the job's starting model (preference training's reference policy) on
-        the same weights, with no second copy of them: for a job from the base model, the adapter is switched off.
-        The prefixes below the LoRA layers are the same for both, so they serve both."""
-        with self.model.disable_adapter():
-            yield
-
     def _trained_logits(
         self, batch: Sequence[EncodedExample], prefixes: Sequence[torch.Tensor] | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

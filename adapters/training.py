@@ -61,6 +61,8 @@ class TrainingSpec:
     """Compute in bf16 (weights and optimizer in fp32): for CPUs with native bf16."""
     exact_match_examples: int = 64
     """Validation examples whose answers are generated for exact match, each epoch."""
+    start_from: Path | None = None
+    """A saved adapter of the same shape whose weights training starts from (continued training)."""
 
 
 class Scores(Protocol):
@@ -302,7 +304,7 @@ def train_lora(
     valid = encode_dataset(tokenizer, spec.validation, spec.max_seq_len) if spec.validation else []
 
     torch.manual_seed(spec.seed)
-    model = TrainableModel(spec.base_model_dir, spec.lora, pad_id, bf16=spec.bf16)
+    model = TrainableModel(spec.base_model_dir, spec.lora, pad_id, bf16=spec.bf16, start_from=spec.start_from)
     train_prefixes = model.prefixes(train)
     valid_prefixes = model.prefixes(valid) if valid else None
 

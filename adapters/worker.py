@@ -1,8 +1,9 @@
 """The fine-tuning worker: claims queued jobs from the database, trains them with ``adapters.training`` (DPO jobs:
 ``adapters.preference``) in this process (never in the gateway's event loop), heartbeats, honours cancellation
-within seconds, and registers the result as a servable adapter. What a job that does not succeed wrote (its
-adapter, checkpoints) is removed: a cancelled job, a failed one, or one whose tenant was deleted while it trained
-leaves nothing behind.
+within seconds, and registers the result as a servable adapter. A job that continues a fine-tuned model
+(``adapters.lineage``) starts from a copy of that model's adapter, taken into its own directory when it starts.
+What a job that does not succeed wrote (its adapter, checkpoints) is removed: a cancelled job, a failed one, or one
+whose tenant was deleted while it trained leaves nothing behind.
 
 Claiming is safe with any number of workers (``adapters.leases``: ``SELECT ... FOR UPDATE SKIP LOCKED`` on
 PostgreSQL, then a compare-and-set ``UPDATE``). What a job trains on is its recipe (``adapters.recipe``); its
@@ -21,6 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
+import shutil
 import socket
 import threading
 import time
@@ -35,6 +37,7 @@ from adapters.datasets import Dataset
 from adapters.job_inputs import FileReader, JobFailed, load_datasets
 from adapters.job_progress import JobProgress, metrics_text
 from adapters.jobs import JOB_LEASE, UNFINISHED, WAITING, OnFinal, add_event, transition
+from adapters.lineage import PARENT_WEIGHTS, Lineage
 from adapters.preference import train_dpo
 from adapters.recipe import TrainingRecipe
 from adapters.registry import AdapterRegistry, checkpoint_name, model_name
@@ -213,9 +216,10 @@ class Worker:
             train, validation = load_datasets(self._read_file, job)
             if not self._move(job_id, WAITING, "Files validated, moving job to queued state", status=JobStatus.QUEUED):
                 return
-            base_dir = self._base_models.get(job.model)
+            base_model = Lineage.of(job).base_model
+            base_dir = self._base_models.get(base_model)
             if base_dir is None:
-                raise JobFailed("model_not_available", f"The base model '{job.model}' is not served here.", "model")
+                raise JobFailed("model_not_available", f"The base model '{base_model}' is not served here.", "model")
             started = {"status": JobStatus.RUNNING, "started_at": utcnow()}
             if not self._move(job_id, (JobStatus.QUEUED,), "Fine-tuning job started", **started):
                 return
@@ -243,7 +247,7 @@ class Worker:
 
     def _succeed(self, job: FineTuningJob, result: TrainingResult) -> None:
         """Register the adapter, mark the job succeeded and charge it: one transaction, or nothing."""
-        name = model_name(job.model, job.tenant_name, job.suffix, job.id)
+        name = model_name(Lineage.of(job).base_model, job.tenant_name, job.suffix, job.id)
         lora = TrainingRecipe.of(job).lora.model_copy(update={"layers": result.lora_layers})
 
         def change() -> bool:
@@ -270,6 +274,7 @@ class Worker:
 
     def _register(self, session: Session, job: FineTuningJob, name: str, result: TrainingResult) -> None:
         """The trained adapter, and each checkpoint as its own model, servable (in the caller's transaction)."""
+        lineage = Lineage.of(job)
         adapters = [(name, result.adapter_dir)]
         adapters += [(checkpoint_name(name, c.step), c.path) for c in result.checkpoints]
         for adapter_name, adapter_dir in adapters:
@@ -277,16 +282,28 @@ class Worker:
                 session,
                 name=adapter_name,
                 tenant_id=job.tenant_id,
-                base_model=job.model,
+                base_model=lineage.base_model,
                 job_id=job.id,
                 adapter_dir=adapter_dir,
+                parent=lineage.parents[0] if lineage.continues else None,
             )
         add_event(session, job.id, f"Kept the checkpoint of step {result.chosen.step}: {metrics_text(result.chosen)}")
+
+    def _copy_parent(self, job: FineTuningJob, lineage: Lineage) -> Path:
+        """The job's own copy of the adapter it continues (``JobFailed`` when that model was deleted meanwhile)."""
+        parent = self._registry.get(lineage.parent, job.tenant_id)
+        if parent is None:
+            message = f"The model '{lineage.parent}' this job continues was deleted before the job started."
+            raise JobFailed("model_not_found", message, "model")
+        copy = self._registry.job_dir(job.id) / PARENT_WEIGHTS
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(parent.path, copy)
+        return copy
 
     def _train(
         self, job: FineTuningJob, base_dir: Path, train: Dataset, validation: Dataset | None, cancel: threading.Event
     ) -> TrainingResult:
-        recipe = TrainingRecipe.of(job)
+        recipe, lineage = TrainingRecipe.of(job), Lineage.of(job)
         spec = TrainingSpec(
             base_model_dir=base_dir,
             train=train,
@@ -300,8 +317,9 @@ class Worker:
             keep=recipe.keep_checkpoint,
             threads=self._training_threads,
             bf16=self._bf16,
+            start_from=self._copy_parent(job, lineage) if lineage.continues else None,
         )
-        name = model_name(job.model, job.tenant_name, job.suffix, job.id)
+        name = model_name(lineage.base_model, job.tenant_name, job.suffix, job.id)
         progress = JobProgress(self._sessions, job.id, self.worker_id, name)
 
         def should_stop() -> bool:

@@ -62,6 +62,10 @@ _INTENT_TRAIN = {
         "Is there a late fee if I pay the {p} invoice next week?",
         "The {p} payment failed, can I try another card?",
         "I see two identical transactions for the {p} on my statement.",
+        "Can I split the cost of the {p} into monthly installments?",
+        "My discount code was not applied to the {p} invoice.",
+        "Who do I talk to about a wrong VAT amount on the {p}?",
+        "The {p} subscription price went up without notice, why?",
     ],
     "tech_support": [
         "My {p} keeps restarting on its own.",
@@ -76,6 +80,10 @@ _INTENT_TRAIN = {
         "My {p} doesn't turn on even when charging.",
         "The touchscreen on the {p} stopped responding.",
         "Software update for the {p} is stuck at 50 percent.",
+        "The {p} says storage is full but I deleted everything.",
+        "My {p} won't charge past 80 percent.",
+        "Every time I open the settings the {p} crashes.",
+        "The camera app on the {p} shows only a grey picture.",
     ],
     "sales": [
         "Do you have a discount if I buy three {p}s?",
@@ -90,6 +98,10 @@ _INTENT_TRAIN = {
         "I want to order two more {p}s for my team.",
         "When will the new {p} be in stock?",
         "Can I trade in my old {p} for a new one?",
+        "Does the {p} come in a larger size?",
+        "I'm comparing the {p} with a competitor's, why should I buy yours?",
+        "Can I reserve the next {p} before it launches?",
+        "Can I try the {p} in one of your shops before buying?",
     ],
     "cancellation": [
         "I want to cancel my {p} subscription.",
@@ -104,6 +116,10 @@ _INTENT_TRAIN = {
         "End my {p} plan at the end of this billing cycle.",
         "How do I delete my {p} account for good?",
         "I'd like to opt out of the {p} service entirely.",
+        "My contract for the {p} ends soon and I won't be renewing.",
+        "Please deactivate the {p} and confirm in writing.",
+        "What's the notice period to quit the {p} plan?",
+        "I've found a cheaper option, so cancel the {p} please.",
     ],
     "shipping": [
         "Where is my {p}? It was supposed to arrive Monday.",
@@ -118,6 +134,10 @@ _INTENT_TRAIN = {
         "Can I pick up the {p} at a store instead?",
         "The parcel with my {p} is stuck at customs.",
         "Nobody was home, how do I reschedule the {p} delivery?",
+        "The {p} order shows shipped but the tracking hasn't moved in days.",
+        "Can you deliver the {p} on a Saturday?",
+        "Only half of my {p} order arrived in the parcel.",
+        "What does it cost to ship a {p} overnight?",
     ],
 }
 _INTENT_TEST = {

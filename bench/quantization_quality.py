@@ -29,7 +29,7 @@ import openai
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.dtype_quality import Scores, report, score
 from bench.fine_tuning_quality import ADMIN_KEY, MODEL, create_eval, fine_tune, run_eval
-from bench.ft_tasks import TASKS
+from bench.ft_tasks import TASKS, Task
 from bench.loadgen import create_tenant_key, running_gateway
 from bench.machine import describe, machine
 from engine.model_prep import prepare_default_model
@@ -62,7 +62,7 @@ def fine_tuned_accuracy(
                 if not rows:  # the first mode's gateway trains every adapter once
                     for name in tasks:
                         train, items_file, eval_id = create_eval(client, TASKS[name], seed)
-                        job, seconds, _ = fine_tune(client, gateway.base_url, key, TASKS[name], train, seed)
+                        job, seconds, _ = fine_tune(client, gateway.base_url, key, Task.jsonl(train), name, seed)
                         held_out = len(TASKS[name].examples(seed=seed)[1])
                         rows.append(
                             {"task": name, "model": job.fine_tuned_model, "items_file": items_file, "eval": eval_id}

@@ -1,14 +1,19 @@
 """Creating a fine-tuning job, the domain side of ``POST /v1/fine_tuning/jobs``: check the model (trainable
 here, served, allowed to the key) and the LoRA shape, check that the files hold the examples the method trains on
 (preference pairs for DPO), read the training file once to count its examples and estimate its tokens, choose
-every "auto" from that, reserve the estimate against the tenant's budget, and record
-the job with its recipe; the reservation is given back if the job cannot be recorded."""
+every "auto" from that, reserve the estimate against the tenant's budget, and record the job with its recipe and
+lineage; the reservation is given back if the job cannot be recorded.
+
+The model may be one of the tenant's ``ft:`` models (or a checkpoint of one): the job then continues it, training
+a copy of its adapter (the same LoRA shape; asking for another is a 400) on the same base model. Another tenant's
+``ft:`` model is as unknown as a missing one (404 ``model_not_found``), refused before any file is read."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from starlette.concurrency import run_in_threadpool
@@ -25,14 +30,15 @@ from adapters.datasets import (
 from adapters.hyperparameters import choose as choose_hyperparameters
 from adapters.job_objects import FineTuningJobOut
 from adapters.jobs import JobRequest, JobService, new_job_id
-from adapters.recipe import TrainingRecipe
+from adapters.lineage import MAX_GENERATIONS, Lineage
+from adapters.recipe import LoraShape, TrainingRecipe
 from engine.protocol import Tokenizer
 from gateway.accounting.admission import Admission
 from gateway.clock import utcnow
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.fine_tuning.files import FileStore
 from gateway.fine_tuning.models import FineTuningJobCreate
-from gateway.inference.catalog import ModelCatalog
+from gateway.inference.catalog import ModelCatalog, ServedModel
 from gateway.tenancy.principal import TenantPrincipal
 
 ENCODE_CHARS = 4096
@@ -120,6 +126,26 @@ def _check_files_and_estimate(
         return estimate_tokens(tokenizer, examples)
 
 
+@dataclass(frozen=True)
+class _Start:
+    """What a job starts from: the served model (a base model, or the ``ft:`` model it continues), its lineage
+    and the LoRA shape it trains."""
+
+    model: ServedModel
+    lineage: Lineage
+    lora: LoraShape
+
+
+def _same_shape(asked: LoraShape, parent: LoraShape) -> bool:
+    """Whether a shape asked for is the parent's ("auto" layers: whatever the parent has)."""
+    return (
+        asked.rank == parent.rank
+        and asked.alpha == parent.alpha
+        and sorted(asked.target_modules) == sorted(parent.target_modules)
+        and asked.layers in ("auto", parent.layers)
+    )
+
+
 class JobCreator:
     """``trainable``: the base models the worker can train (``adapters.base_models``)."""
 
@@ -139,25 +165,46 @@ class JobCreator:
         self._trainable = trainable
         self._max_lora_rank = max_lora_rank
 
-    def _check_model(self, tenant: TenantPrincipal, body: FineTuningJobCreate) -> None:
+    def _check_trainable(self, base_model: str) -> None:
         bases = [model for model in self._catalog.base_ids() if model in self._trainable]
-        if body.model not in bases:
+        if base_model not in bases:
             raise InvalidRequestError(
                 f"That model cannot be fine-tuned here; base models: {', '.join(bases)}.",
                 param="model",
                 code="model_not_available",
             )
+
+    async def _start(self, tenant: TenantPrincipal, body: FineTuningJobCreate) -> _Start:
+        if not body.model.startswith("ft:"):
+            self._check_trainable(body.model)
+            tenant.check_model(body.model)
+            base = await self._catalog.resolve(body.model, tenant.tenant_id)
+            return _Start(base, Lineage(base_model=body.model), body.lora.shape())
         tenant.check_model(body.model)
+        parent = await self._catalog.resolve(body.model, tenant.tenant_id)  # the tenant's own, or model_not_found
+        self._check_trainable(parent.base)
+        assert parent.job_id is not None  # a fine-tuned model is made by a job
+        lineage, shape = await run_in_threadpool(self._jobs.continuation, tenant.tenant_id, parent.job_id, parent.id)
+        if len(lineage.parents) > MAX_GENERATIONS:
+            message = f"That model has been continued {MAX_GENERATIONS} times over; continue an earlier one."
+            raise InvalidRequestError(message, param="model", code="model_not_available")
+        if "lora" in body.model_fields_set and not _same_shape(body.lora.shape(), shape):
+            raise InvalidRequestError(
+                f"A job that continues '{parent.id}' trains a copy of its adapter: leave lora out, or give its "
+                f"shape (rank {shape.rank}, alpha {shape.alpha}, target_modules {', '.join(shape.target_modules)}, "
+                f"layers {shape.layers}).",
+                param="lora",
+            )
+        return _Start(parent, lineage, shape)
 
     async def create(self, tenant: TenantPrincipal, body: FineTuningJobCreate) -> FineTuningJobOut:
-        self._check_model(tenant, body)
+        start = await self._start(tenant, body)
         requested = body.requested_hyperparameters()
-        if body.lora.rank > self._max_lora_rank:
+        if start.lora.rank > self._max_lora_rank:
             message = f"lora.rank must be at most {self._max_lora_rank} on this server."
             raise InvalidRequestError(message, param="lora.rank")
-        base = await self._catalog.resolve(body.model, tenant.tenant_id)
         examples, per_epoch = await run_in_threadpool(
-            _check_files_and_estimate, self._files, tenant.tenant_id, body, base.engine.tokenizer
+            _check_files_and_estimate, self._files, tenant.tenant_id, body, start.model.engine.tokenizer
         )
         hyperparameters = choose_hyperparameters(examples, requested, body.method_type)
         job_id, created_at = new_job_id(), utcnow()
@@ -166,7 +213,7 @@ class JobCreator:
         recipe = TrainingRecipe(
             method=body.method_type,
             hyperparameters=hyperparameters,
-            lora=body.lora.shape(),
+            lora=start.lora,
             keep_checkpoint=body.keep_checkpoint,
             seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
         )
@@ -179,6 +226,7 @@ class JobCreator:
             validation_file=body.validation_file,
             suffix=body.suffix,
             recipe=recipe,
+            lineage=start.lineage,
             estimated_tokens=reserved.tokens,
             reserved_cost_nanos=reserved.cost_nanos,
             metadata=body.metadata,

@@ -34,6 +34,10 @@ class ServedModel:
     adapter: AdapterRef | None = None
     base_id: str | None = None
     """The base model a fine-tuned model runs on."""
+    parent: str | None = None
+    """The model a fine-tuned model was trained from: its base model, or the fine-tuned model its job continued."""
+    job_id: str | None = None
+    """The fine-tuning job that made it."""
     alias: Alias | None = None
     """The tenant's alias the request named, if it named one (``id`` is the model the alias picked)."""
 
@@ -43,7 +47,14 @@ class ServedModel:
         return self.base_id or self.id
 
     def card(self) -> ModelOut:
-        return ModelOut(id=self.id, created=self.created, owned_by=self.owned_by)
+        return ModelOut(
+            id=self.id,
+            created=self.created,
+            owned_by=self.owned_by,
+            root=self.base,
+            parent=self.parent,
+            fine_tuning_job_id=self.job_id,
+        )
 
 
 @dataclass(frozen=True)
@@ -57,7 +68,7 @@ class ServedEmbedder:
     alias: Alias | None = None
 
     def card(self) -> ModelOut:
-        return ModelOut(id=self.id, created=self.created, owned_by=self.owned_by)
+        return ModelOut(id=self.id, created=self.created, owned_by=self.owned_by, root=self.id)
 
 
 class ModelCatalog:
@@ -113,7 +124,14 @@ class ModelCatalog:
             return None
         created = int(record.created_at.timestamp())
         return ServedModel(
-            record.name, base.engine, created, owned_by=record.tenant_id, adapter=record.ref, base_id=base.id
+            record.name,
+            base.engine,
+            created,
+            owned_by=record.tenant_id,
+            adapter=record.ref,
+            base_id=base.id,
+            parent=record.parent or base.id,
+            job_id=record.job_id,
         )
 
     async def alias(self, model_id: str, tenant_id: str) -> Alias | None:

@@ -24,10 +24,16 @@ class AliasTarget(BaseModel):
 
 
 class ModelOut(BaseModel):
+    """OpenAI's model object; ``root`` and ``parent`` as vLLM's model cards name them (the base model, and the
+    model a fine-tuned one was trained from), and our ``fine_tuning_job_id``: the job that made it."""
+
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    root: str | None = None
+    parent: str | None = None
+    fine_tuning_job_id: str | None = None
     targets: list[AliasTarget] | None = Field(
         default=None, description="Our extension, on a tenant's alias only: the models it stands for."
     )

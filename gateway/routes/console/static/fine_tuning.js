@@ -1,5 +1,6 @@
-// Fine-tuning: upload a file (its validation result), start a job, and watch it live: status, the loss curve
-// from the job's metrics events, checkpoints, cancel. Everything through the OpenAI fine-tuning API.
+// Fine-tuning: upload a file (its validation result), start a job (from a base model, or continuing a fine-tuned
+// one), and watch it live: status, its lineage (base -> parents -> job -> checkpoints), the loss curve from its
+// metrics events, checkpoints, the eval runs on its models, cancel. Everything through the OpenAI APIs.
 "use strict";
 (function () {
   const api = (path, init) => llmaas.call("/v1" + path, init);
@@ -10,7 +11,7 @@
 
   async function loadChoices() {
     const models = await api("/models");
-    $("base-model").replaceChildren(...models.data.filter((m) => !m.id.startsWith("ft:")).map((m) => new Option(m.id, m.id)));
+    $("base-model").replaceChildren(...models.data.map((m) => new Option(m.id, m.id)));
     const files = await api("/files?purpose=fine-tune");
     $("training-file").replaceChildren(...files.data.map((f) => new Option(`${f.filename} (${f.id})`, f.id)));
   }
@@ -47,6 +48,31 @@
       scales: { x: { time: false } }, axes: [{ label: "step" }, { size: 60 }] }, values, box);
   }
 
+  function showLineage(job, checkpoints) {
+    const lineage = job.lineage || { base_model: job.model, parents: [] };
+    const chain = [lineage.base_model, ...lineage.parents.slice().reverse(), job.id];
+    if (job.fine_tuned_model) chain.push(job.fine_tuned_model);
+    if (checkpoints.length) chain.push(`${checkpoints.length} checkpoint${checkpoints.length > 1 ? "s" : ""}`);
+    $("job-lineage").textContent = chain.join(" → ");
+  }
+
+  async function showEvalRuns(models) {
+    const rows = [];
+    if (models.size) {
+      for (const evaluation of (await api("/evals?limit=20")).data) {
+        for (const run of (await api(`/evals/${evaluation.id}/runs?limit=100`)).data) {
+          if (!models.has(run.model)) continue;
+          const row = document.createElement("tr");
+          const c = run.result_counts;
+          cell(row, evaluation.name || evaluation.id); cell(row, run.name || run.id); cell(row, run.model);
+          cell(row, c.total ? `${((100 * c.passed) / c.total).toFixed(1)} %` : "–").className = "num";
+          rows.push(row);
+        }
+      }
+    }
+    $("job-evals").tBodies[0].replaceChildren(...rows);
+  }
+
   async function refresh() {
     if (!watched) return;
     const job = await api(`/fine_tuning/jobs/${watched}`);
@@ -71,9 +97,15 @@
       cell(row, c.metrics.valid_loss !== undefined ? c.metrics.valid_loss.toFixed(4) : "–").className = "num";
       return row;
     }));
+    showLineage(job, checkpoints.data);
     document.body.dataset.jobStatus = job.status;
     document.body.dataset.lossPoints = String(points.length);
-    if (FINAL.has(job.status)) { clearInterval(timer); timer = null; loadJobs(); }
+    if (FINAL.has(job.status)) {
+      clearInterval(timer); timer = null; loadJobs();
+      const models = new Set(checkpoints.data.map((c) => c.fine_tuned_model_checkpoint));
+      if (job.fine_tuned_model) models.add(job.fine_tuned_model);
+      await showEvalRuns(models);
+    }
   }
 
   function watch(jobId) {

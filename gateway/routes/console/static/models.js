@@ -1,4 +1,5 @@
-// The tenant's models (the OpenAI models API): base models, fine-tuned ones that can be deleted, and aliases.
+// The tenant's models (the OpenAI models API): base models, fine-tuned ones (what each was trained from, and
+// by which job) that can be deleted, and aliases.
 "use strict";
 (function () {
   const api = (path, method = "GET") => llmaas.call("/v1" + path, { method });
@@ -11,7 +12,8 @@
       row.dataset.model = model.id;
       const fineTuned = model.id.startsWith("ft:");
       const kind = model.targets ? `alias of ${model.targets.map((t) => `${t.model} ${t.weight} %`).join(", ")}` : fineTuned ? "fine-tuned" : "base";
-      for (const text of [model.id, kind, new Date(model.created * 1000).toISOString().slice(0, 10)]) {
+      const created = new Date(model.created * 1000).toISOString().slice(0, 10);
+      for (const text of [model.id, kind, model.parent || "–", model.fine_tuning_job_id || "–", created]) {
         row.insertCell().textContent = text;
       }
       const actions = row.insertCell();
