@@ -94,6 +94,11 @@ class ModelCatalog:
         """Every base model served now, whatever it does."""
         return list(self._backend.models())
 
+    def reserved_names(self) -> set[str]:
+        """Names an alias may not take: every base model served now or ever seen by this gateway (a base model
+        whose replicas are down for a moment must not be taken over by an alias of its name)."""
+        return set(self._backend.models()) | set(self._first_seen)
+
     def longest_context(self, default: int) -> int:
         """The longest context of the generating models (``default`` while none is served)."""
         return max((model.engine.max_model_len for model in self._base_models().values()), default=default)
