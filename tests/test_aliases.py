@@ -735,3 +735,40 @@ def test_one_tenants_changes_do_not_void_another_tenants_cached_aliases(
 
     asyncio.run(scenario())
     assert reads == ["a", "a"]  # a's first read was kept; a's own change made the second
+
+
+def test_refusals_name_the_alias_not_its_targets(gateway: InProcessGateway, tmp_path: Path) -> None:
+    tenant_id, _, key = _tenant(gateway, key_manager=True)
+    stable, gone = register_adapter(tmp_path, tenant_id), register_adapter(tmp_path, tenant_id)
+    outsider = _key(gateway, tenant_id, allowed_models=[MODEL])
+    api = _Api(gateway, _bearer(key))
+    mostly_gone = [{"model": stable, "weight": 1}, {"model": gone, "weight": 99}]
+    assert api.post("/v1/aliases", json={"name": "prod", "targets": mostly_gone}).status_code == 201
+    mostly_there = [{"model": stable, "weight": 99}, {"model": gone, "weight": 1}]
+    assert api.post("/v1/aliases", json={"name": "canary", "targets": mostly_there}).status_code == 201
+    # Deleting an alias through /v1/models: told where, not "does not exist".
+    as_model = _error(api.delete("/v1/models/prod"), 400)
+    assert (as_model["code"], as_model["param"]) == ("model_is_alias", "model") and "/v1/aliases/prod" in as_model[
+        "message"
+    ]
+    database = _database(tmp_path)
+    with database.sessions.begin() as session:  # a target gone behind the aliases' back
+        session.execute(delete(Adapter).where(Adapter.name == gone))
+    database.engine.dispose()
+    # A key that may not use the alias hears a 403 on it, never of its targets (whatever the draw).
+    for _ in range(5):
+        refused = _error(_chat_model(gateway, outsider, "prod"), 403)
+        assert gone not in refused["message"] and stable not in refused["message"]
+    # A batch naming the split checks every target, not one drawn at random.
+    client = openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=gateway.http, max_retries=0)
+    line = {
+        "custom_id": "0",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "canary", "messages": CHAT},
+    }
+    upload = client.files.create(file=("batch.jsonl", json.dumps(line).encode()), purpose="batch")
+    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert batch.status == "failed" and batch.errors is not None, batch
+    assert [(error.code, error.param) for error in batch.errors.data or []] == [("model_not_found", "body.model")]
+    assert gone in (batch.errors.data or [])[0].message  # type: ignore[operator]

@@ -13,6 +13,7 @@ from adapters.registry import AdapterRecord
 from gateway import audit, bounds
 from gateway.aliases.service import refuse_aliased
 from gateway.edge.strict_json import StrictJSONRoute
+from gateway.errors import InvalidRequestError
 from gateway.inference.schemas import ModelDeleted, ModelList, ModelOut
 from gateway.state import ActorDep, CatalogDep, RateLimitHeaders, TenantDep
 
@@ -39,6 +40,12 @@ async def retrieve_model(model: ModelPath, catalog: CatalogDep, tenant: TenantDe
 @router.delete("/v1/models/{model:path}")
 async def delete_model(model: ModelPath, catalog: CatalogDep, tenant: TenantDep, actor: ActorDep) -> ModelDeleted:
     tenant.check_model(model)
+    if await catalog.alias(model, tenant.tenant_id) is not None:
+        raise InvalidRequestError(
+            f"'{model}' is an alias, not a model; delete it with DELETE /v1/aliases/{model}.",
+            param="model",
+            code="model_is_alias",
+        )
 
     def audited(session: Session, deleted: list[AdapterRecord]) -> None:
         names = [record.name for record in deleted]
