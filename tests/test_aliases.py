@@ -619,6 +619,11 @@ def test_the_gate_counts_only_runs_that_sampled_the_target_and_a_run_on_an_alias
     assert [usage.model_name for usage in run.per_model_usage] in ([stable], [candidate])
     with database.sessions.begin() as session:
         assert session.get(EvalRun, run.id).model in (stable, candidate)  # type: ignore[union-attr]
+    # A key that may use the alias (not its targets by name) runs it too.
+    only_alias = _key(gateway, tenant_id, allowed_models=["canary"])
+    scoped = openai.OpenAI(base_url="http://testserver/v1", api_key=only_alias, http_client=gateway.http, max_retries=0)
+    run = finished(scoped, eval_id, scoped.evals.runs.create(eval_id, data_source=source).id)  # type: ignore[arg-type]
+    assert run.status == "completed", run.error
     database.engine.dispose()
 
 

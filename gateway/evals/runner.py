@@ -137,9 +137,14 @@ class EvalRunner:
             raise RunStopped(exc.code or "invalid_api_key", exc.message) from exc
 
     async def _served(self, run: EvalRun, tenant: TenantPrincipal) -> ServedModel:
-        serving = self._serving(tenant)
+        """The run's model: the one it named, or the one its alias drew when the run was created (then the key
+        may use it through the alias, as it could then)."""
+        named = run.data_source.get("model") or run.model
         try:
-            return await serving.model(run.model)
+            if named == run.model:
+                return await self._serving(tenant).model(run.model)
+            tenant.check_model(named, (run.model,))
+            return await self._catalog.resolve_model(run.model, tenant.tenant_id)
         except APIError as exc:
             raise RunStopped(exc.code or "model_not_found", exc.message) from exc
 
