@@ -347,6 +347,23 @@ class AliasService:
 
         return await self._changed(tenant_id, delete_alias)
 
+    @staticmethod
+    def refuse_aliased(session: Session, tenant_id: str, models: Collection[str]) -> None:
+        """In the caller's transaction (a model's deletion): a 409 if an alias of the tenant points at one of
+        ``models``, naming the aliases (deleting the model would break every client that calls them). Under the
+        tenant's lock, as every alias change is: a move onto the model either committed before (a 409 here) or
+        waits and then finds the model gone (a 400 there)."""
+        _lock_tenant(session, tenant_id)
+        rows = session.scalars(select(ModelAlias).where(ModelAlias.tenant_id == tenant_id))
+        held = sorted({row.name for row in rows if any(target["model"] in models for target in row.targets)})
+        if held:
+            raise ConflictError(
+                f"The alias(es) {', '.join(held)} point at this model; move or delete them first.",
+                param="model",
+                code="model_in_use",
+                headers=_NO_RETRY,
+            )
+
     # -- helpers ---------------------------------------------------------------------------------------------------
     async def _changed(self, tenant_id: str, change: Callable[[], T]) -> T:
         """Run a blocking change, then read the tenant's aliases anew here (the others do within their TTL)."""
@@ -454,20 +471,3 @@ def erase_tenant_aliases(session: Session, tenant_id: str) -> int:
         .execution_options(synchronize_session=False)
     )
     return affected_rows(gone)
-
-
-def refuse_aliased(session: Session, tenant_id: str, models: Collection[str]) -> None:
-    """In the caller's transaction (a model's deletion): a 409 if an alias of the tenant points at one of
-    ``models``, naming the aliases (deleting the model would break every client that calls them). Under the
-    tenant's lock, as every alias change is: a move onto the model either committed before (a 409 here) or
-    waits and then finds the model gone (a 400 there)."""
-    _lock_tenant(session, tenant_id)
-    rows = session.scalars(select(ModelAlias).where(ModelAlias.tenant_id == tenant_id))
-    held = sorted({row.name for row in rows if any(target["model"] in models for target in row.targets)})
-    if held:
-        raise ConflictError(
-            f"The alias(es) {', '.join(held)} point at this model; move or delete them first.",
-            param="model",
-            code="model_in_use",
-            headers=_NO_RETRY,
-        )
