@@ -1,14 +1,16 @@
 """Aliases on the database: create, move, roll back, delete, list and history, for a tenant's key or the operator.
 
-Every change is one transaction with its version row and its audit entry, and then this gateway's ``AliasBook``
-forgets the tenant's aliases (the other gateways read them anew within their TTL). The rules:
+Every change is one transaction, under the tenant's lock (as a model's deletion and the tenant's erasure are), with
+its version row and its audit entry, and then this gateway's ``AliasBook`` forgets the tenant's aliases (the other
+gateways read them anew within their TTL). The rules:
 
-- a name is the tenant's own (another tenant's alias is as absent as a missing one), never a served model's;
+- a name is the tenant's own (another tenant's alias is as absent as a missing one), never a base model's;
 - every target is a model the tenant can call by its own name (a base model or its own ``ft:`` model or
   checkpoint, checked through the catalog when set: never an alias, never another tenant's); a split's targets
   all generate or all embed;
 - a move may be gated (``Gate``): refused with a 409 naming the score unless every target's latest completed
-  run of the eval scores at least ``min_score``; a gate given with a move is kept for the later ones;
+  run of the eval that sampled it scores at least ``min_score``; a gate given with a move is kept for the later
+  ones, and one the operator set only the operator may change or drop;
 - a rollback restores the targets in force before the current version (again and again, back to the creation);
 - a tenant's key changes aliases only if it is a key manager, names only aliases its ``allowed_models`` lists,
   and points them only at models it may use; the operator may do anything (``key`` None)."""

@@ -97,6 +97,8 @@ class AliasBook:
         return await asyncio.shield(flight.future)
 
     async def _fetch(self, tenant_id: str, generation: int) -> Aliases:
+        """Read the tenant's aliases and cache them (a failed read caches nothing: during a database outage each
+        request that may name an alias tries the read again)."""
         started = time.monotonic()
         aliases = await run_in_threadpool(_read, self._db, tenant_id)
         # Else the tenant's aliases changed while we read: this result may predate the change.
