@@ -6,6 +6,7 @@ erasure and export with the tenant. The fake engine serves where the answers' te
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import tarfile
@@ -13,7 +14,9 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +24,14 @@ import httpx
 import openai
 import pytest
 from playwright.sync_api import Browser
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, delete, select, text
 
+from adapters.store import Adapter
+from gateway.aliases.service import AliasService
+from gateway.bootstrap import open_database
+from gateway.db import Database, EvalRun, ModelAliasVersion
+from gateway.inference import aliases as alias_cache
+from gateway.settings import GatewaySettings
 from gateway.tenancy.models import KeyCreate, TenantCreate
 from tests.support import ADMIN, ADMIN_KEY, MODEL
 from tests.support.console import signed_in
@@ -560,3 +569,211 @@ def test_a_batch_naming_an_alias_is_answered_by_its_targets(gateway: InProcessGa
     assert set(answered) == {first, second} and sum(answered.values()) == 20  # both, per request (2 in 10^6 to fail)
     ledger = _usage_models(f"sqlite:///{tmp_path / 'llmaas.db'}", tenant_id, 20)
     assert ledger == answered
+
+
+# -- the review's findings ------------------------------------------------------------------------------------------
+def _database(data_dir: Path) -> Database:
+    return open_database(GatewaySettings(data_dir=data_dir))
+
+
+def test_the_gate_counts_only_runs_that_sampled_the_target_and_a_run_on_an_alias_names_its_draw(
+    gateway: InProcessGateway, tmp_path: Path
+) -> None:
+    tenant_id, _, key = _tenant(gateway, key_manager=True)
+    stable, candidate = register_adapter(tmp_path, tenant_id), register_adapter(tmp_path, tenant_id)
+    api = _Api(gateway, _bearer(key))
+    client = openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=gateway.http, max_retries=0)
+    eval_id = make_eval(client).id
+    assert api.post("/v1/aliases", json={"name": "prod", "model": stable}).status_code == 201
+    gate = {"eval_id": eval_id, "min_score": 0.9}
+    _scored_run(client, eval_id, candidate, 1, 4)
+    # A later completed run labelled with the candidate that graded stored answers (sampled nothing): not counted.
+    database = _database(tmp_path)
+    with database.sessions.begin() as session:
+        sampled = session.scalars(select(EvalRun).where(EvalRun.tenant_id == tenant_id)).one()
+        graded_only = {k: v for k, v in sampled.data_source.items() if k != "input_messages"}
+        session.add(
+            EvalRun(
+                **{c.name: getattr(sampled, c.name) for c in EvalRun.__table__.columns}
+                | {
+                    "id": "evalrun_storedonly",
+                    "data_source": graded_only | {"source": {"type": "stored_completions"}},
+                    "result_counts": {"total": 5, "passed": 5, "failed": 0, "errored": 0},
+                    "finished_at": sampled.finished_at + timedelta(seconds=5),
+                }
+            )
+        )
+    refused = _error(api.post("/v1/aliases/prod", json={"model": candidate, "gate": gate}), 409)["message"]
+    assert "scored 0.2 (1/5 passed)" in refused, refused
+    # Such a run cannot name a model in the first place.
+    stored_only = {"type": "completions", "model": candidate, "source": {"type": "stored_completions"}}
+    labelled = api.post(f"/v1/evals/{eval_id}/runs", json={"data_source": stored_only})
+    assert _error(labelled, 400)["param"] == "data_source.model"
+
+    # A run on a split alias is drawn once: the run and its usage name the concrete model, never the alias.
+    split = [{"model": stable, "weight": 50}, {"model": candidate, "weight": 50}]
+    assert api.post("/v1/aliases", json={"name": "canary", "targets": split}).status_code == 201
+    source = {**completions_source({"type": "file_content", "content": [{"item": ITEMS[0]}] * 4}), "model": "canary"}
+    run = finished(client, eval_id, client.evals.runs.create(eval_id, data_source=source).id)  # type: ignore[arg-type]
+    assert run.status == "completed", run.error
+    assert [usage.model_name for usage in run.per_model_usage] in ([stable], [candidate])
+    with database.sessions.begin() as session:
+        assert session.get(EvalRun, run.id).model in (stable, candidate)  # type: ignore[union-attr]
+    # A key that may use the alias (not its targets by name) runs it too.
+    only_alias = _key(gateway, tenant_id, allowed_models=["canary"])
+    scoped = openai.OpenAI(base_url="http://testserver/v1", api_key=only_alias, http_client=gateway.http, max_retries=0)
+    run = finished(scoped, eval_id, scoped.evals.runs.create(eval_id, data_source=source).id)  # type: ignore[arg-type]
+    assert run.status == "completed", run.error
+    database.engine.dispose()
+
+
+def test_a_gate_the_operator_set_binds_the_tenant(gateway: InProcessGateway, tmp_path: Path) -> None:
+    tenant_id, name, key = _tenant(gateway, key_manager=True)
+    stable, candidate = register_adapter(tmp_path, tenant_id), register_adapter(tmp_path, tenant_id)
+    api, admin = _Api(gateway, _bearer(key)), _Api(gateway, ADMIN)
+    client = openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=gateway.http, max_retries=0)
+    eval_id = make_eval(client).id
+    gate = {"eval_id": eval_id, "min_score": 0.9}
+    _scored_run(client, eval_id, stable, 5, 0)
+    created = admin.post(f"/admin/v1/tenants/{name}/aliases", json={"name": "prod", "model": stable})
+    assert created.status_code == 201, created.text
+    assert admin.post(f"/admin/v1/tenants/{name}/aliases/prod", json={"model": stable, "gate": gate}).status_code == 200
+    mine = make_eval(client).id
+    for weaker in (None, {"eval_id": mine, "min_score": 0}):
+        refused = _error(api.post("/v1/aliases/prod", json={"model": candidate, "gate": weaker}), 403)
+        assert (refused["param"], refused["code"]) == ("gate", "gate_set_by_operator")
+    assert _error(api.post("/v1/aliases/prod", json={"model": candidate}), 409)["code"] == "alias_gate_failed"
+    assert api.get("/v1/aliases/prod").json()["gate"] == gate  # shown as the gate it is
+    # The eval behind the kept gate deleted: a move that sent no gate hears why, not a 404 on a gate it never sent.
+    client.evals.delete(eval_id)
+    gone = _error(api.post("/v1/aliases/prod", json={"model": candidate}), 409)
+    assert "no longer exists" in gone["message"] and gone["param"] == "gate"
+    dropped = admin.post(f"/admin/v1/tenants/{name}/aliases/prod", json={"model": candidate, "gate": None})
+    assert dropped.status_code == 200, dropped.text
+    # A gate the tenant set, the tenant may drop.
+    _scored_run(client, mine, stable, 1, 0)
+    assert api.post("/v1/aliases/prod", json={"model": stable, "gate": {"eval_id": mine, "min_score": 0}}).is_success
+    assert api.post("/v1/aliases/prod", json={"model": candidate, "gate": None}).json()["gate"] is None
+
+
+def test_concurrent_changes_on_sqlite_are_409s_and_a_move_never_lands_on_a_deleted_model(
+    gateway: InProcessGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant_id, _, key = _tenant(gateway, key_manager=True)
+    stable, doomed = register_adapter(tmp_path, tenant_id), register_adapter(tmp_path, tenant_id)
+    api = _Api(gateway, _bearer(key))
+    created = api.post("/v1/aliases", json={"name": "prod", "model": stable}).json()
+    database = _database(tmp_path)
+    # A version row a concurrent change wrote meanwhile (read-check-write raced): a retryable 409, never a 500.
+    with database.sessions.begin() as session:
+        session.add(
+            ModelAliasVersion(
+                alias_id=created["id"],
+                tenant_id=tenant_id,
+                version=2,
+                action="move",
+                targets=[{"model": MODEL, "weight": 100}],
+                restores=1,
+                actor="racer",
+                created_at=datetime.now(UTC).replace(tzinfo=None),
+            )
+        )
+    raced = _error(api.post("/v1/aliases/prod", json={"model": MODEL}), 409)
+    assert "meanwhile" in raced["message"], raced
+    with database.sessions.begin() as session:
+        session.execute(delete(ModelAliasVersion).where(ModelAliasVersion.version == 2))
+    # Many moves at once on SQLite: each is served in turn, every version is distinct, and none is a 500.
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda _: api.post("/v1/aliases/prod", json={"model": MODEL}).status_code, range(8)))
+    assert set(statuses) <= {200, 409} and 200 in statuses, statuses
+    versions = [v["version"] for v in api.get("/v1/aliases/prod/history").json()["data"]]
+    assert len(versions) == len(set(versions)) == 1 + statuses.count(200)
+
+    # The model deleted between the move's target check and its transaction: the move is refused, not dangling.
+    checked = AliasService._checked_targets
+
+    async def then_deleted(self: AliasService, *args: Any) -> Any:
+        targets = await checked(self, *args)
+        with database.sessions.begin() as session:
+            session.execute(delete(Adapter).where(Adapter.name == doomed))
+        return targets
+
+    monkeypatch.setattr(AliasService, "_checked_targets", then_deleted)
+    dangling = _error(api.post("/v1/aliases/prod", json={"model": doomed}), 400)
+    assert (dangling["code"], dangling["param"]) == ("model_not_found", "targets"), dangling
+    assert api.get("/v1/aliases/prod").json()["targets"] == [{"model": MODEL, "weight": 100}]
+    database.engine.dispose()
+
+
+def test_an_alias_may_not_take_the_name_of_a_base_model_that_is_down_for_a_moment(
+    gateway: InProcessGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, _, key = _tenant(gateway, key_manager=True)
+    assert _answered_by(gateway, key, MODEL) == MODEL
+    backend = gateway.state.catalog._backend  # the pool between two health checks
+    monkeypatch.setattr(backend, "models", dict)
+    taken = gateway.http.post("/v1/aliases", json={"name": MODEL, "model": MODEL}, headers=_bearer(key))
+    assert _error(taken, 400)["code"] == "alias_name_taken"
+
+
+def test_one_tenants_changes_do_not_void_another_tenants_cached_aliases(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[str] = []
+
+    def slow_read(_db: Any, tenant_id: str) -> dict[str, Any]:
+        reads.append(tenant_id)
+        time.sleep(0.2)
+        return {}
+
+    monkeypatch.setattr(alias_cache, "_read", slow_read)
+    book = alias_cache.AliasBook(_database(tmp_path), ttl_seconds=60)
+
+    async def scenario() -> None:
+        reading = asyncio.ensure_future(book.of_tenant("a"))
+        await asyncio.sleep(0.05)
+        book.forget("b")  # another tenant's change while a's read is in flight
+        await reading
+        await book.of_tenant("a")
+        book.forget("a")
+        await book.of_tenant("a")
+
+    asyncio.run(scenario())
+    assert reads == ["a", "a"]  # a's first read was kept; a's own change made the second
+
+
+def test_refusals_name_the_alias_not_its_targets(gateway: InProcessGateway, tmp_path: Path) -> None:
+    tenant_id, _, key = _tenant(gateway, key_manager=True)
+    stable, gone = register_adapter(tmp_path, tenant_id), register_adapter(tmp_path, tenant_id)
+    outsider = _key(gateway, tenant_id, allowed_models=[MODEL])
+    api = _Api(gateway, _bearer(key))
+    mostly_gone = [{"model": stable, "weight": 1}, {"model": gone, "weight": 99}]
+    assert api.post("/v1/aliases", json={"name": "prod", "targets": mostly_gone}).status_code == 201
+    mostly_there = [{"model": stable, "weight": 99}, {"model": gone, "weight": 1}]
+    assert api.post("/v1/aliases", json={"name": "canary", "targets": mostly_there}).status_code == 201
+    # Deleting an alias through /v1/models: told where, not "does not exist".
+    as_model = _error(api.delete("/v1/models/prod"), 400)
+    assert (as_model["code"], as_model["param"]) == ("model_is_alias", "model") and "/v1/aliases/prod" in as_model[
+        "message"
+    ]
+    database = _database(tmp_path)
+    with database.sessions.begin() as session:  # a target gone behind the aliases' back
+        session.execute(delete(Adapter).where(Adapter.name == gone))
+    database.engine.dispose()
+    # A key that may not use the alias hears a 403 on it, never of its targets (whatever the draw).
+    for _ in range(5):
+        refused = _error(_chat_model(gateway, outsider, "prod"), 403)
+        assert gone not in refused["message"] and stable not in refused["message"]
+    # A batch naming the split checks every target, not one drawn at random.
+    client = openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=gateway.http, max_retries=0)
+    line = {
+        "custom_id": "0",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "canary", "messages": CHAT},
+    }
+    upload = client.files.create(file=("batch.jsonl", json.dumps(line).encode()), purpose="batch")
+    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert batch.status == "failed" and batch.errors is not None, batch
+    assert [(error.code, error.param) for error in batch.errors.data or []] == [("model_not_found", "body.model")]
+    assert gone in (batch.errors.data or [])[0].message  # type: ignore[operator]

@@ -1,14 +1,16 @@
 """Aliases on the database: create, move, roll back, delete, list and history, for a tenant's key or the operator.
 
-Every change is one transaction with its version row and its audit entry, and then this gateway's ``AliasBook``
-forgets the tenant's aliases (the other gateways read them anew within their TTL). The rules:
+Every change is one transaction, under the tenant's lock (as a model's deletion and the tenant's erasure are), with
+its version row and its audit entry, and then this gateway's ``AliasBook`` forgets the tenant's aliases (the other
+gateways read them anew within their TTL). The rules:
 
-- a name is the tenant's own (another tenant's alias is as absent as a missing one), never a served model's;
+- a name is the tenant's own (another tenant's alias is as absent as a missing one), never a base model's;
 - every target is a model the tenant can call by its own name (a base model or its own ``ft:`` model or
   checkpoint, checked through the catalog when set: never an alias, never another tenant's); a split's targets
   all generate or all embed;
 - a move may be gated (``Gate``): refused with a 409 naming the score unless every target's latest completed
-  run of the eval scores at least ``min_score``; a gate given with a move is kept for the later ones;
+  run of the eval that sampled it scores at least ``min_score``; a gate given with a move is kept for the later
+  ones, and one the operator set only the operator may change or drop;
 - a rollback restores the targets in force before the current version (again and again, back to the creation);
 - a tenant's key changes aliases only if it is a key manager, names only aliases its ``allowed_models`` lists,
   and points them only at models it may use; the operator may do anything (``key`` None)."""
@@ -19,12 +21,13 @@ import builtins
 from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from adapters.api_objects import epoch
+from adapters.store import Adapter
 from gateway import audit, bounds
 from gateway.aliases.models import (
     AliasCreate,
@@ -37,15 +40,14 @@ from gateway.aliases.models import (
     Gate,
 )
 from gateway.clock import utcnow
-from gateway.db import Database, Eval, EvalRun, ModelAlias, ModelAliasVersion, affected_rows
+from gateway.db import Database, Eval, EvalRun, ModelAlias, ModelAliasVersion, Tenant, affected_rows
 from gateway.errors import APIError, ConflictError, InvalidRequestError, NotFoundError, PermissionDenied
-from gateway.evals.recipe import RunStatus
+from gateway.evals.recipe import CompletionsRecipe, RunStatus, run_recipe
 from gateway.inference.aliases import AliasBook
 from gateway.inference.catalog import ModelCatalog
 from gateway.inference.schemas import AliasTarget
 from gateway.tenancy.keys import new_id
 from gateway.tenancy.principal import TenantPrincipal
-from gateway.tenancy.service import lock_live_tenant
 
 T = TypeVar("T")
 _NO_RETRY = {"x-should-retry": "false"}
@@ -57,7 +59,7 @@ def _alias_out(row: ModelAlias) -> AliasOut:
         id=row.id,
         name=row.name,
         targets=[AliasTarget.model_validate(target) for target in row.targets],
-        gate=Gate.model_validate(row.gate) if row.gate else None,
+        gate=_gate_of(row),
         version=row.version,
         created_at=epoch(row.created_at),
         updated_at=epoch(row.updated_at),
@@ -76,6 +78,36 @@ def _version_out(row: ModelAliasVersion) -> AliasVersionOut:
     )
 
 
+_SET_BY = "set_by"
+"""Kept beside a gate in its column: ``operator`` (a tenant's key may not change or drop it) or ``tenant``."""
+
+
+def _gate_of(row: ModelAlias) -> Gate | None:
+    if not row.gate:
+        return None
+    return Gate.model_validate({k: v for k, v in row.gate.items() if k != _SET_BY})
+
+
+def _lock_tenant(session: Session, tenant_id: str) -> None:
+    """Serialise the tenant's alias changes, its models' deletions and its erasure: an UPDATE that changes nothing
+    locks the tenant's row on PostgreSQL and takes the write lock on SQLite (where ``FOR UPDATE`` is ignored), so
+    what this transaction reads next is what the one before it committed. A tenant gone meanwhile is a 404."""
+    locked = session.execute(update(Tenant).where(Tenant.id == tenant_id).values(status=Tenant.status))
+    if not affected_rows(locked):
+        raise NotFoundError("This organization no longer exists.", param="name")
+
+
+def _check_still_there(session: Session, tenant_id: str, targets: list[AliasTarget]) -> None:
+    """Under the tenant lock: every ``ft:`` target still has its row (a deletion may have committed since the
+    targets were checked), so an alias never points at a deleted model."""
+    names = {target.model for target in targets if target.model.startswith("ft:")}
+    if not names:
+        return
+    present = set(session.scalars(select(Adapter.name).where(Adapter.tenant_id == tenant_id, Adapter.name.in_(names))))
+    for gone in sorted(names - present):
+        raise InvalidRequestError(f"The model '{gone}' was deleted meanwhile.", param="targets", code="model_not_found")
+
+
 def _targets_json(targets: list[AliasTarget]) -> list[dict[str, Any]]:
     return [target.model_dump() for target in targets]
 
@@ -89,13 +121,22 @@ def _own(session: Session, tenant_id: str, name: str, key: TenantPrincipal | Non
     return row
 
 
-def _check_gate(session: Session, tenant_id: str, gate: Gate, targets: list[AliasTarget]) -> None:
-    """Every target's latest completed run of the gate's eval scores at least its ``min_score``."""
+def _check_gate(session: Session, tenant_id: str, gate: Gate, targets: list[AliasTarget], given: bool) -> None:
+    """Every target's latest completed run of the gate's eval that sampled it scores at least ``min_score``
+    (``given``: the gate came with this request, else it is the alias's kept one)."""
     evaluation = session.get(Eval, gate.eval_id)
     if evaluation is None or evaluation.tenant_id != tenant_id:
+        if not given:
+            raise ConflictError(
+                f"The alias's gate names eval '{gate.eval_id}', which no longer exists; send \"gate\": null or a "
+                "new gate with the move.",
+                param="gate",
+                code="alias_gate_failed",
+                headers=_NO_RETRY,
+            )
         raise NotFoundError(f"No eval found with id '{gate.eval_id}'.", param="gate.eval_id")
     for target in targets:
-        latest = (
+        runs = (
             select(EvalRun)
             .where(
                 EvalRun.tenant_id == tenant_id,
@@ -104,12 +145,15 @@ def _check_gate(session: Session, tenant_id: str, gate: Gate, targets: list[Alia
                 EvalRun.status == RunStatus.COMPLETED,
             )
             .order_by(EvalRun.finished_at.desc(), EvalRun.created_at.desc())
-            .limit(1)
         )
-        run = session.scalar(latest)
+        # Only a run that sampled the target says anything of it (one over stored completions grades whatever
+        # model answered them).
+        run = next((run for run in session.scalars(runs) if isinstance(run_recipe(run), CompletionsRecipe)), None)
         refused = f"The gate refuses '{target.model}': "
         if run is None:
-            message = f"eval '{gate.eval_id}' has no completed run on it (score: none; min_score {gate.min_score})."
+            message = (
+                f"eval '{gate.eval_id}' has no completed run that sampled it (score: none; min_score {gate.min_score})."
+            )
             raise ConflictError(refused + message, param="gate", code="alias_gate_failed", headers=_NO_RETRY)
         total, passed = run.result_counts.get("total", 0), run.result_counts.get("passed", 0)
         score = passed / total if total else 0.0
@@ -145,6 +189,7 @@ def _add_version(
         created_at=now,
     )
     session.add(version)
+    _flushed(session, row.name)  # a concurrent change's version: a 409, before the prune's autoflush raises it
     kept_from = row.version - bounds.ALIAS_HISTORY_KEPT
     session.execute(
         delete(ModelAliasVersion).where(ModelAliasVersion.alias_id == row.id, ModelAliasVersion.version <= kept_from)
@@ -196,9 +241,9 @@ class AliasService:
         self, tenant_id: str, body: AliasCreate, actor: audit.Actor, key: TenantPrincipal | None = None
     ) -> AliasOut:
         _check_may_manage(key, body.name)
-        if body.name in self._catalog.base_ids():
+        if body.name in self._catalog.reserved_names():
             raise InvalidRequestError(
-                f"'{body.name}' is the name of a served model; choose another name.",
+                f"'{body.name}' is the name of a base model; choose another name.",
                 param="name",
                 code="alias_name_taken",
             )
@@ -207,7 +252,8 @@ class AliasService:
         def create() -> AliasOut:
             now = utcnow()
             with self._db.session() as session:
-                lock_live_tenant(session, tenant_id, "name")
+                _lock_tenant(session, tenant_id)
+                _check_still_there(session, tenant_id, targets)
                 held = session.scalar(
                     select(func.count()).select_from(ModelAlias).where(ModelAlias.tenant_id == tenant_id)
                 )
@@ -218,13 +264,13 @@ class AliasService:
                         code="too_many_aliases",
                     )
                 if body.gate is not None:
-                    _check_gate(session, tenant_id, body.gate, targets)
+                    _check_gate(session, tenant_id, body.gate, targets, given=True)
                 row = ModelAlias(
                     id=new_id("alias"),
                     tenant_id=tenant_id,
                     name=body.name,
                     targets=[],
-                    gate=body.gate.model_dump() if body.gate else None,
+                    gate=_gate_json(body.gate, key),
                     version=0,
                     created_at=now,
                     updated_at=now,
@@ -250,11 +296,15 @@ class AliasService:
 
         def move() -> AliasOut:
             with self._db.session() as session:
+                _lock_tenant(session, tenant_id)
                 row = _own(session, tenant_id, name, key, lock=True)
+                _check_still_there(session, tenant_id, targets)
                 if body.gate_given:
-                    row.gate = body.gate.model_dump() if body.gate else None
-                if row.gate:
-                    _check_gate(session, tenant_id, Gate.model_validate(row.gate), targets)
+                    _check_may_change_gate(row, key)
+                    row.gate = _gate_json(body.gate, key)
+                gate = _gate_of(row)
+                if gate is not None:
+                    _check_gate(session, tenant_id, gate, targets, given=body.gate_given)
                 _add_version(session, row, "move", _targets_json(targets), row.version, actor)
                 _flushed(session, name)
                 return _alias_out(row)
@@ -272,7 +322,9 @@ class AliasService:
 
         def rollback() -> AliasOut:
             with self._db.session() as session:
+                _lock_tenant(session, tenant_id)
                 row = _own(session, tenant_id, name, key, lock=True)
+                _check_still_there(session, tenant_id, restored)
                 if row.version != version:
                     raise ConflictError(f"The alias '{name}' was moved meanwhile; try again.", param="name")
                 _add_version(session, row, "rollback", previous.targets, previous.restores, actor)
@@ -288,6 +340,7 @@ class AliasService:
 
         def delete_alias() -> AliasDeleted:
             with self._db.session() as session:
+                _lock_tenant(session, tenant_id)
                 row = _own(session, tenant_id, name, key, lock=True)
                 session.execute(delete(ModelAliasVersion).where(ModelAliasVersion.alias_id == row.id))
                 session.delete(row)
@@ -295,6 +348,23 @@ class AliasService:
                 return AliasDeleted(id=row.id, name=row.name)
 
         return await self._changed(tenant_id, delete_alias)
+
+    @staticmethod
+    def refuse_aliased(session: Session, tenant_id: str, models: Collection[str]) -> None:
+        """In the caller's transaction (a model's deletion): a 409 if an alias of the tenant points at one of
+        ``models``, naming the aliases (deleting the model would break every client that calls them). Under the
+        tenant's lock, as every alias change is: a move onto the model either committed before (a 409 here) or
+        waits and then finds the model gone (a 400 there)."""
+        _lock_tenant(session, tenant_id)
+        rows = session.scalars(select(ModelAlias).where(ModelAlias.tenant_id == tenant_id))
+        held = sorted({row.name for row in rows if any(target["model"] in models for target in row.targets)})
+        if held:
+            raise ConflictError(
+                f"The alias(es) {', '.join(held)} point at this model; move or delete them first.",
+                param="model",
+                code="model_in_use",
+                headers=_NO_RETRY,
+            )
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     async def _changed(self, tenant_id: str, change: Callable[[], T]) -> T:
@@ -360,6 +430,22 @@ class AliasService:
             )
 
 
+def _gate_json(gate: Gate | None, key: TenantPrincipal | None) -> dict[str, Any] | None:
+    if gate is None:
+        return None
+    return gate.model_dump() | {_SET_BY: "tenant" if key is not None else "operator"}
+
+
+def _check_may_change_gate(row: ModelAlias, key: TenantPrincipal | None) -> None:
+    """A gate the operator set binds the tenant: only the operator changes or drops it."""
+    if key is not None and row.gate and row.gate.get(_SET_BY) == "operator":
+        raise PermissionDenied(
+            "The operator set this alias's gate; only the operator may change or drop it.",
+            param="gate",
+            code="gate_set_by_operator",
+        )
+
+
 def _check_may_manage(key: TenantPrincipal | None, name: str) -> None:
     if key is None:
         return
@@ -377,26 +463,13 @@ def _check_may_manage(key: TenantPrincipal | None, name: str) -> None:
 
 def erase_tenant_aliases(session: Session, tenant_id: str) -> int:
     """In the caller's transaction (the tenant's erasure): every alias of the tenant with its versions; how many."""
+    gone = session.execute(
+        delete(ModelAlias).where(ModelAlias.tenant_id == tenant_id).execution_options(synchronize_session=False)
+    )
+    # The versions after the aliases: a change that held an alias's lock has committed its version row by now.
     session.execute(
         delete(ModelAliasVersion)
         .where(ModelAliasVersion.tenant_id == tenant_id)
         .execution_options(synchronize_session=False)
     )
-    gone = session.execute(
-        delete(ModelAlias).where(ModelAlias.tenant_id == tenant_id).execution_options(synchronize_session=False)
-    )
     return affected_rows(gone)
-
-
-def refuse_aliased(session: Session, tenant_id: str, models: Collection[str]) -> None:
-    """In the caller's transaction (a model's deletion): a 409 if an alias of the tenant points at one of
-    ``models``, naming the aliases (deleting the model would break every client that calls them)."""
-    rows = session.scalars(select(ModelAlias).where(ModelAlias.tenant_id == tenant_id))
-    held = sorted({row.name for row in rows if any(target["model"] in models for target in row.targets)})
-    if held:
-        raise ConflictError(
-            f"The alias(es) {', '.join(held)} point at this model; move or delete them first.",
-            param="model",
-            code="model_in_use",
-            headers=_NO_RETRY,
-        )

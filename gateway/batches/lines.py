@@ -106,7 +106,10 @@ async def check_model(checked: CheckedFile, endpoint: str, serving: Serving) -> 
         if endpoint == "/v1/embeddings":
             await embedder_for(checked.model, serving)
         else:
-            await serving.model(checked.model)
+            served = await serving.model(checked.model)
+            # A split: every target now (else the batch would pass or fail by the draw).
+            for target in served.alias.models if served.alias else ():
+                await serving.catalog.resolve_model(target, serving.tenant.tenant_id)
     except APIError as exc:
         checked.fail(exc.code or "model_not_found", exc.message, checked.lines[0].line, "body.model")
 

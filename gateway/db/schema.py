@@ -469,7 +469,10 @@ class ModelAliasVersion(Base):
     the version a rollback of this one goes back to (the one in force before it, less what was rolled back)."""
 
     __tablename__ = "model_alias_versions"
-    __table_args__ = (Index("ux_model_alias_versions_alias_version", "alias_id", "version", unique=True),)
+    __table_args__ = (
+        Index("ux_model_alias_versions_alias_version", "alias_id", "version", unique=True),
+        Index("ix_model_alias_versions_tenant", "tenant_id"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     alias_id: Mapped[str] = mapped_column(String(40))

@@ -122,7 +122,7 @@ class EvalRunner:
         status, error = RunStatus.COMPLETED, None
         try:
             tenant = await self._tenant(run)
-            served = await self._served(run.model, tenant) if isinstance(recipe, CompletionsRecipe) else None
+            served = await self._run_model(run, tenant) if isinstance(recipe, CompletionsRecipe) else None
             judges = {model: await self._served(model, tenant) for model in judge_models(definition.testing_criteria)}
             items = await run_in_threadpool(self._queue.pending, run_id)
             await self._items(run, recipe, definition, tenant, served, judges, items, stopped)
@@ -149,6 +149,18 @@ class EvalRunner:
             return await self._principals.principal_of_key(run.key_id or "")
         except APIError as exc:  # the key revoked, expired or gone, or its tenant suspended
             raise RunStopped(exc.code or "invalid_api_key", exc.message) from exc
+
+    async def _run_model(self, run: EvalRun, tenant: TenantPrincipal) -> ServedModel:
+        """The run's model: the one it named, or the one its alias drew when the run was created (then the key
+        may use it through the alias, as it could then)."""
+        named = run.data_source.get("model") or run.model
+        if named == run.model:
+            return await self._served(run.model, tenant)
+        try:
+            tenant.check_model(named, (run.model,))
+            return await self._catalog.resolve_model(run.model, tenant.tenant_id)
+        except APIError as exc:
+            raise RunStopped(exc.code or "model_not_found", exc.message) from exc
 
     async def _served(self, model: str, tenant: TenantPrincipal) -> ServedModel:
         serving = self._serving(tenant)

@@ -74,7 +74,8 @@ class AliasBook:
     def __init__(self, db: Database, ttl_seconds: float) -> None:
         self._db = db
         self._ttl = ttl_seconds
-        self._generation = 0
+        self._generations: dict[str, int] = {}
+        """Per tenant, how many changes this gateway made (one tenant's changes never void another's reads)."""
         self._entries: dict[str, tuple[float, Aliases]] = {}
         self._flights: dict[str, _Flight] = {}
 
@@ -87,17 +88,21 @@ class AliasBook:
         if cached is not None and time.monotonic() - cached[0] < self._ttl:
             return cached[1]
         flight = self._flights.get(tenant_id)
-        if flight is None or flight.generation != self._generation:
-            future = asyncio.ensure_future(self._fetch(tenant_id, self._generation))
-            flight = _Flight(self._generation, future)
+        generation = self._generations.get(tenant_id, 0)
+        if flight is None or flight.generation != generation:
+            future = asyncio.ensure_future(self._fetch(tenant_id, generation))
+            flight = _Flight(generation, future)
             self._flights[tenant_id] = flight
             future.add_done_callback(partial(self._land, tenant_id, flight))
         return await asyncio.shield(flight.future)
 
     async def _fetch(self, tenant_id: str, generation: int) -> Aliases:
+        """Read the tenant's aliases and cache them (a failed read caches nothing: during a database outage each
+        request that may name an alias tries the read again)."""
         started = time.monotonic()
         aliases = await run_in_threadpool(_read, self._db, tenant_id)
-        if generation == self._generation:  # else changed while we read: this result may predate the change
+        # Else the tenant's aliases changed while we read: this result may predate the change.
+        if generation == self._generations.get(tenant_id, 0):
             if len(self._entries) >= _MAX_CACHED_TENANTS:
                 self._entries.pop(next(iter(self._entries)))
             self._entries[tenant_id] = (started, aliases)
@@ -109,5 +114,5 @@ class AliasBook:
 
     def forget(self, tenant_id: str) -> None:
         """The tenant's aliases changed (through this gateway): read them anew on the next request."""
-        self._generation += 1
+        self._generations[tenant_id] = self._generations.get(tenant_id, 0) + 1
         self._entries.pop(tenant_id, None)

@@ -105,6 +105,11 @@ class ModelCatalog:
         """Every base model served now, whatever it does."""
         return list(self._backend.models())
 
+    def reserved_names(self) -> set[str]:
+        """Names an alias may not take: every base model served now or ever seen by this gateway (a base model
+        whose replicas are down for a moment must not be taken over by an alias of its name)."""
+        return set(self._backend.models()) | set(self._first_seen)
+
     def longest_context(self, default: int) -> int:
         """The longest context of the generating models (``default`` while none is served)."""
         return max((model.engine.max_model_len for model in self._base_models().values()), default=default)
@@ -140,12 +145,15 @@ class ModelCatalog:
             return None
         return await self._aliases.lookup(tenant_id, model_id)
 
-    async def resolve(self, model_id: str, tenant_id: str) -> ServedModel:
+    async def resolve(self, model_id: str, tenant_id: str, admit: Callable[[Alias], None] | None = None) -> ServedModel:
         """A model that generates (chat, completions): a base model, the tenant's fine-tuned one, or the one the
-        tenant's alias picks for this request."""
+        tenant's alias picks for this request (``admit``: raises if the caller may not use the alias, before any
+        target is resolved, so a refused key never hears of the targets)."""
         alias = await self.alias(model_id, tenant_id)
         if alias is None:
             return await self.resolve_model(model_id, tenant_id)
+        if admit is not None:
+            admit(alias)
         return replace(await self.resolve_model(alias.pick(), tenant_id), alias=alias)
 
     async def resolve_model(self, model_id: str, tenant_id: str) -> ServedModel:

@@ -70,7 +70,9 @@ class Serving:
     async def model(self, model_id: str) -> ServedModel:
         """The model the request names, if the tenant has it and its key may use it; for the tenant's alias, the
         model it picks for this request (the answer and the ledger name that one)."""
-        served = await self.catalog.resolve(model_id, self.tenant.tenant_id)
+        served = await self.catalog.resolve(
+            model_id, self.tenant.tenant_id, lambda alias: check_access(self.tenant, alias.name, alias)
+        )
         check_access(self.tenant, served.id, served.alias)
         return served
 

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from gateway import bounds
 from gateway.aliases.models import AliasCreate, AliasDeleted, AliasHistory, AliasList, AliasOut, AliasSetting
 from gateway.edge.strict_json import StrictJSONRoute
+from gateway.routes.admin import TenantRef
 from gateway.state import ActorDep, AliasesDep, OperatorDep, RateLimitHeaders, TenancyDep, TenantDep
 
 router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders], tags=["aliases"])
@@ -21,7 +22,6 @@ admin_router = APIRouter(
 )
 
 AliasPath = Annotated[str, Path(max_length=bounds.ALIAS_NAME, description="the alias's name")]
-TenantRef = Annotated[str, Path(max_length=bounds.TENANT_NAME, description="a tenant's name or id")]
 
 
 # -- the tenant's ---------------------------------------------------------------------------------------------------

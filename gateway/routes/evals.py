@@ -13,6 +13,7 @@ from fastapi import APIRouter, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from gateway.edge.strict_json import StrictJSONRoute
+from gateway.errors import InvalidRequestError
 from gateway.evals import schemas
 from gateway.evals.items import checked_items, checked_schema
 from gateway.evals.judge import check_judges
@@ -111,9 +112,16 @@ async def create_run(
         source = body.data_source
         model = "jsonl"
         if source.type != "jsonl":
-            model = source.model or model  # a run that samples names its model; one that grades only is "jsonl"
             if source.sampled:
-                await serving.model(model)  # 404 / 403 now, not when the run starts
+                # 404 / 403 now, not when the run starts; an alias is drawn now, once for the whole run, and the
+                # run names the concrete model (its resumes and its usage too).
+                model = (await serving.model(source.model or model)).id
+            elif source.model is not None:
+                raise InvalidRequestError(
+                    "data_source.model names the model that samples the items; without input_messages this run "
+                    "samples nothing (it grades the stored completions as they were answered).",
+                    param="data_source.model",
+                )
         if source.source.type == "stored_completions":
             pick = partial(stored_items, stored, tenant.tenant_id, source.source, definition.stored_completions)
             items = await run_in_threadpool(pick)

@@ -11,10 +11,10 @@ from sqlalchemy.orm import Session
 
 from adapters.registry import AdapterRecord
 from gateway import audit, bounds
-from gateway.aliases.service import refuse_aliased
 from gateway.edge.strict_json import StrictJSONRoute
+from gateway.errors import InvalidRequestError
 from gateway.inference.schemas import ModelDeleted, ModelList, ModelOut
-from gateway.state import ActorDep, CatalogDep, RateLimitHeaders, TenantDep
+from gateway.state import ActorDep, AliasesDep, CatalogDep, RateLimitHeaders, TenantDep
 
 router = APIRouter(route_class=StrictJSONRoute, dependencies=[RateLimitHeaders])
 
@@ -37,12 +37,20 @@ async def retrieve_model(model: ModelPath, catalog: CatalogDep, tenant: TenantDe
 
 
 @router.delete("/v1/models/{model:path}")
-async def delete_model(model: ModelPath, catalog: CatalogDep, tenant: TenantDep, actor: ActorDep) -> ModelDeleted:
+async def delete_model(
+    model: ModelPath, catalog: CatalogDep, tenant: TenantDep, actor: ActorDep, aliases: AliasesDep
+) -> ModelDeleted:
     tenant.check_model(model)
+    if await catalog.alias(model, tenant.tenant_id) is not None:
+        raise InvalidRequestError(
+            f"'{model}' is an alias, not a model; delete it with DELETE /v1/aliases/{model}.",
+            param="model",
+            code="model_is_alias",
+        )
 
     def audited(session: Session, deleted: list[AdapterRecord]) -> None:
         names = [record.name for record in deleted]
-        refuse_aliased(session, tenant.tenant_id, names)
+        aliases.refuse_aliased(session, tenant.tenant_id, names)
         audit.record(session, actor, "model.delete", "model", model, tenant.tenant_id, {"deleted": names})
 
     await catalog.delete(model, tenant.tenant_id, audited)

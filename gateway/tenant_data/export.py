@@ -125,7 +125,10 @@ class TenantExport:
                     .where(StoredCompletion.tenant_id == tenant_id)
                     .order_by(StoredCompletion.id),
                 ),
-                ("aliases/aliases.jsonl", select(ModelAlias).where(ModelAlias.tenant_id == tenant_id)),
+                (
+                    "aliases/aliases.jsonl",
+                    select(ModelAlias).where(ModelAlias.tenant_id == tenant_id).order_by(ModelAlias.id),
+                ),
                 (
                     "aliases/versions.jsonl",
                     select(ModelAliasVersion)

@@ -1,7 +1,7 @@
 """model aliases and their versions (issue 23)
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 """
 
 import sqlalchemy as sa
@@ -41,9 +41,11 @@ def upgrade() -> None:
     op.create_index(
         "ux_model_alias_versions_alias_version", "model_alias_versions", ["alias_id", "version"], unique=True
     )
+    op.create_index("ix_model_alias_versions_tenant", "model_alias_versions", ["tenant_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_model_alias_versions_tenant", "model_alias_versions")
     op.drop_index("ux_model_alias_versions_alias_version", "model_alias_versions")
     op.drop_table("model_alias_versions")
     op.drop_index("ux_model_aliases_tenant_name", "model_aliases")
