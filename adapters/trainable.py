@@ -247,4 +247,5 @@ class TrainableModel:
         self.model.eval()
 
     def save(self, directory: Path) -> None:
-        self.model.save_pretrained(str(directory))
+        # Only the trained adapter: a continued DPO job also holds its parent's frozen copy (``reference``).
+        self.model.save_pretrained(str(directory), selected_adapters=[_TRAINED])

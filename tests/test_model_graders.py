@@ -246,3 +246,30 @@ def test_the_real_model_judges_in_shape_and_the_tenant_pays_for_it(server: str, 
         graded = client.evals.runs.output_items.list(again.id, eval_id=created.id)
         answers.append([[(r.name, r.score) for r in item.results] for item in graded])
     assert answers[0] == answers[1]
+
+
+def test_a_template_that_repeats_a_large_value_is_an_error_before_its_text_is_built() -> None:
+    from gateway.evals.templates import MAX_RENDERED_CHARS, TemplateError, render
+
+    assert render("{{item.x}}!", {"item": {"x": "y"}}) == "y!"
+    big = {"item": {"x": "y" * 10_000}}
+    assert len(render("{{item.x}}" * 100, big)) == 1_000_000 <= MAX_RENDERED_CHARS
+    with pytest.raises(TemplateError, match="longer than"):
+        render("{{item.x}}" * 200, big)
+
+
+@pytest.mark.parametrize("prompt", [JUDGE_PROMPT, JUDGE_PROMPT[1:]], ids=["with a system message", "without"])
+def test_the_judges_answer_shape_is_asked_in_one_leading_system_message(prompt: list[dict[str, str]]) -> None:
+    """Many chat templates (Llama 3, Mistral, Gemma) refuse a system message after the first turn."""
+    from gateway.evals.judge import judge_request
+    from gateway.evals.models import LabelModelGrader
+
+    grader = LabelModelGrader.model_validate({**LABEL, "input": prompt})
+    namespaces = {"item": {"question": "Capital of France?"}, "sample": {"output_text": "Paris"}}
+    request = judge_request(grader, namespaces, 64)
+    roles = [message.role for message in request.messages]
+    assert roles == ["system", "user"]
+    system = str(request.messages[0].content)
+    assert system.endswith('the label one of "correct", "incorrect".')
+    assert system.startswith("You grade") == (prompt is JUDGE_PROMPT)
+    assert "Answer: Paris" in str(request.messages[1].content)

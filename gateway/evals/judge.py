@@ -67,7 +67,11 @@ def judge_request(grader: ModelGrader, namespaces: dict[str, dict[str, Any]], ma
     """The judge's chat request for one item; raises ``TemplateError`` when a message names a variable the item or
     sample lacks. ``max_tokens``: the cap when the grader sets none."""
     messages = [{"role": m.role, "content": render(m.template(), namespaces)} for m in grader.input]
-    messages.append({"role": "system", "content": _instruction(grader)})
+    # The answer's shape goes into the leading system message: many chat templates refuse a system message later.
+    if messages and messages[0]["role"] in ("system", "developer"):
+        messages[0] = {**messages[0], "content": f"{messages[0]['content']}\n\n{_instruction(grader)}"}
+    else:
+        messages.insert(0, {"role": "system", "content": _instruction(grader)})
     params = grader.sampling_params if isinstance(grader, ScoreModelGrader) else None
     return ChatCompletionRequest.model_validate(
         {

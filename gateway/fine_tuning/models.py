@@ -32,8 +32,8 @@ class Hyperparameters(_Body):
 class DpoHyperparameters(Hyperparameters):
     # A pair is two sequences in one forward pass: at most as many sequences a batch as supervised training's.
     batch_size: Annotated[int, Field(ge=1, le=128)] | Literal["auto"] = "auto"
-    # DPO's beta: 0.1 is the usual; near 0 the preferences pull the model anywhere, above 2 hardly at all.
-    beta: Annotated[float, Field(gt=0, le=2)] | Literal["auto"] = "auto"
+    # DPO's beta: 0.1 is the usual; below 0.01 the preferences pull the model anywhere, above 2 hardly at all.
+    beta: Annotated[float, Field(ge=0.01, le=2)] | Literal["auto"] = "auto"
 
 
 class Supervised(_Body):
