@@ -52,22 +52,25 @@ def choose(n_examples: int, requested: dict[str, Any], method: str = "supervised
 
 
 # DPO (``method.type == "dpo"``): batch as for supervised training (pairs, at most 8), about 400 pair-passes in
-# all (200 pairs: 2 epochs; within 1 to 6), a peak rate of 1e-3 (multiplier 5 at batch 8, a third of the
-# supervised one: DPO's gradient pushes both answers of a pair apart and overshoots at the supervised rate) and
-# beta 0.1 (the usual value). PROVISIONAL: the measurement across the preference tasks that should fix it
-# (``bench/preference_sweep.py --tasks one_word,bullets,capitals --grid 1:5:0.1,2:5:0.1,2:10:0.1,2:5:0.3``, then
-# ``bench/fine_tuning_quality.py --tasks ""``) could not run on the machine it was written on (2 cores at a load
-# of 40 to 60: a 16-pair sweep point did not finish in 30 minutes). Measured so far, loaded machine:
+# all (200 pairs: 2 epochs; within 1 to 6), the supervised peak rate (multiplier 15 at batch 8: 3e-3) and beta 0.1
+# (the usual value). Measured in process (``bench/preference_sweep.py --pairs 200``, greedy answers to 60 held-out
+# prompts; AMD EPYC with AVX-512, 2 cores, bf16 training, the machine loaded by a test run beside it):
 #
-# | data | epochs, batch, lr multiplier, beta | train loss first -> last step | validation reward accuracy |
+# | task | epochs, batch, lr multiplier, beta | preferred style (held out) | job |
 # |---|---|---|---|
-# | 8 one-word pairs (train = validation) | 2, 4, 5, 0.1 | 0.693 -> 0.133 | 100 % (margin 2.44) |
-# | 12 one-word pairs, 2 held-out pairs (``tests/test_dpo.py``, gateway) | 3, 4, 5, 0.2 | 0.693 -> lower | 100 % |
+# | one_word | base model | 0 % | |
+# | one_word | 2, 8, 5, 0.1 | 8 % | 198 s |
+# | one_word | 2, 8, 15, 0.1 | **92 %** | 282 s |
+# | bullets | base model | 0 % | |
+# | bullets | 2, 8, 15, 0.1 | 0 % | 129 s |
 #
+# So the supervised rate, not a third of it; but bullets is not learnt at all with these defaults, and capitals was
+# not measured: the rule is still PROVISIONAL (the issue's 90 % on every preference task is not met). Also measured
+# on tiny sets: 8 one-word pairs (train = validation) at 2, 4, 5, 0.1: loss 0.693 -> 0.133, reward accuracy 100 %.
 DPO_PAIR_PASSES = 400
 """DPO's auto epochs aim at about this many pairs seen in all (200 pairs: 2 epochs), within 1 to 6 epochs."""
-DPO_MULTIPLIER = 5.0
-"""DPO's auto ``learning_rate_multiplier`` at the full batch of 8 (a peak rate of 1e-3)."""
+DPO_MULTIPLIER = 15.0
+"""DPO's auto ``learning_rate_multiplier`` at the full batch of 8 (a peak rate of 3e-3, as supervised)."""
 DPO_BETA = 0.1
 
 
