@@ -125,12 +125,10 @@ def test_unknown_paths_and_wrong_methods_name_themselves(server: str, http: http
         error = _assert_error_shape(response.json())
         assert error["message"] == f"Invalid URL ({method} /v1/nope/deeper): this server does not serve it."
         assert error["type"] == "invalid_request_error" and error["code"] == "unknown_url"
-    response = http.get("/v1/chat/completions")
+    response = http.get("/v1/completions")  # (GET /v1/chat/completions lists the stored chat completions)
     assert response.status_code == 405 and response.headers["allow"] == "POST"
     error = _assert_error_shape(response.json())
-    assert (
-        error["message"] == "Invalid method for URL (GET /v1/chat/completions): this server serves it with POST only."
-    )
+    assert error["message"] == "Invalid method for URL (GET /v1/completions): this server serves it with POST only."
     assert error["code"] == "method_not_allowed"
     assert http.delete("/v1/models").headers["allow"] == "GET"
     # Authentication comes first: without a key, a /v1 path is a 401 whether it is served or not.
