@@ -35,20 +35,22 @@ class Hyperparameters:
 
 def choose(n_examples: int, requested: dict[str, Any], method: str = "supervised") -> Hyperparameters:
     """The values for a job of ``n_examples`` examples (pairs, for DPO): what was asked, and for each ``"auto"``
-    the rule."""
-    if method == "dpo":
-        return _choose_dpo(n_examples, requested)
+    the rule (DPO's beta: ``DPO_BETA``)."""
+    dpo = method == "dpo"
     batch_size = requested.get("batch_size", "auto")
     if batch_size == "auto":
         batch_size = max(1, min(MAX_BATCH, n_examples // 16))
     n_epochs = requested.get("n_epochs", "auto")
     if n_epochs == "auto":
-        n_epochs = max(2, min(10, round(EXAMPLE_PASSES / max(n_examples, 1))))
+        passes, fewest, most = (DPO_PAIR_PASSES, 1, 6) if dpo else (EXAMPLE_PASSES, 2, 10)
+        n_epochs = max(fewest, min(most, round(passes / max(n_examples, 1))))
     multiplier = requested.get("learning_rate_multiplier", "auto")
     if multiplier == "auto":
-        # 15 (a peak rate of 3e-3, falling linearly to 0) at the full batch of 8; smaller batches take smaller steps.
-        multiplier = round(15 * math.sqrt(batch_size / MAX_BATCH), 2)
-    return Hyperparameters(int(n_epochs), int(batch_size), float(multiplier))
+        # A peak rate of 3e-3 (falling linearly to 0) at the full batch of 8; smaller batches take smaller steps.
+        multiplier = round((DPO_MULTIPLIER if dpo else 15) * math.sqrt(batch_size / MAX_BATCH), 2)
+    beta = requested.get("beta", "auto")
+    chosen_beta = (DPO_BETA if beta == "auto" else float(beta)) if dpo else None
+    return Hyperparameters(int(n_epochs), int(batch_size), float(multiplier), chosen_beta)
 
 
 # DPO (``method.type == "dpo"``): batch as for supervised training (pairs, at most 8), about 400 pair-passes in
@@ -72,19 +74,3 @@ DPO_PAIR_PASSES = 400
 DPO_MULTIPLIER = 15.0
 """DPO's auto ``learning_rate_multiplier`` at the full batch of 8 (a peak rate of 3e-3, as supervised)."""
 DPO_BETA = 0.1
-
-
-def _choose_dpo(n_pairs: int, requested: dict[str, Any]) -> Hyperparameters:
-    batch_size = requested.get("batch_size", "auto")
-    if batch_size == "auto":
-        batch_size = max(1, min(MAX_BATCH, n_pairs // 16))
-    n_epochs = requested.get("n_epochs", "auto")
-    if n_epochs == "auto":
-        n_epochs = max(1, min(6, round(DPO_PAIR_PASSES / max(n_pairs, 1))))
-    multiplier = requested.get("learning_rate_multiplier", "auto")
-    if multiplier == "auto":
-        multiplier = round(DPO_MULTIPLIER * math.sqrt(batch_size / MAX_BATCH), 2)
-    beta = requested.get("beta", "auto")
-    return Hyperparameters(
-        int(n_epochs), int(batch_size), float(multiplier), DPO_BETA if beta == "auto" else float(beta)
-    )
