@@ -27,6 +27,11 @@ class EncodedExample:
         """Where the first trained token is: the tokens before it are the prompt of the first answer."""
         return next((i for i, label in enumerate(self.labels) if label != IGNORE_INDEX), len(self.labels))
 
+    @property
+    def trained_tokens(self) -> int:
+        """How many tokens are trained on (their labels are not ``IGNORE_INDEX``)."""
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
     def first_answer(self) -> tuple[int, ...]:
         """The token ids of the first contiguous trained run (the first answer, with its end-of-turn token)."""
         start = self.answer_start

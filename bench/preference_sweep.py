@@ -4,7 +4,8 @@ answers (greedily) in the preferred style:
 
     .venv/bin/python bench/preference_sweep.py --tasks one_word,bullets --grid 2:5:0.1,2:10:0.1 [--pairs 200]
 
-Each grid point is ``epochs:lr multiplier:beta`` at batch 8. It prints one markdown row per task and grid point
+Each grid point is ``epochs:lr multiplier:beta[:nll weight]`` at batch 8 (the NLL weight: ``train_dpo``'s
+``nll_weight``, 0 when left out). It prints one markdown row per task and grid point
 (the table in ``adapters/hyperparameters.py`` came from it) and the base model's share for reference.
 """
 
@@ -23,6 +24,7 @@ from adapters.hyperparameters import BASE_LEARNING_RATE
 from adapters.preference import train_dpo
 from adapters.training import TrainingSpec
 from bench.ft_tasks import PREFERENCE_TASKS, PreferenceTask
+from bench.machine import describe, machine
 
 MAX_NEW_TOKENS = 40
 
@@ -70,15 +72,16 @@ def main() -> int:
     from engine.settings import EngineSettings
 
     model_dir = (args.model_dir or prepare_default_model(EngineSettings())).resolve()
-    print("| task | epochs | lr multiplier | beta | preferred style (held out) | seconds (loaded machine) |")
-    print("|---|---|---|---|---|---|")
+    print(describe(machine()))
+    print("| task | epochs | lr multiplier | beta | nll weight | preferred style (held out) | seconds |")
+    print("|---|---|---|---|---|---|---|")
     for name in args.tasks.split(","):
         task = PREFERENCE_TASKS[name]
         pairs, held_out = task.examples(seed=args.seed, n_train=args.pairs)
         if args.base:
-            print(f"| {name} | base | | | {share(task, answers(model_dir, None, held_out)):.0%} | |", flush=True)
+            print(f"| {name} | base | | | | {share(task, answers(model_dir, None, held_out)):.0%} | |", flush=True)
         for point in args.grid.split(","):
-            epochs, multiplier, beta = point.split(":")
+            epochs, multiplier, beta, nll_weight = [*point.split(":"), "0"][:4]
             with tempfile.TemporaryDirectory(prefix="llmaas-sweep-") as out:
                 spec = TrainingSpec(
                     base_model_dir=model_dir,
@@ -91,10 +94,13 @@ def main() -> int:
                     seed=args.seed,
                 )
                 started = time.perf_counter()
-                result = train_dpo(spec, float(beta))
+                result = train_dpo(spec, float(beta), nll_weight=float(nll_weight))
                 seconds = time.perf_counter() - started
                 score = share(task, answers(model_dir, result.adapter_dir, held_out))
-            print(f"| {name} | {epochs} | {multiplier} | {beta} | {score:.0%} | {seconds:.0f} |", flush=True)
+            print(
+                f"| {name} | {epochs} | {multiplier} | {beta} | {nll_weight} | {score:.0%} | {seconds:.0f} |",
+                flush=True,
+            )
     return 0
 
 

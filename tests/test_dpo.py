@@ -22,8 +22,9 @@ import torch
 from adapters.datasets import DatasetError, PreferenceExample, parse_jsonl
 from adapters.encoding import IGNORE_INDEX, EncodedExample, encode_example
 from adapters.hyperparameters import DPO_BETA, choose
-from adapters.preference import dpo_losses
+from adapters.preference import dpo_losses, dpo_objective, train_dpo
 from adapters.trainable import LoraSpec, TrainableModel
+from adapters.training import TrainingCancelled, TrainingSpec
 from gateway.errors import InvalidRequestError
 from gateway.fine_tuning.models import FineTuningJobCreate
 from tests.support import MODEL
@@ -175,6 +176,40 @@ def test_reference_gives_the_starting_models_logits(tiny_model_dir: Path, hf_tok
         outside = model.model(input_ids=ids).logits
     assert torch.allclose(inside, base, atol=1e-5)
     assert not torch.allclose(outside, base, atol=1e-3)  # the adapter is on again after it
+
+
+def test_a_cancel_in_the_reference_pass_stops_it_before_the_first_step(tiny_model_dir: Path, tmp_path: Path) -> None:
+    asked: list[int] = []
+
+    def stop_on_the_third_chunk() -> bool:
+        asked.append(1)
+        return len(asked) >= 3
+
+    rows = [(f"Question {i}?", "Yes", f"Here is a long answer to question {i}.") for i in range(40)]
+    spec = TrainingSpec(
+        base_model_dir=tiny_model_dir,
+        train=parse_jsonl(pairs_jsonl(rows)),
+        validation=None,
+        output_dir=tmp_path / "run",
+        lora=LoraSpec(rank=4, alpha=8, layers=1),
+    )
+    with pytest.raises(TrainingCancelled) as stopped:
+        train_dpo(spec, beta=0.1, should_stop=stop_on_the_third_chunk)
+    assert stopped.value.trained_tokens == 0
+    assert len(asked) == 3  # 80 answers are 5 chunks: it stopped at the third, not after all of them
+
+
+def test_the_objective_adds_the_preferred_answers_per_token_nll() -> None:
+    losses = torch.tensor([0.5, 0.25], requires_grad=True)
+    preferred = torch.tensor([-6.0, -20.0], requires_grad=True)  # summed log-probabilities of 3 and 10 tokens
+    objective, reported = dpo_objective(losses, preferred, torch.tensor([3.0, 10.0]), nll_weight=0.5)
+    assert reported == pytest.approx(0.375)  # DPO's loss alone
+    assert float(objective) == pytest.approx(0.375 + 0.5 * (2.0 + 2.0) / 2)
+    objective.backward()
+    assert preferred.grad is not None
+    assert preferred.grad.tolist() == pytest.approx([-0.5 / 2 / 3, -0.5 / 2 / 10])  # it pulls them up, per token
+    alone, _ = dpo_objective(losses, preferred, torch.tensor([3.0, 10.0]), nll_weight=0.0)
+    assert float(alone) == pytest.approx(0.375)
 
 
 # -- preference files ---------------------------------------------------------------------------------------------
