@@ -18,12 +18,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from adapters.errors import InvalidJobRequest
 from adapters.hyperparameters import Hyperparameters
+from adapters.job_progress import JobProgress
 from adapters.jobs import JobRequest, JobService, add_event, new_job_id
 from adapters.recipe import LoraShape, TrainingRecipe
 from adapters.registry import AdapterRegistry
 from adapters.store import Adapter, FineTuningJob, utcnow
-from adapters.training import Checkpoint, TrainingResult
+from adapters.training import Checkpoint, StepMetrics, TrainingCancelled, TrainingResult
 from adapters.worker import TRAINING_FAILED, Worker
 from gateway.accounting.pricing import PriceBook
 from gateway.accounting.training_billing import job_charger
@@ -141,6 +143,54 @@ def test_a_job_cancelled_after_a_worker_claimed_it_is_not_resurrected(database: 
     worker.process(job_id)
     assert jobs.get("ten_1", job_id).status == "cancelled"
     assert charges(database, job_id) == [("cancelled", 0)]
+
+
+def step(number: int, trained_tokens: int) -> StepMetrics:
+    return StepMetrics(number, 9, 1, 1.0, None, None, trained_tokens)
+
+
+class StoppableTrainingWorker(Worker):
+    """Trains until told to stop, reporting a metrics step as it starts (the bookkeeping is what is tested)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.training = threading.Event()
+
+    def _train(self, job, base_dir, train, validation, cancel):  # type: ignore[no-untyped-def]
+        progress = JobProgress(self._sessions, job.id, self.worker_id, "ft:base:acme::x")
+        progress.on_metrics(step(1, trained_tokens=40))
+        (self._registry.job_dir(job.id) / "checkpoints" / "step-1").mkdir(parents=True)
+        self.training.set()
+        assert cancel.wait(30)
+        progress.on_metrics(step(2, trained_tokens=80))
+        raise TrainingCancelled("cancelled before step 3 of 9", 80)
+
+
+def test_a_running_job_answers_its_cancel_cancelled_and_its_worker_stops(database: Database, tmp_path: Path) -> None:
+    """The cancel's answer is final at once (charged what was trained so far), every retrieve agrees, and the
+    worker stops at its next heartbeat, writing no more progress and keeping nothing."""
+    jobs = service(database)
+    good = b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
+    job_id = jobs.create(job_request()).id
+    registry = AdapterRegistry(database.sessions, tmp_path / "adapters")
+    worker = StoppableTrainingWorker(
+        database.sessions, registry, lambda t, f: good, {"base": tmp_path}, charge_job, heartbeat_seconds=0.2
+    )
+    runner = threading.Thread(target=worker.run_once)
+    runner.start()
+    assert worker.training.wait(30)
+    answer = jobs.cancel("ten_1", job_id)
+    assert answer.status == "cancelled" and answer.finished_at is not None and answer.trained_tokens == 40
+    assert jobs.get("ten_1", job_id).model_dump() == answer.model_dump()
+    runner.join(10)
+    assert not runner.is_alive()  # stopped at its next heartbeat
+    assert jobs.get("ten_1", job_id).model_dump() == answer.model_dump()  # its late step changed nothing
+    assert charges(database, job_id) == [("cancelled", 40)]
+    assert not registry.job_dir(job_id).exists()
+    with database.sessions() as session:
+        assert session.scalars(select(Adapter).where(Adapter.job_id == job_id)).all() == []
+    with pytest.raises(InvalidJobRequest):
+        jobs.cancel("ten_1", job_id)
 
 
 def test_a_job_whose_file_vanished_fails_with_the_reason(database: Database, tmp_path: Path) -> None:
