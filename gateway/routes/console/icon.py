@@ -1,4 +1,4 @@
-"""``/favicon.ico``: the console's icon (a 32×32 PNG inside an ICO, made for this project), at the path every browser
+"""``/favicon.ico``: the console's icon (a 32x32 PNG inside an ICO, made for this project), at the path every browser
 asks for, so no page visit logs a 404."""
 
 from __future__ import annotations
