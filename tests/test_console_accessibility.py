@@ -97,6 +97,21 @@ def check_pages(browser: Browser, base: str, key: str, pages: list[str]) -> dict
     return found
 
 
+def keyboard_sorts(browser: Browser, base: str, key: str) -> bool:
+    """A usage table sorts from the keyboard: Tab to its first header, Enter."""
+    page = browser.new_page(viewport=PHONE)
+    keyboard_sign_in(page, base, key)
+    page.wait_for_url("**/console/usage")
+    for _ in range(TABS):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.tagName") == "TH":
+            page.keyboard.press("Enter")
+            break
+    sorted_by = page.evaluate("document.activeElement.getAttribute('aria-sort')")
+    page.close()
+    return bool(sorted_by == "ascending")
+
+
 def report(found: dict[str, list[str]]) -> str:
     return "\n".join(f"{name}: {problem}" for name, problems in found.items() for problem in problems)
 
@@ -110,6 +125,7 @@ def test_every_page_is_accessible_at_a_phones_width(base: str, browser: Browser)
         model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=5
     )
     found = check_pages(browser, base, busy_tenant, ["usage", "playground"])
+    assert keyboard_sorts(browser, base, busy_tenant)
     found |= {
         f"operator's {name}": problems
         for name, problems in check_pages(browser, base, ADMIN_KEY, OPERATOR_PAGES).items()
