@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,25 +32,10 @@ from engine.settings import DEFAULT_MODEL_ID as MODEL  # noqa: E402
 from gateway.bootstrap import open_database  # noqa: E402
 from gateway.routes.console import STATIC_DIR  # noqa: E402
 from gateway.settings import GatewaySettings  # noqa: E402
+from tests.support.evals import ITEMS, completions_source, finished, make_eval  # noqa: E402
+from tests.support.gateway_process import fake_gateway  # noqa: E402
 
 ADMIN_KEY = "sk-admin-screenshots-0123456789abcdef"
-PORT = 8791
-BASE = f"http://127.0.0.1:{PORT}"
-
-
-def start_gateway(data_dir: Path) -> subprocess.Popen[bytes]:
-    env = {"PATH": "/usr/bin:/bin", "LLMAAS_DATA_DIR": str(data_dir), "LLMAAS_ADMIN_KEY": ADMIN_KEY}
-    log = (data_dir / "gateway.log").open("wb")
-    command = [sys.executable, str(REPO / "bench" / "fake_gateway.py"), "--port", str(PORT), "--seconds-per-token", "0"]
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    for _ in range(600):
-        try:
-            if httpx.get(f"{BASE}/ready", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit(f"the gateway did not start: see {data_dir / 'gateway.log'}")
 
 
 def seed_tenants(admin: httpx.Client) -> dict[str, str]:
@@ -71,53 +55,23 @@ def seed_tenants(admin: httpx.Client) -> dict[str, str]:
     return keys
 
 
-def seed_usage(keys: dict[str, str]) -> None:
+def seed_usage(base: str, keys: dict[str, str]) -> None:
     for index in range(40):
         for name in ("acme", "acme-ci", "globex") if index % 3 == 0 else ("acme",):
-            client = openai.OpenAI(base_url=f"{BASE}/v1", api_key=keys[name], max_retries=0)
+            client = openai.OpenAI(base_url=f"{base}/v1", api_key=keys[name], max_retries=0)
             client.chat.completions.create(
                 model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=5 + index % 20
             )
 
 
 def seed_evals(client: openai.OpenAI) -> None:
-    items = [
-        {"item": {"question": "q1", "expected": "The quick"}},
-        {"item": {"question": "q2", "expected": "The quack"}},
-        {"item": {"question": "q3", "expected": "A lazy dog"}},
-    ]
-    created = client.evals.create(
-        name="known answers",
-        data_source_config={"type": "custom", "item_schema": {"type": "object"}, "include_sample_schema": True},
-        testing_criteria=[
-            {
-                "type": "string_check",
-                "name": "exact",
-                "input": "{{sample.output_text}}",
-                "reference": "{{item.expected}}",
-                "operation": "eq",
-            },
-            {
-                "type": "text_similarity",
-                "name": "close",
-                "input": "{{sample.output_text}}",
-                "reference": "{{item.expected}}",
-                "evaluation_metric": "fuzzy_match",
-                "pass_threshold": 0.6,
-            },
-        ],
-    )
+    """The console test's eval (``tests.support.evals``: its grades known in advance), with two runs."""
+    created = make_eval(client)
+    content = [{"item": item} for item in ITEMS]
     for name, tokens in (("nine tokens", 9), ("three tokens", 3)):
-        source = {
-            "type": "completions",
-            "model": MODEL,
-            "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.question}}"}]},
-            "sampling_params": {"temperature": 0, "max_completion_tokens": tokens},
-            "source": {"type": "file_content", "content": items},
-        }
+        source = completions_source({"type": "file_content", "content": content}, tokens)
         run = client.evals.runs.create(created.id, name=name, data_source=source)  # type: ignore[arg-type]
-        while client.evals.runs.retrieve(run.id, eval_id=created.id).status in ("queued", "in_progress"):
-            time.sleep(0.2)
+        finished(client, created.id, run.id)
 
 
 def seed_training(client: openai.OpenAI, data_dir: Path) -> str:
@@ -142,9 +96,9 @@ def seed_training(client: openai.OpenAI, data_dir: Path) -> str:
     return job.id
 
 
-def signed_in(browser: Browser, key: str, width: int = 1100, height: int = 900) -> Page:
+def signed_in(browser: Browser, base: str, key: str, width: int = 1100, height: int = 900) -> Page:
     page = browser.new_page(viewport={"width": width, "height": height})
-    page.goto(f"{BASE}/console/login")
+    page.goto(f"{base}/console/login")
     page.fill("#key", key)
     page.click("button[type=submit]")
     page.wait_for_url("**/console/admin/tenants" if key == ADMIN_KEY else "**/console/usage")
@@ -157,19 +111,19 @@ def shoot(page: Page, out: Path, name: str) -> None:
     print(out / f"{name}.png")
 
 
-def screenshots(browser: Browser, keys: dict[str, str], job_id: str, out: Path) -> None:
-    page = signed_in(browser, keys["acme"])
+def screenshots(browser: Browser, base: str, keys: dict[str, str], job_id: str, out: Path) -> None:
+    page = signed_in(browser, base, keys["acme"])
     page.wait_for_selector("body[data-charts-drawn='true']")
     shoot(page, out, "console-usage")
-    page.goto(f"{BASE}/console/fine-tuning")
+    page.goto(f"{base}/console/fine-tuning")
     page.wait_for_selector("body[data-ready='true']")
     page.click(f"text={job_id}")
     page.wait_for_selector("body[data-loss-points='24']")
     shoot(page, out, "console-fine-tuning")
-    page.goto(f"{BASE}/console/evaluations")
+    page.goto(f"{base}/console/evaluations")
     page.wait_for_selector("body[data-runs-shown='2']")
     shoot(page, out, "console-evaluations")
-    page.goto(f"{BASE}/console/playground")
+    page.goto(f"{base}/console/playground")
     page.wait_for_selector("body[data-models-loaded='true']")
     page.fill("#max-tokens", "24")
     for message in ("Tell me about foxes.", "And about dogs?"):
@@ -179,19 +133,19 @@ def screenshots(browser: Browser, keys: dict[str, str], job_id: str, out: Path) 
     shoot(page, out, "console-playground")
     page.close()
 
-    phone = signed_in(browser, keys["acme"], width=390, height=844)
-    phone.goto(f"{BASE}/console/keys")
+    phone = signed_in(browser, base, keys["acme"], width=390, height=844)
+    phone.goto(f"{base}/console/keys")
     shoot(phone, out, "console-keys-phone")
     phone.close()
-    newcomer = signed_in(browser, keys["initech"], width=1000, height=700)
-    newcomer.goto(f"{BASE}/console/evaluations")
+    newcomer = signed_in(browser, base, keys["initech"], width=1000, height=700)
+    newcomer.goto(f"{base}/console/evaluations")
     newcomer.wait_for_selector("body[data-ready='true']")
     shoot(newcomer, out, "console-evaluations-empty")
     newcomer.close()
 
-    operator = signed_in(browser, ADMIN_KEY, height=700)
+    operator = signed_in(browser, base, ADMIN_KEY, height=700)
     shoot(operator, out, "console-tenants")
-    operator.goto(f"{BASE}/console/admin/service")
+    operator.goto(f"{base}/console/admin/service")
     operator.wait_for_selector("body[data-refreshed]")
     time.sleep(4)  # two more refreshes: the latency chart has points
     shoot(operator, out, "console-service")
@@ -206,23 +160,20 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="llmaas-screenshots-") as temporary:
         data_dir = Path(temporary)
-        gateway = start_gateway(data_dir)
-        try:
-            with httpx.Client(base_url=BASE, headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=60) as admin:
+        with fake_gateway(data_dir, admin_key=ADMIN_KEY) as gateway:
+            base = gateway.base
+            with httpx.Client(base_url=base, headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=60) as admin:
                 keys = seed_tenants(admin)
-            seed_usage(keys)
-            acme = openai.OpenAI(base_url=f"{BASE}/v1", api_key=keys["acme"], max_retries=0)
+            seed_usage(base, keys)
+            acme = openai.OpenAI(base_url=f"{base}/v1", api_key=keys["acme"], max_retries=0)
             seed_evals(acme)
             job_id = seed_training(acme, data_dir)
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(
                     executable_path=args.chromium, args=["--no-sandbox", "--disable-gpu"]
                 )
-                screenshots(browser, keys, job_id, args.out)
+                screenshots(browser, base, keys, job_id, args.out)
                 browser.close()
-        finally:
-            gateway.terminate()
-            gateway.wait(timeout=60)
 
 
 if __name__ == "__main__":
