@@ -128,7 +128,6 @@ class JobService:
             user_metadata=request.metadata,
             lineage=(request.lineage or Lineage(base_model=request.model)).column(),
             created_at=request.created_at,
-            cancel_requested=False,
         )
         with self._sessions.begin() as session:
             session.add(job)
