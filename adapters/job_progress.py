@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapters.jobs import add_event
 from adapters.leases import compare_and_set
 from adapters.registry import checkpoint_name
-from adapters.store import FineTuningJob, JobCheckpoint, utcnow
+from adapters.store import FineTuningJob, JobCheckpoint, JobStatus, utcnow
 from adapters.training import Checkpoint, Scores, StepMetrics
 
 logger = logging.getLogger(__name__)
@@ -31,12 +31,16 @@ class JobProgress:
         self._model_name = model_name
 
     def _mine(self) -> tuple[ColumnElement[bool], ...]:
-        return FineTuningJob.id == self._job_id, FineTuningJob.worker_id == self._worker_id
+        return (
+            FineTuningJob.id == self._job_id,
+            FineTuningJob.worker_id == self._worker_id,
+            FineTuningJob.status == JobStatus.RUNNING,
+        )
 
     def _write(self, what: str, write: Callable[[Session], None]) -> None:
-        """``write`` in a transaction if the job still exists as this worker's, its row locked until the commit: no
-        progress is written for a job deleted meanwhile (its tenant's deletion locks the row first, or waits). A
-        database error while recording progress is logged; training goes on."""
+        """``write`` in a transaction if the job still runs as this worker's, its row locked until the commit: no
+        progress is written for a job cancelled or deleted meanwhile (a cancel or its tenant's deletion locks the
+        row first, or waits). A database error while recording progress is logged; training goes on."""
         try:
             with self._sessions.begin() as session:
                 if session.scalar(select(FineTuningJob.id).where(*self._mine()).with_for_update()) is not None:

@@ -128,7 +128,6 @@ class JobService:
             user_metadata=request.metadata,
             lineage=(request.lineage or Lineage(base_model=request.model)).column(),
             created_at=request.created_at,
-            cancel_requested=False,
         )
         with self._sessions.begin() as session:
             session.add(job)
@@ -184,30 +183,22 @@ class JobService:
             ]
 
     def cancel(self, tenant_id: str, job_id: str) -> FineTuningJobOut:
-        """Jobs not yet running are cancelled at once; a running job is stopped by its worker within
-        seconds (the returned job may still say ``running``)."""
+        """The job is ``cancelled`` when this returns, and charged what it trained so far (its last metrics step),
+        in this transaction: what the answer says, every retrieve says. A worker training it stops at its next
+        heartbeat (its lease is gone) and registers nothing."""
         with self._sessions.begin() as session:
             job = self._own(session, tenant_id, job_id)
-            if job.status in FINAL:
-                raise InvalidJobRequest(f"Job {job_id} has already {job.status}.", param="fine_tuning_job_id")
             cancelled = transition(
                 session,
                 job_id,
-                expected=WAITING,
+                expected=UNFINISHED,
                 on_final=self._on_final,
                 message="Fine-tuning job cancelled",
                 status=JobStatus.CANCELLED,
             )
-            if not cancelled:  # running (or a worker just started it): its worker stops it within seconds
-                transition(
-                    session,
-                    job_id,
-                    expected=(JobStatus.RUNNING,),
-                    on_final=self._on_final,
-                    message="Cancellation requested",
-                    cancel_requested=True,
-                )
             session.refresh(job)
+            if not cancelled:  # already final (or made final by its worker a moment ago)
+                raise InvalidJobRequest(f"Job {job_id} has already {job.status}.", param="fine_tuning_job_id")
             return FineTuningJobOut.model_validate(job)
 
     def events(self, tenant_id: str, job_id: str, after: str | None, limit: int) -> EventList:

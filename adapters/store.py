@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -63,7 +63,6 @@ class FineTuningJob(AdaptersBase):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     worker_id: Mapped[str | None] = mapped_column(String(64))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
-    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     settled_at: Mapped[datetime | None] = mapped_column(DateTime)
     """When the job was charged to the ledger: in the same transaction as its final status."""
     budget_released_at: Mapped[datetime | None] = mapped_column(DateTime)

@@ -155,13 +155,10 @@ class Worker:
             beat.join()
 
     def _beat(self, job_id: str, cancel: threading.Event, done: threading.Event) -> None:
-        still_wanted = (FineTuningJob.cancel_requested.is_not(True),)
         while not done.wait(self._heartbeat):
             try:
                 with self._sessions.begin() as session:
-                    mine = JOB_LEASE.heartbeat_of(
-                        session, job_id, self.worker_id, utcnow(), statuses=UNFINISHED, where=still_wanted
-                    )
+                    mine = JOB_LEASE.heartbeat_of(session, job_id, self.worker_id, utcnow(), statuses=UNFINISHED)
                 if not mine:  # cancelled, failed as dead by another worker, or deleted: stop training
                     cancel.set()
                     return
@@ -208,11 +205,7 @@ class Worker:
             if job is None:
                 return
             session.expunge(job)
-        cancelled = JobStatus.CANCELLED
         try:
-            if job.cancel_requested:
-                self._move(job_id, UNFINISHED, "Fine-tuning job cancelled", status=cancelled)
-                return
             train, validation = load_datasets(self._read_file, job)
             if not self._move(job_id, WAITING, "Files validated, moving job to queued state", status=JobStatus.QUEUED):
                 return
@@ -226,7 +219,7 @@ class Worker:
             result = self._train(job, base_dir, train, validation, cancel)
         except TrainingCancelled as stopped:
             if cancel.is_set():  # cancelled, or its tenant deleted: nothing it wrote is kept
-                stop = {"status": cancelled, "trained_tokens": stopped.trained_tokens}
+                stop = {"status": JobStatus.CANCELLED, "trained_tokens": stopped.trained_tokens}
                 self._move(job_id, UNFINISHED, "Fine-tuning job cancelled", **stop)
                 self._registry.remove_job_dirs([job_id])
             else:  # the worker is stopping: another one takes the job from the start

@@ -71,7 +71,7 @@ def test_a_tenant_signs_in_sees_its_usage_and_signs_out(base: str, browser: Brow
         page.click("text=Download CSV")
     assert MODEL in Path(download.value.path()).read_text()
     page.click("text=Sign out")
-    page.wait_for_url("**/console/login")
+    page.wait_for_url("**/console/login?signed_out")
     page.goto(f"{base}/console/usage")
     assert page.url.endswith("/console/login")  # the session is gone
     page.close()
@@ -292,7 +292,7 @@ def test_the_playground_shows_the_real_models_tool_call(server: str, browser: Br
     assert set(page.locator(".tool-name").all_inner_texts()) == {"get_weather"}
     for arguments in page.locator(".tool-arguments").all_inner_texts():
         assert isinstance(json.loads(arguments)["city"], str)
-    assert page.locator("#finish").inner_text() == "finish_reason: tool_calls"
+    assert page.locator("#finish").inner_text().startswith("finish_reason: tool_calls")
     screenshot(page, "console-playground")
     page.close()
 

@@ -11,19 +11,21 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from adapters.errors import InvalidJobRequest
 from adapters.hyperparameters import Hyperparameters
+from adapters.job_progress import JobProgress
 from adapters.jobs import JobRequest, JobService, add_event, new_job_id
 from adapters.recipe import LoraShape, TrainingRecipe
 from adapters.registry import AdapterRegistry
 from adapters.store import Adapter, FineTuningJob, utcnow
-from adapters.training import Checkpoint, TrainingResult
+from adapters.training import Checkpoint, StepMetrics, TrainingCancelled, TrainingResult
 from adapters.worker import TRAINING_FAILED, Worker
 from gateway.accounting.pricing import PriceBook
 from gateway.accounting.training_billing import job_charger
@@ -230,12 +232,45 @@ def test_an_unknown_base_model_fails_the_job(database: Database, tmp_path: Path)
     assert jobs.get("ten_1", job_id).error["code"] == "model_not_available"
 
 
-class SlowTrainingWorker(Worker):
-    """Trains nothing: waits until released, then returns an adapter dir (the bookkeeping is what is tested)."""
+class StandInWorker(Worker):
+    """A worker whose training the test stands in for (``_train``); ``training`` is set once it has started."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.training = threading.Event()
+
+
+StandIn = TypeVar("StandIn", bound=StandInWorker)
+
+
+def training_on_a_thread(
+    database: Database, tmp_path: Path, kind: type[StandIn], heartbeat_seconds: float
+) -> tuple[JobService, str, AdapterRegistry, StandIn, threading.Thread]:
+    """A new job, claimed and being trained by a ``kind`` worker on its own thread: the job service, the job's id,
+    the adapter registry, the worker and its thread."""
+    jobs = service(database)
+    job_id = jobs.create(job_request()).id
+    registry = AdapterRegistry(database.sessions, tmp_path / "adapters")
+    good = b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
+    worker = kind(
+        database.sessions,
+        registry,
+        lambda t, f: good,
+        {"base": tmp_path},
+        charge_job,
+        heartbeat_seconds=heartbeat_seconds,
+    )
+    runner = threading.Thread(target=worker.run_once)
+    runner.start()
+    assert worker.training.wait(30)
+    return jobs, job_id, registry, worker, runner
+
+
+class SlowTrainingWorker(StandInWorker):
+    """Trains nothing: waits until released, then returns an adapter dir (the bookkeeping is what is tested)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
         self.release = threading.Event()
 
     def _train(self, job, base_dir, train, validation, cancel):  # type: ignore[no-untyped-def]
@@ -249,16 +284,7 @@ class SlowTrainingWorker(Worker):
 
 
 def test_a_job_failed_as_dead_while_training_stays_failed_and_charged_once(database: Database, tmp_path: Path) -> None:
-    jobs = service(database)
-    good = b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
-    job_id = jobs.create(job_request()).id
-    registry = AdapterRegistry(database.sessions, tmp_path / "adapters")
-    slow = SlowTrainingWorker(
-        database.sessions, registry, lambda t, f: good, {"base": tmp_path}, charge_job, heartbeat_seconds=60
-    )
-    runner = threading.Thread(target=slow.run_once)
-    runner.start()
-    assert slow.training.wait(10)
+    jobs, job_id, registry, slow, runner = training_on_a_thread(database, tmp_path, SlowTrainingWorker, 60)
     with database.sessions.begin() as session:  # its heartbeats stopped reaching the database
         session.get(FineTuningJob, job_id).heartbeat_at = utcnow() - timedelta(minutes=5)  # type: ignore[union-attr]
     make_worker(database, tmp_path).fail_dead_jobs()
@@ -270,6 +296,41 @@ def test_a_job_failed_as_dead_while_training_stays_failed_and_charged_once(datab
     with database.sessions() as session:
         assert session.scalars(select(Adapter).where(Adapter.job_id == job_id)).all() == []
     assert not registry.job_dir(job_id).exists()  # what it wrote is removed, not left on disk
+
+
+def step(number: int, trained_tokens: int) -> StepMetrics:
+    return StepMetrics(number, 9, 1, 1.0, None, None, trained_tokens)
+
+
+class StoppableTrainingWorker(StandInWorker):
+    """Trains until told to stop, reporting a metrics step as it starts and one more as it stops."""
+
+    def _train(self, job, base_dir, train, validation, cancel):  # type: ignore[no-untyped-def]
+        progress = JobProgress(self._sessions, job.id, self.worker_id, "ft:base:acme::x")
+        progress.on_metrics(step(1, trained_tokens=40))
+        (self._registry.job_dir(job.id) / "checkpoints" / "step-1").mkdir(parents=True)
+        self.training.set()
+        assert cancel.wait(30)
+        progress.on_metrics(step(2, trained_tokens=80))
+        raise TrainingCancelled("cancelled before step 3 of 9", 80)
+
+
+def test_a_running_job_answers_its_cancel_cancelled_and_its_worker_stops(database: Database, tmp_path: Path) -> None:
+    """The cancel's answer is final at once (charged what was trained so far), every retrieve agrees, and the
+    worker stops at its next heartbeat, writing no more progress and keeping nothing."""
+    jobs, job_id, registry, _, runner = training_on_a_thread(database, tmp_path, StoppableTrainingWorker, 0.2)
+    answer = jobs.cancel("ten_1", job_id)
+    assert answer.status == "cancelled" and answer.finished_at is not None and answer.trained_tokens == 40
+    assert jobs.get("ten_1", job_id).model_dump() == answer.model_dump()
+    runner.join(10)
+    assert not runner.is_alive()  # stopped at its next heartbeat
+    assert jobs.get("ten_1", job_id).model_dump() == answer.model_dump()  # its late step changed nothing
+    assert charges(database, job_id) == [("cancelled", 40)]
+    assert not registry.job_dir(job_id).exists()
+    with database.sessions() as session:
+        assert session.scalars(select(Adapter).where(Adapter.job_id == job_id)).all() == []
+    with pytest.raises(InvalidJobRequest):
+        jobs.cancel("ten_1", job_id)
 
 
 def test_a_succeeding_job_is_registered_and_charged_in_one_transition(database: Database, tmp_path: Path) -> None:

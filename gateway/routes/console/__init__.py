@@ -10,17 +10,17 @@ throttled after failures (``gateway.tenancy.sign_in_throttle``). A key made here
 session's key, and only a key manager revokes other keys (``gateway.tenancy.service``).
 
 Modules: ``pages`` (rendering, refusals), ``visits`` (the typed session dependencies), ``sign_in``,
-``tenant_pages`` and ``operator_pages``."""
+``tenant_pages``, ``operator_pages`` and ``icon`` (``/favicon.ico``)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from gateway.routes.console import operator_pages, sign_in, tenant_pages
+from gateway.routes.console import icon, operator_pages, sign_in, tenant_pages
 from gateway.routes.console.pages import STATIC_DIR, install_console_handlers, same_origin
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(same_origin)])
-for _module in (sign_in, tenant_pages, operator_pages):
+for _module in (icon, sign_in, tenant_pages, operator_pages):
     router.include_router(_module.router)
 
 __all__ = ["STATIC_DIR", "install_console_handlers", "router"]

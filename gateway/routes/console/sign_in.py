@@ -23,9 +23,13 @@ def _home(session: ConsoleSession) -> str:
     return "/console/admin/tenants" if session.is_operator else "/console/usage"
 
 
+SIGNED_OUT = "/console/login?signed_out"
+"""Where sign-out sends the browser: the sign-in page, saying the session ended."""
+
+
 @router.get("/login")
 async def login_page(request: Request) -> HTMLResponse:
-    return page(request, "login.html", error=None)
+    return page(request, "login.html", error=None, signed_out="signed_out" in request.query_params)
 
 
 @router.post("/login")
@@ -77,7 +81,7 @@ async def login(
 async def logout(visit: VisitDep, sessions: ConsoleSessionsDep, csrf: CsrfField = None) -> Response:
     visit.check_csrf(csrf)
     await sessions.end(visit.session, visit.actor)
-    response = RedirectResponse("/console/login", 303)
+    response = RedirectResponse(SIGNED_OUT, 303)
     response.delete_cookie(COOKIE, path="/console")
     return response
 

@@ -16,9 +16,10 @@ from starlette.concurrency import run_in_threadpool
 from gateway import bounds
 from gateway.accounting.usage import Bucket, UsageFilters, usage_csv
 from gateway.errors import APIError, PermissionDenied, as_api_error
+from gateway.routes.console.examples import curls
 from gateway.routes.console.pages import SECURITY_HEADERS, Refused, page, script_json
 from gateway.routes.console.visits import CsrfField, TenantVisitDep, Visit
-from gateway.state import AccessDep, SettingsDep, TenancyDep, UsageDep
+from gateway.state import AccessDep, CatalogDep, SettingsDep, TenancyDep, UsageDep
 from gateway.tenancy.models import KeyCreate
 from gateway.tenancy.principal import TenantPrincipal
 
@@ -33,8 +34,14 @@ def this_month(bucket: Bucket, now: datetime | None = None) -> UsageFilters:
     return UsageFilters(since=month_start(now or datetime.now(UTC)), bucket=bucket)
 
 
+def teaching_calls(request: Request, catalog: CatalogDep) -> dict[str, str]:
+    """The API calls a page's empty states offer to copy, against this gateway and its first chat model."""
+    chat_models = [model for model in catalog.base_ids() if not catalog.embeds(model)]
+    return curls(str(request.base_url), chat_models[0] if chat_models else "MODEL")
+
+
 @router.get("/usage")
-async def usage_page(request: Request, visit: TenantVisitDep, usage: UsageDep) -> HTMLResponse:
+async def usage_page(request: Request, visit: TenantVisitDep, usage: UsageDep, catalog: CatalogDep) -> HTMLResponse:
     tenant = visit.principal
     now = datetime.now(UTC)
     filters = this_month("day", now)
@@ -58,6 +65,7 @@ async def usage_page(request: Request, visit: TenantVisitDep, usage: UsageDep) -
         by_key=by_key,
         budget=budget,
         chart_json=script_json(chart),
+        calls=teaching_calls(request, catalog),
     )
 
 
@@ -161,16 +169,17 @@ async def revoke_key(
 def _shell_page(template: str) -> Any:
     """A page whose data its own script reads from the APIs: the route only checks who may see it."""
 
-    async def shell(request: Request, visit: TenantVisitDep) -> HTMLResponse:
-        return page(request, template, session=visit.session)
+    async def shell(request: Request, visit: TenantVisitDep, catalog: CatalogDep) -> HTMLResponse:
+        return page(request, template, session=visit.session, calls=teaching_calls(request, catalog))
 
     return shell
 
 
 @router.get("/aliases")
-async def aliases_page(request: Request, visit: TenantVisitDep) -> HTMLResponse:
+async def aliases_page(request: Request, visit: TenantVisitDep, catalog: CatalogDep) -> HTMLResponse:
     """The tenant's aliases, read by the page's script from ``/v1/aliases``."""
-    return page(request, "aliases.html", session=visit.session, api_base="/v1/aliases")
+    calls = teaching_calls(request, catalog)
+    return page(request, "aliases.html", session=visit.session, api_base="/v1/aliases", calls=calls)
 
 
 for _path, _template in (

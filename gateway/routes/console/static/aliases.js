@@ -31,7 +31,9 @@
         const gate = alias.gate ? `${alias.gate.eval_id} ≥ ${alias.gate.min_score}` : "–";
         cells(row, [alias.name, targets(alias.targets), gate, alias.version, when(alias.updated_at)]);
         row.cells[3].className = "num";
+        row.tabIndex = 0;  // Enter on a focused row shows its history, as a click does
         row.addEventListener("click", () => showHistory(alias.name));
+        row.addEventListener("keydown", (event) => { if (event.key === "Enter") showHistory(alias.name); });
       }
       if (aliases.length) await showHistory(aliases[0].name);
     } catch (error) { $("aliases-error").textContent = error.message; }

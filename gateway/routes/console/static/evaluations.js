@@ -21,7 +21,12 @@
     const box = $("accuracy-chart");
     if (chart) chart.destroy();
     box.replaceChildren();
-    if (!runs.length) { box.textContent = "No runs of this evaluation yet."; return; }
+    $("runs-empty").hidden = runs.length > 0;
+    box.hidden = $("runs").hidden = runs.length === 0;
+    const call = $("runs-empty-call");
+    call.textContent = call.textContent.replace(/\/v1\/evals\/[^/]*\/runs/, `/v1/evals/${evalId}/runs`);
+    document.body.dataset.runsShown = String(runs.length);
+    if (!runs.length) return;
     const x = runs.map((_, i) => i + 1);
     chart = new uPlot({
       width: Math.max(280, box.clientWidth), height: 220,
@@ -29,11 +34,11 @@
       series: [{}, { label: "accuracy %", stroke: "#1f6feb", fill: "#1f6feb88", paths: uPlot.paths.bars({ size: [0.5, 80] }) }],
       axes: [{ splits: () => x, values: (_, ticks) => ticks.map((t) => (runs[t - 1] ? `${runs[t - 1].name || runs[t - 1].id} · ${runs[t - 1].model}` : "")) }, { size: 50 }],
     }, [x, runs.map((r) => percent(r.result_counts.passed, r.result_counts.total))], box);
-    document.body.dataset.runsShown = String(runs.length);
   }
 
   api("/evals?limit=100").then(async (evals) => {
     $("eval-empty").hidden = evals.data.length > 0;
+    $("eval-picker").hidden = $("runs-card").hidden = evals.data.length === 0;
     $("eval").replaceChildren(...evals.data.map((e) => new Option(e.name || e.id, e.id)));
     $("eval").addEventListener("change", () => showRuns($("eval").value));
     if (evals.data.length) await showRuns(evals.data[0].id);

@@ -20,6 +20,8 @@
     const jobs = await api("/fine_tuning/jobs?limit=20");
     const body = $("jobs").tBodies[0];
     body.replaceChildren();
+    $("jobs-empty").hidden = jobs.data.length > 0;
+    $("jobs").hidden = jobs.data.length === 0;
     for (const job of jobs.data) {
       const row = body.insertRow();
       row.dataset.jobId = job.id;
@@ -32,7 +34,13 @@
     }
   }
 
-  function drawLoss(points) {
+  // Why a job has no loss curve, said instead of an empty chart.
+  const NO_STEPS = {
+    cancelled: "The job was cancelled before its first training step: there is no loss curve.",
+    failed: "The job failed before its first training step: there is no loss curve (the events say why).",
+  };
+
+  function drawLoss(points, status) {
     const steps = points.map((p) => p.step);
     const series = [{ label: "step" }, { label: "training loss", stroke: "#1f6feb", width: 2 }];
     const values = [steps, points.map((p) => p.train_loss)];
@@ -42,8 +50,12 @@
     }
     const box = $("loss-chart");
     if (chart) chart.destroy();
+    chart = null;
     box.replaceChildren();
-    if (!points.length) { box.textContent = "No training steps yet."; return; }
+    box.hidden = !points.length;
+    $("no-steps").hidden = points.length > 0;
+    $("no-steps").textContent = NO_STEPS[status] || "No training steps yet: the curve starts with the first one.";
+    if (!points.length) return;
     chart = new uPlot({ width: Math.max(280, box.clientWidth), height: 240, series,
       scales: { x: { time: false } }, axes: [{ label: "step" }, { size: 60 }] }, values, box);
   }
@@ -86,7 +98,7 @@
       return item;
     }));
     const points = ordered.filter((e) => e.type === "metrics" && e.data).map((e) => e.data);
-    drawLoss(points);
+    drawLoss(points, job.status);
     const last = points[points.length - 1];
     $("job-progress").textContent = last ? `step ${last.step} of ${last.total_steps}` : "";
     const checkpoints = await api(`/fine_tuning/jobs/${watched}/checkpoints`);
@@ -128,6 +140,7 @@
       $("upload-result").textContent = `${file.filename}: valid, ${file.bytes} bytes (${file.id})`;
       await loadChoices();
       $("training-file").value = file.id;
+      $("jobs-empty-job").textContent = $("jobs-empty-job").textContent.replace(/"file-[^"]*"|"FILE_ID"/, `"${file.id}"`);
     } catch (error) {
       $("upload-result").className = "error";
       $("upload-result").textContent = error.message;
@@ -151,7 +164,9 @@
   });
 
   $("cancel").addEventListener("click", async () => {
-    if (watched) await api(`/fine_tuning/jobs/${watched}/cancel`, { method: "POST" });
+    try {
+      if (watched) $("job-status").textContent = (await api(`/fine_tuning/jobs/${watched}/cancel`, { method: "POST" })).status;
+    } catch (error) { $("job-progress").textContent = error.message; }
     refresh();
   });
 

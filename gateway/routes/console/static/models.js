@@ -20,6 +20,7 @@
       if (fineTuned) {
         const button = document.createElement("button");
         button.className = "danger"; button.textContent = "Delete";
+        button.setAttribute("aria-label", `Delete ${model.id}`);
         button.addEventListener("click", async () => {
           if (!confirm(`Delete ${model.id}? Its checkpoints go with it.`)) return;
           try { await api(`/models/${encodeURIComponent(model.id)}`, "DELETE"); await load(); }
@@ -28,6 +29,7 @@
         actions.appendChild(button);
       }
     }
+    document.getElementById("models-empty").hidden = models.data.some((model) => model.id.startsWith("ft:"));
     document.body.dataset.modelsLoaded = "true";
   }
   load();

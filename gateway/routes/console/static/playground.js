@@ -1,4 +1,5 @@
-// The playground: chat with any of the tenant's models through the same OpenAI API, streamed, with usage; JSON mode
+// The playground: chat with any of the tenant's models through the same OpenAI API, streamed, with usage and why the
+// answer stopped (finish_reason); a conversation of many turns (each request carries the earlier ones); JSON mode
 // or a JSON schema (`response_format`), and a demo tool (`tools`, `tool_choice`) whose calls the page shows.
 "use strict";
 (function () {
@@ -17,6 +18,47 @@
     },
   };
   let controller = null;
+  const history = [];  // the turns answered so far, as the chat API takes them
+  const FINISH = {
+    stop: "the model ended its answer",
+    length: "it reached max tokens: raise them for a longer answer",
+    tool_calls: "the model called a tool",
+    content_filter: "the answer was filtered",
+  };
+  const NOT_RUN = "The playground does not run tools: there is no result.";
+
+  // The conversation so far, and the message being answered.
+  const showConversation = (pending) => {
+    const turns = pending ? [...history, pending] : history;
+    $("conversation").replaceChildren(...turns.filter((m) => m.role !== "tool").map((message) => {
+      const item = document.createElement("li");
+      item.className = message.role;
+      const role = document.createElement("span");
+      role.className = "role";
+      role.textContent = message.role === "user" ? "you" : "model";
+      const called = (message.tool_calls || []).map((c) => `called ${c.function.name} with ${c.function.arguments}`);
+      item.append(role, [message.content || "", ...called].filter(Boolean).join("\n"));
+      return item;
+    }));
+    $("conversation-empty").hidden = turns.length > 0;
+  };
+
+  // What the model answered, as the next request must carry it (a tool call gets its "not run" reply).
+  const remember = (user) => {
+    const answer = { role: "assistant", content: $("answer").textContent };
+    const made = calls.filter(Boolean);
+    history.push(user);
+    if (!made.length) { history.push(answer); return; }
+    answer.tool_calls = made.map((c) => ({ id: c.id, type: "function", function: { name: c.name, arguments: c.arguments } }));
+    history.push(answer, ...made.map((c) => ({ role: "tool", tool_call_id: c.id, content: NOT_RUN })));
+  };
+
+  $("new-conversation").addEventListener("click", () => {
+    history.length = 0;
+    for (const id of ["answer", "finish", "usage", "error"]) $(id).textContent = "";
+    calls.length = 0; addToolCallDeltas([]);
+    showConversation(null);
+  });
 
   llmaas.call("/v1/models").then((list) => {
     for (const model of list.data) $("model").add(new Option(model.id, model.id));
@@ -35,7 +77,7 @@
   const requestBody = () => {
     const messages = [];
     if ($("system").value.trim()) messages.push({ role: "system", content: $("system").value });
-    messages.push({ role: "user", content: $("prompt").value });
+    messages.push(...history, { role: "user", content: $("prompt").value });
     const body = {
       model: $("model").value, messages, stream: true, stream_options: { include_usage: true },
       temperature: Number($("temperature").value), max_completion_tokens: Number($("max-tokens").value),
@@ -86,7 +128,10 @@
       const delta = choice.delta || {};
       $("answer").textContent += delta.content || "";
       if (delta.tool_calls) addToolCallDeltas(delta.tool_calls);
-      if (choice.finish_reason) $("finish").textContent = `finish_reason: ${choice.finish_reason}`;
+      if (choice.finish_reason) {
+        const why = FINISH[choice.finish_reason];
+        $("finish").textContent = `finish_reason: ${choice.finish_reason}${why ? ` (${why})` : ""}`;
+      }
     }
     if (chunk.usage) {
       const u = chunk.usage;
@@ -125,12 +170,15 @@
     $("send").disabled = true; $("stop").disabled = false;
     try {
       const body = requestBody();
+      const user = body.messages[body.messages.length - 1];
+      showConversation(user);
       const response = await llmaas.fetch("/v1/chat/completions", { method: "POST", body, signal: controller.signal });
       if (!response.ok) {
         const failure = await response.json().catch(() => ({}));
         throw new Error((failure.error && failure.error.message) || response.statusText);
       }
       await readStream(response);
+      remember(user);
     } catch (error) {
       if (error.name !== "AbortError") $("error").textContent = error.message;
     } finally {

@@ -1,7 +1,14 @@
-// Every table.sortable sorts by a column when its header is clicked (numbers as numbers).
+// Every table.sortable sorts by a column when its header is clicked, or focused and Enter or Space pressed
+// (numbers as numbers).
 "use strict";
 for (const table of document.querySelectorAll("table.sortable")) {
   const headers = Array.from(table.tHead.rows[0].cells);
+  for (const th of headers) {
+    th.tabIndex = 0;
+    th.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === " ") { event.preventDefault(); th.click(); }
+    });
+  }
   headers.forEach((th, column) => th.addEventListener("click", () => {
     const ascending = th.getAttribute("aria-sort") !== "ascending";
     headers.forEach((h) => h.removeAttribute("aria-sort"));
