@@ -9,12 +9,27 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    insert,
+    text,
+)
 
+from gateway.db import Database
 from tests.finetune_data import pirate_jsonl
 from tests.support import MODEL
 from tests.support.databases import fresh_postgres_database
@@ -111,3 +126,36 @@ def test_a_batchs_cancel_answers_what_the_other_gateway_shows_until_it_is_cancel
     assert retrieved.status == answer.status or (answer.status, retrieved.status) == ("cancelling", "cancelled")
     done = until(lambda: other.batches.retrieve(batch.id), {"cancelled"}, timeout=15)
     assert one.batches.retrieve(batch.id).status == "cancelled" and done.cancelled_at is not None
+
+
+def test_a_cancel_asked_before_the_upgrade_is_final_after_it(tmp_path: Path) -> None:
+    """Migration 0019 drops the flag old workers polled: a job whose cancel was asked but not yet honoured ends
+    ``cancelled`` (and unsettled, for the gateway's sweep to charge), other jobs as they were."""
+    database = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    database.migrate("0016")
+    filler = {String: "x", Integer: 0, BigInteger: 0, JSON: {}, DateTime: datetime(2026, 12, 1), Boolean: False}
+    with database.session() as session:
+        jobs = Table("fine_tuning_jobs", MetaData(), autoload_with=session.connection())  # as it was then
+        required = {
+            c.name: next(v for t, v in filler.items() if isinstance(c.type, t))
+            for c in jobs.c
+            if not c.nullable and c.server_default is None
+        }
+        rows = {"ftjob-asked": ("running", True), "ftjob-queued": ("queued", True), "ftjob-kept": ("running", False)}
+        rows |= {"ftjob-done": ("succeeded", True)}
+        session.execute(
+            insert(jobs),
+            [{**required, "id": i, "status": s, "cancel_requested": asked} for i, (s, asked) in rows.items()],
+        )
+    database.migrate()
+    with database.session() as session:
+        after = {row.id: row for row in session.execute(text("SELECT * FROM fine_tuning_jobs"))}
+    database.dispose()
+    assert {i: row.status for i, row in after.items()} == {
+        "ftjob-asked": "cancelled",
+        "ftjob-queued": "cancelled",
+        "ftjob-kept": "running",
+        "ftjob-done": "succeeded",
+    }
+    assert after["ftjob-asked"].finished_at is not None and after["ftjob-asked"].settled_at is None
+    assert after["ftjob-kept"].finished_at is None
