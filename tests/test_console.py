@@ -23,7 +23,7 @@ from playwright.sync_api import Browser, Page, Route
 
 from tests.finetune_data import pirate_jsonl
 from tests.support import ADMIN, ADMIN_KEY, MODEL, REPO
-from tests.support.console import cookies_of, sign_in, signed_in
+from tests.support.console import confirm, cookies_of, sign_in, signed_in
 from tests.support.evals import ITEMS, completions_source, finished, make_eval
 from tests.support.gateway_process import CLI, fake_gateway, gateway_env
 from tests.support.tenants import tenant_key
@@ -100,7 +100,9 @@ def test_keys_are_created_once_shown_and_revoked(base: str, browser: Browser) ->
     assert page.locator("#new-key").count() == 0  # shown once
     row = page.locator("#keys tbody tr", has_text="ci")
     row.locator("text=Revoke").click()
-    page.wait_for_url("**/console/keys")
+    assert "refused at once" in page.locator("#confirm-message").inner_text()  # asked first
+    confirm(page)
+    page.locator("#keys tbody tr", has_text="ci").locator("td.status-revoked").wait_for()  # the page reloaded
     assert page.locator("#keys tbody tr", has_text="ci").locator("td").nth(2).inner_text() == "revoked"
     assert chat(base, new_key).status_code == 401  # refused at once, on this gateway
     page.close()
@@ -394,6 +396,10 @@ def test_the_operator_creates_a_tenant_sets_its_quotas_and_suspends_it(base: str
     key = httpx.post(f"{base}/admin/v1/tenants/{tenant_id}/keys", json={}, headers=ADMIN).json()["key"]
     assert chat(base, key).status_code == 200
     row.locator(".suspend").click()
+    page.locator("#confirm button[value=no]").click()  # kept: nothing happened
+    assert chat(base, key).status_code == 200
+    row.locator(".suspend").click()
+    confirm(page)
     page.wait_for_selector(f"#tenants tbody tr[data-name='{name}'] .resume")
     assert chat(base, key).status_code == 403  # what the admin API says, the page did
     page.locator(f"#tenants tbody tr[data-name='{name}'] .resume").click()
