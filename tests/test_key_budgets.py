@@ -143,17 +143,20 @@ def test_a_key_is_changed_only_within_its_own_tenant(base: str, admin: httpx.Cli
 def test_a_key_made_by_a_key_stays_within_its_makers_budgets(base: str, admin: httpx.Client) -> None:
     tenant, _ = create_tenant(admin, "km")
     maker = new_key(admin, tenant["id"], key_manager=True, monthly_token_budget=1000, monthly_cost_budget="2")
-    with console(base, maker["key"]) as page:
-        csrf = csrf_of(page, "/console/keys")
-        form = {"csrf": csrf, "name": "child"}
-        larger = page.post("/console/keys", data={**form, "monthly_token_budget": "1001"})
-        assert larger.status_code == 403 and "larger monthly_token_budget" in larger.text
-        negative = page.post("/console/keys", data={**form, "monthly_token_budget": "-5"})
-        assert negative.status_code == 400
-        made = page.post("/console/keys", data={**form, "monthly_token_budget": "500"})
-        assert made.status_code == 200, made.text
-    child = next(key for key in admin.get(f"/admin/v1/tenants/{tenant['id']}/keys").json()["data"] if key["name"])
-    assert child["name"] == "child" and child["monthly_token_budget"] == 500
+    page = console(base, maker["key"])
+    form = {"csrf": csrf_of(page, "/console/keys"), "name": "child"}
+    larger = page.post("/console/keys", data={**form, "monthly_token_budget": "1001"})
+    assert larger.status_code == 403 and "larger monthly_token_budget" in larger.text
+    for hostile in ("-5", "1.5", "ten", "²"):
+        refused = page.post("/console/keys", data={**form, "monthly_token_budget": hostile})
+        assert refused.status_code == 400 and "monthly_token_budget" in refused.text, hostile
+    made = page.post("/console/keys", data={**form, "monthly_token_budget": "500"})
+    assert made.status_code == 200, made.text
+    assert 'data-copy="#new-key"' in made.text  # shown once, with its copy button
+    page.close()
+    keys = admin.get(f"/admin/v1/tenants/{tenant['id']}/keys").json()["data"]
+    child = next(key for key in keys if key["name"] == "child")
+    assert child["monthly_token_budget"] == 500 and child["created_by_key_id"] == maker["id"]
     assert Decimal(child["monthly_cost_budget"]) == 2  # unasked: the maker's
 
 
@@ -207,7 +210,11 @@ def test_key_activity_writes_each_key_at_most_once_a_minute() -> None:
 def test_keys_show_in_the_tenant_console_by_name_with_budgets(base: str, admin: httpx.Client) -> None:
     tenant, first = create_tenant(admin, "kv")
     capped = new_key(admin, tenant["id"], name="ci-bot", monthly_token_budget=1234)
-    with console(base, first) as page:
-        text = page.get("/console/keys").text
+    page = console(base, first)
+    text = page.get("/console/keys").text
+    page.close()
     assert "ci-bot" in text and "1,234" in text
     assert capped["key"] not in text and capped["prefix"] in text
+    assert text.count("this session</span>") == 1
+    session_row = text.split('data-name="first"', 1)[1].split("</tr>", 1)[0]
+    assert "this session" in session_row  # the key this console session signed in with
