@@ -381,6 +381,8 @@ def test_the_operator_creates_a_tenant_sets_its_quotas_and_suspends_it(base: str
     page.fill("#tenant-name", name)
     page.fill("#new-rpm", "30")
     page.click("#create-tenant button")
+    page.wait_for_url("**/console/admin/tenants/ten_*")  # on to the new tenant's page
+    page.goto(f"{base}/console/admin/tenants")
     row = page.locator(f"#tenants tbody tr[data-name='{name}']")
     row.wait_for()
     assert row.locator("[data-field=requests_per_minute]").inner_text() == "30"
