@@ -132,7 +132,6 @@ def test_the_operator_runs_a_tenant_from_the_console(base: str, browser: Browser
     page.wait_for_selector("#tenant[data-status='active']")
     assert chat(base, second)
 
-
     page.click("#delete")
     assert page.locator("#confirm-yes").inner_text() == f"Delete {name}"
     confirm(page)

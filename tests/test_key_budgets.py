@@ -11,17 +11,20 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
+from sqlalchemy import create_engine, text
 
 from gateway.clock import utcnow
 from gateway.tenancy.key_activity import KeyActivity
 from tests.support import MODEL
 from tests.support.console import console, csrf_of
-from tests.support.gateway_process import fake_gateway
+from tests.support.databases import fresh_postgres_database
+from tests.support.gateway_process import Setting, fake_gateway
 from tests.support.tenants import admin_client, create_tenant, openai_client
 
 HI = [{"role": "user", "content": "hi"}]
@@ -218,3 +221,52 @@ def test_keys_show_in_the_tenant_console_by_name_with_budgets(base: str, admin: 
     assert text.count("this session</span>") == 1
     session_row = text.split('data-name="first"', 1)[1].split("</tr>", 1)[0]
     assert "this session" in session_row  # the key this console session signed in with
+
+
+async def _burst(bases: list[str], key: str, count: int) -> list[int]:
+    body = {"model": MODEL, "messages": HI, "max_tokens": 4}
+    async with httpx.AsyncClient(headers={"authorization": f"Bearer {key}"}, timeout=60) as http:
+        responses = await asyncio.gather(
+            *(http.post(f"{bases[i % len(bases)]}/v1/chat/completions", json=body) for i in range(count))
+        )
+    return [response.status_code for response in responses]
+
+
+def test_a_keys_budget_holds_across_gateways_on_postgresql_and_redis(tmp_path: Path) -> None:
+    """Two gateways on one PostgreSQL and one Redis: a key's own budget is one budget, whichever gateway admits
+    its requests, and its last use is written by either without ever going back."""
+    with fresh_postgres_database("llmaas_keys") as url:
+        settings: dict[str, Setting] = {
+            "database_url": url,
+            "redis_url": "redis://127.0.0.1:6379/13",
+            "key_activity_flush_seconds": 0.2,
+        }
+        with (
+            fake_gateway(tmp_path, log=tmp_path / "a.log", **settings) as a,
+            fake_gateway(tmp_path, log=tmp_path / "b.log", **settings) as b,
+            admin_client(a.base) as admin,
+        ):
+            tenant, sibling = create_tenant(admin, "kr")
+            capped = new_key(admin, tenant["id"], monthly_token_budget=200)
+            codes = asyncio.run(_burst([a.base, b.base], capped["key"], 40))
+            assert codes.count(200) >= 1 and codes.count(429) >= 1 and set(codes) == {200, 429}
+            assert asyncio.run(_burst([a.base, b.base], sibling, 4)) == [200] * 4
+            deadline = time.monotonic() + 10
+            while key_of(admin, tenant["id"], capped["id"])["last_used_at"] is None:
+                assert time.monotonic() < deadline, "last_used_at was never written"
+                time.sleep(0.1)
+        used = _tokens_by_key(url, tenant["id"])  # written by both gateways at their graceful stop
+    assert used[capped["id"]] <= 200  # one budget across the two gateways
+    assert used[capped["id"]] > 0 and used[next(k for k in used if k != capped["id"])] > 0
+
+
+def _tokens_by_key(database_url: str, tenant_id: str) -> dict[str, int]:
+    query = text(
+        "SELECT key_id, SUM(prompt_tokens + completion_tokens) FROM usage_records WHERE tenant_id = :t GROUP BY key_id"
+    )
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return {str(key): int(tokens) for key, tokens in conn.execute(query, {"t": tenant_id}).all()}
+    finally:
+        engine.dispose()
