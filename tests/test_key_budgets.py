@@ -7,6 +7,7 @@ changed with ``PATCH``, hostile values refused; a key made by a key within its m
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -24,7 +25,7 @@ from gateway.tenancy.key_activity import KeyActivity
 from tests.support import MODEL
 from tests.support.console import console, csrf_of
 from tests.support.databases import fresh_postgres_database
-from tests.support.gateway_process import Setting, fake_gateway
+from tests.support.gateway_process import Setting, fake_gateway, gateway_env, llmaas
 from tests.support.tenants import admin_client, create_tenant, openai_client
 
 HI = [{"role": "user", "content": "hi"}]
@@ -270,3 +271,14 @@ def _tokens_by_key(database_url: str, tenant_id: str) -> dict[str, int]:
             return {str(key): int(tokens) for key, tokens in conn.execute(query, {"t": tenant_id}).all()}
     finally:
         engine.dispose()
+
+
+def test_the_cli_creates_a_key_with_its_own_budgets(tmp_path: Path) -> None:
+    env = gateway_env(tmp_path)
+    assert llmaas(env, "tenants", "create", "acme").returncode == 0
+    made = llmaas(env, "keys", "create", "acme", "--monthly-token-budget", "500", "--monthly-cost-budget", "2.5")
+    assert made.returncode == 0, made.stderr
+    key = json.loads(made.stdout)
+    assert key["monthly_token_budget"] == 500 and Decimal(key["monthly_cost_budget"]) == Decimal("2.5")
+    refused = llmaas(env, "keys", "create", "acme", "--monthly-cost-budget", "-1")
+    assert refused.returncode == 1 and "monthly_cost_budget" in refused.stderr and "Traceback" not in refused.stderr
