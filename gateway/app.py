@@ -73,6 +73,7 @@ from gateway.state import AppState, state_of
 from gateway.stored_completions.store import CompletionStore
 from gateway.tenancy.access import AccessChanges
 from gateway.tenancy.console_sessions import ConsoleSessions
+from gateway.tenancy.key_activity import KeyActivity
 from gateway.tenancy.key_cache import KeyCache
 from gateway.tenancy.principal import Authenticator
 from gateway.tenancy.service import TenancyService
@@ -261,7 +262,11 @@ def create_app(
             catalog = ModelCatalog(backend, registry, alias_book)
             caps = RequestCaps.from_settings(settings, catalog.longest_context(engine_settings.max_model_len))
             metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
-            authenticator = Authenticator(key_cache, admin_key, metrics_token, tenancy.identity_of_key)
+            activity = KeyActivity(tenancy.record_last_used)
+            stack.push_async_callback(activity.flush)  # what the last round left, at shutdown
+            noting = asyncio.create_task(activity.run(settings.key_activity_flush_seconds))
+            stack.push_async_callback(_cancel, noting)
+            authenticator = Authenticator(key_cache, admin_key, metrics_token, tenancy.identity_of_key, activity)
             throttle = sign_in_throttle(settings.redis_url, settings.console_sign_in_failures_per_address)
             stack.push_async_callback(throttle.close)
             grammar_pool = GrammarPool(

@@ -50,6 +50,12 @@ class GatewaySettings(SharedSettings):
     key_cache_ttl_seconds: float = Field(
         default=5.0, ge=0, le=5, description="How long a key lookup is cached; revocation elsewhere takes this long."
     )
+    key_activity_flush_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="How often keys' last use is written (each key at most once a minute, never per request).",
+    )
     alias_cache_ttl_seconds: float = Field(
         default=2.0,
         ge=0,

@@ -23,7 +23,7 @@ from playwright.sync_api import Browser, Page, Route
 
 from tests.finetune_data import pirate_jsonl
 from tests.support import ADMIN, ADMIN_KEY, MODEL, REPO
-from tests.support.console import cookies_of, sign_in, signed_in
+from tests.support.console import confirm, cookies_of, sign_in, signed_in
 from tests.support.evals import ITEMS, completions_source, finished, make_eval
 from tests.support.gateway_process import CLI, fake_gateway, gateway_env
 from tests.support.tenants import tenant_key
@@ -100,7 +100,9 @@ def test_keys_are_created_once_shown_and_revoked(base: str, browser: Browser) ->
     assert page.locator("#new-key").count() == 0  # shown once
     row = page.locator("#keys tbody tr", has_text="ci")
     row.locator("text=Revoke").click()
-    page.wait_for_url("**/console/keys")
+    assert "refused at once" in page.locator("#confirm-message").inner_text()  # asked first
+    confirm(page)
+    page.locator("#keys tbody tr", has_text="ci").locator("td.status-revoked").wait_for()  # the page reloaded
     assert page.locator("#keys tbody tr", has_text="ci").locator("td").nth(2).inner_text() == "revoked"
     assert chat(base, new_key).status_code == 401  # refused at once, on this gateway
     page.close()
@@ -357,13 +359,14 @@ def test_a_fine_tuning_job_is_started_and_its_loss_curve_drawn(
         page.click("#start button")
         page.wait_for_selector("body[data-job-status='running']", timeout=120_000)
         page.click("#cancel")
+        confirm(page)
         page.wait_for_selector("body[data-job-status='cancelled']", timeout=60_000)
         tuned = page.locator("#jobs tbody tr td:nth-child(4):has-text('ft:')").first.inner_text()
         page.click("text=Models")
         page.wait_for_selector("body[data-models-loaded='true']")
         assert page.locator(f"#models tbody tr[data-model='{tuned}']").count() == 1
-        page.on("dialog", lambda dialog: dialog.accept())
         page.locator(f"#models tbody tr[data-model='{tuned}'] button").click()
+        confirm(page)
         page.wait_for_selector(f"#models tbody tr[data-model='{tuned}']", state="detached")
         gone = httpx.get(f"{base}/v1/models/{tuned}", headers={"authorization": f"Bearer {key}"})
         assert gone.status_code == 404
@@ -379,6 +382,8 @@ def test_the_operator_creates_a_tenant_sets_its_quotas_and_suspends_it(base: str
     page.fill("#tenant-name", name)
     page.fill("#new-rpm", "30")
     page.click("#create-tenant button")
+    page.wait_for_url("**/console/admin/tenants/ten_*")  # on to the new tenant's page
+    page.goto(f"{base}/console/admin/tenants")
     row = page.locator(f"#tenants tbody tr[data-name='{name}']")
     row.wait_for()
     assert row.locator("[data-field=requests_per_minute]").inner_text() == "30"
@@ -394,6 +399,10 @@ def test_the_operator_creates_a_tenant_sets_its_quotas_and_suspends_it(base: str
     key = httpx.post(f"{base}/admin/v1/tenants/{tenant_id}/keys", json={}, headers=ADMIN).json()["key"]
     assert chat(base, key).status_code == 200
     row.locator(".suspend").click()
+    page.locator("#confirm button[value=no]").click()  # kept: nothing happened
+    assert chat(base, key).status_code == 200
+    row.locator(".suspend").click()
+    confirm(page)
     page.wait_for_selector(f"#tenants tbody tr[data-name='{name}'] .resume")
     assert chat(base, key).status_code == 403  # what the admin API says, the page did
     page.locator(f"#tenants tbody tr[data-name='{name}'] .resume").click()

@@ -191,6 +191,29 @@ def test_the_budget_snapshot_counts_only_this_month(service: TenancyService, led
     assert snapshot.open_reservations == ()
 
 
+def test_a_keys_budget_snapshot_counts_its_own_requests_this_month(
+    service: TenancyService, ledger: UsageLedger
+) -> None:
+    """What a limiter starts a key's own budgets from (after a restart, or on a gateway that never saw the key)."""
+    acme = service.create_tenant(TenantCreate(name="acme"))
+    other = service.create_tenant(TenantCreate(name="other"))
+    now = utcnow()
+    month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    ledger.write(
+        [
+            _entry(acme.id, "k1", "a", 10, 5, now),
+            _entry(acme.id, "k1", "b", 1, 1, now),
+            _entry(acme.id, "k1", "a", 100, 100, month_start - timedelta(seconds=1)),  # last month
+            _entry(acme.id, "k2", "a", 1000, 0, now),  # a sibling
+            _entry(other.id, "k1", "a", 5000, 0, now),  # another tenant (a key id is never shared; still)
+        ]
+    )
+    snapshot = ledger.key_budget_snapshot(acme.id, "k1", now.strftime("%Y-%m"))
+    assert snapshot.used_tokens == 17
+    assert snapshot.used_cost_nanos == 11 * 150 + 6 * 600
+    assert ledger.key_budget_snapshot(acme.id, "k3", now.strftime("%Y-%m")).used_tokens == 0
+
+
 def test_the_budget_snapshot_holds_open_jobs_as_reservations(
     service: TenancyService, ledger: UsageLedger, database: Database
 ) -> None:

@@ -13,6 +13,10 @@ through which what it used is settled.
   only (its batch runner's concurrency paces it, never the tenant's RPM, TPM or slots), at the batch price.
 * A fine-tuning job reserves budget only (never a slot or the TPM window); it is charged in the transaction
   that moves the job to its final status, and its reservation is released by ``training_billing``.
+* A key with budgets of its own (``KeyIdentity.key_budgets``) has an inference request's (and a batch request's)
+  budget part reserved against them too, first, in the same limiter under the key's id, and settled with the
+  tenant's: whichever budget is spent refuses the request before the model runs. Fine-tuning jobs are the
+  tenant's (their ledger records name no key).
 
 A draining gateway (``stop_admitting``, on SIGTERM) refuses whatever is new with a 503 and ``retry-after``;
 requests it has to cut at the drain's deadline (``interrupt``) are charged as failures of ours.
@@ -83,6 +87,7 @@ class Admission:
         self._tasks = tasks
         self._training_lease = training_lease_seconds
         self._running: dict[str, tuple[str, Demand]] = {}  # demand id -> (tenant id, demand), until settled
+        self._running_keys: dict[str, tuple[str, Demand]] = {}  # the same, held against a key's own budgets
         self.draining = False
         self._interrupted = False
 
@@ -103,11 +108,25 @@ class Admission:
         if self.draining:
             raise Draining()
 
-    def _month_to_date(self, tenant_id: str) -> MonthToDate:
+    def _month_to_date(self, tenant_id: str, key_id: str | None = None) -> MonthToDate:
+        """Reads the tenant's month so far (``key_id``: that key's, for its own budgets)."""
+
         async def read(month: str) -> BudgetSnapshot:
+            if key_id is not None:
+                return await run_in_threadpool(self._usage.key_budget_snapshot, tenant_id, key_id, month)
             return await run_in_threadpool(self._usage.budget_snapshot, tenant_id, month)
 
         return read
+
+    async def _admit_key_budget(self, tenant: TenantPrincipal, demand: Demand) -> Demand | None:
+        """Reserve the demand's budget part against the key's own budgets, if it has any (the limiter keeps them
+        under the key's id, as it keeps a tenant's under the tenant's); the reservation, or None."""
+        budgets = tenant.identity.key_budgets
+        if demand.budget is None or not budgets.has_budget:
+            return None
+        held = Demand(demand.id, budget=demand.budget)
+        await self._limiter.admit(tenant.key_id, budgets, held, self._month_to_date(tenant.tenant_id, tenant.key_id))
+        return held
 
     async def rate_headers(self, context: RequestContext, tenant: TenantPrincipal) -> None:
         """Put the tenant's current rate-limit headers on the response."""
@@ -136,13 +155,19 @@ class Admission:
         )
         self._check_open()
         self._ledger.claim()
+        key_held: Demand | None = None
         try:
+            key_held = await self._admit_key_budget(tenant, demand)  # the key's own budgets, then the tenant's
             grant = await self._limiter.admit(tenant.tenant_id, quotas, demand, self._month_to_date(tenant.tenant_id))
         except BaseException:
             self._ledger.unclaim()
+            if key_held is not None:
+                self._tasks.spawn(self._settle_limiter(tenant.key_id, key_held, Settlement(0, 0)))
             raise
         context.response_headers.update(grant.headers)
         self._running[demand.id] = (tenant.tenant_id, demand)
+        if key_held is not None:
+            self._running_keys[demand.id] = (tenant.key_id, key_held)
         return InferenceReservation(self, context, tenant, model, price, demand, end_user, kind)
 
     async def admit_request(self, context: RequestContext, tenant: TenantPrincipal) -> None:
@@ -174,15 +199,22 @@ class Admission:
         the record's number for ``durable``."""
         self._running.pop(demand.id, None)
         seq = self._ledger.record(entry)
-        self._tasks.spawn(self._settle_limiter(tenant_id, demand, used))
+        self._settle_all(tenant_id, demand, used)
         return seq
+
+    def _settle_all(self, tenant_id: str, demand: Demand, used: Settlement) -> None:
+        """Settle the demand in the limiter: the tenant's reservation, and the key's if it held one."""
+        self._tasks.spawn(self._settle_limiter(tenant_id, demand, used))
+        key_held = self._running_keys.pop(demand.id, None)
+        if key_held is not None:
+            self._tasks.spawn(self._settle_limiter(*key_held, used))
 
     def withdraw(self, tenant_id: str, demand: Demand) -> None:
         """Give back everything an admitted request reserved when it never ran (refused or left while it waited
         for the engine): no record, nothing charged."""
         self._running.pop(demand.id, None)
         self._ledger.unclaim()
-        self._tasks.spawn(self._settle_limiter(tenant_id, demand, Settlement(0, 0)))
+        self._settle_all(tenant_id, demand, Settlement(0, 0))
 
     def record_interim(self, entry: UsageEntry) -> int:
         """Journal what a running stream would be charged if it were cut now; returns its number for
@@ -212,8 +244,8 @@ class Admission:
         """Renew the leases of requests still running (a long stream keeps its slot and its reservation)."""
         while True:
             await asyncio.sleep(every_seconds)
-            by_tenant: dict[str, list[Demand]] = {}
-            for tenant_id, demand in list(self._running.values()):
+            by_tenant: dict[str, list[Demand]] = {}  # and by key, for reservations against a key's budgets
+            for tenant_id, demand in [*self._running.values(), *self._running_keys.values()]:
                 by_tenant.setdefault(tenant_id, []).append(demand)
             for tenant_id, demands in by_tenant.items():
                 try:

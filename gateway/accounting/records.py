@@ -114,7 +114,8 @@ def month_bounds(month: str) -> tuple[datetime, datetime]:
 
 
 class UsageLedger:
-    """The ledger table: written by the ledger writer, read for budgets."""
+    """The ledger table: written by the ledger writer, read for budgets (a tenant's; a key's from the daily
+    sums)."""
 
     def __init__(self, database: Database) -> None:
         self._db = database
@@ -157,3 +158,21 @@ class UsageLedger:
             used_cost_nanos=usd_to_nanos(Decimal(cost)),
             open_reservations=tuple(OpenReservation(job_id, int(t), int(c)) for job_id, t, c in reservations),
         )
+
+    def key_budget_snapshot(self, tenant_id: str, key_id: str, month: str) -> BudgetSnapshot:
+        """A key's month so far, from the daily sums (its requests only: fine-tuning jobs are the tenant's, under
+        no key), for its own budgets."""
+        start, end = month_bounds(month)
+        with self._db.sessions() as session:
+            tokens, cost = session.execute(
+                select(
+                    func.coalesce(func.sum(UsageDaily.prompt_tokens + UsageDaily.completion_tokens), 0),
+                    func.coalesce(func.sum(UsageDaily.cost), 0),
+                ).where(
+                    UsageDaily.tenant_id == tenant_id,
+                    UsageDaily.day >= start.date().isoformat(),
+                    UsageDaily.day < end.date().isoformat(),
+                    UsageDaily.key_id == key_id,
+                )
+            ).one()
+        return BudgetSnapshot(used_tokens=int(tokens), used_cost_nanos=usd_to_nanos(Decimal(cost)))

@@ -12,11 +12,12 @@ from functools import cache
 from typing import Any
 
 import typer
-from pydantic import BaseModel
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 
 from gateway.bootstrap import open_database
 from gateway.db import Database
-from gateway.errors import APIError
+from gateway.errors import APIError, as_api_error
 from gateway.settings import Settings
 from gateway.tenancy.service import TenancyService
 
@@ -49,6 +50,9 @@ def print_json(value: Any) -> None:
 def run(action: Callable[[], Any]) -> None:
     try:
         print_json(action())
+    except ValidationError as exc:  # an option out of bounds: said as the API would say it
+        typer.echo(f"error: {as_api_error(RequestValidationError(exc.errors())).message}", err=True)
+        raise typer.Exit(1) from exc
     except APIError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(1) from exc

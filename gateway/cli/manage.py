@@ -163,13 +163,27 @@ def keys_create(
     expires_in_days: float | None = typer.Option(None, help="The key stops working after this many days."),
     model: list[str] | None = typer.Option(None, "--model", help="Restrict the key to this model (repeatable)."),
     key_manager: bool = typer.Option(False, "--key-manager", help="The key may revoke the tenant's other keys."),
+    monthly_token_budget: int | None = typer.Option(None, help="The key's own monthly token budget."),
+    monthly_cost_budget: str | None = typer.Option(None, help="The key's own monthly budget in USD."),
 ) -> None:
     """Create an API key; the secret is printed once and never stored."""
     from gateway.audit import OPERATOR, Actor
     from gateway.tenancy.models import KeyCreate
 
-    body = KeyCreate(name=name, expires_in_days=expires_in_days, allowed_models=model or None, key_manager=key_manager)
-    common.run(lambda: common.tenancy().create_key(tenant, body, actor=Actor(OPERATOR)))
+    def create() -> object:
+        body = KeyCreate.model_validate(
+            {
+                "name": name,
+                "expires_in_days": expires_in_days,
+                "allowed_models": model or None,
+                "key_manager": key_manager,
+                "monthly_token_budget": monthly_token_budget,
+                "monthly_cost_budget": monthly_cost_budget,
+            }
+        )
+        return common.tenancy().create_key(tenant, body, actor=Actor(OPERATOR))
+
+    common.run(create)
 
 
 @keys_app.command("list")

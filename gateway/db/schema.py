@@ -65,6 +65,11 @@ class ApiKey(Base):
     """The key's requests wait in this class when the engine is saturated: ``interactive`` before ``batch``."""
     created_by_key_id: Mapped[str | None] = mapped_column(String(40), index=True)
     """The tenant key that made this one (NULL: the operator): revoking a key revokes the keys it made."""
+    monthly_token_budget: Mapped[int | None] = mapped_column(BigInteger)
+    monthly_cost_budget: Mapped[Any | None] = mapped_column(Numeric(20, 9))
+    """The key's own monthly budgets, within the tenant's (NULL: only the tenant's)."""
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime)
+    """When the key was last seen, to the minute (``gateway.tenancy.key_activity`` writes it in batches)."""
 
     tenant: Mapped[Tenant] = relationship(back_populates="keys")
 

@@ -23,6 +23,7 @@ from gateway.tenancy.models import (
     KeyCreated,
     KeyList,
     KeyOut,
+    KeyUpdate,
     TenantCreate,
     TenantDeleted,
     TenantList,
@@ -101,6 +102,14 @@ async def create_key(tenant: TenantRef, body: KeyCreate, access: AccessDep, acto
 @router.get("/tenants/{tenant}/keys")
 async def list_keys(tenant: TenantRef, tenancy: TenancyDep) -> KeyList:
     return KeyList(data=await run_in_threadpool(tenancy.list_keys, tenant))
+
+
+@router.patch("/tenants/{tenant}/keys/{key_id}")
+async def update_key(
+    tenant: TenantRef, key_id: KeyId, body: KeyUpdate, access: AccessDep, actor: ActorDep
+) -> KeyOut:
+    """Change a key's name or its own monthly budgets (only the fields present; ``null`` removes a budget)."""
+    return await access.update_key(tenant, key_id, body, actor)
 
 
 @router.delete("/tenants/{tenant}/keys/{key_id}")

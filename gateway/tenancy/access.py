@@ -1,8 +1,8 @@
-"""Changes to who may call, as every route makes them (the admin API, the console): keys created and revoked,
-tenants updated, suspended, resumed or deleted. Each change is committed in a worker thread and then, on the
-event loop, the key cache forgets the tenant's keys (``KeyCache.invalidate_tenant``), so no lookup in flight can
-bring back what was just revoked or suspended. The CLI changes the database alone: a running gateway sees that
-within its key-cache TTL."""
+"""Changes to who may call, as every route makes them (the admin API, the console): keys created, changed (name,
+budgets) and revoked, tenants updated, suspended, resumed or deleted. Each change is committed in a worker thread
+and then, on the event loop, the key cache forgets the tenant's keys (``KeyCache.invalidate_tenant``), so no
+lookup in flight can bring back what was just revoked or suspended. The CLI changes the database alone: a running
+gateway sees that within its key-cache TTL."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.audit import Actor
 from gateway.tenancy.key_cache import KeyCache
-from gateway.tenancy.models import KeyCreate, KeyCreated, KeyOut, TenantOut, TenantUpdate
+from gateway.tenancy.models import KeyCreate, KeyCreated, KeyOut, KeyUpdate, TenantOut, TenantUpdate
 from gateway.tenancy.service import TenancyService
 
 T = TypeVar("T")
@@ -39,6 +39,10 @@ class AccessChanges:
     async def revoke_key(self, tenant: str, key_id: str, actor: Actor, *, by_key: str | None = None) -> KeyOut:
         revoke = partial(self._tenancy.revoke_key, tenant, key_id, actor=actor, by_key=by_key)
         return await self.commit(revoke, lambda key: key.tenant_id)
+
+    async def update_key(self, tenant: str, key_id: str, update: KeyUpdate, actor: Actor) -> KeyOut:
+        change = partial(self._tenancy.update_key, tenant, key_id, update, actor)
+        return await self.commit(change, lambda key: key.tenant_id)
 
     async def update_tenant(self, tenant: str, update: TenantUpdate, actor: Actor) -> TenantOut:
         return await self.commit(partial(self._tenancy.update_tenant, tenant, update, actor), lambda out: out.id)

@@ -36,6 +36,7 @@ Positive = Annotated[int, Field(ge=1, le=bounds.INT32_MAX)]
 Count64 = Annotated[int, Field(ge=0, le=bounds.INT64_MAX)]
 Price = Annotated[Decimal, Field(ge=0, le=1_000_000, decimal_places=9)]
 ModelId = Annotated[str, Field(min_length=1, max_length=bounds.MODEL)]
+CostBudget = Annotated[Decimal, Field(ge=0, lt=10**11, decimal_places=9, description="USD per calendar month")]
 
 
 class ModelPrice(BaseModel):
@@ -58,9 +59,7 @@ class QuotaFields(BaseModel):
     tokens_per_minute: Positive | None = None
     max_concurrent_requests: Positive | None = None
     monthly_token_budget: Count64 | None = None
-    monthly_cost_budget: (
-        Annotated[Decimal, Field(ge=0, lt=10**11, decimal_places=9, description="USD per calendar month")] | None
-    ) = None
+    monthly_cost_budget: CostBudget | None = None
     max_tokens_cap: Positive | None = None
     max_storage_bytes: Count64 | None = Field(
         default=None, description="Bytes of uploaded files; null: the server's default"
@@ -104,9 +103,28 @@ class TenantOut(QuotaFields):
     updated_at: datetime
 
 
-class KeyCreate(BaseModel):
+KeyName = Annotated[str, Field(max_length=bounds.KEY_NAME)]
+
+
+class KeyBudgets(BaseModel):
+    """A key's own monthly budgets, counted on its own requests and checked beside its tenant's (the tighter
+    one refuses). ``null``: only the tenant's."""
+
     model_config = ConfigDict(extra="forbid")
-    name: Annotated[str, Field(max_length=bounds.KEY_NAME)] = ""
+    monthly_token_budget: Annotated[int, Field(ge=0, le=bounds.INT64_MAX, strict=True)] | None = Field(
+        default=None,
+        description="Tokens this key may use per calendar month (UTC); null: only the tenant's budget "
+        "(a key made by a tenant's key: that key's budget, and never a larger one)",
+    )
+    monthly_cost_budget: CostBudget | None = Field(
+        default=None,
+        description="USD this key may spend per calendar month (UTC); null: only the tenant's budget "
+        "(a key made by a tenant's key: that key's budget, and never a larger one)",
+    )
+
+
+class KeyCreate(KeyBudgets):
+    name: KeyName = ""
     expires_at: UtcDateTime | None = None
     expires_in_days: Annotated[float, Field(gt=0, le=36_500)] | None = None
     allowed_models: Annotated[list[ModelId], Field(max_length=1000)] | None = Field(
@@ -122,7 +140,14 @@ class KeyCreate(BaseModel):
     )
 
 
-class KeyOut(BaseModel):
+class KeyUpdate(KeyBudgets):
+    """Only the fields present in the body change (``null`` removes the key's own budget)."""
+
+    name: KeyName | None = None
+
+
+class KeyOut(KeyBudgets):
+    model_config = ConfigDict(extra="ignore")
     id: str
     object: Literal["api_key"] = "api_key"
     tenant_id: str
@@ -138,6 +163,11 @@ class KeyOut(BaseModel):
         default=None, description="The key that made this one (null: the operator); revoked with it."
     )
     priority_class: PriorityClass = "interactive"
+    last_used_at: datetime | None = Field(
+        default=None,
+        description="When the key last authenticated a request, to the minute (written in batches, so up to "
+        "LLMAAS_KEY_ACTIVITY_FLUSH_SECONDS late); null: never",
+    )
 
 
 class KeyCreated(KeyOut):
@@ -173,6 +203,8 @@ class Quotas:
     store_completions: bool = True
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
     """The tenant's own price list (``gateway.accounting.pricing`` says how a price is found)."""
+    key_scope: bool = False
+    """A key's own budgets (``KeyIdentity.key_budgets``): its refusals name the key."""
 
     @property
     def has_budget(self) -> bool:

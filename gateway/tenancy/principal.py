@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.clock import utcnow
 from gateway.errors import AuthenticationError, PermissionDenied
+from gateway.tenancy.key_activity import KeyActivity
 from gateway.tenancy.key_cache import KeyCache
 from gateway.tenancy.keys import has_key_shape
 from gateway.tenancy.service import KeyIdentity
@@ -125,11 +126,19 @@ class Authenticator:
         admin_key: str,
         metrics_token: str | None,
         key_by_id: Callable[[str], KeyIdentity | None] | None = None,
+        activity: KeyActivity | None = None,
     ) -> None:
         self._keys = keys
         self._admin_key = admin_key
         self._metrics_token = metrics_token
         self._key_by_id = key_by_id
+        self._activity = activity
+
+    def _used(self, principal: TenantPrincipal) -> TenantPrincipal:
+        """A request authenticated by the key: noted for its ``last_used_at`` (in memory; written in batches)."""
+        if self._activity is not None:
+            self._activity.seen(principal.key_id)
+        return principal
 
     async def principal_of_key(self, key_id: str) -> TenantPrincipal:
         """The tenant principal of the key with this id, read as the key is now: work done on a key's behalf (a
@@ -149,8 +158,10 @@ class Authenticator:
         principal = await self.console_principal(subject)
         if isinstance(principal, Operator) and realm is Realm.TENANT:
             raise PermissionDenied("The operator's console session cannot call the OpenAI API.")
-        if isinstance(principal, TenantPrincipal) and realm is not Realm.TENANT:
-            raise PermissionDenied("A tenant's console session cannot use this route.", code="admin_key_required")
+        if isinstance(principal, TenantPrincipal):
+            if realm is not Realm.TENANT:
+                raise PermissionDenied("A tenant's console session cannot use this route.", code="admin_key_required")
+            return self._used(principal)
         return principal
 
     async def authenticate(self, authorization: str, realm: Realm) -> Principal:
@@ -170,7 +181,7 @@ class Authenticator:
             raise AuthenticationError(f"Incorrect API key provided: {_mask(token)}.")
         if realm is not Realm.TENANT:
             raise PermissionDenied("Tenant API keys cannot use this route.", code="admin_key_required")
-        return _active(identity, utcnow())
+        return self._used(_active(identity, utcnow()))
 
 
 async def sign_in(authenticator: Authenticator, token: str) -> TenantPrincipal | Operator:

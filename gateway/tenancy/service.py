@@ -7,11 +7,12 @@ deleting a tenant ends all of the tenant's, in the same transaction; key changes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -22,10 +23,12 @@ from gateway.errors import ConflictError, InvalidRequestError, NotFoundError, Pe
 from gateway.scheduling import PriorityClass, class_rank
 from gateway.tenancy.keys import display_prefix, key_hash, new_id, new_key
 from gateway.tenancy.models import (
+    KeyBudgets,
     KeyCreate,
     KeyCreated,
     KeyOut,
     KeyStatus,
+    KeyUpdate,
     ModelPrice,
     Quotas,
     TenantCreate,
@@ -70,6 +73,8 @@ class KeyIdentity:
     revoked: bool
     quotas: Quotas
     key_manager: bool = False
+    key_budgets: Quotas = field(default_factory=Quotas)
+    """The key's own monthly budgets (only those two fields are set), admitted beside the tenant's."""
     priority_class: PriorityClass = "interactive"
     """The class its requests wait in when the engine is saturated."""
     scheduling_weight: int = 1
@@ -106,6 +111,9 @@ def key_out(key: ApiKey, now: datetime | None = None) -> KeyOut:
         key_manager=key.key_manager,
         created_by_key_id=key.created_by_key_id,
         priority_class=_priority_class(key.priority_class),
+        monthly_token_budget=key.monthly_token_budget,
+        monthly_cost_budget=key.monthly_cost_budget,
+        last_used_at=key.last_used_at,
     )
 
 
@@ -117,14 +125,17 @@ def _prices_of(tenant: Tenant) -> dict[str, ModelPrice]:
     return {model: ModelPrice.model_validate(price) for model, price in (tenant.model_prices or {}).items()}
 
 
+def _nanos(usd: Decimal | None) -> int | None:
+    return None if usd is None else usd_to_nanos(Decimal(usd))
+
+
 def quotas_of(tenant: Tenant) -> Quotas:
-    cost = tenant.monthly_cost_budget
     return Quotas(
         requests_per_minute=tenant.requests_per_minute,
         tokens_per_minute=tenant.tokens_per_minute,
         max_concurrent_requests=tenant.max_concurrent_requests,
         monthly_token_budget=tenant.monthly_token_budget,
-        monthly_cost_budget_nanos=None if cost is None else usd_to_nanos(Decimal(cost)),
+        monthly_cost_budget_nanos=_nanos(tenant.monthly_cost_budget),
         max_tokens_cap=tenant.max_tokens_cap,
         max_storage_bytes=tenant.max_storage_bytes,
         max_batch_requests=tenant.max_batch_requests,
@@ -148,6 +159,11 @@ def _identity(key: ApiKey) -> KeyIdentity:
         key_manager=key.key_manager,
         priority_class=_priority_class(key.priority_class),
         scheduling_weight=tenant.scheduling_weight or 1,
+        key_budgets=Quotas(
+            monthly_token_budget=key.monthly_token_budget,
+            monthly_cost_budget_nanos=_nanos(key.monthly_cost_budget),
+            key_scope=True,
+        ),
     )
 
 
@@ -206,6 +222,23 @@ def _no_broader_than(
             "Only a key manager may make a key manager.", param="key_manager", code="key_broader_than_creator"
         )
     return models, expires_at
+
+
+def _budgets_within(creator: ApiKey, asked: KeyBudgets) -> tuple[int | None, Decimal | None]:
+    """The budgets of a key ``creator`` makes: what was asked, never above the creator's own (unasked: the
+    creator's)."""
+    chosen: list[int | Decimal | None] = []
+    for name in ("monthly_token_budget", "monthly_cost_budget"):
+        own, wanted = getattr(creator, name), getattr(asked, name)
+        if own is not None and wanted is not None and wanted > own:
+            raise PermissionDenied(
+                f"A key you make may not have a larger {name} than yours ({own}).",
+                param=name,
+                code="key_broader_than_creator",
+            )
+        chosen.append(own if wanted is None else wanted)
+    tokens, cost = chosen
+    return (None if tokens is None else int(tokens)), (None if cost is None else Decimal(cost))
 
 
 def _revoke_with_descendants(session: Session, key: ApiKey, actor: Actor, by_key: str | None, now: datetime) -> None:
@@ -316,10 +349,12 @@ class TenancyService:
             tenant = self._find(session, ref)
             allowed_models = data.allowed_models
             priority_class: PriorityClass = data.priority_class or "interactive"
+            budgets = data.monthly_token_budget, data.monthly_cost_budget
             if by_key is not None:
                 creator = _acting_key(session, tenant, by_key, now)
                 allowed_models, expires_at = _no_broader_than(creator, data, expires_at)
                 priority_class = _class_for(creator, data.priority_class)
+                budgets = _budgets_within(creator, data)
             key = ApiKey(
                 id=new_id("key"),
                 tenant_id=tenant.id,
@@ -332,6 +367,8 @@ class TenancyService:
                 key_manager=data.key_manager,
                 created_by_key_id=by_key,
                 priority_class=priority_class,
+                monthly_token_budget=budgets[0],
+                monthly_cost_budget=budgets[1],
             )
             session.add(key)
             details = {
@@ -354,10 +391,8 @@ class TenancyService:
         asked by that key of the tenant (itself, or a key manager)."""
         now = utcnow()
         with self.db.session() as session:
-            tenant = self._find(session, ref)
-            key = session.get(ApiKey, key_id)
-            if key is None or key.tenant_id != tenant.id:
-                raise NotFoundError(f"No key '{key_id}' for tenant '{ref}'.", param="key_id")
+            key = self._key_of(session, ref, key_id)
+            tenant = key.tenant
             if by_key is not None and by_key != key.id and not _acting_key(session, tenant, by_key, now).key_manager:
                 raise PermissionDenied(
                     "Only a key manager may revoke the organization's other keys; a key may revoke itself.",
@@ -366,6 +401,41 @@ class TenancyService:
                 )
             _revoke_with_descendants(session, key, actor, by_key, now)
             return key_out(key, now)
+
+    def update_key(self, ref: str, key_id: str, update: KeyUpdate, actor: Actor = SYSTEM_ACTOR) -> KeyOut:
+        """The operator changes the fields present in ``update`` (a key's name, its own budgets); audited as
+        ``key.update`` naming the fields."""
+        with self.db.session() as session:
+            key = self._key_of(session, ref, key_id)
+            for name in update.model_fields_set:
+                value = getattr(update, name)
+                if name == "name" and value is None:
+                    raise InvalidRequestError("name cannot be null", param=name)
+                setattr(key, name, value)
+            fields = sorted(update.model_fields_set)
+            record(session, actor, "key.update", "api_key", key.id, key.tenant_id, {"fields": fields})
+            session.flush()
+            return key_out(key)
+
+    def _key_of(self, session: Session, ref: str, key_id: str) -> ApiKey:
+        tenant = self._find(session, ref)
+        key = session.get(ApiKey, key_id)
+        if key is None or key.tenant_id != tenant.id:
+            raise NotFoundError(f"No key '{key_id}' for tenant '{ref}'.", param="key_id")
+        return key
+
+    def record_last_used(self, times: dict[str, datetime]) -> None:
+        """Write when keys were last used (``gateway.tenancy.key_activity``): one statement for all of them, and
+        never a time older than the one stored (another gateway may have written a later one)."""
+        table = cast(Table, ApiKey.__table__)
+        stmt = (
+            update(table)
+            .where(table.c.id == bindparam("key"))
+            .where(or_(table.c.last_used_at.is_(None), table.c.last_used_at < bindparam("at")))
+            .values(last_used_at=bindparam("at"))
+        )
+        with self.db.session() as session:
+            session.execute(stmt, [{"key": key, "at": at} for key, at in times.items()])
 
     def identify(self, hashed: str) -> KeyIdentity | None:
         """The key with this hash and its tenant, or None. The hash is compared in the database index;

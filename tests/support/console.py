@@ -48,3 +48,8 @@ def signed_in(browser: Browser, base: str, key: str, **page_options: Any) -> Pag
 def cookies_of(page: Page) -> dict[str, str]:
     """The page's cookies (its session), for calls made beside the browser."""
     return {cookie["name"]: cookie["value"] for cookie in page.context.cookies()}
+
+
+def confirm(page: Page) -> None:
+    """Answers yes in the console's confirmation dialog (``confirm.js``), which a destructive button opens."""
+    page.locator("#confirm[open] #confirm-yes").click()

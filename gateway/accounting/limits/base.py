@@ -168,10 +168,14 @@ def window_exceeded(
     )
 
 
-def budget_exceeded(what: str, limit: int, used: int, requested: int, base: dict[str, str]) -> QuotaExceeded:
+def budget_exceeded(
+    what: str, limit: int, used: int, requested: int, base: dict[str, str], *, of_key: bool = False
+) -> QuotaExceeded:
+    """The refusal of a spent monthly budget: the tenant's, or (``of_key``) the key's own."""
     unit = "tokens" if what == "token" else "nano-USD"
+    whose = "This API key exceeded its own" if of_key else "You exceeded your"
     return QuotaExceeded(
-        f"You exceeded your monthly {what} budget: limit {limit} {unit}, used or reserved {used}, "
+        f"{whose} monthly {what} budget: limit {limit} {unit}, used or reserved {used}, "
         f"this request needs up to {requested}. Ask your operator to raise the budget.",
         headers=base,
     )

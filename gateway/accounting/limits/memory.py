@@ -172,8 +172,12 @@ def _check_budget(quotas: Quotas, budget: _Budget, demand: BudgetDemand, headers
     if quotas.monthly_token_budget is not None:
         committed = budget.committed_tokens
         if committed + demand.tokens > quotas.monthly_token_budget:
-            raise budget_exceeded("token", quotas.monthly_token_budget, committed, demand.tokens, headers)
+            raise budget_exceeded(
+                "token", quotas.monthly_token_budget, committed, demand.tokens, headers, of_key=quotas.key_scope
+            )
     if quotas.monthly_cost_budget_nanos is not None:
         committed = budget.committed_cost
         if committed + demand.cost_nanos > quotas.monthly_cost_budget_nanos:
-            raise budget_exceeded("cost", quotas.monthly_cost_budget_nanos, committed, demand.cost_nanos, headers)
+            raise budget_exceeded(
+                "cost", quotas.monthly_cost_budget_nanos, committed, demand.cost_nanos, headers, of_key=quotas.key_scope
+            )

@@ -54,10 +54,13 @@ def _rejection(status: str, result: list[Any], quotas: Quotas, demand: Demand, h
     if status == "tpm":
         used, wait = int(result[1][2]), float(result[2])
         return window_exceeded("tpm", quotas.tokens_per_minute or 0, used, rate.tokens, wait, headers)
-    committed = int(float(result[2]))
+    committed, of_key = int(float(result[2])), quotas.key_scope
     if status == "budget_tokens":
-        return budget_exceeded("token", quotas.monthly_token_budget or 0, committed, budget.tokens, headers)
-    return budget_exceeded("cost", quotas.monthly_cost_budget_nanos or 0, committed, budget.cost_nanos, headers)
+        limit = quotas.monthly_token_budget or 0
+        return budget_exceeded("token", limit, committed, budget.tokens, headers, of_key=of_key)
+    return budget_exceeded(
+        "cost", quotas.monthly_cost_budget_nanos or 0, committed, budget.cost_nanos, headers, of_key=of_key
+    )
 
 
 _UNLIMITED = -1

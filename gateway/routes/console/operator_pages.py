@@ -1,6 +1,6 @@
 """The operator's console pages under ``/console/admin``: tenants (with the models some tenant is billed nothing
-for), the service page and what it polls, every tenant's usage this month, tenants' aliases, and the audit log
-(read only)."""
+for) and each tenant's page (quotas, weight, prices, keys), the service page and what it polls, every tenant's
+usage this month, tenants' aliases, and the audit log (read only)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
+from gateway import bounds
 from gateway.audit_log import AuditFilters
+from gateway.errors import NotFoundError
 from gateway.ops.snapshot import service_snapshot
 from gateway.routes.console.pages import SECURITY_HEADERS, page
 from gateway.routes.console.tenant_pages import this_month
@@ -34,6 +36,32 @@ async def tenants_page(
         for model in prices.unpriced(tenant.model_prices, catalog.base_ids()):
             unpriced.setdefault(model, []).append(tenant.name)
     return page(request, "tenants.html", session=visit.session, tenants=tenants, unpriced=unpriced)
+
+
+@router.get("/tenants/{tenant}")
+async def tenant_page(
+    request: Request,
+    visit: OperatorVisitDep,
+    tenant: Annotated[str, Path(max_length=bounds.TENANT_NAME)],
+    tenancy: TenancyDep,
+    prices: PricesDep,
+    catalog: CatalogDep,
+) -> HTMLResponse:
+    """One tenant: its quotas, weight, prices and keys, and what the operator does to them (the page's script
+    calls the admin API)."""
+    try:
+        found = await run_in_threadpool(tenancy.get_tenant, tenant)
+    except NotFoundError as exc:
+        return page(request, "refused.html", 404, session=visit.session, reason=exc.message)
+    keys = await run_in_threadpool(tenancy.list_keys, found.id)
+    models = catalog.base_ids()
+    listing: dict[str, Any] = {
+        "tenant": found,
+        "keys": keys,
+        "price_models": sorted({*models, *found.model_prices}),
+        "unpriced": prices.unpriced(found.model_prices, models),
+    }
+    return page(request, "tenant.html", session=visit.session, **listing)
 
 
 @router.get("/service")

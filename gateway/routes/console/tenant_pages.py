@@ -123,6 +123,8 @@ async def create_key(
     models: Annotated[str, Form(max_length=16_384)] = "",
     expires_in_days: Annotated[float | None, Form()] = None,
     key_manager: Annotated[bool, Form()] = False,
+    monthly_token_budget: Annotated[str, Form(max_length=32)] = "",
+    monthly_cost_budget: Annotated[str, Form(max_length=32)] = "",
     csrf: CsrfField = None,
 ) -> HTMLResponse:
     """A new key, never broader than the session's: no models named means the session key's models, no expiry
@@ -136,6 +138,7 @@ async def create_key(
             allowed_models=models.replace(",", " ").split() or None,
             expires_in_days=expires_in_days,
             key_manager=key_manager,
+            **_budgets_of_form(monthly_token_budget, monthly_cost_budget),
         )
         created = await access.create_key(tenant.tenant_id, body, visit.actor, by_key=tenant.key_id)
     except PermissionDenied as exc:
@@ -146,6 +149,20 @@ async def create_key(
     except APIError as exc:
         return await _keys_page(request, visit, tenancy, settings, exc.status_code, error=exc.message)
     return await _keys_page(request, visit, tenancy, settings, created=created)
+
+
+def _budgets_of_form(tokens: str, cost: str) -> dict[str, Any]:
+    """The key's budgets as the form gave them (empty: unasked), for ``KeyCreate`` to check like the API's JSON:
+    a whole number of tokens (strictly an int there), a decimal amount of USD."""
+    budgets: dict[str, Any] = {}
+    if tokens.strip():
+        try:
+            budgets["monthly_token_budget"] = int(tokens)
+        except ValueError:
+            budgets["monthly_token_budget"] = tokens  # refused by KeyCreate: not a whole number
+    if cost.strip():
+        budgets["monthly_cost_budget"] = cost.strip()
+    return budgets
 
 
 @router.post("/keys/{key_id}/revoke")

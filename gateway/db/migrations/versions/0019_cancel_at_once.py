@@ -1,14 +1,14 @@
 """a fine-tuning job's cancel is final at once: no cancel_requested flag for its worker to find
 
 Revision ID: 0019
-Revises: 0016
+Revises: 0017
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0019"
-down_revision = "0016"
+down_revision = "0017"
 branch_labels = None
 depends_on = None
 

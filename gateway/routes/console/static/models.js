@@ -21,8 +21,8 @@
         const button = document.createElement("button");
         button.className = "danger"; button.textContent = "Delete";
         button.setAttribute("aria-label", `Delete ${model.id}`);
+        button.dataset.confirm = `Delete ${model.id}? Its checkpoints go with it.`;
         button.addEventListener("click", async () => {
-          if (!confirm(`Delete ${model.id}? Its checkpoints go with it.`)) return;
           try { await api(`/models/${encodeURIComponent(model.id)}`, "DELETE"); await load(); }
           catch (error) { document.getElementById("models-error").textContent = error.message; }
         });

@@ -1,4 +1,4 @@
-// The operator's tenants: create, change quotas, suspend and resume, through the admin API.
+// The operator's tenants: create (then its page), change quotas, suspend and resume, through the admin API.
 "use strict";
 (function () {
   const admin = (path, method, body) => llmaas.call("/admin/v1" + path, { method, body });
@@ -11,7 +11,10 @@
     for (const [id, field] of [["new-rpm", "requests_per_minute"], ["new-tpm", "tokens_per_minute"], ["new-budget", "monthly_token_budget"]]) {
       if ($(id).value !== "") body[field] = Number($(id).value);
     }
-    try { await admin("/tenants", "POST", body); location.reload(); }
+    try {  // on to its page: prices, weight and its first key
+      const tenant = await admin("/tenants", "POST", body);
+      location.assign(`/console/admin/tenants/${tenant.id}`);
+    }
     catch (error) { $("tenant-error").textContent = error.message; }
   });
 
