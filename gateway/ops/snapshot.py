@@ -10,23 +10,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-GENERATION_ROUTES = ("/v1/chat/completions", "/v1/completions")
-
-
-def _quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
-    """The q-quantile of a cumulative histogram ((upper bound, count) pairs, sorted), interpolated in its bucket."""
-    if not buckets or buckets[-1][1] == 0:
-        return None
-    target = q * buckets[-1][1]
-    lower_bound, lower_count = 0.0, 0.0
-    for bound, count in buckets:
-        if count >= target:
-            if bound == float("inf"):
-                return lower_bound
-            share = (target - lower_count) / (count - lower_count) if count > lower_count else 0.0
-            return lower_bound + (bound - lower_bound) * share
-        lower_bound, lower_count = bound, count
-    return lower_bound
+from gateway.ops.minutes import GENERATION_ROUTES, quantile
 
 
 def service_snapshot(registry: CollectorRegistry) -> dict[str, Any]:
@@ -61,7 +45,7 @@ def service_snapshot(registry: CollectorRegistry) -> dict[str, Any]:
     for kind, buckets in histograms.items():
         ordered = sorted(buckets.items())
         for q in (0.5, 0.95, 0.99):
-            percentiles[f"{kind}_p{round(q * 100)}_seconds"] = _quantile(ordered, q)
+            percentiles[f"{kind}_p{round(q * 100)}_seconds"] = quantile(ordered, q)
     return {
         "engine": gauges,
         "generation_requests": int(requests),
@@ -74,8 +58,8 @@ def service_snapshot(registry: CollectorRegistry) -> dict[str, Any]:
             {
                 "priority_class": priority_class,
                 "waiting": int(waiting),
-                "wait_p50_seconds": _quantile(sorted(queue_waits[priority_class].items()), 0.5),
-                "wait_p99_seconds": _quantile(sorted(queue_waits[priority_class].items()), 0.99),
+                "wait_p50_seconds": quantile(sorted(queue_waits[priority_class].items()), 0.5),
+                "wait_p99_seconds": quantile(sorted(queue_waits[priority_class].items()), 0.99),
             }
             for priority_class, waiting in queue_waiting.items()
         ],

@@ -19,7 +19,16 @@ from gateway.ops.snapshot import service_snapshot
 from gateway.routes.console.pages import SECURITY_HEADERS, page
 from gateway.routes.console.tenant_pages import this_month
 from gateway.routes.console.visits import OperatorVisitDep
-from gateway.state import AuditLogDep, CatalogDep, JobsDep, MetricsDep, PricesDep, TenancyDep, UsageDep
+from gateway.state import (
+    AuditLogDep,
+    CatalogDep,
+    JobsDep,
+    MetricsDep,
+    PricesDep,
+    ServiceMinutesDep,
+    TenancyDep,
+    UsageDep,
+)
 
 router = APIRouter(prefix="/console/admin")
 
@@ -42,9 +51,13 @@ async def service_page(request: Request, visit: OperatorVisitDep) -> HTMLRespons
 
 
 @router.get("/service.json")
-async def service_state(visit: OperatorVisitDep, metrics: MetricsDep, jobs: JobsDep) -> Response:
-    """What the service page polls: the metrics registry's snapshot and the fine-tuning queue."""
+async def service_state(
+    visit: OperatorVisitDep, metrics: MetricsDep, minutes: ServiceMinutesDep, jobs: JobsDep
+) -> Response:
+    """What the service page polls: the metrics registry's snapshot (this gateway since it started), the rolling
+    windows of every gateway (``recent``) and the fine-tuning queue."""
     snapshot = service_snapshot(metrics.registry)
+    snapshot["recent"] = await run_in_threadpool(minutes.recent)
     snapshot["fine_tuning_queue"] = await run_in_threadpool(jobs.queue)
     return Response(json.dumps(snapshot), media_type="application/json", headers=SECURITY_HEADERS)
 
