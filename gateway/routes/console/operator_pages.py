@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -16,8 +16,8 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.audit_log import AuditFilters
 from gateway.ops.snapshot import service_snapshot
-from gateway.routes.console.pages import SECURITY_HEADERS, page
-from gateway.routes.console.tenant_pages import this_month
+from gateway.routes.console.pages import SECURITY_HEADERS, csv_download, page, script_json
+from gateway.routes.console.usage_view import UsageViewDep
 from gateway.routes.console.visits import OperatorVisitDep
 from gateway.state import (
     AuditLogDep,
@@ -27,7 +27,6 @@ from gateway.state import (
     PricesDep,
     ServiceMinutesDep,
     TenancyDep,
-    UsageDep,
 )
 
 router = APIRouter(prefix="/console/admin")
@@ -63,12 +62,23 @@ async def service_state(
 
 
 @router.get("/usage")
-async def all_usage_page(
-    request: Request, visit: OperatorVisitDep, usage: UsageDep, tenancy: TenancyDep
-) -> HTMLResponse:
-    report = await run_in_threadpool(usage.report, None, this_month("none"), ("tenant", "model"))
-    tenants = {t.id: t.name for t in await run_in_threadpool(tenancy.list_tenants)}
-    return page(request, "all_usage.html", session=visit.session, report=report, tenant_names=tenants)
+async def all_usage_page(request: Request, visit: OperatorVisitDep, view: UsageViewDep) -> HTMLResponse:
+    """Every tenant's usage this month: charts per tenant and day, the table by tenant and model, a CSV."""
+    shown = await run_in_threadpool(view.operator_page, datetime.now(UTC))
+    chart = shown["chart"]
+    return page(
+        request,
+        "all_usage.html",
+        session=visit.session,
+        report=shown["report"],
+        chart=chart,
+        chart_json=script_json(chart),
+    )
+
+
+@router.get("/usage.csv")
+async def all_usage_csv(visit: OperatorVisitDep, view: UsageViewDep) -> Response:
+    return csv_download(await run_in_threadpool(view.operator_csv))
 
 
 @router.get("/aliases")
