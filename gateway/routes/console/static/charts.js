@@ -1,6 +1,7 @@
 // What every console chart shares (uPlot): its width, colours, and x axes whose ticks read as what they are —
 // a day ("Dec 6", UTC, as the ledger's days) or a clock time ("14:05") — spaced so that their labels never
-// crowd, each tick at a whole data point. The labels drawn are kept in the chart box's data-x-ticks.
+// crowd, each tick at a whole data point. The labels drawn are kept in the chart box's data-x-ticks, the x range
+// shown (seconds) in its data-x-range.
 "use strict";
 window.consoleCharts = (function () {
   const colors = ["#1f6feb", "#2da44e", "#d4a72c", "#cf222e", "#8250df", "#1b7c83"];
@@ -28,7 +29,8 @@ window.consoleCharts = (function () {
   // A chart in box: options without width (taken from the box, and again when the window resizes).
   function draw(box, options, data) {
     const height = options.height || 240;
-    const plot = new uPlot({ width: width(box), ...options, height }, data, box);
+    const shown = (u) => { box.dataset.xRange = `${u.scales.x.min},${u.scales.x.max}`; };
+    const plot = new uPlot({ width: width(box), ...options, height, hooks: { draw: [shown] } }, data, box);
     window.addEventListener("resize", () => plot.setSize({ width: width(box), height }));
     return plot;
   }
