@@ -18,13 +18,12 @@ import sys
 import tempfile
 import time
 import uuid
-from contextlib import ExitStack
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.loadgen import fresh_postgres_database
+from bench.loadgen import fresh_database
 from bench.machine import describe, machine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,18 +71,13 @@ def main() -> None:
     args = parser.parse_args()
 
     from gateway.accounting.usage import UsageFilters, UsageReports, _ledger_query
-    from gateway.db import Database
 
     facts = machine()
     print(f"machine: {describe(facts)}")
-    with tempfile.TemporaryDirectory() as workdir, ExitStack() as stack:
-        if args.database == "postgresql":
-            url = stack.enter_context(fresh_postgres_database("llmaas_bench_usage"))
-        else:
-            url = f"sqlite:///{workdir}/usage.db"
-        database = Database(url)
-        stack.callback(database.dispose)  # before the database is dropped (callbacks run in reverse)
-        database.migrate()
+    with (
+        tempfile.TemporaryDirectory() as workdir,
+        fresh_database(args.database, workdir, "llmaas_bench_usage") as database,
+    ):
         now = datetime(2026, 11, 29, 12)
         started = time.perf_counter()
         seed(database, args.rows, args.tenants, now)
