@@ -7,9 +7,10 @@ keys by name and prefix, and fine-tuning, evaluations and batches by what they a
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,12 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from gateway.accounting.records import UsageEntry, insert_usage
+from gateway.accounting.usage import UsageReports
 from gateway.bootstrap import open_database
 from gateway.db import Database
 from gateway.ops.minute_store import MinuteStore
 from gateway.ops.minutes import MinuteCounts
-from gateway.routes.console.usage_view import used_by
+from gateway.routes.console.usage_view import month_totals, this_month, used_by
 from gateway.settings import GatewaySettings
 from tests.support import ADMIN_KEY, MODEL
 from tests.support.console import console
@@ -97,6 +99,25 @@ def test_used_by_names_keys_and_kinds() -> None:
     assert used_by({"key_id": "key_1", "kind": "eval"}, keys) == "evaluations · ci · sk-AbCd…"
     assert used_by({"key_id": None, "kind": "fine_tune"}, keys) == "fine-tuning"
     assert used_by({"key_id": "key_gone", "kind": "inference"}, keys) == "key_gone"  # deleted with its tenant
+
+
+def test_month_totals_equal_the_month_report(database: Database) -> None:
+    """The operator's table is summed from the per-day report it charts: the same as asking for the month."""
+    first = datetime.now(UTC).replace(day=1, hour=1, tzinfo=None)
+    entries = [
+        UsageEntry(f"r{i}", f"ten_{i % 2}", "k", f"m{i % 3}", "inference", "completed", i, 2 * i, i * 1_000_001, first)
+        for i in range(12)
+    ]
+    entries += [
+        dataclasses.replace(e, request_id=e.request_id + "b", created_at=first + timedelta(days=1)) for e in entries
+    ]
+    with database.session() as session:
+        insert_usage(session, entries)
+    reports = UsageReports(database)
+    by_day = reports.report(None, this_month("day"), ("tenant", "model"))["data"]
+    by_month = reports.report(None, this_month("none"), ("tenant", "model"))["data"]
+    assert len(by_day) == 2 * len(by_month) == 12
+    assert month_totals(by_day, ("tenant_id", "model")) == by_month
 
 
 @pytest.fixture

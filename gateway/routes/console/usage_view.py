@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import Depends
@@ -18,6 +19,7 @@ from gateway.state import PricesDep, TenancyDep, UsageDep
 from gateway.tenancy.principal import TenantPrincipal
 from gateway.tenancy.service import TenancyService
 
+SUMMED = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "total_tokens")
 KINDS = {"inference": "", "batch": "batch", "eval": "evaluations", "fine_tune": "fine-tuning"}
 """The ledger's kinds as the pages name them (plain API requests need no word)."""
 
@@ -53,6 +55,20 @@ def labelled(
             names["used_by"] = used_by(row, keys)
         out.append({**row, **names})
     return out
+
+
+def month_totals(rows: list[dict[str, Any]], fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Day rows of a report summed per ``fields`` over the month, in the order of ``fields``."""
+    totals: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        group = tuple(row[field] for field in fields)
+        total = totals.setdefault(
+            group, {**dict(zip(fields, group, strict=True)), **dict.fromkeys(SUMMED, 0), "cost": Decimal(0)}
+        )
+        for name in SUMMED:
+            total[name] += row[name]
+        total["cost"] += Decimal(row["cost"])
+    return [{**total, "cost": str(total["cost"].normalize())} for _, total in sorted(totals.items())]
 
 
 def chart_data(
@@ -107,15 +123,16 @@ class UsageView:
         return {"by_model": by_model, "by_key": by_key, "chart": chart}
 
     def operator_page(self, now: datetime) -> dict[str, Any]:
+        """One read of the daily sums (every tenant, model and day): the chart per tenant and day, and the table
+        per tenant and model summed from it."""
         tenants = {t.id: t for t in self._tenancy.list_tenants()}
         names = {tenant_id: t.name for tenant_id, t in tenants.items()}
-        report = self._report(None, "none", ("tenant", "model"))
-        report["data"] = labelled(report["data"], {}, names)
-        per_day = self._report(None, "day", ("tenant",))
+        per_day = self._report(None, "day", ("tenant", "model"))
+        table = labelled(month_totals(per_day["data"], ("tenant_id", "model")), {}, names)
         unpriced = sorted(
             {
                 row["model"]
-                for row in report["data"]
+                for row in table
                 if row["tenant_id"] in tenants
                 and self._prices.unpriced(tenants[row["tenant_id"]].model_prices, [row["model"]])
             }
@@ -127,7 +144,7 @@ class UsageView:
             cost_budget=None,
             unpriced=unpriced,
         )
-        return {"report": report, "chart": chart}
+        return {"report": {"data": table, "totals": per_day["totals"]}, "chart": chart}
 
     def tenant_csv(self, tenant_id: str) -> dict[str, Any]:
         report = self._report(tenant_id, "day", ("key", "model", "kind"))
