@@ -74,17 +74,18 @@ def month_totals(rows: list[dict[str, Any]], fields: tuple[str, ...]) -> list[di
 def chart_data(
     series: list[dict[str, Any]], now: datetime, *, budget: int | None, cost_budget: float | None, unpriced: list[str]
 ) -> dict[str, Any]:
-    """What ``usage.js`` draws: tokens and cost per day of each series (``label``: a model, or a tenant), every
-    day from the 1st to today, the budgets, and the models used this month at no price."""
+    """What ``usage.js`` draws: tokens and cost per day of each series (``label``: a model, or a tenant; rows of
+    one label and day summed), every day from the 1st to today, the budgets, and the models used this month at no
+    price."""
+    points: dict[tuple[str, str], list[Any]] = {}
+    for row in series:
+        point = points.setdefault((row["period_start"], row["label"]), [0, Decimal(0)])
+        point[0] += row["total_tokens"]
+        point[1] += Decimal(row["cost"])
     return {
         "series": [
-            {
-                "period_start": r["period_start"],
-                "label": r["label"],
-                "total_tokens": r["total_tokens"],
-                "cost": r["cost"],
-            }
-            for r in series
+            {"period_start": day, "label": label, "total_tokens": tokens, "cost": str(cost)}
+            for (day, label), (tokens, cost) in points.items()
         ],
         "budget": budget,
         "cost_budget": cost_budget,
