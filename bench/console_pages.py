@@ -14,7 +14,6 @@ median and the worst of ``--repeat`` after one warm-up. Prints a Markdown table 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -30,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 
 from bench.loadgen import fresh_database, running_gateway
-from bench.machine import describe, machine
+from bench.machine import describe, machine, print_table, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 ADMIN_KEY = "sk-admin-bench-console-pages-0000000000"
@@ -218,14 +217,14 @@ def main() -> None:
     print(f"\n{args.tenants} tenants, {rows_text} ledger rows this month (day {datetime.now(UTC).day}) and "
           f"{args.history_months} months before, {args.database}; GET on loopback, "
           f"median and worst of {args.repeat} after a warm-up:\n")  # fmt: skip
-    print("| page | median (ms) | worst (ms) | bytes |\n|---|---|---|---|")
-    for path, timing in timings.items():
-        print(f"| `{path}` | {timing['median_ms']:.1f} | {timing['max_ms']:.1f} | {timing['bytes']:,.0f} |")
-    results_dir: Path = args.results_dir.resolve()
-    results_dir.mkdir(parents=True, exist_ok=True)
-    output = results_dir / "console_pages.json"
-    output.write_text(json.dumps({"machine": facts, "args": {**vars(args), "results_dir": str(results_dir)},
-                                  "seconds_to_seed": seeding, "pages": timings}, indent=2))  # fmt: skip
+    print_table(
+        ("page", "median (ms)", "worst (ms)", "bytes"),
+        (
+            (f"`{path}`", f"{t['median_ms']:.1f}", f"{t['max_ms']:.1f}", f"{t['bytes']:,.0f}")
+            for path, t in timings.items()
+        ),
+    )
+    output = write_results(args, "console_pages.json", facts, seconds_to_seed=seeding, pages=timings)
     print(f"\nwrote {output}")
 
 

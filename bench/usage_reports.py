@@ -11,7 +11,6 @@ of 5). Prints a Markdown table; writes ``usage_reports.json`` into ``--results-d
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -24,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.loadgen import fresh_database
-from bench.machine import describe, machine
+from bench.machine import describe, machine, print_table, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,14 +95,8 @@ def main() -> None:
         }
     print(f"\n{args.rows:,} ledger rows ({args.tenants} tenants, this month) on {args.database}, seeded in "
           f"{seeding:.0f} s; one tenant's month by day and model, median of 5:\n")  # fmt: skip
-    print("| read from | report (ms) |\n|---|---|")
-    for source, ms in rows.items():
-        print(f"| {source} | {ms:.1f} |")
-    results_dir: Path = args.results_dir.resolve()
-    results_dir.mkdir(parents=True, exist_ok=True)
-    output = results_dir / "usage_reports.json"
-    output.write_text(json.dumps({"machine": facts, "args": {**vars(args), "results_dir": str(results_dir)},
-                                  "seconds_to_seed": seeding, "report_ms": rows}, indent=2))  # fmt: skip
+    print_table(("read from", "report (ms)"), ((source, f"{ms:.1f}") for source, ms in rows.items()))
+    output = write_results(args, "usage_reports.json", facts, seconds_to_seed=seeding, report_ms=rows)
     print(f"\nwrote {output}")
 
 
