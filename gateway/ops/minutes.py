@@ -72,12 +72,14 @@ class MinuteCounts:
         self._changed.update(minutes)
 
     def take_changed(self) -> dict[int, dict[str, Any]]:
-        """The minutes counted in since the last call, whole (each gateway owns its rows: they are overwritten)."""
-        changed = {minute: self._minutes[minute] for minute in self._changed if minute in self._minutes}
-        self._changed.clear()
+        """The minutes counted in since the last call, whole (each gateway owns its rows: they are overwritten).
+        Called from the writer's thread while requests count on the event loop: the set of changed minutes is
+        swapped out whole, then only read."""
+        changed, self._changed = self._changed, set()
         return {
             minute: {**counts, "latency": list(counts["latency"]), "ttft": list(counts["ttft"])}
-            for minute, counts in changed.items()
+            for minute in changed
+            if (counts := self._minutes.get(minute)) is not None
         }
 
 
