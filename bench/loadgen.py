@@ -220,6 +220,23 @@ def fresh_postgres_database(prefix: str) -> Iterator[str]:
         admin.dispose()
 
 
+@contextlib.contextmanager
+def fresh_database(kind: str, workdir: str, prefix: str) -> Iterator[Any]:
+    """A fresh, migrated ``gateway.db.Database``: SQLite in ``workdir``, or a new PostgreSQL database named from
+    ``prefix``; disposed (and the PostgreSQL one dropped) afterwards."""
+    from gateway.db import Database
+
+    with contextlib.ExitStack() as stack:
+        if kind == "postgresql":
+            url = stack.enter_context(fresh_postgres_database(prefix))
+        else:
+            url = f"sqlite:///{workdir}/{prefix}.db"
+        database = Database(url)
+        stack.callback(database.dispose)  # before the database is dropped (callbacks run in reverse)
+        database.migrate()
+        yield database
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)

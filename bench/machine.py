@@ -4,8 +4,12 @@ chooses from those by default — its dtype and thread layout (``engine.hardware
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import platform
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from engine.hardware import Hardware, choose_layout, detect, resolve_dtype
@@ -27,3 +31,21 @@ def machine() -> dict[str, Any]:
 def describe(facts: dict[str, Any]) -> str:
     hardware = Hardware(**{field.name: facts[field.name] for field in dataclasses.fields(Hardware)})
     return f"{hardware.describe()}; default dtype {facts['dtype']}, {facts['threads']}"
+
+
+def write_results(args: argparse.Namespace, name: str, facts: dict[str, Any], **results: Any) -> Path:
+    """``name`` (a JSON file) in ``args.results_dir``: the machine, the arguments and ``results``; its path."""
+    results_dir: Path = args.results_dir.resolve()
+    results_dir.mkdir(parents=True, exist_ok=True)
+    output = results_dir / name
+    output.write_text(
+        json.dumps({"machine": facts, "args": {**vars(args), "results_dir": str(results_dir)}, **results}, indent=2)
+    )
+    return output
+
+
+def print_table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    """A Markdown table on stdout."""
+    print(f"| {' | '.join(columns)} |\n|{'---|' * len(columns)}")
+    for row in rows:
+        print(f"| {' | '.join(row)} |")

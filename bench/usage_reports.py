@@ -11,21 +11,19 @@ of 5). Prints a Markdown table; writes ``usage_reports.json`` into ``--results-d
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from contextlib import ExitStack
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.loadgen import fresh_postgres_database
-from bench.machine import describe, machine
+from bench.loadgen import fresh_database
+from bench.machine import describe, machine, print_table, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,18 +70,13 @@ def main() -> None:
     args = parser.parse_args()
 
     from gateway.accounting.usage import UsageFilters, UsageReports, _ledger_query
-    from gateway.db import Database
 
     facts = machine()
     print(f"machine: {describe(facts)}")
-    with tempfile.TemporaryDirectory() as workdir, ExitStack() as stack:
-        if args.database == "postgresql":
-            url = stack.enter_context(fresh_postgres_database("llmaas_bench_usage"))
-        else:
-            url = f"sqlite:///{workdir}/usage.db"
-        database = Database(url)
-        stack.callback(database.dispose)  # before the database is dropped (callbacks run in reverse)
-        database.migrate()
+    with (
+        tempfile.TemporaryDirectory() as workdir,
+        fresh_database(args.database, workdir, "llmaas_bench_usage") as database,
+    ):
         now = datetime(2026, 11, 29, 12)
         started = time.perf_counter()
         seed(database, args.rows, args.tenants, now)
@@ -102,14 +95,8 @@ def main() -> None:
         }
     print(f"\n{args.rows:,} ledger rows ({args.tenants} tenants, this month) on {args.database}, seeded in "
           f"{seeding:.0f} s; one tenant's month by day and model, median of 5:\n")  # fmt: skip
-    print("| read from | report (ms) |\n|---|---|")
-    for source, ms in rows.items():
-        print(f"| {source} | {ms:.1f} |")
-    results_dir: Path = args.results_dir.resolve()
-    results_dir.mkdir(parents=True, exist_ok=True)
-    output = results_dir / "usage_reports.json"
-    output.write_text(json.dumps({"machine": facts, "args": {**vars(args), "results_dir": str(results_dir)},
-                                  "seconds_to_seed": seeding, "report_ms": rows}, indent=2))  # fmt: skip
+    print_table(("read from", "report (ms)"), ((source, f"{ms:.1f}") for source, ms in rows.items()))
+    output = write_results(args, "usage_reports.json", facts, seconds_to_seed=seeding, report_ms=rows)
     print(f"\nwrote {output}")
 
 

@@ -60,6 +60,7 @@ from gateway.inference.runs import RequestCaps
 from gateway.inference.structured import StructuredOutputs
 from gateway.ops.api_docs import install_api_docs
 from gateway.ops.metrics import Metrics
+from gateway.ops.minute_store import FLUSH_SECONDS, MinuteStore
 from gateway.private_files import keep_private, private_dir
 from gateway.responses.store import ResponseStore
 from gateway.retention import Retention
@@ -75,6 +76,7 @@ from gateway.tenancy.access import AccessChanges
 from gateway.tenancy.console_sessions import ConsoleSessions
 from gateway.tenancy.key_activity import KeyActivity
 from gateway.tenancy.key_cache import KeyCache
+from gateway.tenancy.keys import new_id
 from gateway.tenancy.principal import Authenticator
 from gateway.tenancy.service import TenancyService
 from gateway.tenancy.sign_in_throttle import sign_in_throttle
@@ -252,6 +254,8 @@ def create_app(
                 prices,
                 training_lease_seconds=settings.training_reservation_lease_seconds,
             )
+            service_minutes = MinuteStore(database, new_id("gw"), metrics.minutes)
+            stack.push_async_callback(_cancel, asyncio.create_task(service_minutes.run(FLUSH_SECONDS)))
             leases = asyncio.create_task(admission.keep_leases(settings.reservation_lease_seconds / 3))
             stack.push_async_callback(_cancel, leases)
             key_cache = KeyCache(tenancy.identify, settings.key_cache_ttl_seconds)
@@ -287,6 +291,7 @@ def create_app(
                 settings=settings,
                 engine_settings=engine_settings,
                 metrics=metrics,
+                service_minutes=service_minutes,
                 tenancy=tenancy,
                 key_cache=key_cache,
                 access=AccessChanges(tenancy, key_cache),

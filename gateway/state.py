@@ -33,6 +33,7 @@ from gateway.inference.catalog import ModelCatalog
 from gateway.inference.runs import RequestCaps, Serving, disconnect_of
 from gateway.inference.structured import StructuredOutputs
 from gateway.ops.metrics import Metrics
+from gateway.ops.minute_store import MinuteStore
 from gateway.responses.store import ResponseStore
 from gateway.scheduling.slots import Scheduler
 from gateway.settings import GatewaySettings
@@ -65,6 +66,7 @@ class AppState:
     settings: GatewaySettings
     engine_settings: EngineSettings
     metrics: Metrics
+    service_minutes: MinuteStore
     tenancy: TenancyService
     key_cache: KeyCache
     access: AccessChanges
@@ -116,6 +118,7 @@ ContextDep = Annotated[RequestContext, Depends(get_context)]
 SettingsDep = Annotated[GatewaySettings, _part(lambda state: state.settings)]
 EngineSettingsDep = Annotated[EngineSettings, _part(lambda state: state.engine_settings)]
 MetricsDep = Annotated[Metrics, _part(lambda state: state.metrics)]
+ServiceMinutesDep = Annotated[MinuteStore, _part(lambda state: state.service_minutes)]
 TenancyDep = Annotated[TenancyService, _part(lambda state: state.tenancy)]
 AccessDep = Annotated[AccessChanges, _part(lambda state: state.access)]
 AuthenticatorDep = Annotated[Authenticator, _part(lambda state: state.authenticator)]

@@ -489,3 +489,16 @@ class ModelAliasVersion(Base):
     restores: Mapped[int | None] = mapped_column(Integer)
     actor: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class ServiceMinute(Base):
+    """One gateway's generation requests in one minute (``gateway.ops.minutes``): counts by outcome and latency and
+    time-to-first-token buckets. Each gateway overwrites its own rows; the service page merges every gateway's."""
+
+    __tablename__ = "service_minutes"
+    __table_args__ = (Index("ix_service_minutes_minute", "minute"),)
+
+    gateway_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    minute: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    """UTC epoch seconds // 60."""
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON)

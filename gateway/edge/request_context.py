@@ -7,10 +7,15 @@ as proxies send it) is kept only for correlation: validated (printable ASCII, at
 ``bounds.CLIENT_REQUEST_ID`` characters; else a 400), echoed back as ``x-client-request-id``, logged and stored
 beside the usage record. The response's ``x-request-id`` is always the server's id. Also here: one access-log
 line per request (query strings redacted: no key that a client put in a URL reaches the log) and the HTTP
-metrics."""
+metrics.
+
+A client that goes away before its answer ends is no server error: the request is counted and logged under 499
+(``CLIENT_CLOSED``), and the cancellation that stopped its work (``gateway.inference.runs.unless_gone``) ends
+here, so the server logs no traceback for it."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from urllib.parse import parse_qsl, urlencode
@@ -21,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import bounds
 from gateway.context import RequestContext, new_request_id
 from gateway.errors import InvalidRequestError
-from gateway.ops.metrics import Metrics
+from gateway.ops.metrics import CLIENT_CLOSED, Metrics
 
 access_log = logging.getLogger("llmaas.access")
 _CLIENT_ID_HEADERS = ("x-client-request-id", "x-request-id")
@@ -77,9 +82,19 @@ class RequestContextMiddleware:
         context = RequestContext(id=new_request_id(), client_address=client[0] if client else None)
         scope.setdefault("state", {})["context"] = context
         status = 500
+        answered = client_left = False
+
+        async def receive_watching() -> Message:
+            nonlocal client_left
+            message = await receive()
+            if message["type"] == "http.disconnect" and not answered:
+                client_left = True
+            return message
 
         async def send_with_context(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered = True
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = MutableHeaders(scope=message)
@@ -97,19 +112,26 @@ class RequestContextMiddleware:
             except InvalidRequestError as exc:
                 await exc.response()(scope, receive, send_with_context)
                 return
-            await self.app(scope, receive, send_with_context)
+            try:
+                await self.app(scope, receive_watching, send_with_context)
+            except asyncio.CancelledError:
+                if not client_left:
+                    raise
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()  # cancelled by its own disconnect watcher: nobody is left to answer
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
             elapsed = time.perf_counter() - started
-            self.metrics.observe_http(scope["method"], path, status, elapsed)
+            self.metrics.observe_http(scope["method"], path, status, elapsed, client_left)
             query = scope.get("query_string", b"")
             access_log.info(
                 "%s %s%s %d %.1fms %s%s",
                 scope["method"],
                 loggable(scope["path"]),
                 f"?{loggable(redacted_query(query))}" if query else "",
-                status,
+                CLIENT_CLOSED if client_left else status,
                 elapsed * 1000,
                 context.id,
                 f" client_request_id={context.client_request_id}" if context.client_request_id else "",

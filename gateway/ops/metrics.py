@@ -14,9 +14,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from engine.backend import BackendStatus, ReplicaStatus
+from gateway.ops.minutes import GENERATION_ROUTES, MinuteCounts, outcome_of
 from gateway.scheduling import PriorityClass
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+CLIENT_CLOSED = 499
+"""The status a request is counted under when its client went away before the answer ended (nginx's "client
+closed request"): neither a server error nor an answer."""
 
 
 class _BackendCollector(Collector):
@@ -108,6 +112,8 @@ class _QueueCollector(Collector):
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.minutes = MinuteCounts()
+        """Generation requests per minute, for the rolling windows every gateway writes (``gateway.ops.minutes``)."""
         self.http_requests = Counter(
             "llmaas_http_requests",
             "HTTP requests served.",
@@ -181,10 +187,15 @@ class Metrics:
         self.generations.labels(*labels, outcome).inc()
         if time_to_first_token is not None:
             self.ttft.labels(*labels).observe(time_to_first_token)
+            self.minutes.first_token(time_to_first_token)
 
-    def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.http_requests.labels(method, route, str(status)).inc()
+    def observe_http(self, method: str, route: str, status: int, seconds: float, client_left: bool = False) -> None:
+        """A request that ended; ``client_left``: its client disconnected before the answer ended (counted under
+        ``CLIENT_CLOSED``, whatever status had been sent)."""
+        self.http_requests.labels(method, route, str(CLIENT_CLOSED if client_left else status)).inc()
         self.http_latency.labels(method, route).observe(seconds)
+        if route in GENERATION_ROUTES:
+            self.minutes.request(outcome_of(status, client_left), seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -105,9 +105,7 @@ async def list_keys(tenant: TenantRef, tenancy: TenancyDep) -> KeyList:
 
 
 @router.patch("/tenants/{tenant}/keys/{key_id}")
-async def update_key(
-    tenant: TenantRef, key_id: KeyId, body: KeyUpdate, access: AccessDep, actor: ActorDep
-) -> KeyOut:
+async def update_key(tenant: TenantRef, key_id: KeyId, body: KeyUpdate, access: AccessDep, actor: ActorDep) -> KeyOut:
     """Change a key's name or its own monthly budgets (only the fields present; ``null`` removes a budget)."""
     return await access.update_key(tenant, key_id, body, actor)
 

@@ -33,9 +33,7 @@ class KeyActivity:
 
     async def flush(self) -> None:
         """Write the keys whose time moved by a minute or more (each written at most once a minute)."""
-        due = {
-            key: at for key, at in self._seen.items() if key not in self._written or at - self._written[key] >= STEP
-        }
+        due = {key: at for key, at in self._seen.items() if key not in self._written or at - self._written[key] >= STEP}
         if due:
             await run_in_threadpool(self._write, due)
         self._written.update(due)

@@ -386,6 +386,18 @@ class TenancyService:
             keys = session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant.id).order_by(ApiKey.created_at))
             return [key_out(k) for k in keys]
 
+    def key_labels(self, tenant_id: str | None = None) -> dict[str, str]:
+        """Each key's id -> how people know it: its name and visible prefix ("ci · sk-AbCd…"), of one tenant or of
+        every tenant (usage shows these, never the internal id)."""
+        query = select(ApiKey.id, ApiKey.name, ApiKey.prefix)
+        if tenant_id is not None:
+            query = query.where(ApiKey.tenant_id == tenant_id)
+        with self.db.session() as session:
+            return {
+                key_id: f"{name} · {prefix}…" if name else f"{prefix}…"
+                for key_id, name, prefix in session.execute(query)
+            }
+
     def revoke_key(self, ref: str, key_id: str, *, actor: Actor = SYSTEM_ACTOR, by_key: str | None = None) -> KeyOut:
         """Revoke a key of the tenant, the keys it made (and theirs), and end their console sessions; ``by_key``:
         asked by that key of the tenant (itself, or a key manager)."""

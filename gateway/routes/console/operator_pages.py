@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -18,10 +18,18 @@ from gateway import bounds
 from gateway.audit_log import AuditFilters
 from gateway.errors import NotFoundError
 from gateway.ops.snapshot import service_snapshot
-from gateway.routes.console.pages import SECURITY_HEADERS, page
-from gateway.routes.console.tenant_pages import this_month
+from gateway.routes.console.pages import SECURITY_HEADERS, csv_download, page, script_json
+from gateway.routes.console.usage_view import UsageViewDep
 from gateway.routes.console.visits import OperatorVisitDep
-from gateway.state import AuditLogDep, CatalogDep, JobsDep, MetricsDep, PricesDep, TenancyDep, UsageDep
+from gateway.state import (
+    AuditLogDep,
+    CatalogDep,
+    JobsDep,
+    MetricsDep,
+    PricesDep,
+    ServiceMinutesDep,
+    TenancyDep,
+)
 
 router = APIRouter(prefix="/console/admin")
 
@@ -70,20 +78,35 @@ async def service_page(request: Request, visit: OperatorVisitDep) -> HTMLRespons
 
 
 @router.get("/service.json")
-async def service_state(visit: OperatorVisitDep, metrics: MetricsDep, jobs: JobsDep) -> Response:
-    """What the service page polls: the metrics registry's snapshot and the fine-tuning queue."""
+async def service_state(
+    visit: OperatorVisitDep, metrics: MetricsDep, minutes: ServiceMinutesDep, jobs: JobsDep
+) -> Response:
+    """What the service page polls: the metrics registry's snapshot (this gateway since it started), the rolling
+    windows of every gateway (``recent``) and the fine-tuning queue."""
     snapshot = service_snapshot(metrics.registry)
+    snapshot["recent"] = await run_in_threadpool(minutes.recent)
     snapshot["fine_tuning_queue"] = await run_in_threadpool(jobs.queue)
     return Response(json.dumps(snapshot), media_type="application/json", headers=SECURITY_HEADERS)
 
 
 @router.get("/usage")
-async def all_usage_page(
-    request: Request, visit: OperatorVisitDep, usage: UsageDep, tenancy: TenancyDep
-) -> HTMLResponse:
-    report = await run_in_threadpool(usage.report, None, this_month("none"), ("tenant", "model"))
-    tenants = {t.id: t.name for t in await run_in_threadpool(tenancy.list_tenants)}
-    return page(request, "all_usage.html", session=visit.session, report=report, tenant_names=tenants)
+async def all_usage_page(request: Request, visit: OperatorVisitDep, view: UsageViewDep) -> HTMLResponse:
+    """Every tenant's usage this month: charts per tenant and day, the table by tenant and model, a CSV."""
+    shown = await run_in_threadpool(view.operator_page, datetime.now(UTC))
+    chart = shown["chart"]
+    return page(
+        request,
+        "all_usage.html",
+        session=visit.session,
+        report=shown["report"],
+        chart=chart,
+        chart_json=script_json(chart),
+    )
+
+
+@router.get("/usage.csv")
+async def all_usage_csv(visit: OperatorVisitDep, view: UsageViewDep) -> Response:
+    return csv_download(await run_in_threadpool(view.operator_csv))
 
 
 @router.get("/aliases")

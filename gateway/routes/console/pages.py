@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
+from gateway.accounting.usage import usage_csv
 from gateway.edge.origin import cross_site
 from gateway.state import state_of
 from gateway.tenancy.console_sessions import COOKIE
@@ -45,6 +46,15 @@ def page(request: Request, template: str, status_code: int = 200, **context: Any
     response = templates.TemplateResponse(request, template, context, status_code=status_code)
     response.headers.update(SECURITY_HEADERS)
     return response
+
+
+def csv_download(report: dict[str, Any]) -> Response:
+    """A usage report as the ``usage.csv`` the browser saves."""
+    return Response(
+        usage_csv(report),
+        media_type="text/csv",
+        headers={"content-disposition": 'attachment; filename="usage.csv"', **SECURITY_HEADERS},
+    )
 
 
 def script_json(value: Any) -> str:

@@ -14,24 +14,16 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from gateway import bounds
-from gateway.accounting.usage import Bucket, UsageFilters, usage_csv
 from gateway.errors import APIError, PermissionDenied, as_api_error
 from gateway.routes.console.examples import curls
-from gateway.routes.console.pages import SECURITY_HEADERS, Refused, page, script_json
+from gateway.routes.console.pages import Refused, csv_download, page, script_json
+from gateway.routes.console.usage_view import UsageViewDep
 from gateway.routes.console.visits import CsrfField, TenantVisitDep, Visit
-from gateway.state import AccessDep, CatalogDep, SettingsDep, TenancyDep, UsageDep
+from gateway.state import AccessDep, CatalogDep, SettingsDep, TenancyDep
 from gateway.tenancy.models import KeyCreate
 from gateway.tenancy.principal import TenantPrincipal
 
 router = APIRouter(prefix="/console")
-
-
-def month_start(now: datetime) -> datetime:
-    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
-
-
-def this_month(bucket: Bucket, now: datetime | None = None) -> UsageFilters:
-    return UsageFilters(since=month_start(now or datetime.now(UTC)), bucket=bucket)
 
 
 def teaching_calls(request: Request, catalog: CatalogDep) -> dict[str, str]:
@@ -41,42 +33,26 @@ def teaching_calls(request: Request, catalog: CatalogDep) -> dict[str, str]:
 
 
 @router.get("/usage")
-async def usage_page(request: Request, visit: TenantVisitDep, usage: UsageDep, catalog: CatalogDep) -> HTMLResponse:
+async def usage_page(request: Request, visit: TenantVisitDep, view: UsageViewDep, catalog: CatalogDep) -> HTMLResponse:
     tenant = visit.principal
-    now = datetime.now(UTC)
-    filters = this_month("day", now)
-    by_model = await run_in_threadpool(usage.report, tenant.tenant_id, filters, ("model",))
-    by_key = await run_in_threadpool(usage.report, tenant.tenant_id, filters, ("key",))
-    budget = tenant.identity.quotas.monthly_token_budget
-    cost_budget = tenant.identity.quotas.monthly_cost_budget_nanos
-    chart = {
-        "by_model": by_model["data"],
-        "budget": budget,
-        "cost_budget": None if cost_budget is None else cost_budget / 1e9,
-        "first_day": month_start(now).date().isoformat(),
-        "last_day": now.date().isoformat(),
-    }
+    shown = await run_in_threadpool(view.tenant_page, tenant, datetime.now(UTC))
     return page(
         request,
         "usage.html",
         session=visit.session,
         tenant=tenant,
-        by_model=by_model,
-        by_key=by_key,
-        budget=budget,
-        chart_json=script_json(chart),
+        by_model=shown["by_model"],
+        by_key=shown["by_key"],
+        budget=tenant.identity.quotas.monthly_token_budget,
+        chart=shown["chart"],
+        chart_json=script_json(shown["chart"]),
         calls=teaching_calls(request, catalog),
     )
 
 
 @router.get("/usage.csv")
-async def usage_csv_download(visit: TenantVisitDep, usage: UsageDep) -> Response:
-    report = await run_in_threadpool(usage.report, visit.principal.tenant_id, this_month("day"), ("model", "key"))
-    return Response(
-        usage_csv(report),
-        media_type="text/csv",
-        headers={"content-disposition": 'attachment; filename="usage.csv"', **SECURITY_HEADERS},
-    )
+async def usage_csv_download(visit: TenantVisitDep, view: UsageViewDep) -> Response:
+    return csv_download(await run_in_threadpool(view.tenant_csv, visit.principal.tenant_id))
 
 
 async def _keys_page(

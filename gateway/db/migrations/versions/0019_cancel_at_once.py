@@ -1,14 +1,14 @@
 """a fine-tuning job's cancel is final at once: no cancel_requested flag for its worker to find
 
 Revision ID: 0019
-Revises: 0017
+Revises: 0018
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0019"
-down_revision = "0017"
+down_revision = "0018"
 branch_labels = None
 depends_on = None
 

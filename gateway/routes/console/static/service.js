@@ -8,26 +8,26 @@
     for (const text of cells) tr.insertCell().textContent = text;
     return tr;
   };
-  // The percentiles are since start; a chart of them sampled every 2 s shows where they go.
-  const samples = [[], [], [], []];
+  const trio = (w, kind) => [50, 95, 99].map((q) => ms(w[`${kind}_p${q}_seconds`])).join(" / ");
+  const count = (n, requests) => (requests ? `${n} (${((n / requests) * 100).toFixed(1)} %)` : String(n));
+  // Each of the last 15 minutes (every gateway), charted per minute: ticks read as clock times.
   let chart = null;
-  function plot(s) {
-    samples[0].push(Date.now() / 1000);
-    samples[1].push(s.latency_p50_seconds === null ? null : s.latency_p50_seconds * 1000);
-    samples[2].push(s.latency_p99_seconds === null ? null : s.latency_p99_seconds * 1000);
-    samples[3].push(s.ttft_p50_seconds === null ? null : s.ttft_p50_seconds * 1000);
-    if (samples[0].length > 300) samples.forEach((series) => series.shift());
+  function plot(minutes) {
     const box = $("latency-chart");
-    if (!chart) {
-      chart = new uPlot({
-        width: Math.max(280, box.clientWidth), height: 220,
-        series: [{}, { label: "latency p50 (ms)", stroke: "#1f6feb", width: 2 },
-                 { label: "latency p99 (ms)", stroke: "#cf222e", width: 2 }, { label: "TTFT p50 (ms)", stroke: "#2da44e", width: 2 }],
-        axes: [{}, { size: 60 }],
-      }, samples, box);
-    } else {
-      chart.setData(samples);
+    const x = minutes.map((m) => m.minute);
+    const inMs = (field) => minutes.map((m) => (m[field] === null ? null : m[field] * 1000));
+    const data = [x, inMs("latency_p50_seconds"), inMs("latency_p99_seconds"), inMs("ttft_p50_seconds")];
+    if (chart) {
+      chart.setData(data);
+      return;
     }
+    const charts = window.consoleCharts;
+    chart = charts.draw(box, {
+      height: 220,
+      series: [{}, { label: "latency p50 (ms)", stroke: "#1f6feb", width: 2 },
+               { label: "latency p99 (ms)", stroke: "#cf222e", width: 2 }, { label: "TTFT p50 (ms)", stroke: "#2da44e", width: 2 }],
+      axes: [charts.minuteAxis(box), { size: 60 }],
+    }, data);
   }
   async function refresh() {
     const response = await fetch("/console/admin/service.json");
@@ -36,10 +36,10 @@
     $("running").textContent = s.engine.requests_running ?? "–";
     $("waiting").textContent = s.engine.requests_waiting ?? "–";
     $("kv").textContent = s.engine.kv_cache_usage === undefined ? "–" : `${(s.engine.kv_cache_usage * 100).toFixed(1)} %`;
-    $("requests").textContent = s.generation_requests;
-    $("error-rate").textContent = `${(s.error_rate * 100).toFixed(2)} % (${s.server_errors})`;
-    $("latency").textContent = [s.latency_p50_seconds, s.latency_p95_seconds, s.latency_p99_seconds].map(ms).join(" / ");
-    $("ttft").textContent = [s.ttft_p50_seconds, s.ttft_p95_seconds, s.ttft_p99_seconds].map(ms).join(" / ");
+    $("windows").tBodies[0].replaceChildren(...s.recent.windows.map((w) => row("windows", [
+      `${w.minutes} min`, w.requests, w.answered, count(w.refused, w.requests), count(w.server_error, w.requests),
+      count(w.disconnected, w.requests), trio(w, "latency"), trio(w, "ttft"),
+    ])));
     $("tokens").textContent = `${s.tokens.prompt} / ${s.tokens.completion}`;
     $("replicas-card").hidden = s.replicas.length === 0;
     $("replicas").tBodies[0].replaceChildren(...s.replicas.map((r) => row("replicas", [
@@ -52,7 +52,7 @@
     $("queue").tBodies[0].replaceChildren(...s.fine_tuning_queue.map((j) => row("queue", [
       j.id, j.tenant_name, j.status, j.model, new Date(j.created_at * 1000).toISOString().slice(0, 16).replace("T", " "),
     ])));
-    plot(s);
+    plot(s.recent.minutes);
     document.body.dataset.refreshed = String(Number(document.body.dataset.refreshed || 0) + 1);
   }
   refresh();

@@ -1,13 +1,11 @@
-// The usage page's charts (uPlot): tokens per day by model, and this month's running total against the budget.
+// Both usage pages' charts (the tenant's by model, the operator's by tenant), from the page's usage-data: tokens
+// per day per series, and the month's running tokens and cost against the budgets — every day from the 1st to
+// today. A month whose requests were all billed at no price shows no cost chart (the page's note says why).
 "use strict";
 (function () {
+  const charts = window.consoleCharts;
   const data = JSON.parse(document.getElementById("usage-data").textContent);
-  const rows = data.by_model;
-  const days = [];  // every day of the month so far, with or without requests
-  for (let t = Date.parse(data.first_day + "T00:00:00Z"); t <= Date.parse(data.last_day + "T00:00:00Z"); t += 864e5) {
-    days.push(new Date(t).toISOString().slice(0, 10));
-  }
-  const models = Array.from(new Set(rows.map((r) => r.model))).sort();
+  const rows = data.series;
   const daily = document.getElementById("chart-daily");
   const cumulative = document.getElementById("chart-cumulative");
   const costBox = document.getElementById("chart-cost");
@@ -15,40 +13,38 @@
     daily.textContent = cumulative.textContent = costBox.textContent = "No requests yet this month.";
     return;
   }
-  const x = days.map((d) => Date.parse(d + "T00:00:00Z") / 1000);
-  const perModel = models.map((m) => days.map((d) => {
-    const row = rows.find((r) => r.period_start === d && r.model === m);
-    return row ? row.total_tokens : 0;
-  }));
-  const colors = ["#1f6feb", "#2da44e", "#d4a72c", "#cf222e", "#8250df", "#1b7c83"];
-  const width = () => Math.max(280, daily.clientWidth);
+  const x = charts.days(data.first_day, data.last_day);
+  const days = x.map((t) => new Date(t * 1000).toISOString().slice(0, 10));
+  const labels = Array.from(new Set(rows.map((r) => r.label))).sort();
+  const sumOf = (day, label, field) => rows.filter((r) => r.period_start === day && (label === null || r.label === label))
+    .reduce((sum, r) => sum + Number(r[field]), 0);
+  const perSeries = labels.map((label) => days.map((d) => sumOf(d, label, "total_tokens")));
+  const dayChart = (box, series, values) => charts.draw(box, {
+    scales: { x: charts.dayScale(x) }, series: [{}, ...series], axes: [charts.dayAxis(box), { size: 70 }],
+  }, [x, ...values]);
   const bars = uPlot.paths.bars({ size: [0.6, 60] });
-  const dailyPlot = new uPlot({
-    width: width(), height: 240,
-    series: [{}, ...models.map((m, i) => ({ label: m, stroke: colors[i % colors.length],
-      fill: colors[i % colors.length] + "88", paths: bars }))],
-    axes: [{}, { size: 70 }],
-  }, [x, ...perModel], daily);
-  let running = 0;
-  const totals = days.map((d, i) => (running += perModel.reduce((sum, series) => sum + series[i], 0)));
-  const series = [{}, { label: "tokens", stroke: "#1f6feb", width: 2 }];
-  const values = [x, totals];
+  dayChart(daily, labels.map((label, i) => ({ label, stroke: charts.colors[i % charts.colors.length],
+    fill: charts.colors[i % charts.colors.length] + "88", paths: bars })), perSeries);
+  const running = (field) => { let total = 0; return days.map((d) => (total += sumOf(d, null, field))); };
+  const flat = (value) => days.map(() => value);
+  const tokens = [running("total_tokens")];
+  const tokenSeries = [{ label: "tokens", stroke: "#1f6feb", width: 2 }];
   if (data.budget) {
-    series.push({ label: "budget", stroke: "#cf222e", dash: [6, 4] });
-    values.push(days.map(() => data.budget));
+    tokenSeries.push({ label: "budget", stroke: "#cf222e", dash: [6, 4] });
+    tokens.push(flat(data.budget));
   }
-  const cumulativePlot = new uPlot({ width: width(), height: 240, series, axes: [{}, { size: 70 }] }, values, cumulative);
-  let spent = 0;
-  const costs = days.map((d) => (spent += rows.filter((r) => r.period_start === d).reduce((sum, r) => sum + Number(r.cost), 0)));
-  const costSeries = [{}, { label: "cost (USD)", stroke: "#2da44e", width: 2 }];
-  const costValues = [x, costs];
-  if (data.cost_budget !== null) {
-    costSeries.push({ label: "budget (USD)", stroke: "#cf222e", dash: [6, 4] });
-    costValues.push(days.map(() => data.cost_budget));
+  dayChart(cumulative, tokenSeries, tokens);
+  const cost = running("cost");
+  if (cost[cost.length - 1] === 0 && data.unpriced.length) {
+    costBox.textContent = "Nothing to chart: every request this month was billed at no price.";
+  } else {
+    const costSeries = [{ label: "cost (USD)", stroke: "#2da44e", width: 2 }];
+    const costs = [cost];
+    if (data.cost_budget !== null) {
+      costSeries.push({ label: "budget (USD)", stroke: "#cf222e", dash: [6, 4] });
+      costs.push(flat(data.cost_budget));
+    }
+    dayChart(costBox, costSeries, costs);
   }
-  const costPlot = new uPlot({ width: width(), height: 240, series: costSeries, axes: [{}, { size: 70 }] }, costValues, costBox);
-  window.addEventListener("resize", () => {
-    for (const plot of [dailyPlot, cumulativePlot, costPlot]) plot.setSize({ width: width(), height: 240 });
-  });
   document.body.dataset.chartsDrawn = "true";
 })();
