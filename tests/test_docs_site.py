@@ -1,6 +1,7 @@
 """The documentation site builds offline with ``mkdocs build --strict`` (a broken internal link, a missing anchor or
 a page left out of the navigation fails it), its reference pages name every route, setting and command the code
-has, it loads nothing from the internet, and the README's links point at files that exist."""
+has, it loads nothing from the internet and reads (and searches) from disk in Debian's headless Chromium, and the
+README's links point at files that exist."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from playwright.sync_api import Browser
 
 from engine.settings import EngineSettings
 from engine.upstream.settings import UpstreamSettings
@@ -80,8 +82,9 @@ def test_the_cli_reference_has_every_command_and_option(site: Path) -> None:
 
 def test_the_site_reads_offline(site: Path) -> None:
     for page in site.rglob("*.html"):
-        text = page.read_text()
-        assert "fonts.googleapis.com" not in text and "fonts.gstatic.com" not in text, page
+        # No script, style sheet or font from elsewhere (links to other sites are fine: a reader follows them).
+        remote = re.findall(r"<(?:script|link)[^>]+(?:src|href)=\"(?:https?:)?//[^\"]+", page.read_text())
+        assert not remote, (page, remote)
     # The offline plugin's search index is a script, so search works from file:// too.
     assert (site / "search" / "search_index.js").exists()
     assert (site / "console" / "console-usage.png").exists()
@@ -94,3 +97,38 @@ def test_the_readme_links_point_at_files_that_exist() -> None:
     missing = [target for target in targets if not (REPO / target).exists()]
     assert not missing, missing
     assert len(readme.splitlines()) <= 150
+
+
+def test_the_built_site_reads_and_searches_from_disk_in_a_browser(site: Path, browser: Browser) -> None:
+    """Opened from file:// (no server, no network), as `make docs` leaves it: the home page, search (the offline
+    plugin's index), a guide and the API reference. ``LLMAAS_SITE_SCREENSHOTS=<dir>`` saves what it shows."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    remote: list[str] = []
+    page.on("request", lambda request: None if request.url.startswith("file:") else remote.append(request.url))
+    shots = os.environ.get("LLMAAS_SITE_SCREENSHOTS")
+
+    def shot(name: str) -> None:
+        if shots:
+            Path(shots).mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(Path(shots) / f"{name}.png"))
+
+    page.goto((site / "index.html").as_uri())
+    assert page.title().startswith("LLMaaS")
+    shot("site-home")
+    page.keyboard.press("/")  # Material's search shortcut
+    page.keyboard.type("rotating the admin key")  # typed: the search listens to keys, not to a filled value
+    result = page.locator(".md-search-result__item").first
+    result.wait_for(timeout=15_000)
+    assert "admin key" in page.locator(".md-search-result").inner_text().lower()
+    shot("site-search")
+    page.goto((site / "guides" / "operations.html").as_uri())
+    page.get_by_role("link", name="Scaling out").first.click()
+    page.wait_for_url("**/guides/scaling-out.html")
+    page.goto((site / "guides" / "quotas-and-billing.html").as_uri())
+    shot("site-guide")
+    page.goto((site / "reference" / "api.html").as_uri() + "#schema-chatcompletionrequest")
+    assert page.locator("#schema-chatcompletionrequest").is_visible()
+    page.goto((site / "reference" / "api.html").as_uri())
+    shot("site-api-reference")
+    page.close()
+    assert not remote, remote
