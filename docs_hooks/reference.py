@@ -19,6 +19,10 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
+# The code of this checkout, whichever checkout the environment's editable install points at.
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
 API_PREFIXES = ("/v1/", "/admin/v1/")
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
 PAGES = {"reference/api.md": "api_page", "reference/settings.md": "settings_page", "reference/cli.md": "cli_page"}
