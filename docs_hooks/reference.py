@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import sys
+import types
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import typer
 from pydantic.fields import FieldInfo
@@ -190,11 +191,19 @@ def settings_classes() -> list[tuple[str, type[BaseSettings], str]]:
 
 
 def type_name(annotation: Any) -> str:
-    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
-    text = text or str(annotation)
-    for noise in ("typing.", "pathlib.", "pydantic.types.", "decimal.", "engine.settings.", "gateway.tenancy.models."):
-        text = text.replace(noise, "")
-    return text
+    """A field's type as a reader writes it: ``int | None``, ``list[str]``, ``one of "a", "b"``."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return type_name(args[0])
+    if origin in (Union, types.UnionType):
+        return " | ".join(type_name(arg) for arg in args)
+    if origin is Literal:
+        return "one of " + ", ".join(json.dumps(arg) for arg in args)
+    if origin is not None:
+        return f"{getattr(origin, '__name__', origin)}[{', '.join(type_name(arg) for arg in args)}]"
+    if annotation is type(None):
+        return "None"
+    return str(getattr(annotation, "__name__", annotation))
 
 
 def default_of(info: FieldInfo) -> str:
