@@ -42,7 +42,7 @@ def test_every_example_that_calls_the_api_is_marked_run_or_skip_with_a_reason() 
                 unrunnable.append(f"{example.where} ({example.lang or 'no language'})")
             if example.skip_reason is not None and len(example.skip_reason.split()) < 3:
                 bare.append(example.where)
-        marks = len(re.findall(r"<!-- example: ", page.read_text()))
+        marks = len(re.findall(r"^<!-- example: .*-->[ \t]*$", page.read_text(), re.M))
         assert marks == sum(example.marked for example in found), f"{page}: a mark with no code block after it"
     assert not unmarked, f"mark these <!-- example: run --> or <!-- example: skip: why -->: {unmarked}"
     assert not unrunnable, f"only python and bash examples run: {unrunnable}"
