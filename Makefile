@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 ACCEL := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP := $(VENV)/.installed-$(ACCEL)
 
-.PHONY: install browser serve prepare-model test test-slow lint bench clean
+.PHONY: install browser serve prepare-model test test-slow lint bench docs clean
 
 install: $(STAMP)
 
@@ -45,6 +45,11 @@ test: install browser
 # The long runs (e.g. 24 gateways killed at random moments): `pytest -m slow`.
 test-slow: install
 	$(BIN)/python -m pytest -m slow
+
+# The documentation site, offline, into site/; --strict: a broken internal link or a missing page fails the build.
+# The API, settings and CLI reference pages are generated from the code as it builds (docs_hooks/).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: install
 	$(BIN)/python bench/serving_compare.py

@@ -65,8 +65,12 @@ class EngineSettings(SharedSettings):
         description="A local Hugging Face model dir to serve; unset serves the default SmolLM2 model, "
         "converted once into <data_dir>/models.",
     )
-    served_model_name: str = Field(default=DEFAULT_MODEL_ID, pattern=r"^[A-Za-z0-9._/-]{1,96}$")
-    max_model_len: int = Field(default=2048, ge=16)
+    served_model_name: str = Field(
+        default=DEFAULT_MODEL_ID,
+        pattern=r"^[A-Za-z0-9._/-]{1,96}$",
+        description="The model id clients use (and the base of every ft: name).",
+    )
+    max_model_len: int = Field(default=2048, ge=16, description="The context window, in tokens.")
     max_num_seqs: int = Field(
         default=DEFAULT_MAX_NUM_SEQS,
         ge=1,
@@ -79,7 +83,9 @@ class EngineSettings(SharedSettings):
         "tenant never holds every running slot while another waits (fair queuing; vLLM in process runs "
         "max_num_seqs + this; upstream replicas should too).",
     )
-    max_num_batched_tokens: int | None = Field(default=None, ge=16)
+    max_num_batched_tokens: int | None = Field(
+        default=None, ge=16, description="Tokens per engine step; unset: vLLM's default."
+    )
     dtype: Dtype = Field(
         default="auto",
         description="auto: bf16 where the CPU has native bf16 (AVX512-BF16, AMX), else fp32; the model's own on GPU.",
@@ -121,7 +127,7 @@ class EngineSettings(SharedSettings):
         description="GPU backend only: the GPU memory all models of this process take together (an embedding "
         "model 0.05 of it, the generating models the rest, evenly).",
     )
-    seed: int = 0
+    seed: int = Field(default=0, description="vLLM's engine seed (a request's own `seed` wins).")
     prefix_caching: bool = Field(
         default=True,
         description="vLLM's automatic prefix caching for the generating models (where vLLM supports it for the "
@@ -155,7 +161,9 @@ class EngineSettings(SharedSettings):
     )
     enable_lora: bool = Field(default=True, description="Serve fine-tuned LoRA adapters beside the base model.")
     max_loras: int = Field(default=4, ge=1, description="Distinct adapters in one batch.")
-    max_lora_rank: Literal[8, 16, 32, 64] = 16
+    max_lora_rank: Literal[8, 16, 32, 64] = Field(
+        default=16, description="The largest LoRA rank a fine-tuning job may ask for and the engine serves."
+    )
     max_cpu_loras: int = Field(default=8, ge=1, description="Adapters kept loaded (LRU); others load on demand.")
     lora_kernels: Literal["llmaas", "vllm"] = Field(
         default="llmaas",

@@ -18,9 +18,9 @@ MiB = 1024 * 1024
 
 
 class GatewaySettings(SharedSettings):
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
-    log_level: str = "info"
+    host: str = Field(default="127.0.0.1", description="The interface `llmaas serve` binds (also `--host`).")
+    port: int = Field(default=8000, ge=0, le=65535, description="The port `llmaas serve` listens on (also `--port`).")
+    log_level: str = Field(default="info", description="The log level of the gateway and its access log.")
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db. Unset: SQLite in data_dir."
     )

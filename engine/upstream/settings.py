@@ -40,7 +40,9 @@ class UpstreamSettings(BaseSettings):
     scrape_interval_seconds: float = Field(
         default=1.0, ge=0.1, le=10, description="How often each replica's /health, /metrics, /v1/models are read."
     )
-    connect_timeout_seconds: float = Field(default=2.0, gt=0)
+    connect_timeout_seconds: float = Field(
+        default=2.0, gt=0, description="How long connecting to a replica may take (a check, a request)."
+    )
     read_timeout_seconds: float = Field(
         default=120.0,
         gt=0,
