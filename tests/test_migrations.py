@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-import pytest
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
@@ -165,11 +164,6 @@ def test_every_migration_goes_down_with_data_to_no_schema(tmp_path: Path) -> Non
     database.dispose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="on SQLite a downgrade that rebuilds the tenants table (0013's drop_column) deletes every API key: "
-    "foreign keys (ON DELETE CASCADE) stay on while migrations run",
-)
 def test_a_downgrade_keeps_the_tenants_keys(tmp_path: Path) -> None:
     steps = migrated_with_data(tmp_path, new_key())
     database = Database(sqlite_url(tmp_path))
@@ -177,4 +171,5 @@ def test_a_downgrade_keeps_the_tenants_keys(tmp_path: Path) -> None:
         downgrade_one(database)
         with database.engine.connect() as connection:
             assert connection.execute(text("SELECT count(*) FROM api_keys")).scalar() == 1, f"below {revision}"
+            assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1  # enforced again after it
     database.dispose()

@@ -40,6 +40,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+FOREIGN_KEYS_OFF = "llmaas_foreign_keys_off"
+"""Set in a pooled SQLite connection's info by the migrations, which turn foreign keys off while they run."""
+
+
+def _foreign_keys_on_again(dbapi_connection: Any, record: Any) -> None:
+    """A connection the migrations used comes back to the pool with its foreign keys on (its transaction ended)."""
+    if record.info.pop(FOREIGN_KEYS_OFF, False):
+        dbapi_connection.execute("PRAGMA foreign_keys=ON")
+
+
 def _keep_sqlite_private(database_file: str | None) -> None:
     """The database file made 0600 before SQLite opens it (SQLite creates its -wal and -shm with the
     database file's mode), and an existing install's files brought to 0600 too."""
@@ -60,6 +70,7 @@ class Database:
         if url.startswith("sqlite"):
             self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False})
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "checkin", _foreign_keys_on_again)
             _keep_sqlite_private(self.engine.url.database)
         else:
             self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
