@@ -53,24 +53,32 @@ def choose(n_examples: int, requested: dict[str, Any], method: str = "supervised
     return Hyperparameters(int(n_epochs), int(batch_size), float(multiplier), chosen_beta)
 
 
-# DPO (``method.type == "dpo"``): batch as for supervised training (pairs, at most 8), about 400 pair-passes in
-# all (200 pairs: 2 epochs; within 1 to 6), the supervised peak rate (multiplier 15 at batch 8: 3e-3) and beta 0.1
-# (the usual value). Measured in process (``bench/preference_sweep.py --pairs 200``, greedy answers to 60 held-out
-# prompts; AMD EPYC with AVX-512, 2 cores, bf16 training, the machine loaded by a test run beside it):
+# DPO (``method.type == "dpo"``): batch as for supervised training (pairs, at most 8), about 600 pair-passes in
+# all (200 pairs: 3 epochs; within 1 to 6), the supervised peak rate (multiplier 15 at batch 8: 3e-3), beta 0.1
+# (the usual value), and the preferred answers' NLL added to DPO's loss at weight 1
+# (``adapters.preference.PREFERRED_NLL_WEIGHT``). Measured in process (``bench/preference_sweep.py --pairs 200``,
+# greedy answers to the held-out prompts; the epochs:multiplier:beta:nll grid point in each row):
 #
-# | task | epochs, batch, lr multiplier, beta | preferred style (held out) | job |
-# |---|---|---|---|
-# | one_word | base model | 0 % | |
-# | one_word | 2, 8, 5, 0.1 | 8 % | 198 s |
-# | one_word | 2, 8, 15, 0.1 | **92 %** | 282 s |
-# | bullets | base model | 0 % | |
-# | bullets | 2, 8, 15, 0.1 | 0 % | 129 s |
+# | task | grid point | preferred style (held out) | training | machine |
+# |---|---|---|---|---|
+# | one_word | base model | 0 % | | EPYC, AVX-512 |
+# | one_word | 2:5:0.1 (no NLL) | 8 % | 198 s | EPYC, AVX-512, loaded |
+# | one_word | 2:15:0.1 (no NLL) | **92 %** | 282 s | EPYC, AVX-512, loaded |
+# | bullets | base model | 0 % | | Xeon, AMX |
+# | bullets | 2:15:0.1 (no NLL) | 0 % | 129 s | EPYC, AVX-512, loaded |
+# | bullets | 2:15:0.1:1 | **95 %** | 901 s | Xeon, AMX, load 6-16 |
+# | capitals | 2:15:0.1:1 | 89 % | 162 s | Xeon, AMX, loaded |
+# | capitals | 2:15:0.1:2 | 89 % | 78 s | Xeon, AMX, quiet |
+# | capitals | 3:15:0.1:1 | **92 %** | 77 s | Xeon, AMX, quiet |
+# | one_word | 2:15:0.1:1 | **100 %** | 55 s | Xeon, AMX, quiet |
 #
-# So the supervised rate, not a third of it; but bullets is not learnt at all with these defaults, and capitals was
-# not measured: the rule is still PROVISIONAL (the issue's 90 % on every preference task is not met). Also measured
-# on tiny sets: 8 one-word pairs (train = validation) at 2, 4, 5, 0.1: loss 0.693 -> 0.133, reward accuracy 100 %.
-DPO_PAIR_PASSES = 400
-"""DPO's auto epochs aim at about this many pairs seen in all (200 pairs: 2 epochs), within 1 to 6 epochs."""
+# So DPO alone (no NLL) never learnt the bullet lists (it made the prose answer unlikely without making a list
+# likely): the NLL term fixed that; capitals needed a third epoch. The Xeon is a 2-core Intel Xeon with AVX-512 and
+# AMX (bf16 training); EPYC: a 2-core AMD EPYC with AVX-512, no AMX. Through the gateway, with these defaults:
+# ``bench/fine_tuning_quality.py`` (docs/benchmarks.md). Also measured on tiny sets: 8 one-word pairs (train =
+# validation) at 2, 4, 5, 0.1: loss 0.693 -> 0.133, reward accuracy 100 %.
+DPO_PAIR_PASSES = 600
+"""DPO's auto epochs aim at about this many pairs seen in all (200 pairs: 3 epochs), within 1 to 6 epochs."""
 DPO_MULTIPLIER = 15.0
 """DPO's auto ``learning_rate_multiplier`` at the full batch of 8 (a peak rate of 3e-3, as supervised)."""
 DPO_BETA = 0.1

@@ -41,10 +41,13 @@ from adapters.training import (
     run_epochs,
 )
 
-__all__ = ["PreferenceValidation", "dpo_losses", "dpo_objective", "train_dpo"]
+__all__ = ["PREFERRED_NLL_WEIGHT", "PreferenceValidation", "dpo_losses", "dpo_objective", "train_dpo"]
 
 _CHUNK = 16
 """Sequences per forward pass where no gradient is taken (reference and validation log-probabilities)."""
+PREFERRED_NLL_WEIGHT = 1.0
+"""The weight of the preferred answers' per-token NLL in every DPO job's objective (RPO's alpha 1): measured in
+``adapters/hyperparameters.py``, without it a bullet-list preference was not learnt at all."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,7 @@ def train_dpo(
     spec: TrainingSpec,
     beta: float,
     *,
-    nll_weight: float = 0.0,
+    nll_weight: float = PREFERRED_NLL_WEIGHT,
     on_metrics: Callable[[StepMetrics], None] = lambda _: None,
     on_checkpoint: Callable[[Checkpoint], None] = lambda _: None,
     should_stop: Callable[[], bool] = lambda: False,
