@@ -1,13 +1,14 @@
-"""Refresh the console's screenshots (``docs/console/*.png``, the README's) from a seeded gateway in headless Chromium.
+"""Refresh the console's screenshots (``docs/console/*.png``, the console guide's) from a seeded gateway in
+headless Chromium.
 
     python bench/console_screenshots.py [--out docs/console] [--chromium /usr/bin/chromium]
 
 A gateway in front of the instant fake engine (``bench/fake_gateway.py``: every answer is "The quick brown fox...")
 on a fresh data dir; seeded through the admin and OpenAI APIs as an operator and tenants would (three tenants with
-prices and budgets, a month's worth of requests on two keys, an eval with two runs, an uploaded sample training
-file and a job). No worker trains beside it: this script plays one for the fine-tuning page, writing a job's
-metrics events into the database as a worker's progress would (``adapters.job_progress``), so the page has a loss
-curve to draw. Each page is then shot as it renders: nothing in the pictures is drawn by hand."""
+prices and budgets, a month's worth of requests on two keys, one with budgets of its own, an eval with two runs, an
+uploaded sample training file and a job). No worker trains beside it: this script plays one for the fine-tuning
+page, writing a job's metrics events into the database as a worker's progress would (``adapters.job_progress``), so
+the page has a loss curve to draw. Each page is then shot as it renders: nothing in the pictures is drawn by hand."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ ADMIN_KEY = "sk-admin-screenshots-0123456789abcdef"
 
 
 def seed_tenants(admin: httpx.Client) -> dict[str, str]:
-    """Three tenants and their keys; acme's is a key manager with a second key, "ci"."""
+    """Three tenants and their keys; acme's is a key manager with a second key, "ci", which has budgets of its own."""
     prices = {MODEL: {"input": "0.5", "output": "1.5"}}
     keys = {}
     for name, quotas in (
@@ -51,7 +52,8 @@ def seed_tenants(admin: httpx.Client) -> dict[str, str]:
         made = admin.post(f"/admin/v1/tenants/{tenant['id']}/keys", json={"name": "first", "key_manager": True})
         keys[name] = made.json()["key"]
         if name == "acme":
-            keys["acme-ci"] = admin.post(f"/admin/v1/tenants/{tenant['id']}/keys", json={"name": "ci"}).json()["key"]
+            ci = {"name": "ci", "monthly_token_budget": 20_000, "monthly_cost_budget": "1"}
+            keys["acme-ci"] = admin.post(f"/admin/v1/tenants/{tenant['id']}/keys", json=ci).json()["key"]
     return keys
 
 
@@ -145,6 +147,9 @@ def screenshots(browser: Browser, base: str, keys: dict[str, str], job_id: str, 
 
     operator = signed_in(browser, base, ADMIN_KEY, height=700)
     shoot(operator, out, "console-tenants")
+    operator.click("#tenants a:text-is('acme')")
+    operator.wait_for_url("**/console/admin/tenants/*")
+    shoot(operator, out, "console-tenant")
     operator.goto(f"{base}/console/admin/service")
     operator.wait_for_selector("body[data-refreshed]")
     time.sleep(4)  # two more refreshes: the latency chart has points
@@ -160,7 +165,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="llmaas-screenshots-") as temporary:
         data_dir = Path(temporary)
-        with fake_gateway(data_dir, admin_key=ADMIN_KEY) as gateway:
+        # Keys' last use written every second, not every 30: the keys pages show it.
+        with fake_gateway(data_dir, admin_key=ADMIN_KEY, key_activity_flush_seconds=1) as gateway:
             base = gateway.base
             with httpx.Client(base_url=base, headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=60) as admin:
                 keys = seed_tenants(admin)

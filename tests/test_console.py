@@ -3,12 +3,11 @@ gateway process (the instant fake engine stands in for vLLM: the console is what
 tenant's key or the admin key and out, usage appearing after API requests (tables and charts), keys created
 (shown once, working) and revoked (refused at once), the session cookie out of the page's reach, CSRF, and
 tenants kept from each other's pages and from the operator's; the playground's tool call once on the real engine
-(the suite's ``server``). With ``LLMAAS_SCREENSHOTS=<dir>`` the tests also save the screenshots the README shows."""
+(the suite's ``server``). The screenshots the docs show are made by ``bench/console_screenshots.py``."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 import uuid
@@ -19,7 +18,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from playwright.sync_api import Browser, Page, Route
+from playwright.sync_api import Browser, Route
 
 from tests.finetune_data import pirate_jsonl
 from tests.support import ADMIN, ADMIN_KEY, MODEL, REPO
@@ -45,13 +44,6 @@ def chat(base: str, key: str) -> httpx.Response:
     return httpx.post(f"{base}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
 
 
-def screenshot(page: Page, name: str) -> None:
-    target = os.environ.get("LLMAAS_SCREENSHOTS")
-    if target:
-        Path(target).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(target) / f"{name}.png"), full_page=True)
-
-
 def test_a_tenant_signs_in_sees_its_usage_and_signs_out(base: str, browser: Browser) -> None:
     _, key = tenant_key(
         base, monthly_token_budget=2000, monthly_cost_budget="5", model_prices={MODEL: {"input": "1", "output": "2"}}
@@ -66,7 +58,6 @@ def test_a_tenant_signs_in_sees_its_usage_and_signs_out(base: str, browser: Brow
     for chart in ("daily", "cumulative", "cost"):
         assert page.locator(f"#chart-{chart} canvas").count() == 1
     assert "llmaas_console" not in page.evaluate("document.cookie")  # HttpOnly: no script reads the session
-    screenshot(page, "console-usage")
     with page.expect_download() as download:
         page.click("text=Download CSV")
     assert MODEL in Path(download.value.path()).read_text()
@@ -95,7 +86,6 @@ def test_keys_are_created_once_shown_and_revoked(base: str, browser: Browser) ->
     new_key = page.locator("#new-key").inner_text()
     assert new_key.startswith("sk-") and chat(base, new_key).status_code == 200
     assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
-    screenshot(page, "console-keys-phone")
     page.goto(f"{base}/console/keys")
     assert page.locator("#new-key").count() == 0  # shown once
     row = page.locator("#keys tbody tr", has_text="ci")
@@ -158,7 +148,6 @@ def test_the_operator_signs_in_with_the_admin_key(base: str, browser: Browser) -
     assert page.locator("#tenants tbody tr").count() >= 1
     page.click("#tenants th:has-text('RPM')")  # sortable
     assert page.locator("#tenants th:has-text('RPM')").get_attribute("aria-sort") == "ascending"
-    screenshot(page, "console-tenants")
     cookies = cookies_of(page)
     assert httpx.get(f"{base}/console/usage", cookies=cookies).status_code == 403  # a tenant's page
     page.close()
@@ -295,7 +284,6 @@ def test_the_playground_shows_the_real_models_tool_call(server: str, browser: Br
     for arguments in page.locator(".tool-arguments").all_inner_texts():
         assert isinstance(json.loads(arguments)["city"], str)
     assert page.locator("#finish").inner_text().startswith("finish_reason: tool_calls")
-    screenshot(page, "console-playground")
     page.close()
 
 
@@ -354,7 +342,6 @@ def test_a_fine_tuning_job_is_started_and_its_loss_curve_drawn(
         assert page.locator("#loss-chart canvas").count() == 1  # the loss curve, drawn from the job's events
         assert page.locator("#checkpoints tbody tr").count() >= 1
         assert page.locator("#jobs tbody tr").first.locator("td").nth(3).inner_text().startswith("ft:")
-        screenshot(page, "console-fine-tuning")
         page.fill("#epochs", "50")  # a long job, cancelled while it trains
         page.click("#start button")
         page.wait_for_selector("body[data-job-status='running']", timeout=120_000)
@@ -427,7 +414,6 @@ def test_the_operator_sees_every_tenants_usage_the_service_and_the_queue(base: s
         assert last_minutes.last.locator("td").nth(6).inner_text().endswith("ms")
         assert page.locator("#latency-chart canvas").count() == 1
         assert page.locator("#queue tbody tr", has_text=job["id"]).count() == 1  # queued: no worker runs here
-        screenshot(page, "console-service")
         page.click("nav >> text=Usage")
         assert page.locator("#all-usage tbody tr").count() >= 1
         cookies = cookies_of(page)
@@ -464,7 +450,6 @@ def test_evaluation_runs_are_shown_side_by_side_with_their_accuracy(base: str, b
         accuracy = 100 * run.result_counts.passed / run.result_counts.total
         assert rows.nth(index).locator("td").nth(3).inner_text() == f"{accuracy:.1f} %"
     assert page.locator("#accuracy-chart canvas").count() == 1
-    screenshot(page, "console-evaluations")
     page.close()
 
 
