@@ -120,8 +120,7 @@ def operation_section(path: str, method: str, operation: Mapping[str, Any]) -> I
             about = " ".join(p for p in (parameter.get("description", ""), bounds_of(schema)) if p)
             required = "yes" if parameter.get("required") else ""
             yield (
-                f"| `{parameter['name']}` | {parameter['in']} | {cell(type_of(schema))} | {required} "
-                f"| {cell(about)} |"
+                f"| `{parameter['name']}` | {parameter['in']} | {cell(type_of(schema))} | {required} | {cell(about)} |"
             )
         yield ""
     for content_type, content in operation.get("requestBody", {}).get("content", {}).items():
