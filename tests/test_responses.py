@@ -71,6 +71,7 @@ def _check_response(response: Any) -> None:
 
 
 # -- a restart: gateway A stores, gateway B on the same database continues (one real engine at a time) --------------
+@pytest.mark.slow  # two real engines one after the other: `make test-slow`
 def test_a_stored_response_outlives_its_gateway(model_dir: Path, tmp_path: Path, hf_tokenizer: Any) -> None:
     with fresh_postgres_database("llmaas_responses") as url:
         settings: dict[str, Any] = {"model_path": model_dir, "kv_cache_space_gib": 1, "dtype": "float32"}

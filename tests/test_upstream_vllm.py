@@ -259,6 +259,7 @@ async def _streams_through_a_kill(deployment: Deployment, key: str, victim: VLLM
     return list(outcomes)
 
 
+@pytest.mark.slow  # a kill and a restart under load: `make test-slow`
 def test_a_replica_killed_under_load_is_ejected_and_readmitted(deployment: Deployment) -> None:
     tenant_id, key = deployment.tenant()
     victim = deployment.replicas[1]
