@@ -14,10 +14,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from engine.backend import BackendStatus, ReplicaStatus
-from gateway.ops.minutes import GENERATION_ROUTES, MinuteCounts, outcome_of
+from gateway.ops.minutes import BUCKETS, GENERATION_ROUTES, MinuteCounts, outcome_of
 from gateway.scheduling import PriorityClass
 
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_LATENCY_BUCKETS = BUCKETS[:-1]  # the service page's minute buckets; Prometheus adds its own +Inf
 CLIENT_CLOSED = 499
 """The status a request is counted under when its client went away before the answer ended (nginx's "client
 closed request"): neither a server error nor an answer."""
