@@ -167,6 +167,12 @@ def test_usage_breakdown_and_csv(service: TenancyService, ledger: UsageLedger, r
     assert len(csv_text.splitlines()) == 1 + len(by_day["data"])
 
 
+def test_a_key_name_a_spreadsheet_would_run_is_text_in_the_csv() -> None:
+    rows = [{"key": name, "requests": 1, "cost": "0.5"} for name in ('=HYPERLINK("http://x")', "@SUM(A1)", "ci")]
+    lines = usage_csv({"data": rows}).splitlines()
+    assert lines[1:] == ['"\'=HYPERLINK(""http://x"")",1,0.5', "'@SUM(A1),1,0.5", "ci,1,0.5"]
+
+
 def test_a_record_written_twice_counts_once(service: TenancyService, ledger: UsageLedger) -> None:
     acme = service.create_tenant(TenantCreate(name="acme"))
     entry = _entry(acme.id, "k", "a", 10, 5, utcnow())

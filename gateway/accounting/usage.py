@@ -158,8 +158,19 @@ def _usage_row(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""What makes a spreadsheet read a cell as a formula (OWASP's CSV injection list)."""
+
+
+def _inert(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula (a tenant's key named ``=HYPERLINK(...)``), quoted as text;
+    numbers as they are."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(_FORMULA_STARTS) else value
+
+
 def usage_csv(report: dict[str, Any]) -> str:
-    rows = report["data"]
+    """The report's rows as CSV, each text cell safe to open in a spreadsheet (tenants name their keys)."""
+    rows = [{field: _inert(value) for field, value in row.items()} for row in report["data"]]
     out = io.StringIO()
     fields = (
         list(rows[0].keys())
