@@ -1,7 +1,7 @@
 """Upgrading an install that has data (the operations guide's "Upgrading"): a database made by the first schema,
 with a tenant, its key and usage, and then a succeeded fine-tuning job with its adapter, goes up one migration at a
 time to the last, where a gateway serves that key, that usage and that ``ft:`` model; then down one migration at a
-time, with its data, to the first schema and below it (on SQLite the tenants' keys do not survive that yet)."""
+time, with its data, to the first schema and below it (the tenants' keys kept all the way down)."""
 
 from __future__ import annotations
 

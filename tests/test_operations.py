@@ -1,8 +1,9 @@
 """The operations guide (``docs/guides/operations.md``) as an operator follows it, its own commands run here: a
 gateway backed up and restored into a fresh install on another path (keys, the ledger and an ``ft:`` model work
-there), the admin key rotated (the old one refused, tenants' keys untouched), and the Prometheus and Grafana files
-under ``deploy/`` naming only metrics a gateway exports. The gateways are real processes on the instant fake engine:
-nothing here depends on what a model answers."""
+there), on SQLite and on PostgreSQL (``pg_dump`` and ``pg_restore`` into a new database); the admin key rotated
+(the old one refused, tenants' keys untouched); and the Prometheus and Grafana files under ``deploy/`` naming only
+metrics a gateway exports. The gateways are real processes on the instant fake engine: nothing here depends on what
+a model answers."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import MODEL, REPO
+from tests.support.databases import fresh_postgres_database
 from tests.support.doc_examples import examples
 from tests.support.gateway_process import fake_gateway
 from tests.support.tenants import admin_client, create_tenant, openai_client, register_adapter
@@ -78,6 +80,38 @@ def test_a_backup_restored_into_a_fresh_install_keeps_keys_the_ledger_and_ft_mod
         chat(client, ft_model)  # the restored adapter serves
         assert usage_of(admin, tenant["id"], 4)["requests"] == 4
     assert (new.stat().st_mode & 0o777) == 0o700
+
+
+def test_a_postgresql_backup_restored_into_a_new_database_keeps_keys_the_ledger_and_ft_models(tmp_path: Path) -> None:
+    old, new, backup = tmp_path / "old" / "data", tmp_path / "new" / "data", tmp_path / "llmaas.tar.gz"
+    old.mkdir(parents=True)
+    with fresh_postgres_database() as old_database, fresh_postgres_database() as new_database:
+        with (
+            fake_gateway(old, log=tmp_path / "old.log", database_url=old_database) as gateway,
+            admin_client(gateway.base) as admin,
+        ):
+            tenant, key = create_tenant(admin, "ops-pg")
+            ft_model = register_adapter(old, tenant["id"], database_url=old_database)
+            client = openai_client(gateway.base, key)
+            for model in (MODEL, ft_model):
+                chat(client, model)
+            before = usage_of(admin, tenant["id"], 2)
+            assert before["requests"] == 2 and before["completion_tokens"] > 0
+        run_block(guide_block("pg_dump"), LLMAAS_DATABASE_URL=old_database, BACKUP_FILE=str(backup))
+        run_block(guide_block("-czf"), LLMAAS_DATA_DIR=str(old), BACKUP_FILE=str(backup))
+        shutil.rmtree(old.parent)
+        run_block(guide_block("pg_restore"), LLMAAS_DATABASE_URL=new_database, BACKUP_FILE=str(backup))
+        run_block(guide_block("-xzf"), LLMAAS_DATA_DIR=str(new), BACKUP_FILE=str(backup))
+
+        with (
+            fake_gateway(new, log=tmp_path / "new.log", database_url=new_database) as gateway,
+            admin_client(gateway.base) as admin,
+        ):
+            assert usage_of(admin, tenant["id"], 2) == before
+            client = openai_client(gateway.base, key)
+            assert ft_model in {model.id for model in client.models.list()}
+            chat(client, ft_model)
+            assert usage_of(admin, tenant["id"], 3)["requests"] == 3
 
 
 def test_rotating_the_admin_key_as_the_guide_says(tmp_path: Path) -> None:

@@ -52,10 +52,13 @@ def openai_client(base: str, key: str, **options: Any) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{base}/v1", api_key=key, **{"max_retries": 0, "timeout": 120, **options})
 
 
-def register_adapter(data_dir: Path, tenant_id: str, source: Path | None = None) -> str:
-    """A fine-tuned model of the tenant in the registry of the gateway on ``data_dir``, as the worker leaves it: its
-    adapter dir holds ``source``'s files (a peft adapter), or nothing (for stand-ins that never read it)."""
-    settings = GatewaySettings(data_dir=data_dir)
+def register_adapter(
+    data_dir: Path, tenant_id: str, source: Path | None = None, *, database_url: str | None = None
+) -> str:
+    """A fine-tuned model of the tenant in the registry of the gateway on ``data_dir`` (and ``database_url``, if its
+    database is not the SQLite file there), as the worker leaves it: its adapter dir holds ``source``'s files (a peft
+    adapter), or nothing (for stand-ins that never read it)."""
+    settings = GatewaySettings(data_dir=data_dir, database_url=database_url)
     database = open_database(settings)
     registry: AdapterRegistry = adapter_registry(database, settings)
     job_id = f"ftjob-{uuid.uuid4().hex}"
