@@ -8,7 +8,9 @@ only in the build, so they cannot drift from the code.
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import sys
 import types
 from collections.abc import Iterator, Mapping
@@ -38,6 +40,7 @@ def cell(text: object) -> str:
 # --- the HTTP API --------------------------------------------------------------------------------------------------
 
 
+@functools.cache
 def openapi_schema() -> dict[str, Any]:
     """The gateway's OpenAPI schema, from an app that is built but never started (no engine, no database)."""
     from engine.settings import EngineSettings
@@ -50,6 +53,11 @@ def openapi_schema() -> dict[str, Any]:
 
 def schema_anchor(name: str) -> str:
     return f"schema-{name.lower()}"
+
+
+def route_anchor(method: str, path: str) -> str:
+    """The API page's anchor of one route (``post-v1-files-file_id-content``), what the guides link to."""
+    return re.sub(r"[^a-z0-9_]+", "-", f"{method} {path}".lower()).strip("-")
 
 
 def type_of(schema: Mapping[str, Any]) -> str:
@@ -104,7 +112,7 @@ def field_rows(schema: Mapping[str, Any]) -> Iterator[str]:
 
 
 def operation_section(path: str, method: str, operation: Mapping[str, Any]) -> Iterator[str]:
-    yield f"### `{method.upper()} {path}`"
+    yield f"### `{method.upper()} {path}` {{#{route_anchor(method, path)}}}"
     yield ""
     yield f"**{operation.get('summary', '')}**"
     yield ""
@@ -149,7 +157,10 @@ def api_page() -> str:
         "refusal answers OpenAI's error shape ([ErrorResponse](#schema-errorresponse)).",
         "",
     ]
-    groups = {"/v1/": "## The OpenAI API (`/v1`)", "/admin/v1/": "## The operator's API (`/admin/v1`)"}
+    groups = {
+        "/v1/": "## The OpenAI API (`/v1`) {#openai-api}",
+        "/admin/v1/": "## The operator's API (`/admin/v1`) {#admin-api}",
+    }
     for prefix, heading in groups.items():
         lines += [heading, ""]
         for path, operations in schema["paths"].items():
@@ -314,6 +325,43 @@ def cli_page() -> str:
 
 def render(page: str) -> str:
     return str(globals()[PAGES[page]]()) + "\n"
+
+
+# A route as the guides name one: `GET /v1/files/{id}`, `GET/POST/DELETE /v1/evals/{id}`, `GET /admin/v1/usage?...`.
+METHODS = r"(?:GET|POST|PUT|PATCH|DELETE)"
+ROUTE_MENTION = re.compile(rf"`({METHODS}(?:/{METHODS})*) (/(?:admin/)?v1/(?:[^`?\s{{]|\{{[^}}]*\}})*)")
+
+
+def routes() -> set[tuple[str, str]]:
+    """Every (method, path with its parameters as ``{}``) the gateway serves."""
+    return {
+        (method.upper(), re.sub(r"\{[^}]*\}", "{}", path))
+        for path, operations in openapi_schema()["paths"].items()
+        for method in operations
+        if method in HTTP_METHODS
+    }
+
+
+def unknown_routes(markdown: str) -> list[str]:
+    """The routes ``markdown`` names in full (no ``...``) that the gateway does not serve."""
+    known, unknown = routes(), []
+    for mention in ROUTE_MENTION.finditer(markdown):
+        path = re.sub(r"\{[^}]*\}", "{}", mention[2])
+        if "..." in path:
+            continue
+        unknown += [f"{method} {mention[2]}" for method in mention[1].split("/") if (method, path) not in known]
+    return unknown
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    """MkDocs: a guide that names a route the gateway does not serve fails the build (the reference pages are the
+    code's own word; a guide that drifted from it would say something false)."""
+    from mkdocs.exceptions import PluginError
+
+    unknown = unknown_routes(markdown)
+    if unknown:
+        raise PluginError(f"{page.file.src_path} names routes the gateway does not serve: {', '.join(unknown)}")
+    return markdown
 
 
 def on_files(files: Any, config: Any) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,49 @@ def test_the_api_reference_has_every_v1_and_admin_route_of_the_openapi_schema(si
     missing = [operation for operation in operations if operation not in page]
     assert not missing, missing
     assert "ChatCompletionRequest" in page
+
+
+@pytest.mark.parametrize(
+    ("sentence", "error"),
+    [
+        (
+            "Archive a tenant with `POST /admin/v1/tenants/{tenant}/archive`.",
+            "guides/tenants-and-keys.md names routes the gateway does not serve: "
+            "POST /admin/v1/tenants/{tenant}/archive",
+        ),
+        (
+            "[Archive a tenant](../reference/api.md#post-admin-v1-tenants-tenant-archive).",
+            "does not contain an anchor '#post-admin-v1-tenants-tenant-archive'",
+        ),
+    ],
+    ids=["a-route-it-does-not-serve", "a-link-to-a-route-it-does-not-serve"],
+)
+def test_a_guide_naming_a_route_the_gateway_does_not_serve_fails_the_build(
+    tmp_path: Path, sentence: str, error: str
+) -> None:
+    docs = tmp_path / "docs"
+    shutil.copytree(REPO / "docs", docs)
+    guide = docs / "guides" / "tenants-and-keys.md"
+    guide.write_text(guide.read_text() + f"\n{sentence}\n")
+    config = (REPO / "mkdocs.yml").read_text().replace("docs_dir: docs", f"docs_dir: {docs}")
+    config = config.replace("docs_hooks/reference.py", str(REPO / "docs_hooks" / "reference.py"))
+    (tmp_path / "mkdocs.yml").write_text(config)
+    built = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=tmp_path,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode != 0
+    assert error in built.stdout + built.stderr
+
+
+def test_the_guides_link_their_routes_to_the_api_reference(site: Path) -> None:
+    page = (site / "guides" / "openai-api.html").read_text()
+    assert 'href="../reference/api.html#post-v1-chat-completions"' in page
+    assert 'id="post-v1-chat-completions"' in (site / "reference" / "api.html").read_text()
 
 
 def test_the_settings_reference_has_every_setting(site: Path) -> None:
