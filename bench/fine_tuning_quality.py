@@ -34,6 +34,7 @@ import json
 import statistics
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -262,7 +263,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     curves.set_xlabel("step")
     curves.set_ylabel("training loss")
     curves.legend(fontsize=8)
-    figure.suptitle(f"Fine-tuning with the defaults ({title})", fontsize=9)
+    figure.suptitle("\n".join(textwrap.wrap(f"Fine-tuning with the defaults ({title})", 150)), fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 

@@ -44,6 +44,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -448,7 +449,7 @@ def plot(runs: dict[str, ServerRun], title: str, path: Path) -> None:
         ax.set_xticks(range(len(levels)), [f"{level} streams" for level in levels])
         ax.set_title(heading)
         ax.legend(fontsize=8)
-    fig.suptitle(title)
+    fig.suptitle("\n".join(textwrap.wrap(title, 140)), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

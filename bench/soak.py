@@ -27,6 +27,7 @@ import sqlite3
 import statistics
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -261,7 +262,7 @@ def plot(samples: list[Sample], path: Path, title: str) -> None:
     axis.plot([s.at_s / 60 for s in samples], [s.engine_rss / 2**20 for s in samples], label="engine processes")
     axis.set_xlabel("minutes")
     axis.set_ylabel("RSS (MiB)")
-    axis.set_title(f"Soak: RSS over time ({title})", fontsize=9)
+    axis.set_title("\n".join(textwrap.wrap(f"Soak: RSS over time ({title})", 100)), fontsize=9)
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
