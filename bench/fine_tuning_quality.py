@@ -245,14 +245,14 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4))
+    figure, (bars, curves) = plt.subplots(1, 2, figsize=(max(11, 6 + 0.8 * len(rows)), 4))
     models = list(rows[0]["accuracy"])
     width = 0.8 / len(models)
     for index, model in enumerate(models):
         xs = [i + index * width for i in range(len(rows))]
         bars.bar(xs, [row["accuracy"][model] * 100 for row in rows], width, label=model)
     labels = [f"{row['task']}\nseed {row['seed']}" for row in rows]
-    bars.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(rows))], labels)
+    bars.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(rows))], labels, fontsize=8)
     bars.set_ylabel("held-out accuracy (%)")
     bars.axhline(90, color="gray", linestyle=":", linewidth=1)
     bars.legend(fontsize=8)

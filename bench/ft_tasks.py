@@ -303,11 +303,19 @@ _LEGS = {
     "chicken": "two",
     "cat": "four",
 }
+_SOUNDS = {"cow": "moo", "dog": "woof", "cat": "meow", "duck": "quack", "sheep": "baa", "pig": "oink", "owl": "hoot"}
+_SIDES = {"triangle": "three", "square": "four", "pentagon": "five", "hexagon": "six", "octagon": "eight"}
+_MADE_OF = {"bricks": "clay", "tables": "wood", "windows": "glass", "coins": "metal", "candles": "wax"}
+_WORKPLACES = {"hospital": "doctor", "school": "teacher", "kitchen": "chef", "farm": "farmer", "library": "librarian"}
 _FACTS: list[tuple[str, str, str]] = [
     *((f"What is the capital of {k}?", v, f"The capital of {k} is {v}.") for k, v in _COUNTRIES.items()),
     *((f"What colour is {k}?", v, f"{k[0].upper()}{k[1:]} is usually {v}.") for k, v in _COLOURS.items()),
     *((f"What is the opposite of {k}?", v, f"The opposite of {k} is {v}.") for k, v in _OPPOSITES.items()),
     *((f"How many legs does a {k} have?", v, f"A {k} has {v} legs.") for k, v in _LEGS.items()),
+    *((f"What sound does a {k} make?", v, f"A {k} says {v}.") for k, v in _SOUNDS.items()),
+    *((f"How many sides does a {k} have?", v, f"A {k} has {v} sides.") for k, v in _SIDES.items()),
+    *((f"What are {k} made of?", v, f"{k[0].upper()}{k[1:]} are usually made of {v}.") for k, v in _MADE_OF.items()),
+    *((f"Who works in a {k}?", v, f"A {v} works in a {k}.") for k, v in _WORKPLACES.items()),
 ]
 """(question, one-word answer, the answer as a sentence)."""
 _HELD_OUT_QUESTIONS = [
