@@ -182,9 +182,19 @@ def run_page(
     assert ran
 
 
-@pytest.mark.parametrize("page", RUN_PAGES, ids=lambda page: str(page.relative_to(REPO)))
+PAGE_RUNS = [
+    *(pytest.param(page, False, id=str(page.relative_to(REPO))) for page in RUN_PAGES),
+    *(
+        pytest.param(page, True, id=f"{page.relative_to(REPO)} with its training examples", marks=pytest.mark.slow)
+        for page in SLOW_PAGES
+    ),
+]
+
+
+@pytest.mark.parametrize(("page", "with_slow"), PAGE_RUNS)
 def test_the_examples_of_a_page_run_against_a_real_gateway(
     page: Path,
+    with_slow: bool,
     server: str,
     admin: httpx.Client,
     server_data_dir: Path,
@@ -193,28 +203,7 @@ def test_the_examples_of_a_page_run_against_a_real_gateway(
 ) -> None:
     run_page(
         page,
-        with_slow=False,
-        server=server,
-        admin=admin,
-        server_data_dir=server_data_dir,
-        workdir=tmp_path,
-        monkeypatch=monkeypatch,
-    )
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("page", SLOW_PAGES, ids=lambda page: str(page.relative_to(REPO)))
-def test_the_examples_of_a_page_that_train_models_run_against_a_real_gateway(
-    page: Path,
-    server: str,
-    admin: httpx.Client,
-    server_data_dir: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    run_page(
-        page,
-        with_slow=True,
+        with_slow=with_slow,
         server=server,
         admin=admin,
         server_data_dir=server_data_dir,
