@@ -58,7 +58,8 @@ def register_adapter(
     """A fine-tuned model of the tenant in the registry of the gateway on ``data_dir`` (and ``database_url``, if its
     database is not the SQLite file there), as the worker leaves it: its adapter dir holds ``source``'s files (a peft
     adapter), or nothing (for stand-ins that never read it)."""
-    settings = GatewaySettings(data_dir=data_dir, database_url=database_url)
+    # Unnamed, the database is what the environment's LLMAAS_DATABASE_URL says (or the SQLite file in ``data_dir``).
+    settings = GatewaySettings(data_dir=data_dir, **({"database_url": database_url} if database_url else {}))
     database = open_database(settings)
     registry: AdapterRegistry = adapter_registry(database, settings)
     job_id = f"ftjob-{uuid.uuid4().hex}"
