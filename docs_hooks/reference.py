@@ -332,14 +332,15 @@ METHODS = r"(?:GET|POST|PUT|PATCH|DELETE)"
 ROUTE_MENTION = re.compile(rf"`({METHODS}(?:/{METHODS})*) (/(?:admin/)?v1/(?:[^`?\s{{]|\{{[^}}]*\}})*)")
 
 
-def routes() -> set[tuple[str, str]]:
+@functools.cache
+def routes() -> frozenset[tuple[str, str]]:
     """Every (method, path with its parameters as ``{}``) the gateway serves."""
-    return {
+    return frozenset(
         (method.upper(), re.sub(r"\{[^}]*\}", "{}", path))
         for path, operations in openapi_schema()["paths"].items()
         for method in operations
         if method in HTTP_METHODS
-    }
+    )
 
 
 def unknown_routes(markdown: str) -> list[str]:

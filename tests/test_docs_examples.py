@@ -48,8 +48,8 @@ def jsonl(rows: list[dict[str, object]]) -> str:
 READER_FILES = {
     "train.jsonl": pirate_jsonl().decode(),
     "intents.jsonl": jsonl(
-        [chat_line(f"{text} Which team?", team) for text, team in [("My card was charged twice.", "billing")] * 6]
-        + [chat_line(f"{text} Which team?", team) for text, team in [("The app crashes at start.", "tech")] * 6]
+        [chat_line("My card was charged twice. Which team?", "billing")] * 6
+        + [chat_line("The app crashes at start. Which team?", "tech")] * 6
     ),
     "orders.jsonl": jsonl([chat_line(f"Order {n} ships to Lyon. Order number?", str(n)) for n in range(40100, 40112)]),
     "pairs.jsonl": jsonl(
@@ -142,46 +142,6 @@ def run_bash(example: Example, code: str, env: dict[str, str]) -> None:
     assert done.returncode == 0, f"{example.where} exited {done.returncode}:\n{output}"
 
 
-def run_page(
-    page: Path,
-    *,
-    with_slow: bool,
-    server: str,
-    admin: httpx.Client,
-    server_data_dir: Path,
-    workdir: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Open-ended requests (a story, a joke) are capped, as the tenant quota `max_tokens_cap` caps them: the
-    # examples ask the real model and stay quick.
-    tenant, key = create_tenant(admin, "docs", max_tokens_cap=MAX_TOKENS)
-    page_tenant = f"acme-{os.urandom(3).hex()}"
-    # `OpenAI()` with no arguments, as the docs' scripts build it, reads these.
-    monkeypatch.setenv("OPENAI_BASE_URL", f"{server}/v1")
-    monkeypatch.setenv("OPENAI_API_KEY", key)
-    for name, content in READER_FILES.items():
-        (workdir / name).write_text(content)
-    monkeypatch.chdir(workdir)
-    env = gateway_env(server_data_dir, ADMIN_KEY) | {"URL": server, "ADMIN": ADMIN_KEY}
-    namespace: dict[str, object] = {"__name__": "__docs__", "client": openai_client(server, key)}
-    ran = 0
-    try:
-        for example in examples(page):
-            if not (example.run or (with_slow and example.slow)):
-                continue
-            code = adapted(example, server, key, page_tenant)
-            if RUNNABLE[example.lang] == "python":
-                run_python(example, code, namespace)
-            else:
-                run_bash(example, code, env)
-            ran += 1
-    finally:
-        # The page's tenants go, with whatever their examples started (a fine-tuning job is cancelled).
-        for name in (tenant["id"], page_tenant):
-            admin.delete(f"/admin/v1/tenants/{name}")
-    assert ran
-
-
 PAGE_RUNS = [
     *(pytest.param(page, False, id=str(page.relative_to(REPO))) for page in RUN_PAGES),
     *(
@@ -201,12 +161,31 @@ def test_the_examples_of_a_page_run_against_a_real_gateway(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    run_page(
-        page,
-        with_slow=with_slow,
-        server=server,
-        admin=admin,
-        server_data_dir=server_data_dir,
-        workdir=tmp_path,
-        monkeypatch=monkeypatch,
-    )
+    # Open-ended requests (a story, a joke) are capped, as the tenant quota `max_tokens_cap` caps them: the
+    # examples ask the real model and stay quick.
+    tenant, key = create_tenant(admin, "docs", max_tokens_cap=MAX_TOKENS)
+    page_tenant = f"acme-{os.urandom(3).hex()}"
+    # `OpenAI()` with no arguments, as the docs' scripts build it, reads these.
+    monkeypatch.setenv("OPENAI_BASE_URL", f"{server}/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    for name, content in READER_FILES.items():
+        (tmp_path / name).write_text(content)
+    monkeypatch.chdir(tmp_path)
+    env = gateway_env(server_data_dir, ADMIN_KEY) | {"URL": server, "ADMIN": ADMIN_KEY}
+    namespace: dict[str, object] = {"__name__": "__docs__", "client": openai_client(server, key)}
+    ran = 0
+    try:
+        for example in examples(page):
+            if not (example.run or (with_slow and example.slow)):
+                continue
+            code = adapted(example, server, key, page_tenant)
+            if RUNNABLE[example.lang] == "python":
+                run_python(example, code, namespace)
+            else:
+                run_bash(example, code, env)
+            ran += 1
+    finally:
+        # The page's tenants go, with whatever their examples started (a fine-tuning job is cancelled).
+        for name in (tenant["id"], page_tenant):
+            admin.delete(f"/admin/v1/tenants/{name}")
+    assert ran
