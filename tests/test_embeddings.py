@@ -235,6 +235,7 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, VL
         replica.stop()
 
 
+@pytest.mark.slow  # a vLLM pooling server of its own (about 50 s): `make test-slow`
 def test_upstream_mode_routes_embeddings_to_the_pooling_server(
     upstream: tuple[str, VLLMReplica, Path], client: openai.OpenAI
 ) -> None:

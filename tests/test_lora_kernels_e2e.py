@@ -27,7 +27,12 @@ WRAPPER_MARKER = "Using LLMaaSPunicaWrapperCPU"  # vLLM's own log line naming th
 SHORT_PATHS_MARKER = "short LoRA-layer paths on for"  # logged by engine/kernels/lora_layers.py
 ENGINE_TIMEOUT_S = 300
 
-pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="GPU host: vLLM's own LoRA kernels serve there")
+pytestmark = [
+    pytest.mark.skipif(torch.cuda.is_available(), reason="GPU host: vLLM's own LoRA kernels serve there"),
+    # Two to four engine starts each (about 2 minutes together): `make test-slow`. The default run still serves
+    # every adapter through our kernels (the fine-tuning end-to-end tests), just without vLLM's own ops beside them.
+    pytest.mark.slow,
+]
 
 
 @pytest.fixture(scope="module")
