@@ -44,12 +44,25 @@ def chat(base: str, key: str) -> httpx.Response:
     return httpx.post(f"{base}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
 
 
+def ledgered_usage(base: str, key: str, requests: int) -> dict[str, Any]:
+    """The key's ``/v1/usage`` once the ledger holds ``requests`` requests: the ledger writes what the journal made
+    durable every 0.5 s, later on a loaded machine, and the console's pages read the ledger."""
+    deadline = time.monotonic() + 20
+    while True:
+        usage: dict[str, Any] = httpx.get(f"{base}/v1/usage", headers={"authorization": f"Bearer {key}"}).json()
+        if usage["totals"]["requests"] >= requests:
+            return usage
+        assert time.monotonic() < deadline, usage
+        time.sleep(0.2)
+
+
 def test_a_tenant_signs_in_sees_its_usage_and_signs_out(base: str, browser: Browser) -> None:
     _, key = tenant_key(
         base, monthly_token_budget=2000, monthly_cost_budget="5", model_prices={MODEL: {"input": "1", "output": "2"}}
     )
     for _ in range(3):
         assert chat(base, key).status_code == 200
+    ledgered_usage(base, key, 3)
     page = signed_in(browser, base, key, viewport={"width": 1100, "height": 900})
     row = page.locator("#by-model tbody tr").first
     assert row.locator("td").nth(1).inner_text() == MODEL
@@ -180,10 +193,7 @@ def test_the_playground_streams_an_answer_and_shows_its_usage(base: str, browser
     assert page.locator("#error").inner_text() == ""
     assert page.locator("#answer").inner_text() == "The quick"  # the fake engine's first 9 tokens, streamed
     assert "+ 9 completion" in page.locator("#usage").inner_text()
-    deadline = time.monotonic() + 5  # the ledger writes every 0.5 s
-    while (usage := httpx.get(f"{base}/v1/usage", headers={"authorization": f"Bearer {key}"}).json())["data"] == []:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    usage = ledgered_usage(base, key, 1)
     assert usage["totals"]["completion_tokens"] == 9  # metered like any API request, on the session's key
     page.close()
 
