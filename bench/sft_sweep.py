@@ -33,7 +33,8 @@ from bench.machine import describe, machine
 
 def held_out_scores(checkpoints: tuple[Checkpoint, ...]) -> str:
     """Each epoch's held-out exact match, e.g. ``72 / 88 / 93 %``."""
-    return " / ".join(f"{getattr(c.validation, 'exact_match', 0.0):.0%}".rstrip("%") for c in checkpoints) + " %"
+    scores = [c.validation.data()["valid_exact_match"] if c.validation else 0.0 for c in checkpoints]
+    return " / ".join(f"{100 * score:.0f}" for score in scores) + " %"
 
 
 def lora_shape(fields: list[str]) -> LoraSpec:
