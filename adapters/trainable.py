@@ -55,7 +55,14 @@ class TrainableModel:
     """``bf16``: compute in bf16 (autocast; the weights and the optimizer stay fp32), for CPUs with native bf16."""
 
     def __init__(
-        self, base_model_dir: Path, lora: LoraSpec, pad_id: int, *, bf16: bool = False, start_from: Path | None = None
+        self,
+        base_model_dir: Path,
+        lora: LoraSpec,
+        pad_id: int,
+        *,
+        bf16: bool = False,
+        start_from: Path | None = None,
+        noise: float = 0.0,
     ):
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM
@@ -86,6 +93,9 @@ class TrainableModel:
         self.split_at = lowest
         if lowest and not self._split_matches():
             self.split_at = 0
+        self._noise = noise
+        if noise:
+            self._layers[lowest].register_forward_pre_hook(self._add_noise, with_kwargs=True)
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [param for param in self.model.parameters() if param.requires_grad]
@@ -122,6 +132,19 @@ class TrainableModel:
             yield
         finally:  # peft marks the active adapter's weights trainable, and only those
             self.model.base_model.set_adapter(_TRAINED)
+
+    def _add_noise(
+        self, _layer: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """While training (gradients on, train mode): Gaussian noise on the hidden state entering the lowest LoRA
+        layer, each token's ``noise`` times its own norm. NEFTune's regulariser (noise on the embeddings, Jain et al.
+        2023) moved to where training starts, so the frozen prefixes stay cached; validation and answers see none."""
+        if not (self.model.training and torch.is_grad_enabled()):
+            return None
+        hidden: torch.Tensor = args[0] if args else kwargs["hidden_states"]
+        scale = self._noise * hidden.norm(dim=-1, keepdim=True) / hidden.shape[-1] ** 0.5
+        noisy = hidden + scale * torch.randn_like(hidden)
+        return ((noisy, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": noisy})
 
     # -- the frozen prefix -------------------------------------------------------------------------------------------
     @contextlib.contextmanager

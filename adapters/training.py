@@ -1,7 +1,7 @@
 """LoRA supervised fine-tuning on CPU (``peft`` + ``transformers``, a plain seeded PyTorch loop over a
-``TrainableModel``, the rate falling linearly to 0): the loss on the assistant / completion tokens only, a
-checkpoint at every epoch end, and with a validation set, each epoch's validation loss, mean token accuracy and
-exact match of the answers the model generates greedily. The final adapter is the best checkpoint by those
+``TrainableModel``, the rate falling linearly to 0, noise on the hidden state where the adapter starts): the loss
+on the assistant / completion tokens only, a checkpoint at every epoch end, and with a validation set, each epoch's
+validation loss, mean token accuracy and exact match of the answers the model generates greedily. The final adapter is the best checkpoint by those
 (exact match, then token accuracy, then loss) unless the last is asked for; in peft's format, which vLLM loads
 as a ``LoRARequest``.
 
@@ -21,6 +21,7 @@ import torch
 
 from adapters.datasets import Dataset
 from adapters.encoding import EncodedExample, encode_dataset
+from adapters.hyperparameters import HIDDEN_NOISE
 from adapters.trainable import LoraSpec, TrainableModel
 
 __all__ = [
@@ -63,6 +64,9 @@ class TrainingSpec:
     """Validation examples whose answers are generated for exact match, each epoch."""
     start_from: Path | None = None
     """A saved adapter of the same shape whose weights training starts from (continued training)."""
+    noise: float = HIDDEN_NOISE
+    """Supervised training's noise on the hidden state entering the lowest LoRA layer, relative to its norm
+    (``adapters.hyperparameters.HIDDEN_NOISE``; 0: none). Preference training adds none."""
 
 
 class Scores(Protocol):
@@ -304,7 +308,9 @@ def train_lora(
     valid = encode_dataset(tokenizer, spec.validation, spec.max_seq_len) if spec.validation else []
 
     torch.manual_seed(spec.seed)
-    model = TrainableModel(spec.base_model_dir, spec.lora, pad_id, bf16=spec.bf16, start_from=spec.start_from)
+    model = TrainableModel(
+        spec.base_model_dir, spec.lora, pad_id, bf16=spec.bf16, start_from=spec.start_from, noise=spec.noise
+    )
     train_prefixes = model.prefixes(train)
     valid_prefixes = model.prefixes(valid) if valid else None
 

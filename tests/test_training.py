@@ -260,6 +260,33 @@ def test_the_frozen_prefix_gives_the_full_models_loss(model_dir: Path, hf_tokeni
     assert through_prefix.correct == through_all.correct
 
 
+def test_hidden_noise_is_seeded_and_only_in_training_steps(model_dir: Path, hf_tokenizer: Any) -> None:
+    """The noise moves a training step's loss, the same way for the same seed, through the cached prefix and the
+    full model alike; validation (no gradients) and eval mode see the model without it."""
+    examples = encode_dataset(hf_tokenizer, parse_jsonl(pirate_jsonl()), 1024)[:4]
+    quiet = TrainableModel(model_dir, LoraSpec(layers=10), hf_tokenizer.eos_token_id)
+    noisy = TrainableModel(model_dir, LoraSpec(layers=10), hf_tokenizer.eos_token_id, noise=0.15)
+    prefixes = noisy.prefixes(examples)
+    noisy.train()
+    quiet.train()
+
+    def step_loss(model: TrainableModel, cached: list[torch.Tensor] | None, seed: int = 0) -> float:
+        torch.manual_seed(seed)
+        return float(model.loss(examples, cached).summed)
+
+    for cached in (prefixes, None):
+        assert step_loss(noisy, cached) == step_loss(noisy, cached)
+        assert step_loss(noisy, cached) != step_loss(noisy, cached, seed=1)
+        assert abs(step_loss(noisy, cached) - step_loss(quiet, cached)) > 1e-3 * step_loss(quiet, cached)
+        with torch.no_grad():
+            assert step_loss(noisy, cached) == step_loss(quiet, cached)
+        noisy.eval()
+        quiet.eval()
+        assert step_loss(noisy, cached) == step_loss(quiet, cached)
+        noisy.train()
+        quiet.train()
+
+
 def test_the_best_checkpoint_is_kept_unless_the_last_is_asked_for() -> None:
     from adapters.training import _choose
 
