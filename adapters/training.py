@@ -1,9 +1,9 @@
 """LoRA supervised fine-tuning on CPU (``peft`` + ``transformers``, a plain seeded PyTorch loop over a
 ``TrainableModel``, the rate falling linearly to 0, noise on the hidden state where the adapter starts): the loss
 on the assistant / completion tokens only, a checkpoint at every epoch end, and with a validation set, each epoch's
-validation loss, mean token accuracy and exact match of the answers the model generates greedily. The final adapter is the best checkpoint by those
-(exact match, then token accuracy, then loss) unless the last is asked for; in peft's format, which vLLM loads
-as a ``LoRARequest``.
+validation loss, mean token accuracy and exact match of the answers the model generates greedily. The final
+adapter is the best checkpoint by those (exact match, then token accuracy, then loss) unless the last is asked for;
+in peft's format, which vLLM loads as a ``LoRARequest``.
 
 The loop itself (``run_epochs``: shuffles, optimizer, schedule, checkpoints, the chosen adapter) is shared with
 preference training (``adapters.preference``), which differs only in its batches' loss and its validation."""

@@ -8,11 +8,11 @@ by the exact match of the answers the trained model generates greedily for the t
 Each grid point is ``epochs:lr multiplier[:lora layers[:rank[:dropout]]]`` at the auto batch (8 for 150
 examples); the LoRA shape defaults to the job's (``adapters.trainable.LoraSpec``; layers 0: the top third).
 ``--noise`` runs every grid point at each of the hidden-state noise levels given (default: the job's,
-``adapters.hyperparameters.HIDDEN_NOISE``). The
-held-out set rides along as the run's validation set, which is how each epoch's exact match is measured; the last
-epoch's adapter is what a job without a validation file keeps. Training computes in bf16 where the CPU has native
-bf16 (as the worker does), in fp32 with ``--fp32`` or elsewhere. It prints one markdown row per task, seed and grid
-point: the exact match after each epoch, and the seconds the run took (training and the per-epoch scoring together).
+``adapters.hyperparameters.HIDDEN_NOISE``). The held-out set rides along as the run's validation set, which is how
+each epoch's exact match is measured; the last epoch's adapter is what a job without a validation file keeps.
+Training computes in bf16 where the CPU has native bf16 (as the worker does), in fp32 with ``--fp32`` or elsewhere.
+It prints one markdown row per task, seed and grid point: the exact match after each epoch, and the seconds the run
+took (training and the per-epoch scoring together).
 """
 
 from __future__ import annotations
