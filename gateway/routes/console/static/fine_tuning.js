@@ -136,10 +136,11 @@
     form.append("file", $("file").files[0]);
     try {
       const file = await api("/files", { method: "POST", body: form });
-      $("upload-result").className = "";
-      $("upload-result").textContent = `${file.filename}: valid, ${file.bytes} bytes (${file.id})`;
       await loadChoices();
       $("training-file").value = file.id;
+      // Said once the file can be chosen: a click on "start" right after it trains this file.
+      $("upload-result").className = "";
+      $("upload-result").textContent = `${file.filename}: valid, ${file.bytes} bytes (${file.id})`;
       $("jobs-empty-job").textContent = $("jobs-empty-job").textContent.replace(/"file-[^"]*"|"FILE_ID"/, `"${file.id}"`);
     } catch (error) {
       $("upload-result").className = "error";
