@@ -66,8 +66,18 @@ def main() -> int:
     bf16 = facts["native_bf16"] and not args.fp32
     model_dir = (args.model_dir or prepare_default_model(EngineSettings())).resolve()
     print(f"{describe(facts)}; training in {'bf16' if bf16 else 'fp32'}")
-    columns = ["task", "seed", "epochs", "multiplier", "layers", "rank", "dropout", "noise", "held-out exact match"]
-    columns.append("seconds")
+    columns = [
+        "task",
+        "seed",
+        "epochs",
+        "multiplier",
+        "layers",
+        "rank",
+        "dropout",
+        "noise",
+        "held-out exact match",
+        "seconds",
+    ]
     print(f"| {' | '.join(columns)} |\n|{'---|' * len(columns)}")
     for point, noise in itertools.product(args.grid.split(","), [float(level) for level in args.noise.split(",")]):
         epochs, multiplier, *shape = point.split(":")
