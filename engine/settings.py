@@ -108,6 +108,12 @@ class EngineSettings(SharedSettings):
         "the float weights freed.",
     )
     enforce_eager: bool = Field(default=True, description="Skip torch.compile / CUDA graphs: fast start.")
+    cpu_fused_ops: bool = Field(
+        default=True,
+        description="CPU backend, eager: RMSNorm and SiluAndMul by vLLM's fused C++ kernels "
+        "(engine/kernels/cpu_ops.py) rather than vLLM's chains of PyTorch ops (a one-stream decode step ~10 % "
+        "faster). false: vLLM's own.",
+    )
     kv_cache_space_gib: int = Field(default=2, ge=1, description="CPU backend: KV cache size in GiB.")
     cpu_worker_process: bool | None = Field(
         default=None,

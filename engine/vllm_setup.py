@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from engine.backend import EngineLoad, SpeculationCounts
 from engine.hardware import choose_layout, detect, resolve_dtype
-from engine.kernels.vllm_plugin import INT8_MAX_ROWS_ENV, QUANTIZATION_ENV, QUANTIZATION_METHOD
+from engine.kernels.vllm_plugin import CPU_FUSED_OPS_ENV, INT8_MAX_ROWS_ENV, QUANTIZATION_ENV, QUANTIZATION_METHOD
 from engine.model_prep import ModelPlan
 from engine.protocol import EngineError
 from engine.settings import EngineSettings
@@ -119,6 +119,7 @@ def engine_args(settings: EngineSettings, plan: ModelPlan, gpu_share: float) -> 
         threads = layout.describe(hardware.cores)
     # Read by our vLLM plugin (engine/kernels/vllm_plugin.py) in the engine processes vLLM spawns.
     os.environ["LLMAAS_LORA_KERNELS"] = settings.lora_kernels
+    os.environ[CPU_FUSED_OPS_ENV] = "1" if settings.cpu_fused_ops else "0"
     quantization = "none" if pooling else resolve_quantization(settings.quantization, hardware.gpu)
     if quantization != "none" and hardware.gpu:
         raise EngineError(f"quantization={quantization}: our int8 kernels are for the CPU backend; use none on GPU")

@@ -11,7 +11,9 @@ and never raises: if the kernels cannot be built or loaded, the process logs it 
 
 It also registers the quantization method ``llmaas_int8`` (``engine.kernels.int8_config``) in every process, so
 that ``quantization="llmaas_int8"`` (``EngineSettings.quantization``) and ``vllm serve --quantization llmaas_int8``
-name it."""
+name it, and (``engine.kernels.cpu_ops``) puts vLLM's fused C++ RMSNorm and SiluAndMul kernels in place of their
+PyTorch-native forms on the CPU platform; off switch ``LLMAAS_CPU_FUSED_OPS=0`` (``EngineSettings.cpu_fused_ops``,
+read where each layer is built)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ OUR_WRAPPER = "engine.kernels.punica_wrapper.LLMaaSPunicaWrapperCPU"
 QUANTIZATION_METHOD = "llmaas_int8"
 QUANTIZATION_ENV = "LLMAAS_QUANTIZATION"
 """int8 or w8a8 (``EngineSettings.quantization``): which of the two ``llmaas_int8`` runs in the engine processes."""
+CPU_FUSED_OPS_ENV = "LLMAAS_CPU_FUSED_OPS"
+"""``EngineSettings.cpu_fused_ops``: 0 keeps vLLM's PyTorch-native RMSNorm and SiluAndMul on the CPU."""
 INT8_MAX_ROWS_ENV = "LLMAAS_INT8_MAX_ROWS"
 """``EngineSettings.int8_max_rows``: the largest layer call that reads the int8 weights (0: every call)."""
 
@@ -55,6 +59,10 @@ def register() -> None:
         int8_config.register()
     except Exception:  # a model asking for llmaas_int8 then fails to start: vLLM names the unknown method
         logger.warning("LLMaaS int8 weights: registering quantization method llmaas_int8 failed", exc_info=True)
+    try:
+        _register_cpu_ops()
+    except Exception:
+        logger.warning("LLMaaS CPU ops: setup failed; vLLM's native RMSNorm and SiluAndMul serve", exc_info=True)
 
 
 def _register() -> None:
@@ -80,6 +88,19 @@ def _register() -> None:
 
     platform_cls.get_punica_wrapper = classmethod(get_punica_wrapper)  # type: ignore[assignment]  # patches vLLM
     platform_cls._llmaas_lora_kernels = True  # type: ignore[attr-defined]
+
+
+def _register_cpu_ops() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        from engine.kernels import cpu_ops
+
+        cpu_ops.install()
 
 
 def kernels_ready() -> bool:
