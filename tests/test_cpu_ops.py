@@ -1,7 +1,7 @@
 """vLLM's fused C++ RMSNorm / SiluAndMul on the CPU (``engine/kernels/cpu_ops.py``): the vLLM plugin makes them the
 layers vLLM builds, they give vLLM's native results (fp32 to rounding, bf16 within one rounding), the residual is
 added and normalised as vLLM's native path does, and what the kernels do not take (strided input, a variance over
-part of the hidden size, ``LLMAAS_CPU_FUSED_OPS=0``) runs vLLM's own code."""
+part of the hidden size, ``LLMAAS_CPU_FUSED_OPS=false``) runs vLLM's own code."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def test_what_the_kernels_do_not_take_runs_vllms_own_code(monkeypatch: pytest.Mo
     gate_up = torch.randn(6, 128, generator=generator)[:, :96]
     assert torch.equal(SiluAndMul().forward_cpu(gate_up), SiluAndMul.forward_native(gate_up))
 
-    monkeypatch.setenv(vllm_plugin.CPU_FUSED_OPS_ENV, "0")
+    monkeypatch.setenv(vllm_plugin.CPU_FUSED_OPS_ENV, "false")  # as an operator writes the setting
     switched_off, act = norm(64, torch.float32, generator), SiluAndMul()
     assert not switched_off.fused and not act.fused
     assert torch.equal(switched_off.forward_cpu(x), switched_off.forward_native(x))

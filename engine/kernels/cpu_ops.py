@@ -8,7 +8,7 @@ fused kernels (``torch.ops._C.rms_norm``, ``fused_add_rms_norm``, ``silu_and_mul
 these subclasses call them, through vLLM's seam for out-of-tree layers (``CustomOp.register_oot``: vLLM builds our
 class wherever a model asks for ``RMSNorm`` / ``SiluAndMul``). Anything the kernels do not take (another dtype, a
 weight of another dtype, a strided input, a variance over part of the hidden size, batch-invariant mode) runs vLLM's
-own ``forward_cpu``, as does every layer built while ``LLMAAS_CPU_FUSED_OPS=0`` (``EngineSettings.cpu_fused_ops``;
+own ``forward_cpu``, as does every layer built while ``LLMAAS_CPU_FUSED_OPS=false`` (``EngineSettings.cpu_fused_ops``;
 read when the layer is built, so that an engine process forked from one with another setting still follows its
 own); under ``torch.compile`` vLLM calls ``forward_native`` and none of this is used.
 
@@ -35,8 +35,9 @@ _DTYPES = (torch.float32, torch.bfloat16)
 
 
 def enabled() -> bool:
-    """Whether layers built now use the fused kernels (``LLMAAS_CPU_FUSED_OPS``, on unless 0)."""
-    return os.environ.get(CPU_FUSED_OPS_ENV, "1").strip() != "0"
+    """Whether layers built now use the fused kernels (``LLMAAS_CPU_FUSED_OPS``: on unless 0 / false / no / off,
+    as the setting of the same name reads it)."""
+    return os.environ.get(CPU_FUSED_OPS_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 class FusedRMSNorm(RMSNorm):

@@ -12,7 +12,7 @@ and never raises: if the kernels cannot be built or loaded, the process logs it 
 It also registers the quantization method ``llmaas_int8`` (``engine.kernels.int8_config``) in every process, so
 that ``quantization="llmaas_int8"`` (``EngineSettings.quantization``) and ``vllm serve --quantization llmaas_int8``
 name it, and (``engine.kernels.cpu_ops``) puts vLLM's fused C++ RMSNorm and SiluAndMul kernels in place of their
-PyTorch-native forms on the CPU platform; off switch ``LLMAAS_CPU_FUSED_OPS=0`` (``EngineSettings.cpu_fused_ops``,
+PyTorch-native forms on the CPU platform; off switch ``LLMAAS_CPU_FUSED_OPS=false`` (``EngineSettings.cpu_fused_ops``,
 read where each layer is built)."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ QUANTIZATION_METHOD = "llmaas_int8"
 QUANTIZATION_ENV = "LLMAAS_QUANTIZATION"
 """int8 or w8a8 (``EngineSettings.quantization``): which of the two ``llmaas_int8`` runs in the engine processes."""
 CPU_FUSED_OPS_ENV = "LLMAAS_CPU_FUSED_OPS"
-"""``EngineSettings.cpu_fused_ops``: 0 keeps vLLM's PyTorch-native RMSNorm and SiluAndMul on the CPU."""
+"""``EngineSettings.cpu_fused_ops``: false (or 0) keeps vLLM's PyTorch-native RMSNorm and SiluAndMul on the CPU."""
 INT8_MAX_ROWS_ENV = "LLMAAS_INT8_MAX_ROWS"
 """``EngineSettings.int8_max_rows``: the largest layer call that reads the int8 weights (0: every call)."""
 
