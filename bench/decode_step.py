@@ -1,12 +1,13 @@
-"""One stream's decode step taken apart, and vLLM's native RMSNorm / SiluAndMul against our fused ones in it.
+"""A decode step taken apart, and vLLM's native RMSNorm / SiluAndMul against our fused ones in it.
 
-    .venv/bin/python bench/decode_step.py [--dtype float32|bfloat16] [--quantization int8|w8a8|none]
+    .venv/bin/python bench/decode_step.py [--streams 1] [--dtype float32|bfloat16] [--quantization int8|w8a8|none]
                                           [--rounds 10] [--tokens 64] [--results-dir bench/results]
 
 Builds one engine in this process, as the gateway builds it (``engine.vllm_setup.engine_args``: the default model,
-vLLM's single-process executor, eager, LoRA enabled, no speculation so that every step is one token), and runs one
-request at a time: a 40-token prompt, then ``--tokens`` greedy tokens (``ignore_eos``). A round times the decode
-steps of one request (the prefill step is not counted). Rounds alternate between the fused layers
+vLLM's single-process executor, eager, LoRA enabled, no speculation so that every step is one token per sequence),
+and runs ``--streams`` requests at a time: each a distinct 40-token prompt, then ``--tokens`` greedy tokens
+(``ignore_eos``). A round times the decode steps of its requests (from when every one has its first token: the
+prefill is not counted). Rounds alternate between the fused layers
 (``engine/kernels/cpu_ops.py``) and vLLM's native ones in the same engine (each layer's ``fused`` flag flipped
 between rounds), so the machine's drift lands on both alike, and checks that both give the same tokens. Then one
 more round per mode with timers on vLLM's methods splits a step into: the linear layers (their quantization
@@ -32,21 +33,26 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import describe, machine, print_table, write_results
 
-PROMPT_TOKENS = list(range(1000, 1040))
+PROMPT_LENGTH = 40
 SPLIT = ("linear layers", "attention", "rest of the model", "engine around the model")
 
 
 @contextmanager
-def timed(owner: type, method: str, totals: dict[str, float], label: str) -> Iterator[None]:
-    """``owner.method`` adds its wall time to ``totals[label]`` while the block runs."""
+def timed(owner: type, method: str, totals: dict[str, float], label: str, inside: set[str]) -> Iterator[None]:
+    """``owner.method`` adds its wall time to ``totals[label]`` while the block runs, unless called inside another
+    method timed under the same label (the int8 method hands big calls to vLLM's float one: counted once)."""
     original = owner.__dict__[method]
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if label in inside:
+            return original(*args, **kwargs)
+        inside.add(label)
         start = time.perf_counter()
         try:
             return original(*args, **kwargs)
         finally:
             totals[label] += time.perf_counter() - start
+            inside.discard(label)
 
     setattr(owner, method, wrapper)
     try:
@@ -55,10 +61,10 @@ def timed(owner: type, method: str, totals: dict[str, float], label: str) -> Ite
         setattr(owner, method, original)
 
 
-class OneStream:
-    """The engine, and one request at a time through it."""
+class Streams:
+    """The engine, and ``streams`` requests at a time through it."""
 
-    def __init__(self, dtype: str, quantization: str, tokens: int) -> None:
+    def __init__(self, dtype: str, quantization: str, tokens: int, streams: int) -> None:
         from vllm import SamplingParams
         from vllm.v1.engine.llm_engine import LLMEngine
 
@@ -70,7 +76,7 @@ class OneStream:
         args, self.info = engine_args(settings, served_model_plans(settings)[0], 0.9)
         self.engine = LLMEngine.from_engine_args(args)
         self.params = SamplingParams(max_tokens=tokens, ignore_eos=True, temperature=0)
-        self.tokens = tokens
+        self.tokens, self.streams = tokens, streams
         self._requests = 0
 
     @property
@@ -79,22 +85,31 @@ class OneStream:
         return core.model_executor.driver_worker.worker.model_runner.model
 
     def run(self, on_decode_start: Callable[[], None] = lambda: None) -> tuple[float, list[int]]:
-        """Seconds per decode step of one request, and its tokens."""
-        self._requests += 1
-        self.engine.add_request(f"r{self._requests}", {"prompt_token_ids": PROMPT_TOKENS}, self.params)
-        self.engine.step()  # the prefill (and the first token)
+        """Seconds per decode step of the round's requests, and their tokens (one list, in request order)."""
+        tokens: dict[str, list[int]] = {}
+        for stream in range(self.streams):
+            self._requests += 1
+            prompt = [1000 + 97 * stream + i for i in range(PROMPT_LENGTH)]
+            self.engine.add_request(f"r{self._requests}", {"prompt_token_ids": prompt}, self.params)
+            tokens[f"r{self._requests}"] = []
+
+        def step() -> None:
+            for output in self.engine.step():
+                tokens[output.request_id] = list(output.outputs[0].token_ids)
+
+        while not all(tokens.values()):  # the prefill, until every request has its first token
+            step()
         on_decode_start()
-        steps, tokens = 0, []
+        steps = 0
         start = time.perf_counter()
         while self.engine.has_unfinished_requests():
-            for output in self.engine.step():
-                tokens = list(output.outputs[0].token_ids)
+            step()
             steps += 1
-        return (time.perf_counter() - start) / steps, tokens
+        return (time.perf_counter() - start) / steps, [token for answer in tokens.values() for token in answer]
 
 
-def split_step(stream: OneStream) -> dict[str, float]:
-    """ms per decode step in each part of ``SPLIT``, from one timed request."""
+def split_step(stream: Streams) -> dict[str, float]:
+    """ms per decode step in each part of ``SPLIT``, from one timed round."""
     from vllm.model_executor.layers.attention.attention import Attention
     from vllm.model_executor.layers.linear import UnquantizedLinearMethod
     from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
@@ -103,6 +118,7 @@ def split_step(stream: OneStream) -> dict[str, float]:
     from engine.kernels.int8_method import Int8LinearMethod
 
     totals = dict.fromkeys(("linear", "attention", "forward", "logits"), 0.0)
+    inside: set[str] = set()
     model_class = type(stream.model)
     hooks = [
         (Int8LinearMethod, "apply", "linear"),
@@ -119,9 +135,9 @@ def split_step(stream: OneStream) -> dict[str, float]:
 
     with ExitStack() as stack:
         for owner, method, label in hooks:
-            stack.enter_context(timed(owner, method, totals, label))
+            stack.enter_context(timed(owner, method, totals, label, inside))
         step_s, _ = stream.run(on_decode_start=reset)
-    steps = stream.tokens - 1
+    steps = stream.tokens - 1  # every request got its first token before the timers started
     per_step = {key: value / steps * 1000 for key, value in totals.items()}
     model_ms = per_step["forward"] + per_step["logits"]
     return {
@@ -135,16 +151,17 @@ def split_step(stream: OneStream) -> dict[str, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--streams", type=int, default=1, help="requests decoded together")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--quantization", default="int8", choices=["int8", "w8a8", "none"])
-    parser.add_argument("--rounds", type=int, default=10, help="requests per mode, alternating")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds per mode, alternating")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--results-dir", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
 
     os.environ.pop("LLMAAS_CPU_FUSED_OPS", None)  # the fused layers are built; the rounds switch them
     facts = machine()
-    stream = OneStream(args.dtype, args.quantization, args.tokens)
+    stream = Streams(args.dtype, args.quantization, args.tokens, args.streams)
     from engine.kernels.cpu_ops import FusedRMSNorm, FusedSiluAndMul
 
     layers = [m for m in stream.model.modules() if isinstance(m, (FusedRMSNorm, FusedSiluAndMul))]
@@ -172,7 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         use(fused)
         splits[mode] = split_step(stream)
 
-    print(f"\n## One stream's decode step: {args.quantization} weights, {args.dtype}, {args.tokens} tokens")
+    print(
+        f"\n## A decode step of {args.streams} stream(s): {args.quantization} weights, {args.dtype}, "
+        f"{args.tokens} tokens each"
+    )
     print(f"machine: {describe(facts)}; engine {stream.info}")
     print(f"greedy tokens equal in both modes: {same_tokens}\n")
     base = statistics.median(steps["native (vLLM's)"])
@@ -189,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for mode, values in steps.items()
         ],
     )
-    print("\nOne timed request per mode (ms per decode step; timers add a little):\n")
+    print("\nOne timed round per mode (ms per decode step; timers add a little):\n")
     print_table(
         ["mode", "step", *SPLIT],
         [[mode, *(f"{split[key]:.2f}" for key in ("step", *SPLIT))] for mode, split in splits.items()],
