@@ -21,7 +21,6 @@ Prints the machine line and two Markdown tables; writes ``decode_step.json`` int
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -159,7 +158,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
 
-    os.environ.pop("LLMAAS_CPU_FUSED_OPS", None)  # the fused layers are built; the rounds switch them
     facts = machine()
     stream = Streams(args.dtype, args.quantization, args.tokens, args.streams)
     from engine.kernels.cpu_ops import FusedRMSNorm, FusedSiluAndMul
