@@ -46,6 +46,7 @@ constexpr int64_t kRows = 16;          // output rows per packed block
 constexpr int64_t kGroup = 4;          // k values per row in one group of the main part
 constexpr int64_t kGroupBytes = kRows * kGroup;
 constexpr int64_t kGemvRows = 4;       // up to this many x rows: dequantize on the fly
+constexpr int64_t kGemvPassRows = 16;  // up to this many: the same, in passes of kGemvRows over a cached block
 constexpr int64_t kChunkRows = 64;     // x rows per task: the rows' fp32 copy stays in L2 across blocks
 constexpr int64_t kPrefetchBytes = 16384;  // how far ahead of its loads a GEMV prefetches weights (from memory)
 constexpr int64_t kSerialBytes = 1 << 18;  // less weight (x rows / 4) than this: one thread, no fork/join
@@ -184,8 +185,10 @@ LLMAAS_AVX512 void tile512(const float* x, int64_t ldx, int64_t kk, const float*
 
 LLMAAS_AVX512 void fp_block_avx512(const float* x, int64_t ldx, int64_t m, int64_t groups, const int8_t* w,
                                    float* tile, float* acc) {
-  if (m <= kGemvRows) {
-    return with_rows<kGemvRows>(m, [&](auto rows) { gemv512<decltype(rows)::value>(x, ldx, groups, w, acc); });
+  if (m <= kGemvPassRows) {
+    return over_tiles<kGemvRows>(m, [&](int64_t i, auto rows) {
+      gemv512<decltype(rows)::value>(x + i * ldx, ldx, groups, w, acc + i * kRows);
+    });
   }
   for (int64_t g = 0; g < groups; ++g) {
     const __m512i v = _mm512_loadu_si512(w + g * kGroupBytes);
@@ -319,8 +322,10 @@ LLMAAS_AVX2 void tile256(const float* x, int64_t ldx, int64_t kk, const float* t
 
 LLMAAS_AVX2 void fp_block_avx2(const float* x, int64_t ldx, int64_t m, int64_t groups, const int8_t* w,
                                float* tile, float* acc) {
-  if (m <= kGemvRows) {
-    return with_rows<kGemvRows>(m, [&](auto rows) { gemv256<decltype(rows)::value>(x, ldx, groups, w, acc); });
+  if (m <= kGemvPassRows) {
+    return over_tiles<kGemvRows>(m, [&](int64_t i, auto rows) {
+      gemv256<decltype(rows)::value>(x + i * ldx, ldx, groups, w, acc + i * kRows);
+    });
   }
   for (int64_t g = 0; g < groups; ++g) {
     const int8_t* wg = w + g * kGroupBytes;
@@ -543,7 +548,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
     const int threads = serial ? 1 : std::max(1, at::get_num_threads());
 #pragma omp parallel num_threads(threads)
     {
-      std::vector<float> tile(rows > kGemvRows && !dynamic_activations ? groups * kGroupBytes : 0);
+      std::vector<float> tile(rows > kGemvPassRows && !dynamic_activations ? groups * kGroupBytes : 0);
       std::vector<float> acc(kChunkRows * kRows);
       std::vector<int32_t> iacc(dynamic_activations ? kChunkRows * kRows : 0);
 #pragma omp for schedule(static)
