@@ -100,10 +100,11 @@ class EngineSettings(SharedSettings):
         "int8 or w8a8 where the kernels cannot be built fails the start.",
     )
     int8_max_rows: int = Field(
-        default=4,
+        default=8,
         ge=0,
-        description="int8/w8a8: a layer call of up to this many rows (a decode step of up to this many sequences: "
-        "memory-bound) reads the int8 weights; a larger one (a prompt's prefill, a big batch: compute-bound) runs "
+        description="int8/w8a8: a layer call of up to this many rows (a decode step of up to this many sequences, "
+        "or one sequence checking up to 7 speculated tokens: memory-bound) reads the int8 weights; a larger one (a "
+        "prompt's prefill, a big batch: compute-bound) runs "
         "vLLM's own float GEMM on the float weights, kept beside them (the memory of both). 0: int8 for every call, "
         "the float weights freed.",
     )
