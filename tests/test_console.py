@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from tests.support import ADMIN, ADMIN_KEY, MODEL, REPO
 from tests.support.console import confirm, cookies_of, sign_in, signed_in
 from tests.support.evals import ITEMS, completions_source, finished, make_eval
 from tests.support.gateway_process import CLI, fake_gateway, gateway_env
-from tests.support.tenants import tenant_key
+from tests.support.tenants import ledgered_usage, tenant_key
 
 
 @pytest.fixture(scope="module")
@@ -42,18 +41,6 @@ def base(data_dir: Path) -> Iterator[str]:
 def chat(base: str, key: str) -> httpx.Response:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
     return httpx.post(f"{base}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
-
-
-def ledgered_usage(base: str, key: str, requests: int) -> dict[str, Any]:
-    """The key's ``/v1/usage`` once the ledger holds ``requests`` requests: the ledger writes what the journal made
-    durable every 0.5 s, later on a loaded machine, and the console's pages read the ledger."""
-    deadline = time.monotonic() + 20
-    while True:
-        usage: dict[str, Any] = httpx.get(f"{base}/v1/usage", headers={"authorization": f"Bearer {key}"}).json()
-        if usage["totals"]["requests"] >= requests:
-            return usage
-        assert time.monotonic() < deadline, usage
-        time.sleep(0.2)
 
 
 def test_a_tenant_signs_in_sees_its_usage_and_signs_out(base: str, browser: Browser) -> None:

@@ -18,7 +18,7 @@ from playwright.sync_api import Browser, Page
 from tests.support import ADMIN_KEY, MODEL
 from tests.support.console import signed_in
 from tests.support.gateway_process import fake_gateway
-from tests.support.tenants import tenant_key
+from tests.support.tenants import ledgered_usage, tenant_key
 
 DAY_TICK = re.compile(r"[A-Z][a-z]{2} \d{1,2}")
 CLOCK_TICK = re.compile(r"\d{2}:\d{2}")
@@ -57,6 +57,8 @@ def test_charts_say_what_they_mean(base: str, browser: Browser, tmp_path: Path) 
     _, priced_key = tenant_key(base, "paid", model_prices={MODEL: {"input": "1", "output": "2"}})
     for key in (unpriced_key, unpriced_key, priced_key):
         chat(base, key)
+    ledgered_usage(base, unpriced_key, 2)  # the pages read the ledger, which the journal feeds every 0.5 s
+    ledgered_usage(base, priced_key, 1)
 
     page = signed_in(browser, base, unpriced_key, viewport={"width": 1100, "height": 900})
     check_day_charts(page)

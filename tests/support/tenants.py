@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -38,6 +39,18 @@ def admin_client(base: str, admin_key: str = ADMIN_KEY, timeout: float = 60) -> 
     """The operator's HTTP client."""
     with httpx.Client(base_url=base, timeout=timeout, headers={"authorization": f"Bearer {admin_key}"}) as client:
         yield client
+
+
+def ledgered_usage(base: str, key: str, requests: int) -> dict[str, Any]:
+    """The key's ``/v1/usage`` once the ledger holds ``requests`` requests: the ledger writes what the journal made
+    durable every 0.5 s, later on a loaded machine, and the console's pages read the ledger."""
+    deadline = time.monotonic() + 20
+    while True:
+        usage: dict[str, Any] = httpx.get(f"{base}/v1/usage", headers={"authorization": f"Bearer {key}"}).json()
+        if usage["totals"]["requests"] >= requests:
+            return usage
+        assert time.monotonic() < deadline, usage
+        time.sleep(0.2)
 
 
 def tenant_key(base: str, name: str = "t", key: Mapping[str, Any] | None = None, **quotas: Any) -> tuple[str, str]:
