@@ -104,9 +104,8 @@ class EngineSettings(SharedSettings):
         ge=0,
         description="int8/w8a8: a layer call of up to this many rows (a decode step of up to this many sequences, "
         "or one sequence checking up to 7 speculated tokens: memory-bound) reads the int8 weights; a larger one (a "
-        "prompt's prefill, a big batch: compute-bound) runs "
-        "vLLM's own float GEMM on the float weights, kept beside them (the memory of both). 0: int8 for every call, "
-        "the float weights freed.",
+        "prompt's prefill, a big batch: compute-bound) runs vLLM's own float GEMM on the float weights, kept beside "
+        "them (the memory of both). 0: int8 for every call, the float weights freed.",
     )
     enforce_eager: bool = Field(default=True, description="Skip torch.compile / CUDA graphs: fast start.")
     cpu_fused_ops: bool = Field(

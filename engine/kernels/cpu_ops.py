@@ -46,7 +46,8 @@ class FusedRMSNorm(RMSNorm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fused = enabled()
+        # What holds for the layer's life is decided once; the inputs are checked per call.
+        self.fused = enabled() and self.variance_size_override is None and not envs.VLLM_BATCH_INVARIANT
 
     def forward_cpu(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
@@ -64,12 +65,10 @@ class FusedRMSNorm(RMSNorm):
     def _fused(self, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
         return (
             self.fused
-            and self.variance_size_override is None
             and x.dtype in _DTYPES
             and self.weight.dtype == x.dtype
             and x.is_contiguous()
             and (residual is None or (residual.dtype == x.dtype and residual.is_contiguous()))
-            and not envs.VLLM_BATCH_INVARIANT
         )
 
 

@@ -14,8 +14,9 @@
 // Paths, chosen at run time (never by -march: this file is built for the compiler's baseline and each fast
 // kernel carries its own target attribute): avx512_vnni, avx512, avx2_vnni, avx2 and portable (plain C++ the
 // compiler vectorizes for the baseline). Few rows (decode, M <= 4), weight-only: a GEMV that dequantizes on the fly
-// and reads the weights once at memory speed; w8a8 runs its int32 dot products over row tiles for every M. More rows: each block is dequantized once into an L1/L2-resident fp32 tile
-// [k][16] and a register-blocked micro-kernel runs over the rows. OpenMP threads (torch's thread count) split the
+// and reads the weights once at memory speed; up to 16 rows the same GEMV in passes of 4 rows over each block while
+// it is in cache; w8a8 runs its int32 dot products over row tiles for every M. More rows: each block is dequantized
+// once into an L1/L2-resident fp32 tile [k][16] and a register-blocked micro-kernel runs over the rows. OpenMP threads (torch's thread count) split the
 // blocks. Registered as the torch.library ops llmaas::int8_linear / llmaas::int8_paths (what torch.compile
 // traces) and bound as plain functions of the Python module this file builds into (the eager fast path).
 

@@ -66,16 +66,10 @@ def register() -> None:
 
 
 def _register() -> None:
-    if mode() != "llmaas":
+    if mode() != "llmaas" or not _cpu_host():  # a GPU host: vLLM's Triton/CUDA LoRA kernels stay in charge
         return
-    import torch
-
-    if torch.cuda.is_available():
-        return  # GPU host: vLLM's Triton/CUDA LoRA kernels stay in charge
     from vllm.platforms import current_platform
 
-    if not current_platform.is_cpu():
-        return
     platform_cls = type(current_platform)
     if getattr(platform_cls, "_llmaas_lora_kernels", False):
         return
@@ -91,16 +85,21 @@ def _register() -> None:
 
 
 def _register_cpu_ops() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        return
-    from vllm.platforms import current_platform
-
-    if current_platform.is_cpu():
+    if _cpu_host():
         from engine.kernels import cpu_ops
 
         cpu_ops.install()
+
+
+def _cpu_host() -> bool:
+    """No GPU, and vLLM runs its CPU platform."""
+    import torch
+
+    if torch.cuda.is_available():
+        return False
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
 
 
 def kernels_ready() -> bool:
