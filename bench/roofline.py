@@ -131,6 +131,15 @@ class ModelShape:
     def flops_per_token(self, context: int = DEFAULT_CONTEXT) -> int:
         return 2 * self.linear_params() + self.attention_flops(context)
 
+    def prefill_flops(self, prompt_tokens: int, prompts: int = 1) -> float:
+        """FLOPs of prefilling ``prompts`` prompts of ``prompt_tokens`` tokens in all (each of the mean length):
+        every token through the layers' linear weights and causal attention over the tokens before it; the LM
+        head for each prompt's last token only (an engine computes no logits for the others)."""
+        lm_head = self.vocab * self.hidden
+        length = prompt_tokens / prompts
+        attention = prompts * self.attention_flops(1) * length * (length + 1) / 2
+        return 2 * (self.linear_params() - lm_head) * prompt_tokens + 2 * lm_head * prompts + attention
+
 
 def engine_threads() -> int:
     """The threads the engine's model runs on, by the engine's own layout for this machine."""
@@ -321,10 +330,9 @@ class Limit:
     """Seconds one step takes to read the weights at the measured bandwidth."""
 
 
-def int8_max_rows() -> int:
-    """The engine's ``int8_max_rows`` as this environment sets it (0: int8 for every call)."""
-    rows = EngineSettings().int8_max_rows
-    return rows if rows else sys.maxsize
+def int8_max_rows(dtype: str) -> int:
+    """The engine's ``int8_max_rows`` for ``dtype`` as this environment sets it (0, int8 for every call: no limit)."""
+    return EngineSettings().int8_rows(dtype) or sys.maxsize
 
 
 def limits(
@@ -337,7 +345,7 @@ def limits(
 ) -> Limit:
     """The tok/s limit for ``streams`` streams of the model in ``dtype`` (and ``quantization``) on this machine.
     As the engine serves int8: a decode step of more than ``LLMAAS_INT8_MAX_ROWS`` streams runs the float weights."""
-    if streams > int8_max_rows():
+    if streams > int8_max_rows(dtype):
         quantization = "none"
     shape = ModelShape.read(model_dir)
     measured = load(model_dir, cache_dir, rows=sorted({*ROWS, streams}))
@@ -356,6 +364,27 @@ def limits(
     if streams > 1 and gemm_tok_s is not None and gemm_tok_s < bandwidth_tok_s:
         return Limit(gemm_tok_s, "GEMM", bandwidth_tok_s, gemm_tok_s, peak_tok_s, weight_read_s)
     return Limit(bandwidth_tok_s, "bandwidth", bandwidth_tok_s, gemm_tok_s, peak_tok_s, weight_read_s)
+
+
+def prefill_seconds(
+    model_dir: Path,
+    dtype: str,
+    quantization: Quantization,
+    prompt_tokens: int,
+    prompts: int,
+    cache_dir: Path = DEFAULT_CACHE_DIR,
+) -> float | None:
+    """At best, the seconds prefilling ``prompts`` prompts of ``prompt_tokens`` tokens in all takes on this machine:
+    their FLOPs at the big-GEMM peak of the path they run on (a prompt of more tokens than ``LLMAAS_INT8_MAX_ROWS``
+    runs the float weights). A serving benchmark's limit counts it beside decoding: with short answers to
+    prompts of as many tokens, prefilling is as much GEMM work as decoding, and a decode-only limit would call it
+    overhead. None where that path's peak was not measured here."""
+    if prompt_tokens / prompts > int8_max_rows(dtype):
+        quantization = "none"
+    peak = load(model_dir, cache_dir)["peak_gflop_s"].get(gemm_kind(dtype, quantization))
+    if not peak:
+        return None
+    return ModelShape.read(model_dir).prefill_flops(prompt_tokens, prompts) / (float(peak) * 1e9)
 
 
 CASES: tuple[tuple[str, Quantization], ...] = tuple(

@@ -170,6 +170,11 @@ class LoadResult:
     limit_tok_s: float | None = None
     """The roofline's limit for this case (``bench/roofline.py``): weights, dtype and streams."""
     limit_bound: str | None = None
+    prompt_tokens: int = 0
+    """The prompts' tokens of every request sent (the model's chat template counted)."""
+    limit_with_prefill_tok_s: float | None = None
+    """The limit with the prompts' prefilling counted (``roofline.prefill_seconds``) beside decoding: completion
+    tokens / (their decode time at ``limit_tok_s`` + the prefill time of every prompt sent)."""
 
 
 @dataclass
@@ -283,15 +288,35 @@ def summarize(name: str, results: list[RequestResult], wall: float, concurrency:
     )
 
 
+def rounds_of(prompts: Sequence[str], concurrency: int, min_requests: int) -> list[list[str]]:
+    """The prompts of each round of a load: ``concurrency`` at once, until ``min_requests`` were sent, the
+    workload's prompts in turn."""
+    count = math.ceil(min_requests / concurrency)
+    return [[prompts[(r * concurrency + i) % len(prompts)] for i in range(concurrency)] for r in range(count)]
+
+
+def prompt_lengths(model_dir: Path, prompts: Sequence[str]) -> dict[str, int]:
+    """Each prompt's tokens as every server counts them: the model's chat template around one user message."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    lengths = {}
+    for prompt in prompts:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+        lengths[prompt] = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return lengths
+
+
 def run_level(
-    base_url: str, api_key: str, concurrency: int, max_tokens: int, min_requests: int, prompts: Sequence[str]
+    base_url: str, api_key: str, rounds: Sequence[Sequence[str]], max_tokens: int
 ) -> tuple[list[RequestResult], float]:
-    """``concurrency`` streams at once, in rounds until ``min_requests`` were sent; the rounds' walls add up."""
+    """Each round's prompts as concurrent streams, one round after another; the rounds' walls add up."""
     results: list[RequestResult] = []
     wall = 0.0
-    for round_ in range(math.ceil(min_requests / concurrency)):
-        first = round_ * concurrency
-        bodies = [chat_body(prompts[(first + i) % len(prompts)], max_tokens, MODEL_ID) for i in range(concurrency)]
+    for prompts in rounds:
+        bodies = [chat_body(prompt, max_tokens, MODEL_ID) for prompt in prompts]
         round_results, round_wall = asyncio.run(run_load(base_url, api_key, bodies))
         results += round_results
         wall += round_wall
@@ -320,11 +345,14 @@ def bench_server(name: str, model_dir: Path, results_dir: Path, args: argparse.N
             if not warm.ok:
                 raise RuntimeError(f"warm-up request failed: {warm.error}")
             print(f"[{name}] machine quiet after {wait_until_quiet():.0f} s", flush=True)
+            prompts = workload_prompts(args.workload)
+            lengths = prompt_lengths(model_dir, prompts)
             for concurrency in args.concurrency:
                 print(f"[{name}] load: {concurrency} streams x {args.max_tokens} tokens", flush=True)
-                prompts = workload_prompts(args.workload)
-                results, wall = run_level(base_url, api_key, concurrency, args.max_tokens, args.min_requests, prompts)
+                rounds = rounds_of(prompts, concurrency, args.min_requests)
+                results, wall = run_level(base_url, api_key, rounds, args.max_tokens)
                 loads.append(summarize(name, results, wall, concurrency, args.max_tokens))
+                loads[-1].prompt_tokens = sum(lengths[prompt] for prompts_ in rounds for prompt in prompts_)
                 for error in loads[-1].errors:
                     print(f"[{name}] request error: {error}", flush=True)
         finally:
@@ -360,8 +388,16 @@ def add_limits(runs: dict[str, ServerRun], model_dir: Path, dtype: str, context:
     """Each load's roofline limit (``bench/roofline.py``) for its server's weights, the dtype and its streams."""
     for run in runs.values():
         for load in run.loads:
-            limit = roofline.limits(model_dir, dtype, served_quantization(run), load.concurrency, context)
+            quantization = served_quantization(run)
+            limit = roofline.limits(model_dir, dtype, quantization, load.concurrency, context)
             load.limit_tok_s, load.limit_bound = limit.tok_s, limit.bound
+            requests = load.ok + load.failed
+            if not load.prompt_tokens or not load.completion_tokens:
+                continue
+            prefill_s = roofline.prefill_seconds(model_dir, dtype, quantization, load.prompt_tokens, requests)
+            if prefill_s is not None:
+                decode_s = load.completion_tokens / limit.tok_s
+                load.limit_with_prefill_tok_s = load.completion_tokens / (decode_s + prefill_s)
 
 
 def token_split(runs: dict[str, ServerRun], model_dir: Path, dtype: str) -> list[dict[str, Any]]:
@@ -404,9 +440,10 @@ def split_table(split: list[dict[str, Any]]) -> str:
 
 def markdown_table(runs: dict[str, ServerRun], ratio: dict[str, dict[str, float | None]]) -> str:
     lines = [
-        "| streams | server | ok/total | output tok/s | limit tok/s (bound) | share of limit | latency p50 (s) | "
-        "latency p99 (s) | TTFT p50 (ms) | TTFT p99 (ms) | startup (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| streams | server | ok/total | output tok/s | limit tok/s (bound) | share of limit | "
+        "prefill counted: limit tok/s, share | latency p50 (s) | latency p99 (s) | TTFT p50 (ms) | TTFT p99 (ms) | "
+        "startup (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     levels = sorted({load.concurrency for run in runs.values() for load in run.loads})
     for concurrency in levels:
@@ -416,9 +453,12 @@ def markdown_table(runs: dict[str, ServerRun], ratio: dict[str, dict[str, float 
                 continue
             limit = "n/a" if r.limit_tok_s is None else f"{r.limit_tok_s:.0f} ({r.limit_bound})"
             share = "n/a" if not r.limit_tok_s else f"{r.throughput_tok_s / r.limit_tok_s:.0%}"
+            with_prefill = r.limit_with_prefill_tok_s
+            prefill = "n/a" if not with_prefill else f"{with_prefill:.0f}, {r.throughput_tok_s / with_prefill:.0%}"
             lines.append(
                 f"| {concurrency} | {r.label} (`{r.server}`) | {r.ok}/{r.ok + r.failed} | "
-                f"{r.throughput_tok_s:.1f} | {limit} | {share} | {_fmt(r.latency_p50_s)} | {_fmt(r.latency_p99_s)} | "
+                f"{r.throughput_tok_s:.1f} | {limit} | {share} | {prefill} | {_fmt(r.latency_p50_s)} | "
+                f"{_fmt(r.latency_p99_s)} | "
                 f"{_fmt(r.ttft_p50_s, 1000, 0)} | {_fmt(r.ttft_p99_s, 1000, 0)} | {run.startup_s:.1f} |"
             )
     if ratio:

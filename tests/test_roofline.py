@@ -82,3 +82,21 @@ def test_a_new_measurement_keeps_the_best_of_each_number() -> None:
         "peak_gflop_s": {"float32": 350.0, "int8-torch": 500.0},
         "step_s": {"float32": {"1": 0.02, "4": 0.05}, "int8-torch": {"1": 0.01}},
     }
+
+
+def test_prefilling_counts_every_prompt_token_through_the_layers_and_the_lm_head_once_per_prompt(
+    model_dir: Path, cache_dir: Path
+) -> None:
+    shape = roofline.ModelShape.read(model_dir)
+    lm_head = 49152 * 576
+    one_token = shape.prefill_flops(1)
+    assert one_token == 2 * shape.linear_params() + shape.attention_flops(1)  # a one-token prompt is a decode step
+    # Two prompts of 36 tokens: 72 tokens through the layers, two LM-head rows, causal attention over 1..36.
+    two = shape.prefill_flops(72, prompts=2)
+    causal = 2 * shape.attention_flops(1) * 36 * 37 / 2
+    assert two == pytest.approx(2 * (shape.linear_params() - lm_head) * 72 + 2 * 2 * lm_head + causal)
+    seconds = roofline.prefill_seconds(model_dir, "float32", "int8", 72, 2, cache_dir=cache_dir)
+    assert seconds == pytest.approx(two / (PEAK_GFLOP_S * 1e9))
+    # The bf16 path is not measured where the CPU lacks it: no limit rather than a made-up one.
+    if "bfloat16" not in roofline.gemm_kinds():
+        assert roofline.prefill_seconds(model_dir, "bfloat16", "none", 72, 2, cache_dir=cache_dir) is None
