@@ -9,7 +9,6 @@ graded by ``string_check``, ``score_model`` and ``label_model`` together, where 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import pytest
 from tests.support import MODEL
 from tests.support.evals import finished
 from tests.support.gateway_process import fake_gateway
-from tests.support.tenants import admin_client, create_tenant, openai_client, register_adapter
+from tests.support.tenants import admin_client, admin_usage, create_tenant, openai_client, register_adapter
 
 JUDGE_PROMPT = [
     {"role": "system", "content": "You grade answers to geography questions."},
@@ -59,18 +58,6 @@ def completions(content: list[dict[str, Any]], model: str = MODEL, max_tokens: i
         "sampling_params": {"temperature": 0, "max_completion_tokens": max_tokens},
         "source": {"type": "file_content", "content": content},
     }
-
-
-def eval_usage(admin: httpx.Client, tenant_id: str, requests: int) -> dict[str, Any]:
-    """The tenant's ledger of kind ``eval`` once it holds ``requests`` records (it is written in batches)."""
-    deadline = time.monotonic() + 10
-    while True:
-        report = admin.get("/admin/v1/usage", params={"tenant": tenant_id, "bucket": "none", "group_by": "kind"})
-        rows = {row["kind"]: row for row in report.json()["data"]}
-        usage: dict[str, Any] = rows.get("eval", {})
-        if usage.get("requests") == requests or time.monotonic() > deadline:
-            return usage
-        time.sleep(0.2)
 
 
 def jsonl(content: list[dict[str, Any]]) -> Any:
@@ -171,14 +158,14 @@ def test_an_unparseable_judge_answer_is_that_items_error_and_its_tokens_are_bill
         assert "score" in item.sample.error.message and "token cap" in item.sample.error.message
         assert item.sample.output[0].content == "The quick"  # the sample is kept
     # Each item: its sample (9 tokens), then the score judge (its own cap, 20), which fails the item.
-    usage = eval_usage(fake_admin, tenant_id, 4)
+    usage = admin_usage(fake_admin, tenant_id, 4, kind="eval")
     assert (usage["requests"], usage["completion_tokens"]) == (4, 2 * 9 + 2 * 20)
     # A jsonl run calls only the judges: the label judge's cap is the server's (LLMAAS_EVAL_GRADER_MAX_TOKENS, 128).
     labelled = client.evals.create(data_source_config=CUSTOM, testing_criteria=[LABEL])  # type: ignore[list-item]
     given = [{**ITEMS[0], "sample": {"output_text": "Paris"}}]
     judged_only = client.evals.runs.create(labelled.id, data_source=jsonl(given))
     assert finished(client, labelled.id, judged_only.id).result_counts.errored == 1
-    usage = eval_usage(fake_admin, tenant_id, 5)
+    usage = admin_usage(fake_admin, tenant_id, 5, kind="eval")
     assert (usage["requests"], usage["completion_tokens"]) == (5, 2 * 9 + 2 * 20 + 128)
 
 
@@ -235,7 +222,7 @@ def test_the_real_model_judges_in_shape_and_the_tenant_pays_for_it(server: str, 
             judged += judge["usage"]["completion_tokens"]
         sampled += item.sample.usage.completion_tokens
     # Every judge call is the tenant's usage, kind eval, to the token: 3 samples and 6 judge answers.
-    usage = eval_usage(admin, tenant["id"], 9)
+    usage = admin_usage(admin, tenant["id"], 9, kind="eval")
     assert (usage["requests"], usage["completion_tokens"]) == (9, sampled + judged)
     # Deterministic at temperature 0: the same given samples are judged the same twice.
     given = [{**entry, "sample": {"output_text": entry["item"]["expected"]}} for entry in ITEMS]

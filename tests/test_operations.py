@@ -11,7 +11,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from tests.support import MODEL, REPO
 from tests.support.databases import fresh_postgres_database
 from tests.support.doc_examples import examples
 from tests.support.gateway_process import fake_gateway
-from tests.support.tenants import admin_client, create_tenant, openai_client, register_adapter
+from tests.support.tenants import admin_client, admin_usage, create_tenant, openai_client, register_adapter
 
 GUIDE = REPO / "docs" / "guides" / "operations.md"
 DEPLOY = REPO / "deploy"
@@ -43,16 +42,6 @@ def run_block(code: str, **env: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def usage_of(admin: httpx.Client, tenant_id: str, requests: int) -> dict[str, Any]:
-    """The tenant's usage totals once the ledger holds ``requests`` requests (it writes every 0.5 s)."""
-    deadline = time.monotonic() + 10
-    while True:
-        totals: dict[str, Any] = admin.get("/admin/v1/usage", params={"tenant": tenant_id}).json()["totals"]
-        if totals["requests"] == requests or time.monotonic() > deadline:
-            return totals
-        time.sleep(0.2)
-
-
 def chat(client: Any, model: str) -> None:
     client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=5)
 
@@ -66,7 +55,7 @@ def test_a_backup_restored_into_a_fresh_install_keeps_keys_the_ledger_and_ft_mod
         client = openai_client(gateway.base, key)
         for model in (MODEL, MODEL, ft_model):
             chat(client, model)
-        before = usage_of(admin, tenant["id"], 3)
+        before = admin_usage(admin, tenant["id"], 3)
         assert before["requests"] == 3 and before["completion_tokens"] > 0
     # The gateway is stopped (SIGTERM: drained, the ledger written): back it up as the guide says.
     run_block(guide_block("-czf"), LLMAAS_DATA_DIR=str(old), BACKUP_FILE=str(backup))
@@ -74,11 +63,11 @@ def test_a_backup_restored_into_a_fresh_install_keeps_keys_the_ledger_and_ft_mod
     run_block(guide_block("-xzf"), LLMAAS_DATA_DIR=str(new), BACKUP_FILE=str(backup))
 
     with fake_gateway(new, log=tmp_path / "new.log") as gateway, admin_client(gateway.base) as admin:
-        assert usage_of(admin, tenant["id"], 3) == before
+        assert admin_usage(admin, tenant["id"], 3) == before
         client = openai_client(gateway.base, key)
         assert ft_model in {model.id for model in client.models.list()}
         chat(client, ft_model)  # the restored adapter serves
-        assert usage_of(admin, tenant["id"], 4)["requests"] == 4
+        assert admin_usage(admin, tenant["id"], 4)["requests"] == 4
     assert (new.stat().st_mode & 0o777) == 0o700
 
 
@@ -95,7 +84,7 @@ def test_a_postgresql_backup_restored_into_a_new_database_keeps_keys_the_ledger_
             client = openai_client(gateway.base, key)
             for model in (MODEL, ft_model):
                 chat(client, model)
-            before = usage_of(admin, tenant["id"], 2)
+            before = admin_usage(admin, tenant["id"], 2)
             assert before["requests"] == 2 and before["completion_tokens"] > 0
         run_block(guide_block("pg_dump"), LLMAAS_DATABASE_URL=old_database, BACKUP_FILE=str(backup))
         run_block(guide_block("-czf"), LLMAAS_DATA_DIR=str(old), BACKUP_FILE=str(backup))
@@ -107,11 +96,11 @@ def test_a_postgresql_backup_restored_into_a_new_database_keeps_keys_the_ledger_
             fake_gateway(new, log=tmp_path / "new.log", database_url=new_database) as gateway,
             admin_client(gateway.base) as admin,
         ):
-            assert usage_of(admin, tenant["id"], 2) == before
+            assert admin_usage(admin, tenant["id"], 2) == before
             client = openai_client(gateway.base, key)
             assert ft_model in {model.id for model in client.models.list()}
             chat(client, ft_model)
-            assert usage_of(admin, tenant["id"], 3)["requests"] == 3
+            assert admin_usage(admin, tenant["id"], 3)["requests"] == 3
 
 
 def test_rotating_the_admin_key_as_the_guide_says(tmp_path: Path) -> None:

@@ -53,6 +53,21 @@ def ledgered_usage(base: str, key: str, requests: int) -> dict[str, Any]:
         time.sleep(0.2)
 
 
+def admin_usage(admin: httpx.Client, tenant_id: str, requests: int, kind: str | None = None) -> dict[str, Any]:
+    """The tenant's usage totals from ``/admin/v1/usage`` (of one ``kind`` of use: ``eval``, ``batch``, ...) once
+    they count ``requests`` requests: the ledger writes what the journal made durable every 0.5 s. After 10 s,
+    whatever they count, for the test's assert to show."""
+    params = {"tenant": tenant_id} | ({"bucket": "none", "group_by": "kind"} if kind else {})
+    deadline = time.monotonic() + 10
+    while True:
+        report = admin.get("/admin/v1/usage", params=params).json()
+        rows = {row["kind"]: row for row in report["data"]} if kind else {}
+        usage: dict[str, Any] = rows.get(kind, {}) if kind else report["totals"]
+        if usage.get("requests") == requests or time.monotonic() > deadline:
+            return usage
+        time.sleep(0.2)
+
+
 def tenant_key(base: str, name: str = "t", key: Mapping[str, Any] | None = None, **quotas: Any) -> tuple[str, str]:
     """``create_tenant`` on the gateway at ``base`` with the admin key: the tenant's id and its key."""
     with admin_client(base) as admin:
