@@ -15,6 +15,18 @@ DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 DEFAULT_EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
 DEFAULT_MAX_NUM_SEQS = 64
 DEFAULT_BURST_SEQS = 1
+INT8_AUTO_MAX_ROWS = {"float32": 24, "bfloat16": 8}
+"""``int8_max_rows`` unset: per activation dtype, the layer calls up to which our int8 kernels beat vLLM's float GEMM
+(``bench/roofline.py``, a decode step's linear layers: in fp32, capped at AVX2 on an EPYC, int8 is faster up to
+~28 rows, 42.7 vs 49.2 ms at 24; in bf16 on AVX-512 BF16 the native GEMM is faster from ~9 rows, 8.7 vs 12.2 ms at
+16)."""
+
+
+def int8_auto_rows(dtype: str) -> int:
+    """The largest layer call on the int8 weights where ``int8_max_rows`` is unset, for activations in ``dtype``."""
+    return INT8_AUTO_MAX_ROWS.get(dtype, INT8_AUTO_MAX_ROWS["bfloat16"])
+
+
 Runner = Literal["auto", "generate", "pooling"]
 """How vLLM runs a model: generate (a chat or completion model), pooling (an embedding model), or auto (from the
 model's architecture, as vLLM detects it)."""
@@ -99,13 +111,14 @@ class EngineSettings(SharedSettings):
         "(one stream ~1.6x faster, first token and many streams as fast: bench/serving_compare.py), none on a GPU. "
         "int8 or w8a8 where the kernels cannot be built fails the start.",
     )
-    int8_max_rows: int = Field(
-        default=8,
+    int8_max_rows: int | None = Field(
+        default=None,
         ge=0,
         description="int8/w8a8: a layer call of up to this many rows (a decode step of up to this many sequences, "
-        "or one sequence checking up to 7 speculated tokens: memory-bound) reads the int8 weights; a larger one (a "
-        "prompt's prefill, a big batch: compute-bound) runs vLLM's own float GEMM on the float weights, kept beside "
-        "them (the memory of both). 0: int8 for every call, the float weights freed.",
+        "speculated tokens to check included) reads the int8 weights; a larger one (a prompt's prefill, a big "
+        "batch: compute-bound) runs vLLM's own float GEMM on the float weights, kept beside them (the memory of "
+        "both). Unset: by the activations' dtype, where our kernels stop winning: 24 in float32, 8 in bfloat16. 0: "
+        "int8 for every call, the float weights freed.",
     )
     enforce_eager: bool = Field(default=True, description="Skip torch.compile / CUDA graphs: fast start.")
     cpu_fused_ops: bool = Field(
@@ -158,12 +171,12 @@ class EngineSettings(SharedSettings):
         default=5, ge=1, description="Speculation (ngram): the longest run of last tokens looked up for a draft."
     )
     speculation_max_streams: int = Field(
-        default=4,
+        default=2,
         ge=0,
         description="Speculation: drafts only while at most this many sequences run at once (vLLM's dynamic "
         "schedule). A few streams leave the CPU waiting on memory, so checking k drafts costs about one token's "
-        "step; a full batch is compute-bound, and every rejected draft there costs a token's work. 0: at any batch "
-        "size.",
+        "step; more are compute-bound, and every rejected draft there costs a token's work (int8 weights on a "
+        "2-core CPU: a gain at 1 and 2 streams, a loss at 4; docs/benchmarks.md). 0: at any batch size.",
     )
     enable_lora: bool = Field(default=True, description="Serve fine-tuned LoRA adapters beside the base model.")
     max_loras: int = Field(default=4, ge=1, description="Distinct adapters in one batch.")
@@ -217,6 +230,10 @@ class EngineSettings(SharedSettings):
     def _rank_from_text(cls, value: Any) -> Any:
         """The environment gives text; a Literal of ints does not take "16" by itself."""
         return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
+    def int8_rows(self, dtype: str) -> int:
+        """``int8_max_rows`` for a model running in ``dtype``: as set, or by the dtype (``int8_auto_rows``)."""
+        return int8_auto_rows(dtype) if self.int8_max_rows is None else self.int8_max_rows
 
     @property
     def models_dir(self) -> Path:

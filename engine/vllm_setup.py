@@ -124,7 +124,7 @@ def engine_args(settings: EngineSettings, plan: ModelPlan, gpu_share: float) -> 
     if quantization != "none" and hardware.gpu:
         raise EngineError(f"quantization={quantization}: our int8 kernels are for the CPU backend; use none on GPU")
     os.environ[QUANTIZATION_ENV] = quantization  # int8 or w8a8, read by engine/kernels/int8_config.py there
-    os.environ[INT8_MAX_ROWS_ENV] = str(settings.int8_max_rows)
+    os.environ[INT8_MAX_ROWS_ENV] = str(settings.int8_rows(dtype))
     lora = plan.primary and settings.enable_lora
     args = AsyncEngineArgs(
         model=str(plan.path),

@@ -153,6 +153,20 @@ def test_decode_sized_calls_read_the_int8_weights_and_bigger_ones_the_float_gemm
     assert not torch.allclose(int8_big, float_big, atol=1e-4, rtol=1e-4)  # so the float path is what ran
 
 
+def test_unset_max_rows_go_by_the_activation_dtype_where_our_kernels_stop_winning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("LLMAAS_INT8_MAX_ROWS", raising=False)  # a bare `vllm serve`: each layer by its weights
+    assert LLMaaSInt8Config().max_rows is None
+    for dtype, rows in ((torch.float32, 24), (torch.bfloat16, 8)):
+        method = int8_method.Int8LinearMethod(False, max_rows=None)
+        method.process_weights_after_loading(Layer(torch.randn(96, 64, dtype=dtype)))
+        assert method.max_rows == rows
+    assert EngineSettings().int8_rows("float32") == 24 and EngineSettings().int8_rows("bfloat16") == 8
+    monkeypatch.setenv("LLMAAS_INT8_MAX_ROWS", "0")  # set: for every dtype
+    assert EngineSettings().int8_rows("float32") == 0 and LLMaaSInt8Config().max_rows == 0
+
+
 def test_a_tied_lm_head_gets_an_int8_copy_and_the_embedding_keeps_its_floats() -> None:
     embedding = Layer(torch.randn(128, 32))
     head = Layer(torch.empty(128, 32))

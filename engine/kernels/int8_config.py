@@ -24,7 +24,6 @@ from vllm.model_executor.layers.quantization import register_quantization_config
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig, QuantizeMethodBase
 
 from engine.kernels.vllm_plugin import INT8_MAX_ROWS_ENV, QUANTIZATION_ENV, QUANTIZATION_METHOD
-from engine.settings import EngineSettings
 
 DYNAMIC_MODE = "w8a8"
 
@@ -38,25 +37,22 @@ def dynamic_activations() -> bool:
     return os.environ.get(QUANTIZATION_ENV, "").strip().lower() == DYNAMIC_MODE
 
 
-DEFAULT_MAX_ROWS: int = EngineSettings.model_fields["int8_max_rows"].default
-
-
-def max_rows() -> int:
-    """``LLMAAS_INT8_MAX_ROWS``: the largest layer call on the int8 weights (0: every call; unset or unreadable:
-    the setting's default, as for a bare ``vllm serve``)."""
+def max_rows() -> int | None:
+    """``LLMAAS_INT8_MAX_ROWS``: the largest layer call on the int8 weights (0: every call; unset or unreadable, as
+    for a bare ``vllm serve``: None, each layer then goes by its weights' dtype, ``int8_auto_rows``)."""
     try:
-        return max(int(os.environ.get(INT8_MAX_ROWS_ENV, DEFAULT_MAX_ROWS)), 0)
-    except ValueError:
-        return DEFAULT_MAX_ROWS
+        return max(int(os.environ[INT8_MAX_ROWS_ENV]), 0)
+    except (KeyError, ValueError):
+        return None
 
 
 class LLMaaSInt8Config(QuantizationConfig):
     """int8 weights with per-output-channel scales, quantized at load time; see the module docstring."""
 
-    def __init__(self, dynamic: bool | None = None, rows: int | None = None) -> None:
+    def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # vLLM leaves it unannotated
-        self.dynamic_activations = dynamic_activations() if dynamic is None else dynamic
-        self.max_rows = max_rows() if rows is None else rows
+        self.dynamic_activations = dynamic_activations()
+        self.max_rows = max_rows()
 
     def __repr__(self) -> str:
         return f"LLMaaSInt8Config(dynamic_activations={self.dynamic_activations}, max_rows={self.max_rows})"

@@ -19,6 +19,7 @@ from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbed
 
 from engine.kernels import int8
 from engine.kernels.int8_config import KernelsUnavailableError
+from engine.settings import int8_auto_rows
 
 logger = logging.getLogger("vllm.llmaas_int8")
 
@@ -46,9 +47,10 @@ def require_kernels() -> None:
 class Int8LinearMethod(LinearMethodBase):
     """int8 weights for one linear layer or LM head; activations in the model dtype, or int8 per token. Calls of
     more than ``max_rows`` rows (prefill, big batches: compute-bound, where the CPU's float GEMM is faster than
-    dequantizing) run vLLM's own float method on the float weight, kept for them; ``max_rows`` 0: int8 always."""
+    dequantizing) run vLLM's own float method on the float weight, kept for them; ``max_rows`` 0: int8 always;
+    None: by the loaded weight's dtype (``engine.settings.int8_auto_rows``)."""
 
-    def __init__(self, dynamic_activations: bool, max_rows: int = 0, lm_head: bool = False) -> None:
+    def __init__(self, dynamic_activations: bool, max_rows: int | None = 0, lm_head: bool = False) -> None:
         require_kernels()
         self.dynamic_activations = dynamic_activations
         self.max_rows = max_rows
@@ -89,6 +91,8 @@ class Int8LinearMethod(LinearMethodBase):
         layer.register_buffer("int8_weight", packed, persistent=False)
         layer.register_buffer("int8_scales", scales, persistent=False)
         self._packed, self._scales = packed, scales  # one method per layer: no module lookups in the hot path
+        if self.max_rows is None:
+            self.max_rows = int8_auto_rows(str(weight.dtype).removeprefix("torch."))
         if self.max_rows:  # bigger calls: vLLM's float GEMM, prepared as vLLM prepares it
             self._float.process_weights_after_loading(layer)
         elif not self._tied:  # free the float copy (vLLM's CPU path leaves an empty weight too: dtype, device)
