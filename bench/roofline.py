@@ -17,14 +17,15 @@ the model runs in the engine-core process on every core):
   serving, plus the LM head) at M = 1, 4, 32 rows: what serving actually runs.
 
 From the model's ``config.json`` it counts the bytes a decoding step reads per dtype (parameters x bytes, the LM
-head included; int8: 1 byte per weight plus an fp32 scale per output channel) and the FLOPs per token
-(2 x parameters + attention at a given context). ``limits(model_dir, dtype, quantization, streams)`` gives the
-tok/s limit for a case: at one stream bandwidth / bytes per token; at several streams also the model-shape GEMM
-rate for that many rows (tokens per step / the time of one step's linear layers and attention), the lower of the
-two; the big-GEMM peak is given for reference. Measurements are cached per machine in a JSON file
-(``--cache-dir``, default ``bench/results/``) so that a benchmark does not re-measure for minutes; ``--remeasure``
-measures again and keeps the best of each number (the machine may be shared: load only ever slows a
-measurement down).
+head included; int8: 1 byte per weight plus an fp32 scale per output channel) and the FLOPs per token (2 x
+parameters + attention at a given context). ``limits(model_dir, dtype, quantization, streams)`` gives the tok/s
+limit for a case: at one stream bandwidth / bytes per token; at several streams also the model-shape GEMM rate for
+that many rows (tokens per step / the time of one step's linear layers and attention), the lower of the two; the
+big-GEMM peak is given for reference. ``prefill_seconds`` gives, for a serving benchmark's limit with the prompts
+counted, the time their prefill takes at best: its FLOPs at the float GEMM's big-GEMM peak. Measurements are cached
+per machine in a JSON file (``--cache-dir``, default ``bench/results/``) so that a benchmark does not re-measure for
+minutes; ``--remeasure`` measures again and keeps the best of each number (the machine may be shared: load only ever
+slows a measurement down).
 """
 
 from __future__ import annotations

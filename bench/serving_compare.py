@@ -18,20 +18,21 @@ It serves one model three ways, one server at a time:
   defaults before int8 and speculation), ``ours-int8`` (int8 weights alone),
   ``ours-w8a8`` (int8 weights and activations), ``ours-spec`` (``LLMAAS_SPECULATION=ngram``), ``ours-int8-spec``.
 
-Each server is started, waited for until ready, sent one warm-up request and given until the CPUs are idle
-(our gateway's embedded fine-tuning worker imports its libraries at start); then, for each concurrency
-``c`` of ``--concurrency``, it gets ``c`` concurrent streaming chat requests (one distinct short question each,
-greedy, ``max_tokens`` output tokens forced with ``ignore_eos``; ``--workload extraction``: a short document
-in each prompt, which the answer copies out, the case prompt-lookup speculation is for), repeated in rounds
-until at least ``--min-requests`` requests were served (so 1 stream is measured over 8 requests in a row). For
-each server and concurrency it measures output tokens/s (completion tokens from the streams' final usage chunks / wall
-time of the rounds), p50/p99 end-to-end latency and p50/p99 time to first content token (TTFT). It prints
-the machine (CPU model, ISA, native bf16, cores, dtype, thread layout), a Markdown table with the roofline
-(``bench/roofline.py``: the limit for each row's weights, dtype and streams, and the share of it reached; with
-speculation a step may yield several tokens, so its share can pass 100 %), the split of one stream's time per
-output token into reading the weights and the per-step overhead, and the ratios ours/naive and ours/vllm per
-concurrency, and writes ``serving_compare.json``, ``serving_compare.png`` and
-one server log per server into ``--results-dir`` (default ``bench/results/``).
+Each server is started, waited for until ready, sent one warm-up request and given until the CPUs are idle (our
+gateway's embedded fine-tuning worker imports its libraries at start); then, for each concurrency ``c`` of
+``--concurrency``, it gets ``c`` concurrent streaming chat requests (one distinct short question each, greedy,
+``max_tokens`` output tokens forced with ``ignore_eos``; ``--workload extraction``: a short document in each prompt,
+which the answer copies out, the case prompt-lookup speculation is for), repeated in rounds until at least
+``--min-requests`` requests were served (so 1 stream is measured over 8 requests in a row). For each server and
+concurrency it measures output tokens/s (completion tokens from the streams' final usage chunks / wall time of the
+rounds), p50/p99 end-to-end latency and p50/p99 time to first content token (TTFT). It prints the machine (CPU
+model, ISA, native bf16, cores, dtype, thread layout), a Markdown table with the roofline (``bench/roofline.py``:
+the limit for each row's weights, dtype and streams, and the share of it reached; with speculation a step may yield
+several tokens, so its share can pass 100 %; and beside it the limit with the prompts' prefill counted, their tokens
+by the model's chat template: ``roofline.prefill_seconds``), the split of one stream's time per output token into
+reading the weights and the per-step overhead, and the ratios ours/naive and ours/vllm per concurrency, and writes
+``serving_compare.json``, ``serving_compare.png`` and one server log per server into ``--results-dir`` (default
+``bench/results/``).
 """
 
 from __future__ import annotations
