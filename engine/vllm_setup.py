@@ -124,7 +124,8 @@ def engine_args(settings: EngineSettings, plan: ModelPlan, gpu_share: float) -> 
     if quantization != "none" and hardware.gpu:
         raise EngineError(f"quantization={quantization}: our int8 kernels are for the CPU backend; use none on GPU")
     os.environ[QUANTIZATION_ENV] = quantization  # int8 or w8a8, read by engine/kernels/int8_config.py there
-    os.environ[INT8_MAX_ROWS_ENV] = str(settings.int8_rows(dtype))
+    int8_rows = settings.int8_rows(dtype)
+    os.environ[INT8_MAX_ROWS_ENV] = str(int8_rows)
     lora = plan.primary and settings.enable_lora
     args = AsyncEngineArgs(
         model=str(plan.path),
@@ -157,6 +158,8 @@ def engine_args(settings: EngineSettings, plan: ModelPlan, gpu_share: float) -> 
         "threads": threads,
         "runner": plan.runner,
     }
+    if quantization != "none":
+        info["int8_max_rows"] = str(int8_rows)
     if not pooling:
         info["speculation"] = describe(settings)
     return args, info

@@ -43,8 +43,9 @@ def ask(client: openai.OpenAI, question: str, model: str = MODEL, max_tokens: in
 def int8_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """``llmaas serve`` with int8 weights (fp32 activations); its base URL and data dir."""
     data_dir = tmp_path_factory.mktemp("int8-gateway")
-    # int8 for every call (no float GEMM above 4 rows): a decode step that vLLM batches with another request's
-    # prefill would otherwise run on the float weights, and the batch tests below compare greedy answers exactly.
+    # int8 for every call (no float GEMM above LLMAAS_INT8_MAX_ROWS rows): a decode step that vLLM batches with
+    # another request's prefill would otherwise run on the float weights, and the batch tests below compare greedy
+    # answers exactly.
     with second_model_gateway(data_dir, model_dir, quantization="int8", int8_max_rows=0) as gateway:
         yield gateway.base, data_dir
 
@@ -59,6 +60,7 @@ def tenant(int8_server: tuple[str, Path]) -> tuple[str, openai.OpenAI]:
 def test_ready_shows_the_quantization(int8_server: tuple[str, Path]) -> None:
     engines = httpx.get(f"{int8_server[0]}/ready", timeout=10).json()["engines"]
     assert engines[MODEL]["quantization"] == "int8"
+    assert engines[MODEL]["int8_max_rows"] == "0"
     assert engines[MODEL]["dtype"] == "float32"
 
 
