@@ -32,6 +32,11 @@ from tests.support.gateway_process import free_port, served_gateway
 from tests.support.metrics import metric_value
 from tests.support.tenants import openai_client, tenant_key
 
+# Two vLLM servers and two gateways start for this module (about a minute of setup, 2.5 minutes in all on a
+# 2-core CPU): `make test-slow`. `make test` keeps the upstream backend's logic on instant stand-ins for vLLM
+# servers (test_upstream.py, test_failover.py, test_prefix_routing.py) and real vLLM in process.
+pytestmark = pytest.mark.slow
+
 FAST = {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 10}
 
 
@@ -259,7 +264,6 @@ async def _streams_through_a_kill(deployment: Deployment, key: str, victim: VLLM
     return list(outcomes)
 
 
-@pytest.mark.slow  # a kill and a restart under load: `make test-slow`
 def test_a_replica_killed_under_load_is_ejected_and_readmitted(deployment: Deployment) -> None:
     tenant_id, key = deployment.tenant()
     victim = deployment.replicas[1]
