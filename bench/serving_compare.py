@@ -353,7 +353,7 @@ def bench_server(name: str, model_dir: Path, results_dir: Path, args: argparse.N
                 rounds = rounds_of(prompts, concurrency, args.min_requests)
                 results, wall = run_level(base_url, api_key, rounds, args.max_tokens)
                 loads.append(summarize(name, results, wall, concurrency, args.max_tokens))
-                loads[-1].prompt_tokens = sum(lengths[prompt] for prompts_ in rounds for prompt in prompts_)
+                loads[-1].prompt_tokens = sum(lengths[prompt] for round_ in rounds for prompt in round_)
                 for error in loads[-1].errors:
                     print(f"[{name}] request error: {error}", flush=True)
         finally:
