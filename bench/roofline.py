@@ -331,9 +331,11 @@ class Limit:
     """Seconds one step takes to read the weights at the measured bandwidth."""
 
 
-def int8_max_rows(dtype: str) -> int:
-    """The engine's ``int8_max_rows`` for ``dtype`` as this environment sets it (0, int8 for every call: no limit)."""
-    return EngineSettings().int8_rows(dtype) or sys.maxsize
+def int8_max_rows(dtype: str, served: int | None = None) -> int:
+    """The largest layer call on the int8 weights: what a server says it runs (``/ready``'s ``int8_max_rows``), else
+    the engine's setting for ``dtype`` as this environment sets it; 0 (int8 for every call): no limit."""
+    rows = EngineSettings().int8_rows(dtype) if served is None else served
+    return rows or sys.maxsize
 
 
 def limits(
@@ -343,10 +345,12 @@ def limits(
     streams: int = 1,
     context: int = DEFAULT_CONTEXT,
     cache_dir: Path = DEFAULT_CACHE_DIR,
+    int8_rows: int | None = None,
 ) -> Limit:
     """The tok/s limit for ``streams`` streams of the model in ``dtype`` (and ``quantization``) on this machine.
-    As the engine serves int8: a decode step of more than ``LLMAAS_INT8_MAX_ROWS`` streams runs the float weights."""
-    if streams > int8_max_rows(dtype):
+    As the engine serves int8: a decode step of more than ``int8_rows`` (``int8_max_rows``) streams runs the float
+    weights."""
+    if streams > int8_max_rows(dtype, int8_rows):
         quantization = "none"
     shape = ModelShape.read(model_dir)
     measured = load(model_dir, cache_dir, rows=sorted({*ROWS, streams}))
@@ -374,13 +378,14 @@ def prefill_seconds(
     prompt_tokens: int,
     prompts: int,
     cache_dir: Path = DEFAULT_CACHE_DIR,
+    int8_rows: int | None = None,
 ) -> float | None:
     """At best, the seconds prefilling ``prompts`` prompts of ``prompt_tokens`` tokens in all takes on this machine:
-    their FLOPs at the big-GEMM peak of the path they run on (a prompt of more tokens than ``LLMAAS_INT8_MAX_ROWS``
-    runs the float weights). A serving benchmark's limit counts it beside decoding: with short answers to
-    prompts of as many tokens, prefilling is as much GEMM work as decoding, and a decode-only limit would call it
-    overhead. None where that path's peak was not measured here."""
-    if prompt_tokens / prompts > int8_max_rows(dtype):
+    their FLOPs at the big-GEMM peak of the path they run on (a prompt of more tokens than ``int8_rows``,
+    ``int8_max_rows``, runs the float weights). A serving benchmark's limit counts it beside decoding: with short
+    answers to prompts of as many tokens, prefilling is as much GEMM work as decoding, and a decode-only limit would
+    call it overhead. None where that path's peak was not measured here."""
+    if prompt_tokens / prompts > int8_max_rows(dtype, int8_rows):
         quantization = "none"
     peak = load(model_dir, cache_dir)["peak_gflop_s"].get(gemm_kind(dtype, quantization))
     if not peak:

@@ -390,12 +390,15 @@ def add_limits(runs: dict[str, ServerRun], model_dir: Path, dtype: str, context:
     for run in runs.values():
         for load in run.loads:
             quantization = served_quantization(run)
-            limit = roofline.limits(model_dir, dtype, quantization, load.concurrency, context)
+            rows = int(run.engine["int8_max_rows"]) if "int8_max_rows" in run.engine else None
+            limit = roofline.limits(model_dir, dtype, quantization, load.concurrency, context, int8_rows=rows)
             load.limit_tok_s, load.limit_bound = limit.tok_s, limit.bound
             requests = load.ok + load.failed
             if not load.prompt_tokens or not load.completion_tokens:
                 continue
-            prefill_s = roofline.prefill_seconds(model_dir, dtype, quantization, load.prompt_tokens, requests)
+            prefill_s = roofline.prefill_seconds(
+                model_dir, dtype, quantization, load.prompt_tokens, requests, int8_rows=rows
+            )
             if prefill_s is not None:
                 decode_s = load.completion_tokens / limit.tok_s
                 load.limit_with_prefill_tok_s = load.completion_tokens / (decode_s + prefill_s)

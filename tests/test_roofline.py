@@ -100,3 +100,16 @@ def test_prefilling_counts_every_prompt_token_through_the_layers_and_the_lm_head
     # The bf16 path is not measured where the CPU lacks it: no limit rather than a made-up one.
     if "bfloat16" not in roofline.gemm_kinds():
         assert roofline.prefill_seconds(model_dir, "bfloat16", "none", 72, 2, cache_dir=cache_dir) is None
+
+
+def test_a_step_past_the_servers_int8_rows_is_limited_as_the_float_weights_it_runs(
+    model_dir: Path, cache_dir: Path
+) -> None:
+    shape = roofline.ModelShape.read(model_dir)
+    int8_bytes, float_bytes = shape.bytes_per_token("float32", "int8"), shape.bytes_per_token("float32")
+    past = roofline.limits(model_dir, "float32", "int8", 32, cache_dir=cache_dir, int8_rows=8)
+    assert past.weight_read_s == pytest.approx(float_bytes / (BANDWIDTH_GB_S * 1e9))
+    every_call = roofline.limits(model_dir, "float32", "int8", 32, cache_dir=cache_dir, int8_rows=0)  # int8 always
+    assert every_call.weight_read_s == pytest.approx(int8_bytes / (BANDWIDTH_GB_S * 1e9))
+    within = roofline.limits(model_dir, "float32", "int8", 4, cache_dir=cache_dir, int8_rows=8)
+    assert within.weight_read_s == every_call.weight_read_s
