@@ -19,7 +19,7 @@ import pytest
 from tests.support.databases import fresh_postgres_database
 from tests.support.evals import CRITERIA, ITEM_SCHEMA, ITEMS, completions_source, finished, make_eval
 from tests.support.gateway_process import fake_gateway
-from tests.support.tenants import admin_client, create_tenant, openai_client
+from tests.support.tenants import admin_client, admin_usage, create_tenant, openai_client
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +71,9 @@ def test_a_run_samples_grades_and_reports_like_openai(gateway: str, admin: httpx
     assert len(failed) == 2
     assert client.evals.runs.output_items.retrieve(first.id, eval_id=created.id, run_id=run.id).id == first.id
     # The samples were metered like any request, as kind "eval".
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        report = admin.get("/admin/v1/usage", params={"tenant": tenant_id, "bucket": "none", "group_by": "kind"})
-        rows = {row["kind"]: row for row in report.json()["data"]}
-        if rows.get("eval", {}).get("requests") == 3:
-            break
-        time.sleep(0.2)
-    assert rows["eval"]["completion_tokens"] == 27
+    usage = admin_usage(admin, tenant_id, 3, kind="eval")
+    assert usage["requests"] == 3
+    assert usage["completion_tokens"] == 27
 
 
 def test_a_file_source_and_ilike(gateway: str, admin: httpx.Client) -> None:

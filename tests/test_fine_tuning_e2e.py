@@ -17,7 +17,7 @@ import pytest
 from engine.settings import DEFAULT_EMBEDDING_MODEL_ID
 from tests.finetune_data import HELD_OUT_PROMPTS, PIRATE_PREFIX, VALIDATION_QA, pirate_jsonl
 from tests.support import MODEL
-from tests.support.tenants import create_tenant, openai_client
+from tests.support.tenants import admin_usage, create_tenant, openai_client
 
 ROBOT_PREFIX = "Beep boop! "
 TRAINING_TIMEOUT_S = 240
@@ -260,16 +260,7 @@ def test_an_eval_tells_the_fine_tuned_model_from_the_base(trained: Trained, admi
 
 
 def test_training_is_billed(trained: Trained, admin: httpx.Client) -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        report = admin.get(
-            "/admin/v1/usage", params={"tenant": trained.tenant["id"], "group_by": "kind", "bucket": "none"}
-        ).json()
-        rows = {row["kind"]: row for row in report["data"]}
-        if ("fine_tune" in rows and rows["fine_tune"]["requests"] == 3) or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
-    tuned = rows["fine_tune"]
+    tuned = admin_usage(admin, trained.tenant["id"], 3, kind="fine_tune")
     assert tuned["requests"] == 3  # two succeeded, one cancelled (charged for what it trained)
     assert tuned["prompt_tokens"] >= trained.pirate.trained_tokens + trained.robot.trained_tokens
     assert float(tuned["cost"]) == pytest.approx(tuned["prompt_tokens"] * 1 / 1e6)

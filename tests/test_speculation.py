@@ -7,12 +7,10 @@ tenant's ledger the sum of what the client saw, and the drafts and acceptances c
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 from pydantic import ValidationError
@@ -20,7 +18,7 @@ from pydantic import ValidationError
 from engine.settings import EngineSettings
 from tests.support.gateway_process import second_model_gateway
 from tests.support.metrics import metric_value
-from tests.support.tenants import admin_client, create_tenant, openai_client
+from tests.support.tenants import admin_client, admin_usage, create_tenant, openai_client
 
 MODEL = "smollm2-135m-instruct"
 LOGPROB_TOLERANCE = 1e-4
@@ -197,9 +195,8 @@ def test_ledger_is_what_the_client_saw(spec_server: str) -> None:
             chat(tenant_client, CHATS["extraction"], stream=True, max_tokens=9),
             chat(tenant_client, CHATS["json"], stream=False, max_tokens=40),
         ]
-        report = wait_for_ledger(admin, tenant["id"], len(seen))
+        totals = admin_usage(admin, tenant["id"], len(seen))
         after = admin.get("/metrics").text
-    totals = report["totals"]
     assert totals["requests"] == len(seen)
     assert totals["prompt_tokens"] == sum(answer["prompt_tokens"] for answer in seen)
     assert totals["completion_tokens"] == sum(answer["completion_tokens"] for answer in seen)
@@ -213,18 +210,6 @@ def test_ledger_is_what_the_client_saw(spec_server: str) -> None:
     # Each accepted draft token was emitted by a step that emitted one more of its own: at most all but one per
     # step were drafts, so the tokens emitted exceed the accepted drafts.
     assert accepted < totals["completion_tokens"]
-
-
-def wait_for_ledger(admin: httpx.Client, tenant_id: str, requests: int, timeout: float = 10.0) -> dict[str, Any]:
-    """The tenant's usage report once it holds ``requests`` requests (the ledger is written in batches)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        response = admin.get("/admin/v1/usage", params={"tenant": tenant_id, "bucket": "none", "group_by": "tenant"})
-        assert response.status_code == 200, response.text
-        report: dict[str, Any] = response.json()
-        if report["totals"]["requests"] >= requests or time.monotonic() > deadline:
-            return report
-        time.sleep(0.1)
 
 
 def test_prompt_lookup_bounds_are_checked_only_when_speculation_is_on() -> None:

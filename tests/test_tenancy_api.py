@@ -14,7 +14,7 @@ import pytest
 
 from tests.support import ADMIN_KEY, MODEL
 from tests.support.metrics import metric_value
-from tests.support.tenants import create_tenant, openai_client
+from tests.support.tenants import admin_usage, create_tenant, openai_client
 
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -23,16 +23,6 @@ def ledger(admin: httpx.Client, tenant_id: str, **params: Any) -> dict[str, Any]
     response = admin.get("/admin/v1/usage", params={"tenant": tenant_id, "bucket": "none", **params})
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def wait_for_ledger(admin: httpx.Client, tenant_id: str, requests: int, timeout: float = 5.0) -> dict[str, Any]:
-    """The ledger is written in batches at most 1 s apart."""
-    deadline = time.monotonic() + timeout
-    while True:
-        report = ledger(admin, tenant_id, group_by="tenant")
-        if report["totals"]["requests"] >= requests or time.monotonic() > deadline:
-            return report
-        time.sleep(0.1)
 
 
 # -- authentication ----------------------------------------------------------------------------------------
@@ -170,7 +160,7 @@ def test_200_concurrent_requests_against_rpm_50_admit_exactly_50(server: str, ad
     codes = asyncio.run(burst())
     assert codes.count(200) == 50
     assert codes.count(429) == 150
-    assert wait_for_ledger(admin, tenant["id"], 50)["totals"]["requests"] == 50
+    assert admin_usage(admin, tenant["id"], 50)["requests"] == 50
 
 
 def test_budget_exhausted_is_429_insufficient_quota_without_retries(server: str, admin: httpx.Client) -> None:
@@ -198,9 +188,9 @@ def test_concurrent_requests_never_exceed_a_token_budget(server: str, admin: htt
 
     codes = asyncio.run(burst())
     assert set(codes) == {200, 429}
-    report = wait_for_ledger(admin, tenant["id"], codes.count(200))
-    assert report["totals"]["requests"] == codes.count(200)
-    assert report["totals"]["total_tokens"] <= budget
+    totals = admin_usage(admin, tenant["id"], codes.count(200))
+    assert totals["requests"] == codes.count(200)
+    assert totals["total_tokens"] <= budget
 
 
 def test_max_tokens_cap(server: str, admin: httpx.Client) -> None:
@@ -241,8 +231,7 @@ def test_ledger_equals_client_visible_usage_over_a_mixed_run(server: str, admin:
     # Rejected before admission: no record.
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=MODEL, messages=HI, max_tokens=100_000)
-    report = wait_for_ledger(admin, tenant["id"], 5)
-    totals = report["totals"]
+    totals = admin_usage(admin, tenant["id"], 5)
     assert totals["requests"] == 5
     assert totals["prompt_tokens"] == shown_prompt
     assert totals["completion_tokens"] == shown_completion
@@ -258,13 +247,13 @@ def test_ledger_equals_client_visible_usage_over_a_mixed_run(server: str, admin:
         for line in response.iter_lines():
             if '"content":"' in line and '"content":""' not in line:
                 break
-    report = wait_for_ledger(admin, tenant["id"], 6)
-    assert report["totals"]["requests"] == 6
-    abandoned = report["totals"]["completion_tokens"] - shown_completion
+    totals = admin_usage(admin, tenant["id"], 6)
+    assert totals["requests"] == 6
+    abandoned = totals["completion_tokens"] - shown_completion
     assert 1 <= abandoned < 1000
 
     own = client.get("/usage", cast_to=object, options={"params": {"bucket": "none", "group_by": "model"}})
-    assert own["totals"] == report["totals"]
+    assert own["totals"] == totals
     csv_text = httpx.get(
         f"{server}/v1/usage", params={"format": "csv"}, headers={"authorization": f"Bearer {key}"}
     ).text
@@ -275,7 +264,7 @@ def test_usage_is_tenant_scoped(server: str, admin: httpx.Client) -> None:
     first, first_key = create_tenant(admin, "scope-a")
     _, second_key = create_tenant(admin, "scope-b")
     openai_client(server, first_key).chat.completions.create(model=MODEL, messages=HI, max_tokens=2)
-    wait_for_ledger(admin, first["id"], 1)
+    admin_usage(admin, first["id"], 1)
     keys = admin.get(f"/admin/v1/tenants/{first['id']}/keys").json()["data"]
     theirs = openai_client(server, second_key).get(
         "/usage", cast_to=object, options={"params": {"key_id": keys[0]["id"]}}
@@ -297,7 +286,7 @@ def test_the_user_field_is_kept_with_the_usage_record(server: str, admin: httpx.
 
     tenant, key = create_tenant(admin, "enduser")
     openai_client(server, key).chat.completions.create(model=MODEL, messages=HI, max_tokens=2, user="end-user-42")
-    wait_for_ledger(admin, tenant["id"], 1)
+    admin_usage(admin, tenant["id"], 1)
     with sqlite3.connect(server_data_dir / "llmaas.db") as db:
         rows = db.execute("SELECT end_user FROM usage_records WHERE tenant_id = ?", (tenant["id"],)).fetchall()
     assert rows == [("end-user-42",)]

@@ -54,16 +54,18 @@ def ledgered_usage(base: str, key: str, requests: int) -> dict[str, Any]:
 
 
 def admin_usage(admin: httpx.Client, tenant_id: str, requests: int, kind: str | None = None) -> dict[str, Any]:
-    """The tenant's usage totals from ``/admin/v1/usage`` (of one ``kind`` of use: ``eval``, ``batch``, ...) once
-    they count ``requests`` requests: the ledger writes what the journal made durable every 0.5 s. After 10 s,
-    whatever they count, for the test's assert to show."""
+    """The tenant's usage totals from ``/admin/v1/usage`` (of one ``kind`` of use: ``eval``, ``fine_tune``, ...)
+    once they count at least ``requests`` requests: the ledger writes what the journal made durable every 0.5 s.
+    After 10 s, whatever they count, for the test's assert to show."""
     params = {"tenant": tenant_id} | ({"bucket": "none", "group_by": "kind"} if kind else {})
     deadline = time.monotonic() + 10
     while True:
-        report = admin.get("/admin/v1/usage", params=params).json()
+        response = admin.get("/admin/v1/usage", params=params)
+        assert response.status_code == 200, response.text
+        report = response.json()
         rows = {row["kind"]: row for row in report["data"]} if kind else {}
         usage: dict[str, Any] = rows.get(kind, {}) if kind else report["totals"]
-        if usage.get("requests") == requests or time.monotonic() > deadline:
+        if usage.get("requests", 0) >= requests or time.monotonic() > deadline:
             return usage
         time.sleep(0.2)
 
