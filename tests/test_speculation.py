@@ -16,6 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 from engine.settings import EngineSettings
+from engine.speculation import speculative_config
 from tests.support.gateway_process import second_model_gateway
 from tests.support.metrics import metric_value
 from tests.support.tenants import admin_client, admin_usage, create_tenant, openai_client
@@ -216,3 +217,12 @@ def test_prompt_lookup_bounds_are_checked_only_when_speculation_is_on() -> None:
     assert EngineSettings(speculation="off", prompt_lookup_min=6, prompt_lookup_max=5).speculation == "off"
     with pytest.raises(ValidationError, match="prompt_lookup_min"):
         EngineSettings(prompt_lookup_min=6, prompt_lookup_max=5)  # speculation is on by default
+
+
+def test_drafts_stop_above_two_streams_by_default() -> None:
+    """From 4 streams the rejected drafts cost more than the accepted ones save (docs/benchmarks.md): vLLM's batch
+    schedule drafts 4 tokens for batches of 1 to 2 sequences and none from 3 on."""
+    config = speculative_config(EngineSettings())
+    assert config is not None
+    assert config["num_speculative_tokens_per_batch_size"] == [[1, 2, 4], [3, 3, 0]]
+    assert speculative_config(EngineSettings(speculation="off")) is None
