@@ -30,10 +30,11 @@ CPU_FLAGS = {
     "avx2": {"avx2", "fma"},
     "portable": set(),
 }
-# (rows, N, K): decode and batch sizes (up to 4 rows one pass of the GEMV, 5-16 several, more the fp32 tile); odd N
+# (rows, N, K): decode and batch sizes (up to 16 rows the GEMV in passes of 6 or 12, more the fp32 tile); odd N
 # leaves a partial 16-row block, odd K a partial group of 4.
 SHAPES = [
     (1, 37, 101), (3, 576, 576), (17, 33, 1537), (64, 192, 575), (1, 1, 1), (5, 16, 4), (2, 100, 6), (14, 50, 203),
+    (8, 33, 64), (13, 40, 96), (16, 24, 40),
 ]  # fmt: skip
 DTYPES = (torch.float32, torch.bfloat16)
 # Relative to the reference's largest magnitude. fp32: fp32 accumulation; bf16: x and the result are bf16.

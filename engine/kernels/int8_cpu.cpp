@@ -13,12 +13,13 @@
 //
 // Paths, chosen at run time (never by -march: this file is built for the compiler's baseline and each fast
 // kernel carries its own target attribute): avx512_vnni, avx512, avx2_vnni, avx2 and portable (plain C++ the
-// compiler vectorizes for the baseline). Few rows (decode, M <= 4), weight-only: a GEMV that dequantizes on the fly
-// and reads the weights once at memory speed; up to 16 rows the same GEMV in passes of 4 rows over each block while
-// it is in cache; w8a8 runs its int32 dot products over row tiles for every M. More rows: each block is dequantized
-// once into an L1/L2-resident fp32 tile [k][16] and a register-blocked micro-kernel runs over the rows. OpenMP threads (torch's thread count) split the
-// blocks. Registered as the torch.library ops llmaas::int8_linear / llmaas::int8_paths (what torch.compile
-// traces) and bound as plain functions of the Python module this file builds into (the eager fast path).
+// compiler vectorizes for the baseline). Up to 16 rows (decode steps, speculation's checks), weight-only: a GEMV that
+// dequantizes on the fly and reads the weights once at memory speed, in passes of up to 12 rows (AVX-512) or 6 (AVX2)
+// over each block while it is in cache; w8a8 runs its int32 dot products over row tiles for every M. More rows:
+// each block is dequantized once into an L1/L2-resident fp32 tile [k][16] and a register-blocked micro-kernel runs
+// over the rows. OpenMP threads (torch's thread count) split the blocks. Registered as the torch.library ops
+// llmaas::int8_linear / llmaas::int8_paths (what torch.compile traces) and bound as plain functions of the Python
+// module this file builds into (the eager fast path).
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -46,8 +47,10 @@ namespace {
 constexpr int64_t kRows = 16;          // output rows per packed block
 constexpr int64_t kGroup = 4;          // k values per row in one group of the main part
 constexpr int64_t kGroupBytes = kRows * kGroup;
-constexpr int64_t kGemvRows = 4;       // up to this many x rows: dequantize on the fly
-constexpr int64_t kGemvPassRows = 16;  // up to this many: the same, in passes of kGemvRows over a cached block
+constexpr int64_t kGemvPassRows = 16;  // up to this many x rows: dequantize on the fly (the GEMV), in passes
+constexpr int kGemvPass512 = 12;       // rows per GEMV pass, AVX-512 (16 in one pass measured slower: spills)
+constexpr int kGemvPass256 = 6;        // rows per GEMV pass, AVX2 (12 of the 16 ymm registers accumulate)
+constexpr int64_t kWorkRows = 4;       // serial or threaded: a call's work counts weight bytes x (rows / this)
 constexpr int64_t kChunkRows = 64;     // x rows per task: the rows' fp32 copy stays in L2 across blocks
 constexpr int64_t kPrefetchBytes = 16384;  // how far ahead of its loads a GEMV prefetches weights (from memory)
 constexpr int64_t kSerialBytes = 1 << 18;  // less weight (x rows / 4) than this: one thread, no fork/join
@@ -151,26 +154,28 @@ LLMAAS_AVX512 inline __m512 byte_lane512(__m512i v) {
   }
 }
 
+// Q accumulators per row (the k lanes j spread over them) keep at least 8 FMA chains in flight; a pass of up to 12
+// rows holds its accumulators, the 4 dequantized lanes and a broadcast in the 32 zmm registers.
 template <int M>
 LLMAAS_AVX512 void gemv512(const float* x, int64_t ldx, int64_t groups, const int8_t* w, float* acc) {
-  __m512 a[M][kGroup];
+  constexpr int Q = M <= 2 ? 4 : (M <= 4 ? 2 : 1);
+  __m512 a[M][Q];
   for (int i = 0; i < M; ++i)
-    for (int j = 0; j < kGroup; ++j) a[i][j] = _mm512_setzero_ps();
+    for (int q = 0; q < Q; ++q) a[i][q] = _mm512_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
     _mm_prefetch(reinterpret_cast<const char*>(w + g * kGroupBytes + kPrefetchBytes), _MM_HINT_T0);
     const __m512i v = _mm512_loadu_si512(w + g * kGroupBytes);
-    const __m512 w0 = byte_lane512<0>(v), w1 = byte_lane512<1>(v), w2 = byte_lane512<2>(v),
-                 w3 = byte_lane512<3>(v);
+    const __m512 wl[kGroup] = {byte_lane512<0>(v), byte_lane512<1>(v), byte_lane512<2>(v), byte_lane512<3>(v)};
     for (int i = 0; i < M; ++i) {
       const float* xi = x + i * ldx + g * kGroup;
-      a[i][0] = _mm512_fmadd_ps(_mm512_set1_ps(xi[0]), w0, a[i][0]);
-      a[i][1] = _mm512_fmadd_ps(_mm512_set1_ps(xi[1]), w1, a[i][1]);
-      a[i][2] = _mm512_fmadd_ps(_mm512_set1_ps(xi[2]), w2, a[i][2]);
-      a[i][3] = _mm512_fmadd_ps(_mm512_set1_ps(xi[3]), w3, a[i][3]);
+      for (int j = 0; j < kGroup; ++j) a[i][j % Q] = _mm512_fmadd_ps(_mm512_set1_ps(xi[j]), wl[j], a[i][j % Q]);
     }
   }
-  for (int i = 0; i < M; ++i)
-    _mm512_storeu_ps(acc + i * kRows, _mm512_add_ps(_mm512_add_ps(a[i][0], a[i][1]), _mm512_add_ps(a[i][2], a[i][3])));
+  for (int i = 0; i < M; ++i) {
+    __m512 s = a[i][0];
+    for (int q = 1; q < Q; ++q) s = _mm512_add_ps(s, a[i][q]);
+    _mm512_storeu_ps(acc + i * kRows, s);
+  }
 }
 
 template <int M>
@@ -187,7 +192,7 @@ LLMAAS_AVX512 void tile512(const float* x, int64_t ldx, int64_t kk, const float*
 LLMAAS_AVX512 void fp_block_avx512(const float* x, int64_t ldx, int64_t m, int64_t groups, const int8_t* w,
                                    float* tile, float* acc) {
   if (m <= kGemvPassRows) {
-    return over_tiles<kGemvRows>(m, [&](int64_t i, auto rows) {
+    return over_tiles<kGemvPass512>(m, [&](int64_t i, auto rows) {
       gemv512<decltype(rows)::value>(x + i * ldx, ldx, groups, w, acc + i * kRows);
     });
   }
@@ -324,7 +329,7 @@ LLMAAS_AVX2 void tile256(const float* x, int64_t ldx, int64_t kk, const float* t
 LLMAAS_AVX2 void fp_block_avx2(const float* x, int64_t ldx, int64_t m, int64_t groups, const int8_t* w,
                                float* tile, float* acc) {
   if (m <= kGemvPassRows) {
-    return over_tiles<kGemvRows>(m, [&](int64_t i, auto rows) {
+    return over_tiles<kGemvPass256>(m, [&](int64_t i, auto rows) {
       gemv256<decltype(rows)::value>(x + i * ldx, ldx, groups, w, acc + i * kRows);
     });
   }
@@ -545,7 +550,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
     const int64_t groups = k / kGroup, tail = k % kGroup, block_bytes = kRows * k;
     const int64_t chunks = (m + kChunkRows - 1) / kChunkRows, tasks = chunks * blocks;
     const int64_t rows = std::min(m, kChunkRows);
-    const bool serial = blocks * block_bytes * std::max<int64_t>(1, rows / kGemvRows) < kSerialBytes;
+    const bool serial = blocks * block_bytes * std::max<int64_t>(1, rows / kWorkRows) < kSerialBytes;
     const int threads = serial ? 1 : std::max(1, at::get_num_threads());
 #pragma omp parallel num_threads(threads)
     {
