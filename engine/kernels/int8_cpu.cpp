@@ -50,10 +50,10 @@ constexpr int64_t kGroupBytes = kRows * kGroup;
 constexpr int64_t kGemvPassRows = 16;  // up to this many x rows: dequantize on the fly (the GEMV), in passes
 constexpr int kGemvPass512 = 12;       // rows per GEMV pass, AVX-512 (16 in one pass measured slower: spills)
 constexpr int kGemvPass256 = 6;        // rows per GEMV pass, AVX2 (12 of the 16 ymm registers accumulate)
-constexpr int64_t kWorkRows = 4;       // serial or threaded: a call's work counts weight bytes x (rows / this)
+constexpr int64_t kWorkRows = 4;       // a call's work, for kSerialBytes: weight bytes x (rows / this)
 constexpr int64_t kChunkRows = 64;     // x rows per task: the rows' fp32 copy stays in L2 across blocks
 constexpr int64_t kPrefetchBytes = 16384;  // how far ahead of its loads a GEMV prefetches weights (from memory)
-constexpr int64_t kSerialBytes = 1 << 18;  // less weight (x rows / 4) than this: one thread, no fork/join
+constexpr int64_t kSerialBytes = 1 << 18;  // less work than this: one thread, no fork/join
 
 enum Path : int64_t { kPortable = 0, kAvx2 = 1, kAvx2Vnni = 2, kAvx512 = 3, kAvx512Vnni = 4 };
 const std::array<const char*, 5> kPathNames = {"portable", "avx2", "avx2_vnni", "avx512", "avx512_vnni"};
