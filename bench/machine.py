@@ -29,7 +29,10 @@ def machine() -> dict[str, Any]:
 
 
 def describe(facts: dict[str, Any]) -> str:
-    hardware = Hardware(**{field.name: facts[field.name] for field in dataclasses.fields(Hardware)})
+    # results written before a field was added lack it: its default
+    hardware = Hardware(
+        **{field.name: facts[field.name] for field in dataclasses.fields(Hardware) if field.name in facts}
+    )
     return f"{hardware.describe()}; default dtype {facts['dtype']}, {facts['threads']}"
 
 

@@ -334,7 +334,9 @@ class Limit:
 def int8_max_rows(dtype: str, served: int | None = None) -> int:
     """The largest layer call on the int8 weights: what a server says it runs (``/ready``'s ``int8_max_rows``), else
     the engine's setting for ``dtype`` as this environment sets it; 0 (int8 for every call): no limit."""
-    rows = EngineSettings().int8_rows(dtype) if served is None else served
+    kernel = int8_kernel()
+    bf16_dot = kernel is not None and bool(kernel.bf16_dot_products_lead())
+    rows = EngineSettings().int8_rows(dtype, bf16_dot) if served is None else served
     return rows or sys.maxsize
 
 

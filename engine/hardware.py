@@ -15,6 +15,7 @@ from typing import Literal
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 """What ``LLMAAS_DTYPE`` may say; "auto" is resolved by ``resolve_dtype``."""
 _NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+_AMX_FLAG = "amx_bf16"
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class Hardware:
     """torch's CPU capability: "AVX2", "AVX512", ..."""
     native_bf16: bool
     gpu: bool
+    amx: bool = False
+    """AMX bf16 tiles (the float GEMM's fast path for bf16)."""
 
     def describe(self) -> str:
         if self.gpu:
@@ -57,6 +60,7 @@ def detect() -> Hardware:
         isa=torch.backends.cpu.get_cpu_capability(),
         native_bf16=bool(_NATIVE_BF16_FLAGS & flags),
         gpu=bool(torch.cuda.is_available()),
+        amx=_AMX_FLAG in flags,
     )
 
 

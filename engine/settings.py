@@ -18,12 +18,20 @@ DEFAULT_BURST_SEQS = 1
 INT8_AUTO_MAX_ROWS = {"float32": 24, "bfloat16": 8}
 """``int8_max_rows`` unset: per activation dtype, the layer calls up to which our int8 kernels beat vLLM's float GEMM
 (``bench/roofline.py``, a decode step's linear layers: in fp32, capped at AVX2 on an EPYC, int8 is faster up to
-~28 rows, 42.7 vs 49.2 ms at 24; in bf16 on AVX-512 BF16 the native GEMM is faster from ~9 rows, 8.7 vs 12.2 ms at
-16; on an AMX Xeon even at 8, 11.6 vs 11.8 ms, and bf16 ahead at 10)."""
+~28 rows, 42.7 vs 49.2 ms at 24; in bf16 with the kernels converting bf16 to fp32, on AVX-512 BF16 the native GEMM
+is faster from ~9 rows, 8.7 vs 12.2 ms at 16; on an AMX Xeon even at 8, 11.6 vs 11.8 ms, and bf16 ahead at 10)."""
+INT8_BF16_DOT_MAX_ROWS = 24
+"""The same in bf16 where our kernels take bf16 dot products (their ``avx512_bf16`` path) and the float GEMM has no
+AMX tiles: on an AVX-512 BF16 EPYC int8 is faster up to ~28 rows, 10.3-11.5 vs 11.7-11.9 ms at 24 (7.0-7.8 vs
+9.4-9.7 at 16). Not measured against AMX: there the rows stay 8, where int8 was already even."""
 
 
-def int8_auto_rows(dtype: str) -> int:
-    """The largest layer call on the int8 weights where ``int8_max_rows`` is unset, for activations in ``dtype``."""
+def int8_auto_rows(dtype: str, bf16_dot_products: bool = False) -> int:
+    """The largest layer call on the int8 weights where ``int8_max_rows`` is unset, for activations in ``dtype``;
+    ``bf16_dot_products``: our kernels take bf16 dot products against a float GEMM without AMX here
+    (``engine.kernels.int8.bf16_dot_products_lead``)."""
+    if dtype == "bfloat16" and bf16_dot_products:
+        return INT8_BF16_DOT_MAX_ROWS
     return INT8_AUTO_MAX_ROWS.get(dtype, INT8_AUTO_MAX_ROWS["bfloat16"])
 
 
@@ -117,7 +125,8 @@ class EngineSettings(SharedSettings):
         description="int8/w8a8: a layer call of up to this many rows (a decode step of up to this many sequences, "
         "speculated tokens to check included) reads the int8 weights; a larger one (a prompt's prefill, a big "
         "batch: compute-bound) runs vLLM's own float GEMM on the float weights, kept beside them (the memory of "
-        "both). Unset: by the activations' dtype, where our kernels stop winning: 24 in float32, 8 in bfloat16. 0: "
+        "both). Unset: by the activations' dtype, where our kernels stop winning: 24 in float32; in bfloat16 24 where "
+        "they take bf16 dot products (AVX-512 BF16) and the CPU has no AMX, else 8. 0: "
         "int8 for every call, the float weights freed.",
     )
     enforce_eager: bool = Field(default=True, description="Skip torch.compile / CUDA graphs: fast start.")
@@ -231,9 +240,10 @@ class EngineSettings(SharedSettings):
         """The environment gives text; a Literal of ints does not take "16" by itself."""
         return int(value) if isinstance(value, str) and value.strip().isdigit() else value
 
-    def int8_rows(self, dtype: str) -> int:
-        """``int8_max_rows`` for a model running in ``dtype``: as set, or by the dtype (``int8_auto_rows``)."""
-        return int8_auto_rows(dtype) if self.int8_max_rows is None else self.int8_max_rows
+    def int8_rows(self, dtype: str, bf16_dot_products: bool = False) -> int:
+        """``int8_max_rows`` for a model running in ``dtype``: as set, or by the dtype and whether our kernels take
+        bf16 dot products here (``int8_auto_rows``)."""
+        return int8_auto_rows(dtype, bf16_dot_products) if self.int8_max_rows is None else self.int8_max_rows
 
     @property
     def models_dir(self) -> Path:

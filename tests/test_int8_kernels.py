@@ -16,6 +16,7 @@ from engine.kernels import int8
 
 # What each path needs, for the skip reason on CPUs without it.
 NEEDS = {
+    "avx512_bf16": "AVX-512 (F/BW/VL) with VNNI and BF16",
     "avx512_vnni": "AVX-512 (F/BW/VL) with VNNI",
     "avx512": "AVX-512 (F/BW/VL)",
     "avx2_vnni": "AVX2+FMA with AVX-VNNI",
@@ -24,6 +25,7 @@ NEEDS = {
 }
 # The /proc/cpuinfo flags each path needs, the best path first.
 CPU_FLAGS = {
+    "avx512_bf16": {"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx2", "fma"},
     "avx512_vnni": {"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx2", "fma"},
     "avx512": {"avx512f", "avx512bw", "avx512vl", "avx2", "fma"},
     "avx2_vnni": {"avx2", "fma", "avx_vnni"},

@@ -7,6 +7,7 @@ engine."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +19,8 @@ import pytest
 import torch
 
 from bench.lora_kernels import make_adapters
-from engine.kernels import int8_method
+from engine.hardware import detect
+from engine.kernels import int8, int8_method
 from engine.kernels.int8_config import KernelsUnavailableError, LLMaaSInt8Config
 from engine.settings import EngineSettings
 from engine.vllm_setup import resolve_quantization
@@ -160,13 +162,26 @@ def test_unset_max_rows_go_by_the_activation_dtype_where_our_kernels_stop_winnin
 ) -> None:
     monkeypatch.delenv("LLMAAS_INT8_MAX_ROWS", raising=False)  # a bare `vllm serve`: each layer by its weights
     assert LLMaaSInt8Config().max_rows is None
-    for dtype, rows in ((torch.float32, 24), (torch.bfloat16, 8)):
-        method = int8_method.Int8LinearMethod(False, max_rows=None)
-        method.process_weights_after_loading(Layer(torch.randn(96, 64, dtype=dtype)))
-        assert method.max_rows == rows
+    # bf16 rows: 24 where our kernels take bf16 dot products against a float GEMM without AMX, else 8
+    for lead, bf16_rows in ((False, 8), (True, 24)):
+        monkeypatch.setattr(int8, "bf16_dot_products_lead", lambda lead=lead: lead)
+        for dtype, dynamic, rows in (
+            (torch.float32, False, 24), (torch.bfloat16, False, bf16_rows), (torch.bfloat16, True, 8)
+        ):  # fmt: skip
+            method = int8_method.Int8LinearMethod(dynamic, max_rows=None)
+            method.process_weights_after_loading(Layer(torch.randn(96, 64, dtype=dtype)))
+            assert method.max_rows == rows
+        assert EngineSettings().int8_rows("bfloat16", lead) == bf16_rows
     assert EngineSettings().int8_rows("float32") == 24 and EngineSettings().int8_rows("bfloat16") == 8
     monkeypatch.setenv("LLMAAS_INT8_MAX_ROWS", "0")  # set: for every dtype
     assert EngineSettings().int8_rows("float32") == 0 and LLMaaSInt8Config().max_rows == 0
+
+
+def test_bf16_dot_products_lead_on_the_avx512_bf16_path_without_amx(monkeypatch: pytest.MonkeyPatch) -> None:
+    for path, amx, lead in (("avx512_bf16", False, True), ("avx512_bf16", True, False), ("avx512_vnni", False, False)):
+        monkeypatch.setattr(int8, "_default", path)
+        monkeypatch.setattr(int8, "detect", lambda amx=amx: dataclasses.replace(detect(), amx=amx))
+        assert int8.bf16_dot_products_lead() is lead
 
 
 def test_a_tied_lm_head_gets_an_int8_copy_and_the_embedding_keeps_its_floats() -> None:

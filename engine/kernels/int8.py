@@ -9,7 +9,8 @@ result has x's dtype); ``dynamic_activations=True`` (w8a8) also quantizes each r
 and takes int32 dot products.
 
 The kernels pick their instruction set at run time (the library is built for the compiler's baseline):
-``avx512_vnni``, ``avx512``, ``avx2_vnni``, ``avx2`` or ``portable``. ``isa()`` is the path in use: the best this
+``avx512_bf16`` (``avx512_vnni``, and bf16 activations by bf16 dot products), ``avx512_vnni``, ``avx512``,
+``avx2_vnni``, ``avx2`` or ``portable``. ``isa()`` is the path in use: the best this
 CPU runs, or ``LLMAAS_INT8_ISA`` where set to one it runs; ``int8_linear(..., isa=...)`` picks one per call (tests,
 benchmarks). The library builds on first use (``engine.kernels.KernelLibrary``, cached per machine); importing
 this module never builds nor raises, and ``available()`` says whether the kernels can run here."""
@@ -23,13 +24,14 @@ from pathlib import Path
 
 import torch
 
+from engine.hardware import detect
 from engine.kernels import KernelBuildError, KernelLibrary
 
 ISA_ENV = "LLMAAS_INT8_ISA"
 BLOCK_ROWS = 16
 GROUP = 4
 # The C++ side's path numbers (``enum Path`` in int8_cpu.cpp).
-PATHS = ("portable", "avx2", "avx2_vnni", "avx512", "avx512_vnni")
+PATHS = ("portable", "avx2", "avx2_vnni", "avx512", "avx512_vnni", "avx512_bf16")
 
 
 def _register_fakes() -> None:
@@ -72,8 +74,8 @@ _default: str | None = None
 
 
 def isa() -> str:
-    """The path ``int8_linear`` uses by default: ``avx512_vnni``, ``avx512``, ``avx2_vnni``, ``avx2``,
-    ``portable``, or ``unavailable`` where the kernels cannot be built. Never raises."""
+    """The path ``int8_linear`` uses by default: ``avx512_bf16``, ``avx512_vnni``, ``avx512``, ``avx2_vnni``,
+    ``avx2``, ``portable``, or ``unavailable`` where the kernels cannot be built. Never raises."""
     return _default_path()
 
 
@@ -88,6 +90,13 @@ def _resolve_default() -> str:
 
 # Under torch.compile: resolved once at trace time, a constant in the graph.
 _default_path: Callable[[], str] = torch.compiler.assume_constant_result(_resolve_default)  # type: ignore[no-untyped-call]
+
+
+def bf16_dot_products_lead() -> bool:
+    """Whether bf16 activations take our kernels' bf16 dot products here (the ``avx512_bf16`` path) against a float
+    GEMM without AMX tiles: then int8 stays ahead of vLLM's bf16 GEMM up to ``INT8_BF16_DOT_MAX_ROWS`` rows
+    (``engine.settings``). Never raises."""
+    return isa() == "avx512_bf16" and not detect().amx
 
 
 def pack_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

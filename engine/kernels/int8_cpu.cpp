@@ -2,7 +2,9 @@
 //
 // Owns the arithmetic of a linear layer whose weights are int8 with one fp32 scale per output channel
 // (symmetric), in two modes:
-// * weight-only: activations fp32 or bf16 (converted to fp32), products accumulated in fp32;
+// * weight-only: activations fp32 or bf16, products accumulated in fp32 (bf16 activations are converted to fp32,
+//   except on AVX-512 BF16, where the weights are converted to bf16 pairs for ``dpbf16ps``: int8 values are exact
+//   in bf16, so both give exact products);
 // * dynamic activations (w8a8): each row of x quantized to int8 with its own scale, int32 dot products
 //   (AVX-512 VNNI / AVX-VNNI ``dpbusd``, or AVX2 ``maddubs`` + ``madd`` with llama.cpp's sign trick), then scaled.
 //
@@ -12,8 +14,10 @@
 // k values, each 16 bytes [row]. A K-loop therefore streams contiguous bytes, and one load serves 16 rows.
 //
 // Paths, chosen at run time (never by -march: this file is built for the compiler's baseline and each fast
-// kernel carries its own target attribute): avx512_vnni, avx512, avx2_vnni, avx2 and portable (plain C++ the
-// compiler vectorizes for the baseline). Up to 16 rows (decode steps, speculation's checks), weight-only: a GEMV that
+// kernel carries its own target attribute): avx512_bf16, avx512_vnni, avx512, avx2_vnni, avx2 and portable (plain
+// C++ the compiler vectorizes for the baseline). bf16 activations on avx512_bf16: a GEMV of bf16 dot products in
+// passes of 16 rows, for every M (half the multiply-adds of fp32 ones, and the weights never leave registers).
+// Otherwise, up to 16 rows (decode steps, speculation's checks), weight-only: a GEMV that
 // dequantizes on the fly and reads the weights once at memory speed, in passes of up to 12 rows (AVX-512) or 6 (AVX2)
 // over each block while it is in cache; w8a8 runs its int32 dot products over row tiles for every M. More rows:
 // each block is dequantized once into an L1/L2-resident fp32 tile [k][16] and a register-blocked micro-kernel runs
@@ -55,12 +59,14 @@ constexpr int64_t kChunkRows = 64;     // x rows per task: the rows' fp32 copy s
 constexpr int64_t kPrefetchBytes = 16384;  // how far ahead of its loads a GEMV prefetches weights (from memory)
 constexpr int64_t kSerialBytes = 1 << 18;  // less work than this: one thread, no fork/join
 
-enum Path : int64_t { kPortable = 0, kAvx2 = 1, kAvx2Vnni = 2, kAvx512 = 3, kAvx512Vnni = 4 };
-const std::array<const char*, 5> kPathNames = {"portable", "avx2", "avx2_vnni", "avx512", "avx512_vnni"};
+enum Path : int64_t { kPortable = 0, kAvx2 = 1, kAvx2Vnni = 2, kAvx512 = 3, kAvx512Vnni = 4, kAvx512Bf16 = 5 };
+const std::array<const char*, 6> kPathNames = {"portable", "avx2", "avx2_vnni", "avx512", "avx512_vnni", "avx512_bf16"};
 
 // One block's work: acc (m x 16, row-major) = x rows (m, stride ldx) . the block's main part (groups of 4 k).
 using FpBlock = void (*)(const float* x, int64_t ldx, int64_t m, int64_t groups, const int8_t* w, float* tile,
                          float* acc);
+// The same with bf16 rows (raw bf16 bits), for every m up to kChunkRows: no tile.
+using BfBlock = void (*)(const uint16_t* x, int64_t ldx, int64_t m, int64_t groups, const int8_t* w, float* acc);
 // The same with quantized rows: xq int8, xu = xq + 128 as uint8 (what dpbusd's unsigned operand wants).
 using QBlock = void (*)(const int8_t* xq, const uint8_t* xu, int64_t ldx, int64_t m, int64_t groups,
                         const int8_t* w, int32_t* acc);
@@ -134,6 +140,7 @@ void over_tiles(int64_t m, F&& f) {
 #define LLMAAS_AVX2_VNNI __attribute__((target("avx2,fma,avxvnni")))
 #define LLMAAS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
 #define LLMAAS_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")))
+#define LLMAAS_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16,avx2,fma")))
 
 inline int32_t load4(const void* p) {
   int32_t v;
@@ -207,6 +214,46 @@ LLMAAS_AVX512 void fp_block_avx512(const float* x, int64_t ldx, int64_t m, int64
   const int64_t kk = groups * kGroup;
   over_tiles<12>(m, [&](int64_t i, auto rows) {
     tile512<decltype(rows)::value>(x + i * ldx, ldx, kk, tile, acc + i * kRows);
+  });
+}
+
+// bf16 activations with AVX-512 BF16: dpbf16ps adds, per fp32 lane, the products of one bf16 pair of x (k, k+1)
+// with the lane's pair of weights. A group's 4 k lanes become two vectors of pairs: each lane's int8 value as fp32
+// (an integer of at most 8 significant bits: its top 16 bits are that value in bf16, exactly), k in the low half
+// of a lane, k+1 in the high. A pass holds up to 16 rows' accumulators (two per row, one per pair, up to 8 rows).
+LLMAAS_AVX512_BF16 inline __m512bh bf16_pairs(__m512 low, __m512 high) {
+  return (__m512bh)_mm512_mask_blend_epi16(0xAAAAAAAAu, _mm512_srli_epi32(_mm512_castps_si512(low), 16),
+                                           _mm512_castps_si512(high));
+}
+
+template <int M>
+LLMAAS_AVX512_BF16 void gemv512_bf16(const uint16_t* x, int64_t ldx, int64_t groups, const int8_t* w, float* acc) {
+  constexpr int Q = M <= 8 ? 2 : 1;
+  __m512 a[M][Q];
+  for (int i = 0; i < M; ++i)
+    for (int q = 0; q < Q; ++q) a[i][q] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    _mm_prefetch(reinterpret_cast<const char*>(w + g * kGroupBytes + kPrefetchBytes), _MM_HINT_T0);
+    const __m512i v = _mm512_loadu_si512(w + g * kGroupBytes);
+    const __m512bh pairs[2] = {bf16_pairs(byte_lane512<0>(v), byte_lane512<1>(v)),
+                               bf16_pairs(byte_lane512<2>(v), byte_lane512<3>(v))};
+    for (int i = 0; i < M; ++i) {
+      const uint16_t* xi = x + i * ldx + g * kGroup;
+      for (int p = 0; p < 2; ++p)
+        a[i][p % Q] = _mm512_dpbf16_ps(a[i][p % Q], pairs[p], (__m512bh)_mm512_set1_epi32(load4(xi + 2 * p)));
+    }
+  }
+  for (int i = 0; i < M; ++i) {
+    __m512 s = a[i][0];
+    for (int q = 1; q < Q; ++q) s = _mm512_add_ps(s, a[i][q]);
+    _mm512_storeu_ps(acc + i * kRows, s);
+  }
+}
+
+LLMAAS_AVX512_BF16 void bf_block_avx512(const uint16_t* x, int64_t ldx, int64_t m, int64_t groups, const int8_t* w,
+                                        float* acc) {
+  over_tiles<16>(m, [&](int64_t i, auto rows) {
+    gemv512_bf16<decltype(rows)::value>(x + i * ldx, ldx, groups, w, acc + i * kRows);
   });
 }
 
@@ -447,6 +494,7 @@ bool path_supported(int64_t path) {
     case kAvx2Vnni: return avx2 && __builtin_cpu_supports("avxvnni");
     case kAvx512: return avx512;
     case kAvx512Vnni: return avx512 && __builtin_cpu_supports("avx512vnni");
+    case kAvx512Bf16: return avx512 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bf16");
     default: return false;
   }
 #else
@@ -457,6 +505,7 @@ bool path_supported(int64_t path) {
 struct Kernels {
   FpBlock fp;
   QBlock q;
+  BfBlock bf;  // bf16 activations' own kernel, where the path has one
 };
 
 Kernels kernels_for(int64_t path) {
@@ -464,12 +513,13 @@ Kernels kernels_for(int64_t path) {
   TORCH_CHECK(path_supported(path), "int8_linear: this CPU cannot run the ", kPathNames[path], " path");
   switch (path) {
 #if defined(LLMAAS_X86)
-    case kAvx2: return {fp_block_avx2, q_block_avx2};
-    case kAvx2Vnni: return {fp_block_avx2, q_block_avx2_vnni};
-    case kAvx512: return {fp_block_avx512, q_block_avx2};
-    case kAvx512Vnni: return {fp_block_avx512, q_block_avx512_vnni};
+    case kAvx2: return {fp_block_avx2, q_block_avx2, nullptr};
+    case kAvx2Vnni: return {fp_block_avx2, q_block_avx2_vnni, nullptr};
+    case kAvx512: return {fp_block_avx512, q_block_avx2, nullptr};
+    case kAvx512Vnni: return {fp_block_avx512, q_block_avx512_vnni, nullptr};
+    case kAvx512Bf16: return {fp_block_avx512, q_block_avx512_vnni, bf_block_avx512};
 #endif
-    default: return {fp_block_portable, q_block_portable};
+    default: return {fp_block_portable, q_block_portable, nullptr};
   }
 }
 
@@ -527,7 +577,8 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
   }
   const at::Tensor w = packed.contiguous();
   const at::Tensor s = scales.contiguous();
-  const at::Tensor xf = x.reshape({-1, k}).to(at::kFloat).contiguous();
+  const bool bf16_dot = kern.bf != nullptr && x.scalar_type() == at::kBFloat16 && !dynamic_activations;
+  const at::Tensor xf = x.reshape({-1, k}).to(bf16_dot ? at::kBFloat16 : at::kFloat).contiguous();
   const int64_t m = xf.size(0);
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = n;
@@ -542,7 +593,8 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
       sx.resize(m);
       quantize_rows(xf.data_ptr<float>(), m, k, xq.data(), xu.data(), sx.data());
     }
-    const float* xp = xf.data_ptr<float>();
+    const float* xp = bf16_dot ? nullptr : xf.data_ptr<float>();
+    const c10::BFloat16* xb = bf16_dot ? xf.data_ptr<c10::BFloat16>() : nullptr;
     const int8_t* wp = w.data_ptr<int8_t>();
     const float* sp = s.data_ptr<float>();
     const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
@@ -554,7 +606,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
     const int threads = serial ? 1 : std::max(1, at::get_num_threads());
 #pragma omp parallel num_threads(threads)
     {
-      std::vector<float> tile(rows > kGemvPassRows && !dynamic_activations ? groups * kGroupBytes : 0);
+      std::vector<float> tile(rows > kGemvPassRows && !dynamic_activations && !bf16_dot ? groups * kGroupBytes : 0);
       std::vector<float> acc(kChunkRows * kRows);
       std::vector<int32_t> iacc(dynamic_activations ? kChunkRows * kRows : 0);
 #pragma omp for schedule(static)
@@ -566,6 +618,9 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
           kern.q(xq.data() + m0 * k, xu.data() + m0 * k, k, mc, groups, wb, iacc.data());
           add_tail(xq.data() + m0 * k, k, mc, groups * kGroup, tail, wb + groups * kGroupBytes, iacc.data());
           for (int64_t i = 0; i < mc * kRows; ++i) acc[i] = static_cast<float>(iacc[i]) * sx[m0 + i / kRows];
+        } else if (bf16_dot) {
+          kern.bf(reinterpret_cast<const uint16_t*>(xb + m0 * k), k, mc, groups, wb, acc.data());
+          add_tail(xb + m0 * k, k, mc, groups * kGroup, tail, wb + groups * kGroupBytes, acc.data());
         } else {
           kern.fp(xp + m0 * k, k, mc, groups, wb, tile.data(), acc.data());
           add_tail(xp + m0 * k, k, mc, groups * kGroup, tail, wb + groups * kGroupBytes, acc.data());
