@@ -32,8 +32,9 @@ CPU_FLAGS = {
     "avx2": {"avx2", "fma"},
     "portable": set(),
 }
-# (rows, N, K): decode and batch sizes (up to 16 rows the GEMV in passes of 6 or 12, more the fp32 tile); odd N
-# leaves a partial 16-row block, odd K a partial group of 4.
+# (rows, N, K): decode and batch sizes (up to 16 rows the GEMV in passes of 6 or 12, more the fp32 tile; bf16 on
+# avx512_bf16: dot products in passes of 16 at every size); odd N leaves a partial 16-row block, odd K a partial
+# group of 4.
 SHAPES = [
     (1, 37, 101), (3, 576, 576), (17, 33, 1537), (64, 192, 575), (1, 1, 1), (5, 16, 4), (2, 100, 6), (14, 50, 203),
     (8, 33, 64), (13, 40, 96), (16, 24, 40),
