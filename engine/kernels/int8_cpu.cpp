@@ -161,28 +161,44 @@ LLMAAS_AVX512 inline __m512 byte_lane512(__m512i v) {
   }
 }
 
+// A GEMV pass's accumulators: Q partial sums for each of M rows, zeroed, then stored as one sum per row.
+template <int M, int Q>
+LLMAAS_AVX512 inline void zero_sums512(__m512 (&a)[M][Q]) {
+  for (int i = 0; i < M; ++i)
+    for (int q = 0; q < Q; ++q) a[i][q] = _mm512_setzero_ps();
+}
+
+template <int M, int Q>
+LLMAAS_AVX512 inline void store_sums512(__m512 (&a)[M][Q], float* acc) {
+  for (int i = 0; i < M; ++i) {
+    __m512 s = a[i][0];
+    for (int q = 1; q < Q; ++q) s = _mm512_add_ps(s, a[i][q]);
+    _mm512_storeu_ps(acc + i * kRows, s);
+  }
+}
+
+// Group g of a block (16 rows x 4 k bytes), the weights kPrefetchBytes ahead asked for from memory.
+LLMAAS_AVX512 inline __m512i load_group512(const int8_t* w, int64_t g) {
+  _mm_prefetch(reinterpret_cast<const char*>(w + g * kGroupBytes + kPrefetchBytes), _MM_HINT_T0);
+  return _mm512_loadu_si512(w + g * kGroupBytes);
+}
+
 // Q accumulators per row (the k lanes j spread over them) keep at least 8 FMA chains in flight; a pass of up to 12
 // rows holds its accumulators, the 4 dequantized lanes and a broadcast in the 32 zmm registers.
 template <int M>
 LLMAAS_AVX512 void gemv512(const float* x, int64_t ldx, int64_t groups, const int8_t* w, float* acc) {
   constexpr int Q = M <= 2 ? 4 : (M <= 4 ? 2 : 1);
   __m512 a[M][Q];
-  for (int i = 0; i < M; ++i)
-    for (int q = 0; q < Q; ++q) a[i][q] = _mm512_setzero_ps();
+  zero_sums512(a);
   for (int64_t g = 0; g < groups; ++g) {
-    _mm_prefetch(reinterpret_cast<const char*>(w + g * kGroupBytes + kPrefetchBytes), _MM_HINT_T0);
-    const __m512i v = _mm512_loadu_si512(w + g * kGroupBytes);
+    const __m512i v = load_group512(w, g);
     const __m512 wl[kGroup] = {byte_lane512<0>(v), byte_lane512<1>(v), byte_lane512<2>(v), byte_lane512<3>(v)};
     for (int i = 0; i < M; ++i) {
       const float* xi = x + i * ldx + g * kGroup;
       for (int j = 0; j < kGroup; ++j) a[i][j % Q] = _mm512_fmadd_ps(_mm512_set1_ps(xi[j]), wl[j], a[i][j % Q]);
     }
   }
-  for (int i = 0; i < M; ++i) {
-    __m512 s = a[i][0];
-    for (int q = 1; q < Q; ++q) s = _mm512_add_ps(s, a[i][q]);
-    _mm512_storeu_ps(acc + i * kRows, s);
-  }
+  store_sums512(a, acc);
 }
 
 template <int M>
@@ -230,11 +246,9 @@ template <int M>
 LLMAAS_AVX512_BF16 void gemv512_bf16(const uint16_t* x, int64_t ldx, int64_t groups, const int8_t* w, float* acc) {
   constexpr int Q = M <= 8 ? 2 : 1;
   __m512 a[M][Q];
-  for (int i = 0; i < M; ++i)
-    for (int q = 0; q < Q; ++q) a[i][q] = _mm512_setzero_ps();
+  zero_sums512(a);
   for (int64_t g = 0; g < groups; ++g) {
-    _mm_prefetch(reinterpret_cast<const char*>(w + g * kGroupBytes + kPrefetchBytes), _MM_HINT_T0);
-    const __m512i v = _mm512_loadu_si512(w + g * kGroupBytes);
+    const __m512i v = load_group512(w, g);
     const __m512bh pairs[2] = {bf16_pairs(byte_lane512<0>(v), byte_lane512<1>(v)),
                                bf16_pairs(byte_lane512<2>(v), byte_lane512<3>(v))};
     for (int i = 0; i < M; ++i) {
@@ -243,11 +257,7 @@ LLMAAS_AVX512_BF16 void gemv512_bf16(const uint16_t* x, int64_t ldx, int64_t gro
         a[i][p % Q] = _mm512_dpbf16_ps(a[i][p % Q], pairs[p], (__m512bh)_mm512_set1_epi32(load4(xi + 2 * p)));
     }
   }
-  for (int i = 0; i < M; ++i) {
-    __m512 s = a[i][0];
-    for (int q = 1; q < Q; ++q) s = _mm512_add_ps(s, a[i][q]);
-    _mm512_storeu_ps(acc + i * kRows, s);
-  }
+  store_sums512(a, acc);
 }
 
 LLMAAS_AVX512_BF16 void bf_block_avx512(const uint16_t* x, int64_t ldx, int64_t m, int64_t groups, const int8_t* w,
