@@ -272,7 +272,7 @@ def test_hidden_noise_is_seeded_and_only_in_training_steps(model_dir: Path, hf_t
 
     def step_loss(model: TrainableModel, cached: list[torch.Tensor] | None, seed: int = 0) -> float:
         torch.manual_seed(seed)
-        return float(model.loss(examples, cached).summed)
+        return float(model.loss(examples, cached).summed.detach())
 
     for cached in (prefixes, None):
         assert step_loss(noisy, cached) == step_loss(noisy, cached)
