@@ -331,12 +331,15 @@ class Limit:
     """Seconds one step takes to read the weights at the measured bandwidth."""
 
 
-def int8_max_rows(dtype: str, served: int | None = None) -> int:
+def int8_max_rows(dtype: str, quantization: Quantization, served: int | None = None) -> int:
     """The largest layer call on the int8 weights: what a server says it runs (``/ready``'s ``int8_max_rows``), else
-    the engine's setting for ``dtype`` as this environment sets it; 0 (int8 for every call): no limit."""
-    kernel = int8_kernel()
-    bf16_dot = kernel is not None and bool(kernel.bf16_dot_products_lead())
-    rows = EngineSettings().int8_rows(dtype, bf16_dot) if served is None else served
+    the engine's setting for ``dtype`` and ``quantization`` as this environment and CPU set it; 0 (int8 for every
+    call): no limit."""
+    rows = served
+    if rows is None:
+        kernel = int8_kernel()
+        bf16_dot = kernel is not None and bool(kernel.bf16_dot_products_lead(quantization == "w8a8"))
+        rows = EngineSettings().int8_rows(dtype, bf16_dot)
     return rows or sys.maxsize
 
 
@@ -352,7 +355,7 @@ def limits(
     """The tok/s limit for ``streams`` streams of the model in ``dtype`` (and ``quantization``) on this machine.
     As the engine serves int8: a decode step of more than ``int8_rows`` (``int8_max_rows``) streams runs the float
     weights."""
-    if streams > int8_max_rows(dtype, int8_rows):
+    if streams > int8_max_rows(dtype, quantization, int8_rows):
         quantization = "none"
     shape = ModelShape.read(model_dir)
     measured = load(model_dir, cache_dir, rows=sorted({*ROWS, streams}))
@@ -387,7 +390,7 @@ def prefill_seconds(
     ``int8_max_rows``, runs the float weights). A serving benchmark's limit counts it beside decoding: with short
     answers to prompts of as many tokens, prefilling is as much GEMM work as decoding, and a decode-only limit would
     call it overhead. None where that path's peak was not measured here."""
-    if prompt_tokens / prompts > int8_max_rows(dtype, int8_rows):
+    if prompt_tokens / prompts > int8_max_rows(dtype, quantization, int8_rows):
         quantization = "none"
     peak = load(model_dir, cache_dir)["peak_gflop_s"].get(gemm_kind(dtype, quantization))
     if not peak:

@@ -125,10 +125,10 @@ def engine_args(settings: EngineSettings, plan: ModelPlan, gpu_share: float) -> 
         raise EngineError(f"quantization={quantization}: our int8 kernels are for the CPU backend; use none on GPU")
     os.environ[QUANTIZATION_ENV] = quantization  # int8 or w8a8, read by engine/kernels/int8_config.py there
     bf16_dot = False  # whether our kernels take bf16 dot products here: int8 then serves more rows in bf16
-    if quantization == "int8":
+    if quantization != "none":
         from engine.kernels import int8
 
-        bf16_dot = int8.bf16_dot_products_lead()
+        bf16_dot = int8.bf16_dot_products_lead(dynamic_activations=quantization == "w8a8")
     int8_rows = settings.int8_rows(dtype, bf16_dot)
     os.environ[INT8_MAX_ROWS_ENV] = str(int8_rows)
     lora = plan.primary and settings.enable_lora

@@ -162,16 +162,17 @@ def test_unset_max_rows_go_by_the_activation_dtype_where_our_kernels_stop_winnin
 ) -> None:
     monkeypatch.delenv("LLMAAS_INT8_MAX_ROWS", raising=False)  # a bare `vllm serve`: each layer by its weights
     assert LLMaaSInt8Config().max_rows is None
-    # bf16 rows: 24 where our kernels take bf16 dot products against a float GEMM without AMX, else 8
-    for lead, bf16_rows in ((False, 8), (True, 24)):
-        monkeypatch.setattr(int8, "bf16_dot_products_lead", lambda lead=lead: lead)
+    # bf16 rows: 24 where our kernels take bf16 dot products against a float GEMM without AMX, else 8 (w8a8: 8)
+    monkeypatch.setattr(int8, "detect", lambda: dataclasses.replace(detect(), amx=False))
+    for path, bf16_rows in (("avx512_vnni", 8), ("avx512_bf16", 24)):
+        monkeypatch.setattr(int8, "_default", path)
         for dtype, dynamic, rows in (
             (torch.float32, False, 24), (torch.bfloat16, False, bf16_rows), (torch.bfloat16, True, 8)
         ):  # fmt: skip
             method = int8_method.Int8LinearMethod(dynamic, max_rows=None)
             method.process_weights_after_loading(Layer(torch.randn(96, 64, dtype=dtype)))
             assert method.max_rows == rows
-        assert EngineSettings().int8_rows("bfloat16", lead) == bf16_rows
+        assert EngineSettings().int8_rows("bfloat16", int8.bf16_dot_products_lead()) == bf16_rows
     assert EngineSettings().int8_rows("float32") == 24 and EngineSettings().int8_rows("bfloat16") == 8
     monkeypatch.setenv("LLMAAS_INT8_MAX_ROWS", "0")  # set: for every dtype
     assert EngineSettings().int8_rows("float32") == 0 and LLMaaSInt8Config().max_rows == 0
@@ -182,6 +183,7 @@ def test_bf16_dot_products_lead_on_the_avx512_bf16_path_without_amx(monkeypatch:
         monkeypatch.setattr(int8, "_default", path)
         monkeypatch.setattr(int8, "detect", lambda amx=amx: dataclasses.replace(detect(), amx=amx))
         assert int8.bf16_dot_products_lead() is lead
+        assert not int8.bf16_dot_products_lead(dynamic_activations=True)  # w8a8 quantizes bf16 x: no dot products
 
 
 def test_a_tied_lm_head_gets_an_int8_copy_and_the_embedding_keeps_its_floats() -> None:

@@ -92,11 +92,11 @@ def _resolve_default() -> str:
 _default_path: Callable[[], str] = torch.compiler.assume_constant_result(_resolve_default)  # type: ignore[no-untyped-call]
 
 
-def bf16_dot_products_lead() -> bool:
-    """Whether bf16 activations take our kernels' bf16 dot products here (the ``avx512_bf16`` path) against a float
-    GEMM without AMX tiles: then int8 stays ahead of vLLM's bf16 GEMM up to ``INT8_BF16_DOT_MAX_ROWS`` rows
-    (``engine.settings``). Never raises."""
-    return isa() == "avx512_bf16" and not detect().amx
+def bf16_dot_products_lead(dynamic_activations: bool = False) -> bool:
+    """Whether bf16 activations take our kernels' bf16 dot products here (the ``avx512_bf16`` path; never with
+    ``dynamic_activations``, which quantize them instead) against a float GEMM without AMX tiles: then int8 stays
+    ahead of vLLM's bf16 GEMM up to ``INT8_BF16_DOT_MAX_ROWS`` rows (``engine.settings``). Never raises."""
+    return not dynamic_activations and isa() == "avx512_bf16" and not detect().amx
 
 
 def pack_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -93,8 +93,7 @@ class Int8LinearMethod(LinearMethodBase):
         self._packed, self._scales = packed, scales  # one method per layer: no module lookups in the hot path
         if self.max_rows is None:
             dtype = str(weight.dtype).removeprefix("torch.")
-            bf16_dot = not self.dynamic_activations and int8.bf16_dot_products_lead()
-            self.max_rows = int8_auto_rows(dtype, bf16_dot)
+            self.max_rows = int8_auto_rows(dtype, int8.bf16_dot_products_lead(self.dynamic_activations))
         if self.max_rows:  # bigger calls: vLLM's float GEMM, prepared as vLLM prepares it
             self._float.process_weights_after_loading(layer)
         elif not self._tied:  # free the float copy (vLLM's CPU path leaves an empty weight too: dtype, device)
