@@ -1,7 +1,7 @@
-"""vLLM's fused C++ RMSNorm / SiluAndMul on the CPU (``engine/kernels/cpu_ops.py``): the vLLM plugin makes them the
-layers vLLM builds, they give vLLM's native results (fp32 to rounding, bf16 within one rounding), the residual is
-added and normalised as vLLM's native path does, and what the kernels do not take (strided input, a variance over
-part of the hidden size, ``LLMAAS_CPU_FUSED_OPS=false``) runs vLLM's own code."""
+"""Fused C++ RMSNorm (vLLM's) / SiluAndMul (ours) on the CPU (``engine/kernels/cpu_ops.py``): the vLLM plugin makes
+them the layers vLLM builds, they give vLLM's native results (fp32 to rounding, bf16 within one rounding), the
+residual is added and normalised as vLLM's native path does, and what the kernels do not take (strided input, a
+variance over part of the hidden size, ``LLMAAS_CPU_FUSED_OPS=false``) runs vLLM's own code."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from vllm.config import VllmConfig, set_current_vllm_config
 from vllm.model_executor.layers.activation import SiluAndMul
 from vllm.model_executor.layers.layernorm import RMSNorm
 
-from engine.kernels import cpu_ops, vllm_plugin
+from engine.kernels import activation, cpu_ops, vllm_plugin
 
 SHAPES = [(1, 576), (37, 576), (3, 5, 64), (2, 4096)]
 # Largest difference from vLLM's native forward, relative to the largest output: fp32 sums in another order, bf16
@@ -72,6 +72,7 @@ def test_what_the_kernels_do_not_take_runs_vllms_own_code(monkeypatch: pytest.Mo
     calls: list[str] = []
     monkeypatch.setattr(torch.ops._C, "rms_norm", lambda *args: calls.append("rms_norm"))
     monkeypatch.setattr(torch.ops._C, "silu_and_mul", lambda *args: calls.append("silu_and_mul"))
+    monkeypatch.setattr(activation, "silu_and_mul", lambda *args, **kwargs: calls.append("ours"))
 
     strided = torch.randn(8, 128, generator=generator)[:, ::2]
     layer = norm(64, torch.float32, generator)

@@ -1,19 +1,22 @@
-"""vLLM's own C++ CPU kernels for RMSNorm and SiluAndMul in eager mode, instead of their PyTorch-native forms.
+"""Fused C++ CPU kernels for RMSNorm and SiluAndMul in eager mode, instead of their PyTorch-native forms.
 
 On x86 vLLM's CPU backend runs both layers as chains of PyTorch ops (RMSNorm: cast, square, mean, add, rsqrt, two
 multiplies; SiluAndMul: slice, silu, multiply), expecting ``torch.compile`` to fuse them. We run eager (fast start,
 ``EngineSettings.enforce_eager``), where each op of the chain is a dispatch, an allocation and an OpenMP fork/join:
-at one stream, on two cores, they were about a tenth of a decode step of SmolLM2-135M. vLLM's CPU extension has the
+at one stream, on two cores, they were about a tenth of a decode step of SmolLM2-135M. vLLM's CPU extension has
 fused kernels (``torch.ops._C.rms_norm``, ``fused_add_rms_norm``, ``silu_and_mul``, what its GPU path calls), so
 these subclasses call them, through vLLM's seam for out-of-tree layers (``CustomOp.register_oot``: vLLM builds our
-class wherever a model asks for ``RMSNorm`` / ``SiluAndMul``). Anything the kernels do not take (another dtype, a
+class wherever a model asks for ``RMSNorm`` / ``SiluAndMul``) — except vLLM's ``silu_and_mul``, slower than the
+chain past a few rows: SiluAndMul takes our own kernel (``engine.kernels.activation``), vLLM's only where ours
+cannot be built. Anything the kernels do not take (another dtype, a
 weight of another dtype, a strided input, a variance over part of the hidden size, batch-invariant mode) runs vLLM's
 own ``forward_cpu``, as does every layer built while ``LLMAAS_CPU_FUSED_OPS=false`` (``EngineSettings.cpu_fused_ops``;
 read when the layer is built, so that an engine process forked from one with another setting still follows its
 own); under ``torch.compile`` vLLM calls ``forward_native`` and none of this is used.
 
-fp32 results equal the native ones to rounding (the kernels sum in another order); bf16 ones round once instead of
-twice. Installed by ``engine.kernels.vllm_plugin`` in vLLM's processes on the CPU platform."""
+fp32 results equal the native ones to rounding (the norms sum in another order, our exponential is within 2 ulp);
+bf16 ones round once instead of twice. Installed by ``engine.kernels.vllm_plugin`` in vLLM's processes on the CPU
+platform."""
 
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from vllm.model_executor.custom_op import CustomOp, op_registry_oot
 from vllm.model_executor.layers.activation import SiluAndMul
 from vllm.model_executor.layers.layernorm import RMSNorm
 
+from engine.kernels import activation
 from engine.kernels.vllm_plugin import CPU_FUSED_OPS_ENV
 
 logger = logging.getLogger("vllm.llmaas_cpu_ops")
@@ -73,15 +77,19 @@ class FusedRMSNorm(RMSNorm):
 
 
 class FusedSiluAndMul(SiluAndMul):
-    """``SiluAndMul`` by ``_C.silu_and_mul``."""
+    """``SiluAndMul`` by our kernel (``activation.silu_and_mul``), or ``_C.silu_and_mul`` where ours cannot be
+    built."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fused = enabled()
+        self.ours = self.fused and activation.available()
 
     def forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
         if not self.fused or x.dtype not in _DTYPES or not x.is_contiguous() or x.shape[-1] % 2:
             return super().forward_cpu(x)
+        if self.ours:
+            return activation.silu_and_mul(x)
         out = torch.empty((*x.shape[:-1], x.shape[-1] // 2), dtype=x.dtype)
         torch.ops._C.silu_and_mul(out, x)
         return out
@@ -113,5 +121,6 @@ def install() -> list[str]:
         ours.name = name  # type: ignore[attr-defined]
         installed.append(key)
     if installed:
-        logger.info("LLMaaS CPU ops: %s by vLLM's fused C++ kernels (eager)", ", ".join(installed))
+        silu = f"ours ({activation.isa()})" if activation.available() else "vLLM's"
+        logger.info("LLMaaS CPU ops: %s by fused C++ kernels (eager; SiluAndMul: %s)", ", ".join(installed), silu)
     return installed
