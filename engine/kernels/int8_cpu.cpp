@@ -55,7 +55,7 @@ constexpr int64_t kGemvPassRows = 16;  // up to this many x rows: dequantize on 
 constexpr int kGemvPass512 = 12;       // rows per GEMV pass, AVX-512 (16 in one pass measured slower: spills)
 constexpr int kGemvPass256 = 6;        // rows per GEMV pass, AVX2 (12 of the 16 ymm registers accumulate)
 constexpr int64_t kWorkRows = 4;       // a call's work, for kSerialBytes: weight bytes x (rows / this)
-constexpr int64_t kChunkRows = 64;     // x rows per task: the rows' fp32 copy stays in L2 across blocks
+constexpr int64_t kChunkRows = 64;     // x rows per task: the rows' copy (fp32, bf16 for bf16 dots) stays in L2
 constexpr int64_t kPrefetchBytes = 16384;  // how far ahead of its loads a GEMV prefetches weights (from memory)
 constexpr int64_t kSerialBytes = 1 << 18;  // less work than this: one thread, no fork/join
 
@@ -592,7 +592,8 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
   const int64_t m = xf.size(0);
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = n;
-  at::Tensor y = at::empty({m, n}, x.options().dtype(at::kFloat));
+  // The result in x's dtype, written by the epilogue (bf16 rounded there: no fp32 copy to convert afterwards).
+  at::Tensor y = at::empty({m, n}, x.options());
   if (m > 0 && n > 0) {
     std::vector<int8_t> xq;
     std::vector<uint8_t> xu;
@@ -608,7 +609,8 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
     const int8_t* wp = w.data_ptr<int8_t>();
     const float* sp = s.data_ptr<float>();
     const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
-    float* yp = y.data_ptr<float>();
+    float* yf = y.scalar_type() == at::kFloat ? y.data_ptr<float>() : nullptr;
+    c10::BFloat16* yb = yf ? nullptr : y.data_ptr<c10::BFloat16>();
     const int64_t groups = k / kGroup, tail = k % kGroup, block_bytes = kRows * k;
     const int64_t chunks = (m + kChunkRows - 1) / kChunkRows, tasks = chunks * blocks;
     const int64_t rows = std::min(m, kChunkRows);
@@ -637,14 +639,18 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
         }
         const int64_t n0 = blk * kRows, nr = std::min(kRows, n - n0);
         for (int64_t i = 0; i < mc; ++i) {
-          float* yi = yp + (m0 + i) * n + n0;
+          const int64_t at = (m0 + i) * n + n0;
           const float* ai = acc.data() + i * kRows;
-          for (int64_t r = 0; r < nr; ++r) yi[r] = ai[r] * sp[n0 + r] + (bp ? bp[n0 + r] : 0.0f);
+          for (int64_t r = 0; r < nr; ++r) {
+            const float v = ai[r] * sp[n0 + r] + (bp ? bp[n0 + r] : 0.0f);
+            if (yf) yf[at + r] = v;
+            else yb[at + r] = c10::BFloat16(v);
+          }
         }
       }
     }
   }
-  return y.view(out_shape).to(x.scalar_type());
+  return y.view(out_shape);
 }
 
 }  // namespace
