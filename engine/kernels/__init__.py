@@ -38,8 +38,10 @@ MARCH_ENV = "LLMAAS_KERNEL_MARCH"
 x86-64 CPU). Libraries that pick their ISA at run time (``native=False``) are built for the compiler's baseline."""
 
 LDFLAGS = ("-fopenmp",)
-# A build lock older than this was left by a process killed mid-build (torch's lock never expires).
-STALE_LOCK_S = 600.0
+# A build lock older than this was left by a process killed mid-build (torch's lock never expires, and torch waits
+# on it forever); a build takes a minute or two.
+STALE_LOCK_S = 300.0
+LOCK_POLL_S = 1.0
 
 
 class KernelBuildError(RuntimeError):
@@ -81,13 +83,20 @@ def _ensure_ninja_on_path() -> None:
             return
 
 
-def _clear_stale_lock(build_dir: Path) -> None:
+def _await_build_lock(build_dir: Path) -> None:
+    """Returns once no other process holds the build lock: at once where there is none, when its builder finishes,
+    or when the lock is ``STALE_LOCK_S`` old (its builder was killed mid-build), which it then removes."""
     lock = build_dir / "lock"
-    try:
-        if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
-            lock.unlink()
-    except OSError:
-        pass
+    while True:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except OSError:
+            return
+        if age > STALE_LOCK_S:
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            return
+        time.sleep(LOCK_POLL_S)
 
 
 class KernelLibrary:
@@ -131,7 +140,7 @@ class KernelLibrary:
                 build_dir = self.cache_dir()
                 build_dir.mkdir(parents=True, exist_ok=True)
                 _ensure_ninja_on_path()
-                _clear_stale_lock(build_dir)
+                _await_build_lock(build_dir)
                 module: ModuleType = jit_load(
                     name=self.name,
                     sources=[str(self.source)],
