@@ -6,10 +6,11 @@
 Builds one engine in this process, as the gateway builds it (``engine.vllm_setup.engine_args``: the default model,
 vLLM's single-process executor, eager, LoRA enabled, no speculation so that every step is one token per sequence),
 and runs ``--streams`` requests at a time: each a distinct 40-token prompt, then ``--tokens`` greedy tokens
-(``ignore_eos``). A round times the decode steps of its requests (from when every one has its first token: the
-prefill is not counted). Rounds alternate between the fused layers
-(``engine/kernels/cpu_ops.py``) and vLLM's native ones in the same engine (each layer's ``fused`` flag flipped
-between rounds), so the machine's drift lands on both alike, and checks that both give the same tokens. Then one
+(``ignore_eos``). A round times the decode steps of its requests (from when every one has its first token) and,
+apart, the prefill (from the requests' arrival until every one has its first token). Rounds alternate between three
+modes in the same engine (each layer's flags flipped between rounds), so the machine's drift lands on all alike:
+the fused layers (``engine/kernels/cpu_ops.py``: vLLM's fused norms, our SiLU-and-multiply kernel), the same with
+vLLM's own fused SiLU-and-multiply kernel, and vLLM's native chains; and checks that all give the same tokens. Then one
 more round per mode with timers on vLLM's methods splits a step into: the linear layers (their quantization
 method's ``apply``, the LM head included), attention (KV-cache write and paged attention, ``Attention.forward``),
 the rest of the model (norms, activations, rotary embedding, residual adds, and the Python of 30 layers), and the
@@ -83,9 +84,11 @@ class Streams:
         core = self.engine.engine_core.engine_core  # type: ignore[attr-defined]  # the in-process client
         return core.model_executor.driver_worker.worker.model_runner.model
 
-    def run(self, on_decode_start: Callable[[], None] = lambda: None) -> tuple[float, list[int]]:
-        """Seconds per decode step of the round's requests, and their tokens (one list, in request order)."""
+    def run(self, on_decode_start: Callable[[], None] = lambda: None) -> tuple[float, float, list[int]]:
+        """Seconds per decode step of the round's requests, seconds of their prefill, and their tokens (one list, in
+        request order)."""
         tokens: dict[str, list[int]] = {}
+        arrival = time.perf_counter()
         for stream in range(self.streams):
             self._requests += 1
             prompt = [1000 + 97 * stream + i for i in range(PROMPT_LENGTH)]
@@ -98,13 +101,15 @@ class Streams:
 
         while not all(tokens.values()):  # the prefill, until every request has its first token
             step()
+        prefill_s = time.perf_counter() - arrival
         on_decode_start()
         steps = 0
         start = time.perf_counter()
         while self.engine.has_unfinished_requests():
             step()
             steps += 1
-        return (time.perf_counter() - start) / steps, [token for answer in tokens.values() for token in answer]
+        step_s = (time.perf_counter() - start) / steps
+        return step_s, prefill_s, [token for answer in tokens.values() for token in answer]
 
 
 def split_step(stream: Streams) -> dict[str, float]:
@@ -135,7 +140,7 @@ def split_step(stream: Streams) -> dict[str, float]:
     with ExitStack() as stack:
         for owner, method, label in hooks:
             stack.enter_context(timed(owner, method, totals, label, inside))
-        step_s, _ = stream.run(on_decode_start=reset)
+        step_s, _, _ = stream.run(on_decode_start=reset)
     steps = stream.tokens - 1  # every request got its first token before the timers started
     per_step = {key: value / steps * 1000 for key, value in totals.items()}
     model_ms = per_step["forward"] + per_step["logits"]
@@ -166,25 +171,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not layers:
         print("the model has no fused layers (not the CPU platform?)", file=sys.stderr)
         return 1
-    modes = {"fused (ours)": True, "native (vLLM's)": False}
+    ours_silu = {layer: layer.ours for layer in layers if isinstance(layer, FusedSiluAndMul)}
+    modes = {
+        "fused (ours)": (True, True),
+        "fused, vLLM's SiLU kernel": (True, False),
+        "native (vLLM's)": (False, False),
+    }
 
-    def use(fused: bool) -> None:
+    def use(fused: bool, ours: bool) -> None:
         for layer in layers:
             layer.fused = fused
+        for silu, built in ours_silu.items():
+            silu.ours = ours and built
 
     stream.run()  # warm-up
     steps: dict[str, list[float]] = {mode: [] for mode in modes}
+    prefills: dict[str, list[float]] = {mode: [] for mode in modes}
     outputs: dict[str, list[int]] = {}
     for _ in range(args.rounds):
-        for mode, fused in modes.items():
-            use(fused)
-            step_s, tokens = stream.run()
+        for mode, flags in modes.items():
+            use(*flags)
+            step_s, prefill_s, tokens = stream.run()
             steps[mode].append(step_s * 1000)
+            prefills[mode].append(prefill_s * 1000)
             outputs.setdefault(mode, tokens)
     same_tokens = len({tuple(tokens) for tokens in outputs.values()}) == 1
     splits = {}
-    for mode, fused in modes.items():
-        use(fused)
+    for mode, flags in modes.items():
+        use(*flags)
         splits[mode] = split_step(stream)
 
     print(
@@ -192,16 +206,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.tokens} tokens each"
     )
     print(f"machine: {describe(facts)}; engine {stream.info}")
-    print(f"greedy tokens equal in both modes: {same_tokens}\n")
+    print(f"greedy tokens equal in every mode: {same_tokens}\n")
     base = statistics.median(steps["native (vLLM's)"])
     print_table(
-        ["RMSNorm / SiluAndMul", "ms per decode step (median)", "min - max", "vs native", "rounds"],
+        [
+            "RMSNorm / SiluAndMul",
+            "ms per decode step (median)",
+            "min - max",
+            "vs native",
+            f"prefill of {args.streams} x {PROMPT_LENGTH} tokens, ms (median)",
+            "rounds",
+        ],
         [
             [
                 mode,
                 f"{statistics.median(values):.2f}",
                 f"{min(values):.2f} - {max(values):.2f}",
                 f"{statistics.median(values) / base - 1:+.1%}",
+                f"{statistics.median(prefills[mode]):.1f}",
                 str(len(values)),
             ]
             for mode, values in steps.items()
@@ -212,7 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ["mode", "step", *SPLIT],
         [[mode, *(f"{split[key]:.2f}" for key in ("step", *SPLIT))] for mode, split in splits.items()],
     )
-    path = write_results(args, "decode_step.json", facts, steps_ms=steps, split_ms=splits, same_tokens=same_tokens)
+    path = write_results(
+        args, "decode_step.json", facts, steps_ms=steps, prefill_ms=prefills, split_ms=splits, same_tokens=same_tokens
+    )
     print(f"\nwrote {path}")
     return 0 if same_tokens else 1
 
