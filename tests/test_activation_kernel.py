@@ -14,6 +14,7 @@ from vllm.config import VllmConfig, set_current_vllm_config
 from vllm.model_executor.layers.activation import SiluAndMul
 
 from engine.kernels import activation, cpu_ops, vllm_plugin
+from tests.support.kernel_paths import path_params
 
 NEEDS = {"avx512": "AVX-512F with AVX2+FMA", "avx2": "AVX2+FMA", "portable": "nothing"}
 # (..., 2d): d = 1536 is SmolLM2-135M's MLP; odd and small d leave tails past 16 and 8 lanes; 64 x 1536 splits rows
@@ -27,14 +28,7 @@ def built() -> None:
         pytest.fail(f"the activation kernel did not build: {activation.LIBRARY.load_error()}")
 
 
-def path_param(name: str) -> object:
-    runnable = name in activation.supported_isas()
-    return pytest.param(
-        name, marks=pytest.mark.skipif(not runnable, reason=f"this CPU lacks {NEEDS[name]} for the {name} path")
-    )
-
-
-PATHS = [path_param(name) for name in activation.PATHS]
+PATHS = path_params(activation.PATHS, activation.supported_isas(), NEEDS)
 
 
 def reference(x: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from engine.kernels import int8
+from tests.support.kernel_paths import path_params
 
 # What each path needs, for the skip reason on CPUs without it.
 NEEDS = {
@@ -50,14 +51,7 @@ def built() -> None:
         pytest.fail(f"the int8 kernels did not build: {int8.LIBRARY.load_error()}")
 
 
-def path_param(name: str) -> object:
-    runnable = name in int8.supported_isas()
-    return pytest.param(
-        name, marks=pytest.mark.skipif(not runnable, reason=f"this CPU lacks {NEEDS[name]} for the {name} path")
-    )
-
-
-PATHS = [path_param(name) for name in int8.PATHS]
+PATHS = path_params(int8.PATHS, int8.supported_isas(), NEEDS)
 
 
 def relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
