@@ -639,12 +639,12 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
         }
         const int64_t n0 = blk * kRows, nr = std::min(kRows, n - n0);
         for (int64_t i = 0; i < mc; ++i) {
-          const int64_t at = (m0 + i) * n + n0;
+          const int64_t first = (m0 + i) * n + n0;  // y's element of this row and the block's first output
           const float* ai = acc.data() + i * kRows;
           for (int64_t r = 0; r < nr; ++r) {
             const float v = ai[r] * sp[n0 + r] + (bp ? bp[n0 + r] : 0.0f);
-            if (yf) yf[at + r] = v;
-            else yb[at + r] = c10::BFloat16(v);
+            if (yf) yf[first + r] = v;
+            else yb[first + r] = c10::BFloat16(v);
           }
         }
       }
