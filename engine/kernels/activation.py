@@ -20,10 +20,9 @@ import torch
 
 from engine.kernels import KernelBuildError, KernelLibrary
 
-# The C++ side's path numbers (``enum Path`` in activation_cpu.cpp), and the PyTorch capability each needs.
+# The C++ side's path numbers (``enum Path`` in activation_cpu.cpp), and the best path each PyTorch capability allows.
 PATHS = ("portable", "avx2", "avx512")
-_TORCH_CAPABILITY = {"portable": "DEFAULT", "avx2": "AVX2", "avx512": "AVX512"}
-_CAPABILITY_ORDER = ("DEFAULT", "AVX2", "AVX512")
+_BEST_PATH = {"DEFAULT": "portable", "AVX2": "avx2", "AVX512": "avx512"}
 
 # Eager only (under torch.compile vLLM runs its own PyTorch form of the layer): no torch.library op to trace.
 LIBRARY = KernelLibrary(
@@ -52,12 +51,9 @@ def isa() -> str:
 
 @functools.cache
 def _default_path() -> str:
-    capability = torch.backends.cpu.get_cpu_capability()
-    allowed = _CAPABILITY_ORDER.index(capability) if capability in _CAPABILITY_ORDER else len(_CAPABILITY_ORDER)
-    for name in supported_isas():
-        if _CAPABILITY_ORDER.index(_TORCH_CAPABILITY[name]) <= allowed:
-            return name
-    return "unavailable"
+    best = _BEST_PATH.get(torch.backends.cpu.get_cpu_capability(), PATHS[-1])  # another platform's: no cap
+    allowed = [name for name in supported_isas() if PATHS.index(name) <= PATHS.index(best)]
+    return allowed[0] if allowed else "unavailable"
 
 
 def silu_and_mul(x: torch.Tensor, *, isa: str | None = None) -> torch.Tensor:
