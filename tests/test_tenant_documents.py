@@ -438,9 +438,11 @@ def test_output_item_ids_are_unguessable_and_stored_lookups_work(database: Datab
         for _ in range(2)
     ]
     ids: list[list[str]] = []
+    queue = RunQueue(database)
     for run in runs:
-        for row in RunQueue(database).pending(run.id):
-            RunQueue(database).record(row.id, ItemStatus.PASS, {"output_text": "x"}, [])
+        assert queue.claim("runner", stale_after=30) == run.id
+        for row in queue.pending(run.id):
+            assert queue.record(run.id, "runner", row.id, ItemStatus.PASS, {"output_text": "x"}, [])
         ids.append([item.id for item in evals.output_items(tenant, created.id, run.id, None, 10, "asc", None).data])
     flat = [item_id for run_ids in ids for item_id in run_ids]
     assert all(OUTPUT_ITEM_ID.fullmatch(item_id) for item_id in flat) and len(set(flat)) == 6

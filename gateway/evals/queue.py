@@ -6,10 +6,12 @@ lease (``adapters.leases``): a run cancelled, deleted or taken over is never wri
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from adapters.leases import compare_and_set
 from gateway.clock import utcnow
@@ -65,49 +67,69 @@ class RunQueue:
             session.expunge_all()
             return rows
 
-    def record(self, item_id: int, status: ItemStatus, sample: dict[str, Any], results: list[dict[str, Any]]) -> None:
+    def record(
+        self,
+        run_id: str,
+        runner_id: str,
+        item_id: int,
+        status: ItemStatus,
+        sample: dict[str, Any],
+        results: list[dict[str, Any]],
+    ) -> bool:
+        """Write an item's outcome if the run is still this runner's and running (False: stop). The lease's
+        heartbeat comes first: it locks the run's row, so a cancel either sees this item or this item is not
+        written (a cancelled run's tallies never change after its cancel answered)."""
         with self._db.session() as session:
+            if not RUN_LEASE.heartbeat_of(session, run_id, runner_id, utcnow(), statuses=(RunStatus.IN_PROGRESS,)):
+                return False
             compare_and_set(
                 session,
                 EvalRunItem,
                 (EvalRunItem.id == item_id, EvalRunItem.status == PENDING),
                 {"status": status, "sample": sample, "results": results, "created_at": utcnow()},
             )
+            return True
 
     def finish(self, run_id: str, runner_id: str, status: RunStatus, error: dict[str, str] | None) -> None:
-        """End the run (if still this runner's and running) with its tallies and usage, counted from its items, and
-        its webhook event."""
+        """End the run if it is still this runner's and running."""
         with self._db.session() as session:
             run = session.get(EvalRun, run_id)
-            definition = session.get(Eval, run.eval_id) if run else None
-            if run is None or definition is None:
-                return
-            graded = session.execute(
-                select(EvalRunItem.status, EvalRunItem.results, EvalRunItem.sample).where(
-                    EvalRunItem.run_id == run_id, EvalRunItem.status != PENDING
-                )
-            ).all()
-            total = session.scalar(select(func.count()).where(EvalRunItem.run_id == run_id))
-            counts, per_criteria = tally(
-                [(s, r) for s, r, _ in graded], [c["name"] for c in definition.testing_criteria]
-            )
-            counts["total"] = int(total or 0)
-            usage = Counter[str]()
-            for _, _, sample in graded:
-                if sample and sample.get("usage"):
-                    usage["invocation_count"] += 1
-                    usage["prompt_tokens"] += sample["usage"]["prompt_tokens"]
-                    usage["completion_tokens"] += sample["usage"]["completion_tokens"]
-            if RUN_LEASE.move(
-                session,
-                run_id,
-                expected=(RunStatus.IN_PROGRESS,),
-                owner=runner_id,
-                status=status,
-                error=error,
-                result_counts=counts,
-                per_criteria=per_criteria,
-                usage=dict(usage),
-                finished_at=utcnow(),
-            ):
-                eval_run_ended(session, run.tenant_id, run_id, status)
+            if run is not None:
+                end_run(session, run, status, expected=(RunStatus.IN_PROGRESS,), owner=runner_id, error=error)
+
+
+def end_run(
+    session: Session,
+    run: EvalRun,
+    status: RunStatus,
+    *,
+    expected: Collection[RunStatus],
+    owner: str | None = None,
+    error: dict[str, str] | None = None,
+) -> bool:
+    """Move the run from an ``expected`` status (as ``owner``'s, given one) to ``status``, sealed with its tallies
+    and usage counted from its items, and queue its webhook event; False if it was not as expected. The move comes
+    first: it locks the run's row (an item being written holds it too, ``RunQueue.record``), so the tallies count
+    every item written before it and no item is written after it."""
+    if not RUN_LEASE.move(session, run.id, expected=expected, owner=owner, status=status, finished_at=utcnow()):
+        return False
+    definition = session.get(Eval, run.eval_id)
+    graded = session.execute(
+        select(EvalRunItem.status, EvalRunItem.results, EvalRunItem.sample).where(
+            EvalRunItem.run_id == run.id, EvalRunItem.status != PENDING
+        )
+    ).all()
+    total = session.scalar(select(func.count()).where(EvalRunItem.run_id == run.id))
+    criteria = [c["name"] for c in definition.testing_criteria] if definition else []
+    counts, per_criteria = tally([(s, r) for s, r, _ in graded], criteria)
+    counts["total"] = int(total or 0)
+    usage = Counter[str]()
+    for _, _, sample in graded:
+        if sample and sample.get("usage"):
+            usage["invocation_count"] += 1
+            usage["prompt_tokens"] += sample["usage"]["prompt_tokens"]
+            usage["completion_tokens"] += sample["usage"]["completion_tokens"]
+    sealed = {"result_counts": counts, "per_criteria": per_criteria, "usage": dict(usage), "error": error}
+    compare_and_set(session, EvalRun, (EvalRun.id == run.id,), sealed)
+    eval_run_ended(session, run.tenant_id, run.id, status)
+    return True

@@ -210,7 +210,10 @@ class EvalRunner:
                     logger.exception("eval run %s: item %d failed", run.id, item.position)
                     failed = {"code": "item_failed", "message": "This item could not be sampled or graded."}
                     status, sample, results = ItemStatus.ERROR, {"error": failed}, []
-                await run_in_threadpool(self._queue.record, item.id, status, sample, results)
+                if not await run_in_threadpool(
+                    self._queue.record, run.id, self.runner_id, item.id, status, sample, results
+                ):
+                    stopped.set()  # cancelled, deleted or taken over: the items not yet begun are not begun
 
         await asyncio.gather(*(one(item) for item in items))
         if fatal:

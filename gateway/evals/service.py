@@ -17,7 +17,8 @@ from gateway.db import Database, Eval, EvalRun, EvalRunItem
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.evals.models import EvalCreate, EvalUpdate, RunCreate
 from gateway.evals.objects import eval_object, item_position, output_item_object, run_object, tally
-from gateway.evals.recipe import FINAL, PENDING, RUN_LEASE, RunStatus, data_source_column
+from gateway.evals.queue import end_run
+from gateway.evals.recipe import FINAL, PENDING, RunStatus, data_source_column
 from gateway.evals.schemas import (
     EvalDeleted,
     EvalList,
@@ -31,7 +32,6 @@ from gateway.evals.schemas import (
 from gateway.evals.stored import STORED_ITEM_SCHEMA
 from gateway.tenancy.keys import new_id
 from gateway.tenancy.service import lock_live_tenant
-from gateway.webhooks.events import eval_run_ended
 
 __all__ = ["FINAL", "EvalService"]
 
@@ -192,14 +192,7 @@ class EvalService:
             run = self._own_run(session, tenant_id, eval_id, run_id)
             if run.status in FINAL:
                 raise InvalidRequestError(f"The run has already {run.status}.", param="run_id")
-            if RUN_LEASE.move(
-                session,
-                run_id,
-                expected=(RunStatus.QUEUED, RunStatus.IN_PROGRESS),
-                status=RunStatus.CANCELED,
-                finished_at=utcnow(),
-            ):
-                eval_run_ended(session, tenant_id, run_id, RunStatus.CANCELED)
+            end_run(session, run, RunStatus.CANCELED, expected=(RunStatus.QUEUED, RunStatus.IN_PROGRESS))
             session.refresh(run)
             return self._run_object(session, run)
 
