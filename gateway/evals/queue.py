@@ -1,7 +1,8 @@
 """Eval runs as the eval runner sees them (``gateway.evals.runner``): claiming a run (any gateway; a run whose
 runner stopped heartbeating is taken over and resumed), its heartbeat, its pending items, each item's sample and
-grades as it finishes, and the run's end with its tallies. Every change is a compare-and-set through the run's
-lease (``adapters.leases``): a run cancelled, deleted or taken over is never written by its former runner."""
+grades as it finishes, and the run's end sealed with its tallies (``end_run``, also a tenant's cancel's). Every
+change is a compare-and-set through the run's lease (``adapters.leases``): a run cancelled, deleted or taken over is
+never written by its former runner."""
 
 from __future__ import annotations
 
