@@ -23,9 +23,10 @@ limit for a case: at one stream bandwidth / bytes per token; at several streams 
 that many rows (tokens per step / the time of one step's linear layers and attention), the lower of the two; the
 big-GEMM peak is given for reference. ``prefill_seconds`` gives, for a serving benchmark's limit with the prompts
 counted, the time their prefill takes at best: its FLOPs at the float GEMM's big-GEMM peak. Measurements are cached
-per machine in a JSON file (``--cache-dir``, default ``bench/results/``) so that a benchmark does not re-measure for
-minutes; ``--remeasure`` measures again and keeps the best of each number (the machine may be shared: load only ever
-slows a measurement down).
+per machine and boot in a JSON file (``--cache-dir``, default ``bench/results/``) so that a benchmark does not
+re-measure for minutes (not per CPU name: two VMs named "AMD EPYC" measured 36 and 78 GB/s); ``--remeasure``
+measures again and keeps the best of each number (the machine may be shared: load only ever slows a measurement
+down).
 """
 
 from __future__ import annotations
@@ -247,9 +248,21 @@ def measure_model_step(shape: ModelShape, kind: str, rows: Sequence[int], repeat
     return seconds
 
 
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+"""Linux's id of this boot: a cache copied from another machine, or kept across a reboot onto other hardware, is not
+read."""
+
+
+def boot_id() -> str:
+    try:
+        return BOOT_ID.read_text().strip()
+    except OSError:  # not Linux: the machine's facts alone
+        return ""
+
+
 def cache_path(cache_dir: Path, shape: ModelShape, threads: int) -> Path:
     facts = machine()
-    key = json.dumps([facts["cpu"], facts["cores"], facts["isa"], facts["torch"], threads, asdict(shape)])
+    key = json.dumps([facts["cpu"], facts["cores"], facts["isa"], facts["torch"], threads, asdict(shape), boot_id()])
     return cache_dir / f"roofline-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
 
 

@@ -35,6 +35,17 @@ def cache_dir(tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch) 
     return tmp_path
 
 
+def test_a_cache_from_another_boot_is_not_read(
+    model_dir: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Machines of one CPU name differ (two "AMD EPYC" VMs read 36 and 78 GB/s): each boot measures its own."""
+    shape = roofline.ModelShape.read(model_dir)
+    here = roofline.cache_path(cache_dir, shape, roofline.engine_threads())
+    assert here.exists() and roofline.boot_id()
+    monkeypatch.setattr(roofline, "boot_id", lambda: "another-boot")
+    assert roofline.cache_path(cache_dir, shape, roofline.engine_threads()) != here
+
+
 def test_the_default_model_reads_its_parameters_once_per_token(model_dir: Path) -> None:
     shape = roofline.ModelShape.read(model_dir)
     # SmolLM2-135M: 30 layers of 576 wide, 9 query and 3 KV heads of 64, MLP 1536, a 49152-token tied LM head.
