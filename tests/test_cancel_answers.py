@@ -32,7 +32,7 @@ from sqlalchemy import (
 from gateway.db import Database
 from tests.finetune_data import pirate_jsonl
 from tests.support import MODEL
-from tests.support.databases import fresh_postgres_database
+from tests.support.databases import fresh_postgres_database, ledger_rows
 from tests.support.evals import ITEMS, completions_source, make_eval
 from tests.support.gateway_process import fake_gateway
 from tests.support.tenants import openai_client, tenant_key
@@ -103,6 +103,28 @@ def test_an_eval_runs_cancel_answers_canceled_and_the_other_gateway_agrees(gatew
     until(lambda: one.evals.runs.retrieve(run.id, eval_id=created.id), {"in_progress"})
     answer = other.evals.runs.cancel(run.id, eval_id=created.id)
     assert answer.status == "canceled"
+    assert one.evals.runs.retrieve(run.id, eval_id=created.id).model_dump() == answer.model_dump()
+
+
+def test_an_eval_runs_cancel_aborts_its_samples_in_flight(gateways: tuple[str, str, str]) -> None:
+    """Samples running when a run is cancelled stop within the runner's heartbeat (3 s), billed as requests left,
+    instead of running on to their end (400 tokens each, 20 s at this engine's speed)."""
+    a, b, url = gateways
+    tenant_id, key = tenant_key(a)
+    one, other = openai_client(a, key), openai_client(b, key)
+    created = make_eval(one)
+    source = completions_source({"type": "file_content", "content": [{"item": ITEMS[0]}] * 4}, max_tokens=400)
+    run = one.evals.runs.create(created.id, data_source=source)
+    until(lambda: one.evals.runs.retrieve(run.id, eval_id=created.id), {"in_progress"})
+    time.sleep(1)
+    cancelled_at = time.monotonic()
+    answer = other.evals.runs.cancel(run.id, eval_id=created.id)
+    deadline = cancelled_at + 8
+    while len(rows := ledger_rows(url, tenant_id, kind="eval")) < 4 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [outcome for *_, outcome in rows] == ["aborted"] * 4, rows
+    assert all(completion < 400 for _, _, completion, _ in rows), rows  # an answer no one received: what was delivered
+    assert answer.result_counts.passed + answer.result_counts.failed + answer.result_counts.errored == 0
     assert one.evals.runs.retrieve(run.id, eval_id=created.id).model_dump() == answer.model_dump()
 
 

@@ -5,7 +5,8 @@ as the key that created the run, batched with everyone's traffic on the engine, 
 
 Any gateway claims runs from the database (compare-and-set) and heartbeats them; a run whose runner stopped is
 taken over and resumed where it was, since each item's sample and grades are stored as it finishes. A run that
-is cancelled stops within a heartbeat. Items run ``concurrency`` at a time; one that hits a rate limit waits
+is cancelled stops within a heartbeat, its samples in flight aborted (billed as requests whose client left) and
+not written. Items run ``concurrency`` at a time; one that hits a rate limit waits
 and tries again; a spent budget, a revoked key or a suspended tenant ends the run as failed. Grading runs in the
 worker processes (``gateway.workers``) under a time budget; an item that overruns it, or whose text is too long
 to compare, is that item's error with a code and a message of ours (never an exception's own text).
@@ -43,7 +44,7 @@ from gateway.inference.api_types import ChatCompletionRequest, ChatMessage
 from gateway.inference.catalog import ModelCatalog, ServedModel
 from gateway.inference.generation import ChoiceResult, Usage
 from gateway.inference.prompts import chat_prompt, chat_turns
-from gateway.inference.runs import RequestCaps, RunRequest, Serving, admit_run
+from gateway.inference.runs import RequestCaps, RunRequest, Serving, admit_run, unless_gone
 from gateway.inference.structured import StructuredOutputs
 from gateway.inference.tools import NO_TOOLS
 from gateway.ops.metrics import Metrics
@@ -201,7 +202,13 @@ class EvalRunner:
                 if stopped.is_set() or fatal:
                     return
                 try:
-                    status, sample, results = await self._item(run, recipe, definition, tenant, served, judges, item)
+                    status, sample, results = await unless_gone(
+                        stopped.wait, self._item(run, recipe, definition, tenant, served, judges, item)
+                    )
+                except asyncio.CancelledError:
+                    if stopped.is_set():  # the run stopped meanwhile: its sampling is aborted (billed as a request
+                        return  # whose client left), nothing is written
+                    raise
                 except RunStopped as exc:
                     fatal.append(exc)
                     return
@@ -213,7 +220,7 @@ class EvalRunner:
                 if not await run_in_threadpool(
                     self._queue.record, run.id, self.runner_id, item.id, status, sample, results
                 ):
-                    stopped.set()  # cancelled, deleted or taken over: the items not yet begun are not begun
+                    stopped.set()  # cancelled, deleted or taken over: the other items stop
 
         await asyncio.gather(*(one(item) for item in items))
         if fatal:

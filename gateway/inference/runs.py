@@ -282,7 +282,7 @@ def disconnect_of(request: Request) -> Callable[[], Awaitable[None]]:
     return gone
 
 
-async def unless_gone(gone: Callable[[], Awaitable[None]], work: Awaitable[T]) -> T:
+async def unless_gone(gone: Callable[[], Awaitable[object]], work: Awaitable[T]) -> T:
     """Await ``work``; if ``gone`` returns first (the client left), cancel it and raise ``asyncio.CancelledError``.
     One watcher task beside the request's own, which cancels it when the client leaves."""
     request_task = asyncio.current_task()
