@@ -107,13 +107,13 @@ def end_run(
     expected: Collection[RunStatus],
     owner: str | None = None,
     error: dict[str, str] | None = None,
-) -> bool:
+) -> None:
     """Move the run from an ``expected`` status (as ``owner``'s, given one) to ``status``, sealed with its tallies
-    and usage counted from its items, and queue its webhook event; False if it was not as expected. The move comes
+    and usage counted from its items, and queue its webhook event; nothing if it was not as expected. The move comes
     first: it locks the run's row (an item being written holds it too, ``RunQueue.record``), so the tallies count
     every item written before it and no item is written after it."""
     if not RUN_LEASE.move(session, run.id, expected=expected, owner=owner, status=status, finished_at=utcnow()):
-        return False
+        return
     definition = session.get(Eval, run.eval_id)
     graded = session.execute(
         select(EvalRunItem.status, EvalRunItem.results, EvalRunItem.sample).where(
@@ -133,4 +133,3 @@ def end_run(
     sealed = {"result_counts": counts, "per_criteria": per_criteria, "usage": dict(usage), "error": error}
     compare_and_set(session, EvalRun, (EvalRun.id == run.id,), sealed)
     eval_run_ended(session, run.tenant_id, run.id, status)
-    return True
