@@ -124,3 +124,20 @@ def test_a_step_past_the_servers_int8_rows_is_limited_as_the_float_weights_it_ru
     assert every_call.weight_read_s == pytest.approx(int8_bytes / (BANDWIDTH_GB_S * 1e9))
     within = roofline.limits(model_dir, "float32", "int8", 4, cache_dir=cache_dir, int8_rows=8)
     assert within.weight_read_s == every_call.weight_read_s
+
+
+def test_the_table_leaves_out_a_dtype_whose_gemm_was_not_measured(
+    model_dir: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch capped at AVX2 on a CPU with native bf16 measures no bf16 GEMM: its rows would show a bandwidth limit
+    at 32 streams (tens of thousands of tok/s) where the GEMM bounds it."""
+    monkeypatch.setattr(roofline, "gemm_kinds", lambda: ["float32", "int8-torch"])
+    path = roofline.cache_path(cache_dir, roofline.ModelShape.read(model_dir), roofline.engine_threads())
+    measured = json.loads(path.read_text())
+    for kinds in (measured["peak_gflop_s"], measured["step_s"]):
+        kinds.pop("bfloat16", None)
+    measured["threads"] = roofline.engine_threads()
+    path.write_text(json.dumps(measured))
+    rows = roofline.table(model_dir, cache_dir, roofline.DEFAULT_CONTEXT).splitlines()
+    assert any(line.startswith("| float32 | int8 |") for line in rows)
+    assert not any(line.startswith("| bfloat16 |") for line in rows)
