@@ -15,11 +15,15 @@ DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 DEFAULT_EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
 DEFAULT_MAX_NUM_SEQS = 64
 DEFAULT_BURST_SEQS = 1
-INT8_AUTO_MAX_ROWS = {"float32": 24, "bfloat16": 8}
+INT8_AUTO_MAX_ROWS = {"float32": 64, "bfloat16": 8}
 """``int8_max_rows`` unset: per activation dtype, the layer calls up to which our int8 kernels beat vLLM's float GEMM
-(``bench/roofline.py``, a decode step's linear layers: in fp32, capped at AVX2 on an EPYC, int8 is faster up to
-~28 rows, 42.7 vs 49.2 ms at 24; in bf16 with the kernels converting bf16 to fp32, on AVX-512 BF16 the native GEMM
-is faster from ~9 rows, 8.7 vs 12.2 ms at 16; on an AMX Xeon even at 8, 11.6 vs 11.8 ms, and bf16 ahead at 10)."""
+(``bench/roofline.py``, a decode step's linear layers). In fp32, capped at AVX2 on a Zen 5 EPYC (82 GB/s), int8
+against fp32: 11.5 / 16.6 ms at 8 rows, 30.4 / 33.5 at 24, 40.4 / 41.5 at 32, 72.1 / 76.2 at 64, 142 / 140 at 128 (an
+older EPYC: even from ~28 rows); with slower memory the float GEMM waits longer on four times the bytes. Through the
+gateway, 32 streams (stand-in, fp32): 24 rows 400-404 tok/s, 64 rows 488-510. So every decode step of the default
+batch (``DEFAULT_MAX_NUM_SEQS``) reads int8; prompts of more tokens run the float GEMM. In bf16 with the kernels
+converting bf16 to fp32, on AVX-512 BF16 the native GEMM is faster from ~9 rows, 8.7 vs 12.2 ms at 16; on an AMX
+Xeon even at 8, 11.6 vs 11.8 ms, and bf16 ahead at 10)."""
 INT8_BF16_DOT_MAX_ROWS = 24
 """The same in bf16 where our kernels take bf16 dot products (their ``avx512_bf16`` path) and the float GEMM has no
 AMX tiles: on an AVX-512 BF16 EPYC int8 is faster up to ~28 rows, 10.3-11.5 vs 11.7-11.9 ms at 24 (7.0-7.8 vs
@@ -116,8 +120,8 @@ class EngineSettings(SharedSettings):
         "per-output-channel scales, packed at load from the float checkpoint and computed by our C++ kernels "
         "(engine/kernels/): int8: activations in the model dtype; w8a8: activations also quantized per token to "
         "int8 (int32 dot products); none: the float weights; auto: int8 on the CPU backend where our kernels build "
-        "(one stream ~1.6x faster, first token and many streams as fast: bench/serving_compare.py), none on a GPU. "
-        "int8 or w8a8 where the kernels cannot be built fails the start.",
+        "(one stream ~1.6x faster, in fp32 32 streams ~1.2x, first token as fast: bench/serving_compare.py), none "
+        "on a GPU. int8 or w8a8 where the kernels cannot be built fails the start.",
     )
     int8_max_rows: int | None = Field(
         default=None,
@@ -125,7 +129,7 @@ class EngineSettings(SharedSettings):
         description="int8/w8a8: a layer call of up to this many rows (a decode step of up to this many sequences, "
         "speculated tokens to check included) reads the int8 weights; a larger one (a prompt's prefill, a big "
         "batch: compute-bound) runs vLLM's own float GEMM on the float weights, kept beside them (the memory of "
-        "both). Unset: by the activations' dtype, where our kernels stop winning: 24 in float32; in bfloat16 24 where "
+        "both). Unset: by the activations' dtype, where our kernels stop winning: 64 in float32; in bfloat16 24 where "
         "they take bf16 dot products (AVX-512 BF16) and the CPU has no AMX, else 8. 0: "
         "int8 for every call, the float weights freed.",
     )

@@ -167,13 +167,13 @@ def test_unset_max_rows_go_by_the_activation_dtype_where_our_kernels_stop_winnin
     for path, bf16_rows in (("avx512_vnni", 8), ("avx512_bf16", 24)):
         monkeypatch.setattr(int8, "_default", path)
         for dtype, dynamic, rows in (
-            (torch.float32, False, 24), (torch.bfloat16, False, bf16_rows), (torch.bfloat16, True, 8)
+            (torch.float32, False, 64), (torch.bfloat16, False, bf16_rows), (torch.bfloat16, True, 8)
         ):  # fmt: skip
             method = int8_method.Int8LinearMethod(dynamic, max_rows=None)
             method.process_weights_after_loading(Layer(torch.randn(96, 64, dtype=dtype)))
             assert method.max_rows == rows
         assert EngineSettings().int8_rows("bfloat16", int8.bf16_dot_products_lead()) == bf16_rows
-    assert EngineSettings().int8_rows("float32") == 24 and EngineSettings().int8_rows("bfloat16") == 8
+    assert EngineSettings().int8_rows("float32") == 64 and EngineSettings().int8_rows("bfloat16") == 8
     monkeypatch.setenv("LLMAAS_INT8_MAX_ROWS", "0")  # set: for every dtype
     assert EngineSettings().int8_rows("float32") == 0 and LLMaaSInt8Config().max_rows == 0
 
