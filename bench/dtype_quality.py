@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import describe, machine
-from engine.kernels.vllm_plugin import QUANTIZATION_ENV, QUANTIZATION_METHOD
+from engine.kernels.vllm_plugin import INT8_MAX_ROWS_ENV, QUANTIZATION_ENV, QUANTIZATION_METHOD
 from engine.model_prep import prepare_default_model
 from engine.settings import EngineSettings
 
@@ -48,12 +48,20 @@ Scores = tuple[float, list[str], float]
 
 
 def score(model_dir: Path, dtype: str, quantization: str = "none") -> Scores:
-    """The served model's scores in ``dtype``, with its weights as ``EngineSettings.quantization`` says."""
+    """The served model's scores in ``dtype``, with its weights as ``EngineSettings.quantization`` says: int8 (or
+    w8a8) for every layer call, unless ``LLMAAS_INT8_MAX_ROWS`` is set. The perplexity comes from a prompt's
+    prefill, which a server runs on the float weights past its int8 rows: scored so, int8 would score as fp32."""
     from vllm import LLM, SamplingParams
 
     os.environ[QUANTIZATION_ENV] = quantization  # read by our llmaas_int8 method in vLLM's engine process
+    rows = os.environ.get(INT8_MAX_ROWS_ENV)
+    os.environ[INT8_MAX_ROWS_ENV] = rows or "0"  # read once, as the engine loads the model
     extra = {} if quantization == "none" else {"quantization": QUANTIZATION_METHOD}
-    llm = LLM(model=str(model_dir), dtype=dtype, enforce_eager=True, max_model_len=2048, seed=0, **extra)
+    try:
+        llm = LLM(model=str(model_dir), dtype=dtype, enforce_eager=True, max_model_len=2048, seed=0, **extra)
+    finally:
+        if rows is None:
+            del os.environ[INT8_MAX_ROWS_ENV]
     tokenizer = llm.get_tokenizer()
     scored = llm.generate([TEXT], SamplingParams(max_tokens=1, prompt_logprobs=0))[0]
     ids = scored.prompt_token_ids or []
